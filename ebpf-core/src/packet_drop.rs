@@ -1,0 +1,55 @@
+//! Mirror of `packet_drop.h`: the drop counter key and the per-drop event record.
+
+use std::mem::{offset_of, size_of};
+
+use crate::record::Tuple;
+use crate::{Hook, ProbeSpec};
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: "packet_drop",
+    description: "packets the kernel drops, by reason, with the dropping function and optional stack",
+    hooks: &[Hook {
+        program: "packet_drop",
+        tracepoint: "kfree_skb",
+        category: "skb",
+    }],
+    counter_map: "drops",
+    object: aya::include_bytes_aligned!("packet_drop.bpf.o"),
+};
+
+/// Name of the stack trace map (kernel stacks of dropped packets, when enabled).
+pub const STACK_MAP: &str = "stacks";
+
+/// `struct packet_drop_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub netns: u32,
+    pub reason: u32,
+}
+
+/// `struct packet_drop_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record {
+    pub timestamp_ns: u64,
+    pub location: u64,
+    pub netns: u32,
+    pub reason: u32,
+    pub stack_id: i32,
+    pub pad: u32,
+    pub tuple: Tuple,
+}
+
+const _: () = {
+    assert!(size_of::<Key>() == 8);
+    assert!(size_of::<Record>() == 72);
+    assert!(offset_of!(Record, location) == 8);
+    assert!(offset_of!(Record, netns) == 16);
+    assert!(offset_of!(Record, reason) == 20);
+    assert!(offset_of!(Record, stack_id) == 24);
+    assert!(offset_of!(Record, tuple) == 32);
+};
+
+// SAFETY: plain C struct of integers.
+unsafe impl aya::Pod for Key {}

@@ -1,0 +1,293 @@
+//! Loading, attaching, configuring and reading one probe of the catalogue.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
+use aya::programs::{BtfTracePoint, ProgramError};
+use aya::{Btf, Ebpf, EbpfError, EbpfLoader, Pod};
+use aya_obj::btf::BtfKind;
+
+use crate::record::{KernelConfig, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED};
+use crate::ProbeSpec;
+
+const CONFIG_MAP: &str = "probe_config";
+const STATS_MAP: &str = "probe_stats";
+const EVENTS_MAP: &str = "events";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("tracepoint {category}/{tracepoint} is not in this kernel (no btf_trace_{tracepoint} in its BTF)")]
+    MissingHook {
+        category: &'static str,
+        tracepoint: &'static str,
+    },
+    #[error("{0}")]
+    Btf(String),
+    #[error("permission denied loading eBPF: run as root or with CAP_BPF and CAP_PERFMON")]
+    PermissionDenied,
+    #[error("cannot load object: {0}")]
+    Object(#[source] EbpfError),
+    #[error("program {program} is missing from the object")]
+    MissingProgram { program: &'static str },
+    #[error("program {program} was refused by the kernel: {}", one_line_reason(source))]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("ring buffer size {0} must be a power of two of at least 4096 bytes")]
+    RingBufferSize(u32),
+}
+
+/// The gist of a program error on one line: for a verifier rejection, the verifier's last
+/// complaint rather than its whole log.
+fn one_line_reason(e: &ProgramError) -> String {
+    if let ProgramError::LoadError { io_error, verifier_log } = e {
+        let log = verifier_log.to_string();
+        let complaint = log
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                !l.is_empty()
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
+                    && !l.starts_with("processed ")
+            })
+            .next_back();
+        return match complaint {
+            Some(c) => format!("{io_error}; verifier: {c}"),
+            None => io_error.to_string(),
+        };
+    }
+    e.to_string().replace('\n', " ")
+}
+
+/// What the agent asks of a probe's kernel side; changes apply live through
+/// [`LoadedProbe::configure`] except the ring buffer size, which needs a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// Emit per-event records (counting always happens).
+    pub events: bool,
+    /// Events per second per CPU; 0 = unlimited.
+    pub rate_per_cpu: u64,
+    /// Token bucket depth.
+    pub burst: u64,
+    /// Collect kernel stacks (packet_drop).
+    pub stack: bool,
+    /// Ring buffer size in bytes, a power of two.
+    pub ring_buffer_size: u32,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            events: true,
+            rate_per_cpu: 1000,
+            burst: 1000,
+            stack: false,
+            ring_buffer_size: 1 << 20,
+        }
+    }
+}
+
+impl ProbeSettings {
+    fn kernel_config(&self) -> KernelConfig {
+        let mut flags = 0;
+        if self.events {
+            flags |= F_EVENTS;
+        }
+        if self.stack {
+            flags |= F_STACK;
+        }
+        KernelConfig {
+            rate: self.rate_per_cpu,
+            burst: self.burst.max(1),
+            // Wake the agent when an eighth of the buffer is waiting; its poll timer drains
+            // smaller amounts.
+            wakeup_bytes: self.ring_buffer_size / 8,
+            flags,
+        }
+    }
+}
+
+/// A probe loaded into the kernel and attached; dropping it detaches and unloads it.
+pub struct LoadedProbe {
+    pub spec: &'static ProbeSpec,
+    ebpf: Ebpf,
+    ring_buffer_size: u32,
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
+    move |source| ProbeError::Map { map, source }
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // EPERM only: the verifier refuses programs with EACCES.
+            if io.raw_os_error() == Some(libc::EPERM) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Checks that every hook of a probe exists in the kernel's BTF.
+pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
+    for hook in spec.hooks {
+        let name = format!("btf_trace_{}", hook.tracepoint);
+        if btf.id_by_type_name_kind(&name, BtfKind::Typedef).is_err() {
+            return Err(ProbeError::MissingHook {
+                category: hook.category,
+                tracepoint: hook.tracepoint,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl LoadedProbe {
+    /// Loads the probe's programs into the kernel without attaching them: what
+    /// `sonde probes` does to tell whether a probe can run here.
+    pub fn check(spec: &'static ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
+        Self::load_programs(spec, btf, &ProbeSettings::default()).map(|_| ())
+    }
+
+    /// Loads, configures and attaches the probe.
+    pub fn load(spec: &'static ProbeSpec, btf: &Btf, settings: &ProbeSettings) -> Result<Self, ProbeError> {
+        let mut probe = Self::load_programs(spec, btf, settings)?;
+        probe.configure(settings)?;
+        for hook in spec.hooks {
+            let prog: &mut BtfTracePoint = probe
+                .ebpf
+                .program_mut(hook.program)
+                .ok_or(ProbeError::MissingProgram { program: hook.program })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { program: hook.program, source })?;
+            prog.attach()
+                .map_err(|source| ProbeError::Program { program: hook.program, source })?;
+        }
+        Ok(probe)
+    }
+
+    fn load_programs(spec: &'static ProbeSpec, btf: &Btf, settings: &ProbeSettings) -> Result<Self, ProbeError> {
+        check_hooks(spec, btf)?;
+        let size = settings.ring_buffer_size;
+        if size < 4096 || !size.is_power_of_two() {
+            return Err(ProbeError::RingBufferSize(size));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(btf))
+            .map_max_entries(EVENTS_MAP, size)
+            .load(spec.object)
+            .map_err(|e| {
+                if is_eperm(&e) {
+                    ProbeError::PermissionDenied
+                } else {
+                    ProbeError::Object(e)
+                }
+            })?;
+        for hook in spec.hooks {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(hook.program)
+                .ok_or(ProbeError::MissingProgram { program: hook.program })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { program: hook.program, source })?;
+            prog.load(hook.tracepoint, btf).map_err(|source| {
+                if is_eperm(&source) {
+                    ProbeError::PermissionDenied
+                } else {
+                    ProbeError::Program { program: hook.program, source }
+                }
+            })?;
+        }
+        Ok(LoadedProbe {
+            spec,
+            ebpf,
+            ring_buffer_size: size,
+        })
+    }
+
+    /// Applies settings to the running probe. Returns `false` when they cannot apply live
+    /// (a different ring buffer size) and the probe must be reloaded.
+    pub fn configure(&mut self, settings: &ProbeSettings) -> Result<bool, ProbeError> {
+        if settings.ring_buffer_size != self.ring_buffer_size {
+            return Ok(false);
+        }
+        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or(ProbeError::MissingMap(CONFIG_MAP))?;
+        let mut config: Array<_, KernelConfig> = Array::try_from(map).map_err(map_err(CONFIG_MAP))?;
+        config
+            .set(0, settings.kernel_config(), 0)
+            .map_err(map_err(CONFIG_MAP))?;
+        Ok(true)
+    }
+
+    /// Takes the probe's event ring buffer, to be drained by the agent.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(map_err(EVENTS_MAP))
+    }
+
+    /// Records lost to a full ring buffer and suppressed by the rate limit, over all CPUs.
+    pub fn stats(&self) -> Result<Stats, ProbeError> {
+        let map = self.ebpf.map(STATS_MAP).ok_or(ProbeError::MissingMap(STATS_MAP))?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err(STATS_MAP))?;
+        let sum = |slot: u32| -> Result<u64, ProbeError> {
+            Ok(stats.get(&slot, 0).map_err(map_err(STATS_MAP))?.iter().sum())
+        };
+        Ok(Stats {
+            lost: sum(STAT_LOST)?,
+            suppressed: sum(STAT_SUPPRESSED)?,
+        })
+    }
+
+    /// The probe's in-kernel counters, summed over CPUs.
+    pub fn counters<K: Pod + Eq + Hash>(&self) -> Result<HashMap<K, u64>, ProbeError> {
+        let name = self.spec.counter_map;
+        let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        let counters: PerCpuHashMap<_, K, u64> = PerCpuHashMap::try_from(map).map_err(map_err(name))?;
+        let mut out = HashMap::new();
+        for entry in counters.iter() {
+            match entry {
+                Ok((key, values)) => {
+                    out.insert(key, values.iter().sum());
+                }
+                // A key deleted between listing and lookup: nothing to count.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(ProbeError::Map { map: name, source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes a stack trace map of the probe, for the decoder that resolves its stack ids.
+    pub fn take_stack_map(&mut self, name: &'static str) -> Result<StackTraceMap<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+        StackTraceMap::try_from(map).map_err(map_err(name))
+    }
+
+    /// Kernel ids of the probe's programs, to read their run time statistics.
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        self.spec
+            .hooks
+            .iter()
+            .filter_map(|h| {
+                let prog = self.ebpf.program(h.program)?;
+                let info = prog.info().ok()?;
+                Some((h.program, info.id()))
+            })
+            .collect()
+    }
+}

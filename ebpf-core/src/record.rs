@@ -1,0 +1,134 @@
+//! Rust mirrors of `sonde.h`: the 5-tuple, the per-probe live config, and the stats slots.
+
+use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+pub const F_EVENTS: u32 = 1 << 0;
+pub const F_STACK: u32 = 1 << 1;
+
+pub const STAT_LOST: u32 = 0;
+pub const STAT_SUPPRESSED: u32 = 1;
+
+/// `struct sonde_tuple`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub pad: [u8; 2],
+}
+
+const _: () = {
+    assert!(size_of::<Tuple>() == 40);
+    assert!(offset_of!(Tuple, daddr) == 16);
+    assert!(offset_of!(Tuple, sport) == 32);
+    assert!(offset_of!(Tuple, dport) == 34);
+    assert!(offset_of!(Tuple, family) == 36);
+    assert!(offset_of!(Tuple, protocol) == 37);
+};
+
+impl Tuple {
+    fn addr(&self, raw: &[u8; 16]) -> Option<IpAddr> {
+        match self.family {
+            AF_INET => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+            AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*raw))),
+            _ => None,
+        }
+    }
+
+    /// Source address, `None` when the packet was not IPv4 or IPv6.
+    pub fn src(&self) -> Option<IpAddr> {
+        self.addr(&self.saddr)
+    }
+
+    /// Destination address, `None` when the packet was not IPv4 or IPv6.
+    pub fn dst(&self) -> Option<IpAddr> {
+        self.addr(&self.daddr)
+    }
+
+    /// The protocol by its usual name, or its number.
+    pub fn protocol_name(&self) -> String {
+        match (self.protocol, self.family) {
+            (6, _) => "tcp".into(),
+            (17, _) => "udp".into(),
+            (1, _) => "icmp".into(),
+            (58, AF_INET6) => "icmpv6".into(),
+            (132, _) => "sctp".into(),
+            (n, _) => n.to_string(),
+        }
+    }
+}
+
+/// `struct sonde_config`: slot 0 of a probe's `probe_config` array.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub rate: u64,
+    pub burst: u64,
+    pub wakeup_bytes: u32,
+    pub flags: u32,
+}
+
+const _: () = {
+    assert!(size_of::<KernelConfig>() == 24);
+    assert!(offset_of!(KernelConfig, wakeup_bytes) == 16);
+    assert!(offset_of!(KernelConfig, flags) == 20);
+};
+
+// SAFETY: plain C struct of integers with no padding holes that matter to the kernel.
+unsafe impl aya::Pod for KernelConfig {}
+
+/// A probe's delivery statistics, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records the ring buffer had no room for.
+    pub lost: u64,
+    /// Records not emitted because of the rate limit.
+    pub suppressed: u64,
+}
+
+/// Reads a record the kernel wrote into the ring buffer. `None` when it is too short, which
+/// only happens if the object and its Rust mirror disagree.
+pub fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked above; T is a plain #[repr(C)] mirror of a C struct of integers,
+    // so every bit pattern is valid; read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_addresses_follow_family() {
+        let mut t = Tuple {
+            family: AF_INET,
+            protocol: 17,
+            ..Default::default()
+        };
+        t.saddr[..4].copy_from_slice(&[198, 18, 1, 1]);
+        assert_eq!(t.src(), Some("198.18.1.1".parse().unwrap()));
+        assert_eq!(t.protocol_name(), "udp");
+        t.family = AF_INET6;
+        t.protocol = 58;
+        assert_eq!(t.protocol_name(), "icmpv6");
+        t.family = 0;
+        assert_eq!(t.src(), None);
+    }
+
+    #[test]
+    fn short_records_are_refused() {
+        assert!(read_record::<Tuple>(&[0u8; 39]).is_none());
+        assert!(read_record::<Tuple>(&[0u8; 40]).is_some());
+    }
+}

@@ -1,0 +1,225 @@
+/* Kernel-side helpers every Sonde probe shares: the per-probe config, stats and ring buffer
+ * maps, the per-CPU token bucket that rate-limits events, batched ring buffer wake-ups, and
+ * CO-RE readers for network namespaces and 5-tuples. Include once per probe object. */
+#ifndef SONDE_BPF_H
+#define SONDE_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "sonde.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+/* Idle time credited to a token bucket is capped so that the arithmetic cannot overflow. */
+#define SONDE_MAX_REFILL_NS (10 * NSEC_PER_SEC)
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sonde_config);
+} probe_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SONDE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} probe_stats SEC(".maps");
+
+struct sonde_bucket {
+	__u64 tokens_ns; /* one event costs NSEC_PER_SEC */
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sonde_bucket);
+} event_bucket SEC(".maps");
+
+/* Sized by the agent at load time (ring_buffer_size in the probe's config). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+static __always_inline void sonde_stat_inc(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&probe_stats, &slot);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct sonde_config *sonde_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&probe_config, &zero);
+}
+
+/* Adds one to a per-CPU hash counter, creating the slot on first use. */
+static __always_inline void sonde_count(void *map, const void *key)
+{
+	__u64 one = 1, *v = bpf_map_lookup_elem(map, key);
+	if (v)
+		*v += 1;
+	else
+		bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
+}
+
+/* Whether an event may be emitted now: events enabled and a token left in this CPU's
+ * bucket. Records refused by the bucket are counted as suppressed. */
+static __always_inline bool sonde_event_allowed(const struct sonde_config *cfg)
+{
+	__u32 zero = 0;
+	struct sonde_bucket *b;
+	__u64 now, elapsed, tokens, cap;
+
+	if (!(cfg->flags & SONDE_F_EVENTS))
+		return false;
+	if (cfg->rate == 0)
+		return true;
+	b = bpf_map_lookup_elem(&event_bucket, &zero);
+	if (!b)
+		return false;
+	now = bpf_ktime_get_ns();
+	elapsed = now - b->last_ns;
+	if (elapsed > SONDE_MAX_REFILL_NS)
+		elapsed = SONDE_MAX_REFILL_NS;
+	cap = cfg->burst * NSEC_PER_SEC;
+	tokens = b->tokens_ns + elapsed * cfg->rate;
+	if (tokens > cap)
+		tokens = cap;
+	b->last_ns = now;
+	if (tokens < NSEC_PER_SEC) {
+		b->tokens_ns = tokens;
+		sonde_stat_inc(SONDE_STAT_SUPPRESSED);
+		return false;
+	}
+	b->tokens_ns = tokens - NSEC_PER_SEC;
+	return true;
+}
+
+/* Reserves a record, counting the ones the ring buffer had no room for. */
+static __always_inline void *sonde_reserve(__u64 size)
+{
+	void *rec = bpf_ringbuf_reserve(&events, size, 0);
+	if (!rec)
+		sonde_stat_inc(SONDE_STAT_LOST);
+	return rec;
+}
+
+/* Submits without waking the agent unless enough data is waiting; the agent's poll
+ * timer collects the rest, so a flood costs one wake-up per batch, not per record. */
+static __always_inline void sonde_submit(void *rec, const struct sonde_config *cfg)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(rec, avail >= cfg->wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline __u32 sonde_sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* The namespace a packet is in: its device's, else its socket's, else the receiving
+ * socket's (kfree_skb's rx_sk). */
+static __always_inline __u32 sonde_skb_netns(const struct sk_buff *skb, const struct sock *rx_sk)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct sock *sk;
+
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	sk = BPF_CORE_READ(skb, sk);
+	if (sk)
+		return sonde_sk_netns(sk);
+	if (rx_sk)
+		return sonde_sk_netns(rx_sk);
+	return 0;
+}
+
+/* Reads the 5-tuple from a packet's IPv4/IPv6 header and, for TCP and UDP, its ports. */
+static __always_inline void sonde_skb_tuple(const struct sk_buff *skb, struct sonde_tuple *t)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	__u32 l4;
+
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return;
+		if (ip.version != 4)
+			return;
+		t->family = SONDE_AF_INET;
+		t->protocol = ip.protocol;
+		__builtin_memcpy(t->saddr, &ip.saddr, 4);
+		__builtin_memcpy(t->daddr, &ip.daddr, 4);
+		l4 = nh + ip.ihl * 4;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return;
+		if (ip6.version != 6)
+			return;
+		t->family = SONDE_AF_INET6;
+		t->protocol = ip6.nexthdr;
+		__builtin_memcpy(t->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(t->daddr, &ip6.daddr, 16);
+		l4 = nh + sizeof(ip6);
+	} else {
+		return;
+	}
+	if (t->protocol == IPPROTO_TCP_ || t->protocol == IPPROTO_UDP_) {
+		__be16 ports[2];
+		if (bpf_probe_read_kernel(ports, sizeof(ports), head + l4) == 0) {
+			t->sport = bpf_ntohs(ports[0]);
+			t->dport = bpf_ntohs(ports[1]);
+		}
+	}
+}
+
+/* Reads a socket's 5-tuple, local end as source. */
+static __always_inline void sonde_sk_tuple(const struct sock *sk, struct sonde_tuple *t)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	t->protocol = BPF_CORE_READ(sk, sk_protocol);
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == SONDE_AF_INET) {
+		__be32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		t->family = SONDE_AF_INET;
+		__builtin_memcpy(t->saddr, &s, 4);
+		__builtin_memcpy(t->daddr, &d, 4);
+	} else if (family == SONDE_AF_INET6) {
+		t->family = SONDE_AF_INET6;
+		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr);
+	}
+}
+
+/* Swaps source and destination, to describe the reply to a packet. */
+static __always_inline void sonde_tuple_reverse(struct sonde_tuple *t)
+{
+	struct sonde_tuple r = *t;
+	__builtin_memcpy(t->saddr, r.daddr, 16);
+	__builtin_memcpy(t->daddr, r.saddr, 16);
+	t->sport = r.dport;
+	t->dport = r.sport;
+}
+
+#endif

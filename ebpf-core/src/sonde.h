@@ -1,0 +1,42 @@
+/* Plain types shared by every Sonde probe and its Rust mirror (ebpf-core/src/record.rs).
+ * Only fixed-width integers: this header is read by clang for the kernel side and mirrored
+ * field by field in Rust, with size and offset assertions there. */
+#ifndef SONDE_H
+#define SONDE_H
+
+/* Address family of a tuple, as in the kernel's AF_* numbers. */
+#define SONDE_AF_INET 2
+#define SONDE_AF_INET6 10
+
+/* Flags in sonde_config.flags. */
+#define SONDE_F_EVENTS (1u << 0) /* emit per-event records into the ring buffer */
+#define SONDE_F_STACK (1u << 1)  /* packet_drop: collect a kernel stack id per event */
+
+/* Slots of the per-CPU `stats` array. */
+#define SONDE_STAT_LOST 0       /* ring buffer full: record could not be reserved */
+#define SONDE_STAT_SUPPRESSED 1 /* record not emitted because the rate limit was hit */
+#define SONDE_STAT_MAX 2
+
+/* A connection or packet 5-tuple. Addresses in network order (IPv4 in the first 4 bytes),
+ * ports in host order. */
+struct sonde_tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 protocol;
+	__u8 pad[2];
+};
+
+/* Live configuration of one probe: slot 0 of its `config` array, written by the agent and
+ * read on every hit, so a probe is reconfigured without reloading (and without losing its
+ * counters). */
+struct sonde_config {
+	__u64 rate;         /* events per second per CPU; 0 = unlimited */
+	__u64 burst;        /* token bucket depth in events */
+	__u32 wakeup_bytes; /* wake the agent once this much data is waiting */
+	__u32 flags;        /* SONDE_F_* */
+};
+
+#endif

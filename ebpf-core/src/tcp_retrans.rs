@@ -1,0 +1,47 @@
+//! Mirror of `tcp_retrans.h`: the retransmit counter key and the per-retransmit event record.
+
+use std::mem::{offset_of, size_of};
+
+use crate::record::Tuple;
+use crate::{Hook, ProbeSpec};
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: "tcp_retrans",
+    description: "TCP segment retransmissions, with 5-tuple and socket state",
+    hooks: &[Hook {
+        program: "tcp_retrans",
+        tracepoint: "tcp_retransmit_skb",
+        category: "tcp",
+    }],
+    counter_map: "retransmits",
+    object: aya::include_bytes_aligned!("tcp_retrans.bpf.o"),
+};
+
+/// `struct tcp_retrans_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub netns: u32,
+}
+
+/// `struct tcp_retrans_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record {
+    pub timestamp_ns: u64,
+    pub netns: u32,
+    pub state: u8,
+    pub pad: [u8; 3],
+    pub tuple: Tuple,
+}
+
+const _: () = {
+    assert!(size_of::<Key>() == 4);
+    assert!(size_of::<Record>() == 56);
+    assert!(offset_of!(Record, netns) == 8);
+    assert!(offset_of!(Record, state) == 12);
+    assert!(offset_of!(Record, tuple) == 16);
+};
+
+// SAFETY: plain C struct of integers.
+unsafe impl aya::Pod for Key {}

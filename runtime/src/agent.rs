@@ -1,0 +1,176 @@
+//! `sonde run`: wires topology, probes, fan-out, sinks and the HTTP endpoints together, and
+//! applies config file changes while running.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::AgentConfig;
+use crate::exporter::{self, ApiState};
+use crate::fanout::FanOut;
+use crate::kallsyms::Kallsyms;
+use crate::metrics::Metrics;
+use crate::probes::{Context, Probes};
+use crate::sinks::Sinks;
+use crate::timefmt::BootClock;
+use crate::topology::netns::NetnsTopology;
+
+/// How often the config file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+/// How often kernel counters are folded into the metrics between scrapes, so that counts
+/// are labelled while their namespace still exists.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+/// The node label: config, else `$NODE_NAME`, else the host name.
+fn node_name(config: &AgentConfig) -> String {
+    if !config.node.is_empty() {
+        return config.node.clone();
+    }
+    if let Ok(n) = std::env::var("NODE_NAME") {
+        if !n.is_empty() {
+            return n;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let config = match &opts.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::embedded(),
+    };
+    let listen = match opts.listen {
+        Some(a) => a,
+        None => config
+            .listen
+            .parse()
+            .with_context(|| format!("listen: {:?} is not an address", config.listen))?,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+
+    let metrics = Arc::new(Metrics::new());
+    let topology = NetnsTopology::new(&config.topology.netns_dir);
+    let _topology_refresh = topology.spawn_refresh();
+    let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
+    let mut sinks = Sinks::new(Arc::clone(&fanout));
+    sinks.apply(&config.sinks);
+
+    let ctx = Arc::new(Context {
+        node: Arc::from(node_name(&config)),
+        topology,
+        metrics: Arc::clone(&metrics),
+        symbols: Arc::new(tokio::task::spawn_blocking(Kallsyms::load).await?),
+        clock: BootClock::new(),
+        fanout,
+    });
+    let probes = Arc::new(Mutex::new(Probes::new(Arc::clone(&ctx))));
+    probes.lock().unwrap_or_else(|e| e.into_inner()).apply(&config.probes);
+    tracing::info!(%listen, node = %ctx.node, "sonde running");
+
+    let sync_probes = Arc::clone(&probes);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        loop {
+            tick.tick().await;
+            let p = Arc::clone(&sync_probes);
+            let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).sync()).await;
+        }
+    });
+
+    if let Some(path) = opts.config.clone() {
+        let probes = Arc::clone(&probes);
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(watch_config(path, config, probes, sinks, metrics));
+    } else {
+        // Keep the sinks alive for the life of the agent.
+        std::mem::forget(sinks);
+    }
+
+    let app = exporter::router(ApiState {
+        probes: Arc::clone(&probes),
+        metrics,
+        topology: Arc::clone(&ctx.topology),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("sonde stopping");
+    // Dropping the probes detaches them and folds in their last counts.
+    drop(probes);
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Applies config file changes: probes are enabled, disabled or reconfigured one by one, and
+/// a config that does not parse is refused with its reason while the running one stays.
+async fn watch_config(
+    path: PathBuf,
+    mut current: AgentConfig,
+    probes: Arc<Mutex<Probes>>,
+    mut sinks: Sinks,
+    metrics: Arc<Metrics>,
+) {
+    let mut last_text = tokio::fs::read(&path).await.ok();
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    loop {
+        tick.tick().await;
+        let text = match tokio::fs::read(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                if last_text.is_some() {
+                    tracing::warn!(path = %path.display(), error = %e, "config file unreadable; keeping the running config");
+                    last_text = None;
+                }
+                continue;
+            }
+        };
+        if last_text.as_deref() == Some(&text[..]) {
+            continue;
+        }
+        last_text = Some(text.clone());
+        let parsed = String::from_utf8(text)
+            .map_err(|_| format!("{}: not UTF-8 text", path.display()))
+            .and_then(|t| AgentConfig::parse(&t, &path.display().to_string()).map_err(|e| e.to_string()));
+        let new = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("config rejected, keeping the running one: {e}");
+                metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                continue;
+            }
+        };
+        if new.topology != current.topology || new.listen != current.listen || new.node != current.node {
+            tracing::warn!("node, listen and topology changes take effect at the next start");
+        }
+        let p = Arc::clone(&probes);
+        let probes_config = new.probes.clone();
+        let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).apply(&probes_config)).await;
+        sinks.apply(&new.sinks);
+        metrics.config_reloads.with_label_values(&["applied"]).inc();
+        tracing::info!(path = %path.display(), "config applied");
+        current = new;
+    }
+}

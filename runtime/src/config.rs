@@ -1,0 +1,187 @@
+//! The agent's YAML config: the composition of each component's own config struct, parsed
+//! strictly (unknown keys are errors that name the key and its line).
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::probes::ProbesConfig;
+use crate::sinks::SinksConfig;
+use crate::topology::TopologyConfig;
+
+/// The config the agent runs with when none is given: all probes on, events to stdout.
+pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AgentConfig {
+    /// The `node` label; empty means `$NODE_NAME`, else the host name.
+    pub node: String,
+    /// Address of the HTTP endpoints (`--listen` wins over it).
+    pub listen: String,
+    pub probes: ProbesConfig,
+    pub sinks: SinksConfig,
+    pub topology: TopologyConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node: String::new(),
+            listen: "127.0.0.1:9990".into(),
+            probes: ProbesConfig::default(),
+            sinks: SinksConfig::default(),
+            topology: TopologyConfig::default(),
+        }
+    }
+}
+
+/// A config that could not be used, with where and why in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub message: String,
+}
+
+impl AgentConfig {
+    /// Parses config text; `origin` names it in errors (a path, or "embedded default").
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            origin: origin.to_string(),
+            message,
+        };
+        // An empty file is the default config, not an error.
+        if text.trim().is_empty() {
+            return Ok(AgentConfig::default());
+        }
+        let config: AgentConfig = serde_yaml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn embedded() -> Self {
+        Self::parse(DEFAULT_CONFIG, "embedded default config").expect("the embedded default config is valid")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("listen: {:?} is not an address like 127.0.0.1:9990", self.listen));
+        }
+        self.probes.validate()?;
+        self.sinks.validate()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A size in bytes, written as a number or with a binary suffix (`64Ki`, `1Mi`, `2Gi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (digits, mult) = match s {
+            _ if s.ends_with("Ki") => (&s[..s.len() - 2], 1u64 << 10),
+            _ if s.ends_with("Mi") => (&s[..s.len() - 2], 1 << 20),
+            _ if s.ends_with("Gi") => (&s[..s.len() - 2], 1 << 30),
+            _ => (s, 1),
+        };
+        digits
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with Ki, Mi or Gi)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size in bytes, or a number with Ki, Mi or Gi")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_enables_every_probe() {
+        let c = AgentConfig::embedded();
+        assert!(c.probes.packet_drop.enabled && c.probes.tcp_retrans.enabled && c.probes.tcp_reset.enabled);
+        assert!(c.sinks.stdout.enabled);
+        assert_eq!(c.listen, "127.0.0.1:9990");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "probes:\n  packet_drop:\n    enabld: true\n";
+        let e = AgentConfig::parse(text, "sonde.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("sonde.yaml: "), "{e}");
+        assert!(e.contains("enabld") && e.contains("line 3"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_field() {
+        let e = AgentConfig::parse("listen: nowhere\n", "c.yaml").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = AgentConfig::parse("probes:\n  tcp_reset:\n    events:\n      ringBufferSize: 3Mi\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tcp_reset") && e.contains("ringBufferSize"), "{e}");
+        let e = AgentConfig::parse("probes:\n  tcp_reset:\n    events:\n      ringBufferSize: lots\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn partial_config_keeps_defaults() {
+        let c = AgentConfig::parse("probes:\n  packet_drop:\n    enabled: false\n", "c.yaml").unwrap();
+        assert!(!c.probes.packet_drop.enabled);
+        assert!(c.probes.tcp_reset.enabled);
+        assert_eq!(AgentConfig::parse("", "c.yaml").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("64Ki"), Ok(ByteSize(65536)));
+        assert_eq!(ByteSize::parse("1Mi"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+        assert!(ByteSize::parse("1MB").is_err());
+    }
+}

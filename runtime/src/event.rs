@@ -1,0 +1,259 @@
+//! The events Sonde emits: one decoded type per probe, wrapped in the common envelope that
+//! every consumer sees (DESIGN.md section 6), and their one-line JSON form.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ebpf_core::Tuple;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::topology::{Topology, Workload};
+
+/// A batch of enriched events, shared by every consumer of the fan-out.
+pub type Batch = Arc<Vec<Event>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Info,
+    Warning,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// Where an event came from (`kernel`, later `plugin:<name>` and `script:<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Kernel,
+}
+
+impl Source {
+    fn as_str(&self) -> &str {
+        match self {
+            Source::Kernel => "kernel",
+        }
+    }
+}
+
+/// A packet or connection 5-tuple in user terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub protocol: String,
+    pub saddr: Option<IpAddr>,
+    pub sport: u16,
+    pub daddr: Option<IpAddr>,
+    pub dport: u16,
+}
+
+impl From<&Tuple> for Flow {
+    fn from(t: &Tuple) -> Self {
+        Flow {
+            protocol: t.protocol_name(),
+            saddr: t.src(),
+            sport: t.sport,
+            daddr: t.dst(),
+            dport: t.dport,
+        }
+    }
+}
+
+/// `packet_drop`: a packet the kernel dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketDrop {
+    pub flow: Flow,
+    pub reason: Arc<str>,
+    pub location: Arc<str>,
+    /// Kernel stack, innermost frame first, when stacks are enabled.
+    pub stack: Option<Arc<[Arc<str>]>>,
+}
+
+/// `tcp_retrans`: a TCP segment retransmitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRetrans {
+    pub flow: Flow,
+    pub state: &'static str,
+}
+
+/// `tcp_reset`: a TCP reset sent or received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpReset {
+    pub flow: Flow,
+    pub direction: &'static str,
+    pub state: &'static str,
+}
+
+/// The type-specific part of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    PacketDrop(PacketDrop),
+    TcpRetrans(TcpRetrans),
+    TcpReset(TcpReset),
+}
+
+impl Kind {
+    /// The `type` field: the probe's name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kind::PacketDrop(_) => "packet_drop",
+            Kind::TcpRetrans(_) => "tcp_retrans",
+            Kind::TcpReset(_) => "tcp_reset",
+        }
+    }
+
+    pub fn flow(&self) -> Option<&Flow> {
+        match self {
+            Kind::PacketDrop(e) => Some(&e.flow),
+            Kind::TcpRetrans(e) => Some(&e.flow),
+            Kind::TcpReset(e) => Some(&e.flow),
+        }
+    }
+}
+
+/// An event with its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub time: SystemTime,
+    pub node: Arc<str>,
+    pub severity: Severity,
+    pub netns: u32,
+    pub workload: Option<Workload>,
+    pub source: Source,
+    pub message: Option<String>,
+    pub kind: Kind,
+}
+
+impl Event {
+    pub fn kernel(time: SystemTime, netns: u32, severity: Severity, kind: Kind) -> Self {
+        Event {
+            time,
+            node: Arc::from(""),
+            severity,
+            netns,
+            workload: None,
+            source: Source::Kernel,
+            message: None,
+            kind,
+        }
+    }
+
+    /// Fills in node, namespace and pod.
+    pub fn enrich(&mut self, node: &Arc<str>, topology: &dyn Topology) {
+        self.node = Arc::clone(node);
+        self.workload = topology.workload_of_netns(self.netns);
+    }
+
+    /// The event as one line of JSON (no trailing newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// TCP state names, numbered as in the kernel's `include/net/tcp_states.h` (a UAPI-stable
+/// enum, unlike drop reasons).
+pub fn tcp_state_name(state: u8) -> &'static str {
+    const NAMES: [&str; 13] = [
+        "UNKNOWN", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
+        "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+    ];
+    NAMES.get(state as usize).copied().unwrap_or("UNKNOWN")
+}
+
+fn serialize_flow<M: SerializeMap>(map: &mut M, flow: &Flow) -> Result<(), M::Error> {
+    map.serialize_entry("protocol", &flow.protocol)?;
+    map.serialize_entry("saddr", &flow.saddr)?;
+    map.serialize_entry("sport", &flow.sport)?;
+    map.serialize_entry("daddr", &flow.daddr)?;
+    map.serialize_entry("dport", &flow.dport)
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("time", &crate::timefmt::rfc3339(self.time))?;
+        map.serialize_entry("node", &*self.node)?;
+        map.serialize_entry("type", self.kind.type_name())?;
+        map.serialize_entry("severity", self.severity.as_str())?;
+        let (namespace, pod) = match &self.workload {
+            Some(w) => (&*w.namespace, &*w.pod),
+            None => ("", ""),
+        };
+        map.serialize_entry("namespace", namespace)?;
+        map.serialize_entry("pod", pod)?;
+        map.serialize_entry("netns", &self.netns)?;
+        map.serialize_entry("source", self.source.as_str())?;
+        match &self.kind {
+            Kind::PacketDrop(e) => {
+                serialize_flow(&mut map, &e.flow)?;
+                map.serialize_entry("reason", &*e.reason)?;
+                map.serialize_entry("location", &*e.location)?;
+                if let Some(stack) = &e.stack {
+                    let frames: Vec<&str> = stack.iter().map(|f| &**f).collect();
+                    map.serialize_entry("stack", &frames)?;
+                }
+            }
+            Kind::TcpRetrans(e) => {
+                serialize_flow(&mut map, &e.flow)?;
+                map.serialize_entry("state", e.state)?;
+            }
+            Kind::TcpReset(e) => {
+                serialize_flow(&mut map, &e.flow)?;
+                map.serialize_entry("direction", e.direction)?;
+                map.serialize_entry("state", e.state)?;
+            }
+        }
+        if let Some(m) = &self.message {
+            map.serialize_entry("message", m)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn json_has_envelope_then_type_fields() {
+        let mut e = Event::kernel(
+            UNIX_EPOCH + Duration::from_secs(1),
+            4026532000,
+            Severity::Warning,
+            Kind::PacketDrop(PacketDrop {
+                flow: Flow {
+                    protocol: "udp".into(),
+                    saddr: Some("198.18.0.1".parse().unwrap()),
+                    sport: 5000,
+                    daddr: Some("198.18.0.2".parse().unwrap()),
+                    dport: 9999,
+                },
+                reason: Arc::from("NETFILTER_DROP"),
+                location: Arc::from("nf_hook_slow"),
+                stack: Some(Arc::from(vec![Arc::from("nf_hook_slow+0x3c")])),
+            }),
+        );
+        e.node = Arc::from("node-1");
+        e.workload = Some(Workload {
+            namespace: Arc::from(""),
+            pod: Arc::from("B"),
+        });
+        assert_eq!(
+            e.to_json(),
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"packet_drop","severity":"warning","namespace":"","pod":"B","netns":4026532000,"source":"kernel","protocol":"udp","saddr":"198.18.0.1","sport":5000,"daddr":"198.18.0.2","dport":9999,"reason":"NETFILTER_DROP","location":"nf_hook_slow","stack":["nf_hook_slow+0x3c"]}"#
+        );
+    }
+
+    #[test]
+    fn tcp_states_by_number() {
+        assert_eq!(tcp_state_name(1), "ESTABLISHED");
+        assert_eq!(tcp_state_name(12), "NEW_SYN_RECV");
+        assert_eq!(tcp_state_name(200), "UNKNOWN");
+    }
+}

@@ -1,0 +1,64 @@
+//! HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and the JSON
+//! API under `/api/v1/`.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::metrics::Metrics;
+use crate::probes::Probes;
+use crate::topology::Topology;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub probes: Arc<Mutex<Probes>>,
+    pub metrics: Arc<Metrics>,
+    pub topology: Arc<dyn Topology>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/probes", get(probes))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let probes = Arc::clone(&s.probes);
+    // Reading kernel maps is a few syscalls per key: keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || probes.lock().unwrap_or_else(|e| e.into_inner()).sync()).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if !s.topology.ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "topology: first view not complete\n").into_response();
+    }
+    let probes = s.probes.lock().unwrap_or_else(|e| e.into_inner());
+    let failed: Vec<String> = probes
+        .status()
+        .into_iter()
+        .filter(|p| p.state == "failed")
+        .map(|p| format!("{}: {}", p.name, p.error.unwrap_or_default()))
+        .collect();
+    if failed.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("probes failed: {}\n", failed.join("; "))).into_response()
+    }
+}
+
+async fn probes(State(s): State<ApiState>) -> Response {
+    let status = s.probes.lock().unwrap_or_else(|e| e.into_inner()).status();
+    Json(status).into_response()
+}

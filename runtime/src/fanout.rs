@@ -1,0 +1,74 @@
+//! Fan-out of event batches to their consumers (event sinks; later plugins and scripts).
+//!
+//! Each consumer has its own bounded queue: a slow consumer loses batches, counted per
+//! consumer in `sonde_consumer_events_dropped_total`, and never slows the probes or the
+//! other consumers.
+
+use std::sync::{Arc, RwLock};
+
+use prometheus::IntCounterVec;
+use tokio::sync::mpsc;
+
+use crate::event::{Batch, Event};
+
+struct Consumer {
+    name: String,
+    queue: mpsc::Sender<Batch>,
+}
+
+pub struct FanOut {
+    consumers: RwLock<Vec<Consumer>>,
+    dropped: IntCounterVec,
+}
+
+impl FanOut {
+    pub fn new(dropped: IntCounterVec) -> Arc<Self> {
+        Arc::new(FanOut {
+            consumers: RwLock::new(Vec::new()),
+            dropped,
+        })
+    }
+
+    /// Adds a consumer (replacing one of the same name) with a queue of `capacity` batches.
+    pub fn subscribe(&self, name: &str, capacity: usize) -> mpsc::Receiver<Batch> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let mut consumers = self.consumers.write().unwrap_or_else(|e| e.into_inner());
+        consumers.retain(|c| c.name != name);
+        consumers.push(Consumer {
+            name: name.to_string(),
+            queue: tx,
+        });
+        self.dropped.with_label_values(&[name]);
+        rx
+    }
+
+    /// Removes a consumer; its receiver sees the end of the stream.
+    pub fn unsubscribe(&self, name: &str) {
+        self.consumers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|c| c.name != name);
+    }
+
+    pub fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        let batch: Batch = Arc::new(events);
+        let mut closed = false;
+        for c in self.consumers.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            match c.queue.try_send(Arc::clone(&batch)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => self.dropped.with_label_values(&[&c.name]).inc_by(n),
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            }
+        }
+        if closed {
+            self.consumers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|c| !c.queue.is_closed());
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Sonde node agent: turns the probes of `ebpf-core` into Prometheus metrics and JSON events
+//! labelled with the pod they concern.
+//!
+//! Data flow: probes (kernel counters and ring buffers) → collectors decode records into
+//! typed [`event::Event`]s → topology enriches them with node, namespace and pod → batches fan
+//! out to the consumers (event sinks today; plugins and scripts later), while in-kernel
+//! counters feed the Prometheus registry.
+
+pub mod agent;
+pub mod config;
+pub mod event;
+pub mod exporter;
+pub mod fanout;
+pub mod kallsyms;
+pub mod metrics;
+pub mod probes;
+pub mod sinks;
+pub mod timefmt;
+pub mod topology;

@@ -1,0 +1,128 @@
+//! `sonde`: the node agent and its CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sonde::agent::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "sonde", version, about = "Kubernetes network observability from eBPF probes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load the probes, export /metrics, emit events.
+    Run {
+        /// YAML config file, watched for changes (default: the embedded config).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address of /metrics, /healthz, /readyz and /api/v1/ [default: 127.0.0.1:9990].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// List the probe catalogue and whether each probe can load on this kernel.
+    Probes {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's reason, without the usage block that follows it.
+            let text = e.to_string();
+            let reason = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("sonde: {}", reason.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SONDE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run { config, listen } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(agent::run(RunOptions { config, listen }))),
+        Command::Probes { output } => probes(output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sonde: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sonde probes`: tries to load each probe into the kernel (without attaching it).
+fn probes(output: Output) -> anyhow::Result<()> {
+    let btf = aya::Btf::from_sys_fs();
+    let rows: Vec<(&ebpf_core::ProbeSpec, Result<(), String>)> = ebpf_core::CATALOGUE
+        .iter()
+        .map(|spec| {
+            let r = match &btf {
+                Ok(btf) => ebpf_core::LoadedProbe::check(spec, btf).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot read kernel BTF: {e}")),
+            };
+            (spec, r)
+        })
+        .collect();
+    match output {
+        Output::Json => {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(spec, r)| {
+                    serde_json::json!({
+                        "name": spec.name,
+                        "description": spec.description,
+                        "hooks": spec.hooks.iter().map(|h| format!("tp_btf/{}/{}", h.category, h.tracepoint)).collect::<Vec<_>>(),
+                        "loadable": r.is_ok(),
+                        "reason": r.as_ref().err(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            println!("{:<14} {:<9} {:<56} DESCRIPTION", "PROBE", "LOADABLE", "HOOKS");
+            for (spec, r) in &rows {
+                let hooks: Vec<String> = spec
+                    .hooks
+                    .iter()
+                    .map(|h| format!("tp_btf/{}/{}", h.category, h.tracepoint))
+                    .collect();
+                let loadable = if r.is_ok() { "yes" } else { "no" };
+                println!("{:<14} {:<9} {:<56} {}", spec.name, loadable, hooks.join(","), spec.description);
+                if let Err(reason) = r {
+                    println!("{:<14} why not: {reason}", "");
+                }
+            }
+        }
+    }
+    Ok(())
+}

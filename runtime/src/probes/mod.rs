@@ -1,0 +1,395 @@
+//! The collectors: the agent side of each probe of the catalogue. A probe is loaded and
+//! attached when its config enables it, reconfigured in place when its settings change, and
+//! unloaded when disabled, without touching the others. Its ring buffer is drained by a task
+//! that decodes records into typed events, enriches them and publishes them in batches; its
+//! in-kernel counters are turned into Prometheus counters by [`Probes::sync`].
+//!
+//! Adding a probe: a module here with its config struct, decoder and counter sync, one field
+//! in [`ProbesConfig`], and its [`Driver`] in [`DRIVERS`].
+
+pub mod packet_drop;
+pub mod tcp_reset;
+pub mod tcp_retrans;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use aya::Btf;
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings, ProbeSpec, Stats};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+use crate::config::ByteSize;
+use crate::event::Event;
+use crate::fanout::FanOut;
+use crate::kallsyms::Kallsyms;
+use crate::metrics::Metrics;
+use crate::timefmt::BootClock;
+use crate::topology::{Topology, Workload};
+
+/// How often a ring buffer is drained when the kernel has not woken the agent.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// Events per published batch, at most.
+const MAX_BATCH: usize = 1024;
+
+/// What every collector shares.
+pub struct Context {
+    pub node: Arc<str>,
+    pub topology: Arc<dyn Topology>,
+    pub metrics: Arc<Metrics>,
+    pub symbols: Arc<Kallsyms>,
+    pub clock: BootClock,
+    pub fanout: Arc<FanOut>,
+}
+
+impl Context {
+    /// The workload of a network namespace, `None` for the host.
+    pub fn workload(&self, netns: u32) -> Option<Workload> {
+        self.topology.workload_of_netns(netns)
+    }
+}
+
+/// `events:` of a probe's config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct EventsConfig {
+    /// Emit per-event records to the consumers (counting happens either way).
+    pub enabled: bool,
+    /// Events per second per CPU; 0 = unlimited. Enforced in the kernel.
+    pub rate_per_cpu: u64,
+    /// Events a CPU may emit in a burst above the rate.
+    pub burst: u64,
+    /// Size of the probe's ring buffer (a power of two, at least 4Ki).
+    pub ring_buffer_size: ByteSize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            rate_per_cpu: 1000,
+            burst: 1000,
+            ring_buffer_size: ByteSize(1 << 20),
+        }
+    }
+}
+
+impl EventsConfig {
+    fn validate(&self, probe: &str) -> Result<(), String> {
+        let size = self.ring_buffer_size.0;
+        if size < 4096 || !size.is_power_of_two() || size > 1 << 30 {
+            return Err(format!(
+                "probes.{probe}.events.ringBufferSize: {size} must be a power of two between 4Ki and 1Gi"
+            ));
+        }
+        Ok(())
+    }
+
+    fn settings(&self, stack: bool) -> ProbeSettings {
+        ProbeSettings {
+            events: self.enabled,
+            rate_per_cpu: self.rate_per_cpu,
+            burst: self.burst,
+            stack,
+            ring_buffer_size: self.ring_buffer_size.0 as u32,
+        }
+    }
+}
+
+/// `probes:` in the agent config, one field per probe of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    pub packet_drop: packet_drop::Config,
+    pub tcp_retrans: tcp_retrans::Config,
+    pub tcp_reset: tcp_reset::Config,
+}
+
+impl ProbesConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        DRIVERS.iter().try_for_each(|d| (d.validate)(self))
+    }
+}
+
+/// Turns one ring buffer record into an event (not yet enriched).
+pub type Decoder = Box<dyn FnMut(&[u8]) -> Option<Event> + Send>;
+
+/// The agent side of one probe.
+pub struct Driver {
+    pub spec: &'static ProbeSpec,
+    /// The probe's settings, `None` when the config disables it.
+    pub settings: fn(&ProbesConfig) -> Option<ProbeSettings>,
+    pub validate: fn(&ProbesConfig) -> Result<(), String>,
+    pub decoder: fn(&mut LoadedProbe, &Arc<Context>) -> Result<Decoder, ProbeError>,
+    /// Adds what the in-kernel counters gained since the last sync to the metrics.
+    pub sync: fn(&LoadedProbe, &mut Deltas, &Context) -> Result<(), ProbeError>,
+}
+
+/// Every collector, one per probe of the catalogue.
+pub const DRIVERS: &[Driver] = &[packet_drop::DRIVER, tcp_retrans::DRIVER, tcp_reset::DRIVER];
+
+/// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
+/// counters (which keep their totals across probe reloads and namespace changes).
+#[derive(Debug, Default)]
+pub struct Deltas {
+    last: HashMap<u64, u64>,
+}
+
+impl Deltas {
+    /// Pairs each key with its gain since the last call; `id` packs a key into a u64.
+    pub fn update<K>(&mut self, current: HashMap<K, u64>, id: impl Fn(&K) -> u64) -> Vec<(K, u64)> {
+        let mut gained = Vec::new();
+        for (key, value) in current {
+            let prev = self.last.insert(id(&key), value).unwrap_or(0);
+            if value > prev {
+                gained.push((key, value - prev));
+            }
+        }
+        gained
+    }
+}
+
+/// State of one probe, as `/api/v1/probes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub hooks: Vec<String>,
+    /// `running`, `disabled` or `failed`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+struct Running {
+    probe: LoadedProbe,
+    settings: ProbeSettings,
+    drain: JoinHandle<()>,
+    deltas: Deltas,
+    stats: Stats,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.drain.abort();
+    }
+}
+
+/// The probes the agent runs.
+pub struct Probes {
+    btf: Result<Btf, String>,
+    ctx: Arc<Context>,
+    running: BTreeMap<&'static str, Running>,
+    failed: BTreeMap<&'static str, String>,
+}
+
+impl Probes {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        let btf = Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX));
+        for d in DRIVERS {
+            ctx.metrics.probe_up.with_label_values(&[d.spec.name]).set(0);
+            ctx.metrics.events_lost.with_label_values(&[d.spec.name]);
+        }
+        Probes {
+            btf,
+            ctx,
+            running: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    /// Brings the running probes in line with the config. A probe that fails to load is
+    /// reported and the others carry on.
+    pub fn apply(&mut self, config: &ProbesConfig) {
+        for driver in DRIVERS {
+            let name = driver.spec.name;
+            let wanted = (driver.settings)(config);
+            let up = self.ctx.metrics.probe_up.with_label_values(&[name]);
+            match wanted {
+                None => {
+                    self.failed.remove(name);
+                    if let Some(mut r) = self.running.remove(name) {
+                        sync_running(driver, &mut r, &self.ctx);
+                        tracing::info!(probe = name, "probe disabled");
+                    }
+                    up.set(0);
+                }
+                Some(settings) => {
+                    if let Some(r) = self.running.get_mut(name) {
+                        if r.settings == settings {
+                            continue;
+                        }
+                        match r.probe.configure(&settings) {
+                            Ok(true) => {
+                                r.settings = settings;
+                                tracing::info!(probe = name, "probe reconfigured");
+                                continue;
+                            }
+                            Ok(false) => tracing::info!(probe = name, "probe reloading for its new ring buffer size"),
+                            Err(e) => tracing::warn!(probe = name, error = %e, "reconfiguring failed; reloading"),
+                        }
+                        if let Some(mut r) = self.running.remove(name) {
+                            sync_running(driver, &mut r, &self.ctx);
+                        }
+                    }
+                    match self.start(driver, settings) {
+                        Ok(r) => {
+                            self.running.insert(name, r);
+                            self.failed.remove(name);
+                            up.set(1);
+                            tracing::info!(probe = name, "probe attached");
+                        }
+                        Err(e) => {
+                            tracing::error!(probe = name, error = %e, "probe cannot load");
+                            self.failed.insert(name, e.to_string());
+                            up.set(0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&self, driver: &Driver, settings: ProbeSettings) -> Result<Running, ProbeError> {
+        let btf = self.btf.as_ref().map_err(|e| ProbeError::Btf(e.clone()))?;
+        let mut probe = LoadedProbe::load(driver.spec, btf, &settings)?;
+        let decoder = (driver.decoder)(&mut probe, &self.ctx)?;
+        let ring = probe.take_events()?;
+        let drain = tokio::spawn(drain(driver.spec.name, ring, decoder, Arc::clone(&self.ctx)));
+        Ok(Running {
+            probe,
+            settings,
+            drain,
+            deltas: Deltas::default(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Brings the Prometheus counters up to date with the kernel's.
+    pub fn sync(&mut self) {
+        for driver in DRIVERS {
+            if let Some(r) = self.running.get_mut(driver.spec.name) {
+                sync_running(driver, r, &self.ctx);
+            }
+        }
+    }
+
+    /// Whether every enabled probe is attached.
+    pub fn all_attached(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    pub fn status(&self) -> Vec<ProbeStatus> {
+        DRIVERS
+            .iter()
+            .map(|d| {
+                let name = d.spec.name;
+                let (state, error) = if self.running.contains_key(name) {
+                    ("running", None)
+                } else if let Some(e) = self.failed.get(name) {
+                    ("failed", Some(e.clone()))
+                } else {
+                    ("disabled", None)
+                };
+                ProbeStatus {
+                    name,
+                    description: d.spec.description,
+                    hooks: d.spec.hooks.iter().map(|h| format!("tp_btf/{}", h.tracepoint)).collect(),
+                    state,
+                    error,
+                }
+            })
+            .collect()
+    }
+
+    /// Kernel program ids of the running probes (for the bench command).
+    pub fn program_ids(&self) -> Vec<(&'static str, &'static str, u32)> {
+        self.running
+            .iter()
+            .flat_map(|(name, r)| r.probe.program_ids().into_iter().map(move |(p, id)| (*name, p, id)))
+            .collect()
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        // Final sync so nothing counted is lost on the way out.
+        self.sync();
+    }
+}
+
+/// Adds what a running probe's counters and delivery stats gained to the metrics.
+fn sync_running(driver: &Driver, r: &mut Running, ctx: &Context) {
+    let name = driver.spec.name;
+    if let Err(e) = (driver.sync)(&r.probe, &mut r.deltas, ctx) {
+        tracing::warn!(probe = name, error = %e, "reading counters failed");
+    }
+    match r.probe.stats() {
+        Ok(stats) => {
+            let m = &ctx.metrics;
+            m.events_lost
+                .with_label_values(&[name])
+                .inc_by(stats.lost.saturating_sub(r.stats.lost));
+            m.events_suppressed
+                .with_label_values(&[name])
+                .inc_by(stats.suppressed.saturating_sub(r.stats.suppressed));
+            r.stats = stats;
+        }
+        Err(e) => tracing::warn!(probe = name, error = %e, "reading probe stats failed"),
+    }
+}
+
+/// Drains one probe's ring buffer: on the kernel's wake-up (a batch is waiting) or the poll
+/// timer, whichever comes first.
+async fn drain(probe: &'static str, ring: RingBuf<MapData>, mut decode: Decoder, ctx: Arc<Context>) {
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped,
+    // so the registration never outlives the descriptor.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            let (_, e) = e.into_parts();
+            tracing::error!(probe, error = %e, "cannot watch ring buffer");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => match ready {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::error!(probe, error = %e, "ring buffer poll failed");
+                    return;
+                }
+            },
+            _ = tick.tick() => {}
+        }
+        let ring = fd.get_mut();
+        let mut batch = Vec::new();
+        while let Some(record) = ring.next() {
+            if let Some(mut event) = decode(&record) {
+                event.enrich(&ctx.node, &*ctx.topology);
+                batch.push(event);
+            }
+            drop(record);
+            if batch.len() >= MAX_BATCH {
+                ctx.fanout.publish(std::mem::take(&mut batch));
+            }
+        }
+        if !batch.is_empty() {
+            ctx.fanout.publish(batch);
+        }
+    }
+}
+
+/// Label values for a workload (`namespace`, `pod`), empty for the host.
+pub fn workload_label_values(w: &Option<Workload>) -> (&str, &str) {
+    match w {
+        Some(w) => (&w.namespace, &w.pod),
+        None => ("", ""),
+    }
+}

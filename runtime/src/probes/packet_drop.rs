@@ -1,0 +1,133 @@
+//! `packet_drop` collector: drops counted per pod and reason (named from the running
+//! kernel's BTF), and drop events with the dropping function and, on request, the stack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aya::maps::{MapData, StackTraceMap};
+use ebpf_core::packet_drop::{Key, Record, SPEC, STACK_MAP};
+use ebpf_core::record::read_record;
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
+use serde::Deserialize;
+
+use super::{workload_label_values, Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
+use crate::event::{Event, Flow, Kind, PacketDrop, Severity};
+
+/// `probes.packet_drop` in the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    pub enabled: bool,
+    /// Collect the kernel stack of each drop event (costs more per drop; off by default).
+    pub stack: bool,
+    pub events: EventsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            stack: false,
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+pub const DRIVER: Driver = Driver {
+    spec: &SPEC,
+    settings,
+    validate: |c| c.packet_drop.events.validate("packet_drop"),
+    decoder,
+    sync,
+};
+
+fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
+    let c = &c.packet_drop;
+    c.enabled.then(|| c.events.settings(c.stack))
+}
+
+/// Drop reason names of the running kernel, read once.
+fn reasons() -> &'static HashMap<u32, Arc<str>> {
+    static REASONS: std::sync::OnceLock<HashMap<u32, Arc<str>>> = std::sync::OnceLock::new();
+    REASONS.get_or_init(|| match ebpf_core::btf::drop_reasons() {
+        Ok(names) => names.into_iter().map(|(v, n)| (v, Arc::from(n))).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "drop reasons will be shown as numbers");
+            HashMap::new()
+        }
+    })
+}
+
+fn reason_name(reason: u32) -> Arc<str> {
+    reasons()
+        .get(&reason)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(reason.to_string()))
+}
+
+struct DropDecoder {
+    ctx: Arc<Context>,
+    stacks: Option<StackTraceMap<MapData>>,
+    /// Symbolised stacks by stack id: an id names one stack for the life of the map.
+    stack_cache: HashMap<u32, Arc<[Arc<str>]>>,
+    locations: HashMap<u64, Arc<str>>,
+}
+
+impl DropDecoder {
+    fn stack(&mut self, id: i32) -> Option<Arc<[Arc<str>]>> {
+        let id = u32::try_from(id).ok()?;
+        if let Some(s) = self.stack_cache.get(&id) {
+            return Some(Arc::clone(s));
+        }
+        let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;
+        let frames: Arc<[Arc<str>]> = trace.frames().iter().map(|f| self.ctx.symbols.frame(f.ip)).collect();
+        self.stack_cache.insert(id, Arc::clone(&frames));
+        Some(frames)
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
+        let r: Record = read_record(bytes)?;
+        let symbols = &self.ctx.symbols;
+        let location = Arc::clone(
+            self.locations
+                .entry(r.location)
+                .or_insert_with(|| symbols.name(r.location)),
+        );
+        let stack = self.stack(r.stack_id);
+        Some(Event::kernel(
+            self.ctx.clock.wall(r.timestamp_ns),
+            r.netns,
+            Severity::Warning,
+            Kind::PacketDrop(PacketDrop {
+                flow: Flow::from(&r.tuple),
+                reason: reason_name(r.reason),
+                location,
+                stack,
+            }),
+        ))
+    }
+}
+
+fn decoder(probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    let stacks = probe.take_stack_map(STACK_MAP)?;
+    let mut d = DropDecoder {
+        ctx: Arc::clone(ctx),
+        stacks: Some(stacks),
+        stack_cache: HashMap::new(),
+        locations: HashMap::new(),
+    };
+    Ok(Box::new(move |bytes| d.decode(bytes)))
+}
+
+fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
+    let current = probe.counters::<Key>()?;
+    for (key, gained) in deltas.update(current, |k| (k.netns as u64) << 32 | k.reason as u64) {
+        let workload = ctx.workload(key.netns);
+        let (namespace, pod) = workload_label_values(&workload);
+        ctx.metrics
+            .packet_drops
+            .with_label_values(&[&*ctx.node, namespace, pod, &reason_name(key.reason)])
+            .inc_by(gained);
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! `tcp_retrans` collector: retransmits counted per pod, events with 5-tuple and state.
+
+use std::sync::Arc;
+
+use ebpf_core::record::read_record;
+use ebpf_core::tcp_retrans::{Key, Record, SPEC};
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
+use serde::Deserialize;
+
+use super::{workload_label_values, Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
+use crate::event::{tcp_state_name, Event, Flow, Kind, Severity, TcpRetrans};
+
+/// `probes.tcp_retrans` in the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    pub enabled: bool,
+    pub events: EventsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+pub const DRIVER: Driver = Driver {
+    spec: &SPEC,
+    settings,
+    validate: |c| c.tcp_retrans.events.validate("tcp_retrans"),
+    decoder,
+    sync,
+};
+
+fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
+    let c = &c.tcp_retrans;
+    c.enabled.then(|| c.events.settings(false))
+}
+
+fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    let ctx = Arc::clone(ctx);
+    Ok(Box::new(move |bytes| {
+        let r: Record = read_record(bytes)?;
+        Some(Event::kernel(
+            ctx.clock.wall(r.timestamp_ns),
+            r.netns,
+            Severity::Warning,
+            Kind::TcpRetrans(TcpRetrans {
+                flow: Flow::from(&r.tuple),
+                state: tcp_state_name(r.state),
+            }),
+        ))
+    }))
+}
+
+fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
+    let current = probe.counters::<Key>()?;
+    for (key, gained) in deltas.update(current, |k| k.netns as u64) {
+        let workload = ctx.workload(key.netns);
+        let (namespace, pod) = workload_label_values(&workload);
+        ctx.metrics
+            .tcp_retransmits
+            .with_label_values(&[&*ctx.node, namespace, pod])
+            .inc_by(gained);
+    }
+    Ok(())
+}

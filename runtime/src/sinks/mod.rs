@@ -1,0 +1,125 @@
+//! Event sinks: where enriched events leave the agent as JSON lines (stdout, a rotated
+//! file). Each runs on its own thread fed by its own fan-out queue, and is restarted when
+//! its config changes.
+
+pub mod file;
+pub mod stdout;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::config::ByteSize;
+use crate::event::Batch;
+use crate::fanout::FanOut;
+
+/// Batches a sink may have queued before it starts losing them.
+const QUEUE_BATCHES: usize = 256;
+
+/// `sinks:` in the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    pub stdout: stdout::Config,
+    pub file: Option<file::Config>,
+}
+
+impl SinksConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.file {
+            Some(f) => f.validate(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes every event of every batch as one JSON line, until the queue closes or the output
+/// fails.
+fn write_batches(rx: &mut mpsc::Receiver<Batch>, mut out: impl FnMut(&[u8]) -> std::io::Result<()>) {
+    let mut line = Vec::with_capacity(512);
+    while let Some(batch) = rx.blocking_recv() {
+        for event in batch.iter() {
+            line.clear();
+            if serde_json::to_writer(&mut line, event).is_err() {
+                continue;
+            }
+            line.push(b'\n');
+            if let Err(e) = out(&line) {
+                tracing::error!(error = %e, "event sink stopped: cannot write");
+                return;
+            }
+        }
+    }
+}
+
+struct Running<C> {
+    config: C,
+    thread: JoinHandle<()>,
+}
+
+/// The running sinks.
+pub struct Sinks {
+    fanout: Arc<FanOut>,
+    stdout: Option<Running<stdout::Config>>,
+    file: Option<Running<file::Config>>,
+}
+
+impl Sinks {
+    pub fn new(fanout: Arc<FanOut>) -> Self {
+        Sinks {
+            fanout,
+            stdout: None,
+            file: None,
+        }
+    }
+
+    /// Starts, stops or restarts sinks so that they match the config.
+    pub fn apply(&mut self, config: &SinksConfig) {
+        let wanted_stdout = config.stdout.enabled.then(|| config.stdout.clone());
+        if self.stdout.as_ref().map(|r| &r.config) != wanted_stdout.as_ref() {
+            stop(&self.fanout, "sink:stdout", self.stdout.take().map(|r| r.thread));
+            if let Some(c) = wanted_stdout {
+                let mut rx = self.fanout.subscribe("sink:stdout", QUEUE_BATCHES);
+                let thread = std::thread::spawn(move || {
+                    let stdout = std::io::stdout();
+                    write_batches(&mut rx, |line| {
+                        let mut lock = stdout.lock();
+                        lock.write_all(line)?;
+                        lock.flush()
+                    })
+                });
+                self.stdout = Some(Running { config: c, thread });
+            }
+        }
+        if self.file.as_ref().map(|r| &r.config) != config.file.as_ref() {
+            stop(&self.fanout, "sink:file", self.file.take().map(|r| r.thread));
+            if let Some(c) = config.file.clone() {
+                match file::RotatingFile::open(&c) {
+                    Ok(mut f) => {
+                        let mut rx = self.fanout.subscribe("sink:file", QUEUE_BATCHES);
+                        let thread = std::thread::spawn(move || write_batches(&mut rx, |line| f.write_line(line)));
+                        self.file = Some(Running { config: c, thread });
+                    }
+                    Err(e) => tracing::error!(path = %c.path, error = %e, "file sink cannot open its file"),
+                }
+            }
+        }
+    }
+
+}
+
+/// Ends a sink: closing its queue ends its thread once the queued batches are written.
+fn stop(fanout: &FanOut, name: &str, thread: Option<JoinHandle<()>>) {
+    fanout.unsubscribe(name);
+    if let Some(t) = thread {
+        let _ = t.join();
+    }
+}
+
+/// `ByteSize` default for file rotation.
+pub(crate) fn default_max_size() -> ByteSize {
+    ByteSize(100 << 20)
+}

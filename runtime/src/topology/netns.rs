@@ -1,0 +1,141 @@
+//! Standalone topology: every named network namespace under `/run/netns` is a pod of that
+//! name, with an empty Kubernetes namespace; the host namespace carries no pod.
+//!
+//! The directory is rescanned every second, and at once (at most every 100 ms) when asked
+//! about a namespace it does not know, so a namespace created just before its first packet
+//! is still named.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::{Topology, Workload};
+
+const MISS_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct NetnsTopology {
+    dir: PathBuf,
+    by_inode: RwLock<HashMap<u32, Workload>>,
+    last_scan: Mutex<Instant>,
+    host_netns: Option<u32>,
+}
+
+impl NetnsTopology {
+    pub fn new(dir: impl Into<PathBuf>) -> Arc<Self> {
+        let host_netns = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino() as u32);
+        let topo = Arc::new(NetnsTopology {
+            dir: dir.into(),
+            by_inode: RwLock::new(HashMap::new()),
+            last_scan: Mutex::new(Instant::now()),
+            host_netns,
+        });
+        topo.rescan();
+        topo
+    }
+
+    /// Re-reads the namespace directory; a missing directory means no pods.
+    pub fn rescan(&self) {
+        let mut found = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let Ok(name) = entry.file_name().into_string() else { continue };
+                // A mount point bound to a namespace: its inode is the namespace's.
+                let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+                let inode = meta.ino() as u32;
+                if Some(inode) == self.host_netns {
+                    continue;
+                }
+                found.insert(
+                    inode,
+                    Workload {
+                        namespace: Arc::from(""),
+                        pod: Arc::from(name),
+                    },
+                );
+            }
+        }
+        *self.last_scan.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let mut map = self.by_inode.write().unwrap_or_else(|e| e.into_inner());
+        if *map != found {
+            tracing::debug!(pods = found.len(), "network namespaces changed");
+            *map = found;
+        }
+    }
+
+    /// Keeps the view fresh until the returned task is dropped or aborted.
+    pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let topo = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let t = Arc::clone(&topo);
+                let _ = tokio::task::spawn_blocking(move || t.rescan()).await;
+            }
+        })
+    }
+
+    fn lookup(&self, netns: u32) -> Option<Workload> {
+        self.by_inode
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&netns)
+            .cloned()
+    }
+}
+
+impl Topology for NetnsTopology {
+    fn workload_of_netns(&self, netns: u32) -> Option<Workload> {
+        if netns == 0 || Some(netns) == self.host_netns {
+            return None;
+        }
+        if let Some(w) = self.lookup(netns) {
+            return Some(w);
+        }
+        let due = self
+            .last_scan
+            .lock()
+            .map(|t| t.elapsed() >= MISS_RESCAN_INTERVAL)
+            .unwrap_or(true);
+        if due {
+            self.rescan();
+            return self.lookup(netns);
+        }
+        None
+    }
+
+    fn workload_of_ip(&self, _ip: IpAddr) -> Option<Workload> {
+        None
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_in_dir_become_pods_and_host_is_none() {
+        let dir = std::env::temp_dir().join(format!("sonde-netns-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("web-1"), b"").unwrap();
+        let ino = std::fs::metadata(dir.join("web-1")).unwrap().ino() as u32;
+        let topo = NetnsTopology::new(&dir);
+        let w = topo.workload_of_netns(ino).expect("known pod");
+        assert_eq!(&*w.pod, "web-1");
+        assert_eq!(&*w.namespace, "");
+        if let Some(host) = topo.host_netns {
+            assert_eq!(topo.workload_of_netns(host), None);
+        }
+        std::fs::remove_file(dir.join("web-1")).unwrap();
+        topo.rescan();
+        assert_eq!(topo.workload_of_netns(ino), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,430 @@
+//! The agent under test as a child process (its config in a temp dir, its stdout events and
+//! stderr logs captured, its HTTP endpoints read), and one-shot `sonde` commands.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{http_get, json_contains, metric_value, poll_until, try_poll_until};
+
+/// How much of the agent's stderr a failing test prints.
+const STDERR_TAIL_LINES: usize = 200;
+
+/// A directory `$TMPDIR/sonde-test-<pid>-<n>/`, removed when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sonde-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `contents` to file `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The agent binary: `$SONDE_BIN`, else `sonde` next to the test executable's `deps/` folder
+/// (`target/<profile>/sonde`).
+pub fn sonde_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SONDE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("cannot find the test executable");
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap_or_else(|| {
+        panic!(
+            "test executable {} is not in target/<profile>/deps/",
+            exe.display()
+        )
+    });
+    let bin = profile_dir.join("sonde");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build the agent first (`cargo build --release -p sonde`) or set SONDE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The probe switches a test starts the agent with. Events are never rate-limited
+/// (`ratePerCpu: 0`) so that tests can look for specific ones.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub packet_drop: bool,
+    pub tcp_retrans: bool,
+    pub tcp_reset: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node: "sonde-test-node".into(),
+            packet_drop: true,
+            tcp_retrans: true,
+            tcp_reset: true,
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn to_yaml(&self) -> String {
+        let probe = |name: &str, enabled: bool| {
+            format!("  {name}:\n    enabled: {enabled}\n    events: {{ enabled: true, ratePerCpu: 0, burst: 1000 }}\n")
+        };
+        format!(
+            "node: {node}\nprobes:\n{}{}{}sinks:\n  stdout: {{ enabled: true }}\ntopology:\n  netnsDir: /run/netns\n",
+            probe("packet_drop", self.packet_drop),
+            probe("tcp_retrans", self.tcp_retrans),
+            probe("tcp_reset", self.tcp_reset),
+            node = self.node,
+        )
+    }
+}
+
+/// `sonde run --config FILE --listen 127.0.0.1:PORT` as a child process, stopped when dropped.
+/// Stdout (events, one JSON object per line) and stderr (logs) are collected by reader threads;
+/// if the test is panicking, the tail of stderr is printed on drop.
+pub struct Agent {
+    child: Mutex<Child>,
+    addr: SocketAddr,
+    config_path: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl Agent {
+    pub fn spawn(config: &AgentConfig) -> Agent {
+        Agent::spawn_yaml(&config.to_yaml())
+    }
+
+    /// Starts the agent with `yaml` as its config file.
+    pub fn spawn_yaml(yaml: &str) -> Agent {
+        let dir = TempDir::new();
+        let config_path = dir.write("sonde.yaml", yaml);
+        let addr = free_local_addr();
+        let bin = sonde_bin();
+        let mut child = Command::new(&bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect_lines("agent stdout", child.stdout.take().unwrap(), stdout.clone()),
+            collect_lines("agent stderr", child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Agent {
+            child: Mutex::new(child),
+            addr,
+            config_path,
+            stdout,
+            stderr,
+            readers,
+            _dir: dir,
+        }
+    }
+
+    /// The address the agent serves HTTP on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Overwrites the config file in place (one write) for the agent to reload.
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(&self.config_path, yaml)
+            .unwrap_or_else(|e| panic!("cannot rewrite {}: {e}", self.config_path.display()));
+    }
+
+    /// Polls `GET /readyz` until it answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        poll_until(timeout, "the agent's /readyz to answer 200", || {
+            self.assert_running();
+            matches!(http_get(self.addr, "/readyz"), Ok((200, _))).then_some(())
+        });
+    }
+
+    /// `GET path`; panics if the agent cannot be reached (saying so if it has exited).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).unwrap_or_else(|e| {
+            self.assert_running();
+            panic!("GET http://{}{path} failed: {e}", self.addr)
+        })
+    }
+
+    /// The `/metrics` exposition.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
+        body
+    }
+
+    /// The current value of a metric; see [`metric_value`] for how labels match.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// Polls until the metric is at least `target` and returns the value seen; on timeout,
+    /// panics with the last value.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        target: f64,
+        timeout: Duration,
+    ) -> f64 {
+        let mut last = None;
+        try_poll_until(timeout, || {
+            last = self.metric(name, labels);
+            last.filter(|v| *v >= target)
+        })
+        .unwrap_or_else(|| {
+            panic!("timed out after {timeout:?} waiting for {name}{labels:?} to reach {target}; last value {last:?}")
+        })
+    }
+
+    /// Polls until the metric equals `target` exactly (for gauges such as `sonde_probe_up`).
+    pub fn wait_metric_eq(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        target: f64,
+        timeout: Duration,
+    ) {
+        let mut last = None;
+        try_poll_until(timeout, || {
+            last = self.metric(name, labels);
+            (last == Some(target)).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!("timed out after {timeout:?} waiting for {name}{labels:?} to be {target}; last value {last:?}")
+        })
+    }
+
+    /// Stdout so far, one entry per line.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Stderr (the agent's logs) so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Every event printed so far; panics naming the first line that is not JSON.
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!("agent stdout line {} is not JSON ({e}): {line}", i + 1)
+                })
+            })
+            .collect()
+    }
+
+    /// Polls until an event contains every field of `related` (a JSON object) and passes `check`.
+    /// On timeout, panics with `what` and the events that matched `related` only.
+    pub fn wait_for_event(
+        &self,
+        timeout: Duration,
+        what: &str,
+        related: &Value,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        try_poll_until(timeout, || {
+            self.assert_running();
+            self.events().into_iter().find(|e| json_contains(e, related) && check(e))
+        })
+        .unwrap_or_else(|| {
+            let near: Vec<String> =
+                self.events().iter().filter(|e| json_contains(e, related)).take(10).map(Value::to_string).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; events matching {related} (first 10):\n{}",
+                if near.is_empty() { "(none)".to_string() } else { near.join("\n") }
+            )
+        })
+    }
+
+    /// Panics, with the agent's stderr, if it has exited.
+    fn assert_running(&self) {
+        let status = self
+            .child
+            .lock()
+            .unwrap()
+            .try_wait()
+            .expect("cannot poll the agent process");
+        if let Some(status) = status {
+            panic!(
+                "the agent exited ({status}); its stderr:\n{}",
+                self.stderr_text()
+            );
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let child = self
+            .child
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        stop(child, Duration::from_secs(5));
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        if thread::panicking() {
+            let lines = self
+                .stderr
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tail = &lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..];
+            eprintln!(
+                "--- agent stderr (last {} of {} lines) ---",
+                tail.len(),
+                lines.len()
+            );
+            for line in tail {
+                eprintln!("{line}");
+            }
+            eprintln!("--- end of agent stderr ---");
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within `grace`.
+fn stop(child: &mut Child, grace: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // SAFETY: signalling our own child, whose pid is not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    if try_poll_until(grace, || child.try_wait().ok().flatten()).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A 127.0.0.1 address whose port was free a moment ago.
+fn free_local_addr() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind 127.0.0.1:0");
+    listener
+        .local_addr()
+        .expect("cannot read the bound address")
+}
+
+fn collect_lines(
+    name: &str,
+    stream: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+) -> JoinHandle<()> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line);
+                into.lock()
+                    .unwrap()
+                    .push(text.trim_end_matches(['\n', '\r']).to_string());
+                line.clear();
+            }
+        })
+        .unwrap_or_else(|e| panic!("cannot spawn the {name} reader: {e}"))
+}
+
+/// What a finished `sonde` command printed and how it exited.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `sonde ARGS...` to completion; kills it and panics if it is still running after `timeout`.
+pub fn run_sonde(args: &[&str], timeout: Duration) -> Finished {
+    let bin = sonde_bin();
+    let line = format!("{} {}", bin.display(), args.join(" "));
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{line}`: {e}"));
+    let read_all = |mut stream: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stream.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let status = try_poll_until(timeout, || {
+        child.try_wait().expect("cannot poll the sonde process")
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "`{line}` was still running after {timeout:?}; its stderr:\n{}",
+            stderr.join().unwrap_or_default()
+        );
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,99 @@
+//! Reading values out of the Prometheus text exposition format.
+
+/// The value of metric `name` in exposition `text`, over the series whose labels include every
+/// pair in `labels` (other labels may have any value). If several series match, their values are
+/// summed; `None` if none does. Lines that are not a sample of `name` are ignored.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some((series_name, series_labels, value)) = parse_sample(line) else {
+            continue;
+        };
+        if series_name == name
+            && labels
+                .iter()
+                .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// Splits `name{k="v",...} value [timestamp]` into its parts; `None` for comments, blank or
+/// malformed lines.
+fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after_brace) = rest.strip_prefix('{') {
+        rest = after_brace;
+        loop {
+            rest = rest.trim_start_matches([' ', ',']);
+            if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let eq = rest.find('=')?;
+            let key = rest[..eq].trim().to_string();
+            rest = rest[eq + 1..].trim_start().strip_prefix('"')?;
+            let mut value = String::new();
+            let mut chars = rest.char_indices();
+            let close = loop {
+                match chars.next()? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.push((key, value));
+            rest = &rest[close + 1..];
+        }
+    }
+    let value = match rest.split_whitespace().next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some((name, labels, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# HELP sonde_packet_drops_total Packets the kernel dropped.
+# TYPE sonde_packet_drops_total counter
+sonde_packet_drops_total{node="n",namespace="",pod="B",reason="NETFILTER_DROP"} 500
+sonde_packet_drops_total{node="n",namespace="",pod="B",reason="NO_SOCKET"} 20
+sonde_packet_drops_total{node="n",namespace="",pod="A \"x\"",reason="NO_SOCKET"} 3
+sonde_probe_up{probe="packet_drop"} 1
+sonde_build_info 1
+"#;
+
+    #[test]
+    fn matches_on_given_labels() {
+        let drops = "sonde_packet_drops_total";
+        assert_eq!(
+            metric_value(TEXT, drops, &[("pod", "B"), ("reason", "NETFILTER_DROP")]),
+            Some(500.0)
+        );
+        assert_eq!(metric_value(TEXT, drops, &[("pod", "B")]), Some(520.0));
+        assert_eq!(metric_value(TEXT, drops, &[("pod", "A \"x\"")]), Some(3.0));
+        assert_eq!(metric_value(TEXT, drops, &[("pod", "C")]), None);
+        assert_eq!(
+            metric_value(TEXT, "sonde_probe_up", &[("probe", "packet_drop")]),
+            Some(1.0)
+        );
+        assert_eq!(metric_value(TEXT, "sonde_build_info", &[]), Some(1.0));
+        assert_eq!(metric_value(TEXT, "sonde_build", &[]), None);
+    }
+}
