@@ -86,7 +86,8 @@ pub struct TcpRetrans {
 pub struct TcpReset {
     pub flow: Flow,
     pub direction: &'static str,
-    pub state: &'static str,
+    /// State of the socket involved; `None` when the reset answers a packet no socket owns.
+    pub state: Option<&'static str>,
 }
 
 /// The type-specific part of an event.
@@ -205,7 +206,9 @@ impl Serialize for Event {
             Kind::TcpReset(e) => {
                 serialize_flow(&mut map, &e.flow)?;
                 map.serialize_entry("direction", e.direction)?;
-                map.serialize_entry("state", e.state)?;
+                if let Some(state) = e.state {
+                    map.serialize_entry("state", state)?;
+                }
             }
         }
         if let Some(m) = &self.message {

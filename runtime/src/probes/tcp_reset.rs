@@ -51,7 +51,8 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
             Kind::TcpReset(TcpReset {
                 flow: Flow::from(&r.tuple),
                 direction: direction_name(r.direction as u32),
-                state: tcp_state_name(r.state),
+                // 0 is no TCP state: the kernel had no socket for the segment it answered.
+                state: (r.state != 0).then(|| tcp_state_name(r.state)),
             }),
         ))
     }))
