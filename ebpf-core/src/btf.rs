@@ -40,7 +40,11 @@ pub enum BtfEnumError {
 
 /// Values of a kernel enum mapped to its constant names, with the enum's common prefix
 /// removed when asked (`SKB_DROP_REASON_NETFILTER_DROP` becomes `NETFILTER_DROP`).
-pub fn read_enum(path: &Path, name: &str, strip_prefix: &str) -> Result<HashMap<u32, String>, BtfEnumError> {
+pub fn read_enum(
+    path: &Path,
+    name: &str,
+    strip_prefix: &str,
+) -> Result<HashMap<u32, String>, BtfEnumError> {
     let data = std::fs::read(path).map_err(|source| BtfEnumError::Read {
         path: path.display().to_string(),
         source,
@@ -52,8 +56,15 @@ pub fn read_enum(path: &Path, name: &str, strip_prefix: &str) -> Result<HashMap<
 }
 
 /// As [`read_enum`], on BTF bytes already in memory.
-pub fn parse_enum(data: &[u8], name: &str, strip_prefix: &str) -> Result<HashMap<u32, String>, BtfEnumError> {
-    let u16_at = |off: usize| data.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+pub fn parse_enum(
+    data: &[u8],
+    name: &str,
+    strip_prefix: &str,
+) -> Result<HashMap<u32, String>, BtfEnumError> {
+    let u16_at = |off: usize| {
+        data.get(off..off + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |off: usize| {
         data.get(off..off + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -173,7 +184,13 @@ mod tests {
         out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         out.push(1);
         out.push(0);
-        for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&types);
@@ -185,7 +202,10 @@ mod tests {
     fn finds_enum_after_other_kinds() {
         let data = btf_with_enum(
             "skb_drop_reason",
-            &[("SKB_DROP_REASON_NO_SOCKET", 3), ("SKB_DROP_REASON_NETFILTER_DROP", 9)],
+            &[
+                ("SKB_DROP_REASON_NO_SOCKET", 3),
+                ("SKB_DROP_REASON_NETFILTER_DROP", 9),
+            ],
         );
         let names = parse_enum(&data, "skb_drop_reason", "SKB_DROP_REASON_").unwrap();
         assert_eq!(names[&3], "NO_SOCKET");
@@ -200,7 +220,10 @@ mod tests {
             parse_enum(&data, "skb_drop_reason", ""),
             Err(BtfEnumError::NotFound(_))
         ));
-        assert!(matches!(parse_enum(b"nope", "x", ""), Err(BtfEnumError::BadHeader(_))));
+        assert!(matches!(
+            parse_enum(b"nope", "x", ""),
+            Err(BtfEnumError::BadHeader(_))
+        ));
         assert!(matches!(
             parse_enum(&data[..data.len() - 20], "other", ""),
             Err(BtfEnumError::Truncated(_)) | Err(BtfEnumError::NotFound(_))

@@ -7,7 +7,8 @@ use crate::{Hook, ProbeSpec};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "packet_drop",
-    description: "packets the kernel drops, by reason, with the dropping function and optional stack",
+    description:
+        "packets the kernel drops, by reason, with the dropping function and optional stack",
     hooks: &[Hook {
         program: "packet_drop",
         tracepoint: "kfree_skb",

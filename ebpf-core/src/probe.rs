@@ -30,7 +30,10 @@ pub enum ProbeError {
     Object(#[source] EbpfError),
     #[error("program {program} is missing from the object")]
     MissingProgram { program: &'static str },
-    #[error("program {program} was refused by the kernel: {}", one_line_reason(source))]
+    #[error(
+        "program {program} was refused by the kernel: {}",
+        one_line_reason(source)
+    )]
     Program {
         program: &'static str,
         #[source]
@@ -51,7 +54,11 @@ pub enum ProbeError {
 /// The gist of a program error on one line: for a verifier rejection, the verifier's last
 /// complaint rather than its whole log.
 fn one_line_reason(e: &ProgramError) -> String {
-    if let ProgramError::LoadError { io_error, verifier_log } = e {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = e
+    {
         let log = verifier_log.to_string();
         let complaint = log
             .lines()
@@ -166,23 +173,38 @@ impl LoadedProbe {
     }
 
     /// Loads, configures and attaches the probe.
-    pub fn load(spec: &'static ProbeSpec, btf: &Btf, settings: &ProbeSettings) -> Result<Self, ProbeError> {
+    pub fn load(
+        spec: &'static ProbeSpec,
+        btf: &Btf,
+        settings: &ProbeSettings,
+    ) -> Result<Self, ProbeError> {
         let mut probe = Self::load_programs(spec, btf, settings)?;
         probe.configure(settings)?;
         for hook in spec.hooks {
             let prog: &mut BtfTracePoint = probe
                 .ebpf
                 .program_mut(hook.program)
-                .ok_or(ProbeError::MissingProgram { program: hook.program })?
+                .ok_or(ProbeError::MissingProgram {
+                    program: hook.program,
+                })?
                 .try_into()
-                .map_err(|source| ProbeError::Program { program: hook.program, source })?;
-            prog.attach()
-                .map_err(|source| ProbeError::Program { program: hook.program, source })?;
+                .map_err(|source| ProbeError::Program {
+                    program: hook.program,
+                    source,
+                })?;
+            prog.attach().map_err(|source| ProbeError::Program {
+                program: hook.program,
+                source,
+            })?;
         }
         Ok(probe)
     }
 
-    fn load_programs(spec: &'static ProbeSpec, btf: &Btf, settings: &ProbeSettings) -> Result<Self, ProbeError> {
+    fn load_programs(
+        spec: &'static ProbeSpec,
+        btf: &Btf,
+        settings: &ProbeSettings,
+    ) -> Result<Self, ProbeError> {
         check_hooks(spec, btf)?;
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
@@ -202,14 +224,22 @@ impl LoadedProbe {
         for hook in spec.hooks {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(hook.program)
-                .ok_or(ProbeError::MissingProgram { program: hook.program })?
+                .ok_or(ProbeError::MissingProgram {
+                    program: hook.program,
+                })?
                 .try_into()
-                .map_err(|source| ProbeError::Program { program: hook.program, source })?;
+                .map_err(|source| ProbeError::Program {
+                    program: hook.program,
+                    source,
+                })?;
             prog.load(hook.tracepoint, btf).map_err(|source| {
                 if is_eperm(&source) {
                     ProbeError::PermissionDenied
                 } else {
-                    ProbeError::Program { program: hook.program, source }
+                    ProbeError::Program {
+                        program: hook.program,
+                        source,
+                    }
                 }
             })?;
         }
@@ -226,8 +256,12 @@ impl LoadedProbe {
         if settings.ring_buffer_size != self.ring_buffer_size {
             return Ok(false);
         }
-        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or(ProbeError::MissingMap(CONFIG_MAP))?;
-        let mut config: Array<_, KernelConfig> = Array::try_from(map).map_err(map_err(CONFIG_MAP))?;
+        let map = self
+            .ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(ProbeError::MissingMap(CONFIG_MAP))?;
+        let mut config: Array<_, KernelConfig> =
+            Array::try_from(map).map_err(map_err(CONFIG_MAP))?;
         config
             .set(0, settings.kernel_config(), 0)
             .map_err(map_err(CONFIG_MAP))?;
@@ -236,16 +270,26 @@ impl LoadedProbe {
 
     /// Takes the probe's event ring buffer, to be drained by the agent.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
         RingBuf::try_from(map).map_err(map_err(EVENTS_MAP))
     }
 
     /// Records lost to a full ring buffer and suppressed by the rate limit, over all CPUs.
     pub fn stats(&self) -> Result<Stats, ProbeError> {
-        let map = self.ebpf.map(STATS_MAP).ok_or(ProbeError::MissingMap(STATS_MAP))?;
+        let map = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or(ProbeError::MissingMap(STATS_MAP))?;
         let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err(STATS_MAP))?;
         let sum = |slot: u32| -> Result<u64, ProbeError> {
-            Ok(stats.get(&slot, 0).map_err(map_err(STATS_MAP))?.iter().sum())
+            Ok(stats
+                .get(&slot, 0)
+                .map_err(map_err(STATS_MAP))?
+                .iter()
+                .sum())
         };
         Ok(Stats {
             lost: sum(STAT_LOST)?,
@@ -257,7 +301,8 @@ impl LoadedProbe {
     pub fn counters<K: Pod + Eq + Hash>(&self) -> Result<HashMap<K, u64>, ProbeError> {
         let name = self.spec.counter_map;
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
-        let counters: PerCpuHashMap<_, K, u64> = PerCpuHashMap::try_from(map).map_err(map_err(name))?;
+        let counters: PerCpuHashMap<_, K, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err(name))?;
         let mut out = HashMap::new();
         for entry in counters.iter() {
             match entry {
@@ -273,8 +318,14 @@ impl LoadedProbe {
     }
 
     /// Takes a stack trace map of the probe, for the decoder that resolves its stack ids.
-    pub fn take_stack_map(&mut self, name: &'static str) -> Result<StackTraceMap<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    pub fn take_stack_map(
+        &mut self,
+        name: &'static str,
+    ) -> Result<StackTraceMap<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ProbeError::MissingMap(name))?;
         StackTraceMap::try_from(map).map_err(map_err(name))
     }
 

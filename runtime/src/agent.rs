@@ -76,7 +76,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         fanout,
     });
     let probes = Arc::new(Mutex::new(Probes::new(Arc::clone(&ctx))));
-    probes.lock().unwrap_or_else(|e| e.into_inner()).apply(&config.probes);
+    probes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply(&config.probes);
     tracing::info!(%listen, node = %ctx.node, "sonde running");
 
     let sync_probes = Arc::clone(&probes);
@@ -85,7 +88,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         loop {
             tick.tick().await;
             let p = Arc::clone(&sync_probes);
-            let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).sync()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                p.lock().unwrap_or_else(|e| e.into_inner()).sync()
+            })
+            .await;
         }
     });
 
@@ -153,21 +159,34 @@ async fn watch_config(
         last_text = Some(text.clone());
         let parsed = String::from_utf8(text)
             .map_err(|_| format!("{}: not UTF-8 text", path.display()))
-            .and_then(|t| AgentConfig::parse(&t, &path.display().to_string()).map_err(|e| e.to_string()));
+            .and_then(|t| {
+                AgentConfig::parse(&t, &path.display().to_string()).map_err(|e| e.to_string())
+            });
         let new = match parsed {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("config rejected, keeping the running one: {e}");
-                metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
                 continue;
             }
         };
-        if new.topology != current.topology || new.listen != current.listen || new.node != current.node {
+        if new.topology != current.topology
+            || new.listen != current.listen
+            || new.node != current.node
+        {
             tracing::warn!("node, listen and topology changes take effect at the next start");
         }
         let p = Arc::clone(&probes);
         let probes_config = new.probes.clone();
-        let _ = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).apply(&probes_config)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(&probes_config)
+        })
+        .await;
         sinks.apply(&new.sinks);
         metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(path = %path.display(), "config applied");

@@ -57,7 +57,8 @@ impl AgentConfig {
         if text.trim().is_empty() {
             return Ok(AgentConfig::default());
         }
-        let config: AgentConfig = serde_yaml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        let config: AgentConfig =
+            serde_yaml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -71,12 +72,16 @@ impl AgentConfig {
     }
 
     pub fn embedded() -> Self {
-        Self::parse(DEFAULT_CONFIG, "embedded default config").expect("the embedded default config is valid")
+        Self::parse(DEFAULT_CONFIG, "embedded default config")
+            .expect("the embedded default config is valid")
     }
 
     fn validate(&self) -> Result<(), String> {
         if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("listen: {:?} is not an address like 127.0.0.1:9990", self.listen));
+            return Err(format!(
+                "listen: {:?} is not an address like 127.0.0.1:9990",
+                self.listen
+            ));
         }
         self.probes.validate()?;
         self.sinks.validate()
@@ -141,7 +146,11 @@ mod tests {
     #[test]
     fn embedded_default_enables_every_probe() {
         let c = AgentConfig::embedded();
-        assert!(c.probes.packet_drop.enabled && c.probes.tcp_retrans.enabled && c.probes.tcp_reset.enabled);
+        assert!(
+            c.probes.packet_drop.enabled
+                && c.probes.tcp_retrans.enabled
+                && c.probes.tcp_reset.enabled
+        );
         assert!(c.sinks.stdout.enabled);
         assert_eq!(c.listen, "127.0.0.1:9990");
     }
@@ -149,7 +158,9 @@ mod tests {
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = "probes:\n  packet_drop:\n    enabld: true\n";
-        let e = AgentConfig::parse(text, "sonde.yaml").unwrap_err().to_string();
+        let e = AgentConfig::parse(text, "sonde.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("sonde.yaml: "), "{e}");
         assert!(e.contains("enabld") && e.contains("line 3"), "{e}");
         assert!(!e.contains('\n'), "{e}");
@@ -157,24 +168,39 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_their_field() {
-        let e = AgentConfig::parse("listen: nowhere\n", "c.yaml").unwrap_err().to_string();
+        let e = AgentConfig::parse("listen: nowhere\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
-        let e = AgentConfig::parse("probes:\n  tcp_reset:\n    events:\n      ringBufferSize: 3Mi\n", "c.yaml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("tcp_reset") && e.contains("ringBufferSize"), "{e}");
-        let e = AgentConfig::parse("probes:\n  tcp_reset:\n    events:\n      ringBufferSize: lots\n", "c.yaml")
-            .unwrap_err()
-            .to_string();
+        let e = AgentConfig::parse(
+            "probes:\n  tcp_reset:\n    events:\n      ringBufferSize: 3Mi\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tcp_reset") && e.contains("ringBufferSize"),
+            "{e}"
+        );
+        let e = AgentConfig::parse(
+            "probes:\n  tcp_reset:\n    events:\n      ringBufferSize: lots\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("line 4"), "{e}");
     }
 
     #[test]
     fn partial_config_keeps_defaults() {
-        let c = AgentConfig::parse("probes:\n  packet_drop:\n    enabled: false\n", "c.yaml").unwrap();
+        let c =
+            AgentConfig::parse("probes:\n  packet_drop:\n    enabled: false\n", "c.yaml").unwrap();
         assert!(!c.probes.packet_drop.enabled);
         assert!(c.probes.tcp_reset.enabled);
-        assert_eq!(AgentConfig::parse("", "c.yaml").unwrap(), AgentConfig::default());
+        assert_eq!(
+            AgentConfig::parse("", "c.yaml").unwrap(),
+            AgentConfig::default()
+        );
     }
 
     #[test]

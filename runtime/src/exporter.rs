@@ -32,9 +32,15 @@ pub fn router(state: ApiState) -> Router {
 async fn metrics(State(s): State<ApiState>) -> Response {
     let probes = Arc::clone(&s.probes);
     // Reading kernel maps is a few syscalls per key: keep it off the async workers.
-    let _ = tokio::task::spawn_blocking(move || probes.lock().unwrap_or_else(|e| e.into_inner()).sync()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        probes.lock().unwrap_or_else(|e| e.into_inner()).sync()
+    })
+    .await;
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
         .into_response()
@@ -42,7 +48,11 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 
 async fn readyz(State(s): State<ApiState>) -> Response {
     if !s.topology.ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "topology: first view not complete\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "topology: first view not complete\n",
+        )
+            .into_response();
     }
     let probes = s.probes.lock().unwrap_or_else(|e| e.into_inner());
     let failed: Vec<String> = probes
@@ -54,7 +64,11 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     if failed.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("probes failed: {}\n", failed.join("; "))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("probes failed: {}\n", failed.join("; ")),
+        )
+            .into_response()
     }
 }
 

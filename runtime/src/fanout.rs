@@ -57,10 +57,17 @@ impl FanOut {
         let n = events.len() as u64;
         let batch: Batch = Arc::new(events);
         let mut closed = false;
-        for c in self.consumers.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        for c in self
+            .consumers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             match c.queue.try_send(Arc::clone(&batch)) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => self.dropped.with_label_values(&[&c.name]).inc_by(n),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped.with_label_values(&[&c.name]).inc_by(n)
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
             }
         }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use sonde::agent::{self, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "sonde", version, about = "Kubernetes network observability from eBPF probes")]
+#[command(
+    name = "sonde",
+    version,
+    about = "Kubernetes network observability from eBPF probes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SONDE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SONDE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
     let result = match cli.command {
@@ -110,7 +115,10 @@ fn probes(output: Output) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Text => {
-            println!("{:<14} {:<9} {:<56} DESCRIPTION", "PROBE", "LOADABLE", "HOOKS");
+            println!(
+                "{:<14} {:<9} {:<56} DESCRIPTION",
+                "PROBE", "LOADABLE", "HOOKS"
+            );
             for (spec, r) in &rows {
                 let hooks: Vec<String> = spec
                     .hooks
@@ -118,7 +126,13 @@ fn probes(output: Output) -> anyhow::Result<()> {
                     .map(|h| format!("tp_btf/{}/{}", h.category, h.tracepoint))
                     .collect();
                 let loadable = if r.is_ok() { "yes" } else { "no" };
-                println!("{:<14} {:<9} {:<56} {}", spec.name, loadable, hooks.join(","), spec.description);
+                println!(
+                    "{:<14} {:<9} {:<56} {}",
+                    spec.name,
+                    loadable,
+                    hooks.join(","),
+                    spec.description
+                );
                 if let Err(reason) = r {
                     println!("{:<14} why not: {reason}", "");
                 }

@@ -16,13 +16,17 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
@@ -37,14 +41,24 @@ impl Metrics {
                 "Packets dropped by the kernel, by drop reason.",
                 &["node", "namespace", "pod", "reason"],
             ),
-            tcp_retransmits: counter(&r, "sonde_tcp_retransmits_total", "TCP segments retransmitted.", &workload),
+            tcp_retransmits: counter(
+                &r,
+                "sonde_tcp_retransmits_total",
+                "TCP segments retransmitted.",
+                &workload,
+            ),
             tcp_resets: counter(
                 &r,
                 "sonde_tcp_resets_total",
                 "TCP resets, by direction (sent, received).",
                 &["node", "namespace", "pod", "direction"],
             ),
-            probe_up: gauge(&r, "sonde_probe_up", "1 when the probe is loaded and attached.", &["probe"]),
+            probe_up: gauge(
+                &r,
+                "sonde_probe_up",
+                "1 when the probe is loaded and attached.",
+                &["probe"],
+            ),
             events_lost: counter(
                 &r,
                 "sonde_events_lost_total",
@@ -71,7 +85,12 @@ impl Metrics {
             ),
             registry: r,
         };
-        let build = gauge(&m.registry, "sonde_build_info", "Sonde build information.", &["version"]);
+        let build = gauge(
+            &m.registry,
+            "sonde_build_info",
+            "Sonde build information.",
+            &["version"],
+        );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m
     }

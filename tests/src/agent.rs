@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{http_get, json_contains, metric_value, poll_until, try_poll_until};
+use crate::{http_get, json_contains, metric_value, try_poll_until};
 
 /// How much of the agent's stderr a failing test prints.
 const STDERR_TAIL_LINES: usize = 200;
@@ -73,7 +73,8 @@ pub fn sonde_bin() -> PathBuf {
     let bin = profile_dir.join("sonde");
     assert!(
         bin.exists(),
-        "{} does not exist: build the agent first (`cargo build --release -p sonde`) or set SONDE_BIN",
+        "{} does not exist: build the agent first (`cargo build --release -p sonde`) \
+         or set SONDE_BIN",
         bin.display()
     );
     bin
@@ -103,14 +104,19 @@ impl Default for AgentConfig {
 impl AgentConfig {
     pub fn to_yaml(&self) -> String {
         let probe = |name: &str, enabled: bool| {
-            format!("  {name}:\n    enabled: {enabled}\n    events: {{ enabled: true, ratePerCpu: 0, burst: 1000 }}\n")
+            format!(
+                "  {name}:\n    enabled: {enabled}\n    \
+                 events: {{ enabled: true, ratePerCpu: 0, burst: 1000 }}\n"
+            )
         };
         format!(
-            "node: {node}\nprobes:\n{}{}{}sinks:\n  stdout: {{ enabled: true }}\ntopology:\n  netnsDir: /run/netns\n",
+            "node: {}\nprobes:\n{}{}{}\
+             sinks:\n  stdout: {{ enabled: true }}\n\
+             topology:\n  netnsDir: /run/netns\n",
+            self.node,
             probe("packet_drop", self.packet_drop),
             probe("tcp_retrans", self.tcp_retrans),
             probe("tcp_reset", self.tcp_reset),
-            node = self.node,
         )
     }
 }
@@ -182,12 +188,23 @@ impl Agent {
             .unwrap_or_else(|e| panic!("cannot rewrite {}: {e}", self.config_path.display()));
     }
 
-    /// Polls `GET /readyz` until it answers 200.
+    /// Polls `GET /readyz` until it answers 200; on timeout, panics with the last answer.
+    #[track_caller]
     pub fn wait_ready(&self, timeout: Duration) {
-        poll_until(timeout, "the agent's /readyz to answer 200", || {
+        let mut last = None;
+        let ready = try_poll_until(timeout, || {
             self.assert_running();
-            matches!(http_get(self.addr, "/readyz"), Ok((200, _))).then_some(())
+            let answer = http_get(self.addr, "/readyz");
+            let ok = matches!(answer, Ok((200, _)));
+            last = Some(answer);
+            ok.then_some(())
         });
+        if ready.is_none() {
+            panic!(
+                "timed out after {timeout:?} waiting for /readyz to answer 200; \
+                 last answer {last:?}"
+            );
+        }
     }
 
     /// `GET path`; panics if the agent cannot be reached (saying so if it has exited).
@@ -212,6 +229,7 @@ impl Agent {
 
     /// Polls until the metric is at least `target` and returns the value seen; on timeout,
     /// panics with the last value.
+    #[track_caller]
     pub fn wait_metric(
         &self,
         name: &str,
@@ -220,16 +238,21 @@ impl Agent {
         timeout: Duration,
     ) -> f64 {
         let mut last = None;
-        try_poll_until(timeout, || {
+        let reached = try_poll_until(timeout, || {
             last = self.metric(name, labels);
             last.filter(|v| *v >= target)
-        })
-        .unwrap_or_else(|| {
-            panic!("timed out after {timeout:?} waiting for {name}{labels:?} to reach {target}; last value {last:?}")
-        })
+        });
+        match reached {
+            Some(value) => value,
+            None => panic!(
+                "timed out after {timeout:?} waiting for {name}{labels:?} to reach {target}; \
+                 last value {last:?}"
+            ),
+        }
     }
 
     /// Polls until the metric equals `target` exactly (for gauges such as `sonde_probe_up`).
+    #[track_caller]
     pub fn wait_metric_eq(
         &self,
         name: &str,
@@ -238,13 +261,16 @@ impl Agent {
         timeout: Duration,
     ) {
         let mut last = None;
-        try_poll_until(timeout, || {
+        let reached = try_poll_until(timeout, || {
             last = self.metric(name, labels);
             (last == Some(target)).then_some(())
-        })
-        .unwrap_or_else(|| {
-            panic!("timed out after {timeout:?} waiting for {name}{labels:?} to be {target}; last value {last:?}")
-        })
+        });
+        if reached.is_none() {
+            panic!(
+                "timed out after {timeout:?} waiting for {name}{labels:?} to be {target}; \
+                 last value {last:?}"
+            );
+        }
     }
 
     /// Stdout so far, one entry per line.
@@ -274,6 +300,7 @@ impl Agent {
 
     /// Polls until an event contains every field of `related` (a JSON object) and passes `check`.
     /// On timeout, panics with `what` and the events that matched `related` only.
+    #[track_caller]
     pub fn wait_for_event(
         &self,
         timeout: Duration,
@@ -281,21 +308,57 @@ impl Agent {
         related: &Value,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        try_poll_until(timeout, || {
+        let found = try_poll_until(timeout, || {
             self.assert_running();
-            self.events().into_iter().find(|e| json_contains(e, related) && check(e))
-        })
-        .unwrap_or_else(|| {
-            let near: Vec<String> =
-                self.events().iter().filter(|e| json_contains(e, related)).take(10).map(Value::to_string).collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; events matching {related} (first 10):\n{}",
-                if near.is_empty() { "(none)".to_string() } else { near.join("\n") }
-            )
-        })
+            self.events()
+                .into_iter()
+                .find(|e| json_contains(e, related) && check(e))
+        });
+        if let Some(event) = found {
+            return event;
+        }
+        let events = self.events();
+        let near: Vec<String> = events
+            .iter()
+            .filter(|e| json_contains(e, related))
+            .take(10)
+            .map(Value::to_string)
+            .collect();
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; events matching {related} \
+             (first 10):\n{}",
+            if near.is_empty() {
+                "(none)".to_string()
+            } else {
+                near.join("\n")
+            }
+        )
     }
 
     /// Panics, with the agent's stderr, if it has exited.
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    /// Sends a signal to the agent; after SIGSTOP, returns once the process is stopped, so
+    /// that nothing the test does next is seen by a still-running agent.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
+        // SAFETY: plain syscall on our own child's pid.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            panic!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        if signal == libc::SIGSTOP {
+            crate::poll_until(Duration::from_secs(10), "the agent to stop", || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // Field 3, after the parenthesised command name.
+                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                (state == "T").then_some(())
+            });
+        }
+    }
+
     fn assert_running(&self) {
         let status = self
             .child
@@ -304,10 +367,7 @@ impl Agent {
             .try_wait()
             .expect("cannot poll the agent process");
         if let Some(status) = status {
-            panic!(
-                "the agent exited ({status}); its stderr:\n{}",
-                self.stderr_text()
-            );
+            panic!("the agent exited ({status}); its stderr is printed below");
         }
     }
 }

@@ -34,9 +34,12 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Polls `f` every 50 ms until it returns `Some`, and panics naming `what` once `timeout` passes.
+#[track_caller]
 pub fn poll_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    try_poll_until(timeout, f)
-        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+    match try_poll_until(timeout, f) {
+        Some(value) => value,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
 }
 
 /// Like [`poll_until`], but returns `None` on timeout so the caller can say what it saw last.

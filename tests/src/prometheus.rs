@@ -6,23 +6,30 @@
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for line in text.lines() {
-        let Some((series_name, series_labels, value)) = parse_sample(line) else {
+        let Some(sample) = parse_sample(line) else {
             continue;
         };
-        if series_name == name
+        if sample.name == name
             && labels
                 .iter()
-                .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+                .all(|(k, v)| sample.labels.iter().any(|(sk, sv)| sk == k && sv == v))
         {
-            *found.get_or_insert(0.0) += value;
+            *found.get_or_insert(0.0) += sample.value;
         }
     }
     found
 }
 
+/// One line of the exposition: a series and its value.
+struct Sample<'a> {
+    name: &'a str,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
 /// Splits `name{k="v",...} value [timestamp]` into its parts; `None` for comments, blank or
 /// malformed lines.
-fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -63,7 +70,11 @@ fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some((name, labels, value))
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 #[cfg(test)]

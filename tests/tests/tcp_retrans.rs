@@ -13,7 +13,9 @@ use sonde_tests::{
 };
 
 const PORT: u16 = 5201;
-const BYTES: usize = 4 << 20;
+// Veth segments are up to 64 KiB (GSO): 16 MiB is a few hundred of them, so at 10 % loss some
+// are certain to be dropped.
+const BYTES: usize = 16 << 20;
 const RETRANSMITS: &str = "sonde_tcp_retransmits_total";
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -69,11 +71,7 @@ fn bulk_transfer_through_loss() {
         "bytes received in pod B"
     );
 
-    let retransmits = agent.wait_metric(RETRANSMITS, &labels, baseline + 1.0, SETTLE_TIMEOUT);
-    assert!(
-        retransmits > baseline,
-        "{RETRANSMITS}{labels:?}: {retransmits}, baseline {baseline}"
-    );
+    agent.wait_metric(RETRANSMITS, &labels, baseline + 1.0, SETTLE_TIMEOUT);
 
     let related = json!({"type": "tcp_retrans", "pod": pods.a.name()});
     let what = format!(

@@ -188,9 +188,13 @@ pub struct Probes {
 
 impl Probes {
     pub fn new(ctx: Arc<Context>) -> Self {
-        let btf = Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX));
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX));
         for d in DRIVERS {
-            ctx.metrics.probe_up.with_label_values(&[d.spec.name]).set(0);
+            ctx.metrics
+                .probe_up
+                .with_label_values(&[d.spec.name])
+                .set(0);
             ctx.metrics.events_lost.with_label_values(&[d.spec.name]);
         }
         Probes {
@@ -228,8 +232,13 @@ impl Probes {
                                 tracing::info!(probe = name, "probe reconfigured");
                                 continue;
                             }
-                            Ok(false) => tracing::info!(probe = name, "probe reloading for its new ring buffer size"),
-                            Err(e) => tracing::warn!(probe = name, error = %e, "reconfiguring failed; reloading"),
+                            Ok(false) => tracing::info!(
+                                probe = name,
+                                "probe reloading for its new ring buffer size"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(probe = name, error = %e, "reconfiguring failed; reloading")
+                            }
                         }
                         if let Some(mut r) = self.running.remove(name) {
                             sync_running(driver, &mut r, &self.ctx);
@@ -258,7 +267,12 @@ impl Probes {
         let mut probe = LoadedProbe::load(driver.spec, btf, &settings)?;
         let decoder = (driver.decoder)(&mut probe, &self.ctx)?;
         let ring = probe.take_events()?;
-        let drain = tokio::spawn(drain(driver.spec.name, ring, decoder, Arc::clone(&self.ctx)));
+        let drain = tokio::spawn(drain(
+            driver.spec.name,
+            ring,
+            decoder,
+            Arc::clone(&self.ctx),
+        ));
         Ok(Running {
             probe,
             settings,
@@ -297,7 +311,12 @@ impl Probes {
                 ProbeStatus {
                     name,
                     description: d.spec.description,
-                    hooks: d.spec.hooks.iter().map(|h| format!("tp_btf/{}", h.tracepoint)).collect(),
+                    hooks: d
+                        .spec
+                        .hooks
+                        .iter()
+                        .map(|h| format!("tp_btf/{}", h.tracepoint))
+                        .collect(),
                     state,
                     error,
                 }
@@ -309,7 +328,12 @@ impl Probes {
     pub fn program_ids(&self) -> Vec<(&'static str, &'static str, u32)> {
         self.running
             .iter()
-            .flat_map(|(name, r)| r.probe.program_ids().into_iter().map(move |(p, id)| (*name, p, id)))
+            .flat_map(|(name, r)| {
+                r.probe
+                    .program_ids()
+                    .into_iter()
+                    .map(move |(p, id)| (*name, p, id))
+            })
             .collect()
     }
 }
@@ -344,17 +368,23 @@ fn sync_running(driver: &Driver, r: &mut Running, ctx: &Context) {
 
 /// Drains one probe's ring buffer: on the kernel's wake-up (a batch is waiting) or the poll
 /// timer, whichever comes first.
-async fn drain(probe: &'static str, ring: RingBuf<MapData>, mut decode: Decoder, ctx: Arc<Context>) {
+async fn drain(
+    probe: &'static str,
+    ring: RingBuf<MapData>,
+    mut decode: Decoder,
+    ctx: Arc<Context>,
+) {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until it is dropped,
     // so the registration never outlives the descriptor.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            let (_, e) = e.into_parts();
-            tracing::error!(probe, error = %e, "cannot watch ring buffer");
-            return;
-        }
-    };
+    let mut fd =
+        match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                let (_, e) = e.into_parts();
+                tracing::error!(probe, error = %e, "cannot watch ring buffer");
+                return;
+            }
+        };
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

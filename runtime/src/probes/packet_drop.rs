@@ -80,7 +80,11 @@ impl DropDecoder {
             return Some(Arc::clone(s));
         }
         let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;
-        let frames: Arc<[Arc<str>]> = trace.frames().iter().map(|f| self.ctx.symbols.frame(f.ip)).collect();
+        let frames: Arc<[Arc<str>]> = trace
+            .frames()
+            .iter()
+            .map(|f| self.ctx.symbols.frame(f.ip))
+            .collect();
         self.stack_cache.insert(id, Arc::clone(&frames));
         Some(frames)
     }

@@ -83,7 +83,10 @@ impl RotatingFile {
             }
             std::fs::rename(&self.path, self.rotated(1))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.out = BufWriter::new(file);
         self.size = 0;
         Ok(())

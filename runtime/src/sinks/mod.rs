@@ -38,7 +38,10 @@ impl SinksConfig {
 
 /// Writes every event of every batch as one JSON line, until the queue closes or the output
 /// fails.
-fn write_batches(rx: &mut mpsc::Receiver<Batch>, mut out: impl FnMut(&[u8]) -> std::io::Result<()>) {
+fn write_batches(
+    rx: &mut mpsc::Receiver<Batch>,
+    mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
+) {
     let mut line = Vec::with_capacity(512);
     while let Some(batch) = rx.blocking_recv() {
         for event in batch.iter() {
@@ -80,7 +83,11 @@ impl Sinks {
     pub fn apply(&mut self, config: &SinksConfig) {
         let wanted_stdout = config.stdout.enabled.then(|| config.stdout.clone());
         if self.stdout.as_ref().map(|r| &r.config) != wanted_stdout.as_ref() {
-            stop(&self.fanout, "sink:stdout", self.stdout.take().map(|r| r.thread));
+            stop(
+                &self.fanout,
+                "sink:stdout",
+                self.stdout.take().map(|r| r.thread),
+            );
             if let Some(c) = wanted_stdout {
                 let mut rx = self.fanout.subscribe("sink:stdout", QUEUE_BATCHES);
                 let thread = std::thread::spawn(move || {
@@ -95,20 +102,27 @@ impl Sinks {
             }
         }
         if self.file.as_ref().map(|r| &r.config) != config.file.as_ref() {
-            stop(&self.fanout, "sink:file", self.file.take().map(|r| r.thread));
+            stop(
+                &self.fanout,
+                "sink:file",
+                self.file.take().map(|r| r.thread),
+            );
             if let Some(c) = config.file.clone() {
                 match file::RotatingFile::open(&c) {
                     Ok(mut f) => {
                         let mut rx = self.fanout.subscribe("sink:file", QUEUE_BATCHES);
-                        let thread = std::thread::spawn(move || write_batches(&mut rx, |line| f.write_line(line)));
+                        let thread = std::thread::spawn(move || {
+                            write_batches(&mut rx, |line| f.write_line(line))
+                        });
                         self.file = Some(Running { config: c, thread });
                     }
-                    Err(e) => tracing::error!(path = %c.path, error = %e, "file sink cannot open its file"),
+                    Err(e) => {
+                        tracing::error!(path = %c.path, error = %e, "file sink cannot open its file")
+                    }
                 }
             }
         }
     }
-
 }
 
 /// Ends a sink: closing its queue ends its thread once the queued batches are written.

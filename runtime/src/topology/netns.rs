@@ -25,7 +25,9 @@ pub struct NetnsTopology {
 
 impl NetnsTopology {
     pub fn new(dir: impl Into<PathBuf>) -> Arc<Self> {
-        let host_netns = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino() as u32);
+        let host_netns = std::fs::metadata("/proc/self/ns/net")
+            .ok()
+            .map(|m| m.ino() as u32);
         let topo = Arc::new(NetnsTopology {
             dir: dir.into(),
             by_inode: RwLock::new(HashMap::new()),
@@ -41,9 +43,13 @@ impl NetnsTopology {
         let mut found = HashMap::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
-                let Ok(name) = entry.file_name().into_string() else { continue };
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
                 // A mount point bound to a namespace: its inode is the namespace's.
-                let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+                let Ok(meta) = std::fs::metadata(entry.path()) else {
+                    continue;
+                };
                 let inode = meta.ino() as u32;
                 if Some(inode) == self.host_netns {
                     continue;

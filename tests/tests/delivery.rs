@@ -1,0 +1,210 @@
+//! Event delivery: the in-kernel rate limit counts what it suppresses without touching the
+//! counts, a full ring buffer counts what it loses, stacks come when asked, and the file sink
+//! receives the events.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use sonde_tests::{
+    field_str, poll_until, send_udp, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT,
+    SETTLE_TIMEOUT,
+};
+
+const PORT: u16 = 9999;
+const DROPS: &str = "sonde_packet_drops_total";
+
+fn drop_pods() -> (PodPair, SocketAddr) {
+    let pods = PodPair::new();
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
+    );
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    (pods, dst)
+}
+
+fn config(packet_drop: &str, sinks: &str) -> String {
+    format!(
+        "node: sonde-test-node\nprobes:\n  packet_drop:\n{packet_drop}  tcp_retrans: {{enabled: false}}\n  \
+         tcp_reset: {{enabled: false}}\nsinks:\n{sinks}"
+    )
+}
+
+fn drop_events_for(events: &[Value], pod: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| field_str(e, "type") == Some("packet_drop") && field_str(e, "pod") == Some(pod))
+        .filter(|e| field_str(e, "reason") == Some("NETFILTER_DROP"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn rate_limit_suppresses_events_but_not_counts() {
+    let (pods, dst) = drop_pods();
+    let agent = Agent::spawn_yaml(&config(
+        "    events: {enabled: true, ratePerCpu: 5, burst: 5}\n",
+        "  stdout: {enabled: true}\n",
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let suppressed = [("probe", "packet_drop")];
+    let before = agent
+        .metric("sonde_events_suppressed_total", &suppressed)
+        .unwrap_or(0.0);
+
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 500);
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    agent.wait_metric(DROPS, &labels, 500.0, SETTLE_TIMEOUT);
+    assert_eq!(
+        agent.metric(DROPS, &labels),
+        Some(500.0),
+        "counting ignores the rate limit"
+    );
+
+    // Every drop is either emitted or counted as suppressed.
+    let (emitted, suppressed_now) = poll_until(
+        SETTLE_TIMEOUT,
+        "emitted + suppressed to cover 500 drops",
+        || {
+            let emitted = drop_events_for(&agent.events(), pods.b.name()).len() as f64;
+            let s = agent
+                .metric("sonde_events_suppressed_total", &suppressed)
+                .unwrap_or(0.0)
+                - before;
+            (emitted + s >= 500.0).then_some((emitted, s))
+        },
+    );
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    // A burst of 5 per CPU plus 5/s per CPU over the few seconds the test takes.
+    assert!(
+        emitted >= 1.0 && emitted <= cpus * (5.0 + 5.0 * 30.0),
+        "{emitted} events emitted"
+    );
+    assert!(
+        suppressed_now >= 500.0 - emitted,
+        "{suppressed_now} suppressed, {emitted} emitted"
+    );
+}
+
+#[test]
+fn full_ring_buffer_counts_lost_events() {
+    let (pods, dst) = drop_pods();
+    let agent = Agent::spawn_yaml(&config(
+        "    events: {enabled: true, ratePerCpu: 0, ringBufferSize: 4Ki}\n",
+        "  stdout: {enabled: true}\n",
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let lost = [("probe", "packet_drop")];
+    let before = agent
+        .metric("sonde_events_lost_total", &lost)
+        .unwrap_or(0.0);
+
+    // With the agent stopped nothing drains the 4 KiB ring buffer (about 50 records), so most
+    // of these drops cannot be delivered.
+    const SENT: usize = 2000;
+    agent.signal(libc::SIGSTOP);
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, SENT);
+    agent.signal(libc::SIGCONT);
+
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    agent.wait_metric(DROPS, &labels, SENT as f64, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(DROPS, &labels), Some(SENT as f64));
+    let lost_now = agent.wait_metric(
+        "sonde_events_lost_total",
+        &lost,
+        before + 1.0,
+        SETTLE_TIMEOUT,
+    ) - before;
+    let emitted = poll_until(SETTLE_TIMEOUT, "the buffered events to be printed", || {
+        let n = drop_events_for(&agent.events(), pods.b.name()).len() as f64;
+        (n > 0.0).then_some(n)
+    });
+    assert!(
+        emitted < 4096.0 / 72.0,
+        "{emitted} events cannot fit in a 4 KiB ring buffer"
+    );
+    assert!(
+        emitted + lost_now >= SENT as f64,
+        "{emitted} emitted + {lost_now} lost must account for {SENT} drops"
+    );
+}
+
+#[test]
+fn stacks_when_asked_and_reconfigured_live() {
+    let (pods, dst) = drop_pods();
+    let with_stack = |stack: bool| {
+        config(
+            &format!("    stack: {stack}\n    events: {{enabled: true, ratePerCpu: 0}}\n"),
+            "  stdout: {enabled: true}\n",
+        )
+    };
+    let agent = Agent::spawn_yaml(&with_stack(true));
+    agent.wait_ready(READY_TIMEOUT);
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 20);
+    agent.wait_metric(DROPS, &labels, 20.0, SETTLE_TIMEOUT);
+    let event = poll_until(SETTLE_TIMEOUT, "a drop event with a stack", || {
+        drop_events_for(&agent.events(), pods.b.name())
+            .into_iter()
+            .next()
+    });
+    let stack: Vec<&str> = event["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack in {event}"))
+        .iter()
+        .map(|f| f.as_str().expect("frames are strings"))
+        .collect();
+    // The netfilter rule dropped it: its hook is on the stack, symbolised as function+offset.
+    assert!(
+        stack.iter().any(|f| f.starts_with("nf_hook_slow+0x")),
+        "{stack:?}"
+    );
+    assert!(
+        stack.iter().any(|f| f.starts_with("ip_local_deliver")),
+        "{stack:?}"
+    );
+
+    // Switching stacks off applies live, without a reload that would reset the counts.
+    agent.rewrite_config(&with_stack(false));
+    let seen = agent.events().len();
+    poll_until(SETTLE_TIMEOUT, "drop events without a stack", || {
+        send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 1);
+        let events = agent.events();
+        drop_events_for(&events[seen..], pods.b.name())
+            .iter()
+            .any(|e| e.get("stack").is_none())
+            .then_some(())
+    });
+    let total = agent.metric(DROPS, &labels).expect("drops still counted");
+    assert!(total > 20.0, "counts kept across the change: {total}");
+}
+
+#[test]
+fn file_sink_receives_events() {
+    let (pods, dst) = drop_pods();
+    let dir = TempDir::new();
+    let path = dir.path().join("events.json");
+    let agent = Agent::spawn_yaml(&config(
+        "    events: {enabled: true, ratePerCpu: 0}\n",
+        &format!(
+            "  stdout: {{enabled: false}}\n  file: {{path: {}, maxSize: 1Mi}}\n",
+            path.display()
+        ),
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 30);
+    let in_file = poll_until(SETTLE_TIMEOUT, "30 drop events in the file sink", || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let events: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let ours = drop_events_for(&events, pods.b.name());
+        (ours.len() >= 30).then_some(ours.len())
+    });
+    assert_eq!(in_file, 30);
+    assert!(agent.stdout_lines().is_empty(), "stdout sink is off");
+}

@@ -1,0 +1,94 @@
+//! The HTTP endpoints: /metrics passes `promtool check metrics` with labelled series present,
+//! /healthz and /readyz answer, /api/v1/probes shows every probe running.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use sonde_tests::{send_udp, Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT};
+
+#[test]
+fn metrics_pass_promtool_and_endpoints_answer() {
+    let pods = PodPair::new();
+    pods.b
+        .iptables(IpFamily::V4, "-A INPUT -p udp --dport 9999 -j DROP");
+    let agent = Agent::spawn(&AgentConfig::default());
+    agent.wait_ready(READY_TIMEOUT);
+
+    // Labelled series exist once something was counted.
+    send_udp(
+        &pods.a,
+        pods.a_end.ip(IpFamily::V4),
+        SocketAddr::new(pods.b_end.ip(IpFamily::V4), 9999),
+        10,
+    );
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    agent.wait_metric("sonde_packet_drops_total", &labels, 10.0, SETTLE_TIMEOUT);
+
+    let body = agent.metrics();
+    // Workload counters appear with their first series (retransmits and resets have their
+    // own tests); self-metrics are there from the start.
+    for name in [
+        "sonde_packet_drops_total",
+        "sonde_probe_up",
+        "sonde_events_lost_total",
+        "sonde_build_info",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics:\n{body}"
+        );
+    }
+    for probe in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+        assert_eq!(
+            agent.metric("sonde_probe_up", &[("probe", probe)]),
+            Some(1.0),
+            "{probe} up"
+        );
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run promtool (apt-get install prometheus): {e}"));
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool finished");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(agent.get("/healthz").0, 200);
+    assert_eq!(agent.get("/readyz").0, 200);
+    let (status, api) = agent.get("/api/v1/probes");
+    assert_eq!(status, 200);
+    let probes: serde_json::Value = serde_json::from_str(&api).expect("/api/v1/probes is JSON");
+    let states: Vec<(String, String)> = probes
+        .as_array()
+        .expect("a list of probes")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for probe in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+        assert!(
+            states.contains(&(probe.to_string(), "running".to_string())),
+            "{probe} not running in {states:?}"
+        );
+    }
+}
