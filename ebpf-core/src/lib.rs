@@ -26,6 +26,13 @@ pub struct Hook {
     pub category: &'static str,
 }
 
+impl std::fmt::Display for Hook {
+    /// `tp_btf/<category>/<tracepoint>`, as `sonde probes` and the API show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tp_btf/{}/{}", self.category, self.tracepoint)
+    }
+}
+
 /// A probe of the catalogue: its contract name, what it hooks, and its compiled object.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeSpec {

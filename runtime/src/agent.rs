@@ -66,6 +66,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
     let mut sinks = Sinks::new(Arc::clone(&fanout));
     sinks.apply(&config.sinks);
+    let sinks = Arc::new(Mutex::new(sinks));
 
     let ctx = Arc::new(Context {
         node: Arc::from(node_name(&config)),
@@ -97,11 +98,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     if let Some(path) = opts.config.clone() {
         let probes = Arc::clone(&probes);
+        let sinks = Arc::clone(&sinks);
         let metrics = Arc::clone(&metrics);
         tokio::spawn(watch_config(path, config, probes, sinks, metrics));
-    } else {
-        // Keep the sinks alive for the life of the agent.
-        std::mem::forget(sinks);
     }
 
     let app = exporter::router(ApiState {
@@ -116,6 +115,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!("sonde stopping");
     // Dropping the probes detaches them and folds in their last counts.
     drop(probes);
+    drop(sinks);
     Ok(())
 }
 
@@ -136,7 +136,7 @@ async fn watch_config(
     path: PathBuf,
     mut current: AgentConfig,
     probes: Arc<Mutex<Probes>>,
-    mut sinks: Sinks,
+    sinks: Arc<Mutex<Sinks>>,
     metrics: Arc<Metrics>,
 ) {
     let mut last_text = tokio::fs::read(&path).await.ok();
@@ -187,7 +187,10 @@ async fn watch_config(
                 .apply(&probes_config)
         })
         .await;
-        sinks.apply(&new.sinks);
+        sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&new.sinks);
         metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(path = %path.display(), "config applied");
         current = new;

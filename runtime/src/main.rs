@@ -98,6 +98,7 @@ fn probes(output: Output) -> anyhow::Result<()> {
             (spec, r)
         })
         .collect();
+    let mut text = String::new();
     match output {
         Output::Json => {
             let v: Vec<_> = rows
@@ -106,38 +107,44 @@ fn probes(output: Output) -> anyhow::Result<()> {
                     serde_json::json!({
                         "name": spec.name,
                         "description": spec.description,
-                        "hooks": spec.hooks.iter().map(|h| format!("tp_btf/{}/{}", h.category, h.tracepoint)).collect::<Vec<_>>(),
+                        "hooks": spec.hooks.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         "loadable": r.is_ok(),
                         "reason": r.as_ref().err(),
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            text = serde_json::to_string_pretty(&v)? + "\n";
         }
         Output::Text => {
-            println!(
-                "{:<14} {:<9} {:<56} DESCRIPTION",
-                "PROBE", "LOADABLE", "HOOKS"
-            );
+            let line = |text: &mut String, cols: [&str; 4]| {
+                *text += &format!(
+                    "{:<14} {:<9} {:<56} {}\n",
+                    cols[0], cols[1], cols[2], cols[3]
+                );
+            };
+            line(&mut text, ["PROBE", "LOADABLE", "HOOKS", "DESCRIPTION"]);
             for (spec, r) in &rows {
-                let hooks: Vec<String> = spec
-                    .hooks
-                    .iter()
-                    .map(|h| format!("tp_btf/{}/{}", h.category, h.tracepoint))
-                    .collect();
+                let hooks: Vec<String> = spec.hooks.iter().map(ToString::to_string).collect();
                 let loadable = if r.is_ok() { "yes" } else { "no" };
-                println!(
-                    "{:<14} {:<9} {:<56} {}",
-                    spec.name,
-                    loadable,
-                    hooks.join(","),
-                    spec.description
+                line(
+                    &mut text,
+                    [spec.name, loadable, &hooks.join(","), spec.description],
                 );
                 if let Err(reason) = r {
-                    println!("{:<14} why not: {reason}", "");
+                    text += &format!("{:<14} why not: {reason}\n", "");
                 }
             }
         }
     }
-    Ok(())
+    print_stdout(&text)
+}
+
+/// Writes to stdout; a reader that went away (`sonde probes | head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -311,12 +311,7 @@ impl Probes {
                 ProbeStatus {
                     name,
                     description: d.spec.description,
-                    hooks: d
-                        .spec
-                        .hooks
-                        .iter()
-                        .map(|h| format!("tp_btf/{}", h.tracepoint))
-                        .collect(),
+                    hooks: d.spec.hooks.iter().map(ToString::to_string).collect(),
                     state,
                     error,
                 }

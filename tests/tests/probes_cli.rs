@@ -1,0 +1,69 @@
+//! `sonde probes` explains why a probe cannot load: run without privileges, every probe is
+//! listed as not loadable with the reason, and the command still succeeds.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use sonde_tests::{run_sonde, sonde_bin, TempDir};
+
+#[test]
+fn probes_lists_catalogue_as_root() {
+    let out = run_sonde(
+        &["probes", "--output", "json"],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let probes: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON output");
+    for name in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+        let p = probes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {probes}"));
+        assert_eq!(p["loadable"], true, "{name} should load here as root: {p}");
+        assert!(
+            p["hooks"][0].as_str().unwrap().starts_with("tp_btf/"),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn probes_says_why_not_without_privileges() {
+    // A copy that user `nobody` may execute, wherever the checkout lives.
+    let dir = TempDir::new();
+    let bin = dir.path().join("sonde");
+    std::fs::copy(sonde_bin(), &bin).expect("copy the agent binary");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .arg("probes")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run sonde probes as nobody");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{stdout}"));
+        assert!(row.split_whitespace().nth(1) == Some("no"), "{row}");
+    }
+    assert_eq!(
+        stdout
+            .matches("why not: permission denied loading eBPF")
+            .count(),
+        3,
+        "{stdout}"
+    );
+}
