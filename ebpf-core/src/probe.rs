@@ -60,16 +60,12 @@ fn one_line_reason(e: &ProgramError) -> String {
     } = e
     {
         let log = verifier_log.to_string();
-        let complaint = log
-            .lines()
-            .map(str::trim)
-            .filter(|l| {
-                !l.is_empty()
-                    && !l.starts_with("verification time")
-                    && !l.starts_with("stack depth")
-                    && !l.starts_with("processed ")
-            })
-            .next_back();
+        let complaint = log.lines().map(str::trim).rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+        });
         return match complaint {
             Some(c) => format!("{io_error}; verifier: {c}"),
             None => io_error.to_string(),
