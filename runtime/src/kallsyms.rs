@@ -2,9 +2,14 @@
 
 use std::sync::Arc;
 
+/// Function symbols, kept compact (about 12 bytes plus the name per symbol): the kernel has
+/// over a hundred thousand.
 pub struct Kallsyms {
-    /// (address, name), sorted by address.
-    symbols: Vec<(u64, Arc<str>)>,
+    /// Start addresses, sorted.
+    addrs: Vec<u64>,
+    /// End of each symbol's name in `names` (the start is the previous end).
+    name_ends: Vec<u32>,
+    names: String,
 }
 
 impl Kallsyms {
@@ -16,7 +21,7 @@ impl Kallsyms {
     }
 
     pub fn parse(text: &str) -> Self {
-        let mut symbols: Vec<(u64, Arc<str>)> = text
+        let mut symbols: Vec<(u64, &str)> = text
             .lines()
             .filter_map(|line| {
                 let mut parts = line.split_whitespace();
@@ -27,24 +32,39 @@ impl Kallsyms {
                 if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
                     return None;
                 }
-                Some((addr, Arc::from(name)))
+                Some((addr, name))
             })
             .collect();
         symbols.sort_by_key(|(a, _)| *a);
-        Kallsyms { symbols }
+        let mut k = Kallsyms {
+            addrs: Vec::with_capacity(symbols.len()),
+            name_ends: Vec::with_capacity(symbols.len()),
+            names: String::with_capacity(symbols.iter().map(|(_, n)| n.len()).sum()),
+        };
+        for (addr, name) in symbols {
+            k.addrs.push(addr);
+            k.names.push_str(name);
+            k.name_ends.push(k.names.len() as u32);
+        }
+        k
     }
 
     /// The function containing `addr` and the offset into it.
-    pub fn resolve(&self, addr: u64) -> Option<(Arc<str>, u64)> {
-        let i = self.symbols.partition_point(|(a, _)| *a <= addr);
-        let (start, name) = self.symbols.get(i.checked_sub(1)?)?;
-        Some((Arc::clone(name), addr - start))
+    pub fn resolve(&self, addr: u64) -> Option<(&str, u64)> {
+        let i = self.addrs.partition_point(|a| *a <= addr).checked_sub(1)?;
+        let start = if i == 0 {
+            0
+        } else {
+            self.name_ends[i - 1] as usize
+        };
+        let name = &self.names[start..self.name_ends[i] as usize];
+        Some((name, addr - self.addrs[i]))
     }
 
     /// The function name alone, or the address in hex when unknown.
     pub fn name(&self, addr: u64) -> Arc<str> {
         match self.resolve(addr) {
-            Some((name, _)) => name,
+            Some((name, _)) => Arc::from(name),
             None => Arc::from(format!("0x{addr:x}")),
         }
     }

@@ -180,7 +180,6 @@ impl Drop for Running {
 
 /// The probes the agent runs.
 pub struct Probes {
-    btf: Result<Btf, String>,
     ctx: Arc<Context>,
     running: BTreeMap<&'static str, Running>,
     failed: BTreeMap<&'static str, String>,
@@ -188,8 +187,6 @@ pub struct Probes {
 
 impl Probes {
     pub fn new(ctx: Arc<Context>) -> Self {
-        let btf = Btf::from_sys_fs()
-            .map_err(|e| format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX));
         for d in DRIVERS {
             ctx.metrics
                 .probe_up
@@ -198,7 +195,6 @@ impl Probes {
             ctx.metrics.events_lost.with_label_values(&[d.spec.name]);
         }
         Probes {
-            btf,
             ctx,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -208,6 +204,9 @@ impl Probes {
     /// Brings the running probes in line with the config. A probe that fails to load is
     /// reported and the others carry on.
     pub fn apply(&mut self, config: &ProbesConfig) {
+        // The kernel's BTF is parsed only when a probe is to be loaded, and let go afterwards:
+        // it is tens of MiB that the running probes no longer need.
+        let mut btf: Option<Result<Btf, String>> = None;
         for driver in DRIVERS {
             let name = driver.spec.name;
             let wanted = (driver.settings)(config);
@@ -244,7 +243,16 @@ impl Probes {
                             sync_running(driver, &mut r, &self.ctx);
                         }
                     }
-                    match self.start(driver, settings) {
+                    let btf = btf.get_or_insert_with(|| {
+                        Btf::from_sys_fs().map_err(|e| {
+                            format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX)
+                        })
+                    });
+                    let started = match btf {
+                        Ok(btf) => self.start(driver, btf, settings),
+                        Err(e) => Err(ProbeError::Btf(e.clone())),
+                    };
+                    match started {
                         Ok(r) => {
                             self.running.insert(name, r);
                             self.failed.remove(name);
@@ -260,10 +268,17 @@ impl Probes {
                 }
             }
         }
+        if btf.take().is_some() {
+            release_freed_memory();
+        }
     }
 
-    fn start(&self, driver: &Driver, settings: ProbeSettings) -> Result<Running, ProbeError> {
-        let btf = self.btf.as_ref().map_err(|e| ProbeError::Btf(e.clone()))?;
+    fn start(
+        &self,
+        driver: &Driver,
+        btf: &Btf,
+        settings: ProbeSettings,
+    ) -> Result<Running, ProbeError> {
         let mut probe = LoadedProbe::load(driver.spec, btf, &settings)?;
         let decoder = (driver.decoder)(&mut probe, &self.ctx)?;
         let ring = probe.take_events()?;
@@ -337,6 +352,15 @@ impl Drop for Probes {
     fn drop(&mut self) {
         // Final sync so nothing counted is lost on the way out.
         self.sync();
+    }
+}
+
+/// Hands memory freed by the allocator back to the kernel (glibc keeps small freed blocks).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns unused heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
