@@ -105,3 +105,65 @@ fn send_datagrams(pods: &PodPair, n: usize) {
         n,
     );
 }
+
+#[test]
+fn broken_config_is_refused_and_running_config_stays() {
+    let pods = PodPair::new();
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {DROP_PORT} -j DROP"),
+    );
+    let agent = Agent::spawn(&AgentConfig::default());
+    agent.wait_ready(READY_TIMEOUT);
+    let drops = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    let rejected = [("result", "rejected")];
+
+    // An unknown key, then a value of the wrong type: each refused with its reason.
+    for (broken, reason) in [
+        (
+            "probes:\n  packet_drop:\n    enabled: false\n    colour: red\n",
+            "colour",
+        ),
+        (
+            "probes:\n  tcp_reset:\n    enabled: maybe\n",
+            "tcp_reset.enabled",
+        ),
+    ] {
+        let before = agent
+            .metric("sonde_config_reloads_total", &rejected)
+            .unwrap_or(0.0);
+        agent.rewrite_config(broken);
+        agent.wait_metric(
+            "sonde_config_reloads_total",
+            &rejected,
+            before + 1.0,
+            SETTLE_TIMEOUT,
+        );
+        let log = agent.stderr_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("config rejected") && l.contains(reason)),
+            "no rejection naming {reason} in the log:\n{log}"
+        );
+    }
+
+    // Everything that ran before still runs and counts.
+    for probe in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+        assert_eq!(
+            agent.metric(UP, &[("probe", probe)]),
+            Some(1.0),
+            "{probe} up"
+        );
+    }
+    send_datagrams(&pods, 40);
+    agent.wait_metric(DROPS, &drops, 40.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(DROPS, &drops), Some(40.0));
+    refused_connects(
+        &pods.a,
+        SocketAddr::new(pods.b_end.ip(IpFamily::V4), CLOSED_PORT),
+        3,
+    );
+    let resets = [("pod", pods.b.name()), ("direction", "sent")];
+    agent.wait_metric(RESETS, &resets, 3.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(RESETS, &resets), Some(3.0));
+}
