@@ -7,7 +7,7 @@
 #define STACK_DEPTH 64
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct packet_drop_key);
 	__type(value, __u64);

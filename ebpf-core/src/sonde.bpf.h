@@ -67,7 +67,9 @@ static __always_inline struct sonde_config *sonde_config(void)
 	return bpf_map_lookup_elem(&probe_config, &zero);
 }
 
-/* Adds one to a per-CPU hash counter, creating the slot on first use. */
+/* Adds one to a per-CPU hash counter, creating the slot on first use. Counter maps are LRU:
+ * when full, the slots least recently counted (typically those of deleted namespaces) make
+ * room, and the agent has already folded their counts into its metrics. */
 static __always_inline void sonde_count(void *map, const void *key)
 {
 	__u64 one = 1, *v = bpf_map_lookup_elem(map, key);

@@ -6,7 +6,7 @@
 #include "tcp_reset.h"
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct tcp_reset_key);
 	__type(value, __u64);

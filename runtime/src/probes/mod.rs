@@ -140,15 +140,51 @@ pub struct Deltas {
 
 impl Deltas {
     /// Pairs each key with its gain since the last call; `id` packs a key into a u64.
+    /// A value below the last one means the kernel evicted the slot and started it again
+    /// (counter maps are LRU), so all of it is new.
     pub fn update<K>(&mut self, current: HashMap<K, u64>, id: impl Fn(&K) -> u64) -> Vec<(K, u64)> {
         let mut gained = Vec::new();
+        let mut seen = HashMap::with_capacity(current.len());
         for (key, value) in current {
-            let prev = self.last.insert(id(&key), value).unwrap_or(0);
-            if value > prev {
-                gained.push((key, value - prev));
+            let k = id(&key);
+            let prev = self.last.get(&k).copied().unwrap_or(0);
+            let gain = if value >= prev { value - prev } else { value };
+            if gain > 0 {
+                gained.push((key, gain));
             }
+            seen.insert(k, value);
         }
+        // Slots the kernel evicted are forgotten too, so the table stays as small as the map.
+        self.last = seen;
         gained
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_count_gains_and_restarted_slots() {
+        let mut d = Deltas::default();
+        let snap = |pairs: &[(u32, u64)]| pairs.iter().copied().collect::<HashMap<u32, u64>>();
+        let mut gained = d.update(snap(&[(1, 5), (2, 3)]), |k| *k as u64);
+        gained.sort();
+        assert_eq!(gained, vec![(1, 5), (2, 3)]);
+        assert_eq!(
+            d.update(snap(&[(1, 5), (2, 7)]), |k| *k as u64),
+            vec![(2, 4)]
+        );
+        // Slot 2 evicted and counted again from zero: its new value is all gain.
+        let mut gained = d.update(snap(&[(1, 6), (2, 2)]), |k| *k as u64);
+        gained.sort();
+        assert_eq!(gained, vec![(1, 1), (2, 2)]);
+        // Slot 1 evicted and not yet back, then back at 1.
+        assert_eq!(d.update(snap(&[(2, 2)]), |k| *k as u64), vec![]);
+        assert_eq!(
+            d.update(snap(&[(1, 1), (2, 2)]), |k| *k as u64),
+            vec![(1, 1)]
+        );
     }
 }
 

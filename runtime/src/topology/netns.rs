@@ -1,9 +1,9 @@
 //! Standalone topology: every named network namespace under `/run/netns` is a pod of that
 //! name, with an empty Kubernetes namespace; the host namespace carries no pod.
 //!
-//! The directory is rescanned every second, and at once (at most every 100 ms) when asked
-//! about a namespace it does not know, so a namespace created just before its first packet
-//! is still named.
+//! The directory is rescanned every second, and at once when asked about a namespace it does
+//! not know (at most every 100 ms for the same namespace), so a namespace created just before
+//! its first packet is still named.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,7 +19,8 @@ const MISS_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 pub struct NetnsTopology {
     dir: PathBuf,
     by_inode: RwLock<HashMap<u32, Workload>>,
-    last_scan: Mutex<Instant>,
+    /// When each unknown namespace last caused a rescan.
+    misses: Mutex<HashMap<u32, Instant>>,
     host_netns: Option<u32>,
 }
 
@@ -31,7 +32,7 @@ impl NetnsTopology {
         let topo = Arc::new(NetnsTopology {
             dir: dir.into(),
             by_inode: RwLock::new(HashMap::new()),
-            last_scan: Mutex::new(Instant::now()),
+            misses: Mutex::new(HashMap::new()),
             host_netns,
         });
         topo.rescan();
@@ -63,7 +64,6 @@ impl NetnsTopology {
                 );
             }
         }
-        *self.last_scan.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let mut map = self.by_inode.write().unwrap_or_else(|e| e.into_inner());
         if *map != found {
             tracing::debug!(pods = found.len(), "network namespaces changed");
@@ -101,11 +101,22 @@ impl Topology for NetnsTopology {
         if let Some(w) = self.lookup(netns) {
             return Some(w);
         }
-        let due = self
-            .last_scan
-            .lock()
-            .map(|t| t.elapsed() >= MISS_RESCAN_INTERVAL)
-            .unwrap_or(true);
+        let due = {
+            let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            // Namespaces no name will ever be found for (containers without one) stay here;
+            // keep the table small.
+            if misses.len() > 4096 {
+                misses.retain(|_, t| now.duration_since(*t) < MISS_RESCAN_INTERVAL);
+            }
+            match misses.get(&netns) {
+                Some(t) if now.duration_since(*t) < MISS_RESCAN_INTERVAL => false,
+                _ => {
+                    misses.insert(netns, now);
+                    true
+                }
+            }
+        };
         if due {
             self.rescan();
             return self.lookup(netns);
@@ -138,6 +149,15 @@ mod tests {
         assert_eq!(&*w.namespace, "");
         if let Some(host) = topo.host_netns {
             assert_eq!(topo.workload_of_netns(host), None);
+        }
+        // Namespaces added after the last scan are found on first sight, one after another.
+        for name in ["web-2", "web-3"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+            let ino = std::fs::metadata(dir.join(name)).unwrap().ino() as u32;
+            let w = topo
+                .workload_of_netns(ino)
+                .expect("new pod found on a miss");
+            assert_eq!(&*w.pod, name);
         }
         std::fs::remove_file(dir.join("web-1")).unwrap();
         topo.rescan();
