@@ -324,17 +324,4 @@ impl LoadedProbe {
             .ok_or(ProbeError::MissingMap(name))?;
         StackTraceMap::try_from(map).map_err(map_err(name))
     }
-
-    /// Kernel ids of the probe's programs, to read their run time statistics.
-    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
-        self.spec
-            .hooks
-            .iter()
-            .filter_map(|h| {
-                let prog = self.ebpf.program(h.program)?;
-                let info = prog.info().ok()?;
-                Some((h.program, info.id()))
-            })
-            .collect()
-    }
 }

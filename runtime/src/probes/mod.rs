@@ -369,19 +369,6 @@ impl Probes {
             })
             .collect()
     }
-
-    /// Kernel program ids of the running probes (for the bench command).
-    pub fn program_ids(&self) -> Vec<(&'static str, &'static str, u32)> {
-        self.running
-            .iter()
-            .flat_map(|(name, r)| {
-                r.probe
-                    .program_ids()
-                    .into_iter()
-                    .map(move |(p, id)| (*name, p, id))
-            })
-            .collect()
-    }
 }
 
 impl Drop for Probes {
