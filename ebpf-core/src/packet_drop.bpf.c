@@ -36,14 +36,9 @@ int BPF_PROG(packet_drop, struct sk_buff *skb, void *location, enum skb_drop_rea
 	key.reason = reason;
 	sonde_count(&drops, &key);
 
-	cfg = sonde_config();
-	if (!cfg || !sonde_event_allowed(cfg))
-		return 0;
-	e = sonde_reserve(sizeof(*e));
+	e = sonde_event_start(sizeof(*e), &cfg);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->timestamp_ns = bpf_ktime_get_ns();
 	e->location = (__u64)location;
 	e->netns = key.netns;
 	e->reason = reason;

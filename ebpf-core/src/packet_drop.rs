@@ -45,6 +45,8 @@ pub struct Record {
 const _: () = {
     assert!(size_of::<Key>() == 8);
     assert!(size_of::<Record>() == 72);
+    // sonde_event_start stamps the first field of every record.
+    assert!(offset_of!(Record, timestamp_ns) == 0);
     assert!(offset_of!(Record, location) == 8);
     assert!(offset_of!(Record, netns) == 16);
     assert!(offset_of!(Record, reason) == 20);

@@ -9,7 +9,7 @@ use aya::{Btf, Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
 use crate::record::{KernelConfig, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED};
-use crate::ProbeSpec;
+use crate::{Hook, ProbeSpec};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -147,6 +147,27 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The tp_btf program of a hook.
+fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(hook.program)
+        .ok_or(ProbeError::MissingProgram {
+            program: hook.program,
+        })?
+        .try_into()
+        .map_err(|source| program_error(hook, source))
+}
+
+fn program_error(hook: &Hook, source: ProgramError) -> ProbeError {
+    if is_eperm(&source) {
+        ProbeError::PermissionDenied
+    } else {
+        ProbeError::Program {
+            program: hook.program,
+            source,
+        }
+    }
+}
+
 /// Checks that every hook of a probe exists in the kernel's BTF.
 pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
     for hook in spec.hooks {
@@ -177,21 +198,9 @@ impl LoadedProbe {
         let mut probe = Self::load_programs(spec, btf, settings)?;
         probe.configure(settings)?;
         for hook in spec.hooks {
-            let prog: &mut BtfTracePoint = probe
-                .ebpf
-                .program_mut(hook.program)
-                .ok_or(ProbeError::MissingProgram {
-                    program: hook.program,
-                })?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    program: hook.program,
-                    source,
-                })?;
-            prog.attach().map_err(|source| ProbeError::Program {
-                program: hook.program,
-                source,
-            })?;
+            program(&mut probe.ebpf, hook)?
+                .attach()
+                .map_err(|source| program_error(hook, source))?;
         }
         Ok(probe)
     }
@@ -218,26 +227,9 @@ impl LoadedProbe {
                 }
             })?;
         for hook in spec.hooks {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(hook.program)
-                .ok_or(ProbeError::MissingProgram {
-                    program: hook.program,
-                })?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    program: hook.program,
-                    source,
-                })?;
-            prog.load(hook.tracepoint, btf).map_err(|source| {
-                if is_eperm(&source) {
-                    ProbeError::PermissionDenied
-                } else {
-                    ProbeError::Program {
-                        program: hook.program,
-                        source,
-                    }
-                }
-            })?;
+            program(&mut ebpf, hook)?
+                .load(hook.tracepoint, btf)
+                .map_err(|source| program_error(hook, source))?;
         }
         Ok(LoadedProbe {
             spec,

@@ -129,6 +129,25 @@ static __always_inline void sonde_submit(void *rec, const struct sonde_config *c
 	bpf_ringbuf_submit(rec, avail >= cfg->wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
+/* Starts an event record: when events are on and the rate limit allows, reserves a zeroed
+ * record of `size` bytes (a constant once inlined) and stamps its first field, which every
+ * event record has: `__u64 timestamp_ns`. Hands back the config for sonde_submit. */
+static __always_inline void *sonde_event_start(__u64 size, struct sonde_config **cfgp)
+{
+	struct sonde_config *cfg = sonde_config();
+	void *rec;
+
+	if (!cfg || !sonde_event_allowed(cfg))
+		return NULL;
+	rec = sonde_reserve(size);
+	if (!rec)
+		return NULL;
+	__builtin_memset(rec, 0, size);
+	*(__u64 *)rec = bpf_ktime_get_ns();
+	*cfgp = cfg;
+	return rec;
+}
+
 static __always_inline __u32 sonde_sk_netns(const struct sock *sk)
 {
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);

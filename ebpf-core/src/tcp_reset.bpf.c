@@ -24,14 +24,9 @@ static __always_inline void record(__u32 netns, const struct sock *sk, const str
 	key.direction = direction;
 	sonde_count(&resets, &key);
 
-	cfg = sonde_config();
-	if (!cfg || !sonde_event_allowed(cfg))
-		return;
-	e = sonde_reserve(sizeof(*e));
+	e = sonde_event_start(sizeof(*e), &cfg);
 	if (!e)
 		return;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->timestamp_ns = bpf_ktime_get_ns();
 	e->netns = key.netns;
 	e->direction = direction;
 	if (sk) {

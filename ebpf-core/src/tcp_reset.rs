@@ -59,6 +59,8 @@ pub struct Record {
 const _: () = {
     assert!(size_of::<Key>() == 8);
     assert!(size_of::<Record>() == 56);
+    // sonde_event_start stamps the first field of every record.
+    assert!(offset_of!(Record, timestamp_ns) == 0);
     assert!(offset_of!(Record, netns) == 8);
     assert!(offset_of!(Record, direction) == 12);
     assert!(offset_of!(Record, state) == 13);

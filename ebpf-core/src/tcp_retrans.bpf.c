@@ -21,14 +21,9 @@ int BPF_PROG(tcp_retrans, const struct sock *sk, const struct sk_buff *skb)
 	key.netns = sonde_sk_netns(sk);
 	sonde_count(&retransmits, &key);
 
-	cfg = sonde_config();
-	if (!cfg || !sonde_event_allowed(cfg))
-		return 0;
-	e = sonde_reserve(sizeof(*e));
+	e = sonde_event_start(sizeof(*e), &cfg);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
-	e->timestamp_ns = bpf_ktime_get_ns();
 	e->netns = key.netns;
 	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	sonde_sk_tuple(sk, &e->tuple);

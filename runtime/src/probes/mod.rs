@@ -99,6 +99,30 @@ impl EventsConfig {
     }
 }
 
+/// Config of a probe with no settings beyond being on and its events.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    pub events: EventsConfig,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            enabled: true,
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+impl ProbeConfig {
+    /// The probe's kernel settings, `None` when it is off.
+    pub fn settings(&self) -> Option<ProbeSettings> {
+        self.enabled.then(|| self.events.settings(false))
+    }
+}
+
 /// `probes:` in the agent config, one field per probe of the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

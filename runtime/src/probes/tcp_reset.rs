@@ -4,41 +4,21 @@ use std::sync::Arc;
 
 use ebpf_core::record::read_record;
 use ebpf_core::tcp_reset::{direction_name, Key, Record, SPEC};
-use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
-use serde::Deserialize;
+use ebpf_core::{LoadedProbe, ProbeError};
 
-use super::{workload_label_values, Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
+use super::{workload_label_values, Context, Decoder, Deltas, Driver, ProbeConfig};
 use crate::event::{tcp_state_name, Event, Flow, Kind, Severity, TcpReset};
 
-/// `probes.tcp_reset` in the agent config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct Config {
-    pub enabled: bool,
-    pub events: EventsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            enabled: true,
-            events: EventsConfig::default(),
-        }
-    }
-}
+/// `probes.tcp_reset` in the agent config: on/off and events.
+pub type Config = ProbeConfig;
 
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
-    settings,
+    settings: |c| c.tcp_reset.settings(),
     validate: |c| c.tcp_reset.events.validate("tcp_reset"),
     decoder,
     sync,
 };
-
-fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
-    let c = &c.tcp_reset;
-    c.enabled.then(|| c.events.settings(false))
-}
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
     let ctx = Arc::clone(ctx);
