@@ -29,7 +29,7 @@ int BPF_PROG(packet_drop, struct sk_buff *skb, void *location, enum skb_drop_rea
 	struct sonde_config *cfg;
 
 	/* Freed after use, not dropped (older kernels report it through kfree_skb too). */
-	if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+	if (!skb || reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
 		return 0;
 
 	key.netns = sonde_skb_netns(skb, rx_sk);

@@ -1,5 +1,6 @@
 //! Rust mirrors of `sonde.h`: the 5-tuple, the per-probe live config, and the stats slots.
 
+use std::borrow::Cow;
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -54,14 +55,14 @@ impl Tuple {
     }
 
     /// The protocol by its usual name, or its number.
-    pub fn protocol_name(&self) -> String {
+    pub fn protocol_name(&self) -> Cow<'static, str> {
         match (self.protocol, self.family) {
             (6, _) => "tcp".into(),
             (17, _) => "udp".into(),
             (1, _) => "icmp".into(),
             (58, AF_INET6) => "icmpv6".into(),
             (132, _) => "sctp".into(),
-            (n, _) => n.to_string(),
+            (n, _) => n.to_string().into(),
         }
     }
 }

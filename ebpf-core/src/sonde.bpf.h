@@ -148,21 +148,24 @@ static __always_inline void *sonde_event_start(__u64 size, struct sonde_config *
 	return rec;
 }
 
+/* Probes run as tp_btf programs, whose arguments are BTF-typed kernel pointers: fields are
+ * read by direct loads (CO-RE relocated through vmlinux.h's preserve_access_index), which
+ * cost far less than bpf_probe_read_kernel calls; a faulting load reads as zero. */
 static __always_inline __u32 sonde_sk_netns(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return sk->__sk_common.skc_net.net->ns.inum;
 }
 
 /* The namespace a packet is in: its device's, else its socket's, else the receiving
  * socket's (kfree_skb's rx_sk). */
 static __always_inline __u32 sonde_skb_netns(const struct sk_buff *skb, const struct sock *rx_sk)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = skb->dev;
 	struct sock *sk;
 
 	if (dev)
-		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	sk = BPF_CORE_READ(skb, sk);
+		return dev->nd_net.net->ns.inum;
+	sk = skb->sk;
 	if (sk)
 		return sonde_sk_netns(sk);
 	if (rx_sk)
@@ -173,9 +176,10 @@ static __always_inline __u32 sonde_skb_netns(const struct sk_buff *skb, const st
 /* Reads the 5-tuple from a packet's IPv4/IPv6 header and, for TCP and UDP, its ports. */
 static __always_inline void sonde_skb_tuple(const struct sk_buff *skb, struct sonde_tuple *t)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	/* Headers are raw packet memory, not BTF-typed: those need bpf_probe_read_kernel. */
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
+	__u16 proto = bpf_ntohs(skb->protocol);
 	__u32 l4;
 
 	if (proto == ETH_P_IP) {
@@ -215,21 +219,22 @@ static __always_inline void sonde_skb_tuple(const struct sk_buff *skb, struct so
 /* Reads a socket's 5-tuple, local end as source. */
 static __always_inline void sonde_sk_tuple(const struct sock *sk, struct sonde_tuple *t)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	const struct sock_common *c = &sk->__sk_common;
+	__u16 family = c->skc_family;
 
-	t->protocol = BPF_CORE_READ(sk, sk_protocol);
-	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->protocol = sk->sk_protocol;
+	t->sport = c->skc_num;
+	t->dport = bpf_ntohs(c->skc_dport);
 	if (family == SONDE_AF_INET) {
-		__be32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__be32 s = c->skc_rcv_saddr;
+		__be32 d = c->skc_daddr;
 		t->family = SONDE_AF_INET;
 		__builtin_memcpy(t->saddr, &s, 4);
 		__builtin_memcpy(t->daddr, &d, 4);
 	} else if (family == SONDE_AF_INET6) {
 		t->family = SONDE_AF_INET6;
-		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr);
+		__builtin_memcpy(t->saddr, &c->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(t->daddr, &c->skc_v6_daddr, 16);
 	}
 }
 

@@ -30,7 +30,7 @@ static __always_inline void record(__u32 netns, const struct sock *sk, const str
 	e->netns = key.netns;
 	e->direction = direction;
 	if (sk) {
-		e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		e->state = sk->__sk_common.skc_state;
 		sonde_sk_tuple(sk, &e->tuple);
 		/* A received reset travels from the peer to this socket. */
 		if (direction == TCP_RESET_RECEIVED)

@@ -25,7 +25,7 @@ int BPF_PROG(tcp_retrans, const struct sock *sk, const struct sk_buff *skb)
 	if (!e)
 		return 0;
 	e->netns = key.netns;
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->state = sk->__sk_common.skc_state;
 	sonde_sk_tuple(sk, &e->tuple);
 	sonde_submit(e, cfg);
 	return 0;

@@ -1,6 +1,7 @@
 //! The events Sonde emits: one decoded type per probe, wrapped in the common envelope that
 //! every consumer sees (DESIGN.md section 6), and their one-line JSON form.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -45,7 +46,7 @@ impl Source {
 /// A packet or connection 5-tuple in user terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
-    pub protocol: String,
+    pub protocol: Cow<'static, str>,
     pub saddr: Option<IpAddr>,
     pub sport: u16,
     pub daddr: Option<IpAddr>,

@@ -139,11 +139,17 @@ fn broken_config_is_refused_and_running_config_stays() {
             before + 1.0,
             SETTLE_TIMEOUT,
         );
-        let log = agent.stderr_text();
-        assert!(
-            log.lines()
-                .any(|l| l.contains("config rejected") && l.contains(reason)),
-            "no rejection naming {reason} in the log:\n{log}"
+        // The agent logs before it counts, but its stderr reaches us through a pipe.
+        poll_until(
+            SETTLE_TIMEOUT,
+            &format!("a config rejection naming {reason} in the log"),
+            || {
+                agent
+                    .stderr_text()
+                    .lines()
+                    .any(|l| l.contains("config rejected") && l.contains(reason))
+                    .then_some(())
+            },
         );
     }
 

@@ -91,21 +91,27 @@ impl RotatingFile {
         self.size = 0;
         Ok(())
     }
+}
 
-    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+impl super::LineOutput for RotatingFile {
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         if self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
         self.out.write_all(line)?;
-        self.out.flush()?;
         self.size += line.len() as u64;
         Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Write::flush(&mut self.out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::LineOutput;
 
     #[test]
     fn rotates_by_size_and_keeps_max_files() {
@@ -125,6 +131,7 @@ mod tests {
         for _ in 0..13 {
             f.write_line(&l).unwrap();
         }
+        f.flush().unwrap();
         let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         assert_eq!(size(&path), 1024);
         assert_eq!(size(&f.rotated(1)), 4096);

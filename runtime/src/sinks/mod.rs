@@ -16,8 +16,9 @@ use crate::config::ByteSize;
 use crate::event::Batch;
 use crate::fanout::FanOut;
 
-/// Batches a sink may have queued before it starts losing them.
-const QUEUE_BATCHES: usize = 256;
+/// Batches a sink may have queued before it starts losing them (a batch holds up to 1024
+/// events, so this bounds a stuck sink's memory to a few MiB).
+const QUEUE_BATCHES: usize = 32;
 
 /// `sinks:` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -36,24 +37,36 @@ impl SinksConfig {
     }
 }
 
+/// Where a sink's lines go: written one by one, flushed once per batch, so a batch of events
+/// costs one write(2) or a few, not one per event.
+pub(crate) trait LineOutput {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+impl<W: Write> LineOutput for std::io::BufWriter<W> {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.write_all(line)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Write::flush(self)
+    }
+}
+
 /// Writes every event of every batch as one JSON line, until the queue closes or the output
 /// fails.
-fn write_batches(
-    rx: &mut mpsc::Receiver<Batch>,
-    mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
-) {
+fn write_batches(rx: &mut mpsc::Receiver<Batch>, out: &mut impl LineOutput) {
     let mut line = Vec::with_capacity(512);
     while let Some(batch) = rx.blocking_recv() {
-        for event in batch.iter() {
+        let written = batch.iter().try_for_each(|event| {
             line.clear();
-            if serde_json::to_writer(&mut line, event).is_err() {
-                continue;
-            }
+            serde_json::to_writer(&mut line, event)?;
             line.push(b'\n');
-            if let Err(e) = out(&line) {
-                tracing::error!(error = %e, "event sink stopped: cannot write");
-                return;
-            }
+            out.write_line(&line)
+        });
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            tracing::error!(error = %e, "event sink stopped: cannot write");
+            return;
         }
     }
 }
@@ -91,12 +104,8 @@ impl Sinks {
             if let Some(c) = wanted_stdout {
                 let mut rx = self.fanout.subscribe("sink:stdout", QUEUE_BATCHES);
                 let thread = std::thread::spawn(move || {
-                    let stdout = std::io::stdout();
-                    write_batches(&mut rx, |line| {
-                        let mut lock = stdout.lock();
-                        lock.write_all(line)?;
-                        lock.flush()
-                    })
+                    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout());
+                    write_batches(&mut rx, &mut out)
                 });
                 self.stdout = Some(Running { config: c, thread });
             }
@@ -111,9 +120,7 @@ impl Sinks {
                 match file::RotatingFile::open(&c) {
                     Ok(mut f) => {
                         let mut rx = self.fanout.subscribe("sink:file", QUEUE_BATCHES);
-                        let thread = std::thread::spawn(move || {
-                            write_batches(&mut rx, |line| f.write_line(line))
-                        });
+                        let thread = std::thread::spawn(move || write_batches(&mut rx, &mut f));
                         self.file = Some(Running { config: c, thread });
                     }
                     Err(e) => {
