@@ -12,7 +12,7 @@ pub mod record;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 
-pub use probe::{LoadedProbe, ProbeError, ProbeSettings};
+pub use probe::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
 pub use record::{Stats, Tuple};
 
 /// One kernel hook a probe's program attaches to.

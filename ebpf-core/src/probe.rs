@@ -182,20 +182,35 @@ pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-impl LoadedProbe {
+/// Loads probes against the running kernel's BTF with one aya loader for all of them: making
+/// an aya loader parses the kernel BTF again (about 6 ms and 12 MB each time), so a batch of
+/// probes shares one.
+pub struct ProbeLoader<'btf> {
+    btf: &'btf Btf,
+    loader: EbpfLoader<'btf>,
+}
+
+impl<'btf> ProbeLoader<'btf> {
+    pub fn new(btf: &'btf Btf) -> Self {
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(btf));
+        ProbeLoader { btf, loader }
+    }
+
     /// Loads the probe's programs into the kernel without attaching them: what
     /// `sonde probes` does to tell whether a probe can run here.
-    pub fn check(spec: &'static ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
-        Self::load_programs(spec, btf, &ProbeSettings::default()).map(|_| ())
+    pub fn check(&mut self, spec: &'static ProbeSpec) -> Result<(), ProbeError> {
+        self.load_programs(spec, &ProbeSettings::default())
+            .map(|_| ())
     }
 
     /// Loads, configures and attaches the probe.
     pub fn load(
+        &mut self,
         spec: &'static ProbeSpec,
-        btf: &Btf,
         settings: &ProbeSettings,
-    ) -> Result<Self, ProbeError> {
-        let mut probe = Self::load_programs(spec, btf, settings)?;
+    ) -> Result<LoadedProbe, ProbeError> {
+        let mut probe = self.load_programs(spec, settings)?;
         probe.configure(settings)?;
         for hook in spec.hooks {
             program(&mut probe.ebpf, hook)?
@@ -206,17 +221,17 @@ impl LoadedProbe {
     }
 
     fn load_programs(
+        &mut self,
         spec: &'static ProbeSpec,
-        btf: &Btf,
         settings: &ProbeSettings,
-    ) -> Result<Self, ProbeError> {
-        check_hooks(spec, btf)?;
+    ) -> Result<LoadedProbe, ProbeError> {
+        check_hooks(spec, self.btf)?;
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
         }
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(btf))
+        let mut ebpf = self
+            .loader
             .map_max_entries(EVENTS_MAP, size)
             .load(spec.object)
             .map_err(|e| {
@@ -228,7 +243,7 @@ impl LoadedProbe {
             })?;
         for hook in spec.hooks {
             program(&mut ebpf, hook)?
-                .load(hook.tracepoint, btf)
+                .load(hook.tracepoint, self.btf)
                 .map_err(|source| program_error(hook, source))?;
         }
         Ok(LoadedProbe {
@@ -236,6 +251,17 @@ impl LoadedProbe {
             ebpf,
             ring_buffer_size: size,
         })
+    }
+}
+
+impl LoadedProbe {
+    /// Loads, configures and attaches one probe (see [`ProbeLoader`] for several).
+    pub fn load(
+        spec: &'static ProbeSpec,
+        btf: &Btf,
+        settings: &ProbeSettings,
+    ) -> Result<Self, ProbeError> {
+        ProbeLoader::new(btf).load(spec, settings)
     }
 
     /// Applies settings to the running probe. Returns `false` when they cannot apply live

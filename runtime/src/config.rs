@@ -172,16 +172,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
-        let e = AgentConfig::parse(
-            "probes:\n  tcp_reset:\n    events:\n      ringBufferSize: 3Mi\n",
-            "c.yaml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("tcp_reset") && e.contains("ringBufferSize"),
-            "{e}"
-        );
+        for size in ["3Mi", "4Ki", "2Gi"] {
+            let text =
+                format!("probes:\n  tcp_reset:\n    events:\n      ringBufferSize: {size}\n");
+            let e = AgentConfig::parse(&text, "c.yaml").unwrap_err().to_string();
+            assert!(
+                e.contains("tcp_reset") && e.contains("ringBufferSize"),
+                "{e}"
+            );
+        }
         let e = AgentConfig::parse(
             "probes:\n  tcp_reset:\n    events:\n      ringBufferSize: lots\n",
             "c.yaml",

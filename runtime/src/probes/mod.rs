@@ -11,13 +11,14 @@ pub mod packet_drop;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use aya::Btf;
-use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings, ProbeSpec, Stats};
+use ebpf_core::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
@@ -62,7 +63,8 @@ pub struct EventsConfig {
     pub rate_per_cpu: u64,
     /// Events a CPU may emit in a burst above the rate.
     pub burst: u64,
-    /// Size of the probe's ring buffer (a power of two, at least 4Ki).
+    /// Size of the probe's ring buffer (a power of two, at least 64Ki: smaller ones wake the
+    /// agent every few records and lose events under load).
     pub ring_buffer_size: ByteSize,
 }
 
@@ -80,9 +82,9 @@ impl Default for EventsConfig {
 impl EventsConfig {
     fn validate(&self, probe: &str) -> Result<(), String> {
         let size = self.ring_buffer_size.0;
-        if size < 4096 || !size.is_power_of_two() || size > 1 << 30 {
+        if size < 64 << 10 || !size.is_power_of_two() || size > 1 << 30 {
             return Err(format!(
-                "probes.{probe}.events.ringBufferSize: {size} must be a power of two between 4Ki and 1Gi"
+                "probes.{probe}.events.ringBufferSize: {size} must be a power of two between 64Ki and 1Gi"
             ));
         }
         Ok(())
@@ -266,7 +268,8 @@ impl Probes {
     pub fn apply(&mut self, config: &ProbesConfig) {
         // The kernel's BTF is parsed only when a probe is to be loaded, and let go afterwards:
         // it is tens of MiB that the running probes no longer need.
-        let mut btf: Option<Result<Btf, String>> = None;
+        let btf: OnceCell<Result<Btf, String>> = OnceCell::new();
+        let mut loader: Option<Result<ProbeLoader<'_>, String>> = None;
         for driver in DRIVERS {
             let name = driver.spec.name;
             let wanted = (driver.settings)(config);
@@ -303,13 +306,16 @@ impl Probes {
                             sync_running(driver, &mut r, &self.ctx);
                         }
                     }
-                    let btf = btf.get_or_insert_with(|| {
-                        Btf::from_sys_fs().map_err(|e| {
-                            format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX)
-                        })
+                    let loader = loader.get_or_insert_with(|| {
+                        let btf = btf.get_or_init(|| {
+                            Btf::from_sys_fs().map_err(|e| {
+                                format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX)
+                            })
+                        });
+                        btf.as_ref().map(ProbeLoader::new).map_err(Clone::clone)
                     });
-                    let started = match btf {
-                        Ok(btf) => self.start(driver, btf, settings),
+                    let started = match loader {
+                        Ok(loader) => self.start(driver, loader, settings),
                         Err(e) => Err(ProbeError::Btf(e.clone())),
                     };
                     match started {
@@ -328,7 +334,10 @@ impl Probes {
                 }
             }
         }
-        if btf.take().is_some() {
+        let loaded = loader.is_some();
+        drop(loader);
+        drop(btf);
+        if loaded {
             release_freed_memory();
         }
     }
@@ -336,10 +345,10 @@ impl Probes {
     fn start(
         &self,
         driver: &Driver,
-        btf: &Btf,
+        loader: &mut ProbeLoader<'_>,
         settings: ProbeSettings,
     ) -> Result<Running, ProbeError> {
-        let mut probe = LoadedProbe::load(driver.spec, btf, &settings)?;
+        let mut probe = loader.load(driver.spec, &settings)?;
         let decoder = (driver.decoder)(&mut probe, &self.ctx)?;
         let ring = probe.take_events()?;
         let drain = tokio::spawn(drain(
