@@ -182,25 +182,25 @@ pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Loads probes against the running kernel's BTF with one aya loader for all of them: making
-/// an aya loader parses the kernel BTF again (about 6 ms and 12 MB each time), so a batch of
-/// probes shares one.
+/// Loads probes with one aya loader for all of them: making an aya loader parses the kernel
+/// BTF (about 6 ms and 12 MB each time), so a batch of probes shares one. Make the loader
+/// before parsing the BTF the probes are loaded against ([`Btf::from_sys_fs`]): the loader's
+/// own parse is then let go before the second one is made, and the two never coexist.
 pub struct ProbeLoader<'btf> {
-    btf: &'btf Btf,
     loader: EbpfLoader<'btf>,
 }
 
 impl<'btf> ProbeLoader<'btf> {
-    pub fn new(btf: &'btf Btf) -> Self {
+    pub fn new() -> Self {
         let mut loader = EbpfLoader::new();
-        loader.btf(Some(btf));
-        ProbeLoader { btf, loader }
+        loader.btf(None);
+        ProbeLoader { loader }
     }
 
     /// Loads the probe's programs into the kernel without attaching them: what
     /// `sonde probes` does to tell whether a probe can run here.
-    pub fn check(&mut self, spec: &'static ProbeSpec) -> Result<(), ProbeError> {
-        self.load_programs(spec, &ProbeSettings::default())
+    pub fn check(&mut self, spec: &'static ProbeSpec, btf: &'btf Btf) -> Result<(), ProbeError> {
+        self.load_programs(spec, btf, &ProbeSettings::default())
             .map(|_| ())
     }
 
@@ -208,9 +208,10 @@ impl<'btf> ProbeLoader<'btf> {
     pub fn load(
         &mut self,
         spec: &'static ProbeSpec,
+        btf: &'btf Btf,
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
-        let mut probe = self.load_programs(spec, settings)?;
+        let mut probe = self.load_programs(spec, btf, settings)?;
         probe.configure(settings)?;
         for hook in spec.hooks {
             program(&mut probe.ebpf, hook)?
@@ -223,15 +224,17 @@ impl<'btf> ProbeLoader<'btf> {
     fn load_programs(
         &mut self,
         spec: &'static ProbeSpec,
+        btf: &'btf Btf,
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
-        check_hooks(spec, self.btf)?;
+        check_hooks(spec, btf)?;
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
         }
         let mut ebpf = self
             .loader
+            .btf(Some(btf))
             .map_max_entries(EVENTS_MAP, size)
             .load(spec.object)
             .map_err(|e| {
@@ -243,7 +246,7 @@ impl<'btf> ProbeLoader<'btf> {
             })?;
         for hook in spec.hooks {
             program(&mut ebpf, hook)?
-                .load(hook.tracepoint, self.btf)
+                .load(hook.tracepoint, btf)
                 .map_err(|source| program_error(hook, source))?;
         }
         Ok(LoadedProbe {
@@ -254,6 +257,12 @@ impl<'btf> ProbeLoader<'btf> {
     }
 }
 
+impl Default for ProbeLoader<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LoadedProbe {
     /// Loads, configures and attaches one probe (see [`ProbeLoader`] for several).
     pub fn load(
@@ -261,7 +270,7 @@ impl LoadedProbe {
         btf: &Btf,
         settings: &ProbeSettings,
     ) -> Result<Self, ProbeError> {
-        ProbeLoader::new(btf).load(spec, settings)
+        ProbeLoader::new().load(spec, btf, settings)
     }
 
     /// Applies settings to the running probe. Returns `false` when they cannot apply live

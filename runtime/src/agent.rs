@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use crate::config::AgentConfig;
 use crate::exporter::{self, ApiState};
 use crate::fanout::FanOut;
-use crate::kallsyms::Kallsyms;
 use crate::metrics::Metrics;
 use crate::probes::{Context, Probes};
 use crate::sinks::Sinks;
@@ -72,7 +71,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         node: Arc::from(node_name(&config)),
         topology,
         metrics: Arc::clone(&metrics),
-        symbols: Arc::new(tokio::task::spawn_blocking(Kallsyms::load).await?),
+        symbols: OnceLock::new(),
         clock: BootClock::new(),
         fanout,
     });
@@ -81,6 +80,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .apply(&config.probes);
+    // Read the kernel symbols now, off the data path, rather than on the first drop event.
+    let warm = Arc::clone(&ctx);
+    tokio::task::spawn_blocking(move || {
+        warm.symbols();
+        crate::probes::release_freed_memory();
+    });
     tracing::info!(%listen, node = %ctx.node, "sonde running");
 
     let sync_probes = Arc::clone(&probes);

@@ -87,16 +87,13 @@ fn main() -> ExitCode {
 
 /// `sonde probes`: tries to load each probe into the kernel (without attaching it).
 fn probes(output: Output) -> anyhow::Result<()> {
-    let btf = aya::Btf::from_sys_fs();
-    let mut loader = btf
-        .as_ref()
-        .map(ebpf_core::ProbeLoader::new)
-        .map_err(|e| format!("cannot read kernel BTF: {e}"));
+    let mut loader = ebpf_core::ProbeLoader::new();
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"));
     let rows: Vec<(&ebpf_core::ProbeSpec, Result<(), String>)> = ebpf_core::CATALOGUE
         .iter()
         .map(|spec| {
-            let r = match &mut loader {
-                Ok(loader) => loader.check(spec).map_err(|e| e.to_string()),
+            let r = match &btf {
+                Ok(btf) => loader.check(spec, btf).map_err(|e| e.to_string()),
                 Err(e) => Err(e.clone()),
             };
             (spec, r)

@@ -13,12 +13,13 @@ pub mod tcp_retrans;
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use aya::Btf;
 use ebpf_core::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats};
+use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
@@ -29,7 +30,7 @@ use crate::fanout::FanOut;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::Metrics;
 use crate::timefmt::BootClock;
-use crate::topology::{Topology, Workload};
+use crate::topology::Topology;
 
 /// How often a ring buffer is drained when the kernel has not woken the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -41,15 +42,30 @@ pub struct Context {
     pub node: Arc<str>,
     pub topology: Arc<dyn Topology>,
     pub metrics: Arc<Metrics>,
-    pub symbols: Arc<Kallsyms>,
+    /// Read on first use (see [`Context::symbols`]).
+    pub symbols: OnceLock<Kallsyms>,
     pub clock: BootClock,
     pub fanout: Arc<FanOut>,
 }
 
 impl Context {
-    /// The workload of a network namespace, `None` for the host.
-    pub fn workload(&self, netns: u32) -> Option<Workload> {
-        self.topology.workload_of_netns(netns)
+    /// Kernel symbols, read from /proc/kallsyms the first time they are needed: after the
+    /// probes are loaded, so that its memory does not add to the peak of loading them.
+    pub fn symbols(&self) -> &Kallsyms {
+        self.symbols.get_or_init(Kallsyms::load)
+    }
+
+    /// Adds `n` to the series of `counter` for the workload of `netns`: labels `node`,
+    /// `namespace`, `pod` (empty for the host), then `extra`.
+    pub fn count_for_netns(&self, counter: &IntCounterVec, netns: u32, extra: &[&str], n: u64) {
+        let workload = self.topology.workload_of_netns(netns);
+        let (namespace, pod) = match &workload {
+            Some(w) => (&*w.namespace, &*w.pod),
+            None => ("", ""),
+        };
+        let mut labels = vec![&*self.node, namespace, pod];
+        labels.extend_from_slice(extra);
+        counter.with_label_values(&labels).inc_by(n);
     }
 }
 
@@ -269,7 +285,7 @@ impl Probes {
         // The kernel's BTF is parsed only when a probe is to be loaded, and let go afterwards:
         // it is tens of MiB that the running probes no longer need.
         let btf: OnceCell<Result<Btf, String>> = OnceCell::new();
-        let mut loader: Option<Result<ProbeLoader<'_>, String>> = None;
+        let mut loader: Option<ProbeLoader<'_>> = None;
         for driver in DRIVERS {
             let name = driver.spec.name;
             let wanted = (driver.settings)(config);
@@ -306,16 +322,15 @@ impl Probes {
                             sync_running(driver, &mut r, &self.ctx);
                         }
                     }
-                    let loader = loader.get_or_insert_with(|| {
-                        let btf = btf.get_or_init(|| {
-                            Btf::from_sys_fs().map_err(|e| {
-                                format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX)
-                            })
-                        });
-                        btf.as_ref().map(ProbeLoader::new).map_err(Clone::clone)
+                    // The loader first, then the BTF: see ProbeLoader.
+                    let loader = loader.get_or_insert_with(ProbeLoader::new);
+                    let btf = btf.get_or_init(|| {
+                        Btf::from_sys_fs().map_err(|e| {
+                            format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX)
+                        })
                     });
-                    let started = match loader {
-                        Ok(loader) => self.start(driver, loader, settings),
+                    let started = match btf {
+                        Ok(btf) => self.start(driver, loader, btf, settings),
                         Err(e) => Err(ProbeError::Btf(e.clone())),
                     };
                     match started {
@@ -342,13 +357,14 @@ impl Probes {
         }
     }
 
-    fn start(
+    fn start<'a>(
         &self,
         driver: &Driver,
-        loader: &mut ProbeLoader<'_>,
+        loader: &mut ProbeLoader<'a>,
+        btf: &'a Btf,
         settings: ProbeSettings,
     ) -> Result<Running, ProbeError> {
-        let mut probe = loader.load(driver.spec, &settings)?;
+        let mut probe = loader.load(driver.spec, btf, &settings)?;
         let decoder = (driver.decoder)(&mut probe, &self.ctx)?;
         let ring = probe.take_events()?;
         let drain = tokio::spawn(drain(
@@ -373,11 +389,6 @@ impl Probes {
                 sync_running(driver, r, &self.ctx);
             }
         }
-    }
-
-    /// Whether every enabled probe is attached.
-    pub fn all_attached(&self) -> bool {
-        self.failed.is_empty()
     }
 
     pub fn status(&self) -> Vec<ProbeStatus> {
@@ -412,7 +423,7 @@ impl Drop for Probes {
 }
 
 /// Hands memory freed by the allocator back to the kernel (glibc keeps small freed blocks).
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns unused heap pages; it has no preconditions.
     unsafe {
@@ -488,13 +499,5 @@ async fn drain(
         if !batch.is_empty() {
             ctx.fanout.publish(batch);
         }
-    }
-}
-
-/// Label values for a workload (`namespace`, `pod`), empty for the host.
-pub fn workload_label_values(w: &Option<Workload>) -> (&str, &str) {
-    match w {
-        Some(w) => (&w.namespace, &w.pod),
-        None => ("", ""),
     }
 }

@@ -10,7 +10,7 @@ use ebpf_core::record::read_record;
 use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::Deserialize;
 
-use super::{workload_label_values, Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
+use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
 use crate::event::{Event, Flow, Kind, PacketDrop, Severity};
 
 /// `probes.packet_drop` in the agent config.
@@ -83,7 +83,7 @@ impl DropDecoder {
         let frames: Arc<[Arc<str>]> = trace
             .frames()
             .iter()
-            .map(|f| self.ctx.symbols.frame(f.ip))
+            .map(|f| self.ctx.symbols().frame(f.ip))
             .collect();
         self.stack_cache.insert(id, Arc::clone(&frames));
         Some(frames)
@@ -91,7 +91,7 @@ impl DropDecoder {
 
     fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
         let r: Record = read_record(bytes)?;
-        let symbols = &self.ctx.symbols;
+        let symbols = self.ctx.symbols();
         let location = Arc::clone(
             self.locations
                 .entry(r.location)
@@ -126,12 +126,12 @@ fn decoder(probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Probe
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
     let current = probe.counters::<Key>()?;
     for (key, gained) in deltas.update(current, |k| (k.netns as u64) << 32 | k.reason as u64) {
-        let workload = ctx.workload(key.netns);
-        let (namespace, pod) = workload_label_values(&workload);
-        ctx.metrics
-            .packet_drops
-            .with_label_values(&[&*ctx.node, namespace, pod, &reason_name(key.reason)])
-            .inc_by(gained);
+        ctx.count_for_netns(
+            &ctx.metrics.packet_drops,
+            key.netns,
+            &[&reason_name(key.reason)],
+            gained,
+        );
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use ebpf_core::record::read_record;
 use ebpf_core::tcp_reset::{direction_name, Key, Record, SPEC};
 use ebpf_core::{LoadedProbe, ProbeError};
 
-use super::{workload_label_values, Context, Decoder, Deltas, Driver, ProbeConfig};
+use super::{Context, Decoder, Deltas, Driver, ProbeConfig};
 use crate::event::{tcp_state_name, Event, Flow, Kind, Severity, TcpReset};
 
 /// `probes.tcp_reset` in the agent config: on/off and events.
@@ -41,12 +41,12 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
     let current = probe.counters::<Key>()?;
     for (key, gained) in deltas.update(current, |k| (k.netns as u64) << 32 | k.direction as u64) {
-        let workload = ctx.workload(key.netns);
-        let (namespace, pod) = workload_label_values(&workload);
-        ctx.metrics
-            .tcp_resets
-            .with_label_values(&[&*ctx.node, namespace, pod, direction_name(key.direction)])
-            .inc_by(gained);
+        ctx.count_for_netns(
+            &ctx.metrics.tcp_resets,
+            key.netns,
+            &[direction_name(key.direction)],
+            gained,
+        );
     }
     Ok(())
 }
