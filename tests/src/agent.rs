@@ -144,18 +144,7 @@ impl Agent {
         let dir = TempDir::new();
         let config_path = dir.write("sonde.yaml", yaml);
         let addr = free_local_addr();
-        let bin = sonde_bin();
-        let mut child = Command::new(&bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut child = start_agent(&config_path, addr);
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
@@ -414,8 +403,24 @@ fn stop(child: &mut Child, grace: Duration) {
     }
 }
 
+/// Starts `sonde run --config CONFIG --listen ADDR` with stdout and stderr piped.
+pub fn start_agent(config: &Path, addr: SocketAddr) -> Child {
+    let bin = sonde_bin();
+    Command::new(&bin)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
 /// A 127.0.0.1 address whose port was free a moment ago.
-fn free_local_addr() -> SocketAddr {
+pub fn free_local_addr() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind 127.0.0.1:0");
     listener
         .local_addr()

@@ -12,7 +12,9 @@ mod netns;
 mod prometheus;
 mod traffic;
 
-pub use agent::{run_sonde, sonde_bin, Agent, AgentConfig, Finished, TempDir};
+pub use agent::{
+    free_local_addr, run_sonde, sonde_bin, start_agent, Agent, AgentConfig, Finished, TempDir,
+};
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use prometheus::metric_value;

@@ -19,10 +19,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use aya::sys::{enable_stats, Stats};
 use sonde_tests::{
-    http_get, in_netns, metric_value, refused_connects, run_command, sonde_bin, IpFamily, PodPair,
-    TempDir, READY_TIMEOUT,
+    free_local_addr, http_get, in_netns, metric_value, refused_connects, run_command, sonde_bin,
+    start_agent, IpFamily, PodPair, TempDir, READY_TIMEOUT,
 };
 
 /// UDP port in pod B behind the DROP rule.
@@ -456,19 +456,8 @@ impl BenchAgent {
         let dir = TempDir::new();
         let config = dir.write("sonde.yaml", yaml);
         let addr = free_local_addr();
-        let bin = sonde_bin();
         let spawned = Instant::now();
-        let mut child = Command::new(&bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut child = start_agent(&config, addr);
         let events_for_b = Arc::new(AtomicU64::new(0));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
@@ -810,12 +799,6 @@ fn keep_lines(
             }
         })
         .expect("cannot spawn the stderr reader")
-}
-
-fn free_local_addr() -> SocketAddr {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("cannot find a free local port")
 }
 
 /// Turns on the kernel's BPF run-time statistics (`run_time_ns`, `run_cnt`) while it lives.
