@@ -1,6 +1,7 @@
 //! `sonde run`: wires topology, probes, fan-out, sinks and the HTTP endpoints together, and
 //! applies config file changes while running.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,6 +13,7 @@ use crate::config::AgentConfig;
 use crate::exporter::{self, ApiState};
 use crate::fanout::FanOut;
 use crate::metrics::Metrics;
+use crate::plugin_host::{self, HostContext, PluginDirs, PluginHost, PluginMetrics};
 use crate::probes::{Context, Probes};
 use crate::sinks::Sinks;
 use crate::timefmt::BootClock;
@@ -26,6 +28,8 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    /// Bundle directories from `--plugin-dir`, after the config's.
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 /// The node label: config, else `$NODE_NAME`, else the host name.
@@ -86,6 +90,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         warm.symbols();
         crate::probes::release_freed_memory();
     });
+
+    let plugin_dirs = plugin_host::dirs_from(&config.plugins, &opts.plugin_dirs);
+    let plugins = if plugin_dirs.is_empty() {
+        None
+    } else {
+        let host = PluginHost::new(Arc::new(HostContext {
+            probes: Arc::clone(&ctx),
+            probe_set: Arc::clone(&probes),
+            self_metrics: PluginMetrics::register(&metrics.registry),
+            metric_names: Mutex::new(HashMap::new()),
+            registries: Mutex::new(HashMap::new()),
+        }))
+        .context("cannot start the plugin host")?;
+        let dirs = PluginDirs::new(host, plugin_dirs);
+        // Bundles present at start are loaded before the agent reports ready.
+        let first = Arc::clone(&dirs);
+        tokio::task::spawn_blocking(move || first.scan()).await?;
+        dirs.spawn_watch();
+        Some(dirs)
+    };
     tracing::info!(%listen, node = %ctx.node, "sonde running");
 
     let sync_probes = Arc::clone(&probes);
@@ -112,6 +136,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         probes: Arc::clone(&probes),
         metrics,
         topology: Arc::clone(&ctx.topology),
+        plugins,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())

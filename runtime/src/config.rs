@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use crate::plugin_host::PluginsConfig;
 use crate::probes::ProbesConfig;
 use crate::sinks::SinksConfig;
 use crate::topology::TopologyConfig;
@@ -24,6 +25,7 @@ pub struct AgentConfig {
     pub probes: ProbesConfig,
     pub sinks: SinksConfig,
     pub topology: TopologyConfig,
+    pub plugins: PluginsConfig,
 }
 
 impl Default for AgentConfig {
@@ -34,6 +36,7 @@ impl Default for AgentConfig {
             probes: ProbesConfig::default(),
             sinks: SinksConfig::default(),
             topology: TopologyConfig::default(),
+            plugins: PluginsConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub type Batch = Arc<Vec<Event>>;
 pub enum Severity {
     Info,
     Warning,
+    Critical,
 }
 
 impl Severity {
@@ -25,20 +26,24 @@ impl Severity {
         match self {
             Severity::Info => "info",
             Severity::Warning => "warning",
+            Severity::Critical => "critical",
         }
     }
 }
 
-/// Where an event came from (`kernel`, later `plugin:<name>` and `script:<name>`).
+/// Where an event came from: `kernel`, `plugin:<name>` (later `script:<name>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Kernel,
+    /// `plugin:<name>`, kept whole so that serialising costs no allocation.
+    Plugin(Arc<str>),
 }
 
 impl Source {
     fn as_str(&self) -> &str {
         match self {
             Source::Kernel => "kernel",
+            Source::Plugin(tag) => tag,
         }
     }
 }
@@ -91,21 +96,30 @@ pub struct TcpReset {
     pub state: Option<&'static str>,
 }
 
+/// An event a plugin derived: its own type name and fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    pub type_name: String,
+    pub fields: Vec<(String, serde_json::Value)>,
+}
+
 /// The type-specific part of an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     PacketDrop(PacketDrop),
     TcpRetrans(TcpRetrans),
     TcpReset(TcpReset),
+    Derived(Derived),
 }
 
 impl Kind {
-    /// The `type` field: the probe's name.
-    pub fn type_name(&self) -> &'static str {
+    /// The `type` field: the probe's name, or the plugin's event type.
+    pub fn type_name(&self) -> &str {
         match self {
             Kind::PacketDrop(_) => "packet_drop",
             Kind::TcpRetrans(_) => "tcp_retrans",
             Kind::TcpReset(_) => "tcp_reset",
+            Kind::Derived(d) => &d.type_name,
         }
     }
 
@@ -114,12 +128,13 @@ impl Kind {
             Kind::PacketDrop(e) => Some(&e.flow),
             Kind::TcpRetrans(e) => Some(&e.flow),
             Kind::TcpReset(e) => Some(&e.flow),
+            Kind::Derived(_) => None,
         }
     }
 }
 
 /// An event with its envelope.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub time: SystemTime,
     pub node: Arc<str>,
@@ -220,6 +235,11 @@ impl Serialize for Event {
                 map.serialize_entry("direction", e.direction)?;
                 if let Some(state) = e.state {
                     map.serialize_entry("state", state)?;
+                }
+            }
+            Kind::Derived(d) => {
+                for (key, value) in &d.fields {
+                    map.serialize_entry(key, value)?;
                 }
             }
         }

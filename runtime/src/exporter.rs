@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::metrics::Metrics;
+use crate::plugin_host::PluginDirs;
 use crate::probes::Probes;
 use crate::topology::Topology;
 
@@ -18,6 +19,7 @@ pub struct ApiState {
     pub probes: Arc<Mutex<Probes>>,
     pub metrics: Arc<Metrics>,
     pub topology: Arc<dyn Topology>,
+    pub plugins: Option<Arc<PluginDirs>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -26,6 +28,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/probes", get(probes))
+        .route("/api/v1/plugins", get(plugins))
         .with_state(state)
 }
 
@@ -41,7 +44,12 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.encode(),
+        s.metrics.encode(
+            s.plugins
+                .as_ref()
+                .map(|p| p.host().host.gather())
+                .unwrap_or_default(),
+        ),
     )
         .into_response()
 }
@@ -74,5 +82,10 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 
 async fn probes(State(s): State<ApiState>) -> Response {
     let status = s.probes.lock().unwrap_or_else(|e| e.into_inner()).status();
+    Json(status).into_response()
+}
+
+async fn plugins(State(s): State<ApiState>) -> Response {
+    let status = s.plugins.as_ref().map(|p| p.status()).unwrap_or_default();
     Json(status).into_response()
 }

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::mpsc;
 
 use crate::event::{Batch, Event};
@@ -14,6 +14,7 @@ use crate::event::{Batch, Event};
 struct Consumer {
     name: String,
     queue: mpsc::Sender<Batch>,
+    dropped: IntCounter,
 }
 
 pub struct FanOut {
@@ -29,16 +30,28 @@ impl FanOut {
         })
     }
 
-    /// Adds a consumer (replacing one of the same name) with a queue of `capacity` batches.
+    /// Adds a consumer (replacing one of the same name) with a queue of `capacity` batches;
+    /// what it loses is counted in `sonde_consumer_events_dropped_total{consumer=name}`.
     pub fn subscribe(&self, name: &str, capacity: usize) -> mpsc::Receiver<Batch> {
+        self.subscribe_counted(name, capacity, self.dropped.with_label_values(&[name]))
+    }
+
+    /// As [`FanOut::subscribe`], counting lost events in `dropped`. Replacing a consumer is
+    /// atomic: the old queue closes as the new one opens.
+    pub fn subscribe_counted(
+        &self,
+        name: &str,
+        capacity: usize,
+        dropped: IntCounter,
+    ) -> mpsc::Receiver<Batch> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let mut consumers = self.consumers.write().unwrap_or_else(|e| e.into_inner());
         consumers.retain(|c| c.name != name);
         consumers.push(Consumer {
             name: name.to_string(),
             queue: tx,
+            dropped,
         });
-        self.dropped.with_label_values(&[name]);
         rx
     }
 
@@ -65,9 +78,7 @@ impl FanOut {
         {
             match c.queue.try_send(Arc::clone(&batch)) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.dropped.with_label_values(&[&c.name]).inc_by(n)
-                }
+                Err(mpsc::error::TrySendError::Full(_)) => c.dropped.inc_by(n),
                 Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
             }
         }

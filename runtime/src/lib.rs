@@ -13,6 +13,7 @@ pub mod exporter;
 pub mod fanout;
 pub mod kallsyms;
 pub mod metrics;
+pub mod plugin_host;
 pub mod probes;
 pub mod sinks;
 pub mod timefmt;

@@ -28,12 +28,30 @@ enum Command {
         /// Address of /metrics, /healthz, /readyz and /api/v1/ [default: 127.0.0.1:9990].
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// A directory of plugin bundles, watched while running (repeatable).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Work with plugin bundles.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
     },
     /// List the probe catalogue and whether each probe can load on this kernel.
     Probes {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a bundle (manifest, checksum, that the component fits the host's world)
+    /// without running the agent.
+    Check {
+        /// The bundle's folder (plugin.yaml and its module).
+        dir: PathBuf,
     },
 }
 
@@ -68,12 +86,25 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Command::Run { config, listen } => tokio::runtime::Builder::new_multi_thread()
+        Command::Run {
+            config,
+            listen,
+            plugin_dirs,
+        } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run(RunOptions { config, listen }))),
+            .and_then(|rt| {
+                rt.block_on(agent::run(RunOptions {
+                    config,
+                    listen,
+                    plugin_dirs,
+                }))
+            }),
+        Command::Plugin {
+            command: PluginCommand::Check { dir },
+        } => plugin_check(&dir),
         Command::Probes { output } => probes(output),
     };
     match result {
@@ -138,6 +169,23 @@ fn probes(output: Output) -> anyhow::Result<()> {
         }
     }
     print_stdout(&text)
+}
+
+/// `sonde plugin check DIR`.
+fn plugin_check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let bundle = sonde::plugin_host::check_bundle(dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let m = &bundle.manifest;
+    print_stdout(&format!(
+        "{}: plugin {} is valid (module {}, {} bytes, sha256 {}; subscribes to [{}]; capabilities [{}])\n",
+        dir.display(),
+        m.metadata.name,
+        m.spec.module,
+        bundle.module.len(),
+        bundle.sha256,
+        m.spec.subscribe.join(", "),
+        m.spec.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+    ))
 }
 
 /// Writes to stdout; a reader that went away (`sonde probes | head`) is not an error.

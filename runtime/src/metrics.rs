@@ -95,11 +95,14 @@ impl Metrics {
         m
     }
 
-    /// The text exposition format.
-    pub fn encode(&self) -> String {
+    /// The text exposition format of the agent's metrics followed by `extra` families (the
+    /// plugins').
+    pub fn encode(&self, extra: Vec<prometheus::proto::MetricFamily>) -> String {
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
-        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(extra);
+        if let Err(e) = encoder.encode_utf8(&families, &mut out) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out

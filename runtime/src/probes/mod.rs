@@ -14,7 +14,7 @@ pub mod tcp_retrans;
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use aya::Btf;
@@ -168,6 +168,9 @@ pub struct Driver {
     pub decoder: fn(&mut LoadedProbe, &Arc<Context>) -> Result<Decoder, ProbeError>,
     /// Adds what the in-kernel counters gained since the last sync to the metrics.
     pub sync: fn(&LoadedProbe, &mut Deltas, &Context) -> Result<(), ProbeError>,
+    /// The in-kernel counters as (netns, key, total): the key names what is counted (drop
+    /// reason, reset direction), "" when nothing is.
+    pub snapshot: fn(&LoadedProbe) -> Result<Vec<(u32, String, u64)>, ProbeError>,
 }
 
 /// Every collector, one per probe of the catalogue.
@@ -261,6 +264,10 @@ pub struct Probes {
     ctx: Arc<Context>,
     running: BTreeMap<&'static str, Running>,
     failed: BTreeMap<&'static str, String>,
+    /// The config last applied, to re-apply when an override starts or ends.
+    config: ProbesConfig,
+    /// Event rates set for a bounded time (plugins' `control`), until their deadline.
+    rate_overrides: BTreeMap<&'static str, (u64, Instant)>,
 }
 
 impl Probes {
@@ -276,19 +283,27 @@ impl Probes {
             ctx,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
+            config: ProbesConfig::default(),
+            rate_overrides: BTreeMap::new(),
         }
     }
 
     /// Brings the running probes in line with the config. A probe that fails to load is
     /// reported and the others carry on.
     pub fn apply(&mut self, config: &ProbesConfig) {
+        self.config = config.clone();
+        let now = Instant::now();
+        self.rate_overrides.retain(|_, (_, until)| *until > now);
         // The kernel's BTF is parsed only when a probe is to be loaded, and let go afterwards:
         // it is tens of MiB that the running probes no longer need.
         let btf: OnceCell<Result<Btf, String>> = OnceCell::new();
         let mut loader: Option<ProbeLoader<'_>> = None;
         for driver in DRIVERS {
             let name = driver.spec.name;
-            let wanted = (driver.settings)(config);
+            let mut wanted = (driver.settings)(config);
+            if let (Some(s), Some((rate, _))) = (wanted.as_mut(), self.rate_overrides.get(name)) {
+                s.rate_per_cpu = *rate;
+            }
             let up = self.ctx.metrics.probe_up.with_label_values(&[name]);
             match wanted {
                 None => {
@@ -382,8 +397,88 @@ impl Probes {
         })
     }
 
+    /// Sets a running probe's event rate (per second per CPU, 0 = unlimited) for a bounded
+    /// time; the configured rate returns when it ends (checked at every sync).
+    pub fn override_event_rate(
+        &mut self,
+        probe: &str,
+        rate: u64,
+        duration: Duration,
+    ) -> Result<(), String> {
+        let driver = DRIVERS
+            .iter()
+            .find(|d| d.spec.name == probe)
+            .ok_or_else(|| format!("unknown probe {probe:?}"))?;
+        if !self.running.contains_key(driver.spec.name) {
+            return Err(format!("probe {probe} is not running"));
+        }
+        self.rate_overrides
+            .insert(driver.spec.name, (rate, Instant::now() + duration));
+        self.reconfigure(driver)?;
+        tracing::info!(
+            probe,
+            rate,
+            ?duration,
+            "event rate overridden for a bounded time"
+        );
+        Ok(())
+    }
+
+    /// Applies a running probe's settings (config plus any override) in place. Unlike
+    /// `apply`, this never loads a probe, so it is safe from any thread.
+    fn reconfigure(&mut self, driver: &Driver) -> Result<(), String> {
+        let name = driver.spec.name;
+        let Some(mut settings) = (driver.settings)(&self.config) else {
+            return Ok(());
+        };
+        if let Some((rate, _)) = self.rate_overrides.get(name) {
+            settings.rate_per_cpu = *rate;
+        }
+        let Some(r) = self.running.get_mut(name) else {
+            return Ok(());
+        };
+        match r.probe.configure(&settings) {
+            Ok(true) => {
+                r.settings = settings;
+                Ok(())
+            }
+            Ok(false) => Err(format!("probe {name} needs a reload for these settings")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A running probe's in-kernel counters: (netns, key, total).
+    pub fn snapshot(&self, probe: &str) -> Result<Vec<(u32, String, u64)>, String> {
+        let driver = DRIVERS
+            .iter()
+            .find(|d| d.spec.name == probe)
+            .ok_or_else(|| format!("unknown probe {probe:?}"))?;
+        match self.running.get(driver.spec.name) {
+            Some(r) => (driver.snapshot)(&r.probe).map_err(|e| e.to_string()),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Brings the Prometheus counters up to date with the kernel's.
     pub fn sync(&mut self) {
+        let now = Instant::now();
+        let ended: Vec<&'static str> = self
+            .rate_overrides
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(name, _)| *name)
+            .collect();
+        for name in ended {
+            self.rate_overrides.remove(name);
+            if let Some(driver) = DRIVERS.iter().find(|d| d.spec.name == name) {
+                match self.reconfigure(driver) {
+                    Ok(()) => tracing::info!(probe = name, "event rate override ended"),
+                    Err(e) => {
+                        tracing::warn!(probe = name, error = %e, "restoring the event rate failed")
+                    }
+                }
+            }
+        }
         for driver in DRIVERS {
             if let Some(r) = self.running.get_mut(driver.spec.name) {
                 sync_running(driver, r, &self.ctx);

@@ -39,6 +39,7 @@ pub const DRIVER: Driver = Driver {
     validate: |c| c.packet_drop.events.validate("packet_drop"),
     decoder,
     sync,
+    snapshot,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
@@ -134,4 +135,12 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         );
     }
     Ok(())
+}
+
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<(u32, String, u64)>, ProbeError> {
+    Ok(probe
+        .counters::<Key>()?
+        .into_iter()
+        .map(|(k, v)| (k.netns, reason_name(k.reason).to_string(), v))
+        .collect())
 }

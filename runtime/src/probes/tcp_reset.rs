@@ -18,6 +18,7 @@ pub const DRIVER: Driver = Driver {
     validate: |c| c.tcp_reset.events.validate("tcp_reset"),
     decoder,
     sync,
+    snapshot,
 };
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
@@ -49,4 +50,12 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         );
     }
     Ok(())
+}
+
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<(u32, String, u64)>, ProbeError> {
+    Ok(probe
+        .counters::<Key>()?
+        .into_iter()
+        .map(|(k, v)| (k.netns, direction_name(k.direction).to_string(), v))
+        .collect())
 }

@@ -18,6 +18,7 @@ pub const DRIVER: Driver = Driver {
     validate: |c| c.tcp_retrans.events.validate("tcp_retrans"),
     decoder,
     sync,
+    snapshot,
 };
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
@@ -42,4 +43,12 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         ctx.count_for_netns(&ctx.metrics.tcp_retransmits, key.netns, &[], gained);
     }
     Ok(())
+}
+
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<(u32, String, u64)>, ProbeError> {
+    Ok(probe
+        .counters::<Key>()?
+        .into_iter()
+        .map(|(k, v)| (k.netns, String::new(), v))
+        .collect())
 }

@@ -1,0 +1,96 @@
+//! A bundle on disk: `plugin.yaml` and the module it names, read and verified.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::manifest::Manifest;
+
+/// Why a bundle was refused; `kind()` is the `kind` label of `sonde_plugin_errors_total`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BundleError {
+    #[error("{0}")]
+    Manifest(String),
+    #[error("{0}")]
+    Module(String),
+    #[error("{0}")]
+    Checksum(String),
+    #[error("component does not fit the sonde:plugin world: {0}")]
+    World(String),
+    #[error("init failed: {0}")]
+    Init(String),
+}
+
+impl BundleError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BundleError::Manifest(_) => "manifest",
+            BundleError::Module(_) => "module",
+            BundleError::Checksum(_) => "checksum",
+            BundleError::World(_) => "world",
+            BundleError::Init(_) => "init",
+        }
+    }
+}
+
+/// A bundle read from its folder.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub module: Vec<u8>,
+    /// Hex SHA-256 of the module.
+    pub sha256: String,
+}
+
+/// What the running plugin knows of its bundle.
+#[derive(Debug)]
+pub struct PluginInfo {
+    pub name: String,
+    /// `plugin:<name>`, the `source` of the events it emits.
+    pub source: std::sync::Arc<str>,
+    pub manifest: Manifest,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Bundle {
+    pub const MANIFEST: &'static str = "plugin.yaml";
+
+    /// Reads `DIR/plugin.yaml` and its module, checking the module's checksum when the
+    /// manifest gives one.
+    pub fn read(dir: &Path) -> Result<Bundle, BundleError> {
+        let path = dir.join(Self::MANIFEST);
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| BundleError::Manifest(format!("{origin}: cannot read: {e}")))?;
+        let manifest = Manifest::parse(&text, &origin).map_err(BundleError::Manifest)?;
+        let module_path = dir.join(&manifest.spec.module);
+        let module = std::fs::read(&module_path).map_err(|e| {
+            BundleError::Module(format!(
+                "{}: cannot read spec.module: {e}",
+                module_path.display()
+            ))
+        })?;
+        let sha256 = sha256_hex(&module);
+        if let Some(want) = &manifest.spec.sha256 {
+            if !want.eq_ignore_ascii_case(&sha256) {
+                return Err(BundleError::Checksum(format!(
+                    "{}: sha256 is {sha256}, spec.sha256 says {want}",
+                    module_path.display()
+                )));
+            }
+        }
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+            module,
+            sha256,
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! Host side of `sonde:plugin/events`: events a plugin derives go to the same consumers as
+//! kernel events, with `source: plugin:<name>`. Capability `events`; at most
+//! `spec.limits.eventsPerSecond` a second.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::manifest::Capability;
+use super::sonde::plugin::events::{Event as WitEvent, Host, Severity as WitSeverity, Value};
+use super::sonde::plugin::types::Error;
+use super::HostState;
+use crate::event::{Derived, Event, Kind, Severity, Source};
+use crate::topology::Workload;
+
+/// Keys of the event envelope, which a plugin's fields may not replace.
+const RESERVED: &[&str] = &[
+    "time",
+    "node",
+    "type",
+    "severity",
+    "namespace",
+    "pod",
+    "netns",
+    "source",
+    "message",
+];
+const MAX_FIELDS: usize = 64;
+const MAX_TEXT: usize = 4096;
+
+pub struct EmitBudget {
+    window: Instant,
+    emitted: u32,
+}
+
+impl Default for EmitBudget {
+    fn default() -> Self {
+        EmitBudget {
+            window: Instant::now(),
+            emitted: 0,
+        }
+    }
+}
+
+fn to_json(v: Value) -> serde_json::Value {
+    match v {
+        Value::Text(s) => serde_json::Value::String(s),
+        Value::Integer(i) => i.into(),
+        Value::Number(f) => {
+            serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Boolean(b) => b.into(),
+    }
+}
+
+impl Host for HostState {
+    fn emit(&mut self, event: WitEvent) -> Result<(), Error> {
+        self.require(Capability::Events)?;
+        let limit = self.plugin.manifest.spec.limits.events_per_second;
+        if self.events.window.elapsed().as_secs() >= 1 {
+            self.events = EmitBudget::default();
+        }
+        if self.events.emitted >= limit {
+            return Err(Error::Limit(format!(
+                "more than {limit} events this second (spec.limits.eventsPerSecond)"
+            )));
+        }
+        if event.kind.is_empty() || event.kind.len() > 64 {
+            return Err(Error::Invalid(
+                "event kind must be 1 to 64 characters".into(),
+            ));
+        }
+        if event.fields.len() > MAX_FIELDS {
+            return Err(Error::Invalid(format!("more than {MAX_FIELDS} fields")));
+        }
+        if let Some((k, _)) = event
+            .fields
+            .iter()
+            .find(|(k, _)| RESERVED.contains(&k.as_str()) || k.is_empty())
+        {
+            return Err(Error::Invalid(format!(
+                "field {k:?} is reserved for the event envelope"
+            )));
+        }
+        if event.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT)
+            || event
+                .fields
+                .iter()
+                .any(|(_, v)| matches!(v, Value::Text(s) if s.len() > MAX_TEXT))
+        {
+            return Err(Error::Invalid(format!("text longer than {MAX_TEXT} bytes")));
+        }
+        self.events.emitted += 1;
+
+        let ctx = &self.host.probes;
+        let netns = event.netns.unwrap_or(0);
+        let workload = match event.workload {
+            Some(w) => Some(Workload {
+                namespace: Arc::from(w.namespace),
+                pod: Arc::from(w.pod),
+            }),
+            None => event.netns.and_then(|n| ctx.topology.workload_of_netns(n)),
+        };
+        let severity = match event.severity {
+            WitSeverity::Info => Severity::Info,
+            WitSeverity::Warning => Severity::Warning,
+            WitSeverity::Critical => Severity::Critical,
+        };
+        let e = Event {
+            time: SystemTime::now(),
+            node: Arc::clone(&ctx.node),
+            severity,
+            netns,
+            workload,
+            source: Source::Plugin(Arc::clone(&self.plugin.source)),
+            message: event.message,
+            kind: Kind::Derived(Derived {
+                type_name: event.kind,
+                fields: event
+                    .fields
+                    .into_iter()
+                    .map(|(k, v)| (k, to_json(v)))
+                    .collect(),
+            }),
+        };
+        ctx.fanout.publish(vec![e]);
+        self.host
+            .self_metrics
+            .emitted
+            .with_label_values(&[&self.plugin.name])
+            .inc();
+        Ok(())
+    }
+}

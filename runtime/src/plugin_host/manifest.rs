@@ -1,0 +1,266 @@
+//! `plugin.yaml`: a bundle's manifest, Kubernetes-styled and parsed strictly (unknown keys
+//! are refused, errors name the field).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::ByteSize;
+
+pub const API_VERSION: &str = "sonde.dev/v1alpha1";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Manifest {
+    /// Must be `sonde.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `Plugin`.
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The plugin's name: lowercase letters, digits and dashes, as Kubernetes names.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// The component, a file beside plugin.yaml.
+    pub module: String,
+    /// Hex SHA-256 of the module; the bundle is refused when it does not match.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Probes whose events the plugin receives.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Any YAML, handed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// What the plugin may use; nothing else is granted.
+    #[serde(default)]
+    pub capabilities: BTreeSet<Capability>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Metrics,
+    Events,
+    Topology,
+    Maps,
+    Control,
+    Enrich,
+    Clock,
+    Random,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Metrics => "metrics",
+            Capability::Events => "events",
+            Capability::Topology => "topology",
+            Capability::Maps => "maps",
+            Capability::Control => "control",
+            Capability::Enrich => "enrich",
+            Capability::Clock => "clock",
+            Capability::Random => "random",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Linear memory the plugin may grow to.
+    pub memory: ByteSize,
+    /// Wall-clock time one call (init, a batch, a tick) may take.
+    #[serde(deserialize_with = "call_timeout")]
+    pub call_timeout: Duration,
+    /// Distinct metric series the plugin may create.
+    pub series: u32,
+    /// Event batches queued for the plugin before new ones are dropped (and counted).
+    pub queue: u32,
+    /// Events the plugin may emit per second.
+    pub events_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: ByteSize(32 << 20),
+            call_timeout: Duration::from_millis(100),
+            series: 1000,
+            queue: 64,
+            events_per_second: 100,
+        }
+    }
+}
+
+/// Parses `100ms`, `2s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("{s:?} needs a unit (ms, s or m)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 100ms or 2s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+    }
+}
+
+fn call_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("callTimeout: {e}")))
+}
+
+impl Manifest {
+    /// Parses and checks a manifest; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+        let m: Manifest = serde_yaml::from_str(text)
+            .map_err(|e| format!("{origin}: {}", e.to_string().replace('\n', " ")))?;
+        m.validate().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.api_version != API_VERSION {
+            return Err(format!(
+                "apiVersion: {:?} is not {API_VERSION}",
+                self.api_version
+            ));
+        }
+        if self.kind != "Plugin" {
+            return Err(format!("kind: {:?} is not Plugin", self.kind));
+        }
+        let name = &self.metadata.name;
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !valid {
+            return Err(format!(
+                "metadata.name: {name:?} must be lowercase letters, digits and dashes (at most 63)"
+            ));
+        }
+        let module = &self.spec.module;
+        if module.is_empty() || module.contains('/') || module.starts_with('.') {
+            return Err(format!(
+                "spec.module: {module:?} must be a file name beside plugin.yaml"
+            ));
+        }
+        if let Some(sum) = &self.spec.sha256 {
+            if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("spec.sha256: {sum:?} is not 64 hex digits"));
+            }
+        }
+        for probe in &self.spec.subscribe {
+            if ebpf_core::spec(probe).is_none() {
+                let known: Vec<&str> = ebpf_core::CATALOGUE.iter().map(|s| s.name).collect();
+                return Err(format!(
+                    "spec.subscribe: unknown probe {probe:?} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        let l = &self.spec.limits;
+        if l.memory.0 < 1 << 20 || l.memory.0 > 4 << 30 {
+            return Err("spec.limits.memory: must be between 1Mi and 4Gi".into());
+        }
+        if l.call_timeout < Duration::from_millis(1) || l.call_timeout > Duration::from_secs(60) {
+            return Err("spec.limits.callTimeout: must be between 1ms and 60s".into());
+        }
+        if l.queue == 0 {
+            return Err("spec.limits.queue: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn grants(&self, c: Capability) -> bool {
+        self.spec.capabilities.contains(&c)
+    }
+
+    /// `spec.config` as JSON, `{}` when absent.
+    pub fn config_json(&self) -> String {
+        match &self.spec.config {
+            None => "{}".into(),
+            Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str =
+        "apiVersion: sonde.dev/v1alpha1\nkind: Plugin\nmetadata:\n  name: retrans-storm\n\
+        spec:\n  module: retrans_storm.wasm\n  subscribe: [tcp_retrans]\n  config: {threshold: 5}\n\
+        \x20 limits: {memory: 16Mi, callTimeout: 50ms}\n  capabilities: [metrics, events]\n";
+
+    #[test]
+    fn parses_a_manifest() {
+        let m = Manifest::parse(GOOD, "plugin.yaml").unwrap();
+        assert_eq!(m.metadata.name, "retrans-storm");
+        assert_eq!(m.spec.limits.memory, ByteSize(16 << 20));
+        assert_eq!(m.spec.limits.call_timeout, Duration::from_millis(50));
+        assert!(m.grants(Capability::Events) && !m.grants(Capability::Topology));
+        assert_eq!(m.config_json(), r#"{"threshold":5}"#);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("subscribe", "subscribes"), "subscribes"),
+            (
+                GOOD.replace("tcp_retrans", "tcp_retrains"),
+                "spec.subscribe",
+            ),
+            (GOOD.replace("kind: Plugin", "kind: Gadget"), "kind"),
+            (GOOD.replace("v1alpha1", "v9"), "apiVersion"),
+            (
+                GOOD.replace("retrans-storm", "Retrans_Storm"),
+                "metadata.name",
+            ),
+            (GOOD.replace("50ms", "fast"), "callTimeout"),
+            (GOOD.replace("events]", "network]"), "network"),
+            (
+                GOOD.replace("retrans_storm.wasm", "../x.wasm"),
+                "spec.module",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = Manifest::parse(&text, "b/plugin.yaml").unwrap_err();
+            assert!(
+                e.starts_with("b/plugin.yaml: ") && e.contains(field),
+                "{field}: {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("2h").is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! Host side of `sonde:plugin/metrics`: each plugin instance registers its metrics in a
+//! registry of its own (gathered into /metrics next to the agent's), resolves label sets to
+//! series handles once, and updates through the handles. Capability `metrics`; at most
+//! `spec.limits.series` series.
+
+use std::collections::HashMap;
+
+use prometheus::core::{AtomicF64, GenericCounter, GenericCounterVec};
+use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, Opts, Registry};
+
+use super::manifest::Capability;
+use super::sonde::plugin::metrics::{Host, Metric, Series};
+use super::sonde::plugin::types::Error;
+use super::HostState;
+
+enum Family {
+    Counter(GenericCounterVec<AtomicF64>),
+    Gauge(GaugeVec),
+    Histogram(HistogramVec),
+}
+
+enum One {
+    Counter(GenericCounter<AtomicF64>),
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
+
+/// A plugin instance's metrics.
+pub struct PluginSeries {
+    pub registry: Registry,
+    families: Vec<(Family, usize)>,
+    series: Vec<One>,
+    by_labels: HashMap<(u32, Vec<String>), u32>,
+}
+
+impl PluginSeries {
+    pub fn new() -> Self {
+        PluginSeries {
+            registry: Registry::new(),
+            families: Vec::new(),
+            series: Vec::new(),
+            by_labels: HashMap::new(),
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl HostState {
+    fn register(
+        &mut self,
+        name: String,
+        help: String,
+        labels: Vec<String>,
+        make: impl FnOnce(Opts) -> prometheus::Result<Family>,
+    ) -> Result<Metric, Error> {
+        self.require(Capability::Metrics)?;
+        if !name.starts_with("sonde_") || !valid_name(&name) {
+            return Err(Error::Invalid(format!(
+                "metric name {name:?} must start with sonde_ and be [a-zA-Z0-9_]"
+            )));
+        }
+        if let Some(l) = labels
+            .iter()
+            .find(|l| !valid_name(l) || l.starts_with("__"))
+        {
+            return Err(Error::Invalid(format!("label name {l:?} is not valid")));
+        }
+        {
+            let mut names = self
+                .host
+                .metric_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match names.get(&name) {
+                Some(owner) if *owner != self.plugin.name => {
+                    return Err(Error::Invalid(format!(
+                        "metric {name} is exported by {owner}"
+                    )));
+                }
+                _ => {}
+            }
+            if self
+                .host
+                .probes
+                .metrics
+                .registry
+                .gather()
+                .iter()
+                .any(|f| f.name() == name)
+            {
+                return Err(Error::Invalid(format!(
+                    "metric {name} is one of the agent's own"
+                )));
+            }
+            names.insert(name.clone(), self.plugin.name.clone());
+        }
+        let help = if help.is_empty() {
+            format!("{name} (plugin {})", self.plugin.name)
+        } else {
+            help
+        };
+        let family =
+            make(Opts::new(name.clone(), help)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let collector: Box<dyn prometheus::core::Collector> = match &family {
+            Family::Counter(c) => Box::new(c.clone()),
+            Family::Gauge(g) => Box::new(g.clone()),
+            Family::Histogram(h) => Box::new(h.clone()),
+        };
+        self.metrics
+            .registry
+            .register(collector)
+            .map_err(|e| Error::Invalid(format!("metric {name}: {e}")))?;
+        self.metrics.families.push((family, labels.len()));
+        Ok((self.metrics.families.len() - 1) as Metric)
+    }
+
+    fn one(&mut self, series: Series) -> Result<&One, Error> {
+        self.metrics
+            .series
+            .get(series as usize)
+            .ok_or_else(|| Error::Invalid(format!("unknown series handle {series}")))
+    }
+}
+
+impl Host for HostState {
+    fn register_counter(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+    ) -> Result<Metric, Error> {
+        let labels: Vec<&str> = label_names.iter().map(String::as_str).collect();
+        let labels: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        let l2 = labels.clone();
+        self.register(name, help, labels, move |o| {
+            let l: Vec<&str> = l2.iter().map(String::as_str).collect();
+            GenericCounterVec::new(o, &l).map(Family::Counter)
+        })
+    }
+
+    fn register_gauge(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+    ) -> Result<Metric, Error> {
+        let l2 = label_names.clone();
+        self.register(name, help, label_names, move |o| {
+            let l: Vec<&str> = l2.iter().map(String::as_str).collect();
+            GaugeVec::new(o, &l).map(Family::Gauge)
+        })
+    }
+
+    fn register_histogram(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+        buckets: Vec<f64>,
+    ) -> Result<Metric, Error> {
+        if buckets.windows(2).any(|w| w[0] >= w[1]) || buckets.iter().any(|b| !b.is_finite()) {
+            return Err(Error::Invalid(
+                "histogram buckets must be finite and ascending".into(),
+            ));
+        }
+        let l2 = label_names.clone();
+        self.register(name, help, label_names, move |o| {
+            let l: Vec<&str> = l2.iter().map(String::as_str).collect();
+            let mut opts = HistogramOpts::from(o);
+            if !buckets.is_empty() {
+                opts = opts.buckets(buckets);
+            }
+            HistogramVec::new(opts, &l).map(Family::Histogram)
+        })
+    }
+
+    fn with_labels(&mut self, metric: Metric, label_values: Vec<String>) -> Result<Series, Error> {
+        self.require(Capability::Metrics)?;
+        let key = (metric, label_values);
+        if let Some(s) = self.metrics.by_labels.get(&key) {
+            return Ok(*s);
+        }
+        let (family, arity) = self
+            .metrics
+            .families
+            .get(metric as usize)
+            .ok_or_else(|| Error::Invalid(format!("unknown metric handle {metric}")))?;
+        let values = &key.1;
+        if values.len() != *arity {
+            return Err(Error::Invalid(format!(
+                "{} label values for {arity} labels",
+                values.len()
+            )));
+        }
+        let cap = self.plugin.manifest.spec.limits.series as usize;
+        if self.metrics.series.len() >= cap {
+            return Err(Error::Limit(format!(
+                "series limit {cap} reached (spec.limits.series)"
+            )));
+        }
+        let v: Vec<&str> = values.iter().map(String::as_str).collect();
+        let one = match family {
+            Family::Counter(c) => c.get_metric_with_label_values(&v).map(One::Counter),
+            Family::Gauge(g) => g.get_metric_with_label_values(&v).map(One::Gauge),
+            Family::Histogram(h) => h.get_metric_with_label_values(&v).map(One::Histogram),
+        }
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        self.metrics.series.push(one);
+        let handle = (self.metrics.series.len() - 1) as Series;
+        self.metrics.by_labels.insert(key, handle);
+        Ok(handle)
+    }
+
+    fn add(&mut self, series: Series, value: f64) -> Result<(), Error> {
+        match self.one(series)? {
+            One::Counter(c) if value >= 0.0 && value.is_finite() => Ok(c.inc_by(value)),
+            One::Counter(_) => Err(Error::Invalid(format!("a counter cannot add {value}"))),
+            _ => Err(Error::Invalid(format!("series {series} is not a counter"))),
+        }
+    }
+
+    fn set(&mut self, series: Series, value: f64) -> Result<(), Error> {
+        match self.one(series)? {
+            One::Gauge(g) => Ok(g.set(value)),
+            _ => Err(Error::Invalid(format!("series {series} is not a gauge"))),
+        }
+    }
+
+    fn observe(&mut self, series: Series, value: f64) -> Result<(), Error> {
+        match self.one(series)? {
+            One::Histogram(h) if value.is_finite() => Ok(h.observe(value)),
+            One::Histogram(_) => Err(Error::Invalid(format!("cannot observe {value}"))),
+            _ => Err(Error::Invalid(format!(
+                "series {series} is not a histogram"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The plugin host: runs bundles (`plugin.yaml` + a WebAssembly component for the world
+//! `sonde:plugin/plugin` in `wit/`) sandboxed in wasmtime, feeds them the probes' events in
+//! batches, and gives them the host interfaces their manifest grants, each implemented in its
+//! own module here (`log`, `metrics`, `events`, `topology`, `maps`, `control`).
+//!
+//! Each plugin runs on its own thread with its own store: memory is capped by `StoreLimits`,
+//! every call by an epoch deadline. A call that traps, times out or runs out of memory poisons
+//! the instance: the store is dropped and a fresh one is made from the plugin's `InstancePre`,
+//! with backoff; repeated failures quarantine the plugin. Nothing a plugin does stops the
+//! agent or the other plugins.
+
+mod bundle;
+mod control;
+mod events;
+mod log;
+pub mod manifest;
+mod maps;
+mod metrics;
+mod topology;
+mod watch;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use bundle::{Bundle, BundleError};
+pub use watch::PluginDirs;
+
+use crate::probes::{Context, Probes};
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+});
+
+use self::sonde::plugin::types::Error as WitError;
+
+/// How often the engine's epoch advances: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What plugins share with the agent.
+pub struct HostContext {
+    pub probes: Arc<Context>,
+    /// The running probes, for `maps` and `control`.
+    pub probe_set: Arc<Mutex<Probes>>,
+    pub self_metrics: PluginMetrics,
+    /// Metric names taken, by plugin, so that two plugins cannot export the same family.
+    pub metric_names: Mutex<HashMap<String, String>>,
+    /// Each running plugin's registry (with the generation of the instance that made it),
+    /// gathered into /metrics.
+    pub registries: Mutex<HashMap<String, (u64, Registry)>>,
+}
+
+/// The host's own series about plugins.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    pub up: IntGaugeVec,
+    pub errors: IntCounterVec,
+    pub delivered: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub emitted: IntCounterVec,
+    pub restarts: IntCounterVec,
+    pub call_seconds: HistogramVec,
+}
+
+impl PluginMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let up = IntGaugeVec::new(
+            Opts::new(
+                "sonde_plugin_up",
+                "1 while the plugin runs, 0 when restarting or quarantined.",
+            ),
+            &["plugin"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(up.clone())).expect("registered once");
+        let call_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sonde_plugin_call_duration_seconds",
+                "Time spent in one call into a plugin.",
+            )
+            .buckets(vec![0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0]),
+            &["plugin", "call"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(call_seconds.clone()))
+            .expect("registered once");
+        PluginMetrics {
+            up,
+            errors: counter(
+                "sonde_plugin_errors_total",
+                "Plugin failures by kind: bundle, init, trap, timeout, memory, quarantined.",
+                &["plugin", "kind"],
+            ),
+            delivered: counter(
+                "sonde_plugin_events_delivered_total",
+                "Events handed to the plugin.",
+                &["plugin"],
+            ),
+            dropped: counter(
+                "sonde_plugin_events_dropped_total",
+                "Events the plugin lost: its queue was full, or it was restarting.",
+                &["plugin"],
+            ),
+            emitted: counter(
+                "sonde_plugin_events_emitted_total",
+                "Events the plugin emitted to the sinks.",
+                &["plugin"],
+            ),
+            restarts: counter(
+                "sonde_plugin_restarts_total",
+                "Times the plugin was restarted from a fresh instance after a failure.",
+                &["plugin"],
+            ),
+            call_seconds,
+        }
+    }
+}
+
+/// Everything one plugin instance's store holds.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<bundle::PluginInfo>,
+    host: Arc<HostContext>,
+    metrics: metrics::PluginSeries,
+    events: events::EmitBudget,
+    log: log::LogBudget,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl sonde::plugin::types::Host for HostState {}
+
+impl HostState {
+    /// Refuses a call unless the manifest grants `c`.
+    fn require(&self, c: manifest::Capability) -> Result<(), WitError> {
+        if self.plugin.manifest.grants(c) {
+            Ok(())
+        } else {
+            Err(WitError::NotGranted(format!(
+                "capability {} is not in spec.capabilities of plugin {}",
+                c.as_str(),
+                self.plugin.name
+            )))
+        }
+    }
+}
+
+/// The wasmtime engine and linker every plugin shares, and compiled components by content.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    compiled: Mutex<HashMap<String, Component>>,
+    pub host: Arc<HostContext>,
+}
+
+/// A plugin as `/api/v1/plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    /// The module's SHA-256, short.
+    pub version: String,
+    pub dir: String,
+    /// `running`, `restarting`, `quarantined`, or `refused` (a bundle that never loaded).
+    pub state: String,
+    pub subscribe: Vec<String>,
+    pub capabilities: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl PluginHost {
+    /// An engine with epoch interruption and a linker with the host interfaces and a WASI
+    /// whose every door (files, network, env, clocks, randomness) is shut unless granted.
+    pub fn new(host: Arc<HostContext>) -> anyhow::Result<Arc<Self>> {
+        let engine = Self::engine()?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let engine_for_epoch = engine.clone();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                engine_for_epoch.increment_epoch();
+            })?;
+        Ok(Arc::new(PluginHost {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+            host,
+        }))
+    }
+
+    fn engine() -> anyhow::Result<Engine> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        Ok(Engine::new(&config)?)
+    }
+
+    /// Compiles a component, or takes it from the cache of modules already compiled.
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, BundleError> {
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sha256)
+        {
+            return Ok(c.clone());
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sha256.to_string(), component.clone());
+        Ok(component)
+    }
+
+    /// Checks that a component fits the world: its imports are all provided by the host and
+    /// its exports are the world's.
+    fn prepare(&self, component: &Component) -> Result<PluginPre<HostState>, BundleError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| BundleError::World(one_line(&e)))?;
+        PluginPre::new(pre).map_err(|e| BundleError::World(one_line(&e)))
+    }
+}
+
+impl HostContext {
+    /// The metric families of every running plugin, for /metrics.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let registries = self.registries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut families: Vec<_> = registries.values().flat_map(|(_, r)| r.gather()).collect();
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        families
+    }
+}
+
+/// Validates a bundle without an agent: `sonde plugin check DIR`.
+pub fn check_bundle(dir: &Path) -> Result<Bundle, BundleError> {
+    let bundle = Bundle::read(dir)?;
+    let engine = PluginHost::engine().map_err(|e| BundleError::Module(e.to_string()))?;
+    let component = Component::new(&engine, &bundle.module)
+        .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;
+    let mut linker: Linker<HostState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| BundleError::World(e.to_string()))?;
+    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        .map_err(|e| BundleError::World(e.to_string()))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| BundleError::World(one_line(&e)))?;
+    PluginPre::new(pre).map_err(|e| BundleError::World(one_line(&e)))?;
+    Ok(bundle)
+}
+
+/// An error chain on one line.
+fn one_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+/// `plugins:` in the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directories of bundles, watched while the agent runs (`--plugin-dir` adds more).
+    pub dirs: Vec<String>,
+}
+
+/// The bundle directories: the config's, then the command line's.
+pub fn dirs_from(config: &PluginsConfig, cli: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = config.dirs.iter().map(PathBuf::from).collect();
+    for d in cli {
+        if !dirs.contains(d) {
+            dirs.push(d.clone());
+        }
+    }
+    dirs
+}

@@ -1,0 +1,463 @@
+//! One plugin's life: its instance (store + bindings), the thread that feeds it event batches
+//! and ticks, and what happens when it fails: a fresh instance with backoff, and quarantine
+//! after `MAX_FAILURES` failures within `FAILURE_WINDOW`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx};
+
+use super::bundle::{Bundle, BundleError, PluginInfo};
+use super::manifest::Capability;
+use super::sonde::plugin::types as wit;
+use super::{
+    events, log, metrics, HostState, Plugin, PluginHost, PluginPre, PluginStatus, EPOCH_TICK,
+};
+use crate::event::{Batch, Event, Flow, Kind};
+use crate::topology::Topology;
+
+const MAX_FAILURES: usize = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_secs(1);
+
+/// Distinguishes a plugin's successive registries, so a stopping worker only removes its own.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A clock that stands still at the epoch: what a plugin without capability `clock` sees.
+struct Frozen;
+
+impl HostWallClock for Frozen {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for Frozen {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Why a call into a plugin failed; the `kind` label of `sonde_plugin_errors_total`.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    fn from_call(e: wasmtime::Error, timeout: Duration) -> Self {
+        let message = format!("{e:#}").replace('\n', " ");
+        let kind = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                return Failure {
+                    kind: "timeout",
+                    message: format!("call exceeded spec.limits.callTimeout ({timeout:?})"),
+                }
+            }
+            _ if message.contains("growing memory")
+                || message.contains("memory") && message.contains("limit") =>
+            {
+                "memory"
+            }
+            _ => "trap",
+        };
+        Failure { kind, message }
+    }
+}
+
+/// A live instance of a plugin.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Plugin,
+    timeout: Duration,
+    generation: u64,
+}
+
+impl Instance {
+    fn deadline(&mut self) {
+        let ticks = self.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    fn call<R>(
+        &mut self,
+        what: &'static str,
+        metrics: &super::PluginMetrics,
+        name: &str,
+        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        self.deadline();
+        let started = Instant::now();
+        let r = f(&self.bindings, &mut self.store);
+        metrics
+            .call_seconds
+            .with_label_values(&[name, what])
+            .observe(started.elapsed().as_secs_f64());
+        r.map_err(|e| Failure::from_call(e, self.timeout))
+    }
+}
+
+impl PluginHost {
+    /// A fresh instance of a prepared plugin, initialised with its config.
+    fn instantiate(
+        self: &Arc<Self>,
+        info: &Arc<PluginInfo>,
+        pre: &PluginPre<HostState>,
+    ) -> Result<Instance, BundleError> {
+        let m = &info.manifest;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(m.spec.limits.memory.0 as usize)
+            .instances(32)
+            .tables(64)
+            .memories(32)
+            .trap_on_grow_failure(true)
+            .build();
+        // No arguments, environment, files, stdio or network; clocks and randomness only
+        // when granted.
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if !m.grants(Capability::Clock) {
+            wasi.wall_clock(Frozen).monotonic_clock(Frozen);
+        }
+        if !m.grants(Capability::Random) {
+            wasi.secure_random(Deterministic::new(vec![0]))
+                .insecure_random(Deterministic::new(vec![0]))
+                .insecure_random_seed(0);
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin: Arc::clone(info),
+            host: Arc::clone(&self.host),
+            metrics: metrics::PluginSeries::new(),
+            events: events::EmitBudget::default(),
+            log: log::LogBudget::default(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let timeout = m.spec.limits.call_timeout;
+        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        let bindings = pre
+            .instantiate(&mut store)
+            .map_err(|e| BundleError::Init(Failure::from_call(e, timeout).message))?;
+        let mut instance = Instance {
+            store,
+            bindings,
+            timeout,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        };
+        let config = m.config_json();
+        let metrics = &self.host.self_metrics;
+        match instance.call("init", metrics, &info.name, |b, s| b.call_init(s, &config)) {
+            Ok(Ok(())) => Ok(instance),
+            Ok(Err(reason)) => Err(BundleError::Init(reason.replace('\n', " "))),
+            Err(f) => Err(BundleError::Init(format!("{}: {}", f.kind, f.message))),
+        }
+    }
+
+    /// Loads a bundle and, once its new instance has initialised, swaps it in for the
+    /// previous version of the same plugin (which serves until then).
+    pub fn start(
+        self: &Arc<Self>,
+        bundle: Bundle,
+    ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
+        let name = bundle.manifest.metadata.name.clone();
+        let component = self.compile(&bundle.sha256, &bundle.module)?;
+        let pre = self.prepare(&component)?;
+        let info = Arc::new(PluginInfo {
+            source: Arc::from(format!("plugin:{name}")),
+            name: name.clone(),
+            manifest: bundle.manifest.clone(),
+        });
+        let instance = self.instantiate(&info, &pre)?;
+        let status = Arc::new(Mutex::new(PluginStatus {
+            name: name.clone(),
+            version: bundle.sha256[..12].to_string(),
+            dir: bundle.dir.display().to_string(),
+            state: "running".into(),
+            subscribe: bundle.manifest.spec.subscribe.clone(),
+            capabilities: bundle
+                .manifest
+                .spec
+                .capabilities
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
+            last_error: None,
+        }));
+        // The swap: the new instance's metrics replace the old ones' and its queue replaces
+        // the old one's, whose worker ends when its queue closes.
+        self.publish_registry(&name, &instance);
+        let m = &self.host.self_metrics;
+        let dropped = m.dropped.with_label_values(&[&name]);
+        let rx = self.host.probes.fanout.subscribe_counted(
+            &consumer(&name),
+            bundle.manifest.spec.limits.queue as usize,
+            dropped,
+        );
+        m.up.with_label_values(&[&name]).set(1);
+        let host = Arc::clone(self);
+        let worker_status = Arc::clone(&status);
+        std::thread::Builder::new()
+            .name(format!("plugin {name}"))
+            .spawn(move || host.run(info, pre, instance, rx, worker_status))
+            .map_err(|e| BundleError::Init(format!("cannot start the plugin's thread: {e}")))?;
+        Ok(status)
+    }
+
+    fn publish_registry(&self, name: &str, instance: &Instance) {
+        self.host
+            .registries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name.to_string(),
+                (
+                    instance.generation,
+                    instance.store.data().metrics.registry.clone(),
+                ),
+            );
+    }
+
+    /// Stops a plugin (its bundle was removed): its worker ends and its series go.
+    pub fn stop(&self, name: &str) {
+        self.host.probes.fanout.unsubscribe(&consumer(name));
+        self.host
+            .registries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.host
+            .metric_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, owner| owner != name);
+        let _ = self.host.self_metrics.up.remove_label_values(&[name]);
+    }
+
+    /// The plugin's thread: batches and ticks until its queue closes (replaced, removed) or
+    /// it is quarantined.
+    fn run(
+        self: Arc<Self>,
+        info: Arc<PluginInfo>,
+        pre: PluginPre<HostState>,
+        mut instance: Instance,
+        mut rx: tokio::sync::mpsc::Receiver<Batch>,
+        status: Arc<Mutex<PluginStatus>>,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(plugin = %info.name, error = %e, "plugin thread cannot start");
+                return;
+            }
+        };
+        let name = info.name.clone();
+        let m = self.host.self_metrics.clone();
+        let mut failures: VecDeque<Instant> = VecDeque::new();
+        rt.block_on(async {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let result = tokio::select! {
+                    batch = rx.recv() => match batch {
+                        Some(batch) => self.deliver(&info, &mut instance, &batch),
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+                        instance.call("tick", &m, &name, |b, s| b.call_tick(s, now))
+                    }
+                };
+                let Err(failure) = result else { continue };
+                // The instance is poisoned: count, then restart or quarantine.
+                m.errors.with_label_values(&[&name, failure.kind]).inc();
+                tracing::warn!(plugin = %name, kind = failure.kind, error = %failure.message, "plugin failed");
+                let now = Instant::now();
+                failures.push_back(now);
+                while failures.front().is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW) {
+                    failures.pop_front();
+                }
+                let error = format!("{}: {}", failure.kind, failure.message);
+                if failures.len() >= MAX_FAILURES {
+                    self.quarantine(&name, &status, error, instance.generation);
+                    return;
+                }
+                set_status(&status, "restarting", Some(error));
+                m.up.with_label_values(&[&name]).set(0);
+                let mut backoff = FIRST_BACKOFF * 2u32.pow(failures.len() as u32 - 1);
+                loop {
+                    tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
+                    match self.instantiate(&info, &pre) {
+                        Ok(fresh) => {
+                            instance = fresh;
+                            if self.registry_is_current(&name) {
+                                self.publish_registry(&name, &instance);
+                            }
+                            m.restarts.with_label_values(&[&name]).inc();
+                            m.up.with_label_values(&[&name]).set(1);
+                            set_status(&status, "running", None);
+                            tracing::info!(plugin = %name, "plugin restarted");
+                            break;
+                        }
+                        Err(e) => {
+                            m.errors.with_label_values(&[&name, e.kind()]).inc();
+                            failures.push_back(Instant::now());
+                            if failures.len() >= MAX_FAILURES {
+                                self.quarantine(&name, &status, e.to_string(), instance.generation);
+                                return;
+                            }
+                            backoff *= 2;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether this plugin's registry is still published (it was not removed meanwhile).
+    fn registry_is_current(&self, name: &str) -> bool {
+        self.host
+            .registries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+    }
+
+    fn quarantine(&self, name: &str, status: &Mutex<PluginStatus>, error: String, generation: u64) {
+        tracing::error!(plugin = %name, error = %error, "plugin quarantined after repeated failures");
+        let m = &self.host.self_metrics;
+        m.errors.with_label_values(&[name, "quarantined"]).inc();
+        m.up.with_label_values(&[name]).set(0);
+        set_status(status, "quarantined", Some(error));
+        let mut registries = self
+            .host
+            .registries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if registries.get(name).is_some_and(|(g, _)| *g == generation) {
+            registries.remove(name);
+        }
+    }
+
+    /// Hands a batch to the plugin: the events of the probes it subscribes to, as WIT records.
+    fn deliver(
+        &self,
+        info: &PluginInfo,
+        instance: &mut Instance,
+        batch: &Batch,
+    ) -> Result<(), Failure> {
+        let subscribed = |probe: &str| info.manifest.spec.subscribe.iter().any(|s| s == probe);
+        let topology = &*self.host.probes.topology;
+        let (mut drops, mut retrans, mut resets) = (Vec::new(), Vec::new(), Vec::new());
+        for e in batch.iter() {
+            match &e.kind {
+                Kind::PacketDrop(d) if subscribed("packet_drop") => drops.push(wit::PacketDrop {
+                    envelope: envelope(e),
+                    flow: flow(&d.flow, topology),
+                    reason: d.reason.to_string(),
+                    location: d.location.to_string(),
+                    stack: d
+                        .stack
+                        .as_ref()
+                        .map(|s| s.iter().map(|f| f.to_string()).collect())
+                        .unwrap_or_default(),
+                }),
+                Kind::TcpRetrans(r) if subscribed("tcp_retrans") => retrans.push(wit::TcpRetrans {
+                    envelope: envelope(e),
+                    flow: flow(&r.flow, topology),
+                    state: r.state.to_string(),
+                }),
+                Kind::TcpReset(r) if subscribed("tcp_reset") => resets.push(wit::TcpReset {
+                    envelope: envelope(e),
+                    flow: flow(&r.flow, topology),
+                    direction: r.direction.to_string(),
+                    state: r.state.map(str::to_string),
+                }),
+                _ => {}
+            }
+        }
+        let m = &self.host.self_metrics;
+        let name = info.name.as_str();
+        let n = (drops.len() + retrans.len() + resets.len()) as u64;
+        if !drops.is_empty() {
+            instance.call("on-packet-drop", m, name, |b, s| {
+                b.call_on_packet_drop(s, &drops)
+            })?;
+        }
+        if !retrans.is_empty() {
+            instance.call("on-tcp-retrans", m, name, |b, s| {
+                b.call_on_tcp_retrans(s, &retrans)
+            })?;
+        }
+        if !resets.is_empty() {
+            instance.call("on-tcp-reset", m, name, |b, s| {
+                b.call_on_tcp_reset(s, &resets)
+            })?;
+        }
+        if n > 0 {
+            m.delivered.with_label_values(&[name]).inc_by(n);
+        }
+        Ok(())
+    }
+}
+
+/// The fan-out consumer name of a plugin.
+fn consumer(name: &str) -> String {
+    format!("plugin:{name}")
+}
+
+fn set_status(status: &Mutex<PluginStatus>, state: &str, error: Option<String>) {
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    s.state = state.to_string();
+    if error.is_some() {
+        s.last_error = error;
+    }
+}
+
+fn envelope(e: &Event) -> wit::Envelope {
+    wit::Envelope {
+        time_ns: e
+            .time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+        node: e.node.to_string(),
+        netns: e.netns,
+        workload: e.workload.clone().map(super::topology::to_wit),
+    }
+}
+
+fn flow(f: &Flow, topology: &dyn Topology) -> wit::Flow {
+    wit::Flow {
+        protocol: f.protocol.to_string(),
+        saddr: f.saddr.map(|a| a.to_string()),
+        sport: f.sport,
+        daddr: f.daddr.map(|a| a.to_string()),
+        dport: f.dport,
+        peer: f
+            .daddr
+            .and_then(|a| topology.workload_of_ip(a))
+            .map(super::topology::to_wit),
+    }
+}
