@@ -59,7 +59,14 @@ pub struct Failure {
 
 impl Failure {
     fn from_call(e: wasmtime::Error, timeout: Duration) -> Self {
-        let message = format!("{e:#}").replace('\n', " ");
+        // The error chain without the wasm backtrace, on one line.
+        let message = e
+            .chain()
+            .map(|c| c.to_string())
+            .filter(|c| !c.contains("wasm backtrace"))
+            .collect::<Vec<_>>()
+            .join(": ")
+            .replace('\n', " ");
         let kind = match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 return Failure {
@@ -113,7 +120,7 @@ impl Instance {
 impl PluginHost {
     /// A fresh instance of a prepared plugin, initialised with its config.
     fn instantiate(
-        self: &Arc<Self>,
+        &self,
         info: &Arc<PluginInfo>,
         pre: &PluginPre<HostState>,
     ) -> Result<Instance, BundleError> {
@@ -253,15 +260,45 @@ impl PluginHost {
     }
 
     /// The plugin's thread: batches and ticks until its queue closes (replaced, removed) or
-    /// it is quarantined.
+    /// it is quarantined. The queue is awaited on a small runtime, but every call into the
+    /// plugin happens outside it: WASI's synchronous host functions run their own.
     fn run(
         self: Arc<Self>,
         info: Arc<PluginInfo>,
         pre: PluginPre<HostState>,
-        mut instance: Instance,
-        mut rx: tokio::sync::mpsc::Receiver<Batch>,
+        instance: Instance,
+        rx: tokio::sync::mpsc::Receiver<Batch>,
         status: Arc<Mutex<PluginStatus>>,
     ) {
+        let name = info.name.clone();
+        let generation = instance.generation;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve(&info, &pre, instance, rx, &status)
+        }));
+        if outcome.is_err() {
+            // A bug of the host's, not the plugin's: never take the agent down with it.
+            self.quarantine(
+                &name,
+                &status,
+                "host error while serving the plugin".into(),
+                generation,
+            );
+        }
+    }
+
+    fn serve(
+        &self,
+        info: &Arc<PluginInfo>,
+        pre: &PluginPre<HostState>,
+        mut instance: Instance,
+        mut rx: tokio::sync::mpsc::Receiver<Batch>,
+        status: &Mutex<PluginStatus>,
+    ) {
+        enum Next {
+            Batch(Batch),
+            Tick,
+            Closed,
+        }
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -275,64 +312,75 @@ impl PluginHost {
         let name = info.name.clone();
         let m = self.host.self_metrics.clone();
         let mut failures: VecDeque<Instant> = VecDeque::new();
-        rt.block_on(async {
-            let mut tick = tokio::time::interval(TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut tick = rt.block_on(async {
+            let mut t = tokio::time::interval(TICK);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            t
+        });
+        loop {
+            let next = rt.block_on(async {
+                tokio::select! {
+                    batch = rx.recv() => batch.map_or(Next::Closed, Next::Batch),
+                    _ = tick.tick() => Next::Tick,
+                }
+            });
+            let result = match next {
+                Next::Closed => return,
+                Next::Batch(batch) => self.deliver(info, &mut instance, &batch),
+                Next::Tick => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos() as u64;
+                    instance.call("tick", &m, &name, |b, s| b.call_tick(s, now))
+                }
+            };
+            let Err(failure) = result else { continue };
+            // The instance is poisoned: count, then restart or quarantine.
+            m.errors.with_label_values(&[&name, failure.kind]).inc();
+            tracing::warn!(plugin = %name, kind = failure.kind, error = %failure.message, "plugin failed");
+            let now = Instant::now();
+            failures.push_back(now);
+            while failures
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW)
+            {
+                failures.pop_front();
+            }
+            let error = format!("{}: {}", failure.kind, failure.message);
+            if failures.len() >= MAX_FAILURES {
+                self.quarantine(&name, status, error, instance.generation);
+                return;
+            }
+            set_status(status, "restarting", Some(error));
+            m.up.with_label_values(&[&name]).set(0);
+            let mut backoff = FIRST_BACKOFF * 2u32.pow(failures.len() as u32 - 1);
             loop {
-                let result = tokio::select! {
-                    batch = rx.recv() => match batch {
-                        Some(batch) => self.deliver(&info, &mut instance, &batch),
-                        None => break,
-                    },
-                    _ = tick.tick() => {
-                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-                        instance.call("tick", &m, &name, |b, s| b.call_tick(s, now))
+                std::thread::sleep(backoff.min(MAX_BACKOFF));
+                match self.instantiate(info, pre) {
+                    Ok(fresh) => {
+                        instance = fresh;
+                        if self.registry_is_current(&name) {
+                            self.publish_registry(&name, &instance);
+                        }
+                        m.restarts.with_label_values(&[&name]).inc();
+                        m.up.with_label_values(&[&name]).set(1);
+                        set_status(status, "running", None);
+                        tracing::info!(plugin = %name, "plugin restarted");
+                        break;
                     }
-                };
-                let Err(failure) = result else { continue };
-                // The instance is poisoned: count, then restart or quarantine.
-                m.errors.with_label_values(&[&name, failure.kind]).inc();
-                tracing::warn!(plugin = %name, kind = failure.kind, error = %failure.message, "plugin failed");
-                let now = Instant::now();
-                failures.push_back(now);
-                while failures.front().is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW) {
-                    failures.pop_front();
-                }
-                let error = format!("{}: {}", failure.kind, failure.message);
-                if failures.len() >= MAX_FAILURES {
-                    self.quarantine(&name, &status, error, instance.generation);
-                    return;
-                }
-                set_status(&status, "restarting", Some(error));
-                m.up.with_label_values(&[&name]).set(0);
-                let mut backoff = FIRST_BACKOFF * 2u32.pow(failures.len() as u32 - 1);
-                loop {
-                    tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
-                    match self.instantiate(&info, &pre) {
-                        Ok(fresh) => {
-                            instance = fresh;
-                            if self.registry_is_current(&name) {
-                                self.publish_registry(&name, &instance);
-                            }
-                            m.restarts.with_label_values(&[&name]).inc();
-                            m.up.with_label_values(&[&name]).set(1);
-                            set_status(&status, "running", None);
-                            tracing::info!(plugin = %name, "plugin restarted");
-                            break;
+                    Err(e) => {
+                        m.errors.with_label_values(&[&name, e.kind()]).inc();
+                        failures.push_back(Instant::now());
+                        if failures.len() >= MAX_FAILURES {
+                            self.quarantine(&name, status, e.to_string(), instance.generation);
+                            return;
                         }
-                        Err(e) => {
-                            m.errors.with_label_values(&[&name, e.kind()]).inc();
-                            failures.push_back(Instant::now());
-                            if failures.len() >= MAX_FAILURES {
-                                self.quarantine(&name, &status, e.to_string(), instance.generation);
-                                return;
-                            }
-                            backoff *= 2;
-                        }
+                        backoff *= 2;
                     }
                 }
             }
-        });
+        }
     }
 
     /// Whether this plugin's registry is still published (it was not removed meanwhile).
