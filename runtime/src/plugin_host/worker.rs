@@ -218,6 +218,7 @@ impl PluginHost {
             &consumer(&name),
             bundle.manifest.spec.limits.queue as usize,
             dropped,
+            Some(bundle.manifest.spec.subscribe.clone()),
         );
         m.up.with_label_values(&[&name]).set(1);
         let host = Arc::clone(self);
