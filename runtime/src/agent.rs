@@ -78,6 +78,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         symbols: OnceLock::new(),
         clock: BootClock::new(),
         fanout,
+        enrichers: Default::default(),
     });
     let probes = Arc::new(Mutex::new(Probes::new(Arc::clone(&ctx))));
     probes

@@ -141,10 +141,15 @@ pub struct Event {
     pub severity: Severity,
     pub netns: u32,
     pub workload: Option<Workload>,
+    /// Labels of the workload from enrichment plugins (the `labels` field), when any.
+    pub labels: Option<Labels>,
     pub source: Source,
     pub message: Option<String>,
     pub kind: Kind,
 }
+
+/// A workload's labels, shared by all its events.
+pub type Labels = Arc<[(String, String)]>;
 
 impl Event {
     pub fn kernel(time: SystemTime, netns: u32, severity: Severity, kind: Kind) -> Self {
@@ -154,6 +159,7 @@ impl Event {
             severity,
             netns,
             workload: None,
+            labels: None,
             source: Source::Kernel,
             message: None,
             kind,
@@ -214,6 +220,13 @@ impl Serialize for Event {
         };
         map.serialize_entry("namespace", namespace)?;
         map.serialize_entry("pod", pod)?;
+        if let Some(labels) = &self.labels {
+            let object: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            map.serialize_entry("labels", &object)?;
+        }
         map.serialize_entry("netns", &self.netns)?;
         map.serialize_entry("source", self.source.as_str())?;
         match &self.kind {

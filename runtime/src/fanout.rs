@@ -35,7 +35,12 @@ impl FanOut {
     /// Adds a consumer (replacing one of the same name) with a queue of `capacity` batches;
     /// what it loses is counted in `sonde_consumer_events_dropped_total{consumer=name}`.
     pub fn subscribe(&self, name: &str, capacity: usize) -> mpsc::Receiver<Batch> {
-        self.subscribe_counted(name, capacity, self.dropped.with_label_values(&[name]), None)
+        self.subscribe_counted(
+            name,
+            capacity,
+            self.dropped.with_label_values(&[name]),
+            None,
+        )
     }
 
     /// As [`FanOut::subscribe`], counting lost events in `dropped`, and taking only the event

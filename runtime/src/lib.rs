@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod enrich;
 pub mod event;
 pub mod exporter;
 pub mod fanout;

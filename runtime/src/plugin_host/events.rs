@@ -111,6 +111,7 @@ impl Host for HostState {
             severity,
             netns,
             workload,
+            labels: None,
             source: Source::Plugin(Arc::clone(&self.plugin.source)),
             message: event.message,
             kind: Kind::Derived(Derived {

@@ -17,8 +17,10 @@ use super::sonde::plugin::types as wit;
 use super::{
     events, log, metrics, HostState, Plugin, PluginHost, PluginPre, PluginStatus, EPOCH_TICK,
 };
+use crate::enrich::Enricher;
 use crate::event::{Batch, Event, Flow, Kind};
 use crate::topology::Topology;
+use crate::topology::Workload;
 
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(300);
@@ -220,12 +222,17 @@ impl PluginHost {
             dropped,
             Some(bundle.manifest.spec.subscribe.clone()),
         );
+        let enrich = bundle.manifest.grants(Capability::Enrich).then(|| {
+            let (enricher, questions) = Enricher::new(&name);
+            self.host.probes.enrichers.set(Arc::clone(&enricher));
+            (enricher, questions)
+        });
         m.up.with_label_values(&[&name]).set(1);
         let host = Arc::clone(self);
         let worker_status = Arc::clone(&status);
         std::thread::Builder::new()
             .name(format!("plugin {name}"))
-            .spawn(move || host.run(info, pre, instance, rx, worker_status))
+            .spawn(move || host.run(info, pre, instance, rx, enrich, worker_status))
             .map_err(|e| BundleError::Init(format!("cannot start the plugin's thread: {e}")))?;
         Ok(status)
     }
@@ -269,12 +276,24 @@ impl PluginHost {
         pre: PluginPre<HostState>,
         instance: Instance,
         rx: tokio::sync::mpsc::Receiver<Batch>,
+        enrich: Option<(Arc<Enricher>, tokio::sync::mpsc::Receiver<Workload>)>,
         status: Arc<Mutex<PluginStatus>>,
     ) {
         let name = info.name.clone();
         let generation = instance.generation;
+        let (enricher, questions) = match enrich {
+            Some((e, q)) => (Some(e), Some(q)),
+            None => (None, None),
+        };
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.serve(&info, &pre, instance, rx, &status)
+            self.serve(
+                &info,
+                &pre,
+                instance,
+                rx,
+                enricher.as_ref().zip(questions),
+                &status,
+            )
         }));
         if outcome.is_err() {
             // A bug of the host's, not the plugin's: never take the agent down with it.
@@ -285,6 +304,9 @@ impl PluginHost {
                 generation,
             );
         }
+        if let Some(e) = &enricher {
+            self.host.probes.enrichers.remove(e);
+        }
     }
 
     fn serve(
@@ -293,11 +315,13 @@ impl PluginHost {
         pre: &PluginPre<HostState>,
         mut instance: Instance,
         mut rx: tokio::sync::mpsc::Receiver<Batch>,
+        mut enrich: Option<(&Arc<Enricher>, tokio::sync::mpsc::Receiver<Workload>)>,
         status: &Mutex<PluginStatus>,
     ) {
         enum Next {
             Batch(Batch),
             Tick,
+            Question(Workload),
             Closed,
         }
         let rt = match tokio::runtime::Builder::new_current_thread()
@@ -320,13 +344,32 @@ impl PluginHost {
         });
         loop {
             let next = rt.block_on(async {
+                let question = async {
+                    match enrich.as_mut() {
+                        Some((_, q)) => q.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     batch = rx.recv() => batch.map_or(Next::Closed, Next::Batch),
                     _ = tick.tick() => Next::Tick,
+                    Some(w) = question => Next::Question(w),
                 }
             });
             let result = match next {
                 Next::Closed => return,
+                Next::Question(workload) => {
+                    let asked = super::topology::to_wit(workload.clone());
+                    instance
+                        .call("workload-labels", &m, &name, |b, s| {
+                            b.call_workload_labels(s, &asked)
+                        })
+                        .map(|labels| {
+                            if let Some((enricher, _)) = &enrich {
+                                enricher.answer(workload, clean_labels(labels));
+                            }
+                        })
+                }
                 Next::Batch(batch) => self.deliver(info, &mut instance, &batch),
                 Next::Tick => {
                     let now = SystemTime::now()
@@ -469,6 +512,15 @@ impl PluginHost {
         }
         Ok(())
     }
+}
+
+/// At most 32 labels, with non-empty keys and values of at most 256 bytes.
+fn clean_labels(labels: Vec<(String, String)>) -> Vec<(String, String)> {
+    labels
+        .into_iter()
+        .filter(|(k, v)| !k.is_empty() && k.len() <= 256 && v.len() <= 256)
+        .take(32)
+        .collect()
 }
 
 /// The fan-out consumer name of a plugin.

@@ -25,6 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use crate::config::ByteSize;
+use crate::enrich::Enrichers;
 use crate::event::Event;
 use crate::fanout::FanOut;
 use crate::kallsyms::Kallsyms;
@@ -46,6 +47,8 @@ pub struct Context {
     pub symbols: OnceLock<Kallsyms>,
     pub clock: BootClock,
     pub fanout: Arc<FanOut>,
+    /// Workload labels from enrichment plugins.
+    pub enrichers: Enrichers,
 }
 
 impl Context {
@@ -584,6 +587,7 @@ async fn drain(
         while let Some(record) = ring.next() {
             if let Some(mut event) = decode(&record) {
                 event.enrich(&ctx.node, &*ctx.topology);
+                ctx.enrichers.label(&mut event);
                 batch.push(event);
             }
             drop(record);
