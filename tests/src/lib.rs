@@ -7,6 +7,7 @@
 //! `cargo test --release -p sonde-tests` (or point `SONDE_BIN` at the binary).
 
 mod agent;
+mod bundle;
 mod http;
 mod netns;
 mod prometheus;
@@ -15,10 +16,11 @@ mod traffic;
 pub use agent::{
     free_local_addr, run_sonde, sonde_bin, start_agent, Agent, AgentConfig, Finished, TempDir,
 };
+pub use bundle::{first_party_bundle, wasm_module, write_bundle};
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use prometheus::metric_value;
-pub use traffic::{refused_connects, send_udp};
+pub use traffic::{bulk_transfer, refused_connects, send_udp};
 
 use std::net::IpAddr;
 use std::process::Command;

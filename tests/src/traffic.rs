@@ -36,3 +36,48 @@ pub fn refused_connects(netns: &Netns, dst: SocketAddr, count: usize) {
         }
     });
 }
+
+/// Sends `bytes` bytes over TCP from pod `from` to a listener on `to:port` in pod `to_ns`,
+/// and checks that all arrived; returns the client's port.
+pub fn bulk_transfer(from: &Netns, to_ns: &Netns, to: IpAddr, port: u16, bytes: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    const IO_TIMEOUT: Duration = Duration::from_secs(60);
+    let server_addr = SocketAddr::new(to, port);
+    let listener = in_netns(to_ns.name(), || {
+        TcpListener::bind(server_addr).expect("listen in the server pod")
+    });
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().expect("accept in the server pod");
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut received = 0;
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            match conn
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("read from {peer} after {received} bytes: {e}"))
+            {
+                0 => return received,
+                n => received += n,
+            }
+        }
+    });
+    let mut client = in_netns(from.name(), || {
+        TcpStream::connect_timeout(&server_addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {server_addr}: {e}"))
+    });
+    client.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    client
+        .write_all(&vec![0x5d; bytes])
+        .expect("send the bulk data");
+    client
+        .shutdown(Shutdown::Write)
+        .expect("shut down the sending side");
+    assert_eq!(
+        server.join().expect("the receiver panicked"),
+        bytes,
+        "bytes received"
+    );
+    client_port
+}

@@ -129,9 +129,11 @@ impl PluginHost {
         let m = &info.manifest;
         let limits = StoreLimitsBuilder::new()
             .memory_size(m.spec.limits.memory.0 as usize)
-            .instances(32)
-            .tables(64)
-            .memories(32)
+            // Components made from interpreters (Python) hold dozens of core instances; these
+            // caps only stop pathological ones, memory is what `limits.memory` bounds.
+            .instances(1000)
+            .tables(1000)
+            .memories(100)
             .trap_on_grow_failure(true)
             .build();
         // No arguments, environment, files, stdio or network; clocks and randomness only

@@ -1,0 +1,91 @@
+// Component tests: run the built drop_budget.wasm in a fake host (jco transpile + Node).
+// Skipped unless DROP_BUDGET_WASM names the built component; `bash test.sh --component` builds
+// it and sets that.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+const WASM = process.env.DROP_BUDGET_WASM;
+const METRIC = 'sonde_plugin_drop_budget_used';
+const opts = { skip: WASM ? false : 'set DROP_BUDGET_WASM to the built component' };
+
+const host = async (o) => {
+  const { fakeHost } = await import('./fake-host.js');
+  return fakeHost(WASM, o);
+};
+const helpers = async () => import('./fake-host.js');
+
+test('gauges and events per tick interval', opts, async () => {
+  const { workload, packetDrop } = await helpers();
+  const h = await host();
+  h.plugin.init('{"budget": 2}');
+  assert.deepEqual(h.metrics.map((m) => [m.kind, m.name, m.labelNames]), [['gauge', METRIC, ['namespace', 'pod']]]);
+  const cart = workload('shop', 'cart');
+  const web = workload('shop', 'web');
+  h.plugin.onPacketDrop([packetDrop(5, cart), packetDrop(5, cart), packetDrop(6, web), packetDrop(1, null)]);
+  h.plugin.onPacketDrop([packetDrop(5, cart)]);
+  assert.equal(h.events.length, 0);
+  h.plugin.tick(1_700_000_001_000_000_000n);
+  assert.deepEqual(h.events, [{
+    kind: 'drop_budget_exceeded',
+    severity: 'warning',
+    netns: 5,
+    workload: cart,
+    message: '3 packets dropped in the last interval, over the budget of 2',
+    fields: { drops: { tag: 'integer', val: 3n }, budget: { tag: 'integer', val: 2n } },
+  }]);
+  assert.deepEqual(Object.fromEntries(h.values), {
+    [`${METRIC}{,}`]: 0.5,
+    [`${METRIC}{shop,cart}`]: 1.5,
+    [`${METRIC}{shop,web}`]: 0.5,
+  });
+  // Next interval: web keeps dropping, cart and the host went quiet (their gauges go to 0).
+  h.plugin.onPacketDrop([packetDrop(6, web)]);
+  h.plugin.tick(1_700_000_002_000_000_000n);
+  assert.equal(h.events.length, 1);
+  assert.deepEqual(Object.fromEntries(h.values), {
+    [`${METRIC}{,}`]: 0,
+    [`${METRIC}{shop,cart}`]: 0,
+    [`${METRIC}{shop,web}`]: 0.5,
+  });
+  assert.equal(h.series.length, 3); // one handle per label set, resolved once
+});
+
+test('a bad config refuses the bundle', opts, async () => {
+  const h = await host();
+  assert.throws(() => h.plugin.init('{"budget": 0}'), (e) => String(e.payload).includes('positive integer'));
+  const h2 = await host();
+  assert.throws(() => h2.plugin.init('{"budgte": 3}'), (e) => String(e.payload).includes("unknown config key 'budgte'"));
+});
+
+test('without capabilities: warns once each, keeps running', opts, async () => {
+  const { workload, packetDrop } = await helpers();
+  const h = await host({ capabilities: [] });
+  h.plugin.init('{"budget": 1}');
+  h.plugin.onPacketDrop([packetDrop(5, workload('a', 'b')), packetDrop(5, workload('a', 'b'))]);
+  h.plugin.tick(1n);
+  h.plugin.onPacketDrop([packetDrop(5, workload('a', 'b')), packetDrop(5, workload('a', 'b'))]);
+  h.plugin.tick(2n);
+  assert.deepEqual([h.events.length, h.values.size], [0, 0]);
+  assert.equal(h.logs.filter(([level]) => level === 'warn').length, 2);
+});
+
+test('series limit: refused series are skipped, warned once', opts, async () => {
+  const { workload, packetDrop } = await helpers();
+  const h = await host({ seriesLimit: 1 });
+  h.plugin.init('{}');
+  h.plugin.onPacketDrop([packetDrop(5, workload('a', 'b')), packetDrop(6, workload('a', 'c')), packetDrop(7, workload('a', 'd'))]);
+  h.plugin.tick(1n);
+  assert.equal(h.values.size, 1);
+  assert.equal(h.logs.filter(([level]) => level === 'warn').length, 1);
+});
+
+test('other exports are no-ops', opts, async () => {
+  const { workload } = await helpers();
+  const h = await host();
+  h.plugin.init('{}');
+  assert.deepEqual(h.plugin.workloadLabels(workload('a', 'b')), []);
+  h.plugin.onTcpReset([]);
+  h.plugin.onTcpRetrans([]);
+  h.plugin.tick(1n);
+  assert.deepEqual([h.events.length, h.values.size], [0, 0]);
+});

@@ -1,0 +1,107 @@
+"""Component tests: run the built reset_report.wasm in a fake host (wasmtime-py).
+
+Skipped unless RESET_REPORT_WASM names the built component and the `wasmtime` package imports;
+`bash test.sh --component` builds the component and sets both up.
+"""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+WASM = os.environ.get("RESET_REPORT_WASM")
+try:
+    import wasmtime  # noqa: F401
+    from fake_host import FakeHost, tcp_reset, workload
+    HAVE_WASMTIME = True
+except ImportError:
+    HAVE_WASMTIME = False
+
+METRIC = "sonde_plugin_resets_reported_total"
+
+
+@unittest.skipUnless(WASM and HAVE_WASMTIME, "set RESET_REPORT_WASM and install wasmtime")
+class ComponentTest(unittest.TestCase):
+    def host(self, **kw):
+        return FakeHost(WASM, **kw)
+
+    def test_world(self):
+        h = self.host()
+        for name in ["init", "on-packet-drop", "on-tcp-retrans", "on-tcp-reset", "tick",
+                     "workload-labels"]:
+            self.assertIn(name, h.exports)
+        # Built with WASI stubbed out: the component imports nothing but sonde:plugin.
+        self.assertEqual([i for i in h.imports if not i.startswith("sonde:plugin/")], [])
+
+    def test_memory_fits_16mib(self):
+        h = self.host(memory_limit=16 << 20)
+        self.assertIsNone(h.init("{}"))
+        h.on_tcp_reset([tcp_reset(i, workload("ns", f"p{i}"), "sent") for i in range(500)])
+        h.tick()
+
+    def test_reports_and_counter(self):
+        h = self.host()
+        self.assertIsNone(h.init('{"threshold": 2}'))
+        self.assertEqual(h.metrics[0][:2], ("counter", METRIC))
+        self.assertEqual(h.metrics[0][3], ["namespace", "pod", "direction"])
+        cart, web = workload("shop", "cart"), workload("shop", "web")
+        h.on_tcp_reset([tcp_reset(5, cart, "sent"), tcp_reset(5, cart, "received"),
+                        tcp_reset(6, web, "received"), tcp_reset(1, None, "sent")])
+        h.on_tcp_reset([tcp_reset(5, cart, "received")])
+        self.assertEqual(h.events, [])
+        h.tick()
+        self.assertEqual(h.events, [{
+            "kind": "reset_report", "severity": "warning", "netns": 5,
+            "workload": ("shop", "cart"),
+            "message": "3 TCP resets in the last interval (1 sent, 2 received), "
+                       "over the threshold of 2",
+            "fields": {"sent": 1, "received": 2, "threshold": 2},
+        }])
+        self.assertEqual(h.values, {
+            (METRIC, ("shop", "cart", "sent")): 1.0,
+            (METRIC, ("shop", "cart", "received")): 2.0,
+            (METRIC, ("shop", "web", "received")): 1.0,
+            (METRIC, ("", "", "sent")): 1.0,
+        })
+        # The window starts again; the counter keeps counting.
+        h.tick()
+        self.assertEqual(len(h.events), 1)
+        h.on_tcp_reset([tcp_reset(5, cart, "sent")])
+        self.assertEqual(h.values[(METRIC, ("shop", "cart", "sent"))], 2.0)
+        self.assertEqual(len(h.series), 4)   # handles are resolved once per label set
+
+    def test_bad_config_refused(self):
+        self.assertIn("unknown config key", self.host().init('{"treshold": 1}'))
+        self.assertIn("non-negative", self.host().init('{"threshold": -3}'))
+
+    def test_without_capabilities(self):
+        h = self.host(capabilities=())
+        self.assertIsNone(h.init('{"threshold": 0}'))
+        h.on_tcp_reset([tcp_reset(5, workload("a", "b"), "sent")])
+        h.tick()
+        self.assertEqual((h.events, h.values), ([], {}))
+        warns = [m for lvl, m in h.logs if lvl == "warn"]
+        self.assertEqual(len(warns), 2)   # counter not registered, event not emitted: once each
+
+    def test_series_limit(self):
+        h = self.host(series_limit=1)
+        self.assertIsNone(h.init("{}"))
+        h.on_tcp_reset([tcp_reset(5, workload("a", "b"), "sent"),
+                        tcp_reset(5, workload("a", "b"), "received")])
+        h.on_tcp_reset([tcp_reset(5, workload("a", "b"), "received")])
+        self.assertEqual(len(h.values), 1)
+        self.assertEqual(len([m for lvl, m in h.logs if lvl == "warn"]), 1)
+
+    def test_other_exports(self):
+        h = self.host()
+        self.assertIsNone(h.init("{}"))
+        self.assertEqual(h.workload_labels(workload("a", "b")), [])
+        h.on_packet_drop([])
+        h.on_tcp_retrans([])
+        h.tick()
+        self.assertEqual(h.events, [])
+
+
+if __name__ == "__main__":
+    unittest.main()

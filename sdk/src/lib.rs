@@ -1,0 +1,143 @@
+//! The guest SDK for Sonde plugins written in Rust.
+//!
+//! A Sonde plugin is a WebAssembly component for the world `sonde:plugin/plugin` (the WIT in
+//! the repository's `wit/`): the agent hands it the probes' events in batches, already
+//! labelled with the workload they concern, and the plugin derives metrics, events and
+//! workload labels through the host interfaces its manifest grants. This crate has three
+//! layers:
+//!
+//! - [`bindings`]: the raw code `wit-bindgen` generates for the world;
+//! - thin safe wrappers, one module per host interface: [`metrics`] ([`Counter`], [`Gauge`],
+//!   [`Histogram`] and their [`Series`]), [`events`] (the [`Event`] builder), [`log`] (and the
+//!   [`debug!`], [`info!`], [`warn!`], [`error!`] macros), [`topology`], [`maps`], [`control`],
+//!   all returning [`Error`] when the host refuses a call;
+//! - the [`Plugin`] trait, whose callbacks default to no-ops, and the [`export!`] macro that
+//!   makes a type implementing it the component's exports.
+//!
+//! # Example
+//!
+//! ```no_run
+#![doc = include_str!("../examples/resets.rs")]
+//! ```
+//!
+//! This is `examples/resets.rs`. A plugin crate is a `cdylib` built for `wasm32-wasip2`
+//! (`cargo build --release --target wasm32-wasip2`): the `.wasm` file cargo writes is the
+//! component a bundle's `spec.module` names. In this repository, `cargo xtask plugins`
+//! builds every plugin under `plugins/` into a bundle.
+//!
+//! Host calls only work inside the agent: on other targets the generated imports panic, so
+//! keep a plugin's logic in plain Rust that its unit tests can call on the build machine.
+
+pub mod control;
+mod error;
+pub mod events;
+pub mod log;
+pub mod maps;
+pub mod metrics;
+mod plugin;
+pub mod topology;
+
+/// The code `wit-bindgen` generates for the world `plugin`: the host's imports under
+/// `sonde::plugin`, the [`Guest`](bindings::Guest) trait of the world's exports, and the
+/// export macro [`export!`](crate::export) builds on.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "::sonde_plugin::bindings",
+        additional_type_attributes: {
+            "sonde:plugin/types@0.1.0/workload": [#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]],
+            "sonde:plugin/types@0.1.0/envelope": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/types@0.1.0/flow": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/types@0.1.0/packet-drop": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/types@0.1.0/tcp-retrans": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/types@0.1.0/tcp-reset": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/types@0.1.0/error": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/events@0.1.0/value": [#[derive(PartialEq)]],
+            "sonde:plugin/events@0.1.0/event": [#[derive(PartialEq)]],
+            "sonde:plugin/maps@0.1.0/counter": [#[derive(PartialEq, Eq)]],
+        },
+    });
+}
+
+pub use bindings::sonde::plugin::types::{
+    Envelope, Flow, PacketDrop, TcpReset, TcpRetrans, Workload,
+};
+pub use error::{Error, Result};
+pub use events::{Event, Severity, Value};
+pub use metrics::{Counter, Gauge, Histogram, Series};
+pub use plugin::{Config, Plugin};
+
+#[doc(hidden)]
+pub use plugin::glue as __glue;
+
+/// Makes `$plugin`, a type implementing [`Plugin`], the component's exports.
+///
+/// Use it once, in the plugin crate's `lib.rs`. The instance [`Plugin::init`] returns lives
+/// in a thread-local cell (a component instance has one thread) until the next `init`; calls
+/// that arrive before a successful `init` are ignored.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static PLUGIN: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct Exports;
+
+            impl $crate::bindings::Guest for Exports {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__glue::init(&PLUGIN, config)
+                }
+                fn on_packet_drop(batch: ::std::vec::Vec<$crate::PacketDrop>) {
+                    $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::on_packet_drop(p, &batch))
+                }
+                fn on_tcp_retrans(batch: ::std::vec::Vec<$crate::TcpRetrans>) {
+                    $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::on_tcp_retrans(p, &batch))
+                }
+                fn on_tcp_reset(batch: ::std::vec::Vec<$crate::TcpReset>) {
+                    $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::on_tcp_reset(p, &batch))
+                }
+                fn tick(now_ns: u64) {
+                    $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::tick(p, now_ns))
+                }
+                fn workload_labels(
+                    workload: $crate::Workload,
+                ) -> ::std::vec::Vec<(::std::string::String, ::std::string::String)> {
+                    $crate::__glue::with(&PLUGIN, ::std::vec::Vec::new(), |p| {
+                        $crate::Plugin::workload_labels(p, &workload)
+                    })
+                }
+            }
+
+    $crate::bindings::__export_world!(Exports with_types_in $crate::bindings);
+        };
+    };
+}
+
+impl Workload {
+    pub fn new(namespace: impl Into<String>, pod: impl Into<String>) -> Self {
+        Workload {
+            namespace: namespace.into(),
+            pod: pod.into(),
+        }
+    }
+}
+
+/// `namespace/pod`, or just `pod` when the namespace is empty (a named network namespace).
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.pod)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.pod)
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Plugins under real traffic: a well-behaved plugin sees every event while hostile ones
+//! (endless loop, memory bomb, traps, a million series, log and event floods) fail, restart
+//! and show their state; the agent keeps serving and its kernel counts stay exact.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+use sonde_tests::{
+    poll_until, send_udp, wasm_module, write_bundle, Agent, IpFamily, PodPair, TempDir,
+    READY_TIMEOUT, SETTLE_TIMEOUT,
+};
+
+const PORT: u16 = 9999;
+const DROPS: &str = "sonde_packet_drops_total";
+const SEEN: &str = "sonde_test_events_seen_total";
+
+fn agent_with_plugins(plugins: &Path) -> Agent {
+    Agent::spawn_yaml(&format!(
+        "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
+         tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n",
+        plugins.display()
+    ))
+}
+
+fn plugins_api(agent: &Agent) -> Vec<Value> {
+    let (status, body) = agent.get("/api/v1/plugins");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body)
+        .expect("/api/v1/plugins is JSON")
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+fn plugin<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
+    list.iter().find(|p| p["name"] == name)
+}
+
+#[test]
+fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let count = "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n";
+    write_bundle(&dir.path().join("count"), "counter", &module, count);
+    let hostile = [
+        "loop",
+        "memory",
+        "trap-handler",
+        "trap-init",
+        "series",
+        "log-flood",
+        "event-flood",
+    ];
+    for mode in hostile {
+        let spec = format!(
+            "  subscribe: [packet_drop]\n  config: {{mode: {mode}}}\n  capabilities: [metrics, events]\n  \
+             limits: {{memory: 16Mi, callTimeout: 50ms}}\n"
+        );
+        write_bundle(
+            &dir.path().join(mode),
+            &format!("hostile-{mode}"),
+            &module,
+            &spec,
+        );
+    }
+    let pods = PodPair::new();
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
+    );
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+
+    // Drops in rounds, so that every hostile plugin fails, restarts and fails again.
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    let seen = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    for round in 1..=5 {
+        send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 100);
+        let total = 100.0 * round as f64;
+        agent.wait_metric(DROPS, &labels, total, SETTLE_TIMEOUT);
+        assert_eq!(
+            agent.metric(DROPS, &labels),
+            Some(total),
+            "kernel count after round {round}"
+        );
+        agent.wait_metric(SEEN, &seen, total, SETTLE_TIMEOUT);
+        assert_eq!(
+            agent.metric(SEEN, &seen),
+            Some(total),
+            "the well-behaved plugin after round {round}"
+        );
+    }
+    assert_eq!(
+        agent.metric(
+            "sonde_plugin_events_dropped_total",
+            &[("plugin", "counter")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        agent.metric("sonde_plugin_up", &[("plugin", "counter")]),
+        Some(1.0)
+    );
+
+    // Each hostile plugin failed the way it should and says so.
+    for (mode, kind) in [
+        ("loop", "timeout"),
+        ("memory", "memory"),
+        ("trap-handler", "trap"),
+        ("trap-init", "init"),
+    ] {
+        let name = format!("hostile-{mode}");
+        poll_until(
+            SETTLE_TIMEOUT,
+            &format!("{name} to count a {kind} error"),
+            || {
+                agent
+                    .metric(
+                        "sonde_plugin_errors_total",
+                        &[("plugin", &name), ("kind", kind)],
+                    )
+                    .filter(|v| *v >= 1.0)
+            },
+        );
+        let list = plugins_api(&agent);
+        let p = plugin(&list, &name).unwrap_or_else(|| panic!("{name} missing from {list:?}"));
+        assert!(
+            p["last_error"].as_str().is_some_and(|e| !e.contains('\n')),
+            "{p}"
+        );
+    }
+    let list = plugins_api(&agent);
+    assert_eq!(
+        plugin(&list, "hostile-trap-init").map(|p| p["state"].clone()),
+        Some("refused".into())
+    );
+    for mode in ["series", "log-flood", "event-flood"] {
+        assert!(
+            plugin(&list, &format!("hostile-{mode}")).is_some(),
+            "hostile-{mode} in {list:?}"
+        );
+    }
+    // The series bomb got no further than its limit.
+    let series = agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("sonde_test_series_bomb_total{"))
+        .count();
+    assert!(
+        series <= 1000,
+        "{series} series exported by the series bomb (limit 1000)"
+    );
+}
+
+#[test]
+fn bundles_hot_reload_and_broken_versions_are_refused() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let bundle = dir.path().join("counter");
+    let spec = "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n";
+    write_bundle(&bundle, "counter", &module, spec);
+    let pods = PodPair::new();
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
+    );
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    let seen = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    let version =
+        |agent: &Agent| plugin(&plugins_api(agent), "counter").map(|p| p["version"].clone());
+    let v1 = version(&agent).expect("counter loaded at start");
+
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 50);
+    agent.wait_metric(SEEN, &seen, 50.0, SETTLE_TIMEOUT);
+
+    // A broken replacement (checksum mismatch) is refused; the running version keeps counting.
+    let manifest = std::fs::read_to_string(bundle.join("plugin.yaml")).unwrap();
+    std::fs::write(
+        bundle.join("plugin.yaml"),
+        format!("{manifest}  sha256: {}\n", "0".repeat(64)),
+    )
+    .unwrap();
+    poll_until(SETTLE_TIMEOUT, "the broken version to be refused", || {
+        agent
+            .metric(
+                "sonde_plugin_errors_total",
+                &[("plugin", "counter"), ("kind", "checksum")],
+            )
+            .filter(|v| *v >= 1.0)
+    });
+    let list = plugins_api(&agent);
+    let p = plugin(&list, "counter").expect("counter still listed");
+    assert_eq!(p["state"], "running", "{p}");
+    assert_eq!(p["version"], v1, "{p}");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sha256")),
+        "{p}"
+    );
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 50);
+    agent.wait_metric(SEEN, &seen, 100.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(SEEN, &seen), Some(100.0));
+
+    // A good new version (another module) is swapped in.
+    let mut other = std::fs::read(&module).unwrap();
+    other.extend_from_slice(&[0, 4, 3, b'p', b'a', b'd']); // a custom section "pad": same code, new bytes
+    let other_path = dir.path().join("hostile_plugin.wasm");
+    std::fs::write(&other_path, &other).unwrap();
+    write_bundle(&bundle, "counter", &other_path, spec);
+    poll_until(SETTLE_TIMEOUT, "the new version to run", || {
+        version(&agent).filter(|v| *v != v1)
+    });
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 30);
+    // The new instance counts from zero: exactly the 30 sent since the swap.
+    agent.wait_metric(SEEN, &seen, 30.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(SEEN, &seen), Some(30.0));
+
+    // Removing the bundle stops the plugin.
+    std::fs::remove_dir_all(&bundle).unwrap();
+    poll_until(SETTLE_TIMEOUT, "the plugin to be gone", || {
+        plugin(&plugins_api(&agent), "counter")
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(agent.metric(SEEN, &seen), None, "its series are gone");
+}
+
+#[test]
+fn kubelet_configmap_volume_swap() {
+    // The layout kubelet makes for a mounted ConfigMap: the keys are symlinks into `..data`,
+    // itself a symlink to a timestamped folder, swapped atomically on update.
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let volume = dir.path().join("counter");
+    std::fs::create_dir_all(&volume).unwrap();
+    let spec = |mode: &str| {
+        format!(
+            "  subscribe: [packet_drop]\n  config: {{mode: {mode}}}\n  capabilities: [metrics]\n"
+        )
+    };
+    write_bundle(
+        &volume.join("..2026_11_25_01"),
+        "counter",
+        &module,
+        &spec("count"),
+    );
+    std::os::unix::fs::symlink("..2026_11_25_01", volume.join("..data")).unwrap();
+    for key in ["plugin.yaml", "hostile_plugin.wasm"] {
+        std::os::unix::fs::symlink(format!("..data/{key}"), volume.join(key)).unwrap();
+    }
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let state = |agent: &Agent| plugin(&plugins_api(agent), "counter").map(|p| p["state"].clone());
+    assert_eq!(state(&agent), Some("running".into()));
+
+    // An update whose init fails: refused, the old one keeps running.
+    write_bundle(
+        &volume.join("..2026_11_25_02"),
+        "counter",
+        &module,
+        &spec("fail-init"),
+    );
+    std::os::unix::fs::symlink("..2026_11_25_02", volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    poll_until(SETTLE_TIMEOUT, "the failing update to be refused", || {
+        agent
+            .metric(
+                "sonde_plugin_errors_total",
+                &[("plugin", "counter"), ("kind", "init")],
+            )
+            .filter(|v| *v >= 1.0)
+    });
+    assert_eq!(state(&agent), Some("running".into()));
+    assert_eq!(
+        agent.metric("sonde_plugin_up", &[("plugin", "counter")]),
+        Some(1.0)
+    );
+}
