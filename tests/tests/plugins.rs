@@ -289,3 +289,81 @@ fn kubelet_configmap_volume_swap() {
         Some(1.0)
     );
 }
+
+#[test]
+fn plugin_check_validates_bundles_without_an_agent() {
+    use sonde_tests::run_sonde;
+    use std::time::Duration;
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let good = dir.path().join("good");
+    write_bundle(
+        &good,
+        "good",
+        &module,
+        "  subscribe: [packet_drop]\n  config: {mode: count}\n",
+    );
+    let check = |bundle: &Path| {
+        run_sonde(
+            &["plugin", "check", &bundle.display().to_string()],
+            Duration::from_secs(60),
+        )
+    };
+
+    let ok = check(&good);
+    assert!(ok.status.success(), "{}", ok.stderr);
+    assert!(ok.stdout.contains("plugin good is valid"), "{}", ok.stdout);
+
+    // Each broken bundle: a non-zero exit and one line naming what is wrong.
+    let broken = |name: &str, spec: &str, module: &Path| {
+        let b = dir.path().join(name);
+        write_bundle(&b, name, module, spec);
+        b
+    };
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(&module).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let core_module = dir.path().join("core.wasm");
+    std::fs::write(&core_module, b"\0asm\x01\0\0\0").unwrap();
+    let cases = [
+        (
+            broken("sum", &format!("  sha256: {}\n", "a".repeat(64)), &module),
+            "sha256",
+        ),
+        (
+            broken("key", "  subscribes: [packet_drop]\n", &module),
+            "subscribes",
+        ),
+        (
+            broken("probe", "  subscribe: [packet_drops]\n", &module),
+            "spec.subscribe",
+        ),
+        (broken("cut", "", &truncated), "not a valid component"),
+        (broken("core", "", &core_module), "not a valid component"),
+    ];
+    for (bundle, reason) in cases {
+        let out = check(&bundle);
+        assert!(
+            !out.status.success(),
+            "{} passed the check",
+            bundle.display()
+        );
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one line for {}: {}",
+            bundle.display(),
+            out.stderr
+        );
+        assert!(lines[0].contains(reason), "{reason}: {}", lines[0]);
+    }
+    let missing = dir.path().join("missing");
+    std::fs::create_dir_all(&missing).unwrap();
+    let out = check(&missing);
+    assert!(
+        !out.status.success() && out.stderr.contains("plugin.yaml"),
+        "{}",
+        out.stderr
+    );
+}
