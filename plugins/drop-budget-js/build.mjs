@@ -24,8 +24,15 @@ try {
   });
   await writeFile(outFile, component);
 } catch (e) {
-  // One line: the first line of the error.
-  const text = String((e && (e.message || e)) || 'unknown error');
-  console.error(text.split('\n').find((l) => l.trim() !== '') ?? text);
+  // One line: the error's message and causes, without backtraces.
+  const parts = [];
+  for (let err = e; err && parts.length < 8; err = err.cause) {
+    const text = String(err.message ?? err);
+    for (const line of text.split('\n')) {
+      const l = line.trim();
+      if (l !== '' && !/^at /.test(l) && !/^\d+: 0x/.test(l) && !parts.includes(l)) parts.push(l);
+    }
+  }
+  console.error(parts.join(' -- ') || 'unknown error');
   process.exit(1);
 }
