@@ -340,6 +340,10 @@ fn plugin_check_validates_bundles_without_an_agent() {
         ),
         (broken("cut", "", &truncated), "not a valid component"),
         (broken("core", "", &core_module), "not a valid component"),
+        (
+            broken("other", "", &wasm_module("other-world-plugin")),
+            "does not fit the sonde:plugin world",
+        ),
     ];
     for (bundle, reason) in cases {
         let out = check(&bundle);
@@ -366,4 +370,98 @@ fn plugin_check_validates_bundles_without_an_agent() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn swapping_a_plugin_under_load_loses_nothing_for_the_others() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let count = "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n";
+    write_bundle(&dir.path().join("counter"), "counter", &module, count);
+    let swapper = dir.path().join("swapper");
+    // Each version is a distinct module: same code, a different custom section.
+    let versioned = |n: u8| {
+        let mut bytes = std::fs::read(&module).unwrap();
+        bytes.extend_from_slice(&[0, 2, 1, b'0' + n]);
+        let path = dir.path().join(format!("v{n}")).join("hostile_plugin.wasm");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let spec = "  subscribe: [packet_drop]\n  config: {mode: idle}\n";
+    write_bundle(&swapper, "swapper", &versioned(0), spec);
+    let pods = PodPair::new();
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
+    );
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let version =
+        |agent: &Agent| plugin(&plugins_api(agent), "swapper").map(|p| p["version"].clone());
+
+    // Steady drops while the swapper is replaced three times.
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = std::sync::Arc::clone(&stop);
+        let (a, src) = (pods.a.name().to_string(), pods.a_end.ip(IpFamily::V4));
+        std::thread::spawn(move || {
+            let mut sent = 0usize;
+            sonde_tests::in_netns(&a, || {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    socket.send_to(b"load", dst).unwrap();
+                    sent += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+            });
+            sent
+        })
+    };
+    for n in 1..=3u8 {
+        let before = version(&agent);
+        write_bundle(&swapper, "swapper", &versioned(n), spec);
+        poll_until(
+            SETTLE_TIMEOUT,
+            &format!("swapper version {n} to run"),
+            || version(&agent).filter(|v| Some(v) != before.as_ref()),
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().expect("the sender") as f64;
+
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    let seen = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    agent.wait_metric(DROPS, &labels, sent, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(DROPS, &labels), Some(sent));
+    agent.wait_metric(SEEN, &seen, sent, SETTLE_TIMEOUT);
+    assert_eq!(
+        agent.metric(SEEN, &seen),
+        Some(sent),
+        "the counter saw every drop during the swaps"
+    );
+    assert_eq!(
+        agent.metric(
+            "sonde_plugin_events_dropped_total",
+            &[("plugin", "counter")]
+        ),
+        Some(0.0)
+    );
+    let errors: f64 = [
+        "manifest", "module", "checksum", "world", "init", "trap", "timeout", "memory",
+    ]
+    .iter()
+    .filter_map(|k| {
+        agent.metric(
+            "sonde_plugin_errors_total",
+            &[("plugin", "swapper"), ("kind", k)],
+        )
+    })
+    .sum();
+    assert_eq!(errors, 0.0, "swaps without errors");
 }

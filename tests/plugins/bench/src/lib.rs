@@ -1,0 +1,144 @@
+//! The plugin `plugin-bench` (`tests/src/bin/plugin-bench.rs`) measures. `config.mode`:
+//!
+//! - `idle`: the `packet_drop` handler does nothing, so what is measured is delivery alone;
+//! - `count`: drops per (pod, reason) into `sonde_bench_drops_total`, each label set resolved
+//!   to a series handle once and kept, then one `add` host call per event: the same work as
+//!   the bench's native analysis;
+//! - `count-batch`: the same counts summed per (pod, reason) over the batch first, then one
+//!   `add` per distinct label set in the batch.
+//!
+//! Every mode sets `sonde_bench_linear_memory_bytes` to the size of its linear memory, at
+//! `init` and on every tick, so the bench can report it.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use sonde_plugin::metrics::{Counter, Gauge, Series};
+use sonde_plugin::{Config, PacketDrop, Plugin};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    mode: String,
+}
+
+#[derive(PartialEq)]
+enum Mode {
+    Idle,
+    Count,
+    CountBatch,
+}
+
+struct Bench {
+    mode: Mode,
+    drops: Counter,
+    /// Series handle by (pod, reason).
+    series: HashMap<(String, String), Option<Series<Counter>>>,
+    memory: Option<Series<Gauge>>,
+    /// Scratch for `count-batch`.
+    pending: HashMap<(String, String), u64>,
+}
+
+/// Bytes of linear memory the instance has grown to.
+fn linear_memory() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size(0) * 65536) as f64
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0.0
+    }
+}
+
+impl Bench {
+    fn series(&mut self, pod: &str, reason: &str) -> Option<Series<Counter>> {
+        // Look up by borrowed strings first: allocating the key only for a new label set.
+        if let Some(s) = self.series.get(&(pod.to_string(), reason.to_string())) {
+            return *s;
+        }
+        let s = self.drops.series(&[pod, reason]).ok();
+        self.series.insert((pod.to_string(), reason.to_string()), s);
+        s
+    }
+
+    fn report_memory(&self) {
+        if let Some(m) = &self.memory {
+            let _ = m.set(linear_memory());
+        }
+    }
+}
+
+fn pod(e: &PacketDrop) -> &str {
+    e.envelope.workload.as_ref().map_or("", |w| w.pod.as_str())
+}
+
+impl Plugin for Bench {
+    fn init(config: Config) -> Result<Self, String> {
+        let settings: Settings = config.parse()?;
+        let mode = match settings.mode.as_str() {
+            "idle" => Mode::Idle,
+            "count" => Mode::Count,
+            "count-batch" => Mode::CountBatch,
+            other => return Err(format!("config.mode: unknown mode {other:?}")),
+        };
+        let drops = Counter::register(
+            "sonde_bench_drops_total",
+            "Packet drops the bench plugin was handed, by pod and reason.",
+            &["pod", "reason"],
+        )
+        .map_err(|e| e.to_string())?;
+        let memory = Gauge::register(
+            "sonde_bench_linear_memory_bytes",
+            "Linear memory of the bench plugin's instance.",
+            &[],
+        )
+        .and_then(|g| g.series(&[]))
+        .ok();
+        let bench = Bench {
+            mode,
+            drops,
+            series: HashMap::new(),
+            memory,
+            pending: HashMap::new(),
+        };
+        bench.report_memory();
+        Ok(bench)
+    }
+
+    fn on_packet_drop(&mut self, batch: &[PacketDrop]) {
+        match self.mode {
+            Mode::Idle => {}
+            Mode::Count => {
+                for e in batch {
+                    if let Some(s) = self.series(pod(e), &e.reason) {
+                        let _ = s.inc();
+                    }
+                }
+            }
+            Mode::CountBatch => {
+                let mut pending = std::mem::take(&mut self.pending);
+                for e in batch {
+                    match pending.get_mut(&(pod(e).to_string(), e.reason.clone())) {
+                        Some(n) => *n += 1,
+                        None => {
+                            pending.insert((pod(e).to_string(), e.reason.clone()), 1);
+                        }
+                    }
+                }
+                for ((pod, reason), n) in pending.drain() {
+                    if let Some(s) = self.series(&pod, &reason) {
+                        let _ = s.add(n as f64);
+                    }
+                }
+                self.pending = pending;
+            }
+        }
+    }
+
+    fn tick(&mut self, _now_ns: u64) {
+        self.report_memory();
+    }
+}
+
+sonde_plugin::export!(Bench);
