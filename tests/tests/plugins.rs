@@ -465,3 +465,42 @@ fn swapping_a_plugin_under_load_loses_nothing_for_the_others() {
     .sum();
     assert_eq!(errors, 0.0, "swaps without errors");
 }
+
+#[test]
+fn large_batches_are_split_to_the_plugins_batch_limit() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let spec = "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n  limits: {batch: 7}\n";
+    write_bundle(&dir.path().join("counter"), "counter", &module, spec);
+    let pods = PodPair::new();
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
+    );
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    send_udp(
+        &pods.a,
+        pods.a_end.ip(IpFamily::V4),
+        SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT),
+        100,
+    );
+    let seen = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    agent.wait_metric(SEEN, &seen, 100.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(SEEN, &seen), Some(100.0));
+    // 100 events in calls of at most 7: at least 15 calls.
+    let calls = agent
+        .metric(
+            "sonde_plugin_call_duration_seconds_count",
+            &[("plugin", "counter"), ("call", "on-packet-drop")],
+        )
+        .expect("calls counted");
+    assert!(
+        calls >= 15.0,
+        "{calls} calls for 100 events in batches of at most 7"
+    );
+}

@@ -91,6 +91,8 @@ pub struct Limits {
     pub queue: u32,
     /// Events the plugin may emit per second.
     pub events_per_second: u32,
+    /// Events handed to the plugin in one call, at most (larger batches are split).
+    pub batch: u32,
 }
 
 impl Default for Limits {
@@ -101,6 +103,7 @@ impl Default for Limits {
             series: 1000,
             queue: 64,
             events_per_second: 100,
+            batch: 1024,
         }
     }
 }
@@ -190,6 +193,9 @@ impl Manifest {
         if l.queue == 0 {
             return Err("spec.limits.queue: must be at least 1".into());
         }
+        if l.batch == 0 || l.batch > 65536 {
+            return Err("spec.limits.batch: must be between 1 and 65536".into());
+        }
         Ok(())
     }
 
@@ -213,7 +219,7 @@ mod tests {
     const GOOD: &str =
         "apiVersion: sonde.dev/v1alpha1\nkind: Plugin\nmetadata:\n  name: retrans-storm\n\
         spec:\n  module: retrans_storm.wasm\n  subscribe: [tcp_retrans]\n  config: {threshold: 5}\n\
-        \x20 limits: {memory: 16Mi, callTimeout: 50ms}\n  capabilities: [metrics, events]\n";
+        \x20 limits: {memory: 16Mi, callTimeout: 50ms, batch: 256}\n  capabilities: [metrics, events]\n";
 
     #[test]
     fn parses_a_manifest() {
@@ -221,6 +227,7 @@ mod tests {
         assert_eq!(m.metadata.name, "retrans-storm");
         assert_eq!(m.spec.limits.memory, ByteSize(16 << 20));
         assert_eq!(m.spec.limits.call_timeout, Duration::from_millis(50));
+        assert_eq!(m.spec.limits.batch, 256);
         assert!(m.grants(Capability::Events) && !m.grants(Capability::Topology));
         assert_eq!(m.config_json(), r#"{"threshold":5}"#);
     }
@@ -240,6 +247,7 @@ mod tests {
                 "metadata.name",
             ),
             (GOOD.replace("50ms", "fast"), "callTimeout"),
+            (GOOD.replace("batch: 256", "batch: 0"), "spec.limits.batch"),
             (GOOD.replace("events]", "network]"), "network"),
             (
                 GOOD.replace("retrans_storm.wasm", "../x.wasm"),

@@ -494,20 +494,19 @@ impl PluginHost {
         let m = &self.host.self_metrics;
         let name = info.name.as_str();
         let n = (drops.len() + retrans.len() + resets.len()) as u64;
-        if !drops.is_empty() {
+        let chunk = info.manifest.spec.limits.batch as usize;
+        for part in drops.chunks(chunk) {
             instance.call("on-packet-drop", m, name, |b, s| {
-                b.call_on_packet_drop(s, &drops)
+                b.call_on_packet_drop(s, part)
             })?;
         }
-        if !retrans.is_empty() {
+        for part in retrans.chunks(chunk) {
             instance.call("on-tcp-retrans", m, name, |b, s| {
-                b.call_on_tcp_retrans(s, &retrans)
+                b.call_on_tcp_retrans(s, part)
             })?;
         }
-        if !resets.is_empty() {
-            instance.call("on-tcp-reset", m, name, |b, s| {
-                b.call_on_tcp_reset(s, &resets)
-            })?;
+        for part in resets.chunks(chunk) {
+            instance.call("on-tcp-reset", m, name, |b, s| b.call_on_tcp_reset(s, part))?;
         }
         if n > 0 {
             m.delivered.with_label_values(&[name]).inc_by(n);
