@@ -96,13 +96,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let plugins = if plugin_dirs.is_empty() {
         None
     } else {
-        let host = PluginHost::new(Arc::new(HostContext {
-            probes: Arc::clone(&ctx),
-            probe_set: Arc::clone(&probes),
-            self_metrics: PluginMetrics::register(&metrics.registry),
-            metric_names: Mutex::new(HashMap::new()),
-            registries: Mutex::new(HashMap::new()),
-        }))
+        let host = PluginHost::new(
+            Arc::new(HostContext {
+                probes: Arc::clone(&ctx),
+                probe_set: Arc::clone(&probes),
+                self_metrics: PluginMetrics::register(&metrics.registry),
+                metric_names: Mutex::new(HashMap::new()),
+                registries: Mutex::new(HashMap::new()),
+            }),
+            (!config.plugins.cache_dir.is_empty())
+                .then(|| PathBuf::from(&config.plugins.cache_dir)),
+        )
         .context("cannot start the plugin host")?;
         let dirs = PluginDirs::new(host, plugin_dirs);
         // Bundles present at start are loaded before the agent reports ready.

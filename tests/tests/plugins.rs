@@ -504,3 +504,74 @@ fn large_batches_are_split_to_the_plugins_batch_limit() {
         "{calls} calls for 100 events in batches of at most 7"
     );
 }
+
+#[test]
+fn compiled_components_are_cached_across_restarts() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let bundles = dir.path().join("bundles");
+    let cache = dir.path().join("cache");
+    write_bundle(
+        &bundles.join("idle"),
+        "idle",
+        &module,
+        "  subscribe: [packet_drop]\n  config: {mode: idle}\n",
+    );
+    let yaml = format!(
+        "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\n\
+         plugins:\n  dirs: [{}]\n  cacheDir: {}\n",
+        bundles.display(),
+        cache.display()
+    );
+    let running = |agent: &Agent| {
+        plugin(&plugins_api(agent), "idle").map(|p| p["state"] == "running") == Some(true)
+    };
+    let cached = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    {
+        let agent = Agent::spawn_yaml(&yaml);
+        agent.wait_ready(READY_TIMEOUT);
+        assert!(running(&agent));
+    }
+    let files = cached();
+    assert_eq!(
+        files.len(),
+        1,
+        "one compiled component in {}",
+        cache.display()
+    );
+    {
+        let agent = Agent::spawn_yaml(&yaml);
+        agent.wait_ready(READY_TIMEOUT);
+        assert!(running(&agent));
+        assert!(
+            !agent.stderr_text().contains("unusable cached component"),
+            "{}",
+            agent.stderr_text()
+        );
+    }
+    // A damaged cache file is not trusted: the module is compiled again and still runs.
+    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    let agent = Agent::spawn_yaml(&yaml);
+    agent.wait_ready(READY_TIMEOUT);
+    assert!(running(&agent));
+    poll_until(
+        SETTLE_TIMEOUT,
+        "the damaged cache file to be reported",
+        || {
+            agent
+                .stderr_text()
+                .contains("unusable cached component")
+                .then_some(())
+        },
+    );
+}

@@ -173,6 +173,8 @@ pub struct PluginHost {
     engine: Engine,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<String, Component>>,
+    /// Where compiled components are kept across restarts (`plugins.cacheDir`), if anywhere.
+    cache_dir: Option<PathBuf>,
     pub host: Arc<HostContext>,
 }
 
@@ -194,7 +196,7 @@ pub struct PluginStatus {
 impl PluginHost {
     /// An engine with epoch interruption and a linker with the host interfaces and a WASI
     /// whose every door (files, network, env, clocks, randomness) is shut unless granted.
-    pub fn new(host: Arc<HostContext>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(host: Arc<HostContext>, cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
         let engine = Self::engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -210,6 +212,7 @@ impl PluginHost {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            cache_dir,
             host,
         }))
     }
@@ -231,13 +234,69 @@ impl PluginHost {
         {
             return Ok(c.clone());
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;
+        let component = match self.cached(sha256) {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes).map_err(|e| {
+                    BundleError::Module(format!("not a valid component: {}", one_line(&e)))
+                })?;
+                self.keep(sha256, &c);
+                c
+            }
+        };
         self.compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(sha256.to_string(), component.clone());
         Ok(component)
+    }
+
+    /// The cache file of a module: its content hash and the engine's compatibility hash, so
+    /// that another wasmtime or another configuration never reads it.
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
+    }
+
+    /// A component compiled by an earlier run, if the cache has a good one.
+    fn cached(&self, sha256: &str) -> Option<Component> {
+        let path = self.cache_path(sha256)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the cache directory is the agent's own (plugins.cacheDir, written only by
+        // `keep` below), and the file name pins both the module's content and the engine's
+        // compatibility, which is what deserialising requires.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %one_line(&e), "unusable cached component; compiling again");
+                None
+            }
+        }
+    }
+
+    /// Writes a compiled component to the cache (atomically), when there is one.
+    fn keep(&self, sha256: &str, component: &Component) {
+        let Some(path) = self.cache_path(sha256) else {
+            return;
+        };
+        let written = component
+            .serialize()
+            .map_err(|e| one_line(&e))
+            .and_then(|bytes| {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot cache the compiled component");
+        }
     }
 
     /// Checks that a component fits the world: its imports are all provided by the host and
@@ -287,9 +346,13 @@ fn one_line(e: &wasmtime::Error) -> String {
 /// `plugins:` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase")]
 pub struct PluginsConfig {
     /// Directories of bundles, watched while the agent runs (`--plugin-dir` adds more).
     pub dirs: Vec<String>,
+    /// Where compiled components are kept, so that a restart does not compile them again
+    /// (seconds for Python and JavaScript plugins); empty for no cache.
+    pub cache_dir: String,
 }
 
 /// The bundle directories: the config's, then the command line's.
