@@ -575,3 +575,59 @@ fn compiled_components_are_cached_across_restarts() {
         },
     );
 }
+
+#[test]
+fn sandbox_grants_nothing_beyond_the_manifest() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    write_bundle(
+        &dir.path().join("shut"),
+        "shut",
+        &module,
+        "  config: {mode: sandbox}\n  capabilities: [metrics]\n",
+    );
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let door = |d: &str| agent.metric("sonde_test_sandbox", &[("door", d)]);
+    poll_until(SETTLE_TIMEOUT, "the sandbox report", || door("clock"));
+    assert_eq!(
+        door("clock"),
+        Some(0.0),
+        "the clock stands still without capability clock"
+    );
+    assert_eq!(door("file"), Some(0.0), "no file is readable");
+    assert_eq!(door("network"), Some(0.0), "no connection can be made");
+    assert_eq!(door("env"), Some(0.0), "no environment variables");
+    let fixed = door("random").expect("a random sample");
+    drop(agent);
+
+    // Granted, the clock is the real one and randomness is not fixed.
+    let dir = TempDir::new();
+    write_bundle(
+        &dir.path().join("open"),
+        "open",
+        &module,
+        "  config: {mode: sandbox}\n  capabilities: [metrics, clock, random]\n",
+    );
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let door = |d: &str| agent.metric("sonde_test_sandbox", &[("door", d)]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let clock = poll_until(SETTLE_TIMEOUT, "the sandbox report", || door("clock"));
+    assert!(
+        (clock - now).abs() < 60.0,
+        "granted clock {clock}, now {now}"
+    );
+    assert_eq!(door("file"), Some(0.0), "files stay shut");
+    assert_eq!(door("network"), Some(0.0), "the network stays shut");
+    // Without the grant every instance sees the same fixed randomness; with it, this sample
+    // differs from the fixed one (a 1 in 65536 chance of a false alarm).
+    assert_ne!(
+        door("random"),
+        Some(fixed),
+        "granted randomness is not the fixed sequence"
+    );
+}

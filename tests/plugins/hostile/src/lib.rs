@@ -57,6 +57,52 @@ impl Hostile {
     }
 }
 
+/// What the sandbox lets through, as `sonde_test_sandbox{door}`: the wall clock's seconds,
+/// 1 for a door that opened (a file read, a TCP connect, environment variables), and a
+/// random number's low bits.
+fn probe_sandbox() -> Result<(), String> {
+    use sonde_plugin::metrics::Gauge;
+    let g = Gauge::register(
+        "sonde_test_sandbox",
+        "What the sandbox let through.",
+        &["door"],
+    )
+    .map_err(|e| e.to_string())?;
+    let set = |door: &str, v: f64| {
+        g.series(&[door])
+            .and_then(|s| s.set(v))
+            .map_err(|e| e.to_string())
+    };
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(-1.0);
+    set("clock", clock)?;
+    set(
+        "file",
+        if std::fs::read("/etc/hostname").is_ok() || std::fs::read_dir("/").is_ok() {
+            1.0
+        } else {
+            0.0
+        },
+    )?;
+    set(
+        "network",
+        if std::net::TcpStream::connect("127.0.0.1:22").is_ok() {
+            1.0
+        } else {
+            0.0
+        },
+    )?;
+    set("env", std::env::vars().count() as f64)?;
+    // The seed of the standard library's hasher comes from the host's randomness.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    set("random", (h.finish() & 0xffff) as f64)?;
+    Ok(())
+}
+
 fn pod(w: &Option<sonde_plugin::Workload>) -> String {
     w.as_ref().map(|w| w.pod.clone()).unwrap_or_default()
 }
@@ -69,6 +115,9 @@ impl Plugin for Hostile {
         }
         if settings.mode == "fail-init" {
             return Err("config.mode: fail-init refuses to start".into());
+        }
+        if settings.mode == "sandbox" {
+            probe_sandbox()?;
         }
         let name = match settings.mode.as_str() {
             "count" => Some("sonde_test_events_seen_total"),
