@@ -8,7 +8,9 @@
 //!   `add` per distinct label set in the batch.
 //!
 //! Every mode sets `sonde_bench_linear_memory_bytes` to the size of its linear memory, at
-//! `init` and on every tick, so the bench can report it.
+//! `init` and on every tick, so the bench can report it. `config.metricPrefix` (default
+//! `sonde_bench`) replaces `sonde_bench` in both names, so that copies of the plugin can run
+//! side by side (a metric name belongs to one plugin).
 
 use std::collections::HashMap;
 
@@ -17,9 +19,15 @@ use sonde_plugin::metrics::{Counter, Gauge, Series};
 use sonde_plugin::{Config, PacketDrop, Plugin};
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Settings {
     mode: String,
+    #[serde(default = "default_prefix")]
+    metric_prefix: String,
+}
+
+fn default_prefix() -> String {
+    "sonde_bench".into()
 }
 
 #[derive(PartialEq)]
@@ -32,11 +40,11 @@ enum Mode {
 struct Bench {
     mode: Mode,
     drops: Counter,
-    /// Series handle by (pod, reason).
-    series: HashMap<(String, String), Option<Series<Counter>>>,
+    /// Series handle by pod, then reason (two levels, so that a lookup borrows).
+    series: HashMap<String, HashMap<String, Option<Series<Counter>>>>,
     memory: Option<Series<Gauge>>,
-    /// Scratch for `count-batch`.
-    pending: HashMap<(String, String), u64>,
+    /// Scratch for `count-batch`: events by pod, then reason.
+    pending: HashMap<String, HashMap<String, u64>>,
 }
 
 /// Bytes of linear memory the instance has grown to.
@@ -53,12 +61,15 @@ fn linear_memory() -> f64 {
 
 impl Bench {
     fn series(&mut self, pod: &str, reason: &str) -> Option<Series<Counter>> {
-        // Look up by borrowed strings first: allocating the key only for a new label set.
-        if let Some(s) = self.series.get(&(pod.to_string(), reason.to_string())) {
+        // Keys are allocated only for a label set not seen before.
+        if let Some(s) = self.series.get(pod).and_then(|r| r.get(reason)) {
             return *s;
         }
         let s = self.drops.series(&[pod, reason]).ok();
-        self.series.insert((pod.to_string(), reason.to_string()), s);
+        self.series
+            .entry(pod.to_string())
+            .or_default()
+            .insert(reason.to_string(), s);
         s
     }
 
@@ -83,13 +94,13 @@ impl Plugin for Bench {
             other => return Err(format!("config.mode: unknown mode {other:?}")),
         };
         let drops = Counter::register(
-            "sonde_bench_drops_total",
+            &format!("{}_drops_total", settings.metric_prefix),
             "Packet drops the bench plugin was handed, by pod and reason.",
             &["pod", "reason"],
         )
         .map_err(|e| e.to_string())?;
         let memory = Gauge::register(
-            "sonde_bench_linear_memory_bytes",
+            &format!("{}_linear_memory_bytes", settings.metric_prefix),
             "Linear memory of the bench plugin's instance.",
             &[],
         )
@@ -119,16 +130,23 @@ impl Plugin for Bench {
             Mode::CountBatch => {
                 let mut pending = std::mem::take(&mut self.pending);
                 for e in batch {
-                    match pending.get_mut(&(pod(e).to_string(), e.reason.clone())) {
+                    let reasons = match pending.get_mut(pod(e)) {
+                        Some(r) => r,
+                        None => pending.entry(pod(e).to_string()).or_default(),
+                    };
+                    match reasons.get_mut(e.reason.as_str()) {
                         Some(n) => *n += 1,
                         None => {
-                            pending.insert((pod(e).to_string(), e.reason.clone()), 1);
+                            reasons.insert(e.reason.clone(), 1);
                         }
                     }
                 }
-                for ((pod, reason), n) in pending.drain() {
-                    if let Some(s) = self.series(&pod, &reason) {
-                        let _ = s.add(n as f64);
+                for (pod, reasons) in &mut pending {
+                    for (reason, n) in reasons.iter_mut().filter(|(_, n)| **n > 0) {
+                        if let Some(s) = self.series(pod, reason) {
+                            let _ = s.add(*n as f64);
+                        }
+                        *n = 0;
                     }
                 }
                 self.pending = pending;
