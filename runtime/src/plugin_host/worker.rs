@@ -190,14 +190,28 @@ impl PluginHost {
         bundle: Bundle,
     ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
         let name = bundle.manifest.metadata.name.clone();
-        let component = self.compile(&bundle.sha256, &bundle.module)?;
-        let pre = self.prepare(&component)?;
+        let component = self.compile(&bundle.sha256, &bundle.module);
+        let prepared = component.and_then(|c| self.prepare(&c));
+        let pre = match prepared {
+            Ok(pre) => pre,
+            Err(e) => {
+                // Keep what runs; let go of what failed to compile or fit.
+                self.using(&name, self.in_use_sha(&name).as_deref());
+                return Err(e);
+            }
+        };
         let info = Arc::new(PluginInfo {
             source: Arc::from(format!("plugin:{name}")),
             name: name.clone(),
             manifest: bundle.manifest.clone(),
         });
-        let instance = self.instantiate(&info, &pre)?;
+        let instance = match self.instantiate(&info, &pre) {
+            Ok(instance) => instance,
+            Err(e) => {
+                self.using(&name, self.in_use_sha(&name).as_deref());
+                return Err(e);
+            }
+        };
         let status = Arc::new(Mutex::new(PluginStatus {
             name: name.clone(),
             version: bundle.sha256[..12].to_string(),
@@ -213,6 +227,7 @@ impl PluginHost {
                 .collect(),
             last_error: None,
         }));
+        self.using(&name, Some(&bundle.sha256));
         // The swap: the new instance's metrics replace the old ones' and its queue replaces
         // the old one's, whose worker ends when its queue closes.
         self.publish_registry(&name, &instance);
@@ -255,6 +270,7 @@ impl PluginHost {
 
     /// Stops a plugin (its bundle was removed): its worker ends and its series go.
     pub fn stop(&self, name: &str) {
+        self.using(name, None);
         self.host.probes.fanout.unsubscribe(&consumer(name));
         self.host
             .registries
