@@ -1,15 +1,12 @@
 //! tcp_retrans: a bulk transfer from pod A into pod B through 10 % random loss makes A retransmit;
 //! the retransmits are counted for A and reported as events with the flow's 5-tuple and state.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::thread;
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use serde_json::json;
 use sonde_tests::{
-    field_ip, field_str, field_u64, in_netns, Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT,
-    SETTLE_TIMEOUT,
+    bulk_transfer, field_ip, field_str, field_u64, Agent, AgentConfig, IpFamily, PodPair,
+    READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 5201;
@@ -17,7 +14,6 @@ const PORT: u16 = 5201;
 // are certain to be dropped.
 const BYTES: usize = 16 << 20;
 const RETRANSMITS: &str = "sonde_tcp_retransmits_total";
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn bulk_transfer_through_loss() {
@@ -35,41 +31,7 @@ fn bulk_transfer_through_loss() {
     let baseline = agent.metric(RETRANSMITS, &labels).unwrap_or(0.0);
 
     let server_addr = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
-    let listener = in_netns(pods.b.name(), || {
-        TcpListener::bind(server_addr).expect("listen in pod B")
-    });
-    let server = thread::spawn(move || {
-        let (mut conn, peer) = listener.accept().expect("accept in pod B");
-        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut received = 0;
-        let mut buf = vec![0; 64 << 10];
-        loop {
-            match conn
-                .read(&mut buf)
-                .unwrap_or_else(|e| panic!("read from {peer} after {received} bytes: {e}"))
-            {
-                0 => return received,
-                n => received += n,
-            }
-        }
-    });
-    let mut client = in_netns(pods.a.name(), || {
-        TcpStream::connect_timeout(&server_addr, IO_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to {server_addr}: {e}"))
-    });
-    client.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let client_port = client.local_addr().unwrap().port();
-    client
-        .write_all(&vec![0x5d; BYTES])
-        .expect("send the bulk data");
-    client
-        .shutdown(Shutdown::Write)
-        .expect("shut down the sending side");
-    assert_eq!(
-        server.join().expect("the receiver in pod B panicked"),
-        BYTES,
-        "bytes received in pod B"
-    );
+    let client_port = bulk_transfer(&pods.a, &pods.b, server_addr.ip(), PORT, BYTES);
 
     agent.wait_metric(RETRANSMITS, &labels, baseline + 1.0, SETTLE_TIMEOUT);
 

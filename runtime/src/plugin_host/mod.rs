@@ -33,6 +33,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bundle::{Bundle, BundleError};
 pub use watch::PluginDirs;
+pub use worker::packet_drop_record;
 
 use crate::probes::{Context, Probes};
 

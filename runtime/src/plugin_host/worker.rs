@@ -482,17 +482,10 @@ impl PluginHost {
         let (mut drops, mut retrans, mut resets) = (Vec::new(), Vec::new(), Vec::new());
         for e in batch.iter() {
             match &e.kind {
-                Kind::PacketDrop(d) if subscribed("packet_drop") => drops.push(wit::PacketDrop {
-                    envelope: envelope(e),
-                    flow: flow(&d.flow, topology),
-                    reason: d.reason.to_string(),
-                    location: d.location.to_string(),
-                    stack: d
-                        .stack
-                        .as_ref()
-                        .map(|s| s.iter().map(|f| f.to_string()).collect())
-                        .unwrap_or_default(),
-                }),
+                Kind::PacketDrop(d) if subscribed("packet_drop") => {
+                    drops.push(packet_drop_record(e, d, topology))
+                }
+
                 Kind::TcpRetrans(r) if subscribed("tcp_retrans") => retrans.push(wit::TcpRetrans {
                     envelope: envelope(e),
                     flow: flow(&r.flow, topology),
@@ -550,6 +543,25 @@ fn set_status(status: &Mutex<PluginStatus>, state: &str, error: Option<String>) 
     s.state = state.to_string();
     if error.is_some() {
         s.last_error = error;
+    }
+}
+
+/// The WIT record a plugin receives for a `packet_drop` event.
+pub fn packet_drop_record(
+    e: &Event,
+    d: &crate::event::PacketDrop,
+    topology: &dyn Topology,
+) -> wit::PacketDrop {
+    wit::PacketDrop {
+        envelope: envelope(e),
+        flow: flow(&d.flow, topology),
+        reason: d.reason.to_string(),
+        location: d.location.to_string(),
+        stack: d
+            .stack
+            .as_ref()
+            .map(|s| s.iter().map(|f| f.to_string()).collect())
+            .unwrap_or_default(),
     }
 }
 

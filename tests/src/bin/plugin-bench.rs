@@ -48,7 +48,7 @@ use sonde::event::{Event, Flow, Kind, PacketDrop, Severity, TcpReset};
 use sonde::fanout::FanOut;
 use sonde::metrics::Metrics;
 use sonde::plugin_host::sonde::plugin::types as wit;
-use sonde::plugin_host::{Bundle, HostContext, PluginHost, PluginMetrics};
+use sonde::plugin_host::{packet_drop_record, Bundle, HostContext, PluginHost, PluginMetrics};
 use sonde::probes::{Context, Probes};
 use sonde::timefmt::BootClock;
 use sonde::topology::netns::NetnsTopology;
@@ -470,48 +470,12 @@ impl NativeCount {
     }
 }
 
-/// What the host's `deliver` does to a batch before the call (plugin_host/worker.rs, copied:
-/// the function is private): one WIT record per event, every string owned.
+/// What the host's `deliver` does to a batch before the call: one WIT record per event.
 fn to_wit(batch: &[Event], topology: &dyn Topology) -> Vec<wit::PacketDrop> {
-    let workload = |w: &Workload| wit::Workload {
-        namespace: w.namespace.to_string(),
-        pod: w.pod.to_string(),
-    };
     batch
         .iter()
         .filter_map(|e| match &e.kind {
-            Kind::PacketDrop(d) => Some(wit::PacketDrop {
-                envelope: wit::Envelope {
-                    time_ns: e
-                        .time
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_nanos() as u64,
-                    node: e.node.to_string(),
-                    netns: e.netns,
-                    workload: e.workload.as_ref().map(workload),
-                },
-                flow: wit::Flow {
-                    protocol: d.flow.protocol.to_string(),
-                    saddr: d.flow.saddr.map(|a| a.to_string()),
-                    sport: d.flow.sport,
-                    daddr: d.flow.daddr.map(|a| a.to_string()),
-                    dport: d.flow.dport,
-                    peer: d
-                        .flow
-                        .daddr
-                        .and_then(|a| topology.workload_of_ip(a))
-                        .as_ref()
-                        .map(workload),
-                },
-                reason: d.reason.to_string(),
-                location: d.location.to_string(),
-                stack: d
-                    .stack
-                    .as_ref()
-                    .map(|s| s.iter().map(|f| f.to_string()).collect())
-                    .unwrap_or_default(),
-            }),
+            Kind::PacketDrop(d) => Some(packet_drop_record(e, d, topology)),
             _ => None,
         })
         .collect()
