@@ -218,7 +218,10 @@ impl Host for HostState {
 
     fn add(&mut self, series: Series, value: f64) -> Result<(), Error> {
         match self.one(series)? {
-            One::Counter(c) if value >= 0.0 && value.is_finite() => Ok(c.inc_by(value)),
+            One::Counter(c) if value >= 0.0 && value.is_finite() => {
+                c.inc_by(value);
+                Ok(())
+            }
             One::Counter(_) => Err(Error::Invalid(format!("a counter cannot add {value}"))),
             _ => Err(Error::Invalid(format!("series {series} is not a counter"))),
         }
@@ -226,14 +229,20 @@ impl Host for HostState {
 
     fn set(&mut self, series: Series, value: f64) -> Result<(), Error> {
         match self.one(series)? {
-            One::Gauge(g) => Ok(g.set(value)),
+            One::Gauge(g) => {
+                g.set(value);
+                Ok(())
+            }
             _ => Err(Error::Invalid(format!("series {series} is not a gauge"))),
         }
     }
 
     fn observe(&mut self, series: Series, value: f64) -> Result<(), Error> {
         match self.one(series)? {
-            One::Histogram(h) if value.is_finite() => Ok(h.observe(value)),
+            One::Histogram(h) if value.is_finite() => {
+                h.observe(value);
+                Ok(())
+            }
             One::Histogram(_) => Err(Error::Invalid(format!("cannot observe {value}"))),
             _ => Err(Error::Invalid(format!(
                 "series {series} is not a histogram"

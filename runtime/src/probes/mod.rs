@@ -173,8 +173,11 @@ pub struct Driver {
     pub sync: fn(&LoadedProbe, &mut Deltas, &Context) -> Result<(), ProbeError>,
     /// The in-kernel counters as (netns, key, total): the key names what is counted (drop
     /// reason, reset direction), "" when nothing is.
-    pub snapshot: fn(&LoadedProbe) -> Result<Vec<(u32, String, u64)>, ProbeError>,
+    pub snapshot: fn(&LoadedProbe) -> Result<Vec<CounterRow>, ProbeError>,
 }
+
+/// One in-kernel counter: (netns, key, total).
+pub type CounterRow = (u32, String, u64);
 
 /// Every collector, one per probe of the catalogue.
 pub const DRIVERS: &[Driver] = &[packet_drop::DRIVER, tcp_retrans::DRIVER, tcp_reset::DRIVER];
@@ -451,7 +454,7 @@ impl Probes {
     }
 
     /// A running probe's in-kernel counters: (netns, key, total).
-    pub fn snapshot(&self, probe: &str) -> Result<Vec<(u32, String, u64)>, String> {
+    pub fn snapshot(&self, probe: &str) -> Result<Vec<CounterRow>, String> {
         let driver = DRIVERS
             .iter()
             .find(|d| d.spec.name == probe)

@@ -52,7 +52,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     Ok(())
 }
 
-fn snapshot(probe: &LoadedProbe) -> Result<Vec<(u32, String, u64)>, ProbeError> {
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
     Ok(probe
         .counters::<Key>()?
         .into_iter()
