@@ -56,7 +56,7 @@ impl HostState {
         name: String,
         help: String,
         labels: Vec<String>,
-        make: impl FnOnce(Opts) -> prometheus::Result<Family>,
+        make: impl FnOnce(Opts, &[&str]) -> prometheus::Result<Family>,
     ) -> Result<Metric, Error> {
         self.require(Capability::Metrics)?;
         if !name.starts_with("sonde_") || !valid_name(&name) {
@@ -104,8 +104,9 @@ impl HostState {
         } else {
             help
         };
-        let family =
-            make(Opts::new(name.clone(), help)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let family = make(Opts::new(name.clone(), help), &label_refs)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let collector: Box<dyn prometheus::core::Collector> = match &family {
             Family::Counter(c) => Box::new(c.clone()),
             Family::Gauge(g) => Box::new(g.clone()),
@@ -134,12 +135,8 @@ impl Host for HostState {
         help: String,
         label_names: Vec<String>,
     ) -> Result<Metric, Error> {
-        let labels: Vec<&str> = label_names.iter().map(String::as_str).collect();
-        let labels: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-        let l2 = labels.clone();
-        self.register(name, help, labels, move |o| {
-            let l: Vec<&str> = l2.iter().map(String::as_str).collect();
-            GenericCounterVec::new(o, &l).map(Family::Counter)
+        self.register(name, help, label_names, |o, l| {
+            GenericCounterVec::new(o, l).map(Family::Counter)
         })
     }
 
@@ -149,10 +146,8 @@ impl Host for HostState {
         help: String,
         label_names: Vec<String>,
     ) -> Result<Metric, Error> {
-        let l2 = label_names.clone();
-        self.register(name, help, label_names, move |o| {
-            let l: Vec<&str> = l2.iter().map(String::as_str).collect();
-            GaugeVec::new(o, &l).map(Family::Gauge)
+        self.register(name, help, label_names, |o, l| {
+            GaugeVec::new(o, l).map(Family::Gauge)
         })
     }
 
@@ -168,14 +163,12 @@ impl Host for HostState {
                 "histogram buckets must be finite and ascending".into(),
             ));
         }
-        let l2 = label_names.clone();
-        self.register(name, help, label_names, move |o| {
-            let l: Vec<&str> = l2.iter().map(String::as_str).collect();
+        self.register(name, help, label_names, move |o, l| {
             let mut opts = HistogramOpts::from(o);
             if !buckets.is_empty() {
                 opts = opts.buckets(buckets);
             }
-            HistogramVec::new(opts, &l).map(Family::Histogram)
+            HistogramVec::new(opts, l).map(Family::Histogram)
         })
     }
 
