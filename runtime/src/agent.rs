@@ -106,6 +106,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }),
             (!config.plugins.cache_dir.is_empty())
                 .then(|| PathBuf::from(&config.plugins.cache_dir)),
+            compiler(),
         )
         .context("cannot start the plugin host")?;
         let dirs = PluginDirs::new(host, plugin_dirs);
@@ -229,5 +230,17 @@ async fn watch_config(
         metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(path = %path.display(), "config applied");
         current = new;
+    }
+}
+
+/// Components are compiled by this binary in a child process (`sonde plugin compile`), so
+/// that the compiler's peak memory leaves with it; in process when the binary cannot be found.
+fn compiler() -> plugin_host::Compiler {
+    match std::env::current_exe() {
+        Ok(exe) => plugin_host::Compiler::Child(exe),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find the sonde binary: compiling plugins in process");
+            plugin_host::Compiler::InProcess
+        }
     }
 }

@@ -53,6 +53,13 @@ enum PluginCommand {
         /// The bundle's folder (plugin.yaml and its module).
         dir: PathBuf,
     },
+    /// Compile the component on stdin for this host (what the agent runs in a child process).
+    #[command(hide = true)]
+    Compile {
+        /// Where the compiled component goes.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -105,6 +112,9 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { dir },
         } => plugin_check(&dir),
+        Command::Plugin {
+            command: PluginCommand::Compile { output },
+        } => plugin_compile(&output),
         Command::Probes { output } => probes(output),
     };
     match result {
@@ -186,6 +196,16 @@ fn plugin_check(dir: &std::path::Path) -> anyhow::Result<()> {
         m.spec.subscribe.join(", "),
         m.spec.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
     ))
+}
+
+/// `sonde plugin compile --output FILE` (module on stdin).
+fn plugin_compile(output: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut module = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut module)
+        .map_err(|e| anyhow::anyhow!("cannot read the module from stdin: {e}"))?;
+    sonde::plugin_host::compile_to(&module, output).map_err(anyhow::Error::msg)
 }
 
 /// Writes to stdout; a reader that went away (`sonde probes | head`) is not an error.

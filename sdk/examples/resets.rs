@@ -9,11 +9,11 @@ impl Plugin for Resets {
         let total = Counter::register("sonde_example_resets_total", "TCP resets.", &["direction"])?;
         Ok(Resets { total })
     }
-    fn on_tcp_reset(&mut self, batch: &[TcpReset]) {
+    fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
         for reset in batch {
             let _ = self
                 .total
-                .series(&[&reset.direction])
+                .series(&[reset.direction])
                 .and_then(|s| s.add(1.0));
         }
     }

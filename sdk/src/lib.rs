@@ -30,6 +30,7 @@
 
 pub mod control;
 mod error;
+mod event;
 pub mod events;
 pub mod log;
 pub mod maps;
@@ -50,11 +51,6 @@ pub mod bindings {
         default_bindings_module: "::sonde_plugin::bindings",
         additional_type_attributes: {
             "sonde:plugin/types@0.1.0/workload": [#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]],
-            "sonde:plugin/types@0.1.0/envelope": [#[derive(PartialEq, Eq)]],
-            "sonde:plugin/types@0.1.0/flow": [#[derive(PartialEq, Eq)]],
-            "sonde:plugin/types@0.1.0/packet-drop": [#[derive(PartialEq, Eq)]],
-            "sonde:plugin/types@0.1.0/tcp-retrans": [#[derive(PartialEq, Eq)]],
-            "sonde:plugin/types@0.1.0/tcp-reset": [#[derive(PartialEq, Eq)]],
             "sonde:plugin/types@0.1.0/error": [#[derive(PartialEq, Eq)]],
             "sonde:plugin/events@0.1.0/value": [#[derive(PartialEq)]],
             "sonde:plugin/events@0.1.0/event": [#[derive(PartialEq)]],
@@ -63,16 +59,19 @@ pub mod bindings {
     });
 }
 
-pub use bindings::sonde::plugin::types::{
-    Envelope, Flow, PacketDrop, TcpReset, TcpRetrans, Workload,
-};
+pub use bindings::sonde::plugin::types::Workload;
 pub use error::{Error, Result};
+pub use event::{Envelope, Flow, OwnedFlow, PacketDrop, Stack, TcpReset, TcpRetrans, WorkloadRef};
 pub use events::{Event, Severity, Value};
 pub use metrics::{Counter, Gauge, Histogram, Series};
 pub use plugin::{Config, Plugin};
 
 #[doc(hidden)]
 pub use plugin::glue as __glue;
+#[doc(hidden)]
+pub mod __event {
+    pub use crate::event::{packet_drops, tcp_resets, tcp_retransmits};
+}
 
 /// Makes `$plugin`, a type implementing [`Plugin`], the component's exports.
 ///
@@ -96,14 +95,23 @@ macro_rules! export {
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__glue::init(&PLUGIN, config)
                 }
-                fn on_packet_drop(batch: ::std::vec::Vec<$crate::PacketDrop>) {
-                    $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::on_packet_drop(p, &batch))
+                fn on_packet_drop(batch: $crate::bindings::sonde::plugin::types::PacketDropBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_packet_drop(p, &$crate::__event::packet_drops(&batch))
+                    })
                 }
-                fn on_tcp_retrans(batch: ::std::vec::Vec<$crate::TcpRetrans>) {
-                    $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::on_tcp_retrans(p, &batch))
+                fn on_tcp_retrans(batch: $crate::bindings::sonde::plugin::types::TcpRetransBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_tcp_retrans(p, &$crate::__event::tcp_retransmits(&batch))
+                    })
                 }
-                fn on_tcp_reset(batch: ::std::vec::Vec<$crate::TcpReset>) {
-                    $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::on_tcp_reset(p, &batch))
+                fn on_tcp_reset(batch: $crate::bindings::sonde::plugin::types::TcpResetBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_tcp_reset(p, &$crate::__event::tcp_resets(&batch))
+                    })
+                }
+                fn on_packed(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| $crate::__glue::packed(p, &batch))
                 }
                 fn tick(now_ns: u64) {
                     $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::tick(p, now_ns))

@@ -16,18 +16,18 @@ pub trait Plugin: Sized + 'static {
     /// text is the reason the agent reports, so name the config field.
     fn init(config: Config) -> Result<Self, String>;
 
-    /// A batch of `packet_drop` events.
-    fn on_packet_drop(&mut self, batch: &[PacketDrop]) {
+    /// A batch of `packet_drop` events. The events borrow from the batch: copy what you keep.
+    fn on_packet_drop(&mut self, batch: &[PacketDrop<'_>]) {
         let _ = batch;
     }
 
     /// A batch of `tcp_retrans` events.
-    fn on_tcp_retrans(&mut self, batch: &[TcpRetrans]) {
+    fn on_tcp_retrans(&mut self, batch: &[TcpRetrans<'_>]) {
         let _ = batch;
     }
 
     /// A batch of `tcp_reset` events.
-    fn on_tcp_reset(&mut self, batch: &[TcpReset]) {
+    fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
         let _ = batch;
     }
 
@@ -81,6 +81,8 @@ pub mod glue {
     use std::thread::LocalKey;
 
     use super::{Config, Plugin};
+    use crate::bindings::sonde::plugin::types::PackedBatch;
+    use crate::event;
 
     pub type Slot<P> = LocalKey<RefCell<Option<P>>>;
 
@@ -90,6 +92,17 @@ pub mod glue {
         let previous = slot.with(|cell| cell.borrow_mut().replace(plugin));
         drop(previous);
         Ok(())
+    }
+
+    /// A packed batch, decoded into the same events the typed handlers get.
+    pub fn packed<P: Plugin>(plugin: &mut P, batch: &PackedBatch) {
+        match batch.probe.as_str() {
+            "packet_drop" => plugin.on_packet_drop(&event::packed_packet_drops(batch)),
+            "tcp_retrans" => plugin.on_tcp_retrans(&event::packed_tcp_retransmits(batch)),
+            "tcp_reset" => plugin.on_tcp_reset(&event::packed_tcp_resets(batch)),
+            // A probe newer than this SDK: its plugin cannot have subscribed knowingly.
+            _ => {}
+        }
     }
 
     /// Runs `f` on the instance, or returns `default` before a successful `init`.

@@ -19,7 +19,7 @@ pub use agent::{
 pub use bundle::{first_party_bundle, wasm_module, write_bundle};
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
-pub use prometheus::metric_value;
+pub use prometheus::{metric_series, metric_value};
 pub use traffic::{bulk_transfer, refused_connects, send_udp};
 
 use std::net::IpAddr;

@@ -20,6 +20,21 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     found
 }
 
+/// Every series of metric `name` in exposition `text`: its labels (sorted) and its value.
+pub fn metric_series(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    let mut all: Vec<(Vec<(String, String)>, f64)> = text
+        .lines()
+        .filter_map(parse_sample)
+        .filter(|s| s.name == name)
+        .map(|mut s| {
+            s.labels.sort();
+            (s.labels, s.value)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
 /// One line of the exposition: a series and its value.
 struct Sample<'a> {
     name: &'a str,

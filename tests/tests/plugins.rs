@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use sonde_tests::{
-    poll_until, send_udp, wasm_module, write_bundle, Agent, IpFamily, PodPair, TempDir,
-    READY_TIMEOUT, SETTLE_TIMEOUT,
+    metric_series, poll_until, refused_connects, send_udp, wasm_module, write_bundle, Agent,
+    IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9999;
@@ -497,6 +497,141 @@ fn large_batches_are_split_to_the_plugins_batch_limit() {
         calls >= 15.0,
         "{calls} calls for 100 events in batches of at most 7"
     );
+}
+
+/// The same plugin twice, one handed typed batches and one packed batches (`spec.delivery`):
+/// counting every event by all its fields, both see the same events, field for field.
+#[test]
+fn typed_and_packed_deliveries_hand_over_the_same_events() {
+    const DATAGRAMS: usize = 200;
+    const CONNECTS: usize = 30;
+    const CLOSED_PORT: u16 = 7777;
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    for delivery in ["typed", "packed"] {
+        let spec = format!(
+            "  subscribe: [packet_drop, tcp_reset]\n  delivery: {delivery}\n  \
+             config: {{mode: fields, metric: sonde_test_{delivery}_total}}\n  capabilities: [metrics]\n"
+        );
+        write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
+    }
+    let pods = drop_pods();
+    let agent = Agent::spawn_yaml(&format!(
+        "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
+         tcp_reset:\n    events: {{enabled: true, ratePerCpu: 0}}\nsinks:\n  stdout: {{enabled: false}}\n\
+         plugins:\n  dirs: [{}]\n",
+        dir.path().display()
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let (a_ip, b_ip) = (pods.a_end.ip(IpFamily::V4), pods.b_end.ip(IpFamily::V4));
+    send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, PORT), DATAGRAMS);
+    refused_connects(&pods.a, SocketAddr::new(b_ip, CLOSED_PORT), CONNECTS);
+
+    let dropped = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("key", "NETFILTER_DROP"),
+    ];
+    let sent = [
+        ("probe", "tcp_reset"),
+        ("pod", pods.b.name()),
+        ("key", "sent"),
+    ];
+    let received = [
+        ("probe", "tcp_reset"),
+        ("pod", pods.a.name()),
+        ("key", "received"),
+    ];
+    let refused = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("key", "NO_SOCKET"),
+    ];
+    for delivery in ["typed", "packed"] {
+        let name = format!("sonde_test_{delivery}_total");
+        agent.wait_metric(&name, &dropped, DATAGRAMS as f64, SETTLE_TIMEOUT);
+        for connects in [&sent[..], &received, &refused] {
+            agent.wait_metric(&name, connects, CONNECTS as f64, SETTLE_TIMEOUT);
+        }
+    }
+    // Other tests run beside this one, the agent sees their pods too, and the kernel has
+    // traffic of its own in new namespaces (IPv6 multicast listener reports): compare the
+    // events of this test's traffic only, which the waits above saw complete.
+    let label = |labels: &[(String, String)], k: &str| {
+        labels
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let ours = |name: &str| {
+        let mut series = metric_series(&agent.metrics(), name);
+        let ends = [a_ip.to_string(), b_ip.to_string()];
+        series.retain(|(l, _)| {
+            ends.contains(&label(l, "saddr")) && ends.contains(&label(l, "daddr"))
+        });
+        series
+    };
+    let typed = ours("sonde_test_typed_total");
+    let packed = ours("sonde_test_packed_total");
+    let differ: Vec<_> = typed
+        .iter()
+        .filter(|s| !packed.contains(s))
+        .chain(packed.iter().filter(|s| !typed.contains(s)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "typed and packed deliveries differ in {differ:?}"
+    );
+    // One label set for the datagrams, one for the SYNs nobody answered, and one per connect
+    // for the resets B sent and A received (each connect has its own source port).
+    let summary: Vec<String> = typed
+        .iter()
+        .map(|(l, v)| {
+            let f = |k| label(l, k);
+            format!(
+                "{} {} {} {}:{}->{}:{} = {v}",
+                f("probe"),
+                f("pod"),
+                f("key"),
+                f("saddr"),
+                f("detail"),
+                f("daddr"),
+                f("dport")
+            )
+        })
+        .collect();
+    assert_eq!(typed.len(), 2 + 2 * CONNECTS, "{summary:#?}");
+
+    // The drops, field by field: B's network namespace, A's datagrams to B's port.
+    let drops: Vec<_> = typed
+        .iter()
+        .filter(|(l, _)| label(l, "key") == "NETFILTER_DROP")
+        .collect();
+    assert_eq!(
+        drops.len(),
+        1,
+        "one label set for B's drops on {PORT}: {drops:?}"
+    );
+    let (labels, value) = drops[0];
+    assert_eq!(*value, DATAGRAMS as f64);
+    let expect = [
+        ("namespace", ""),
+        ("pod", pods.b.name()),
+        ("netns", &pods.b.inode().to_string()),
+        ("protocol", "udp"),
+        ("dport", &PORT.to_string()),
+        ("saddr", &a_ip.to_string()),
+        ("daddr", &b_ip.to_string()),
+        ("peer", "none"),
+        ("key", "NETFILTER_DROP"),
+        ("stack", ""),
+    ];
+    for (k, v) in expect {
+        assert_eq!(label(labels, k), v, "{k} of the drops");
+    }
+    assert!(!label(labels, "node").is_empty(), "node name");
+    assert!(!label(labels, "detail").is_empty(), "the drop location");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 // Pure logic of the drop-budget plugin: no WIT imports, so it runs under plain Node
-// (test/logic.test.js). plugin.js feeds it the packet_drop batches and ticks and turns what it
-// returns into host calls.
+// (test/logic.test.js). plugin.js feeds it the packet_drop batches (typed or packed, both read
+// here into the same drops) and ticks, and turns what it returns into host calls.
 
 export const DEFAULT_BUDGET = 100;
 const CONFIG_KEYS = ['budget'];
@@ -40,16 +40,54 @@ export function labelsOf(workload) {
   return workload ? [workload.namespace, workload.pod] : ['', ''];
 }
 
-/** Groups a batch (objects shaped like the WIT `packet-drop` record) by workload and netns. */
-export function countBatch(batch) {
+/** A `text` or stack index that means none in the packed layout (wit/PACKED.md). */
+export const NONE = 0xffffffff;
+/** The end of the last field of a packed `packet_drop` record this plugin reads (`pod`). */
+const PACKED_DROP_READ = 24;
+
+/**
+ * The drops of a typed batch (shaped like the WIT `packet-drop-batch`) as
+ * {workload: {namespace, pod} or null, netns}, the texts resolved through `symbols.strings`.
+ */
+export function* dropsOfBatch(batch) {
+  const { strings } = batch.symbols;
+  for (const { envelope } of batch.events) {
+    const w = envelope.workload;
+    const workload = w ? { namespace: strings[w.namespace], pod: strings[w.pod] } : null;
+    yield { workload, netns: envelope.netns };
+  }
+}
+
+/**
+ * The drops of a packed `packet_drop` batch (shaped like the WIT `packed-batch`), as
+ * `dropsOfBatch` gives them. Steps by `recordSize` (later versions append fields); throws
+ * RangeError when the records are too short for the fields read or `events` holds fewer
+ * than `count`.
+ */
+export function* dropsOfPacked({ symbols, recordSize, count, events }) {
+  if (recordSize < PACKED_DROP_READ) throw new RangeError(`record-size ${recordSize} is below ${PACKED_DROP_READ}`);
+  if (events.byteLength < count * recordSize) {
+    throw new RangeError(`${events.byteLength} bytes cannot hold ${count} records of ${recordSize}`);
+  }
+  const { strings } = symbols;
+  const view = new DataView(events.buffer, events.byteOffset, events.byteLength);
+  for (let at = 0; at < count * recordSize; at += recordSize) {
+    const netns = view.getUint32(at + 8, true);
+    const namespace = view.getUint32(at + 16, true);
+    const pod = view.getUint32(at + 20, true);
+    const workload = namespace !== NONE ? { namespace: strings[namespace], pod: strings[pod] } : null;
+    yield { workload, netns };
+  }
+}
+
+/** Groups a batch's drops ({workload, netns}) by workload and netns. */
+export function countBatch(drops) {
   const out = new Map();
-  for (const drop of batch) {
-    const env = drop.envelope;
-    const workload = env.workload ?? null;
-    const k = `${keyOf(workload)}\u0001${env.netns}`;
+  for (const { workload, netns } of drops) {
+    const k = `${keyOf(workload)}\u0001${netns}`;
     const entry = out.get(k);
     if (entry) entry.count += 1;
-    else out.set(k, { workload, netns: env.netns, count: 1 });
+    else out.set(k, { workload, netns, count: 1 });
   }
   return [...out.values()];
 }

@@ -8,7 +8,9 @@ import { log } from 'sonde:plugin/log@0.1.0';
 import { registerGauge, withLabels, set } from 'sonde:plugin/metrics@0.1.0';
 import { emit } from 'sonde:plugin/events@0.1.0';
 
-import { ConfigError, DEFAULT_BUDGET, DropBudget, countBatch, labelsOf, parseConfig } from './logic.js';
+import {
+  ConfigError, DEFAULT_BUDGET, DropBudget, countBatch, dropsOfBatch, dropsOfPacked, labelsOf, parseConfig,
+} from './logic.js';
 
 const METRIC = 'sonde_plugin_drop_budget_used';
 const METRIC_HELP = 'Packets a pod dropped in the last tick interval, as a fraction of the drop-budget plugin\'s budget.';
@@ -70,9 +72,25 @@ export function init(config) {
   log('info', `drop-budget: budget ${state.budget} drops per pod per tick`);
 }
 
-export function onPacketDrop(batch) {
-  for (const { workload, netns, count } of countBatch(batch)) {
+// Counts a batch's drops, whichever delivery brought them.
+function countDrops(drops) {
+  for (const { workload, netns, count } of countBatch(drops)) {
     state.add(workload, netns, count);
+  }
+}
+
+export function onPacketDrop(batch) {
+  countDrops(dropsOfBatch(batch));
+}
+
+export function onPacked(batch) {
+  if (batch.probe !== 'packet_drop') return;
+  try {
+    countDrops(dropsOfPacked(batch));
+  } catch (e) {
+    // A malformed batch is skipped; throwing here would trap and restart the plugin.
+    if (!(e instanceof RangeError)) throw e;
+    warnOnce('packed packet_drop batch skipped', e.message);
   }
 }
 

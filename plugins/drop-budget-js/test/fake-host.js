@@ -12,6 +12,8 @@ import { pathToFileURL } from 'node:url';
 
 import { transpile } from '@bytecodealliance/jco';
 
+import { NODE } from './batches.js';
+
 const IFACE = (name) => `sonde:plugin/${name}@0.1.0`;
 
 let transpiled = null; // {dir, cores}: transpile once per process
@@ -111,12 +113,10 @@ export async function fakeHost(wasmPath, { capabilities = ['metrics', 'events'],
 
 export const workload = (namespace, pod) => ({ namespace, pod });
 
-export function packetDrop(netns, wl, reason = 'NETFILTER_DROP') {
-  return {
-    envelope: { timeNs: 1_700_000_000_000_000_000n, node: 'node-1', netns, workload: wl ?? undefined },
-    flow: { protocol: 'tcp', saddr: '198.18.0.1', sport: 40000, daddr: '198.18.0.2', dport: 80, peer: undefined },
-    reason,
-    location: 'nf_hook_slow',
-    stack: [],
-  };
-}
+export { NODE, packedBatch, typedBatch } from './batches.js';
+
+/** A drop for `typedBatch` and `packedBatch`. */
+export const packetDrop = (netns, workload, reason = 'NETFILTER_DROP') => ({ netns, workload, reason });
+
+/** An empty batch of any typed handler. */
+export const emptyBatch = () => ({ node: NODE, symbols: { strings: [], stacks: [] }, events: [] });

@@ -2,10 +2,21 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { ConfigError, DEFAULT_BUDGET, DropBudget, countBatch, keyOf, labelsOf, parseConfig } from '../src/logic.js';
+import {
+  ConfigError, DEFAULT_BUDGET, DropBudget, countBatch, dropsOfBatch, dropsOfPacked, keyOf, labelsOf, parseConfig,
+} from '../src/logic.js';
+import { packedBatch, typedBatch } from './batches.js';
 
 const wl = (namespace, pod) => ({ namespace, pod });
-const drop = (netns, workload) => ({ envelope: { timeNs: 0n, node: 'n', netns, workload }, flow: {}, reason: 'X', location: 'f', stack: [] });
+const drop = (netns, workload) => ({ workload: workload ?? null, netns });
+const DROPS = [
+  { netns: 5, workload: wl('shop', 'cart') },
+  { netns: 5, workload: wl('shop', 'cart'), reason: 'NO_SOCKET' },
+  { netns: 6, workload: wl('shop', 'web') },
+  { netns: 6, workload: wl('shop', 'web') },
+  { netns: 6, workload: wl('shop', 'web') },
+  { netns: 4026531840, workload: null },
+];
 
 test('config: default and explicit budget', () => {
   assert.equal(parseConfig('{}'), DEFAULT_BUDGET);
@@ -69,4 +80,39 @@ test('tick: counts are per interval; a quiet workload goes to 0 once', () => {
   assert.deepEqual(t, { gauges: [{ workload: wl('a', 'p'), ratio: 0 }], reports: [] });
   t = b.tick();
   assert.deepEqual(t, { gauges: [], reports: [] });
+});
+
+test('typed batch: texts resolved through symbols', () => {
+  assert.deepEqual([...dropsOfBatch(typedBatch(DROPS))], DROPS.map((d) => drop(d.netns, d.workload)));
+  assert.deepEqual([...dropsOfBatch(typedBatch([]))], []);
+});
+
+test('packed batch: the same drops as the typed one, whatever the record size', () => {
+  const typed = [...dropsOfBatch(typedBatch(DROPS))];
+  assert.deepEqual([...dropsOfPacked(packedBatch(DROPS))], typed);
+  assert.deepEqual([...dropsOfPacked(packedBatch(DROPS, { recordSize: 112 }))], typed);
+  assert.deepEqual([...dropsOfPacked(packedBatch([]))], []);
+  // A batch that is a view into a larger buffer (as lifted lists may be).
+  const p = packedBatch(DROPS);
+  const big = new Uint8Array(p.events.byteLength + 13);
+  big.set(p.events, 7);
+  assert.deepEqual([...dropsOfPacked({ ...p, events: big.subarray(7, 7 + p.events.byteLength) })], typed);
+});
+
+test('packed and typed batches give the same gauges and reports', () => {
+  const run = (drops) => {
+    const b = new DropBudget(2);
+    for (const { workload, netns, count } of countBatch(drops)) b.add(workload, netns, count);
+    return b.tick();
+  };
+  const typed = run(dropsOfBatch(typedBatch(DROPS)));
+  assert.deepEqual(run(dropsOfPacked(packedBatch(DROPS))), typed);
+  assert.deepEqual(typed.reports, [{ workload: wl('shop', 'web'), netns: 6, drops: 3 }]);
+  assert.equal(typed.gauges.length, 3);
+});
+
+test('packed batch: malformed sizes are refused', () => {
+  const p = packedBatch(DROPS);
+  assert.throws(() => [...dropsOfPacked({ ...p, recordSize: 16 })], /record-size 16/);
+  assert.throws(() => [...dropsOfPacked({ ...p, count: p.count + 1 })], /cannot hold 7 records of 96/);
 });

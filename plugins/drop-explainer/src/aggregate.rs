@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use sonde_plugin::{Flow, PacketDrop, Workload};
+use sonde_plugin::{OwnedFlow, PacketDrop, Workload};
 
 use crate::explain::{self, RuleClass};
 
@@ -21,7 +21,7 @@ pub struct Explanation {
     /// Drops aggregated since the previous explanation of the same key.
     pub count: u64,
     /// The flow of the first of those drops.
-    pub flow: Flow,
+    pub flow: OwnedFlow,
 }
 
 /// Drops to add to the counter of one label set.
@@ -44,7 +44,7 @@ struct Key {
 struct Pending {
     count: u64,
     workload: Option<Workload>,
-    flow: Flow,
+    flow: OwnedFlow,
 }
 
 /// Strings seen before, by number; reasons and kernel functions are few.
@@ -99,16 +99,16 @@ impl Aggregator {
 
     /// Counts one drop.
     pub fn add(&mut self, d: &PacketDrop) {
-        let reason = self.reasons.id(&d.reason);
+        let reason = self.reasons.id(d.reason);
         if reason as usize == self.classes.len() {
-            self.classes.push(explain::rule_class(&d.reason));
+            self.classes.push(explain::rule_class(d.reason));
         }
         let rule_class = self.classes[reason as usize];
         let netns = d.envelope.netns;
         self.counts
             .entry((netns, rule_class))
             .or_insert_with(|| ClassCount {
-                workload: d.envelope.workload.clone(),
+                workload: d.envelope.workload.map(|w| w.to_workload()),
                 rule_class,
                 count: 0,
             })
@@ -117,7 +117,7 @@ impl Aggregator {
         let key = Key {
             netns,
             reason,
-            location: self.locations.id(&d.location),
+            location: self.locations.id(d.location),
             dport: d.flow.dport,
         };
         if let Some(p) = self.pending.get_mut(&key) {
@@ -127,8 +127,8 @@ impl Aggregator {
                 key,
                 Pending {
                     count: 1,
-                    workload: d.envelope.workload.clone(),
-                    flow: d.flow.clone(),
+                    workload: d.envelope.workload.map(|w| w.to_workload()),
+                    flow: d.flow.to_owned_flow(),
                 },
             );
         } else {
@@ -157,7 +157,7 @@ impl Aggregator {
                     location,
                     protocol: &p.flow.protocol,
                     dport: p.flow.dport,
-                    daddr: p.flow.daddr.as_deref(),
+                    daddr: p.flow.daddr,
                     in_pod: p.workload.is_some(),
                 });
                 Some(Explanation {
@@ -216,29 +216,39 @@ impl Aggregator {
 
 #[cfg(test)]
 mod tests {
-    use sonde_plugin::Envelope;
+    use sonde_plugin::{Envelope, Flow, Stack, WorkloadRef};
 
     use super::*;
 
-    fn drop(netns: u32, reason: &str, location: &str, sport: u16, dport: u16) -> PacketDrop {
+    fn drop(
+        netns: u32,
+        reason: &'static str,
+        location: &'static str,
+        sport: u16,
+        dport: u16,
+    ) -> PacketDrop<'static> {
+        let pod: &'static str = format!("pod-{netns}").leak();
         PacketDrop {
             envelope: Envelope {
                 time_ns: 1,
-                node: "node-a".into(),
+                node: "node-a",
                 netns,
-                workload: (netns != 1).then(|| Workload::new("shop", format!("pod-{netns}"))),
+                workload: (netns != 1).then_some(WorkloadRef {
+                    namespace: "shop",
+                    pod,
+                }),
             },
             flow: Flow {
-                protocol: "udp".into(),
-                saddr: Some("198.18.0.1".into()),
+                protocol: "udp",
+                saddr: Some("198.18.0.1".parse().unwrap()),
                 sport,
-                daddr: Some("198.18.0.2".into()),
+                daddr: Some("198.18.0.2".parse().unwrap()),
                 dport,
                 peer: None,
             },
-            reason: reason.into(),
-            location: location.into(),
-            stack: Vec::new(),
+            reason,
+            location,
+            stack: Stack::default(),
         }
     }
 

@@ -34,7 +34,7 @@ pub struct Drop<'a> {
     pub location: &'a str,
     pub protocol: &'a str,
     pub dport: u16,
-    pub daddr: Option<&'a str>,
+    pub daddr: Option<std::net::IpAddr>,
     /// Whether the network namespace belongs to a pod (otherwise it is the host's).
     pub in_pod: bool,
 }
@@ -281,7 +281,10 @@ pub fn advice(d: &Drop<'_>) -> String {
             "pod" => out.push_str(pod),
             "proto" => out.push_str(d.protocol),
             "dport" => out.push_str(&d.dport.to_string()),
-            "daddr" => out.push_str(d.daddr.unwrap_or("the destination")),
+            "daddr" => match d.daddr {
+                Some(a) => out.push_str(&a.to_string()),
+                None => out.push_str("the destination"),
+            },
             "reason" => out.push_str(d.reason),
             "location" => out.push_str(d.location),
             other => {
@@ -324,7 +327,7 @@ mod tests {
             location,
             protocol: "udp",
             dport: 9000,
-            daddr: Some("198.18.0.2"),
+            daddr: Some("198.18.0.2".parse().unwrap()),
             in_pod: true,
         }
     }

@@ -70,7 +70,7 @@ impl Plugin for DropExplainer {
         })
     }
 
-    fn on_packet_drop(&mut self, batch: &[PacketDrop]) {
+    fn on_packet_drop(&mut self, batch: &[PacketDrop<'_>]) {
         for d in batch {
             self.drops.add(d);
         }
@@ -150,11 +150,11 @@ fn event(e: &Explanation) -> Event {
         .field("protocol", &e.flow.protocol)
         .field("sport", e.flow.sport)
         .field("dport", e.flow.dport);
-    if let Some(saddr) = &e.flow.saddr {
-        event = event.field("saddr", saddr);
+    if let Some(saddr) = e.flow.saddr {
+        event = event.field("saddr", saddr.to_string());
     }
-    if let Some(daddr) = &e.flow.daddr {
-        event = event.field("daddr", daddr);
+    if let Some(daddr) = e.flow.daddr {
+        event = event.field("daddr", daddr.to_string());
     }
     if let Some(peer) = &e.flow.peer {
         event = event
@@ -168,7 +168,7 @@ sonde_plugin::export!(DropExplainer);
 
 #[cfg(test)]
 mod tests {
-    use sonde_plugin::{Flow, Severity, Value};
+    use sonde_plugin::{OwnedFlow, Severity, Value};
 
     use super::*;
 
@@ -196,9 +196,9 @@ mod tests {
             rule_class: RuleClass::Socket,
             advice: "nothing listens on udp port 9000 in this pod".into(),
             count: 12,
-            flow: Flow {
+            flow: OwnedFlow {
                 protocol: "udp".into(),
-                saddr: Some("198.18.0.1".into()),
+                saddr: Some("198.18.0.1".parse().unwrap()),
                 sport: 40000,
                 daddr: None,
                 dport: 9000,

@@ -4,13 +4,15 @@ The logic is in `reset_logic.py`; this module only talks to the host. It must no
 time, randomness or files: the component is built with WASI stubbed out, so any of those traps.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import events, log, metrics, types
 
-from reset_logic import ConfigError, ResetWindows, count_batch, labels_of, parse_config
+from reset_logic import (
+    ConfigError, Reset, ResetWindows, count_batch, labels_of, parse_config, resets_of_batch,
+    resets_of_packed)
 
 METRIC = "sonde_plugin_resets_reported_total"
 METRIC_HELP = "TCP resets seen by the reset-report plugin, by workload and direction."
@@ -53,6 +55,20 @@ def _series_of(namespace: str, pod: str, direction: str) -> Optional[int]:
     return handle
 
 
+def _count(resets: Iterable[Reset]) -> None:
+    """Counts a batch's resets, whichever delivery brought them."""
+    for (key, netns, direction), n in count_batch(resets).items():
+        _windows.add(key, netns, direction, n)
+        if _counter is not None:
+            namespace, pod = labels_of(key)
+            handle = _series_of(namespace, pod, direction)
+            if handle is not None:
+                try:
+                    metrics.add(handle, float(n))
+                except Err as e:
+                    _warn_once(f"{METRIC} add refused", e)
+
+
 class WitWorld(wit_world.WitWorld):
     def init(self, config: str) -> None:
         global _windows, _counter
@@ -68,17 +84,18 @@ class WitWorld(wit_world.WitWorld):
             _warn_once(f"{METRIC} not registered", e)
         log.log(log.Level.INFO, f"reset-report: threshold {_windows.threshold} resets per tick")
 
-    def on_tcp_reset(self, batch: List[types.TcpReset]) -> None:
-        for (key, netns, direction), n in count_batch(batch).items():
-            _windows.add(key, netns, direction, n)
-            if _counter is not None:
-                namespace, pod = labels_of(key)
-                handle = _series_of(namespace, pod, direction)
-                if handle is not None:
-                    try:
-                        metrics.add(handle, float(n))
-                    except Err as e:
-                        _warn_once(f"{METRIC} add refused", e)
+    def on_tcp_reset(self, batch: types.TcpResetBatch) -> None:
+        _count(resets_of_batch(batch))
+
+    def on_packed(self, batch: types.PackedBatch) -> None:
+        if batch.probe != "tcp_reset":
+            return
+        try:
+            _count(resets_of_packed(batch.symbols.strings, batch.record_size, batch.count,
+                                    batch.events))
+        except ValueError as e:
+            # A malformed batch is skipped; raising here would trap and restart the plugin.
+            _warn_once("packed tcp_reset batch skipped", e)
 
     def tick(self, now_ns: int) -> None:
         for r in _windows.tick():
@@ -101,10 +118,10 @@ class WitWorld(wit_world.WitWorld):
             except Err as e:
                 _warn_once(f"{EVENT_KIND} not emitted", e)
 
-    def on_packet_drop(self, batch: List[types.PacketDrop]) -> None:
+    def on_packet_drop(self, batch: types.PacketDropBatch) -> None:
         pass
 
-    def on_tcp_retrans(self, batch: List[types.TcpRetrans]) -> None:
+    def on_tcp_retrans(self, batch: types.TcpRetransBatch) -> None:
         pass
 
     def workload_labels(self, workload: types.Workload) -> List[Tuple[str, str]]:

@@ -1,12 +1,13 @@
 """Pure logic of the reset-report plugin: no WIT bindings, so it runs under plain CPython.
 
-`app.py` feeds it the `tcp_reset` batches and the ticks and turns what it returns into host
-calls (metrics, events).
+`app.py` feeds it the `tcp_reset` batches (typed or packed, both read here into the same
+resets) and the ticks, and turns what it returns into host calls (metrics, events).
 """
 
 import json
+import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 DEFAULT_THRESHOLD = 10
 CONFIG_KEYS = ("threshold",)
@@ -100,14 +101,46 @@ class ResetWindows:
         return reports
 
 
-def count_batch(resets) -> Dict[Tuple[Key, int, str], int]:
-    """Groups a batch by (workload key, netns, direction) so that each series is updated once
-    per batch. `resets` are objects shaped like the WIT `tcp-reset` record."""
-    out: Dict[Tuple[Key, int, str], int] = {}
-    for r in resets:
+# A reset as the plugin counts it: (workload key, netns, direction).
+Reset = Tuple[Key, int, str]
+
+# `text` and stack indices that mean none in the packed layout (wit/PACKED.md).
+NONE = 0xFFFFFFFF
+# The fields of a packed `tcp_reset` record this plugin reads (wit/PACKED.md): netns at 8,
+# workload namespace and pod at 16 and 20, direction at 80. Bytes 84.. (state) are not read.
+_PACKED_RESET = struct.Struct("<8xI4xII56xI")
+
+
+def resets_of_batch(batch) -> Iterator[Reset]:
+    """The resets of a typed batch (shaped like the WIT `tcp-reset-batch`), their texts
+    resolved through `batch.symbols.strings`."""
+    strings = batch.symbols.strings
+    for r in batch.events:
         env = r.envelope
         wl = env.workload
-        key = (wl.namespace, wl.pod) if wl is not None else None
-        k = (key, env.netns, r.direction)
-        out[k] = out.get(k, 0) + 1
+        key = (strings[wl.namespace], strings[wl.pod]) if wl is not None else None
+        yield key, env.netns, strings[r.direction]
+
+
+def resets_of_packed(strings: Sequence[str], record_size: int, count: int,
+                     events: bytes) -> Iterator[Reset]:
+    """The resets of a packed `tcp_reset` batch (the fields of the WIT `packed-batch`).
+    Steps by `record_size`, as later versions append fields; raises ValueError when the
+    records are too short for the fields read or `events` holds fewer than `count`."""
+    if record_size < _PACKED_RESET.size:
+        raise ValueError(f"record-size {record_size} is below {_PACKED_RESET.size}")
+    if len(events) < count * record_size:
+        raise ValueError(f"{len(events)} bytes cannot hold {count} records of {record_size}")
+    for at in range(0, count * record_size, record_size):
+        netns, namespace, pod, direction = _PACKED_RESET.unpack_from(events, at)
+        key = (strings[namespace], strings[pod]) if namespace != NONE else None
+        yield key, netns, strings[direction]
+
+
+def count_batch(resets: Iterable[Reset]) -> Dict[Reset, int]:
+    """Groups a batch's resets by (workload key, netns, direction) so that each series is
+    updated once per batch."""
+    out: Dict[Reset, int] = {}
+    for r in resets:
+        out[r] = out.get(r, 0) + 1
     return out

@@ -10,6 +10,8 @@ variants are plain values unless their cases are ambiguous (`types.error` is a `
 import wasmtime
 from wasmtime import component as cm
 
+import batches
+
 PKG = "sonde:plugin"
 VER = "0.1.0"
 
@@ -30,22 +32,29 @@ def workload(namespace, pod):
     return record(namespace=namespace, pod=pod)
 
 
-def envelope(netns, wl=None, time_ns=1_700_000_000_000_000_000, node="node-1"):
-    return record(time_ns=time_ns, node=node, netns=netns, workload=wl)
-
-
-def flow(peer=None):
-    return record(protocol="tcp", saddr="198.18.0.1", sport=40000, daddr="198.18.0.2",
-                  dport=80, peer=peer)
-
-
 def tcp_reset(netns, wl, direction, state="ESTABLISHED"):
-    return record(envelope=envelope(netns, wl), flow=flow(), direction=direction, state=state)
+    """A reset for `reset_batch` and `packed_batch`; `wl` is a `workload` or None."""
+    return (netns, (wl.namespace, wl.pod) if wl is not None else None, direction, state)
 
 
-def packet_drop(netns, wl, reason="NETFILTER_DROP"):
-    return record(envelope=envelope(netns, wl), flow=flow(), reason=reason,
-                  location="nf_hook_slow", stack=[])
+def reset_batch(resets):
+    """A `tcp-reset-batch` of `tcp_reset`s."""
+    # wasmtime-py tags a variant (`Variant(tag, payload)`) only when two of its cases have
+    # the same Python type; `ip-address`'s cases are an int and a tuple, so it takes the bare
+    # payload: 0xc6120001 for ipv4, (high, low) for ipv6.
+    return batches.typed_batch(resets, record=record, ipv4=int, ipv6=tuple)
+
+
+def packed_batch(resets, probe="tcp_reset", record_size=96):
+    """A `packed-batch` of `tcp_reset`s."""
+    strings, size, count, events = batches.packed_batch(resets, record_size)
+    return record(probe=probe, node=batches.NODE, symbols=record(strings=strings, stacks=[]),
+                  record_size=size, count=count, events=events)
+
+
+def empty_batch():
+    """An empty batch of any typed handler."""
+    return record(node=batches.NODE, symbols=record(strings=[], stacks=[]), events=[])
 
 
 _ENGINE = None
@@ -189,8 +198,11 @@ class FakeHost:
     def init(self, config="{}"):
         return self.call("init", config)
 
-    def on_tcp_reset(self, batch):
-        return self.call("on-tcp-reset", batch)
+    def on_tcp_reset(self, resets):
+        return self.call("on-tcp-reset", reset_batch(resets))
+
+    def on_packed(self, batch):
+        return self.call("on-packed", batch)
 
     def on_packet_drop(self, batch):
         return self.call("on-packet-drop", batch)

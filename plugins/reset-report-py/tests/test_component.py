@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 WASM = os.environ.get("RESET_REPORT_WASM")
 try:
     import wasmtime  # noqa: F401
-    from fake_host import FakeHost, tcp_reset, workload
+    from fake_host import FakeHost, empty_batch, packed_batch, tcp_reset, workload
     HAVE_WASMTIME = True
 except ImportError:
     HAVE_WASMTIME = False
@@ -28,8 +28,8 @@ class ComponentTest(unittest.TestCase):
 
     def test_world(self):
         h = self.host()
-        for name in ["init", "on-packet-drop", "on-tcp-retrans", "on-tcp-reset", "tick",
-                     "workload-labels"]:
+        for name in ["init", "on-packet-drop", "on-tcp-retrans", "on-tcp-reset", "on-packed",
+                     "tick", "workload-labels"]:
             self.assertIn(name, h.exports)
         # Built with WASI stubbed out: the component imports nothing but sonde:plugin.
         self.assertEqual([i for i in h.imports if not i.startswith("sonde:plugin/")], [])
@@ -71,6 +71,40 @@ class ComponentTest(unittest.TestCase):
         self.assertEqual(h.values[(METRIC, ("shop", "cart", "sent"))], 2.0)
         self.assertEqual(len(h.series), 4)   # handles are resolved once per label set
 
+    def test_packed_same_as_typed(self):
+        cart, web = workload("shop", "cart"), workload("shop", "web")
+        resets = [tcp_reset(5, cart, "sent"), tcp_reset(5, cart, "received", None),
+                  tcp_reset(6, web, "received"), tcp_reset(1, None, "sent", None)]
+        outputs = []
+        for deliver in ["typed", "packed", "packed, longer records"]:
+            with self.subTest(deliver=deliver):
+                h = self.host()
+                self.assertIsNone(h.init('{"threshold": 1}'))
+                if deliver == "typed":
+                    h.on_tcp_reset(resets)
+                    h.on_tcp_reset(resets[:1])
+                else:
+                    size = 96 if deliver == "packed" else 128
+                    h.on_packed(packed_batch(resets, record_size=size))
+                    h.on_packed(packed_batch(resets[:1], record_size=size))
+                    h.on_packed(packed_batch(resets, probe="tcp_retrans"))  # not subscribed: ignored
+                h.tick()
+                outputs.append((h.events, h.values, h.series, h.logs))
+        self.assertEqual(outputs[0][0][0]["fields"], {"sent": 2, "received": 1, "threshold": 1})
+        self.assertEqual(outputs[1], outputs[0])
+        self.assertEqual(outputs[2], outputs[0])
+
+    def test_malformed_packed_batch_skipped(self):
+        h = self.host()
+        self.assertIsNone(h.init("{}"))
+        batch = packed_batch([tcp_reset(5, workload("a", "b"), "sent")])
+        batch.count = 2                 # more records than its bytes hold
+        h.on_packed(batch)
+        h.on_packed(batch)
+        self.assertEqual(h.values, {})
+        self.assertEqual([m for lvl, m in h.logs if lvl == "warn"],
+                         ["packed tcp_reset batch skipped: 96 bytes cannot hold 2 records of 96"])
+
     def test_bad_config_refused(self):
         self.assertIn("unknown config key", self.host().init('{"treshold": 1}'))
         self.assertIn("non-negative", self.host().init('{"threshold": -3}'))
@@ -97,8 +131,8 @@ class ComponentTest(unittest.TestCase):
         h = self.host()
         self.assertIsNone(h.init("{}"))
         self.assertEqual(h.workload_labels(workload("a", "b")), [])
-        h.on_packet_drop([])
-        h.on_tcp_retrans([])
+        h.on_packet_drop(empty_batch())
+        h.on_tcp_retrans(empty_batch())
         h.tick()
         self.assertEqual(h.events, [])
 

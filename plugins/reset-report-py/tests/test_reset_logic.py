@@ -3,18 +3,28 @@
 import os
 import sys
 import unittest
-from types import SimpleNamespace as NS
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.dirname(__file__))
 
 from reset_logic import (  # noqa: E402
-    DEFAULT_THRESHOLD, ConfigError, ResetWindows, count_batch, labels_of, parse_config)
+    DEFAULT_THRESHOLD, ConfigError, ResetWindows, count_batch, labels_of, parse_config,
+    resets_of_batch, resets_of_packed)
+from batches import packed_batch, typed_batch  # noqa: E402
+
+# Resets as (netns, (namespace, pod) or None, direction, state or None).
+RESETS = [
+    (5, ("shop", "cart"), "sent", "ESTABLISHED"),
+    (5, ("shop", "cart"), "sent", "ESTABLISHED"),
+    (5, ("shop", "cart"), "received", None),
+    (6, ("shop", "web"), "received", "SYN_SENT"),
+    (4026531840, None, "sent", None),
+]
 
 
 def reset(netns, ns_pod, direction):
-    wl = NS(namespace=ns_pod[0], pod=ns_pod[1]) if ns_pod else None
-    return NS(envelope=NS(time_ns=0, node="n", netns=netns, workload=wl), flow=None,
-              direction=direction, state=None)
+    """A reset as `count_batch` takes it."""
+    return (ns_pod, netns, direction)
 
 
 class ConfigTest(unittest.TestCase):
@@ -87,6 +97,48 @@ class BatchTest(unittest.TestCase):
             (("a", "p"), 5, "received"): 1,
             (None, 1, "sent"): 1,
         })
+
+    def test_typed_batch_resolves_texts(self):
+        self.assertEqual(list(resets_of_batch(typed_batch(RESETS))), [
+            (("shop", "cart"), 5, "sent"),
+            (("shop", "cart"), 5, "sent"),
+            (("shop", "cart"), 5, "received"),
+            (("shop", "web"), 6, "received"),
+            (None, 4026531840, "sent"),
+        ])
+        self.assertEqual(list(resets_of_batch(typed_batch([]))), [])
+
+    def test_packed_equals_typed(self):
+        typed = list(resets_of_batch(typed_batch(RESETS)))
+        self.assertEqual(list(resets_of_packed(*packed_batch(RESETS))), typed)
+        # A later version's longer records: the same resets.
+        self.assertEqual(list(resets_of_packed(*packed_batch(RESETS, record_size=112))), typed)
+        self.assertEqual(list(resets_of_packed(*packed_batch([]))), [])
+
+    def test_packed_and_typed_report_the_same(self):
+        def run(resets):
+            w = ResetWindows(threshold=2)
+            counts = count_batch(resets)
+            for (key, netns, direction), n in counts.items():
+                w.add(key, netns, direction, n)
+            return counts, w.tick()
+        self.assertEqual(run(resets_of_packed(*packed_batch(RESETS))),
+                         run(resets_of_batch(typed_batch(RESETS))))
+        counts, reports = run(resets_of_packed(*packed_batch(RESETS)))
+        self.assertEqual(counts[(("shop", "cart"), 5, "sent")], 2)
+        self.assertEqual([(r.key, r.sent, r.received) for r in reports],
+                         [(("shop", "cart"), 2, 1)])
+
+    def test_packed_refuses_malformed(self):
+        strings, size, count, events = packed_batch(RESETS)
+        for args, needle in [
+            ((strings, 80, count, events), "record-size 80"),
+            ((strings, size, count + 1, events), "cannot hold"),
+        ]:
+            with self.subTest(needle=needle):
+                with self.assertRaises(ValueError) as cm:
+                    list(resets_of_packed(*args))
+                self.assertIn(needle, str(cm.exception))
 
 
 if __name__ == "__main__":

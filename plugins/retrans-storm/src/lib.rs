@@ -76,12 +76,15 @@ impl Plugin for RetransStorm {
         })
     }
 
-    fn on_tcp_retrans(&mut self, batch: &[TcpRetrans]) {
+    fn on_tcp_retrans(&mut self, batch: &[TcpRetrans<'_>]) {
         for r in batch {
             // The host network namespace has no workload: not counted.
-            if let Some(workload) = &r.envelope.workload {
-                self.detector
-                    .record(workload, r.envelope.netns, r.envelope.time_ns);
+            if let Some(workload) = r.envelope.workload {
+                self.detector.record(
+                    &workload.to_workload(),
+                    r.envelope.netns,
+                    r.envelope.time_ns,
+                );
             }
         }
     }

@@ -42,11 +42,25 @@ pub struct Spec {
     /// Any YAML, handed to the plugin's `init` as JSON.
     #[serde(default)]
     pub config: Option<serde_yaml::Value>,
+    /// How event batches are handed over: typed records (the default) or packed bytes.
+    #[serde(default)]
+    pub delivery: Delivery,
     #[serde(default)]
     pub limits: Limits,
     /// What the plugin may use; nothing else is granted.
     #[serde(default)]
     pub capabilities: BTreeSet<Capability>,
+}
+
+/// `spec.delivery`: which of the world's event handlers the host calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// `on-packet-drop(batch)` and the other typed handlers.
+    #[default]
+    Typed,
+    /// `on-packed(batch)`, in the layout of wit/PACKED.md.
+    Packed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -230,6 +244,10 @@ mod tests {
         assert_eq!(m.spec.limits.batch, 256);
         assert!(m.grants(Capability::Events) && !m.grants(Capability::Topology));
         assert_eq!(m.config_json(), r#"{"threshold":5}"#);
+        assert_eq!(m.spec.delivery, Delivery::Typed);
+        let packed = GOOD.replace("  subscribe:", "  delivery: packed\n  subscribe:");
+        let m = Manifest::parse(&packed, "plugin.yaml").unwrap();
+        assert_eq!(m.spec.delivery, Delivery::Packed);
     }
 
     #[test]
@@ -249,6 +267,10 @@ mod tests {
             (GOOD.replace("50ms", "fast"), "callTimeout"),
             (GOOD.replace("batch: 256", "batch: 0"), "spec.limits.batch"),
             (GOOD.replace("events]", "network]"), "network"),
+            (
+                GOOD.replace("  subscribe:", "  delivery: fast\n  subscribe:"),
+                "spec.delivery",
+            ),
             (
                 GOOD.replace("retrans_storm.wasm", "../x.wasm"),
                 "spec.module",

@@ -11,6 +11,7 @@
 
 mod bundle;
 mod control;
+pub mod delivery;
 mod events;
 mod log;
 pub mod manifest;
@@ -33,7 +34,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bundle::{Bundle, BundleError};
 pub use watch::PluginDirs;
-pub use worker::packet_drop_record;
 
 use crate::probes::{Context, Probes};
 
@@ -180,8 +180,23 @@ pub struct PluginHost {
     in_use: Mutex<HashMap<String, String>>,
     /// Where compiled components are kept across restarts (`plugins.cacheDir`), if anywhere.
     cache_dir: Option<PathBuf>,
+    compiler: Compiler,
     pub host: Arc<HostContext>,
 }
+
+/// Where components are compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compiler {
+    /// In this process.
+    InProcess,
+    /// In a child process, `<this sonde binary> plugin compile --output FILE` with the module
+    /// on stdin: compiling a large component (Python, JavaScript) peaks at hundreds of MiB,
+    /// which the child returns to the system when it exits; the agent only maps the result.
+    Child(PathBuf),
+}
+
+/// How long a child may take to compile one component.
+const CHILD_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A plugin as `/api/v1/plugins` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -201,7 +216,11 @@ pub struct PluginStatus {
 impl PluginHost {
     /// An engine with epoch interruption and a linker with the host interfaces and a WASI
     /// whose every door (files, network, env, clocks, randomness) is shut unless granted.
-    pub fn new(host: Arc<HostContext>, cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        host: Arc<HostContext>,
+        cache_dir: Option<PathBuf>,
+        compiler: Compiler,
+    ) -> anyhow::Result<Arc<Self>> {
         let engine = Self::engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -219,6 +238,7 @@ impl PluginHost {
             compiled: Mutex::new(HashMap::new()),
             in_use: Mutex::new(HashMap::new()),
             cache_dir,
+            compiler,
             host,
         }))
     }
@@ -240,9 +260,10 @@ impl PluginHost {
         {
             return Ok(c.clone());
         }
-        let component = match self.cached(sha256) {
-            Some(c) => c,
-            None => {
+        let component = match (self.cached(sha256), &self.compiler) {
+            (Some(c), _) => c,
+            (None, Compiler::Child(exe)) => self.compile_in_child(exe, sha256, bytes)?,
+            (None, Compiler::InProcess) => {
                 let c = Component::new(&self.engine, bytes).map_err(|e| {
                     BundleError::Module(format!("not a valid component: {}", one_line(&e)))
                 })?;
@@ -255,6 +276,45 @@ impl PluginHost {
             .unwrap_or_else(|e| e.into_inner())
             .insert(sha256.to_string(), component.clone());
         Ok(component)
+    }
+
+    /// Compiles in a child process into the cache directory (or a temporary file without
+    /// one) and maps the result.
+    fn compile_in_child(
+        &self,
+        exe: &Path,
+        sha256: &str,
+        bytes: &[u8],
+    ) -> Result<Component, BundleError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let (out, temporary) = match self.cache_path(sha256) {
+            Some(path) => (path, false),
+            None => {
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = format!("sonde-{}-{n}-{sha256}.cwasm", std::process::id());
+                (std::env::temp_dir().join(name), true)
+            }
+        };
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BundleError::Module(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        run_compiler(exe, bytes, &out).map_err(BundleError::Module)?;
+        // SAFETY: the file was just written by this same binary's `plugin compile`, with the
+        // engine configuration `PluginHost::engine` makes (wasmtime checks the compatibility
+        // again); nobody else writes there.
+        let component = unsafe { Component::deserialize_file(&self.engine, &out) };
+        if temporary {
+            // The component maps the file; its name is no longer needed.
+            let _ = std::fs::remove_file(&out);
+        }
+        component.map_err(|e| {
+            BundleError::Module(format!(
+                "cannot load the compiled component: {}",
+                one_line(&e)
+            ))
+        })
     }
 
     /// Records which module a plugin runs (`None`: it stopped) and lets go of the compiled
@@ -349,6 +409,76 @@ impl HostContext {
         families.sort_by(|a, b| a.name().cmp(b.name()));
         families
     }
+}
+
+/// Runs `exe plugin compile --output out` with the module on stdin; the child's one-line
+/// reason when it fails.
+fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(exe)
+        .args(["plugin", "compile", "--output"])
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the compiler {}: {e}", exe.display()))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    // Feed and drain from threads: a large module fills the pipe before the child reads it
+    // all, and the child's messages must not block it either.
+    let module = module.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&module));
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > CHILD_COMPILE_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "compiling took longer than {}s",
+                    CHILD_COMPILE_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("waiting for the compiler: {e}")),
+        }
+    };
+    let _ = feeder.join();
+    let text = reader.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let reason = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("sonde: ").to_string())
+        .unwrap_or_else(|| format!("the compiler failed ({status})"));
+    Err(reason)
+}
+
+/// `sonde plugin compile`: compiles the component `module` for this host's engine into
+/// `out` (written whole, then renamed into place). Run by the agent in a child process.
+pub fn compile_to(module: &[u8], out: &Path) -> Result<(), String> {
+    let engine = PluginHost::engine().map_err(|e| e.to_string())?;
+    let compiled = engine
+        .precompile_component(module)
+        .map_err(|e| format!("not a valid component: {}", one_line(&e)))?;
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, compiled)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", out.display())
+        })
 }
 
 /// Validates a bundle without an agent: `sonde plugin check DIR`.

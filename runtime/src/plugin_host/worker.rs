@@ -12,14 +12,14 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx};
 
 use super::bundle::{Bundle, BundleError, PluginInfo};
+use super::delivery::{self, Probe};
 use super::manifest::Capability;
-use super::sonde::plugin::types as wit;
+use super::manifest::Delivery;
 use super::{
     events, log, metrics, HostState, Plugin, PluginHost, PluginPre, PluginStatus, EPOCH_TICK,
 };
 use crate::enrich::Enricher;
-use crate::event::{Batch, Event, Flow, Kind};
-use crate::topology::Topology;
+use crate::event::Batch;
 use crate::topology::Workload;
 
 const MAX_FAILURES: usize = 5;
@@ -470,52 +470,43 @@ impl PluginHost {
         }
     }
 
-    /// Hands a batch to the plugin: the events of the probes it subscribes to, as WIT records.
+    /// Hands a batch to the plugin: the events of the probes it subscribes to, typed or
+    /// packed as its manifest says, at most `limits.batch` per call.
     fn deliver(
         &self,
         info: &PluginInfo,
         instance: &mut Instance,
         batch: &Batch,
     ) -> Result<(), Failure> {
-        let subscribed = |probe: &str| info.manifest.spec.subscribe.iter().any(|s| s == probe);
+        let spec = &info.manifest.spec;
         let topology = &*self.host.probes.topology;
-        let (mut drops, mut retrans, mut resets) = (Vec::new(), Vec::new(), Vec::new());
-        for e in batch.iter() {
-            match &e.kind {
-                Kind::PacketDrop(d) if subscribed("packet_drop") => {
-                    drops.push(packet_drop_record(e, d, topology))
-                }
-
-                Kind::TcpRetrans(r) if subscribed("tcp_retrans") => retrans.push(wit::TcpRetrans {
-                    envelope: envelope(e),
-                    flow: flow(&r.flow, topology),
-                    state: r.state.to_string(),
-                }),
-                Kind::TcpReset(r) if subscribed("tcp_reset") => resets.push(wit::TcpReset {
-                    envelope: envelope(e),
-                    flow: flow(&r.flow, topology),
-                    direction: r.direction.to_string(),
-                    state: r.state.map(str::to_string),
-                }),
-                _ => {}
-            }
-        }
         let m = &self.host.self_metrics;
         let name = info.name.as_str();
-        let n = (drops.len() + retrans.len() + resets.len()) as u64;
-        let chunk = info.manifest.spec.limits.batch as usize;
-        for part in drops.chunks(chunk) {
-            instance.call("on-packet-drop", m, name, |b, s| {
-                b.call_on_packet_drop(s, part)
-            })?;
-        }
-        for part in retrans.chunks(chunk) {
-            instance.call("on-tcp-retrans", m, name, |b, s| {
-                b.call_on_tcp_retrans(s, part)
-            })?;
-        }
-        for part in resets.chunks(chunk) {
-            instance.call("on-tcp-reset", m, name, |b, s| b.call_on_tcp_reset(s, part))?;
+        let packed = spec.delivery == Delivery::Packed;
+        let mut n = 0u64;
+        for probe in Probe::ALL {
+            if !spec.subscribe.iter().any(|s| s == probe.name()) {
+                continue;
+            }
+            for part in
+                delivery::batches(batch, probe, packed, spec.limits.batch as usize, topology)
+            {
+                n += part.len() as u64;
+                match &part {
+                    delivery::Delivery::PacketDrops(b) => {
+                        instance.call(probe.handler(), m, name, |g, s| g.call_on_packet_drop(s, b))
+                    }
+                    delivery::Delivery::TcpRetrans(b) => {
+                        instance.call(probe.handler(), m, name, |g, s| g.call_on_tcp_retrans(s, b))
+                    }
+                    delivery::Delivery::TcpResets(b) => {
+                        instance.call(probe.handler(), m, name, |g, s| g.call_on_tcp_reset(s, b))
+                    }
+                    delivery::Delivery::Packed(b) => {
+                        instance.call("on-packed", m, name, |g, s| g.call_on_packed(s, b))
+                    }
+                }?;
+            }
         }
         if n > 0 {
             m.delivered.with_label_values(&[name]).inc_by(n);
@@ -543,51 +534,5 @@ fn set_status(status: &Mutex<PluginStatus>, state: &str, error: Option<String>) 
     s.state = state.to_string();
     if error.is_some() {
         s.last_error = error;
-    }
-}
-
-/// The WIT record a plugin receives for a `packet_drop` event.
-pub fn packet_drop_record(
-    e: &Event,
-    d: &crate::event::PacketDrop,
-    topology: &dyn Topology,
-) -> wit::PacketDrop {
-    wit::PacketDrop {
-        envelope: envelope(e),
-        flow: flow(&d.flow, topology),
-        reason: d.reason.to_string(),
-        location: d.location.to_string(),
-        stack: d
-            .stack
-            .as_ref()
-            .map(|s| s.iter().map(|f| f.to_string()).collect())
-            .unwrap_or_default(),
-    }
-}
-
-fn envelope(e: &Event) -> wit::Envelope {
-    wit::Envelope {
-        time_ns: e
-            .time
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64,
-        node: e.node.to_string(),
-        netns: e.netns,
-        workload: e.workload.clone().map(super::topology::to_wit),
-    }
-}
-
-fn flow(f: &Flow, topology: &dyn Topology) -> wit::Flow {
-    wit::Flow {
-        protocol: f.protocol.to_string(),
-        saddr: f.saddr.map(|a| a.to_string()),
-        sport: f.sport,
-        daddr: f.daddr.map(|a| a.to_string()),
-        dport: f.dport,
-        peer: f
-            .daddr
-            .and_then(|a| topology.workload_of_ip(a))
-            .map(super::topology::to_wit),
     }
 }

@@ -34,7 +34,10 @@
 //! Options: `--repeat N` (timed runs per configuration, median shown; default 5), `--events N`
 //! (events per run at batches 64 and 1024; batch 1 runs N/16, the Python and JavaScript
 //! plugins an eighth of those; default 262144), `--copies N` (extra instances for the memory
-//! per instance; default 8), `--only-rust` (skip the Python and JavaScript bundles).
+//! per instance; default 8), `--only-rust` (skip the Python and JavaScript bundles),
+//! `--in-process` (compile components in this process; by default they are compiled as the
+//! agent compiles them, by `target/release/sonde plugin compile` in a child process, when that
+//! binary exists).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,12 +50,12 @@ use prom::{IntCounter, IntCounterVec, Opts, Registry};
 use sonde::event::{Event, Flow, Kind, PacketDrop, Severity, TcpReset};
 use sonde::fanout::FanOut;
 use sonde::metrics::Metrics;
-use sonde::plugin_host::sonde::plugin::types as wit;
-use sonde::plugin_host::{packet_drop_record, Bundle, HostContext, PluginHost, PluginMetrics};
+use sonde::plugin_host::delivery::{self as host_delivery, Probe};
+use sonde::plugin_host::{Bundle, Compiler, HostContext, PluginHost, PluginMetrics};
 use sonde::probes::{Context, Probes};
 use sonde::timefmt::BootClock;
 use sonde::topology::netns::NetnsTopology;
-use sonde::topology::{Topology, Workload};
+use sonde::topology::Workload;
 
 const BATCH_SIZES: [usize; 3] = [1, 64, 1024];
 /// Batches a plugin may have queued: large, so that nothing is dropped while the bench
@@ -71,6 +74,8 @@ struct Options {
     events: usize,
     copies: usize,
     only_rust: bool,
+    /// Compile in the bench's process instead of a child `sonde plugin compile`.
+    in_process: bool,
 }
 
 fn options() -> Options {
@@ -79,6 +84,7 @@ fn options() -> Options {
         events: 262_144,
         copies: 8,
         only_rust: false,
+        in_process: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -93,9 +99,10 @@ fn options() -> Options {
             "--events" => o.events = number("--events").max(1024),
             "--copies" => o.copies = number("--copies"),
             "--only-rust" => o.only_rust = true,
+            "--in-process" => o.in_process = true,
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: plugin-bench [--repeat N] [--events N] [--copies N] [--only-rust]"
+                    "usage: plugin-bench [--repeat N] [--events N] [--copies N] [--only-rust] [--in-process]"
                 );
                 std::process::exit(0);
             }
@@ -117,7 +124,7 @@ struct Bench {
 impl Bench {
     /// A host in a fresh temporary directory `tag`, keeping compiled components in `cache`
     /// (`plugins.cacheDir`) when given.
-    fn new(tag: &str, cache: Option<PathBuf>) -> Self {
+    fn new(tag: &str, cache: Option<PathBuf>, compiler: &Compiler) -> Self {
         let dir =
             std::env::temp_dir().join(format!("sonde-plugin-bench-{}-{tag}", std::process::id()));
         let netns = dir.join("netns");
@@ -143,6 +150,7 @@ impl Bench {
                 registries: Mutex::new(HashMap::new()),
             }),
             cache,
+            compiler.clone(),
         )
         .expect("plugin host");
         Bench { dir, ctx, host }
@@ -161,11 +169,12 @@ impl Bench {
         }
         let manifest = format!(
             "apiVersion: sonde.dev/v1alpha1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  \
-             module: {}\n  subscribe: [{}]\n  config: {}\n  limits:\n    \
+             module: {}\n  subscribe: [{}]\n  delivery: {}\n  config: {}\n  limits:\n    \
              memory: {}\n    callTimeout: 10s\n    queue: {QUEUE}\n    batch: {}\n  \
              capabilities: [metrics, events]\n",
             file.to_string_lossy(),
             plugin.probe,
+            plugin.delivery,
             plugin.config.replace("{i}", &copy.to_string()),
             plugin.memory,
             plugin.batch,
@@ -286,12 +295,9 @@ impl Drop for Bench {
 // Events.
 
 /// Synthetic `packet_drop` events as a busy node's drain publishes them: 24 pods in 3
-/// namespaces, 6 drop reasons with their kernel functions, IPv4 UDP and TCP flows: 8 strings
-/// per WIT record (node, namespace, pod, protocol, two addresses, reason, location).
-///
-/// `lean`: the same drops with as few strings as the record allows, for the cost per string:
-/// no workload, no addresses and an empty node name leave 3 (protocol, reason, location).
-fn drop_events(n: usize, node: &Arc<str>, lean: bool) -> Vec<Event> {
+/// namespaces, 6 drop reasons with their kernel functions, IPv4 UDP and TCP flows; each event
+/// mentions 6 strings (node, namespace, pod, protocol, reason, location) and two addresses.
+fn drop_events(n: usize, node: &Arc<str>) -> Vec<Event> {
     const REASONS: [(&str, &str); 6] = [
         ("NETFILTER_DROP", "nf_hook_slow"),
         ("NO_SOCKET", "__udp4_lib_rcv"),
@@ -305,30 +311,20 @@ fn drop_events(n: usize, node: &Arc<str>, lean: bool) -> Vec<Event> {
         .map(|(r, l)| (Arc::from(*r), Arc::from(*l)))
         .collect();
     let workloads = workloads();
-    let empty: Arc<str> = Arc::from("");
     let mut rng = Lcg(0x5eed);
     (0..n)
         .map(|i| {
             let w = rng.next() as usize % workloads.len();
             let (reason, location) = &reasons[rng.next() as usize % reasons.len()];
             let tcp = rng.next().is_multiple_of(3);
-            let mut flow = flow(&mut rng, w, tcp);
-            if lean {
-                flow.saddr = None;
-                flow.daddr = None;
-            }
+            let flow = flow(&mut rng, w, tcp);
             let kind = Kind::PacketDrop(PacketDrop {
                 flow,
                 reason: Arc::clone(reason),
                 location: Arc::clone(location),
                 stack: None,
             });
-            let mut e = event(i, node, &workloads, w, Severity::Warning, kind);
-            if lean {
-                e.workload = None;
-                e.node = Arc::clone(&empty);
-            }
-            e
+            event(i, node, &workloads, w, Severity::Warning, kind)
         })
         .collect()
 }
@@ -470,17 +466,6 @@ impl NativeCount {
     }
 }
 
-/// What the host's `deliver` does to a batch before the call: one WIT record per event.
-fn to_wit(batch: &[Event], topology: &dyn Topology) -> Vec<wit::PacketDrop> {
-    batch
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Kind::PacketDrop(d) => Some(packet_drop_record(e, d, topology)),
-            _ => None,
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Measurements.
 
@@ -535,7 +520,6 @@ fn summarize(runs: &[Run]) -> Summary {
 #[derive(Clone, Copy)]
 enum Shape {
     Drops,
-    LeanDrops,
     Resets,
 }
 
@@ -549,6 +533,8 @@ struct PluginSpec {
     /// The probe it subscribes to, and the events it is fed.
     probe: &'static str,
     events: Shape,
+    /// `spec.delivery`: `typed` or `packed`.
+    delivery: &'static str,
     call: &'static str,
     /// `spec.config`, as inline YAML; `{i}` is replaced by the number of the copy.
     config: String,
@@ -572,8 +558,7 @@ fn measure_plugin(bench: &Bench, p: &PluginSpec, o: &Options, node: &Arc<str>) -
     bench.start(p, &name, 0);
     let make = |n: usize| match p.events {
         Shape::Resets => reset_events(n, node),
-        Shape::Drops => drop_events(n, node, false),
-        Shape::LeanDrops => drop_events(n, node, true),
+        Shape::Drops => drop_events(n, node),
     };
     // Warm up: the first calls grow the instance's memory and create its series.
     let warm = make(8192 / p.scale.min(8));
@@ -614,10 +599,10 @@ fn events_for(o: &Options, size: usize) -> usize {
 fn measure_native(bench: &Bench, o: &Options, node: &Arc<str>) -> (Delivery, Vec<(usize, f64)>) {
     let mut by_batch = Vec::new();
     let mut bare = Vec::new();
-    let warm = drop_events(8192, node, false);
+    let warm = drop_events(8192, node);
     bench.deliver_native(batches(&warm, 1024));
     for size in BATCH_SIZES {
-        let events = drop_events(events_for(o, size), node, false);
+        let events = drop_events(events_for(o, size), node);
         let runs: Vec<Run> = (0..o.repeat)
             .map(|_| bench.deliver_native(batches(&events, size)))
             .collect();
@@ -656,17 +641,23 @@ fn measure_native(bench: &Bench, o: &Options, node: &Arc<str>) -> (Delivery, Vec
     )
 }
 
-/// The host's conversion to WIT records alone, ns/event at each batch size: full and lean
-/// (3-string) records.
+/// The host's conversion alone, ns/event at each batch size: to a typed batch and to a packed
+/// one.
 fn measure_conversion(bench: &Bench, o: &Options, node: &Arc<str>) -> Vec<(usize, f64, f64)> {
     let topology = &*bench.ctx.topology;
-    let time = |events: &[Event], size: usize| {
+    let time = |events: &[Event], size: usize, packed: bool| {
         let chunks = batches(events, size);
         let mut samples: Vec<f64> = (0..o.repeat)
             .map(|_| {
                 let t = Instant::now();
                 for c in &chunks {
-                    std::hint::black_box(to_wit(c, topology));
+                    std::hint::black_box(host_delivery::batches(
+                        c,
+                        Probe::PacketDrop,
+                        packed,
+                        size,
+                        topology,
+                    ));
                 }
                 t.elapsed().as_nanos() as f64 / events.len() as f64
             })
@@ -677,12 +668,8 @@ fn measure_conversion(bench: &Bench, o: &Options, node: &Arc<str>) -> Vec<(usize
     BATCH_SIZES
         .iter()
         .map(|&size| {
-            let n = events_for(o, size);
-            (
-                size,
-                time(&drop_events(n, node, false), size),
-                time(&drop_events(n, node, true), size),
-            )
+            let events = drop_events(events_for(o, size), node);
+            (size, time(&events, size, false), time(&events, size, true))
         })
         .collect()
 }
@@ -915,6 +902,15 @@ fn main() {
     let bench_module = rust_module(&target, "bench-plugin");
     let hostile_module = rust_module(&target, "hostile-plugin");
     let node: Arc<str> = Arc::from("bench-node");
+    // As the agent does: compile in a child process, with the sonde binary built beside this
+    // bench (`cargo build --release --workspace --bins`); in process without one.
+    let sonde_bin = target.join("release").join("sonde");
+    let compiler = if sonde_bin.exists() && !o.in_process {
+        Compiler::Child(sonde_bin)
+    } else {
+        Compiler::InProcess
+    };
+    eprintln!("compiling components: {compiler:?}");
     let load_before = load_average();
     let started = SystemTime::now();
 
@@ -924,6 +920,7 @@ fn main() {
         module: module.clone(),
         probe: "packet_drop",
         events: Shape::Drops,
+        delivery: "typed",
         call: "on-packet-drop",
         config,
         memory: "32Mi",
@@ -942,15 +939,19 @@ fn main() {
             bench_mode("count-batch"),
         ),
         rust("hostile (count)", &hostile_module, "{mode: count}".into()),
-        PluginSpec {
-            events: Shape::LeanDrops,
-            ..rust(
-                "bench (idle), 3-string records",
-                &bench_module,
-                bench_mode("idle"),
-            )
-        },
     ];
+    // The same plugins again, handed packed batches (`spec.delivery: packed`).
+    let packed: Vec<PluginSpec> = plugins
+        .iter()
+        .filter(|p| p.label.starts_with("bench"))
+        .map(|p| PluginSpec {
+            label: format!("{}, packed", p.label),
+            delivery: "packed",
+            call: "on-packed",
+            ..p.clone()
+        })
+        .collect();
+    plugins.extend(packed);
     let mut footprint_plugins = vec![
         rust("bench (count)", &bench_module, bench_mode("count")),
         rust("hostile (idle)", &hostile_module, "{mode: idle}".into()),
@@ -964,6 +965,7 @@ fn main() {
                 module,
                 probe: "packet_drop",
                 events: Shape::Drops,
+                delivery: "typed",
                 call: "on-packet-drop",
                 config: "{budget: 1000000000}".into(),
                 memory: "128Mi",
@@ -982,6 +984,7 @@ fn main() {
                 module,
                 probe: "tcp_reset",
                 events: Shape::Resets,
+                delivery: "typed",
                 call: "on-tcp-reset",
                 config: "{threshold: 1000000000}".into(),
                 memory: "64Mi",
@@ -999,7 +1002,7 @@ fn main() {
         plugins.push(p);
     }
 
-    let bench = Bench::new("main", None);
+    let bench = Bench::new("main", None, &compiler);
 
     // Footprint first, before the delivery runs' event vectors grow the heap.
     eprintln!(
@@ -1015,7 +1018,7 @@ fn main() {
     let disk: Vec<DiskStart> = footprint_plugins
         .iter()
         .map(|p| {
-            let d = disk_cache_starts(p, &cache);
+            let d = disk_cache_starts(p, &cache, &compiler);
             eprintln!(
                 "  {:<28} {:>8.1} ms compiling and writing, {:>8.1} ms from the cache",
                 p.label,
@@ -1050,12 +1053,12 @@ fn main() {
 
 /// The first start of a plugin in a new host (a restarted agent) with a cache directory:
 /// once with the cache empty (compile, then write), once with it filled (deserialise).
-fn disk_cache_starts(p: &PluginSpec, cache: &Path) -> DiskStart {
+fn disk_cache_starts(p: &PluginSpec, cache: &Path, compiler: &Compiler) -> DiskStart {
     let _ = std::fs::remove_dir_all(cache);
     let runs: Vec<(Duration, i64)> = ["cold", "warm"]
         .iter()
         .map(|tag| {
-            let b = Bench::new(tag, Some(cache.to_path_buf()));
+            let b = Bench::new(tag, Some(cache.to_path_buf()), compiler);
             let name = format!("disk-{tag}");
             trim();
             let before = rss();
@@ -1124,7 +1127,7 @@ fn report(
             .map_or(f64::NAN, |(_, v)| *v)
     };
 
-    println!("**Delivery, typed path** (`list<record>`, one `on-packet-drop(batch)` call per batch; `on-tcp-reset` for Python).\n");
+    println!("**Delivery** (typed: one `on-packet-drop(batch)` call per batch, `on-tcp-reset` for Python; packed: one `on-packed(batch)` call per batch).\n");
     println!("| plugin | language | batch | events/run | wall ns/event | in call, ns/call | in call, ns/event | outside the call, ns/event | wall vs native consumer |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for d in deliveries.iter().chain(std::iter::once(native)) {
@@ -1148,11 +1151,11 @@ fn report(
     }
 
     println!("\n**Native baseline and host conversion** (ns/event).\n");
-    println!("| batch | native analysis, bare loop | native as a fan-out consumer (wall) | host conversion to WIT records (replicated): 8-string / 3-string records |");
+    println!("| batch | native analysis, bare loop | native as a fan-out consumer (wall) | host conversion: typed batch / packed batch |");
     println!("|---:|---:|---:|---:|");
-    for &(size, full, lean) in conversion {
+    for &(size, typed, packed) in conversion {
         println!(
-            "| {size} | {:.1} | {:.0} | {full:.0} / {lean:.0} |",
+            "| {size} | {:.1} | {:.0} | {typed:.1} / {packed:.1} |",
             bare_at(size),
             native_at(size),
         );
@@ -1178,13 +1181,29 @@ fn report(
             );
         }
     }
-    println!("| packed path under 30 ns/event | no packed path exists yet | not measured |");
-    if let Some(s) = at("bench (count)", 1024) {
-        println!(
-            "| packed path within 3x of native | (typed `count`: {:.1}x the native consumer, {:.0}x the bare loop) | not measured |",
-            s.wall_ns / native_at(1024),
-            s.wall_ns / bare_at(1024)
-        );
+    for label in [
+        "bench (idle), packed",
+        "bench (count), packed",
+        "bench (count-batch), packed",
+    ] {
+        if let Some(s) = at(label, 1024) {
+            println!(
+                "| packed path under 30 ns/event: {label} | {:.0} ns/event wall ({:.0} in the call) | {} |",
+                s.wall_ns,
+                s.call_ns_per_event,
+                if s.wall_ns < 30.0 { "yes" } else { "no" }
+            );
+        }
+    }
+    for label in ["bench (count), packed", "bench (count-batch), packed"] {
+        if let Some(s) = at(label, 1024) {
+            let ratio = s.wall_ns / native_at(1024);
+            println!(
+                "| packed path within 3x of native: {label} | {ratio:.1}x the native consumer ({:.0}x the bare loop) | {} |",
+                s.wall_ns / bare_at(1024),
+                if ratio <= 3.0 { "yes" } else { "no" }
+            );
+        }
     }
 
     println!(

@@ -80,8 +80,8 @@ impl Bench {
     }
 }
 
-fn pod(e: &PacketDrop) -> &str {
-    e.envelope.workload.as_ref().map_or("", |w| w.pod.as_str())
+fn pod<'a>(e: &PacketDrop<'a>) -> &'a str {
+    e.envelope.workload.map_or("", |w| w.pod)
 }
 
 impl Plugin for Bench {
@@ -117,12 +117,12 @@ impl Plugin for Bench {
         Ok(bench)
     }
 
-    fn on_packet_drop(&mut self, batch: &[PacketDrop]) {
+    fn on_packet_drop(&mut self, batch: &[PacketDrop<'_>]) {
         match self.mode {
             Mode::Idle => {}
             Mode::Count => {
                 for e in batch {
-                    if let Some(s) = self.series(pod(e), &e.reason) {
+                    if let Some(s) = self.series(pod(e), e.reason) {
                         let _ = s.inc();
                     }
                 }
@@ -134,10 +134,10 @@ impl Plugin for Bench {
                         Some(r) => r,
                         None => pending.entry(pod(e).to_string()).or_default(),
                     };
-                    match reasons.get_mut(e.reason.as_str()) {
+                    match reasons.get_mut(e.reason) {
                         Some(n) => *n += 1,
                         None => {
-                            reasons.insert(e.reason.clone(), 1);
+                            reasons.insert(e.reason.to_string(), 1);
                         }
                     }
                 }

@@ -4,12 +4,17 @@
 //! every other mode misbehaves in one way, so a test can check the agent survives it.
 
 use serde::Deserialize;
-use sonde_plugin::{metrics::Counter, Config, Event, PacketDrop, Plugin, TcpReset, TcpRetrans};
+use sonde_plugin::{
+    metrics::Counter, Config, Envelope, Event, Flow, PacketDrop, Plugin, TcpReset, TcpRetrans,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     mode: String,
+    /// `fields` mode: the counter's name.
+    #[serde(default)]
+    metric: Option<String>,
 }
 
 struct Hostile {
@@ -20,12 +25,12 @@ struct Hostile {
 
 impl Hostile {
     /// What happens on every batch.
-    fn misbehave(&mut self, probe: &str, keys: impl Iterator<Item = (String, String)>) {
+    fn misbehave<'a>(&mut self, probe: &str, keys: impl Iterator<Item = (&'a str, &'a str)>) {
         match self.mode.as_str() {
             "count" => {
                 if let Some(seen) = &self.seen {
                     for (pod, reason) in keys {
-                        let _ = seen.series(&[probe, &pod, &reason]).and_then(|s| s.inc());
+                        let _ = seen.series(&[probe, pod, reason]).and_then(|s| s.inc());
                     }
                 }
             }
@@ -103,8 +108,65 @@ fn probe_sandbox() -> Result<(), String> {
     Ok(())
 }
 
-fn pod(w: &Option<sonde_plugin::Workload>) -> String {
-    w.as_ref().map(|w| w.pod.clone()).unwrap_or_default()
+/// The labels of `fields` mode: everything an event carries but its time and source port.
+const FIELDS: [&str; 13] = [
+    "probe",
+    "node",
+    "netns",
+    "namespace",
+    "pod",
+    "protocol",
+    "saddr",
+    "daddr",
+    "dport",
+    "peer",
+    "key",
+    "detail",
+    "stack",
+];
+
+impl Hostile {
+    /// `fields` mode: one count per distinct combination of the event's fields, so that two
+    /// deliveries of the same events can be compared label for label.
+    fn count_fields(
+        &self,
+        probe: &str,
+        env: &Envelope<'_>,
+        flow: &Flow<'_>,
+        key: &str,
+        detail: &str,
+        stack: &str,
+    ) {
+        let Some(c) = &self.seen else { return };
+        let addr =
+            |a: Option<std::net::IpAddr>| a.map_or_else(|| "none".to_string(), |a| a.to_string());
+        let (netns, dport) = (env.netns.to_string(), flow.dport.to_string());
+        let (saddr, daddr) = (addr(flow.saddr), addr(flow.daddr));
+        let peer = flow
+            .peer
+            .map_or_else(|| "none".to_string(), |p| p.to_string());
+        let namespace = env.workload.map_or("none", |w| w.namespace);
+        let values = [
+            probe,
+            env.node,
+            &netns,
+            namespace,
+            pod(env.workload),
+            flow.protocol,
+            &saddr,
+            &daddr,
+            &dport,
+            &peer,
+            key,
+            detail,
+            stack,
+        ];
+        let _ = c.series(&values).and_then(|s| s.inc());
+    }
+}
+
+fn pod(w: Option<sonde_plugin::WorkloadRef<'_>>) -> &str {
+    w.map_or("", |w| w.pod)
 }
 
 impl Plugin for Hostile {
@@ -124,6 +186,23 @@ impl Plugin for Hostile {
             "series" => Some("sonde_test_series_bomb_total"),
             _ => None,
         };
+        if settings.mode == "fields" {
+            let name = settings
+                .metric
+                .as_deref()
+                .unwrap_or("sonde_test_fields_total");
+            let fields = Counter::register(
+                name,
+                "Events the test plugin was handed, by every field.",
+                &FIELDS,
+            )
+            .map_err(|e| e.to_string())?;
+            return Ok(Hostile {
+                mode: settings.mode,
+                seen: Some(fields),
+                hoard: Vec::new(),
+            });
+        }
         let seen = match name {
             Some(name) => Some(
                 Counter::register(
@@ -142,30 +221,53 @@ impl Plugin for Hostile {
         })
     }
 
-    fn on_packet_drop(&mut self, batch: &[PacketDrop]) {
+    fn on_packet_drop(&mut self, batch: &[PacketDrop<'_>]) {
+        if self.mode == "fields" {
+            for e in batch {
+                let stack: Vec<&str> = e.stack.iter().collect();
+                self.count_fields(
+                    "packet_drop",
+                    &e.envelope,
+                    &e.flow,
+                    e.reason,
+                    e.location,
+                    &stack.join(";"),
+                );
+            }
+            return;
+        }
         self.misbehave(
             "packet_drop",
-            batch
-                .iter()
-                .map(|e| (pod(&e.envelope.workload), e.reason.clone())),
+            batch.iter().map(|e| (pod(e.envelope.workload), e.reason)),
         );
     }
 
-    fn on_tcp_retrans(&mut self, batch: &[TcpRetrans]) {
+    fn on_tcp_retrans(&mut self, batch: &[TcpRetrans<'_>]) {
         self.misbehave(
             "tcp_retrans",
-            batch
-                .iter()
-                .map(|e| (pod(&e.envelope.workload), String::new())),
+            batch.iter().map(|e| (pod(e.envelope.workload), "")),
         );
     }
 
-    fn on_tcp_reset(&mut self, batch: &[TcpReset]) {
+    fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
+        if self.mode == "fields" {
+            for e in batch {
+                self.count_fields(
+                    "tcp_reset",
+                    &e.envelope,
+                    &e.flow,
+                    e.direction,
+                    e.state.unwrap_or("none"),
+                    "",
+                );
+            }
+            return;
+        }
         self.misbehave(
             "tcp_reset",
             batch
                 .iter()
-                .map(|e| (pod(&e.envelope.workload), e.direction.clone())),
+                .map(|e| (pod(e.envelope.workload), e.direction)),
         );
     }
 }
