@@ -43,11 +43,14 @@ type AddrMap<V> = HashMap<(usize, usize), V, BuildHasherDefault<AddrHasher>>;
 /// Slots of the direct-mapped cache in front of `Symbols::text_index`.
 const CACHE_SLOTS: usize = 256;
 
-/// The string and stack tables of one batch being built.
+/// The string and stack tables of one batch being built. One is kept per plugin and reused
+/// from batch to batch (`reset`), so that a small batch does not pay for its tables.
 pub struct Symbols {
-    /// The last string seen in each slot, by address and length, and its index: most lookups
-    /// end here without hashing.
-    cache: Box<[(usize, usize, u32); CACHE_SLOTS]>,
+    /// The last string seen in each slot, by address and length, with its index and the
+    /// batch it was seen in: most lookups end here without hashing.
+    cache: Box<[(usize, usize, u32, u32); CACHE_SLOTS]>,
+    /// The batch being built, as the cache knows it.
+    generation: u32,
     strings: Vec<String>,
     stacks: Vec<Vec<u32>>,
     text_index: AddrMap<u32>,
@@ -61,7 +64,8 @@ pub struct Symbols {
 impl Default for Symbols {
     fn default() -> Self {
         Symbols {
-            cache: Box::new([(0, usize::MAX, 0); CACHE_SLOTS]),
+            cache: Box::new([(0, usize::MAX, 0, 0); CACHE_SLOTS]),
+            generation: 1,
             strings: Vec::new(),
             stacks: Vec::new(),
             text_index: AddrMap::default(),
@@ -73,15 +77,30 @@ impl Default for Symbols {
 }
 
 impl Symbols {
+    /// Forgets the previous batch (keeping the tables' memory).
+    fn reset(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.cache.fill((0, usize::MAX, 0, 0));
+            self.generation = 1;
+        }
+        self.strings.clear();
+        self.stacks.clear();
+        self.text_index.clear();
+        self.by_content.clear();
+        self.stack_index.clear();
+        self.keep.clear();
+    }
+
     pub fn text(&mut self, s: &str) -> u32 {
         let key = (s.as_ptr() as usize, s.len());
         let slot = ((key.0 >> 4) ^ (key.0 >> 12)) % CACHE_SLOTS;
         let cached = self.cache[slot];
-        if (cached.0, cached.1) == key {
+        if (cached.0, cached.1, cached.3) == (key.0, key.1, self.generation) {
             return cached.2;
         }
         let i = self.text_index_of(s, key);
-        self.cache[slot] = (key.0, key.1, i);
+        self.cache[slot] = (key.0, key.1, i, self.generation);
         i
     }
 
@@ -121,11 +140,14 @@ impl Symbols {
         }
     }
 
-    fn finish(self) -> wit::Symbols {
-        wit::Symbols {
-            strings: self.strings,
-            stacks: self.stacks,
-        }
+    /// The batch's tables; the next batch starts afresh.
+    fn finish(&mut self) -> wit::Symbols {
+        let symbols = wit::Symbols {
+            strings: std::mem::take(&mut self.strings),
+            stacks: std::mem::take(&mut self.stacks),
+        };
+        self.reset();
+        symbols
     }
 }
 
@@ -308,6 +330,7 @@ pub fn batches(
     packed: bool,
     chunk: usize,
     topology: &dyn Topology,
+    sym: &mut Symbols,
 ) -> Vec<Delivery> {
     let mut out = Vec::new();
     let mut of_probe = events
@@ -317,9 +340,9 @@ pub fn batches(
     while of_probe.peek().is_some() {
         let part = of_probe.by_ref().take(chunk.max(1));
         out.push(if packed {
-            Delivery::Packed(packed_batch(probe, part, topology))
+            Delivery::Packed(packed_batch(probe, part, topology, sym))
         } else {
-            typed_batch(probe, part, topology)
+            typed_batch(probe, part, topology, sym)
         });
     }
     out
@@ -330,8 +353,9 @@ pub fn typed_batch<'a>(
     probe: Probe,
     events: impl Iterator<Item = &'a Event>,
     topology: &dyn Topology,
+    sym: &mut Symbols,
 ) -> Delivery {
-    let mut sym = Symbols::default();
+    sym.reset();
     let mut events = events.peekable();
     let node = events
         .peek()
@@ -341,7 +365,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::PacketDrop(d) => {
-                        let c = Common::new(e, &d.flow, topology, &mut sym);
+                        let c = Common::new(e, &d.flow, topology, sym);
                         Some(wit::PacketDrop {
                             envelope: c.envelope(),
                             flow: c.flow(),
@@ -363,7 +387,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpRetrans(r) => {
-                        let c = Common::new(e, &r.flow, topology, &mut sym);
+                        let c = Common::new(e, &r.flow, topology, sym);
                         Some(wit::TcpRetrans {
                             envelope: c.envelope(),
                             flow: c.flow(),
@@ -383,7 +407,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpReset(r) => {
-                        let c = Common::new(e, &r.flow, topology, &mut sym);
+                        let c = Common::new(e, &r.flow, topology, sym);
                         Some(wit::TcpReset {
                             envelope: c.envelope(),
                             flow: c.flow(),
@@ -408,8 +432,9 @@ pub fn packed_batch<'a>(
     probe: Probe,
     events: impl Iterator<Item = &'a Event>,
     topology: &dyn Topology,
+    sym: &mut Symbols,
 ) -> wit::PackedBatch {
-    let mut sym = Symbols::default();
+    sym.reset();
     let mut events = events.peekable();
     let node = events
         .peek()
@@ -436,7 +461,7 @@ pub fn packed_batch<'a>(
             }
             _ => continue,
         };
-        Common::new(e, flow, topology, &mut sym).pack(&mut r);
+        Common::new(e, flow, topology, sym).pack(&mut r);
         bytes.extend_from_slice(&r);
         count += 1;
     }
@@ -521,7 +546,8 @@ mod tests {
             }),
         ));
 
-        let typed = batches(&events, Probe::PacketDrop, false, 3, &Peers);
+        let mut sym = Symbols::default();
+        let typed = batches(&events, Probe::PacketDrop, false, 3, &Peers, &mut sym);
         assert_eq!(typed.iter().map(Delivery::len).collect::<Vec<_>>(), [3, 2]);
         let Delivery::PacketDrops(first) = &typed[0] else {
             panic!("typed batch expected")
@@ -553,7 +579,7 @@ mod tests {
         );
         assert_eq!(e.stack, None);
 
-        let packed = batches(&events, Probe::PacketDrop, true, 1024, &Peers);
+        let packed = batches(&events, Probe::PacketDrop, true, 1024, &Peers, &mut sym);
         let [Delivery::Packed(p)] = &packed[..] else {
             panic!("one packed batch expected")
         };
@@ -585,7 +611,7 @@ mod tests {
             ("NETFILTER_DROP", "nf_hook_slow", NONE)
         );
 
-        let resets = batches(&events, Probe::TcpReset, true, 1024, &Peers);
+        let resets = batches(&events, Probe::TcpReset, true, 1024, &Peers, &mut sym);
         let [Delivery::Packed(p)] = &resets[..] else {
             panic!("one packed batch expected")
         };
@@ -598,7 +624,7 @@ mod tests {
         assert_eq!(&r[84..88], &NONE.to_le_bytes());
         // No workload: namespace and pod are none.
         assert_eq!(&r[16..24], &[0xff; 8]);
-        assert!(batches(&events, Probe::TcpRetrans, false, 1024, &Peers).is_empty());
+        assert!(batches(&events, Probe::TcpRetrans, false, 1024, &Peers, &mut sym).is_empty());
     }
 
     #[test]
@@ -620,7 +646,12 @@ mod tests {
                 e
             })
             .collect();
-        let Delivery::PacketDrops(b) = typed_batch(Probe::PacketDrop, events.iter(), &Peers) else {
+        let Delivery::PacketDrops(b) = typed_batch(
+            Probe::PacketDrop,
+            events.iter(),
+            &Peers,
+            &mut Symbols::default(),
+        ) else {
             panic!("typed batch expected")
         };
         assert_eq!(b.symbols.stacks.len(), 1);

@@ -355,6 +355,7 @@ impl PluginHost {
         let name = info.name.clone();
         let m = self.host.self_metrics.clone();
         let mut failures: VecDeque<Instant> = VecDeque::new();
+        let mut symbols = delivery::Symbols::default();
         let mut tick = rt.block_on(async {
             let mut t = tokio::time::interval(TICK);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -388,7 +389,7 @@ impl PluginHost {
                             }
                         })
                 }
-                Next::Batch(batch) => self.deliver(info, &mut instance, &batch),
+                Next::Batch(batch) => self.deliver(info, &mut instance, &batch, &mut symbols),
                 Next::Tick => {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
@@ -477,6 +478,7 @@ impl PluginHost {
         info: &PluginInfo,
         instance: &mut Instance,
         batch: &Batch,
+        symbols: &mut delivery::Symbols,
     ) -> Result<(), Failure> {
         let spec = &info.manifest.spec;
         let topology = &*self.host.probes.topology;
@@ -488,9 +490,8 @@ impl PluginHost {
             if !spec.subscribe.iter().any(|s| s == probe.name()) {
                 continue;
             }
-            for part in
-                delivery::batches(batch, probe, packed, spec.limits.batch as usize, topology)
-            {
+            let chunk = spec.limits.batch as usize;
+            for part in delivery::batches(batch, probe, packed, chunk, topology, symbols) {
                 n += part.len() as u64;
                 match &part {
                     delivery::Delivery::PacketDrops(b) => {

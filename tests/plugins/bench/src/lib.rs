@@ -4,8 +4,9 @@
 //! - `count`: drops per (pod, reason) into `sonde_bench_drops_total`, each label set resolved
 //!   to a series handle once and kept, then one `add` host call per event: the same work as
 //!   the bench's native analysis;
-//! - `count-batch`: the same counts summed per (pod, reason) over the batch first, then one
-//!   `add` per distinct label set in the batch.
+//! - `count-batch`: the same counts summed per (pod, reason) over the batch first (in a map
+//!   keyed by the batch's borrowed strings, with a multiplicative hash), then one `add` per
+//!   distinct label set in the batch.
 //!
 //! Every mode sets `sonde_bench_linear_memory_bytes` to the size of its linear memory, at
 //! `init` and on every tick, so the bench can report it. `config.metricPrefix` (default
@@ -13,6 +14,7 @@
 //! side by side (a metric name belongs to one plugin).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Deserialize;
 use sonde_plugin::metrics::{Counter, Gauge, Series};
@@ -43,8 +45,28 @@ struct Bench {
     /// Series handle by pod, then reason (two levels, so that a lookup borrows).
     series: HashMap<String, HashMap<String, Option<Series<Counter>>>>,
     memory: Option<Series<Gauge>>,
-    /// Scratch for `count-batch`: events by pod, then reason.
-    pending: HashMap<String, HashMap<String, u64>>,
+}
+
+/// A multiplicative hash of the bytes, word at a time (FxHash's recipe): the keys are short
+/// strings of one batch, hashed once per event.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        for b in chunks.remainder() {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
 }
 
 /// Bytes of linear memory the instance has grown to.
@@ -111,7 +133,6 @@ impl Plugin for Bench {
             drops,
             series: HashMap::new(),
             memory,
-            pending: HashMap::new(),
         };
         bench.report_memory();
         Ok(bench)
@@ -128,28 +149,16 @@ impl Plugin for Bench {
                 }
             }
             Mode::CountBatch => {
-                let mut pending = std::mem::take(&mut self.pending);
+                let mut sums: HashMap<(&str, &str), u64, BuildHasherDefault<FastHasher>> =
+                    HashMap::default();
                 for e in batch {
-                    let reasons = match pending.get_mut(pod(e)) {
-                        Some(r) => r,
-                        None => pending.entry(pod(e).to_string()).or_default(),
-                    };
-                    match reasons.get_mut(e.reason) {
-                        Some(n) => *n += 1,
-                        None => {
-                            reasons.insert(e.reason.to_string(), 1);
-                        }
+                    *sums.entry((pod(e), e.reason)).or_default() += 1;
+                }
+                for ((pod, reason), n) in sums {
+                    if let Some(s) = self.series(pod, reason) {
+                        let _ = s.add(n as f64);
                     }
                 }
-                for (pod, reasons) in &mut pending {
-                    for (reason, n) in reasons.iter_mut().filter(|(_, n)| **n > 0) {
-                        if let Some(s) = self.series(pod, reason) {
-                            let _ = s.add(*n as f64);
-                        }
-                        *n = 0;
-                    }
-                }
-                self.pending = pending;
             }
         }
     }

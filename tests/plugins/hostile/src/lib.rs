@@ -1,6 +1,7 @@
 //! A plugin for the test suite: with `mode: count` it counts every event it is handed (per
 //! probe, pod and reason or direction, into `sonde_test_events_seen_total`), so a test can
-//! check it lost none;
+//! check it lost none; with `mode: fields` it counts them by every field they carry (into
+//! `config.metric`), so a test can compare two deliveries of the same events;
 //! every other mode misbehaves in one way, so a test can check the agent survives it.
 
 use serde::Deserialize;
