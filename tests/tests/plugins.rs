@@ -216,6 +216,38 @@ fn bundles_hot_reload_and_broken_versions_are_refused() {
     agent.wait_metric(SEEN, &seen, 100.0, SETTLE_TIMEOUT);
     assert_eq!(agent.metric(SEEN, &seen), Some(100.0));
 
+    // A truncated module is refused by the compiler (a child process): the reason names it,
+    // and the running version keeps counting.
+    let bytes = std::fs::read(&module).unwrap();
+    let cut = dir.path().join("cut.wasm");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    write_bundle(&bundle, "counter", &cut, spec);
+    poll_until(
+        SETTLE_TIMEOUT,
+        "the truncated version to be refused",
+        || {
+            agent
+                .metric(
+                    "sonde_plugin_errors_total",
+                    &[("plugin", "counter"), ("kind", "module")],
+                )
+                .filter(|v| *v >= 1.0)
+        },
+    );
+    let p = plugin(&plugins_api(&agent), "counter")
+        .cloned()
+        .expect("listed");
+    assert_eq!(
+        (p["state"].as_str(), &p["version"]),
+        (Some("running"), &v1),
+        "{p}"
+    );
+    let error = p["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("not a valid component"), "{p}");
+    assert!(!error.contains('\n'), "{p}");
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 10);
+    agent.wait_metric(SEEN, &seen, 110.0, SETTLE_TIMEOUT);
+
     // A good new version (another module) is swapped in.
     let mut other = std::fs::read(&module).unwrap();
     other.extend_from_slice(&[0, 4, 3, b'p', b'a', b'd']); // a custom section "pad": same code, new bytes

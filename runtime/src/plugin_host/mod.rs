@@ -262,20 +262,28 @@ impl PluginHost {
         }
         let component = match (self.cached(sha256), &self.compiler) {
             (Some(c), _) => c,
-            (None, Compiler::Child(exe)) => self.compile_in_child(exe, sha256, bytes)?,
-            (None, Compiler::InProcess) => {
-                let c = Component::new(&self.engine, bytes).map_err(|e| {
-                    BundleError::Module(format!("not a valid component: {}", one_line(&e)))
-                })?;
-                self.keep(sha256, &c);
-                c
-            }
+            (None, Compiler::Child(exe)) => match self.compile_in_child(exe, sha256, bytes) {
+                Ok(c) => c,
+                Err(ChildFailure::Refused(reason)) => return Err(BundleError::Module(reason)),
+                Err(ChildFailure::Unavailable(why)) => {
+                    tracing::warn!(error = %why, "compiling the plugin in process instead");
+                    self.compile_here(sha256, bytes)?
+                }
+            },
+            (None, Compiler::InProcess) => self.compile_here(sha256, bytes)?,
         };
         self.compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(sha256.to_string(), component.clone());
         Ok(component)
+    }
+
+    fn compile_here(&self, sha256: &str, bytes: &[u8]) -> Result<Component, BundleError> {
+        let c = Component::new(&self.engine, bytes)
+            .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;
+        self.keep(sha256, &c);
+        Ok(c)
     }
 
     /// Compiles in a child process into the cache directory (or a temporary file without
@@ -285,7 +293,7 @@ impl PluginHost {
         exe: &Path,
         sha256: &str,
         bytes: &[u8],
-    ) -> Result<Component, BundleError> {
+    ) -> Result<Component, ChildFailure> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let (out, temporary) = match self.cache_path(sha256) {
             Some(path) => (path, false),
@@ -297,10 +305,10 @@ impl PluginHost {
         };
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
-                BundleError::Module(format!("cannot create {}: {e}", dir.display()))
+                ChildFailure::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        run_compiler(exe, bytes, &out).map_err(BundleError::Module)?;
+        run_compiler(exe, bytes, &out)?;
         // SAFETY: the file was just written by this same binary's `plugin compile`, with the
         // engine configuration `PluginHost::engine` makes (wasmtime checks the compatibility
         // again); nobody else writes there.
@@ -309,9 +317,11 @@ impl PluginHost {
             // The component maps the file; its name is no longer needed.
             let _ = std::fs::remove_file(&out);
         }
+        // A binary replaced on disk by another version compiles for another engine.
         component.map_err(|e| {
-            BundleError::Module(format!(
-                "cannot load the compiled component: {}",
+            ChildFailure::Unavailable(format!(
+                "cannot load what {} compiled: {}",
+                exe.display(),
                 one_line(&e)
             ))
         })
@@ -411,11 +421,19 @@ impl HostContext {
     }
 }
 
-/// Runs `exe plugin compile --output out` with the module on stdin; the child's one-line
-/// reason when it fails.
-fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), String> {
+/// Why a child did not compile a component.
+enum ChildFailure {
+    /// The component is bad: the child's one-line reason.
+    Refused(String),
+    /// The child could not do the work (not started, killed, ...): compile in process.
+    Unavailable(String),
+}
+
+/// Runs `exe plugin compile --output out` with the module on stdin.
+fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), ChildFailure> {
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
+    use ChildFailure::{Refused, Unavailable};
     let mut child = Command::new(exe)
         .args(["plugin", "compile", "--output"])
         .arg(out)
@@ -423,7 +441,7 @@ fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start the compiler {}: {e}", exe.display()))?;
+        .map_err(|e| Unavailable(format!("cannot start {}: {e}", exe.display())))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stderr = child.stderr.take().expect("piped stderr");
     // Feed and drain from threads: a large module fills the pipe before the child reads it
@@ -442,13 +460,13 @@ fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), String> {
             Ok(None) if started.elapsed() > CHILD_COMPILE_TIMEOUT => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
+                return Err(Refused(format!(
                     "compiling took longer than {}s",
                     CHILD_COMPILE_TIMEOUT.as_secs()
-                ));
+                )));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting for the compiler: {e}")),
+            Err(e) => return Err(Unavailable(format!("waiting for the compiler: {e}"))),
         }
     };
     let _ = feeder.join();
@@ -460,9 +478,17 @@ fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), String> {
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .map(|l| l.trim().trim_start_matches("sonde: ").to_string())
-        .unwrap_or_else(|| format!("the compiler failed ({status})"));
-    Err(reason)
+        .map(|l| l.trim().trim_start_matches("sonde: ").to_string());
+    match reason {
+        // The child's own verdict on the module.
+        Some(r) if status.code() == Some(1) => Err(Refused(r)),
+        // Killed (out of memory, say) or not a sonde that knows `plugin compile`.
+        other => Err(Unavailable(format!(
+            "{} plugin compile failed ({status}){}",
+            exe.display(),
+            other.map(|r| format!(": {r}")).unwrap_or_default()
+        ))),
+    }
 }
 
 /// `sonde plugin compile`: compiles the component `module` for this host's engine into
@@ -525,4 +551,58 @@ pub fn dirs_from(config: &PluginsConfig, cli: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("compiler.sh");
+        std::fs::write(&path, format!("#!/bin/sh\ncat >/dev/null\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn child_compiler_verdicts() {
+        let dir = std::env::temp_dir().join(format!("sonde-compiler-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.cwasm");
+        // A module the compiler refuses: its one-line reason, without the `sonde: ` prefix.
+        let refuses = script(
+            &dir,
+            "echo 'sonde: not a valid component: bad magic' >&2; exit 1",
+        );
+        match run_compiler(&refuses, &[0u8; 300_000], &out) {
+            Err(ChildFailure::Refused(r)) => assert_eq!(r, "not a valid component: bad magic"),
+            _ => panic!("expected a refusal"),
+        }
+        // A compiler that cannot do the work (killed, or an older binary without the
+        // command): the host compiles in process instead.
+        let killed = script(&dir, "kill -9 $$");
+        assert!(matches!(
+            run_compiler(&killed, b"x", &out),
+            Err(ChildFailure::Unavailable(_))
+        ));
+        let missing = dir.join("no-such-binary");
+        assert!(matches!(
+            run_compiler(&missing, b"x", &out),
+            Err(ChildFailure::Unavailable(_))
+        ));
+        let works = script(&dir, "exit 0");
+        assert!(run_compiler(&works, b"x", &out).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn compile_to_refuses_what_is_not_a_component() {
+        let out =
+            std::env::temp_dir().join(format!("sonde-compile-to-{}.cwasm", std::process::id()));
+        let e = compile_to(b"\0asm not really", &out).unwrap_err();
+        assert!(e.starts_with("not a valid component: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(!out.exists());
+    }
 }
