@@ -336,7 +336,8 @@ pub struct Map {
     pub kind: Kind,
     /// For histograms: the layout every entry shares.
     pub buckets: Option<Buckets>,
-    pub entries: HashMap<Key, Value>,
+    /// aHash: keys hash several strings per event, and SipHash would double their cost.
+    pub entries: HashMap<Key, Value, ahash::RandomState>,
 }
 
 impl Map {
@@ -405,7 +406,7 @@ impl Aggregations {
                 Map {
                     kind,
                     buckets,
-                    entries: HashMap::new(),
+                    entries: HashMap::default(),
                 },
             );
         }

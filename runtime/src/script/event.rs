@@ -5,25 +5,95 @@
 //! Strings that repeat from event to event (pods, reasons, addresses, stacks) are converted
 //! once and shared, so an event costs a map and a handful of reference counts.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rhai::{Array, Dynamic, ImmutableString, Map};
 
-use crate::event::{Event, Flow, Kind};
+use crate::event::{Event, Kind, PacketDrop, Source, TcpReset};
 
-/// Distinct strings (or addresses, or stacks) kept before the cache starts over.
+/// Distinct strings (or addresses, or stacks) kept before a cache starts over.
 const CACHE_LIMIT: usize = 16_384;
+
+/// Hashes a pointer-sized key with one multiplication: the caches below are keyed by the
+/// addresses of shared strings, and SipHash would cost more than the conversion it saves.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type AddrMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
+
+/// The time field, with the date and time of day formatted once per second.
+#[derive(Default)]
+struct TimeText {
+    second: u64,
+    prefix: String,
+}
+
+impl TimeText {
+    fn format(&mut self, t: SystemTime) -> Dynamic {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if d.as_secs() != self.second || self.prefix.is_empty() {
+            let whole = crate::timefmt::rfc3339(UNIX_EPOCH + Duration::from_secs(d.as_secs()));
+            // "2026-11-25T14:03:07.000000Z" without "000000Z".
+            self.prefix = whole[..whole.len() - 7].to_string();
+            self.second = d.as_secs();
+        }
+        let mut s = String::with_capacity(self.prefix.len() + 7);
+        s.push_str(&self.prefix);
+        let _ = write!(s, "{:06}Z", d.subsec_micros());
+        Dynamic::from(s)
+    }
+}
 
 /// Converts events to script maps, caching the strings they repeat.
 #[derive(Default)]
 pub struct EventConverter {
+    /// Shared strings (pods, reasons, locations) by address; the `Arc` keeps the address from
+    /// being reused while cached.
+    shared: AddrMap<(usize, usize), (Arc<str>, ImmutableString)>,
+    /// Static strings (types, states, protocols) by address.
+    statics: AddrMap<(usize, usize), ImmutableString>,
+    /// Other strings, by content.
     strings: HashMap<Box<str>, ImmutableString>,
-    addrs: HashMap<IpAddr, ImmutableString>,
-    /// Stacks by the address of their shared frames (the collector shares one per stack id);
-    /// the `Arc` keeps that address from being reused while cached.
-    stacks: HashMap<usize, (Arc<[Arc<str>]>, Array)>,
+    addrs: AddrMap<IpAddr, ImmutableString>,
+    /// Stacks by the address of their frames (the collector shares one per stack id).
+    stacks: AddrMap<usize, (Arc<[Arc<str>]>, Array)>,
+    time: TimeText,
+    /// The fields of the event being converted, in key order.
+    fields: Vec<(&'static str, Dynamic)>,
+    /// An empty map for each set of fields seen: cloning one and filling in its values is
+    /// cheaper than building a map key by key.
+    templates: Vec<(Vec<&'static str>, Map)>,
+}
+
+fn addr_of(s: &str) -> (usize, usize) {
+    (s.as_ptr() as usize, s.len())
+}
+
+/// Empties a cache that has grown past its limit (a namespace churn, a port scan).
+fn bound<K, V, S>(cache: &mut HashMap<K, V, S>) {
+    if cache.len() >= CACHE_LIMIT {
+        cache.clear();
+    }
 }
 
 impl EventConverter {
@@ -31,16 +101,40 @@ impl EventConverter {
         Self::default()
     }
 
+    fn shared(&mut self, s: &Arc<str>) -> Dynamic {
+        let key = addr_of(s);
+        if let Some((_, v)) = self.shared.get(&key) {
+            return Dynamic::from(v.clone());
+        }
+        bound(&mut self.shared);
+        let v = ImmutableString::from(&**s);
+        self.shared.insert(key, (Arc::clone(s), v.clone()));
+        Dynamic::from(v)
+    }
+
+    fn static_str(&mut self, s: &'static str) -> Dynamic {
+        let v = self
+            .statics
+            .entry(addr_of(s))
+            .or_insert_with(|| ImmutableString::from(s));
+        Dynamic::from(v.clone())
+    }
+
     fn string(&mut self, s: &str) -> Dynamic {
         if let Some(v) = self.strings.get(s) {
             return Dynamic::from(v.clone());
         }
-        if self.strings.len() >= CACHE_LIMIT {
-            self.strings.clear();
-        }
+        bound(&mut self.strings);
         let v = ImmutableString::from(s);
         self.strings.insert(s.into(), v.clone());
         Dynamic::from(v)
+    }
+
+    fn cow(&mut self, s: &Cow<'static, str>) -> Dynamic {
+        match s {
+            Cow::Borrowed(s) => self.static_str(s),
+            Cow::Owned(s) => self.string(s),
+        }
     }
 
     fn addr(&mut self, ip: Option<IpAddr>) -> Dynamic {
@@ -50,9 +144,7 @@ impl EventConverter {
         if let Some(v) = self.addrs.get(&ip) {
             return Dynamic::from(v.clone());
         }
-        if self.addrs.len() >= CACHE_LIMIT {
-            self.addrs.clear();
-        }
+        bound(&mut self.addrs);
         let v = ImmutableString::from(ip.to_string());
         self.addrs.insert(ip, v.clone());
         Dynamic::from(v)
@@ -63,80 +155,122 @@ impl EventConverter {
         if let Some((_, array)) = self.stacks.get(&id) {
             return Dynamic::from_array(array.clone());
         }
-        if self.stacks.len() >= CACHE_LIMIT {
-            self.stacks.clear();
-        }
-        let array: Array = frames.iter().map(|f| self.string(f)).collect();
+        bound(&mut self.stacks);
+        let array: Array = frames.iter().map(|f| self.shared(f)).collect();
         self.stacks.insert(id, (Arc::clone(frames), array.clone()));
         Dynamic::from_array(array)
     }
 
-    fn flow(&mut self, m: &mut Map, flow: &Flow) {
-        m.insert("protocol".into(), self.string(&flow.protocol));
-        m.insert("saddr".into(), self.addr(flow.saddr));
-        m.insert("sport".into(), Dynamic::from_int(flow.sport.into()));
-        m.insert("daddr".into(), self.addr(flow.daddr));
-        m.insert("dport".into(), Dynamic::from_int(flow.dport.into()));
+    /// A map with the keys of `fields` and unit values.
+    fn template(&mut self, fields: &[(&'static str, Dynamic)]) -> Map {
+        let same = |keys: &[&str]| {
+            keys.len() == fields.len() && keys.iter().zip(fields).all(|(k, (f, _))| k == f)
+        };
+        if let Some((_, m)) = self.templates.iter().find(|(keys, _)| same(keys)) {
+            return m.clone();
+        }
+        let keys: Vec<&'static str> = fields.iter().map(|(k, _)| *k).collect();
+        let m: Map = keys.iter().map(|k| ((*k).into(), Dynamic::UNIT)).collect();
+        if self.templates.len() >= 64 {
+            self.templates.clear();
+        }
+        self.templates.push((keys, m.clone()));
+        m
     }
 
     /// The event as a script map.
     pub fn convert(&mut self, e: &Event) -> Map {
-        let mut m = Map::new();
-        m.insert(
-            "time".into(),
-            Dynamic::from(crate::timefmt::rfc3339(e.time)),
-        );
-        m.insert("node".into(), self.string(&e.node));
-        m.insert("type".into(), self.string(e.kind.type_name()));
-        m.insert("severity".into(), self.string(e.severity.as_str()));
-        let (namespace, pod) = match &e.workload {
-            Some(w) => (&*w.namespace, &*w.pod),
-            None => ("", ""),
-        };
-        m.insert("namespace".into(), self.string(namespace));
-        m.insert("pod".into(), self.string(pod));
+        // Fields are gathered in key order, so that the map is built without searching.
+        let mut f = std::mem::take(&mut self.fields);
+        f.clear();
+        let flow = e.kind.flow();
+        if let Some(flow) = flow {
+            let v = self.addr(flow.daddr);
+            f.push(("daddr", v));
+        }
+        if let Kind::TcpReset(r) = &e.kind {
+            f.push(("direction", self.static_str(r.direction)));
+        }
+        if let Some(flow) = flow {
+            f.push(("dport", Dynamic::from_int(flow.dport.into())));
+        }
         if let Some(labels) = &e.labels {
             let labels: Map = labels
                 .iter()
                 .map(|(k, v)| (k.as_str().into(), self.string(v)))
                 .collect();
-            m.insert("labels".into(), Dynamic::from_map(labels));
+            f.push(("labels", Dynamic::from_map(labels)));
         }
-        m.insert("netns".into(), Dynamic::from_int(e.netns.into()));
-        let source = match &e.source {
-            crate::event::Source::Kernel => "kernel",
-            crate::event::Source::Plugin(tag) => tag,
-        };
-        m.insert("source".into(), self.string(source));
-        match &e.kind {
-            Kind::PacketDrop(d) => {
-                self.flow(&mut m, &d.flow);
-                m.insert("reason".into(), self.string(&d.reason));
-                m.insert("location".into(), self.string(&d.location));
-                if let Some(stack) = &d.stack {
-                    m.insert("stack".into(), self.stack(stack));
-                }
-            }
-            Kind::TcpRetrans(r) => {
-                self.flow(&mut m, &r.flow);
-                m.insert("state".into(), self.string(r.state));
-            }
-            Kind::TcpReset(r) => {
-                self.flow(&mut m, &r.flow);
-                m.insert("direction".into(), self.string(r.direction));
-                if let Some(state) = r.state {
-                    m.insert("state".into(), self.string(state));
-                }
-            }
-            Kind::Derived(d) => {
-                for (key, value) in &d.fields {
-                    m.insert(key.as_str().into(), json_value(value));
-                }
-            }
+        if let Kind::PacketDrop(d) = &e.kind {
+            f.push(("location", self.shared(&d.location)));
         }
         if let Some(message) = &e.message {
-            m.insert("message".into(), Dynamic::from(message.clone()));
+            f.push(("message", Dynamic::from(message.clone())));
         }
+        let (namespace, pod) = match &e.workload {
+            Some(w) => (Some(&w.namespace), Some(&w.pod)),
+            None => (None, None),
+        };
+        let namespace = match namespace {
+            Some(n) => self.shared(n),
+            None => self.static_str(""),
+        };
+        f.push(("namespace", namespace));
+        f.push(("netns", Dynamic::from_int(e.netns.into())));
+        f.push(("node", self.shared(&e.node)));
+        let pod = match pod {
+            Some(p) => self.shared(p),
+            None => self.static_str(""),
+        };
+        f.push(("pod", pod));
+        if let Some(flow) = flow {
+            f.push(("protocol", self.cow(&flow.protocol)));
+        }
+        if let Kind::PacketDrop(d) = &e.kind {
+            f.push(("reason", self.shared(&d.reason)));
+        }
+        if let Some(flow) = flow {
+            f.push(("saddr", self.addr(flow.saddr)));
+        }
+        f.push(("severity", self.static_str(e.severity.as_str())));
+        let source = match &e.source {
+            Source::Kernel => self.static_str("kernel"),
+            Source::Plugin(tag) => self.string(tag),
+        };
+        f.push(("source", source));
+        if let Some(flow) = flow {
+            f.push(("sport", Dynamic::from_int(flow.sport.into())));
+        }
+        if let Kind::PacketDrop(PacketDrop {
+            stack: Some(stack), ..
+        }) = &e.kind
+        {
+            f.push(("stack", self.stack(stack)));
+        }
+        match &e.kind {
+            Kind::TcpRetrans(r) => f.push(("state", self.static_str(r.state))),
+            Kind::TcpReset(TcpReset {
+                state: Some(state), ..
+            }) => f.push(("state", self.static_str(state))),
+            _ => {}
+        }
+        f.push(("time", self.time.format(e.time)));
+        f.push(("type", self.string(e.kind.type_name())));
+        // Out of order costs only speed (the map sorts them), so check where it is cheap.
+        if cfg!(any(test, debug_assertions)) {
+            assert!(f.windows(2).all(|w| w[0].0 < w[1].0), "fields out of order");
+        }
+        let mut m = self.template(&f);
+        for (slot, (_, v)) in m.values_mut().zip(f.drain(..)) {
+            *slot = v;
+        }
+        // A derived event's own fields, which may be named anything.
+        if let Kind::Derived(d) = &e.kind {
+            for (key, value) in &d.fields {
+                m.insert(key.as_str().into(), json_value(value));
+            }
+        }
+        self.fields = f;
         m
     }
 }
@@ -165,7 +299,7 @@ fn json_value(v: &serde_json::Value) -> Dynamic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{PacketDrop, Severity, TcpReset};
+    use crate::event::{Flow, Severity, TcpRetrans};
     use crate::topology::Workload;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -219,7 +353,27 @@ mod tests {
             }),
         );
         reset.message = Some("hello".into());
-        for e in [drop_event("b", "NETFILTER_DROP", 5000, 9999), reset] {
+        reset.labels = Some(Arc::from(vec![("app".to_string(), "web".to_string())]));
+        let retrans = Event::kernel(
+            UNIX_EPOCH + Duration::from_micros(1_795_615_387_123_456),
+            7,
+            Severity::Info,
+            Kind::TcpRetrans(TcpRetrans {
+                flow: Flow {
+                    protocol: "tcp".into(),
+                    saddr: Some("10.0.0.1".parse().unwrap()),
+                    sport: 1,
+                    daddr: Some("10.0.0.2".parse().unwrap()),
+                    dport: 2,
+                },
+                state: "ESTABLISHED",
+            }),
+        );
+        for e in [
+            drop_event("b", "NETFILTER_DROP", 5000, 9999),
+            reset,
+            retrans,
+        ] {
             let json: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
             let map = c.convert(&e);
             let json = json.as_object().unwrap();
@@ -229,6 +383,7 @@ mod tests {
                     .get(k.as_str())
                     .unwrap_or_else(|| panic!("no field {k}"));
                 assert_eq!(json_value(v).to_string(), got.to_string(), "field {k}");
+                assert_eq!(json_value(v).type_name(), got.type_name(), "field {k}");
             }
         }
         // Cached strings come back equal.
