@@ -308,7 +308,7 @@ pub enum Value {
 }
 
 impl Value {
-    /// The number the entry stands for: what `get` returns and what entries are sorted by
+    /// The number the entry stands for: what `lookup` returns and what entries are sorted by
     /// (a histogram's count).
     pub fn number(&self) -> Num {
         match self {
@@ -518,7 +518,7 @@ impl Aggregations {
         }
     }
 
-    /// `get(map, key)`: the entry's number, `None` when there is none.
+    /// `lookup(map, key)`: the entry's number, `None` when there is none.
     pub fn get(&self, name: &str, key: &Key) -> Option<Num> {
         Some(self.maps.get(name)?.entries.get(key)?.number())
     }

@@ -233,6 +233,7 @@ fn register_builtins(engine: &mut Engine, state: &Arc<Mutex<State>>) {
         },
     );
 
+    // Not `get`: rhai's strings have `get(index)`, which a call with an integer key would reach.
     let s = Arc::clone(state);
     let get = move |name: ImmutableString, key: Dynamic| -> Dynamic {
         lock(&s)
@@ -241,8 +242,8 @@ fn register_builtins(engine: &mut Engine, state: &Arc<Mutex<State>>) {
             .map_or(Dynamic::UNIT, Num::to_dynamic)
     };
     let g2 = get.clone();
-    engine.register_fn("get", get);
-    engine.register_fn("get", move |name: ImmutableString| {
+    engine.register_fn("lookup", get);
+    engine.register_fn("lookup", move |name: ImmutableString| {
         g2(name, Dynamic::from_array(vec![]))
     });
 
@@ -787,6 +788,16 @@ mod tests {
         s.start().unwrap();
         s.on_exit().unwrap();
         assert_eq!(*printed.lock().unwrap(), "ab  |   42|ff\n3.1\n@n[k]: 1\n\n");
+    }
+
+    #[test]
+    fn lookup_reads_entries_by_any_key() {
+        let (mut s, printed) = compile(
+            "count(\"p\", 9999); count(\"p\", 9999); sum(\"s\", [\"a\", 1], 5); count(\"n\");\n\
+             print(`${lookup(\"p\", 9999)} ${lookup(\"p\", [9999])} ${lookup(\"s\", [\"a\", 1])} ${lookup(\"n\")} ${lookup(\"p\", 1)}`);",
+        );
+        s.start().unwrap();
+        assert_eq!(*printed.lock().unwrap(), "2 2 5 1 \n");
     }
 
     #[test]
