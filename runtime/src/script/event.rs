@@ -41,6 +41,9 @@ impl Hasher for AddrHasher {
 
 type AddrMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
 
+/// A symbolised kernel stack, as the packet_drop collector shares it.
+type Stack = Arc<[Arc<str>]>;
+
 /// The time field, with the date and time of day formatted once per second.
 #[derive(Default)]
 struct TimeText {
@@ -76,7 +79,7 @@ pub struct EventConverter {
     strings: HashMap<Box<str>, ImmutableString>,
     addrs: AddrMap<IpAddr, ImmutableString>,
     /// Stacks by the address of their frames (the collector shares one per stack id).
-    stacks: AddrMap<usize, (Arc<[Arc<str>]>, Array)>,
+    stacks: AddrMap<usize, (Stack, Array)>,
     time: TimeText,
     /// The fields of the event being converted, in key order.
     fields: Vec<(&'static str, Dynamic)>,
@@ -130,6 +133,8 @@ impl EventConverter {
         Dynamic::from(v)
     }
 
+    // The variant matters: a static string is cached by its address, an owned one by content.
+    #[allow(clippy::ptr_arg)]
     fn cow(&mut self, s: &Cow<'static, str>) -> Dynamic {
         match s {
             Cow::Borrowed(s) => self.static_str(s),
@@ -150,7 +155,7 @@ impl EventConverter {
         Dynamic::from(v)
     }
 
-    fn stack(&mut self, frames: &Arc<[Arc<str>]>) -> Dynamic {
+    fn stack(&mut self, frames: &Stack) -> Dynamic {
         let id = Arc::as_ptr(frames) as *const () as usize;
         if let Some((_, array)) = self.stacks.get(&id) {
             return Dynamic::from_array(array.clone());
@@ -296,41 +301,43 @@ fn json_value(v: &serde_json::Value) -> Dynamic {
     }
 }
 
+/// A packet_drop event for tests, enriched with `pod`.
+#[cfg(test)]
+pub(crate) fn drop_event(pod: &str, reason: &str, sport: u16, dport: u16) -> Event {
+    use crate::event::{Flow, Severity};
+    use crate::topology::Workload;
+    let mut e = Event::kernel(
+        UNIX_EPOCH + Duration::from_secs(1),
+        4026532000,
+        Severity::Warning,
+        Kind::PacketDrop(PacketDrop {
+            flow: Flow {
+                protocol: "udp".into(),
+                saddr: Some("198.18.0.1".parse().unwrap()),
+                sport,
+                daddr: Some("198.18.0.2".parse().unwrap()),
+                dport,
+            },
+            reason: Arc::from(reason),
+            location: Arc::from("nft_do_chain"),
+            stack: Some(Arc::from(vec![
+                Arc::from("nft_do_chain+0x3e8"),
+                Arc::from("nf_hook_slow+0x43"),
+            ])),
+        }),
+    );
+    e.node = Arc::from("node-1");
+    e.workload = Some(Workload {
+        namespace: Arc::from(""),
+        pod: Arc::from(pod),
+    });
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{Flow, Severity, TcpRetrans};
-    use crate::topology::Workload;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    pub(crate) fn drop_event(pod: &str, reason: &str, sport: u16, dport: u16) -> Event {
-        let mut e = Event::kernel(
-            UNIX_EPOCH + Duration::from_secs(1),
-            4026532000,
-            Severity::Warning,
-            Kind::PacketDrop(PacketDrop {
-                flow: Flow {
-                    protocol: "udp".into(),
-                    saddr: Some("198.18.0.1".parse().unwrap()),
-                    sport,
-                    daddr: Some("198.18.0.2".parse().unwrap()),
-                    dport,
-                },
-                reason: Arc::from(reason),
-                location: Arc::from("nft_do_chain"),
-                stack: Some(Arc::from(vec![
-                    Arc::from("nft_do_chain+0x3e8"),
-                    Arc::from("nf_hook_slow+0x43"),
-                ])),
-            }),
-        );
-        e.node = Arc::from("node-1");
-        e.workload = Some(Workload {
-            namespace: Arc::from(""),
-            pod: Arc::from(pod),
-        });
-        e
-    }
 
     /// Every field of the JSON form is in the map, with the same value.
     #[test]
@@ -392,6 +399,3 @@ mod tests {
         assert_eq!(again["stack"].clone().into_array().unwrap().len(), 2);
     }
 }
-
-#[cfg(test)]
-pub(crate) use tests::drop_event;

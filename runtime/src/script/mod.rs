@@ -91,6 +91,9 @@ pub struct Handlers {
     pub exit: bool,
 }
 
+/// `on_<probe>` function names by probe.
+type HandlerFns = Vec<(&'static str, Arc<str>)>;
+
 /// The state the script's built-in functions share with the host.
 struct State {
     maps: Aggregations,
@@ -116,7 +119,7 @@ pub struct Script {
     source: String,
     handlers: Handlers,
     /// `on_<probe>` by probe name.
-    handler_fns: Vec<(&'static str, Arc<str>)>,
+    handler_fns: HandlerFns,
     convert: EventConverter,
     limits: Limits,
     stats: Stats,
@@ -522,10 +525,7 @@ impl Script {
 
 /// Checks `on_*` functions against the catalogue: `on_<probe>(e)`, `on_interval()`,
 /// `on_exit()`; any other `on_` name is an error that lists what exists.
-fn check_handlers(
-    ast: &AST,
-    probes: &[&'static str],
-) -> Result<(Handlers, Vec<(&'static str, Arc<str>)>), String> {
+fn check_handlers(ast: &AST, probes: &[&'static str]) -> Result<(Handlers, HandlerFns), String> {
     let mut handlers = Handlers::default();
     let mut fns = Vec::new();
     let all = || {
@@ -783,11 +783,11 @@ mod tests {
     fn printing() {
         let (mut s, printed) = compile(
             "count(\"n\", \"k\");\n\
-             fn on_exit() { printf(\"%-4s|%5d|%x\\n\", \"ab\", 42, 255); print(sprintf(\"%.1f\", 3.14159)); print_map(\"n\"); }",
+             fn on_exit() { printf(\"%-4s|%5d|%x\\n\", \"ab\", 42, 255); print(sprintf(\"%.1f\", 1.23456)); print_map(\"n\"); }",
         );
         s.start().unwrap();
         s.on_exit().unwrap();
-        assert_eq!(*printed.lock().unwrap(), "ab  |   42|ff\n3.1\n@n[k]: 1\n\n");
+        assert_eq!(*printed.lock().unwrap(), "ab  |   42|ff\n1.2\n@n[k]: 1\n\n");
     }
 
     #[test]

@@ -202,8 +202,8 @@ mod tests {
         );
         assert_eq!(f("%u", &[i(-1)]), "18446744073709551615");
         assert_eq!(
-            f("%.2f %8.3f", &[Dynamic::from_float(3.14159), i(2)]),
-            "3.14    2.000"
+            f("%.2f %8.3f", &[Dynamic::from_float(1.23456), i(2)]),
+            "1.23    2.000"
         );
         assert_eq!(f("%.3s|%c", &[s("abcdef"), i(65)]), "abc|A");
         assert_eq!(f("100%%", &[]), "100%");
