@@ -23,6 +23,8 @@ use crate::topology::netns::NetnsTopology;
 const RING_BUFFER_SIZE: &str = "8Mi";
 /// Batches queued between the collectors and the script.
 const QUEUE_BATCHES: usize = 4096;
+/// How long a stopping trace still takes events: two of the collectors' 25 ms polls.
+const FINAL_DRAIN: Duration = Duration::from_millis(50);
 /// Event fields that cost something to collect, the probe option that collects them, and
 /// the probe: a script that mentions the field turns the option on.
 const FIELD_OPTIONS: &[(&str, &str, &str)] = &[("stack", "packet_drop", "stack")];
@@ -192,11 +194,13 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
                 Next::Events(batch) => script.on_events(&batch)?,
                 Next::Interval => script.on_interval()?,
                 Next::Stop => {
-                    // What the collectors had already queued still counts.
-                    for _ in 0..events.len() {
-                        match events.try_recv() {
-                            Ok(batch) => script.on_events(&batch)?,
-                            Err(_) => break,
+                    // What the kernel handed over before the stop still counts: take what
+                    // the collectors publish until their next poll has surely run.
+                    let until = tokio::time::Instant::now() + FINAL_DRAIN;
+                    while !script.exited() {
+                        match rt.block_on(tokio::time::timeout_at(until, events.recv())) {
+                            Ok(Some(batch)) => script.on_events(&batch)?,
+                            _ => break,
                         }
                     }
                     break;

@@ -168,8 +168,14 @@ impl EventConverter {
 
     /// A map with the keys of `fields` and unit values.
     fn template(&mut self, fields: &[(&'static str, Dynamic)]) -> Map {
+        // The names are literals of `convert`: the same address each time, so compare that
+        // first.
         let same = |keys: &[&str]| {
-            keys.len() == fields.len() && keys.iter().zip(fields).all(|(k, (f, _))| k == f)
+            keys.len() == fields.len()
+                && keys
+                    .iter()
+                    .zip(fields)
+                    .all(|(k, (f, _))| std::ptr::eq(*k, *f) || k == f)
         };
         if let Some((_, m)) = self.templates.iter().find(|(keys, _)| same(keys)) {
             return m.clone();

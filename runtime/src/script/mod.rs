@@ -17,6 +17,7 @@ pub mod event;
 pub mod output;
 pub mod printf;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -97,7 +98,6 @@ type HandlerFns = Vec<(&'static str, Arc<str>)>;
 /// The state the script's built-in functions share with the host.
 struct State {
     maps: Aggregations,
-    exit: bool,
     print: Printer,
 }
 
@@ -115,6 +115,8 @@ pub struct Script {
     ast: AST,
     scope: Scope<'static>,
     state: Arc<Mutex<State>>,
+    /// Set by `exit()`; read before every event.
+    exit: Arc<AtomicBool>,
     origin: String,
     source: String,
     handlers: Handlers,
@@ -152,7 +154,7 @@ fn integer(v: &Dynamic, func: &str) -> Fallible<i64> {
 }
 
 /// Registers the aggregation, printing and control functions on `engine`.
-fn register_builtins(engine: &mut Engine, state: &Arc<Mutex<State>>) {
+fn register_builtins(engine: &mut Engine, state: &Arc<Mutex<State>>, exit: &Arc<AtomicBool>) {
     fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -264,9 +266,9 @@ fn register_builtins(engine: &mut Engine, state: &Arc<Mutex<State>>) {
         }
     });
 
-    let s = Arc::clone(state);
+    let x = Arc::clone(exit);
     engine.register_fn("exit", move || -> Fallible<()> {
-        lock(&s).exit = true;
+        x.store(true, Ordering::Relaxed);
         Err(EvalAltResult::Exit(Dynamic::UNIT, Position::NONE).into())
     });
 
@@ -312,9 +314,9 @@ impl Script {
     ) -> Result<Script, ScriptError> {
         let state = Arc::new(Mutex::new(State {
             maps: Aggregations::new(limits.maps),
-            exit: false,
             print: Arc::clone(&print),
         }));
+        let exit = Arc::new(AtomicBool::new(false));
         let mut engine = Engine::new();
         engine
             .set_max_operations(limits.operations)
@@ -334,7 +336,7 @@ impl Script {
             Some(line) => p(&format!("[line {line}] {s}\n")),
             None => p(&format!("{s}\n")),
         });
-        register_builtins(&mut engine, &state);
+        register_builtins(&mut engine, &state, &exit);
 
         let ast = engine.compile(source).map_err(|e| ScriptError {
             origin: origin.to_string(),
@@ -354,6 +356,7 @@ impl Script {
             ast,
             scope: Scope::new(),
             state,
+            exit,
             origin: origin.to_string(),
             source: source.to_string(),
             handlers,
@@ -449,7 +452,7 @@ impl Script {
 
     /// Whether the script called `exit()`.
     pub fn exited(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).exit
+        self.exit.load(Ordering::Relaxed)
     }
 
     /// The aggregation maps, for printing.
