@@ -197,7 +197,9 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
                     // What the kernel handed over before the stop still counts: take what
                     // the collectors publish until their next poll has surely run.
                     let until = tokio::time::Instant::now() + FINAL_DRAIN;
-                    while !script.exited() {
+                    // (Checked by hand: under a flood, recv() is always ready and the
+                    // timeout alone would never end the loop.)
+                    while !script.exited() && tokio::time::Instant::now() < until {
                         match rt.block_on(tokio::time::timeout_at(until, events.recv())) {
                             Ok(Some(batch)) => script.on_events(&batch)?,
                             _ => break,
