@@ -200,7 +200,10 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
                     // (Checked by hand: under a flood, recv() is always ready and the
                     // timeout alone would never end the loop.)
                     while !script.exited() && tokio::time::Instant::now() < until {
-                        match rt.block_on(tokio::time::timeout_at(until, events.recv())) {
+                        let next = rt.block_on(async {
+                            tokio::time::timeout_at(until, events.recv()).await
+                        });
+                        match next {
                             Ok(Some(batch)) => script.on_events(&batch)?,
                             _ => break,
                         }
