@@ -185,7 +185,7 @@ fn exit_ends_the_trace_early() {
 fn interrupt_prints_the_maps() {
     let pods = drop_pods();
     let script = format!(
-        r#"fn on_packet_drop(e) {{ if e.pod == "{}" {{ count("drops", e.dport); }} }}
+        r#"fn on_packet_drop(e) {{ if e.pod == "{}" && e.protocol == "udp" {{ count("drops", e.dport); }} }}
            fn on_exit() {{ printf("%s: %d drops\n", "total", lookup("drops", {PORT})); }}"#,
         pods.b.name()
     );
