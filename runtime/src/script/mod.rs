@@ -492,9 +492,12 @@ impl Script {
                 l.call_depth
             ),
             EvalAltResult::ErrorDataTooLarge(what, _) => format!(
-                "stopped: {what} over the limit (strings {} bytes, arrays {} items, \
+                "stopped: {} is over the limit (strings {} bytes, arrays {} items, \
                  object maps {} entries)",
-                l.string_size, l.array_size, l.map_size
+                what.to_lowercase(),
+                l.string_size,
+                l.array_size,
+                l.map_size
             ),
             EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
             other => {
