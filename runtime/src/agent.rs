@@ -33,7 +33,7 @@ pub struct RunOptions {
 }
 
 /// The node label: config, else `$NODE_NAME`, else the host name.
-fn node_name(config: &AgentConfig) -> String {
+pub(crate) fn node_name(config: &AgentConfig) -> String {
     if !config.node.is_empty() {
         return config.node.clone();
     }

@@ -16,6 +16,8 @@ pub mod kallsyms;
 pub mod metrics;
 pub mod plugin_host;
 pub mod probes;
+pub mod script;
 pub mod sinks;
 pub mod timefmt;
 pub mod topology;
+pub mod trace;

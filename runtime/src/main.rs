@@ -43,6 +43,28 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Run a rhai script against live probes, bpftrace-style (see docs/cookbook.md).
+    #[command(group = clap::ArgGroup::new("script").required(true).args(["expr", "file"]))]
+    Trace {
+        /// The script, inline.
+        #[arg(short = 'e', value_name = "SCRIPT")]
+        expr: Option<String>,
+        /// The script, from a file.
+        #[arg(short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Stop after this long (500ms, 5s, 1m); default: at Ctrl-C or exit().
+        #[arg(long, value_name = "D", value_parser = sonde::trace::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// How often on_interval() runs.
+        #[arg(long, value_name = "D", default_value = "1s", value_parser = sonde::trace::parse_duration)]
+        interval: std::time::Duration,
+        /// How the maps are printed at the end.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Print the number of events and the handlers' cost per event on stderr at the end.
+        #[arg(long)]
+        stats: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,17 +101,29 @@ fn main() -> ExitCode {
             }
             // One line: clap's reason, without the usage block that follows it.
             let text = e.to_string();
-            let reason = text.lines().next().unwrap_or("invalid arguments");
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut reason = lines.next().unwrap_or("invalid arguments").to_string();
+            // "the following required arguments were not provided:" names them on the next line.
+            if reason.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    reason = format!("{reason} {next}");
+                }
+            }
             eprintln!("sonde: {}", reason.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
+    };
+    // A trace's stderr is for the script's own messages: the agent's logs only when amiss.
+    let default_log = match cli.command {
+        Command::Trace { .. } => "warn",
+        _ => "info",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SONDE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_log.into()),
         )
         .init();
     let result = match cli.command {
@@ -116,11 +150,59 @@ fn main() -> ExitCode {
             command: PluginCommand::Compile { output },
         } => plugin_compile(&output),
         Command::Probes { output } => probes(output),
+        Command::Trace {
+            expr,
+            file,
+            duration,
+            interval,
+            output,
+            stats,
+        } => return trace(expr, file, duration, interval, output, stats),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sonde: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sonde trace`: errors are one line, `sonde trace: <where>: <why>`, and exit 1.
+fn trace(
+    expr: Option<String>,
+    file: Option<PathBuf>,
+    duration: Option<std::time::Duration>,
+    interval: std::time::Duration,
+    output: Output,
+    stats: bool,
+) -> ExitCode {
+    let (source, origin) = match (expr, file) {
+        (Some(e), _) => (e, "-e".to_string()),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) => (s, path.display().to_string()),
+            Err(e) => {
+                eprintln!("sonde trace: {}: cannot read: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => unreachable!("clap requires -e or -f"),
+    };
+    let result = sonde::trace::run(sonde::trace::TraceOptions {
+        source,
+        origin,
+        duration,
+        interval,
+        output: match output {
+            Output::Text => sonde::trace::Format::Text,
+            Output::Json => sonde::trace::Format::Json,
+        },
+        stats,
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sonde trace: {}", e.to_string().replace('\n', " "));
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,7 @@ mod bundle;
 mod http;
 mod netns;
 mod prometheus;
+mod trace;
 mod traffic;
 
 pub use agent::{
@@ -20,6 +21,7 @@ pub use bundle::{first_party_bundle, wasm_module, write_bundle};
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use prometheus::{metric_series, metric_value};
+pub use trace::Trace;
 pub use traffic::{bulk_transfer, refused_connects, send_udp};
 
 use std::net::IpAddr;

@@ -1,0 +1,315 @@
+//! `sonde trace`: runs a rhai script against live probes, bpftrace-style. It loads only the
+//! probes the script has handlers for, with the agent's own machinery (collectors, topology,
+//! fan-out), hands every event to the script without rate limits, and at Ctrl-C, SIGTERM,
+//! `--duration` or the script's `exit()` runs `on_exit()` and prints every aggregation map.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::AgentConfig;
+use crate::event::Batch;
+use crate::fanout::FanOut;
+use crate::metrics::Metrics;
+use crate::probes::{Context, Probes, ProbesConfig, DRIVERS};
+use crate::script::{output, Limits, Printer, Script, ScriptError};
+use crate::timefmt::BootClock;
+use crate::topology::netns::NetnsTopology;
+
+/// Per-probe ring buffer while tracing: every event is delivered, so leave room for bursts.
+const RING_BUFFER_SIZE: &str = "8Mi";
+/// Batches queued between the collectors and the script.
+const QUEUE_BATCHES: usize = 4096;
+/// How long a stopping trace still takes events: two of the collectors' 25 ms polls.
+const FINAL_DRAIN: Duration = Duration::from_millis(50);
+/// Event fields that cost something to collect, the probe option that collects them, and
+/// the probe: a script that mentions the field turns the option on.
+const FIELD_OPTIONS: &[(&str, &str, &str)] = &[("stack", "packet_drop", "stack")];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub struct TraceOptions {
+    pub source: String,
+    /// The script's file, or `-e`.
+    pub origin: String,
+    /// Stop after this long; `None` runs until Ctrl-C, SIGTERM or `exit()`.
+    pub duration: Option<Duration>,
+    /// How often `on_interval()` runs.
+    pub interval: Duration,
+    pub output: Format,
+    /// Print event counts and the handlers' cost per event on stderr at the end.
+    pub stats: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{0}")]
+    Script(#[from] ScriptError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// Writes and flushes; a reader that went away (`sonde trace ... | head`) is not an error.
+fn write_out(to_stderr: bool, text: &str) {
+    if to_stderr {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(text.as_bytes()).and_then(|()| e.flush());
+    } else {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+    }
+}
+
+/// The probes config of a trace: the script's probes on, with every event delivered.
+fn probes_config(script: &Script) -> anyhow::Result<ProbesConfig> {
+    let mut probes = serde_json::Map::new();
+    for d in DRIVERS {
+        let name = d.spec.name;
+        let enabled = script.handlers().probes.contains(&name);
+        let mut probe = serde_json::json!({
+            "enabled": enabled,
+            "events": {"enabled": true, "ratePerCpu": 0, "ringBufferSize": RING_BUFFER_SIZE},
+        });
+        for (field, probe_name, option) in FIELD_OPTIONS {
+            if *probe_name == name && script.mentions_field(field) {
+                probe[*option] = true.into();
+            }
+        }
+        probes.insert(name.to_string(), probe);
+    }
+    let config: ProbesConfig = serde_json::from_value(probes.into())
+        .context("cannot configure the probes for the script")?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+enum Next {
+    Events(Batch),
+    Interval,
+    Stop,
+}
+
+pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
+    let output = opts.output;
+    // In JSON mode stdout carries only the document; what the script prints goes to stderr.
+    let print: Printer = Arc::new(move |s| write_out(output == Format::Json, s));
+    let probe_names: Vec<&'static str> = DRIVERS.iter().map(|d| d.spec.name).collect();
+    let mut script = Script::compile(
+        &opts.source,
+        &opts.origin,
+        &probe_names,
+        Limits::default(),
+        print,
+    )?;
+    let config = probes_config(&script)?;
+    script.start()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let guard = rt.enter();
+    let agent_config = AgentConfig::embedded();
+    let metrics = Arc::new(Metrics::new());
+    let topology = NetnsTopology::new(&agent_config.topology.netns_dir);
+    let refresh = topology.spawn_refresh();
+    let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
+    let wanted = script.handlers().probes.clone();
+    let queue_full = metrics
+        .consumer_events_dropped
+        .with_label_values(&["trace"]);
+    // Subscribed before the probes start, so that their first events are seen.
+    let mut events = fanout.subscribe_counted(
+        "trace",
+        QUEUE_BATCHES,
+        queue_full.clone(),
+        Some(wanted.iter().map(|p| p.to_string()).collect()),
+    );
+    let ctx = Arc::new(Context {
+        node: Arc::from(crate::agent::node_name(&agent_config)),
+        topology,
+        metrics: Arc::clone(&metrics),
+        symbols: OnceLock::new(),
+        clock: BootClock::new(),
+        fanout,
+        enrichers: Default::default(),
+    });
+    let probes = Mutex::new(Probes::new(Arc::clone(&ctx)));
+    if !script.exited() && !wanted.is_empty() {
+        let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+        p.apply(&config);
+        let failed: Vec<String> = p
+            .status()
+            .into_iter()
+            .filter(|s| wanted.contains(&s.name) && s.state != "running")
+            .map(|s| format!("{}: {}", s.name, s.error.unwrap_or_default()))
+            .collect();
+        if !failed.is_empty() {
+            return Err(anyhow::anyhow!("cannot attach {}", failed.join("; ")).into());
+        }
+        // Kernel symbols name drop locations; read them now rather than on the first drop.
+        ctx.symbols();
+    }
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    drop(guard);
+    let attached = if wanted.is_empty() {
+        "no probes".to_string()
+    } else {
+        wanted.join(", ")
+    };
+    write_out(true, &format!("sonde trace: attached {attached}\n"));
+
+    let has_interval = script.handlers().interval;
+    let mut handle = || -> Result<(), ScriptError> {
+        while !script.exited() {
+            let next = rt.block_on(async {
+                let stop = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    b = events.recv() => b.map_or(Next::Stop, Next::Events),
+                    _ = tick.tick(), if has_interval => Next::Interval,
+                    _ = interrupt.recv() => Next::Stop,
+                    _ = terminate.recv() => Next::Stop,
+                    _ = stop => Next::Stop,
+                }
+            });
+            match next {
+                Next::Events(batch) => script.on_events(&batch)?,
+                Next::Interval => script.on_interval()?,
+                Next::Stop => {
+                    // What the kernel handed over before the stop still counts: take what
+                    // the collectors publish until their next poll has surely run.
+                    let until = tokio::time::Instant::now() + FINAL_DRAIN;
+                    // (Checked by hand: under a flood, recv() is always ready and the
+                    // timeout alone would never end the loop.)
+                    while !script.exited() && tokio::time::Instant::now() < until {
+                        let next = rt.block_on(async {
+                            tokio::time::timeout_at(until, events.recv()).await
+                        });
+                        match next {
+                            Ok(Some(batch)) => script.on_events(&batch)?,
+                            _ => break,
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    let result = handle();
+
+    // Detach the probes, then count what the kernel could not deliver.
+    let lost_in_kernel = {
+        let _guard = rt.enter();
+        refresh.abort();
+        let mut p = probes.into_inner().unwrap_or_else(|e| e.into_inner());
+        p.sync();
+        drop(p);
+        wanted
+            .iter()
+            .map(|name| metrics.events_lost.with_label_values(&[name]).get())
+            .sum::<u64>()
+    };
+    drop(events);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result?;
+    script.on_exit()?;
+
+    let lost_in_queue = queue_full.get();
+    let stats = script.stats();
+    if opts.stats {
+        let per_event = stats
+            .busy
+            .as_nanos()
+            .checked_div(u128::from(stats.events))
+            .unwrap_or(0);
+        write_out(
+            true,
+            &format!(
+                "sonde trace: {} events handled in {:.3} s, {per_event} ns/event \
+                 (conversion and handler); lost {} in the kernel, {} in the queue\n",
+                stats.events,
+                stats.busy.as_secs_f64(),
+                lost_in_kernel,
+                lost_in_queue
+            ),
+        );
+    }
+    if lost_in_kernel + lost_in_queue > 0 {
+        write_out(
+            true,
+            &format!(
+                "sonde trace: warning: {} events were lost ({lost_in_kernel} with the ring \
+                 buffer full, {lost_in_queue} with the script's queue full); the maps miss them\n",
+                lost_in_kernel + lost_in_queue
+            ),
+        );
+    }
+    let maps = script.maps();
+    match output {
+        Format::Text => write_out(false, &output::text(&maps)),
+        Format::Json => write_out(false, &format!("{}\n", output::json(&maps))),
+    }
+    Ok(())
+}
+
+/// Parses a duration: a number with a unit, `ms`, `s`, `m` or `h` (`500ms`, `5s`, `1.5m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("{s:?} needs a unit: ms, s, m or h (e.g. 5s)")),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
+    let d = Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{s:?} is out of range"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("0s").unwrap_err().contains("more than zero"));
+        assert!(parse_duration("s").is_err());
+    }
+}
