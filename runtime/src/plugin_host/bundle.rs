@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::manifest::Manifest;
+use super::manifest::{BundleKind, Manifest};
 
 /// Why a bundle was refused; `kind()` is the `kind` label of `sonde_plugin_errors_total`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,6 +38,7 @@ impl BundleError {
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The component, or the script's text.
     pub module: Vec<u8>,
     /// Hex SHA-256 of the module.
     pub sha256: String,
@@ -70,10 +71,14 @@ impl Bundle {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| BundleError::Manifest(format!("{origin}: cannot read: {e}")))?;
         let manifest = Manifest::parse(&text, &origin).map_err(BundleError::Manifest)?;
-        let module_path = dir.join(&manifest.spec.module);
+        let field = match manifest.bundle_kind() {
+            Some(BundleKind::Script) => "spec.source",
+            _ => "spec.module",
+        };
+        let module_path = dir.join(manifest.file());
         let module = std::fs::read(&module_path).map_err(|e| {
             BundleError::Module(format!(
-                "{}: cannot read spec.module: {e}",
+                "{}: cannot read {field}: {e}",
                 module_path.display()
             ))
         })?;

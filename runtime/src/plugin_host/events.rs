@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::bundle::PluginInfo;
 use super::manifest::Capability;
 use super::sonde::plugin::events::{Event as WitEvent, Host, Severity as WitSeverity, Value};
 use super::sonde::plugin::types::Error;
-use super::HostState;
+use super::{HostContext, HostState};
 use crate::event::{Derived, Event, Kind, Severity, Source};
 use crate::topology::Workload;
 
@@ -52,83 +53,105 @@ fn to_json(v: Value) -> serde_json::Value {
     }
 }
 
+/// Sends an event a plugin or script derived to the agent's consumers, within the plugin's
+/// `spec.limits.eventsPerSecond` (counted in `budget`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn publish(
+    host: &HostContext,
+    info: &PluginInfo,
+    budget: &mut EmitBudget,
+    kind: String,
+    severity: Severity,
+    netns: Option<u32>,
+    workload: Option<Workload>,
+    message: Option<String>,
+    fields: Vec<(String, serde_json::Value)>,
+) -> Result<(), Error> {
+    let limit = info.manifest.spec.limits.events_per_second;
+    if budget.window.elapsed().as_secs() >= 1 {
+        *budget = EmitBudget::default();
+    }
+    if budget.emitted >= limit {
+        return Err(Error::Limit(format!(
+            "more than {limit} events this second (spec.limits.eventsPerSecond)"
+        )));
+    }
+    if kind.is_empty() || kind.len() > 64 {
+        return Err(Error::Invalid(
+            "event kind must be 1 to 64 characters".into(),
+        ));
+    }
+    if fields.len() > MAX_FIELDS {
+        return Err(Error::Invalid(format!("more than {MAX_FIELDS} fields")));
+    }
+    if let Some((k, _)) = fields
+        .iter()
+        .find(|(k, _)| RESERVED.contains(&k.as_str()) || k.is_empty())
+    {
+        return Err(Error::Invalid(format!(
+            "field {k:?} is reserved for the event envelope"
+        )));
+    }
+    if message.as_ref().is_some_and(|m| m.len() > MAX_TEXT)
+        || fields
+            .iter()
+            .any(|(_, v)| matches!(v, serde_json::Value::String(s) if s.len() > MAX_TEXT))
+    {
+        return Err(Error::Invalid(format!("text longer than {MAX_TEXT} bytes")));
+    }
+    budget.emitted += 1;
+
+    let ctx = &host.probes;
+    let workload = workload.or_else(|| netns.and_then(|n| ctx.topology.workload_of_netns(n)));
+    let e = Event {
+        time: SystemTime::now(),
+        node: Arc::clone(&ctx.node),
+        severity,
+        netns: netns.unwrap_or(0),
+        workload,
+        labels: None,
+        source: Source::Plugin(Arc::clone(&info.source)),
+        message,
+        kind: Kind::Derived(Derived {
+            type_name: kind,
+            fields,
+        }),
+    };
+    ctx.fanout.publish(vec![e]);
+    host.self_metrics
+        .emitted
+        .with_label_values(&[&info.name])
+        .inc();
+    Ok(())
+}
+
 impl Host for HostState {
     fn emit(&mut self, event: WitEvent) -> Result<(), Error> {
         self.require(Capability::Events)?;
-        let limit = self.plugin.manifest.spec.limits.events_per_second;
-        if self.events.window.elapsed().as_secs() >= 1 {
-            self.events = EmitBudget::default();
-        }
-        if self.events.emitted >= limit {
-            return Err(Error::Limit(format!(
-                "more than {limit} events this second (spec.limits.eventsPerSecond)"
-            )));
-        }
-        if event.kind.is_empty() || event.kind.len() > 64 {
-            return Err(Error::Invalid(
-                "event kind must be 1 to 64 characters".into(),
-            ));
-        }
-        if event.fields.len() > MAX_FIELDS {
-            return Err(Error::Invalid(format!("more than {MAX_FIELDS} fields")));
-        }
-        if let Some((k, _)) = event
-            .fields
-            .iter()
-            .find(|(k, _)| RESERVED.contains(&k.as_str()) || k.is_empty())
-        {
-            return Err(Error::Invalid(format!(
-                "field {k:?} is reserved for the event envelope"
-            )));
-        }
-        if event.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT)
-            || event
-                .fields
-                .iter()
-                .any(|(_, v)| matches!(v, Value::Text(s) if s.len() > MAX_TEXT))
-        {
-            return Err(Error::Invalid(format!("text longer than {MAX_TEXT} bytes")));
-        }
-        self.events.emitted += 1;
-
-        let ctx = &self.host.probes;
-        let netns = event.netns.unwrap_or(0);
-        let workload = match event.workload {
-            Some(w) => Some(Workload {
-                namespace: Arc::from(w.namespace),
-                pod: Arc::from(w.pod),
-            }),
-            None => event.netns.and_then(|n| ctx.topology.workload_of_netns(n)),
-        };
+        let workload = event.workload.map(|w| Workload {
+            namespace: Arc::from(w.namespace),
+            pod: Arc::from(w.pod),
+        });
         let severity = match event.severity {
             WitSeverity::Info => Severity::Info,
             WitSeverity::Warning => Severity::Warning,
             WitSeverity::Critical => Severity::Critical,
         };
-        let e = Event {
-            time: SystemTime::now(),
-            node: Arc::clone(&ctx.node),
+        let fields = event
+            .fields
+            .into_iter()
+            .map(|(k, v)| (k, to_json(v)))
+            .collect();
+        publish(
+            &self.host,
+            &self.plugin,
+            &mut self.events,
+            event.kind,
             severity,
-            netns,
+            event.netns,
             workload,
-            labels: None,
-            source: Source::Plugin(Arc::clone(&self.plugin.source)),
-            message: event.message,
-            kind: Kind::Derived(Derived {
-                type_name: event.kind,
-                fields: event
-                    .fields
-                    .into_iter()
-                    .map(|(k, v)| (k, to_json(v)))
-                    .collect(),
-            }),
-        };
-        ctx.fanout.publish(vec![e]);
-        self.host
-            .self_metrics
-            .emitted
-            .with_label_values(&[&self.plugin.name])
-            .inc();
-        Ok(())
+            event.message,
+            fields,
+        )
     }
 }

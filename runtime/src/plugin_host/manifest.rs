@@ -15,7 +15,7 @@ pub const API_VERSION: &str = "sonde.dev/v1alpha1";
 pub struct Manifest {
     /// Must be `sonde.dev/v1alpha1`.
     pub api_version: String,
-    /// Must be `Plugin`.
+    /// `Plugin` (a WebAssembly component) or `Script` (a rhai script).
     pub kind: String,
     pub metadata: Metadata,
     pub spec: Spec,
@@ -31,8 +31,12 @@ pub struct Metadata {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
-    /// The component, a file beside plugin.yaml.
+    /// The component, a file beside plugin.yaml (`kind: Plugin`).
+    #[serde(default)]
     pub module: String,
+    /// The rhai script, a file beside plugin.yaml (`kind: Script`).
+    #[serde(default)]
+    pub source: String,
     /// Hex SHA-256 of the module; the bundle is refused when it does not match.
     #[serde(default)]
     pub sha256: Option<String>,
@@ -50,6 +54,25 @@ pub struct Spec {
     /// What the plugin may use; nothing else is granted.
     #[serde(default)]
     pub capabilities: BTreeSet<Capability>,
+}
+
+/// What a bundle runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleKind {
+    /// A WebAssembly component for the `sonde:plugin` world.
+    Plugin,
+    /// A rhai script (`spec.source`) whose `on_<probe>` handlers get the events as maps.
+    Script,
+}
+
+impl Spec {
+    fn file(&self, field: &str) -> &str {
+        if field == "source" {
+            &self.source
+        } else {
+            &self.module
+        }
+    }
 }
 
 /// `spec.delivery`: which of the world's event handlers the host calls.
@@ -161,9 +184,9 @@ impl Manifest {
                 self.api_version
             ));
         }
-        if self.kind != "Plugin" {
-            return Err(format!("kind: {:?} is not Plugin", self.kind));
-        }
+        let kind = self
+            .bundle_kind()
+            .ok_or_else(|| format!("kind: {:?} is not Plugin or Script", self.kind))?;
         let name = &self.metadata.name;
         let valid = !name.is_empty()
             && name.len() <= 63
@@ -177,11 +200,37 @@ impl Manifest {
                 "metadata.name: {name:?} must be lowercase letters, digits and dashes (at most 63)"
             ));
         }
-        let module = &self.spec.module;
-        if module.is_empty() || module.contains('/') || module.starts_with('.') {
+        let (field, other) = match kind {
+            BundleKind::Plugin => ("module", "source"),
+            BundleKind::Script => ("source", "module"),
+        };
+        if !self.spec.file(other).is_empty() {
             return Err(format!(
-                "spec.module: {module:?} must be a file name beside plugin.yaml"
+                "spec.{other}: a {} bundle names its file in spec.{field}",
+                self.kind
             ));
+        }
+        let file = self.spec.file(field);
+        if file.is_empty() || file.contains('/') || file.starts_with('.') {
+            return Err(format!(
+                "spec.{field}: {file:?} must be a file name beside plugin.yaml"
+            ));
+        }
+        if kind == BundleKind::Script {
+            if let Some(c) = self
+                .spec
+                .capabilities
+                .iter()
+                .find(|c| !matches!(c, Capability::Metrics | Capability::Events))
+            {
+                return Err(format!(
+                    "spec.capabilities: {} is not available to scripts (metrics, events)",
+                    c.as_str()
+                ));
+            }
+            if self.spec.delivery != Delivery::Typed {
+                return Err("spec.delivery: scripts take events as maps, not packed".into());
+            }
         }
         if let Some(sum) = &self.spec.sha256 {
             if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -213,6 +262,23 @@ impl Manifest {
         Ok(())
     }
 
+    /// `kind` as an enum; `None` for an unknown kind (refused by `parse`).
+    pub fn bundle_kind(&self) -> Option<BundleKind> {
+        match self.kind.as_str() {
+            "Plugin" => Some(BundleKind::Plugin),
+            "Script" => Some(BundleKind::Script),
+            _ => None,
+        }
+    }
+
+    /// The file the bundle runs: `spec.module` or `spec.source`.
+    pub fn file(&self) -> &str {
+        match self.bundle_kind() {
+            Some(BundleKind::Script) => &self.spec.source,
+            _ => &self.spec.module,
+        }
+    }
+
     pub fn grants(&self, c: Capability) -> bool {
         self.spec.capabilities.contains(&c)
     }
@@ -234,6 +300,17 @@ mod tests {
         "apiVersion: sonde.dev/v1alpha1\nkind: Plugin\nmetadata:\n  name: retrans-storm\n\
         spec:\n  module: retrans_storm.wasm\n  subscribe: [tcp_retrans]\n  config: {threshold: 5}\n\
         \x20 limits: {memory: 16Mi, callTimeout: 50ms, batch: 256}\n  capabilities: [metrics, events]\n";
+
+    const SCRIPT: &str =
+        "apiVersion: sonde.dev/v1alpha1\nkind: Script\nmetadata:\n  name: syn-drops\n\
+        spec:\n  source: drops.rhai\n  subscribe: [packet_drop]\n  capabilities: [metrics, events]\n";
+
+    #[test]
+    fn parses_a_script_manifest() {
+        let m = Manifest::parse(SCRIPT, "plugin.yaml").unwrap();
+        assert_eq!(m.bundle_kind(), Some(BundleKind::Script));
+        assert_eq!(m.file(), "drops.rhai");
+    }
 
     #[test]
     fn parses_a_manifest() {
@@ -259,6 +336,21 @@ mod tests {
                 "spec.subscribe",
             ),
             (GOOD.replace("kind: Plugin", "kind: Gadget"), "kind"),
+            (GOOD.replace("kind: Plugin", "kind: Script"), "spec.source"),
+            (
+                SCRIPT.replace(
+                    "capabilities: [metrics, events]",
+                    "capabilities: [topology]",
+                ),
+                "not available to scripts",
+            ),
+            (
+                SCRIPT.replace(
+                    "  source: drops.rhai\n",
+                    "  source: drops.rhai\n  module: x.wasm\n",
+                ),
+                "spec.module",
+            ),
             (GOOD.replace("v1alpha1", "v9"), "apiVersion"),
             (
                 GOOD.replace("retrans-storm", "Retrans_Storm"),

@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use prometheus::core::{AtomicF64, GenericCounter, GenericCounterVec};
 use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, Opts, Registry};
 
+use super::bundle::PluginInfo;
 use super::manifest::Capability;
 use super::sonde::plugin::metrics::{Host, Metric, Series};
 use super::sonde::plugin::types::Error;
-use super::HostState;
+use super::{HostContext, HostState};
 
 enum Family {
     Counter(GenericCounterVec<AtomicF64>),
@@ -50,15 +51,26 @@ fn valid_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-impl HostState {
-    fn register(
+/// Which kind of metric to register.
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    /// With these upper bounds (ascending); empty for Prometheus' defaults.
+    Histogram(Vec<f64>),
+}
+
+impl PluginSeries {
+    /// Registers metric `name` for plugin `info` (names start with `sonde_`, belong to one
+    /// plugin and are not the agent's own); its handle.
+    pub fn register(
         &mut self,
+        host: &HostContext,
+        info: &PluginInfo,
+        kind: MetricKind,
         name: String,
         help: String,
         labels: Vec<String>,
-        make: impl FnOnce(Opts, &[&str]) -> prometheus::Result<Family>,
     ) -> Result<Metric, Error> {
-        self.require(Capability::Metrics)?;
         if !name.starts_with("sonde_") || !valid_name(&name) {
             return Err(Error::Invalid(format!(
                 "metric name {name:?} must start with sonde_ and be [a-zA-Z0-9_]"
@@ -70,22 +82,24 @@ impl HostState {
         {
             return Err(Error::Invalid(format!("label name {l:?} is not valid")));
         }
+        if let MetricKind::Histogram(buckets) = &kind {
+            if buckets.windows(2).any(|w| w[0] >= w[1]) || buckets.iter().any(|b| !b.is_finite()) {
+                return Err(Error::Invalid(
+                    "histogram buckets must be finite and ascending".into(),
+                ));
+            }
+        }
         {
-            let mut names = self
-                .host
-                .metric_names
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut names = host.metric_names.lock().unwrap_or_else(|e| e.into_inner());
             match names.get(&name) {
-                Some(owner) if *owner != self.plugin.name => {
+                Some(owner) if *owner != info.name => {
                     return Err(Error::Invalid(format!(
                         "metric {name} is exported by {owner}"
                     )));
                 }
                 _ => {}
             }
-            if self
-                .host
+            if host
                 .probes
                 .metrics
                 .registry
@@ -97,89 +111,51 @@ impl HostState {
                     "metric {name} is one of the agent's own"
                 )));
             }
-            names.insert(name.clone(), self.plugin.name.clone());
+            names.insert(name.clone(), info.name.clone());
         }
         let help = if help.is_empty() {
-            format!("{name} (plugin {})", self.plugin.name)
+            format!("{name} ({})", info.source)
         } else {
             help
         };
         let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let family = make(Opts::new(name.clone(), help), &label_refs)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let opts = Opts::new(name.clone(), help);
+        let family = match kind {
+            MetricKind::Counter => GenericCounterVec::new(opts, &label_refs).map(Family::Counter),
+            MetricKind::Gauge => GaugeVec::new(opts, &label_refs).map(Family::Gauge),
+            MetricKind::Histogram(buckets) => {
+                let mut opts = HistogramOpts::from(opts);
+                if !buckets.is_empty() {
+                    opts = opts.buckets(buckets);
+                }
+                HistogramVec::new(opts, &label_refs).map(Family::Histogram)
+            }
+        }
+        .map_err(|e| Error::Invalid(e.to_string()))?;
         let collector: Box<dyn prometheus::core::Collector> = match &family {
             Family::Counter(c) => Box::new(c.clone()),
             Family::Gauge(g) => Box::new(g.clone()),
             Family::Histogram(h) => Box::new(h.clone()),
         };
-        self.metrics
-            .registry
+        self.registry
             .register(collector)
             .map_err(|e| Error::Invalid(format!("metric {name}: {e}")))?;
-        self.metrics.families.push((family, labels.len()));
-        Ok((self.metrics.families.len() - 1) as Metric)
+        self.families.push((family, labels.len()));
+        Ok((self.families.len() - 1) as Metric)
     }
 
-    fn one(&mut self, series: Series) -> Result<&One, Error> {
-        self.metrics
-            .series
-            .get(series as usize)
-            .ok_or_else(|| Error::Invalid(format!("unknown series handle {series}")))
-    }
-}
-
-impl Host for HostState {
-    fn register_counter(
+    /// The series of `metric` for these label values, counted against `spec.limits.series`.
+    pub fn with_labels(
         &mut self,
-        name: String,
-        help: String,
-        label_names: Vec<String>,
-    ) -> Result<Metric, Error> {
-        self.register(name, help, label_names, |o, l| {
-            GenericCounterVec::new(o, l).map(Family::Counter)
-        })
-    }
-
-    fn register_gauge(
-        &mut self,
-        name: String,
-        help: String,
-        label_names: Vec<String>,
-    ) -> Result<Metric, Error> {
-        self.register(name, help, label_names, |o, l| {
-            GaugeVec::new(o, l).map(Family::Gauge)
-        })
-    }
-
-    fn register_histogram(
-        &mut self,
-        name: String,
-        help: String,
-        label_names: Vec<String>,
-        buckets: Vec<f64>,
-    ) -> Result<Metric, Error> {
-        if buckets.windows(2).any(|w| w[0] >= w[1]) || buckets.iter().any(|b| !b.is_finite()) {
-            return Err(Error::Invalid(
-                "histogram buckets must be finite and ascending".into(),
-            ));
-        }
-        self.register(name, help, label_names, move |o, l| {
-            let mut opts = HistogramOpts::from(o);
-            if !buckets.is_empty() {
-                opts = opts.buckets(buckets);
-            }
-            HistogramVec::new(opts, l).map(Family::Histogram)
-        })
-    }
-
-    fn with_labels(&mut self, metric: Metric, label_values: Vec<String>) -> Result<Series, Error> {
-        self.require(Capability::Metrics)?;
+        info: &PluginInfo,
+        metric: Metric,
+        label_values: Vec<String>,
+    ) -> Result<Series, Error> {
         let key = (metric, label_values);
-        if let Some(s) = self.metrics.by_labels.get(&key) {
+        if let Some(s) = self.by_labels.get(&key) {
             return Ok(*s);
         }
         let (family, arity) = self
-            .metrics
             .families
             .get(metric as usize)
             .ok_or_else(|| Error::Invalid(format!("unknown metric handle {metric}")))?;
@@ -190,8 +166,8 @@ impl Host for HostState {
                 values.len()
             )));
         }
-        let cap = self.plugin.manifest.spec.limits.series as usize;
-        if self.metrics.series.len() >= cap {
+        let cap = info.manifest.spec.limits.series as usize;
+        if self.series.len() >= cap {
             return Err(Error::Limit(format!(
                 "series limit {cap} reached (spec.limits.series)"
             )));
@@ -203,13 +179,19 @@ impl Host for HostState {
             Family::Histogram(h) => h.get_metric_with_label_values(&v).map(One::Histogram),
         }
         .map_err(|e| Error::Invalid(e.to_string()))?;
-        self.metrics.series.push(one);
-        let handle = (self.metrics.series.len() - 1) as Series;
-        self.metrics.by_labels.insert(key, handle);
+        self.series.push(one);
+        let handle = (self.series.len() - 1) as Series;
+        self.by_labels.insert(key, handle);
         Ok(handle)
     }
 
-    fn add(&mut self, series: Series, value: f64) -> Result<(), Error> {
+    fn one(&self, series: Series) -> Result<&One, Error> {
+        self.series
+            .get(series as usize)
+            .ok_or_else(|| Error::Invalid(format!("unknown series handle {series}")))
+    }
+
+    pub fn add(&self, series: Series, value: f64) -> Result<(), Error> {
         match self.one(series)? {
             One::Counter(c) if value >= 0.0 && value.is_finite() => {
                 c.inc_by(value);
@@ -220,7 +202,7 @@ impl Host for HostState {
         }
     }
 
-    fn set(&mut self, series: Series, value: f64) -> Result<(), Error> {
+    pub fn set(&self, series: Series, value: f64) -> Result<(), Error> {
         match self.one(series)? {
             One::Gauge(g) => {
                 g.set(value);
@@ -230,7 +212,7 @@ impl Host for HostState {
         }
     }
 
-    fn observe(&mut self, series: Series, value: f64) -> Result<(), Error> {
+    pub fn observe(&self, series: Series, value: f64) -> Result<(), Error> {
         match self.one(series)? {
             One::Histogram(h) if value.is_finite() => {
                 h.observe(value);
@@ -241,5 +223,66 @@ impl Host for HostState {
                 "series {series} is not a histogram"
             ))),
         }
+    }
+}
+
+impl HostState {
+    fn register(
+        &mut self,
+        kind: MetricKind,
+        name: String,
+        help: String,
+        labels: Vec<String>,
+    ) -> Result<Metric, Error> {
+        self.require(Capability::Metrics)?;
+        self.metrics
+            .register(&self.host, &self.plugin, kind, name, help, labels)
+    }
+}
+
+impl Host for HostState {
+    fn register_counter(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+    ) -> Result<Metric, Error> {
+        self.register(MetricKind::Counter, name, help, label_names)
+    }
+
+    fn register_gauge(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+    ) -> Result<Metric, Error> {
+        self.register(MetricKind::Gauge, name, help, label_names)
+    }
+
+    fn register_histogram(
+        &mut self,
+        name: String,
+        help: String,
+        label_names: Vec<String>,
+        buckets: Vec<f64>,
+    ) -> Result<Metric, Error> {
+        self.register(MetricKind::Histogram(buckets), name, help, label_names)
+    }
+
+    fn with_labels(&mut self, metric: Metric, label_values: Vec<String>) -> Result<Series, Error> {
+        self.require(Capability::Metrics)?;
+        self.metrics.with_labels(&self.plugin, metric, label_values)
+    }
+
+    fn add(&mut self, series: Series, value: f64) -> Result<(), Error> {
+        self.metrics.add(series, value)
+    }
+
+    fn set(&mut self, series: Series, value: f64) -> Result<(), Error> {
+        self.metrics.set(series, value)
+    }
+
+    fn observe(&mut self, series: Series, value: f64) -> Result<(), Error> {
+        self.metrics.observe(series, value)
     }
 }

@@ -56,7 +56,7 @@ fn fingerprint(dir: &Path) -> String {
     let manifest = std::fs::read(dir.join(Bundle::MANIFEST)).unwrap_or_default();
     let mut parts = sha256_hex(&manifest);
     if let Ok(m) = super::manifest::Manifest::parse(&String::from_utf8_lossy(&manifest), "") {
-        let module = dir.join(&m.spec.module);
+        let module = dir.join(m.file());
         let resolved = std::fs::canonicalize(&module).unwrap_or(module);
         if let Ok(meta) = std::fs::metadata(&resolved) {
             let mtime = meta

@@ -87,6 +87,34 @@ impl Failure {
     }
 }
 
+/// A running plugin of either kind (a WebAssembly instance or a script), as its worker
+/// drives it. A method that fails leaves the guest poisoned: the worker makes a fresh one.
+pub(crate) trait Guest: Send {
+    /// Distinguishes successive instances, so a stopping worker only removes its own series.
+    fn generation(&self) -> u64;
+    /// The guest's own metrics, gathered into /metrics.
+    fn registry(&self) -> prometheus::Registry;
+    /// Hands over the events of the probes the plugin subscribes to; how many it was handed.
+    fn deliver(
+        &mut self,
+        host: &PluginHost,
+        info: &PluginInfo,
+        batch: &Batch,
+        symbols: &mut delivery::Symbols,
+    ) -> Result<u64, Failure>;
+    fn tick(&mut self, host: &PluginHost, info: &PluginInfo, now_ns: u64) -> Result<(), Failure>;
+    /// Labels for a workload (capability `enrich`).
+    fn workload_labels(
+        &mut self,
+        host: &PluginHost,
+        info: &PluginInfo,
+        workload: &Workload,
+    ) -> Result<Vec<(String, String)>, Failure>;
+}
+
+/// Makes a fresh guest of a plugin, for a restart.
+pub(crate) type Fresh = Box<dyn Fn(&PluginHost) -> Result<Box<dyn Guest>, BundleError> + Send>;
+
 /// A live instance of a plugin.
 pub struct Instance {
     store: Store<HostState>,
@@ -212,6 +240,24 @@ impl PluginHost {
                 return Err(e);
             }
         };
+        let fresh_info = Arc::clone(&info);
+        let fresh: Fresh = Box::new(move |host: &PluginHost| {
+            host.instantiate(&fresh_info, &pre)
+                .map(|i| Box::new(i) as Box<dyn Guest>)
+        });
+        self.launch(&bundle, info, Box::new(instance), fresh)
+    }
+
+    /// Swaps a guest that has initialised in for the previous version of its plugin: its
+    /// metrics and its queue replace the old ones', and its thread starts.
+    pub(crate) fn launch(
+        self: &Arc<Self>,
+        bundle: &Bundle,
+        info: Arc<PluginInfo>,
+        instance: Box<dyn Guest>,
+        fresh: Fresh,
+    ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
+        let name = info.name.clone();
         let status = Arc::new(Mutex::new(PluginStatus {
             name: name.clone(),
             version: bundle.sha256[..12].to_string(),
@@ -230,7 +276,7 @@ impl PluginHost {
         self.using(&name, Some(&bundle.sha256));
         // The swap: the new instance's metrics replace the old ones' and its queue replaces
         // the old one's, whose worker ends when its queue closes.
-        self.publish_registry(&name, &instance);
+        self.publish_registry(&name, &*instance);
         let m = &self.host.self_metrics;
         let dropped = m.dropped.with_label_values(&[&name]);
         let rx = self.host.probes.fanout.subscribe_counted(
@@ -249,22 +295,19 @@ impl PluginHost {
         let worker_status = Arc::clone(&status);
         std::thread::Builder::new()
             .name(format!("plugin {name}"))
-            .spawn(move || host.run(info, pre, instance, rx, enrich, worker_status))
+            .spawn(move || host.run(info, fresh, instance, rx, enrich, worker_status))
             .map_err(|e| BundleError::Init(format!("cannot start the plugin's thread: {e}")))?;
         Ok(status)
     }
 
-    fn publish_registry(&self, name: &str, instance: &Instance) {
+    pub(crate) fn publish_registry(&self, name: &str, instance: &dyn Guest) {
         self.host
             .registries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 name.to_string(),
-                (
-                    instance.generation,
-                    instance.store.data().metrics.registry.clone(),
-                ),
+                (instance.generation(), instance.registry()),
             );
     }
 
@@ -288,17 +331,17 @@ impl PluginHost {
     /// The plugin's thread: batches and ticks until its queue closes (replaced, removed) or
     /// it is quarantined. The queue is awaited on a small runtime, but every call into the
     /// plugin happens outside it: WASI's synchronous host functions run their own.
-    fn run(
+    pub(crate) fn run(
         self: Arc<Self>,
         info: Arc<PluginInfo>,
-        pre: PluginPre<HostState>,
-        instance: Instance,
+        fresh: Fresh,
+        instance: Box<dyn Guest>,
         rx: tokio::sync::mpsc::Receiver<Batch>,
         enrich: Option<(Arc<Enricher>, tokio::sync::mpsc::Receiver<Workload>)>,
         status: Arc<Mutex<PluginStatus>>,
     ) {
         let name = info.name.clone();
-        let generation = instance.generation;
+        let generation = instance.generation();
         let (enricher, questions) = match enrich {
             Some((e, q)) => (Some(e), Some(q)),
             None => (None, None),
@@ -306,7 +349,7 @@ impl PluginHost {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.serve(
                 &info,
-                &pre,
+                &fresh,
                 instance,
                 rx,
                 enricher.as_ref().zip(questions),
@@ -330,8 +373,8 @@ impl PluginHost {
     fn serve(
         &self,
         info: &Arc<PluginInfo>,
-        pre: &PluginPre<HostState>,
-        mut instance: Instance,
+        fresh: &Fresh,
+        mut instance: Box<dyn Guest>,
         mut rx: tokio::sync::mpsc::Receiver<Batch>,
         mut enrich: Option<(&Arc<Enricher>, tokio::sync::mpsc::Receiver<Workload>)>,
         status: &Mutex<PluginStatus>,
@@ -378,24 +421,25 @@ impl PluginHost {
             let result = match next {
                 Next::Closed => return,
                 Next::Question(workload) => {
-                    let asked = super::topology::to_wit(workload.clone());
                     instance
-                        .call("workload-labels", &m, &name, |b, s| {
-                            b.call_workload_labels(s, &asked)
-                        })
+                        .workload_labels(self, info, &workload)
                         .map(|labels| {
                             if let Some((enricher, _)) = &enrich {
                                 enricher.answer(workload, clean_labels(labels));
                             }
                         })
                 }
-                Next::Batch(batch) => self.deliver(info, &mut instance, &batch, &mut symbols),
+                Next::Batch(batch) => instance.deliver(self, info, &batch, &mut symbols).map(|n| {
+                    if n > 0 {
+                        m.delivered.with_label_values(&[&name]).inc_by(n);
+                    }
+                }),
                 Next::Tick => {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .unwrap_or_default()
                         .as_nanos() as u64;
-                    instance.call("tick", &m, &name, |b, s| b.call_tick(s, now))
+                    instance.tick(self, info, now)
                 }
             };
             let Err(failure) = result else { continue };
@@ -412,7 +456,7 @@ impl PluginHost {
             }
             let error = format!("{}: {}", failure.kind, failure.message);
             if failures.len() >= MAX_FAILURES {
-                self.quarantine(&name, status, error, instance.generation);
+                self.quarantine(&name, status, error, instance.generation());
                 return;
             }
             set_status(status, "restarting", Some(error));
@@ -420,11 +464,11 @@ impl PluginHost {
             let mut backoff = FIRST_BACKOFF * 2u32.pow(failures.len() as u32 - 1);
             loop {
                 std::thread::sleep(backoff.min(MAX_BACKOFF));
-                match self.instantiate(info, pre) {
+                match fresh(self) {
                     Ok(fresh) => {
                         instance = fresh;
                         if self.registry_is_current(&name) {
-                            self.publish_registry(&name, &instance);
+                            self.publish_registry(&name, &*instance);
                         }
                         m.restarts.with_label_values(&[&name]).inc();
                         m.up.with_label_values(&[&name]).set(1);
@@ -436,7 +480,7 @@ impl PluginHost {
                         m.errors.with_label_values(&[&name, e.kind()]).inc();
                         failures.push_back(Instant::now());
                         if failures.len() >= MAX_FAILURES {
-                            self.quarantine(&name, status, e.to_string(), instance.generation);
+                            self.quarantine(&name, status, e.to_string(), instance.generation());
                             return;
                         }
                         backoff *= 2;
@@ -470,19 +514,29 @@ impl PluginHost {
             registries.remove(name);
         }
     }
+}
 
-    /// Hands a batch to the plugin: the events of the probes it subscribes to, typed or
-    /// packed as its manifest says, at most `limits.batch` per call.
+impl Guest for Instance {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn registry(&self) -> prometheus::Registry {
+        self.store.data().metrics.registry.clone()
+    }
+
+    /// The events of the probes the plugin subscribes to, typed or packed as its manifest
+    /// says, at most `limits.batch` per call.
     fn deliver(
-        &self,
+        &mut self,
+        host: &PluginHost,
         info: &PluginInfo,
-        instance: &mut Instance,
         batch: &Batch,
         symbols: &mut delivery::Symbols,
-    ) -> Result<(), Failure> {
+    ) -> Result<u64, Failure> {
         let spec = &info.manifest.spec;
-        let topology = &*self.host.probes.topology;
-        let m = &self.host.self_metrics;
+        let topology = &*host.host.probes.topology;
+        let m = &host.host.self_metrics;
         let name = info.name.as_str();
         let packed = spec.delivery == Delivery::Packed;
         let mut n = 0u64;
@@ -495,24 +549,39 @@ impl PluginHost {
                 n += part.len() as u64;
                 match &part {
                     delivery::Delivery::PacketDrops(b) => {
-                        instance.call(probe.handler(), m, name, |g, s| g.call_on_packet_drop(s, b))
+                        self.call(probe.handler(), m, name, |g, s| g.call_on_packet_drop(s, b))
                     }
                     delivery::Delivery::TcpRetrans(b) => {
-                        instance.call(probe.handler(), m, name, |g, s| g.call_on_tcp_retrans(s, b))
+                        self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_retrans(s, b))
                     }
                     delivery::Delivery::TcpResets(b) => {
-                        instance.call(probe.handler(), m, name, |g, s| g.call_on_tcp_reset(s, b))
+                        self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_reset(s, b))
                     }
                     delivery::Delivery::Packed(b) => {
-                        instance.call("on-packed", m, name, |g, s| g.call_on_packed(s, b))
+                        self.call("on-packed", m, name, |g, s| g.call_on_packed(s, b))
                     }
                 }?;
             }
         }
-        if n > 0 {
-            m.delivered.with_label_values(&[name]).inc_by(n);
-        }
-        Ok(())
+        Ok(n)
+    }
+
+    fn tick(&mut self, host: &PluginHost, info: &PluginInfo, now_ns: u64) -> Result<(), Failure> {
+        let m = &host.host.self_metrics;
+        self.call("tick", m, &info.name, |b, s| b.call_tick(s, now_ns))
+    }
+
+    fn workload_labels(
+        &mut self,
+        host: &PluginHost,
+        info: &PluginInfo,
+        workload: &Workload,
+    ) -> Result<Vec<(String, String)>, Failure> {
+        let asked = super::topology::to_wit(workload.clone());
+        let m = &host.host.self_metrics;
+        self.call("workload-labels", m, &info.name, |b, s| {
+            b.call_workload_labels(s, &asked)
+        })
     }
 }
 
