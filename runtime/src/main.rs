@@ -64,6 +64,10 @@ enum Command {
         /// Print the number of events and the handlers' cost per event on stderr at the end.
         #[arg(long)]
         stats: bool,
+        /// Take the events of a running agent (http://HOST:PORT, its --listen address)
+        /// instead of loading the probes here.
+        #[arg(long, value_name = "URL")]
+        agent: Option<String>,
     },
 }
 
@@ -147,7 +151,8 @@ fn main() -> ExitCode {
             interval,
             output,
             stats,
-        } => return trace(expr, file, duration, interval, output, stats),
+            agent,
+        } => return trace(expr, file, duration, interval, output, stats, agent),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +171,7 @@ fn trace(
     interval: std::time::Duration,
     output: Output,
     stats: bool,
+    agent: Option<String>,
 ) -> ExitCode {
     let (source, origin) = match (expr, file) {
         (Some(e), _) => (e, "-e".to_string()),
@@ -188,6 +194,7 @@ fn trace(
             Output::Json => sonde::trace::Format::Json,
         },
         stats,
+        agent,
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
