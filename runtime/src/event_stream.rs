@@ -150,3 +150,31 @@ async fn events(State(s): State<StreamState>, RawQuery(query): RawQuery) -> Resp
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_names_from_the_query() {
+        assert_eq!(
+            probe_names(Some("probes=packet_drop,tcp_reset")),
+            Ok(vec!["packet_drop".to_string(), "tcp_reset".to_string()])
+        );
+        assert_eq!(
+            probe_names(Some("probes=packet_drop%2Ctcp_reset&probes=tcp_retrans")),
+            Ok(vec![
+                "packet_drop".to_string(),
+                "tcp_reset".to_string(),
+                "tcp_retrans".to_string()
+            ])
+        );
+        assert!(probe_names(None).unwrap_err().contains("at least one"));
+        assert!(probe_names(Some("probes="))
+            .unwrap_err()
+            .contains("at least one"));
+        assert!(probe_names(Some("probe=x"))
+            .unwrap_err()
+            .contains("unknown parameter"));
+    }
+}

@@ -489,6 +489,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn agent_urls() {
+        assert_eq!(
+            agent_addr("http://127.0.0.1:9990"),
+            Ok("127.0.0.1:9990".into())
+        );
+        assert_eq!(
+            agent_addr("http://127.0.0.1:9990/"),
+            Ok("127.0.0.1:9990".into())
+        );
+        assert_eq!(agent_addr("localhost:9990"), Ok("localhost:9990".into()));
+        assert_eq!(agent_addr("http://node-1"), Ok("node-1:80".into()));
+        assert!(agent_addr("https://x:1")
+            .unwrap_err()
+            .contains("only http://"));
+        assert!(agent_addr("http://x:1/api")
+            .unwrap_err()
+            .contains("HOST:PORT"));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
