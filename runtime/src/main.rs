@@ -110,9 +110,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A trace's stderr is for the script's own messages: the agent's logs only when amiss.
+    // A trace's stderr is for the script's own messages: the agent's logs only when amiss,
+    // and not the probes' (a probe that cannot attach is the trace's one-line error).
     let default_log = match cli.command {
-        Command::Trace { .. } => "warn",
+        Command::Trace { .. } => "warn,sonde::probes=off",
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -4,6 +4,7 @@
 //! loops) are refused or stopped with a one-line reason and a non-zero exit.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -379,5 +380,33 @@ fn through_a_running_agent() {
             "sonde trace: the agent at {url} refused the event stream (HTTP/1.0 409 Conflict): \
              probe tcp_reset is not running"
         )
+    );
+}
+
+#[test]
+fn without_privileges_one_line_says_why() {
+    // A copy that user `nobody` may execute, wherever the checkout lives.
+    let dir = sonde_tests::TempDir::new();
+    let bin = dir.path().join("sonde");
+    std::fs::copy(sonde_tests::sonde_bin(), &bin).expect("copy the agent binary");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["trace", "-e", "fn on_packet_drop(e) { count(\"x\"); }"])
+        .args(["--duration", "1s"])
+        .env_remove("SONDE_LOG")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run sonde trace as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("sonde trace: cannot attach packet_drop: "),
+        "{stderr}"
     );
 }
