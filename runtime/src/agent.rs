@@ -138,12 +138,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::spawn(watch_config(path, config, probes, sinks, metrics));
     }
 
+    let events = crate::event_stream::router(
+        Arc::clone(&ctx.fanout),
+        Arc::clone(&probes),
+        Arc::clone(&metrics),
+    );
     let app = exporter::router(ApiState {
         probes: Arc::clone(&probes),
         metrics,
         topology: Arc::clone(&ctx.topology),
         plugins,
-    });
+    })
+    .merge(events);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await

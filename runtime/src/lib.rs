@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 pub mod enrich;
 pub mod event;
+pub mod event_stream;
 pub mod exporter;
 pub mod fanout;
 pub mod kallsyms;

@@ -64,6 +64,10 @@ enum Command {
         /// Print the number of events and the handlers' cost per event on stderr at the end.
         #[arg(long)]
         stats: bool,
+        /// Take the events of a running agent (http://HOST:PORT, its --listen address)
+        /// instead of loading the probes here.
+        #[arg(long, value_name = "URL")]
+        agent: Option<String>,
     },
 }
 
@@ -113,9 +117,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A trace's stderr is for the script's own messages: the agent's logs only when amiss.
+    // A trace's stderr is for the script's own messages: the agent's logs only when amiss,
+    // and not the probes' (a probe that cannot attach is the trace's one-line error).
     let default_log = match cli.command {
-        Command::Trace { .. } => "warn",
+        Command::Trace { .. } => "warn,sonde::probes=off",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -157,7 +162,8 @@ fn main() -> ExitCode {
             interval,
             output,
             stats,
-        } => return trace(expr, file, duration, interval, output, stats),
+            agent,
+        } => return trace(expr, file, duration, interval, output, stats, agent),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,6 +182,7 @@ fn trace(
     interval: std::time::Duration,
     output: Output,
     stats: bool,
+    agent: Option<String>,
 ) -> ExitCode {
     let (source, origin) = match (expr, file) {
         (Some(e), _) => (e, "-e".to_string()),
@@ -198,6 +205,7 @@ fn trace(
             Output::Json => sonde::trace::Format::Json,
         },
         stats,
+        agent,
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

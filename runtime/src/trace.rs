@@ -4,11 +4,13 @@
 //! `--duration` or the script's `exit()` runs `on_exit()` and prints every aggregation map.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use prometheus::IntCounter;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::event::Batch;
@@ -46,6 +48,8 @@ pub struct TraceOptions {
     pub output: Format,
     /// Print event counts and the handlers' cost per event on stderr at the end.
     pub stats: bool,
+    /// A running agent's address: take its event stream instead of loading the probes.
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,33 +94,63 @@ fn probes_config(script: &Script) -> anyhow::Result<ProbesConfig> {
     Ok(config)
 }
 
-enum Next {
-    Events(Batch),
-    Interval,
-    Stop,
+/// A batch of events from where the trace gets them.
+enum Events {
+    /// Decoded by the probes loaded here.
+    Local(Batch),
+    /// JSON events from an agent's stream.
+    Json(Vec<serde_json::Value>),
 }
 
-pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
-    let output = opts.output;
-    // In JSON mode stdout carries only the document; what the script prints goes to stderr.
-    let print: Printer = Arc::new(move |s| write_out(output == Format::Json, s));
-    let probe_names: Vec<&'static str> = DRIVERS.iter().map(|d| d.spec.name).collect();
-    let mut script = Script::compile(
-        &opts.source,
-        &opts.origin,
-        &probe_names,
-        Limits::default(),
-        print,
-    )?;
-    let config = probes_config(&script)?;
-    script.start()?;
+/// Where a trace's events come from.
+enum Feed {
+    Local(Box<LocalProbes>),
+    Agent {
+        url: String,
+        events: mpsc::Receiver<Vec<serde_json::Value>>,
+    },
+}
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    let guard = rt.enter();
+impl Feed {
+    /// The next batch; `None` once the source has ended.
+    async fn next(&mut self) -> Option<Events> {
+        match self {
+            Feed::Local(l) => l.events.recv().await.map(Events::Local),
+            Feed::Agent { events, .. } => events.recv().await.map(Events::Json),
+        }
+    }
+}
+
+/// The probes a trace loaded, and what it needs to stop them and count their losses.
+struct LocalProbes {
+    probes: Probes,
+    metrics: Arc<Metrics>,
+    events: mpsc::Receiver<Batch>,
+    queue_full: IntCounter,
+    refresh: tokio::task::JoinHandle<()>,
+    wanted: Vec<&'static str>,
+}
+
+impl LocalProbes {
+    /// Detaches the probes; returns the events lost in the kernel and in the queue.
+    fn stop(self: Box<Self>) -> (u64, u64) {
+        let this = *self;
+        this.refresh.abort();
+        let mut probes = this.probes;
+        probes.sync();
+        drop(probes);
+        let kernel = this
+            .wanted
+            .iter()
+            .map(|name| this.metrics.events_lost.with_label_values(&[name]).get())
+            .sum();
+        (kernel, this.queue_full.get())
+    }
+}
+
+/// Loads the script's probes here (inside the runtime), with every event for the script.
+fn attach(script: &Script) -> Result<LocalProbes, TraceError> {
+    let config = probes_config(script)?;
     let agent_config = AgentConfig::embedded();
     let metrics = Arc::new(Metrics::new());
     let topology = NetnsTopology::new(&agent_config.topology.netns_dir);
@@ -127,7 +161,7 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
         .consumer_events_dropped
         .with_label_values(&["trace"]);
     // Subscribed before the probes start, so that their first events are seen.
-    let mut events = fanout.subscribe_counted(
+    let events = fanout.subscribe_counted(
         "trace",
         QUEUE_BATCHES,
         queue_full.clone(),
@@ -142,22 +176,149 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
         fanout,
         enrichers: Default::default(),
     });
-    let probes = Mutex::new(Probes::new(Arc::clone(&ctx)));
-    if !script.exited() && !wanted.is_empty() {
-        let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-        p.apply(&config);
-        let failed: Vec<String> = p
+    let mut probes = Probes::new(Arc::clone(&ctx));
+    // A script that called exit() in its top-level statements needs no probes.
+    if !wanted.is_empty() && !script.exited() {
+        probes.apply(&config);
+        let failed: Vec<String> = probes
             .status()
             .into_iter()
             .filter(|s| wanted.contains(&s.name) && s.state != "running")
             .map(|s| format!("{}: {}", s.name, s.error.unwrap_or_default()))
             .collect();
         if !failed.is_empty() {
+            refresh.abort();
             return Err(anyhow::anyhow!("cannot attach {}", failed.join("; ")).into());
         }
         // Kernel symbols name drop locations; read them now rather than on the first drop.
         ctx.symbols();
     }
+    Ok(LocalProbes {
+        probes,
+        metrics,
+        events,
+        queue_full,
+        refresh,
+        wanted,
+    })
+}
+
+/// `host:port` of an agent URL (`http://127.0.0.1:9990`, `127.0.0.1:9990`).
+fn agent_addr(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(format!("--agent {url:?}: only http:// URLs are supported"));
+    }
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "--agent {url:?}: expected http://HOST:PORT (the agent's --listen address)"
+        ));
+    }
+    Ok(if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    })
+}
+
+/// Opens the agent's event stream for `probes`: the agent answers once it has subscribed,
+/// so every event after that reaches the script.
+async fn connect_agent(
+    url: &str,
+    probes: &[&'static str],
+) -> anyhow::Result<mpsc::Receiver<Vec<serde_json::Value>>> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let addr = agent_addr(url).map_err(anyhow::Error::msg)?;
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("cannot reach the agent at {url}"))?;
+    // HTTP/1.0: the body is the rest of the connection, no chunked framing to undo.
+    let request = format!(
+        "GET /api/v1/events?probes={} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
+        probes.join(",")
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).await?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 || line.trim().is_empty() {
+            break;
+        }
+    }
+    if status.split_whitespace().nth(1) != Some("200") {
+        let mut body = String::new();
+        let _ = reader.take(4096).read_to_string(&mut body).await;
+        anyhow::bail!(
+            "the agent at {url} refused the event stream ({}): {}",
+            status.trim(),
+            body.trim()
+        );
+    }
+    let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            match serde_json::from_str(&line) {
+                Ok(v) => batch.push(v),
+                Err(e) => tracing::warn!(error = %e, "agent sent a line that is not JSON"),
+            }
+            // Hand over what has arrived; keep reading while more is buffered.
+            if (reader.buffer().is_empty() || batch.len() >= 1024)
+                && tx.send(std::mem::take(&mut batch)).await.is_err()
+            {
+                return;
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(batch).await;
+        }
+    });
+    Ok(rx)
+}
+
+pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
+    let output = opts.output;
+    // In JSON mode stdout carries only the document; what the script prints goes to stderr.
+    let print: Printer = Arc::new(move |s| write_out(output == Format::Json, s));
+    let probe_names: Vec<&'static str> = DRIVERS.iter().map(|d| d.spec.name).collect();
+    let mut script = Script::compile(
+        &opts.source,
+        &opts.origin,
+        &probe_names,
+        Limits::default(),
+        print,
+    )?;
+    // Checked before anything starts, so that a bad config is reported first.
+    probes_config(&script)?;
+    script.start()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let guard = rt.enter();
+    let wanted = script.handlers().probes.clone();
+    let mut feed = match &opts.agent {
+        Some(url) if !wanted.is_empty() && !script.exited() => {
+            let events = rt.block_on(connect_agent(url, &wanted))?;
+            Feed::Agent {
+                url: url.clone(),
+                events,
+            }
+        }
+        _ => Feed::Local(Box::new(attach(&script)?)),
+    };
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
@@ -170,10 +331,30 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
     } else {
         wanted.join(", ")
     };
-    write_out(true, &format!("sonde trace: attached {attached}\n"));
+    let through = match &feed {
+        Feed::Agent { url, .. } => format!(" (through the agent at {url})"),
+        Feed::Local(_) => String::new(),
+    };
+    write_out(
+        true,
+        &format!("sonde trace: attached {attached}{through}\n"),
+    );
 
+    enum Next {
+        Events(Events),
+        Interval,
+        Stop,
+        Ended,
+    }
     let has_interval = script.handlers().interval;
-    let mut handle = || -> Result<(), ScriptError> {
+    let mut ended = false;
+    fn handle(script: &mut Script, events: Events) -> Result<(), ScriptError> {
+        match events {
+            Events::Local(batch) => script.on_events(&batch),
+            Events::Json(batch) => script.on_json_events(&batch),
+        }
+    }
+    let mut run = || -> Result<(), ScriptError> {
         while !script.exited() {
             let next = rt.block_on(async {
                 let stop = async {
@@ -183,7 +364,7 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
                     }
                 };
                 tokio::select! {
-                    b = events.recv() => b.map_or(Next::Stop, Next::Events),
+                    e = feed.next() => e.map_or(Next::Ended, Next::Events),
                     _ = tick.tick(), if has_interval => Next::Interval,
                     _ = interrupt.recv() => Next::Stop,
                     _ = terminate.recv() => Next::Stop,
@@ -191,20 +372,23 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
                 }
             });
             match next {
-                Next::Events(batch) => script.on_events(&batch)?,
+                Next::Events(events) => handle(&mut script, events)?,
                 Next::Interval => script.on_interval()?,
+                Next::Ended => {
+                    ended = true;
+                    break;
+                }
                 Next::Stop => {
                     // What the kernel handed over before the stop still counts: take what
-                    // the collectors publish until their next poll has surely run.
+                    // the collectors publish until their next poll has surely run. (Checked
+                    // by hand: under a flood, the feed is always ready and the timeout alone
+                    // would never end the loop.)
                     let until = tokio::time::Instant::now() + FINAL_DRAIN;
-                    // (Checked by hand: under a flood, recv() is always ready and the
-                    // timeout alone would never end the loop.)
                     while !script.exited() && tokio::time::Instant::now() < until {
-                        let next = rt.block_on(async {
-                            tokio::time::timeout_at(until, events.recv()).await
-                        });
+                        let next = rt
+                            .block_on(async { tokio::time::timeout_at(until, feed.next()).await });
                         match next {
-                            Ok(Some(batch)) => script.on_events(&batch)?,
+                            Ok(Some(events)) => handle(&mut script, events)?,
                             _ => break,
                         }
                     }
@@ -214,26 +398,27 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
         }
         Ok(())
     };
-    let result = handle();
+    let result = run();
 
-    // Detach the probes, then count what the kernel could not deliver.
-    let lost_in_kernel = {
-        let _guard = rt.enter();
-        refresh.abort();
-        let mut p = probes.into_inner().unwrap_or_else(|e| e.into_inner());
-        p.sync();
-        drop(p);
-        wanted
-            .iter()
-            .map(|name| metrics.events_lost.with_label_values(&[name]).get())
-            .sum::<u64>()
+    let (lost_in_kernel, lost_in_queue) = match feed {
+        Feed::Local(local) => {
+            let _guard = rt.enter();
+            local.stop()
+        }
+        Feed::Agent { url, .. } => {
+            if ended {
+                write_out(
+                    true,
+                    &format!("sonde trace: the agent at {url} ended the event stream\n"),
+                );
+            }
+            (0, 0)
+        }
     };
-    drop(events);
     rt.shutdown_timeout(Duration::from_secs(1));
     result?;
     script.on_exit()?;
 
-    let lost_in_queue = queue_full.get();
     let stats = script.stats();
     if opts.stats {
         let per_event = stats
@@ -241,15 +426,18 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
             .as_nanos()
             .checked_div(u128::from(stats.events))
             .unwrap_or(0);
+        let lost = if opts.agent.is_some() {
+            "losses are counted by the agent (sonde_consumer_events_dropped_total)".to_string()
+        } else {
+            format!("lost {lost_in_kernel} in the kernel, {lost_in_queue} in the queue")
+        };
         write_out(
             true,
             &format!(
                 "sonde trace: {} events handled in {:.3} s, {per_event} ns/event \
-                 (conversion and handler); lost {} in the kernel, {} in the queue\n",
+                 (conversion and handler); {lost}\n",
                 stats.events,
                 stats.busy.as_secs_f64(),
-                lost_in_kernel,
-                lost_in_queue
             ),
         );
     }
@@ -299,6 +487,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_urls() {
+        assert_eq!(
+            agent_addr("http://127.0.0.1:9990"),
+            Ok("127.0.0.1:9990".into())
+        );
+        assert_eq!(
+            agent_addr("http://127.0.0.1:9990/"),
+            Ok("127.0.0.1:9990".into())
+        );
+        assert_eq!(agent_addr("localhost:9990"), Ok("localhost:9990".into()));
+        assert_eq!(agent_addr("http://node-1"), Ok("node-1:80".into()));
+        assert!(agent_addr("https://x:1")
+            .unwrap_err()
+            .contains("only http://"));
+        assert!(agent_addr("http://x:1/api")
+            .unwrap_err()
+            .contains("HOST:PORT"));
+    }
 
     #[test]
     fn durations() {

@@ -4,10 +4,11 @@
 //! loops) are refused or stopped with a one-line reason and a non-zero exit.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sonde_tests::{run_sonde, send_udp, IpFamily, PodPair, Trace, READY_TIMEOUT};
+use sonde_tests::{run_sonde, send_udp, Agent, IpFamily, PodPair, Trace, READY_TIMEOUT};
 
 const PORT: u16 = 9999;
 /// How long a finished trace may take beyond its own duration.
@@ -327,4 +328,85 @@ fn bad_flags_exit_2_with_one_line() {
         assert_eq!(done.stderr.lines().count(), 1, "{args:?}: {}", done.stderr);
         assert!(done.stderr.contains(reason), "{args:?}: {}", done.stderr);
     }
+}
+
+#[test]
+fn through_a_running_agent() {
+    let pods = drop_pods();
+    // Events to the sinks limited to one per second per CPU: the stream lifts that, so the
+    // script still sees every drop. tcp_reset is off.
+    let agent = Agent::spawn_yaml(
+        "probes:\n  packet_drop: { events: { ratePerCpu: 1, burst: 1 } }\n  \
+         tcp_reset: { enabled: false }\nsinks:\n  stdout: { enabled: false }\n",
+    );
+    agent.wait_ready(READY_TIMEOUT);
+    let url = format!("http://{}", agent.addr());
+    let mut trace = Trace::start(&[
+        "--agent",
+        &url,
+        "-e",
+        r#"fn on_packet_drop(e) { count("drops", [e.pod, e.reason]); }"#,
+        "--duration",
+        "4s",
+        "--output",
+        "json",
+    ]);
+    trace.wait_attached(READY_TIMEOUT);
+    send_drops(&pods, 300);
+    let done = trace.finish(FINISH_TIMEOUT);
+    assert!(done.status.success(), "trace failed: {}", done.stderr);
+    assert!(
+        done.stderr.contains(&format!(
+            "attached packet_drop (through the agent at {url})"
+        )),
+        "{}",
+        done.stderr
+    );
+    let doc = parse_json(&done.stdout);
+    assert_eq!(
+        value_of(&doc, "drops", &json!([pods.b.name(), "NETFILTER_DROP"])),
+        Some(&json!(300)),
+        "{doc}"
+    );
+
+    let done = run_sonde(
+        &["trace", "--agent", &url, "-e", "fn on_tcp_reset(e) { }"],
+        FINISH_TIMEOUT,
+    );
+    assert_eq!(done.status.code(), Some(1), "stderr: {}", done.stderr);
+    assert_eq!(
+        done.stderr.trim_end(),
+        format!(
+            "sonde trace: the agent at {url} refused the event stream (HTTP/1.0 409 Conflict): \
+             probe tcp_reset is not running"
+        )
+    );
+}
+
+#[test]
+fn without_privileges_one_line_says_why() {
+    // A copy that user `nobody` may execute, wherever the checkout lives.
+    let dir = sonde_tests::TempDir::new();
+    let bin = dir.path().join("sonde");
+    std::fs::copy(sonde_tests::sonde_bin(), &bin).expect("copy the agent binary");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["trace", "-e", "fn on_packet_drop(e) { count(\"x\"); }"])
+        .args(["--duration", "1s"])
+        .env_remove("SONDE_LOG")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run sonde trace as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("sonde trace: cannot attach packet_drop: "),
+        "{stderr}"
+    );
 }

@@ -286,8 +286,9 @@ impl EventConverter {
     }
 }
 
-/// A JSON value (a plugin-derived event's field) as a script value.
-fn json_value(v: &serde_json::Value) -> Dynamic {
+/// A JSON value (a plugin-derived event's field, an event from an agent's stream) as a
+/// script value.
+pub fn json_value(v: &serde_json::Value) -> Dynamic {
     use serde_json::Value as J;
     match v {
         J::Null => Dynamic::UNIT,

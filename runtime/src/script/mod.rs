@@ -434,6 +434,37 @@ impl Script {
         result
     }
 
+    /// As [`Script::on_events`], for events in their JSON form (an agent's event stream):
+    /// the handler is chosen by the `type` field.
+    pub fn on_json_events(&mut self, events: &[serde_json::Value]) -> Result<(), ScriptError> {
+        let started = Instant::now();
+        let mut handled = 0;
+        let result = (|| {
+            for e in events {
+                if self.exited() {
+                    break;
+                }
+                let Some(type_name) = e.get("type").and_then(|t| t.as_str()) else {
+                    continue;
+                };
+                let Some(name) = self
+                    .handler_fns
+                    .iter()
+                    .find(|(p, _)| *p == type_name)
+                    .map(|(_, f)| Arc::clone(f))
+                else {
+                    continue;
+                };
+                handled += 1;
+                self.call(&name, (event::json_value(e),))?;
+            }
+            Ok(())
+        })();
+        self.stats.events += handled;
+        self.stats.busy += started.elapsed();
+        result
+    }
+
     /// Runs `on_interval()`, when defined.
     pub fn on_interval(&mut self) -> Result<(), ScriptError> {
         if self.handlers.interval {
