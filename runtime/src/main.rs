@@ -276,11 +276,15 @@ fn plugin_check(dir: &std::path::Path) -> anyhow::Result<()> {
     let bundle = sonde::plugin_host::check_bundle(dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let m = &bundle.manifest;
+    let (kind, file) = match m.bundle_kind() {
+        Some(sonde::plugin_host::manifest::BundleKind::Script) => ("script", "source"),
+        _ => ("plugin", "module"),
+    };
     print_stdout(&format!(
-        "{}: plugin {} is valid (module {}, {} bytes, sha256 {}; subscribes to [{}]; capabilities [{}])\n",
+        "{}: {kind} {} is valid ({file} {}, {} bytes, sha256 {}; subscribes to [{}]; capabilities [{}])\n",
         dir.display(),
         m.metadata.name,
-        m.spec.module,
+        m.file(),
         bundle.module.len(),
         bundle.sha256,
         m.spec.subscribe.join(", "),

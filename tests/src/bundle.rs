@@ -52,3 +52,15 @@ pub fn write_bundle(dir: &Path, name: &str, module: &Path, spec: &str) {
     std::fs::write(dir.join("plugin.yaml"), manifest)
         .unwrap_or_else(|e| panic!("write manifest: {e}"));
 }
+
+/// Writes a script bundle: `dir/plugin.yaml` of `kind: Script` naming `script.rhai` (written
+/// beside it with `source`) and `spec` (YAML lines indented under `spec:`, without `source`).
+pub fn write_script_bundle(dir: &Path, name: &str, source: &str, spec: &str) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    std::fs::write(dir.join("script.rhai"), source).unwrap_or_else(|e| panic!("write script: {e}"));
+    let manifest = format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Script\nmetadata:\n  name: {name}\nspec:\n  source: script.rhai\n{spec}"
+    );
+    std::fs::write(dir.join("plugin.yaml"), manifest)
+        .unwrap_or_else(|e| panic!("write manifest: {e}"));
+}

@@ -17,7 +17,7 @@ mod traffic;
 pub use agent::{
     free_local_addr, run_sonde, sonde_bin, start_agent, Agent, AgentConfig, Finished, TempDir,
 };
-pub use bundle::{first_party_bundle, wasm_module, write_bundle};
+pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use prometheus::{metric_series, metric_value};

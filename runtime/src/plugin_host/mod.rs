@@ -17,6 +17,7 @@ mod log;
 pub mod manifest;
 mod maps;
 mod metrics;
+mod script;
 mod topology;
 mod watch;
 mod worker;
@@ -510,6 +511,12 @@ pub fn compile_to(module: &[u8], out: &Path) -> Result<(), String> {
 /// Validates a bundle without an agent: `sonde plugin check DIR`.
 pub fn check_bundle(dir: &Path) -> Result<Bundle, BundleError> {
     let bundle = Bundle::read(dir)?;
+    if bundle.manifest.bundle_kind() == Some(manifest::BundleKind::Script) {
+        // Compiled as the agent would, with its functions (which only a running agent
+        // carries out): syntax, handlers and subscriptions.
+        script::compile(&bundle, script::register_stubs)?;
+        return Ok(bundle);
+    }
     let engine = PluginHost::engine().map_err(|e| BundleError::Module(e.to_string()))?;
     let component = Component::new(&engine, &bundle.module)
         .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;

@@ -14,7 +14,7 @@ use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx};
 use super::bundle::{Bundle, BundleError, PluginInfo};
 use super::delivery::{self, Probe};
 use super::manifest::Capability;
-use super::manifest::Delivery;
+use super::manifest::{BundleKind, Delivery};
 use super::{
     events, log, metrics, HostState, Plugin, PluginHost, PluginPre, PluginStatus, EPOCH_TICK,
 };
@@ -30,6 +30,10 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// Distinguishes a plugin's successive registries, so a stopping worker only removes its own.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed)
+}
 
 /// A clock that stands still at the epoch: what a plugin without capability `clock` sees.
 struct Frozen;
@@ -200,7 +204,7 @@ impl PluginHost {
             store,
             bindings,
             timeout,
-            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            generation: next_generation(),
         };
         let config = m.config_json();
         let metrics = &self.host.self_metrics;
@@ -217,6 +221,9 @@ impl PluginHost {
         self: &Arc<Self>,
         bundle: Bundle,
     ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
+        if bundle.manifest.bundle_kind() == Some(BundleKind::Script) {
+            return self.start_script(bundle);
+        }
         let name = bundle.manifest.metadata.name.clone();
         let component = self.compile(&bundle.sha256, &bundle.module);
         let prepared = component.and_then(|c| self.prepare(&c));

@@ -312,6 +312,20 @@ impl Script {
         limits: Limits,
         print: Printer,
     ) -> Result<Script, ScriptError> {
+        Self::compile_with(source, origin, probes, limits, print, |_| {})
+    }
+
+    /// [`Script::compile`], with `extend` registering more functions on the engine (and
+    /// hooks such as a deadline) before the script is compiled: what resident scripts use for
+    /// their metric and event functions.
+    pub fn compile_with(
+        source: &str,
+        origin: &str,
+        probes: &[&'static str],
+        limits: Limits,
+        print: Printer,
+        extend: impl FnOnce(&mut Engine),
+    ) -> Result<Script, ScriptError> {
         let state = Arc::new(Mutex::new(State {
             maps: Aggregations::new(limits.maps),
             print: Arc::clone(&print),
@@ -337,6 +351,7 @@ impl Script {
             None => p(&format!("{s}\n")),
         });
         register_builtins(&mut engine, &state, &exit);
+        extend(&mut engine);
 
         let ast = engine.compile(source).map_err(|e| ScriptError {
             origin: origin.to_string(),
