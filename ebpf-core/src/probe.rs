@@ -8,12 +8,15 @@ use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
-use crate::record::{KernelConfig, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED};
+use crate::record::{
+    KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
+};
 use crate::{Hook, ProbeSpec};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
 const EVENTS_MAP: &str = "events";
+const PARAMS_MAP: &str = "probe_params";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -88,6 +91,9 @@ pub struct ProbeSettings {
     pub stack: bool,
     /// Ring buffer size in bytes, a power of two.
     pub ring_buffer_size: u32,
+    /// Probe-specific values, written live to the probe's `probe_params` array when it has
+    /// one (what each means is in `<probe>.h`, e.g. tcp_connect's slow threshold).
+    pub params: [u64; 4],
 }
 
 impl Default for ProbeSettings {
@@ -98,6 +104,7 @@ impl Default for ProbeSettings {
             burst: 1000,
             stack: false,
             ring_buffer_size: 1 << 20,
+            params: [0; 4],
         }
     }
 }
@@ -288,6 +295,13 @@ impl LoadedProbe {
         config
             .set(0, settings.kernel_config(), 0)
             .map_err(map_err(CONFIG_MAP))?;
+        if let Some(map) = self.ebpf.map_mut(PARAMS_MAP) {
+            let mut params: Array<_, KernelParams> =
+                Array::try_from(map).map_err(map_err(PARAMS_MAP))?;
+            params
+                .set(0, KernelParams(settings.params), 0)
+                .map_err(map_err(PARAMS_MAP))?;
+        }
         Ok(true)
     }
 
@@ -333,6 +347,27 @@ impl LoadedProbe {
                     out.insert(key, values.iter().sum());
                 }
                 // A key deleted between listing and lookup: nothing to count.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(ProbeError::Map { map: name, source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of one of the probe's hash maps (plain or LRU, not per-CPU), such as a
+    /// flow table, read without taking it from the probe.
+    pub fn hash_entries<K: Pod, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, ProbeError> {
+        let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        let table: aya::maps::HashMap<_, K, V> =
+            aya::maps::HashMap::try_from(map).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for entry in table.iter() {
+            match entry {
+                Ok(kv) => out.push(kv),
+                // Evicted or deleted between listing and lookup.
                 Err(MapError::KeyNotFound) => continue,
                 Err(source) => return Err(ProbeError::Map { map: name, source }),
             }

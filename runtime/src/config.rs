@@ -153,6 +153,11 @@ mod tests {
             c.probes.packet_drop.enabled
                 && c.probes.tcp_retrans.enabled
                 && c.probes.tcp_reset.enabled
+                && c.probes.tcp_connect.enabled
+        );
+        assert_eq!(
+            c.probes.tcp_connect.slow_threshold,
+            std::time::Duration::from_millis(200)
         );
         assert!(c.sinks.stdout.enabled);
         assert_eq!(c.listen, "127.0.0.1:9990");
@@ -191,6 +196,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn probe_durations_are_checked() {
+        let c = AgentConfig::parse(
+            "probes:\n  tcp_connect:\n    slowThreshold: 50ms\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.probes.tcp_connect.slow_threshold,
+            std::time::Duration::from_millis(50)
+        );
+        let e = AgentConfig::parse(
+            "probes:\n  tcp_connect:\n    slowThreshold: fast\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("slowThreshold") && e.contains("line 3"), "{e}");
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct AgentConfig {
     pub packet_drop: bool,
     pub tcp_retrans: bool,
     pub tcp_reset: bool,
+    pub tcp_connect: bool,
+    /// `probes.tcp_connect.slowThreshold`.
+    pub tcp_connect_slow_threshold: String,
 }
 
 impl Default for AgentConfig {
@@ -97,6 +100,8 @@ impl Default for AgentConfig {
             packet_drop: true,
             tcp_retrans: true,
             tcp_reset: true,
+            tcp_connect: true,
+            tcp_connect_slow_threshold: "200ms".into(),
         }
     }
 }
@@ -110,13 +115,15 @@ impl AgentConfig {
             )
         };
         format!(
-            "node: {}\nprobes:\n{}{}{}\
+            "node: {}\nprobes:\n{}{}{}{}    slowThreshold: {}\n\
              sinks:\n  stdout: {{ enabled: true }}\n\
              topology:\n  netnsDir: /run/netns\n",
             self.node,
             probe("packet_drop", self.packet_drop),
             probe("tcp_retrans", self.tcp_retrans),
             probe("tcp_reset", self.tcp_reset),
+            probe("tcp_connect", self.tcp_connect),
+            self.tcp_connect_slow_threshold,
         )
     }
 }

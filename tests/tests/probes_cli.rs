@@ -6,6 +6,9 @@ use std::process::Command;
 
 use sonde_tests::{run_sonde, sonde_bin, TempDir};
 
+/// Every probe of the catalogue, as `sonde probes` lists them.
+const CATALOGUE: [&str; 4] = ["packet_drop", "tcp_retrans", "tcp_reset", "tcp_connect"];
+
 #[test]
 fn probes_lists_catalogue_as_root() {
     let out = run_sonde(
@@ -14,7 +17,7 @@ fn probes_lists_catalogue_as_root() {
     );
     assert!(out.status.success(), "{}", out.stderr);
     let probes: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON output");
-    for name in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+    for name in CATALOGUE {
         let p = probes
             .as_array()
             .unwrap()
@@ -52,7 +55,7 @@ fn probes_says_why_not_without_privileges() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+    for name in CATALOGUE {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(name))
@@ -63,7 +66,7 @@ fn probes_says_why_not_without_privileges() {
         stdout
             .matches("why not: permission denied loading eBPF")
             .count(),
-        3,
+        CATALOGUE.len(),
         "{stdout}"
     );
 }

@@ -8,6 +8,7 @@
 //! in [`ProbesConfig`], and its [`Driver`] in [`DRIVERS`].
 
 pub mod packet_drop;
+pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 
@@ -70,6 +71,19 @@ impl Context {
         labels.extend_from_slice(extra);
         counter.with_label_values(&labels).inc_by(n);
     }
+
+    /// The label values `node`, `namespace`, `pod` (empty for the host) of the workload of
+    /// `netns`, then `extra`: for series that are not plain counters (kernel histograms).
+    pub fn labels_for_netns(&self, netns: u32, extra: &[&str]) -> Vec<String> {
+        let workload = self.topology.workload_of_netns(netns);
+        let (namespace, pod) = match &workload {
+            Some(w) => (&*w.namespace, &*w.pod),
+            None => ("", ""),
+        };
+        let mut labels = vec![self.node.to_string(), namespace.into(), pod.into()];
+        labels.extend(extra.iter().map(|s| s.to_string()));
+        labels
+    }
 }
 
 /// `events:` of a probe's config.
@@ -116,6 +130,7 @@ impl EventsConfig {
             burst: self.burst,
             stack,
             ring_buffer_size: self.ring_buffer_size.0 as u32,
+            params: [0; 4],
         }
     }
 }
@@ -151,6 +166,7 @@ pub struct ProbesConfig {
     pub packet_drop: packet_drop::Config,
     pub tcp_retrans: tcp_retrans::Config,
     pub tcp_reset: tcp_reset::Config,
+    pub tcp_connect: tcp_connect::Config,
 }
 
 impl ProbesConfig {
@@ -180,7 +196,12 @@ pub struct Driver {
 pub type CounterRow = (u32, String, u64);
 
 /// Every collector, one per probe of the catalogue.
-pub const DRIVERS: &[Driver] = &[packet_drop::DRIVER, tcp_retrans::DRIVER, tcp_reset::DRIVER];
+pub const DRIVERS: &[Driver] = &[
+    packet_drop::DRIVER,
+    tcp_retrans::DRIVER,
+    tcp_reset::DRIVER,
+    tcp_connect::DRIVER,
+];
 
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
 /// counters (which keep their totals across probe reloads and namespace changes).
