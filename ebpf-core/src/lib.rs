@@ -12,6 +12,7 @@ pub mod record;
 pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
+pub mod tcp_rtt;
 
 pub use probe::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
 pub use record::{Stats, Tuple};
@@ -51,6 +52,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     tcp_retrans::SPEC,
     tcp_reset::SPEC,
     tcp_connect::SPEC,
+    tcp_rtt::SPEC,
 ];
 
 /// Finds a probe of the catalogue by name.

@@ -17,6 +17,8 @@ const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
 const EVENTS_MAP: &str = "events";
 const PARAMS_MAP: &str = "probe_params";
+/// A probe's in-kernel table of flows (tcp_rtt), sized from [`ProbeSettings::table_size`].
+pub const TABLE_MAP: &str = "flows";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -94,6 +96,9 @@ pub struct ProbeSettings {
     /// Probe-specific values, written live to the probe's `probe_params` array when it has
     /// one (what each means is in `<probe>.h`, e.g. tcp_connect's slow threshold).
     pub params: [u64; 4],
+    /// Entries of the probe's `flows` table, when it has one (0 = as compiled); a change
+    /// needs a reload.
+    pub table_size: u32,
 }
 
 impl Default for ProbeSettings {
@@ -105,6 +110,7 @@ impl Default for ProbeSettings {
             stack: false,
             ring_buffer_size: 1 << 20,
             params: [0; 4],
+            table_size: 0,
         }
     }
 }
@@ -134,6 +140,7 @@ pub struct LoadedProbe {
     pub spec: &'static ProbeSpec,
     ebpf: Ebpf,
     ring_buffer_size: u32,
+    table_size: u32,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
@@ -239,18 +246,17 @@ impl<'btf> ProbeLoader<'btf> {
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
         }
-        let mut ebpf = self
-            .loader
-            .btf(Some(btf))
-            .map_max_entries(EVENTS_MAP, size)
-            .load(spec.object)
-            .map_err(|e| {
-                if is_eperm(&e) {
-                    ProbeError::PermissionDenied
-                } else {
-                    ProbeError::Object(e)
-                }
-            })?;
+        let loader = self.loader.btf(Some(btf)).map_max_entries(EVENTS_MAP, size);
+        if settings.table_size > 0 {
+            loader.map_max_entries(TABLE_MAP, settings.table_size);
+        }
+        let mut ebpf = loader.load(spec.object).map_err(|e| {
+            if is_eperm(&e) {
+                ProbeError::PermissionDenied
+            } else {
+                ProbeError::Object(e)
+            }
+        })?;
         for hook in spec.hooks {
             program(&mut ebpf, hook)?
                 .load(hook.tracepoint, btf)
@@ -260,6 +266,7 @@ impl<'btf> ProbeLoader<'btf> {
             spec,
             ebpf,
             ring_buffer_size: size,
+            table_size: settings.table_size,
         })
     }
 }
@@ -283,7 +290,9 @@ impl LoadedProbe {
     /// Applies settings to the running probe. Returns `false` when they cannot apply live
     /// (a different ring buffer size) and the probe must be reloaded.
     pub fn configure(&mut self, settings: &ProbeSettings) -> Result<bool, ProbeError> {
-        if settings.ring_buffer_size != self.ring_buffer_size {
+        if settings.ring_buffer_size != self.ring_buffer_size
+            || settings.table_size != self.table_size
+        {
             return Ok(false);
         }
         let map = self

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub tcp_resets: IntCounterVec,
     pub tcp_connect_duration: KernelHistogram,
     pub tcp_connect_failures: IntCounterVec,
+    pub tcp_rtt: KernelHistogram,
     pub probe_up: IntGaugeVec,
     pub events_lost: IntCounterVec,
     pub events_suppressed: IntCounterVec,
@@ -180,6 +181,12 @@ impl Metrics {
                 "sonde_tcp_connect_failures_total",
                 "Failed TCP handshakes, by side and cause (refused, timeout, other).",
                 &["node", "namespace", "pod", "side", "cause"],
+            ),
+            tcp_rtt: histogram(
+                &r,
+                "sonde_tcp_rtt_seconds",
+                "Smoothed RTT of TCP connections, each sampled at most once per sample interval.",
+                &workload,
             ),
             probe_up: gauge(
                 &r,

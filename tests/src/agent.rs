@@ -91,6 +91,8 @@ pub struct AgentConfig {
     pub tcp_connect: bool,
     /// `probes.tcp_connect.slowThreshold`.
     pub tcp_connect_slow_threshold: String,
+    /// tcp_rtt (off by default, as in the agent), sampling every 100 ms when on.
+    pub tcp_rtt: bool,
 }
 
 impl Default for AgentConfig {
@@ -102,6 +104,7 @@ impl Default for AgentConfig {
             tcp_reset: true,
             tcp_connect: true,
             tcp_connect_slow_threshold: "200ms".into(),
+            tcp_rtt: false,
         }
     }
 }
@@ -116,6 +119,7 @@ impl AgentConfig {
         };
         format!(
             "node: {}\nprobes:\n{}{}{}{}    slowThreshold: {}\n\
+             \x20 tcp_rtt:\n    enabled: {}\n    sampleInterval: 100ms\n\
              sinks:\n  stdout: {{ enabled: true }}\n\
              topology:\n  netnsDir: /run/netns\n",
             self.node,
@@ -124,6 +128,7 @@ impl AgentConfig {
             probe("tcp_reset", self.tcp_reset),
             probe("tcp_connect", self.tcp_connect),
             self.tcp_connect_slow_threshold,
+            self.tcp_rtt,
         )
     }
 }

@@ -7,7 +7,13 @@ use std::process::Command;
 use sonde_tests::{run_sonde, sonde_bin, TempDir};
 
 /// Every probe of the catalogue, as `sonde probes` lists them.
-const CATALOGUE: [&str; 4] = ["packet_drop", "tcp_retrans", "tcp_reset", "tcp_connect"];
+const CATALOGUE: [&str; 5] = [
+    "packet_drop",
+    "tcp_retrans",
+    "tcp_reset",
+    "tcp_connect",
+    "tcp_rtt",
+];
 
 #[test]
 fn probes_lists_catalogue_as_root() {

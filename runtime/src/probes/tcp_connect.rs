@@ -51,6 +51,7 @@ pub const DRIVER: Driver = Driver {
     decoder,
     sync,
     snapshot,
+    table: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
