@@ -9,8 +9,10 @@ pub mod btf;
 pub mod packet_drop;
 pub mod probe;
 pub mod record;
+pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
+pub mod tcp_rtt;
 
 pub use probe::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
 pub use record::{Stats, Tuple};
@@ -45,7 +47,13 @@ pub struct ProbeSpec {
 }
 
 /// Every probe Sonde knows, in the order `sonde probes` lists them.
-pub const CATALOGUE: &[ProbeSpec] = &[packet_drop::SPEC, tcp_retrans::SPEC, tcp_reset::SPEC];
+pub const CATALOGUE: &[ProbeSpec] = &[
+    packet_drop::SPEC,
+    tcp_retrans::SPEC,
+    tcp_reset::SPEC,
+    tcp_connect::SPEC,
+    tcp_rtt::SPEC,
+];
 
 /// Finds a probe of the catalogue by name.
 pub fn spec(name: &str) -> Option<&'static ProbeSpec> {

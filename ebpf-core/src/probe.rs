@@ -8,12 +8,17 @@ use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
-use crate::record::{KernelConfig, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED};
+use crate::record::{
+    KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
+};
 use crate::{Hook, ProbeSpec};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
 const EVENTS_MAP: &str = "events";
+const PARAMS_MAP: &str = "probe_params";
+/// A probe's in-kernel table of flows (tcp_rtt), sized from [`ProbeSettings::table_size`].
+pub const TABLE_MAP: &str = "flows";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -88,6 +93,12 @@ pub struct ProbeSettings {
     pub stack: bool,
     /// Ring buffer size in bytes, a power of two.
     pub ring_buffer_size: u32,
+    /// Probe-specific values, written live to the probe's `probe_params` array when it has
+    /// one (what each means is in `<probe>.h`, e.g. tcp_connect's slow threshold).
+    pub params: [u64; 4],
+    /// Entries of the probe's `flows` table, when it has one (0 = as compiled); a change
+    /// needs a reload.
+    pub table_size: u32,
 }
 
 impl Default for ProbeSettings {
@@ -98,6 +109,8 @@ impl Default for ProbeSettings {
             burst: 1000,
             stack: false,
             ring_buffer_size: 1 << 20,
+            params: [0; 4],
+            table_size: 0,
         }
     }
 }
@@ -127,6 +140,7 @@ pub struct LoadedProbe {
     pub spec: &'static ProbeSpec,
     ebpf: Ebpf,
     ring_buffer_size: u32,
+    table_size: u32,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
@@ -232,18 +246,17 @@ impl<'btf> ProbeLoader<'btf> {
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
         }
-        let mut ebpf = self
-            .loader
-            .btf(Some(btf))
-            .map_max_entries(EVENTS_MAP, size)
-            .load(spec.object)
-            .map_err(|e| {
-                if is_eperm(&e) {
-                    ProbeError::PermissionDenied
-                } else {
-                    ProbeError::Object(e)
-                }
-            })?;
+        let loader = self.loader.btf(Some(btf)).map_max_entries(EVENTS_MAP, size);
+        if settings.table_size > 0 {
+            loader.map_max_entries(TABLE_MAP, settings.table_size);
+        }
+        let mut ebpf = loader.load(spec.object).map_err(|e| {
+            if is_eperm(&e) {
+                ProbeError::PermissionDenied
+            } else {
+                ProbeError::Object(e)
+            }
+        })?;
         for hook in spec.hooks {
             program(&mut ebpf, hook)?
                 .load(hook.tracepoint, btf)
@@ -253,6 +266,7 @@ impl<'btf> ProbeLoader<'btf> {
             spec,
             ebpf,
             ring_buffer_size: size,
+            table_size: settings.table_size,
         })
     }
 }
@@ -276,7 +290,9 @@ impl LoadedProbe {
     /// Applies settings to the running probe. Returns `false` when they cannot apply live
     /// (a different ring buffer size) and the probe must be reloaded.
     pub fn configure(&mut self, settings: &ProbeSettings) -> Result<bool, ProbeError> {
-        if settings.ring_buffer_size != self.ring_buffer_size {
+        if settings.ring_buffer_size != self.ring_buffer_size
+            || settings.table_size != self.table_size
+        {
             return Ok(false);
         }
         let map = self
@@ -288,6 +304,13 @@ impl LoadedProbe {
         config
             .set(0, settings.kernel_config(), 0)
             .map_err(map_err(CONFIG_MAP))?;
+        if let Some(map) = self.ebpf.map_mut(PARAMS_MAP) {
+            let mut params: Array<_, KernelParams> =
+                Array::try_from(map).map_err(map_err(PARAMS_MAP))?;
+            params
+                .set(0, KernelParams(settings.params), 0)
+                .map_err(map_err(PARAMS_MAP))?;
+        }
         Ok(true)
     }
 
@@ -333,6 +356,27 @@ impl LoadedProbe {
                     out.insert(key, values.iter().sum());
                 }
                 // A key deleted between listing and lookup: nothing to count.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(ProbeError::Map { map: name, source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of one of the probe's hash maps (plain or LRU, not per-CPU), such as a
+    /// flow table, read without taking it from the probe.
+    pub fn hash_entries<K: Pod, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, ProbeError> {
+        let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        let table: aya::maps::HashMap<_, K, V> =
+            aya::maps::HashMap::try_from(map).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for entry in table.iter() {
+            match entry {
+                Ok(kv) => out.push(kv),
+                // Evicted or deleted between listing and lookup.
                 Err(MapError::KeyNotFound) => continue,
                 Err(source) => return Err(ProbeError::Map { map: name, source }),
             }

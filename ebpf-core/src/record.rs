@@ -86,6 +86,25 @@ const _: () = {
 // SAFETY: plain C struct of integers with no padding holes that matter to the kernel.
 unsafe impl aya::Pod for KernelConfig {}
 
+/// `struct sonde_params`: slot 0 of a probe's `probe_params` array, for probes that have one.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelParams(pub [u64; 4]);
+
+const _: () = assert!(size_of::<KernelParams>() == 32);
+
+// SAFETY: plain array of integers.
+unsafe impl aya::Pod for KernelParams {}
+
+/// Number of log2 histogram buckets (`SONDE_LOG2_SLOTS`): slot k counts values of at most
+/// 2^k microseconds; slot `LOG2_SLOTS` counts what is above them all.
+pub const LOG2_SLOTS: usize = 27;
+
+/// The upper bound in seconds of log2 histogram slot `k` (`le` of its Prometheus bucket).
+pub fn log2_slot_bound_seconds(k: usize) -> f64 {
+    (1u64 << k) as f64 / 1e6
+}
+
 /// A probe's delivery statistics, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -248,4 +248,65 @@ static __always_inline void sonde_tuple_reverse(struct sonde_tuple *t)
 	t->dport = r.sport;
 }
 
+/* Adds `n` to a per-CPU hash counter, creating the slot on first use (see sonde_count). */
+static __always_inline void sonde_add(void *map, const void *key, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(map, key);
+	if (v)
+		*v += n;
+	else
+		bpf_map_update_elem(map, key, &n, BPF_NOEXIST);
+}
+
+static __always_inline __u32 sonde_log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4;
+	v >>= r;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+/* The log2 histogram slot of a duration (see SONDE_LOG2_SLOTS): the smallest k with
+ * ceil(ns / 1000) <= 2^k, or SONDE_LOG2_SLOTS when it is above every bucket. */
+static __always_inline __u32 sonde_log2_slot(__u64 ns)
+{
+	__u64 us = (ns + 999) / 1000;
+	__u32 slot;
+
+	if (us <= 1)
+		return 0;
+	us -= 1;
+	if (us >> 32)
+		return SONDE_LOG2_SLOTS;
+	slot = sonde_log2_u32((__u32)us) + 1;
+	return slot > SONDE_LOG2_SLOTS ? SONDE_LOG2_SLOTS : slot;
+}
+
+/* Declares the probe's `probe_params` array (struct sonde_params, written by the agent like
+ * probe_config) and sonde_param(i) to read value i of it, 0 when unset. */
+#define SONDE_PARAMS                                                            \
+	struct {                                                                \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                               \
+		__uint(max_entries, 1);                                         \
+		__type(key, __u32);                                             \
+		__type(value, struct sonde_params);                             \
+	} probe_params SEC(".maps");                                            \
+	static __always_inline __u64 sonde_param(__u32 i)                       \
+	{                                                                       \
+		__u32 zero = 0;                                                 \
+		struct sonde_params *p = bpf_map_lookup_elem(&probe_params, &zero); \
+		return p && i < 4 ? p->values[i & 3] : 0;                       \
+	}
+
 #endif

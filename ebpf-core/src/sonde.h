@@ -39,4 +39,15 @@ struct sonde_config {
 	__u32 flags;        /* SONDE_F_* */
 };
 
+/* Log2 latency histograms counted in the kernel: slot k counts values of at most 2^k
+ * microseconds (and more than 2^(k-1)), so each slot is one Prometheus bucket with
+ * le = 2^k us; SONDE_LOG2_SLOTS counts what is above the last bucket (only in +Inf). */
+#define SONDE_LOG2_SLOTS 27 /* buckets up to 2^26 us, about 67 s */
+
+/* Probe-specific live settings: slot 0 of a probe's `probe_params` array, for the probes that
+ * declare it (SONDE_PARAMS in sonde.bpf.h); what each value means is in <probe>.h. */
+struct sonde_params {
+	__u64 values[4];
+};
+
 #endif

@@ -153,7 +153,15 @@ mod tests {
             c.probes.packet_drop.enabled
                 && c.probes.tcp_retrans.enabled
                 && c.probes.tcp_reset.enabled
+                && c.probes.tcp_connect.enabled
         );
+        assert_eq!(
+            c.probes.tcp_connect.slow_threshold,
+            std::time::Duration::from_millis(200)
+        );
+        // Runs on every received segment: off unless asked for.
+        assert!(!c.probes.tcp_rtt.enabled);
+        assert_eq!(c.probes.tcp_rtt, crate::probes::tcp_rtt::Config::default());
         assert!(c.sinks.stdout.enabled);
         assert_eq!(c.listen, "127.0.0.1:9990");
     }
@@ -191,6 +199,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn probe_durations_are_checked() {
+        let c = AgentConfig::parse(
+            "probes:\n  tcp_connect:\n    slowThreshold: 50ms\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.probes.tcp_connect.slow_threshold,
+            std::time::Duration::from_millis(50)
+        );
+        let e = AgentConfig::parse(
+            "probes:\n  tcp_connect:\n    slowThreshold: fast\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("slowThreshold") && e.contains("line 3"), "{e}");
+        let e = AgentConfig::parse("probes:\n  tcp_rtt:\n    flowTableSize: 10\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("probes.tcp_rtt.flowTableSize"), "{e}");
     }
 
     #[test]

@@ -96,6 +96,24 @@ pub struct TcpReset {
     pub state: Option<&'static str>,
 }
 
+/// `tcp_connect`: a TCP handshake that was slow or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConnect {
+    /// Local end as source.
+    pub flow: Flow,
+    /// `connect` (this socket connected) or `accept` (a listener accepted it).
+    pub side: &'static str,
+    /// Why it failed (`refused`, `timeout`, `other`); `None` for a slow handshake that succeeded.
+    pub cause: Option<&'static str>,
+    /// How long the handshake took, or ran before failing; `None` when the probe attached
+    /// after it started.
+    pub duration: Option<std::time::Duration>,
+    /// SYN (connect) or SYN-ACK (accept) retransmissions.
+    pub retransmits: u8,
+    /// The socket's error when it closed (`ECONNREFUSED`, `ETIMEDOUT`...), if any.
+    pub error: Option<Cow<'static, str>>,
+}
+
 /// An event a plugin derived: its own type name and fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Derived {
@@ -109,6 +127,7 @@ pub enum Kind {
     PacketDrop(PacketDrop),
     TcpRetrans(TcpRetrans),
     TcpReset(TcpReset),
+    TcpConnect(TcpConnect),
     Derived(Derived),
 }
 
@@ -119,6 +138,7 @@ impl Kind {
             Kind::PacketDrop(_) => "packet_drop",
             Kind::TcpRetrans(_) => "tcp_retrans",
             Kind::TcpReset(_) => "tcp_reset",
+            Kind::TcpConnect(_) => "tcp_connect",
             Kind::Derived(d) => &d.type_name,
         }
     }
@@ -128,6 +148,7 @@ impl Kind {
             Kind::PacketDrop(e) => Some(&e.flow),
             Kind::TcpRetrans(e) => Some(&e.flow),
             Kind::TcpReset(e) => Some(&e.flow),
+            Kind::TcpConnect(e) => Some(&e.flow),
             Kind::Derived(_) => None,
         }
     }
@@ -199,6 +220,19 @@ pub fn tcp_state_name(state: u8) -> &'static str {
     NAMES.get(state as usize).copied().unwrap_or("UNKNOWN")
 }
 
+/// The name of an errno a socket reports when a connection fails, or its number.
+pub fn errno_name(errno: i32) -> Cow<'static, str> {
+    match errno {
+        libc::ECONNREFUSED => "ECONNREFUSED".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
+        libc::ECONNRESET => "ECONNRESET".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ENETUNREACH => "ENETUNREACH".into(),
+        libc::EPIPE => "EPIPE".into(),
+        n => n.to_string().into(),
+    }
+}
+
 fn serialize_flow<M: SerializeMap>(map: &mut M, flow: &Flow) -> Result<(), M::Error> {
     map.serialize_entry("protocol", &flow.protocol)?;
     map.serialize_entry("saddr", &flow.saddr)?;
@@ -248,6 +282,20 @@ impl Serialize for Event {
                 map.serialize_entry("direction", e.direction)?;
                 if let Some(state) = e.state {
                     map.serialize_entry("state", state)?;
+                }
+            }
+            Kind::TcpConnect(e) => {
+                serialize_flow(&mut map, &e.flow)?;
+                map.serialize_entry("side", e.side)?;
+                if let Some(cause) = e.cause {
+                    map.serialize_entry("cause", cause)?;
+                }
+                if let Some(d) = e.duration {
+                    map.serialize_entry("duration_seconds", &d.as_secs_f64())?;
+                }
+                map.serialize_entry("retransmits", &e.retransmits)?;
+                if let Some(error) = &e.error {
+                    map.serialize_entry("error", error)?;
                 }
             }
             Kind::Derived(d) => {

@@ -29,6 +29,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/plugins", get(plugins))
+        .route("/api/v1/tcp_rtt", get(tcp_rtt))
         .with_state(state)
 }
 
@@ -88,4 +89,21 @@ async fn probes(State(s): State<ApiState>) -> Response {
 async fn plugins(State(s): State<ApiState>) -> Response {
     let status = s.plugins.as_ref().map(|p| p.status()).unwrap_or_default();
     Json(status).into_response()
+}
+
+/// The tcp_rtt probe's live flows: srtt, cwnd and windows per connection.
+async fn tcp_rtt(State(s): State<ApiState>) -> Response {
+    let probes = Arc::clone(&s.probes);
+    let rows = tokio::task::spawn_blocking(move || {
+        probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .table("tcp_rtt")
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => Json(rows).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }

@@ -1,5 +1,10 @@
 //! The Prometheus registry and every series the agent itself exports (DESIGN.md section 5).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
@@ -7,6 +12,9 @@ pub struct Metrics {
     pub packet_drops: IntCounterVec,
     pub tcp_retransmits: IntCounterVec,
     pub tcp_resets: IntCounterVec,
+    pub tcp_connect_duration: KernelHistogram,
+    pub tcp_connect_failures: IntCounterVec,
+    pub tcp_rtt: KernelHistogram,
     pub probe_up: IntGaugeVec,
     pub events_lost: IntCounterVec,
     pub events_suppressed: IntCounterVec,
@@ -28,6 +36,115 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
         .register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> KernelHistogram {
+    let h = KernelHistogram::new(name, help, labels);
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+/// A Prometheus histogram whose observations are bucketed in the kernel (log2 slots of
+/// microseconds, see `ebpf_core::record::LOG2_SLOTS`): the agent adds what each slot gained
+/// and exposes the exact counts, with `le` the slot bounds in seconds.
+#[derive(Clone)]
+pub struct KernelHistogram {
+    desc: Arc<Desc>,
+    series: Arc<Mutex<BTreeMap<Vec<String>, SlotCounts>>>,
+}
+
+/// One series: counts per slot (the last one above every bucket) and the sum in nanoseconds.
+#[derive(Debug, Clone)]
+struct SlotCounts {
+    slots: [u64; ebpf_core::record::LOG2_SLOTS + 1],
+    sum_ns: u64,
+}
+
+impl KernelHistogram {
+    fn new(name: &str, help: &str, labels: &[&str]) -> Self {
+        let desc = Desc::new(
+            name.into(),
+            help.into(),
+            labels.iter().map(|l| l.to_string()).collect(),
+            Default::default(),
+        )
+        .expect("valid metric definition");
+        KernelHistogram {
+            desc: Arc::new(desc),
+            series: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    fn with_series(&self, labels: Vec<String>, f: impl FnOnce(&mut SlotCounts)) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        f(series.entry(labels).or_insert(SlotCounts {
+            slots: [0; ebpf_core::record::LOG2_SLOTS + 1],
+            sum_ns: 0,
+        }));
+    }
+
+    /// Adds `n` observations to slot `slot` of the series with these label values.
+    pub fn add_slot(&self, labels: Vec<String>, slot: usize, n: u64) {
+        let slot = slot.min(ebpf_core::record::LOG2_SLOTS);
+        self.with_series(labels, |s| s.slots[slot] += n);
+    }
+
+    /// Adds `ns` nanoseconds to the sum of the series with these label values.
+    pub fn add_sum_ns(&self, labels: Vec<String>, ns: u64) {
+        self.with_series(labels, |s| s.sum_ns = s.sum_ns.wrapping_add(ns));
+    }
+}
+
+impl Collector for KernelHistogram {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::HISTOGRAM);
+        let metrics = series
+            .iter()
+            .map(|(values, counts)| {
+                let labels = self
+                    .desc
+                    .variable_labels
+                    .iter()
+                    .zip(values)
+                    .map(|(name, value)| {
+                        let mut pair = proto::LabelPair::default();
+                        pair.set_name(name.clone());
+                        pair.set_value(value.clone());
+                        pair
+                    })
+                    .collect();
+                let mut cumulative = 0;
+                let buckets = (0..ebpf_core::record::LOG2_SLOTS)
+                    .map(|k| {
+                        cumulative += counts.slots[k];
+                        let mut b = proto::Bucket::default();
+                        b.set_upper_bound(ebpf_core::record::log2_slot_bound_seconds(k));
+                        b.set_cumulative_count(cumulative);
+                        b
+                    })
+                    .collect();
+                let mut h = proto::Histogram::default();
+                h.set_bucket(buckets);
+                h.set_sample_count(cumulative + counts.slots[ebpf_core::record::LOG2_SLOTS]);
+                h.set_sample_sum(counts.sum_ns as f64 / 1e9);
+                let mut m = proto::Metric::from_label(labels);
+                m.set_histogram(h);
+                m
+            })
+            .collect();
+        family.set_metric(metrics);
+        vec![family]
+    }
 }
 
 impl Metrics {
@@ -52,6 +169,24 @@ impl Metrics {
                 "sonde_tcp_resets_total",
                 "TCP resets, by direction (sent, received).",
                 &["node", "namespace", "pod", "direction"],
+            ),
+            tcp_connect_duration: histogram(
+                &r,
+                "sonde_tcp_connect_duration_seconds",
+                "TCP handshake duration, by side (connect: SYN sent to SYN-ACK; accept: SYN-ACK sent to the final ACK).",
+                &["node", "namespace", "pod", "side"],
+            ),
+            tcp_connect_failures: counter(
+                &r,
+                "sonde_tcp_connect_failures_total",
+                "Failed TCP handshakes, by side and cause (refused, timeout, other).",
+                &["node", "namespace", "pod", "side", "cause"],
+            ),
+            tcp_rtt: histogram(
+                &r,
+                "sonde_tcp_rtt_seconds",
+                "Smoothed RTT of TCP connections, each sampled at most once per sample interval.",
+                &workload,
             ),
             probe_up: gauge(
                 &r,

@@ -88,6 +88,11 @@ pub struct AgentConfig {
     pub packet_drop: bool,
     pub tcp_retrans: bool,
     pub tcp_reset: bool,
+    pub tcp_connect: bool,
+    /// `probes.tcp_connect.slowThreshold`.
+    pub tcp_connect_slow_threshold: String,
+    /// tcp_rtt (off by default, as in the agent), sampling every 100 ms when on.
+    pub tcp_rtt: bool,
 }
 
 impl Default for AgentConfig {
@@ -97,6 +102,9 @@ impl Default for AgentConfig {
             packet_drop: true,
             tcp_retrans: true,
             tcp_reset: true,
+            tcp_connect: true,
+            tcp_connect_slow_threshold: "200ms".into(),
+            tcp_rtt: false,
         }
     }
 }
@@ -110,13 +118,17 @@ impl AgentConfig {
             )
         };
         format!(
-            "node: {}\nprobes:\n{}{}{}\
+            "node: {}\nprobes:\n{}{}{}{}    slowThreshold: {}\n\
+             \x20 tcp_rtt:\n    enabled: {}\n    sampleInterval: 100ms\n\
              sinks:\n  stdout: {{ enabled: true }}\n\
              topology:\n  netnsDir: /run/netns\n",
             self.node,
             probe("packet_drop", self.packet_drop),
             probe("tcp_retrans", self.tcp_retrans),
             probe("tcp_reset", self.tcp_reset),
+            probe("tcp_connect", self.tcp_connect),
+            self.tcp_connect_slow_threshold,
+            self.tcp_rtt,
         )
     }
 }

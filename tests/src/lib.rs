@@ -11,6 +11,7 @@ mod bundle;
 mod http;
 mod netns;
 mod prometheus;
+mod slow_link;
 mod trace;
 mod traffic;
 
@@ -21,8 +22,11 @@ pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bun
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use prometheus::{metric_series, metric_value};
+pub use slow_link::SlowPodPair;
 pub use trace::Trace;
-pub use traffic::{bulk_transfer, refused_connects, send_udp};
+pub use traffic::{
+    bulk_transfer, connect_and_close, refused_connects, send_udp, timed_out_connect,
+};
 
 use std::net::IpAddr;
 use std::process::Command;

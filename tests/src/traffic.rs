@@ -81,3 +81,40 @@ pub fn bulk_transfer(from: &Netns, to_ns: &Netns, to: IpAddr, port: u16, bytes: 
     );
     client_port
 }
+
+/// Listens on `dst` in pod `server` and makes `count` TCP connects to it from pod `client`,
+/// each accepted and closed; returns once the server has accepted them all.
+pub fn connect_and_close(client: &Netns, server: &Netns, dst: SocketAddr, count: usize) {
+    use std::net::TcpListener;
+    let listener = in_netns(server.name(), || {
+        TcpListener::bind(dst).unwrap_or_else(|e| panic!("listen on {dst}: {e}"))
+    });
+    let acceptor = std::thread::spawn(move || {
+        for i in 0..count {
+            listener
+                .accept()
+                .unwrap_or_else(|e| panic!("accept {i} on {dst}: {e}"));
+        }
+    });
+    in_netns(client.name(), || {
+        for i in 0..count {
+            TcpStream::connect_timeout(&dst, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("connect {i} to {dst}: {e}"));
+        }
+    });
+    acceptor.join().expect("the acceptor panicked");
+}
+
+/// Makes one TCP connect from `netns` to `dst`, which must go unanswered, and asserts that
+/// the kernel gives up with ETIMEDOUT (set `net.ipv4.tcp_syn_retries` low in the pod first).
+pub fn timed_out_connect(netns: &Netns, dst: SocketAddr) {
+    in_netns(netns.name(), || {
+        // Longer than the kernel's own SYN retries, so the kernel times out first.
+        match TcpStream::connect_timeout(&dst, Duration::from_secs(30)) {
+            Err(e)
+                if e.kind() == ErrorKind::TimedOut && e.raw_os_error() == Some(libc::ETIMEDOUT) => {
+            }
+            other => panic!("connect to {dst}: expected ETIMEDOUT from the kernel, got {other:?}"),
+        }
+    });
+}

@@ -5,14 +5,19 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use sonde_tests::{send_udp, Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT};
+use sonde_tests::{
+    bulk_transfer, send_udp, Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
+};
 
 #[test]
 fn metrics_pass_promtool_and_endpoints_answer() {
     let pods = PodPair::new();
     pods.b
         .iptables(IpFamily::V4, "-A INPUT -p udp --dport 9999 -j DROP");
-    let agent = Agent::spawn(&AgentConfig::default());
+    let agent = Agent::spawn(&AgentConfig {
+        tcp_rtt: true,
+        ..AgentConfig::default()
+    });
     agent.wait_ready(READY_TIMEOUT);
 
     // Labelled series exist once something was counted.
@@ -24,6 +29,26 @@ fn metrics_pass_promtool_and_endpoints_answer() {
     );
     let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
     agent.wait_metric("sonde_packet_drops_total", &labels, 10.0, SETTLE_TIMEOUT);
+    // Kernel-bucketed histograms have series once a connection has carried data.
+    bulk_transfer(
+        &pods.a,
+        &pods.b,
+        pods.b_end.ip(IpFamily::V4),
+        5001,
+        64 << 10,
+    );
+    for (name, labels) in [
+        (
+            "sonde_tcp_connect_duration_seconds_count",
+            [("pod", pods.a.name()), ("side", "connect")],
+        ),
+        (
+            "sonde_tcp_rtt_seconds_count",
+            [("pod", pods.b.name()), ("namespace", "")],
+        ),
+    ] {
+        agent.wait_metric(name, &labels, 1.0, SETTLE_TIMEOUT);
+    }
 
     let body = agent.metrics();
     // Workload counters appear with their first series (retransmits and resets have their
@@ -33,13 +58,21 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         "sonde_probe_up",
         "sonde_events_lost_total",
         "sonde_build_info",
+        "sonde_tcp_connect_duration_seconds",
+        "sonde_tcp_rtt_seconds",
     ] {
         assert!(
             body.contains(&format!("# TYPE {name} ")),
             "{name} missing from /metrics:\n{body}"
         );
     }
-    for probe in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+    for probe in [
+        "packet_drop",
+        "tcp_retrans",
+        "tcp_reset",
+        "tcp_connect",
+        "tcp_rtt",
+    ] {
         assert_eq!(
             agent.metric("sonde_probe_up", &[("probe", probe)]),
             Some(1.0),

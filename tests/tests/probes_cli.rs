@@ -6,6 +6,15 @@ use std::process::Command;
 
 use sonde_tests::{run_sonde, sonde_bin, TempDir};
 
+/// Every probe of the catalogue, as `sonde probes` lists them.
+const CATALOGUE: [&str; 5] = [
+    "packet_drop",
+    "tcp_retrans",
+    "tcp_reset",
+    "tcp_connect",
+    "tcp_rtt",
+];
+
 #[test]
 fn probes_lists_catalogue_as_root() {
     let out = run_sonde(
@@ -14,7 +23,7 @@ fn probes_lists_catalogue_as_root() {
     );
     assert!(out.status.success(), "{}", out.stderr);
     let probes: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON output");
-    for name in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+    for name in CATALOGUE {
         let p = probes
             .as_array()
             .unwrap()
@@ -52,7 +61,7 @@ fn probes_says_why_not_without_privileges() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["packet_drop", "tcp_retrans", "tcp_reset"] {
+    for name in CATALOGUE {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(name))
@@ -63,7 +72,7 @@ fn probes_says_why_not_without_privileges() {
         stdout
             .matches("why not: permission denied loading eBPF")
             .count(),
-        3,
+        CATALOGUE.len(),
         "{stdout}"
     );
 }

@@ -8,8 +8,10 @@
 //! in [`ProbesConfig`], and its [`Driver`] in [`DRIVERS`].
 
 pub mod packet_drop;
+pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
+pub mod tcp_rtt;
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +72,19 @@ impl Context {
         labels.extend_from_slice(extra);
         counter.with_label_values(&labels).inc_by(n);
     }
+
+    /// The label values `node`, `namespace`, `pod` (empty for the host) of the workload of
+    /// `netns`, then `extra`: for series that are not plain counters (kernel histograms).
+    pub fn labels_for_netns(&self, netns: u32, extra: &[&str]) -> Vec<String> {
+        let workload = self.topology.workload_of_netns(netns);
+        let (namespace, pod) = match &workload {
+            Some(w) => (&*w.namespace, &*w.pod),
+            None => ("", ""),
+        };
+        let mut labels = vec![self.node.to_string(), namespace.into(), pod.into()];
+        labels.extend(extra.iter().map(|s| s.to_string()));
+        labels
+    }
 }
 
 /// `events:` of a probe's config.
@@ -116,6 +131,8 @@ impl EventsConfig {
             burst: self.burst,
             stack,
             ring_buffer_size: self.ring_buffer_size.0 as u32,
+            params: [0; 4],
+            table_size: 0,
         }
     }
 }
@@ -151,6 +168,8 @@ pub struct ProbesConfig {
     pub packet_drop: packet_drop::Config,
     pub tcp_retrans: tcp_retrans::Config,
     pub tcp_reset: tcp_reset::Config,
+    pub tcp_connect: tcp_connect::Config,
+    pub tcp_rtt: tcp_rtt::Config,
 }
 
 impl ProbesConfig {
@@ -174,13 +193,26 @@ pub struct Driver {
     /// The in-kernel counters as (netns, key, total): the key names what is counted (drop
     /// reason, reset direction), "" when nothing is.
     pub snapshot: fn(&LoadedProbe) -> Result<Vec<CounterRow>, ProbeError>,
+    /// The probe's in-kernel table (tcp_rtt: its live flows), one JSON object per row with
+    /// the field names events use; `None` for probes without one. For `/api/v1/` and the
+    /// plugins' `maps` interface.
+    pub table: Option<TableReader>,
 }
+
+/// Reads a probe's in-kernel table: one JSON object per row (see [`Driver::table`]).
+pub type TableReader = fn(&LoadedProbe, &Context) -> Result<Vec<serde_json::Value>, ProbeError>;
 
 /// One in-kernel counter: (netns, key, total).
 pub type CounterRow = (u32, String, u64);
 
 /// Every collector, one per probe of the catalogue.
-pub const DRIVERS: &[Driver] = &[packet_drop::DRIVER, tcp_retrans::DRIVER, tcp_reset::DRIVER];
+pub const DRIVERS: &[Driver] = &[
+    packet_drop::DRIVER,
+    tcp_retrans::DRIVER,
+    tcp_reset::DRIVER,
+    tcp_connect::DRIVER,
+    tcp_rtt::DRIVER,
+];
 
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
 /// counters (which keep their totals across probe reloads and namespace changes).
@@ -461,6 +493,22 @@ impl Probes {
             .ok_or_else(|| format!("unknown probe {probe:?}"))?;
         match self.running.get(driver.spec.name) {
             Some(r) => (driver.snapshot)(&r.probe).map_err(|e| e.to_string()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A running probe's in-kernel table (see [`Driver::table`]); empty when the probe is
+    /// not running.
+    pub fn table(&self, probe: &str) -> Result<Vec<serde_json::Value>, String> {
+        let driver = DRIVERS
+            .iter()
+            .find(|d| d.spec.name == probe)
+            .ok_or_else(|| format!("unknown probe {probe:?}"))?;
+        let read = driver
+            .table
+            .ok_or_else(|| format!("probe {probe} has no table"))?;
+        match self.running.get(driver.spec.name) {
+            Some(r) => read(&r.probe, &self.ctx).map_err(|e| e.to_string()),
             None => Ok(Vec::new()),
         }
     }

@@ -40,6 +40,7 @@ pub const DRIVER: Driver = Driver {
     decoder,
     sync,
     snapshot,
+    table: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

@@ -19,6 +19,7 @@ pub const DRIVER: Driver = Driver {
     decoder,
     sync,
     snapshot,
+    table: None,
 };
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {

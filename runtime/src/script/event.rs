@@ -195,6 +195,13 @@ impl EventConverter {
         let mut f = std::mem::take(&mut self.fields);
         f.clear();
         let flow = e.kind.flow();
+        let connect = match &e.kind {
+            Kind::TcpConnect(c) => Some(c),
+            _ => None,
+        };
+        if let Some(cause) = connect.and_then(|c| c.cause) {
+            f.push(("cause", self.static_str(cause)));
+        }
         if let Some(flow) = flow {
             let v = self.addr(flow.daddr);
             f.push(("daddr", v));
@@ -204,6 +211,12 @@ impl EventConverter {
         }
         if let Some(flow) = flow {
             f.push(("dport", Dynamic::from_int(flow.dport.into())));
+        }
+        if let Some(d) = connect.and_then(|c| c.duration) {
+            f.push(("duration_seconds", Dynamic::from_float(d.as_secs_f64())));
+        }
+        if let Some(error) = connect.and_then(|c| c.error.as_ref()) {
+            f.push(("error", self.cow(error)));
         }
         if let Some(labels) = &e.labels {
             let labels: Map = labels
@@ -240,10 +253,16 @@ impl EventConverter {
         if let Kind::PacketDrop(d) = &e.kind {
             f.push(("reason", self.shared(&d.reason)));
         }
+        if let Some(c) = connect {
+            f.push(("retransmits", Dynamic::from_int(c.retransmits.into())));
+        }
         if let Some(flow) = flow {
             f.push(("saddr", self.addr(flow.saddr)));
         }
         f.push(("severity", self.static_str(e.severity.as_str())));
+        if let Some(c) = connect {
+            f.push(("side", self.static_str(c.side)));
+        }
         let source = match &e.source {
             Source::Kernel => self.static_str("kernel"),
             Source::Plugin(tag) => self.string(tag),
@@ -383,10 +402,33 @@ mod tests {
                 state: "ESTABLISHED",
             }),
         );
+        let connect = |cause: Option<&'static str>, error: Option<&'static str>| {
+            Event::kernel(
+                SystemTime::UNIX_EPOCH,
+                7,
+                Severity::Warning,
+                Kind::TcpConnect(crate::event::TcpConnect {
+                    flow: Flow {
+                        protocol: "tcp".into(),
+                        saddr: Some("10.0.0.1".parse().unwrap()),
+                        sport: 40000,
+                        daddr: Some("10.0.0.2".parse().unwrap()),
+                        dport: 80,
+                    },
+                    side: "connect",
+                    cause,
+                    duration: Some(std::time::Duration::from_millis(250)),
+                    retransmits: 1,
+                    error: error.map(Into::into),
+                }),
+            )
+        };
         for e in [
             drop_event("b", "NETFILTER_DROP", 5000, 9999),
             reset,
             retrans,
+            connect(Some("refused"), Some("ECONNREFUSED")),
+            connect(None, None),
         ] {
             let json: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
             let map = c.convert(&e);

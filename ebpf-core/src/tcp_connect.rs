@@ -1,0 +1,99 @@
+//! Mirror of `tcp_connect.h`: the handshake counter key (histogram slots, sums, failures) and
+//! the event record of a slow or failed handshake.
+
+use std::mem::{offset_of, size_of};
+
+use crate::record::Tuple;
+use crate::{Hook, ProbeSpec};
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: "tcp_connect",
+    description: "TCP handshake latency (connect and accept) and failed handshakes by cause",
+    hooks: &[Hook {
+        program: "tcp_connect",
+        tracepoint: "inet_sock_set_state",
+        category: "sock",
+    }],
+    counter_map: "connects",
+    object: aya::include_bytes_aligned!("tcp_connect.bpf.o"),
+};
+
+pub const SIDE_CONNECT: u8 = 0;
+pub const SIDE_ACCEPT: u8 = 1;
+
+pub const KIND_BUCKET: u8 = 0;
+pub const KIND_SUM: u8 = 1;
+pub const KIND_FAILURE: u8 = 2;
+
+pub const ESTABLISHED: u8 = 0;
+pub const REFUSED: u8 = 1;
+pub const TIMEOUT: u8 = 2;
+pub const OTHER: u8 = 3;
+
+/// Index in `probe_params` of the slow-handshake threshold in nanoseconds.
+pub const PARAM_SLOW_NS: usize = 0;
+
+/// The `side` label.
+pub fn side_name(side: u8) -> &'static str {
+    if side == SIDE_ACCEPT {
+        "accept"
+    } else {
+        "connect"
+    }
+}
+
+/// The `cause` label of a failure.
+pub fn cause_name(cause: u8) -> &'static str {
+    match cause {
+        REFUSED => "refused",
+        TIMEOUT => "timeout",
+        _ => "other",
+    }
+}
+
+/// `struct tcp_connect_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub netns: u32,
+    pub side: u8,
+    pub kind: u8,
+    pub value: u8,
+    pub pad: u8,
+}
+
+/// `struct tcp_connect_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record {
+    pub timestamp_ns: u64,
+    pub duration_ns: u64,
+    pub netns: u32,
+    pub side: u8,
+    pub cause: u8,
+    pub retransmits: u8,
+    pub pad: u8,
+    pub error: i32,
+    pub pad2: u32,
+    pub tuple: Tuple,
+}
+
+const _: () = {
+    assert!(size_of::<Key>() == 8);
+    assert!(offset_of!(Key, side) == 4);
+    assert!(offset_of!(Key, kind) == 5);
+    assert!(offset_of!(Key, value) == 6);
+    assert!(size_of::<Record>() == 72);
+    // sonde_event_start stamps the first field of every record.
+    assert!(offset_of!(Record, timestamp_ns) == 0);
+    assert!(offset_of!(Record, duration_ns) == 8);
+    assert!(offset_of!(Record, netns) == 16);
+    assert!(offset_of!(Record, side) == 20);
+    assert!(offset_of!(Record, cause) == 21);
+    assert!(offset_of!(Record, retransmits) == 22);
+    assert!(offset_of!(Record, error) == 24);
+    assert!(offset_of!(Record, tuple) == 32);
+};
+
+// SAFETY: plain C struct of integers.
+unsafe impl aya::Pod for Key {}

@@ -1,0 +1,38 @@
+/* tcp_rtt: records shared by tcp_rtt.bpf.c and tcp_rtt.rs. */
+#ifndef TCP_RTT_H
+#define TCP_RTT_H
+#include "sonde.h"
+
+/* What an `rtts` counter slot counts (tcp_rtt_key.kind). */
+#define TCP_RTT_KIND_BUCKET 0 /* RTT samples in log2 slot `slot` */
+#define TCP_RTT_KIND_SUM 1    /* sum of the samples in nanoseconds (slot 0) */
+
+/* probe_params values. */
+#define TCP_RTT_PARAM_SAMPLE_NS 0 /* a flow's srtt enters the histogram at most this often; 0 = every segment */
+
+/* Key of the in-kernel `rtts` counter. */
+struct tcp_rtt_key {
+	__u32 netns;
+	__u8 kind;
+	__u8 slot;
+	__u8 pad[2];
+};
+
+/* A row of the `flows` table (LRU hash keyed by socket address): the latest view of one TCP
+ * connection, updated on every segment it receives and removed when the socket is destroyed. */
+struct tcp_rtt_flow {
+	__u64 updated_ns;  /* bpf_ktime_get_ns of the last segment */
+	__u64 sampled_ns;  /* when srtt last entered the histogram */
+	__u64 segments;    /* segments received while tracked */
+	__u32 netns;
+	__u32 srtt_us;     /* smoothed RTT */
+	__u32 rttvar_us;   /* RTT variation (mdev) */
+	__u32 min_rtt_us;  /* minimum RTT over the kernel's window */
+	__u32 snd_cwnd;    /* congestion window, in segments */
+	__u32 snd_wnd;     /* peer's receive window, bytes */
+	__u32 rcv_wnd;     /* our receive window, bytes */
+	__u32 mss;         /* mss_cache */
+	struct sonde_tuple tuple; /* local end as source */
+};
+
+#endif

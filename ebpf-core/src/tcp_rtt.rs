@@ -1,0 +1,78 @@
+//! Mirror of `tcp_rtt.h`: the RTT histogram key and a row of the per-flow table.
+
+use std::mem::{offset_of, size_of};
+
+use crate::record::Tuple;
+use crate::{Hook, ProbeSpec};
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: "tcp_rtt",
+    description: "TCP smoothed RTT per pod, and a table of live flows with srtt, cwnd and windows",
+    hooks: &[
+        Hook {
+            program: "tcp_rtt",
+            tracepoint: "tcp_probe",
+            category: "tcp",
+        },
+        Hook {
+            program: "tcp_rtt_forget",
+            tracepoint: "tcp_destroy_sock",
+            category: "tcp",
+        },
+    ],
+    counter_map: "rtts",
+    object: aya::include_bytes_aligned!("tcp_rtt.bpf.o"),
+};
+
+pub const KIND_BUCKET: u8 = 0;
+pub const KIND_SUM: u8 = 1;
+
+/// Index in `probe_params` of the per-flow sample interval in nanoseconds.
+pub const PARAM_SAMPLE_NS: usize = 0;
+
+/// `struct tcp_rtt_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub netns: u32,
+    pub kind: u8,
+    pub slot: u8,
+    pub pad: [u8; 2],
+}
+
+/// `struct tcp_rtt_flow`: a row of the `flows` table, keyed by socket address (u64).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flow {
+    pub updated_ns: u64,
+    pub sampled_ns: u64,
+    pub segments: u64,
+    pub netns: u32,
+    pub srtt_us: u32,
+    pub rttvar_us: u32,
+    pub min_rtt_us: u32,
+    pub snd_cwnd: u32,
+    pub snd_wnd: u32,
+    pub rcv_wnd: u32,
+    pub mss: u32,
+    pub tuple: Tuple,
+}
+
+const _: () = {
+    assert!(size_of::<Key>() == 8);
+    assert!(offset_of!(Key, kind) == 4);
+    assert!(offset_of!(Key, slot) == 5);
+    assert!(size_of::<Flow>() == 96);
+    assert!(offset_of!(Flow, segments) == 16);
+    assert!(offset_of!(Flow, netns) == 24);
+    assert!(offset_of!(Flow, srtt_us) == 28);
+    assert!(offset_of!(Flow, min_rtt_us) == 36);
+    assert!(offset_of!(Flow, snd_cwnd) == 40);
+    assert!(offset_of!(Flow, rcv_wnd) == 48);
+    assert!(offset_of!(Flow, mss) == 52);
+    assert!(offset_of!(Flow, tuple) == 56);
+};
+
+// SAFETY: plain C structs of integers.
+unsafe impl aya::Pod for Key {}
+unsafe impl aya::Pod for Flow {}

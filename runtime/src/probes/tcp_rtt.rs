@@ -1,0 +1,148 @@
+//! `tcp_rtt` collector: the smoothed RTT histogram per pod (bucketed in the kernel) and the
+//! table of live flows (srtt, cwnd, windows) the kernel keeps, read on demand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ebpf_core::tcp_rtt::{Flow as FlowRow, Key, KIND_BUCKET, KIND_SUM, PARAM_SAMPLE_NS, SPEC};
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
+
+use super::{Context, Decoder, Deltas, Driver, ProbesConfig};
+use crate::event::Flow;
+
+/// `probes.tcp_rtt` in the agent config. The probe emits no events.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// Off by default: the probe runs on every TCP segment received.
+    pub enabled: bool,
+    /// A flow's srtt enters the histogram at most this often (`0ms`: every segment).
+    #[serde(deserialize_with = "sample_interval")]
+    pub sample_interval: Duration,
+    /// Live flows kept in the kernel's table (least recently updated ones make room).
+    pub flow_table_size: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: false,
+            sample_interval: Duration::from_secs(1),
+            flow_table_size: 65536,
+        }
+    }
+}
+
+fn sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::plugin_host::manifest::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("sampleInterval: {e}")))
+}
+
+fn validate(c: &ProbesConfig) -> Result<(), String> {
+    let n = c.tcp_rtt.flow_table_size;
+    if !(1024..=1 << 24).contains(&n) {
+        return Err(format!(
+            "probes.tcp_rtt.flowTableSize: {n} must be between 1024 and 16777216"
+        ));
+    }
+    Ok(())
+}
+
+pub const DRIVER: Driver = Driver {
+    spec: &SPEC,
+    settings,
+    validate,
+    decoder,
+    sync,
+    snapshot,
+    table: Some(table),
+};
+
+fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
+    let c = &c.tcp_rtt;
+    c.enabled.then(|| {
+        let mut s = ProbeSettings {
+            events: false,
+            // No events: the smallest ring buffer the config allows.
+            ring_buffer_size: 64 << 10,
+            table_size: c.flow_table_size,
+            ..ProbeSettings::default()
+        };
+        s.params[PARAM_SAMPLE_NS] = c.sample_interval.as_nanos() as u64;
+        s
+    })
+}
+
+fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    Ok(Box::new(|_| None))
+}
+
+fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
+    let current = probe.counters::<Key>()?;
+    let id = |k: &Key| (k.netns as u64) << 32 | (k.kind as u64) << 8 | k.slot as u64;
+    for (key, gained) in deltas.update(current, id) {
+        let labels = ctx.labels_for_netns(key.netns, &[]);
+        match key.kind {
+            KIND_BUCKET => ctx
+                .metrics
+                .tcp_rtt
+                .add_slot(labels, key.slot as usize, gained),
+            KIND_SUM => ctx.metrics.tcp_rtt.add_sum_ns(labels, gained),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
+    Ok(probe
+        .counters::<Key>()?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = match k.kind {
+                KIND_BUCKET => format!(
+                    "le={}",
+                    ebpf_core::record::log2_slot_bound_seconds(k.slot as usize)
+                ),
+                KIND_SUM => "sum_ns".to_string(),
+                _ => return None,
+            };
+            Some((k.netns, key, v))
+        })
+        .collect())
+}
+
+/// The live flows, local end as source, with the pod they belong to.
+fn table(probe: &LoadedProbe, ctx: &Context) -> Result<Vec<serde_json::Value>, ProbeError> {
+    let rows = probe.hash_entries::<u64, FlowRow>(ebpf_core::probe::TABLE_MAP)?;
+    Ok(rows
+        .into_iter()
+        .map(|(_, f)| {
+            let flow = Flow::from(&f.tuple);
+            let labels = ctx.labels_for_netns(f.netns, &[]);
+            json!({
+                "node": labels[0],
+                "namespace": labels[1],
+                "pod": labels[2],
+                "netns": f.netns,
+                "protocol": flow.protocol,
+                "saddr": flow.saddr,
+                "sport": flow.sport,
+                "daddr": flow.daddr,
+                "dport": flow.dport,
+                "srtt_seconds": f.srtt_us as f64 / 1e6,
+                "rttvar_seconds": f.rttvar_us as f64 / 1e6,
+                "min_rtt_seconds": f.min_rtt_us as f64 / 1e6,
+                "snd_cwnd": f.snd_cwnd,
+                "snd_wnd": f.snd_wnd,
+                "rcv_wnd": f.rcv_wnd,
+                "mss": f.mss,
+                "segments": f.segments,
+                "updated": crate::timefmt::rfc3339(ctx.clock.wall(f.updated_ns)),
+            })
+        })
+        .collect())
+}
