@@ -77,8 +77,13 @@ fn probes_config(script: &Script) -> anyhow::Result<ProbesConfig> {
     for d in DRIVERS {
         let name = d.spec.name;
         let enabled = script.handlers().probes.contains(&name);
+        if !enabled {
+            // Only enabled probes get an event stream (some probes have none).
+            probes.insert(name.to_string(), serde_json::json!({ "enabled": false }));
+            continue;
+        }
         let mut probe = serde_json::json!({
-            "enabled": enabled,
+            "enabled": true,
             "events": {"enabled": true, "ratePerCpu": 0, "ringBufferSize": RING_BUFFER_SIZE},
         });
         for (field, probe_name, option) in FIELD_OPTIONS {
