@@ -185,6 +185,25 @@ pub struct TcpReset<'a> {
     pub state: Option<&'a str>,
 }
 
+/// `tcp_connect`: a TCP handshake that was slow or failed. The flow's source is the local end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpConnect<'a> {
+    pub envelope: Envelope<'a>,
+    pub flow: Flow<'a>,
+    /// `connect` (this socket connected) or `accept` (a listener accepted it).
+    pub side: &'a str,
+    /// Why it failed: `refused`, `timeout`, `other`; `None` for a slow handshake that
+    /// succeeded.
+    pub cause: Option<&'a str>,
+    /// How long the handshake took, or ran before failing; `None` when the probe attached
+    /// after it started.
+    pub duration: Option<std::time::Duration>,
+    /// SYN (connect) or SYN-ACK (accept) retransmissions.
+    pub retransmits: u8,
+    /// The socket's error when it closed (`ECONNREFUSED`, `ETIMEDOUT`, ...).
+    pub error: Option<&'a str>,
+}
+
 /// A batch's string `i`; "" if the host sent an index out of range (it does not).
 fn text(strings: &[String], i: u32) -> &str {
     strings.get(i as usize).map_or("", String::as_str)
@@ -282,6 +301,23 @@ pub fn tcp_resets(b: &wit::TcpResetBatch) -> Vec<TcpReset<'_>> {
         .collect()
 }
 
+/// The views of a typed `tcp_connect` batch.
+pub fn tcp_connects(b: &wit::TcpConnectBatch) -> Vec<TcpConnect<'_>> {
+    let s = &b.symbols.strings;
+    b.events
+        .iter()
+        .map(|e| TcpConnect {
+            envelope: envelope(&b.node, s, &e.envelope),
+            flow: flow(s, &e.flow),
+            side: text(s, e.side),
+            cause: e.cause.map(|i| text(s, i)),
+            duration: e.duration_ns.map(std::time::Duration::from_nanos),
+            retransmits: e.retransmits,
+            error: e.error.map(|i| text(s, i)),
+        })
+        .collect()
+}
+
 /// One record of a packed batch (`wit/PACKED.md`).
 struct Packed<'a> {
     r: &'a [u8],
@@ -343,14 +379,18 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// The bytes a packed record of this version must have at least.
+/// The bytes a packed record of this version has at least (`tcp_connect`'s: 104).
 const PACKED_MIN_SIZE: usize = 96;
 
 /// The records of a packed batch, or none if its `record-size` is smaller than this SDK's
-/// layout (a host older than the SDK: it does not happen with a matching world).
-fn packed_records(b: &wit::PackedBatch) -> impl Iterator<Item = Packed<'_>> {
+/// layout for the probe (a host older than the SDK: it does not happen with a matching world).
+fn packed_records(b: &wit::PackedBatch, min: usize) -> impl Iterator<Item = Packed<'_>> {
     let size = b.record_size as usize;
-    let usable = if size >= PACKED_MIN_SIZE { size } else { 0 };
+    let usable = if size >= min.max(PACKED_MIN_SIZE) {
+        size
+    } else {
+        0
+    };
     let count = if usable == 0 { 0 } else { b.count as usize };
     b.events
         .chunks_exact(usable.max(1))
@@ -364,7 +404,7 @@ fn packed_records(b: &wit::PackedBatch) -> impl Iterator<Item = Packed<'_>> {
 
 /// The views of a packed `packet_drop` batch.
 pub fn packed_packet_drops(b: &wit::PackedBatch) -> Vec<PacketDrop<'_>> {
-    packed_records(b)
+    packed_records(b, 96)
         .map(|p| {
             let stack_index = p.u32(88);
             PacketDrop {
@@ -380,7 +420,7 @@ pub fn packed_packet_drops(b: &wit::PackedBatch) -> Vec<PacketDrop<'_>> {
 
 /// The views of a packed `tcp_retrans` batch.
 pub fn packed_tcp_retransmits(b: &wit::PackedBatch) -> Vec<TcpRetrans<'_>> {
-    packed_records(b)
+    packed_records(b, 96)
         .map(|p| TcpRetrans {
             envelope: p.envelope(),
             flow: p.flow(),
@@ -391,12 +431,30 @@ pub fn packed_tcp_retransmits(b: &wit::PackedBatch) -> Vec<TcpRetrans<'_>> {
 
 /// The views of a packed `tcp_reset` batch.
 pub fn packed_tcp_resets(b: &wit::PackedBatch) -> Vec<TcpReset<'_>> {
-    packed_records(b)
+    packed_records(b, 96)
         .map(|p| TcpReset {
             envelope: p.envelope(),
             flow: p.flow(),
             direction: p.text(80),
             state: p.opt_text(84),
+        })
+        .collect()
+}
+
+/// The views of a packed `tcp_connect` batch.
+pub fn packed_tcp_connects(b: &wit::PackedBatch) -> Vec<TcpConnect<'_>> {
+    packed_records(b, 104)
+        .map(|p| {
+            let ns = u64::from_le_bytes(p.r[88..96].try_into().unwrap_or_default());
+            TcpConnect {
+                envelope: p.envelope(),
+                flow: p.flow(),
+                side: p.text(80),
+                cause: p.opt_text(84),
+                duration: (ns != u64::MAX).then(|| std::time::Duration::from_nanos(ns)),
+                retransmits: p.r[96],
+                error: p.opt_text(100),
+            }
         })
         .collect()
 }

@@ -61,7 +61,9 @@ pub mod bindings {
 
 pub use bindings::sonde::plugin::types::Workload;
 pub use error::{Error, Result};
-pub use event::{Envelope, Flow, OwnedFlow, PacketDrop, Stack, TcpReset, TcpRetrans, WorkloadRef};
+pub use event::{
+    Envelope, Flow, OwnedFlow, PacketDrop, Stack, TcpConnect, TcpReset, TcpRetrans, WorkloadRef,
+};
 pub use events::{Event, Severity, Value};
 pub use metrics::{Counter, Gauge, Histogram, Series};
 pub use plugin::{Config, Plugin};
@@ -70,7 +72,7 @@ pub use plugin::{Config, Plugin};
 pub use plugin::glue as __glue;
 #[doc(hidden)]
 pub mod __event {
-    pub use crate::event::{packet_drops, tcp_resets, tcp_retransmits};
+    pub use crate::event::{packet_drops, tcp_connects, tcp_resets, tcp_retransmits};
 }
 
 /// Makes `$plugin`, a type implementing [`Plugin`], the component's exports.
@@ -108,6 +110,11 @@ macro_rules! export {
                 fn on_tcp_reset(batch: $crate::bindings::sonde::plugin::types::TcpResetBatch) {
                     $crate::__glue::with(&PLUGIN, (), |p| {
                         $crate::Plugin::on_tcp_reset(p, &$crate::__event::tcp_resets(&batch))
+                    })
+                }
+                fn on_tcp_connect(batch: $crate::bindings::sonde::plugin::types::TcpConnectBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_tcp_connect(p, &$crate::__event::tcp_connects(&batch))
                     })
                 }
                 fn on_packed(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {

@@ -3,7 +3,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::{PacketDrop, TcpReset, TcpRetrans, Workload};
+use crate::{PacketDrop, TcpConnect, TcpReset, TcpRetrans, Workload};
 
 /// A plugin. Implement [`init`](Plugin::init) and the callbacks of the probes the manifest
 /// subscribes to; the others default to doing nothing. Export the type with
@@ -28,6 +28,11 @@ pub trait Plugin: Sized + 'static {
 
     /// A batch of `tcp_reset` events.
     fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
+        let _ = batch;
+    }
+
+    /// A batch of `tcp_connect` events: handshakes that were slow or failed.
+    fn on_tcp_connect(&mut self, batch: &[TcpConnect<'_>]) {
         let _ = batch;
     }
 
@@ -100,6 +105,7 @@ pub mod glue {
             "packet_drop" => plugin.on_packet_drop(&event::packed_packet_drops(batch)),
             "tcp_retrans" => plugin.on_tcp_retrans(&event::packed_tcp_retransmits(batch)),
             "tcp_reset" => plugin.on_tcp_reset(&event::packed_tcp_resets(batch)),
+            "tcp_connect" => plugin.on_tcp_connect(&event::packed_tcp_connects(batch)),
             // A probe newer than this SDK: its plugin cannot have subscribed knowingly.
             _ => {}
         }

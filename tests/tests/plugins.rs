@@ -542,7 +542,7 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
     let dir = TempDir::new();
     for delivery in ["typed", "packed"] {
         let spec = format!(
-            "  subscribe: [packet_drop, tcp_reset]\n  delivery: {delivery}\n  \
+            "  subscribe: [packet_drop, tcp_reset, tcp_connect]\n  delivery: {delivery}\n  \
              config: {{mode: fields, metric: sonde_test_{delivery}_total}}\n  capabilities: [metrics]\n"
         );
         write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
@@ -550,7 +550,8 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
     let pods = drop_pods();
     let agent = Agent::spawn_yaml(&format!(
         "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
-         tcp_reset:\n    events: {{enabled: true, ratePerCpu: 0}}\nsinks:\n  stdout: {{enabled: false}}\n\
+         tcp_reset:\n    events: {{enabled: true, ratePerCpu: 0}}\n  \
+         tcp_connect:\n    events: {{enabled: true, ratePerCpu: 0}}\nsinks:\n  stdout: {{enabled: false}}\n\
          plugins:\n  dirs: [{}]\n",
         dir.path().display()
     ));
@@ -579,10 +580,17 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
         ("pod", pods.b.name()),
         ("key", "NO_SOCKET"),
     ];
+    // tcp_connect: every refused connect is a failed handshake of A's.
+    let failed = [
+        ("probe", "tcp_connect"),
+        ("pod", pods.a.name()),
+        ("key", "connect"),
+        ("detail", "refused:ECONNREFUSED:0:true"),
+    ];
     for delivery in ["typed", "packed"] {
         let name = format!("sonde_test_{delivery}_total");
         agent.wait_metric(&name, &dropped, DATAGRAMS as f64, SETTLE_TIMEOUT);
-        for connects in [&sent[..], &received, &refused] {
+        for connects in [&sent[..], &received, &refused, &failed] {
             agent.wait_metric(&name, connects, CONNECTS as f64, SETTLE_TIMEOUT);
         }
     }
@@ -615,8 +623,9 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
         differ.is_empty(),
         "typed and packed deliveries differ in {differ:?}"
     );
-    // One label set for the datagrams, one for the SYNs nobody answered, and one per connect
-    // for the resets B sent and A received (each connect has its own source port).
+    // One label set for the datagrams, one for the SYNs nobody answered, one for A's failed
+    // handshakes, and one per connect for the resets B sent and A received (their
+    // destination is each connect's own source port).
     let summary: Vec<String> = typed
         .iter()
         .map(|(l, v)| {
@@ -633,7 +642,7 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
             )
         })
         .collect();
-    assert_eq!(typed.len(), 2 + 2 * CONNECTS, "{summary:#?}");
+    assert_eq!(typed.len(), 3 + 2 * CONNECTS, "{summary:#?}");
 
     // The drops, field by field: B's network namespace, A's datagrams to B's port.
     let drops: Vec<_> = typed

@@ -130,6 +130,8 @@ export function onTcpRetrans(_batch) {}
 
 export function onTcpReset(_batch) {}
 
+export function onTcpConnect(_batch) {}
+
 export function workloadLabels(_workload) {
   return [];
 }

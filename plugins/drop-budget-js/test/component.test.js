@@ -129,6 +129,7 @@ test('other exports are no-ops', opts, async () => {
   assert.deepEqual(h.plugin.workloadLabels(workload('a', 'b')), []);
   h.plugin.onTcpReset(emptyBatch());
   h.plugin.onTcpRetrans(emptyBatch());
+  h.plugin.onTcpConnect(emptyBatch());
   h.plugin.tick(1n);
   assert.deepEqual([h.events.length, h.values.size], [0, 0]);
 });

@@ -124,5 +124,8 @@ class WitWorld(wit_world.WitWorld):
     def on_tcp_retrans(self, batch: types.TcpRetransBatch) -> None:
         pass
 
+    def on_tcp_connect(self, batch: types.TcpConnectBatch) -> None:
+        pass
+
     def workload_labels(self, workload: types.Workload) -> List[Tuple[str, str]]:
         return []

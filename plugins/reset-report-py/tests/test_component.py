@@ -133,6 +133,7 @@ class ComponentTest(unittest.TestCase):
         self.assertEqual(h.workload_labels(workload("a", "b")), [])
         h.on_packet_drop(empty_batch())
         h.on_tcp_retrans(empty_batch())
+        h.on_tcp_connect(empty_batch())
         h.tick()
         self.assertEqual(h.events, [])
 

@@ -15,8 +15,11 @@ use crate::topology::{Topology, Workload};
 
 /// "None" for a `text` or a stack index in the packed layout.
 pub const NONE: u32 = u32::MAX;
-/// Bytes per packed record in this version of the interface.
+/// Bytes per packed record in this version of the interface (`tcp_connect`'s are longer,
+/// `Probe::record_size`).
 pub const PACKED_RECORD_SIZE: usize = 96;
+/// The longest packed record.
+const MAX_RECORD_SIZE: usize = 104;
 
 /// Hashes a string's address and length: the strings of one batch live in the events (or in
 /// `Symbols::keep`) until the batch is built, so equal addresses mean equal strings. Most of an
@@ -211,7 +214,7 @@ impl Common {
     }
 
     /// Bytes 0 to 79 of a packed record.
-    fn pack(&self, r: &mut [u8; PACKED_RECORD_SIZE]) {
+    fn pack(&self, r: &mut [u8]) {
         let (ns, pod) = split(self.workload);
         let (peer_ns, peer_pod) = split(self.peer);
         r[0..8].copy_from_slice(&self.time_ns.to_le_bytes());
@@ -267,16 +270,23 @@ pub enum Probe {
     PacketDrop,
     TcpRetrans,
     TcpReset,
+    TcpConnect,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 3] = [Probe::PacketDrop, Probe::TcpRetrans, Probe::TcpReset];
+    pub const ALL: [Probe; 4] = [
+        Probe::PacketDrop,
+        Probe::TcpRetrans,
+        Probe::TcpReset,
+        Probe::TcpConnect,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Probe::PacketDrop => "packet_drop",
             Probe::TcpRetrans => "tcp_retrans",
             Probe::TcpReset => "tcp_reset",
+            Probe::TcpConnect => "tcp_connect",
         }
     }
 
@@ -286,6 +296,15 @@ impl Probe {
             Probe::PacketDrop => "on-packet-drop",
             Probe::TcpRetrans => "on-tcp-retrans",
             Probe::TcpReset => "on-tcp-reset",
+            Probe::TcpConnect => "on-tcp-connect",
+        }
+    }
+
+    /// Bytes of this probe's packed records (wit/PACKED.md).
+    pub fn record_size(self) -> usize {
+        match self {
+            Probe::TcpConnect => MAX_RECORD_SIZE,
+            _ => PACKED_RECORD_SIZE,
         }
     }
 
@@ -294,8 +313,7 @@ impl Probe {
             Kind::PacketDrop(_) => Some(Probe::PacketDrop),
             Kind::TcpRetrans(_) => Some(Probe::TcpRetrans),
             Kind::TcpReset(_) => Some(Probe::TcpReset),
-            // Not yet in the plugin WIT: typed when the WIT gains the new probes.
-            Kind::TcpConnect(_) => None,
+            Kind::TcpConnect(_) => Some(Probe::TcpConnect),
             Kind::Derived(_) => None,
         }
     }
@@ -306,6 +324,7 @@ pub enum Delivery {
     PacketDrops(wit::PacketDropBatch),
     TcpRetrans(wit::TcpRetransBatch),
     TcpResets(wit::TcpResetBatch),
+    TcpConnects(wit::TcpConnectBatch),
     Packed(wit::PackedBatch),
 }
 
@@ -315,6 +334,7 @@ impl Delivery {
             Delivery::PacketDrops(b) => b.events.len(),
             Delivery::TcpRetrans(b) => b.events.len(),
             Delivery::TcpResets(b) => b.events.len(),
+            Delivery::TcpConnects(b) => b.events.len(),
             Delivery::Packed(b) => b.count as usize,
         }
     }
@@ -426,6 +446,30 @@ pub fn typed_batch<'a>(
                 symbols: sym.finish(),
             })
         }
+        Probe::TcpConnect => {
+            let events = events
+                .filter_map(|e| match &e.kind {
+                    Kind::TcpConnect(c) => {
+                        let common = Common::new(e, &c.flow, topology, sym);
+                        Some(wit::TcpConnect {
+                            envelope: common.envelope(),
+                            flow: common.flow(),
+                            side: sym.text(c.side),
+                            cause: c.cause.map(|s| sym.text(s)),
+                            duration_ns: c.duration.map(|d| d.as_nanos() as u64),
+                            retransmits: c.retransmits,
+                            error: c.error.as_ref().map(|s| sym.text(s)),
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            Delivery::TcpConnects(wit::TcpConnectBatch {
+                node,
+                events,
+                symbols: sym.finish(),
+            })
+        }
     }
 }
 
@@ -441,37 +485,48 @@ pub fn packed_batch<'a>(
     let node = events
         .peek()
         .map_or_else(String::new, |e| e.node.to_string());
-    let mut bytes = Vec::with_capacity(events.size_hint().0 * PACKED_RECORD_SIZE);
+    let size = probe.record_size();
+    let mut bytes = Vec::with_capacity(events.size_hint().0 * size);
     let mut count = 0u32;
     for e in events {
-        let mut r = [0u8; PACKED_RECORD_SIZE];
+        let mut record = [0u8; MAX_RECORD_SIZE];
+        let r = &mut record[..size];
         let flow = match (&e.kind, probe) {
             (Kind::PacketDrop(d), Probe::PacketDrop) => {
-                put_u32(&mut r, 80, sym.text(&d.reason));
-                put_u32(&mut r, 84, sym.text(&d.location));
-                put_u32(&mut r, 88, d.stack.as_ref().map_or(NONE, |s| sym.stack(s)));
+                put_u32(r, 80, sym.text(&d.reason));
+                put_u32(r, 84, sym.text(&d.location));
+                put_u32(r, 88, d.stack.as_ref().map_or(NONE, |s| sym.stack(s)));
                 &d.flow
             }
             (Kind::TcpRetrans(t), Probe::TcpRetrans) => {
-                put_u32(&mut r, 80, sym.text(t.state));
+                put_u32(r, 80, sym.text(t.state));
                 &t.flow
             }
             (Kind::TcpReset(t), Probe::TcpReset) => {
-                put_u32(&mut r, 80, sym.text(t.direction));
-                put_u32(&mut r, 84, t.state.map_or(NONE, |s| sym.text(s)));
+                put_u32(r, 80, sym.text(t.direction));
+                put_u32(r, 84, t.state.map_or(NONE, |s| sym.text(s)));
                 &t.flow
+            }
+            (Kind::TcpConnect(c), Probe::TcpConnect) => {
+                put_u32(r, 80, sym.text(c.side));
+                put_u32(r, 84, c.cause.map_or(NONE, |s| sym.text(s)));
+                let ns = c.duration.map_or(u64::MAX, |d| d.as_nanos() as u64);
+                r[88..96].copy_from_slice(&ns.to_le_bytes());
+                r[96] = c.retransmits;
+                put_u32(r, 100, c.error.as_ref().map_or(NONE, |s| sym.text(s)));
+                &c.flow
             }
             _ => continue,
         };
-        Common::new(e, flow, topology, sym).pack(&mut r);
-        bytes.extend_from_slice(&r);
+        Common::new(e, flow, topology, sym).pack(r);
+        bytes.extend_from_slice(r);
         count += 1;
     }
     wit::PackedBatch {
         probe: probe.name().to_string(),
         node: node.to_string(),
         symbols: sym.finish(),
-        record_size: PACKED_RECORD_SIZE as u32,
+        record_size: size as u32,
         count,
         events: bytes,
     }

@@ -564,6 +564,9 @@ impl Guest for Instance {
                     delivery::Delivery::TcpResets(b) => {
                         self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_reset(s, b))
                     }
+                    delivery::Delivery::TcpConnects(b) => {
+                        self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_connect(s, b))
+                    }
                     delivery::Delivery::Packed(b) => {
                         self.call("on-packed", m, name, |g, s| g.call_on_packed(s, b))
                     }

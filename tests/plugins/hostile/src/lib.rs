@@ -6,7 +6,8 @@
 
 use serde::Deserialize;
 use sonde_plugin::{
-    metrics::Counter, Config, Envelope, Event, Flow, PacketDrop, Plugin, TcpReset, TcpRetrans,
+    metrics::Counter, Config, Envelope, Event, Flow, PacketDrop, Plugin, TcpConnect, TcpReset,
+    TcpRetrans,
 };
 
 #[derive(Deserialize)]
@@ -248,6 +249,21 @@ impl Plugin for Hostile {
             "tcp_retrans",
             batch.iter().map(|e| (pod(e.envelope.workload), "")),
         );
+    }
+
+    fn on_tcp_connect(&mut self, batch: &[TcpConnect<'_>]) {
+        if self.mode == "fields" {
+            for e in batch {
+                let detail = format!(
+                    "{}:{}:{}:{}",
+                    e.cause.unwrap_or("none"),
+                    e.error.unwrap_or("none"),
+                    e.retransmits,
+                    e.duration.is_some()
+                );
+                self.count_fields("tcp_connect", &e.envelope, &e.flow, e.side, &detail, "");
+            }
+        }
     }
 
     fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
