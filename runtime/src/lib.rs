@@ -6,6 +6,7 @@
 //! out to the consumers (event sinks today; plugins and scripts later), while in-kernel
 //! counters feed the Prometheus registry.
 
+pub mod addr_hash;
 pub mod agent;
 pub mod config;
 pub mod enrich;

@@ -4,7 +4,6 @@
 //! sent once per batch and referred to by index, so an event costs a fixed-size copy.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -21,27 +20,11 @@ pub const PACKED_RECORD_SIZE: usize = 96;
 /// The longest packed record.
 const MAX_RECORD_SIZE: usize = 104;
 
-/// Hashes a string's address and length: the strings of one batch live in the events (or in
-/// `Symbols::keep`) until the batch is built, so equal addresses mean equal strings. Most of an
-/// event's strings are shared `Arc`s, so the address is found again without reading the text.
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type AddrMap<V> = HashMap<(usize, usize), V, BuildHasherDefault<AddrHasher>>;
+/// Keys of the intern tables: a string's (or stack's) address and length. The strings of one
+/// batch live in the events (or in `Symbols::keep`) until the batch is built, so equal
+/// addresses mean equal strings; most of an event's strings are shared `Arc`s, so the address
+/// is found again without reading the text.
+type AddrMap<V> = crate::addr_hash::AddrMap<(usize, usize), V>;
 
 /// Slots of the direct-mapped cache in front of `Symbols::text_index`.
 const CACHE_SLOTS: usize = 256;

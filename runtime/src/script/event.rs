@@ -8,38 +8,17 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rhai::{Array, Dynamic, ImmutableString, Map};
 
+use crate::addr_hash::AddrMap;
 use crate::event::{Event, Kind, PacketDrop, Source, TcpReset};
 
 /// Distinct strings (or addresses, or stacks) kept before a cache starts over.
 const CACHE_LIMIT: usize = 16_384;
-
-/// Hashes a pointer-sized key with one multiplication: the caches below are keyed by the
-/// addresses of shared strings, and SipHash would cost more than the conversion it saves.
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type AddrMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
 
 /// A symbolised kernel stack, as the packet_drop collector shares it.
 type Stack = Arc<[Arc<str>]>;
