@@ -80,6 +80,27 @@ test('packed delivery: the same gauges, events and series as typed', opts, async
   assert.deepEqual(outputs[2], outputs[0]);
 });
 
+// Real network namespace inodes are above 2^31 (4026532386 and the like). componentize-js
+// 0.23.0 lowered such a u32 argument of an import (`emit`'s `netns`) as the low 32 bits of a
+// double (4026532386 arrived as 1145044992); build.mjs works around it. Both deliveries.
+test('netns above 2^31 reaches the host exactly', opts, async () => {
+  const { workload, packetDrop, typedBatch, packedBatch } = await helpers();
+  const inodes = [4026532386, 0x80000000, 0xffffffff, 0x7fffffff];
+  for (const deliver of ['typed', 'packed']) {
+    const h = await host();
+    h.plugin.init('{"budget": 1}');
+    const drops = inodes.flatMap((netns, i) => {
+      const drop = packetDrop(netns, workload('ns', `pod-${i}`));
+      return [drop, drop];
+    });
+    if (deliver === 'typed') h.plugin.onPacketDrop(typedBatch(drops));
+    else h.plugin.onPacked(packedBatch(drops));
+    h.plugin.tick(1n);
+    assert.deepEqual(h.events.map((e) => [e.workload.pod, e.netns]),
+      inodes.map((netns, i) => [`pod-${i}`, netns]), deliver);
+  }
+});
+
 test('packed delivery: a malformed batch is skipped with one warning', opts, async () => {
   const { workload, packetDrop, packedBatch } = await helpers();
   const h = await host();
