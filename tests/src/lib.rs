@@ -7,6 +7,8 @@
 //! `cargo test --release -p sonde-tests` (or point `SONDE_BIN` at the binary).
 
 mod agent;
+/// The bench binaries' shared helpers.
+pub mod bench;
 mod bundle;
 mod http;
 mod netns;

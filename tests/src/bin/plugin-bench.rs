@@ -56,6 +56,7 @@ use sonde::probes::{Context, Probes};
 use sonde::timefmt::BootClock;
 use sonde::topology::netns::NetnsTopology;
 use sonde::topology::Workload;
+use sonde_tests::bench::{cpu_model, load_average, median, positive_number};
 
 const BATCH_SIZES: [usize; 3] = [1, 64, 1024];
 /// Batches a plugin may have queued: large, so that nothing is dropped while the bench
@@ -89,10 +90,8 @@ fn options() -> Options {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut number = |name: &str| -> usize {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| panic!("{name} needs a positive number"))
+            positive_number(&mut args, name)
+                .unwrap_or_else(|_| panic!("{name} needs a positive number"))
         };
         match a.as_str() {
             "--repeat" => o.repeat = number("--repeat"),
@@ -611,7 +610,7 @@ fn measure_native(bench: &Bench, o: &Options, node: &Arc<str>) -> (Delivery, Vec
         let chunks = batches(&events, size);
         let mut analysis = NativeCount::new();
         analysis.count(&warm);
-        let mut samples: Vec<f64> = (0..o.repeat)
+        let samples: Vec<f64> = (0..o.repeat)
             .map(|_| {
                 let t = Instant::now();
                 for c in &chunks {
@@ -620,14 +619,12 @@ fn measure_native(bench: &Bench, o: &Options, node: &Arc<str>) -> (Delivery, Vec
                 t.elapsed().as_nanos() as f64 / events.len() as f64
             })
             .collect();
-        samples.sort_by(f64::total_cmp);
+        let bare_ns = median(samples);
         eprintln!(
             "  {:<28} batch {size:>4}: {:>9.0} ns/event wall, {:>9.1} ns/event bare loop",
-            "native Rust consumer",
-            s.wall_ns,
-            samples[samples.len() / 2]
+            "native Rust consumer", s.wall_ns, bare_ns
         );
-        bare.push((size, samples[samples.len() / 2]));
+        bare.push((size, bare_ns));
         by_batch.push((size, s));
     }
     (
@@ -659,7 +656,7 @@ fn measure_conversion(
             chunks
         };
         let mut symbols = host_delivery::Symbols::default();
-        let mut samples: Vec<f64> = (0..o.repeat)
+        let samples: Vec<f64> = (0..o.repeat)
             .map(|_| {
                 let t = Instant::now();
                 for c in &chunks {
@@ -675,8 +672,7 @@ fn measure_conversion(
                 t.elapsed().as_nanos() as f64 / events.len() as f64
             })
             .collect();
-        samples.sort_by(f64::total_cmp);
-        samples[samples.len() / 2]
+        median(samples)
     };
     BATCH_SIZES
         .iter()
@@ -891,24 +887,6 @@ fn bundle_module(target: &Path, bundle: &str) -> Option<PathBuf> {
     Some(dir.join(module)).filter(|p| p.exists())
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn main() {
     let o = options();
     let target = target_dir();
@@ -1121,7 +1099,7 @@ fn report(
          {} runs per row (median), {} events per run at batches 64 and 1024 ({} at batch 1; \
          an eighth of those for Python and JavaScript).\n",
         sonde::timefmt::rfc3339(started),
-        cpu_model(),
+        cpu_model().unwrap_or_else(|| "unknown CPU".into()),
         load.0,
         load.1,
         o.repeat,

@@ -19,19 +19,22 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use aya::sys::{enable_stats, Stats};
+use sonde_tests::bench::{
+    cpu_seconds, median, mib, option_value, positive_number, program_stats, programs_of,
+    require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Machine, RunTimeStats,
+    PAYLOAD,
+};
 use sonde_tests::{
-    free_local_addr, http_get, in_netns, metric_value, refused_connects, run_command, sonde_bin,
-    start_agent, IpFamily, PodPair, TempDir, READY_TIMEOUT,
+    free_local_addr, http_get, in_netns, metric_value, refused_connects, start_agent, IpFamily,
+    PodPair, TempDir, READY_TIMEOUT,
 };
 
 /// UDP port in pod B behind the DROP rule.
@@ -41,8 +44,6 @@ const CLOSED_PORT: u16 = 9998;
 /// TCP port in pod B whose incoming segments are dropped at random, for retransmits.
 const LOSSY_PORT: u16 = 9997;
 const LOSSY_PROBABILITY: &str = "0.01";
-/// The flood's datagram: small, as drop storms of tiny packets are the expensive case.
-const PAYLOAD: &[u8] = b"sonde-bench";
 /// Refused connects made while the programs' run-time statistics are on.
 const RESETS: usize = 2000;
 /// How long the lossy TCP stream runs while the run-time statistics are on.
@@ -91,7 +92,7 @@ fn main() {
         pods,
         duration: opts.duration,
         repeat: opts.repeat,
-        sender_cpu: machine.cpus.saturating_sub(1),
+        sender_cpu: machine.sender_cpu(),
     };
 
     eprintln!("sonde-bench: floods without an agent");
@@ -142,36 +143,26 @@ impl Options {
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .unwrap_or_else(|| usage(&format!("{name} needs a value")))
-            };
+            let args = &mut args;
             match arg.as_str() {
                 "--duration" => {
-                    let v = value("--duration");
-                    let secs: f64 = v.parse().ok().filter(|s| *s > 0.0).unwrap_or_else(|| {
-                        usage(&format!("--duration {v}: not a positive number of seconds"))
-                    });
-                    opts.duration = Duration::from_secs_f64(secs);
+                    let secs =
+                        option_value(args, "--duration", "a positive number of seconds", |s| {
+                            *s > 0.0
+                        });
+                    opts.duration = Duration::from_secs_f64(secs.unwrap_or_else(|e| usage(&e)));
                 }
                 "--search-steps" => {
-                    let v = value("--search-steps");
-                    opts.search_steps = v
-                        .parse()
-                        .unwrap_or_else(|_| usage(&format!("--search-steps {v}: not a number")));
+                    opts.search_steps = option_value(args, "--search-steps", "a number", |_| true)
+                        .unwrap_or_else(|e| usage(&e));
                 }
                 "--repeat" => {
-                    let v = value("--repeat");
-                    opts.repeat =
-                        v.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| {
-                            usage(&format!("--repeat {v}: not a positive number"))
-                        });
+                    opts.repeat = positive_number(args, "--repeat").unwrap_or_else(|e| usage(&e));
                 }
                 "--ring-buffer-size" => {
-                    let v = value("--ring-buffer-size");
-                    opts.ring_buffer = Some(v.parse().unwrap_or_else(|_| {
-                        usage(&format!("--ring-buffer-size {v}: not a number of bytes"))
-                    }));
+                    let bytes =
+                        option_value(args, "--ring-buffer-size", "a number of bytes", |_| true);
+                    opts.ring_buffer = Some(bytes.unwrap_or_else(|e| usage(&e)));
                 }
                 "--allow-other-agents" => opts.allow_other_agents = true,
                 "-h" | "--help" => {
@@ -197,22 +188,8 @@ fn usage(reason: &str) -> ! {
 /// Refuses to run without root, without the agent binary, or beside other Sonde probes (they
 /// would fire on the same drops and slow the sender).
 fn preflight(opts: &Options) {
-    // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } != 0 {
-        usage("needs root (eBPF, network namespaces, iptables)");
-    }
-    if std::env::var_os("SONDE_BIN").is_none() {
-        // The harness looks beside target/<profile>/deps/; a bin lives in target/<profile>/.
-        let exe = std::env::current_exe().expect("cannot find the bench executable");
-        let bin = exe.with_file_name("sonde");
-        if !bin.exists() {
-            usage(&format!(
-                "{} does not exist: `cargo build --release -p sonde` first, or set SONDE_BIN",
-                bin.display()
-            ));
-        }
-        // Sound: no other thread exists yet to read the environment concurrently.
-        std::env::set_var("SONDE_BIN", &bin);
+    if let Err(reason) = require_root_and_sonde() {
+        usage(&reason);
     }
     let foreign = foreign_programs(&HashSet::new());
     if !foreign.is_empty() {
@@ -270,86 +247,6 @@ fn sonde_processes() -> Vec<String> {
             (exe == "sonde").then(|| format!("{pid}: {}", args.join(" ")))
         })
         .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Machine
-
-struct Machine {
-    date: String,
-    kernel: String,
-    cpus: usize,
-    cpu_model: String,
-    sonde_version: String,
-    sonde_bin: PathBuf,
-    /// The workspace's commit, `+` if its tree differs from it, and when the binary was built.
-    source: String,
-}
-
-impl Machine {
-    fn read() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let bin = sonde_bin();
-        let version = Command::new(&bin)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|e| format!("unknown ({e})"));
-        Machine {
-            date: run_command("date -u +%Y-%m-%dT%H:%MZ").trim().to_string(),
-            kernel: run_command("uname -r").trim().to_string(),
-            cpus: thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            cpu_model,
-            source: source_of(&bin),
-            sonde_version: version,
-            sonde_bin: bin,
-        }
-    }
-}
-
-/// `commit abc1234[ + modified tree], binary built 2026-01-02T03:04Z`: the numbers belong to
-/// the binary, which may have been built from a tree that differs from the commit.
-fn source_of(bin: &Path) -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let commit = match (
-        git(&["rev-parse", "--short", "HEAD"]),
-        git(&["status", "--porcelain", "--untracked-files=no"]),
-    ) {
-        (Some(c), Some(status)) if status.is_empty() => format!("commit {c}"),
-        (Some(c), Some(_)) => format!("commit {c} + modified tree"),
-        _ => "commit unknown".to_string(),
-    };
-    let built = std::fs::metadata(bin)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| {
-            run_command(&format!("date -u -d @{} +%Y-%m-%dT%H:%MZ", d.as_secs()))
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|| "unknown".into());
-    format!("{commit}, binary built {built}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,16 +483,7 @@ impl BenchAgent {
 
     /// CPU time (user + system, all threads) in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let path = format!("/proc/{}/stat", self.pid());
-        let stat =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let rest = &stat[stat.rfind(')').expect("malformed /proc/PID/stat") + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: plain getter.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks as f64 / hz
+        cpu_seconds(self.pid())
     }
 
     /// write(2) and friends the agent has made (`syscw` of /proc/PID/io).
@@ -662,31 +550,7 @@ impl BenchAgent {
     /// The kernel ids of the agent's programs, from the bpf-prog descriptors it holds, with the
     /// catalogue's (untruncated) program names.
     fn programs(&self) -> Vec<(&'static str, u32)> {
-        let fd_dir = format!("/proc/{}/fd", self.pid());
-        let mut ids = HashSet::new();
-        for entry in std::fs::read_dir(&fd_dir)
-            .unwrap_or_else(|e| panic!("cannot list {fd_dir}: {e}"))
-            .flatten()
-        {
-            let is_prog = std::fs::read_link(entry.path())
-                .map(|l| l.to_string_lossy() == "anon_inode:bpf-prog")
-                .unwrap_or(false);
-            if !is_prog {
-                continue;
-            }
-            let info = format!(
-                "/proc/{}/fdinfo/{}",
-                self.pid(),
-                entry.file_name().to_string_lossy()
-            );
-            if let Some(id) = std::fs::read_to_string(&info).ok().and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("prog_id:"))
-                    .and_then(|v| v.trim().parse::<u32>().ok())
-            }) {
-                ids.insert(id);
-            }
-        }
+        let ids = programs_of(self.pid());
         let mut programs = Vec::new();
         for info in aya::programs::loaded_programs().filter_map(Result::ok) {
             if !ids.contains(&info.id()) {
@@ -801,37 +665,6 @@ fn keep_lines(
         .expect("cannot spawn the stderr reader")
 }
 
-/// Turns on the kernel's BPF run-time statistics (`run_time_ns`, `run_cnt`) while it lives.
-/// It is the switch behind `kernel.bpf_stats_enabled`, taken with `BPF_ENABLE_STATS`: the
-/// kernel turns it off again when the descriptor closes, however this process ends, so there
-/// is no sysctl to restore.
-struct RunTimeStats {
-    _fd: OwnedFd,
-}
-
-impl RunTimeStats {
-    fn enable() -> RunTimeStats {
-        RunTimeStats {
-            _fd: enable_stats(Stats::RunTime).expect("cannot enable BPF run-time statistics"),
-        }
-    }
-}
-
-/// (run_time_ns, run_cnt) of each program id.
-fn program_stats(ids: &[(&'static str, u32)]) -> HashMap<u32, (u64, u64)> {
-    let wanted: HashSet<u32> = ids.iter().map(|(_, id)| *id).collect();
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|info| wanted.contains(&info.id()))
-        .map(|info| {
-            (
-                info.id(),
-                (info.run_time().as_nanos() as u64, info.run_count()),
-            )
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Traffic and phases
 
@@ -840,22 +673,6 @@ struct Bench {
     duration: Duration,
     repeat: u32,
     sender_cpu: usize,
-}
-
-/// What one flood did.
-#[derive(Clone, Copy, Debug)]
-struct Flood {
-    /// Paced rate asked for; `None` = as fast as the sender core goes.
-    target: Option<u64>,
-    sent: u64,
-    send_errors: u64,
-    elapsed: Duration,
-}
-
-impl Flood {
-    fn rate(&self) -> f64 {
-        self.sent as f64 / self.elapsed.as_secs_f64()
-    }
 }
 
 /// One flood with the agent running: the agent's side of it.
@@ -937,49 +754,8 @@ impl Bench {
     /// UDP datagrams from pod A into the DROP rule in pod B, from one thread pinned to one CPU,
     /// for the bench's duration: as fast as it goes, or paced at `target` per second.
     fn flood(&self, target: Option<u64>) -> Flood {
-        let src = IpAddr::V4(self.pods.a_end.ipv4);
-        let dst = SocketAddr::new(IpAddr::V4(self.pods.b_end.ipv4), DROP_PORT);
-        let duration = self.duration;
-        let cpu = self.sender_cpu;
-        in_netns(self.pods.a.name(), move || {
-            pin_to_cpu(cpu);
-            let socket = UdpSocket::bind(SocketAddr::new(src, 0))
-                .unwrap_or_else(|e| panic!("cannot bind a UDP socket to {src}: {e}"));
-            socket
-                .connect(dst)
-                .unwrap_or_else(|e| panic!("cannot connect a UDP socket to {dst}: {e}"));
-            let (mut sent, mut send_errors) = (0u64, 0u64);
-            let start = Instant::now();
-            loop {
-                let elapsed = start.elapsed();
-                if elapsed >= duration {
-                    break;
-                }
-                let batch = match target {
-                    None => 256,
-                    Some(rate) => {
-                        let due = (rate as u128 * elapsed.as_nanos() / 1_000_000_000) as u64;
-                        if due <= sent {
-                            thread::sleep(Duration::from_micros(50));
-                            continue;
-                        }
-                        (due - sent).min(256)
-                    }
-                };
-                for _ in 0..batch {
-                    match socket.send(PAYLOAD) {
-                        Ok(_) => sent += 1,
-                        Err(_) => send_errors += 1,
-                    }
-                }
-            }
-            Flood {
-                target,
-                sent,
-                send_errors,
-                elapsed: start.elapsed(),
-            }
-        })
+        let length = FloodLength::Time(self.duration);
+        udp_flood(&self.pods, DROP_PORT, self.sender_cpu, target, length)
     }
 
     /// A flood with the agent running, followed by waiting for the agent to drain it.
@@ -1037,17 +813,18 @@ impl Bench {
     /// stream (tcp_retrans).
     fn kernel_cost(&self, agent: &BenchAgent) -> KernelCost {
         let programs = agent.programs();
+        let ids: HashSet<u32> = programs.iter().map(|(_, id)| *id).collect();
         let stats = RunTimeStats::enable();
-        let before = program_stats(&programs);
+        let before = program_stats(&ids);
         self.flood(None);
-        let after_flood = program_stats(&programs);
+        let after_flood = program_stats(&ids);
         refused_connects(
             &self.pods.a,
             SocketAddr::new(IpAddr::V4(self.pods.b_end.ipv4), CLOSED_PORT),
             RESETS,
         );
         self.lossy_stream();
-        let after_tcp = program_stats(&programs);
+        let after_tcp = program_stats(&ids);
         drop(stats);
         let mut out = BTreeMap::new();
         for (name, id) in &programs {
@@ -1162,20 +939,6 @@ fn best_rate<'a>(floods: impl Iterator<Item = &'a Flood>) -> f64 {
     floods.map(Flood::rate).fold(0.0, f64::max)
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity(0, ..) affects this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            panic!(
-                "cannot pin the sender to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Report
 
@@ -1193,36 +956,10 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn thousands(n: f64) -> String {
-    let n = n.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn print_report(r: &Report) {
     let m = &r.machine;
     let secs = r.duration.as_secs_f64();
-    println!("### Machine\n");
-    println!("| | |\n|---|---|");
-    println!("| date | {} |", m.date);
-    println!("| kernel | {} |", m.kernel);
-    println!("| CPUs | {} × {} |", m.cpus, m.cpu_model);
+    m.print_first_rows();
     println!(
         "| agent | {} (`{}`), {} |",
         m.sonde_version,
@@ -1232,7 +969,7 @@ fn print_report(r: &Report) {
     println!(
         "| flood | UDP, {} B payload, one sender thread pinned to CPU {}, {secs:.0} s per run |",
         PAYLOAD.len(),
-        m.cpus.saturating_sub(1)
+        m.sender_cpu()
     );
     println!();
 

@@ -20,25 +20,24 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use aya::sys::{enable_stats, Stats};
-use sonde_tests::{
-    in_netns, run_command, send_udp, sonde_bin, try_poll_until, IpFamily, PodPair, Trace,
+use sonde_tests::bench::{
+    cpu_seconds, load_average, median, mib, positive_number, program_stats, programs_of,
+    require_root_and_sonde, thousands, udp_flood, version_of, Flood, FloodLength, Machine,
+    RunTimeStats, PAYLOAD,
 };
+use sonde_tests::{run_command, send_udp, sonde_bin, try_poll_until, IpFamily, PodPair, Trace};
 
 /// UDP port in pod B behind the DROP rule.
 const DROP_PORT: u16 = 9999;
 /// UDP port in pod B with no socket and no rule: drops that confirm the tools have attached.
 const CLOSED_PORT: u16 = 9998;
-/// The flood's datagram: the same as sonde-bench's.
-const PAYLOAD: &[u8] = b"sonde-bench";
 const SONDE_SCRIPT: &str = r#"fn on_packet_drop(e) { count("drops", [e.pod, e.reason]); }"#;
 const BPFTRACE_SCRIPT: &str = "tracepoint:skb:kfree_skb { @[args->reason] = count(); }";
 /// An upper bound only: the bench stops `sonde trace` with SIGINT once it has drained.
@@ -55,9 +54,11 @@ fn main() {
     let opts = Options::parse();
     let netfilter_drop = preflight();
     let machine = Machine::read();
+    let bpftrace_version = version_of(Path::new("bpftrace"));
+    let load_before = load_average();
     eprintln!(
-        "trace-bench: {} and {} on {}",
-        machine.sonde_version, machine.bpftrace_version, machine.kernel
+        "trace-bench: {} and {bpftrace_version} on {}",
+        machine.sonde_version, machine.kernel
     );
 
     let pods = PodPair::new();
@@ -66,12 +67,11 @@ fn main() {
         &format!("-A INPUT -p udp --dport {DROP_PORT} -j DROP"),
     );
     // On for the whole bench; the kernel turns it off when this descriptor closes.
-    let _stats: OwnedFd =
-        enable_stats(Stats::RunTime).expect("cannot enable BPF run-time statistics");
+    let _stats = RunTimeStats::enable();
     let bench = Bench {
         pods,
         datagrams: opts.datagrams,
-        sender_cpu: machine.cpus.saturating_sub(1),
+        sender_cpu: machine.sender_cpu(),
         netfilter_drop,
     };
 
@@ -98,7 +98,13 @@ fn main() {
     eprintln!("trace-bench: flood without a tool, again");
     runs.push(bench.run(Tools::None, None));
     let load_after = load_average();
-    print_report(&machine, &runs, &load_after, opts.datagrams);
+    print_report(
+        &machine,
+        &bpftrace_version,
+        (&load_before, &load_after),
+        &runs,
+        opts.datagrams,
+    );
 }
 
 struct Options {
@@ -119,13 +125,7 @@ impl Options {
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut number = |name: &str| -> u64 {
-                let v = args
-                    .next()
-                    .unwrap_or_else(|| usage(&format!("{name} needs a value")));
-                v.parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .unwrap_or_else(|| usage(&format!("{name} {v}: not a positive number")))
+                positive_number(&mut args, name).unwrap_or_else(|e| usage(&e))
             };
             match arg.as_str() {
                 "--datagrams" => opts.datagrams = number("--datagrams"),
@@ -157,22 +157,8 @@ fn usage(reason: &str) -> ! {
 /// returns the kernel's number for the NETFILTER_DROP reason (bpftrace prints the enum's
 /// value, read from the tracepoint's format).
 fn preflight() -> u64 {
-    // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } != 0 {
-        usage("needs root (eBPF, network namespaces, iptables)");
-    }
-    if std::env::var_os("SONDE_BIN").is_none() {
-        // The harness looks beside target/<profile>/deps/; a bin lives in target/<profile>/.
-        let exe = std::env::current_exe().expect("cannot find the bench executable");
-        let bin = exe.with_file_name("sonde");
-        if !bin.exists() {
-            usage(&format!(
-                "{} does not exist: `cargo build --release -p sonde` first, or set SONDE_BIN",
-                bin.display()
-            ));
-        }
-        // Sound: no other thread exists yet to read the environment concurrently.
-        std::env::set_var("SONDE_BIN", &bin);
+    if let Err(reason) = require_root_and_sonde() {
+        usage(&reason);
     }
     if Command::new("bpftrace").arg("--version").output().is_err() {
         usage("bpftrace is not installed (`apt-get install -y bpftrace`)");
@@ -202,114 +188,7 @@ fn preflight() -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Machine
-
-struct Machine {
-    date: String,
-    kernel: String,
-    cpus: usize,
-    cpu_model: String,
-    sonde_version: String,
-    bpftrace_version: String,
-    /// The workspace's commit, `+` if its tree differs from it, and when the binary was built.
-    source: String,
-    load_before: String,
-}
-
-impl Machine {
-    fn read() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let version = |program: &Path| {
-            Command::new(program)
-                .arg("--version")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_else(|e| format!("unknown ({e})"))
-        };
-        let bin = sonde_bin();
-        Machine {
-            date: run_command("date -u +%Y-%m-%dT%H:%MZ").trim().to_string(),
-            kernel: run_command("uname -r").trim().to_string(),
-            cpus: thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            cpu_model,
-            sonde_version: version(&bin),
-            bpftrace_version: version(Path::new("bpftrace")),
-            source: source_of(&bin),
-            load_before: load_average(),
-        }
-    }
-}
-
-/// The first three fields of /proc/loadavg.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `commit abc1234[ + modified tree], binary built 2026-01-02T03:04Z`: the numbers belong to
-/// the binary, which may have been built from a tree that differs from the commit.
-fn source_of(bin: &Path) -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let commit = match (
-        git(&["rev-parse", "--short", "HEAD"]),
-        git(&["status", "--porcelain", "--untracked-files=no"]),
-    ) {
-        (Some(c), Some(status)) if status.is_empty() => format!("commit {c}"),
-        (Some(c), Some(_)) => format!("commit {c} + modified tree"),
-        _ => "commit unknown".to_string(),
-    };
-    let built = std::fs::metadata(bin)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| {
-            run_command(&format!("date -u -d @{} +%Y-%m-%dT%H:%MZ", d.as_secs()))
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_else(|| "unknown".into());
-    format!("{commit}, binary built {built}")
-}
-
-// ---------------------------------------------------------------------------------------------
 // Processes: CPU, memory, programs
-
-/// User + system CPU seconds of `pid` (all threads), from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')').expect("malformed /proc/PID/stat") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: plain getter.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
 
 /// Peak resident memory (`VmHWM`) of `pid`, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -344,40 +223,6 @@ fn child_pid(exe: &Path) -> u32 {
                 && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
         });
     found.unwrap_or_else(|| panic!("no child process runs {}", exe.display()))
-}
-
-/// Ids of the BPF programs `pid` holds (its `anon_inode:bpf-prog` descriptors).
-fn programs_of(pid: u32) -> HashSet<u32> {
-    let fd_dir = format!("/proc/{pid}/fd");
-    std::fs::read_dir(&fd_dir)
-        .unwrap_or_else(|e| panic!("cannot list {fd_dir}: {e}"))
-        .flatten()
-        .filter(|entry| {
-            std::fs::read_link(entry.path())
-                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-prog")
-        })
-        .filter_map(|entry| {
-            let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
-            std::fs::read_to_string(info).ok()?.lines().find_map(|l| {
-                l.strip_prefix("prog_id:")
-                    .and_then(|v| v.trim().parse::<u32>().ok())
-            })
-        })
-        .collect()
-}
-
-/// (run_time_ns, run_cnt) of each program id, from the kernel's run-time statistics.
-fn program_stats(ids: &HashSet<u32>) -> HashMap<u32, (u64, u64)> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|info| ids.contains(&info.id()))
-        .map(|info| {
-            (
-                info.id(),
-                (info.run_time().as_nanos() as u64, info.run_count()),
-            )
-        })
-        .collect()
 }
 
 /// A tool's kernel cost per drop between two readings: the time of all its programs divided
@@ -533,42 +378,6 @@ struct Bench {
     netfilter_drop: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Flood {
-    /// Paced rate asked for; `None` = as fast as the sender core goes.
-    target: Option<u64>,
-    sent: u64,
-    send_errors: u64,
-    elapsed: Duration,
-    /// The sender thread's CPU time, which includes the kernel's work on each datagram (the
-    /// drop and the tools' programs run in its softirq) but not the time other processes
-    /// took its core.
-    cpu: Duration,
-}
-
-impl Flood {
-    fn rate(&self) -> f64 {
-        self.sent as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// Datagrams per second of the sender's CPU time: the rate one core sustains when it is
-    /// not shared.
-    fn rate_per_cpu_second(&self) -> f64 {
-        self.sent as f64 / self.cpu.as_secs_f64()
-    }
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write to; the clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// What one tool did over one flood.
 #[derive(Clone, Debug)]
 struct ToolResult {
@@ -603,46 +412,8 @@ impl Bench {
     /// `datagrams` UDP datagrams from pod A into the DROP rule in pod B, from one thread pinned
     /// to one CPU: as fast as it goes, or paced at `target` per second.
     fn flood(&self, target: Option<u64>) -> Flood {
-        let src = IpAddr::V4(self.pods.a_end.ipv4);
-        let dst = SocketAddr::new(IpAddr::V4(self.pods.b_end.ipv4), DROP_PORT);
-        let (total, cpu) = (self.datagrams, self.sender_cpu);
-        in_netns(self.pods.a.name(), move || {
-            pin_to_cpu(cpu);
-            let socket = UdpSocket::bind(SocketAddr::new(src, 0))
-                .unwrap_or_else(|e| panic!("cannot bind a UDP socket to {src}: {e}"));
-            socket
-                .connect(dst)
-                .unwrap_or_else(|e| panic!("cannot connect a UDP socket to {dst}: {e}"));
-            let (mut sent, mut send_errors) = (0u64, 0u64);
-            let (start, cpu_start) = (Instant::now(), thread_cpu());
-            while sent < total {
-                let batch = match target {
-                    None => 256,
-                    Some(rate) => {
-                        let due =
-                            (rate as u128 * start.elapsed().as_nanos() / 1_000_000_000) as u64;
-                        if due <= sent {
-                            thread::sleep(Duration::from_micros(50));
-                            continue;
-                        }
-                        (due - sent).min(256)
-                    }
-                };
-                for _ in 0..batch.min(total - sent) {
-                    match socket.send(PAYLOAD) {
-                        Ok(_) => sent += 1,
-                        Err(_) => send_errors += 1,
-                    }
-                }
-            }
-            Flood {
-                target,
-                sent,
-                send_errors,
-                elapsed: start.elapsed(),
-                cpu: thread_cpu() - cpu_start,
-            }
-        })
+        let length = FloodLength::Datagrams(self.datagrams);
+        udp_flood(&self.pods, DROP_PORT, self.sender_cpu, target, length)
     }
 
     /// Both tools say they attached, but bpftrace says so before it attaches: send single
@@ -820,43 +591,8 @@ fn parse_sonde_stats(stderr: &str) -> (u64, (u64, u64)) {
     )
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity(0, ..) affects this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            panic!(
-                "cannot pin the sender to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn thousands(n: f64) -> String {
-    let s = (n.round() as u64).to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
 
 fn run_label(run: &Run, index: usize) -> String {
     let speed = match run.flood.target {
@@ -869,23 +605,26 @@ fn run_label(run: &Run, index: usize) -> String {
     }
 }
 
-fn print_report(m: &Machine, runs: &[Run], load_after: &str, datagrams: u64) {
-    println!("### Machine\n");
-    println!("| | |\n|---|---|");
-    println!("| date | {} |", m.date);
-    println!("| kernel | {} |", m.kernel);
-    println!("| CPUs | {} × {} |", m.cpus, m.cpu_model);
+/// `load`: the load average before and after the runs.
+fn print_report(
+    m: &Machine,
+    bpftrace_version: &str,
+    load: (&str, &str),
+    runs: &[Run],
+    datagrams: u64,
+) {
+    m.print_first_rows();
     println!("| sonde | {} ({}) |", m.sonde_version, m.source);
-    println!("| bpftrace | {} (Debian package) |", m.bpftrace_version);
+    println!("| bpftrace | {bpftrace_version} (Debian package) |");
     println!(
         "| flood | {} UDP datagrams of {} B per run, one sender thread pinned to CPU {} |",
         thousands(datagrams as f64),
         PAYLOAD.len(),
-        m.cpus.saturating_sub(1)
+        m.sender_cpu()
     );
     println!(
-        "| load average (1, 5, 15 min) | before: {}; after: {load_after} |",
-        m.load_before
+        "| load average (1, 5, 15 min) | before: {}; after: {} |",
+        load.0, load.1
     );
     println!();
 
