@@ -67,7 +67,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let topology = NetnsTopology::new(&config.topology.netns_dir);
     let _topology_refresh = topology.spawn_refresh();
     let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
-    let mut sinks = Sinks::new(Arc::clone(&fanout));
+    let mut sinks = Sinks::new(
+        Arc::clone(&fanout),
+        crate::sinks::loki::SinkMetrics::register(&metrics.registry),
+    );
     sinks.apply(&config.sinks);
     let sinks = Arc::new(Mutex::new(sinks));
 

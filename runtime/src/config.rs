@@ -142,6 +142,13 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Deserializes a duration written `250ms`, `2s` or `1m` (for config fields; serde's error
+/// names the key and line).
+pub fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    crate::plugin_host::manifest::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! its config changes.
 
 pub mod file;
+pub mod loki;
 pub mod stdout;
 
 use std::io::Write;
@@ -26,14 +27,18 @@ const QUEUE_BATCHES: usize = 32;
 pub struct SinksConfig {
     pub stdout: stdout::Config,
     pub file: Option<file::Config>,
+    pub loki: Option<loki::Config>,
 }
 
 impl SinksConfig {
     pub fn validate(&self) -> Result<(), String> {
-        match &self.file {
-            Some(f) => f.validate(),
-            None => Ok(()),
+        if let Some(f) = &self.file {
+            f.validate()?;
         }
+        if let Some(l) = &self.loki {
+            l.validate()?;
+        }
+        Ok(())
     }
 }
 
@@ -79,16 +84,20 @@ struct Running<C> {
 /// The running sinks.
 pub struct Sinks {
     fanout: Arc<FanOut>,
+    metrics: loki::SinkMetrics,
     stdout: Option<Running<stdout::Config>>,
     file: Option<Running<file::Config>>,
+    loki: Option<Running<loki::Config>>,
 }
 
 impl Sinks {
-    pub fn new(fanout: Arc<FanOut>) -> Self {
+    pub fn new(fanout: Arc<FanOut>, metrics: loki::SinkMetrics) -> Self {
         Sinks {
             fanout,
+            metrics,
             stdout: None,
             file: None,
+            loki: None,
         }
     }
 
@@ -127,6 +136,20 @@ impl Sinks {
                         tracing::error!(path = %c.path, error = %e, "file sink cannot open its file")
                     }
                 }
+            }
+        }
+        if self.loki.as_ref().map(|r| &r.config) != config.loki.as_ref() {
+            stop(
+                &self.fanout,
+                "sink:loki",
+                self.loki.take().map(|r| r.thread),
+            );
+            if let Some(c) = config.loki.clone() {
+                let rx = self.fanout.subscribe("sink:loki", QUEUE_BATCHES);
+                let metrics = self.metrics.clone();
+                let config = c.clone();
+                let thread = std::thread::spawn(move || loki::run(config, rx, metrics));
+                self.loki = Some(Running { config: c, thread });
             }
         }
     }
