@@ -79,6 +79,14 @@ enum PluginCommand {
         /// The bundle's folder (plugin.yaml and its module).
         dir: PathBuf,
     },
+    /// Print a bundle as a Kubernetes ConfigMap (labelled sonde.dev/bundle) on stdout.
+    Configmap {
+        /// The bundle's folder (plugin.yaml and its module or script).
+        dir: PathBuf,
+        /// The ConfigMap's namespace (default: none, kubectl's current one).
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+    },
     /// Compile the component on stdin for this host (what the agent runs in a child process).
     #[command(hide = true)]
     Compile {
@@ -154,6 +162,9 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Compile { output },
         } => plugin_compile(&output),
+        Command::Plugin {
+            command: PluginCommand::Configmap { dir, namespace },
+        } => plugin_configmap(&dir, namespace.as_deref()),
         Command::Probes { output } => probes(output),
         Command::Trace {
             expr,
@@ -275,6 +286,9 @@ fn probes(output: Output) -> anyhow::Result<()> {
 fn plugin_check(dir: &std::path::Path) -> anyhow::Result<()> {
     let bundle = sonde::plugin_host::check_bundle(dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    if let Err(e) = sonde::plugin_host::configmap::configmap_yaml(&bundle, None) {
+        eprintln!("sonde: warning: {e}");
+    }
     let m = &bundle.manifest;
     let (kind, file) = match m.bundle_kind() {
         Some(sonde::plugin_host::manifest::BundleKind::Script) => ("script", "source"),
@@ -290,6 +304,15 @@ fn plugin_check(dir: &std::path::Path) -> anyhow::Result<()> {
         m.spec.subscribe.join(", "),
         m.spec.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
     ))
+}
+
+/// `sonde plugin configmap DIR [--namespace NS]`.
+fn plugin_configmap(dir: &std::path::Path, namespace: Option<&str>) -> anyhow::Result<()> {
+    let bundle = sonde::plugin_host::check_bundle(dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let yaml = sonde::plugin_host::configmap::configmap_yaml(&bundle, namespace)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    print_stdout(&yaml)
 }
 
 /// `sonde plugin compile --output FILE` (module on stdin).

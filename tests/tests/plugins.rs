@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use sonde_tests::{
-    metric_series, poll_until, refused_connects, send_udp, wasm_module, write_bundle, Agent,
-    IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    metric_series, poll_until, refused_connects, run_sonde, send_udp, wasm_module, write_bundle,
+    Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9999;
@@ -326,7 +326,6 @@ fn kubelet_configmap_volume_swap() {
 
 #[test]
 fn plugin_check_validates_bundles_without_an_agent() {
-    use sonde_tests::run_sonde;
     use std::time::Duration;
     let module = wasm_module("hostile-plugin");
     let dir = TempDir::new();
@@ -799,5 +798,107 @@ fn sandbox_grants_nothing_beyond_the_manifest() {
         door("random"),
         Some(fixed),
         "granted randomness is not the fixed sequence"
+    );
+}
+
+/// Standard base64 decoding, for the ConfigMap test.
+fn unbase64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    for chunk in text.trim_end_matches('=').as_bytes().chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, c)| n | u32::from(value(*c)) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// `sonde plugin configmap` turns a bundle into a ConfigMap whose keys, written as kubelet
+/// mounts them, are a valid bundle again; a bundle over 1 MiB is refused with the way out, and
+/// `sonde plugin check` warns about it.
+#[test]
+fn bundles_become_configmaps_that_mount_back_into_bundles() {
+    let bundle = sonde_tests::first_party_bundle("retrans-storm");
+    let out = run_sonde(
+        &[
+            "plugin",
+            "configmap",
+            &bundle.display().to_string(),
+            "--namespace",
+            "sonde",
+        ],
+        READY_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let cm: serde_yaml::Value = serde_yaml::from_str(&out.stdout).expect("YAML");
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "sonde");
+    assert_eq!(
+        cm["metadata"]["labels"]["sonde.dev/bundle"],
+        "retrans-storm"
+    );
+    // Mounted: each key a file.
+    let mounted = TempDir::new();
+    for (k, v) in cm["data"].as_mapping().expect("data") {
+        std::fs::write(
+            mounted.path().join(k.as_str().unwrap()),
+            v.as_str().unwrap(),
+        )
+        .unwrap();
+    }
+    for (k, v) in cm["binaryData"].as_mapping().expect("binaryData") {
+        let bytes = unbase64(v.as_str().unwrap());
+        std::fs::write(mounted.path().join(k.as_str().unwrap()), bytes).unwrap();
+    }
+    let module = std::fs::read(bundle.join("retrans_storm.wasm")).unwrap();
+    assert_eq!(
+        std::fs::read(mounted.path().join("retrans_storm.wasm")).unwrap(),
+        module
+    );
+    let check = run_sonde(
+        &["plugin", "check", &mounted.path().display().to_string()],
+        READY_TIMEOUT,
+    );
+    assert!(check.status.success(), "{}", check.stderr);
+    assert!(
+        check.stdout.contains("plugin retrans-storm is valid"),
+        "{}",
+        check.stdout
+    );
+
+    // The Python plugin's component is 17 MiB.
+    let big = sonde_tests::first_party_bundle("reset-report-py")
+        .display()
+        .to_string();
+    let refused = run_sonde(&["plugin", "configmap", &big], READY_TIMEOUT);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    assert!(
+        refused.stderr.contains("over Kubernetes' 1 MiB limit")
+            && refused.stderr.contains("hostPath"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    let warned = run_sonde(&["plugin", "check", &big], READY_TIMEOUT);
+    assert!(warned.status.success(), "{}", warned.stderr);
+    assert!(
+        warned.stderr.contains("warning:") && warned.stderr.contains("1 MiB"),
+        "{}",
+        warned.stderr
     );
 }

@@ -10,6 +10,7 @@
 //! agent or the other plugins.
 
 mod bundle;
+pub mod configmap;
 mod control;
 pub mod delivery;
 mod events;

@@ -1,0 +1,173 @@
+//! A bundle as a Kubernetes ConfigMap: `plugin.yaml` (and a script's source) in `data`, a
+//! component in `binaryData`, labelled `sonde.dev/bundle` so the agent finds it. Mounted as
+//! a volume, the ConfigMap's keys are the bundle folder's files.
+
+use super::bundle::{Bundle, BundleError};
+use super::manifest::BundleKind;
+
+/// What Kubernetes stores at most in one ConfigMap (etcd's object limit).
+pub const CONFIGMAP_LIMIT: usize = 1 << 20;
+/// The label bundles carry.
+pub const BUNDLE_LABEL: &str = "sonde.dev/bundle";
+
+/// Standard base64 (RFC 4648, with padding), as `binaryData` wants it.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> shift & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The ConfigMap YAML of a bundle, in `namespace` if given; an error when it would not fit in
+/// a ConfigMap, with the way out.
+pub fn configmap_yaml(bundle: &Bundle, namespace: Option<&str>) -> Result<String, BundleError> {
+    let manifest_path = bundle.dir.join(Bundle::MANIFEST);
+    let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        BundleError::Manifest(format!("{}: cannot read: {e}", manifest_path.display()))
+    })?;
+    let name = &bundle.manifest.metadata.name;
+    let file = bundle.manifest.file();
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sonde-bundle-{name}\n{}  labels:\n    {BUNDLE_LABEL}: \"{name}\"\ndata:\n  {}: |\n{}",
+        namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default(),
+        Bundle::MANIFEST,
+        indent(&manifest),
+    );
+    match (
+        bundle.manifest.bundle_kind(),
+        std::str::from_utf8(&bundle.module),
+    ) {
+        (Some(BundleKind::Script), Ok(source)) => {
+            yaml += &format!("  {file}: |\n{}", indent(source));
+        }
+        _ => {
+            yaml += &format!("binaryData:\n  {file}: {}\n", base64(&bundle.module));
+        }
+    }
+    if yaml.len() > CONFIGMAP_LIMIT {
+        return Err(BundleError::Module(format!(
+            "{}: as a ConfigMap this bundle is {:.1} MiB, over Kubernetes' 1 MiB limit: ship \
+             the module in an image volume or on a hostPath and point --plugin-dir at it",
+            bundle.dir.display(),
+            yaml.len() as f64 / f64::from(1 << 20)
+        )));
+    }
+    Ok(yaml)
+}
+
+/// Text as a YAML block scalar's lines, indented by four.
+fn indent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            out.push_str("    ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_rfc4648() {
+        for (raw, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), encoded, "{raw:?}");
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    fn bundle(kind: &str, file: &str, module: &[u8]) -> (std::path::PathBuf, Bundle) {
+        let dir = std::env::temp_dir().join(format!(
+            "sonde-configmap-{}-{kind}-{}",
+            std::process::id(),
+            module.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let field = if kind == "Script" { "source" } else { "module" };
+        std::fs::write(
+            dir.join("plugin.yaml"),
+            format!(
+                "apiVersion: sonde.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: demo\nspec:\n  \
+                 {field}: {file}\n  subscribe: [packet_drop]\n  config:\n    text: |\n      two\n\n      lines\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join(file), module).unwrap();
+        let b = Bundle::read(&dir).unwrap();
+        (dir, b)
+    }
+
+    #[test]
+    fn a_configmap_holds_the_bundle_and_parses_back() {
+        let module = [0u8, 97, 115, 109, 255, 1, 2];
+        let (dir, b) = bundle("Plugin", "demo.wasm", &module);
+        let yaml = configmap_yaml(&b, Some("sonde")).unwrap();
+        let cm: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(cm["kind"], "ConfigMap");
+        assert_eq!(cm["metadata"]["name"], "sonde-bundle-demo");
+        assert_eq!(cm["metadata"]["namespace"], "sonde");
+        assert_eq!(cm["metadata"]["labels"][BUNDLE_LABEL], "demo");
+        let manifest = std::fs::read_to_string(dir.join("plugin.yaml")).unwrap();
+        assert_eq!(cm["data"]["plugin.yaml"].as_str(), Some(manifest.as_str()));
+        assert_eq!(
+            cm["binaryData"]["demo.wasm"].as_str(),
+            Some(base64(&module).as_str())
+        );
+
+        let (dir2, s) = bundle(
+            "Script",
+            "demo.rhai",
+            b"fn on_packet_drop(e) {\n  count(\"n\");\n}\n",
+        );
+        let cm: serde_yaml::Value =
+            serde_yaml::from_str(&configmap_yaml(&s, None).unwrap()).unwrap();
+        assert_eq!(
+            cm["data"]["demo.rhai"].as_str(),
+            Some("fn on_packet_drop(e) {\n  count(\"n\");\n}\n")
+        );
+        assert!(cm.get("binaryData").is_none());
+        assert!(cm["metadata"].get("namespace").is_none());
+        for d in [dir, dir2] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[test]
+    fn a_bundle_over_a_mebibyte_is_refused_with_the_way_out() {
+        let (dir, b) = bundle("Plugin", "big.wasm", &vec![7u8; 800 << 10]);
+        let e = configmap_yaml(&b, None).unwrap_err().to_string();
+        assert!(
+            e.contains("over Kubernetes' 1 MiB limit") && e.contains("hostPath"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
