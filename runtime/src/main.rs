@@ -216,13 +216,15 @@ fn trace(
     }
 }
 
+/// A row of `sonde probes`: name, description, hooks (or what it reads), loadable or why not.
+type ProbeRow = (&'static str, &'static str, Vec<String>, Result<(), String>);
+
 /// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
 /// checks that the probes that read procfs (netstat) can enter network namespaces.
 fn probes(output: Output) -> anyhow::Result<()> {
     let mut loader = ebpf_core::ProbeLoader::new();
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"));
-    // (name, description, hooks or sources, loadable or why not)
-    let mut rows: Vec<(&str, &str, Vec<String>, Result<(), String>)> = ebpf_core::CATALOGUE
+    let mut rows: Vec<ProbeRow> = ebpf_core::CATALOGUE
         .iter()
         .map(|spec| {
             let r = match &btf {
