@@ -418,7 +418,10 @@ impl Netstat {
                 Ok(r) => {
                     self.running = Some(r);
                     self.failed = None;
-                    tracing::info!(probe = NAME, "probe attached");
+                    tracing::info!(
+                        probe = NAME,
+                        "probe started (reads /proc/net in each pod namespace)"
+                    );
                 }
                 Err(e) => {
                     tracing::error!(probe = NAME, error = %e, "probe cannot load");
