@@ -6,6 +6,9 @@
 //!
 //! Adding a probe: a module here with its config struct, decoder and counter sync, one field
 //! in [`ProbesConfig`], and its [`Driver`] in [`DRIVERS`].
+//!
+//! [`netstat`] loads no program: it owns a thread that reads /proc/net in each pod's
+//! namespace, and [`Probes`] starts, reconfigures, stops and reports it beside the drivers.
 
 pub mod netstat;
 pub mod packet_drop;

@@ -442,10 +442,15 @@ impl Netstat {
         let thread = std::thread::Builder::new()
             .name("sonde-netstat".into())
             .spawn(move || {
-                if let Err(e) = read_loop(first, rx, &series, &*topology) {
-                    tracing::error!(probe = NAME, error = %e, "netstat reading stopped");
-                    series.lock().fatal = Some(e);
-                }
+                let run =
+                    std::panic::AssertUnwindSafe(|| read_loop(first, rx, &series, &*topology));
+                let stopped = match std::panic::catch_unwind(run) {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(_) => "the reading thread panicked".to_string(),
+                };
+                tracing::error!(probe = NAME, error = %stopped, "netstat reading stopped");
+                series.lock().fatal = Some(stopped);
             })
             .map_err(|e| format!("cannot start the netstat thread: {e}"))?;
         Ok(Reader {
