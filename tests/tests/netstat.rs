@@ -7,8 +7,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use sonde_tests::{
-    bulk_transfer, in_netns, metric_series, poll_until, send_udp, Agent, IpFamily, Netns, PodPair,
-    READY_TIMEOUT, SETTLE_TIMEOUT,
+    bulk_transfer, in_netns, metric_series, poll_until, run_command, send_udp, try_poll_until,
+    Agent, IpFamily, Netns, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const NODE: &str = "sonde-test-node";
@@ -145,7 +145,11 @@ fn counters_of_each_pod_match_its_own_proc() {
     );
     drop(listener);
 
-    // UDP to a port nobody listens on in pod b.
+    // UDP to a port nobody listens on in pod b, through a pfifo qdisc on pod a's eth0.
+    run_command(&format!(
+        "ip netns exec {} tc qdisc add dev eth0 root pfifo limit 1000",
+        pods.a.name()
+    ));
     send_udp(
         &pods.a,
         pods.a_end.ip(IpFamily::V4),
@@ -162,6 +166,20 @@ fn counters_of_each_pod_match_its_own_proc() {
     assert_eq!(oracle(&pods.b, "snmp", "Udp", "NoPorts"), DATAGRAMS as u64);
     let labels = with(pod(&pods.a), &[("counter", "NoPorts")]);
     assert_eq!(agent.metric("sonde_netstat_udp_total", &labels), Some(0.0));
+    // The qdisc counted what `tc -s qdisc` says, at least the datagrams.
+    let pfifo = with(
+        pod(&pods.a),
+        &[("device", "eth0"), ("kind", "pfifo"), ("parent", "root")],
+    );
+    let mut last = None;
+    let packets = try_poll_until(SETTLE_TIMEOUT, || {
+        let expected = tc_packets(&pods.a, "eth0");
+        let seen = agent.metric("sonde_netstat_qdisc_packets_total", &pfifo);
+        last = Some((seen, expected));
+        (seen == Some(expected as f64)).then_some(expected)
+    })
+    .unwrap_or_else(|| panic!("qdisc packets (agent, tc) last {last:?}"));
+    assert!(packets >= DATAGRAMS as u64, "{packets}");
 
     // Bytes through the pods' veth ends, at least the payload.
     bulk_transfer(&pods.a, &pods.b, b_ip, 7003, BYTES);
@@ -221,6 +239,18 @@ fn counters_of_each_pod_match_its_own_proc() {
             .all(|(labels, _)| labels.contains(&("pod".into(), String::new()))),
         "{softnet:?}"
     );
+}
+
+/// Packets through the root qdisc of `device` in `netns`, as `tc -s -j qdisc` reports them.
+fn tc_packets(netns: &Netns, device: &str) -> u64 {
+    let out = run_command(&format!(
+        "ip netns exec {} tc -s -j qdisc show dev {device} root",
+        netns.name()
+    ));
+    let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    qdiscs[0]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no packets in {out}"))
 }
 
 /// A non-blocking connect started in the calling thread's namespace.
