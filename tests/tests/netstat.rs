@@ -166,6 +166,24 @@ fn counters_of_each_pod_match_its_own_proc() {
     assert_eq!(oracle(&pods.b, "snmp", "Udp", "NoPorts"), DATAGRAMS as u64);
     let labels = with(pod(&pods.a), &[("counter", "NoPorts")]);
     assert_eq!(agent.metric("sonde_netstat_udp_total", &labels), Some(0.0));
+    // The same over IPv6, counted apart.
+    send_udp(
+        &pods.a,
+        pods.a_end.ip(IpFamily::V6),
+        SocketAddr::new(pods.b_end.ip(IpFamily::V6), 7002),
+        DATAGRAMS / 2,
+    );
+    let labels = with(pod(&pods.b), &[("counter", "NoPorts")]);
+    agent.wait_metric_eq(
+        "sonde_netstat_udp6_total",
+        &labels,
+        (DATAGRAMS / 2) as f64,
+        SETTLE_TIMEOUT,
+    );
+    assert_eq!(
+        agent.metric("sonde_netstat_udp_total", &labels),
+        Some(DATAGRAMS as f64)
+    );
     // The qdisc counted what `tc -s qdisc` says, at least the datagrams.
     let pfifo = with(
         pod(&pods.a),

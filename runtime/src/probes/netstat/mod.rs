@@ -44,7 +44,7 @@ pub struct Config {
     pub interval: Duration,
     /// Read the agent's own (host) namespace too, with empty `namespace` and `pod` labels.
     pub include_host: bool,
-    /// What to read: any of snmp, netstat, dev, sockstat, softnet, conntrack, qdisc.
+    /// What to read: any of snmp, snmp6, netstat, dev, sockstat, softnet, conntrack, qdisc.
     pub groups: Vec<Group>,
 }
 
@@ -54,6 +54,8 @@ pub struct Config {
 pub enum Group {
     /// /proc/net/snmp: Ip, Icmp, Tcp, Udp, UdpLite.
     Snmp,
+    /// /proc/net/snmp6: Ip6, Icmp6, Udp6, UdpLite6.
+    Snmp6,
     /// /proc/net/netstat: TcpExt, IpExt.
     Netstat,
     /// /proc/net/dev: per interface.
@@ -68,8 +70,9 @@ pub enum Group {
     Qdisc,
 }
 
-const ALL_GROUPS: [Group; 7] = [
+const ALL_GROUPS: [Group; 8] = [
     Group::Snmp,
+    Group::Snmp6,
     Group::Netstat,
     Group::Dev,
     Group::Sockstat,
@@ -159,6 +162,10 @@ families! {
     TcpEstablished = "sonde_netstat_tcp_current_established", false, [], "TCP connections in state ESTABLISHED or CLOSE-WAIT (Tcp CurrEstab).";
     Udp = "sonde_netstat_udp_total", true, ["counter"], "Udp counters of /proc/net/snmp, by the kernel's field name.";
     UdpLite = "sonde_netstat_udp_lite_total", true, ["counter"], "UdpLite counters of /proc/net/snmp, by the kernel's field name.";
+    Ip6 = "sonde_netstat_ip6_total", true, ["counter"], "Ip6 counters of /proc/net/snmp6, by the kernel's field name without the Ip6 prefix.";
+    Icmp6 = "sonde_netstat_icmp6_total", true, ["counter"], "Icmp6 counters of /proc/net/snmp6, by the kernel's field name without the Icmp6 prefix.";
+    Udp6 = "sonde_netstat_udp6_total", true, ["counter"], "Udp6 counters of /proc/net/snmp6, by the kernel's field name without the Udp6 prefix.";
+    UdpLite6 = "sonde_netstat_udp_lite6_total", true, ["counter"], "UdpLite6 counters of /proc/net/snmp6, by the kernel's field name without the UdpLite6 prefix.";
     TcpExt = "sonde_netstat_tcp_ext_total", true, ["counter"], "TcpExt counters of /proc/net/netstat (ListenOverflows, ListenDrops, TCPSynRetrans, ...), by the kernel's field name.";
     IpExt = "sonde_netstat_ip_ext_total", true, ["counter"], "IpExt counters of /proc/net/netstat, by the kernel's field name.";
     RxBytes = "sonde_netstat_dev_receive_bytes_total", true, ["device"], "Bytes received, per interface (/proc/net/dev).";
@@ -640,6 +647,19 @@ fn read_netns(config: &Config) -> Vec<Sample> {
                     out.push(named(f, &name, v as f64));
                 }
             }
+            Group::Snmp6 => {
+                for (section, name, v) in
+                    read("snmp6").map(|t| procfs::snmp6(&t)).unwrap_or_default()
+                {
+                    let f = match section.as_str() {
+                        "Ip6" => F::Ip6,
+                        "Icmp6" => F::Icmp6,
+                        "Udp6" => F::Udp6,
+                        _ => F::UdpLite6,
+                    };
+                    out.push(named(f, &name, v as f64));
+                }
+            }
             Group::Netstat => {
                 for (section, name, v) in read("netstat")
                     .map(|t| procfs::sections(&t))
@@ -754,7 +774,9 @@ mod tests {
             assert!(f.name.starts_with("sonde_netstat_"), "{}", f.name);
             assert_eq!(f.counter, f.name.ends_with("_total"), "{}", f.name);
             assert!(
-                f.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                f.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
                 "{}",
                 f.name
             );

@@ -26,6 +26,25 @@ pub fn sections(text: &str) -> Vec<(String, String, i64)> {
     rows
 }
 
+/// `snmp6`: lines `Udp6NoPorts 3`, returned as (section, field, value) with the section
+/// split off the name (`Udp6`, `NoPorts`) for Ip6, Icmp6, Udp6 and UdpLite6.
+pub fn snmp6(text: &str) -> Vec<(String, String, i64)> {
+    // Longest first: UdpLite6 before Udp6 would not matter, Icmp6 does not start with Ip6.
+    const SECTIONS: [&str; 4] = ["UdpLite6", "Udp6", "Icmp6", "Ip6"];
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (name, value) = (fields.next()?, fields.next()?.parse().ok()?);
+            let section = SECTIONS.iter().find(|s| name.starts_with(*s))?;
+            Some((
+                section.to_string(),
+                name[section.len()..].to_string(),
+                value,
+            ))
+        })
+        .collect()
+}
+
 /// One interface of `dev`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dev {
@@ -158,6 +177,20 @@ mod tests {
         );
         // A truncated file yields what was paired, nothing mislabelled.
         assert_eq!(sections("TcpExt: A B\nIpExt: 1 2\n"), vec![]);
+    }
+
+    #[test]
+    fn snmp6_rows_split_section_and_field() {
+        let text = "Ip6InReceives                   \t2\nIcmp6InErrors \t0\nUdp6NoPorts\t3\nUdpLite6InErrors 1\n";
+        assert_eq!(
+            snmp6(text),
+            vec![
+                ("Ip6".into(), "InReceives".into(), 2),
+                ("Icmp6".into(), "InErrors".into(), 0),
+                ("Udp6".into(), "NoPorts".into(), 3),
+                ("UdpLite6".into(), "InErrors".into(), 1),
+            ]
+        );
     }
 
     #[test]
