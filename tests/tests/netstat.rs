@@ -331,8 +331,18 @@ fn reconfigures_forgets_gone_namespaces_and_leaks_no_fds() {
         (pod_series(&name) > 0).then_some(())
     });
     let fds_before = fds();
-    // Many rounds (5 per second) in and out of the namespaces.
-    std::thread::sleep(Duration::from_secs(2));
+    // Namespaces made and deleted while rounds (5 per second) go in and out of them: some
+    // vanish between the topology's view and the read, or during it.
+    let churn = std::time::Instant::now();
+    while churn.elapsed() < Duration::from_secs(2) {
+        drop(Netns::new("churn"));
+    }
+    // A round after the churn has none of them; then the fds are counted again.
+    poll_until(
+        SETTLE_TIMEOUT,
+        "the churned namespaces' series to go",
+        || (!agent.metrics().contains("-churn\"")).then_some(()),
+    );
     let fds_after = fds();
     assert!(
         fds_after <= fds_before + 2,
