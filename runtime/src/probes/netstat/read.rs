@@ -109,18 +109,19 @@ fn read_target(t: &Target, config: &Config, host: &OwnedFd) -> Result<Option<Vec
         return Ok(Some(read_netns(config)));
     };
     // Holding the fd keeps the namespace alive while it is read, even if it is deleted now.
-    let ns = match File::open(path) {
-        Ok(f) => OwnedFd::from(f),
+    let file = match File::open(path) {
+        Ok(f) => f,
         Err(e) => {
             tracing::debug!(probe = NAME, path = %path.display(), error = %e, "namespace gone");
             return Ok(None);
         }
     };
     // The file may now be another namespace (deleted and made again): skip it this round.
-    match File::from(ns.try_clone().map_err(|e| e.to_string())?).metadata() {
+    match file.metadata() {
         Ok(m) if m.ino() as u32 == t.inode => {}
         _ => return Ok(None),
     }
+    let ns = OwnedFd::from(file);
     if let Err(e) = setns(&ns) {
         tracing::warn!(probe = NAME, path = %path.display(), error = %e, "cannot enter namespace");
         return Ok(None);
