@@ -57,8 +57,9 @@ fn with<'a>(
     v
 }
 
-/// Waits until the agent exports exactly what the namespace's /proc says, and checks that
-/// the namespace did not move on meanwhile.
+/// Waits until the agent exports exactly what the namespace's /proc says: the oracle read
+/// just before and just after the scrape agree with the scrape (a counter still settling,
+/// such as a SYN-ACK retransmitted to a closed client, is waited out).
 #[track_caller]
 fn assert_matches_oracle(
     agent: &Agent,
@@ -67,16 +68,22 @@ fn assert_matches_oracle(
     counter: &str,
     (file, section): (&str, &str),
 ) -> u64 {
-    let expected = oracle(netns, file, section, counter);
     let labels = with(pod(netns), &[("counter", counter)]);
-    agent.wait_metric_eq(metric, &labels, expected as f64, SETTLE_TIMEOUT);
-    assert_eq!(
-        oracle(netns, file, section, counter),
-        expected,
-        "{section} {counter} of {} changed while the test waited",
-        netns.name()
-    );
-    expected
+    let mut last = None;
+    try_poll_until(SETTLE_TIMEOUT, || {
+        let before = oracle(netns, file, section, counter);
+        let seen = agent.metric(metric, &labels);
+        let after = oracle(netns, file, section, counter);
+        last = Some((before, seen, after));
+        (before == after && seen == Some(before as f64)).then_some(before)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{metric}{{counter={counter:?}}} of {} never matched its /proc/net/{file}: \
+             last (proc, agent, proc) {last:?}",
+            netns.name()
+        )
+    })
 }
 
 /// A listener with a backlog of 1 that never accepts, flooded with concurrent connects,
