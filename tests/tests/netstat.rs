@@ -139,6 +139,7 @@ fn counters_of_each_pod_match_its_own_proc() {
         drops >= overflows,
         "ListenDrops {drops} < ListenOverflows {overflows}"
     );
+    eprintln!("pod b after {CONNECTS} connects: ListenOverflows {overflows}, ListenDrops {drops}");
     // Pod a listens nowhere.
     assert_eq!(
         assert_matches_oracle(
