@@ -169,6 +169,7 @@ mod tests {
         // Runs on every received segment: off unless asked for.
         assert!(!c.probes.tcp_rtt.enabled);
         assert_eq!(c.probes.tcp_rtt, crate::probes::tcp_rtt::Config::default());
+        assert_eq!(c.probes.netstat, crate::probes::netstat::Config::default());
         assert!(c.sinks.stdout.enabled);
         assert_eq!(c.listen, "127.0.0.1:9990");
     }
@@ -206,6 +207,18 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn netstat_settings_are_checked() {
+        let e = AgentConfig::parse("probes:\n  netstat:\n    interval: 1ms\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("probes.netstat.interval"), "{e}");
+        let e = AgentConfig::parse("probes:\n  netstat:\n    groups: [tcpext]\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("probes.netstat") && e.contains("tcpext"), "{e}");
     }
 
     #[test]

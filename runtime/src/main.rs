@@ -227,30 +227,45 @@ fn trace(
     }
 }
 
-/// `sonde probes`: tries to load each probe into the kernel (without attaching it).
+/// A row of `sonde probes`: name, description, hooks (or what it reads), loadable or why not.
+type ProbeRow = (&'static str, &'static str, Vec<String>, Result<(), String>);
+
+/// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
+/// checks that the probes that read procfs (netstat) can enter network namespaces.
 fn probes(output: Output) -> anyhow::Result<()> {
     let mut loader = ebpf_core::ProbeLoader::new();
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"));
-    let rows: Vec<(&ebpf_core::ProbeSpec, Result<(), String>)> = ebpf_core::CATALOGUE
+    let mut rows: Vec<ProbeRow> = ebpf_core::CATALOGUE
         .iter()
         .map(|spec| {
             let r = match &btf {
                 Ok(btf) => loader.check(spec, btf).map_err(|e| e.to_string()),
                 Err(e) => Err(e.clone()),
             };
-            (spec, r)
+            let hooks = spec.hooks.iter().map(ToString::to_string).collect();
+            (spec.name, spec.description, hooks, r)
         })
         .collect();
+    {
+        use sonde::probes::netstat;
+        let sources = netstat::SOURCES.iter().map(ToString::to_string).collect();
+        rows.push((
+            netstat::NAME,
+            netstat::DESCRIPTION,
+            sources,
+            netstat::check(),
+        ));
+    }
     let mut text = String::new();
     match output {
         Output::Json => {
             let v: Vec<_> = rows
                 .iter()
-                .map(|(spec, r)| {
+                .map(|(name, description, hooks, r)| {
                     serde_json::json!({
-                        "name": spec.name,
-                        "description": spec.description,
-                        "hooks": spec.hooks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "name": name,
+                        "description": description,
+                        "hooks": hooks,
                         "loadable": r.is_ok(),
                         "reason": r.as_ref().err(),
                     })
@@ -266,13 +281,9 @@ fn probes(output: Output) -> anyhow::Result<()> {
                 );
             };
             line(&mut text, ["PROBE", "LOADABLE", "HOOKS", "DESCRIPTION"]);
-            for (spec, r) in &rows {
-                let hooks: Vec<String> = spec.hooks.iter().map(ToString::to_string).collect();
+            for (name, description, hooks, r) in &rows {
                 let loadable = if r.is_ok() { "yes" } else { "no" };
-                line(
-                    &mut text,
-                    [spec.name, loadable, &hooks.join(","), spec.description],
-                );
+                line(&mut text, [name, loadable, &hooks.join(","), description]);
                 if let Err(reason) = r {
                     text += &format!("{:<14} why not: {reason}\n", "");
                 }

@@ -50,6 +50,14 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         agent.wait_metric(name, &labels, 1.0, SETTLE_TIMEOUT);
     }
 
+    // netstat (on by default, not eBPF) has read the pods' namespaces: its families are in
+    // the exposition promtool checks below.
+    agent.wait_metric(
+        "sonde_netstat_tcp_ext_total",
+        &[("pod", pods.b.name()), ("counter", "ListenOverflows")],
+        0.0,
+        SETTLE_TIMEOUT,
+    );
     let body = agent.metrics();
     // Workload counters appear with their first series (retransmits and resets have their
     // own tests); self-metrics are there from the start.

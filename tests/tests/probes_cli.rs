@@ -76,3 +76,59 @@ fn probes_says_why_not_without_privileges() {
         "{stdout}"
     );
 }
+
+/// `netstat` loads no program: as root it is loadable and shows what it reads; without the
+/// right to enter network namespaces it says so.
+#[test]
+fn netstat_explains_itself() {
+    let out = run_sonde(
+        &["probes", "--output", "json"],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let probes: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON output");
+    let netstat = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "netstat")
+        .unwrap_or_else(|| panic!("netstat not listed: {probes}"));
+    assert_eq!(netstat["loadable"], true, "{netstat}");
+    assert!(
+        netstat["hooks"][0].as_str().unwrap().starts_with("procfs:"),
+        "{netstat}"
+    );
+    assert!(
+        netstat["description"]
+            .as_str()
+            .unwrap()
+            .contains("/proc/net in each pod namespace"),
+        "{netstat}"
+    );
+
+    let dir = TempDir::new();
+    let bin = dir.path().join("sonde");
+    std::fs::copy(sonde_bin(), &bin).expect("copy the agent binary");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .arg("probes")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run sonde probes as nobody");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("netstat"));
+    let row = lines
+        .next()
+        .unwrap_or_else(|| panic!("netstat not listed:\n{stdout}"));
+    assert!(row.split_whitespace().nth(1) == Some("no"), "{row}");
+    let why = lines.next().unwrap_or_default();
+    assert!(
+        why.contains("why not: cannot enter network namespaces") && why.contains("CAP_SYS_ADMIN"),
+        "{stdout}"
+    );
+}

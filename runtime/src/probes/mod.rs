@@ -6,7 +6,11 @@
 //!
 //! Adding a probe: a module here with its config struct, decoder and counter sync, one field
 //! in [`ProbesConfig`], and its [`Driver`] in [`DRIVERS`].
+//!
+//! [`netstat`] loads no program: it owns a thread that reads /proc/net in each pod's
+//! namespace, and [`Probes`] starts, reconfigures, stops and reports it beside the drivers.
 
+pub mod netstat;
 pub mod packet_drop;
 pub mod tcp_connect;
 pub mod tcp_reset;
@@ -170,11 +174,14 @@ pub struct ProbesConfig {
     pub tcp_reset: tcp_reset::Config,
     pub tcp_connect: tcp_connect::Config,
     pub tcp_rtt: tcp_rtt::Config,
+    /// Not eBPF: reads /proc/net in each pod's namespace (see [`netstat`]).
+    pub netstat: netstat::Config,
 }
 
 impl ProbesConfig {
     pub fn validate(&self) -> Result<(), String> {
-        DRIVERS.iter().try_for_each(|d| (d.validate)(self))
+        DRIVERS.iter().try_for_each(|d| (d.validate)(self))?;
+        netstat::validate(&self.netstat)
     }
 }
 
@@ -306,6 +313,8 @@ pub struct Probes {
     config: ProbesConfig,
     /// Event rates set for a bounded time (plugins' `control`), until their deadline.
     rate_overrides: BTreeMap<&'static str, (u64, Instant)>,
+    /// The probe that loads no program (its own thread reads procfs).
+    netstat: netstat::Netstat,
 }
 
 impl Probes {
@@ -317,7 +326,13 @@ impl Probes {
                 .set(0);
             ctx.metrics.events_lost.with_label_values(&[d.spec.name]);
         }
+        ctx.metrics
+            .probe_up
+            .with_label_values(&[netstat::NAME])
+            .set(0);
+        let netstat = netstat::Netstat::new(&ctx);
         Probes {
+            netstat,
             ctx,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -402,6 +417,12 @@ impl Probes {
                 }
             }
         }
+        let up = self.netstat.apply(&config.netstat, &self.ctx);
+        self.ctx
+            .metrics
+            .probe_up
+            .with_label_values(&[netstat::NAME])
+            .set(up as i64);
         let loaded = loader.is_some();
         drop(loader);
         drop(btf);
@@ -538,6 +559,12 @@ impl Probes {
                 sync_running(driver, r, &self.ctx);
             }
         }
+        // The netstat thread publishes its own readings; only its health is followed here.
+        self.ctx
+            .metrics
+            .probe_up
+            .with_label_values(&[netstat::NAME])
+            .set(self.netstat.up() as i64);
     }
 
     pub fn status(&self) -> Vec<ProbeStatus> {
@@ -560,6 +587,7 @@ impl Probes {
                     error,
                 }
             })
+            .chain(std::iter::once(self.netstat.status()))
             .collect()
     }
 }

@@ -7,6 +7,7 @@
 pub mod netns;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -31,6 +32,22 @@ pub trait Topology: Send + Sync {
 
     /// Whether the source has completed its first view of the world.
     fn ready(&self) -> bool;
+
+    /// Every pod network namespace it knows, with a path that opens it: for probes that read
+    /// a namespace's own counters (netstat). Sources that cannot open namespaces know none.
+    fn pod_netns(&self) -> Vec<PodNetns> {
+        Vec::new()
+    }
+}
+
+/// A pod's network namespace and how to enter it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetns {
+    pub inode: u32,
+    pub workload: Workload,
+    /// Opens the namespace: `/run/netns/<name>` (standalone) or `/proc/<pid>/ns/net` (a pod's
+    /// process).
+    pub path: PathBuf,
 }
 
 /// `topology:` in the agent config.

@@ -12,13 +12,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Topology, Workload};
+use super::{PodNetns, Topology, Workload};
 
 const MISS_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct NetnsTopology {
     dir: PathBuf,
     by_inode: RwLock<HashMap<u32, Workload>>,
+    /// The file each namespace was found at, to enter it.
+    paths: RwLock<HashMap<u32, PathBuf>>,
     /// When each unknown namespace last caused a rescan.
     misses: Mutex<HashMap<u32, Instant>>,
     host_netns: Option<u32>,
@@ -32,6 +34,7 @@ impl NetnsTopology {
         let topo = Arc::new(NetnsTopology {
             dir: dir.into(),
             by_inode: RwLock::new(HashMap::new()),
+            paths: RwLock::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
             host_netns,
         });
@@ -42,6 +45,7 @@ impl NetnsTopology {
     /// Re-reads the namespace directory; a missing directory means no pods.
     pub fn rescan(&self) {
         let mut found = HashMap::new();
+        let mut paths = HashMap::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let Ok(name) = entry.file_name().into_string() else {
@@ -55,6 +59,7 @@ impl NetnsTopology {
                 if Some(inode) == self.host_netns {
                     continue;
                 }
+                paths.insert(inode, entry.path());
                 found.insert(
                     inode,
                     Workload {
@@ -69,6 +74,7 @@ impl NetnsTopology {
             tracing::debug!(pods = found.len(), "network namespaces changed");
             *map = found;
         }
+        *self.paths.write().unwrap_or_else(|e| e.into_inner()) = paths;
     }
 
     /// Keeps the view fresh until the returned task is dropped or aborted.
@@ -130,6 +136,20 @@ impl Topology for NetnsTopology {
 
     fn ready(&self) -> bool {
         true
+    }
+
+    fn pod_netns(&self) -> Vec<PodNetns> {
+        let map = self.by_inode.read().unwrap_or_else(|e| e.into_inner());
+        let paths = self.paths.read().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter_map(|(inode, workload)| {
+                Some(PodNetns {
+                    inode: *inode,
+                    workload: workload.clone(),
+                    path: paths.get(inode)?.clone(),
+                })
+            })
+            .collect()
     }
 }
 

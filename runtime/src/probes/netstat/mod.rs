@@ -1,0 +1,287 @@
+//! `netstat` probe: the counters operators already know from /proc, per pod network
+//! namespace. Not an eBPF program: a dedicated thread enters each pod's namespace with
+//! `setns`, reads `/proc/thread-self/net/{snmp,snmp6,netstat,dev,sockstat,stat/nf_conntrack}`, the
+//! conntrack sysctls and the qdisc statistics (an rtnetlink dump), and returns to the agent's
+//! namespace before the next one. Every `interval` the whole reading replaces the previous
+//! one, and a scrape exports the latest reading: the kernel's own totals as counters, so
+//! series of a namespace that is gone disappear instead of lingering.
+//!
+//! A dedicated thread because a namespace is a property of the thread that joined it: no
+//! tokio worker ever leaves the agent's namespace. `/proc/thread-self/net` (not
+//! `/proc/self/net`, which is the main thread's) shows the namespace the thread is in.
+//!
+//! Here: the config and the probe's lifecycle; `read` the thread, `series` the exported
+//! families, `procfs` and `qdisc` the parsers.
+
+pub mod procfs;
+pub mod qdisc;
+mod read;
+mod series;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{Context, ProbeStatus};
+use read::read_loop;
+use series::{Reading, Series};
+
+pub const NAME: &str = "netstat";
+pub const DESCRIPTION: &str = "the kernel's network counters (snmp, TcpExt, dev, sockstat, softnet, conntrack, qdisc), read from /proc/net in each pod namespace (not eBPF)";
+/// What the probe reads, shown where the eBPF probes show their hooks.
+pub const SOURCES: &[&str] = &["procfs:/proc/net/* in each netns", "rtnetlink:RTM_GETQDISC"];
+
+/// `probes.netstat` in the agent config. The probe emits no events.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    pub enabled: bool,
+    /// How often every namespace is read; a scrape exports the latest reading.
+    #[serde(deserialize_with = "interval")]
+    pub interval: Duration,
+    /// Read the agent's own (host) namespace too, with empty `namespace` and `pod` labels.
+    pub include_host: bool,
+    /// What to read: any of snmp, snmp6, netstat, dev, sockstat, softnet, conntrack, qdisc.
+    pub groups: Vec<Group>,
+}
+
+/// One source of counters (see the README's metric list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    /// /proc/net/snmp: Ip, Icmp, Tcp, Udp, UdpLite.
+    Snmp,
+    /// /proc/net/snmp6: Ip6, Icmp6, Udp6, UdpLite6.
+    Snmp6,
+    /// /proc/net/netstat: TcpExt, IpExt.
+    Netstat,
+    /// /proc/net/dev: per interface.
+    Dev,
+    /// /proc/net/sockstat.
+    Sockstat,
+    /// /proc/net/softnet_stat: per CPU, host only (it is not per namespace).
+    Softnet,
+    /// /proc/net/stat/nf_conntrack and the conntrack count and limit, when loaded.
+    Conntrack,
+    /// rtnetlink qdisc statistics, per interface.
+    Qdisc,
+}
+
+const ALL_GROUPS: [Group; 8] = [
+    Group::Snmp,
+    Group::Snmp6,
+    Group::Netstat,
+    Group::Dev,
+    Group::Sockstat,
+    Group::Softnet,
+    Group::Conntrack,
+    Group::Qdisc,
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            interval: Duration::from_secs(10),
+            include_host: true,
+            groups: ALL_GROUPS.to_vec(),
+        }
+    }
+}
+
+fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::plugin_host::manifest::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("interval: {e}")))
+}
+
+pub fn validate(c: &Config) -> Result<(), String> {
+    if c.interval < Duration::from_millis(100) || c.interval > Duration::from_secs(3600) {
+        return Err(format!(
+            "probes.netstat.interval: {:?} must be between 100ms and 1h",
+            c.interval
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the probe can run here, for `sonde probes`: joining a network namespace needs
+/// CAP_SYS_ADMIN, tried by re-joining our own on a throwaway thread.
+pub fn check() -> Result<(), String> {
+    std::fs::read_to_string("/proc/net/snmp")
+        .map_err(|e| format!("cannot read /proc/net/snmp: {e}"))?;
+    std::thread::spawn(|| {
+        let own = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("cannot open /proc/thread-self/ns/net: {e}"))?;
+        setns(&own).map_err(|e| {
+            format!("cannot enter network namespaces (setns: {e}; needs CAP_SYS_ADMIN)")
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err("namespace check panicked".into()))
+}
+
+pub(crate) fn setns(fd: &impl AsRawFd) -> std::io::Result<()> {
+    // SAFETY: plain syscall on a valid fd; it changes only the calling thread's namespace.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The netstat probe as the agent holds it: its series, and the reading thread while on.
+pub struct Netstat {
+    series: Series,
+    running: Option<Reader>,
+    /// Why it could not start, when it could not.
+    failed: Option<String>,
+}
+
+struct Reader {
+    config: Config,
+    /// New configs for the thread; dropping it stops the thread.
+    tx: mpsc::Sender<Config>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after its current namespace at the latest.
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Netstat {
+    /// The probe, off; its series registered with the agent's registry.
+    pub fn new(ctx: &Context) -> Self {
+        let series = Series::new(Arc::clone(&ctx.node));
+        if let Err(e) = ctx.metrics.registry.register(Box::new(series.clone())) {
+            tracing::error!(probe = NAME, error = %e, "cannot register the netstat series");
+        }
+        Netstat {
+            series,
+            running: None,
+            failed: None,
+        }
+    }
+
+    /// Starts, reconfigures or stops the reading thread to match `config`; true when running.
+    pub fn apply(&mut self, config: &Config, ctx: &Arc<Context>) -> bool {
+        if !config.enabled {
+            if self.running.take().is_some() {
+                tracing::info!(probe = NAME, "probe disabled");
+            }
+            self.failed = None;
+            *self.series.lock() = Reading::default();
+            return false;
+        }
+        if let Some(r) = &mut self.running {
+            if r.config != *config {
+                if r.tx.send(config.clone()).is_ok() {
+                    r.config = config.clone();
+                    tracing::info!(probe = NAME, "probe reconfigured");
+                } else {
+                    self.running = None;
+                }
+            }
+        }
+        if self.running.is_none() {
+            match self.start(config, ctx) {
+                Ok(r) => {
+                    self.running = Some(r);
+                    self.failed = None;
+                    tracing::info!(
+                        probe = NAME,
+                        "probe started (reads /proc/net in each pod namespace)"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(probe = NAME, error = %e, "probe cannot load");
+                    self.failed = Some(e);
+                }
+            }
+        }
+        self.running.is_some() && self.fatal().is_none()
+    }
+
+    fn start(&self, config: &Config, ctx: &Arc<Context>) -> Result<Reader, String> {
+        check()?;
+        *self.series.lock() = Reading::default();
+        let (tx, rx) = mpsc::channel();
+        let series = self.series.clone();
+        let topology = Arc::clone(&ctx.topology);
+        let first = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("sonde-netstat".into())
+            .spawn(move || {
+                let run =
+                    std::panic::AssertUnwindSafe(|| read_loop(first, rx, &series, &*topology));
+                let stopped = match std::panic::catch_unwind(run) {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(_) => "the reading thread panicked".to_string(),
+                };
+                tracing::error!(probe = NAME, error = %stopped, "netstat reading stopped");
+                series.lock().fatal = Some(stopped);
+            })
+            .map_err(|e| format!("cannot start the netstat thread: {e}"))?;
+        Ok(Reader {
+            config: config.clone(),
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.series.lock().fatal.clone()
+    }
+
+    /// True while reading.
+    pub fn up(&self) -> bool {
+        self.running.is_some() && self.fatal().is_none()
+    }
+
+    pub fn status(&self) -> ProbeStatus {
+        let (state, error) = match (&self.running, &self.failed, self.fatal()) {
+            (Some(_), _, Some(e)) => ("failed", Some(e)),
+            (Some(_), _, None) => ("running", None),
+            (None, Some(e), _) => ("failed", Some(e.clone())),
+            (None, None, _) => ("disabled", None),
+        };
+        ProbeStatus {
+            name: NAME,
+            description: DESCRIPTION,
+            hooks: SOURCES.iter().map(ToString::to_string).collect(),
+            state,
+            error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_checks() {
+        let c: Config = serde_yaml::from_str("interval: 2s\ngroups: [snmp, qdisc]\n").unwrap();
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.groups, vec![Group::Snmp, Group::Qdisc]);
+        assert!(c.enabled && c.include_host);
+        let e = serde_yaml::from_str::<Config>("groups: [tcp]\n").unwrap_err();
+        assert!(e.to_string().contains("snmp"), "{e}");
+        let c: Config = serde_yaml::from_str("interval: 10ms\n").unwrap();
+        assert!(validate(&c)
+            .unwrap_err()
+            .contains("probes.netstat.interval"));
+    }
+}
