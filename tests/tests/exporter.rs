@@ -49,6 +49,13 @@ fn metrics_pass_promtool_and_endpoints_answer() {
     ] {
         agent.wait_metric(name, &labels, 1.0, SETTLE_TIMEOUT);
     }
+    // The traffic ran NET_RX softirqs (on by default).
+    agent.wait_metric(
+        "sonde_softirq_duration_seconds_count",
+        &[("vec", "NET_RX")],
+        1.0,
+        SETTLE_TIMEOUT,
+    );
 
     let body = agent.metrics();
     // Workload counters appear with their first series (retransmits and resets have their
@@ -60,6 +67,8 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         "sonde_build_info",
         "sonde_tcp_connect_duration_seconds",
         "sonde_tcp_rtt_seconds",
+        "sonde_softirq_delay_seconds",
+        "sonde_softirq_duration_seconds",
     ] {
         assert!(
             body.contains(&format!("# TYPE {name} ")),
@@ -72,6 +81,8 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         "tcp_reset",
         "tcp_connect",
         "tcp_rtt",
+        "softirq",
+        "io_latency",
     ] {
         assert_eq!(
             agent.metric("sonde_probe_up", &[("probe", probe)]),

@@ -7,7 +7,10 @@
 //! Adding a probe: a module here with its config struct, decoder and counter sync, one field
 //! in [`ProbesConfig`], and its [`Driver`] in [`DRIVERS`].
 
+pub mod io_latency;
+pub mod netdev_latency;
 pub mod packet_drop;
+pub mod softirq;
 pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
@@ -170,12 +173,25 @@ pub struct ProbesConfig {
     pub tcp_reset: tcp_reset::Config,
     pub tcp_connect: tcp_connect::Config,
     pub tcp_rtt: tcp_rtt::Config,
+    pub softirq: softirq::Config,
+    pub netdev_latency: netdev_latency::Config,
+    pub io_latency: io_latency::Config,
 }
 
 impl ProbesConfig {
     pub fn validate(&self) -> Result<(), String> {
         DRIVERS.iter().try_for_each(|d| (d.validate)(self))
     }
+}
+
+/// A duration setting of a probe (`10ms`, `2s`, `1m`), its key named in the error.
+pub(crate) fn duration_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::plugin_host::manifest::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
 }
 
 /// Turns one ring buffer record into an event (not yet enriched).
@@ -212,6 +228,9 @@ pub const DRIVERS: &[Driver] = &[
     tcp_reset::DRIVER,
     tcp_connect::DRIVER,
     tcp_rtt::DRIVER,
+    softirq::DRIVER,
+    netdev_latency::DRIVER,
+    io_latency::DRIVER,
 ];
 
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
