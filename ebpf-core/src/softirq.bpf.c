@@ -13,9 +13,9 @@
 SONDE_PARAMS
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 256);
-	__type(key, struct softirq_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SOFTIRQ_COUNTERS);
+	__type(key, __u32);
 	__type(value, __u64);
 } softirqs SEC(".maps");
 
@@ -38,20 +38,21 @@ static __always_inline struct softirq_times *cpu_times(void)
 	return bpf_map_lookup_elem(&times, &zero);
 }
 
+static __always_inline void counter_add(__u32 index, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&softirqs, &index);
+	if (v)
+		*v += n;
+}
+
 static __always_inline void observe(__u8 vec, __u8 stage, __u64 ns)
 {
-	struct softirq_key key = {};
 	struct softirq_event *e;
 	struct sonde_config *cfg;
 	__u8 bucket = stage == SOFTIRQ_STAGE_DELAY ? SOFTIRQ_KIND_DELAY_BUCKET : SOFTIRQ_KIND_RUN_BUCKET;
 
-	key.vec = vec;
-	key.kind = bucket;
-	key.slot = sonde_log2_slot(ns);
-	sonde_count(&softirqs, &key);
-	key.kind = bucket + 1; /* the sum */
-	key.slot = 0;
-	sonde_add(&softirqs, &key, ns);
+	counter_add(SOFTIRQ_INDEX(vec, bucket, sonde_log2_slot(ns)), 1);
+	counter_add(SOFTIRQ_INDEX(vec, bucket + 1, 0), ns); /* the sum */
 	if (ns < sonde_param(stage == SOFTIRQ_STAGE_DELAY ? SOFTIRQ_PARAM_DELAY_NS : SOFTIRQ_PARAM_RUN_NS))
 		return;
 	e = sonde_event_start(sizeof(*e), &cfg);

@@ -22,7 +22,13 @@
 #define SOFTIRQ_PARAM_DELAY_NS 0 /* event for delays at least this long; 0 = every one */
 #define SOFTIRQ_PARAM_RUN_NS 1   /* event for run times at least this long; 0 = every one */
 
-/* Key of the in-kernel `softirqs` counter. */
+/* The `softirqs` counters are a per-CPU array (cheaper than a hash on a path this hot):
+ * slot `slot` of kind `kind` for vector `vec` is at SOFTIRQ_INDEX(vec, kind, slot). */
+#define SOFTIRQ_SLOTS (SONDE_LOG2_SLOTS + 1)
+#define SOFTIRQ_INDEX(vec, kind, slot) ((((vec) & 1) * 4 + (kind)) * SOFTIRQ_SLOTS + (slot))
+#define SOFTIRQ_COUNTERS (2 * 4 * SOFTIRQ_SLOTS)
+
+/* A counter's meaning, as the agent decodes an index of `softirqs`. */
 struct softirq_key {
 	__u8 vec;
 	__u8 kind;

@@ -54,7 +54,23 @@ pub fn vec_name(vec: u8) -> &'static str {
     }
 }
 
-/// `struct softirq_key`.
+/// Counters per vector and kind in the `softirqs` array (`SOFTIRQ_SLOTS`).
+pub const SLOTS: usize = crate::record::LOG2_SLOTS + 1;
+/// Entries of the `softirqs` array (`SOFTIRQ_COUNTERS`).
+pub const COUNTERS: usize = 2 * 4 * SLOTS;
+
+/// What index `i` of the `softirqs` array counts (the inverse of `SOFTIRQ_INDEX`).
+pub fn key_of(i: usize) -> Key {
+    let (vec_kind, slot) = (i / SLOTS, i % SLOTS);
+    Key {
+        vec: if vec_kind / 4 == 1 { NET_RX } else { NET_TX },
+        kind: (vec_kind % 4) as u8,
+        slot: slot as u8,
+        pad: 0,
+    }
+}
+
+/// `struct softirq_key`: what a counter of the `softirqs` array counts.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
@@ -88,5 +104,17 @@ const _: () = {
     assert!(offset_of!(Record, stage) == 21);
 };
 
-// SAFETY: plain C struct of integers.
-unsafe impl aya::Pod for Key {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_decode_as_softirq_index_encodes() {
+        // SOFTIRQ_INDEX(vec, kind, slot) = ((vec & 1) * 4 + kind) * SLOTS + slot
+        let k = key_of((4 + KIND_RUN_BUCKET as usize) * SLOTS + 5);
+        assert_eq!((k.vec, k.kind, k.slot), (NET_RX, KIND_RUN_BUCKET, 5));
+        let k = key_of(KIND_DELAY_SUM as usize * SLOTS);
+        assert_eq!((k.vec, k.kind, k.slot), (NET_TX, KIND_DELAY_SUM, 0));
+        assert_eq!(key_of(COUNTERS - 1).vec, NET_RX);
+    }
+}

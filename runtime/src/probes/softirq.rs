@@ -3,13 +3,14 @@
 //! longer than their thresholds. Softirqs belong to CPUs, not pods: the series are labelled by
 //! node and vector only.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ebpf_core::record::{log2_slot_bound_seconds, read_record};
 use ebpf_core::softirq::{
-    vec_name, Key, Record, KIND_DELAY_BUCKET, KIND_DELAY_SUM, KIND_RUN_BUCKET, KIND_RUN_SUM,
-    PARAM_DELAY_NS, PARAM_RUN_NS, SPEC, STAGE_DELAY,
+    key_of, vec_name, Key, Record, KIND_DELAY_BUCKET, KIND_DELAY_SUM, KIND_RUN_BUCKET,
+    KIND_RUN_SUM, PARAM_DELAY_NS, PARAM_RUN_NS, SPEC, STAGE_DELAY,
 };
 use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
@@ -99,8 +100,19 @@ fn key_id(k: &Key) -> u64 {
     (k.vec as u64) << 16 | (k.kind as u64) << 8 | k.slot as u64
 }
 
+/// The kernel's counters (a per-CPU array) by what they count, leaving out those at zero.
+fn counters(probe: &LoadedProbe) -> Result<HashMap<Key, u64>, ProbeError> {
+    Ok(probe
+        .array_counters()?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| *v > 0)
+        .map(|(i, v)| (key_of(i), v))
+        .collect())
+}
+
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
-    let current = probe.counters::<Key>()?;
+    let current = counters(probe)?;
     for (key, gained) in deltas.update(current, key_id) {
         let labels = vec![ctx.node.to_string(), vec_name(key.vec).to_string()];
         let m = &ctx.metrics;
@@ -118,8 +130,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
 }
 
 fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
-    Ok(probe
-        .counters::<Key>()?
+    Ok(counters(probe)?
         .into_iter()
         .filter_map(|(k, v)| {
             let vec = vec_name(k.vec);
