@@ -1,6 +1,7 @@
 //! io_latency: direct I/O to a loop device (its own disk, which nothing else touches) gives
 //! exactly one write request per block written and at least one read per block read, in the
-//! histogram of that device; with a threshold of 0 each request is an event.
+//! histogram of that device; with a threshold of 0 each request is an event, and the threshold
+//! changes while the agent runs without losing counts.
 
 use std::process::Command;
 use std::time::Duration;
@@ -149,4 +150,33 @@ fn zero_threshold_makes_every_request_an_event() {
     // Block i of 4 KiB starts at 512-byte sector 8 * i.
     let expected: Vec<u64> = (0..BLOCKS as u64).map(|i| 8 * i).collect();
     assert_eq!(sectors, expected);
+}
+
+#[test]
+fn threshold_changes_apply_live() {
+    let disk = LoopDevice::new();
+    let agent = Agent::spawn_yaml(&config("10s"));
+    agent.wait_ready(READY_TIMEOUT);
+    let write = [("device", disk.name()), ("op", "write")];
+    disk.dd(true, BLOCKS);
+    agent.wait_metric(COUNT, &write, BLOCKS as f64, SETTLE_TIMEOUT);
+    let ours = |e: &serde_json::Value| e["type"] == "io_latency" && e["device"] == disk.name();
+    assert!(!agent.events().iter().any(ours), "an event below 10 s");
+
+    agent.rewrite_config(&config("0ms"));
+    poll_until(SETTLE_TIMEOUT, "the probe to be reconfigured", || {
+        agent
+            .stderr_text()
+            .contains("probe reconfigured probe=\"io_latency\"")
+            .then_some(())
+    });
+    disk.dd(true, BLOCKS);
+    poll_until(
+        SETTLE_TIMEOUT,
+        "an event per write after the change",
+        || (agent.events().iter().filter(|e| ours(e)).count() >= BLOCKS).then_some(()),
+    );
+    // Reconfigured in place: the counts from before the change are still there.
+    agent.wait_metric(COUNT, &write, 2.0 * BLOCKS as f64, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(COUNT, &write), Some(2.0 * BLOCKS as f64));
 }
