@@ -6,9 +6,12 @@
  * kernel; packets above a threshold become events.
  *
  * In-flight packets are keyed by skb address in an LRU hash: packets dropped by the qdisc
- * never reach start_xmit and age out. GSO segments made after net_dev_queue are new skbs, so
- * they have a driver time but no qdisc time. The skb may be freed by the driver before
- * net_dev_xmit fires: there only its address is used, never its contents. */
+ * never reach start_xmit and age out. Freed skbs' addresses are soon reused, so an entry also
+ * holds the skb's data buffer (head), and one whose head differs at start_xmit is someone
+ * else's. GSO segments made after net_dev_queue are new skbs, so they have a driver time but
+ * no qdisc time. The skb may be freed by the driver before net_dev_xmit fires: there only its
+ * address is used, never its contents. A packet sent through a stacked device (bond, vlan)
+ * is timed on the lower device; the upper one's driver time is not seen. */
 #include "sonde.bpf.h"
 #include "netdev_latency.h"
 
@@ -29,12 +32,18 @@ struct {
 	__type(value, struct netdev_name);
 } ifnames SEC(".maps");
 
-/* When each in-flight packet reached the stage it is in, by skb address. */
+/* An in-flight packet: when it reached the stage it is in, and its data buffer. */
+struct netdev_inflight {
+	__u64 since_ns;
+	__u64 head;
+};
+
+/* In-flight packets by skb address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct netdev_inflight);
 } inflight SEC(".maps");
 
 static __always_inline void iface_of(const struct net_device *dev, struct netdev_iface *i)
@@ -84,24 +93,30 @@ static __always_inline void observe(const struct net_device *dev, __u8 stage, __
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(net_dev_queue, struct sk_buff *skb)
 {
-	__u64 key = (__u64)skb, now = bpf_ktime_get_ns();
+	__u64 key = (__u64)skb;
+	struct netdev_inflight f = {};
 
-	bpf_map_update_elem(&inflight, &key, &now, BPF_ANY);
+	f.since_ns = bpf_ktime_get_ns();
+	f.head = (__u64)skb->head;
+	bpf_map_update_elem(&inflight, &key, &f, BPF_ANY);
 	return 0;
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(net_dev_start_xmit, const struct sk_buff *skb, const struct net_device *dev)
 {
-	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), *queued;
+	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), head = (__u64)skb->head;
+	struct netdev_inflight *queued, f = {};
 
 	queued = bpf_map_lookup_elem(&inflight, &key);
-	if (queued) {
-		if (*queued <= now)
-			observe(dev, NETDEV_STAGE_QUEUE, now - *queued, skb->len);
-		*queued = now;
+	if (queued && queued->head == head) {
+		if (queued->since_ns <= now)
+			observe(dev, NETDEV_STAGE_QUEUE, now - queued->since_ns, skb->len);
+		queued->since_ns = now;
 	} else {
-		bpf_map_update_elem(&inflight, &key, &now, BPF_ANY);
+		f.since_ns = now;
+		f.head = head;
+		bpf_map_update_elem(&inflight, &key, &f, BPF_ANY);
 	}
 	return 0;
 }
@@ -109,12 +124,13 @@ int BPF_PROG(net_dev_start_xmit, const struct sk_buff *skb, const struct net_dev
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(net_dev_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
 {
-	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), *started, start;
+	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), start;
+	struct netdev_inflight *started;
 
 	started = bpf_map_lookup_elem(&inflight, &key);
 	if (!started)
 		return 0;
-	start = *started;
+	start = started->since_ns;
 	bpf_map_delete_elem(&inflight, &key);
 	if (start <= now)
 		observe(dev, NETDEV_STAGE_XMIT, now - start, len);
