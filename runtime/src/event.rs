@@ -443,6 +443,39 @@ mod tests {
     }
 
     #[test]
+    fn latency_probe_events_have_their_fields_after_the_envelope() {
+        let mut e = Event::kernel(
+            UNIX_EPOCH + Duration::from_secs(1),
+            0,
+            Severity::Warning,
+            IoLatency {
+                device: "loop3".into(),
+                dev: "7:3".into(),
+                op: "write",
+                duration: Duration::from_millis(1500),
+                bytes: 4096,
+                sector: 8,
+                error: None,
+            }
+            .into_kind(),
+        );
+        e.node = Arc::from("node-1");
+        assert_eq!(
+            e.to_json(),
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"io_latency","severity":"warning","namespace":"","pod":"","netns":0,"source":"kernel","device":"loop3","dev":"7:3","op":"write","duration_seconds":1.5,"bytes":4096,"sector":8}"#
+        );
+        let kind = Softirq {
+            vec: "NET_RX",
+            stage: "delay",
+            duration: Duration::from_micros(12_500),
+            cpu: 1,
+        }
+        .into_kind();
+        assert_eq!(kind.type_name(), "softirq");
+        assert!(kind.flow().is_none());
+    }
+
+    #[test]
     fn tcp_states_by_number() {
         assert_eq!(tcp_state_name(1), "ESTABLISHED");
         assert_eq!(tcp_state_name(12), "NEW_SYN_RECV");
