@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ebpf_core::netdev_latency::{
     ifname, stage_name, Iface, Key, Name, Record, KIND_QUEUE_BUCKET, KIND_QUEUE_SUM,
@@ -95,24 +95,30 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
     }))
 }
 
-/// Interface names the agent has read from the kernel's table.
-static NAMES: Mutex<Option<HashMap<Iface, Arc<str>>>> = Mutex::new(None);
+/// Interface names by interface.
+type Names = HashMap<Iface, Arc<str>>;
 
-/// The name of each interface, reading the kernel's table again when one is not known yet.
-fn names_of(
-    probe: &LoadedProbe,
-    ifaces: impl Iterator<Item = Iface>,
-) -> Result<HashMap<Iface, Arc<str>>, ProbeError> {
+/// Interface names the agent has read from the kernel's table, and when.
+static NAMES: Mutex<Option<(Names, Instant)>> = Mutex::new(None);
+
+/// How long names read from the kernel are used before they are read again, so that a
+/// renamed interface's new counts carry its new name.
+const NAMES_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The name of each interface, reading the kernel's table again when one is not known yet
+/// or the copy is older than [`NAMES_MAX_AGE`].
+fn names_of(probe: &LoadedProbe, ifaces: impl Iterator<Item = Iface>) -> Result<Names, ProbeError> {
     let mut cache = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-    let cache = cache.get_or_insert_with(HashMap::new);
+    let (cache, read_at) = cache.get_or_insert_with(|| (HashMap::new(), Instant::now()));
     let ifaces: Vec<Iface> = ifaces.collect();
-    if ifaces.iter().any(|i| !cache.contains_key(i)) {
+    if read_at.elapsed() > NAMES_MAX_AGE || ifaces.iter().any(|i| !cache.contains_key(i)) {
         // The kernel's table is bounded (LRU); so is this copy of it.
         *cache = probe
             .hash_entries::<Iface, Name>(NAMES_MAP)?
             .into_iter()
             .map(|(i, n)| (i, Arc::from(ifname(&n.0))))
             .collect();
+        *read_at = Instant::now();
     }
     Ok(ifaces
         .into_iter()
