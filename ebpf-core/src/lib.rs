@@ -6,9 +6,12 @@
 //! (with size and offset assertions), and list its [`ProbeSpec`] once in [`CATALOGUE`].
 
 pub mod btf;
+pub mod io_latency;
+pub mod netdev_latency;
 pub mod packet_drop;
 pub mod probe;
 pub mod record;
+pub mod softirq;
 pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
@@ -53,6 +56,9 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     tcp_reset::SPEC,
     tcp_connect::SPEC,
     tcp_rtt::SPEC,
+    softirq::SPEC,
+    netdev_latency::SPEC,
+    io_latency::SPEC,
 ];
 
 /// Finds a probe of the catalogue by name.

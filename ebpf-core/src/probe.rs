@@ -363,6 +363,17 @@ impl LoadedProbe {
         Ok(out)
     }
 
+    /// The probe's in-kernel counters when they are a per-CPU array (for hot paths, where a
+    /// hash lookup per event costs too much): each index summed over CPUs.
+    pub fn array_counters(&self) -> Result<Vec<u64>, ProbeError> {
+        let name = self.spec.counter_map;
+        let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err(name))?;
+        (0..counters.len())
+            .map(|i| Ok(counters.get(&i, 0).map_err(map_err(name))?.iter().sum()))
+            .collect()
+    }
+
     /// Every entry of one of the probe's hash maps (plain or LRU, not per-CPU), such as a
     /// flow table, read without taking it from the probe.
     pub fn hash_entries<K: Pod, V: Pod>(

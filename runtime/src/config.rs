@@ -246,6 +246,41 @@ mod tests {
     }
 
     #[test]
+    fn latency_probe_thresholds_are_checked() {
+        let c = AgentConfig::embedded();
+        assert_eq!(c.probes.softirq, crate::probes::softirq::Config::default());
+        assert_eq!(
+            c.probes.netdev_latency,
+            crate::probes::netdev_latency::Config::default()
+        );
+        assert_eq!(
+            c.probes.io_latency,
+            crate::probes::io_latency::Config::default()
+        );
+        let c = AgentConfig::parse(
+            "probes:\n  softirq:\n    delayThreshold: 0ms\n  io_latency:\n    slowThreshold: 2s\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.probes.softirq.delay_threshold, std::time::Duration::ZERO);
+        assert_eq!(
+            c.probes.io_latency.slow_threshold,
+            std::time::Duration::from_secs(2)
+        );
+        let e = AgentConfig::parse(
+            "probes:\n  netdev_latency:\n    xmitThreshold: 5\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("xmitThreshold") && e.contains("line 3"), "{e}");
+        let e = AgentConfig::parse("probes:\n  softirq:\n    delay: 1ms\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delay") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
     fn partial_config_keeps_defaults() {
         let c =
             AgentConfig::parse("probes:\n  packet_drop:\n    enabled: false\n", "c.yaml").unwrap();

@@ -114,6 +114,102 @@ pub struct TcpConnect {
     pub error: Option<Cow<'static, str>>,
 }
 
+/// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least its threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Softirq {
+    /// `NET_RX` or `NET_TX`.
+    pub vec: &'static str,
+    /// `delay` (raised until it ran) or `run` (how long it ran).
+    pub stage: &'static str,
+    pub duration: std::time::Duration,
+    pub cpu: u32,
+}
+
+/// `netdev_latency`: a packet that spent at least its threshold in an interface's qdisc or
+/// driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetdevLatency {
+    pub interface: String,
+    pub ifindex: u32,
+    /// `queue` (net_dev_queue to start_xmit: the qdisc) or `xmit` (in the driver).
+    pub stage: &'static str,
+    pub duration: std::time::Duration,
+    /// Bytes of the packet.
+    pub bytes: u32,
+}
+
+/// `io_latency`: a block request that took at least the slow threshold to complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoLatency {
+    /// The disk's name (`vda`, `loop3`), or `major:minor` when it has none.
+    pub device: String,
+    /// `major:minor`.
+    pub dev: String,
+    /// `read`, `write` or `other`.
+    pub op: &'static str,
+    pub duration: std::time::Duration,
+    pub bytes: u32,
+    pub sector: u64,
+    /// The completion's block status (blk_status_t), `None` when it succeeded.
+    pub error: Option<i32>,
+}
+
+/// These probes' events travel as [`Kind::Derived`] (type name and JSON fields) until the
+/// plugin interface types them: every consumer routes by type name, scripts and sinks see
+/// their fields, and no consumer has to list a new variant.
+impl Softirq {
+    pub fn into_kind(self) -> Kind {
+        derived(
+            "softirq",
+            vec![
+                ("vec", self.vec.into()),
+                ("stage", self.stage.into()),
+                ("duration_seconds", self.duration.as_secs_f64().into()),
+                ("cpu", self.cpu.into()),
+            ],
+        )
+    }
+}
+
+impl NetdevLatency {
+    pub fn into_kind(self) -> Kind {
+        derived(
+            "netdev_latency",
+            vec![
+                ("interface", self.interface.into()),
+                ("ifindex", self.ifindex.into()),
+                ("stage", self.stage.into()),
+                ("duration_seconds", self.duration.as_secs_f64().into()),
+                ("bytes", self.bytes.into()),
+            ],
+        )
+    }
+}
+
+impl IoLatency {
+    pub fn into_kind(self) -> Kind {
+        let mut fields = vec![
+            ("device", self.device.into()),
+            ("dev", self.dev.into()),
+            ("op", self.op.into()),
+            ("duration_seconds", self.duration.as_secs_f64().into()),
+            ("bytes", self.bytes.into()),
+            ("sector", self.sector.into()),
+        ];
+        if let Some(error) = self.error {
+            fields.push(("error", error.into()));
+        }
+        derived("io_latency", fields)
+    }
+}
+
+fn derived(type_name: &str, fields: Vec<(&str, serde_json::Value)>) -> Kind {
+    Kind::Derived(Derived {
+        type_name: type_name.into(),
+        fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+    })
+}
+
 /// An event a plugin derived: its own type name and fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Derived {
@@ -344,6 +440,39 @@ mod tests {
             e.to_json(),
             r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"packet_drop","severity":"warning","namespace":"","pod":"B","netns":4026532000,"source":"kernel","protocol":"udp","saddr":"198.18.0.1","sport":5000,"daddr":"198.18.0.2","dport":9999,"reason":"NETFILTER_DROP","location":"nf_hook_slow","stack":["nf_hook_slow+0x3c"]}"#
         );
+    }
+
+    #[test]
+    fn latency_probe_events_have_their_fields_after_the_envelope() {
+        let mut e = Event::kernel(
+            UNIX_EPOCH + Duration::from_secs(1),
+            0,
+            Severity::Warning,
+            IoLatency {
+                device: "loop3".into(),
+                dev: "7:3".into(),
+                op: "write",
+                duration: Duration::from_millis(1500),
+                bytes: 4096,
+                sector: 8,
+                error: None,
+            }
+            .into_kind(),
+        );
+        e.node = Arc::from("node-1");
+        assert_eq!(
+            e.to_json(),
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"io_latency","severity":"warning","namespace":"","pod":"","netns":0,"source":"kernel","device":"loop3","dev":"7:3","op":"write","duration_seconds":1.5,"bytes":4096,"sector":8}"#
+        );
+        let kind = Softirq {
+            vec: "NET_RX",
+            stage: "delay",
+            duration: Duration::from_micros(12_500),
+            cpu: 1,
+        }
+        .into_kind();
+        assert_eq!(kind.type_name(), "softirq");
+        assert!(kind.flow().is_none());
     }
 
     #[test]

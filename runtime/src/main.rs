@@ -274,9 +274,16 @@ fn probes(output: Output) -> anyhow::Result<()> {
             text = serde_json::to_string_pretty(&v)? + "\n";
         }
         Output::Text => {
+            // The hooks column as wide as the longest list (three hooks are ~80 characters).
+            let hooks_width = rows
+                .iter()
+                .map(|(_, _, hooks, _)| hooks.join(",").len())
+                .max()
+                .unwrap_or(0)
+                .max(56);
             let line = |text: &mut String, cols: [&str; 4]| {
                 *text += &format!(
-                    "{:<14} {:<9} {:<56} {}\n",
+                    "{:<14} {:<9} {:<hooks_width$} {}\n",
                     cols[0], cols[1], cols[2], cols[3]
                 );
             };

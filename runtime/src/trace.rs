@@ -93,6 +93,8 @@ fn probes_config(script: &Script) -> anyhow::Result<ProbesConfig> {
         }
         probes.insert(name.to_string(), probe);
     }
+    // netstat is not a driver: it reads /proc, has no events, and a trace never needs it.
+    probes.insert("netstat".into(), serde_json::json!({ "enabled": false }));
     let config: ProbesConfig = serde_json::from_value(probes.into())
         .context("cannot configure the probes for the script")?;
     config.validate().map_err(anyhow::Error::msg)?;

@@ -49,6 +49,13 @@ fn metrics_pass_promtool_and_endpoints_answer() {
     ] {
         agent.wait_metric(name, &labels, 1.0, SETTLE_TIMEOUT);
     }
+    // The traffic ran NET_RX softirqs (on by default).
+    agent.wait_metric(
+        "sonde_softirq_duration_seconds_count",
+        &[("vec", "NET_RX")],
+        1.0,
+        SETTLE_TIMEOUT,
+    );
 
     // netstat (on by default, not eBPF) has read the pods' namespaces: its families are in
     // the exposition promtool checks below.
@@ -68,6 +75,8 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         "sonde_build_info",
         "sonde_tcp_connect_duration_seconds",
         "sonde_tcp_rtt_seconds",
+        "sonde_softirq_delay_seconds",
+        "sonde_softirq_duration_seconds",
     ] {
         assert!(
             body.contains(&format!("# TYPE {name} ")),
@@ -80,6 +89,8 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         "tcp_reset",
         "tcp_connect",
         "tcp_rtt",
+        "softirq",
+        "io_latency",
     ] {
         assert_eq!(
             agent.metric("sonde_probe_up", &[("probe", probe)]),

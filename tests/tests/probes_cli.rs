@@ -7,12 +7,15 @@ use std::process::Command;
 use sonde_tests::{run_sonde, sonde_bin, TempDir};
 
 /// Every probe of the catalogue, as `sonde probes` lists them.
-const CATALOGUE: [&str; 5] = [
+const CATALOGUE: &[&str] = &[
     "packet_drop",
     "tcp_retrans",
     "tcp_reset",
     "tcp_connect",
     "tcp_rtt",
+    "softirq",
+    "netdev_latency",
+    "io_latency",
 ];
 
 #[test]
@@ -23,7 +26,7 @@ fn probes_lists_catalogue_as_root() {
     );
     assert!(out.status.success(), "{}", out.stderr);
     let probes: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON output");
-    for name in CATALOGUE {
+    for &name in CATALOGUE {
         let p = probes
             .as_array()
             .unwrap()
@@ -61,7 +64,7 @@ fn probes_says_why_not_without_privileges() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in CATALOGUE {
+    for &name in CATALOGUE {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(name))

@@ -10,8 +10,11 @@
 //! [`netstat`] loads no program: it owns a thread that reads /proc/net in each pod's
 //! namespace, and [`Probes`] starts, reconfigures, stops and reports it beside the drivers.
 
+pub mod io_latency;
+pub mod netdev_latency;
 pub mod netstat;
 pub mod packet_drop;
+pub mod softirq;
 pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
@@ -176,6 +179,9 @@ pub struct ProbesConfig {
     pub tcp_rtt: tcp_rtt::Config,
     /// Not eBPF: reads /proc/net in each pod's namespace (see [`netstat`]).
     pub netstat: netstat::Config,
+    pub softirq: softirq::Config,
+    pub netdev_latency: netdev_latency::Config,
+    pub io_latency: io_latency::Config,
 }
 
 impl ProbesConfig {
@@ -183,6 +189,16 @@ impl ProbesConfig {
         DRIVERS.iter().try_for_each(|d| (d.validate)(self))?;
         netstat::validate(&self.netstat)
     }
+}
+
+/// A duration setting of a probe (`10ms`, `2s`, `1m`), its key named in the error.
+pub(crate) fn duration_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::plugin_host::manifest::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
 }
 
 /// Turns one ring buffer record into an event (not yet enriched).
@@ -219,6 +235,9 @@ pub const DRIVERS: &[Driver] = &[
     tcp_reset::DRIVER,
     tcp_connect::DRIVER,
     tcp_rtt::DRIVER,
+    softirq::DRIVER,
+    netdev_latency::DRIVER,
+    io_latency::DRIVER,
 ];
 
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus

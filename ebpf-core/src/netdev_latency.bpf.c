@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+/* netdev_latency: the transmit path of every interface, timed per packet between
+ * net/net_dev_queue (handed to the device's qdisc, or straight to the driver for noqueue
+ * devices such as veth), net/net_dev_start_xmit (handed to the driver) and net/net_dev_xmit
+ * (the driver returned). Qdisc and driver times go into log2 histograms per interface in the
+ * kernel; packets above a threshold become events.
+ *
+ * In-flight packets are keyed by skb address in an LRU hash: packets dropped by the qdisc
+ * never reach start_xmit and age out. Freed skbs' addresses are soon reused, so an entry also
+ * holds the skb's data buffer (head), and one whose head differs at start_xmit is someone
+ * else's. GSO segments made after net_dev_queue are new skbs, so they have a driver time but
+ * no qdisc time. The skb may be freed by the driver before net_dev_xmit fires: there only its
+ * address is used, never its contents. A packet sent through a stacked device (bond, vlan)
+ * is timed on the lower device; the upper one's driver time is not seen. */
+#include "sonde.bpf.h"
+#include "netdev_latency.h"
+
+SONDE_PARAMS
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct netdev_key);
+	__type(value, __u64);
+} netdevs SEC(".maps");
+
+/* Names of the interfaces that have counter slots, for the agent's `interface` label. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct netdev_iface);
+	__type(value, struct netdev_name);
+} ifnames SEC(".maps");
+
+/* An in-flight packet: when it reached the stage it is in, and its data buffer. */
+struct netdev_inflight {
+	__u64 since_ns;
+	__u64 head;
+};
+
+/* In-flight packets by skb address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct netdev_inflight);
+} inflight SEC(".maps");
+
+static __always_inline void iface_of(const struct net_device *dev, struct netdev_iface *i)
+{
+	i->netns = dev->nd_net.net->ns.inum;
+	i->ifindex = dev->ifindex;
+}
+
+static __always_inline void observe(const struct net_device *dev, __u8 stage, __u64 ns,
+				    __u32 len)
+{
+	struct netdev_key key = {};
+	struct netdev_event *e;
+	struct sonde_config *cfg;
+	__u64 one = 1, *v;
+
+	iface_of(dev, &key.iface);
+	key.kind = stage * 2;
+	key.slot = sonde_log2_slot(ns);
+	v = bpf_map_lookup_elem(&netdevs, &key);
+	if (v) {
+		*v += 1;
+	} else {
+		/* A new slot: (re)record the interface's name, cheaply, once per slot. */
+		struct netdev_name name = {};
+		bpf_probe_read_kernel_str(name.name, sizeof(name.name), dev->name);
+		bpf_map_update_elem(&ifnames, &key.iface, &name, BPF_ANY);
+		bpf_map_update_elem(&netdevs, &key, &one, BPF_NOEXIST);
+	}
+	key.kind = stage * 2 + 1;
+	key.slot = 0;
+	sonde_add(&netdevs, &key, ns);
+	if (ns < sonde_param(stage == NETDEV_STAGE_QUEUE ? NETDEV_PARAM_QUEUE_NS : NETDEV_PARAM_XMIT_NS))
+		return;
+	e = sonde_event_start(sizeof(*e), &cfg);
+	if (!e)
+		return;
+	e->duration_ns = ns;
+	e->netns = key.iface.netns;
+	e->ifindex = key.iface.ifindex;
+	e->len = len;
+	e->stage = stage;
+	bpf_probe_read_kernel_str(e->name, sizeof(e->name), dev->name);
+	sonde_submit(e, cfg);
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(net_dev_queue, struct sk_buff *skb)
+{
+	__u64 key = (__u64)skb;
+	struct netdev_inflight f = {};
+
+	f.since_ns = bpf_ktime_get_ns();
+	f.head = (__u64)skb->head;
+	bpf_map_update_elem(&inflight, &key, &f, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/net_dev_start_xmit")
+int BPF_PROG(net_dev_start_xmit, const struct sk_buff *skb, const struct net_device *dev)
+{
+	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), head = (__u64)skb->head;
+	struct netdev_inflight *queued, f = {};
+
+	queued = bpf_map_lookup_elem(&inflight, &key);
+	if (queued && queued->head == head) {
+		if (queued->since_ns <= now)
+			observe(dev, NETDEV_STAGE_QUEUE, now - queued->since_ns, skb->len);
+		queued->since_ns = now;
+	} else {
+		f.since_ns = now;
+		f.head = head;
+		bpf_map_update_elem(&inflight, &key, &f, BPF_ANY);
+	}
+	return 0;
+}
+
+SEC("tp_btf/net_dev_xmit")
+int BPF_PROG(net_dev_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
+{
+	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), start;
+	struct netdev_inflight *started;
+
+	started = bpf_map_lookup_elem(&inflight, &key);
+	if (!started)
+		return 0;
+	start = started->since_ns;
+	bpf_map_delete_elem(&inflight, &key);
+	if (start <= now)
+		observe(dev, NETDEV_STAGE_XMIT, now - start, len);
+	return 0;
+}

@@ -1,0 +1,160 @@
+//! `io_latency` collector: block request latency per disk and operation as a histogram
+//! bucketed in the kernel, and events for requests slower than `slowThreshold` (an IO hang).
+//! Disks are named from /sys/dev/block/MAJOR:MINOR (`vda`, `loop3`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ebpf_core::io_latency::{
+    dev_major_minor, op_name, Key, Record, KIND_BUCKET, KIND_SUM, PARAM_SLOW_NS, SPEC,
+};
+use ebpf_core::record::{log2_slot_bound_seconds, read_record};
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
+use serde::{Deserialize, Deserializer};
+
+use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
+use crate::event::{Event, IoLatency, Severity};
+
+/// `probes.io_latency` in the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    pub enabled: bool,
+    /// Requests at least this slow become events (`0ms`: every request).
+    #[serde(deserialize_with = "slow_threshold")]
+    pub slow_threshold: Duration,
+    pub events: EventsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: true,
+            slow_threshold: Duration::from_secs(1),
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+fn slow_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    super::duration_field(d, "slowThreshold")
+}
+
+pub const DRIVER: Driver = Driver {
+    spec: &SPEC,
+    settings,
+    validate: |c| c.io_latency.events.validate("io_latency"),
+    decoder,
+    sync,
+    snapshot,
+    table: None,
+};
+
+fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
+    let c = &c.io_latency;
+    c.enabled.then(|| {
+        let mut s = c.events.settings(false);
+        s.params[PARAM_SLOW_NS] = c.slow_threshold.as_nanos() as u64;
+        s
+    })
+}
+
+/// `major:minor` of a kernel dev_t.
+fn dev_string(dev: u32) -> String {
+    let (major, minor) = dev_major_minor(dev);
+    format!("{major}:{minor}")
+}
+
+/// Disk names by dev_t, looked up in /sys/dev/block once per disk.
+static NAMES: Mutex<Option<HashMap<u32, Arc<str>>>> = Mutex::new(None);
+
+/// The disk's name (the link /sys/dev/block/MAJOR:MINOR points to), or `major:minor`.
+fn device_name(dev: u32) -> Arc<str> {
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let names = names.get_or_insert_with(HashMap::new);
+    if let Some(name) = names.get(&dev) {
+        return Arc::clone(name);
+    }
+    let devt = dev_string(dev);
+    let name: Arc<str> = std::fs::read_link(format!("/sys/dev/block/{devt}"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or(devt)
+        .into();
+    // Loop devices come and go: keep the cache bounded.
+    if names.len() >= 4096 {
+        names.clear();
+    }
+    names.insert(dev, Arc::clone(&name));
+    name
+}
+
+fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    let ctx = Arc::clone(ctx);
+    Ok(Box::new(move |bytes| {
+        let r: Record = read_record(bytes)?;
+        let severity = if r.error != 0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        Some(Event::kernel(
+            ctx.clock.wall(r.timestamp_ns),
+            0,
+            severity,
+            IoLatency {
+                device: device_name(r.dev).to_string(),
+                dev: dev_string(r.dev),
+                op: op_name(r.op),
+                duration: Duration::from_nanos(r.duration_ns),
+                bytes: r.bytes,
+                sector: r.sector,
+                error: (r.error != 0).then_some(r.error),
+            }
+            .into_kind(),
+        ))
+    }))
+}
+
+fn key_id(k: &Key) -> u64 {
+    (k.dev as u64) << 32 | (k.op as u64) << 16 | (k.kind as u64) << 8 | k.slot as u64
+}
+
+fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
+    let current = probe.counters::<Key>()?;
+    for (key, gained) in deltas.update(current, key_id) {
+        let labels = vec![
+            ctx.node.to_string(),
+            device_name(key.dev).to_string(),
+            op_name(key.op).to_string(),
+        ];
+        match key.kind {
+            KIND_BUCKET => ctx
+                .metrics
+                .io_latency
+                .add_slot(labels, key.slot as usize, gained),
+            KIND_SUM => ctx.metrics.io_latency.add_sum_ns(labels, gained),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
+    Ok(probe
+        .counters::<Key>()?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let (dev, op) = (device_name(k.dev), op_name(k.op));
+            let key = match k.kind {
+                KIND_BUCKET => {
+                    format!("{dev}:{op}:le={}", log2_slot_bound_seconds(k.slot as usize))
+                }
+                KIND_SUM => format!("{dev}:{op}:sum_ns"),
+                _ => return None,
+            };
+            Some((0, key, v))
+        })
+        .collect())
+}
