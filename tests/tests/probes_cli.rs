@@ -4,7 +4,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use sonde_tests::{run_sonde, sonde_bin, TempDir};
+use sonde_tests::{poll_until, run_sonde, sonde_bin, TempDir, READY_TIMEOUT};
 
 /// Every probe of the catalogue, as `sonde probes` lists them.
 const CATALOGUE: &[&str] = &[
@@ -52,12 +52,21 @@ fn probes_says_why_not_without_privileges() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let out = Command::new(&bin)
-        .arg("probes")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run sonde probes as nobody");
+    // Another test thread forking while the copy was open for writing holds it open until its
+    // child execs: exec fails with ETXTBSY until then.
+    let out = poll_until(
+        READY_TIMEOUT,
+        "the copy to be executable",
+        || match Command::new(&bin)
+            .arg("probes")
+            .uid(65534)
+            .gid(65534)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            other => Some(other.expect("run sonde probes as nobody")),
+        },
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -117,12 +126,21 @@ fn netstat_explains_itself() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let out = Command::new(&bin)
-        .arg("probes")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run sonde probes as nobody");
+    // Another test thread forking while the copy was open for writing holds it open until its
+    // child execs: exec fails with ETXTBSY until then.
+    let out = poll_until(
+        READY_TIMEOUT,
+        "the copy to be executable",
+        || match Command::new(&bin)
+            .arg("probes")
+            .uid(65534)
+            .gid(65534)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            other => Some(other.expect("run sonde probes as nobody")),
+        },
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = stdout.lines().skip_while(|l| !l.starts_with("netstat"));
     let row = lines
