@@ -142,11 +142,33 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Parses a duration as people write one: a number (decimals allowed) and a unit, `ms`, `s`,
+/// `m` or `h`: `250ms`, `1.5s`, `10m`. Zero is allowed (some thresholds mean "everything").
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("{s:?} needs a unit: ms, s, m or h (e.g. 5s)")),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
+    std::time::Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{s:?} is out of range"))
+}
+
 /// Deserializes a duration written `250ms`, `2s` or `1m` (for config fields; serde's error
 /// names the key and line).
 pub fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
     let s = <String as serde::Deserialize>::deserialize(d)?;
-    crate::plugin_host::manifest::parse_duration(&s).map_err(serde::de::Error::custom)
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

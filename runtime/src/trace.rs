@@ -468,25 +468,9 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
 
 /// Parses a duration: a number with a unit, `ms`, `s`, `m` or `h` (`500ms`, `5s`, `1.5m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let scale = match unit {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "" => return Err(format!("{s:?} needs a unit: ms, s, m or h (e.g. 5s)")),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
-    let d = Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{s:?} is out of range"))?;
+    let d = crate::config::parse_duration(s)?;
     if d.is_zero() {
-        return Err(format!("{s:?} must be more than zero"));
+        return Err(format!("{:?} must be more than zero", s.trim()));
     }
     Ok(d)
 }

@@ -145,23 +145,8 @@ impl Default for Limits {
     }
 }
 
-/// Parses `100ms`, `2s`, `1m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .ok_or_else(|| format!("{s:?} needs a unit (ms, s or m)"))?;
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 100ms or 2s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
-    }
-}
+/// Durations in manifests are written as in the agent config (`100ms`, `2s`, `1m`).
+pub use crate::config::parse_duration;
 
 fn call_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -383,6 +368,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("2").is_err());
-        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("2d").is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 }
