@@ -302,6 +302,16 @@ fn runtime_error_names_line_and_column() {
 }
 
 #[test]
+fn a_handler_for_a_probe_without_events_is_refused_with_the_reason() {
+    let done = run_sonde(&["trace", "-e", "fn on_tcp_rtt(e) { }"], FINISH_TIMEOUT);
+    assert_eq!(done.status.code(), Some(1), "stderr: {}", done.stderr);
+    assert_eq!(
+        done.stderr.trim_end(),
+        "sonde trace: on_tcp_rtt: the tcp_rtt probe has no events (it keeps metrics and a table)"
+    );
+}
+
+#[test]
 fn unknown_handler_is_named() {
     let done = run_sonde(&["trace", "-e", "fn on_foo(e) { }"], FINISH_TIMEOUT);
     assert_eq!(done.status.code(), Some(1), "stderr: {}", done.stderr);
