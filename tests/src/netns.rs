@@ -121,6 +121,17 @@ pub struct PodPair {
 }
 
 impl PodPair {
+    /// A pair whose pod B drops IPv4 UDP to `port` (an iptables DROP rule in B): the test
+    /// suite's known source of drops.
+    pub fn dropping_udp(port: u16) -> PodPair {
+        let pods = PodPair::new();
+        pods.b.iptables(
+            IpFamily::V4,
+            &format!("-A INPUT -p udp --dport {port} -j DROP"),
+        );
+        pods
+    }
+
     /// Pods `sonde-t-<suffix>-a` and `-b` on subnet 198.18.N.0/24 and fd00:5d:0:N::/64, with N
     /// different for every pair this process makes (the benchmark range 198.18.0.0/15 and a ULA
     /// prefix: nothing outside our namespaces uses them).

@@ -13,11 +13,7 @@ const PORT: u16 = 9999;
 const DROPS: &str = "sonde_packet_drops_total";
 
 fn drop_pods() -> (PodPair, SocketAddr) {
-    let pods = PodPair::new();
-    pods.b.iptables(
-        IpFamily::V4,
-        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
-    );
+    let pods = PodPair::dropping_udp(PORT);
     let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
     (pods, dst)
 }

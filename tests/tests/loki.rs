@@ -107,20 +107,11 @@ fn agent(loki: SocketAddr, extra: &str) -> Agent {
     ))
 }
 
-fn drop_pods() -> PodPair {
-    let pods = PodPair::new();
-    pods.b.iptables(
-        IpFamily::V4,
-        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
-    );
-    pods
-}
-
 #[test]
 fn drops_arrive_in_loki_streams_exactly_even_through_failures() {
     // The first three pushes fail: the sink retries them, losing nothing.
     let receiver = Receiver::start(free_local_addr(), 3);
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent(receiver.addr, "");
     agent.wait_ready(READY_TIMEOUT);
     let src = pods.a_end.ip(IpFamily::V4);
@@ -163,7 +154,7 @@ fn drops_arrive_in_loki_streams_exactly_even_through_failures() {
 fn loki_away_costs_at_most_max_buffer_events_the_oldest() {
     // Nothing listens at the address at first: every push fails.
     let addr = free_local_addr();
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent(
         addr,
         "    maxBuffer: 100\n    batchSize: 50\n    maxBackoff: 1s\n",

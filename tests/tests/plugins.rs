@@ -23,16 +23,6 @@ fn agent_with_plugins(plugins: &Path) -> Agent {
     ))
 }
 
-/// Pods A and B, with B dropping UDP to PORT.
-fn drop_pods() -> PodPair {
-    let pods = PodPair::new();
-    pods.b.iptables(
-        IpFamily::V4,
-        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
-    );
-    pods
-}
-
 fn plugins_api(agent: &Agent) -> Vec<Value> {
     let (status, body) = agent.get("/api/v1/plugins");
     assert_eq!(status, 200, "{body}");
@@ -74,7 +64,7 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
             &spec,
         );
     }
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent_with_plugins(dir.path());
     agent.wait_ready(READY_TIMEOUT);
 
@@ -171,7 +161,7 @@ fn bundles_hot_reload_and_broken_versions_are_refused() {
     let bundle = dir.path().join("counter");
     let spec = "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n";
     write_bundle(&bundle, "counter", &module, spec);
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent_with_plugins(dir.path());
     agent.wait_ready(READY_TIMEOUT);
     let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
@@ -423,7 +413,7 @@ fn swapping_a_plugin_under_load_loses_nothing_for_the_others() {
     };
     let spec = "  subscribe: [packet_drop]\n  config: {mode: idle}\n";
     write_bundle(&swapper, "swapper", &versioned(0), spec);
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent_with_plugins(dir.path());
     agent.wait_ready(READY_TIMEOUT);
     let version =
@@ -501,7 +491,7 @@ fn large_batches_are_split_to_the_plugins_batch_limit() {
     let dir = TempDir::new();
     let spec = "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n  limits: {batch: 7}\n";
     write_bundle(&dir.path().join("counter"), "counter", &module, spec);
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent_with_plugins(dir.path());
     agent.wait_ready(READY_TIMEOUT);
     send_udp(
@@ -546,7 +536,7 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
         );
         write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
     }
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = Agent::spawn_yaml(&format!(
         "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
          tcp_reset:\n    events: {{enabled: true, ratePerCpu: 0}}\n  \

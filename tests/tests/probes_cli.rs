@@ -43,30 +43,7 @@ fn probes_lists_catalogue_as_root() {
 
 #[test]
 fn probes_says_why_not_without_privileges() {
-    // A copy that user `nobody` may execute, wherever the checkout lives.
-    let dir = TempDir::new();
-    let bin = dir.path().join("sonde");
-    std::fs::copy(sonde_bin(), &bin).expect("copy the agent binary");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    // Another test thread forking while the copy was open for writing holds it open until its
-    // child execs: exec fails with ETXTBSY until then.
-    let out = poll_until(
-        READY_TIMEOUT,
-        "the copy to be executable",
-        || match Command::new(&bin)
-            .arg("probes")
-            .uid(65534)
-            .gid(65534)
-            .output()
-        {
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
-            other => Some(other.expect("run sonde probes as nobody")),
-        },
-    );
+    let out = probes_as_nobody();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -118,29 +95,7 @@ fn netstat_explains_itself() {
         "{netstat}"
     );
 
-    let dir = TempDir::new();
-    let bin = dir.path().join("sonde");
-    std::fs::copy(sonde_bin(), &bin).expect("copy the agent binary");
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    // Another test thread forking while the copy was open for writing holds it open until its
-    // child execs: exec fails with ETXTBSY until then.
-    let out = poll_until(
-        READY_TIMEOUT,
-        "the copy to be executable",
-        || match Command::new(&bin)
-            .arg("probes")
-            .uid(65534)
-            .gid(65534)
-            .output()
-        {
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
-            other => Some(other.expect("run sonde probes as nobody")),
-        },
-    );
+    let out = probes_as_nobody();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = stdout.lines().skip_while(|l| !l.starts_with("netstat"));
     let row = lines
@@ -152,4 +107,31 @@ fn netstat_explains_itself() {
         why.contains("why not: cannot enter network namespaces") && why.contains("CAP_SYS_ADMIN"),
         "{stdout}"
     );
+}
+
+/// `sonde probes` run as user `nobody`, from a copy it may execute wherever the checkout lives.
+fn probes_as_nobody() -> std::process::Output {
+    let dir = TempDir::new();
+    let bin = dir.path().join("sonde");
+    std::fs::copy(sonde_bin(), &bin).expect("copy the agent binary");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // Another test thread forking while the copy was open for writing holds it open until its
+    // child execs: exec fails with ETXTBSY until then.
+    poll_until(
+        READY_TIMEOUT,
+        "the copy to be executable",
+        || match Command::new(&bin)
+            .arg("probes")
+            .uid(65534)
+            .gid(65534)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            other => Some(other.expect("run sonde probes as nobody")),
+        },
+    )
 }

@@ -36,16 +36,6 @@ fn agent(plugins: &Path) -> Agent {
     ))
 }
 
-/// Pods A and B, with B dropping UDP to PORT.
-fn drop_pods() -> PodPair {
-    let pods = PodPair::new();
-    pods.b.iptables(
-        IpFamily::V4,
-        &format!("-A INPUT -p udp --dport {PORT} -j DROP"),
-    );
-    pods
-}
-
 fn plugin_status(agent: &Agent, name: &str) -> Option<Value> {
     let (status, body) = agent.get("/api/v1/plugins");
     assert_eq!(status, 200, "{body}");
@@ -59,7 +49,7 @@ fn resident_script_counts_emits_and_survives_reload() {
     let bundle = dir.path().join("drops");
     let spec = "  subscribe: [packet_drop]\n  capabilities: [metrics, events]\n";
     write_script_bundle(&bundle, "drop-counter", COUNTER, spec);
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent(dir.path());
     agent.wait_ready(READY_TIMEOUT);
     let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
@@ -161,7 +151,7 @@ fn failing_scripts_are_quarantined_and_the_others_lose_nothing() {
         "fn on_packet_drop(e) { emit(\"x\", #{}); }\n",
         "  subscribe: [packet_drop]\n",
     );
-    let pods = drop_pods();
+    let pods = PodPair::dropping_udp(PORT);
     let agent = agent(dir.path());
     agent.wait_ready(READY_TIMEOUT);
     let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
