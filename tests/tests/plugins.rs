@@ -838,17 +838,7 @@ fn bundles_become_configmaps_that_mount_back_into_bundles() {
     );
     // Mounted: each key a file.
     let mounted = TempDir::new();
-    for (k, v) in cm["data"].as_mapping().expect("data") {
-        std::fs::write(
-            mounted.path().join(k.as_str().unwrap()),
-            v.as_str().unwrap(),
-        )
-        .unwrap();
-    }
-    for (k, v) in cm["binaryData"].as_mapping().expect("binaryData") {
-        let bytes = unbase64(v.as_str().unwrap());
-        std::fs::write(mounted.path().join(k.as_str().unwrap()), bytes).unwrap();
-    }
+    mount_configmap(&cm, mounted.path());
     let module = std::fs::read(bundle.join("retrans_storm.wasm")).unwrap();
     assert_eq!(
         std::fs::read(mounted.path().join("retrans_storm.wasm")).unwrap(),
@@ -891,4 +881,58 @@ fn bundles_become_configmaps_that_mount_back_into_bundles() {
         "{}",
         warned.stderr
     );
+}
+
+/// Writes a ConfigMap's keys as files in `dir`, as kubelet mounts them.
+fn mount_configmap(cm: &serde_yaml::Value, dir: &Path) {
+    if let Some(data) = cm["data"].as_mapping() {
+        for (k, v) in data {
+            std::fs::write(dir.join(k.as_str().unwrap()), v.as_str().unwrap()).unwrap();
+        }
+    }
+    if let Some(binary) = cm["binaryData"].as_mapping() {
+        for (k, v) in binary {
+            std::fs::write(dir.join(k.as_str().unwrap()), unbase64(v.as_str().unwrap())).unwrap();
+        }
+    }
+}
+
+/// The ready ConfigMaps in deploy/examples are bundles the agent accepts once mounted.
+#[test]
+fn deploy_examples_are_configmaps_of_valid_bundles() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).expect("deploy/examples") {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with(".configmap.yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cm: serde_yaml::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(cm["apiVersion"], "v1", "{}", path.display());
+        assert_eq!(cm["kind"], "ConfigMap", "{}", path.display());
+        let name = cm["metadata"]["labels"]["sonde.dev/bundle"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no sonde.dev/bundle label", path.display()));
+        let mounted = TempDir::new();
+        mount_configmap(&cm, mounted.path());
+        let check = run_sonde(
+            &["plugin", "check", &mounted.path().display().to_string()],
+            READY_TIMEOUT,
+        );
+        assert!(
+            check.status.success(),
+            "{}: {}",
+            path.display(),
+            check.stderr
+        );
+        assert!(
+            check.stdout.contains(&format!(" {name} is valid")),
+            "{}",
+            check.stdout
+        );
+        seen += 1;
+    }
+    assert!(seen >= 4, "{seen} examples");
 }
