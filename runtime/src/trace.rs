@@ -86,15 +86,7 @@ fn probes_config(script: &Script) -> anyhow::Result<ProbesConfig> {
             "enabled": true,
             "events": {"enabled": true, "ratePerCpu": 0, "ringBufferSize": RING_BUFFER_SIZE},
         });
-        // A probe that keeps only metrics and a table (tcp_rtt) has no `events` to hand over.
-        let alone = serde_json::json!({ name: probe.clone() });
-        if let Err(e) = serde_json::from_value::<ProbesConfig>(alone) {
-            if e.to_string().contains("unknown field `events`") {
-                anyhow::bail!(
-                    "on_{name}: the {name} probe has no events (it keeps metrics and a table)"
-                );
-            }
-        }
+
         for (field, probe_name, option) in FIELD_OPTIONS {
             if *probe_name == name && script.mentions_field(field) {
                 probe[*option] = true.into();
@@ -306,7 +298,7 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
     let output = opts.output;
     // In JSON mode stdout carries only the document; what the script prints goes to stderr.
     let print: Printer = Arc::new(move |s| write_out(output == Format::Json, s));
-    let probe_names: Vec<&'static str> = DRIVERS.iter().map(|d| d.spec.name).collect();
+    let probe_names = crate::probes::event_probes();
     let mut script = Script::compile(
         &opts.source,
         &opts.origin,

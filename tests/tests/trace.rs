@@ -307,7 +307,7 @@ fn a_handler_for_a_probe_without_events_is_refused_with_the_reason() {
     assert_eq!(done.status.code(), Some(1), "stderr: {}", done.stderr);
     assert_eq!(
         done.stderr.trim_end(),
-        "sonde trace: on_tcp_rtt: the tcp_rtt probe has no events (it keeps metrics and a table)"
+        "sonde trace: -e: on_tcp_rtt: the tcp_rtt probe has no events (it keeps metrics and a table)"
     );
 }
 

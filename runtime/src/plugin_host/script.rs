@@ -339,9 +339,9 @@ fn printer(name: &str) -> Printer {
     })
 }
 
-/// The probes a script may handle: every probe the agent has.
+/// The probes a script may handle: every probe that has events.
 fn probe_names() -> Vec<&'static str> {
-    crate::probes::DRIVERS.iter().map(|d| d.spec.name).collect()
+    crate::probes::event_probes()
 }
 
 /// Compiles a script bundle and checks that its handlers are for probes it subscribes to.

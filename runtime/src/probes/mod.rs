@@ -228,6 +228,20 @@ pub type TableReader = fn(&LoadedProbe, &Context) -> Result<Vec<serde_json::Valu
 /// One in-kernel counter: (netns, key, total).
 pub type CounterRow = (u32, String, u64);
 
+/// The probes that hand over events (every driver but those that keep only metrics and a
+/// table, such as tcp_rtt): what scripts can have `on_<probe>` handlers for. A probe has
+/// events when its config takes an `events` block.
+pub fn event_probes() -> Vec<&'static str> {
+    DRIVERS
+        .iter()
+        .map(|d| d.spec.name)
+        .filter(|name| {
+            let config = serde_json::json!({ *name: { "events": { "enabled": true } } });
+            serde_json::from_value::<ProbesConfig>(config).is_ok()
+        })
+        .collect()
+}
+
 /// Every collector, one per probe of the catalogue.
 pub const DRIVERS: &[Driver] = &[
     packet_drop::DRIVER,

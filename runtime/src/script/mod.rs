@@ -616,6 +616,12 @@ fn check_handlers(ast: &AST, probes: &[&'static str]) -> Result<(Handlers, Handl
                     arity(1, &format!("{}(e)", f.name))?;
                     fns.push((*probe, Arc::from(f.name)));
                 }
+                None if crate::probes::DRIVERS.iter().any(|d| d.spec.name == what) => {
+                    return Err(format!(
+                        "{}: the {what} probe has no events (it keeps metrics and a table)",
+                        f.name
+                    ));
+                }
                 None => {
                     return Err(format!(
                         "unknown handler {}: there is no probe named {what:?}; the handlers are {}",
