@@ -39,9 +39,7 @@ impl Default for Config {
 
 /// `slowThreshold`: a duration written `200ms`, `2s` or `1m`.
 fn slow_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::plugin_host::manifest::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("slowThreshold: {e}")))
+    super::duration_field(d, "slowThreshold")
 }
 
 pub const DRIVER: Driver = Driver {

@@ -36,9 +36,7 @@ impl Default for Config {
 }
 
 fn sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::plugin_host::manifest::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("sampleInterval: {e}")))
+    super::duration_field(d, "sampleInterval")
 }
 
 fn validate(c: &ProbesConfig) -> Result<(), String> {

@@ -95,9 +95,7 @@ impl Default for Config {
 }
 
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::plugin_host::manifest::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("interval: {e}")))
+    crate::probes::duration_field(d, "interval")
 }
 
 pub fn validate(c: &Config) -> Result<(), String> {
