@@ -1,0 +1,314 @@
+//! `iperf-bench`: what Sonde's probes cost a TCP bulk transfer, printed as Markdown for
+//! docs/benchmarks.md.
+//!
+//! iperf3 runs between two pods (network namespaces) for a fixed time, once per configuration
+//! in turn, round after round, so that all configurations see the same machine state:
+//! - `none`: no agent at all;
+//! - `default`: `sonde run` on the embedded default config (the probes that are on by default);
+//! - `all`: the default config with every probe of the catalogue switched on.
+//!
+//! For each it reports the median throughput, the iperf3 sender's and receiver's CPU, and the
+//! agent's CPU. Then, with the kernel's BPF run-time statistics on (they add a little to every
+//! program run, so they stay off while throughput is measured), one more `all` transfer gives
+//! each program's cost per run and its runs per second under this load.
+//!
+//! `cargo build --release -p sonde && cargo run --release -p sonde-tests --bin iperf-bench`
+//! (as root, iperf3 installed). Options: `--duration SECS` (each transfer, default 10),
+//! `--repeat N` (rounds, default 5), `--parallel N` (iperf3 streams, default 1).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sonde_tests::bench::{
+    cpu_seconds, median, positive_number, program_stats, programs_of, require_root_and_sonde,
+    Machine, RunTimeStats,
+};
+use sonde_tests::{Agent, IpFamily, PodPair, READY_TIMEOUT};
+
+/// iperf3's port in pod B.
+const PORT: u16 = 5201;
+/// The embedded default config, as `sonde run` without `--config` uses it.
+const DEFAULT_CONFIG: &str = include_str!("../../../runtime/src/default.yaml");
+
+struct Options {
+    duration: u64,
+    repeat: usize,
+    parallel: u32,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut options = Options {
+        duration: 10,
+        repeat: 5,
+        parallel: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration" => options.duration = positive_number(&mut args, "--duration")?,
+            "--repeat" => options.repeat = positive_number(&mut args, "--repeat")?,
+            "--parallel" => options.parallel = positive_number(&mut args, "--parallel")?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() {
+    let options = match parse_options().and_then(|o| require_root_and_sonde().map(|()| o)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("iperf-bench: {e}");
+            eprintln!("usage: iperf-bench [--duration SECS] [--repeat N] [--parallel N]");
+            std::process::exit(2);
+        }
+    };
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        eprintln!("iperf-bench: iperf3 is not installed (apt-get install iperf3)");
+        std::process::exit(2);
+    }
+    let machine = Machine::read();
+    let pods = PodPair::new();
+    let server = IperfServer::start(&pods);
+    let configs = [
+        ("none", None),
+        ("default", Some(DEFAULT_CONFIG.to_string())),
+        ("all", Some(all_probes_config())),
+    ];
+
+    let mut runs: BTreeMap<&str, Vec<Transfer>> = BTreeMap::new();
+    for round in 0..options.repeat {
+        for (name, config) in &configs {
+            let agent = config.as_deref().map(start);
+            let transfer = transfer(&pods, &options, agent.as_ref());
+            eprintln!(
+                "iperf-bench: round {} {name}: {:.2} Gbit/s",
+                round + 1,
+                transfer.gbits
+            );
+            runs.entry(name).or_default().push(transfer);
+        }
+    }
+    let costs = program_costs(&pods, &options, &all_probes_config());
+    drop(server);
+
+    print_report(&machine, &options, &configs.map(|(n, _)| n), &runs, &costs);
+}
+
+/// The default config with every probe of the catalogue (and netstat) switched on.
+fn all_probes_config() -> String {
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
+    let probes = config["probes"]
+        .as_mapping_mut()
+        .expect("the default config has probes");
+    for spec in ebpf_core::CATALOGUE {
+        let entry = probes
+            .entry(spec.name.into())
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        entry["enabled"] = true.into();
+    }
+    serde_yaml::to_string(&config).unwrap()
+}
+
+fn start(config: &str) -> Agent {
+    // The node name and address come from the test harness; the listen address in the
+    // default config is replaced by the harness's --listen.
+    let agent = Agent::spawn_yaml(config);
+    agent.wait_ready(READY_TIMEOUT);
+    agent
+}
+
+/// `iperf3 -s` in pod B, killed when dropped.
+struct IperfServer(Child);
+
+impl IperfServer {
+    fn start(pods: &PodPair) -> IperfServer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", pods.b.name(), "iperf3", "-s", "-p"])
+            .arg(PORT.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start iperf3 -s");
+        // The server is up once a connect to its port succeeds.
+        let addr = std::net::SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let up = || {
+            sonde_tests::in_netns(pods.a.name(), || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+        };
+        while !up() {
+            assert!(
+                Instant::now() < deadline,
+                "iperf3 -s did not start in pod B"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        IperfServer(child)
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One transfer and what it cost.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    gbits: f64,
+    /// iperf3's own CPU use, percent of one CPU, sender and receiver.
+    sender_cpu: f64,
+    receiver_cpu: f64,
+    /// The agent's CPU, percent of one CPU over the transfer.
+    agent_cpu: f64,
+}
+
+fn transfer(pods: &PodPair, options: &Options, agent: Option<&Agent>) -> Transfer {
+    let agent_before = agent.map(|a| cpu_seconds(a.pid()));
+    let started = Instant::now();
+    let json = iperf_client(pods, options);
+    let elapsed = started.elapsed().as_secs_f64();
+    let agent_cpu = match (agent, agent_before) {
+        (Some(a), Some(before)) => (cpu_seconds(a.pid()) - before) / elapsed * 100.0,
+        _ => 0.0,
+    };
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(&json, |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or_else(|| panic!("iperf3 -J has no {}", path.join(".")))
+    };
+    Transfer {
+        gbits: number(&["end", "sum_received", "bits_per_second"]) / 1e9,
+        sender_cpu: number(&["end", "cpu_utilization_percent", "host_total"]),
+        receiver_cpu: number(&["end", "cpu_utilization_percent", "remote_total"]),
+        agent_cpu,
+    }
+}
+
+/// `iperf3 -c B -J` from pod A; its JSON report.
+fn iperf_client(pods: &PodPair, options: &Options) -> Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", pods.a.name(), "iperf3", "-J", "-c"])
+        .arg(pods.b_end.ip(IpFamily::V4).to_string())
+        .args(["-p", &PORT.to_string()])
+        .args(["-t", &options.duration.to_string()])
+        .args(["-P", &options.parallel.to_string()])
+        .output()
+        .expect("cannot run iperf3 -c");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 -c gave no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    if let Some(error) = json["error"].as_str() {
+        panic!("iperf3 -c failed: {error}");
+    }
+    json
+}
+
+/// Per program of the agent running every probe: (ns per run, runs per second) during one
+/// transfer, from the kernel's run-time statistics.
+fn program_costs(pods: &PodPair, options: &Options, config: &str) -> BTreeMap<String, (f64, f64)> {
+    let agent = start(config);
+    let ids = programs_of(agent.pid());
+    let names = program_names(&ids);
+    let stats = RunTimeStats::enable();
+    let before = program_stats(&ids);
+    let started = Instant::now();
+    iperf_client(pods, options);
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = program_stats(&ids);
+    drop(stats);
+    let mut costs = BTreeMap::new();
+    for id in &ids {
+        let (Some((t0, n0)), Some((t1, n1))) = (before.get(id), after.get(id)) else {
+            continue;
+        };
+        let runs = n1 - n0;
+        let ns = if runs == 0 {
+            f64::NAN
+        } else {
+            (t1 - t0) as f64 / runs as f64
+        };
+        let name = names.get(id).cloned().unwrap_or_else(|| format!("id {id}"));
+        costs.insert(name, (ns, runs as f64 / elapsed));
+    }
+    costs
+}
+
+/// `probe/program` for each program id: the kernel keeps 15 characters of a program's name,
+/// so it is matched against the catalogue's hooks.
+fn program_names(ids: &HashSet<u32>) -> HashMap<u32, String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| ids.contains(&info.id()))
+        .map(|info| {
+            let kernel = info.name_as_str().unwrap_or("").to_string();
+            let name = ebpf_core::CATALOGUE
+                .iter()
+                .flat_map(|spec| spec.hooks.iter().map(move |h| (spec.name, h.program)))
+                .find(|(_, program)| !kernel.is_empty() && program.starts_with(&kernel))
+                .map(|(probe, program)| format!("{probe}/{program}"))
+                .unwrap_or(kernel);
+            (info.id(), name)
+        })
+        .collect()
+}
+
+fn print_report(
+    machine: &Machine,
+    options: &Options,
+    order: &[&str],
+    runs: &BTreeMap<&str, Vec<Transfer>>,
+    costs: &BTreeMap<String, (f64, f64)>,
+) {
+    machine.print_first_rows();
+    println!("| sonde | {} ({}) |", machine.sonde_version, machine.source);
+    println!(
+        "| transfer | iperf3 TCP, {} stream(s), {} s, {} rounds |\n",
+        options.parallel, options.duration, options.repeat
+    );
+    let baseline = median(runs["none"].iter().map(|t| t.gbits).collect());
+    println!("### iperf3 between two pods\n");
+    println!("| probes | throughput (median) | range | vs none | sender CPU | receiver CPU | agent CPU |");
+    println!("|---|---|---|---|---|---|---|");
+    for name in order {
+        let transfers = &runs[name];
+        let gbits: Vec<f64> = transfers.iter().map(|t| t.gbits).collect();
+        let lo = gbits.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = gbits.iter().copied().fold(0.0, f64::max);
+        let med = median(gbits);
+        let pick = |f: fn(&Transfer) -> f64| median(transfers.iter().map(f).collect());
+        println!(
+            "| {name} | {med:.2} Gbit/s | {lo:.2}–{hi:.2} | {:+.1} % | {:.0} % | {:.0} % | {:.1} % |",
+            (med / baseline - 1.0) * 100.0,
+            pick(|t| t.sender_cpu),
+            pick(|t| t.receiver_cpu),
+            pick(|t| t.agent_cpu),
+        );
+    }
+    println!("\n### Kernel cost per program under the transfer (every probe on)\n");
+    println!("| program | ns per run | runs per second |");
+    println!("|---|---|---|");
+    for (name, (ns, rate)) in costs {
+        let ns = if ns.is_nan() {
+            "no runs".to_string()
+        } else {
+            format!("{ns:.0}")
+        };
+        println!(
+            "| {name} | {ns} | {} |",
+            sonde_tests::bench::thousands(*rate)
+        );
+    }
+}
