@@ -7,7 +7,8 @@
 //! - an interface made after the agent started is attached, one deleted is detached, and a
 //!   new `interfaces` list applies live;
 //! - a table of 16 rows evicts when 64 flows pass, and the eviction counter says so;
-//! - `/api/v1/flows` shows a kept-open TCP flow with its RTT from `tcp_rtt`.
+//! - `/api/v1/flows` shows a kept-open TCP flow with its RTT from `tcp_rtt`, and a plugin
+//!   reads the same table through `maps.flows` (the test plugin's `flows` mode).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::{
-    bulk_transfer, in_netns, poll_until, try_poll_until, Agent, IpFamily, NodePods, READY_TIMEOUT,
-    SETTLE_TIMEOUT,
+    bulk_transfer, in_netns, poll_until, try_poll_until, wasm_module, write_bundle, Agent,
+    IpFamily, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const BYTES: &str = "sonde_flow_bytes_total";
@@ -219,9 +220,21 @@ fn flows(agent: &Agent) -> Vec<Value> {
 }
 
 #[test]
-fn api_shows_the_flow_with_its_rtt() {
+fn api_and_plugins_show_the_flow_with_its_rtt() {
     let node = NodePods::new(2);
-    let agent = Agent::spawn_yaml(&agent_yaml(&[node.interface_pattern()], 65536));
+    let plugins = TempDir::new();
+    write_bundle(
+        &plugins.path().join("flows"),
+        "flow-reader",
+        &wasm_module("hostile-plugin"),
+        "  subscribe: []\n  config: {mode: flows}\n  capabilities: [metrics, maps]\n",
+    );
+    let yaml = format!(
+        "{}plugins:\n  dirs: [{}]\n",
+        agent_yaml(&[node.interface_pattern()], 65536),
+        plugins.path().display()
+    );
+    let agent = Agent::spawn_yaml(&yaml);
     agent.wait_ready(READY_TIMEOUT);
     let (a, b) = (&node.pods[0], &node.pods[1]);
     wait_attached(&agent, &[&a.host_if, &b.host_if]);
@@ -256,4 +269,16 @@ fn api_shows_the_flow_with_its_rtt() {
     assert!(row["packets"].as_u64().unwrap() >= 20, "{row}");
     let srtt = row["srtt_seconds"].as_f64().unwrap();
     assert!(srtt > 0.0 && srtt < 1.0, "{row}");
+
+    // The plugin's view of the same table, read on its ticks: the bytes of the pair's rows
+    // (here one connection) and its RTT.
+    let pair = [("src_pod", a.name()), ("dst_pod", b.name())];
+    let bytes = [
+        ("src_pod", a.name()),
+        ("dst_pod", b.name()),
+        ("protocol", "tcp"),
+    ];
+    agent.wait_metric("sonde_test_flow_bytes", &bytes, 20.0, SETTLE_TIMEOUT);
+    let rtt = agent.wait_metric("sonde_test_flow_srtt_seconds", &pair, 1e-9, SETTLE_TIMEOUT);
+    assert!(rtt < 1.0, "plugin saw an RTT of {rtt} s");
 }

@@ -417,6 +417,8 @@ pub struct FlowEntry {
     pub interface: String,
     /// Smoothed RTT of a TCP flow when `tcp_rtt` tracks one of its ends (the source's first).
     pub srtt_seconds: Option<f64>,
+    #[serde(skip)]
+    pub srtt_ns: Option<u64>,
 }
 
 /// Address and ports of one end of a TCP connection, then of the other.
@@ -449,7 +451,7 @@ pub fn entries(
                 (6, Some(s), Some(d)) => rtt
                     .get(&(s, t.sport, d, t.dport))
                     .or_else(|| rtt.get(&(d, t.dport, s, t.sport)))
-                    .map(|us| *us as f64 / 1e6),
+                    .map(|us| *us as u64 * 1000),
                 _ => None,
             };
             let last = ctx.clock.wall(row.last_ns);
@@ -480,7 +482,8 @@ pub fn entries(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64),
                 interface,
-                srtt_seconds: srtt,
+                srtt_seconds: srtt.map(|ns| ns as f64 / 1e9),
+                srtt_ns: srtt,
             }
         })
         .collect())
