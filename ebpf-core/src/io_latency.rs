@@ -9,16 +9,8 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: "io_latency",
     description: "block I/O request latency per disk and operation; slow requests (IO hangs)",
     hooks: &[
-        Hook {
-            program: "block_rq_issue",
-            tracepoint: "block_rq_issue",
-            category: "block",
-        },
-        Hook {
-            program: "block_rq_complete",
-            tracepoint: "block_rq_complete",
-            category: "block",
-        },
+        Hook::tp_btf("block_rq_issue", "block", "block_rq_issue"),
+        Hook::tp_btf("block_rq_complete", "block", "block_rq_complete"),
     ],
     counter_map: "ios",
     object: aya::include_bytes_aligned!("io_latency.bpf.o"),

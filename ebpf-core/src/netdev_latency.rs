@@ -9,21 +9,9 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: "netdev_latency",
     description: "transmit latency per interface: time in the qdisc and in the driver",
     hooks: &[
-        Hook {
-            program: "net_dev_queue",
-            tracepoint: "net_dev_queue",
-            category: "net",
-        },
-        Hook {
-            program: "net_dev_start_xmit",
-            tracepoint: "net_dev_start_xmit",
-            category: "net",
-        },
-        Hook {
-            program: "net_dev_xmit",
-            tracepoint: "net_dev_xmit",
-            category: "net",
-        },
+        Hook::tp_btf("net_dev_queue", "net", "net_dev_queue"),
+        Hook::tp_btf("net_dev_start_xmit", "net", "net_dev_start_xmit"),
+        Hook::tp_btf("net_dev_xmit", "net", "net_dev_xmit"),
     ],
     counter_map: "netdevs",
     object: aya::include_bytes_aligned!("netdev_latency.bpf.o"),

@@ -9,11 +9,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: "packet_drop",
     description:
         "packets the kernel drops, by reason, with the dropping function and optional stack",
-    hooks: &[Hook {
-        program: "packet_drop",
-        tracepoint: "kfree_skb",
-        category: "skb",
-    }],
+    hooks: &[Hook::tp_btf("packet_drop", "skb", "kfree_skb")],
     counter_map: "drops",
     object: aya::include_bytes_aligned!("packet_drop.bpf.o"),
 };

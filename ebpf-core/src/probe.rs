@@ -2,16 +2,19 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::os::fd::AsFd;
 
+use aya::maps::Map;
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
-use aya::programs::{BtfTracePoint, ProgramError};
+use aya::programs::{BtfTracePoint, ProgramError, SchedClassifier};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
 use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
-use crate::{Hook, ProbeSpec};
+use crate::tc::{TcTarget, WATCHED_MAP};
+use crate::{Hook, HookPoint, ProbeSpec};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -27,6 +30,10 @@ pub enum ProbeError {
         category: &'static str,
         tracepoint: &'static str,
     },
+    #[error(
+        "TC hooks need TCX links (Linux 6.6 or later): this kernel's BTF has no struct tcx_link"
+    )]
+    NoTcx,
     #[error("{0}")]
     Btf(String),
     #[error("permission denied loading eBPF: run as root or with CAP_BPF and CAP_PERFMON")]
@@ -141,6 +148,7 @@ pub struct LoadedProbe {
     ebpf: Ebpf,
     ring_buffer_size: u32,
     table_size: u32,
+    params: [u64; 4],
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
@@ -162,7 +170,17 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The tp_btf program of a hook.
-fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut BtfTracePoint, ProbeError> {
+fn tracepoint<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(hook.program)
+        .ok_or(ProbeError::MissingProgram {
+            program: hook.program,
+        })?
+        .try_into()
+        .map_err(|source| program_error(hook, source))
+}
+
+/// The TC program of a hook.
+fn classifier<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut SchedClassifier, ProbeError> {
     ebpf.program_mut(hook.program)
         .ok_or(ProbeError::MissingProgram {
             program: hook.program,
@@ -182,15 +200,31 @@ fn program_error(hook: &Hook, source: ProgramError) -> ProbeError {
     }
 }
 
-/// Checks that every hook of a probe exists in the kernel's BTF.
+/// Checks that every hook of a probe exists in the kernel's BTF: its tracepoint, or TCX
+/// links for TC hooks.
 pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
     for hook in spec.hooks {
-        let name = format!("btf_trace_{}", hook.tracepoint);
-        if btf.id_by_type_name_kind(&name, BtfKind::Typedef).is_err() {
-            return Err(ProbeError::MissingHook {
-                category: hook.category,
-                tracepoint: hook.tracepoint,
-            });
+        match hook.point {
+            HookPoint::TpBtf {
+                category,
+                tracepoint,
+            } => {
+                let name = format!("btf_trace_{tracepoint}");
+                if btf.id_by_type_name_kind(&name, BtfKind::Typedef).is_err() {
+                    return Err(ProbeError::MissingHook {
+                        category,
+                        tracepoint,
+                    });
+                }
+            }
+            HookPoint::Tc(_) => {
+                if btf
+                    .id_by_type_name_kind("tcx_link", BtfKind::Struct)
+                    .is_err()
+                {
+                    return Err(ProbeError::NoTcx);
+                }
+            }
         }
     }
     Ok(())
@@ -227,10 +261,13 @@ impl<'btf> ProbeLoader<'btf> {
     ) -> Result<LoadedProbe, ProbeError> {
         let mut probe = self.load_programs(spec, btf, settings)?;
         probe.configure(settings)?;
+        // TC programs are attached per interface by the agent (see `LoadedProbe::tc_target`).
         for hook in spec.hooks {
-            program(&mut probe.ebpf, hook)?
-                .attach()
-                .map_err(|source| program_error(hook, source))?;
+            if let HookPoint::TpBtf { .. } = hook.point {
+                tracepoint(&mut probe.ebpf, hook)?
+                    .attach()
+                    .map_err(|source| program_error(hook, source))?;
+            }
         }
         Ok(probe)
     }
@@ -258,15 +295,21 @@ impl<'btf> ProbeLoader<'btf> {
             }
         })?;
         for hook in spec.hooks {
-            program(&mut ebpf, hook)?
-                .load(hook.tracepoint, btf)
-                .map_err(|source| program_error(hook, source))?;
+            match hook.point {
+                HookPoint::TpBtf { tracepoint: tp, .. } => tracepoint(&mut ebpf, hook)?
+                    .load(tp, btf)
+                    .map_err(|source| program_error(hook, source))?,
+                HookPoint::Tc(_) => classifier(&mut ebpf, hook)?
+                    .load()
+                    .map_err(|source| program_error(hook, source))?,
+            }
         }
         Ok(LoadedProbe {
             spec,
             ebpf,
             ring_buffer_size: size,
             table_size: settings.table_size,
+            params: [0; 4],
         })
     }
 }
@@ -304,6 +347,7 @@ impl LoadedProbe {
         config
             .set(0, settings.kernel_config(), 0)
             .map_err(map_err(CONFIG_MAP))?;
+        self.params = settings.params;
         if let Some(map) = self.ebpf.map_mut(PARAMS_MAP) {
             let mut params: Array<_, KernelParams> =
                 Array::try_from(map).map_err(map_err(PARAMS_MAP))?;
@@ -312,6 +356,50 @@ impl LoadedProbe {
                 .map_err(map_err(PARAMS_MAP))?;
         }
         Ok(true)
+    }
+
+    /// The probe-specific values last applied ([`ProbeSettings::params`]), for collectors
+    /// whose settings act in the agent rather than in the kernel.
+    pub fn params(&self) -> [u64; 4] {
+        self.params
+    }
+
+    /// What attaching the probe's TC programs to interfaces needs (none without TC hooks).
+    pub fn tc_target(&mut self) -> Result<Option<TcTarget>, ProbeError> {
+        let mut programs = Vec::new();
+        for hook in self.spec.hooks {
+            let Some(direction) = hook.tc_direction() else {
+                continue;
+            };
+            let prog = classifier(&mut self.ebpf, hook)?;
+            let fd = prog
+                .fd()
+                .and_then(|fd| fd.as_fd().try_clone_to_owned().map_err(ProgramError::from))
+                .map_err(|source| program_error(hook, source))?;
+            programs.push((direction, fd));
+        }
+        if programs.is_empty() {
+            return Ok(None);
+        }
+        let watched = match self.ebpf.map(WATCHED_MAP) {
+            Some(Map::HashMap(data)) => Some(std::sync::Arc::new(
+                data.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| ProbeError::Map {
+                        map: WATCHED_MAP,
+                        source: MapError::from(e),
+                    })?,
+            )),
+            Some(_) => {
+                return Err(ProbeError::Map {
+                    map: WATCHED_MAP,
+                    source: MapError::InvalidMapType { map_type: 0 },
+                })
+            }
+            None => None,
+        };
+        Ok(Some(TcTarget { programs, watched }))
     }
 
     /// Takes the probe's event ring buffer, to be drained by the agent.

@@ -15,7 +15,7 @@ pub const STAT_SUPPRESSED: u32 = 1;
 
 /// `struct sonde_tuple`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -34,6 +34,9 @@ const _: () = {
     assert!(offset_of!(Tuple, family) == 36);
     assert!(offset_of!(Tuple, protocol) == 37);
 };
+
+// SAFETY: a plain C struct of integers (the flow table's key).
+unsafe impl aya::Pod for Tuple {}
 
 impl Tuple {
     fn addr(&self, raw: &[u8; 16]) -> Option<IpAddr> {

@@ -9,21 +9,9 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: "softirq",
     description: "NET_RX and NET_TX softirq schedule delay (raise to run) and run time",
     hooks: &[
-        Hook {
-            program: "softirq_raise",
-            tracepoint: "softirq_raise",
-            category: "irq",
-        },
-        Hook {
-            program: "softirq_entry",
-            tracepoint: "softirq_entry",
-            category: "irq",
-        },
-        Hook {
-            program: "softirq_exit",
-            tracepoint: "softirq_exit",
-            category: "irq",
-        },
+        Hook::tp_btf("softirq_raise", "irq", "softirq_raise"),
+        Hook::tp_btf("softirq_entry", "irq", "softirq_entry"),
+        Hook::tp_btf("softirq_exit", "irq", "softirq_exit"),
     ],
     counter_map: "softirqs",
     object: aya::include_bytes_aligned!("softirq.bpf.o"),

@@ -9,11 +9,7 @@ use crate::{Hook, ProbeSpec};
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_connect",
     description: "TCP handshake latency (connect and accept) and failed handshakes by cause",
-    hooks: &[Hook {
-        program: "tcp_connect",
-        tracepoint: "inet_sock_set_state",
-        category: "sock",
-    }],
+    hooks: &[Hook::tp_btf("tcp_connect", "sock", "inet_sock_set_state")],
     counter_map: "connects",
     object: aya::include_bytes_aligned!("tcp_connect.bpf.o"),
 };

@@ -9,16 +9,8 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_reset",
     description: "TCP resets sent and received, with 5-tuple",
     hooks: &[
-        Hook {
-            program: "tcp_send_reset",
-            tracepoint: "tcp_send_reset",
-            category: "tcp",
-        },
-        Hook {
-            program: "tcp_receive_reset",
-            tracepoint: "tcp_receive_reset",
-            category: "tcp",
-        },
+        Hook::tp_btf("tcp_send_reset", "tcp", "tcp_send_reset"),
+        Hook::tp_btf("tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ],
     counter_map: "resets",
     object: aya::include_bytes_aligned!("tcp_reset.bpf.o"),

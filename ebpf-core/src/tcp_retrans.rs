@@ -8,11 +8,7 @@ use crate::{Hook, ProbeSpec};
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_retrans",
     description: "TCP segment retransmissions, with 5-tuple and socket state",
-    hooks: &[Hook {
-        program: "tcp_retrans",
-        tracepoint: "tcp_retransmit_skb",
-        category: "tcp",
-    }],
+    hooks: &[Hook::tp_btf("tcp_retrans", "tcp", "tcp_retransmit_skb")],
     counter_map: "retransmits",
     object: aya::include_bytes_aligned!("tcp_retrans.bpf.o"),
 };

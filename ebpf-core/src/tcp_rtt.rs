@@ -9,16 +9,8 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_rtt",
     description: "TCP smoothed RTT per pod, and a table of live flows with srtt, cwnd and windows",
     hooks: &[
-        Hook {
-            program: "tcp_rtt",
-            tracepoint: "tcp_probe",
-            category: "tcp",
-        },
-        Hook {
-            program: "tcp_rtt_forget",
-            tracepoint: "tcp_destroy_sock",
-            category: "tcp",
-        },
+        Hook::tp_btf("tcp_rtt", "tcp", "tcp_probe"),
+        Hook::tp_btf("tcp_rtt_forget", "tcp", "tcp_destroy_sock"),
     ],
     counter_map: "rtts",
     object: aya::include_bytes_aligned!("tcp_rtt.bpf.o"),

@@ -30,6 +30,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/tcp_rtt", get(tcp_rtt))
+        .route("/api/v1/flows", get(flows))
         .with_state(state)
 }
 
@@ -101,6 +102,23 @@ async fn tcp_rtt(State(s): State<ApiState>) -> Response {
             .table("tcp_rtt")
     })
     .await;
+    json_rows(rows)
+}
+
+/// The flow probe's table: packets and bytes per 5-tuple with the pods at both ends, and the
+/// RTT of TCP flows `tcp_rtt` tracks.
+async fn flows(State(s): State<ApiState>) -> Response {
+    let probes = Arc::clone(&s.probes);
+    let rows = tokio::task::spawn_blocking(move || {
+        probes.lock().unwrap_or_else(|e| e.into_inner()).flows()
+    })
+    .await;
+    json_rows(rows)
+}
+
+fn json_rows<T: serde::Serialize>(
+    rows: Result<Result<Vec<T>, String>, tokio::task::JoinError>,
+) -> Response {
     match rows {
         Ok(Ok(rows)) => Json(rows).into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

@@ -16,6 +16,7 @@ pub mod exporter;
 pub mod fanout;
 pub mod kallsyms;
 pub mod metrics;
+pub mod netlink;
 pub mod plugin_host;
 pub mod probes;
 pub mod script;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub netdev_queue: KernelHistogram,
     pub netdev_xmit: KernelHistogram,
     pub io_latency: KernelHistogram,
+    /// `sonde_flow_*`: series made on the fly (their labels depend on the config).
+    pub flow: crate::probes::flow::FlowSeries,
     pub probe_up: IntGaugeVec,
     pub events_lost: IntCounterVec,
     pub events_suppressed: IntCounterVec,
@@ -223,6 +225,12 @@ impl Metrics {
                 "Block request latency from issue to the driver to completion, by disk and operation.",
                 &["node", "device", "op"],
             ),
+            flow: {
+                let f = crate::probes::flow::FlowSeries::new();
+                r.register(Box::new(f.clone()))
+                    .expect("metric registered once");
+                f
+            },
             probe_up: gauge(
                 &r,
                 "sonde_probe_up",

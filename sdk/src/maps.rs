@@ -1,4 +1,5 @@
-//! Read-only snapshots of the probes' in-kernel counters (capability `maps`).
+//! Read-only snapshots of the probes' in-kernel counters and of the flow table (capability
+//! `maps`).
 
 use crate::bindings::sonde::plugin::maps as wit;
 use crate::Result;
@@ -10,4 +11,13 @@ pub use wit::Counter;
 /// `tcp_reset` by direction. Empty when the probe is not running.
 pub fn counters(probe: &str) -> Result<Vec<Counter>> {
     Ok(wit::counters(probe)?)
+}
+
+/// A row of the `flow` probe's table: one direction of one flow, with its pods.
+pub use wit::FlowRow;
+
+/// The `flow` probe's table (packets and bytes per 5-tuple through the node's host-side
+/// interfaces, with the RTT of TCP flows `tcp_rtt` tracks); empty when `flow` is not running.
+pub fn flows() -> Result<Vec<FlowRow>> {
+    Ok(wit::flows()?)
 }

@@ -12,6 +12,7 @@ pub mod bench;
 mod bundle;
 mod http;
 mod netns;
+mod node_pods;
 mod prometheus;
 mod slow_link;
 mod trace;
@@ -23,6 +24,7 @@ pub use agent::{
 pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
+pub use node_pods::{NodePod, NodePods};
 pub use prometheus::{metric_series, metric_value};
 pub use slow_link::SlowPodPair;
 pub use trace::Trace;

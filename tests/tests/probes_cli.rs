@@ -16,6 +16,7 @@ const CATALOGUE: &[&str] = &[
     "softirq",
     "netdev_latency",
     "io_latency",
+    "flow",
 ];
 
 #[test]
@@ -34,11 +35,24 @@ fn probes_lists_catalogue_as_root() {
             .find(|p| p["name"] == name)
             .unwrap_or_else(|| panic!("{name} not listed: {probes}"));
         assert_eq!(p["loadable"], true, "{name} should load here as root: {p}");
+        let hook = p["hooks"][0].as_str().unwrap();
         assert!(
-            p["hooks"][0].as_str().unwrap().starts_with("tp_btf/"),
+            hook.starts_with("tp_btf/") || hook.starts_with("tc/"),
             "{p}"
         );
     }
+    // TC hooks are attached per interface, and say so.
+    let flow = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "flow")
+        .unwrap();
+    assert_eq!(
+        flow["hooks"],
+        serde_json::json!(["tc/ingress", "tc/egress"]),
+        "{flow}"
+    );
 }
 
 #[test]

@@ -237,7 +237,7 @@ fn pack_addr(a: Option<IpAddr>, out: &mut [u8]) -> u8 {
     }
 }
 
-fn ip_address(a: IpAddr) -> wit::IpAddress {
+pub(super) fn ip_address(a: IpAddr) -> wit::IpAddress {
     match a {
         IpAddr::V4(v4) => wit::IpAddress::Ipv4(u32::from(v4)),
         IpAddr::V6(v6) => {

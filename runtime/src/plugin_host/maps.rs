@@ -1,9 +1,10 @@
-//! Host side of `sonde:plugin/maps`: read-only snapshots of the probes' in-kernel counters.
-//! Capability `maps`.
+//! Host side of `sonde:plugin/maps`: read-only snapshots of the probes' in-kernel counters
+//! and of the flow table. Capability `maps`.
 
 use super::manifest::Capability;
-use super::sonde::plugin::maps::{Counter, Host};
+use super::sonde::plugin::maps::{Counter, FlowRow, Host};
 use super::sonde::plugin::types::Error;
+use super::sonde::plugin::types::Workload;
 use super::topology::to_wit;
 use super::HostState;
 
@@ -25,6 +26,38 @@ impl Host for HostState {
                 workload: topology.workload_of_netns(netns).map(to_wit),
                 key,
                 value,
+            })
+            .collect())
+    }
+
+    fn flows(&mut self) -> Result<Vec<FlowRow>, Error> {
+        self.require(Capability::Maps)?;
+        let rows = self
+            .host
+            .probe_set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flows()
+            .map_err(Error::Invalid)?;
+        let workload = |kind: &str, namespace: String, pod: String| {
+            (kind == "pod").then_some(Workload { namespace, pod })
+        };
+        Ok(rows
+            .into_iter()
+            .map(|f| FlowRow {
+                src: workload(f.src_type, f.src_namespace, f.src_pod),
+                dst: workload(f.dst_type, f.dst_namespace, f.dst_pod),
+                src_type: f.src_type.into(),
+                dst_type: f.dst_type.into(),
+                protocol: f.protocol,
+                saddr: f.saddr.map(super::delivery::ip_address),
+                sport: f.sport,
+                daddr: f.daddr.map(super::delivery::ip_address),
+                dport: f.dport,
+                packets: f.packets,
+                bytes: f.bytes,
+                last_ns: f.last_unix_ns,
+                srtt_ns: f.srtt_ns,
             })
             .collect())
     }

@@ -10,6 +10,8 @@
 //! [`netstat`] loads no program: it owns a thread that reads /proc/net in each pod's
 //! namespace, and [`Probes`] starts, reconfigures, stops and reports it beside the drivers.
 
+pub mod flow;
+mod interfaces;
 pub mod io_latency;
 pub mod netdev_latency;
 pub mod netstat;
@@ -182,6 +184,7 @@ pub struct ProbesConfig {
     pub softirq: softirq::Config,
     pub netdev_latency: netdev_latency::Config,
     pub io_latency: io_latency::Config,
+    pub flow: flow::Config,
 }
 
 impl ProbesConfig {
@@ -252,13 +255,24 @@ pub const DRIVERS: &[Driver] = &[
     softirq::DRIVER,
     netdev_latency::DRIVER,
     io_latency::DRIVER,
+    flow::DRIVER,
 ];
+
+/// The interface patterns (`interfaces` in their config) of the probes with TC hooks, whose
+/// programs are attached to each matching interface.
+fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
+    match probe {
+        "flow" => config.flow.interfaces.clone(),
+        _ => Vec::new(),
+    }
+}
 
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
 /// counters (which keep their totals across probe reloads and namespace changes).
 #[derive(Debug, Default)]
 pub struct Deltas {
     last: HashMap<u64, u64>,
+    peaks: HashMap<u64, u64>,
 }
 
 impl Deltas {
@@ -280,6 +294,15 @@ impl Deltas {
         // Slots the kernel evicted are forgotten too, so the table stays as small as the map.
         self.last = seen;
         gained
+    }
+
+    /// What a total that may read low at times (an estimate) gained over the highest value it
+    /// had: a counter fed with it never goes back. `id` must not be one `update` uses.
+    pub fn rising(&mut self, id: u64, value: u64) -> u64 {
+        let peak = self.peaks.entry(id).or_insert(0);
+        let gain = value.saturating_sub(*peak);
+        *peak = (*peak).max(value);
+        gain
     }
 }
 
@@ -321,6 +344,9 @@ pub struct ProbeStatus {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a running probe with TC hooks: the interfaces it is attached to now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<String>>,
 }
 
 struct Running {
@@ -329,6 +355,8 @@ struct Running {
     drain: JoinHandle<()>,
     deltas: Deltas,
     stats: Stats,
+    /// The interfaces a probe with TC hooks is attached to, followed by a thread.
+    interfaces: Option<interfaces::InterfaceWatch>,
 }
 
 impl Drop for Running {
@@ -402,6 +430,9 @@ impl Probes {
                 }
                 Some(settings) => {
                     if let Some(r) = self.running.get_mut(name) {
+                        if let Some(w) = r.interfaces.as_mut() {
+                            w.set_patterns(&tc_interfaces(name, config));
+                        }
                         if r.settings == settings {
                             continue;
                         }
@@ -472,6 +503,14 @@ impl Probes {
         settings: ProbeSettings,
     ) -> Result<Running, ProbeError> {
         let mut probe = loader.load(driver.spec, btf, &settings)?;
+        let name = driver.spec.name;
+        let interfaces = match probe.tc_target()? {
+            Some(target) => Some(
+                interfaces::InterfaceWatch::start(name, target, tc_interfaces(name, &self.config))
+                    .map_err(|e| ProbeError::Btf(format!("cannot watch interfaces: {e}")))?,
+            ),
+            None => None,
+        };
         let decoder = (driver.decoder)(&mut probe, &self.ctx)?;
         let ring = probe.take_events()?;
         let drain = tokio::spawn(drain(
@@ -486,6 +525,7 @@ impl Probes {
             drain,
             deltas: Deltas::default(),
             stats: Stats::default(),
+            interfaces,
         })
     }
 
@@ -567,6 +607,21 @@ impl Probes {
         }
     }
 
+    /// The flow table with the RTTs `tcp_rtt` knows; empty when `flow` is not running.
+    pub fn flows(&self) -> Result<Vec<flow::FlowEntry>, String> {
+        match self.running.get(flow::DRIVER.spec.name) {
+            Some(r) => flow::entries(
+                &r.probe,
+                self.running
+                    .get(tcp_rtt::DRIVER.spec.name)
+                    .map(|r| &r.probe),
+                &self.ctx,
+            )
+            .map_err(|e| e.to_string()),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Brings the Prometheus counters up to date with the kernel's.
     pub fn sync(&mut self) {
         let now = Instant::now();
@@ -605,8 +660,13 @@ impl Probes {
             .iter()
             .map(|d| {
                 let name = d.spec.name;
-                let (state, error) = if self.running.contains_key(name) {
-                    ("running", None)
+                let mut interfaces = None;
+                let (state, error) = if let Some(r) = self.running.get(name) {
+                    // An interface the programs could not attach to is said, the probe runs.
+                    let attached = r.interfaces.as_ref().map(|w| w.attached());
+                    let error = attached.as_ref().and_then(|(_, e)| e.clone());
+                    interfaces = attached.map(|(names, _)| names);
+                    ("running", error)
                 } else if let Some(e) = self.failed.get(name) {
                     ("failed", Some(e.clone()))
                 } else {
@@ -618,6 +678,7 @@ impl Probes {
                     hooks: d.spec.hooks.iter().map(ToString::to_string).collect(),
                     state,
                     error,
+                    interfaces,
                 }
             })
             .chain(std::iter::once(self.netstat.status()))

@@ -4,17 +4,33 @@
 //! The directory is rescanned every second, and at once when asked about a namespace it does
 //! not know (at most every 100 ms for the same namespace), so a namespace created just before
 //! its first packet is still named.
+//!
+//! Addresses name pods too: each namespace's addresses are dumped over rtnetlink by a short
+//! thread that enters it, through a socket that stays subscribed to the namespace's address
+//! changes, so afterwards only namespaces with pending notifications are dumped again. That
+//! check runs every second and, when asked about an address it does not know, at most every
+//! 100 ms.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{PodNetns, Topology, Workload};
+use crate::netlink;
 
 const MISS_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What is known of one namespace's addresses.
+struct NetnsAddresses {
+    /// Opened inside the namespace, subscribed to its address changes.
+    changes: netlink::Socket,
+    addresses: Vec<IpAddr>,
+}
 
 pub struct NetnsTopology {
     dir: PathBuf,
@@ -24,6 +40,11 @@ pub struct NetnsTopology {
     /// When each unknown namespace last caused a rescan.
     misses: Mutex<HashMap<u32, Instant>>,
     host_netns: Option<u32>,
+    /// Each pod namespace's addresses, by inode.
+    addresses: Mutex<HashMap<u32, NetnsAddresses>>,
+    by_ip: RwLock<HashMap<IpAddr, Workload>>,
+    /// When an unknown address last caused a check.
+    ip_miss: Mutex<Option<Instant>>,
 }
 
 impl NetnsTopology {
@@ -37,8 +58,12 @@ impl NetnsTopology {
             paths: RwLock::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
             host_netns,
+            addresses: Mutex::new(HashMap::new()),
+            by_ip: RwLock::new(HashMap::new()),
+            ip_miss: Mutex::new(None),
         });
         topo.rescan();
+        topo.refresh_addresses();
         topo
     }
 
@@ -85,9 +110,53 @@ impl NetnsTopology {
             loop {
                 tick.tick().await;
                 let t = Arc::clone(&topo);
-                let _ = tokio::task::spawn_blocking(move || t.rescan()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    t.rescan();
+                    t.refresh_addresses();
+                })
+                .await;
             }
         })
+    }
+
+    /// Brings the addresses up to date: namespaces new since the last call are read whole,
+    /// the others only when their socket says an address changed.
+    pub fn refresh_addresses(&self) {
+        let pods = self.pod_netns();
+        let mut known = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let before = known.len();
+        known.retain(|inode, _| pods.iter().any(|p| p.inode == *inode));
+        let mut changed = known.len() != before;
+        for state in known.values_mut() {
+            if state.changes.pending() {
+                if let Ok(addresses) = netlink::addresses_on(&mut state.changes) {
+                    state.addresses = addresses;
+                    changed = true;
+                }
+            }
+        }
+        let new: Vec<&PodNetns> = pods
+            .iter()
+            .filter(|p| !known.contains_key(&p.inode))
+            .collect();
+        if !new.is_empty() {
+            for (inode, state) in read_new_namespaces(&new) {
+                known.insert(inode, state);
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        let mut by_ip = HashMap::new();
+        for p in &pods {
+            if let Some(state) = known.get(&p.inode) {
+                for ip in &state.addresses {
+                    by_ip.insert(*ip, p.workload.clone());
+                }
+            }
+        }
+        *self.by_ip.write().unwrap_or_else(|e| e.into_inner()) = by_ip;
     }
 
     fn lookup(&self, netns: u32) -> Option<Workload> {
@@ -130,7 +199,33 @@ impl Topology for NetnsTopology {
         None
     }
 
-    fn workload_of_ip(&self, _ip: IpAddr) -> Option<Workload> {
+    fn workload_of_ip(&self, ip: IpAddr) -> Option<Workload> {
+        let lookup = || {
+            self.by_ip
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&ip)
+                .cloned()
+        };
+        if let Some(w) = lookup() {
+            return Some(w);
+        }
+        let due = {
+            let mut last = self.ip_miss.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            match *last {
+                Some(t) if now.duration_since(t) < MISS_RESCAN_INTERVAL => false,
+                _ => {
+                    *last = Some(now);
+                    true
+                }
+            }
+        };
+        if due {
+            self.rescan();
+            self.refresh_addresses();
+            return lookup();
+        }
         None
     }
 
@@ -151,6 +246,46 @@ impl Topology for NetnsTopology {
             })
             .collect()
     }
+}
+
+/// Opens an address-change socket inside each new namespace and reads its addresses, on a
+/// thread of its own that ends afterwards (so no thread of the agent stays in a pod's
+/// namespace, whatever fails). Namespaces that cannot be entered are left for the next call.
+fn read_new_namespaces(new: &[&PodNetns]) -> Vec<(u32, NetnsAddresses)> {
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut out = Vec::new();
+            for p in new {
+                let Ok(file) = File::open(&p.path) else {
+                    continue;
+                };
+                // The file may now be another namespace (deleted and made again).
+                if !file.metadata().is_ok_and(|m| m.ino() as u32 == p.inode) {
+                    continue;
+                }
+                // SAFETY: plain syscall on a valid fd; it moves only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    tracing::debug!(path = %p.path.display(), error = %std::io::Error::last_os_error(), "cannot enter namespace to read its addresses");
+                    continue;
+                }
+                let read = netlink::Socket::open(netlink::GROUP_ADDRESSES).and_then(|mut s| {
+                    let addresses = netlink::addresses_on(&mut s)?;
+                    Ok(NetnsAddresses {
+                        changes: s,
+                        addresses,
+                    })
+                });
+                match read {
+                    Ok(state) => out.push((p.inode, state)),
+                    Err(e) => {
+                        tracing::debug!(path = %p.path.display(), error = %e, "cannot read addresses")
+                    }
+                }
+            }
+            out
+        });
+        reader.join().unwrap_or_default()
+    })
 }
 
 #[cfg(test)]

@@ -1025,9 +1025,12 @@ fn print_report(r: &Report) {
     let hooks: HashMap<&str, String> = ebpf_core::CATALOGUE
         .iter()
         .flat_map(|s| {
-            s.hooks
-                .iter()
-                .map(|h| (h.program, format!("tp_btf/{}", h.tracepoint)))
+            s.hooks.iter().map(|h| match h.point {
+                ebpf_core::HookPoint::TpBtf { tracepoint, .. } => {
+                    (h.program, format!("tp_btf/{tracepoint}"))
+                }
+                ebpf_core::HookPoint::Tc(_) => (h.program, h.to_string()),
+            })
         })
         .collect();
     for name in PROGRAM_NAMES {

@@ -1,10 +1,10 @@
 //! Queueing discipline statistics of the calling thread's network namespace: one rtnetlink
-//! `RTM_GETQDISC` dump (what `tc -s qdisc` asks), written by hand because it is one request
-//! and three attributes (`TCA_KIND`, and `TCA_STATS2`'s basic and queue statistics).
+//! `RTM_GETQDISC` dump (what `tc -s qdisc` asks) over [`crate::netlink`], and three attributes
+//! (`TCA_KIND`, and `TCA_STATS2`'s basic and queue statistics).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+
+use crate::netlink::{self, attrs, u32_at, u64_at};
 
 /// One qdisc's statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,11 +26,6 @@ pub struct Qdisc {
 
 const RTM_NEWQDISC: u16 = 36;
 const RTM_GETQDISC: u16 = 38;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_HDRLEN: usize = 16;
 /// `struct tcmsg`.
 const TCMSG_LEN: usize = 20;
 const TCA_KIND: u16 = 1;
@@ -39,146 +34,19 @@ const TCA_STATS_BASIC: u16 = 1;
 const TCA_STATS_QUEUE: u16 = 3;
 const TCA_STATS_PKT64: u16 = 8;
 const TC_H_ROOT: u32 = 0xffff_ffff;
-/// A dump that takes longer than this is abandoned (the namespace's reading fails, not the
-/// probe).
-const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Every qdisc of the calling thread's network namespace (the socket is made, used and
-/// closed here, so it belongs to that namespace).
+/// closed here, so it belongs to that namespace). A dump that takes longer than the socket's
+/// timeout is abandoned (the namespace's reading fails, not the probe).
 pub fn dump() -> io::Result<Vec<Qdisc>> {
-    // SAFETY: plain syscall; the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    // SAFETY: tv outlives the call and its size is passed.
-    if unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-
-    let seq: u32 = 1;
-    let mut req = [0u8; NLMSG_HDRLEN + TCMSG_LEN];
-    req[0..4].copy_from_slice(&((NLMSG_HDRLEN + TCMSG_LEN) as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETQDISC.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
     // tcmsg all zero: every family, every interface.
-    // SAFETY: the buffer is valid for its length; the kernel is the peer (unconnected
-    // netlink socket, destination defaults to the kernel).
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-
-    let mut qdiscs = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut msgs = &buf[..n as usize];
-        while msgs.len() >= NLMSG_HDRLEN {
-            let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(msgs[4..6].try_into().unwrap());
-            let msg_seq = u32::from_ne_bytes(msgs[8..12].try_into().unwrap());
-            if len < NLMSG_HDRLEN || len > msgs.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            let body = &msgs[NLMSG_HDRLEN..len];
-            msgs = &msgs[align4(len).min(msgs.len())..];
-            if msg_seq != seq {
-                continue;
-            }
-            match kind {
-                NLMSG_DONE => return Ok(qdiscs),
-                NLMSG_ERROR => {
-                    let errno = body
-                        .get(0..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                        .unwrap_or(0);
-                    if errno == 0 {
-                        continue;
-                    }
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                RTM_NEWQDISC => {
-                    if let Some(q) = parse_qdisc(body) {
-                        qdiscs.push(q);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Iterates the rtattrs of `buf` as (type, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        // NLA_F_NESTED and NLA_F_NET_BYTEORDER live in the top bits.
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[align4(len).min(buf.len())..];
-        Some((kind, payload))
-    })
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map_or(0, |s| u32::from_ne_bytes(s.try_into().unwrap()))
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8)
-        .map_or(0, |s| u64::from_ne_bytes(s.try_into().unwrap()))
+    let mut sock = netlink::Socket::open(0)?;
+    Ok(sock
+        .dump(RTM_GETQDISC, &[0u8; TCMSG_LEN])?
+        .into_iter()
+        .filter(|(kind, _)| *kind == RTM_NEWQDISC)
+        .filter_map(|(_, body)| parse_qdisc(&body))
+        .collect())
 }
 
 /// `tc`'s notation for a handle: `maj:` or `maj:min`, in hex.
@@ -207,13 +75,7 @@ fn parse_qdisc(body: &[u8]) -> Option<Qdisc> {
     };
     for (kind, payload) in attrs(&body[TCMSG_LEN..]) {
         match kind {
-            TCA_KIND => {
-                let end = payload
-                    .iter()
-                    .position(|b| *b == 0)
-                    .unwrap_or(payload.len());
-                q.kind = String::from_utf8_lossy(&payload[..end]).into_owned();
-            }
+            TCA_KIND => q.kind = netlink::c_string(payload),
             TCA_STATS2 => {
                 for (stat, p) in attrs(payload) {
                     match stat {

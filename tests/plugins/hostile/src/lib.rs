@@ -2,12 +2,15 @@
 //! probe, pod and reason or direction, into `sonde_test_events_seen_total`), so a test can
 //! check it lost none; with `mode: fields` it counts them by every field they carry (into
 //! `config.metric`), so a test can compare two deliveries of the same events;
+//! with `mode: flows` it reads the flow table through `maps` every tick and sets
+//! `sonde_test_flow_bytes{src_pod,dst_pod,protocol}` (bytes summed over the pod pair's rows)
+//! and `sonde_test_flow_srtt_seconds{src_pod,dst_pod}` (the largest RTT a row carries);
 //! every other mode misbehaves in one way, so a test can check the agent survives it.
 
 use serde::Deserialize;
 use sonde_plugin::{
-    metrics::Counter, Config, Envelope, Event, Flow, PacketDrop, Plugin, TcpConnect, TcpReset,
-    TcpRetrans,
+    metrics::{Counter, Gauge},
+    Config, Envelope, Event, Flow, PacketDrop, Plugin, TcpConnect, TcpReset, TcpRetrans,
 };
 
 #[derive(Deserialize)]
@@ -23,6 +26,8 @@ struct Hostile {
     mode: String,
     seen: Option<Counter>,
     hoard: Vec<Vec<u8>>,
+    /// `flows` mode: bytes and RTT per pod pair.
+    flows: Option<(Gauge, Gauge)>,
 }
 
 impl Hostile {
@@ -188,6 +193,27 @@ impl Plugin for Hostile {
             "series" => Some("sonde_test_series_bomb_total"),
             _ => None,
         };
+        if settings.mode == "flows" {
+            let gauge = |name, help, labels: &[&str]| {
+                Gauge::register(name, help, labels).map_err(|e| e.to_string())
+            };
+            let bytes = gauge(
+                "sonde_test_flow_bytes",
+                "Bytes of the flow table's rows, by pod pair and protocol.",
+                &["src_pod", "dst_pod", "protocol"],
+            )?;
+            let rtt = gauge(
+                "sonde_test_flow_srtt_seconds",
+                "The largest RTT of the flow table's rows, by pod pair.",
+                &["src_pod", "dst_pod"],
+            )?;
+            return Ok(Hostile {
+                mode: settings.mode,
+                seen: None,
+                hoard: Vec::new(),
+                flows: Some((bytes, rtt)),
+            });
+        }
         if settings.mode == "fields" {
             let name = settings
                 .metric
@@ -203,6 +229,7 @@ impl Plugin for Hostile {
                 mode: settings.mode,
                 seen: Some(fields),
                 hoard: Vec::new(),
+                flows: None,
             });
         }
         let seen = match name {
@@ -220,7 +247,42 @@ impl Plugin for Hostile {
             mode: settings.mode,
             seen,
             hoard: Vec::new(),
+            flows: None,
         })
+    }
+
+    fn tick(&mut self, _now_ns: u64) {
+        let Some((bytes, rtt)) = &self.flows else {
+            return;
+        };
+        let Ok(rows) = sonde_plugin::maps::flows() else {
+            return;
+        };
+        let pod = |w: &Option<sonde_plugin::Workload>| {
+            w.as_ref().map_or(String::new(), |w| w.pod.clone())
+        };
+        let mut sums = std::collections::BTreeMap::new();
+        let mut rtts = std::collections::BTreeMap::new();
+        for r in &rows {
+            let (src, dst) = (pod(&r.src), pod(&r.dst));
+            *sums
+                .entry((src.clone(), dst.clone(), r.protocol.clone()))
+                .or_insert(0u64) += r.bytes;
+            if let Some(ns) = r.srtt_ns {
+                let v = rtts.entry((src, dst)).or_insert(0u64);
+                *v = (*v).max(ns);
+            }
+        }
+        for ((src, dst, protocol), b) in sums {
+            let _ = bytes
+                .series(&[&src, &dst, &protocol])
+                .and_then(|s| s.set(b as f64));
+        }
+        for ((src, dst), ns) in rtts {
+            let _ = rtt
+                .series(&[&src, &dst])
+                .and_then(|s| s.set(ns as f64 / 1e9));
+        }
     }
 
     fn on_packet_drop(&mut self, batch: &[PacketDrop<'_>]) {

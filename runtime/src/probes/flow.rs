@@ -1,0 +1,536 @@
+//! `flow` collector: packets and bytes per 5-tuple, counted in the kernel by TC programs on
+//! the node's host-side interfaces (see `flow.bpf.c` for which packet is counted where), and
+//! exported by pod pair.
+//!
+//! Every sync reads the kernel's flow table (an LRU hash of `tableSize` rows) and adds what
+//! each row gained since the last read to `sonde_flow_bytes_total` and
+//! `sonde_flow_packets_total`, labelled with the pods (or `host`, `external`) at both ends, so
+//! the counters never go back when a row is evicted. What a row gained between the last sync
+//! and its eviction is lost; evictions are counted. The table is also what `/api/v1/flows` and
+//! the plugins' `maps.flows` read, with the RTT of TCP flows from `tcp_rtt`'s table.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use ebpf_core::flow::{Row, COUNT_INSERTED, SPEC};
+use ebpf_core::probe::TABLE_MAP;
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings, Tuple};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use serde::{Deserialize, Serialize};
+
+use super::{Context, Decoder, Deltas, Driver, ProbesConfig};
+
+/// `probes.flow` in the agent config. The probe emits no events.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// Off by default: the programs run on every packet through the watched interfaces.
+    pub enabled: bool,
+    /// Interfaces to attach to, in the agent's network namespace: a name, or a prefix ending
+    /// in `*`. Matching interfaces are attached as they appear and detached as they go.
+    pub interfaces: Vec<String>,
+    /// Rows of the kernel's flow table (least recently updated evicted when full).
+    pub table_size: u32,
+    /// Label series with `src_ip` and `dst_ip` (one series per address pair: cardinality).
+    pub address_labels: bool,
+    /// Label series with `src_port` and `dst_port` (one series per connection: cardinality).
+    pub port_labels: bool,
+    /// Series with address or port labels at most; past it, new flows count under their pod
+    /// pair's series without addresses and ports.
+    pub max_series: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: false,
+            interfaces: vec!["veth*".into(), "cali*".into(), "lxc*".into()],
+            table_size: 65536,
+            address_labels: false,
+            port_labels: false,
+            max_series: 10000,
+        }
+    }
+}
+
+/// `probe_params` slots (the programs do not read them; the collector does, through
+/// [`LoadedProbe::params`], so they apply live).
+const PARAM_LABELS: usize = 0;
+const PARAM_MAX_SERIES: usize = 1;
+const LABEL_ADDRESSES: u64 = 1;
+const LABEL_PORTS: u64 = 2;
+
+fn validate(c: &ProbesConfig) -> Result<(), String> {
+    let c = &c.flow;
+    if !(16..=1 << 24).contains(&c.table_size) {
+        return Err(format!(
+            "probes.flow.tableSize: {} must be between 16 and 16777216",
+            c.table_size
+        ));
+    }
+    if c.max_series == 0 {
+        return Err("probes.flow.maxSeries: must be at least 1".into());
+    }
+    super::interfaces::validate("flow", &c.interfaces)
+}
+
+pub const DRIVER: Driver = Driver {
+    spec: &SPEC,
+    settings,
+    validate,
+    decoder,
+    sync,
+    snapshot,
+    table: None,
+};
+
+fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
+    let c = &c.flow;
+    c.enabled.then(|| {
+        let mut s = ProbeSettings {
+            events: false,
+            // No events: the smallest ring buffer the config allows.
+            ring_buffer_size: 64 << 10,
+            table_size: c.table_size,
+            ..ProbeSettings::default()
+        };
+        s.params[PARAM_LABELS] = if c.address_labels { LABEL_ADDRESSES } else { 0 }
+            | if c.port_labels { LABEL_PORTS } else { 0 };
+        s.params[PARAM_MAX_SERIES] = c.max_series as u64;
+        s
+    })
+}
+
+fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    Ok(Box::new(|_| None))
+}
+
+/// `Deltas` id of the evictions so far.
+const EVICTED_ID: u64 = u64::MAX;
+
+fn tuple_id(t: &Tuple, kind: u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    t.hash(&mut h);
+    // The low bit says bytes (0) or packets (1); EVICTED_ID is never made.
+    (h.finish() << 1 | kind) & !(1 << 63)
+}
+
+fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
+    // Insertions first, then the rows: evictions read as (insertions - rows) can only lag.
+    let inserted = probe
+        .array_counters()?
+        .get(COUNT_INSERTED)
+        .copied()
+        .unwrap_or(0);
+    let rows = probe.hash_entries::<Tuple, Row>(TABLE_MAP)?;
+    let params = probe.params();
+    let mut current = HashMap::with_capacity(rows.len() * 2);
+    for (t, row) in &rows {
+        current.insert((*t, 0u64), row.bytes);
+        current.insert((*t, 1u64), row.packets);
+    }
+    let gains = deltas.update(current, |(t, kind)| tuple_id(t, *kind));
+    let mut resolve = Resolver::new(ctx);
+    let flow = &ctx.metrics.flow;
+    for ((t, kind), n) in gains {
+        let labels = resolve.labels(&t, params[PARAM_LABELS]);
+        flow.add(labels, kind as usize, n, params[PARAM_MAX_SERIES] as usize);
+    }
+    let evicted = inserted.saturating_sub(rows.len() as u64);
+    flow.table(&ctx.node, deltas.rising(EVICTED_ID, evicted), rows.len());
+    Ok(())
+}
+
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
+    let counts = probe.array_counters()?;
+    Ok(vec![
+        (0, "inserted".into(), counts.first().copied().unwrap_or(0)),
+        (0, "unparsed".into(), counts.get(1).copied().unwrap_or(0)),
+    ])
+}
+
+/// Who an address is: a pod, the node itself, or something outside.
+struct Resolver<'a> {
+    ctx: &'a Context,
+    host: HashSet<IpAddr>,
+    seen: HashMap<IpAddr, Endpoint>,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    namespace: String,
+    pod: String,
+    kind: &'static str,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(ctx: &'a Context) -> Self {
+        let host = match crate::netlink::addresses() {
+            Ok(a) => a.into_iter().collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the node's addresses");
+                HashSet::new()
+            }
+        };
+        Resolver {
+            ctx,
+            host,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn endpoint(&mut self, ip: Option<IpAddr>) -> Endpoint {
+        let Some(ip) = ip else {
+            return Endpoint {
+                namespace: String::new(),
+                pod: String::new(),
+                kind: "external",
+            };
+        };
+        if let Some(e) = self.seen.get(&ip) {
+            return e.clone();
+        }
+        let e = match self.ctx.topology.workload_of_ip(ip) {
+            Some(w) => Endpoint {
+                namespace: w.namespace.to_string(),
+                pod: w.pod.to_string(),
+                kind: "pod",
+            },
+            None => Endpoint {
+                namespace: String::new(),
+                pod: String::new(),
+                kind: if self.host.contains(&ip) || ip.is_loopback() {
+                    "host"
+                } else {
+                    "external"
+                },
+            },
+        };
+        self.seen.insert(ip, e.clone());
+        e
+    }
+
+    /// A flow's series labels; `extra` says which of addresses and ports to add.
+    fn labels(&mut self, t: &Tuple, extra: u64) -> Vec<(&'static str, String)> {
+        let (src, dst) = (self.endpoint(t.src()), self.endpoint(t.dst()));
+        let mut labels = vec![
+            ("node", self.ctx.node.to_string()),
+            ("src_namespace", src.namespace),
+            ("src_pod", src.pod),
+            ("dst_namespace", dst.namespace),
+            ("dst_pod", dst.pod),
+            ("protocol", t.protocol_name().into_owned()),
+            ("src_type", src.kind.to_string()),
+            ("dst_type", dst.kind.to_string()),
+        ];
+        let ip = |a: Option<IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        if extra & LABEL_ADDRESSES != 0 {
+            labels.push(("src_ip", ip(t.src())));
+            labels.push(("dst_ip", ip(t.dst())));
+        }
+        if extra & LABEL_PORTS != 0 {
+            labels.push(("src_port", t.sport.to_string()));
+            labels.push(("dst_port", t.dport.to_string()));
+        }
+        labels
+    }
+}
+
+/// The labels every flow series has; addresses and ports come after them when asked for.
+const POD_PAIR_LABELS: usize = 8;
+
+/// The flow families in `/metrics`: series made on the fly because their label set depends
+/// on the config (addresses and ports are opt-in).
+#[derive(Clone)]
+pub struct FlowSeries {
+    descs: Arc<Vec<Desc>>,
+    state: Arc<Mutex<FlowState>>,
+}
+
+#[derive(Default)]
+struct FlowState {
+    /// Labels -> [bytes, packets].
+    series: BTreeMap<Vec<(&'static str, String)>, [u64; 2]>,
+    /// Series with addresses or ports.
+    detailed: usize,
+    node: String,
+    evictions: u64,
+    entries: usize,
+}
+
+const BYTES: &str = "sonde_flow_bytes_total";
+const PACKETS: &str = "sonde_flow_packets_total";
+const EVICTIONS: &str = "sonde_flow_table_evictions_total";
+const ENTRIES: &str = "sonde_flow_table_entries";
+
+impl FlowSeries {
+    pub fn new() -> Self {
+        let pair = [
+            "node",
+            "src_namespace",
+            "src_pod",
+            "dst_namespace",
+            "dst_pod",
+            "protocol",
+            "src_type",
+            "dst_type",
+        ];
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            Desc::new(
+                name.into(),
+                help.into(),
+                labels.iter().map(|l| l.to_string()).collect(),
+                Default::default(),
+            )
+            .expect("valid metric definition")
+        };
+        FlowSeries {
+            descs: Arc::new(vec![
+                desc(BYTES, "IP bytes of flows through the node's host-side interfaces, each packet counted once, by pod pair.", &pair),
+                desc(PACKETS, "Packets (segments) of flows through the node's host-side interfaces, each counted once, by pod pair.", &pair),
+                desc(EVICTIONS, "Rows the kernel's flow table evicted to make room (a full table: raise probes.flow.tableSize).", &["node"]),
+                desc(ENTRIES, "Rows in the kernel's flow table at the last sync.", &["node"]),
+            ]),
+            state: Arc::new(Mutex::new(FlowState::default())),
+        }
+    }
+
+    /// Adds `n` to the bytes (`kind` 0) or packets (1) of a series; past `max_series`
+    /// detailed series, a new one loses its addresses and ports.
+    fn add(&self, mut labels: Vec<(&'static str, String)>, kind: usize, n: u64, max: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let detailed = labels.len() > POD_PAIR_LABELS;
+        if detailed && !s.series.contains_key(&labels) {
+            if s.detailed >= max {
+                labels.truncate(POD_PAIR_LABELS);
+            } else {
+                s.detailed += 1;
+            }
+        }
+        s.series.entry(labels).or_insert([0, 0])[kind] += n;
+    }
+
+    fn table(&self, node: &str, evicted: u64, entries: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.node = node.to_string();
+        s.evictions += evicted;
+        s.entries = entries;
+    }
+}
+
+impl Default for FlowSeries {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut pair = proto::LabelPair::default();
+    pair.set_name(name.into());
+    pair.set_value(value.into());
+    pair
+}
+
+fn family(desc: &Desc, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(desc.fq_name.clone());
+    f.set_help(desc.help.clone());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(labels: Vec<proto::LabelPair>, v: u64) -> proto::Metric {
+    let mut m = proto::Metric::from_label(labels);
+    let mut c = proto::Counter::default();
+    c.set_value(v as f64);
+    m.set_counter(c);
+    m
+}
+
+impl Collector for FlowSeries {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.node.is_empty() && s.series.is_empty() {
+            // Never ran: nothing to say.
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, kind) in [0usize, 1].into_iter().enumerate() {
+            let metrics = s
+                .series
+                .iter()
+                .filter(|(_, v)| v[kind] > 0)
+                .map(|(labels, v)| {
+                    let pairs = labels.iter().map(|(n, v)| label(n, v)).collect();
+                    counter(pairs, v[kind])
+                })
+                .collect();
+            out.push(family(&self.descs[i], MetricType::COUNTER, metrics));
+        }
+        let node = vec![label("node", &s.node)];
+        out.push(family(
+            &self.descs[2],
+            MetricType::COUNTER,
+            vec![counter(node.clone(), s.evictions)],
+        ));
+        let mut gauge = proto::Metric::from_label(node);
+        let mut g = proto::Gauge::default();
+        g.set_value(s.entries as f64);
+        gauge.set_gauge(g);
+        out.push(family(&self.descs[3], MetricType::GAUGE, vec![gauge]));
+        out
+    }
+}
+
+/// A row of the flow table as `/api/v1/flows` and the plugins' `maps.flows` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowEntry {
+    pub node: String,
+    pub src_namespace: String,
+    pub src_pod: String,
+    pub src_type: &'static str,
+    pub dst_namespace: String,
+    pub dst_pod: String,
+    pub dst_type: &'static str,
+    pub protocol: String,
+    pub saddr: Option<IpAddr>,
+    pub sport: u16,
+    pub daddr: Option<IpAddr>,
+    pub dport: u16,
+    pub packets: u64,
+    pub bytes: u64,
+    /// When the table first and last counted a packet of the flow (RFC 3339).
+    pub first: String,
+    pub last: String,
+    #[serde(skip)]
+    pub last_unix_ns: u64,
+    /// The interface it was last counted at.
+    pub interface: String,
+    /// Smoothed RTT of a TCP flow when `tcp_rtt` tracks one of its ends (the source's first).
+    pub srtt_seconds: Option<f64>,
+    #[serde(skip)]
+    pub srtt_ns: Option<u64>,
+}
+
+/// Address and ports of one end of a TCP connection, then of the other.
+type RttKey = (IpAddr, u16, IpAddr, u16);
+
+/// The flow table, with RTTs from `tcp_rtt`'s table when that probe runs.
+pub fn entries(
+    probe: &LoadedProbe,
+    tcp_rtt: Option<&LoadedProbe>,
+    ctx: &Context,
+) -> Result<Vec<FlowEntry>, ProbeError> {
+    let rows = probe.hash_entries::<Tuple, Row>(TABLE_MAP)?;
+    let mut rtt: HashMap<RttKey, u32> = HashMap::new();
+    if let Some(p) = tcp_rtt {
+        for (_, f) in p.hash_entries::<u64, ebpf_core::tcp_rtt::Flow>(TABLE_MAP)? {
+            if let (Some(s), Some(d)) = (f.tuple.src(), f.tuple.dst()) {
+                if f.srtt_us > 0 {
+                    rtt.insert((s, f.tuple.sport, d, f.tuple.dport), f.srtt_us);
+                }
+            }
+        }
+    }
+    let mut resolve = Resolver::new(ctx);
+    let mut names: HashMap<u32, String> = HashMap::new();
+    Ok(rows
+        .into_iter()
+        .map(|(t, row)| {
+            let (src, dst) = (resolve.endpoint(t.src()), resolve.endpoint(t.dst()));
+            let srtt = match (t.protocol, t.src(), t.dst()) {
+                (6, Some(s), Some(d)) => rtt
+                    .get(&(s, t.sport, d, t.dport))
+                    .or_else(|| rtt.get(&(d, t.dport, s, t.sport)))
+                    .map(|us| *us as u64 * 1000),
+                _ => None,
+            };
+            let last = ctx.clock.wall(row.last_ns);
+            let interface = names
+                .entry(row.ifindex)
+                .or_insert_with(|| {
+                    super::netstat::qdisc::interface_name(row.ifindex).unwrap_or_default()
+                })
+                .clone();
+            FlowEntry {
+                node: ctx.node.to_string(),
+                src_namespace: src.namespace,
+                src_pod: src.pod,
+                src_type: src.kind,
+                dst_namespace: dst.namespace,
+                dst_pod: dst.pod,
+                dst_type: dst.kind,
+                protocol: t.protocol_name().into_owned(),
+                saddr: t.src(),
+                sport: t.sport,
+                daddr: t.dst(),
+                dport: t.dport,
+                packets: row.packets,
+                bytes: row.bytes,
+                first: crate::timefmt::rfc3339(ctx.clock.wall(row.first_ns)),
+                last: crate::timefmt::rfc3339(last),
+                last_unix_ns: last
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                interface,
+                srtt_seconds: srtt.map(|ns| ns as f64 / 1e9),
+                srtt_ns: srtt,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pod: &str, extra: bool) -> Vec<(&'static str, String)> {
+        let mut l: Vec<(&'static str, String)> = [
+            "node",
+            "src_namespace",
+            "src_pod",
+            "dst_namespace",
+            "dst_pod",
+            "protocol",
+            "src_type",
+            "dst_type",
+        ]
+        .iter()
+        .map(|n| {
+            (
+                *n,
+                if *n == "src_pod" {
+                    pod.to_string()
+                } else {
+                    String::new()
+                },
+            )
+        })
+        .collect();
+        if extra {
+            l.push(("src_port", "1".into()));
+        }
+        l
+    }
+
+    #[test]
+    fn detailed_series_past_the_cap_fold_into_their_pod_pair() {
+        let f = FlowSeries::new();
+        f.add(labels("a", true), 0, 10, 1);
+        f.add(labels("b", true), 0, 5, 1);
+        f.add(labels("a", true), 0, 1, 1);
+        let s = f.state.lock().unwrap();
+        assert_eq!(s.series.get(&labels("a", true)), Some(&[11, 0]));
+        assert_eq!(s.series.get(&labels("b", true)), None);
+        assert_eq!(s.series.get(&labels("b", false)), Some(&[5, 0]));
+    }
+}

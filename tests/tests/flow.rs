@@ -1,0 +1,284 @@
+//! flow: pods attached to a bridge through host-side veths (as a CNI attaches them), real
+//! traffic between them, and the agent watching only this test's interfaces.
+//!
+//! - a TCP transfer of K bytes shows at least K (and well under 2K: each packet is counted
+//!   once, though it crosses two watched interfaces) on the flow from the client pod to the
+//!   server pod, and the replies on the reverse flow, IPv4 and IPv6;
+//! - an interface made after the agent started is attached, one deleted is detached, and a
+//!   new `interfaces` list applies live;
+//! - a table of 16 rows evicts when 64 flows pass, and the eviction counter says so;
+//! - `/api/v1/flows` shows a kept-open TCP flow with its RTT from `tcp_rtt`, and a plugin
+//!   reads the same table through `maps.flows` (the test plugin's `flows` mode).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use serde_json::Value;
+use sonde_tests::{
+    bulk_transfer, in_netns, poll_until, try_poll_until, wasm_module, write_bundle, Agent,
+    IpFamily, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+};
+
+const BYTES: &str = "sonde_flow_bytes_total";
+const PACKETS: &str = "sonde_flow_packets_total";
+
+fn agent_yaml(patterns: &[String], table_size: u32) -> String {
+    let list = patterns
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "node: sonde-test-node\nprobes:\n\
+         \x20 packet_drop: {{enabled: false}}\n\
+         \x20 tcp_retrans: {{enabled: false}}\n\
+         \x20 tcp_reset: {{enabled: false}}\n\
+         \x20 tcp_connect: {{enabled: false}}\n\
+         \x20 softirq: {{enabled: false}}\n\
+         \x20 io_latency: {{enabled: false}}\n\
+         \x20 netstat: {{enabled: false}}\n\
+         \x20 tcp_rtt: {{enabled: true, sampleInterval: 100ms}}\n\
+         \x20 flow:\n    enabled: true\n    interfaces: [{list}]\n    tableSize: {table_size}\n\
+         sinks:\n  stdout: {{enabled: true}}\n"
+    )
+}
+
+/// The interfaces the agent says `flow` is attached to.
+fn attached(agent: &Agent) -> Vec<String> {
+    let (status, body) = agent.get("/api/v1/probes");
+    assert_eq!(status, 200, "GET /api/v1/probes: {body}");
+    let probes: Vec<Value> = serde_json::from_str(&body).expect("JSON probes");
+    let flow = probes
+        .iter()
+        .find(|p| p["name"] == "flow")
+        .unwrap_or_else(|| panic!("no flow probe in {body}"));
+    assert_eq!(flow["state"], "running", "{flow}");
+    flow["interfaces"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[track_caller]
+fn wait_attached(agent: &Agent, want: &[&str]) {
+    let mut last = Vec::new();
+    let ok = try_poll_until(SETTLE_TIMEOUT, || {
+        last = attached(agent);
+        let mut sorted: Vec<&str> = want.to_vec();
+        sorted.sort();
+        (last.iter().map(String::as_str).collect::<Vec<_>>() == sorted).then_some(())
+    });
+    assert!(ok.is_some(), "attached to {last:?}, wanted {want:?}");
+}
+
+fn pair_labels<'a>(src: &'a str, dst: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("src_pod", src),
+        ("dst_pod", dst),
+        ("src_namespace", ""),
+        ("dst_namespace", ""),
+        ("src_type", "pod"),
+        ("dst_type", "pod"),
+        ("protocol", "tcp"),
+        ("node", "sonde-test-node"),
+    ]
+}
+
+fn transfer_is_counted_once(family: IpFamily) {
+    const K: usize = 4 << 20;
+    let node = NodePods::new(2);
+    let agent = Agent::spawn_yaml(&agent_yaml(&[node.interface_pattern()], 65536));
+    agent.wait_ready(READY_TIMEOUT);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    wait_attached(&agent, &[&a.host_if, &b.host_if]);
+
+    bulk_transfer(&a.netns, &b.netns, b.ip(family), 5201, K);
+    let forward = pair_labels(a.name(), b.name());
+    let reverse = pair_labels(b.name(), a.name());
+    let sent = agent.wait_metric(BYTES, &forward, K as f64, SETTLE_TIMEOUT);
+    // Replies: the ACKs of the transfer, from b to a.
+    agent.wait_metric(PACKETS, &reverse, 1.0, SETTLE_TIMEOUT);
+    // Headers add a few per cent; a packet counted at both interfaces would double it.
+    assert!(
+        sent < K as f64 * 1.2,
+        "{sent} bytes counted for a {K}-byte transfer: counted more than once?"
+    );
+    let packets = agent
+        .metric(PACKETS, &forward)
+        .expect("packets of the flow");
+    // At most 64 KiB per segment... and at least K / 65536 segments.
+    assert!(packets >= (K / 65536) as f64, "{packets} packets");
+}
+
+#[test]
+fn ipv4_transfer_is_counted_once_with_pod_labels() {
+    transfer_is_counted_once(IpFamily::V4);
+}
+
+#[test]
+fn ipv6_transfer_is_counted_once_with_pod_labels() {
+    transfer_is_counted_once(IpFamily::V6);
+}
+
+#[test]
+fn interfaces_are_attached_as_they_come_and_detached_as_they_go() {
+    let mut node = NodePods::new(1);
+    let pattern = node.interface_pattern();
+    let agent = Agent::spawn_yaml(&agent_yaml(&[pattern.clone()], 65536));
+    agent.wait_ready(READY_TIMEOUT);
+    let first = node.pods[0].host_if.clone();
+    wait_attached(&agent, &[&first]);
+
+    // Made after the agent started: attached, and its packets counted.
+    let i = node.add_pod();
+    let second = node.pods[i].host_if.clone();
+    wait_attached(&agent, &[&first, &second]);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    bulk_transfer(&a.netns, &b.netns, b.ip(IpFamily::V4), 5202, 64 << 10);
+    agent.wait_metric(
+        BYTES,
+        &pair_labels(a.name(), b.name()),
+        (64 << 10) as f64,
+        SETTLE_TIMEOUT,
+    );
+
+    // Deleted: detached.
+    let removed = node.remove_pod(i);
+    assert_eq!(removed, second);
+    wait_attached(&agent, &[&first]);
+
+    // A new list applies live: nothing of ours matches it.
+    agent.rewrite_config(&agent_yaml(&["sonde-none*".to_string()], 65536));
+    wait_attached(&agent, &[]);
+    agent.rewrite_config(&agent_yaml(&[pattern], 65536));
+    wait_attached(&agent, &[&first]);
+}
+
+#[test]
+fn a_tiny_table_evicts_and_counts_it() {
+    const FLOWS: u16 = 64;
+    let node = NodePods::new(2);
+    let agent = Agent::spawn_yaml(&agent_yaml(&[node.interface_pattern()], 16));
+    agent.wait_ready(READY_TIMEOUT);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    wait_attached(&agent, &[&a.host_if, &b.host_if]);
+    let evictions = || {
+        agent
+            .metric("sonde_flow_table_evictions_total", &[])
+            .unwrap_or(0.0)
+    };
+    assert_eq!(evictions(), 0.0, "evictions before any traffic");
+
+    let dst = SocketAddr::new(b.ip(IpFamily::V4), 5300);
+    in_netns(a.name(), || {
+        for i in 0..FLOWS {
+            // One flow per source port.
+            let s =
+                UdpSocket::bind(SocketAddr::new(a.ip(IpFamily::V4), 20000 + i)).expect("bind in a");
+            s.send_to(b"flow", dst).expect("send to b");
+        }
+    });
+    // 64 rows made in a table of 16: at least 48 evicted (the pods' own IPv6 chatter, if
+    // any, only adds rows).
+    let want = (FLOWS - 16) as f64;
+    let mut seen = 0.0;
+    let reached = try_poll_until(SETTLE_TIMEOUT, || {
+        seen = evictions();
+        (seen >= want).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "{seen} evictions, wanted at least {want}"
+    );
+    let entries = agent
+        .metric("sonde_flow_table_entries", &[])
+        .expect("table entries");
+    assert!(entries <= 16.0, "{entries} rows in a 16-row table");
+    // What a row counted before the agent read it stays in the series; what it counted
+    // between the last read and its eviction is lost (documented), never more than was sent.
+    let udp = [
+        ("src_pod", a.name()),
+        ("dst_pod", b.name()),
+        ("protocol", "udp"),
+    ];
+    let counted = agent.metric(PACKETS, &udp).unwrap_or(0.0);
+    assert!(
+        counted <= FLOWS as f64,
+        "{counted} packets for {FLOWS} sent"
+    );
+}
+
+fn flows(agent: &Agent) -> Vec<Value> {
+    let (status, body) = agent.get("/api/v1/flows");
+    assert_eq!(status, 200, "GET /api/v1/flows: {body}");
+    serde_json::from_str(&body).expect("a JSON array of flows")
+}
+
+#[test]
+fn api_and_plugins_show_the_flow_with_its_rtt() {
+    let node = NodePods::new(2);
+    let plugins = TempDir::new();
+    write_bundle(
+        &plugins.path().join("flows"),
+        "flow-reader",
+        &wasm_module("hostile-plugin"),
+        "  subscribe: []\n  config: {mode: flows}\n  capabilities: [metrics, maps]\n",
+    );
+    let yaml = format!(
+        "{}plugins:\n  dirs: [{}]\n",
+        agent_yaml(&[node.interface_pattern()], 65536),
+        plugins.path().display()
+    );
+    let agent = Agent::spawn_yaml(&yaml);
+    agent.wait_ready(READY_TIMEOUT);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    wait_attached(&agent, &[&a.host_if, &b.host_if]);
+
+    let dst = SocketAddr::new(b.ip(IpFamily::V4), 5203);
+    let listener = in_netns(b.name(), || TcpListener::bind(dst).expect("listen in b"));
+    let mut client = in_netns(a.name(), || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(10)).expect("connect to b")
+    });
+    let (mut server, _) = listener.accept().expect("accept in b");
+    let port = client.local_addr().unwrap().port();
+    let mut byte = [0u8; 1];
+    for _ in 0..20 {
+        client.write_all(b"x").unwrap();
+        server.read_exact(&mut byte).unwrap();
+        server.write_all(b"y").unwrap();
+        client.read_exact(&mut byte).unwrap();
+    }
+    let row = poll_until(SETTLE_TIMEOUT, "the flow with an RTT", || {
+        flows(&agent).into_iter().find(|f| {
+            f["src_pod"] == a.name()
+                && f["dst_pod"] == b.name()
+                && f["sport"] == port
+                && f["dport"] == 5203
+                && f["srtt_seconds"].is_f64()
+        })
+    });
+    assert_eq!(row["protocol"], "tcp", "{row}");
+    assert_eq!(row["src_type"], "pod", "{row}");
+    assert_eq!(row["interface"], a.host_if.as_str(), "{row}");
+    assert_eq!(row["saddr"], a.ipv4.to_string(), "{row}");
+    assert!(row["packets"].as_u64().unwrap() >= 20, "{row}");
+    let srtt = row["srtt_seconds"].as_f64().unwrap();
+    assert!(srtt > 0.0 && srtt < 1.0, "{row}");
+
+    // The plugin's view of the same table, read on its ticks: the bytes of the pair's rows
+    // (here one connection) and its RTT.
+    let pair = [("src_pod", a.name()), ("dst_pod", b.name())];
+    let bytes = [
+        ("src_pod", a.name()),
+        ("dst_pod", b.name()),
+        ("protocol", "tcp"),
+    ];
+    agent.wait_metric("sonde_test_flow_bytes", &bytes, 20.0, SETTLE_TIMEOUT);
+    let rtt = agent.wait_metric("sonde_test_flow_srtt_seconds", &pair, 1e-9, SETTLE_TIMEOUT);
+    assert!(rtt < 1.0, "plugin saw an RTT of {rtt} s");
+}
