@@ -1,11 +1,14 @@
 //! `iperf-bench`: what Sonde's probes cost a TCP bulk transfer, printed as Markdown for
 //! docs/benchmarks.md.
 //!
-//! iperf3 runs between two pods (network namespaces) for a fixed time, once per configuration
+//! iperf3 runs between two pods for a fixed time (network namespaces attached the way a CNI
+//! attaches them: a veth each, whose host end is on a bridge, so packets cross the host-side
+//! interfaces the `flow` probe watches), once per configuration
 //! in turn, round after round, so that all configurations see the same machine state:
 //! - `none`: no agent at all;
 //! - `default`: `sonde run` on the embedded default config (the probes that are on by default);
-//! - `all`: the default config with every probe of the catalogue switched on.
+//! - `all`: the default config with every probe of the catalogue switched on (`flow` watching
+//!   the pods' host-side interfaces).
 //!
 //! For each it reports the median throughput, the iperf3 sender's and receiver's CPU, and the
 //! agent's CPU. Then, with the kernel's BPF run-time statistics on (they add a little to every
@@ -26,9 +29,9 @@ use sonde_tests::bench::{
     cpu_seconds, median, positive_number, program_stats, programs_of, require_root_and_sonde,
     Machine, RunTimeStats,
 };
-use sonde_tests::{Agent, IpFamily, PodPair, READY_TIMEOUT};
+use sonde_tests::{Agent, IpFamily, NodePod, NodePods, READY_TIMEOUT};
 
-/// iperf3's port in pod B.
+/// iperf3's port in the server pod.
 const PORT: u16 = 5201;
 /// The embedded default config, as `sonde run` without `--config` uses it.
 const DEFAULT_CONFIG: &str = include_str!("../../../runtime/src/default.yaml");
@@ -71,12 +74,17 @@ fn main() {
         std::process::exit(2);
     }
     let machine = Machine::read();
-    let pods = PodPair::new();
+    let node = NodePods::new(2);
+    let pods = Pods {
+        client: &node.pods[0],
+        server: &node.pods[1],
+    };
+    let all = all_probes_config(&node.interface_pattern());
     let server = IperfServer::start(&pods);
     let configs = [
         ("none", None),
         ("default", Some(DEFAULT_CONFIG.to_string())),
-        ("all", Some(all_probes_config())),
+        ("all", Some(all.clone())),
     ];
 
     let mut runs: BTreeMap<&str, Vec<Transfer>> = BTreeMap::new();
@@ -92,14 +100,14 @@ fn main() {
             runs.entry(name).or_default().push(transfer);
         }
     }
-    let costs = program_costs(&pods, &options, &all_probes_config());
+    let costs = program_costs(&pods, &options, &all);
     drop(server);
 
     print_report(&machine, &options, &configs.map(|(n, _)| n), &runs, &costs);
 }
 
-/// The default config with every probe of the catalogue (and netstat) switched on.
-fn all_probes_config() -> String {
+/// The default config with every probe of the catalogue switched on, `flow` on `interfaces`.
+fn all_probes_config(interfaces: &str) -> String {
     let mut config: serde_yaml::Value =
         serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
     let probes = config["probes"]
@@ -111,7 +119,14 @@ fn all_probes_config() -> String {
             .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
         entry["enabled"] = true.into();
     }
+    probes["flow"]["interfaces"] = vec![interfaces.to_string()].into();
     serde_yaml::to_string(&config).unwrap()
+}
+
+/// The client's and the server's pod.
+struct Pods<'a> {
+    client: &'a NodePod,
+    server: &'a NodePod,
 }
 
 fn start(config: &str) -> Agent {
@@ -122,30 +137,30 @@ fn start(config: &str) -> Agent {
     agent
 }
 
-/// `iperf3 -s` in pod B, killed when dropped.
+/// `iperf3 -s` in the server pod, killed when dropped.
 struct IperfServer(Child);
 
 impl IperfServer {
-    fn start(pods: &PodPair) -> IperfServer {
+    fn start(pods: &Pods) -> IperfServer {
         let child = Command::new("ip")
-            .args(["netns", "exec", pods.b.name(), "iperf3", "-s", "-p"])
+            .args(["netns", "exec", pods.server.name(), "iperf3", "-s", "-p"])
             .arg(PORT.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot start iperf3 -s");
         // The server is up once a connect to its port succeeds.
-        let addr = std::net::SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+        let addr = std::net::SocketAddr::new(pods.server.ip(IpFamily::V4), PORT);
         let deadline = Instant::now() + Duration::from_secs(10);
         let up = || {
-            sonde_tests::in_netns(pods.a.name(), || {
+            sonde_tests::in_netns(pods.client.name(), || {
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             })
         };
         while !up() {
             assert!(
                 Instant::now() < deadline,
-                "iperf3 -s did not start in pod B"
+                "iperf3 -s did not start in the server pod"
             );
             thread::sleep(Duration::from_millis(50));
         }
@@ -171,7 +186,7 @@ struct Transfer {
     agent_cpu: f64,
 }
 
-fn transfer(pods: &PodPair, options: &Options, agent: Option<&Agent>) -> Transfer {
+fn transfer(pods: &Pods, options: &Options, agent: Option<&Agent>) -> Transfer {
     let agent_before = agent.map(|a| cpu_seconds(a.pid()));
     let started = Instant::now();
     let json = iperf_client(pods, options);
@@ -194,11 +209,11 @@ fn transfer(pods: &PodPair, options: &Options, agent: Option<&Agent>) -> Transfe
     }
 }
 
-/// `iperf3 -c B -J` from pod A; its JSON report.
-fn iperf_client(pods: &PodPair, options: &Options) -> Value {
+/// `iperf3 -J -c SERVER` from the client pod; its JSON report.
+fn iperf_client(pods: &Pods, options: &Options) -> Value {
     let out = Command::new("ip")
-        .args(["netns", "exec", pods.a.name(), "iperf3", "-J", "-c"])
-        .arg(pods.b_end.ip(IpFamily::V4).to_string())
+        .args(["netns", "exec", pods.client.name(), "iperf3", "-J", "-c"])
+        .arg(pods.server.ip(IpFamily::V4).to_string())
         .args(["-p", &PORT.to_string()])
         .args(["-t", &options.duration.to_string()])
         .args(["-P", &options.parallel.to_string()])
@@ -218,7 +233,7 @@ fn iperf_client(pods: &PodPair, options: &Options) -> Value {
 
 /// Per program of the agent running every probe: (ns per run, runs per second) during one
 /// transfer, from the kernel's run-time statistics.
-fn program_costs(pods: &PodPair, options: &Options, config: &str) -> BTreeMap<String, (f64, f64)> {
+fn program_costs(pods: &Pods, options: &Options, config: &str) -> BTreeMap<String, (f64, f64)> {
     let agent = start(config);
     let ids = programs_of(agent.pid());
     let names = program_names(&ids);
