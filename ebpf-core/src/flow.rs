@@ -11,6 +11,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
         Hook::tc("flow_ingress", TcDirection::Ingress),
         Hook::tc("flow_egress", TcDirection::Egress),
     ],
+    requires: &[],
     counter_map: "flow_counts",
     object: aya::include_bytes_aligned!("flow.bpf.o"),
 };

@@ -14,6 +14,20 @@
 
 SONDE_PARAMS
 
+/* Before Linux 5.17 a request named its disk itself; the queue has named it since. */
+struct request___old {
+	struct gendisk *rq_disk;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct gendisk *request_disk(struct request *rq)
+{
+	struct request___old *old = (void *)rq;
+
+	if (bpf_core_field_exists(old->rq_disk))
+		return BPF_CORE_READ(old, rq_disk);
+	return rq->q->disk;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, 8192);
@@ -55,7 +69,7 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 	if ((__s64)ns < 0)
 		return 0;
 	/* As the tracepoint itself names the device: the whole disk's dev_t. */
-	disk = rq->q->disk;
+	disk = request_disk(rq);
 	if (disk)
 		k.dev = (__u32)disk->major << MINORBITS_ | (__u32)disk->first_minor;
 	op = rq->cmd_flags & REQ_OP_MASK_;

@@ -3,7 +3,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::{Hook, ProbeSpec};
+use crate::{Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "io_latency",
@@ -12,6 +12,17 @@ pub const SPEC: ProbeSpec = ProbeSpec {
         Hook::tp_btf("block_rq_issue", "block", "block_rq_issue"),
         Hook::tp_btf("block_rq_complete", "block", "block_rq_complete"),
     ],
+    requires: &[&[
+        Requirement::field("request", "q"),
+        Requirement::field("request", "cmd_flags"),
+        Requirement::field("request", "__sector"),
+        Requirement::field("gendisk", "major"),
+        Requirement::field("gendisk", "first_minor"),
+        Requirement::TracepointArgs {
+            tracepoint: "block_rq_complete",
+            args: 3,
+        },
+    ]],
     counter_map: "ios",
     object: aya::include_bytes_aligned!("io_latency.bpf.o"),
 };

@@ -103,12 +103,93 @@ impl std::fmt::Display for Hook {
     }
 }
 
+/// Something a probe's programs need from the running kernel besides their hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// A field of a struct (or union) the programs read: `path` is the members read in turn,
+    /// through pointers (`q.disk` for `rq->q->disk`).
+    Field {
+        ty: &'static str,
+        path: &'static str,
+    },
+    /// A constant of an enum the programs name (`bpf_core_enum_value`).
+    EnumValue {
+        ty: &'static str,
+        constant: &'static str,
+    },
+    /// A tracepoint whose programs read at least `args` arguments (signatures grew between
+    /// kernels: `kfree_skb` got its reason in 5.17).
+    TracepointArgs {
+        tracepoint: &'static str,
+        args: usize,
+    },
+}
+
+impl Requirement {
+    pub const fn field(ty: &'static str, path: &'static str) -> Requirement {
+        Requirement::Field { ty, path }
+    }
+}
+
+impl std::fmt::Display for Requirement {
+    /// As `sonde probes` names what is missing: `field sk_buff.dev`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requirement::Field { ty, path } => write!(f, "field {ty}.{path}"),
+            Requirement::EnumValue { ty, constant } => write!(f, "enum {ty} constant {constant}"),
+            Requirement::TracepointArgs { tracepoint, args } => {
+                write!(f, "tracepoint {tracepoint} with at least {args} arguments")
+            }
+        }
+    }
+}
+
+/// Requirement groups of the helpers in `sonde.bpf.h`, for the probes that call them.
+pub mod requires {
+    use super::Requirement as R;
+
+    /// `sonde_sk_netns`: a socket's network namespace.
+    pub const SOCK_NETNS: &[R] = &[
+        R::field("sock", "__sk_common.skc_net.net"),
+        R::field("net", "ns.inum"),
+    ];
+    /// `sonde_skb_netns`: a packet's network namespace (with [`SOCK_NETNS`]).
+    pub const SKB_NETNS: &[R] = &[
+        R::field("sk_buff", "dev"),
+        R::field("sk_buff", "sk"),
+        R::field("net_device", "nd_net.net"),
+    ];
+    /// `sonde_skb_tuple`: a packet's 5-tuple from its headers.
+    pub const SKB_TUPLE: &[R] = &[
+        R::field("sk_buff", "head"),
+        R::field("sk_buff", "network_header"),
+        R::field("sk_buff", "protocol"),
+    ];
+    /// `sonde_sk_tuple`: a socket's 5-tuple.
+    pub const SOCK_TUPLE: &[R] = &[
+        R::field("sock", "sk_protocol"),
+        R::field("sock_common", "skc_family"),
+        R::field("sock_common", "skc_num"),
+        R::field("sock_common", "skc_dport"),
+        R::field("sock_common", "skc_rcv_saddr"),
+        R::field("sock_common", "skc_daddr"),
+        R::field("sock_common", "skc_v6_rcv_saddr"),
+        R::field("sock_common", "skc_v6_daddr"),
+    ];
+}
+
 /// A probe of the catalogue: its contract name, what it hooks, and its compiled object.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeSpec {
     pub name: &'static str,
     pub description: &'static str,
     pub hooks: &'static [Hook],
+    /// What the programs read from the kernel beyond their hooks, in groups (shared groups
+    /// such as [`requires::SOCK_TUPLE`] first): checked against the running kernel's BTF
+    /// before loading, so that a kernel without one gets a reason naming it instead of a
+    /// verifier log. Fields that moved between kernels are read under CO-RE existence checks
+    /// in the programs and are not listed.
+    pub requires: &'static [&'static [Requirement]],
     /// Name of the in-kernel per-CPU counter map.
     pub counter_map: &'static str,
     pub object: &'static [u8],

@@ -3,7 +3,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::{Hook, ProbeSpec};
+use crate::{Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "netdev_latency",
@@ -13,6 +13,14 @@ pub const SPEC: ProbeSpec = ProbeSpec {
         Hook::tp_btf("net_dev_start_xmit", "net", "net_dev_start_xmit"),
         Hook::tp_btf("net_dev_xmit", "net", "net_dev_xmit"),
     ],
+    requires: &[&[
+        Requirement::field("sk_buff", "head"),
+        Requirement::field("sk_buff", "len"),
+        Requirement::field("net_device", "nd_net.net"),
+        Requirement::field("net_device", "ifindex"),
+        Requirement::field("net_device", "name"),
+        Requirement::field("net", "ns.inum"),
+    ]],
     counter_map: "netdevs",
     object: aya::include_bytes_aligned!("netdev_latency.bpf.o"),
 };

@@ -3,13 +3,28 @@
 use std::mem::{offset_of, size_of};
 
 use crate::record::Tuple;
-use crate::{Hook, ProbeSpec};
+use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "packet_drop",
     description:
         "packets the kernel drops, by reason, with the dropping function and optional stack",
     hooks: &[Hook::tp_btf("packet_drop", "skb", "kfree_skb")],
+    requires: &[
+        requires::SOCK_NETNS,
+        requires::SKB_NETNS,
+        requires::SKB_TUPLE,
+        &[
+            Requirement::TracepointArgs {
+                tracepoint: "kfree_skb",
+                args: 3,
+            },
+            Requirement::EnumValue {
+                ty: "skb_drop_reason",
+                constant: "SKB_CONSUMED",
+            },
+        ],
+    ],
     counter_map: "drops",
     object: aya::include_bytes_aligned!("packet_drop.bpf.o"),
 };

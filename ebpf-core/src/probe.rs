@@ -10,11 +10,12 @@ use aya::programs::{BtfTracePoint, ProgramError, SchedClassifier};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
+use crate::btf::TypeIndex;
 use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
 use crate::tc::{TcTarget, WATCHED_MAP};
-use crate::{Hook, HookPoint, ProbeSpec};
+use crate::{Hook, HookPoint, ProbeSpec, Requirement};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -36,6 +37,8 @@ pub enum ProbeError {
     NoTcx,
     #[error("{0}")]
     Btf(String),
+    #[error("this kernel's BTF has no {0}, which the probe reads")]
+    MissingRequirement(crate::Requirement),
     #[error("permission denied loading eBPF: run as root or with CAP_BPF and CAP_PERFMON")]
     PermissionDenied,
     #[error("cannot load object: {0}")]
@@ -230,19 +233,42 @@ pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// Checks that the kernel has everything a probe's programs read ([`ProbeSpec::requires`]);
+/// the error names the first thing missing.
+pub fn check_requirements(spec: &ProbeSpec, types: &TypeIndex) -> Result<(), ProbeError> {
+    for requirement in spec.requires.iter().flat_map(|group| group.iter()) {
+        let present = match *requirement {
+            Requirement::Field { ty, path } => types.has_field(ty, path),
+            Requirement::EnumValue { ty, constant } => types.has_enum_constant(ty, constant),
+            Requirement::TracepointArgs { tracepoint, args } => {
+                types.tracepoint_args(tracepoint).is_some_and(|n| n >= args)
+            }
+        };
+        if !present {
+            return Err(ProbeError::MissingRequirement(*requirement));
+        }
+    }
+    Ok(())
+}
+
 /// Loads probes with one aya loader for all of them: making an aya loader parses the kernel
 /// BTF (about 6 ms and 12 MB each time), so a batch of probes shares one. Make the loader
 /// before parsing the BTF the probes are loaded against ([`Btf::from_sys_fs`]): the loader's
 /// own parse is then let go before the second one is made, and the two never coexist.
 pub struct ProbeLoader<'btf> {
     loader: EbpfLoader<'btf>,
+    /// The kernel's types, read the first time a probe with requirements is checked.
+    types: Option<Result<TypeIndex, String>>,
 }
 
 impl<'btf> ProbeLoader<'btf> {
     pub fn new() -> Self {
         let mut loader = EbpfLoader::new();
         loader.btf(None);
-        ProbeLoader { loader }
+        ProbeLoader {
+            loader,
+            types: None,
+        }
     }
 
     /// Loads the probe's programs into the kernel without attaching them: what
@@ -279,6 +305,14 @@ impl<'btf> ProbeLoader<'btf> {
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
         check_hooks(spec, btf)?;
+        if !spec.requires.is_empty() {
+            let types = self
+                .types
+                .get_or_insert_with(|| TypeIndex::kernel().map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(|e| ProbeError::Btf(format!("cannot read kernel BTF: {e}")))?;
+            check_requirements(spec, types)?;
+        }
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
@@ -493,5 +527,51 @@ impl LoadedProbe {
             .take_map(name)
             .ok_or(ProbeError::MissingMap(name))?;
         StackTraceMap::try_from(map).map_err(map_err(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Requirement, CATALOGUE};
+
+    #[test]
+    fn the_running_kernel_has_what_every_probe_reads() {
+        let types = TypeIndex::kernel().unwrap();
+        for spec in CATALOGUE {
+            check_requirements(spec, &types).unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+        }
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        const SPEC: ProbeSpec = ProbeSpec {
+            name: "test",
+            description: "",
+            hooks: &[],
+            requires: &[
+                crate::requires::SOCK_NETNS,
+                &[Requirement::field("sk_buff", "no_such_field")],
+            ],
+            counter_map: "",
+            object: &[],
+        };
+        let types = TypeIndex::kernel().unwrap();
+        let e = check_requirements(&SPEC, &types).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "this kernel's BTF has no field sk_buff.no_such_field, which the probe reads"
+        );
+        let tp = ProbeSpec {
+            requires: &[&[Requirement::TracepointArgs {
+                tracepoint: "kfree_skb",
+                args: 9,
+            }]],
+            ..SPEC
+        };
+        assert_eq!(
+            check_requirements(&tp, &types).unwrap_err().to_string(),
+            "this kernel's BTF has no tracepoint kfree_skb with at least 9 arguments, which the probe reads"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
         Hook::tp_btf("softirq_entry", "irq", "softirq_entry"),
         Hook::tp_btf("softirq_exit", "irq", "softirq_exit"),
     ],
+    requires: &[],
     counter_map: "softirqs",
     object: aya::include_bytes_aligned!("softirq.bpf.o"),
 };

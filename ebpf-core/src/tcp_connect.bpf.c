@@ -49,6 +49,15 @@ static __always_inline void count(__u32 netns, __u8 side, __u8 kind, __u8 value,
 	sonde_add(&connects, &key, n);
 }
 
+/* SYN-ACK timeouts of a child's request: tcp_sock.total_rto came with Linux 6.7; before it
+ * the field does not exist and no timeouts are known (the handshake time is then the RTT). */
+static __always_inline __u16 total_rto(struct tcp_sock *tp)
+{
+	if (bpf_core_field_exists(tp->total_rto))
+		return tp->total_rto;
+	return 0;
+}
+
 static __always_inline void report(const struct sock *sk, struct tcp_sock *tp, __u32 netns,
 				   __u8 side, __u8 cause, __u64 duration_ns)
 {
@@ -66,7 +75,7 @@ static __always_inline void report(const struct sock *sk, struct tcp_sock *tp, _
 	sonde_sk_tuple(sk, &e->tuple);
 	if (tp) {
 		/* SYNs resent (total_retrans); for a child, SYN-ACK timeouts its request had. */
-		e->retransmits = side == TCP_CONNECT_SIDE_CONNECT ? tp->total_retrans : tp->total_rto;
+		e->retransmits = side == TCP_CONNECT_SIDE_CONNECT ? tp->total_retrans : total_rto(tp);
 		/* On the way to CLOSE the port is released (inet_num = 0) before the tracepoint
 		 * fires; inet_sport still has it. */
 		if (!e->tuple.sport)
@@ -102,7 +111,7 @@ static __always_inline void failed(const struct sock *sk, struct tcp_sock *tp, _
 /* The passive handshake's duration, from the child socket (see the top of this file). */
 static __always_inline __u64 accept_duration(struct tcp_sock *tp)
 {
-	if (tp->total_rto)
+	if (total_rto(tp))
 		return (__u64)tp->total_rto_time * NSEC_PER_MSEC;
 	return (__u64)(tp->srtt_us >> 3) * NSEC_PER_USEC;
 }

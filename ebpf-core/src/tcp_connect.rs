@@ -4,12 +4,22 @@
 use std::mem::{offset_of, size_of};
 
 use crate::record::Tuple;
-use crate::{Hook, ProbeSpec};
+use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_connect",
     description: "TCP handshake latency (connect and accept) and failed handshakes by cause",
     hooks: &[Hook::tp_btf("tcp_connect", "sock", "inet_sock_set_state")],
+    requires: &[
+        requires::SOCK_NETNS,
+        requires::SOCK_TUPLE,
+        &[
+            Requirement::field("sock", "sk_err"),
+            Requirement::field("tcp_sock", "srtt_us"),
+            Requirement::field("tcp_sock", "total_retrans"),
+            Requirement::field("tcp_sock", "inet_conn.icsk_inet.inet_sport"),
+        ],
+    ],
     counter_map: "connects",
     object: aya::include_bytes_aligned!("tcp_connect.bpf.o"),
 };

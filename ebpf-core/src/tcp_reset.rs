@@ -3,7 +3,7 @@
 use std::mem::{offset_of, size_of};
 
 use crate::record::Tuple;
-use crate::{Hook, ProbeSpec};
+use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_reset",
@@ -11,6 +11,13 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     hooks: &[
         Hook::tp_btf("tcp_send_reset", "tcp", "tcp_send_reset"),
         Hook::tp_btf("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ],
+    requires: &[
+        requires::SOCK_NETNS,
+        requires::SOCK_TUPLE,
+        requires::SKB_NETNS,
+        requires::SKB_TUPLE,
+        &[Requirement::field("sock", "__sk_common.skc_state")],
     ],
     counter_map: "resets",
     object: aya::include_bytes_aligned!("tcp_reset.bpf.o"),

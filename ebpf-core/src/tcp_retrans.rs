@@ -3,12 +3,17 @@
 use std::mem::{offset_of, size_of};
 
 use crate::record::Tuple;
-use crate::{Hook, ProbeSpec};
+use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_retrans",
     description: "TCP segment retransmissions, with 5-tuple and socket state",
     hooks: &[Hook::tp_btf("tcp_retrans", "tcp", "tcp_retransmit_skb")],
+    requires: &[
+        requires::SOCK_NETNS,
+        requires::SOCK_TUPLE,
+        &[Requirement::field("sock", "__sk_common.skc_state")],
+    ],
     counter_map: "retransmits",
     object: aya::include_bytes_aligned!("tcp_retrans.bpf.o"),
 };

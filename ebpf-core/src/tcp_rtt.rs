@@ -3,7 +3,7 @@
 use std::mem::{offset_of, size_of};
 
 use crate::record::Tuple;
-use crate::{Hook, ProbeSpec};
+use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_rtt",
@@ -11,6 +11,19 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     hooks: &[
         Hook::tp_btf("tcp_rtt", "tcp", "tcp_probe"),
         Hook::tp_btf("tcp_rtt_forget", "tcp", "tcp_destroy_sock"),
+    ],
+    requires: &[
+        requires::SOCK_NETNS,
+        requires::SOCK_TUPLE,
+        &[
+            Requirement::field("tcp_sock", "srtt_us"),
+            Requirement::field("tcp_sock", "mdev_us"),
+            Requirement::field("tcp_sock", "rtt_min"),
+            Requirement::field("tcp_sock", "snd_cwnd"),
+            Requirement::field("tcp_sock", "snd_wnd"),
+            Requirement::field("tcp_sock", "rcv_wnd"),
+            Requirement::field("tcp_sock", "mss_cache"),
+        ],
     ],
     counter_map: "rtts",
     object: aya::include_bytes_aligned!("tcp_rtt.bpf.o"),
