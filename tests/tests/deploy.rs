@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount, Volume,
+};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::de::DeserializeOwned;
@@ -229,6 +231,15 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+/// The pod's volume a mount names.
+fn volume<'a>(pod: &'a PodSpec, name: &str) -> &'a Volume {
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("mount {name} has no volume"))
+}
+
 fn agent_container(ds: &DaemonSet) -> &Container {
     let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     pod.containers
@@ -406,12 +417,7 @@ fn chart_options_render_strict_objects() {
             .find(|m| m.mount_path == dir)
             .unwrap_or_else(|| panic!("{name}: not mounted"));
         assert_eq!(mount.read_only, Some(true));
-        let volume = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == mount.name)
-            .unwrap();
+        let volume = volume(pod, &mount.name);
         match name {
             "retrans-storm" => assert_eq!(
                 volume.config_map.as_ref().unwrap().name,
@@ -672,20 +678,15 @@ fn metric_names(expr: &str) -> Vec<String> {
         let metric = inner.rsplit_once(',').map_or(inner, |(m, _)| m);
         return metric_names(metric);
     }
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
+    const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
+    // Followed by a parenthesised list of label names.
+    const GROUPING: &[&str] = &[
         "by",
         "without",
         "on",
         "ignoring",
         "group_left",
         "group_right",
-        "inf",
-        "nan",
     ];
     let chars: Vec<char> = expr.chars().collect();
     let mut out = Vec::new();
@@ -743,16 +744,7 @@ fn metric_names(expr: &str) -> Vec<String> {
                 .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
                 .collect();
             let aggregation = next == "by" || next == "without";
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&word.as_str())
-            {
+            if GROUPING.contains(&word.as_str()) {
                 if call {
                     i = j;
                     skip_to(&mut i, ')');
@@ -850,12 +842,7 @@ fn run_as_daemonset(
     // Container path -> path here.
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let volume = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == m.name)
-            .unwrap_or_else(|| panic!("mount {} has no volume", m.name));
+        let volume = volume(&pod, &m.name);
         let here = if let Some(host) = &volume.host_path {
             PathBuf::from(&host.path)
         } else {
@@ -879,12 +866,7 @@ fn run_as_daemonset(
         text
     };
     for m in c.volume_mounts.iter().flatten() {
-        let volume = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == m.name)
-            .unwrap();
+        let volume = volume(&pod, &m.name);
         if let Some(source) = &volume.config_map {
             let cm = docs
                 .iter()
