@@ -834,12 +834,8 @@ fn yaml(v: &Value, indent: usize, out: &mut String) -> Result<(), String> {
                 out.push_str(&pad);
                 out.push_str("- ");
                 match item {
-                    Value::Map(m) if !m.is_empty() || matches!(item, Value::List(_)) => {
-                        let mut inner = String::new();
-                        yaml(item, indent + 2, &mut inner)?;
-                        out.push_str(&inner[indent + 2..]);
-                    }
-                    Value::List(l) if !l.is_empty() => {
+                    // A block item starts on the dash's line: `- key: v` / `- - x`.
+                    Value::Map(_) | Value::List(_) if item.truthy() => {
                         let mut inner = String::new();
                         yaml(item, indent + 2, &mut inner)?;
                         out.push_str(&inner[indent + 2..]);

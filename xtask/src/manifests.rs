@@ -26,8 +26,10 @@ pub fn render(root: &Path) -> Result<Vec<Output>, String> {
     let chart = Chart::load(&root.join(CHART))?;
     let docs = chart.render(&chart.values, RELEASE, NAMESPACE)?;
     let namespace = format!(
-        "{GENERATED}# `helm install --create-namespace` makes it; kubectl needs it first.\n\
-         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
+        "{GENERATED}# `helm install --create-namespace` makes it; kubectl needs it first. The agent\n\
+         # uses host namespaces, host paths and capabilities: Pod Security level privileged.\n\
+         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n  labels:\n    \
+         pod-security.kubernetes.io/enforce: privileged\n"
     );
 
     // The same release with the prometheus-operator objects on; only those are kept.
