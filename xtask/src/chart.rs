@@ -871,7 +871,7 @@ fn yaml_scalar(v: &Value) -> Result<String, String> {
 /// quoted when plain would read as another type. Strings go-yaml would write single-quoted
 /// or as a literal block are refused.
 fn scalar_str(s: &str) -> Result<String, String> {
-    if s.is_empty() || resolves_to_non_string(s) {
+    if s.is_empty() || resolves_to_non_string(s)? {
         return Ok(go_quote(s));
     }
     let first_ok =
@@ -888,8 +888,10 @@ fn scalar_str(s: &str) -> Result<String, String> {
 }
 
 /// Whether go-yaml v2 would read `s`, unquoted, as something other than a string (bool, null,
-/// number, timestamp), so that it must quote it.
-fn resolves_to_non_string(s: &str) -> bool {
+/// number, timestamp), so that it must quote it. A string that starts like a number and is
+/// made only of characters numbers are written with, but is none of the forms recognised
+/// here, is refused rather than guessed.
+fn resolves_to_non_string(s: &str) -> Result<bool, String> {
     const WORDS: &[&str] = &[
         "~", "null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "FALSE", "y", "Y",
         "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF",
@@ -897,34 +899,46 @@ fn resolves_to_non_string(s: &str) -> bool {
         ".NaN", ".NAN", "<<",
     ];
     if WORDS.contains(&s) {
-        return true;
+        return Ok(true);
     }
-    // Anything starting like a number (digits, sign, dot) is quoted if it could be one; be
-    // generous: a false "yes" only adds quotes go-yaml might not, so refuse instead.
     let numeric_start =
         s.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '.');
     if !numeric_start {
-        return false;
+        return Ok(false);
     }
-    let body = s.trim_start_matches(['+', '-']).replace('_', "");
+    // go-yaml tries strconv.ParseInt(s, 0, 64), then ParseFloat, on the string without `_`.
+    let plain = s.replace('_', "");
+    let body = plain.trim_start_matches(['+', '-']);
+    let radix = |prefix: &[&str], digit: fn(char) -> bool| {
+        prefix
+            .iter()
+            .find_map(|p| body.strip_prefix(p))
+            .is_some_and(|d| !d.is_empty() && d.chars().all(digit))
+    };
     let is_int = !body.is_empty() && body.chars().all(|c| c.is_ascii_digit())
-        || body.starts_with("0x")
-            && body.len() > 2
-            && body[2..].chars().all(|c| c.is_ascii_hexdigit())
-        || body.starts_with("0b")
-            && body.len() > 2
-            && body[2..].chars().all(|c| c == '0' || c == '1');
-    let is_float = body.parse::<f64>().is_ok()
-        && body
-            .chars()
-            .all(|c| c.is_ascii_digit() || ".eE+-".contains(c))
-        || body
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == ':' || c == '.')
-            && body.contains(':');
-    let is_date =
-        s.len() >= 8 && s.as_bytes()[4] == b'-' && s[..4].chars().all(|c| c.is_ascii_digit());
-    is_int || is_float || is_date
+        || radix(&["0x", "0X"], |c| c.is_ascii_hexdigit())
+        || radix(&["0o", "0O"], |c| ('0'..='7').contains(&c))
+        || radix(&["0b", "0B"], |c| c == '0' || c == '1');
+    // Rust reads the decimal forms and inf/nan as Go's ParseFloat does.
+    let is_float = plain.parse::<f64>().is_ok();
+    let base60 = body.contains(':') && body.chars().all(|c| c.is_ascii_digit() || ":.".contains(c));
+    let b = s.as_bytes();
+    let is_date = s.len() >= 8
+        && b[4] == b'-'
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && s[5..].chars().all(|c| c.is_ascii_digit() || c == '-');
+    if is_int || is_float || base60 || is_date {
+        return Ok(true);
+    }
+    let number_like = s.chars().all(|c| {
+        c.is_ascii_digit() || "+-.:_".contains(c) || "eExXoObBpPaAcCdDfFiInNtTyY".contains(c)
+    });
+    if number_like || (s.len() > 4 && b[4] == b'-' && b[..4].iter().all(u8::is_ascii_digit)) {
+        return Err(format!(
+            "toYaml: cannot tell whether go-yaml would quote {s:?}; quote-free values only"
+        ));
+    }
+    Ok(false)
 }
 
 /// go-yaml v2's map key order (keyList.Less): runs of digits compare as numbers, and a
@@ -1342,6 +1356,11 @@ mod tests {
         assert_eq!(scalar_str("2026-01-01").unwrap(), "\"2026-01-01\"");
         assert_eq!(scalar_str("100m").unwrap(), "100m");
         assert_eq!(scalar_str("1e3").unwrap(), "\"1e3\"");
+        assert_eq!(scalar_str("+inf").unwrap(), "\"+inf\"");
+        assert_eq!(scalar_str("0x1F").unwrap(), "\"0x1F\"");
+        assert_eq!(scalar_str("1Mi").unwrap(), "1Mi");
+        assert_eq!(scalar_str("200ms").unwrap(), "200ms");
+        assert!(scalar_str("1d").is_err());
     }
 
     #[test]
