@@ -259,6 +259,15 @@ fn manifests_are_the_charts_rendering() {
             out.path.display()
         );
     }
+    // NOTES.txt, which `helm install` prints, renders too.
+    let chart = chart();
+    let notes = chart
+        .notes(&chart.values, "sonde", "sonde")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        notes.contains("rollout status daemonset/sonde") && notes.contains("port 9990"),
+        "{notes}"
+    );
 }
 
 #[test]

@@ -1008,6 +1008,8 @@ pub struct Chart {
     pub values: Value,
     /// Templates that render (not `_*.tpl`), by file name, sorted.
     templates: Vec<(String, Vec<Node>)>,
+    /// `templates/NOTES.txt`, printed by `helm install`.
+    notes: Option<Vec<Node>>,
     defines: HashMap<String, Vec<Node>>,
 }
 
@@ -1042,12 +1044,10 @@ impl Chart {
             .collect::<Result<_, _>>()?;
         files.sort();
         let mut templates = Vec::new();
+        let mut notes = None;
         let mut defines = HashMap::new();
         for path in files {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name == "NOTES.txt" {
-                continue;
-            }
             let mut parser = Parser {
                 pieces: lex(&read(&path)?)
                     .map_err(|e| format!("{}: {e}", path.display()))?
@@ -1061,7 +1061,11 @@ impl Chart {
                 return Err(format!("{}: end or else without a block", path.display()));
             }
             defines.extend(parser.defines);
-            if !name.starts_with('_') {
+            // Helm prints NOTES.txt after an install instead of applying it: it is parsed (and
+            // rendered by `notes`) but is no document.
+            if name == "NOTES.txt" {
+                notes = Some(nodes);
+            } else if !name.starts_with('_') {
                 templates.push((name, nodes));
             }
         }
@@ -1071,6 +1075,7 @@ impl Chart {
             app_version: field("appVersion")?,
             values,
             templates,
+            notes,
             defines,
         })
     }
@@ -1083,8 +1088,40 @@ impl Chart {
         release: &str,
         namespace: &str,
     ) -> Result<Vec<Document>, String> {
+        let root = self.root(values, release, namespace);
+        let mut docs = Vec::new();
+        for (name, nodes) in &self.templates {
+            let source = format!("{}/templates/{name}", self.name);
+            for text in split_documents(&self.run(nodes, &root, &source)?) {
+                let kind = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("kind:"))
+                    .map(|k| k.trim().to_string())
+                    .unwrap_or_default();
+                docs.push(Document {
+                    source: source.clone(),
+                    kind,
+                    text,
+                });
+            }
+        }
+        docs.sort_by_key(|d| install_order(&d.kind));
+        Ok(docs)
+    }
+
+    /// The text `helm install` prints after installing (`templates/NOTES.txt`), if any.
+    pub fn notes(&self, values: &Value, release: &str, namespace: &str) -> Result<String, String> {
+        let Some(nodes) = &self.notes else {
+            return Ok(String::new());
+        };
+        let root = self.root(values, release, namespace);
+        self.run(nodes, &root, &format!("{}/templates/NOTES.txt", self.name))
+    }
+
+    /// What a template sees as `.` and `$`.
+    fn root(&self, values: &Value, release: &str, namespace: &str) -> Value {
         let s = |v: &str| Value::Str(v.to_string());
-        let root = Value::Map(BTreeMap::from([
+        Value::Map(BTreeMap::from([
             ("Values".into(), values.clone()),
             (
                 "Release".into(),
@@ -1102,33 +1139,20 @@ impl Chart {
                     ("AppVersion".into(), s(&self.app_version)),
                 ])),
             ),
-        ]));
-        let mut docs = Vec::new();
-        for (name, nodes) in &self.templates {
-            let mut scope = Scope {
-                defines: &self.defines,
-                vars: vec![("$".into(), root.clone())],
-                depth: 0,
-            };
-            let mut out = String::new();
-            scope
-                .render(nodes, &root, &mut out)
-                .map_err(|e| format!("{}/templates/{name}: {e}", self.name))?;
-            for text in split_documents(&out) {
-                let kind = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("kind:"))
-                    .map(|k| k.trim().to_string())
-                    .unwrap_or_default();
-                docs.push(Document {
-                    source: format!("{}/templates/{name}", self.name),
-                    kind,
-                    text,
-                });
-            }
-        }
-        docs.sort_by_key(|d| install_order(&d.kind));
-        Ok(docs)
+        ]))
+    }
+
+    fn run(&self, nodes: &[Node], root: &Value, source: &str) -> Result<String, String> {
+        let mut scope = Scope {
+            defines: &self.defines,
+            vars: vec![("$".into(), root.clone())],
+            depth: 0,
+        };
+        let mut out = String::new();
+        scope
+            .render(nodes, root, &mut out)
+            .map_err(|e| format!("{source}: {e}"))?;
+        Ok(out)
     }
 }
 
