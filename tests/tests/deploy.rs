@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sonde_tests::{
-    bulk_transfer, connect_and_close, free_local_addr, refused_connects, send_udp, sonde_bin,
-    Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    bulk_transfer, connect_and_close, free_local_addr, refused_connects, run_sonde, send_udp,
+    sonde_bin, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 use xtask::chart::{merge, Chart, Value as ChartValue};
 
@@ -308,6 +308,22 @@ fn manifests_are_strict_kubernetes_objects() {
             }
         }
     }
+
+    // The example bundles are ConfigMaps, strictly too.
+    let examples = root().join("deploy/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).expect("deploy/examples") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let file = path.display().to_string();
+            for (i, d) in yaml_documents(&read(&path), &file).iter().enumerate() {
+                let kind = check_object(d, &format!("{file} document {i}"));
+                assert_eq!(kind, "ConfigMap", "{file}");
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 4, "{seen} example ConfigMaps");
 
     let docs = yaml_documents(&read(&dir.join("sonde.yaml")), "sonde.yaml");
     let ds: DaemonSet = strict(find(&docs, "DaemonSet", "sonde"), "DaemonSet");
@@ -959,6 +975,19 @@ fn run_as_daemonset(
 #[test]
 fn dashboards_and_alerts_query_metrics_the_agent_exports() {
     let port = free_local_addr().port();
+    // The flow probe (which the flows dashboard reads) on, where the agent has it.
+    let catalogue = run_sonde(&["probes", "--output", "json"], READY_TIMEOUT);
+    let probes: Value = serde_json::from_str(&catalogue.stdout).expect("sonde probes: JSON");
+    let flow = if probes
+        .as_array()
+        .expect("a list of probes")
+        .iter()
+        .any(|p| p["name"] == "flow")
+    {
+        "\x20   flow: {enabled: true}\n"
+    } else {
+        ""
+    };
     // Probes that are off by default on (the dashboards show them), netstat read often, and
     // two script bundles as ConfigMaps: the example drop counter, and one that fails on every
     // event until it is quarantined.
@@ -969,6 +998,7 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
          \x20   tcp_rtt: {{enabled: true, sampleInterval: 100ms}}\n\
          \x20   netdev_latency: {{enabled: true}}\n\
          \x20   netstat: {{interval: 1s}}\n\
+         {flow}\
          bundles:\n\
          \x20 configMaps:\n\
          \x20 - {{name: drop-counter, configMap: sonde-bundle-drop-counter}}\n\
