@@ -156,7 +156,24 @@ impl Agent {
         let dir = TempDir::new();
         let config_path = dir.write("sonde.yaml", yaml);
         let addr = free_local_addr();
-        let mut child = start_agent(&config_path, addr);
+        let child = start_agent(&config_path, addr);
+        Agent::watch(child, addr, config_path, dir)
+    }
+
+    /// Starts the agent from a whole command line (`argv[0]` the agent, or a wrapper such as
+    /// `setpriv` in front of it) that reads `config_path` and serves HTTP on `addr`.
+    pub fn spawn_argv(argv: &[String], addr: SocketAddr, config_path: PathBuf) -> Agent {
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", argv.join(" ")));
+        Agent::watch(child, addr, config_path, TempDir::new())
+    }
+
+    fn watch(mut child: Child, addr: SocketAddr, config_path: PathBuf, dir: TempDir) -> Agent {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![

@@ -1,5 +1,8 @@
 //! `cargo xtask`: developer chores that need more than cargo.
 //!
+//! `cargo xtask manifests [--check]` renders the Helm chart into `deploy/manifests/` (see
+//! `manifests.rs`; `chart.rs` is the renderer).
+//!
 //! `cargo xtask plugins [--out DIR] [--only NAME]...` builds every first-party plugin (the
 //! folders under `plugins/` with a `plugin.yaml`) into a bundle `DIR/<name>/` (default
 //! `target/bundles`): the manifest, with `spec.sha256` filled in, and the module it names. A
@@ -17,7 +20,8 @@ use sha2::{Digest, Sha256};
 
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
-const USAGE: &str = "usage: cargo xtask plugins [--out DIR] [--only NAME]...";
+const USAGE: &str =
+    "usage: cargo xtask plugins [--out DIR] [--only NAME]... | cargo xtask manifests [--check]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -33,6 +37,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
     let mut args = args.into_iter();
     match args.next().as_deref() {
         Some("plugins") => plugins(args.collect()),
+        Some("manifests") => xtask::manifests::run(&root(), args.collect()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

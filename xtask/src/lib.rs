@@ -1,0 +1,5 @@
+//! The parts of `cargo xtask` the tests use too: the chart renderer and the manifests it
+//! writes.
+
+pub mod chart;
+pub mod manifests;
