@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sonde_tests::{
-    bulk_transfer, connect_and_close, free_local_addr, refused_connects, run_sonde, send_udp,
-    sonde_bin, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    bulk_transfer, connect_and_close, free_local_addr, refused_connects, send_udp, sonde_bin,
+    Agent, IpFamily, NodePods, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 use xtask::chart::{merge, Chart, Value as ChartValue};
 
@@ -975,19 +975,13 @@ fn run_as_daemonset(
 #[test]
 fn dashboards_and_alerts_query_metrics_the_agent_exports() {
     let port = free_local_addr().port();
-    // The flow probe (which the flows dashboard reads) on, where the agent has it.
-    let catalogue = run_sonde(&["probes", "--output", "json"], READY_TIMEOUT);
-    let probes: Value = serde_json::from_str(&catalogue.stdout).expect("sonde probes: JSON");
-    let flow = if probes
-        .as_array()
-        .expect("a list of probes")
-        .iter()
-        .any(|p| p["name"] == "flow")
-    {
-        "\x20   flow: {enabled: true}\n"
-    } else {
-        ""
-    };
+    // The flow probe (which the flows dashboard reads) on the host-side interfaces of two pods
+    // attached the way a CNI attaches them.
+    let node_pods = NodePods::new(2);
+    let flow = format!(
+        "\x20   flow: {{enabled: true, interfaces: ['{}']}}\n",
+        node_pods.interface_pattern()
+    );
     // Probes that are off by default on (the dashboards show them), netstat read often, and
     // two script bundles as ConfigMaps: the example drop counter, and one that fails on every
     // event until it is quarantined.
@@ -1038,6 +1032,15 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
     connect_and_close(&pods.a, &pods.b, SocketAddr::new(b_ip, OPEN_PORT), 3);
     // The example drop counter emits an event at a pod's thousandth drop.
     send_udp(&pods.a, src, SocketAddr::new(b_ip, DROP_PORT), 1000);
+    // A flow between the bridged pods (nothing listens: the datagrams cross both host-side
+    // interfaces all the same).
+    let (client, server) = (&node_pods.pods[0], &node_pods.pods[1]);
+    send_udp(
+        &client.netns,
+        client.ip(IpFamily::V4),
+        SocketAddr::new(server.ip(IpFamily::V4), DROP_PORT),
+        10,
+    );
 
     let wanted: Vec<(String, String)> = queries()
         .into_iter()

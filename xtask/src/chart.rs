@@ -878,7 +878,7 @@ fn scalar_str(s: &str) -> Result<String, String> {
         s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '/' || c == '.' || c == '_');
     let chars_ok = s
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || " -._/:=+@~,()%".contains(c));
+        .all(|c| c.is_ascii_alphanumeric() || " -._/:=+@~,()%*".contains(c));
     if first_ok && chars_ok && !s.ends_with([' ', ':']) && !s.contains(": ") && !s.contains(" #") {
         return Ok(s.to_string());
     }
@@ -1385,6 +1385,9 @@ mod tests {
         assert_eq!(scalar_str("1Mi").unwrap(), "1Mi");
         assert_eq!(scalar_str("200ms").unwrap(), "200ms");
         assert!(scalar_str("1d").is_err());
+        // `*` is an alias indicator only where a scalar starts (interface patterns).
+        assert_eq!(scalar_str("veth*").unwrap(), "veth*");
+        assert!(scalar_str("*eth").is_err());
     }
 
     #[test]
