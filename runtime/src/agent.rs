@@ -17,7 +17,6 @@ use crate::plugin_host::{self, HostContext, PluginDirs, PluginHost, PluginMetric
 use crate::probes::{Context, Probes};
 use crate::sinks::Sinks;
 use crate::timefmt::BootClock;
-use crate::topology::netns::NetnsTopology;
 
 /// How often the config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
@@ -64,8 +63,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
 
     let metrics = Arc::new(Metrics::new());
-    let topology = NetnsTopology::new(&config.topology.netns_dir);
-    let _topology_refresh = topology.spawn_refresh();
+    let node = node_name(&config);
+    let started = crate::topology::start(&config.topology, &node)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
     let mut sinks = Sinks::new(
         Arc::clone(&fanout),
@@ -75,8 +76,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let sinks = Arc::new(Mutex::new(sinks));
 
     let ctx = Arc::new(Context {
-        node: Arc::from(node_name(&config)),
-        topology,
+        node: Arc::from(node),
+        topology: Arc::clone(&started.topology),
         metrics: Arc::clone(&metrics),
         symbols: OnceLock::new(),
         clock: BootClock::new(),

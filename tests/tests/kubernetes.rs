@@ -1,0 +1,385 @@
+//! The Kubernetes topology against a local API server (tests/src/kube_api.rs): pods of this
+//! node are found through the API and /proc (a process in each test namespace, in a cgroup
+//! named after the pod's UID as kubelet names it), drops are labelled with the Kubernetes
+//! namespace and pod, addresses resolve to pods (and never to a pod that is gone or finished),
+//! and watches that are cut or expire recover by listing again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde_json::{json, Value};
+use sonde_tests::kube_api::{self, CgroupDriver, KubeApi, PodProcess};
+use sonde_tests::{
+    first_party_bundle, http_get, metric_series, poll_until, send_udp, try_poll_until,
+    unique_suffix, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+};
+
+const DROPS: &str = "sonde_packet_drops_total";
+/// A netstat series every pod namespace has (read every second here).
+const NETSTAT: &str = "sonde_netstat_udp_total";
+
+/// The agent on the Kubernetes topology of `node`, with drop events, netstat every second,
+/// and `extra` YAML appended (plugins...).
+fn agent(api: &KubeApi, dir: &Path, node: &str, extra: &str) -> Agent {
+    let kubeconfig = api.kubeconfig(dir);
+    Agent::spawn_yaml(&format!(
+        "node: {node}\nprobes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  \
+         tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\n  \
+         tcp_connect: {{enabled: false}}\n  softirq: {{enabled: false}}\n  \
+         io_latency: {{enabled: false}}\n  \
+         netstat: {{enabled: true, interval: 1s, includeHost: false, groups: [snmp]}}\n\
+         sinks:\n  stdout: {{enabled: true}}\n\
+         topology:\n  source: kubernetes\n  kubeconfig: {}\n{extra}",
+        kubeconfig.display()
+    ))
+}
+
+fn uid(n: u32) -> String {
+    // Unique per test process: the pid in the last group.
+    format!("5d0e{n:04x}-0000-4000-8000-{:012x}", std::process::id())
+}
+
+/// The pods the netstat series name now, as (namespace, pod).
+fn netstat_pods(agent: &Agent) -> Vec<(String, String)> {
+    let mut pods: Vec<(String, String)> = metric_series(&agent.metrics(), NETSTAT)
+        .into_iter()
+        .filter_map(|(labels, _)| {
+            let get = |k: &str| {
+                labels
+                    .iter()
+                    .find(|(lk, _)| lk == k)
+                    .map(|(_, v)| v.clone())
+            };
+            Some((get("namespace")?, get("pod")?))
+        })
+        .collect();
+    pods.dedup();
+    pods
+}
+
+fn drop_events(agent: &Agent, netns: u64, dport: u16) -> Vec<Value> {
+    agent
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "packet_drop"
+                && e["netns"].as_u64() == Some(netns)
+                && e["dport"].as_u64() == Some(dport.into())
+        })
+        .collect()
+}
+
+#[test]
+fn pods_from_the_api_label_what_happens_in_their_namespaces() {
+    let suffix = unique_suffix();
+    let node = format!("node-{suffix}");
+    let ns = "shop";
+    let (web, db) = (format!("web-{suffix}"), format!("db-{suffix}"));
+    let port = 9501;
+    let pods = PodPair::dropping_udp(port);
+    let (a_ip, b_ip) = (pods.a_end.ip(IpFamily::V4), pods.b_end.ip(IpFamily::V4));
+    let (uid_a, uid_b) = (uid(1), uid(2));
+    // One pod per kubelet cgroup driver.
+    let _pa = PodProcess::start(&pods.a, &uid_a, CgroupDriver::Cgroupfs);
+    let _pb = PodProcess::start(&pods.b, &uid_b, CgroupDriver::Systemd);
+
+    let api = KubeApi::start();
+    api.apply(kube_api::node(&node, "192.0.2.10".parse().unwrap()));
+    // An earlier pod had b's address and finished: it owns it no more.
+    api.apply(kube_api::pod(
+        ns,
+        &format!("old-{suffix}"),
+        &uid(3),
+        "elsewhere",
+        Some(b_ip),
+        &[],
+        "Failed",
+    ));
+    api.apply(kube_api::pod(
+        ns,
+        &web,
+        &uid_a,
+        &node,
+        Some(a_ip),
+        &[],
+        "Running",
+    ));
+    api.apply(kube_api::pod(
+        ns,
+        &db,
+        &uid_b,
+        &node,
+        Some(b_ip),
+        &[],
+        "Running",
+    ));
+    // A pod of another node is not this node's.
+    api.apply(kube_api::pod(
+        ns,
+        &format!("far-{suffix}"),
+        &uid(4),
+        "elsewhere",
+        Some("198.51.100.7".parse().unwrap()),
+        &[],
+        "Running",
+    ));
+
+    let dir = TempDir::new();
+    let explainer = first_party_bundle("drop-explainer");
+    let agent = agent(
+        &api,
+        dir.path(),
+        &node,
+        &format!("plugins:\n  dirs: [{}]\n", explainer.display()),
+    );
+    agent.wait_ready(READY_TIMEOUT);
+
+    // Both pods' namespaces are found through /proc: netstat reads them.
+    poll_until(SETTLE_TIMEOUT, "netstat series for both pods", || {
+        let seen = netstat_pods(&agent);
+        (seen.contains(&(ns.into(), web.clone())) && seen.contains(&(ns.into(), db.clone())))
+            .then_some(())
+    });
+
+    // Drops in b are db's.
+    send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port), 40);
+    let labels = [
+        ("namespace", ns),
+        ("pod", db.as_str()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    agent.wait_metric(DROPS, &labels, 40.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(DROPS, &labels), Some(40.0));
+    agent.wait_for_event(
+        SETTLE_TIMEOUT,
+        "a drop event labelled with the Kubernetes pod",
+        &json!({"type": "packet_drop", "namespace": ns, "pod": db, "dport": port}),
+        |e| e["netns"].as_u64() == Some(pods.b.inode()),
+    );
+    // The destination address resolves to db (not to the finished pod that had it before).
+    agent.wait_for_event(
+        SETTLE_TIMEOUT,
+        "drop-explainer naming db as the owner of the address",
+        &json!({"type": "drop_explained", "pod": db, "dport": port}),
+        |e| e["peer_namespace"] == ns && e["peer_pod"] == db,
+    );
+
+    // The address moves to a new pod elsewhere (db keeps running with another one).
+    let db_ip2: IpAddr = "198.51.100.9".parse().unwrap();
+    api.apply(kube_api::pod(
+        ns,
+        &db,
+        &uid_b,
+        &node,
+        Some(db_ip2),
+        &[],
+        "Running",
+    ));
+    let cache = format!("cache-{suffix}");
+    api.apply(kube_api::pod(
+        ns,
+        &cache,
+        &uid(5),
+        "elsewhere",
+        Some(b_ip),
+        &[],
+        "Running",
+    ));
+    let port2 = port + 1;
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {port2} -j DROP"),
+    );
+    let mut sent = 0;
+    let peer = poll_until(
+        SETTLE_TIMEOUT,
+        "the address to resolve to its new pod",
+        || {
+            send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port2), 1);
+            sent += 1;
+            agent
+                .events()
+                .into_iter()
+                .filter(|e| e["type"] == "drop_explained" && e["dport"] == port2)
+                .find(|e| e["peer_pod"] == cache.as_str())
+        },
+    );
+    assert_eq!(peer["pod"], db.as_str(), "{peer}");
+    // Those drops were still db's.
+    let db_drops = 40.0 + f64::from(sent);
+    agent.wait_metric(DROPS, &labels, db_drops, SETTLE_TIMEOUT);
+
+    // db moves to another node: drops in its namespace are nobody's now.
+    api.apply(kube_api::pod(
+        ns,
+        &db,
+        &uid_b,
+        "elsewhere",
+        Some(db_ip2),
+        &[],
+        "Running",
+    ));
+    let port3 = port + 2;
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {port3} -j DROP"),
+    );
+    poll_until(SETTLE_TIMEOUT, "drops in b to carry no pod", || {
+        send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port3), 1);
+        drop_events(&agent, pods.b.inode(), port3)
+            .iter()
+            .any(|e| e["pod"] == "" && e["namespace"] == "")
+            .then_some(())
+    });
+    poll_until(SETTLE_TIMEOUT, "db's netstat series to go", || {
+        (!netstat_pods(&agent).contains(&(ns.into(), db.clone()))).then_some(())
+    });
+    assert_eq!(agent.metric(DROPS, &labels), Some(db_drops));
+
+    // web disappears from the API: its namespace's series go too.
+    api.delete("Pod", ns, &web);
+    poll_until(SETTLE_TIMEOUT, "web's netstat series to go", || {
+        (!netstat_pods(&agent).contains(&(ns.into(), web.clone()))).then_some(())
+    });
+    // The cached pod finishes: the address is nobody's.
+    api.apply(kube_api::pod(
+        ns,
+        &cache,
+        &uid(5),
+        "elsewhere",
+        Some(b_ip),
+        &[],
+        "Succeeded",
+    ));
+    let port4 = port + 3;
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {port4} -j DROP"),
+    );
+    poll_until(SETTLE_TIMEOUT, "the address to resolve to nobody", || {
+        send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port4), 1);
+        agent.events().into_iter().find(|e| {
+            e["type"] == "drop_explained" && e["dport"] == port4 && e.get("peer_pod").is_none()
+        })
+    });
+}
+
+#[test]
+fn watches_recover_and_readyz_waits_for_the_first_list() {
+    let suffix = unique_suffix();
+    let node = format!("node-{suffix}");
+    let ns = "team";
+    let pods = PodPair::new();
+    let (uid_a, uid_b) = (uid(11), uid(12));
+    let _pa = PodProcess::start(&pods.a, &uid_a, CgroupDriver::Systemd);
+    let _pb = PodProcess::start(&pods.b, &uid_b, CgroupDriver::Cgroupfs);
+    let (a, b) = (format!("a-{suffix}"), format!("b-{suffix}"));
+    let a_ip = pods.a_end.ip(IpFamily::V4);
+    let b_ip = pods.b_end.ip(IpFamily::V4);
+
+    let api = KubeApi::start();
+    api.hold_lists(true);
+    api.apply(kube_api::node(&node, "192.0.2.10".parse().unwrap()));
+    api.apply(kube_api::pod(
+        ns,
+        &a,
+        &uid_a,
+        &node,
+        Some(a_ip),
+        &[],
+        "Running",
+    ));
+    let dir = TempDir::new();
+    let agent = agent(&api, dir.path(), &node, "");
+
+    // Not ready while the API server answers no list, and /readyz says why.
+    let (status, body) = poll_until(READY_TIMEOUT, "/readyz to name the topology", || {
+        let (status, body) = http_get(agent.addr(), "/readyz").ok()?;
+        body.contains("topology").then_some((status, body))
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("waiting for the first list") && body.contains(&node),
+        "{body}"
+    );
+    api.hold_lists(false);
+    agent.wait_ready(READY_TIMEOUT);
+    poll_until(SETTLE_TIMEOUT, "pod a to be found", || {
+        netstat_pods(&agent)
+            .contains(&(ns.into(), a.clone()))
+            .then_some(())
+    });
+
+    // A cut watch resumes and sees what changed meanwhile.
+    let watches = api.watches("pods");
+    api.cut_watches();
+    api.apply(kube_api::pod(
+        ns,
+        &b,
+        &uid_b,
+        &node,
+        Some(b_ip),
+        &[],
+        "Running",
+    ));
+    poll_until(SETTLE_TIMEOUT, "pod b to be found after the cut", || {
+        netstat_pods(&agent)
+            .contains(&(ns.into(), b.clone()))
+            .then_some(())
+    });
+    assert!(api.watches("pods") > watches);
+
+    // History expired (410 Gone on resume): the agent lists again and follows what changed.
+    let lists = api.lists("pods");
+    api.expire_history();
+    api.cut_watches();
+    api.delete("Pod", ns, &a);
+    let a2 = format!("a2-{suffix}");
+    api.apply(kube_api::pod(
+        ns,
+        &a2,
+        &uid_a,
+        &node,
+        Some(a_ip),
+        &[],
+        "Running",
+    ));
+    poll_until(
+        SETTLE_TIMEOUT,
+        "the relisted pods to replace the old view",
+        || {
+            let seen = netstat_pods(&agent);
+            (seen.contains(&(ns.into(), a2.clone())) && !seen.contains(&(ns.into(), a.clone())))
+                .then_some(())
+        },
+    );
+    assert!(api.lists("pods") > lists, "no list after 410");
+    // Still ready: a watch failure after the first list keeps the last view.
+    assert_eq!(agent.get("/readyz").0, 200);
+
+    // The API server away for a while: the data path carries on with what it knows.
+    api.hold_lists(true);
+    api.expire_history();
+    api.cut_watches();
+    let port = 9611;
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {port} -j DROP"),
+    );
+    send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port), 25);
+    let labels = [
+        ("namespace", ns),
+        ("pod", b.as_str()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    agent.wait_metric(DROPS, &labels, 25.0, SETTLE_TIMEOUT);
+    api.hold_lists(false);
+    let lists = api.lists("pods");
+    let relisted = try_poll_until(SETTLE_TIMEOUT * 2, || {
+        (api.lists("pods") > lists).then_some(())
+    });
+    assert!(
+        relisted.is_some(),
+        "the agent did not list again once the server was back"
+    );
+}
