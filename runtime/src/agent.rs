@@ -97,7 +97,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
 
     let plugin_dirs = plugin_host::dirs_from(&config.plugins, &opts.plugin_dirs);
-    let plugins = if plugin_dirs.is_empty() {
+    let configmap_ns = config.plugins.config_map_namespace.clone();
+    let plugins = if plugin_dirs.is_empty() && configmap_ns.is_empty() {
         None
     } else {
         let host = PluginHost::new(
@@ -118,6 +119,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let first = Arc::clone(&dirs);
         tokio::task::spawn_blocking(move || first.scan()).await?;
         dirs.spawn_watch();
+        if !configmap_ns.is_empty() {
+            let client = match &started.client {
+                Some(c) => c.clone(),
+                None => crate::topology::kube::client(&config.topology)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("plugins.configMapNamespace: {e}"))?,
+            };
+            dirs.spawn_configmaps(client, &configmap_ns);
+            tracing::info!(namespace = %configmap_ns, "following bundle ConfigMaps through the API");
+        }
         Some(dirs)
     };
     tracing::info!(%listen, node = %ctx.node, "sonde running");

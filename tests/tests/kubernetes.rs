@@ -10,8 +10,9 @@ use std::path::Path;
 use serde_json::{json, Value};
 use sonde_tests::kube_api::{self, CgroupDriver, KubeApi, PodProcess};
 use sonde_tests::{
-    first_party_bundle, http_get, metric_series, poll_until, send_udp, try_poll_until,
-    unique_suffix, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    first_party_bundle, http_get, metric_series, poll_until, run_sonde, send_udp, try_poll_until,
+    unique_suffix, wasm_module, write_bundle, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT,
+    SETTLE_TIMEOUT,
 };
 
 const DROPS: &str = "sonde_packet_drops_total";
@@ -382,4 +383,141 @@ fn watches_recover_and_readyz_waits_for_the_first_list() {
         relisted.is_some(),
         "the agent did not list again once the server was back"
     );
+}
+
+/// `sonde plugin configmap` of a bundle whose manifest has `spec`, as the JSON the API
+/// stores (what `kubectl apply` of that output makes).
+fn bundle_configmap(dir: &Path, name: &str, spec: &str, namespace: &str) -> Value {
+    let bundle = dir.join(name);
+    let _ = std::fs::remove_dir_all(&bundle);
+    write_bundle(&bundle, name, &wasm_module("hostile-plugin"), spec);
+    let out = run_sonde(
+        &[
+            "plugin",
+            "configmap",
+            &bundle.display().to_string(),
+            "--namespace",
+            namespace,
+        ],
+        READY_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    serde_yaml::from_str(&out.stdout).expect("the ConfigMap is YAML")
+}
+
+fn plugin_status(agent: &Agent, name: &str) -> Option<Value> {
+    let (status, body) = agent.get("/api/v1/plugins");
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<Value> = serde_json::from_str(&body).expect("JSON");
+    list.into_iter().find(|p| p["name"] == name)
+}
+
+#[test]
+fn bundle_configmaps_through_the_api_load_swap_refuse_and_unload() {
+    let suffix = unique_suffix();
+    let ns = "sonde-system";
+    let name = format!("counter-{}", suffix.replace('-', ""));
+    let fields_metric = format!("sonde_test_fields_{}_total", suffix.replace('-', "_"));
+    let dir = TempDir::new();
+    let spec = |mode: &str| {
+        format!(
+            "  subscribe: [packet_drop]\n  config: {{mode: {mode}, metric: {fields_metric}}}\n  \
+             capabilities: [metrics]\n"
+        )
+    };
+
+    let api = KubeApi::start();
+    // The same bundle unlabelled, and labelled in another namespace: neither is followed.
+    let mut unlabelled = bundle_configmap(dir.path(), &name, &spec("count"), ns);
+    unlabelled["metadata"]["name"] = json!("not-a-bundle");
+    unlabelled["metadata"]["labels"] = json!({});
+    api.apply(unlabelled);
+    api.apply(bundle_configmap(
+        dir.path(),
+        &name,
+        &spec("count"),
+        "elsewhere",
+    ));
+    let v1 = api.apply(bundle_configmap(dir.path(), &name, &spec("count"), ns));
+    let cm_name = v1["metadata"]["name"].as_str().unwrap().to_string();
+    let kubeconfig = api.kubeconfig(dir.path());
+    // Standalone topology: bundles through the API need only the client.
+    let agent = Agent::spawn_yaml(&format!(
+        "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\n\
+         sinks:\n  stdout: {{enabled: false}}\n\
+         topology:\n  source: standalone\n  kubeconfig: {}\n\
+         plugins:\n  configMapNamespace: {ns}\n",
+        kubeconfig.display()
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let running = poll_until(SETTLE_TIMEOUT, "the ConfigMap's plugin to run", || {
+        plugin_status(&agent, &name).filter(|p| p["state"] == "running")
+    });
+    assert_eq!(
+        running["dir"],
+        format!("configmap/{ns}/{cm_name}"),
+        "{running}"
+    );
+    let listed: Vec<Value> = serde_json::from_str(&agent.get("/api/v1/plugins").1).unwrap();
+    assert_eq!(
+        listed.iter().filter(|p| p["name"] == name.as_str()).count(),
+        1,
+        "one plugin: {listed:?}"
+    );
+    // Drops reach it.
+    let pods = PodPair::dropping_udp(9701);
+    let drop_one = || {
+        send_udp(
+            &pods.a,
+            pods.a_end.ip(IpFamily::V4),
+            SocketAddr::new(pods.b_end.ip(IpFamily::V4), 9701),
+            1,
+        );
+    };
+    poll_until(SETTLE_TIMEOUT, "the plugin to count drops", || {
+        drop_one();
+        agent.metric("sonde_test_events_seen_total", &[("pod", pods.b.name())])
+    });
+
+    // A broken version (its init fails): refused with the reason, the old one keeps running.
+    api.apply(bundle_configmap(dir.path(), &name, &spec("fail-init"), ns));
+    poll_until(SETTLE_TIMEOUT, "the broken version to be refused", || {
+        agent
+            .metric(
+                "sonde_plugin_errors_total",
+                &[("plugin", &name), ("kind", "init")],
+            )
+            .filter(|v| *v >= 1.0)
+    });
+    let status = plugin_status(&agent, &name).expect("still listed");
+    assert_eq!(status["state"], "running", "{status}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("new version refused: ") && error.contains("fail-init"),
+        "{status}"
+    );
+    assert_eq!(
+        agent.metric("sonde_plugin_up", &[("plugin", &name)]),
+        Some(1.0)
+    );
+
+    // Fixed: the new version replaces the old one (its metric is another).
+    api.apply(bundle_configmap(dir.path(), &name, &spec("fields"), ns));
+    poll_until(SETTLE_TIMEOUT, "the fixed version to run", || {
+        drop_one();
+        let text = agent.metrics();
+        (text.contains(&format!("# TYPE {fields_metric} counter"))
+            && !text.contains("sonde_test_events_seen_total"))
+        .then_some(())
+    });
+    let status = plugin_status(&agent, &name).expect("listed");
+    assert_eq!(status["state"], "running", "{status}");
+    assert!(status.get("last_error").is_none(), "{status}");
+
+    // Deleted: unloaded.
+    api.delete("ConfigMap", ns, &cm_name);
+    poll_until(SETTLE_TIMEOUT, "the plugin to be unloaded", || {
+        plugin_status(&agent, &name).is_none().then_some(())
+    });
+    assert!(!agent.metrics().contains(&fields_metric));
 }
