@@ -62,9 +62,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
 
-    let metrics = Arc::new(Metrics::new());
+    // Checked when the config was parsed.
+    let additional_labels = Arc::new(
+        config
+            .topology
+            .additional_labels()
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let metrics = Arc::new(Metrics::with_additional_labels(additional_labels.names()));
     let node = node_name(&config);
-    let started = crate::topology::start(&config.topology, &node)
+    let started = crate::topology::start(&config.topology, &node, additional_labels)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let fanout = FanOut::new(metrics.consumer_events_dropped.clone());

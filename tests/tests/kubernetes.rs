@@ -20,7 +20,7 @@ const DROPS: &str = "sonde_packet_drops_total";
 const NETSTAT: &str = "sonde_netstat_udp_total";
 
 /// The agent on the Kubernetes topology of `node`, with drop events, netstat every second,
-/// and `extra` YAML appended (plugins...).
+/// the pods' `app` label as an additional label, and `extra` YAML appended (plugins...).
 fn agent(api: &KubeApi, dir: &Path, node: &str, extra: &str) -> Agent {
     let kubeconfig = api.kubeconfig(dir);
     Agent::spawn_yaml(&format!(
@@ -30,7 +30,8 @@ fn agent(api: &KubeApi, dir: &Path, node: &str, extra: &str) -> Agent {
          io_latency: {{enabled: false}}\n  \
          netstat: {{enabled: true, interval: 1s, includeHost: false, groups: [snmp]}}\n\
          sinks:\n  stdout: {{enabled: true}}\n\
-         topology:\n  source: kubernetes\n  kubeconfig: {}\n{extra}",
+         topology:\n  source: kubernetes\n  kubeconfig: {}\n  \
+         additionalLabels: [\"app=${{labels:app}}\"]\n{extra}",
         kubeconfig.display()
     ))
 }
@@ -173,7 +174,7 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
         &uid_b,
         &node,
         Some(db_ip2),
-        &[],
+        &[("app", "db")],
         "Running",
     ));
     let cache = format!("cache-{suffix}");
@@ -217,7 +218,7 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
         &uid_b,
         "elsewhere",
         Some(db_ip2),
-        &[],
+        &[("app", "db")],
         "Running",
     ));
     let port3 = port + 2;

@@ -26,6 +26,7 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use super::labels::AdditionalLabels;
 use super::{PodNetns, Topology, TopologyConfig, Workload};
 
 /// How often /proc is read again to follow pods' processes (a pod's namespace is also looked
@@ -232,6 +233,8 @@ impl PodView {
 #[derive(Debug, Clone)]
 struct LocalPod {
     workload: Workload,
+    /// Its values of the additional labels.
+    label_values: Arc<[String]>,
 }
 
 /// A pod that says it has an address.
@@ -248,6 +251,8 @@ struct State {
     local: HashMap<String, LocalPod>,
     /// Namespaces found for them: inode to workload and a process in it.
     by_netns: HashMap<u32, (Workload, u32)>,
+    /// Their values of the additional labels.
+    label_values: HashMap<Workload, Arc<[String]>>,
     /// Every pod's addresses, by UID, as last seen.
     pod_ips: HashMap<String, Vec<IpAddr>>,
     /// The pods that claim each address. Several can for a while (an address reused before
@@ -351,6 +356,7 @@ pub struct KubeTopology {
     host_netns: Option<u32>,
     proc_dir: PathBuf,
     state: RwLock<State>,
+    labels: Arc<AdditionalLabels>,
     watches: Mutex<[WatchState; 3]>,
     /// Asks the /proc scanner to look now.
     rescan: SyncSender<()>,
@@ -359,7 +365,12 @@ pub struct KubeTopology {
 
 impl KubeTopology {
     /// Starts the watches and the /proc scanner for `node`; they run until the process ends.
-    pub fn start(client: Client, node: &str, proc_dir: impl Into<PathBuf>) -> Arc<Self> {
+    pub fn start(
+        client: Client,
+        node: &str,
+        proc_dir: impl Into<PathBuf>,
+        labels: Arc<AdditionalLabels>,
+    ) -> Arc<Self> {
         let (tx, rx) = sync_channel(1);
         let proc_dir = proc_dir.into();
         let topo = Arc::new(KubeTopology {
@@ -369,6 +380,7 @@ impl KubeTopology {
                 .map(|m| m.ino() as u32),
             proc_dir,
             state: RwLock::new(State::default()),
+            labels,
             watches: Mutex::new(Default::default()),
             rescan: tx,
             last_miss_rescan: Mutex::new(None),
@@ -459,8 +471,17 @@ impl KubeTopology {
                 && !p.host_network()
                 && p.spec.node_name.as_deref() == Some(self.node.as_str())
         };
+        let no_labels = BTreeMap::new();
         let local = |p: &PodView| LocalPod {
             workload: p.workload(),
+            label_values: if self.labels.is_empty() {
+                Arc::from([])
+            } else {
+                Arc::from(
+                    self.labels
+                        .values(p.metadata.labels.as_ref().unwrap_or(&no_labels)),
+                )
+            },
         };
         {
             let mut s = self.write();
@@ -482,10 +503,17 @@ impl KubeTopology {
             // Namespaces of pods that are gone (or changed name) go at once; new ones are
             // found by the scan asked for below.
             let State {
-                local, by_netns, ..
+                local,
+                by_netns,
+                label_values,
+                ..
             } = &mut *s;
             let current: HashSet<&Workload> = local.values().map(|p| &p.workload).collect();
             by_netns.retain(|_, (w, _)| current.contains(w));
+            *label_values = local
+                .values()
+                .map(|p| (p.workload.clone(), Arc::clone(&p.label_values)))
+                .collect();
         }
         let _ = self.rescan.try_send(());
     }
@@ -667,6 +695,10 @@ impl Topology for KubeTopology {
 
     fn workload_of_ip(&self, ip: IpAddr) -> Option<Workload> {
         self.read().owner(&ip).map(|c| c.workload.clone())
+    }
+
+    fn label_values(&self, workload: &Workload) -> Option<Arc<[String]>> {
+        self.read().label_values.get(workload).cloned()
     }
 
     fn node_of_ip(&self, ip: IpAddr) -> Option<Arc<str>> {

@@ -5,6 +5,7 @@
 //! namespace as a pod; the Kubernetes source ([`kube::KubeTopology`]) asks the API server.
 
 pub mod kube;
+pub mod labels;
 pub mod netns;
 
 use std::net::IpAddr;
@@ -49,6 +50,12 @@ pub trait Topology: Send + Sync {
         }
     }
 
+    /// The values of `topology.additionalLabels` for a workload (in their order), when the
+    /// source knows its pod's labels.
+    fn label_values(&self, _workload: &Workload) -> Option<Arc<[String]>> {
+        None
+    }
+
     /// Every pod network namespace it knows, with a path that opens it: for probes that read
     /// a namespace's own counters (netstat). Sources that cannot open namespaces know none.
     fn pod_netns(&self) -> Vec<PodNetns> {
@@ -81,6 +88,25 @@ pub struct TopologyConfig {
     pub kubeconfig: String,
     /// Where the pods' processes are found (the host's /proc: the agent runs with hostPID).
     pub proc_dir: String,
+    /// Labels made from pod labels, `NAME=TEMPLATE` with `${labels:KEY}` (see [`labels`]),
+    /// added to workload-labelled metrics and to events.
+    pub additional_labels: Vec<String>,
+    /// Distinct values each additional label takes at most; later ones are `_other`.
+    pub max_label_values: usize,
+}
+
+impl TopologyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_label_values == 0 {
+            return Err("topology.maxLabelValues: must be at least 1".into());
+        }
+        self.additional_labels().map(|_| ())
+    }
+
+    /// The additional labels, parsed.
+    pub fn additional_labels(&self) -> Result<labels::AdditionalLabels, String> {
+        labels::AdditionalLabels::parse(&self.additional_labels, self.max_label_values)
+    }
 }
 
 impl Default for TopologyConfig {
@@ -90,6 +116,8 @@ impl Default for TopologyConfig {
             netns_dir: "/run/netns".into(),
             kubeconfig: String::new(),
             proc_dir: "/proc".into(),
+            additional_labels: Vec::new(),
+            max_label_values: 100,
         }
     }
 }
@@ -114,7 +142,11 @@ pub struct Started {
 /// Starts the configured source for node `node`. `auto` picks Kubernetes when
 /// [`kube::credentials`] finds some; a Kubernetes source whose client cannot be made is an
 /// error (with `auto`, the agent falls back to standalone and says why).
-pub async fn start(config: &TopologyConfig, node: &str) -> Result<Started, String> {
+pub async fn start(
+    config: &TopologyConfig,
+    node: &str,
+    labels: Arc<labels::AdditionalLabels>,
+) -> Result<Started, String> {
     let kubernetes = match config.source {
         Source::Standalone => false,
         Source::Kubernetes => true,
@@ -129,7 +161,8 @@ pub async fn start(config: &TopologyConfig, node: &str) -> Result<Started, Strin
     if kubernetes {
         match kube::client(config).await {
             Ok(client) => {
-                let topology = kube::KubeTopology::start(client.clone(), node, &config.proc_dir);
+                let topology =
+                    kube::KubeTopology::start(client.clone(), node, &config.proc_dir, labels);
                 return Ok(Started {
                     topology,
                     client: Some(client),
