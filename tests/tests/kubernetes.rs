@@ -19,7 +19,8 @@ const DROPS: &str = "sonde_packet_drops_total";
 /// A netstat series every pod namespace has (read every second here).
 const NETSTAT: &str = "sonde_netstat_udp_total";
 
-/// The agent on the Kubernetes topology of `node`, with drop events, netstat every second,
+/// The agent on the Kubernetes topology of `node` (`source: auto`, which finds the
+/// kubeconfig), with drop events, netstat every second,
 /// the pods' `app` label as an additional label, and `extra` YAML appended (plugins...).
 fn agent(api: &KubeApi, dir: &Path, node: &str, extra: &str) -> Agent {
     let kubeconfig = api.kubeconfig(dir);
@@ -30,7 +31,7 @@ fn agent(api: &KubeApi, dir: &Path, node: &str, extra: &str) -> Agent {
          io_latency: {{enabled: false}}\n  \
          netstat: {{enabled: true, interval: 1s, includeHost: false, groups: [snmp]}}\n\
          sinks:\n  stdout: {{enabled: true}}\n\
-         topology:\n  source: kubernetes\n  kubeconfig: {}\n  \
+         topology:\n  source: auto\n  kubeconfig: {}\n  \
          additionalLabels: [\"app=${{labels:app}}\"]\n{extra}",
         kubeconfig.display()
     ))
@@ -59,16 +60,40 @@ fn netstat_pods(agent: &Agent) -> Vec<(String, String)> {
     pods
 }
 
-fn drop_events(agent: &Agent, netns: u64, dport: u16) -> Vec<Value> {
-    agent
-        .events()
-        .into_iter()
-        .filter(|e| {
-            e["type"] == "packet_drop"
-                && e["netns"].as_u64() == Some(netns)
-                && e["dport"].as_u64() == Some(dport.into())
-        })
-        .collect()
+/// Polls until the netstat series name the pod (`present`) or no longer do.
+fn wait_netstat_pod(agent: &Agent, ns: &str, pod: &str, present: bool) {
+    let what = format!("{ns}/{pod}'s netstat series to be there: {present}");
+    poll_until(SETTLE_TIMEOUT, &what, || {
+        let seen = netstat_pods(agent).contains(&(ns.to_string(), pod.to_string()));
+        (seen == present).then_some(())
+    });
+}
+
+/// Makes b drop UDP to `port`, then sends one datagram from a per poll until an event of
+/// type `kind` for that port passes `check`; returns it and how many datagrams were sent.
+fn until_event(
+    agent: &Agent,
+    pods: &PodPair,
+    port: u16,
+    kind: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> (Value, u32) {
+    pods.b.iptables(
+        IpFamily::V4,
+        &format!("-A INPUT -p udp --dport {port} -j DROP"),
+    );
+    let (a_ip, b_ip) = (pods.a_end.ip(IpFamily::V4), pods.b_end.ip(IpFamily::V4));
+    let mut sent = 0;
+    let event = poll_until(SETTLE_TIMEOUT, what, || {
+        send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port), 1);
+        sent += 1;
+        agent
+            .events()
+            .into_iter()
+            .find(|e| e["type"] == kind && e["dport"] == port && check(e))
+    });
+    (event, sent)
 }
 
 #[test]
@@ -103,7 +128,7 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
         &uid_a,
         &node,
         Some(a_ip),
-        &[],
+        &[("app", "web")],
         "Running",
     ));
     api.apply(kube_api::pod(
@@ -112,7 +137,7 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
         &uid_b,
         &node,
         Some(b_ip),
-        &[],
+        &[("app", "db")],
         "Running",
     ));
     // A pod of another node is not this node's.
@@ -137,25 +162,24 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
     agent.wait_ready(READY_TIMEOUT);
 
     // Both pods' namespaces are found through /proc: netstat reads them.
-    poll_until(SETTLE_TIMEOUT, "netstat series for both pods", || {
-        let seen = netstat_pods(&agent);
-        (seen.contains(&(ns.into(), web.clone())) && seen.contains(&(ns.into(), db.clone())))
-            .then_some(())
-    });
+    wait_netstat_pod(&agent, ns, &web, true);
+    wait_netstat_pod(&agent, ns, &db, true);
 
-    // Drops in b are db's.
+    // Drops in b are db's, with db's `app` label.
     send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port), 40);
     let labels = [
         ("namespace", ns),
         ("pod", db.as_str()),
+        ("app", "db"),
         ("reason", "NETFILTER_DROP"),
     ];
     agent.wait_metric(DROPS, &labels, 40.0, SETTLE_TIMEOUT);
     assert_eq!(agent.metric(DROPS, &labels), Some(40.0));
     agent.wait_for_event(
         SETTLE_TIMEOUT,
-        "a drop event labelled with the Kubernetes pod",
-        &json!({"type": "packet_drop", "namespace": ns, "pod": db, "dport": port}),
+        "a drop event labelled with the Kubernetes pod and its app",
+        &json!({"type": "packet_drop", "namespace": ns, "pod": db, "dport": port,
+                "labels": {"app": "db"}}),
         |e| e["netns"].as_u64() == Some(pods.b.inode()),
     );
     // The destination address resolves to db (not to the finished pod that had it before).
@@ -187,24 +211,13 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
         &[],
         "Running",
     ));
-    let port2 = port + 1;
-    pods.b.iptables(
-        IpFamily::V4,
-        &format!("-A INPUT -p udp --dport {port2} -j DROP"),
-    );
-    let mut sent = 0;
-    let peer = poll_until(
-        SETTLE_TIMEOUT,
+    let (peer, sent) = until_event(
+        &agent,
+        &pods,
+        port + 1,
+        "drop_explained",
         "the address to resolve to its new pod",
-        || {
-            send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port2), 1);
-            sent += 1;
-            agent
-                .events()
-                .into_iter()
-                .filter(|e| e["type"] == "drop_explained" && e["dport"] == port2)
-                .find(|e| e["peer_pod"] == cache.as_str())
-        },
+        |e| e["peer_pod"] == cache.as_str(),
     );
     assert_eq!(peer["pod"], db.as_str(), "{peer}");
     // Those drops were still db's.
@@ -221,28 +234,21 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
         &[("app", "db")],
         "Running",
     ));
-    let port3 = port + 2;
-    pods.b.iptables(
-        IpFamily::V4,
-        &format!("-A INPUT -p udp --dport {port3} -j DROP"),
+    let b_inode = pods.b.inode();
+    until_event(
+        &agent,
+        &pods,
+        port + 2,
+        "packet_drop",
+        "drops in b to carry no pod",
+        |e| e["netns"].as_u64() == Some(b_inode) && e["pod"] == "" && e["namespace"] == "",
     );
-    poll_until(SETTLE_TIMEOUT, "drops in b to carry no pod", || {
-        send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port3), 1);
-        drop_events(&agent, pods.b.inode(), port3)
-            .iter()
-            .any(|e| e["pod"] == "" && e["namespace"] == "")
-            .then_some(())
-    });
-    poll_until(SETTLE_TIMEOUT, "db's netstat series to go", || {
-        (!netstat_pods(&agent).contains(&(ns.into(), db.clone()))).then_some(())
-    });
+    wait_netstat_pod(&agent, ns, &db, false);
     assert_eq!(agent.metric(DROPS, &labels), Some(db_drops));
 
     // web disappears from the API: its namespace's series go too.
     api.delete("Pod", ns, &web);
-    poll_until(SETTLE_TIMEOUT, "web's netstat series to go", || {
-        (!netstat_pods(&agent).contains(&(ns.into(), web.clone()))).then_some(())
-    });
+    wait_netstat_pod(&agent, ns, &web, false);
     // The cached pod finishes: the address is nobody's.
     api.apply(kube_api::pod(
         ns,
@@ -253,17 +259,14 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
         &[],
         "Succeeded",
     ));
-    let port4 = port + 3;
-    pods.b.iptables(
-        IpFamily::V4,
-        &format!("-A INPUT -p udp --dport {port4} -j DROP"),
+    until_event(
+        &agent,
+        &pods,
+        port + 3,
+        "drop_explained",
+        "the address to resolve to nobody",
+        |e| e.get("peer_pod").is_none(),
     );
-    poll_until(SETTLE_TIMEOUT, "the address to resolve to nobody", || {
-        send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, port4), 1);
-        agent.events().into_iter().find(|e| {
-            e["type"] == "drop_explained" && e["dport"] == port4 && e.get("peer_pod").is_none()
-        })
-    });
 }
 
 #[test]
@@ -306,11 +309,7 @@ fn watches_recover_and_readyz_waits_for_the_first_list() {
     );
     api.hold_lists(false);
     agent.wait_ready(READY_TIMEOUT);
-    poll_until(SETTLE_TIMEOUT, "pod a to be found", || {
-        netstat_pods(&agent)
-            .contains(&(ns.into(), a.clone()))
-            .then_some(())
-    });
+    wait_netstat_pod(&agent, ns, &a, true);
 
     // A cut watch resumes and sees what changed meanwhile.
     let watches = api.watches("pods");
@@ -324,11 +323,7 @@ fn watches_recover_and_readyz_waits_for_the_first_list() {
         &[],
         "Running",
     ));
-    poll_until(SETTLE_TIMEOUT, "pod b to be found after the cut", || {
-        netstat_pods(&agent)
-            .contains(&(ns.into(), b.clone()))
-            .then_some(())
-    });
+    wait_netstat_pod(&agent, ns, &b, true);
     assert!(api.watches("pods") > watches);
 
     // History expired (410 Gone on resume): the agent lists again and follows what changed.

@@ -518,33 +518,35 @@ impl KubeTopology {
         let _ = self.rescan.try_send(());
     }
 
+    // A relist builds the new view aside and swaps it in, so lookups never wait for a whole
+    // cluster's worth of objects.
     fn pods_changed(&self, change: Change<PodView>) {
-        let mut s = self.write();
         match change {
             Change::Relisted(pods) => {
-                s.pod_ips.clear();
-                s.ips.clear();
-                for p in &pods {
-                    s.claim(p);
-                }
+                let mut fresh = State::default();
+                pods.iter().for_each(|p| fresh.claim(p));
+                let mut s = self.write();
+                s.pod_ips = fresh.pod_ips;
+                s.ips = fresh.ips;
             }
-            Change::Applied(p) => s.claim(&p),
-            Change::Deleted(p) => s.unclaim(p.uid()),
+            Change::Applied(p) => self.write().claim(&p),
+            Change::Deleted(p) => self.write().unclaim(p.uid()),
         }
     }
 
     fn nodes_changed(&self, change: Change<NodeView>) {
-        let mut s = self.write();
         match change {
             Change::Relisted(nodes) => {
-                s.node_ips.clear();
-                s.nodes_by_ip.clear();
-                for n in &nodes {
-                    s.set_node(n);
-                }
+                let mut fresh = State::default();
+                nodes.iter().for_each(|n| fresh.set_node(n));
+                let mut s = self.write();
+                s.node_ips = fresh.node_ips;
+                s.nodes_by_ip = fresh.nodes_by_ip;
             }
-            Change::Applied(n) => s.set_node(&n),
-            Change::Deleted(n) => s.remove_node(n.metadata.name.as_deref().unwrap_or_default()),
+            Change::Applied(n) => self.write().set_node(&n),
+            Change::Deleted(n) => self
+                .write()
+                .remove_node(n.metadata.name.as_deref().unwrap_or_default()),
         }
     }
 
