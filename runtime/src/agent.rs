@@ -17,7 +17,6 @@ use crate::plugin_host::{self, HostContext, PluginDirs, PluginHost, PluginMetric
 use crate::probes::{Context, Probes};
 use crate::sinks::Sinks;
 use crate::timefmt::BootClock;
-use crate::topology::netns::NetnsTopology;
 
 /// How often the config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
@@ -63,9 +62,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
 
-    let metrics = Arc::new(Metrics::new());
-    let topology = NetnsTopology::new(&config.topology.netns_dir);
-    let _topology_refresh = topology.spawn_refresh();
+    // Checked when the config was parsed.
+    let additional_labels = Arc::new(
+        config
+            .topology
+            .additional_labels()
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let metrics = Arc::new(Metrics::with_additional_labels(additional_labels.names()));
+    let node = node_name(&config);
+    let started = crate::topology::start(&config.topology, &node, additional_labels)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
     let mut sinks = Sinks::new(
         Arc::clone(&fanout),
@@ -75,8 +83,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let sinks = Arc::new(Mutex::new(sinks));
 
     let ctx = Arc::new(Context {
-        node: Arc::from(node_name(&config)),
-        topology,
+        node: Arc::from(node),
+        topology: Arc::clone(&started.topology),
         metrics: Arc::clone(&metrics),
         symbols: OnceLock::new(),
         clock: BootClock::new(),
@@ -96,7 +104,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
 
     let plugin_dirs = plugin_host::dirs_from(&config.plugins, &opts.plugin_dirs);
-    let plugins = if plugin_dirs.is_empty() {
+    let configmap_ns = config.plugins.config_map_namespace.clone();
+    let plugins = if plugin_dirs.is_empty() && configmap_ns.is_empty() {
         None
     } else {
         let host = PluginHost::new(
@@ -117,6 +126,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let first = Arc::clone(&dirs);
         tokio::task::spawn_blocking(move || first.scan()).await?;
         dirs.spawn_watch();
+        if !configmap_ns.is_empty() {
+            let client = match &started.client {
+                Some(c) => c.clone(),
+                None => crate::topology::kube::client(&config.topology)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("plugins.configMapNamespace: {e}"))?,
+            };
+            dirs.spawn_configmaps(client, &configmap_ns);
+            tracing::info!(namespace = %configmap_ns, "following bundle ConfigMaps through the API");
+        }
         Some(dirs)
     };
     tracing::info!(%listen, node = %ctx.node, "sonde running");

@@ -87,6 +87,7 @@ impl AgentConfig {
             ));
         }
         self.probes.validate()?;
+        self.topology.validate()?;
         self.sinks.validate()
     }
 }

@@ -57,10 +57,10 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
-    if !s.topology.ready() {
+    if let Err(why) = s.topology.readiness() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "topology: first view not complete\n",
+            format!("topology: {why}\n"),
         )
             .into_response();
     }

@@ -127,9 +127,11 @@ fn main() -> ExitCode {
     };
     // A trace's stderr is for the script's own messages: the agent's logs only when amiss,
     // and not the probes' (a probe that cannot attach is the trace's one-line error).
+    // kube's client logs every failed request as an error; the topology's watches say once
+    // per failure (with backoff) what went wrong.
     let default_log = match cli.command {
-        Command::Trace { .. } => "warn,sonde::probes=off",
-        _ => "info",
+        Command::Trace { .. } => "warn,sonde::probes=off,kube_client=off",
+        _ => "info,kube_client=off",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

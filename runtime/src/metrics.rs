@@ -27,6 +27,9 @@ pub struct Metrics {
     pub events_suppressed: IntCounterVec,
     pub consumer_events_dropped: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// `topology.additionalLabels`' names: workload-labelled series carry them after `node`,
+    /// `namespace`, `pod`.
+    pub additional_labels: Vec<String>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -156,44 +159,68 @@ impl Collector for KernelHistogram {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_additional_labels(&[])
+    }
+
+    /// The agent's series, the workload-labelled ones with `additional` labels after `node`,
+    /// `namespace`, `pod`.
+    pub fn with_additional_labels(additional: &[String]) -> Self {
         let r = Registry::new();
-        let workload = ["node", "namespace", "pod"];
+        let with_workload = |own: &[&'static str]| -> Vec<String> {
+            ["node", "namespace", "pod"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(additional.iter().cloned())
+                .chain(own.iter().map(|s| s.to_string()))
+                .collect()
+        };
+        let (drops, plain, resets, connect, failures, netdev) = (
+            with_workload(&["reason"]),
+            with_workload(&[]),
+            with_workload(&["direction"]),
+            with_workload(&["side"]),
+            with_workload(&["side", "cause"]),
+            with_workload(&["interface"]),
+        );
+        fn refs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
         let m = Metrics {
             packet_drops: counter(
                 &r,
                 "sonde_packet_drops_total",
                 "Packets dropped by the kernel, by drop reason.",
-                &["node", "namespace", "pod", "reason"],
+                &refs(&drops),
             ),
             tcp_retransmits: counter(
                 &r,
                 "sonde_tcp_retransmits_total",
                 "TCP segments retransmitted.",
-                &workload,
+                &refs(&plain),
             ),
             tcp_resets: counter(
                 &r,
                 "sonde_tcp_resets_total",
                 "TCP resets, by direction (sent, received).",
-                &["node", "namespace", "pod", "direction"],
+                &refs(&resets),
             ),
             tcp_connect_duration: histogram(
                 &r,
                 "sonde_tcp_connect_duration_seconds",
                 "TCP handshake duration, by side (connect: SYN sent to SYN-ACK; accept: SYN-ACK sent to the final ACK).",
-                &["node", "namespace", "pod", "side"],
+                &refs(&connect),
             ),
             tcp_connect_failures: counter(
                 &r,
                 "sonde_tcp_connect_failures_total",
                 "Failed TCP handshakes, by side and cause (refused, timeout, other).",
-                &["node", "namespace", "pod", "side", "cause"],
+                &refs(&failures),
             ),
             tcp_rtt: histogram(
                 &r,
                 "sonde_tcp_rtt_seconds",
                 "Smoothed RTT of TCP connections, each sampled at most once per sample interval.",
-                &workload,
+                &refs(&plain),
             ),
             softirq_delay: histogram(
                 &r,
@@ -211,13 +238,13 @@ impl Metrics {
                 &r,
                 "sonde_netdev_queue_seconds",
                 "Time packets spent in an interface's qdisc (net_dev_queue to net_dev_start_xmit).",
-                &["node", "namespace", "pod", "interface"],
+                &refs(&netdev),
             ),
             netdev_xmit: histogram(
                 &r,
                 "sonde_netdev_xmit_seconds",
                 "Time packets spent in an interface's driver (net_dev_start_xmit to net_dev_xmit).",
-                &["node", "namespace", "pod", "interface"],
+                &refs(&netdev),
             ),
             io_latency: histogram(
                 &r,
@@ -262,6 +289,7 @@ impl Metrics {
                 &["result"],
             ),
             registry: r,
+            additional_labels: additional.to_vec(),
         };
         let build = gauge(
             &m.registry,

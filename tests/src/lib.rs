@@ -11,6 +11,7 @@ mod agent;
 pub mod bench;
 mod bundle;
 mod http;
+pub mod kube_api;
 mod netns;
 mod node_pods;
 mod prometheus;

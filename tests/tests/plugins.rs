@@ -312,6 +312,36 @@ fn kubelet_configmap_volume_swap() {
         agent.metric("sonde_plugin_up", &[("plugin", "counter")]),
         Some(1.0)
     );
+    let version =
+        |agent: &Agent| plugin(&plugins_api(agent), "counter").map(|p| p["version"].clone());
+    let first = version(&agent);
+
+    // A good update (another module under the same key): swapped in.
+    let third = volume.join("..2026_11_25_03");
+    std::fs::create_dir_all(&third).unwrap();
+    std::fs::copy(
+        sonde_tests::first_party_bundle("drop-explainer").join("drop_explainer.wasm"),
+        third.join("hostile_plugin.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        third.join("plugin.yaml"),
+        "apiVersion: sonde.dev/v1alpha1\nkind: Plugin\nmetadata:\n  name: counter\nspec:\n  \
+         module: hostile_plugin.wasm\n  subscribe: [packet_drop]\n  capabilities: [metrics, events]\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_11_25_03", volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    let swapped = poll_until(SETTLE_TIMEOUT, "the good update to be swapped in", || {
+        plugin(&plugins_api(&agent), "counter")
+            .filter(|p| p["state"] == "running" && Some(&p["version"]) != first.as_ref())
+            .cloned()
+    });
+    assert!(swapped.get("last_error").is_none(), "{swapped}");
+    assert_eq!(
+        swapped["capabilities"],
+        serde_json::json!(["metrics", "events"])
+    );
 }
 
 #[test]

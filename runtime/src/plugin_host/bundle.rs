@@ -66,21 +66,47 @@ impl Bundle {
     /// Reads `DIR/plugin.yaml` and its module, checking the module's checksum when the
     /// manifest gives one.
     pub fn read(dir: &Path) -> Result<Bundle, BundleError> {
+        Self::assemble(dir, |name| {
+            std::fs::read(dir.join(name)).map_err(|e| format!("cannot read: {e}"))
+        })
+    }
+
+    /// A bundle from a ConfigMap's keys (`data` and `binaryData` together), named `origin`
+    /// (`configmap/<namespace>/<name>`) in errors and status.
+    pub fn from_files(
+        origin: &Path,
+        files: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<Bundle, BundleError> {
+        Self::assemble(origin, |name| {
+            files
+                .get(name)
+                .cloned()
+                .ok_or_else(|| "no such key in the ConfigMap's data or binaryData".to_string())
+        })
+    }
+
+    /// Puts a bundle together, wherever its files come from: `file(name)` gives a file's
+    /// bytes, or why not.
+    fn assemble(
+        dir: &Path,
+        file: impl Fn(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Bundle, BundleError> {
         let path = dir.join(Self::MANIFEST);
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| BundleError::Manifest(format!("{origin}: cannot read: {e}")))?;
+        let text = file(Self::MANIFEST)
+            .map_err(|why| format!("{origin}: {why}"))
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|_| format!("{origin}: not UTF-8 text"))
+            })
+            .map_err(BundleError::Manifest)?;
         let manifest = Manifest::parse(&text, &origin).map_err(BundleError::Manifest)?;
         let field = match manifest.bundle_kind() {
             Some(BundleKind::Script) => "spec.source",
             _ => "spec.module",
         };
         let module_path = dir.join(manifest.file());
-        let module = std::fs::read(&module_path).map_err(|e| {
-            BundleError::Module(format!(
-                "{}: cannot read {field}: {e}",
-                module_path.display()
-            ))
+        let module = file(manifest.file()).map_err(|why| {
+            BundleError::Module(format!("{} ({field}): {why}", module_path.display()))
         })?;
         let sha256 = sha256_hex(&module);
         if let Some(want) = &manifest.spec.sha256 {

@@ -548,6 +548,9 @@ pub struct PluginsConfig {
     /// Where compiled components are kept, so that a restart does not compile them again
     /// (seconds for Python and JavaScript plugins); empty for no cache.
     pub cache_dir: String,
+    /// A Kubernetes namespace whose ConfigMaps labelled `sonde.dev/bundle` are bundles,
+    /// followed through the API; empty = none.
+    pub config_map_namespace: String,
 }
 
 /// The bundle directories: the config's, then the command line's.

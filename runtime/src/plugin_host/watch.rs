@@ -1,14 +1,19 @@
-//! Plugin directories: every bundle under them is loaded, and the directories are watched so
-//! that added, changed and removed bundles take effect while the agent runs. A directory can
-//! be a bundle itself or hold one bundle per subdirectory; the layout kubelet makes for a
-//! mounted ConfigMap (files that are symlinks into `..data`, itself a symlink swapped
-//! atomically) works because bundles are read through their links, and `..`-prefixed
-//! entries are skipped.
+//! Plugin directories and bundle ConfigMaps: every bundle under the directories is loaded,
+//! and the directories are watched so that added, changed and removed bundles take effect
+//! while the agent runs. A directory can be a bundle itself or hold one bundle per
+//! subdirectory; the layout kubelet makes for a mounted ConfigMap (files that are symlinks into
+//! `..data`, itself a symlink swapped atomically) works because bundles are read through their
+//! links, and `..`-prefixed entries are skipped. ConfigMaps labelled `sonde.dev/bundle` that
+//! the API watch ([`PluginDirs::spawn_configmaps`]) sees are bundles too, named
+//! `configmap/<namespace>/<name>`: both kinds go through the same [`PluginDirs::scan`], so
+//! loading, refusing (the running version stays) and swapping are one code path.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::bundle::{sha256_hex, Bundle, BundleError};
 use super::{PluginHost, PluginStatus};
@@ -27,8 +32,49 @@ struct Seen {
 pub struct PluginDirs {
     host: Arc<PluginHost>,
     dirs: Vec<PathBuf>,
+    /// Bundle ConfigMaps the API watch sees now, by `configmap/<namespace>/<name>`.
+    configmaps: Mutex<BTreeMap<PathBuf, ConfigMapBundle>>,
+    /// One scan at a time (the directory tick and the ConfigMap watch both scan).
+    scanning: Mutex<()>,
     seen: Mutex<HashMap<PathBuf, Seen>>,
     plugins: Mutex<BTreeMap<String, Arc<Mutex<PluginStatus>>>>,
+}
+
+/// A bundle ConfigMap's keys (`data` and `binaryData` together) and their fingerprint.
+#[derive(Clone)]
+struct ConfigMapBundle {
+    files: Arc<BTreeMap<String, Vec<u8>>>,
+    fingerprint: String,
+}
+
+impl ConfigMapBundle {
+    fn new(cm: &ConfigMap) -> ConfigMapBundle {
+        let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for (k, v) in cm.data.iter().flatten() {
+            files.insert(k.clone(), v.clone().into_bytes());
+        }
+        for (k, v) in cm.binary_data.iter().flatten() {
+            files.insert(k.clone(), v.0.clone());
+        }
+        let mut all = Vec::new();
+        for (k, v) in &files {
+            all.extend_from_slice(sha256_hex(k.as_bytes()).as_bytes());
+            all.extend_from_slice(sha256_hex(v).as_bytes());
+        }
+        ConfigMapBundle {
+            fingerprint: sha256_hex(&all),
+            files: Arc::new(files),
+        }
+    }
+}
+
+/// The name a bundle ConfigMap goes by: `configmap/<namespace>/<name>`.
+fn configmap_key(cm: &ConfigMap) -> PathBuf {
+    PathBuf::from(format!(
+        "configmap/{}/{}",
+        cm.metadata.namespace.as_deref().unwrap_or_default(),
+        cm.metadata.name.as_deref().unwrap_or_default()
+    ))
 }
 
 /// Bundle directories under `dir`: `dir` itself when it holds a plugin.yaml, else its
@@ -80,6 +126,8 @@ impl PluginDirs {
         Arc::new(PluginDirs {
             host,
             dirs,
+            configmaps: Mutex::new(BTreeMap::new()),
+            scanning: Mutex::new(()),
             seen: Mutex::new(HashMap::new()),
             plugins: Mutex::new(BTreeMap::new()),
         })
@@ -102,9 +150,65 @@ impl PluginDirs {
         })
     }
 
+    /// Follows the bundle ConfigMaps (labelled `sonde.dev/bundle`) of `namespace` through the
+    /// API until the task is dropped: each change is scanned at once. A watch that fails
+    /// resumes or lists again with backoff; a relist replaces the whole set.
+    pub fn spawn_configmaps(
+        self: &Arc<Self>,
+        client: kube::Client,
+        namespace: &str,
+    ) -> tokio::task::JoinHandle<()> {
+        use futures_util::StreamExt;
+        use kube::runtime::watcher::{self, Event};
+        use kube::runtime::WatchStreamExt;
+        let me = Arc::clone(self);
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
+        let config = watcher::Config::default().labels(super::configmap::BUNDLE_LABEL);
+        let namespace = namespace.to_string();
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+            let mut listing = BTreeMap::new();
+            while let Some(item) = stream.next().await {
+                {
+                    let mut current = me.configmaps.lock().unwrap_or_else(|e| e.into_inner());
+                    match item {
+                        Ok(Event::Init) => {
+                            listing.clear();
+                            continue;
+                        }
+                        Ok(Event::InitApply(cm)) => {
+                            listing.insert(configmap_key(&cm), ConfigMapBundle::new(&cm));
+                            continue;
+                        }
+                        Ok(Event::InitDone) => *current = std::mem::take(&mut listing),
+                        Ok(Event::Apply(cm)) => {
+                            current.insert(configmap_key(&cm), ConfigMapBundle::new(&cm));
+                        }
+                        Ok(Event::Delete(cm)) => {
+                            current.remove(&configmap_key(&cm));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%namespace, error = %e, "bundle ConfigMap watch failed; retrying with backoff");
+                            continue;
+                        }
+                    }
+                }
+                let m = Arc::clone(&me);
+                let _ = tokio::task::spawn_blocking(move || m.scan()).await;
+            }
+        })
+    }
+
     /// Loads new and changed bundles and stops removed ones.
     pub fn scan(&self) {
-        let present: Vec<PathBuf> = self.dirs.iter().flat_map(|d| bundle_dirs(d)).collect();
+        let _one = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        let configmaps = self
+            .configmaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut present: Vec<PathBuf> = self.dirs.iter().flat_map(|d| bundle_dirs(d)).collect();
+        present.extend(configmaps.keys().cloned());
         // Removed bundles.
         let gone: Vec<(PathBuf, Option<String>)> = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,7 +235,11 @@ impl PluginDirs {
             }
         }
         for dir in present {
-            let fp = fingerprint(&dir);
+            let from_api = configmaps.get(&dir);
+            let fp = match from_api {
+                Some(cm) => cm.fingerprint.clone(),
+                None => fingerprint(&dir),
+            };
             let previous = {
                 let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
                 match seen.get(&dir) {
@@ -140,7 +248,11 @@ impl PluginDirs {
                     None => None,
                 }
             };
-            let outcome = self.load(&dir, previous.as_deref());
+            let bundle = match from_api {
+                Some(cm) => Bundle::from_files(&dir, &cm.files),
+                None => Bundle::read(&dir),
+            };
+            let outcome = self.load(&dir, bundle, previous.as_deref());
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             let entry = seen.entry(dir.clone()).or_insert(Seen {
                 fingerprint: String::new(),
@@ -180,12 +292,17 @@ impl PluginDirs {
 
     /// Loads one bundle; on success returns the plugin's name, on failure the label to count
     /// the error under (the plugin's name, or the folder's when the manifest is unreadable).
-    fn load(&self, dir: &Path, previous: Option<&str>) -> Result<String, (String, BundleError)> {
+    fn load(
+        &self,
+        dir: &Path,
+        bundle: Result<Bundle, BundleError>,
+        previous: Option<&str>,
+    ) -> Result<String, (String, BundleError)> {
         let folder = dir
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let bundle = Bundle::read(dir).map_err(|e| (folder.clone(), e))?;
+        let bundle = bundle.map_err(|e| (folder.clone(), e))?;
         let name = bundle.manifest.metadata.name.clone();
         // Another folder's plugin of the same name keeps its name.
         let taken = {

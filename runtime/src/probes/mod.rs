@@ -70,20 +70,16 @@ impl Context {
     }
 
     /// Adds `n` to the series of `counter` for the workload of `netns`: labels `node`,
-    /// `namespace`, `pod` (empty for the host), then `extra`.
+    /// `namespace`, `pod` (empty for the host), the additional labels, then `extra`.
     pub fn count_for_netns(&self, counter: &IntCounterVec, netns: u32, extra: &[&str], n: u64) {
-        let workload = self.topology.workload_of_netns(netns);
-        let (namespace, pod) = match &workload {
-            Some(w) => (&*w.namespace, &*w.pod),
-            None => ("", ""),
-        };
-        let mut labels = vec![&*self.node, namespace, pod];
-        labels.extend_from_slice(extra);
+        let labels = self.labels_for_netns(netns, extra);
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         counter.with_label_values(&labels).inc_by(n);
     }
 
     /// The label values `node`, `namespace`, `pod` (empty for the host) of the workload of
-    /// `netns`, then `extra`: for series that are not plain counters (kernel histograms).
+    /// `netns`, the additional labels' (`topology.additionalLabels`; empty where unknown), then
+    /// `extra`: the one place every workload-labelled series gets its labels.
     pub fn labels_for_netns(&self, netns: u32, extra: &[&str]) -> Vec<String> {
         let workload = self.topology.workload_of_netns(netns);
         let (namespace, pod) = match &workload {
@@ -91,8 +87,49 @@ impl Context {
             None => ("", ""),
         };
         let mut labels = vec![self.node.to_string(), namespace.into(), pod.into()];
+        let additional = self.metrics.additional_labels.len();
+        if additional > 0 {
+            let values = workload
+                .as_ref()
+                .and_then(|w| self.topology.label_values(w));
+            labels.extend((0..additional).map(|i| {
+                values
+                    .as_ref()
+                    .and_then(|v| v.get(i))
+                    .cloned()
+                    .unwrap_or_default()
+            }));
+        }
         labels.extend(extra.iter().map(|s| s.to_string()));
         labels
+    }
+
+    /// Fills in an event's node, namespace and pod, then its `labels`: the additional labels'
+    /// non-empty values, and the enrichment plugins' (which win on the same name).
+    pub fn enrich(&self, event: &mut Event) {
+        event.enrich(&self.node, &*self.topology);
+        self.enrichers.label(event);
+        let names = &self.metrics.additional_labels;
+        let Some(values) = (!names.is_empty())
+            .then_some(event.workload.as_ref())
+            .flatten()
+            .and_then(|w| self.topology.label_values(w))
+        else {
+            return;
+        };
+        let mut merged: Vec<(String, String)> = names
+            .iter()
+            .zip(values.iter())
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in event.labels.iter().flat_map(|l| l.iter()) {
+            merged.retain(|(mk, _)| mk != k);
+            merged.push((k.clone(), v.clone()));
+        }
+        if !merged.is_empty() {
+            event.labels = Some(Arc::from(merged));
+        }
     }
 }
 
@@ -759,8 +796,7 @@ async fn drain(
         let mut batch = Vec::new();
         while let Some(record) = ring.next() {
             if let Some(mut event) = decode(&record) {
-                event.enrich(&ctx.node, &*ctx.topology);
-                ctx.enrichers.label(&mut event);
+                ctx.enrich(&mut event);
                 batch.push(event);
             }
             drop(record);

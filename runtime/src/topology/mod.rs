@@ -2,8 +2,10 @@
 //!
 //! Collectors ask a [`Topology`] before fanning events out, so every consumer sees enriched
 //! events. The standalone source ([`netns::NetnsTopology`]) treats each named network
-//! namespace as a pod; the Kubernetes source implements the same trait.
+//! namespace as a pod; the Kubernetes source ([`kube::KubeTopology`]) asks the API server.
 
+pub mod kube;
+pub mod labels;
 pub mod netns;
 
 use std::net::IpAddr;
@@ -27,11 +29,32 @@ pub trait Topology: Send + Sync {
     /// and for namespaces it does not know.
     fn workload_of_netns(&self, netns: u32) -> Option<Workload>;
 
-    /// The workload that owns an address, when known.
+    /// The workload (pod) that owns an address, when known. Addresses of host-network pods
+    /// are their node's: see [`Topology::node_of_ip`].
     fn workload_of_ip(&self, ip: IpAddr) -> Option<Workload>;
+
+    /// The node that owns an address (its own addresses, which host-network pods share).
+    fn node_of_ip(&self, _ip: IpAddr) -> Option<Arc<str>> {
+        None
+    }
 
     /// Whether the source has completed its first view of the world.
     fn ready(&self) -> bool;
+
+    /// `Err` with the reason while the source is not ready (for `/readyz`).
+    fn readiness(&self) -> Result<(), String> {
+        if self.ready() {
+            Ok(())
+        } else {
+            Err("first view not complete".into())
+        }
+    }
+
+    /// The values of `topology.additionalLabels` for a workload (in their order), when the
+    /// source knows its pod's labels.
+    fn label_values(&self, _workload: &Workload) -> Option<Arc<[String]>> {
+        None
+    }
 
     /// Every pod network namespace it knows, with a path that opens it: for probes that read
     /// a namespace's own counters (netstat). Sources that cannot open namespaces know none.
@@ -54,14 +77,110 @@ pub struct PodNetns {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TopologyConfig {
-    /// Directory of named network namespaces (as `ip netns add` makes them); each is a pod.
+    /// Where pods come from: `auto` (Kubernetes when credentials are found, else
+    /// standalone), `kubernetes` or `standalone`.
+    pub source: Source,
+    /// Directory of named network namespaces (as `ip netns add` makes them); each is a pod
+    /// (standalone).
     pub netns_dir: String,
+    /// Kubeconfig file for the API server; empty = `$KUBECONFIG`, `~/.kube/config`, else the
+    /// in-cluster service account.
+    pub kubeconfig: String,
+    /// Where the pods' processes are found (the host's /proc: the agent runs with hostPID).
+    pub proc_dir: String,
+    /// Labels made from pod labels, `NAME=TEMPLATE` with `${labels:KEY}` (see [`labels`]),
+    /// added to workload-labelled metrics and to events.
+    pub additional_labels: Vec<String>,
+    /// Distinct values each additional label takes at most; later ones are `_other`.
+    pub max_label_values: usize,
+}
+
+impl TopologyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_label_values == 0 {
+            return Err("topology.maxLabelValues: must be at least 1".into());
+        }
+        self.additional_labels().map(|_| ())
+    }
+
+    /// The additional labels, parsed.
+    pub fn additional_labels(&self) -> Result<labels::AdditionalLabels, String> {
+        labels::AdditionalLabels::parse(&self.additional_labels, self.max_label_values)
+    }
 }
 
 impl Default for TopologyConfig {
     fn default() -> Self {
         TopologyConfig {
+            source: Source::Auto,
             netns_dir: "/run/netns".into(),
+            kubeconfig: String::new(),
+            proc_dir: "/proc".into(),
+            additional_labels: Vec::new(),
+            max_label_values: 100,
         }
     }
+}
+
+/// `topology.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Auto,
+    Kubernetes,
+    Standalone,
+}
+
+/// The topology the agent runs with, and the API client when it is Kubernetes'.
+pub struct Started {
+    pub topology: Arc<dyn Topology>,
+    pub client: Option<::kube::Client>,
+    /// Keeps the standalone source's refresh running.
+    _refresh: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the configured source for node `node`. `auto` picks Kubernetes when
+/// [`kube::credentials`] finds some; a Kubernetes source whose client cannot be made is an
+/// error (with `auto`, the agent falls back to standalone and says why).
+pub async fn start(
+    config: &TopologyConfig,
+    node: &str,
+    labels: Arc<labels::AdditionalLabels>,
+) -> Result<Started, String> {
+    let kubernetes = match config.source {
+        Source::Standalone => false,
+        Source::Kubernetes => true,
+        Source::Auto => match kube::credentials(config) {
+            Some(found) => {
+                tracing::info!(credentials = %found, "topology: auto found Kubernetes");
+                true
+            }
+            None => false,
+        },
+    };
+    if kubernetes {
+        match kube::client(config).await {
+            Ok(client) => {
+                let topology =
+                    kube::KubeTopology::start(client.clone(), node, &config.proc_dir, labels);
+                return Ok(Started {
+                    topology,
+                    client: Some(client),
+                    _refresh: None,
+                });
+            }
+            Err(e) if config.source == Source::Kubernetes => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "topology: auto falls back to standalone");
+            }
+        }
+    }
+    tracing::info!(dir = %config.netns_dir, "topology: standalone (named network namespaces)");
+    let topology = netns::NetnsTopology::new(&config.netns_dir);
+    let refresh = topology.spawn_refresh();
+    Ok(Started {
+        topology,
+        client: None,
+        _refresh: Some(refresh),
+    })
 }

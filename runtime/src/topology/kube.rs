@@ -1,0 +1,820 @@
+//! Kubernetes topology: the pods of this node come from the API server (a watch with a field
+//! selector on `spec.nodeName`) and their network namespaces from /proc (the processes whose
+//! cgroup path carries the pod's UID); remote addresses resolve to pods and nodes through a
+//! cluster-wide watch that keeps only names and addresses.
+//!
+//! Watches recover on their own: a cut stream is resumed, a `410 Gone` (or any failure to
+//! resume) starts over with a fresh list, with exponential backoff between failures. Lookups
+//! only read maps the watches fill, so nothing on the data path ever waits for the API server.
+//! Until every watch has completed its first list, [`Topology::readiness`] says which ones are
+//! still waiting and why.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Debug;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use super::labels::AdditionalLabels;
+use super::{PodNetns, Topology, TopologyConfig, Workload};
+
+/// How often /proc is read again to follow pods' processes (a pod's namespace is also looked
+/// for at once when its pod appears, and when an unknown namespace shows up in a probe).
+const PROC_SCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// At most this often for unknown namespaces seen by probes.
+const MISS_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The client for the API server: `topology.kubeconfig` when set, else what kubectl would
+/// use (`$KUBECONFIG`, `~/.kube/config`), else the in-cluster service account.
+pub async fn client(config: &TopologyConfig) -> Result<Client, String> {
+    let cfg = if config.kubeconfig.is_empty() {
+        kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes credentials: {e}"))?
+    } else {
+        let kc = kube::config::Kubeconfig::read_from(&config.kubeconfig)
+            .map_err(|e| format!("topology.kubeconfig: {}: {e}", config.kubeconfig))?;
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| format!("topology.kubeconfig: {}: {e}", config.kubeconfig))?
+    };
+    Client::try_from(cfg).map_err(|e| format!("cannot make a Kubernetes client: {e}"))
+}
+
+/// Where `topology: {source: auto}` finds Kubernetes credentials, if anywhere: the configured
+/// kubeconfig, in-cluster credentials (`KUBERNETES_SERVICE_HOST` and the service account
+/// token), `$KUBECONFIG`, or `~/.kube/config`.
+pub fn credentials(config: &TopologyConfig) -> Option<String> {
+    if !config.kubeconfig.is_empty() {
+        return Some(format!("kubeconfig {}", config.kubeconfig));
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    if env("KUBERNETES_SERVICE_HOST").is_some() && Path::new(TOKEN).is_file() {
+        return Some("in-cluster service account".into());
+    }
+    if let Some(paths) = env("KUBECONFIG") {
+        if let Some(p) = std::env::split_paths(&paths).find(|p| p.is_file()) {
+            return Some(format!("kubeconfig {}", p.display()));
+        }
+    }
+    let home = env("HOME").map(|h| Path::new(&h).join(".kube/config"))?;
+    home.is_file()
+        .then(|| format!("kubeconfig {}", home.display()))
+}
+
+// --- What the agent reads of API objects: names, UIDs, addresses, labels; the rest of each
+// object is skipped while it is parsed.
+
+/// The metadata fields the agent uses; `managedFields`, annotations and the rest are skipped.
+fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Slim {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        creation_timestamp: Option<Time>,
+        deletion_timestamp: Option<Time>,
+        labels: Option<BTreeMap<String, String>>,
+    }
+    let s = Slim::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: s.name,
+        namespace: s.namespace,
+        uid: s.uid,
+        resource_version: s.resource_version,
+        creation_timestamp: s.creation_timestamp,
+        deletion_timestamp: s.deletion_timestamp,
+        labels: s.labels,
+        ..Default::default()
+    })
+}
+
+/// A pod as the topology sees it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PodView {
+    #[serde(deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpecView,
+    #[serde(default)]
+    pub status: PodStatusView,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecView {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub host_network: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatusView {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Option<Vec<PodIpView>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodIpView {
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// A node's name and addresses.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NodeView {
+    #[serde(deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: NodeStatusView,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct NodeStatusView {
+    #[serde(default)]
+    pub addresses: Option<Vec<NodeAddressView>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct NodeAddressView {
+    #[serde(default)]
+    pub address: String,
+}
+
+macro_rules! api_resource {
+    ($ty:ty, $kind:literal, $plural:literal, $scope:ty) => {
+        impl k8s_openapi::Resource for $ty {
+            const API_VERSION: &'static str = "v1";
+            const GROUP: &'static str = "";
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = "v1";
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = $scope;
+        }
+        impl k8s_openapi::Metadata for $ty {
+            type Ty = ObjectMeta;
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+api_resource!(PodView, "Pod", "pods", k8s_openapi::NamespaceResourceScope);
+api_resource!(NodeView, "Node", "nodes", k8s_openapi::ClusterResourceScope);
+
+impl PodView {
+    fn uid(&self) -> &str {
+        self.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    fn workload(&self) -> Workload {
+        Workload {
+            namespace: Arc::from(self.metadata.namespace.as_deref().unwrap_or_default()),
+            pod: Arc::from(self.metadata.name.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// A pod whose containers have all terminated (`Succeeded`, `Failed`) owns no address
+    /// and no namespace any more.
+    fn finished(&self) -> bool {
+        matches!(
+            self.status.phase.as_deref(),
+            Some("Succeeded") | Some("Failed")
+        )
+    }
+
+    fn host_network(&self) -> bool {
+        self.spec.host_network == Some(true)
+    }
+
+    fn ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self
+            .status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if let Some(ip) = self.status.pod_ip.as_deref().and_then(|s| s.parse().ok()) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        ips
+    }
+}
+
+// --- The view of the world the watches keep.
+
+/// A pod of this node that has its own network namespace.
+#[derive(Debug, Clone)]
+struct LocalPod {
+    workload: Workload,
+    /// Its values of the additional labels.
+    label_values: Arc<[String]>,
+}
+
+/// A pod that says it has an address.
+#[derive(Debug, Clone)]
+struct Claim {
+    uid: String,
+    created: Option<Time>,
+    workload: Workload,
+}
+
+#[derive(Default)]
+struct State {
+    /// Running pods of this node with their own network namespace, by UID.
+    local: HashMap<String, LocalPod>,
+    /// Namespaces found for them: inode to workload and a process in it.
+    by_netns: HashMap<u32, (Workload, u32)>,
+    /// Their values of the additional labels.
+    label_values: HashMap<Workload, Arc<[String]>>,
+    /// Every pod's addresses, by UID, as last seen.
+    pod_ips: HashMap<String, Vec<IpAddr>>,
+    /// The pods that claim each address. Several can for a while (an address reused before
+    /// the old pod's deletion arrives): the most recently created one wins.
+    ips: HashMap<IpAddr, Vec<Claim>>,
+    /// Node addresses, by node.
+    node_ips: HashMap<String, Vec<IpAddr>>,
+    nodes_by_ip: HashMap<IpAddr, Arc<str>>,
+}
+
+impl State {
+    fn unclaim(&mut self, uid: &str) {
+        for ip in self.pod_ips.remove(uid).unwrap_or_default() {
+            if let Some(claims) = self.ips.get_mut(&ip) {
+                claims.retain(|c| c.uid != uid);
+                if claims.is_empty() {
+                    self.ips.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// A pod of the cluster-wide watch, added or changed.
+    fn claim(&mut self, pod: &PodView) {
+        let uid = pod.uid().to_string();
+        self.unclaim(&uid);
+        if pod.finished() || pod.host_network() {
+            return;
+        }
+        let ips = pod.ips();
+        for ip in &ips {
+            self.ips.entry(*ip).or_default().push(Claim {
+                uid: uid.clone(),
+                created: pod.metadata.creation_timestamp.clone(),
+                workload: pod.workload(),
+            });
+        }
+        self.pod_ips.insert(uid, ips);
+    }
+
+    /// The pod an address belongs to now: of the pods that claim it, the most recently
+    /// created one (among equals, the last one seen).
+    fn owner(&self, ip: &IpAddr) -> Option<&Claim> {
+        self.ips
+            .get(ip)?
+            .iter()
+            .max_by_key(|c| c.created.as_ref().map(|t| t.0))
+    }
+
+    fn set_node(&mut self, node: &NodeView) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        self.remove_node(&name);
+        let ips: Vec<IpAddr> = node
+            .status
+            .addresses
+            .iter()
+            .flatten()
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        let shared: Arc<str> = Arc::from(name.as_str());
+        for ip in &ips {
+            self.nodes_by_ip.insert(*ip, Arc::clone(&shared));
+        }
+        self.node_ips.insert(name, ips);
+    }
+
+    fn remove_node(&mut self, name: &str) {
+        for ip in self.node_ips.remove(name).unwrap_or_default() {
+            if self.nodes_by_ip.get(&ip).is_some_and(|n| &**n == name) {
+                self.nodes_by_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The three watches, in the order readiness names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    LocalPods,
+    Pods,
+    Nodes,
+}
+
+impl Watch {
+    const ALL: [Watch; 3] = [Watch::LocalPods, Watch::Pods, Watch::Nodes];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Default)]
+struct WatchState {
+    listed: bool,
+    last_error: Option<String>,
+}
+
+/// The Kubernetes topology source.
+pub struct KubeTopology {
+    node: String,
+    host_netns: Option<u32>,
+    proc_dir: PathBuf,
+    state: RwLock<State>,
+    labels: Arc<AdditionalLabels>,
+    watches: Mutex<[WatchState; 3]>,
+    /// Asks the /proc scanner to look now.
+    rescan: SyncSender<()>,
+    last_miss_rescan: Mutex<Option<Instant>>,
+}
+
+impl KubeTopology {
+    /// Starts the watches and the /proc scanner for `node`; they run until the process ends.
+    pub fn start(
+        client: Client,
+        node: &str,
+        proc_dir: impl Into<PathBuf>,
+        labels: Arc<AdditionalLabels>,
+    ) -> Arc<Self> {
+        let (tx, rx) = sync_channel(1);
+        let proc_dir = proc_dir.into();
+        let topo = Arc::new(KubeTopology {
+            node: node.to_string(),
+            host_netns: std::fs::metadata(proc_dir.join("self/ns/net"))
+                .ok()
+                .map(|m| m.ino() as u32),
+            proc_dir,
+            state: RwLock::new(State::default()),
+            labels,
+            watches: Mutex::new(Default::default()),
+            rescan: tx,
+            last_miss_rescan: Mutex::new(None),
+        });
+        let local = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        topo.spawn_watch(
+            Api::<PodView>::all(client.clone()),
+            local,
+            Watch::LocalPods,
+            Self::local_pods_changed,
+        );
+        topo.spawn_watch(
+            Api::<PodView>::all(client.clone()),
+            watcher::Config::default(),
+            Watch::Pods,
+            Self::pods_changed,
+        );
+        topo.spawn_watch(
+            Api::<NodeView>::all(client),
+            watcher::Config::default(),
+            Watch::Nodes,
+            Self::nodes_changed,
+        );
+        let scanner = Arc::downgrade(&topo);
+        let spawned = std::thread::Builder::new()
+            .name("pod-netns".into())
+            .spawn(move || scan_loop(scanner, rx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the pod namespace scanner");
+        }
+        tracing::info!(node, "topology: Kubernetes");
+        topo
+    }
+
+    fn spawn_watch<K>(
+        self: &Arc<Self>,
+        api: Api<K>,
+        config: watcher::Config,
+        which: Watch,
+        apply: fn(&Self, Change<K>),
+    ) where
+        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let topo = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+            let mut listing: Vec<K> = Vec::new();
+            while let Some(item) = stream.next().await {
+                let Some(topo) = topo.upgrade() else {
+                    return;
+                };
+                match item {
+                    Ok(Event::Init) => listing.clear(),
+                    Ok(Event::InitApply(obj)) => listing.push(obj),
+                    Ok(Event::InitDone) => {
+                        apply(&topo, Change::Relisted(std::mem::take(&mut listing)));
+                        let mut w = topo.watches.lock().unwrap_or_else(|e| e.into_inner());
+                        let w = &mut w[which.index()];
+                        if !w.listed {
+                            tracing::info!(watch = ?which, "topology: first list complete");
+                        }
+                        w.listed = true;
+                        w.last_error = None;
+                    }
+                    Ok(Event::Apply(obj)) => apply(&topo, Change::Applied(obj)),
+                    Ok(Event::Delete(obj)) => apply(&topo, Change::Deleted(obj)),
+                    Err(e) => {
+                        tracing::warn!(watch = ?which, error = %e, "topology: watch failed; retrying with backoff");
+                        topo.watches.lock().unwrap_or_else(|e| e.into_inner())[which.index()]
+                            .last_error = Some(e.to_string());
+                    }
+                }
+            }
+        });
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn local_pods_changed(&self, change: Change<PodView>) {
+        let owns_netns = |p: &PodView| {
+            !p.finished()
+                && !p.host_network()
+                && p.spec.node_name.as_deref() == Some(self.node.as_str())
+        };
+        let no_labels = BTreeMap::new();
+        let local = |p: &PodView| LocalPod {
+            workload: p.workload(),
+            label_values: if self.labels.is_empty() {
+                Arc::from([])
+            } else {
+                Arc::from(
+                    self.labels
+                        .values(p.metadata.labels.as_ref().unwrap_or(&no_labels)),
+                )
+            },
+        };
+        {
+            let mut s = self.write();
+            match change {
+                Change::Relisted(pods) => {
+                    s.local = pods
+                        .iter()
+                        .filter(|p| owns_netns(p))
+                        .map(|p| (p.uid().to_string(), local(p)))
+                        .collect();
+                }
+                Change::Applied(p) if owns_netns(&p) => {
+                    s.local.insert(p.uid().to_string(), local(&p));
+                }
+                Change::Applied(p) | Change::Deleted(p) => {
+                    s.local.remove(p.uid());
+                }
+            }
+            // Namespaces of pods that are gone (or changed name) go at once; new ones are
+            // found by the scan asked for below.
+            let State {
+                local,
+                by_netns,
+                label_values,
+                ..
+            } = &mut *s;
+            let current: HashSet<&Workload> = local.values().map(|p| &p.workload).collect();
+            by_netns.retain(|_, (w, _)| current.contains(w));
+            *label_values = local
+                .values()
+                .map(|p| (p.workload.clone(), Arc::clone(&p.label_values)))
+                .collect();
+        }
+        let _ = self.rescan.try_send(());
+    }
+
+    // A relist builds the new view aside and swaps it in, so lookups never wait for a whole
+    // cluster's worth of objects.
+    fn pods_changed(&self, change: Change<PodView>) {
+        match change {
+            Change::Relisted(pods) => {
+                let mut fresh = State::default();
+                pods.iter().for_each(|p| fresh.claim(p));
+                let mut s = self.write();
+                s.pod_ips = fresh.pod_ips;
+                s.ips = fresh.ips;
+            }
+            Change::Applied(p) => self.write().claim(&p),
+            Change::Deleted(p) => self.write().unclaim(p.uid()),
+        }
+    }
+
+    fn nodes_changed(&self, change: Change<NodeView>) {
+        match change {
+            Change::Relisted(nodes) => {
+                let mut fresh = State::default();
+                nodes.iter().for_each(|n| fresh.set_node(n));
+                let mut s = self.write();
+                s.node_ips = fresh.node_ips;
+                s.nodes_by_ip = fresh.nodes_by_ip;
+            }
+            Change::Applied(n) => self.write().set_node(&n),
+            Change::Deleted(n) => self
+                .write()
+                .remove_node(n.metadata.name.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// Reads /proc for the namespaces of this node's pods.
+    fn scan(&self) {
+        let uids: HashSet<String> = self.read().local.keys().cloned().collect();
+        let found = if uids.is_empty() {
+            HashMap::new()
+        } else {
+            find_pod_netns(&self.proc_dir, &uids, self.host_netns)
+        };
+        let mut s = self.write();
+        let by_netns: HashMap<u32, (Workload, u32)> = found
+            .into_iter()
+            .filter_map(|(uid, (inode, pid))| {
+                let pod = s.local.get(&uid)?;
+                Some((inode, (pod.workload.clone(), pid)))
+            })
+            .collect();
+        if by_netns.len() != s.by_netns.len() {
+            tracing::debug!(pods = by_netns.len(), "pod network namespaces changed");
+        }
+        s.by_netns = by_netns;
+    }
+}
+
+/// What a watch saw.
+enum Change<K> {
+    /// A complete list (the first, or after a watch had to start over).
+    Relisted(Vec<K>),
+    Applied(K),
+    Deleted(K),
+}
+
+fn scan_loop(topo: std::sync::Weak<KubeTopology>, rx: Receiver<()>) {
+    loop {
+        match rx.recv_timeout(PROC_SCAN_INTERVAL) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        match topo.upgrade() {
+            Some(t) => t.scan(),
+            None => return,
+        }
+    }
+}
+
+/// The pod UID in a process's `/proc/<pid>/cgroup`, as either kubelet cgroup driver writes
+/// it: cgroupfs `.../pod<uid>/<container>`, systemd `...-pod<uid_with_underscores>.slice/...`.
+pub fn pod_uid_in_cgroup(text: &str) -> Option<String> {
+    const LEN: usize = 36;
+    let b = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("pod") {
+        let start = from + at + 3;
+        from = start;
+        let Some(cand) = b.get(start..start + LEN) else {
+            break;
+        };
+        let dashes = [8, 13, 18, 23];
+        let sep = cand[8];
+        if !(sep == b'-' || sep == b'_') {
+            continue;
+        }
+        let ok = cand.iter().enumerate().all(|(i, c)| {
+            if dashes.contains(&i) {
+                *c == sep
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+        // The UID ends there: a path separator, `.slice`, or the line's end.
+        let end_ok = matches!(b.get(start + LEN), None | Some(b'/' | b'.' | b'\n'));
+        if ok && end_ok {
+            return Some(
+                String::from_utf8_lossy(cand)
+                    .replace('_', "-")
+                    .to_ascii_lowercase(),
+            );
+        }
+    }
+    None
+}
+
+/// For each pod UID of `uids` that has a process under `proc_dir`: its network namespace's
+/// inode and the lowest such process id. Pods in the host's namespace are left out.
+fn find_pod_netns(
+    proc_dir: &Path,
+    uids: &HashSet<String>,
+    host_netns: Option<u32>,
+) -> HashMap<String, (u32, u32)> {
+    let mut found: HashMap<String, (u32, u32)> = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(proc_dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else {
+            continue;
+        };
+        let Some(uid) = pod_uid_in_cgroup(&cgroup) else {
+            continue;
+        };
+        if !uids.contains(&uid) || found.get(&uid).is_some_and(|(_, p)| *p < pid) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(entry.path().join("ns/net")) else {
+            continue;
+        };
+        let inode = meta.ino() as u32;
+        if Some(inode) != host_netns {
+            found.insert(uid, (inode, pid));
+        }
+    }
+    found
+}
+
+impl Topology for KubeTopology {
+    fn workload_of_netns(&self, netns: u32) -> Option<Workload> {
+        if netns == 0 || Some(netns) == self.host_netns {
+            return None;
+        }
+        let s = self.read();
+        if let Some((w, _)) = s.by_netns.get(&netns) {
+            return Some(w.clone());
+        }
+        // A namespace not known yet while some pod's is missing: look again soon (never from
+        // here: the scan reads /proc, and this is the data path).
+        if s.local.len() > s.by_netns.len() {
+            drop(s);
+            let mut last = self
+                .last_miss_rescan
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= MISS_RESCAN_INTERVAL) {
+                *last = Some(Instant::now());
+                let _ = self.rescan.try_send(());
+            }
+        }
+        None
+    }
+
+    fn workload_of_ip(&self, ip: IpAddr) -> Option<Workload> {
+        self.read().owner(&ip).map(|c| c.workload.clone())
+    }
+
+    fn label_values(&self, workload: &Workload) -> Option<Arc<[String]>> {
+        self.read().label_values.get(workload).cloned()
+    }
+
+    fn node_of_ip(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.read().nodes_by_ip.get(&ip).cloned()
+    }
+
+    fn ready(&self) -> bool {
+        self.readiness().is_ok()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        let watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting: Vec<String> = Watch::ALL
+            .iter()
+            .filter(|w| !watches[w.index()].listed)
+            .map(|w| {
+                let what = match w {
+                    Watch::LocalPods => format!("pods on node {}", self.node),
+                    Watch::Pods => "pods of the cluster".to_string(),
+                    Watch::Nodes => "nodes".to_string(),
+                };
+                match &watches[w.index()].last_error {
+                    Some(e) => format!("{what} (last error: {e})"),
+                    None => what,
+                }
+            })
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "kubernetes: waiting for the first list of {}",
+                waiting.join(", ")
+            ))
+        }
+    }
+
+    fn pod_netns(&self) -> Vec<PodNetns> {
+        self.read()
+            .by_netns
+            .iter()
+            .map(|(inode, (workload, pid))| PodNetns {
+                inode: *inode,
+                workload: workload.clone(),
+                path: self.proc_dir.join(format!("{pid}/ns/net")),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_uids_from_both_cgroup_drivers() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let cgroupfs =
+            format!("12:pids:/kubepods/besteffort/pod{uid}/4f2c9e\n0::/kubepods/besteffort/pod{uid}/4f2c9e\n");
+        assert_eq!(pod_uid_in_cgroup(&cgroupfs).as_deref(), Some(uid));
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-ab12.scope\n",
+            uid.replace('-', "_")
+        );
+        assert_eq!(pod_uid_in_cgroup(&systemd).as_deref(), Some(uid));
+        // Guaranteed pods sit right under kubepods.
+        let guaranteed = format!("0::/kubepods/pod{uid}\n");
+        assert_eq!(pod_uid_in_cgroup(&guaranteed).as_deref(), Some(uid));
+        for other in [
+            "0::/\n",
+            "0::/system.slice/podman.service\n",
+            "0::/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8796\n",
+            "0::/kubepods/podzz1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/x\n",
+        ] {
+            assert_eq!(pod_uid_in_cgroup(other), None, "{other}");
+        }
+    }
+
+    fn pod(uid: &str, name: &str, ip: &str, created: &str, phase: &str) -> PodView {
+        serde_json::from_value(serde_json::json!({
+            "kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": "shop", "uid": uid, "resourceVersion": "1",
+                         "creationTimestamp": created,
+                         "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reused_addresses_belong_to_the_newest_running_pod() {
+        let mut s = State::default();
+        let ip: IpAddr = "10.1.0.7".parse().unwrap();
+        let old = pod("u1", "old", "10.1.0.7", "2026-01-01T00:00:00Z", "Running");
+        let new = pod("u2", "new", "10.1.0.7", "2026-01-01T00:05:00Z", "Running");
+        s.claim(&old);
+        s.claim(&new);
+        let best = |s: &State| s.owner(&ip).map(|c| c.workload.pod.to_string());
+        assert_eq!(best(&s).as_deref(), Some("new"));
+        // A late update of the old pod does not take the address back.
+        s.claim(&old);
+        assert_eq!(best(&s).as_deref(), Some("new"));
+        // The old pod's deletion leaves the new one's claim alone.
+        s.unclaim("u1");
+        assert_eq!(best(&s).as_deref(), Some("new"));
+        // A finished pod owns nothing.
+        s.claim(&pod(
+            "u2",
+            "new",
+            "10.1.0.7",
+            "2026-01-01T00:05:00Z",
+            "Succeeded",
+        ));
+        assert_eq!(best(&s), None);
+    }
+}
