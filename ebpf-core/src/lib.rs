@@ -11,6 +11,7 @@ pub mod netdev_latency;
 pub mod packet_drop;
 pub mod probe;
 pub mod record;
+pub mod socket_latency;
 pub mod softirq;
 pub mod tcp_connect;
 pub mod tcp_reset;
@@ -58,6 +59,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     tcp_rtt::SPEC,
     softirq::SPEC,
     netdev_latency::SPEC,
+    socket_latency::SPEC,
     io_latency::SPEC,
 ];
 

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub softirq_duration: KernelHistogram,
     pub netdev_queue: KernelHistogram,
     pub netdev_xmit: KernelHistogram,
+    pub socket_read_latency: KernelHistogram,
+    pub socket_overflows: IntCounterVec,
     pub io_latency: KernelHistogram,
     pub probe_up: IntGaugeVec,
     pub events_lost: IntCounterVec,
@@ -216,6 +218,18 @@ impl Metrics {
                 "sonde_netdev_xmit_seconds",
                 "Time packets spent in an interface's driver (net_dev_start_xmit to net_dev_xmit).",
                 &["node", "namespace", "pod", "interface"],
+            ),
+            socket_read_latency: histogram(
+                &r,
+                "sonde_socket_read_latency_seconds",
+                "Time from a packet's arrival in the pod's network namespace (netif_receive_skb) to the application reading it from its socket.",
+                &workload,
+            ),
+            socket_overflows: counter(
+                &r,
+                "sonde_socket_overflows_total",
+                "Packets or receive memory refused to a socket, by kind (rcvqueue_full: the socket's receive buffer was full; exceed_buf_limit: the protocol's memory limit).",
+                &["node", "namespace", "pod", "kind"],
             ),
             io_latency: histogram(
                 &r,
