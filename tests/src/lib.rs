@@ -11,6 +11,7 @@ mod agent;
 pub mod bench;
 mod bundle;
 mod http;
+mod loop_device;
 mod netns;
 mod prometheus;
 mod slow_link;
@@ -22,6 +23,7 @@ pub use agent::{
 };
 pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
 pub use http::http_get;
+pub use loop_device::LoopDevice;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use prometheus::{metric_series, metric_value};
 pub use slow_link::SlowPodPair;
