@@ -520,6 +520,22 @@ fn large_batches_are_split_to_the_plugins_batch_limit() {
     );
 }
 
+/// Bundles `typed` and `packed` of the test plugin in `fields` mode, subscribed to `probes`
+/// (`"packet_drop, tcp_reset"`): each counts its events by every field into
+/// `sonde_test_<delivery>_total`.
+fn field_counting_bundles(probes: &str) -> TempDir {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    for delivery in ["typed", "packed"] {
+        let spec = format!(
+            "  subscribe: [{probes}]\n  delivery: {delivery}\n  \
+             config: {{mode: fields, metric: sonde_test_{delivery}_total}}\n  capabilities: [metrics]\n"
+        );
+        write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
+    }
+    dir
+}
+
 /// The same plugin twice, one handed typed batches and one packed batches (`spec.delivery`):
 /// counting every event by all its fields, both see the same events, field for field.
 #[test]
@@ -527,15 +543,7 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
     const DATAGRAMS: usize = 200;
     const CONNECTS: usize = 30;
     const CLOSED_PORT: u16 = 7777;
-    let module = wasm_module("hostile-plugin");
-    let dir = TempDir::new();
-    for delivery in ["typed", "packed"] {
-        let spec = format!(
-            "  subscribe: [packet_drop, tcp_reset, tcp_connect]\n  delivery: {delivery}\n  \
-             config: {{mode: fields, metric: sonde_test_{delivery}_total}}\n  capabilities: [metrics]\n"
-        );
-        write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
-    }
+    let dir = field_counting_bundles("packet_drop, tcp_reset, tcp_connect");
     let pods = PodPair::dropping_udp(PORT);
     let agent = Agent::spawn_yaml(&format!(
         "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
@@ -671,15 +679,7 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
 fn latency_events_reach_plugins_typed_and_packed_alike() {
     const DATAGRAMS: usize = 50;
     const BLOCKS: usize = 16;
-    let module = wasm_module("hostile-plugin");
-    let dir = TempDir::new();
-    for delivery in ["typed", "packed"] {
-        let spec = format!(
-            "  subscribe: [softirq, netdev_latency, io_latency]\n  delivery: {delivery}\n  \
-             config: {{mode: fields, metric: sonde_test_{delivery}_total}}\n  capabilities: [metrics]\n"
-        );
-        write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
-    }
+    let dir = field_counting_bundles("softirq, netdev_latency, io_latency");
     let pods = PodPair::new();
     let disk = LoopDevice::new();
     let agent = Agent::spawn_yaml(&format!(
