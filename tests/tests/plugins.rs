@@ -520,6 +520,15 @@ fn large_batches_are_split_to_the_plugins_batch_limit() {
     );
 }
 
+/// The value of label `k` in a series' labels, "" when it has none.
+fn label(labels: &[(String, String)], k: &str) -> String {
+    labels
+        .iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
 /// Bundles `typed` and `packed` of the test plugin in `fields` mode, subscribed to `probes`
 /// (`"packet_drop, tcp_reset"`): each counts its events by every field into
 /// `sonde_test_<delivery>_total`.
@@ -594,13 +603,6 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
     // Other tests run beside this one, the agent sees their pods too, and the kernel has
     // traffic of its own in new namespaces (IPv6 multicast listener reports): compare the
     // events of this test's traffic only, which the waits above saw complete.
-    let label = |labels: &[(String, String)], k: &str| {
-        labels
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
     let ours = |name: &str| {
         let mut series = metric_series(&agent.metrics(), name);
         let ends = [a_ip.to_string(), b_ip.to_string()];
@@ -707,13 +709,6 @@ fn latency_events_reach_plugins_typed_and_packed_alike() {
     send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, PORT), DATAGRAMS);
     disk.dd(true, BLOCKS);
 
-    let label = |labels: &[(String, String)], k: &str| {
-        labels
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
     let metrics_of = |delivery: &str, keep: &dyn Fn(&[(String, String)]) -> bool| {
         let text = agent.metrics();
         let mut fields = metric_series(&text, &format!("sonde_test_{delivery}_total"));
