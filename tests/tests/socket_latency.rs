@@ -1,7 +1,8 @@
 //! socket_latency: datagrams an application holds for a known time before reading them are
 //! observed once each, at least that long, in the histogram of the receiving pod (UDP and TCP);
 //! a UDP socket with a tiny receive buffer that does not read counts, in its pod, exactly the
-//! datagrams that did not fit.
+//! datagrams that did not fit; a packet routed through another namespace (a node's) counts
+//! from its arrival in the receiving pod, not from the earlier one.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -10,7 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use sonde_tests::{
-    in_netns, send_udp, try_poll_until, Agent, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
+    in_netns, run_command, send_udp, try_poll_until, Agent, Netns, PodPair, READY_TIMEOUT,
+    SETTLE_TIMEOUT,
 };
 
 const COUNT: &str = "sonde_socket_read_latency_seconds_count";
@@ -162,5 +164,88 @@ fn a_full_receive_buffer_counts_every_datagram_it_refused() {
         agent.metric(OVERFLOWS, &[("pod", pods.a.name())]),
         None,
         "the sender's pod overflowed"
+    );
+}
+
+/// Pods A and B on either side of a router namespace (a node's network namespace, with a veth
+/// to each pod), whose link to B is shaped by a tbf qdisc: a datagram arrives in the router,
+/// waits there for its turn, then arrives in B. B reads each as it comes, so only the arrival
+/// in B's namespace makes the times short.
+#[test]
+fn the_arrival_that_counts_is_the_one_in_the_receiving_pod() {
+    let (a, router, b) = (Netns::new("a"), Netns::new("node"), Netns::new("b"));
+    let (a_ip, b_ip) = ("198.18.251.1", "198.18.251.2");
+    let macs = [
+        "02:5e:00:00:00:01",
+        "02:5e:00:00:00:02",
+        "02:5e:00:00:00:03",
+        "02:5e:00:00:00:04",
+    ];
+    for (pod, ip, pod_mac, side, side_mac) in [
+        (&a, a_ip, macs[0], "va", macs[1]),
+        (&b, b_ip, macs[2], "vb", macs[3]),
+    ] {
+        run_command(&format!(
+            "ip link add eth0 netns {} address {pod_mac} type veth peer name {side} netns {} address {side_mac}",
+            pod.name(),
+            router.name()
+        ));
+        pod.ip(&format!("addr add {ip}/32 dev eth0"));
+        pod.ip("link set eth0 up");
+        router.ip(&format!("link set {side} up"));
+        router.ip(&format!("route add {ip}/32 dev {side}"));
+        router.ip(&format!(
+            "neigh replace {ip} lladdr {pod_mac} dev {side} nud permanent"
+        ));
+        // The pod reaches everything through the router's end of its link.
+        pod.ip("route add 198.18.251.254/32 dev eth0");
+        pod.ip(&format!(
+            "neigh replace 198.18.251.254 lladdr {side_mac} dev eth0 nud permanent"
+        ));
+        pod.ip("route add 198.18.251.0/24 via 198.18.251.254 dev eth0");
+    }
+    run_command(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
+        router.name()
+    ));
+    // One 1 KB datagram at a time, about 80 ms each, toward B.
+    run_command(&format!(
+        "tc -n {} qdisc add dev vb root tbf rate 100kbit burst 1600 latency 5s",
+        router.name()
+    ));
+    let agent = agent();
+
+    const K: usize = 5;
+    let dst: SocketAddr = format!("{b_ip}:47213").parse().unwrap();
+    let receiver = udp_receiver(b.name(), dst, None);
+    receiver
+        .set_read_timeout(Some(SETTLE_TIMEOUT))
+        .expect("read timeout");
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        for i in 0..K {
+            receiver
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {i} of {K}: {e}"));
+        }
+    });
+    in_netns(a.name(), || {
+        let socket = UdpSocket::bind(format!("{a_ip}:0")).expect("bind in a");
+        for i in 0..K {
+            socket
+                .send_to(&[0u8; 1000], dst)
+                .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+        }
+    });
+    reader.join().expect("the reader");
+
+    let pod = [("pod", b.name())];
+    agent.wait_metric_eq(COUNT, &pod, K as f64, SETTLE_TIMEOUT);
+    // The last datagram waited about 4 * 80 ms in the router; none waited in B.
+    assert_eq!(
+        agent.metric(BUCKET, &[("pod", b.name()), ("le", "0.016384")]),
+        Some(K as f64),
+        "reads timed from the router's arrival (sum {:?} s)",
+        agent.metric(SUM, &pod)
     );
 }
