@@ -12,6 +12,7 @@ pub mod netdev_latency;
 pub mod packet_drop;
 pub mod probe;
 pub mod record;
+pub mod socket_latency;
 pub mod softirq;
 pub mod tc;
 pub mod tcp_connect;
@@ -204,6 +205,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     tcp_rtt::SPEC,
     softirq::SPEC,
     netdev_latency::SPEC,
+    socket_latency::SPEC,
     io_latency::SPEC,
     flow::SPEC,
 ];

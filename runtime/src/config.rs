@@ -280,6 +280,7 @@ mod tests {
             c.probes.io_latency,
             crate::probes::io_latency::Config::default()
         );
+        assert!(!c.probes.socket_latency.enabled);
         let c = AgentConfig::parse(
             "probes:\n  softirq:\n    delayThreshold: 0ms\n  io_latency:\n    slowThreshold: 2s\n",
             "c.yaml",

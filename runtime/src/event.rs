@@ -154,43 +154,38 @@ pub struct IoLatency {
     pub error: Option<i32>,
 }
 
-/// These probes' events travel as [`Kind::Derived`] (type name and JSON fields) until the
-/// plugin interface types them: every consumer routes by type name, scripts and sinks see
-/// their fields, and no consumer has to list a new variant.
+/// The JSON fields of the events without a flow (softirq, netdev_latency, io_latency), in
+/// the order the JSON event has them after the envelope: one list for the sinks and scripts.
+pub type Fields = Vec<(&'static str, serde_json::Value)>;
+
 impl Softirq {
-    pub fn into_kind(self) -> Kind {
-        derived(
-            "softirq",
-            vec![
-                ("vec", self.vec.into()),
-                ("stage", self.stage.into()),
-                ("duration_seconds", self.duration.as_secs_f64().into()),
-                ("cpu", self.cpu.into()),
-            ],
-        )
+    pub fn fields(&self) -> Fields {
+        vec![
+            ("vec", self.vec.into()),
+            ("stage", self.stage.into()),
+            ("duration_seconds", self.duration.as_secs_f64().into()),
+            ("cpu", self.cpu.into()),
+        ]
     }
 }
 
 impl NetdevLatency {
-    pub fn into_kind(self) -> Kind {
-        derived(
-            "netdev_latency",
-            vec![
-                ("interface", self.interface.into()),
-                ("ifindex", self.ifindex.into()),
-                ("stage", self.stage.into()),
-                ("duration_seconds", self.duration.as_secs_f64().into()),
-                ("bytes", self.bytes.into()),
-            ],
-        )
+    pub fn fields(&self) -> Fields {
+        vec![
+            ("interface", self.interface.clone().into()),
+            ("ifindex", self.ifindex.into()),
+            ("stage", self.stage.into()),
+            ("duration_seconds", self.duration.as_secs_f64().into()),
+            ("bytes", self.bytes.into()),
+        ]
     }
 }
 
 impl IoLatency {
-    pub fn into_kind(self) -> Kind {
+    pub fn fields(&self) -> Fields {
         let mut fields = vec![
-            ("device", self.device.into()),
-            ("dev", self.dev.into()),
+            ("device", self.device.clone().into()),
+            ("dev", self.dev.clone().into()),
             ("op", self.op.into()),
             ("duration_seconds", self.duration.as_secs_f64().into()),
             ("bytes", self.bytes.into()),
@@ -199,15 +194,8 @@ impl IoLatency {
         if let Some(error) = self.error {
             fields.push(("error", error.into()));
         }
-        derived("io_latency", fields)
+        fields
     }
-}
-
-fn derived(type_name: &str, fields: Vec<(&str, serde_json::Value)>) -> Kind {
-    Kind::Derived(Derived {
-        type_name: type_name.into(),
-        fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-    })
 }
 
 /// An event a plugin derived: its own type name and fields.
@@ -224,6 +212,9 @@ pub enum Kind {
     TcpRetrans(TcpRetrans),
     TcpReset(TcpReset),
     TcpConnect(TcpConnect),
+    Softirq(Softirq),
+    NetdevLatency(NetdevLatency),
+    IoLatency(IoLatency),
     Derived(Derived),
 }
 
@@ -235,6 +226,9 @@ impl Kind {
             Kind::TcpRetrans(_) => "tcp_retrans",
             Kind::TcpReset(_) => "tcp_reset",
             Kind::TcpConnect(_) => "tcp_connect",
+            Kind::Softirq(_) => "softirq",
+            Kind::NetdevLatency(_) => "netdev_latency",
+            Kind::IoLatency(_) => "io_latency",
             Kind::Derived(d) => &d.type_name,
         }
     }
@@ -245,7 +239,19 @@ impl Kind {
             Kind::TcpRetrans(e) => Some(&e.flow),
             Kind::TcpReset(e) => Some(&e.flow),
             Kind::TcpConnect(e) => Some(&e.flow),
-            Kind::Derived(_) => None,
+            Kind::Softirq(_) | Kind::NetdevLatency(_) | Kind::IoLatency(_) | Kind::Derived(_) => {
+                None
+            }
+        }
+    }
+
+    /// The fields of a kernel event without a flow, `None` for the others.
+    pub fn fields(&self) -> Option<Fields> {
+        match self {
+            Kind::Softirq(e) => Some(e.fields()),
+            Kind::NetdevLatency(e) => Some(e.fields()),
+            Kind::IoLatency(e) => Some(e.fields()),
+            _ => None,
         }
     }
 }
@@ -394,6 +400,11 @@ impl Serialize for Event {
                     map.serialize_entry("error", error)?;
                 }
             }
+            Kind::Softirq(_) | Kind::NetdevLatency(_) | Kind::IoLatency(_) => {
+                for (key, value) in self.kind.fields().unwrap_or_default() {
+                    map.serialize_entry(key, &value)?;
+                }
+            }
             Kind::Derived(d) => {
                 for (key, value) in &d.fields {
                     map.serialize_entry(key, value)?;
@@ -448,7 +459,7 @@ mod tests {
             UNIX_EPOCH + Duration::from_secs(1),
             0,
             Severity::Warning,
-            IoLatency {
+            Kind::IoLatency(IoLatency {
                 device: "loop3".into(),
                 dev: "7:3".into(),
                 op: "write",
@@ -456,21 +467,19 @@ mod tests {
                 bytes: 4096,
                 sector: 8,
                 error: None,
-            }
-            .into_kind(),
+            }),
         );
         e.node = Arc::from("node-1");
         assert_eq!(
             e.to_json(),
             r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"io_latency","severity":"warning","namespace":"","pod":"","netns":0,"source":"kernel","device":"loop3","dev":"7:3","op":"write","duration_seconds":1.5,"bytes":4096,"sector":8}"#
         );
-        let kind = Softirq {
+        let kind = Kind::Softirq(Softirq {
             vec: "NET_RX",
             stage: "delay",
             duration: Duration::from_micros(12_500),
             cpu: 1,
-        }
-        .into_kind();
+        });
         assert_eq!(kind.type_name(), "softirq");
         assert!(kind.flow().is_none());
     }

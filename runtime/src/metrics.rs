@@ -19,6 +19,8 @@ pub struct Metrics {
     pub softirq_duration: KernelHistogram,
     pub netdev_queue: KernelHistogram,
     pub netdev_xmit: KernelHistogram,
+    pub socket_read_latency: KernelHistogram,
+    pub socket_overflows: IntCounterVec,
     pub io_latency: KernelHistogram,
     /// `sonde_flow_*`: series made on the fly (their labels depend on the config).
     pub flow: crate::probes::flow::FlowSeries,
@@ -174,6 +176,7 @@ impl Metrics {
                 .chain(own.iter().map(|s| s.to_string()))
                 .collect()
         };
+        let overflows = with_workload(&["kind"]);
         let (drops, plain, resets, connect, failures, netdev) = (
             with_workload(&["reason"]),
             with_workload(&[]),
@@ -245,6 +248,18 @@ impl Metrics {
                 "sonde_netdev_xmit_seconds",
                 "Time packets spent in an interface's driver (net_dev_start_xmit to net_dev_xmit).",
                 &refs(&netdev),
+            ),
+            socket_read_latency: histogram(
+                &r,
+                "sonde_socket_read_latency_seconds",
+                "Time from a packet's arrival in the pod's network namespace (netif_receive_skb) to the application reading it from its socket.",
+                &refs(&plain),
+            ),
+            socket_overflows: counter(
+                &r,
+                "sonde_socket_overflows_total",
+                "Packets or receive memory refused to a socket, by kind (rcvqueue_full: the socket's receive buffer was full; exceed_buf_limit: the protocol's memory limit).",
+                &refs(&overflows),
             ),
             io_latency: histogram(
                 &r,

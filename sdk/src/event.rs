@@ -204,6 +204,53 @@ pub struct TcpConnect<'a> {
     pub error: Option<&'a str>,
 }
 
+/// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least the probe's
+/// threshold. Softirqs belong to CPUs, not pods: `envelope.netns` is 0 and its workload `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Softirq<'a> {
+    pub envelope: Envelope<'a>,
+    /// `NET_RX` or `NET_TX`.
+    pub vec: &'a str,
+    /// `delay` (raised until it ran) or `run` (how long it ran).
+    pub stage: &'a str,
+    pub duration: std::time::Duration,
+    pub cpu: u32,
+}
+
+/// `netdev_latency`: a packet that spent at least the probe's threshold in an interface's
+/// qdisc or driver. The envelope is the interface's network namespace and its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetdevLatency<'a> {
+    pub envelope: Envelope<'a>,
+    /// The interface's name (`eth0`).
+    pub interface: &'a str,
+    pub ifindex: u32,
+    /// `queue` (time in the qdisc) or `xmit` (time in the driver).
+    pub stage: &'a str,
+    pub duration: std::time::Duration,
+    /// Bytes of the packet.
+    pub bytes: u32,
+}
+
+/// `io_latency`: a block request that took at least the probe's `slowThreshold`. Block I/O is
+/// not attributed to pods: `envelope.netns` is 0 and its workload `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoLatency<'a> {
+    pub envelope: Envelope<'a>,
+    /// The disk's name (`vda`, `loop3`), or `major:minor` when it has none.
+    pub device: &'a str,
+    /// `major:minor`.
+    pub dev: &'a str,
+    /// `read`, `write` or `other`.
+    pub op: &'a str,
+    pub duration: std::time::Duration,
+    pub bytes: u32,
+    /// First 512-byte sector of the request.
+    pub sector: u64,
+    /// The completion's block status (blk_status_t); `None` when it succeeded.
+    pub error: Option<i32>,
+}
+
 /// A batch's string `i`; "" if the host sent an index out of range (it does not).
 fn text(strings: &[String], i: u32) -> &str {
     strings.get(i as usize).map_or("", String::as_str)
@@ -318,6 +365,55 @@ pub fn tcp_connects(b: &wit::TcpConnectBatch) -> Vec<TcpConnect<'_>> {
         .collect()
 }
 
+/// The views of a typed `softirq` batch.
+pub fn softirqs(b: &wit::SoftirqBatch) -> Vec<Softirq<'_>> {
+    let s = &b.symbols.strings;
+    b.events
+        .iter()
+        .map(|e| Softirq {
+            envelope: envelope(&b.node, s, &e.envelope),
+            vec: text(s, e.vec),
+            stage: text(s, e.stage),
+            duration: std::time::Duration::from_nanos(e.duration_ns),
+            cpu: e.cpu,
+        })
+        .collect()
+}
+
+/// The views of a typed `netdev_latency` batch.
+pub fn netdev_latencies(b: &wit::NetdevLatencyBatch) -> Vec<NetdevLatency<'_>> {
+    let s = &b.symbols.strings;
+    b.events
+        .iter()
+        .map(|e| NetdevLatency {
+            envelope: envelope(&b.node, s, &e.envelope),
+            interface: text(s, e.interface),
+            ifindex: e.ifindex,
+            stage: text(s, e.stage),
+            duration: std::time::Duration::from_nanos(e.duration_ns),
+            bytes: e.bytes,
+        })
+        .collect()
+}
+
+/// The views of a typed `io_latency` batch.
+pub fn io_latencies(b: &wit::IoLatencyBatch) -> Vec<IoLatency<'_>> {
+    let s = &b.symbols.strings;
+    b.events
+        .iter()
+        .map(|e| IoLatency {
+            envelope: envelope(&b.node, s, &e.envelope),
+            device: text(s, e.device),
+            dev: text(s, e.dev),
+            op: text(s, e.op),
+            duration: std::time::Duration::from_nanos(e.duration_ns),
+            bytes: e.bytes,
+            sector: e.sector,
+            error: e.error,
+        })
+        .collect()
+}
+
 /// One record of a packed batch (`wit/PACKED.md`).
 struct Packed<'a> {
     r: &'a [u8],
@@ -328,6 +424,14 @@ struct Packed<'a> {
 impl<'a> Packed<'a> {
     fn u32(&self, at: usize) -> u32 {
         u32::from_le_bytes([self.r[at], self.r[at + 1], self.r[at + 2], self.r[at + 3]])
+    }
+
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.r[at..at + 8].try_into().unwrap_or_default())
+    }
+
+    fn duration(&self, at: usize) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.u64(at))
     }
 
     fn u16(&self, at: usize) -> u16 {
@@ -360,7 +464,7 @@ impl<'a> Packed<'a> {
 
     fn envelope(&self) -> Envelope<'a> {
         Envelope {
-            time_ns: u64::from_le_bytes(self.r[0..8].try_into().unwrap_or_default()),
+            time_ns: self.u64(0),
             node: self.node,
             netns: self.u32(8),
             workload: self.workload(16),
@@ -379,7 +483,8 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// The bytes a packed record of this version has at least (`tcp_connect`'s: 104).
+/// The bytes a packed record of this version has at least (`tcp_connect`'s, `softirq`'s and
+/// `netdev_latency`'s: 104, `io_latency`'s: 120).
 const PACKED_MIN_SIZE: usize = 96;
 
 /// The records of a packed batch, or none if its `record-size` is smaller than this SDK's
@@ -445,7 +550,7 @@ pub fn packed_tcp_resets(b: &wit::PackedBatch) -> Vec<TcpReset<'_>> {
 pub fn packed_tcp_connects(b: &wit::PackedBatch) -> Vec<TcpConnect<'_>> {
     packed_records(b, 104)
         .map(|p| {
-            let ns = u64::from_le_bytes(p.r[88..96].try_into().unwrap_or_default());
+            let ns = p.u64(88);
             TcpConnect {
                 envelope: p.envelope(),
                 flow: p.flow(),
@@ -454,6 +559,52 @@ pub fn packed_tcp_connects(b: &wit::PackedBatch) -> Vec<TcpConnect<'_>> {
                 duration: (ns != u64::MAX).then(|| std::time::Duration::from_nanos(ns)),
                 retransmits: p.r[96],
                 error: p.opt_text(100),
+            }
+        })
+        .collect()
+}
+
+/// The views of a packed `softirq` batch.
+pub fn packed_softirqs(b: &wit::PackedBatch) -> Vec<Softirq<'_>> {
+    packed_records(b, 104)
+        .map(|p| Softirq {
+            envelope: p.envelope(),
+            vec: p.text(80),
+            stage: p.text(84),
+            duration: p.duration(88),
+            cpu: p.u32(96),
+        })
+        .collect()
+}
+
+/// The views of a packed `netdev_latency` batch.
+pub fn packed_netdev_latencies(b: &wit::PackedBatch) -> Vec<NetdevLatency<'_>> {
+    packed_records(b, 104)
+        .map(|p| NetdevLatency {
+            envelope: p.envelope(),
+            interface: p.text(80),
+            ifindex: p.u32(84),
+            stage: p.text(96),
+            duration: p.duration(88),
+            bytes: p.u32(100),
+        })
+        .collect()
+}
+
+/// The views of a packed `io_latency` batch.
+pub fn packed_io_latencies(b: &wit::PackedBatch) -> Vec<IoLatency<'_>> {
+    packed_records(b, 120)
+        .map(|p| {
+            let status = p.u32(112) as i32;
+            IoLatency {
+                envelope: p.envelope(),
+                device: p.text(80),
+                dev: p.text(84),
+                op: p.text(96),
+                duration: p.duration(88),
+                bytes: p.u32(100),
+                sector: p.u64(104),
+                error: (status != 0).then_some(status),
             }
         })
         .collect()

@@ -62,7 +62,8 @@ pub mod bindings {
 pub use bindings::sonde::plugin::types::Workload;
 pub use error::{Error, Result};
 pub use event::{
-    Envelope, Flow, OwnedFlow, PacketDrop, Stack, TcpConnect, TcpReset, TcpRetrans, WorkloadRef,
+    Envelope, Flow, IoLatency, NetdevLatency, OwnedFlow, PacketDrop, Softirq, Stack, TcpConnect,
+    TcpReset, TcpRetrans, WorkloadRef,
 };
 pub use events::{Event, Severity, Value};
 pub use metrics::{Counter, Gauge, Histogram, Series};
@@ -72,7 +73,10 @@ pub use plugin::{Config, Plugin};
 pub use plugin::glue as __glue;
 #[doc(hidden)]
 pub mod __event {
-    pub use crate::event::{packet_drops, tcp_connects, tcp_resets, tcp_retransmits};
+    pub use crate::event::{
+        io_latencies, netdev_latencies, packet_drops, softirqs, tcp_connects, tcp_resets,
+        tcp_retransmits,
+    };
 }
 
 /// Makes `$plugin`, a type implementing [`Plugin`], the component's exports.
@@ -115,6 +119,26 @@ macro_rules! export {
                 fn on_tcp_connect(batch: $crate::bindings::sonde::plugin::types::TcpConnectBatch) {
                     $crate::__glue::with(&PLUGIN, (), |p| {
                         $crate::Plugin::on_tcp_connect(p, &$crate::__event::tcp_connects(&batch))
+                    })
+                }
+                fn on_softirq(batch: $crate::bindings::sonde::plugin::types::SoftirqBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_softirq(p, &$crate::__event::softirqs(&batch))
+                    })
+                }
+                fn on_netdev_latency(
+                    batch: $crate::bindings::sonde::plugin::types::NetdevLatencyBatch,
+                ) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_netdev_latency(
+                            p,
+                            &$crate::__event::netdev_latencies(&batch),
+                        )
+                    })
+                }
+                fn on_io_latency(batch: $crate::bindings::sonde::plugin::types::IoLatencyBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_io_latency(p, &$crate::__event::io_latencies(&batch))
                     })
                 }
                 fn on_packed(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {

@@ -3,7 +3,9 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::{PacketDrop, TcpConnect, TcpReset, TcpRetrans, Workload};
+use crate::{
+    IoLatency, NetdevLatency, PacketDrop, Softirq, TcpConnect, TcpReset, TcpRetrans, Workload,
+};
 
 /// A plugin. Implement [`init`](Plugin::init) and the callbacks of the probes the manifest
 /// subscribes to; the others default to doing nothing. Export the type with
@@ -33,6 +35,21 @@ pub trait Plugin: Sized + 'static {
 
     /// A batch of `tcp_connect` events: handshakes that were slow or failed.
     fn on_tcp_connect(&mut self, batch: &[TcpConnect<'_>]) {
+        let _ = batch;
+    }
+
+    /// A batch of `softirq` events: NET_RX or NET_TX softirqs over the probe's thresholds.
+    fn on_softirq(&mut self, batch: &[Softirq<'_>]) {
+        let _ = batch;
+    }
+
+    /// A batch of `netdev_latency` events: packets slow in an interface's qdisc or driver.
+    fn on_netdev_latency(&mut self, batch: &[NetdevLatency<'_>]) {
+        let _ = batch;
+    }
+
+    /// A batch of `io_latency` events: block requests over the probe's `slowThreshold`.
+    fn on_io_latency(&mut self, batch: &[IoLatency<'_>]) {
         let _ = batch;
     }
 
@@ -106,6 +123,9 @@ pub mod glue {
             "tcp_retrans" => plugin.on_tcp_retrans(&event::packed_tcp_retransmits(batch)),
             "tcp_reset" => plugin.on_tcp_reset(&event::packed_tcp_resets(batch)),
             "tcp_connect" => plugin.on_tcp_connect(&event::packed_tcp_connects(batch)),
+            "softirq" => plugin.on_softirq(&event::packed_softirqs(batch)),
+            "netdev_latency" => plugin.on_netdev_latency(&event::packed_netdev_latencies(batch)),
+            "io_latency" => plugin.on_io_latency(&event::packed_io_latencies(batch)),
             // A probe newer than this SDK: its plugin cannot have subscribed knowingly.
             _ => {}
         }

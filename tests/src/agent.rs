@@ -93,6 +93,8 @@ pub struct AgentConfig {
     pub tcp_connect_slow_threshold: String,
     /// tcp_rtt (off by default, as in the agent), sampling every 100 ms when on.
     pub tcp_rtt: bool,
+    /// socket_latency (off by default, as in the agent).
+    pub socket_latency: bool,
 }
 
 impl Default for AgentConfig {
@@ -105,6 +107,7 @@ impl Default for AgentConfig {
             tcp_connect: true,
             tcp_connect_slow_threshold: "200ms".into(),
             tcp_rtt: false,
+            socket_latency: false,
         }
     }
 }
@@ -120,6 +123,7 @@ impl AgentConfig {
         format!(
             "node: {}\nprobes:\n{}{}{}{}    slowThreshold: {}\n\
              \x20 tcp_rtt:\n    enabled: {}\n    sampleInterval: 100ms\n\
+             \x20 socket_latency:\n    enabled: {}\n\
              sinks:\n  stdout: {{ enabled: true }}\n\
              topology:\n  netnsDir: /run/netns\n",
             self.node,
@@ -129,6 +133,7 @@ impl AgentConfig {
             probe("tcp_connect", self.tcp_connect),
             self.tcp_connect_slow_threshold,
             self.tcp_rtt,
+            self.socket_latency,
         )
     }
 }

@@ -12,6 +12,7 @@ pub mod bench;
 mod bundle;
 mod http;
 pub mod kube_api;
+mod loop_device;
 mod netns;
 mod node_pods;
 mod prometheus;
@@ -24,6 +25,7 @@ pub use agent::{
 };
 pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
 pub use http::http_get;
+pub use loop_device::LoopDevice;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use node_pods::{NodePod, NodePods};
 pub use prometheus::{metric_series, metric_value};

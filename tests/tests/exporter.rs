@@ -16,6 +16,7 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         .iptables(IpFamily::V4, "-A INPUT -p udp --dport 9999 -j DROP");
     let agent = Agent::spawn(&AgentConfig {
         tcp_rtt: true,
+        socket_latency: true,
         ..AgentConfig::default()
     });
     agent.wait_ready(READY_TIMEOUT);
@@ -44,6 +45,10 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         ),
         (
             "sonde_tcp_rtt_seconds_count",
+            [("pod", pods.b.name()), ("namespace", "")],
+        ),
+        (
+            "sonde_socket_read_latency_seconds_count",
             [("pod", pods.b.name()), ("namespace", "")],
         ),
     ] {
@@ -75,6 +80,7 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         "sonde_build_info",
         "sonde_tcp_connect_duration_seconds",
         "sonde_tcp_rtt_seconds",
+        "sonde_socket_read_latency_seconds",
         "sonde_softirq_delay_seconds",
         "sonde_softirq_duration_seconds",
     ] {
@@ -90,6 +96,7 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         "tcp_connect",
         "tcp_rtt",
         "softirq",
+        "socket_latency",
         "io_latency",
     ] {
         assert_eq!(

@@ -3,70 +3,16 @@
 //! histogram of that device; with a threshold of 0 each request is an event, and the threshold
 //! changes while the agent runs without losing counts.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 use sonde_tests::{
-    field_str, field_u64, poll_until, run_command, Agent, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    field_str, field_u64, poll_until, Agent, LoopDevice, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const COUNT: &str = "sonde_io_latency_seconds_count";
 const SUM: &str = "sonde_io_latency_seconds_sum";
 const BLOCKS: usize = 64;
-
-/// A loop device over a file in a temp dir, detached when dropped (also when a test fails).
-struct LoopDevice {
-    path: String,
-    _dir: TempDir,
-}
-
-impl LoopDevice {
-    fn new() -> LoopDevice {
-        let dir = TempDir::new();
-        let file = dir.path().join("disk.img");
-        std::fs::File::create(&file)
-            .and_then(|f| f.set_len(16 << 20))
-            .unwrap_or_else(|e| panic!("cannot make {}: {e}", file.display()));
-        let path = run_command(&format!(
-            "losetup --find --show --sector-size 4096 {}",
-            file.display()
-        ))
-        .trim()
-        .to_string();
-        assert!(path.starts_with("/dev/loop"), "losetup printed {path:?}");
-        LoopDevice { path, _dir: dir }
-    }
-
-    /// `loopN`, the device label.
-    fn name(&self) -> &str {
-        self.path.trim_start_matches("/dev/")
-    }
-
-    /// `major:minor`.
-    fn dev(&self) -> String {
-        std::fs::read_to_string(format!("/sys/block/{}/dev", self.name()))
-            .expect("the loop device's dev file")
-            .trim()
-            .to_string()
-    }
-
-    /// `count` direct (O_DIRECT) transfers of one 4 KiB block each, one request apiece.
-    fn dd(&self, write: bool, count: usize) {
-        let args = if write {
-            format!("if=/dev/zero of={} oflag=direct", self.path)
-        } else {
-            format!("if={} of=/dev/null iflag=direct", self.path)
-        };
-        run_command(&format!("dd {args} bs=4096 count={count} status=none"));
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.path]).status();
-    }
-}
 
 fn config(threshold: &str) -> String {
     format!(

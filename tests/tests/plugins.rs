@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 use sonde_tests::{
     metric_series, poll_until, refused_connects, run_sonde, send_udp, wasm_module, write_bundle,
-    Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    Agent, IpFamily, LoopDevice, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9999;
@@ -550,6 +550,31 @@ fn large_batches_are_split_to_the_plugins_batch_limit() {
     );
 }
 
+/// The value of label `k` in a series' labels, "" when it has none.
+fn label(labels: &[(String, String)], k: &str) -> String {
+    labels
+        .iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Bundles `typed` and `packed` of the test plugin in `fields` mode, subscribed to `probes`
+/// (`"packet_drop, tcp_reset"`): each counts its events by every field into
+/// `sonde_test_<delivery>_total`.
+fn field_counting_bundles(probes: &str) -> TempDir {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    for delivery in ["typed", "packed"] {
+        let spec = format!(
+            "  subscribe: [{probes}]\n  delivery: {delivery}\n  \
+             config: {{mode: fields, metric: sonde_test_{delivery}_total}}\n  capabilities: [metrics]\n"
+        );
+        write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
+    }
+    dir
+}
+
 /// The same plugin twice, one handed typed batches and one packed batches (`spec.delivery`):
 /// counting every event by all its fields, both see the same events, field for field.
 #[test]
@@ -557,15 +582,7 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
     const DATAGRAMS: usize = 200;
     const CONNECTS: usize = 30;
     const CLOSED_PORT: u16 = 7777;
-    let module = wasm_module("hostile-plugin");
-    let dir = TempDir::new();
-    for delivery in ["typed", "packed"] {
-        let spec = format!(
-            "  subscribe: [packet_drop, tcp_reset, tcp_connect]\n  delivery: {delivery}\n  \
-             config: {{mode: fields, metric: sonde_test_{delivery}_total}}\n  capabilities: [metrics]\n"
-        );
-        write_bundle(&dir.path().join(delivery), delivery, &module, &spec);
-    }
+    let dir = field_counting_bundles("packet_drop, tcp_reset, tcp_connect");
     let pods = PodPair::dropping_udp(PORT);
     let agent = Agent::spawn_yaml(&format!(
         "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
@@ -616,13 +633,6 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
     // Other tests run beside this one, the agent sees their pods too, and the kernel has
     // traffic of its own in new namespaces (IPv6 multicast listener reports): compare the
     // events of this test's traffic only, which the waits above saw complete.
-    let label = |labels: &[(String, String)], k: &str| {
-        labels
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
     let ours = |name: &str| {
         let mut series = metric_series(&agent.metrics(), name);
         let ends = [a_ip.to_string(), b_ip.to_string()];
@@ -692,6 +702,164 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
     }
     assert!(!label(labels, "node").is_empty(), "node name");
     assert!(!label(labels, "detail").is_empty(), "the drop location");
+}
+
+/// The latency probes' events (no flow: softirq, netdev_latency, io_latency) reach the same
+/// plugin typed and packed, with the same fields and durations: real transmits from a pod and
+/// direct I/O on a loop device, with every threshold at 0 so that each one is an event.
+#[test]
+fn latency_events_reach_plugins_typed_and_packed_alike() {
+    const DATAGRAMS: usize = 50;
+    const BLOCKS: usize = 16;
+    let dir = field_counting_bundles("softirq, netdev_latency, io_latency");
+    let pods = PodPair::new();
+    let disk = LoopDevice::new();
+    let agent = Agent::spawn_yaml(&format!(
+        "probes:\n  packet_drop: {{enabled: false}}\n  tcp_retrans: {{enabled: false}}\n  \
+         tcp_reset: {{enabled: false}}\n  tcp_connect: {{enabled: false}}\n  \
+         softirq: {{enabled: true, delayThreshold: 0ms, durationThreshold: 0ms}}\n  \
+         netdev_latency: {{enabled: true, queueThreshold: 0ms, xmitThreshold: 0ms}}\n  \
+         io_latency: {{enabled: true, slowThreshold: 0ms}}\n\
+         sinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n",
+        dir.path().display()
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    for delivery in ["typed", "packed"] {
+        poll_until(
+            SETTLE_TIMEOUT,
+            &format!("plugin {delivery} running"),
+            || {
+                plugin(&plugins_api(&agent), delivery)
+                    .is_some_and(|p| p["state"] == "running")
+                    .then_some(())
+            },
+        );
+    }
+    let (a_ip, b_ip) = (pods.a_end.ip(IpFamily::V4), pods.b_end.ip(IpFamily::V4));
+    send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, PORT), DATAGRAMS);
+    disk.dd(true, BLOCKS);
+
+    let metrics_of = |delivery: &str, keep: &dyn Fn(&[(String, String)]) -> bool| {
+        let text = agent.metrics();
+        let mut fields = metric_series(&text, &format!("sonde_test_{delivery}_total"));
+        fields.retain(|(l, _)| keep(l));
+        let mut durations = metric_series(
+            &text,
+            &format!("sonde_test_{delivery}_duration_nanoseconds_total"),
+        );
+        durations.retain(|(l, _)| keep(l));
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        durations.sort_by(|a, b| a.0.cmp(&b.0));
+        (fields, durations)
+    };
+    // Pod A's transmits: each datagram through eth0's (noqueue) queue stage and its driver.
+    let a_ns = pods.a.inode().to_string();
+    let of_pod_a =
+        |l: &[(String, String)]| label(l, "probe") == "netdev_latency" && label(l, "netns") == a_ns;
+    // The writes to this test's disk: one request per block.
+    let of_disk = |l: &[(String, String)]| {
+        label(l, "probe") == "io_latency" && label(l, "key") == disk.name()
+    };
+    let writes = format!("write:{}:4096:none", disk.dev());
+    for (what, keep, detail_prefix, at_least) in [
+        (
+            "pod A's transmits",
+            &of_pod_a as &dyn Fn(&[(String, String)]) -> bool,
+            "xmit:",
+            DATAGRAMS,
+        ),
+        ("pod A's qdisc passes", &of_pod_a, "queue:", DATAGRAMS),
+        ("the disk's writes", &of_disk, writes.as_str(), BLOCKS),
+    ] {
+        // Both deliveries saw them all, and the same: fields and durations, label for label.
+        let mut last = None;
+        let same = sonde_tests::try_poll_until(SETTLE_TIMEOUT, || {
+            let typed = metrics_of("typed", keep);
+            let packed = metrics_of("packed", keep);
+            let n: f64 = typed
+                .0
+                .iter()
+                .filter(|(l, _)| label(l, "detail").starts_with(detail_prefix))
+                .map(|(_, v)| v)
+                .sum();
+            let done = n >= at_least as f64 && typed == packed;
+            last = Some((typed, packed));
+            done.then_some(())
+        });
+        assert!(
+            same.is_some(),
+            "{what}: typed and packed differ or are short: {last:#?}"
+        );
+        let (fields, durations) = last.unwrap().0;
+        for (l, _) in &fields {
+            assert_eq!(label(l, "protocol"), "", "{what}: {l:?}");
+            assert_eq!(label(l, "saddr"), "none", "{what}: {l:?}");
+            assert_eq!(label(l, "peer"), "none", "{what}: {l:?}");
+        }
+        assert!(
+            durations.iter().all(|(_, ns)| *ns > 0.0),
+            "{what}: durations {durations:?}"
+        );
+        if what == "the disk's writes" {
+            // Exactly one event per block written, outside any pod.
+            assert_eq!(fields.len(), 1, "{fields:?}");
+            let (l, n) = &fields[0];
+            assert_eq!(*n, BLOCKS as f64);
+            assert_eq!(label(l, "detail"), writes);
+            assert_eq!(
+                (label(l, "netns"), label(l, "namespace")),
+                ("0".into(), "none".into())
+            );
+        } else {
+            // On eth0, in pod A, with the datagrams' frame size among the packets.
+            assert!(
+                fields
+                    .iter()
+                    .all(|(l, _)| label(l, "key") == "eth0" && label(l, "pod") == pods.a.name()),
+                "{fields:?}"
+            );
+            let frames = fields
+                .iter()
+                .filter(|(l, _)| label(l, "detail").starts_with(detail_prefix))
+                .map(|(l, n)| (label(l, "detail"), *n))
+                .collect::<Vec<_>>();
+            assert!(
+                frames
+                    .iter()
+                    .any(|(d, n)| d.ends_with(":64") && *n == DATAGRAMS as f64),
+                "{what}: a 64-byte frame for each of the {DATAGRAMS} datagrams: {frames:?}"
+            );
+        }
+    }
+    // Softirqs: CPU events, NET_RX (the veth's receive) among them, in both deliveries.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let softirq = |l: &[(String, String)]| label(l, "probe") == "softirq";
+    for delivery in ["typed", "packed"] {
+        let (fields, _) = poll_until(
+            SETTLE_TIMEOUT,
+            &format!("{delivery} NET_RX softirqs"),
+            || {
+                let m = metrics_of(delivery, &softirq);
+                m.0.iter()
+                    .any(|(l, _)| label(l, "key") == "NET_RX")
+                    .then_some(m)
+            },
+        );
+        for (l, _) in &fields {
+            let detail = label(l, "detail");
+            let (stage, cpu) = detail.split_once(':').expect("stage:cpu");
+            assert!(["delay", "run"].contains(&stage), "{l:?}");
+            assert!(cpu.parse::<usize>().is_ok_and(|c| c < cpus), "{l:?}");
+            assert!(
+                ["NET_RX", "NET_TX"].contains(&label(l, "key").as_str()),
+                "{l:?}"
+            );
+            assert_eq!(
+                (label(l, "netns"), label(l, "pod")),
+                ("0".into(), String::new())
+            );
+        }
+    }
 }
 
 #[test]

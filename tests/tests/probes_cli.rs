@@ -15,6 +15,7 @@ const CATALOGUE: &[&str] = &[
     "tcp_rtt",
     "softirq",
     "netdev_latency",
+    "socket_latency",
     "io_latency",
     "flow",
 ];

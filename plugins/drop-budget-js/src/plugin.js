@@ -132,6 +132,12 @@ export function onTcpReset(_batch) {}
 
 export function onTcpConnect(_batch) {}
 
+export function onSoftirq(_batch) {}
+
+export function onNetdevLatency(_batch) {}
+
+export function onIoLatency(_batch) {}
+
 export function workloadLabels(_workload) {
   return [];
 }

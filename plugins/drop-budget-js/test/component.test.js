@@ -151,6 +151,9 @@ test('other exports are no-ops', opts, async () => {
   h.plugin.onTcpReset(emptyBatch());
   h.plugin.onTcpRetrans(emptyBatch());
   h.plugin.onTcpConnect(emptyBatch());
+  h.plugin.onSoftirq(emptyBatch());
+  h.plugin.onNetdevLatency(emptyBatch());
+  h.plugin.onIoLatency(emptyBatch());
   h.plugin.tick(1n);
   assert.deepEqual([h.events.length, h.values.size], [0, 0]);
 });

@@ -127,5 +127,14 @@ class WitWorld(wit_world.WitWorld):
     def on_tcp_connect(self, batch: types.TcpConnectBatch) -> None:
         pass
 
+    def on_softirq(self, batch: types.SoftirqBatch) -> None:
+        pass
+
+    def on_netdev_latency(self, batch: types.NetdevLatencyBatch) -> None:
+        pass
+
+    def on_io_latency(self, batch: types.IoLatencyBatch) -> None:
+        pass
+
     def workload_labels(self, workload: types.Workload) -> List[Tuple[str, str]]:
         return []

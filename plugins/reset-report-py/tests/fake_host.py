@@ -213,6 +213,15 @@ class FakeHost:
     def on_tcp_connect(self, batch):
         return self.call("on-tcp-connect", batch)
 
+    def on_softirq(self, batch):
+        return self.call("on-softirq", batch)
+
+    def on_netdev_latency(self, batch):
+        return self.call("on-netdev-latency", batch)
+
+    def on_io_latency(self, batch):
+        return self.call("on-io-latency", batch)
+
     def tick(self, now_ns=1_700_000_001_000_000_000):
         return self.call("tick", now_ns)
 

@@ -134,6 +134,9 @@ class ComponentTest(unittest.TestCase):
         h.on_packet_drop(empty_batch())
         h.on_tcp_retrans(empty_batch())
         h.on_tcp_connect(empty_batch())
+        h.on_softirq(empty_batch())
+        h.on_netdev_latency(empty_batch())
+        h.on_io_latency(empty_batch())
         h.tick()
         self.assertEqual(h.events, [])
 

@@ -14,11 +14,11 @@ use crate::topology::{Topology, Workload};
 
 /// "None" for a `text` or a stack index in the packed layout.
 pub const NONE: u32 = u32::MAX;
-/// Bytes per packed record in this version of the interface (`tcp_connect`'s are longer,
-/// `Probe::record_size`).
+/// Bytes per packed record in this version of the interface (`tcp_connect`, `softirq`,
+/// `netdev_latency` and `io_latency` have longer ones, `Probe::record_size`).
 pub const PACKED_RECORD_SIZE: usize = 96;
-/// The longest packed record.
-const MAX_RECORD_SIZE: usize = 104;
+/// The longest packed record (`io_latency`'s).
+const MAX_RECORD_SIZE: usize = 120;
 
 /// Keys of the intern tables: a string's (or stack's) address and length. The strings of one
 /// batch live in the events (or in `Symbols::keep`) until the batch is built, so equal
@@ -137,7 +137,8 @@ impl Symbols {
     }
 }
 
-/// What every event carries, with its strings interned.
+/// What every event carries, with its strings interned; the flow's fields are none (text and
+/// addresses) or 0 (ports) for events without one.
 struct Common {
     time_ns: u64,
     netns: u32,
@@ -151,9 +152,9 @@ struct Common {
 }
 
 impl Common {
-    fn new(e: &Event, flow: &Flow, topology: &dyn Topology, sym: &mut Symbols) -> Common {
+    fn new(e: &Event, flow: Option<&Flow>, topology: &dyn Topology, sym: &mut Symbols) -> Common {
         let peer = flow
-            .daddr
+            .and_then(|f| f.daddr)
             .and_then(|a| topology.workload_of_ip(a))
             .map(|w| {
                 let r = sym.workload(&w);
@@ -168,11 +169,11 @@ impl Common {
                 .as_nanos() as u64,
             netns: e.netns,
             workload: e.workload.as_ref().map(|w| sym.workload(w)),
-            protocol: sym.text(&flow.protocol),
-            saddr: flow.saddr,
-            sport: flow.sport,
-            daddr: flow.daddr,
-            dport: flow.dport,
+            protocol: flow.map_or(NONE, |f| sym.text(&f.protocol)),
+            saddr: flow.and_then(|f| f.saddr),
+            sport: flow.map_or(0, |f| f.sport),
+            daddr: flow.and_then(|f| f.daddr),
+            dport: flow.map_or(0, |f| f.dport),
             peer,
         }
     }
@@ -222,6 +223,10 @@ fn put_u32(r: &mut [u8], at: usize, v: u32) {
     r[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
+fn put_u64(r: &mut [u8], at: usize, v: u64) {
+    r[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
 /// Writes an address into its 16 bytes and returns its family byte.
 fn pack_addr(a: Option<IpAddr>, out: &mut [u8]) -> u8 {
     match a {
@@ -254,14 +259,20 @@ pub enum Probe {
     TcpRetrans,
     TcpReset,
     TcpConnect,
+    Softirq,
+    NetdevLatency,
+    IoLatency,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 4] = [
+    pub const ALL: [Probe; 7] = [
         Probe::PacketDrop,
         Probe::TcpRetrans,
         Probe::TcpReset,
         Probe::TcpConnect,
+        Probe::Softirq,
+        Probe::NetdevLatency,
+        Probe::IoLatency,
     ];
 
     pub fn name(self) -> &'static str {
@@ -270,6 +281,9 @@ impl Probe {
             Probe::TcpRetrans => "tcp_retrans",
             Probe::TcpReset => "tcp_reset",
             Probe::TcpConnect => "tcp_connect",
+            Probe::Softirq => "softirq",
+            Probe::NetdevLatency => "netdev_latency",
+            Probe::IoLatency => "io_latency",
         }
     }
 
@@ -280,13 +294,17 @@ impl Probe {
             Probe::TcpRetrans => "on-tcp-retrans",
             Probe::TcpReset => "on-tcp-reset",
             Probe::TcpConnect => "on-tcp-connect",
+            Probe::Softirq => "on-softirq",
+            Probe::NetdevLatency => "on-netdev-latency",
+            Probe::IoLatency => "on-io-latency",
         }
     }
 
     /// Bytes of this probe's packed records (wit/PACKED.md).
     pub fn record_size(self) -> usize {
         match self {
-            Probe::TcpConnect => MAX_RECORD_SIZE,
+            Probe::TcpConnect | Probe::Softirq | Probe::NetdevLatency => 104,
+            Probe::IoLatency => MAX_RECORD_SIZE,
             _ => PACKED_RECORD_SIZE,
         }
     }
@@ -297,6 +315,9 @@ impl Probe {
             Kind::TcpRetrans(_) => Some(Probe::TcpRetrans),
             Kind::TcpReset(_) => Some(Probe::TcpReset),
             Kind::TcpConnect(_) => Some(Probe::TcpConnect),
+            Kind::Softirq(_) => Some(Probe::Softirq),
+            Kind::NetdevLatency(_) => Some(Probe::NetdevLatency),
+            Kind::IoLatency(_) => Some(Probe::IoLatency),
             Kind::Derived(_) => None,
         }
     }
@@ -308,6 +329,9 @@ pub enum Delivery {
     TcpRetrans(wit::TcpRetransBatch),
     TcpResets(wit::TcpResetBatch),
     TcpConnects(wit::TcpConnectBatch),
+    Softirqs(wit::SoftirqBatch),
+    NetdevLatencies(wit::NetdevLatencyBatch),
+    IoLatencies(wit::IoLatencyBatch),
     Packed(wit::PackedBatch),
 }
 
@@ -318,6 +342,9 @@ impl Delivery {
             Delivery::TcpRetrans(b) => b.events.len(),
             Delivery::TcpResets(b) => b.events.len(),
             Delivery::TcpConnects(b) => b.events.len(),
+            Delivery::Softirqs(b) => b.events.len(),
+            Delivery::NetdevLatencies(b) => b.events.len(),
+            Delivery::IoLatencies(b) => b.events.len(),
             Delivery::Packed(b) => b.count as usize,
         }
     }
@@ -370,7 +397,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::PacketDrop(d) => {
-                        let c = Common::new(e, &d.flow, topology, sym);
+                        let c = Common::new(e, Some(&d.flow), topology, sym);
                         Some(wit::PacketDrop {
                             envelope: c.envelope(),
                             flow: c.flow(),
@@ -392,7 +419,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpRetrans(r) => {
-                        let c = Common::new(e, &r.flow, topology, sym);
+                        let c = Common::new(e, Some(&r.flow), topology, sym);
                         Some(wit::TcpRetrans {
                             envelope: c.envelope(),
                             flow: c.flow(),
@@ -412,7 +439,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpReset(r) => {
-                        let c = Common::new(e, &r.flow, topology, sym);
+                        let c = Common::new(e, Some(&r.flow), topology, sym);
                         Some(wit::TcpReset {
                             envelope: c.envelope(),
                             flow: c.flow(),
@@ -433,7 +460,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpConnect(c) => {
-                        let common = Common::new(e, &c.flow, topology, sym);
+                        let common = Common::new(e, Some(&c.flow), topology, sym);
                         Some(wit::TcpConnect {
                             envelope: common.envelope(),
                             flow: common.flow(),
@@ -448,6 +475,67 @@ pub fn typed_batch<'a>(
                 })
                 .collect();
             Delivery::TcpConnects(wit::TcpConnectBatch {
+                node,
+                events,
+                symbols: sym.finish(),
+            })
+        }
+        Probe::Softirq => {
+            let events = events
+                .filter_map(|e| match &e.kind {
+                    Kind::Softirq(s) => Some(wit::Softirq {
+                        envelope: Common::new(e, None, topology, sym).envelope(),
+                        vec: sym.text(s.vec),
+                        stage: sym.text(s.stage),
+                        duration_ns: s.duration.as_nanos() as u64,
+                        cpu: s.cpu,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Delivery::Softirqs(wit::SoftirqBatch {
+                node,
+                events,
+                symbols: sym.finish(),
+            })
+        }
+        Probe::NetdevLatency => {
+            let events = events
+                .filter_map(|e| match &e.kind {
+                    Kind::NetdevLatency(n) => Some(wit::NetdevLatency {
+                        envelope: Common::new(e, None, topology, sym).envelope(),
+                        interface: sym.text(&n.interface),
+                        ifindex: n.ifindex,
+                        stage: sym.text(n.stage),
+                        duration_ns: n.duration.as_nanos() as u64,
+                        bytes: n.bytes,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Delivery::NetdevLatencies(wit::NetdevLatencyBatch {
+                node,
+                events,
+                symbols: sym.finish(),
+            })
+        }
+        Probe::IoLatency => {
+            let events = events
+                .filter_map(|e| match &e.kind {
+                    Kind::IoLatency(io) => Some(wit::IoLatency {
+                        envelope: Common::new(e, None, topology, sym).envelope(),
+                        device: sym.text(&io.device),
+                        dev: sym.text(&io.dev),
+                        op: sym.text(io.op),
+                        duration_ns: io.duration.as_nanos() as u64,
+                        bytes: io.bytes,
+                        sector: io.sector,
+                        error: io.error,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Delivery::IoLatencies(wit::IoLatencyBatch {
                 node,
                 events,
                 symbols: sym.finish(),
@@ -479,25 +567,50 @@ pub fn packed_batch<'a>(
                 put_u32(r, 80, sym.text(&d.reason));
                 put_u32(r, 84, sym.text(&d.location));
                 put_u32(r, 88, d.stack.as_ref().map_or(NONE, |s| sym.stack(s)));
-                &d.flow
+                Some(&d.flow)
             }
             (Kind::TcpRetrans(t), Probe::TcpRetrans) => {
                 put_u32(r, 80, sym.text(t.state));
-                &t.flow
+                Some(&t.flow)
             }
             (Kind::TcpReset(t), Probe::TcpReset) => {
                 put_u32(r, 80, sym.text(t.direction));
                 put_u32(r, 84, t.state.map_or(NONE, |s| sym.text(s)));
-                &t.flow
+                Some(&t.flow)
             }
             (Kind::TcpConnect(c), Probe::TcpConnect) => {
                 put_u32(r, 80, sym.text(c.side));
                 put_u32(r, 84, c.cause.map_or(NONE, |s| sym.text(s)));
-                let ns = c.duration.map_or(u64::MAX, |d| d.as_nanos() as u64);
-                r[88..96].copy_from_slice(&ns.to_le_bytes());
+                put_u64(r, 88, c.duration.map_or(u64::MAX, |d| d.as_nanos() as u64));
                 r[96] = c.retransmits;
                 put_u32(r, 100, c.error.as_ref().map_or(NONE, |s| sym.text(s)));
-                &c.flow
+                Some(&c.flow)
+            }
+            (Kind::Softirq(s), Probe::Softirq) => {
+                put_u32(r, 80, sym.text(s.vec));
+                put_u32(r, 84, sym.text(s.stage));
+                put_u64(r, 88, s.duration.as_nanos() as u64);
+                put_u32(r, 96, s.cpu);
+                None
+            }
+            (Kind::NetdevLatency(n), Probe::NetdevLatency) => {
+                put_u32(r, 80, sym.text(&n.interface));
+                put_u32(r, 84, n.ifindex);
+                put_u64(r, 88, n.duration.as_nanos() as u64);
+                put_u32(r, 96, sym.text(n.stage));
+                put_u32(r, 100, n.bytes);
+                None
+            }
+            (Kind::IoLatency(io), Probe::IoLatency) => {
+                put_u32(r, 80, sym.text(&io.device));
+                put_u32(r, 84, sym.text(&io.dev));
+                put_u64(r, 88, io.duration.as_nanos() as u64);
+                put_u32(r, 96, sym.text(io.op));
+                put_u32(r, 100, io.bytes);
+                put_u64(r, 104, io.sector);
+                // blk_status_t 0 is success: what "none" is in the typed record.
+                put_u32(r, 112, io.error.unwrap_or(0) as u32);
+                None
             }
             _ => continue,
         };
@@ -665,6 +778,76 @@ mod tests {
         // No workload: namespace and pod are none.
         assert_eq!(&r[16..24], &[0xff; 8]);
         assert!(batches(&events, Probe::TcpRetrans, false, 1024, &Peers, &mut sym).is_empty());
+    }
+
+    #[test]
+    fn latency_events_have_no_flow_and_their_own_fields_in_both_deliveries() {
+        use crate::event::{IoLatency, NetdevLatency};
+        let node: Arc<str> = Arc::from("node-1");
+        let kinds = [
+            Kind::NetdevLatency(NetdevLatency {
+                interface: "eth0".into(),
+                ifindex: 2,
+                stage: "xmit",
+                duration: Duration::from_micros(15),
+                bytes: 64,
+            }),
+            Kind::IoLatency(IoLatency {
+                device: "loop3".into(),
+                dev: "7:3".into(),
+                op: "write",
+                duration: Duration::from_millis(2),
+                bytes: 4096,
+                sector: 8,
+                error: Some(10),
+            }),
+        ];
+        let events: Vec<Event> = kinds
+            .into_iter()
+            .map(|k| {
+                let mut e = Event::kernel(UNIX_EPOCH, 7, Severity::Warning, k);
+                e.node = Arc::clone(&node);
+                e
+            })
+            .collect();
+        let mut sym = Symbols::default();
+        let Delivery::NetdevLatencies(b) =
+            typed_batch(Probe::NetdevLatency, events.iter(), &Peers, &mut sym)
+        else {
+            panic!("typed netdev_latency batch expected")
+        };
+        let e = &b.events[0];
+        let s = |i: u32| b.symbols.strings[i as usize].as_str();
+        assert_eq!((s(e.interface), s(e.stage)), ("eth0", "xmit"));
+        assert_eq!((e.ifindex, e.duration_ns, e.bytes), (2, 15_000, 64));
+        assert_eq!(e.envelope.netns, 7);
+        assert!(e.envelope.workload.is_none());
+        let Delivery::IoLatencies(b) =
+            typed_batch(Probe::IoLatency, events.iter(), &Peers, &mut sym)
+        else {
+            panic!("typed io_latency batch expected")
+        };
+        assert_eq!((b.events.len(), b.events[0].error), (1, Some(10)));
+
+        let [Delivery::Packed(p)] =
+            &batches(&events, Probe::IoLatency, true, 64, &Peers, &mut sym)[..]
+        else {
+            panic!("one packed batch expected")
+        };
+        assert_eq!(
+            (p.probe.as_str(), p.count, p.record_size),
+            ("io_latency", 1, 120)
+        );
+        let r = &p.events[..];
+        let u32_at = |at: usize| u32::from_le_bytes(r[at..at + 4].try_into().unwrap());
+        let u64_at = |at: usize| u64::from_le_bytes(r[at..at + 8].try_into().unwrap());
+        let text = |at: usize| p.symbols.strings[u32_at(at) as usize].as_str();
+        // No flow: protocol, peer and workload none, no addresses, ports 0.
+        assert_eq!(&r[16..36], &[0xff; 20]);
+        assert!(r[36..80].iter().all(|b| *b == 0));
+        assert_eq!((text(80), text(84), text(96)), ("loop3", "7:3", "write"));
+        assert_eq!((u64_at(88), u32_at(100), u64_at(104)), (2_000_000, 4096, 8));
+        assert_eq!(u32_at(112), 10);
     }
 
     #[test]

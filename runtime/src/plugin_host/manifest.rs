@@ -230,6 +230,13 @@ impl Manifest {
                     known.join(", ")
                 ));
             }
+            let delivered = super::delivery::Probe::ALL.map(|p| p.name());
+            if kind == BundleKind::Plugin && !delivered.contains(&probe.as_str()) {
+                return Err(format!(
+                    "spec.subscribe: probe {probe} hands plugins no events (plugins subscribe to {})",
+                    delivered.join(", ")
+                ));
+            }
         }
         let l = &self.spec.limits;
         if l.memory.0 < 1 << 20 || l.memory.0 > 4 << 30 {
@@ -309,7 +316,9 @@ mod tests {
         assert_eq!(m.spec.delivery, Delivery::Typed);
         let packed = GOOD.replace("  subscribe:", "  delivery: packed\n  subscribe:");
         let m = Manifest::parse(&packed, "plugin.yaml").unwrap();
-        assert_eq!(m.spec.delivery, Delivery::Packed);
+        assert_eq!(m.spec.delivery, Delivery::Packed); // Every probe with events can be subscribed to, the latency probes' included.
+        let latency = GOOD.replace("[tcp_retrans]", "[softirq, netdev_latency, io_latency]");
+        assert!(Manifest::parse(&latency, "plugin.yaml").is_ok());
     }
 
     #[test]
@@ -319,6 +328,10 @@ mod tests {
             (
                 GOOD.replace("tcp_retrans", "tcp_retrains"),
                 "spec.subscribe",
+            ),
+            (
+                GOOD.replace("[tcp_retrans]", "[tcp_rtt]"),
+                "spec.subscribe: probe tcp_rtt hands plugins no events",
             ),
             (GOOD.replace("kind: Plugin", "kind: Gadget"), "kind"),
             (GOOD.replace("kind: Plugin", "kind: Script"), "spec.source"),

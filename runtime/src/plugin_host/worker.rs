@@ -567,6 +567,17 @@ impl Guest for Instance {
                     delivery::Delivery::TcpConnects(b) => {
                         self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_connect(s, b))
                     }
+                    delivery::Delivery::Softirqs(b) => {
+                        self.call(probe.handler(), m, name, |g, s| g.call_on_softirq(s, b))
+                    }
+                    delivery::Delivery::NetdevLatencies(b) => {
+                        self.call(probe.handler(), m, name, |g, s| {
+                            g.call_on_netdev_latency(s, b)
+                        })
+                    }
+                    delivery::Delivery::IoLatencies(b) => {
+                        self.call(probe.handler(), m, name, |g, s| g.call_on_io_latency(s, b))
+                    }
                     delivery::Delivery::Packed(b) => {
                         self.call("on-packed", m, name, |g, s| g.call_on_packed(s, b))
                     }

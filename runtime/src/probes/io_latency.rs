@@ -14,7 +14,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Event, IoLatency, Severity};
+use crate::event::{Event, IoLatency, Kind, Severity};
 
 /// `probes.io_latency` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -103,7 +103,7 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
             ctx.clock.wall(r.timestamp_ns),
             0,
             severity,
-            IoLatency {
+            Kind::IoLatency(IoLatency {
                 device: device_name(r.dev).to_string(),
                 dev: dev_string(r.dev),
                 op: op_name(r.op),
@@ -111,8 +111,7 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
                 bytes: r.bytes,
                 sector: r.sector,
                 error: (r.error != 0).then_some(r.error),
-            }
-            .into_kind(),
+            }),
         ))
     }))
 }

@@ -16,6 +16,7 @@ pub mod io_latency;
 pub mod netdev_latency;
 pub mod netstat;
 pub mod packet_drop;
+pub mod socket_latency;
 pub mod softirq;
 pub mod tcp_connect;
 pub mod tcp_reset;
@@ -220,6 +221,7 @@ pub struct ProbesConfig {
     pub netstat: netstat::Config,
     pub softirq: softirq::Config,
     pub netdev_latency: netdev_latency::Config,
+    pub socket_latency: socket_latency::Config,
     pub io_latency: io_latency::Config,
     pub flow: flow::Config,
 }
@@ -291,6 +293,7 @@ pub const DRIVERS: &[Driver] = &[
     tcp_rtt::DRIVER,
     softirq::DRIVER,
     netdev_latency::DRIVER,
+    socket_latency::DRIVER,
     io_latency::DRIVER,
     flow::DRIVER,
 ];

@@ -18,7 +18,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Event, NetdevLatency, Severity};
+use crate::event::{Event, Kind, NetdevLatency, Severity};
 
 /// `probes.netdev_latency` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -83,14 +83,13 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
             ctx.clock.wall(r.timestamp_ns),
             r.netns,
             Severity::Warning,
-            NetdevLatency {
+            Kind::NetdevLatency(NetdevLatency {
                 interface: ifname(&r.name),
                 ifindex: r.ifindex,
                 stage: stage_name(r.stage),
                 duration: Duration::from_nanos(r.duration_ns),
                 bytes: r.len,
-            }
-            .into_kind(),
+            }),
         ))
     }))
 }

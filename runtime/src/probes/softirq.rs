@@ -16,7 +16,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Event, Severity, Softirq};
+use crate::event::{Event, Kind, Severity, Softirq};
 
 /// `probes.softirq` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -85,13 +85,12 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
             ctx.clock.wall(r.timestamp_ns),
             0,
             Severity::Warning,
-            Softirq {
+            Kind::Softirq(Softirq {
                 vec: vec_name(r.vec),
                 stage,
                 duration: Duration::from_nanos(r.duration_ns),
                 cpu: r.cpu,
-            }
-            .into_kind(),
+            }),
         ))
     }))
 }

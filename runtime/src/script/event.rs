@@ -279,6 +279,10 @@ impl EventConverter {
                 m.insert(key.as_str().into(), json_value(value));
             }
         }
+        // The fields of the kernel events without a flow (softirq, netdev_latency, io_latency).
+        for (key, value) in e.kind.fields().unwrap_or_default() {
+            m.insert(key.into(), json_value(&value));
+        }
         self.fields = f;
         m
     }

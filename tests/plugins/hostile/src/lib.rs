@@ -1,7 +1,9 @@
 //! A plugin for the test suite: with `mode: count` it counts every event it is handed (per
 //! probe, pod and reason or direction, into `sonde_test_events_seen_total`), so a test can
 //! check it lost none; with `mode: fields` it counts them by every field they carry (into
-//! `config.metric`), so a test can compare two deliveries of the same events;
+//! `config.metric`, and the durations of the latency probes' events by probe, netns, key and detail
+//! into `config.metric` with `_total` replaced by `_duration_nanoseconds_total`), so a test
+//! can compare two deliveries of the same events;
 //! with `mode: flows` it reads the flow table through `maps` every tick and sets
 //! `sonde_test_flow_bytes{src_pod,dst_pod,protocol}` (bytes summed over the pod pair's rows)
 //! and `sonde_test_flow_srtt_seconds{src_pod,dst_pod}` (the largest RTT a row carries);
@@ -10,7 +12,8 @@
 use serde::Deserialize;
 use sonde_plugin::{
     metrics::{Counter, Gauge},
-    Config, Envelope, Event, Flow, PacketDrop, Plugin, TcpConnect, TcpReset, TcpRetrans,
+    Config, Envelope, Event, Flow, IoLatency, NetdevLatency, PacketDrop, Plugin, Softirq,
+    TcpConnect, TcpReset, TcpRetrans,
 };
 
 #[derive(Deserialize)]
@@ -25,6 +28,8 @@ struct Settings {
 struct Hostile {
     mode: String,
     seen: Option<Counter>,
+    /// `fields` mode: nanoseconds of the latency probes' events.
+    durations: Option<Counter>,
     hoard: Vec<Vec<u8>>,
     /// `flows` mode: bytes and RTT per pod pair.
     flows: Option<(Gauge, Gauge)>,
@@ -172,6 +177,37 @@ impl Hostile {
     }
 }
 
+impl Hostile {
+    /// `fields` mode for events without a flow: their own fields as `key` and `detail`, and
+    /// their duration added up by the same.
+    fn count_latency(
+        &self,
+        probe: &str,
+        env: &Envelope<'_>,
+        key: &str,
+        detail: &str,
+        duration: std::time::Duration,
+    ) {
+        if self.mode != "fields" {
+            return;
+        }
+        let none = Flow {
+            protocol: "",
+            saddr: None,
+            sport: 0,
+            daddr: None,
+            dport: 0,
+            peer: None,
+        };
+        self.count_fields(probe, env, &none, key, detail, "");
+        if let Some(d) = &self.durations {
+            let _ = d
+                .series(&[probe, &env.netns.to_string(), key, detail])
+                .and_then(|s| s.add(duration.as_nanos() as f64));
+        }
+    }
+}
+
 fn pod(w: Option<sonde_plugin::WorkloadRef<'_>>) -> &str {
     w.map_or("", |w| w.pod)
 }
@@ -225,9 +261,16 @@ impl Plugin for Hostile {
                 &FIELDS,
             )
             .map_err(|e| e.to_string())?;
+            let durations = Counter::register(
+                &name.replace("_total", "_duration_nanoseconds_total"),
+                "Durations of the latency probes' events the test plugin was handed.",
+                &["probe", "netns", "key", "detail"],
+            )
+            .map_err(|e| e.to_string())?;
             return Ok(Hostile {
                 mode: settings.mode,
                 seen: Some(fields),
+                durations: Some(durations),
                 hoard: Vec::new(),
                 flows: None,
             });
@@ -246,6 +289,7 @@ impl Plugin for Hostile {
         Ok(Hostile {
             mode: settings.mode,
             seen,
+            durations: None,
             hoard: Vec::new(),
             flows: None,
         })
@@ -325,6 +369,36 @@ impl Plugin for Hostile {
                 );
                 self.count_fields("tcp_connect", &e.envelope, &e.flow, e.side, &detail, "");
             }
+        }
+    }
+
+    fn on_softirq(&mut self, batch: &[Softirq<'_>]) {
+        for e in batch {
+            let detail = format!("{}:{}", e.stage, e.cpu);
+            self.count_latency("softirq", &e.envelope, e.vec, &detail, e.duration);
+        }
+    }
+
+    fn on_netdev_latency(&mut self, batch: &[NetdevLatency<'_>]) {
+        for e in batch {
+            let detail = format!("{}:{}:{}", e.stage, e.ifindex, e.bytes);
+            self.count_latency(
+                "netdev_latency",
+                &e.envelope,
+                e.interface,
+                &detail,
+                e.duration,
+            );
+        }
+    }
+
+    fn on_io_latency(&mut self, batch: &[IoLatency<'_>]) {
+        for e in batch {
+            let error = e
+                .error
+                .map_or_else(|| "none".to_string(), |s| s.to_string());
+            let detail = format!("{}:{}:{}:{}", e.op, e.dev, e.bytes, error);
+            self.count_latency("io_latency", &e.envelope, e.device, &detail, e.duration);
         }
     }
 

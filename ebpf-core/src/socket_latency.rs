@@ -1,0 +1,75 @@
+//! Mirror of `socket_latency.h`: the key of the per-namespace read latency histogram and
+//! overflow counters.
+
+use std::mem::{offset_of, size_of};
+
+use crate::{requires, Hook, ProbeSpec, Requirement};
+
+pub const SPEC: ProbeSpec = ProbeSpec {
+    name: "socket_latency",
+    description: "time from a packet's arrival to the application reading it, and socket receive buffer overflows, per pod",
+    hooks: &[
+        Hook::tp_btf("socklat_arrive", "net", "netif_receive_skb"),
+        Hook::tp_btf("socklat_tcp_read", "skb", "skb_copy_datagram_iovec"),
+        Hook::tp_btf("socklat_udp_queued", "sock", "sk_data_ready"),
+        Hook::tp_btf("socklat_udp_read", "sock", "sock_recv_length"),
+        Hook::tp_btf("socklat_rcvqueue_full", "sock", "sock_rcvqueue_full"),
+        Hook::tp_btf("socklat_udp_rcvbuf_full", "udp", "udp_fail_queue_rcv_skb"),
+        Hook::tp_btf("socklat_exceed_buf_limit", "sock", "sock_exceed_buf_limit"),
+    ],
+    requires: &[
+        requires::SOCK_NETNS,
+        &[
+            Requirement::field("sk_buff", "head"),
+            Requirement::field("sk_buff", "protocol"),
+            Requirement::field("sk_buff", "sk"),
+            Requirement::field("sock", "sk_protocol"),
+            Requirement::field("sock", "sk_receive_queue.qlen"),
+            Requirement::field("sock", "sk_receive_queue.prev"),
+            Requirement::field("sock_common", "skc_family"),
+            Requirement::TracepointArgs {
+                tracepoint: "sock_exceed_buf_limit",
+                args: 4,
+            },
+            Requirement::TracepointArgs {
+                tracepoint: "sock_recv_length",
+                args: 3,
+            },
+        ],
+    ],
+    counter_map: "sockets",
+    object: aya::include_bytes_aligned!("socket_latency.bpf.o"),
+};
+
+pub const KIND_BUCKET: u8 = 0;
+pub const KIND_SUM: u8 = 1;
+pub const KIND_RCVQUEUE_FULL: u8 = 2;
+pub const KIND_EXCEED_BUF_LIMIT: u8 = 3;
+
+/// The `kind` label of an overflow counter slot, `None` for histogram slots.
+pub fn overflow_kind(kind: u8) -> Option<&'static str> {
+    match kind {
+        KIND_RCVQUEUE_FULL => Some("rcvqueue_full"),
+        KIND_EXCEED_BUF_LIMIT => Some("exceed_buf_limit"),
+        _ => None,
+    }
+}
+
+/// `struct socket_latency_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub netns: u32,
+    pub kind: u8,
+    pub slot: u8,
+    pub pad: [u8; 2],
+}
+
+const _: () = {
+    assert!(size_of::<Key>() == 8);
+    assert!(offset_of!(Key, kind) == 4);
+    assert!(offset_of!(Key, slot) == 5);
+};
+
+// SAFETY: a plain C struct of integers.
+unsafe impl aya::Pod for Key {}

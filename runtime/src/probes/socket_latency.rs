@@ -1,0 +1,84 @@
+//! `socket_latency` collector: per pod (the network namespace of the reading socket), the time
+//! from a packet's arrival in that namespace to the application reading it, as a histogram
+//! bucketed in the kernel, and the packets that sockets' receive buffers refused, by kind.
+//! The probe emits no events. How arrivals and reads are paired is told in
+//! `ebpf-core/src/socket_latency.bpf.c`.
+
+use std::sync::Arc;
+
+use ebpf_core::record::log2_slot_bound_seconds;
+use ebpf_core::socket_latency::{overflow_kind, Key, KIND_BUCKET, KIND_SUM, SPEC};
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
+use serde::Deserialize;
+
+use super::{Context, Decoder, Deltas, Driver, ProbesConfig};
+
+/// `probes.socket_latency` in the agent config. The probe emits no events.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// Off by default: the probe runs for every packet received and every socket read.
+    pub enabled: bool,
+}
+
+pub const DRIVER: Driver = Driver {
+    spec: &SPEC,
+    settings,
+    validate: |_| Ok(()),
+    decoder,
+    sync,
+    snapshot,
+    table: None,
+};
+
+fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
+    c.socket_latency.enabled.then(|| ProbeSettings {
+        events: false,
+        // No events: the smallest ring buffer the config allows.
+        ring_buffer_size: 64 << 10,
+        ..ProbeSettings::default()
+    })
+}
+
+fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    Ok(Box::new(|_| None))
+}
+
+fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
+    let current = probe.counters::<Key>()?;
+    let id = |k: &Key| (k.netns as u64) << 32 | (k.kind as u64) << 8 | k.slot as u64;
+    for (key, gained) in deltas.update(current, id) {
+        let m = &ctx.metrics;
+        match key.kind {
+            KIND_BUCKET => m.socket_read_latency.add_slot(
+                ctx.labels_for_netns(key.netns, &[]),
+                key.slot as usize,
+                gained,
+            ),
+            KIND_SUM => m
+                .socket_read_latency
+                .add_sum_ns(ctx.labels_for_netns(key.netns, &[]), gained),
+            kind => {
+                if let Some(kind) = overflow_kind(kind) {
+                    ctx.count_for_netns(&m.socket_overflows, key.netns, &[kind], gained);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
+    Ok(probe
+        .counters::<Key>()?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = match k.kind {
+                KIND_BUCKET => format!("le={}", log2_slot_bound_seconds(k.slot as usize)),
+                KIND_SUM => "sum_ns".to_string(),
+                kind => overflow_kind(kind)?.to_string(),
+            };
+            Some((k.netns, key, v))
+        })
+        .collect())
+}
