@@ -693,7 +693,8 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
         ("dport", &PORT.to_string()),
         ("saddr", &a_ip.to_string()),
         ("daddr", &b_ip.to_string()),
-        ("peer", "none"),
+        // The sender: the drops happened in B, the pod they were sent to.
+        ("peer", pods.a.name()),
         ("key", "NETFILTER_DROP"),
         ("stack", ""),
     ];

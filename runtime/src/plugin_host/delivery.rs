@@ -153,9 +153,14 @@ struct Common {
 
 impl Common {
     fn new(e: &Event, flow: Option<&Flow>, topology: &dyn Topology, sym: &mut Symbols) -> Common {
+        // The other end: the owner of daddr, or of saddr when daddr is the event's own
+        // workload (a packet dropped or received in the pod it was sent to).
+        let owner = |a: Option<IpAddr>| a.and_then(|a| topology.workload_of_ip(a));
         let peer = flow
-            .and_then(|f| f.daddr)
-            .and_then(|a| topology.workload_of_ip(a))
+            .and_then(|f| match owner(f.daddr) {
+                Some(w) if Some(&w) == e.workload.as_ref() => owner(f.saddr),
+                other => other,
+            })
             .map(|w| {
                 let r = sym.workload(&w);
                 sym.keep.push(w);

@@ -247,6 +247,7 @@ impl Plugin for Hostile {
                 mode: settings.mode,
                 seen: None,
                 hoard: Vec::new(),
+                durations: None,
                 flows: Some((bytes, rtt)),
             });
         }
