@@ -182,12 +182,13 @@ fn pods_from_the_api_label_what_happens_in_their_namespaces() {
                 "labels": {"app": "db"}}),
         |e| e["netns"].as_u64() == Some(pods.b.inode()),
     );
-    // The destination address resolves to db (not to the finished pod that had it before).
+    // The destination address resolves to db itself (not to the finished pod that had it
+    // before, which would be named as the peer), so the peer is the sender, web.
     agent.wait_for_event(
         SETTLE_TIMEOUT,
-        "drop-explainer naming db as the owner of the address",
+        "drop-explainer naming web as the other end of db's drops",
         &json!({"type": "drop_explained", "pod": db, "dport": port}),
-        |e| e["peer_namespace"] == ns && e["peer_pod"] == db,
+        |e| e["peer_namespace"] == ns && e["peer_pod"] == web.as_str(),
     );
 
     // The address moves to a new pod elsewhere (db keeps running with another one).
