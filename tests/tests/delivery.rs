@@ -148,13 +148,16 @@ fn file_sink_receives_events() {
     send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 30);
     // Concurrent tests make drops too, so the file may have rotated: read the rotated ones.
     let in_file = poll_until(SETTLE_TIMEOUT, "30 drop events in the file sink", || {
-        let mut text = std::fs::read_to_string(&path).ok()?;
+        let mut texts = vec![std::fs::read_to_string(&path).ok()?];
         for n in 1..=5 {
-            text += &std::fs::read_to_string(format!("{}.{n}", path.display())).unwrap_or_default();
+            texts.push(
+                std::fs::read_to_string(format!("{}.{n}", path.display())).unwrap_or_default(),
+            );
         }
-        // Only whole lines: the sink may be halfway through writing the last one.
-        let events: Vec<Value> = text
-            .split_inclusive('\n')
+        // Only whole lines of each file: the sink may be halfway through writing the last one.
+        let events: Vec<Value> = texts
+            .iter()
+            .flat_map(|text| text.split_inclusive('\n'))
             .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
