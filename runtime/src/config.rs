@@ -268,6 +268,35 @@ mod tests {
     }
 
     #[test]
+    fn flow_config_is_checked() {
+        let c = AgentConfig::embedded();
+        assert_eq!(c.probes.flow, crate::probes::flow::Config::default());
+        let refused = |yaml: &str, key: &str| {
+            let e = AgentConfig::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        refused(
+            "probes:\n  flow:\n    tableSize: 4\n",
+            "probes.flow.tableSize",
+        );
+        refused(
+            "probes:\n  flow:\n    interfaces: [\"a*b\"]\n",
+            "probes.flow.interfaces",
+        );
+        refused(
+            "probes:\n  flow:\n    maxSeries: 0\n",
+            "probes.flow.maxSeries",
+        );
+        let c = AgentConfig::parse(
+            "probes:\n  flow:\n    enabled: true\n    interfaces: [eth1, \"tap*\"]\n    portLabels: true\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.probes.flow.interfaces, ["eth1", "tap*"]);
+        assert!(c.probes.flow.port_labels && !c.probes.flow.address_labels);
+    }
+
+    #[test]
     fn latency_probe_thresholds_are_checked() {
         let c = AgentConfig::embedded();
         assert_eq!(c.probes.softirq, crate::probes::softirq::Config::default());
