@@ -169,18 +169,11 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The tp_btf program of a hook.
-fn tracepoint<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut BtfTracePoint, ProbeError> {
-    ebpf.program_mut(hook.program)
-        .ok_or(ProbeError::MissingProgram {
-            program: hook.program,
-        })?
-        .try_into()
-        .map_err(|source| program_error(hook, source))
-}
-
-/// The TC program of a hook.
-fn classifier<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut SchedClassifier, ProbeError> {
+/// The program of a hook, as its kind (`BtfTracePoint`, `SchedClassifier`).
+fn program<'a, T>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
     ebpf.program_mut(hook.program)
         .ok_or(ProbeError::MissingProgram {
             program: hook.program,
@@ -264,7 +257,7 @@ impl<'btf> ProbeLoader<'btf> {
         // TC programs are attached per interface by the agent (see `LoadedProbe::tc_target`).
         for hook in spec.hooks {
             if let HookPoint::TpBtf { .. } = hook.point {
-                tracepoint(&mut probe.ebpf, hook)?
+                program::<BtfTracePoint>(&mut probe.ebpf, hook)?
                     .attach()
                     .map_err(|source| program_error(hook, source))?;
             }
@@ -296,10 +289,10 @@ impl<'btf> ProbeLoader<'btf> {
         })?;
         for hook in spec.hooks {
             match hook.point {
-                HookPoint::TpBtf { tracepoint: tp, .. } => tracepoint(&mut ebpf, hook)?
-                    .load(tp, btf)
+                HookPoint::TpBtf { tracepoint, .. } => program::<BtfTracePoint>(&mut ebpf, hook)?
+                    .load(tracepoint, btf)
                     .map_err(|source| program_error(hook, source))?,
-                HookPoint::Tc(_) => classifier(&mut ebpf, hook)?
+                HookPoint::Tc(_) => program::<SchedClassifier>(&mut ebpf, hook)?
                     .load()
                     .map_err(|source| program_error(hook, source))?,
             }
@@ -371,7 +364,7 @@ impl LoadedProbe {
             let Some(direction) = hook.tc_direction() else {
                 continue;
             };
-            let prog = classifier(&mut self.ebpf, hook)?;
+            let prog = program::<SchedClassifier>(&mut self.ebpf, hook)?;
             let fd = prog
                 .fd()
                 .and_then(|fd| fd.as_fd().try_clone_to_owned().map_err(ProgramError::from))

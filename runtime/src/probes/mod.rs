@@ -146,6 +146,17 @@ impl EventsConfig {
     }
 }
 
+/// Kernel settings of a probe that keeps a table of `table_size` rows and emits no events.
+fn table_settings(table_size: u32) -> ProbeSettings {
+    ProbeSettings {
+        events: false,
+        // No events: the smallest ring buffer the config allows.
+        ring_buffer_size: 64 << 10,
+        table_size,
+        ..ProbeSettings::default()
+    }
+}
+
 /// Config of a probe with no settings beyond being on and its events.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
