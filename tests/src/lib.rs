@@ -25,7 +25,7 @@ pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bun
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use node_pods::{NodePod, NodePods};
-pub use prometheus::{metric_series, metric_value};
+pub use prometheus::{assert_promtool_clean, metric_series, metric_value};
 pub use slow_link::SlowPodPair;
 pub use trace::Trace;
 pub use traffic::{

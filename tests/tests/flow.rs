@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::{
-    bulk_transfer, in_netns, poll_until, try_poll_until, wasm_module, write_bundle, Agent,
-    IpFamily, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    assert_promtool_clean, bulk_transfer, in_netns, poll_until, try_poll_until, wasm_module,
+    write_bundle, Agent, IpFamily, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const BYTES: &str = "sonde_flow_bytes_total";
@@ -113,6 +113,7 @@ fn transfer_is_counted_once(family: IpFamily) {
         .expect("packets of the flow");
     // At most 64 KiB per segment... and at least K / 65536 segments.
     assert!(packets >= (K / 65536) as f64, "{packets} packets");
+    assert_promtool_clean(&agent.metrics());
 }
 
 #[test]
