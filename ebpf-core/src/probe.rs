@@ -476,6 +476,25 @@ impl LoadedProbe {
         Ok(out)
     }
 
+    /// Deletes `key` from one of the probe's hash maps (a row the agent has dealt with);
+    /// a key gone already is not an error.
+    pub fn hash_remove<K: Pod>(&self, name: &'static str, key: &K) -> Result<(), ProbeError> {
+        let fd = match self.ebpf.map(name) {
+            Some(Map::HashMap(data) | Map::LruHashMap(data)) => data.fd().as_fd(),
+            Some(_) => {
+                return Err(ProbeError::Map {
+                    map: name,
+                    source: MapError::InvalidMapType { map_type: 0 },
+                })
+            }
+            None => return Err(ProbeError::MissingMap(name)),
+        };
+        crate::tc::delete_elem(fd, key).map_err(|e| ProbeError::Map {
+            map: name,
+            source: MapError::from(e),
+        })
+    }
+
     /// Takes a stack trace map of the probe, for the decoder that resolves its stack ids.
     pub fn take_stack_map(
         &mut self,

@@ -56,6 +56,17 @@ fn map_elem(map: &OwnedFd, cmd: libc::c_long, key: u32, value: Option<u32>) -> i
     bpf(cmd, &mut attr).map(|_| ())
 }
 
+/// Deletes `key` from the map `map` (`BPF_MAP_DELETE_ELEM`); a missing key is not an error.
+pub(crate) fn delete_elem<K>(map: std::os::fd::BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key as *const K as u64).to_ne_bytes());
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 impl TcTarget {
     /// Attaches every TC program of the probe to interface `ifindex` (after the programs
     /// already there: they see packets as the others left them).

@@ -114,6 +114,43 @@ pub struct TcpConnect {
     pub error: Option<Cow<'static, str>>,
 }
 
+/// `dns`: a query that got no response within the probe's timeout, or a pod's SERVFAIL or
+/// NXDOMAIN responses above the probe's rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dns {
+    /// Client end as source, server as destination.
+    pub flow: Flow,
+    /// `timeout`, `servfail` or `nxdomain`.
+    pub outcome: &'static str,
+    /// The DNS id of the query that timed out.
+    pub id: Option<u16>,
+    /// How long the query waited (timeouts).
+    pub duration: Option<std::time::Duration>,
+    /// Responses of that rcode since the last report, and their rate per second (rates).
+    pub count: Option<u64>,
+    pub rate: Option<f64>,
+}
+
+impl Dns {
+    /// The fields of its own, after the flow's: for JSON and scripts alike.
+    pub fn fields(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut f = vec![("outcome", self.outcome.into())];
+        if let Some(id) = self.id {
+            f.push(("id", id.into()));
+        }
+        if let Some(d) = self.duration {
+            f.push(("duration_seconds", d.as_secs_f64().into()));
+        }
+        if let Some(c) = self.count {
+            f.push(("count", c.into()));
+        }
+        if let Some(r) = self.rate {
+            f.push(("rate_per_second", r.into()));
+        }
+        f
+    }
+}
+
 /// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least its threshold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Softirq {
@@ -224,6 +261,7 @@ pub enum Kind {
     TcpRetrans(TcpRetrans),
     TcpReset(TcpReset),
     TcpConnect(TcpConnect),
+    Dns(Dns),
     Derived(Derived),
 }
 
@@ -235,6 +273,7 @@ impl Kind {
             Kind::TcpRetrans(_) => "tcp_retrans",
             Kind::TcpReset(_) => "tcp_reset",
             Kind::TcpConnect(_) => "tcp_connect",
+            Kind::Dns(_) => "dns",
             Kind::Derived(d) => &d.type_name,
         }
     }
@@ -245,6 +284,7 @@ impl Kind {
             Kind::TcpRetrans(e) => Some(&e.flow),
             Kind::TcpReset(e) => Some(&e.flow),
             Kind::TcpConnect(e) => Some(&e.flow),
+            Kind::Dns(e) => Some(&e.flow),
             Kind::Derived(_) => None,
         }
     }
@@ -392,6 +432,12 @@ impl Serialize for Event {
                 map.serialize_entry("retransmits", &e.retransmits)?;
                 if let Some(error) = &e.error {
                     map.serialize_entry("error", error)?;
+                }
+            }
+            Kind::Dns(e) => {
+                serialize_flow(&mut map, &e.flow)?;
+                for (key, value) in e.fields() {
+                    map.serialize_entry(key, &value)?;
                 }
             }
             Kind::Derived(d) => {

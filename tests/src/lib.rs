@@ -10,6 +10,7 @@ mod agent;
 /// The bench binaries' shared helpers.
 pub mod bench;
 mod bundle;
+mod dns_server;
 mod http;
 mod netns;
 mod node_pods;
@@ -22,6 +23,7 @@ pub use agent::{
     free_local_addr, run_sonde, sonde_bin, start_agent, Agent, AgentConfig, Finished, TempDir,
 };
 pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
+pub use dns_server::{dns_query, tcp_query, udp_query, DnsAnswers, DnsServer};
 pub use http::http_get;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use node_pods::{NodePod, NodePods};

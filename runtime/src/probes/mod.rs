@@ -10,6 +10,7 @@
 //! [`netstat`] loads no program: it owns a thread that reads /proc/net in each pod's
 //! namespace, and [`Probes`] starts, reconfigures, stops and reports it beside the drivers.
 
+pub mod dns;
 pub mod flow;
 mod interfaces;
 pub mod io_latency;
@@ -196,6 +197,7 @@ pub struct ProbesConfig {
     pub netdev_latency: netdev_latency::Config,
     pub io_latency: io_latency::Config,
     pub flow: flow::Config,
+    pub dns: dns::Config,
 }
 
 impl ProbesConfig {
@@ -267,6 +269,7 @@ pub const DRIVERS: &[Driver] = &[
     netdev_latency::DRIVER,
     io_latency::DRIVER,
     flow::DRIVER,
+    dns::DRIVER,
 ];
 
 /// The interface patterns (`interfaces` in their config) of the probes with TC hooks, whose
@@ -274,6 +277,7 @@ pub const DRIVERS: &[Driver] = &[
 fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
     match probe {
         "flow" => config.flow.interfaces.clone(),
+        "dns" => config.dns.interfaces.clone(),
         _ => Vec::new(),
     }
 }
@@ -284,6 +288,7 @@ fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
 pub struct Deltas {
     last: HashMap<u64, u64>,
     peaks: HashMap<u64, u64>,
+    synced: Option<Instant>,
 }
 
 impl Deltas {
@@ -305,6 +310,15 @@ impl Deltas {
         // Slots the kernel evicted are forgotten too, so the table stays as small as the map.
         self.last = seen;
         gained
+    }
+
+    /// Seconds since the previous call (none at the first): the span of the last gains, for
+    /// rates.
+    pub fn since_last_sync(&mut self) -> Option<f64> {
+        let now = Instant::now();
+        self.synced
+            .replace(now)
+            .map(|t| now.duration_since(t).as_secs_f64())
     }
 
     /// What a total that may read low at times (an estimate) gained over the highest value it
