@@ -4,14 +4,14 @@
 //!
 //! N queries answered after D show as exactly N observations above D in the client pod's
 //! histogram; NXDOMAIN responses are counted by rcode exactly; a query never answered becomes
-//! a `timeout` event; SERVFAILs above the configured rate become a `servfail` event.
+//! a `timeout` event (which `sonde trace` scripts get as `on_dns`); SERVFAILs above the configured rate become a `servfail` event.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
 use sonde_tests::{
-    tcp_query, try_poll_until, udp_query, Agent, DnsAnswers, DnsServer, IpFamily, NodePods,
+    tcp_query, try_poll_until, udp_query, Agent, DnsAnswers, DnsServer, IpFamily, NodePods, Trace,
     READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
@@ -92,7 +92,20 @@ fn latency_rcodes_and_timeouts_per_pod() {
     agent.wait_metric_eq(RESPONSES, &ok, (N + 1) as f64, SETTLE_TIMEOUT);
     agent.wait_metric_eq(COUNT, &pod, (N + NX + 1) as f64, SETTLE_TIMEOUT);
 
-    // Never answered: a timeout event after the probe's 1 s.
+    // Never answered: a timeout event after the probe's 1 s, which scripts get too
+    // (`sonde trace` through the agent's event stream).
+    let url = format!("http://{}", agent.addr());
+    let mut trace = Trace::start(&[
+        "--agent",
+        &url,
+        "-e",
+        r#"fn on_dns(e) { count("dns", [e.pod, e.outcome, e.id]); }"#,
+        "--duration",
+        "6s",
+        "--output",
+        "json",
+    ]);
+    trace.wait_attached(READY_TIMEOUT);
     assert_eq!(
         udp_query(
             client.name(),
@@ -116,6 +129,14 @@ fn latency_rcodes_and_timeouts_per_pod() {
         "{event}"
     );
     agent.wait_metric_eq("sonde_dns_timeouts_total", &pod, 1.0, SETTLE_TIMEOUT);
+    let done = trace.finish(SETTLE_TIMEOUT);
+    assert!(done.status.success(), "trace failed: {}", done.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&done.stdout).expect("trace JSON");
+    assert_eq!(
+        doc["maps"]["dns"],
+        json!([{"key": [client.name(), "timeout", 400], "value": 1}]),
+        "{doc}"
+    );
 
     // SERVFAILs faster than 5 a second: an event says so.
     for id in 0..20 {

@@ -17,6 +17,7 @@ const CATALOGUE: &[&str] = &[
     "netdev_latency",
     "io_latency",
     "flow",
+    "dns",
 ];
 
 #[test]
