@@ -268,9 +268,10 @@ mod tests {
     }
 
     #[test]
-    fn flow_config_is_checked() {
+    fn flow_and_dns_configs_are_checked() {
         let c = AgentConfig::embedded();
         assert_eq!(c.probes.flow, crate::probes::flow::Config::default());
+        assert_eq!(c.probes.dns, crate::probes::dns::Config::default());
         let refused = |yaml: &str, key: &str| {
             let e = AgentConfig::parse(yaml, "c.yaml").unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
@@ -293,6 +294,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.probes.flow.interfaces, ["eth1", "tap*"]);
+        refused("probes:\n  dns:\n    timeout: 10ms\n", "probes.dns.timeout");
+        refused(
+            "probes:\n  dns:\n    errorRate: -1\n",
+            "probes.dns.errorRate",
+        );
         assert!(c.probes.flow.port_labels && !c.probes.flow.address_labels);
     }
 
