@@ -7,10 +7,9 @@
  * the timeout. Like `flow`, a packet is seen once: at the ingress of the watched interface it
  * enters the node through, or at egress when it did not come in through one. */
 #include "sonde.bpf.h"
+#include "sonde_tc.bpf.h"
 #include "dns.h"
 
-#define TCX_NEXT -1
-#define ETH_HLEN_ 14
 #define DNS_PORT 53
 
 struct {
@@ -27,14 +26,6 @@ struct {
 	__type(value, struct dns_query);
 } pending SEC(".maps");
 
-/* The interfaces the programs are attached to (ifindex -> 1), kept by the agent. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u32);
-} watched SEC(".maps");
-
 static __always_inline void dns_count(const __u8 *client, __u8 family, __u8 kind, __u8 slot,
 				      __u64 n)
 {
@@ -49,34 +40,16 @@ static __always_inline void dns_count(const __u8 *client, __u8 family, __u8 kind
 
 static __always_inline void dns_packet(struct __sk_buff *skb)
 {
-	__u8 saddr[16] = {}, daddr[16] = {}, family, protocol;
+	struct sonde_tuple t = {};
+	__u8 *saddr = t.saddr, *daddr = t.daddr, family, protocol;
 	__u16 sport, dport, hdr[2];
 	__u32 l4, payload;
 	__be16 ports[2];
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)) || ip.version != 4)
-			return;
-		if (ip.frag_off & bpf_htons(0x1fff))
-			return;
-		family = SONDE_AF_INET;
-		protocol = ip.protocol;
-		__builtin_memcpy(saddr, &ip.saddr, 4);
-		__builtin_memcpy(daddr, &ip.daddr, 4);
-		l4 = ETH_HLEN_ + ip.ihl * 4;
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip6, sizeof(ip6)) || ip6.version != 6)
-			return;
-		family = SONDE_AF_INET6;
-		protocol = ip6.nexthdr;
-		__builtin_memcpy(saddr, &ip6.saddr, 16);
-		__builtin_memcpy(daddr, &ip6.daddr, 16);
-		l4 = ETH_HLEN_ + sizeof(ip6);
-	} else {
+	if (sonde_tc_ip(skb, &t, &l4) || !l4)
 		return;
-	}
+	family = t.family;
+	protocol = t.protocol;
 	if (protocol != IPPROTO_UDP_ && protocol != IPPROTO_TCP_)
 		return;
 	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)))
@@ -139,10 +112,7 @@ int dns_ingress(struct __sk_buff *skb)
 SEC("classifier")
 int dns_egress(struct __sk_buff *skb)
 {
-	__u32 in = skb->ingress_ifindex;
-
-	if (in && bpf_map_lookup_elem(&watched, &in))
-		return TCX_NEXT;
-	dns_packet(skb);
+	if (!sonde_tc_seen(skb))
+		dns_packet(skb);
 	return TCX_NEXT;
 }

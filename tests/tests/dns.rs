@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use sonde_tests::{
-    tcp_query, try_poll_until, udp_query, Agent, DnsAnswers, DnsServer, IpFamily, NodePods, Trace,
-    READY_TIMEOUT, SETTLE_TIMEOUT,
+    only_probes_yaml, tcp_query, try_poll_until, udp_query, Agent, DnsAnswers, DnsServer, IpFamily,
+    NodePods, Trace, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const COUNT: &str = "sonde_dns_query_duration_seconds_count";
@@ -20,17 +20,12 @@ const BUCKET: &str = "sonde_dns_query_duration_seconds_bucket";
 const RESPONSES: &str = "sonde_dns_responses_total";
 
 fn agent_yaml(pattern: &str) -> String {
-    format!(
-        "node: sonde-test-node\nprobes:\n\
-         \x20 packet_drop: {{enabled: false}}\n\
-         \x20 tcp_retrans: {{enabled: false}}\n\
-         \x20 tcp_reset: {{enabled: false}}\n\
-         \x20 tcp_connect: {{enabled: false}}\n\
-         \x20 softirq: {{enabled: false}}\n\
-         \x20 io_latency: {{enabled: false}}\n\
-         \x20 netstat: {{enabled: false}}\n\
-         \x20 dns:\n    enabled: true\n    interfaces: [\"{pattern}\"]\n    timeout: 1s\n    errorRate: 5\n\
-         sinks:\n  stdout: {{enabled: true}}\n"
+    only_probes_yaml(
+        &format!(
+            "  dns:\n    enabled: true\n    interfaces: [\"{pattern}\"]\n    timeout: 1s\n    \
+             errorRate: 5\n"
+        ),
+        "",
     )
 }
 
