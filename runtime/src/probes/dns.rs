@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ebpf_core::dns::{
@@ -15,7 +14,7 @@ use ebpf_core::record::{AF_INET, AF_INET6};
 use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
-use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
+use super::{Context, Deltas, Driver, EventsConfig, ProbesConfig};
 use crate::event::{Dns, Event, Flow, Kind, Severity};
 
 /// `probes.dns` in the agent config.
@@ -73,7 +72,7 @@ pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
     validate,
-    decoder,
+    decoder: super::no_events,
     sync,
     snapshot,
     table: None,
@@ -93,10 +92,6 @@ fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
         s.params[PARAM_EVENTS] = c.events.enabled as u64;
         s
     })
-}
-
-fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
-    Ok(Box::new(|_| None))
 }
 
 fn addr(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {

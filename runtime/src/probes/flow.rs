@@ -22,7 +22,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Decoder, Deltas, Driver, ProbesConfig};
+use super::{Context, Deltas, Driver, ProbesConfig};
 
 /// `probes.flow` in the agent config. The probe emits no events.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -82,7 +82,7 @@ pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
     validate,
-    decoder,
+    decoder: super::no_events,
     sync,
     snapshot,
     table: None,
@@ -97,10 +97,6 @@ fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
         s.params[PARAM_MAX_SERIES] = c.max_series as u64;
         s
     })
-}
-
-fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
-    Ok(Box::new(|_| None))
 }
 
 /// `Deltas` id of the evictions so far.

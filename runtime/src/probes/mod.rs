@@ -220,6 +220,11 @@ pub(crate) fn duration_field<'de, D: serde::Deserializer<'de>>(
 /// Turns one ring buffer record into an event (not yet enriched).
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Option<Event> + Send>;
 
+/// The decoder of a probe whose kernel side emits no records (its ring buffer stays empty).
+fn no_events(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    Ok(Box::new(|_| None))
+}
+
 /// The agent side of one probe.
 pub struct Driver {
     pub spec: &'static ProbeSpec,
