@@ -62,7 +62,8 @@ pub mod bindings {
 pub use bindings::sonde::plugin::types::Workload;
 pub use error::{Error, Result};
 pub use event::{
-    Envelope, Flow, OwnedFlow, PacketDrop, Stack, TcpConnect, TcpReset, TcpRetrans, WorkloadRef,
+    Dns, Envelope, Flow, OwnedFlow, PacketDrop, Stack, TcpConnect, TcpReset, TcpRetrans,
+    WorkloadRef,
 };
 pub use events::{Event, Severity, Value};
 pub use metrics::{Counter, Gauge, Histogram, Series};
@@ -72,7 +73,7 @@ pub use plugin::{Config, Plugin};
 pub use plugin::glue as __glue;
 #[doc(hidden)]
 pub mod __event {
-    pub use crate::event::{packet_drops, tcp_connects, tcp_resets, tcp_retransmits};
+    pub use crate::event::{dns, packet_drops, tcp_connects, tcp_resets, tcp_retransmits};
 }
 
 /// Makes `$plugin`, a type implementing [`Plugin`], the component's exports.
@@ -115,6 +116,11 @@ macro_rules! export {
                 fn on_tcp_connect(batch: $crate::bindings::sonde::plugin::types::TcpConnectBatch) {
                     $crate::__glue::with(&PLUGIN, (), |p| {
                         $crate::Plugin::on_tcp_connect(p, &$crate::__event::tcp_connects(&batch))
+                    })
+                }
+                fn on_dns(batch: $crate::bindings::sonde::plugin::types::DnsBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_dns(p, &$crate::__event::dns(&batch))
                     })
                 }
                 fn on_packed(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {

@@ -3,7 +3,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::{PacketDrop, TcpConnect, TcpReset, TcpRetrans, Workload};
+use crate::{Dns, PacketDrop, TcpConnect, TcpReset, TcpRetrans, Workload};
 
 /// A plugin. Implement [`init`](Plugin::init) and the callbacks of the probes the manifest
 /// subscribes to; the others default to doing nothing. Export the type with
@@ -33,6 +33,12 @@ pub trait Plugin: Sized + 'static {
 
     /// A batch of `tcp_connect` events: handshakes that were slow or failed.
     fn on_tcp_connect(&mut self, batch: &[TcpConnect<'_>]) {
+        let _ = batch;
+    }
+
+    /// A batch of `dns` events: queries that timed out, pods with SERVFAIL or NXDOMAIN
+    /// responses above the probe's rate.
+    fn on_dns(&mut self, batch: &[Dns<'_>]) {
         let _ = batch;
     }
 
@@ -106,6 +112,7 @@ pub mod glue {
             "tcp_retrans" => plugin.on_tcp_retrans(&event::packed_tcp_retransmits(batch)),
             "tcp_reset" => plugin.on_tcp_reset(&event::packed_tcp_resets(batch)),
             "tcp_connect" => plugin.on_tcp_connect(&event::packed_tcp_connects(batch)),
+            "dns" => plugin.on_dns(&event::packed_dns(batch)),
             // A probe newer than this SDK: its plugin cannot have subscribed knowingly.
             _ => {}
         }

@@ -4,28 +4,29 @@
 //!
 //! N queries answered after D show as exactly N observations above D in the client pod's
 //! histogram; NXDOMAIN responses are counted by rcode exactly; a query never answered becomes
-//! a `timeout` event (which `sonde trace` scripts get as `on_dns`); SERVFAILs above the configured rate become a `servfail` event.
+//! a `timeout` event (which `sonde trace` scripts get as `on_dns`, and plugins as `on-dns`,
+//! typed or packed); SERVFAILs above the configured rate become a `servfail` event.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
 use sonde_tests::{
-    only_probes_yaml, tcp_query, try_poll_until, udp_query, Agent, DnsAnswers, DnsServer, IpFamily,
-    NodePods, Trace, READY_TIMEOUT, SETTLE_TIMEOUT,
+    only_probes_yaml, tcp_query, try_poll_until, udp_query, wasm_module, write_bundle, Agent,
+    DnsAnswers, DnsServer, IpFamily, NodePods, TempDir, Trace, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const COUNT: &str = "sonde_dns_query_duration_seconds_count";
 const BUCKET: &str = "sonde_dns_query_duration_seconds_bucket";
 const RESPONSES: &str = "sonde_dns_responses_total";
 
-fn agent_yaml(pattern: &str) -> String {
+fn agent_yaml(pattern: &str, plugins: &std::path::Path) -> String {
     only_probes_yaml(
         &format!(
             "  dns:\n    enabled: true\n    interfaces: [\"{pattern}\"]\n    timeout: 1s\n    \
              errorRate: 5\n"
         ),
-        "",
+        &format!("plugins:\n  dirs: [{}]\n", plugins.display()),
     )
 }
 
@@ -46,7 +47,23 @@ fn latency_rcodes_and_timeouts_per_pod() {
             silent: vec!["silent.sonde.test".into()],
         },
     );
-    let agent = Agent::spawn_yaml(&agent_yaml(&node.interface_pattern()));
+    // Plugins get the events typed and packed (the test plugin counts them).
+    let plugins = TempDir::new();
+    let module = wasm_module("hostile-plugin");
+    write_bundle(
+        &plugins.path().join("typed"),
+        "dns-typed",
+        &module,
+        "  subscribe: [dns]\n  config: {mode: count}\n  capabilities: [metrics]\n",
+    );
+    write_bundle(
+        &plugins.path().join("packed"),
+        "dns-packed",
+        &module,
+        "  subscribe: [dns]\n  delivery: packed\n  \
+         config: {mode: fields, metric: sonde_test_dns_packed_total}\n  capabilities: [metrics]\n",
+    );
+    let agent = Agent::spawn_yaml(&agent_yaml(&node.interface_pattern(), plugins.path()));
     agent.wait_ready(READY_TIMEOUT);
     let attached = try_poll_until(SETTLE_TIMEOUT, || {
         let (_, body) = agent.get("/api/v1/probes");
@@ -124,6 +141,21 @@ fn latency_rcodes_and_timeouts_per_pod() {
         "{event}"
     );
     agent.wait_metric_eq("sonde_dns_timeouts_total", &pod, 1.0, SETTLE_TIMEOUT);
+    let seen = [
+        ("probe", "dns"),
+        ("pod", client.name()),
+        ("reason", "timeout"),
+    ];
+    agent.wait_metric_eq("sonde_test_events_seen_total", &seen, 1.0, SETTLE_TIMEOUT);
+    let packed = [
+        ("probe", "dns"),
+        ("pod", client.name()),
+        ("key", "timeout"),
+        ("daddr", &server.ipv4.to_string()),
+        ("dport", "53"),
+        ("detail", "400:true:none:false"),
+    ];
+    agent.wait_metric_eq("sonde_test_dns_packed_total", &packed, 1.0, SETTLE_TIMEOUT);
     let done = trace.finish(SETTLE_TIMEOUT);
     assert!(done.status.success(), "trace failed: {}", done.stderr);
     let doc: serde_json::Value = serde_json::from_str(&done.stdout).expect("trace JSON");

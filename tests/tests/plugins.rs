@@ -653,7 +653,7 @@ fn typed_and_packed_deliveries_hand_over_the_same_events() {
         ("dport", &PORT.to_string()),
         ("saddr", &a_ip.to_string()),
         ("daddr", &b_ip.to_string()),
-        ("peer", "none"),
+        ("peer", pods.b.name()),
         ("key", "NETFILTER_DROP"),
         ("stack", ""),
     ];

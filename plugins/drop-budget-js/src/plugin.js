@@ -132,6 +132,8 @@ export function onTcpReset(_batch) {}
 
 export function onTcpConnect(_batch) {}
 
+export function onDns(_batch) {}
+
 export function workloadLabels(_workload) {
   return [];
 }

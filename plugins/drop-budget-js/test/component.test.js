@@ -151,6 +151,7 @@ test('other exports are no-ops', opts, async () => {
   h.plugin.onTcpReset(emptyBatch());
   h.plugin.onTcpRetrans(emptyBatch());
   h.plugin.onTcpConnect(emptyBatch());
+  h.plugin.onDns(emptyBatch());
   h.plugin.tick(1n);
   assert.deepEqual([h.events.length, h.values.size], [0, 0]);
 });

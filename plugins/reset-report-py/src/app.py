@@ -127,5 +127,8 @@ class WitWorld(wit_world.WitWorld):
     def on_tcp_connect(self, batch: types.TcpConnectBatch) -> None:
         pass
 
+    def on_dns(self, batch: types.DnsBatch) -> None:
+        pass
+
     def workload_labels(self, workload: types.Workload) -> List[Tuple[str, str]]:
         return []

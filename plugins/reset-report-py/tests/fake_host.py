@@ -213,6 +213,9 @@ class FakeHost:
     def on_tcp_connect(self, batch):
         return self.call("on-tcp-connect", batch)
 
+    def on_dns(self, batch):
+        return self.call("on-dns", batch)
+
     def tick(self, now_ns=1_700_000_001_000_000_000):
         return self.call("tick", now_ns)
 

@@ -134,6 +134,7 @@ class ComponentTest(unittest.TestCase):
         h.on_packet_drop(empty_batch())
         h.on_tcp_retrans(empty_batch())
         h.on_tcp_connect(empty_batch())
+        h.on_dns(empty_batch())
         h.tick()
         self.assertEqual(h.events, [])
 

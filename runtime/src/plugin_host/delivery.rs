@@ -18,7 +18,7 @@ pub const NONE: u32 = u32::MAX;
 /// `Probe::record_size`).
 pub const PACKED_RECORD_SIZE: usize = 96;
 /// The longest packed record.
-const MAX_RECORD_SIZE: usize = 104;
+const MAX_RECORD_SIZE: usize = 112;
 
 /// Keys of the intern tables: a string's (or stack's) address and length. The strings of one
 /// batch live in the events (or in `Symbols::keep`) until the batch is built, so equal
@@ -254,14 +254,16 @@ pub enum Probe {
     TcpRetrans,
     TcpReset,
     TcpConnect,
+    Dns,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 4] = [
+    pub const ALL: [Probe; 5] = [
         Probe::PacketDrop,
         Probe::TcpRetrans,
         Probe::TcpReset,
         Probe::TcpConnect,
+        Probe::Dns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -270,6 +272,7 @@ impl Probe {
             Probe::TcpRetrans => "tcp_retrans",
             Probe::TcpReset => "tcp_reset",
             Probe::TcpConnect => "tcp_connect",
+            Probe::Dns => "dns",
         }
     }
 
@@ -280,13 +283,15 @@ impl Probe {
             Probe::TcpRetrans => "on-tcp-retrans",
             Probe::TcpReset => "on-tcp-reset",
             Probe::TcpConnect => "on-tcp-connect",
+            Probe::Dns => "on-dns",
         }
     }
 
     /// Bytes of this probe's packed records (wit/PACKED.md).
     pub fn record_size(self) -> usize {
         match self {
-            Probe::TcpConnect => MAX_RECORD_SIZE,
+            Probe::TcpConnect => 104,
+            Probe::Dns => MAX_RECORD_SIZE,
             _ => PACKED_RECORD_SIZE,
         }
     }
@@ -297,8 +302,8 @@ impl Probe {
             Kind::TcpRetrans(_) => Some(Probe::TcpRetrans),
             Kind::TcpReset(_) => Some(Probe::TcpReset),
             Kind::TcpConnect(_) => Some(Probe::TcpConnect),
-            // Not typed in the WIT yet: plugins are not handed dns events.
-            Kind::Dns(_) | Kind::Derived(_) => None,
+            Kind::Dns(_) => Some(Probe::Dns),
+            Kind::Derived(_) => None,
         }
     }
 }
@@ -309,6 +314,7 @@ pub enum Delivery {
     TcpRetrans(wit::TcpRetransBatch),
     TcpResets(wit::TcpResetBatch),
     TcpConnects(wit::TcpConnectBatch),
+    Dns(wit::DnsBatch),
     Packed(wit::PackedBatch),
 }
 
@@ -319,6 +325,7 @@ impl Delivery {
             Delivery::TcpRetrans(b) => b.events.len(),
             Delivery::TcpResets(b) => b.events.len(),
             Delivery::TcpConnects(b) => b.events.len(),
+            Delivery::Dns(b) => b.events.len(),
             Delivery::Packed(b) => b.count as usize,
         }
     }
@@ -454,6 +461,30 @@ pub fn typed_batch<'a>(
                 symbols: sym.finish(),
             })
         }
+        Probe::Dns => {
+            let events = events
+                .filter_map(|e| match &e.kind {
+                    Kind::Dns(d) => {
+                        let common = Common::new(e, &d.flow, topology, sym);
+                        Some(wit::Dns {
+                            envelope: common.envelope(),
+                            flow: common.flow(),
+                            outcome: sym.text(d.outcome),
+                            id: d.id,
+                            duration_ns: d.duration.map(|x| x.as_nanos() as u64),
+                            count: d.count,
+                            rate: d.rate,
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            Delivery::Dns(wit::DnsBatch {
+                node,
+                events,
+                symbols: sym.finish(),
+            })
+        }
     }
 }
 
@@ -499,6 +530,15 @@ pub fn packed_batch<'a>(
                 r[96] = c.retransmits;
                 put_u32(r, 100, c.error.as_ref().map_or(NONE, |s| sym.text(s)));
                 &c.flow
+            }
+            (Kind::Dns(d), Probe::Dns) => {
+                put_u32(r, 80, sym.text(d.outcome));
+                put_u32(r, 84, d.id.map_or(NONE, u32::from));
+                let ns = d.duration.map_or(u64::MAX, |x| x.as_nanos() as u64);
+                r[88..96].copy_from_slice(&ns.to_le_bytes());
+                r[96..104].copy_from_slice(&d.count.unwrap_or(u64::MAX).to_le_bytes());
+                r[104..112].copy_from_slice(&d.rate.unwrap_or(f64::NAN).to_le_bytes());
+                &d.flow
             }
             _ => continue,
         };

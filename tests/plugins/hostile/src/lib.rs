@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use sonde_plugin::{
     metrics::{Counter, Gauge},
-    Config, Envelope, Event, Flow, PacketDrop, Plugin, TcpConnect, TcpReset, TcpRetrans,
+    Config, Dns, Envelope, Event, Flow, PacketDrop, Plugin, TcpConnect, TcpReset, TcpRetrans,
 };
 
 #[derive(Deserialize)]
@@ -326,6 +326,26 @@ impl Plugin for Hostile {
                 self.count_fields("tcp_connect", &e.envelope, &e.flow, e.side, &detail, "");
             }
         }
+    }
+
+    fn on_dns(&mut self, batch: &[Dns<'_>]) {
+        if self.mode == "fields" {
+            for e in batch {
+                let detail = format!(
+                    "{}:{}:{}:{}",
+                    e.id.map_or("none".into(), |i| i.to_string()),
+                    e.duration.is_some(),
+                    e.count.map_or("none".into(), |c| c.to_string()),
+                    e.rate.is_some()
+                );
+                self.count_fields("dns", &e.envelope, &e.flow, e.outcome, &detail, "");
+            }
+            return;
+        }
+        self.misbehave(
+            "dns",
+            batch.iter().map(|e| (pod(e.envelope.workload), e.outcome)),
+        );
     }
 
     fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
