@@ -489,6 +489,39 @@ mod tests {
     }
 
     #[test]
+    fn dns_timeout_json() {
+        let mut e = Event::kernel(
+            UNIX_EPOCH + Duration::from_secs(1),
+            0,
+            Severity::Warning,
+            Kind::Dns(Dns {
+                flow: Flow {
+                    protocol: "udp".into(),
+                    saddr: Some("100.64.0.1".parse().unwrap()),
+                    sport: 40000,
+                    daddr: Some("100.64.0.2".parse().unwrap()),
+                    dport: 53,
+                },
+                outcome: "timeout",
+                id: Some(7),
+                duration: Some(Duration::from_millis(1500)),
+                count: None,
+                rate: None,
+            }),
+        );
+        e.node = Arc::from("node-1");
+        e.workload = Some(Workload {
+            namespace: Arc::from(""),
+            pod: Arc::from("client"),
+        });
+        assert_eq!(e.kind.type_name(), "dns");
+        assert_eq!(
+            e.to_json(),
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"dns","severity":"warning","namespace":"","pod":"client","netns":0,"source":"kernel","protocol":"udp","saddr":"100.64.0.1","sport":40000,"daddr":"100.64.0.2","dport":53,"outcome":"timeout","id":7,"duration_seconds":1.5}"#
+        );
+    }
+
+    #[test]
     fn latency_probe_events_have_their_fields_after_the_envelope() {
         let mut e = Event::kernel(
             UNIX_EPOCH + Duration::from_secs(1),
