@@ -6,10 +6,8 @@
  * the second): it is counted once, at the first, so `flow_egress` skips packets that entered
  * the node through a watched interface. */
 #include "sonde.bpf.h"
+#include "sonde_tc.bpf.h"
 #include "flow.h"
-
-#define TCX_NEXT -1
-#define ETH_HLEN_ 14
 
 /* Sized by the agent at load time (tableSize in the probe's config). */
 struct {
@@ -26,14 +24,6 @@ struct {
 	__type(value, __u64);
 } flow_counts SEC(".maps");
 
-/* The interfaces the programs are attached to (ifindex -> 1), kept by the agent. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u32);
-} watched SEC(".maps");
-
 static __always_inline void flow_count(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&flow_counts, &slot);
@@ -41,36 +31,14 @@ static __always_inline void flow_count(__u32 slot)
 		*v += 1;
 }
 
-/* Reads the 5-tuple of an Ethernet frame; the IP header's offset, or 0 when it is not IP. */
+/* Reads the 5-tuple of an Ethernet frame; -1 when it is not IP. */
 static __always_inline int flow_tuple(struct __sk_buff *skb, struct sonde_tuple *t)
 {
 	__u32 l4;
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)) || ip.version != 4)
-			return -1;
-		t->family = SONDE_AF_INET;
-		t->protocol = ip.protocol;
-		__builtin_memcpy(t->saddr, &ip.saddr, 4);
-		__builtin_memcpy(t->daddr, &ip.daddr, 4);
-		/* Ports only in a first (or only) fragment. */
-		if (ip.frag_off & bpf_htons(0x1fff))
-			return 0;
-		l4 = ETH_HLEN_ + ip.ihl * 4;
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip6, sizeof(ip6)) || ip6.version != 6)
-			return -1;
-		t->family = SONDE_AF_INET6;
-		t->protocol = ip6.nexthdr;
-		__builtin_memcpy(t->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(t->daddr, &ip6.daddr, 16);
-		l4 = ETH_HLEN_ + sizeof(ip6);
-	} else {
+	if (sonde_tc_ip(skb, t, &l4))
 		return -1;
-	}
-	if (t->protocol == IPPROTO_TCP_ || t->protocol == IPPROTO_UDP_) {
+	if (l4 && (t->protocol == IPPROTO_TCP_ || t->protocol == IPPROTO_UDP_)) {
 		__be16 ports[2];
 		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) == 0) {
 			t->sport = bpf_ntohs(ports[0]);
@@ -102,7 +70,7 @@ static __always_inline void flow_account(struct __sk_buff *skb)
 			return;
 	}
 	__sync_fetch_and_add(&row->packets, segs);
-	__sync_fetch_and_add(&row->bytes, skb->len > ETH_HLEN_ ? skb->len - ETH_HLEN_ : 0);
+	__sync_fetch_and_add(&row->bytes, skb->len > SONDE_ETH_HLEN ? skb->len - SONDE_ETH_HLEN : 0);
 	row->last_ns = now;
 	row->ifindex = skb->ifindex;
 }
@@ -119,10 +87,7 @@ int flow_ingress(struct __sk_buff *skb)
 SEC("classifier")
 int flow_egress(struct __sk_buff *skb)
 {
-	__u32 in = skb->ingress_ifindex;
-
-	if (in && bpf_map_lookup_elem(&watched, &in))
-		return TCX_NEXT;
-	flow_account(skb);
+	if (!sonde_tc_seen(skb))
+		flow_account(skb);
 	return TCX_NEXT;
 }

@@ -6,6 +6,7 @@
 //! (with size and offset assertions), and list its [`ProbeSpec`] once in [`CATALOGUE`].
 
 pub mod btf;
+pub mod dns;
 pub mod flow;
 pub mod io_latency;
 pub mod netdev_latency;
@@ -208,6 +209,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     socket_latency::SPEC,
     io_latency::SPEC,
     flow::SPEC,
+    dns::SPEC,
 ];
 
 /// Finds a probe of the catalogue by name.

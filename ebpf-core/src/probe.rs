@@ -172,18 +172,11 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The tp_btf program of a hook.
-fn tracepoint<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut BtfTracePoint, ProbeError> {
-    ebpf.program_mut(hook.program)
-        .ok_or(ProbeError::MissingProgram {
-            program: hook.program,
-        })?
-        .try_into()
-        .map_err(|source| program_error(hook, source))
-}
-
-/// The TC program of a hook.
-fn classifier<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut SchedClassifier, ProbeError> {
+/// The program of a hook, as its kind (`BtfTracePoint`, `SchedClassifier`).
+fn program<'a, T>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
     ebpf.program_mut(hook.program)
         .ok_or(ProbeError::MissingProgram {
             program: hook.program,
@@ -290,7 +283,7 @@ impl<'btf> ProbeLoader<'btf> {
         // TC programs are attached per interface by the agent (see `LoadedProbe::tc_target`).
         for hook in spec.hooks {
             if let HookPoint::TpBtf { .. } = hook.point {
-                tracepoint(&mut probe.ebpf, hook)?
+                program::<BtfTracePoint>(&mut probe.ebpf, hook)?
                     .attach()
                     .map_err(|source| program_error(hook, source))?;
             }
@@ -330,10 +323,10 @@ impl<'btf> ProbeLoader<'btf> {
         })?;
         for hook in spec.hooks {
             match hook.point {
-                HookPoint::TpBtf { tracepoint: tp, .. } => tracepoint(&mut ebpf, hook)?
-                    .load(tp, btf)
+                HookPoint::TpBtf { tracepoint, .. } => program::<BtfTracePoint>(&mut ebpf, hook)?
+                    .load(tracepoint, btf)
                     .map_err(|source| program_error(hook, source))?,
-                HookPoint::Tc(_) => classifier(&mut ebpf, hook)?
+                HookPoint::Tc(_) => program::<SchedClassifier>(&mut ebpf, hook)?
                     .load()
                     .map_err(|source| program_error(hook, source))?,
             }
@@ -405,7 +398,7 @@ impl LoadedProbe {
             let Some(direction) = hook.tc_direction() else {
                 continue;
             };
-            let prog = classifier(&mut self.ebpf, hook)?;
+            let prog = program::<SchedClassifier>(&mut self.ebpf, hook)?;
             let fd = prog
                 .fd()
                 .and_then(|fd| fd.as_fd().try_clone_to_owned().map_err(ProgramError::from))
@@ -515,6 +508,25 @@ impl LoadedProbe {
             }
         }
         Ok(out)
+    }
+
+    /// Deletes `key` from one of the probe's hash maps (a row the agent has dealt with);
+    /// a key gone already is not an error.
+    pub fn hash_remove<K: Pod>(&self, name: &'static str, key: &K) -> Result<(), ProbeError> {
+        let fd = match self.ebpf.map(name) {
+            Some(Map::HashMap(data) | Map::LruHashMap(data)) => data.fd().as_fd(),
+            Some(_) => {
+                return Err(ProbeError::Map {
+                    map: name,
+                    source: MapError::InvalidMapType { map_type: 0 },
+                })
+            }
+            None => return Err(ProbeError::MissingMap(name)),
+        };
+        crate::tc::delete_elem(fd, key).map_err(|e| ProbeError::Map {
+            map: name,
+            source: MapError::from(e),
+        })
     }
 
     /// Takes a stack trace map of the probe, for the decoder that resolves its stack ids.

@@ -46,14 +46,24 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 64]) -> io::Result<libc::c_long> {
     }
 }
 
-fn map_elem(map: &OwnedFd, cmd: libc::c_long, key: u32, value: Option<u32>) -> io::Result<()> {
+/// Sets `key` to `value` in the map `map` (`BPF_MAP_UPDATE_ELEM`).
+fn update_elem(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
     let mut attr = [0u8; 64];
     attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
-    if let Some(v) = &value {
-        attr[16..24].copy_from_slice(&(v as *const u32 as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(&value as *const u32 as u64).to_ne_bytes());
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Deletes `key` from the map `map` (`BPF_MAP_DELETE_ELEM`); a missing key is not an error.
+pub(crate) fn delete_elem<K>(map: std::os::fd::BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key as *const K as u64).to_ne_bytes());
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(|_| ()),
     }
-    bpf(cmd, &mut attr).map(|_| ())
 }
 
 impl TcTarget {
@@ -75,7 +85,7 @@ impl TcTarget {
             links.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
         }
         if let Some(map) = &self.watched {
-            map_elem(map, BPF_MAP_UPDATE_ELEM, ifindex, Some(1))?;
+            update_elem(map, ifindex, 1)?;
         }
         Ok(TcLinks {
             ifindex,
@@ -107,7 +117,7 @@ impl Drop for TcLinks {
     fn drop(&mut self) {
         if let Some(map) = &self.watched {
             // Gone already when the probe was unloaded first: nothing to undo.
-            let _ = map_elem(map, BPF_MAP_DELETE_ELEM, self.ifindex, None);
+            let _ = delete_elem(map.as_fd(), &self.ifindex);
         }
     }
 }

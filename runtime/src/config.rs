@@ -269,6 +269,41 @@ mod tests {
     }
 
     #[test]
+    fn flow_and_dns_configs_are_checked() {
+        let c = AgentConfig::embedded();
+        assert_eq!(c.probes.flow, crate::probes::flow::Config::default());
+        assert_eq!(c.probes.dns, crate::probes::dns::Config::default());
+        let refused = |yaml: &str, key: &str| {
+            let e = AgentConfig::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        refused(
+            "probes:\n  flow:\n    tableSize: 4\n",
+            "probes.flow.tableSize",
+        );
+        refused(
+            "probes:\n  flow:\n    interfaces: [\"a*b\"]\n",
+            "probes.flow.interfaces",
+        );
+        refused(
+            "probes:\n  flow:\n    maxSeries: 0\n",
+            "probes.flow.maxSeries",
+        );
+        let c = AgentConfig::parse(
+            "probes:\n  flow:\n    enabled: true\n    interfaces: [eth1, \"tap*\"]\n    portLabels: true\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.probes.flow.interfaces, ["eth1", "tap*"]);
+        refused("probes:\n  dns:\n    timeout: 10ms\n", "probes.dns.timeout");
+        refused(
+            "probes:\n  dns:\n    errorRate: -1\n",
+            "probes.dns.errorRate",
+        );
+        assert!(c.probes.flow.port_labels && !c.probes.flow.address_labels);
+    }
+
+    #[test]
     fn latency_probe_thresholds_are_checked() {
         let c = AgentConfig::embedded();
         assert_eq!(c.probes.softirq, crate::probes::softirq::Config::default());

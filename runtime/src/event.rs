@@ -114,6 +114,43 @@ pub struct TcpConnect {
     pub error: Option<Cow<'static, str>>,
 }
 
+/// `dns`: a query that got no response within the probe's timeout, or a pod's SERVFAIL or
+/// NXDOMAIN responses above the probe's rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dns {
+    /// Client end as source, server as destination.
+    pub flow: Flow,
+    /// `timeout`, `servfail` or `nxdomain`.
+    pub outcome: &'static str,
+    /// The DNS id of the query that timed out.
+    pub id: Option<u16>,
+    /// How long the query waited (timeouts).
+    pub duration: Option<std::time::Duration>,
+    /// Responses of that rcode since the last report, and their rate per second (rates).
+    pub count: Option<u64>,
+    pub rate: Option<f64>,
+}
+
+impl Dns {
+    /// The fields of its own, after the flow's: for JSON and scripts alike.
+    pub fn fields(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut f = vec![("outcome", self.outcome.into())];
+        if let Some(id) = self.id {
+            f.push(("id", id.into()));
+        }
+        if let Some(d) = self.duration {
+            f.push(("duration_seconds", d.as_secs_f64().into()));
+        }
+        if let Some(c) = self.count {
+            f.push(("count", c.into()));
+        }
+        if let Some(r) = self.rate {
+            f.push(("rate_per_second", r.into()));
+        }
+        f
+    }
+}
+
 /// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least its threshold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Softirq {
@@ -215,6 +252,7 @@ pub enum Kind {
     Softirq(Softirq),
     NetdevLatency(NetdevLatency),
     IoLatency(IoLatency),
+    Dns(Dns),
     Derived(Derived),
 }
 
@@ -229,6 +267,7 @@ impl Kind {
             Kind::Softirq(_) => "softirq",
             Kind::NetdevLatency(_) => "netdev_latency",
             Kind::IoLatency(_) => "io_latency",
+            Kind::Dns(_) => "dns",
             Kind::Derived(d) => &d.type_name,
         }
     }
@@ -239,6 +278,7 @@ impl Kind {
             Kind::TcpRetrans(e) => Some(&e.flow),
             Kind::TcpReset(e) => Some(&e.flow),
             Kind::TcpConnect(e) => Some(&e.flow),
+            Kind::Dns(e) => Some(&e.flow),
             Kind::Softirq(_) | Kind::NetdevLatency(_) | Kind::IoLatency(_) | Kind::Derived(_) => {
                 None
             }
@@ -405,6 +445,12 @@ impl Serialize for Event {
                     map.serialize_entry(key, &value)?;
                 }
             }
+            Kind::Dns(e) => {
+                serialize_flow(&mut map, &e.flow)?;
+                for (key, value) in e.fields() {
+                    map.serialize_entry(key, &value)?;
+                }
+            }
             Kind::Derived(d) => {
                 for (key, value) in &d.fields {
                     map.serialize_entry(key, value)?;
@@ -450,6 +496,39 @@ mod tests {
         assert_eq!(
             e.to_json(),
             r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"packet_drop","severity":"warning","namespace":"","pod":"B","netns":4026532000,"source":"kernel","protocol":"udp","saddr":"198.18.0.1","sport":5000,"daddr":"198.18.0.2","dport":9999,"reason":"NETFILTER_DROP","location":"nf_hook_slow","stack":["nf_hook_slow+0x3c"]}"#
+        );
+    }
+
+    #[test]
+    fn dns_timeout_json() {
+        let mut e = Event::kernel(
+            UNIX_EPOCH + Duration::from_secs(1),
+            0,
+            Severity::Warning,
+            Kind::Dns(Dns {
+                flow: Flow {
+                    protocol: "udp".into(),
+                    saddr: Some("100.64.0.1".parse().unwrap()),
+                    sport: 40000,
+                    daddr: Some("100.64.0.2".parse().unwrap()),
+                    dport: 53,
+                },
+                outcome: "timeout",
+                id: Some(7),
+                duration: Some(Duration::from_millis(1500)),
+                count: None,
+                rate: None,
+            }),
+        );
+        e.node = Arc::from("node-1");
+        e.workload = Some(Workload {
+            namespace: Arc::from(""),
+            pod: Arc::from("client"),
+        });
+        assert_eq!(e.kind.type_name(), "dns");
+        assert_eq!(
+            e.to_json(),
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"dns","severity":"warning","namespace":"","pod":"client","netns":0,"source":"kernel","protocol":"udp","saddr":"100.64.0.1","sport":40000,"daddr":"100.64.0.2","dport":53,"outcome":"timeout","id":7,"duration_seconds":1.5}"#
         );
     }
 

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub io_latency: KernelHistogram,
     /// `sonde_flow_*`: series made on the fly (their labels depend on the config).
     pub flow: crate::probes::flow::FlowSeries,
+    pub dns_duration: KernelHistogram,
+    pub dns_responses: IntCounterVec,
+    pub dns_timeouts: IntCounterVec,
     pub probe_up: IntGaugeVec,
     pub events_lost: IntCounterVec,
     pub events_suppressed: IntCounterVec,
@@ -266,6 +269,24 @@ impl Metrics {
                 "sonde_io_latency_seconds",
                 "Block request latency from issue to the driver to completion, by disk and operation.",
                 &["node", "device", "op"],
+            ),
+            dns_duration: histogram(
+                &r,
+                "sonde_dns_query_duration_seconds",
+                "DNS query latency (query to response, seen on the node's host-side interfaces), by client pod.",
+                &refs(&plain),
+            ),
+            dns_responses: counter(
+                &r,
+                "sonde_dns_responses_total",
+                "DNS responses to a pod, by rcode (NOERROR, NXDOMAIN, SERVFAIL, ...).",
+                &refs(&with_workload(&["rcode"])),
+            ),
+            dns_timeouts: counter(
+                &r,
+                "sonde_dns_timeouts_total",
+                "DNS queries of a pod that got no response within the probe's timeout.",
+                &refs(&plain),
             ),
             flow: {
                 let f = crate::probes::flow::FlowSeries::new();

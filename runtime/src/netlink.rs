@@ -23,8 +23,6 @@ const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 /// `RTMGRP_LINK`: the multicast group of link changes.
 pub const GROUP_LINK: u32 = 1;
-/// `RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR`: address changes.
-pub const GROUP_ADDRESSES: u32 = 0x10 | 0x100;
 /// `struct ifinfomsg`.
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_IFNAME: u16 = 3;
@@ -174,32 +172,6 @@ impl Socket {
             .collect())
     }
 
-    /// Whether notifications arrived since the last call (they are read and dropped; an
-    /// overrun socket counts as a change too).
-    pub fn pending(&mut self) -> bool {
-        let mut any = false;
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n > 0 {
-                any = true;
-                continue;
-            }
-            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
-                any = true;
-                continue;
-            }
-            return any;
-        }
-    }
-
     /// One datagram's messages as (seq, type, body).
     fn recv_raw(&mut self) -> io::Result<Vec<(u32, u16, Vec<u8>)>> {
         // SAFETY: buf is valid for its length.
@@ -312,12 +284,7 @@ pub fn links(sock: &mut Socket) -> io::Result<Vec<Link>> {
 /// The addresses of the calling thread's namespace, loopback (host scope) ones left out:
 /// every pod has 127.0.0.1, so it names none.
 pub fn addresses() -> io::Result<Vec<IpAddr>> {
-    addresses_on(&mut Socket::open(0)?)
-}
-
-/// The addresses of the socket's namespace (see [`addresses`]).
-pub fn addresses_on(sock: &mut Socket) -> io::Result<Vec<IpAddr>> {
-    Ok(sock
+    Ok(Socket::open(0)?
         .dump(RTM_GETADDR, &[0u8; IFADDRMSG_LEN])?
         .into_iter()
         .filter(|(kind, _)| *kind == RTM_NEWADDR)

@@ -28,6 +28,11 @@ impl BootClock {
         }
     }
 
+    /// Now, on the kernel's clock (`bpf_ktime_get_ns`).
+    pub fn monotonic_ns(&self) -> u64 {
+        clock_ns(libc::CLOCK_MONOTONIC)
+    }
+
     pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
         let ns = monotonic_ns as i128 + self.realtime_minus_monotonic;
         UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)

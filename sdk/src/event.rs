@@ -251,6 +251,23 @@ pub struct IoLatency<'a> {
     pub error: Option<i32>,
 }
 
+/// `dns`: a query that got no response within the probe's timeout, or a pod's SERVFAIL or
+/// NXDOMAIN responses above its rate. The flow goes from the client to the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dns<'a> {
+    pub envelope: Envelope<'a>,
+    pub flow: Flow<'a>,
+    /// `timeout`, `servfail` or `nxdomain`.
+    pub outcome: &'a str,
+    /// The DNS id of the query that timed out.
+    pub id: Option<u16>,
+    /// How long the query waited (timeouts).
+    pub duration: Option<std::time::Duration>,
+    /// Responses of that rcode since the last report, and their rate per second (rates).
+    pub count: Option<u64>,
+    pub rate: Option<f64>,
+}
+
 /// A batch's string `i`; "" if the host sent an index out of range (it does not).
 fn text(strings: &[String], i: u32) -> &str {
     strings.get(i as usize).map_or("", String::as_str)
@@ -410,6 +427,23 @@ pub fn io_latencies(b: &wit::IoLatencyBatch) -> Vec<IoLatency<'_>> {
             bytes: e.bytes,
             sector: e.sector,
             error: e.error,
+        })
+        .collect()
+}
+
+/// The views of a typed `dns` batch.
+pub fn dns(b: &wit::DnsBatch) -> Vec<Dns<'_>> {
+    let s = &b.symbols.strings;
+    b.events
+        .iter()
+        .map(|e| Dns {
+            envelope: envelope(&b.node, s, &e.envelope),
+            flow: flow(s, &e.flow),
+            outcome: text(s, e.outcome),
+            id: e.id,
+            duration: e.duration_ns.map(std::time::Duration::from_nanos),
+            count: e.count,
+            rate: e.rate,
         })
         .collect()
 }
@@ -605,6 +639,28 @@ pub fn packed_io_latencies(b: &wit::PackedBatch) -> Vec<IoLatency<'_>> {
                 bytes: p.u32(100),
                 sector: p.u64(104),
                 error: (status != 0).then_some(status),
+            }
+        })
+        .collect()
+}
+
+/// The views of a packed `dns` batch.
+pub fn packed_dns(b: &wit::PackedBatch) -> Vec<Dns<'_>> {
+    packed_records(b, 112)
+        .map(|p| {
+            let u64_at =
+                |at: usize| u64::from_le_bytes(p.r[at..at + 8].try_into().unwrap_or_default());
+            let id = p.u32(84);
+            let (ns, count) = (u64_at(88), u64_at(96));
+            let rate = f64::from_le_bytes(p.r[104..112].try_into().unwrap_or_default());
+            Dns {
+                envelope: p.envelope(),
+                flow: p.flow(),
+                outcome: p.text(80),
+                id: (id != u32::MAX).then_some(id as u16),
+                duration: (ns != u64::MAX).then(|| std::time::Duration::from_nanos(ns)),
+                count: (count != u64::MAX).then_some(count),
+                rate: (!rate.is_nan()).then_some(rate),
             }
         })
         .collect()

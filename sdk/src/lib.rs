@@ -62,8 +62,8 @@ pub mod bindings {
 pub use bindings::sonde::plugin::types::Workload;
 pub use error::{Error, Result};
 pub use event::{
-    Envelope, Flow, IoLatency, NetdevLatency, OwnedFlow, PacketDrop, Softirq, Stack, TcpConnect,
-    TcpReset, TcpRetrans, WorkloadRef,
+    Dns, Envelope, Flow, IoLatency, NetdevLatency, OwnedFlow, PacketDrop, Softirq, Stack,
+    TcpConnect, TcpReset, TcpRetrans, WorkloadRef,
 };
 pub use events::{Event, Severity, Value};
 pub use metrics::{Counter, Gauge, Histogram, Series};
@@ -74,7 +74,7 @@ pub use plugin::glue as __glue;
 #[doc(hidden)]
 pub mod __event {
     pub use crate::event::{
-        io_latencies, netdev_latencies, packet_drops, softirqs, tcp_connects, tcp_resets,
+        dns, io_latencies, netdev_latencies, packet_drops, softirqs, tcp_connects, tcp_resets,
         tcp_retransmits,
     };
 }
@@ -139,6 +139,11 @@ macro_rules! export {
                 fn on_io_latency(batch: $crate::bindings::sonde::plugin::types::IoLatencyBatch) {
                     $crate::__glue::with(&PLUGIN, (), |p| {
                         $crate::Plugin::on_io_latency(p, &$crate::__event::io_latencies(&batch))
+                    })
+                }
+                fn on_dns(batch: $crate::bindings::sonde::plugin::types::DnsBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_dns(p, &$crate::__event::dns(&batch))
                     })
                 }
                 fn on_packed(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {

@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::{
-    IoLatency, NetdevLatency, PacketDrop, Softirq, TcpConnect, TcpReset, TcpRetrans, Workload,
+    Dns, IoLatency, NetdevLatency, PacketDrop, Softirq, TcpConnect, TcpReset, TcpRetrans, Workload,
 };
 
 /// A plugin. Implement [`init`](Plugin::init) and the callbacks of the probes the manifest
@@ -50,6 +50,12 @@ pub trait Plugin: Sized + 'static {
 
     /// A batch of `io_latency` events: block requests over the probe's `slowThreshold`.
     fn on_io_latency(&mut self, batch: &[IoLatency<'_>]) {
+        let _ = batch;
+    }
+
+    /// A batch of `dns` events: queries that timed out, pods with SERVFAIL or NXDOMAIN
+    /// responses above the probe's rate.
+    fn on_dns(&mut self, batch: &[Dns<'_>]) {
         let _ = batch;
     }
 
@@ -126,6 +132,7 @@ pub mod glue {
             "softirq" => plugin.on_softirq(&event::packed_softirqs(batch)),
             "netdev_latency" => plugin.on_netdev_latency(&event::packed_netdev_latencies(batch)),
             "io_latency" => plugin.on_io_latency(&event::packed_io_latencies(batch)),
+            "dns" => plugin.on_dns(&event::packed_dns(batch)),
             // A probe newer than this SDK: its plugin cannot have subscribed knowingly.
             _ => {}
         }

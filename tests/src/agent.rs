@@ -138,6 +138,23 @@ impl AgentConfig {
     }
 }
 
+/// A config with every probe that is on by default turned off, then `probes` (YAML lines
+/// indented under `probes:`, such as `"  flow:\n    enabled: true\n"`) and `rest` (top-level
+/// YAML); events go to stdout.
+pub fn only_probes_yaml(probes: &str, rest: &str) -> String {
+    format!(
+        "node: sonde-test-node\nprobes:\n\
+         \x20 packet_drop: {{enabled: false}}\n\
+         \x20 tcp_retrans: {{enabled: false}}\n\
+         \x20 tcp_reset: {{enabled: false}}\n\
+         \x20 tcp_connect: {{enabled: false}}\n\
+         \x20 softirq: {{enabled: false}}\n\
+         \x20 io_latency: {{enabled: false}}\n\
+         \x20 netstat: {{enabled: false}}\n\
+         {probes}sinks:\n  stdout: {{enabled: true}}\n{rest}"
+    )
+}
+
 /// `sonde run --config FILE --listen 127.0.0.1:PORT` as a child process, stopped when dropped.
 /// Stdout (events, one JSON object per line) and stderr (logs) are collected by reader threads;
 /// if the test is panicking, the tail of stderr is printed on drop.

@@ -10,6 +10,7 @@ mod agent;
 /// The bench binaries' shared helpers.
 pub mod bench;
 mod bundle;
+mod dns_server;
 mod http;
 pub mod kube_api;
 mod loop_device;
@@ -21,14 +22,16 @@ mod trace;
 mod traffic;
 
 pub use agent::{
-    free_local_addr, run_sonde, sonde_bin, start_agent, Agent, AgentConfig, Finished, TempDir,
+    free_local_addr, only_probes_yaml, run_sonde, sonde_bin, start_agent, Agent, AgentConfig,
+    Finished, TempDir,
 };
 pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
+pub use dns_server::{dns_query, tcp_query, udp_query, DnsAnswers, DnsServer};
 pub use http::http_get;
 pub use loop_device::LoopDevice;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use node_pods::{NodePod, NodePods};
-pub use prometheus::{metric_series, metric_value};
+pub use prometheus::{assert_promtool_clean, metric_series, metric_value};
 pub use slow_link::SlowPodPair;
 pub use trace::Trace;
 pub use traffic::{

@@ -1,12 +1,11 @@
 //! The HTTP endpoints: /metrics passes `promtool check metrics` with labelled series present,
 //! /healthz and /readyz answer, /api/v1/probes shows every probe running.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
 use sonde_tests::{
-    bulk_transfer, send_udp, Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
+    assert_promtool_clean, bulk_transfer, send_udp, Agent, AgentConfig, IpFamily, PodPair,
+    READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 #[test]
@@ -106,27 +105,7 @@ fn metrics_pass_promtool_and_endpoints_answer() {
         );
     }
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool (apt-get install prometheus): {e}"));
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .expect("feed promtool");
-    let out = promtool.wait_with_output().expect("promtool finished");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_promtool_clean(&body);
 
     assert_eq!(agent.get("/healthz").0, 200);
     assert_eq!(agent.get("/readyz").0, 200);

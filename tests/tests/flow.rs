@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::{
-    bulk_transfer, in_netns, poll_until, try_poll_until, wasm_module, write_bundle, Agent,
-    IpFamily, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    assert_promtool_clean, bulk_transfer, in_netns, only_probes_yaml, poll_until, try_poll_until,
+    wasm_module, write_bundle, Agent, IpFamily, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const BYTES: &str = "sonde_flow_bytes_total";
@@ -29,18 +29,12 @@ fn agent_yaml(patterns: &[String], table_size: u32) -> String {
         .map(|p| format!("\"{p}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        "node: sonde-test-node\nprobes:\n\
-         \x20 packet_drop: {{enabled: false}}\n\
-         \x20 tcp_retrans: {{enabled: false}}\n\
-         \x20 tcp_reset: {{enabled: false}}\n\
-         \x20 tcp_connect: {{enabled: false}}\n\
-         \x20 softirq: {{enabled: false}}\n\
-         \x20 io_latency: {{enabled: false}}\n\
-         \x20 netstat: {{enabled: false}}\n\
-         \x20 tcp_rtt: {{enabled: true, sampleInterval: 100ms}}\n\
-         \x20 flow:\n    enabled: true\n    interfaces: [{list}]\n    tableSize: {table_size}\n\
-         sinks:\n  stdout: {{enabled: true}}\n"
+    only_probes_yaml(
+        &format!(
+            "  tcp_rtt: {{enabled: true, sampleInterval: 100ms}}\n  \
+             flow:\n    enabled: true\n    interfaces: [{list}]\n    tableSize: {table_size}\n"
+        ),
+        "",
     )
 }
 
@@ -113,6 +107,7 @@ fn transfer_is_counted_once(family: IpFamily) {
         .expect("packets of the flow");
     // At most 64 KiB per segment... and at least K / 65536 segments.
     assert!(packets >= (K / 65536) as f64, "{packets} packets");
+    assert_promtool_clean(&agent.metrics());
 }
 
 #[test]

@@ -18,6 +18,7 @@ const CATALOGUE: &[&str] = &[
     "socket_latency",
     "io_latency",
     "flow",
+    "dns",
 ];
 
 #[test]

@@ -137,6 +137,7 @@ export function onSoftirq(_batch) {}
 export function onNetdevLatency(_batch) {}
 
 export function onIoLatency(_batch) {}
+export function onDns(_batch) {}
 
 export function workloadLabels(_workload) {
   return [];

@@ -154,6 +154,7 @@ test('other exports are no-ops', opts, async () => {
   h.plugin.onSoftirq(emptyBatch());
   h.plugin.onNetdevLatency(emptyBatch());
   h.plugin.onIoLatency(emptyBatch());
+  h.plugin.onDns(emptyBatch());
   h.plugin.tick(1n);
   assert.deepEqual([h.events.length, h.values.size], [0, 0]);
 });

@@ -136,5 +136,8 @@ class WitWorld(wit_world.WitWorld):
     def on_io_latency(self, batch: types.IoLatencyBatch) -> None:
         pass
 
+    def on_dns(self, batch: types.DnsBatch) -> None:
+        pass
+
     def workload_labels(self, workload: types.Workload) -> List[Tuple[str, str]]:
         return []

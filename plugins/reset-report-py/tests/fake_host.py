@@ -221,6 +221,8 @@ class FakeHost:
 
     def on_io_latency(self, batch):
         return self.call("on-io-latency", batch)
+    def on_dns(self, batch):
+        return self.call("on-dns", batch)
 
     def tick(self, now_ns=1_700_000_001_000_000_000):
         return self.call("tick", now_ns)

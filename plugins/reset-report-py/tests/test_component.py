@@ -137,6 +137,7 @@ class ComponentTest(unittest.TestCase):
         h.on_softirq(empty_batch())
         h.on_netdev_latency(empty_batch())
         h.on_io_latency(empty_batch())
+        h.on_dns(empty_batch())
         h.tick()
         self.assertEqual(h.events, [])
 

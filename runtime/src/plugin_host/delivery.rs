@@ -267,10 +267,11 @@ pub enum Probe {
     Softirq,
     NetdevLatency,
     IoLatency,
+    Dns,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 7] = [
+    pub const ALL: [Probe; 8] = [
         Probe::PacketDrop,
         Probe::TcpRetrans,
         Probe::TcpReset,
@@ -278,6 +279,7 @@ impl Probe {
         Probe::Softirq,
         Probe::NetdevLatency,
         Probe::IoLatency,
+        Probe::Dns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -289,6 +291,7 @@ impl Probe {
             Probe::Softirq => "softirq",
             Probe::NetdevLatency => "netdev_latency",
             Probe::IoLatency => "io_latency",
+            Probe::Dns => "dns",
         }
     }
 
@@ -302,6 +305,7 @@ impl Probe {
             Probe::Softirq => "on-softirq",
             Probe::NetdevLatency => "on-netdev-latency",
             Probe::IoLatency => "on-io-latency",
+            Probe::Dns => "on-dns",
         }
     }
 
@@ -323,6 +327,7 @@ impl Probe {
             Kind::Softirq(_) => Some(Probe::Softirq),
             Kind::NetdevLatency(_) => Some(Probe::NetdevLatency),
             Kind::IoLatency(_) => Some(Probe::IoLatency),
+            Kind::Dns(_) => Some(Probe::Dns),
             Kind::Derived(_) => None,
         }
     }
@@ -337,6 +342,7 @@ pub enum Delivery {
     Softirqs(wit::SoftirqBatch),
     NetdevLatencies(wit::NetdevLatencyBatch),
     IoLatencies(wit::IoLatencyBatch),
+    Dns(wit::DnsBatch),
     Packed(wit::PackedBatch),
 }
 
@@ -350,6 +356,7 @@ impl Delivery {
             Delivery::Softirqs(b) => b.events.len(),
             Delivery::NetdevLatencies(b) => b.events.len(),
             Delivery::IoLatencies(b) => b.events.len(),
+            Delivery::Dns(b) => b.events.len(),
             Delivery::Packed(b) => b.count as usize,
         }
     }
@@ -546,6 +553,30 @@ pub fn typed_batch<'a>(
                 symbols: sym.finish(),
             })
         }
+        Probe::Dns => {
+            let events = events
+                .filter_map(|e| match &e.kind {
+                    Kind::Dns(d) => {
+                        let common = Common::new(e, Some(&d.flow), topology, sym);
+                        Some(wit::Dns {
+                            envelope: common.envelope(),
+                            flow: common.flow(),
+                            outcome: sym.text(d.outcome),
+                            id: d.id,
+                            duration_ns: d.duration.map(|x| x.as_nanos() as u64),
+                            count: d.count,
+                            rate: d.rate,
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            Delivery::Dns(wit::DnsBatch {
+                node,
+                events,
+                symbols: sym.finish(),
+            })
+        }
     }
 }
 
@@ -616,6 +647,15 @@ pub fn packed_batch<'a>(
                 // blk_status_t 0 is success: what "none" is in the typed record.
                 put_u32(r, 112, io.error.unwrap_or(0) as u32);
                 None
+            }
+            (Kind::Dns(d), Probe::Dns) => {
+                put_u32(r, 80, sym.text(d.outcome));
+                put_u32(r, 84, d.id.map_or(NONE, u32::from));
+                let ns = d.duration.map_or(u64::MAX, |x| x.as_nanos() as u64);
+                r[88..96].copy_from_slice(&ns.to_le_bytes());
+                r[96..104].copy_from_slice(&d.count.unwrap_or(u64::MAX).to_le_bytes());
+                r[104..112].copy_from_slice(&d.rate.unwrap_or(f64::NAN).to_le_bytes());
+                Some(&d.flow)
             }
             _ => continue,
         };

@@ -3,21 +3,31 @@
 
 use super::manifest::Capability;
 use super::sonde::plugin::maps::{Counter, FlowRow, Host};
-use super::sonde::plugin::types::Error;
-use super::sonde::plugin::types::Workload;
+use super::sonde::plugin::types::{Error, Workload};
 use super::topology::to_wit;
 use super::HostState;
 
+impl HostState {
+    /// Reads the running probes, once the capability is checked.
+    fn read_probes<T>(
+        &self,
+        read: impl FnOnce(&crate::probes::Probes) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        self.require(Capability::Maps)?;
+        read(
+            &self
+                .host
+                .probe_set
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+        .map_err(Error::Invalid)
+    }
+}
+
 impl Host for HostState {
     fn counters(&mut self, probe: String) -> Result<Vec<Counter>, Error> {
-        self.require(Capability::Maps)?;
-        let rows = self
-            .host
-            .probe_set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .snapshot(&probe)
-            .map_err(Error::Invalid)?;
+        let rows = self.read_probes(|p| p.snapshot(&probe))?;
         let topology = &self.host.probes.topology;
         Ok(rows
             .into_iter()
@@ -31,14 +41,7 @@ impl Host for HostState {
     }
 
     fn flows(&mut self) -> Result<Vec<FlowRow>, Error> {
-        self.require(Capability::Maps)?;
-        let rows = self
-            .host
-            .probe_set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .flows()
-            .map_err(Error::Invalid)?;
+        let rows = self.read_probes(|p| p.flows())?;
         let workload = |kind: &str, namespace: String, pod: String| {
             (kind == "pod").then_some(Workload { namespace, pod })
         };

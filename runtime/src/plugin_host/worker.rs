@@ -578,6 +578,9 @@ impl Guest for Instance {
                     delivery::Delivery::IoLatencies(b) => {
                         self.call(probe.handler(), m, name, |g, s| g.call_on_io_latency(s, b))
                     }
+                    delivery::Delivery::Dns(b) => {
+                        self.call(probe.handler(), m, name, |g, s| g.call_on_dns(s, b))
+                    }
                     delivery::Delivery::Packed(b) => {
                         self.call("on-packed", m, name, |g, s| g.call_on_packed(s, b))
                     }

@@ -22,7 +22,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Decoder, Deltas, Driver, ProbesConfig};
+use super::{Context, Deltas, Driver, ProbesConfig};
 
 /// `probes.flow` in the agent config. The probe emits no events.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -82,7 +82,7 @@ pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
     validate,
-    decoder,
+    decoder: super::no_events,
     sync,
     snapshot,
     table: None,
@@ -91,22 +91,12 @@ pub const DRIVER: Driver = Driver {
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.flow;
     c.enabled.then(|| {
-        let mut s = ProbeSettings {
-            events: false,
-            // No events: the smallest ring buffer the config allows.
-            ring_buffer_size: 64 << 10,
-            table_size: c.table_size,
-            ..ProbeSettings::default()
-        };
+        let mut s = super::table_settings(c.table_size);
         s.params[PARAM_LABELS] = if c.address_labels { LABEL_ADDRESSES } else { 0 }
             | if c.port_labels { LABEL_PORTS } else { 0 };
         s.params[PARAM_MAX_SERIES] = c.max_series as u64;
         s
     })
-}
-
-fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
-    Ok(Box::new(|_| None))
 }
 
 /// `Deltas` id of the evictions so far.
@@ -240,8 +230,18 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// The labels every flow series has; addresses and ports come after them when asked for.
-const POD_PAIR_LABELS: usize = 8;
+/// The labels every flow series has, in this order; addresses and ports come after them when
+/// asked for.
+const POD_PAIR_LABELS: [&str; 8] = [
+    "node",
+    "src_namespace",
+    "src_pod",
+    "dst_namespace",
+    "dst_pod",
+    "protocol",
+    "src_type",
+    "dst_type",
+];
 
 /// The flow families in `/metrics`: series made on the fly because their label set depends
 /// on the config (addresses and ports are opt-in).
@@ -269,16 +269,7 @@ const ENTRIES: &str = "sonde_flow_table_entries";
 
 impl FlowSeries {
     pub fn new() -> Self {
-        let pair = [
-            "node",
-            "src_namespace",
-            "src_pod",
-            "dst_namespace",
-            "dst_pod",
-            "protocol",
-            "src_type",
-            "dst_type",
-        ];
+        let pair = POD_PAIR_LABELS;
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
                 name.into(),
@@ -303,10 +294,10 @@ impl FlowSeries {
     /// detailed series, a new one loses its addresses and ports.
     fn add(&self, mut labels: Vec<(&'static str, String)>, kind: usize, n: u64, max: usize) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let detailed = labels.len() > POD_PAIR_LABELS;
+        let detailed = labels.len() > POD_PAIR_LABELS.len();
         if detailed && !s.series.contains_key(&labels) {
             if s.detailed >= max {
-                labels.truncate(POD_PAIR_LABELS);
+                labels.truncate(POD_PAIR_LABELS.len());
             } else {
                 s.detailed += 1;
             }
@@ -494,28 +485,19 @@ mod tests {
     use super::*;
 
     fn labels(pod: &str, extra: bool) -> Vec<(&'static str, String)> {
-        let mut l: Vec<(&'static str, String)> = [
-            "node",
-            "src_namespace",
-            "src_pod",
-            "dst_namespace",
-            "dst_pod",
-            "protocol",
-            "src_type",
-            "dst_type",
-        ]
-        .iter()
-        .map(|n| {
-            (
-                *n,
-                if *n == "src_pod" {
-                    pod.to_string()
-                } else {
-                    String::new()
-                },
-            )
-        })
-        .collect();
+        let mut l: Vec<(&'static str, String)> = POD_PAIR_LABELS
+            .iter()
+            .map(|n| {
+                (
+                    *n,
+                    if *n == "src_pod" {
+                        pod.to_string()
+                    } else {
+                        String::new()
+                    },
+                )
+            })
+            .collect();
         if extra {
             l.push(("src_port", "1".into()));
         }

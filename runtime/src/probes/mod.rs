@@ -10,6 +10,7 @@
 //! [`netstat`] loads no program: it owns a thread that reads /proc/net in each pod's
 //! namespace, and [`Probes`] starts, reconfigures, stops and reports it beside the drivers.
 
+pub mod dns;
 pub mod flow;
 mod interfaces;
 pub mod io_latency;
@@ -43,7 +44,7 @@ use crate::fanout::FanOut;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::Metrics;
 use crate::timefmt::BootClock;
-use crate::topology::Topology;
+use crate::topology::{Topology, Workload};
 
 /// How often a ring buffer is drained when the kernel has not woken the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -82,7 +83,12 @@ impl Context {
     /// `netns`, the additional labels' (`topology.additionalLabels`; empty where unknown), then
     /// `extra`: the one place every workload-labelled series gets its labels.
     pub fn labels_for_netns(&self, netns: u32, extra: &[&str]) -> Vec<String> {
-        let workload = self.topology.workload_of_netns(netns);
+        self.labels_for_workload(self.topology.workload_of_netns(netns), extra)
+    }
+
+    /// As [`Context::labels_for_netns`], for a workload already looked up (`None`: the host
+    /// or unknown), such as the owner of an address.
+    pub fn labels_for_workload(&self, workload: Option<Workload>, extra: &[&str]) -> Vec<String> {
         let (namespace, pod) = match &workload {
             Some(w) => (&*w.namespace, &*w.pod),
             None => ("", ""),
@@ -184,6 +190,17 @@ impl EventsConfig {
     }
 }
 
+/// Kernel settings of a probe that keeps a table of `table_size` rows and emits no events.
+fn table_settings(table_size: u32) -> ProbeSettings {
+    ProbeSettings {
+        events: false,
+        // No events: the smallest ring buffer the config allows.
+        ring_buffer_size: 64 << 10,
+        table_size,
+        ..ProbeSettings::default()
+    }
+}
+
 /// Config of a probe with no settings beyond being on and its events.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -224,6 +241,7 @@ pub struct ProbesConfig {
     pub socket_latency: socket_latency::Config,
     pub io_latency: io_latency::Config,
     pub flow: flow::Config,
+    pub dns: dns::Config,
 }
 
 impl ProbesConfig {
@@ -245,6 +263,11 @@ pub(crate) fn duration_field<'de, D: serde::Deserializer<'de>>(
 
 /// Turns one ring buffer record into an event (not yet enriched).
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Option<Event> + Send>;
+
+/// The decoder of a probe whose kernel side emits no records (its ring buffer stays empty).
+fn no_events(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
+    Ok(Box::new(|_| None))
+}
 
 /// The agent side of one probe.
 pub struct Driver {
@@ -296,6 +319,7 @@ pub const DRIVERS: &[Driver] = &[
     socket_latency::DRIVER,
     io_latency::DRIVER,
     flow::DRIVER,
+    dns::DRIVER,
 ];
 
 /// The interface patterns (`interfaces` in their config) of the probes with TC hooks, whose
@@ -303,6 +327,7 @@ pub const DRIVERS: &[Driver] = &[
 fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
     match probe {
         "flow" => config.flow.interfaces.clone(),
+        "dns" => config.dns.interfaces.clone(),
         _ => Vec::new(),
     }
 }
@@ -313,6 +338,7 @@ fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
 pub struct Deltas {
     last: HashMap<u64, u64>,
     peaks: HashMap<u64, u64>,
+    synced: Option<Instant>,
 }
 
 impl Deltas {
@@ -334,6 +360,15 @@ impl Deltas {
         // Slots the kernel evicted are forgotten too, so the table stays as small as the map.
         self.last = seen;
         gained
+    }
+
+    /// Seconds since the previous call (none at the first): the span of the last gains, for
+    /// rates.
+    pub fn since_last_sync(&mut self) -> Option<f64> {
+        let now = Instant::now();
+        self.synced
+            .replace(now)
+            .map(|t| now.duration_since(t).as_secs_f64())
     }
 
     /// What a total that may read low at times (an estimate) gained over the highest value it

@@ -62,13 +62,7 @@ pub const DRIVER: Driver = Driver {
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.tcp_rtt;
     c.enabled.then(|| {
-        let mut s = ProbeSettings {
-            events: false,
-            // No events: the smallest ring buffer the config allows.
-            ring_buffer_size: 64 << 10,
-            table_size: c.flow_table_size,
-            ..ProbeSettings::default()
-        };
+        let mut s = super::table_settings(c.flow_table_size);
         s.params[PARAM_SAMPLE_NS] = c.sample_interval.as_nanos() as u64;
         s
     })

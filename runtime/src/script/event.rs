@@ -273,6 +273,11 @@ impl EventConverter {
         for (slot, (_, v)) in m.values_mut().zip(f.drain(..)) {
             *slot = v;
         }
+        if let Kind::Dns(d) = &e.kind {
+            for (key, value) in d.fields() {
+                m.insert(key.into(), json_value(&value));
+            }
+        }
         // A derived event's own fields, which may be named anything.
         if let Kind::Derived(d) = &e.kind {
             for (key, value) in &d.fields {

@@ -6,10 +6,11 @@
 //! its first packet is still named.
 //!
 //! Addresses name pods too: each namespace's addresses are dumped over rtnetlink by a short
-//! thread that enters it, through a socket that stays subscribed to the namespace's address
-//! changes, so afterwards only namespaces with pending notifications are dumped again. That
-//! check runs every second and, when asked about an address it does not know, at most every
-//! 100 ms.
+//! thread that enters it (nothing is kept open in it afterwards). A namespace is read when it
+//! is first seen, again while it has no address (a CNI adds the pod's address after making
+//! its namespace), and every 10 s in any case; the check runs every second and, when asked
+//! about an address it does not know, at most every 100 ms. A pod's address does not change
+//! during its life, so the 10 s only matter to namespaces renumbered by hand.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,12 +25,13 @@ use super::{PodNetns, Topology, Workload};
 use crate::netlink;
 
 const MISS_RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// How old a namespace's addresses may get before they are read again.
+const ADDRESSES_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// What is known of one namespace's addresses.
 struct NetnsAddresses {
-    /// Opened inside the namespace, subscribed to its address changes.
-    changes: netlink::Socket,
     addresses: Vec<IpAddr>,
+    read: Instant,
 }
 
 pub struct NetnsTopology {
@@ -119,30 +121,36 @@ impl NetnsTopology {
         })
     }
 
-    /// Brings the addresses up to date: namespaces new since the last call are read whole,
-    /// the others only when their socket says an address changed.
+    /// Brings the addresses up to date: reads the namespaces new since the last call, those
+    /// without an address yet (at most every 100 ms each), and those read more than
+    /// [`ADDRESSES_MAX_AGE`] ago.
     pub fn refresh_addresses(&self) {
         let pods = self.pod_netns();
         let mut known = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         let before = known.len();
         known.retain(|inode, _| pods.iter().any(|p| p.inode == *inode));
         let mut changed = known.len() != before;
-        for state in known.values_mut() {
-            if state.changes.pending() {
-                if let Ok(addresses) = netlink::addresses_on(&mut state.changes) {
-                    state.addresses = addresses;
-                    changed = true;
-                }
-            }
-        }
-        let new: Vec<&PodNetns> = pods
+        let due: Vec<&PodNetns> = pods
             .iter()
-            .filter(|p| !known.contains_key(&p.inode))
+            .filter(|p| {
+                known.get(&p.inode).is_none_or(|k| {
+                    let age = k.read.elapsed();
+                    (k.addresses.is_empty() && age >= MISS_RESCAN_INTERVAL)
+                        || age >= ADDRESSES_MAX_AGE
+                })
+            })
             .collect();
-        if !new.is_empty() {
-            for (inode, state) in read_new_namespaces(&new) {
-                known.insert(inode, state);
-                changed = true;
+        if !due.is_empty() {
+            let now = Instant::now();
+            for (inode, addresses) in read_addresses(&due) {
+                let old = known.insert(
+                    inode,
+                    NetnsAddresses {
+                        addresses: addresses.clone(),
+                        read: now,
+                    },
+                );
+                changed |= old.is_none_or(|o| o.addresses != addresses);
             }
         }
         if !changed {
@@ -248,14 +256,14 @@ impl Topology for NetnsTopology {
     }
 }
 
-/// Opens an address-change socket inside each new namespace and reads its addresses, on a
-/// thread of its own that ends afterwards (so no thread of the agent stays in a pod's
-/// namespace, whatever fails). Namespaces that cannot be entered are left for the next call.
-fn read_new_namespaces(new: &[&PodNetns]) -> Vec<(u32, NetnsAddresses)> {
+/// Reads the addresses of each namespace on a thread of its own that ends afterwards (so no
+/// thread of the agent stays in a pod's namespace, whatever fails). Namespaces that cannot be
+/// entered are left out, for the next call.
+fn read_addresses(namespaces: &[&PodNetns]) -> Vec<(u32, Vec<IpAddr>)> {
     std::thread::scope(|scope| {
         let reader = scope.spawn(|| {
             let mut out = Vec::new();
-            for p in new {
+            for p in namespaces {
                 let Ok(file) = File::open(&p.path) else {
                     continue;
                 };
@@ -268,15 +276,8 @@ fn read_new_namespaces(new: &[&PodNetns]) -> Vec<(u32, NetnsAddresses)> {
                     tracing::debug!(path = %p.path.display(), error = %std::io::Error::last_os_error(), "cannot enter namespace to read its addresses");
                     continue;
                 }
-                let read = netlink::Socket::open(netlink::GROUP_ADDRESSES).and_then(|mut s| {
-                    let addresses = netlink::addresses_on(&mut s)?;
-                    Ok(NetnsAddresses {
-                        changes: s,
-                        addresses,
-                    })
-                });
-                match read {
-                    Ok(state) => out.push((p.inode, state)),
+                match netlink::addresses() {
+                    Ok(addresses) => out.push((p.inode, addresses)),
                     Err(e) => {
                         tracing::debug!(path = %p.path.display(), error = %e, "cannot read addresses")
                     }

@@ -12,7 +12,7 @@
 use serde::Deserialize;
 use sonde_plugin::{
     metrics::{Counter, Gauge},
-    Config, Envelope, Event, Flow, IoLatency, NetdevLatency, PacketDrop, Plugin, Softirq,
+    Config, Dns, Envelope, Event, Flow, IoLatency, NetdevLatency, PacketDrop, Plugin, Softirq,
     TcpConnect, TcpReset, TcpRetrans,
 };
 
@@ -401,6 +401,26 @@ impl Plugin for Hostile {
             let detail = format!("{}:{}:{}:{}", e.op, e.dev, e.bytes, error);
             self.count_latency("io_latency", &e.envelope, e.device, &detail, e.duration);
         }
+    }
+
+    fn on_dns(&mut self, batch: &[Dns<'_>]) {
+        if self.mode == "fields" {
+            for e in batch {
+                let detail = format!(
+                    "{}:{}:{}:{}",
+                    e.id.map_or("none".into(), |i| i.to_string()),
+                    e.duration.is_some(),
+                    e.count.map_or("none".into(), |c| c.to_string()),
+                    e.rate.is_some()
+                );
+                self.count_fields("dns", &e.envelope, &e.flow, e.outcome, &detail, "");
+            }
+            return;
+        }
+        self.misbehave(
+            "dns",
+            batch.iter().map(|e| (pod(e.envelope.workload), e.outcome)),
+        );
     }
 
     fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
