@@ -313,6 +313,7 @@ impl Probe {
     pub fn record_size(self) -> usize {
         match self {
             Probe::TcpConnect | Probe::Softirq | Probe::NetdevLatency => 104,
+            Probe::Dns => 112,
             Probe::IoLatency => MAX_RECORD_SIZE,
             _ => PACKED_RECORD_SIZE,
         }

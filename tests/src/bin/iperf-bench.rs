@@ -10,6 +10,9 @@
 //! - `all`: the default config with every probe of the catalogue switched on (`flow` watching
 //!   the pods' host-side interfaces).
 //!
+//! `--without PROBE` adds a configuration: the default config with that probe switched off, to
+//! tell what one default probe costs.
+//!
 //! For each it reports the median throughput, the iperf3 sender's and receiver's CPU, and the
 //! agent's CPU. Then, with the kernel's BPF run-time statistics on (they add a little to every
 //! program run, so they stay off while throughput is measured), one more `all` transfer gives
@@ -17,7 +20,8 @@
 //!
 //! `cargo build --release -p sonde && cargo run --release -p sonde-tests --bin iperf-bench`
 //! (as root, iperf3 installed). Options: `--duration SECS` (each transfer, default 10),
-//! `--repeat N` (rounds, default 5), `--parallel N` (iperf3 streams, default 1).
+//! `--repeat N` (rounds, default 5), `--parallel N` (iperf3 streams, default 1), `--without
+//! PROBE` (repeatable).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +44,7 @@ struct Options {
     duration: u64,
     repeat: usize,
     parallel: u32,
+    without: Vec<String>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -47,6 +52,7 @@ fn parse_options() -> Result<Options, String> {
         duration: 10,
         repeat: 5,
         parallel: 1,
+        without: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -54,6 +60,15 @@ fn parse_options() -> Result<Options, String> {
             "--duration" => options.duration = positive_number(&mut args, "--duration")?,
             "--repeat" => options.repeat = positive_number(&mut args, "--repeat")?,
             "--parallel" => options.parallel = positive_number(&mut args, "--parallel")?,
+            "--without" => {
+                let probe = args.next().ok_or("--without needs a probe")?;
+                if !DEFAULT_CONFIG.contains(&format!("\n  {probe}:\n")) {
+                    return Err(format!(
+                        "--without {probe}: not a probe of the default config"
+                    ));
+                }
+                options.without.push(probe);
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -65,7 +80,9 @@ fn main() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("iperf-bench: {e}");
-            eprintln!("usage: iperf-bench [--duration SECS] [--repeat N] [--parallel N]");
+            eprintln!(
+                "usage: iperf-bench [--duration SECS] [--repeat N] [--parallel N] [--without PROBE]..."
+            );
             std::process::exit(2);
         }
     };
@@ -81,13 +98,17 @@ fn main() {
     };
     let all = all_probes_config(&node.interface_pattern());
     let server = IperfServer::start(&pods);
-    let configs = [
-        ("none", None),
-        ("default", Some(DEFAULT_CONFIG.to_string())),
-        ("all", Some(all.clone())),
+    let mut configs = vec![
+        ("none".to_string(), None),
+        ("default".to_string(), Some(DEFAULT_CONFIG.to_string())),
     ];
+    for probe in &options.without {
+        configs.push((format!("default without {probe}"), Some(without(probe))));
+    }
+    configs.push(("all".to_string(), Some(all.clone())));
 
     let mut runs: BTreeMap<&str, Vec<Transfer>> = BTreeMap::new();
+    let order: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
     for round in 0..options.repeat {
         for (name, config) in &configs {
             let agent = config.as_deref().map(start);
@@ -97,13 +118,21 @@ fn main() {
                 round + 1,
                 transfer.gbits
             );
-            runs.entry(name).or_default().push(transfer);
+            runs.entry(name.as_str()).or_default().push(transfer);
         }
     }
     let costs = program_costs(&pods, &options, &all);
     drop(server);
 
-    print_report(&machine, &options, &configs.map(|(n, _)| n), &runs, &costs);
+    print_report(&machine, &options, &order, &runs, &costs);
+}
+
+/// The default config with `probe` switched off.
+fn without(probe: &str) -> String {
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
+    config["probes"][probe]["enabled"] = false.into();
+    serde_yaml::to_string(&config).unwrap()
 }
 
 /// The default config with every probe of the catalogue switched on, `flow` on `interfaces`.
