@@ -95,6 +95,9 @@ pub struct AgentConfig {
     pub tcp_rtt: bool,
     /// socket_latency (off by default, as in the agent).
     pub socket_latency: bool,
+    /// softirq: on here (the agent has it off by default), so that traffic fills its
+    /// histograms.
+    pub softirq: bool,
 }
 
 impl Default for AgentConfig {
@@ -108,6 +111,7 @@ impl Default for AgentConfig {
             tcp_connect_slow_threshold: "200ms".into(),
             tcp_rtt: false,
             socket_latency: false,
+            softirq: true,
         }
     }
 }
@@ -124,6 +128,7 @@ impl AgentConfig {
             "node: {}\nprobes:\n{}{}{}{}    slowThreshold: {}\n\
              \x20 tcp_rtt:\n    enabled: {}\n    sampleInterval: 100ms\n\
              \x20 socket_latency:\n    enabled: {}\n\
+             \x20 softirq:\n    enabled: {}\n\
              sinks:\n  stdout: {{ enabled: true }}\n\
              topology:\n  netnsDir: /run/netns\n",
             self.node,
@@ -134,6 +139,7 @@ impl AgentConfig {
             self.tcp_connect_slow_threshold,
             self.tcp_rtt,
             self.socket_latency,
+            self.softirq,
         )
     }
 }

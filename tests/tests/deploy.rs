@@ -991,6 +991,7 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
          \x20 probes:\n\
          \x20   tcp_rtt: {{enabled: true, sampleInterval: 100ms}}\n\
          \x20   netdev_latency: {{enabled: true}}\n\
+         \x20   softirq: {{enabled: true}}\n\
          \x20   netstat: {{interval: 1s}}\n\
          {flow}\
          bundles:\n\

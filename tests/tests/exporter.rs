@@ -53,7 +53,7 @@ fn metrics_pass_promtool_and_endpoints_answer() {
     ] {
         agent.wait_metric(name, &labels, 1.0, SETTLE_TIMEOUT);
     }
-    // The traffic ran NET_RX softirqs (on by default).
+    // The traffic ran NET_RX softirqs (on in the tests' config).
     agent.wait_metric(
         "sonde_softirq_duration_seconds_count",
         &[("vec", "NET_RX")],

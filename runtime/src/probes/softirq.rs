@@ -36,7 +36,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            enabled: true,
+            enabled: false,
             delay_threshold: Duration::from_millis(10),
             duration_threshold: Duration::from_millis(10),
             events: EventsConfig::default(),
