@@ -7,8 +7,8 @@
 //! in turn, round after round, so that all configurations see the same machine state:
 //! - `none`: no agent at all;
 //! - `default`: `sonde run` on the embedded default config (the probes that are on by default);
-//! - `all`: the default config with every probe of the catalogue switched on (`flow` watching
-//!   the pods' host-side interfaces).
+//! - `all`: the default config with every probe of the catalogue switched on (`flow` and `dns`
+//!   watching the pods' host-side interfaces).
 //!
 //! `--without PROBE` adds a configuration: the default config with that probe switched off, to
 //! tell what one default probe costs.
@@ -135,7 +135,8 @@ fn without(probe: &str) -> String {
     serde_yaml::to_string(&config).unwrap()
 }
 
-/// The default config with every probe of the catalogue switched on, `flow` on `interfaces`.
+/// The default config with every probe of the catalogue switched on, `flow` and `dns` on
+/// `interfaces`.
 fn all_probes_config(interfaces: &str) -> String {
     let mut config: serde_yaml::Value =
         serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
@@ -148,7 +149,9 @@ fn all_probes_config(interfaces: &str) -> String {
             .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
         entry["enabled"] = true.into();
     }
-    probes["flow"]["interfaces"] = vec![interfaces.to_string()].into();
+    for probe in ["flow", "dns"] {
+        probes[probe]["interfaces"] = vec![interfaces.to_string()].into();
+    }
     serde_yaml::to_string(&config).unwrap()
 }
 
