@@ -87,7 +87,6 @@ struct RawType<'a, 's> {
     kind: u32,
     name: &'a str,
     vlen: usize,
-    size_or_type: u32,
     trailing: &'a [u8],
     strings: &'s dyn Fn(u32) -> &'a str,
     offset: usize,
@@ -111,47 +110,67 @@ enum Walk {
     Stop,
 }
 
-/// Calls `visit` on every type of BTF `data`, in id order (the first is id 1), until it
-/// returns [`Walk::Stop`].
-fn walk<'a>(
-    data: &'a [u8],
-    mut visit: impl FnMut(&RawType<'a, '_>) -> Result<Walk, BtfEnumError>,
-) -> Result<(), BtfEnumError> {
-    let u16_at = |off: usize| {
-        data.get(off..off + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |off: usize| {
-        data.get(off..off + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if u16_at(0) != Some(BTF_MAGIC) {
-        return Err(BtfEnumError::BadHeader("BTF data".into()));
+/// Where a BTF blob's type and string sections are.
+#[derive(Clone, Copy)]
+struct Sections {
+    types: usize,
+    types_len: usize,
+    strings: usize,
+    strings_len: usize,
+}
+
+impl Sections {
+    fn read(data: &[u8]) -> Result<Sections, BtfEnumError> {
+        let bad = || BtfEnumError::BadHeader("BTF data".into());
+        if data.get(0..2) != Some(&BTF_MAGIC.to_le_bytes()[..]) {
+            return Err(bad());
+        }
+        let header = |i: usize| {
+            data.get(4 + 4 * i..8 + 4 * i)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(bad)
+        };
+        let hdr_len = header(0)?;
+        Ok(Sections {
+            types: hdr_len + header(1)?,
+            types_len: header(2)?,
+            strings: hdr_len + header(3)?,
+            strings_len: header(4)?,
+        })
     }
-    let header = |i: usize| u32_at(4 + 4 * i).ok_or(BtfEnumError::BadHeader("BTF data".into()));
-    let hdr_len = header(0)? as usize;
-    let (type_off, type_len) = (header(1)? as usize, header(2)? as usize);
-    let str_off = header(3)? as usize;
-    let str_len = header(4)? as usize;
-    let types = hdr_len + type_off;
-    let strings_at = hdr_len + str_off;
-    let strings = move |off: u32| -> &'a str {
-        let start = strings_at + off as usize;
-        let end = (strings_at + str_len).min(data.len());
+
+    /// The NUL-terminated string at `off` of the string section ("" when out of range).
+    fn string(self, data: &[u8], off: u32) -> &str {
+        let start = self.strings + off as usize;
+        let end = (self.strings + self.strings_len).min(data.len());
         if start >= end {
             return "";
         }
         let s = &data[start..end];
         let n = s.iter().position(|&c| c == 0).unwrap_or(s.len());
         std::str::from_utf8(&s[..n]).unwrap_or("")
+    }
+}
+
+/// Calls `visit` on every type of BTF `data`, in id order (the first is id 1), until it
+/// returns [`Walk::Stop`].
+fn walk<'a>(
+    data: &'a [u8],
+    mut visit: impl FnMut(&RawType<'a, '_>) -> Result<Walk, BtfEnumError>,
+) -> Result<(), BtfEnumError> {
+    let u32_at = |off: usize| {
+        data.get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
+    let sections = Sections::read(data)?;
+    let strings = move |off: u32| sections.string(data, off);
+    let (types, type_len) = (sections.types, sections.types_len);
 
     let mut off = types;
     let end = types + type_len;
     while off < end {
         let name_off = u32_at(off).ok_or(BtfEnumError::Truncated(off))?;
         let info = u32_at(off + 4).ok_or(BtfEnumError::Truncated(off))?;
-        let size_or_type = u32_at(off + 8).ok_or(BtfEnumError::Truncated(off))?;
         let vlen = (info & 0xffff) as usize;
         let kind = (info >> 24) & 0x1f;
         off += 12;
@@ -175,7 +194,6 @@ fn walk<'a>(
             kind,
             name: strings(name_off),
             vlen,
-            size_or_type,
             trailing,
             strings: &strings,
             offset: off,
@@ -196,16 +214,26 @@ const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
 /// The kernel's structs, unions and the types between them, enough to tell whether a field a
-/// probe reads exists: what [`crate::Requirement`]s are checked against. Built from the BTF
-/// in one pass and kept only while probes are checked.
+/// probe reads exists: what [`crate::Requirement`]s are checked against. It keeps the BTF
+/// bytes and, per type, only where the type is in them, and is kept only while probes are
+/// checked.
 pub struct TypeIndex {
-    /// Per type id (index 0 is `void`): kind, name, `size`/`type` word, members' range.
-    types: Vec<(u32, String, u32, std::ops::Range<usize>)>,
-    /// Struct and union members: (name, type id). Enum constants: (name, 0).
-    members: Vec<(String, u32)>,
-    /// Func protos' parameter counts, by type id.
-    params: HashMap<u32, usize>,
-    by_name: HashMap<(u32, String), u32>,
+    data: Vec<u8>,
+    sections: Sections,
+    /// Per type id (index 0 is `void`): the offset of the type's header in `data`.
+    types: Vec<u32>,
+    /// The ids of the named types, sorted by name.
+    names: Vec<u32>,
+}
+
+/// A type's header, read from the BTF bytes.
+struct Header {
+    kind: u32,
+    name_off: u32,
+    vlen: usize,
+    size_or_type: u32,
+    /// Where its members (or other trailing data) start.
+    trailing: usize,
 }
 
 impl TypeIndex {
@@ -215,70 +243,77 @@ impl TypeIndex {
             path: VMLINUX.into(),
             source,
         })?;
-        TypeIndex::parse(&data)
+        TypeIndex::parse(data)
     }
 
-    pub fn parse(data: &[u8]) -> Result<TypeIndex, BtfEnumError> {
-        let mut index = TypeIndex {
-            types: vec![(0, String::new(), 0, 0..0)],
-            members: Vec::new(),
-            params: HashMap::new(),
-            by_name: HashMap::new(),
-        };
-        walk(data, |t| {
-            let id = index.types.len() as u32;
-            let start = index.members.len();
-            match t.kind {
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..t.vlen {
-                        let name = t.string(t.u32_at(i * 12)?).to_string();
-                        index.members.push((name, t.u32_at(i * 12 + 4)?));
-                    }
-                }
-                KIND_ENUM | KIND_ENUM64 => {
-                    let member = if t.kind == KIND_ENUM { 8 } else { 12 };
-                    for i in 0..t.vlen {
-                        index
-                            .members
-                            .push((t.string(t.u32_at(i * member)?).to_string(), 0));
-                    }
-                }
-                KIND_FUNC_PROTO => {
-                    index.params.insert(id, t.vlen);
-                }
-                _ => {}
-            }
+    pub fn parse(data: Vec<u8>) -> Result<TypeIndex, BtfEnumError> {
+        let mut types = vec![0];
+        let mut names = Vec::new();
+        walk(&data, |t| {
             if !t.name.is_empty() {
-                index
-                    .by_name
-                    .entry((t.kind, t.name.to_string()))
-                    .or_insert(id);
+                names.push(types.len() as u32);
             }
-            let end = index.members.len();
-            index
-                .types
-                .push((t.kind, t.name.to_string(), t.size_or_type, start..end));
+            types.push((t.offset - 12) as u32);
             Ok(Walk::Next)
         })?;
+        let mut index = TypeIndex {
+            sections: Sections::read(&data)?,
+            data,
+            types,
+            names: Vec::new(),
+        };
+        names.sort_by(|a, b| index.name(*a).cmp(index.name(*b)));
+        index.names = names;
         Ok(index)
     }
 
+    fn u32_at(&self, off: usize) -> u32 {
+        self.data
+            .get(off..off + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn header(&self, id: u32) -> Option<Header> {
+        let off = *self.types.get(id as usize).filter(|_| id != 0)? as usize;
+        let info = self.u32_at(off + 4);
+        Some(Header {
+            kind: (info >> 24) & 0x1f,
+            name_off: self.u32_at(off),
+            vlen: (info & 0xffff) as usize,
+            size_or_type: self.u32_at(off + 8),
+            trailing: off + 12,
+        })
+    }
+
+    fn string(&self, off: u32) -> &str {
+        self.sections.string(&self.data, off)
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.header(id).map_or("", |h| self.string(h.name_off))
+    }
+
     fn id(&self, kind: u32, name: &str) -> Option<u32> {
-        self.by_name.get(&(kind, name.to_string())).copied()
+        let start = self.names.partition_point(|id| self.name(*id) < name);
+        self.names[start..]
+            .iter()
+            .take_while(|id| self.name(**id) == name)
+            .copied()
+            .find(|id| self.header(*id).is_some_and(|h| h.kind == kind))
     }
 
     /// Follows typedefs, qualifiers and (when `through_pointers`) pointers to the type they
     /// name.
     fn resolve(&self, mut id: u32, through_pointers: bool) -> u32 {
         for _ in 0..32 {
-            let Some((kind, _, next, _)) = self.types.get(id as usize) else {
+            let Some(h) = self.header(id) else {
                 return 0;
             };
-            match *kind {
+            match h.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = *next
+                    id = h.size_or_type
                 }
-                KIND_PTR if through_pointers => id = *next,
+                KIND_PTR if through_pointers => id = h.size_or_type,
                 _ => return id,
             }
         }
@@ -288,16 +323,18 @@ impl TypeIndex {
     /// The type id of member `name` of struct or union `id`, looking into its anonymous
     /// members as C does.
     fn member(&self, id: u32, name: &str) -> Option<u32> {
-        let (kind, _, _, range) = self.types.get(id as usize)?;
-        if *kind != KIND_STRUCT && *kind != KIND_UNION {
+        let h = self.header(id)?;
+        if h.kind != KIND_STRUCT && h.kind != KIND_UNION {
             return None;
         }
-        for (member, ty) in &self.members[range.clone()] {
+        for i in 0..h.vlen {
+            let m = h.trailing + i * 12;
+            let (member, ty) = (self.string(self.u32_at(m)), self.u32_at(m + 4));
             if member == name {
-                return Some(*ty);
+                return Some(ty);
             }
             if member.is_empty() {
-                if let Some(found) = self.member(self.resolve(*ty, false), name) {
+                if let Some(found) = self.member(self.resolve(ty, false), name) {
                     return Some(found);
                 }
             }
@@ -322,12 +359,11 @@ impl TypeIndex {
 
     /// Whether `enum name` exists and has constant `constant`.
     pub fn has_enum_constant(&self, name: &str, constant: &str) -> bool {
-        [KIND_ENUM, KIND_ENUM64]
+        [(KIND_ENUM, 8), (KIND_ENUM64, 12)]
             .iter()
-            .filter_map(|k| self.id(*k, name))
-            .any(|id| {
-                let range = self.types[id as usize].3.clone();
-                self.members[range].iter().any(|(c, _)| c == constant)
+            .filter_map(|(kind, size)| Some((self.header(self.id(*kind, name)?)?, *size)))
+            .any(|(h, size)| {
+                (0..h.vlen).any(|i| self.string(self.u32_at(h.trailing + i * size)) == constant)
             })
     }
 
@@ -336,8 +372,8 @@ impl TypeIndex {
     /// tracepoint is not in the BTF.
     pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
         let id = self.id(KIND_TYPEDEF, &format!("btf_trace_{name}"))?;
-        let proto = self.resolve(id, true);
-        self.params.get(&proto).map(|n| n.saturating_sub(1))
+        let proto = self.header(self.resolve(id, true))?;
+        (proto.kind == KIND_FUNC_PROTO).then(|| proto.vlen.saturating_sub(1))
     }
 }
 
@@ -455,7 +491,7 @@ mod tests {
     #[test]
     fn type_index_finds_members_and_enum_constants() {
         let data = btf_with_enum("colour", &[("RED", 1)]);
-        let index = TypeIndex::parse(&data).unwrap();
+        let index = TypeIndex::parse(data).unwrap();
         assert!(index.has_field("thing", "field"));
         assert!(!index.has_field("thing", "other"));
         assert!(!index.has_field("nothing", "field"));
