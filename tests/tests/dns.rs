@@ -30,6 +30,59 @@ fn agent_yaml(pattern: &str, plugins: &std::path::Path) -> String {
     )
 }
 
+/// The kernel matrix's DNS check (no plugins, which an emulated CPU compiles slowly): N
+/// answered and NX NXDOMAIN queries over UDP are counted by rcode for the client pod, exactly.
+#[test]
+fn rcodes_are_counted_per_pod() {
+    const N: u16 = 4;
+    const NX: u16 = 3;
+    let node = NodePods::new(2);
+    let (client, server) = (&node.pods[0], &node.pods[1]);
+    let _dns = DnsServer::start(
+        server.name(),
+        server.ip(IpFamily::V4),
+        DnsAnswers {
+            delay: Duration::ZERO,
+            nxdomain: vec!["nx.sonde.test".into()],
+            servfail: vec![],
+            silent: vec![],
+        },
+    );
+    let agent = Agent::spawn_yaml(&only_probes_yaml(
+        &format!(
+            "  dns:\n    enabled: true\n    interfaces: [\"{}\"]\n",
+            node.interface_pattern()
+        ),
+        "",
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    wait_attached(&agent);
+    let dst = SocketAddr::new(server.ip(IpFamily::V4), 53);
+    let wait = Duration::from_secs(5);
+    for id in 0..N {
+        assert_eq!(udp_query(client.name(), dst, 100 + id, "ok.sonde.test", wait), Some(0));
+    }
+    for id in 0..NX {
+        assert_eq!(udp_query(client.name(), dst, 200 + id, "nx.sonde.test", wait), Some(3));
+    }
+    let ok = [("pod", client.name()), ("rcode", "NOERROR")];
+    let nx = [("pod", client.name()), ("rcode", "NXDOMAIN")];
+    agent.wait_metric_eq(RESPONSES, &ok, N as f64, SETTLE_TIMEOUT);
+    agent.wait_metric_eq(RESPONSES, &nx, NX as f64, SETTLE_TIMEOUT);
+    agent.wait_metric_eq(COUNT, &[("pod", client.name())], (N + NX) as f64, SETTLE_TIMEOUT);
+}
+
+/// Waits until the agent's dns probe is attached to both pods' host-side interfaces.
+fn wait_attached(agent: &Agent) {
+    let attached = try_poll_until(SETTLE_TIMEOUT, || {
+        let (_, body) = agent.get("/api/v1/probes");
+        let probes: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let dns = probes.as_array()?.iter().find(|p| p["name"] == "dns")?;
+        (dns["interfaces"].as_array()?.len() == 2).then_some(())
+    });
+    assert!(attached.is_some(), "dns never attached to both interfaces");
+}
+
 #[test]
 fn latency_rcodes_and_timeouts_per_pod() {
     const N: u16 = 5;
@@ -65,13 +118,7 @@ fn latency_rcodes_and_timeouts_per_pod() {
     );
     let agent = Agent::spawn_yaml(&agent_yaml(&node.interface_pattern(), plugins.path()));
     agent.wait_ready(READY_TIMEOUT);
-    let attached = try_poll_until(SETTLE_TIMEOUT, || {
-        let (_, body) = agent.get("/api/v1/probes");
-        let probes: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let dns = probes.as_array()?.iter().find(|p| p["name"] == "dns")?;
-        (dns["interfaces"].as_array()?.len() == 2).then_some(())
-    });
-    assert!(attached.is_some(), "dns never attached to both interfaces");
+    wait_attached(&agent);
 
     let dst = SocketAddr::new(server.ip(IpFamily::V4), 53);
     let wait = Duration::from_secs(5);

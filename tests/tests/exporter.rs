@@ -4,9 +4,34 @@
 use std::net::SocketAddr;
 
 use sonde_tests::{
-    assert_promtool_clean, bulk_transfer, send_udp, Agent, AgentConfig, IpFamily, PodPair,
-    READY_TIMEOUT, SETTLE_TIMEOUT,
+    assert_promtool_clean, bulk_transfer, free_local_addr, send_udp, sonde_bin, Agent,
+    AgentConfig, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
+
+/// `sonde run` on its embedded default config (the README's command) becomes ready: every
+/// probe the default turns on loads on this kernel. The kernel matrix runs this on each kernel.
+#[test]
+fn default_config_is_ready() {
+    let addr = free_local_addr();
+    let argv = [
+        sonde_bin().display().to_string(),
+        "run".into(),
+        "--listen".into(),
+        addr.to_string(),
+    ];
+    let agent = Agent::spawn_argv(&argv, addr, std::path::PathBuf::new());
+    agent.wait_ready(READY_TIMEOUT);
+    let (status, body) = agent.get("/api/v1/probes");
+    assert_eq!(status, 200);
+    let probes: serde_json::Value = serde_json::from_str(&body).expect("/api/v1/probes is JSON");
+    let down: Vec<&serde_json::Value> = probes
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|p| p["state"] == "failed")
+        .collect();
+    assert!(down.is_empty(), "probes that failed: {down:?}");
+}
 
 #[test]
 fn metrics_pass_promtool_and_endpoints_answer() {

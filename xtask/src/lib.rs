@@ -2,4 +2,5 @@
 //! writes.
 
 pub mod chart;
+pub mod kernels;
 pub mod manifests;

@@ -3,6 +3,9 @@
 //! `cargo xtask manifests [--check]` renders the Helm chart into `deploy/manifests/` (see
 //! `manifests.rs`; `chart.rs` is the renderer).
 //!
+//! `cargo xtask kernels [--check] [--only NAME]...` runs the kernel matrix (see `kernels.rs`)
+//! and writes `docs/kernels.md`.
+//!
 //! `cargo xtask plugins [--out DIR] [--only NAME]...` builds every first-party plugin (the
 //! folders under `plugins/` with a `plugin.yaml`) into a bundle `DIR/<name>/` (default
 //! `target/bundles`): the manifest, with `spec.sha256` filled in, and the module it names. A
@@ -20,8 +23,8 @@ use sha2::{Digest, Sha256};
 
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
-const USAGE: &str =
-    "usage: cargo xtask plugins [--out DIR] [--only NAME]... | cargo xtask manifests [--check]";
+const USAGE: &str = "usage: cargo xtask plugins [--out DIR] [--only NAME]... | \
+     cargo xtask manifests [--check] | cargo xtask kernels [--check] [--only NAME]...";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -38,6 +41,11 @@ fn run(args: Vec<String>) -> Result<(), String> {
     match args.next().as_deref() {
         Some("plugins") => plugins(args.collect()),
         Some("manifests") => xtask::manifests::run(&root(), args.collect()),
+        Some("kernels") => {
+            let root = root();
+            let target = target_dir(&root)?;
+            xtask::kernels::run(&root, &target, args.collect())
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
