@@ -32,6 +32,21 @@ pub struct Hook {
     /// Program (function) name in the object.
     pub program: &'static str,
     pub point: HookPoint,
+    /// Tracepoint arguments `program` reads (0: not checked).
+    pub args: usize,
+    /// Programs for kernels whose tracepoint passes fewer arguments than `program` reads,
+    /// newest first (a tp_btf program may not read an argument its kernel does not pass).
+    pub older: &'static [OlderProgram],
+}
+
+/// A program of a hook for older kernels, whose tracepoint passes fewer arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OlderProgram {
+    /// Arguments it reads: taken when the kernel passes at least these.
+    pub args: usize,
+    pub program: &'static str,
+    /// What the probe lacks with it, as `sonde probes` says; `None` when nothing is lost.
+    pub degraded: Option<&'static str>,
 }
 
 /// Where a hook's program runs.
@@ -70,7 +85,43 @@ impl Hook {
                 category,
                 tracepoint,
             },
+            args: 0,
+            older: &[],
         }
+    }
+
+    /// A tp_btf hook whose program reads `args` arguments, with programs for kernels whose
+    /// tracepoint passes fewer.
+    pub const fn tp_btf_by_args(
+        program: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        args: usize,
+        older: &'static [OlderProgram],
+    ) -> Hook {
+        Hook {
+            args,
+            older,
+            ..Hook::tp_btf(program, category, tracepoint)
+        }
+    }
+
+    /// The program to load on a kernel whose tracepoint passes `kernel_args` arguments (when
+    /// the kernel's BTF says), and what the probe lacks with it; `None` when none fits.
+    pub fn program_for(
+        &self,
+        kernel_args: Option<usize>,
+    ) -> Option<(&'static str, Option<&'static str>)> {
+        let Some(n) = kernel_args.filter(|_| self.args > 0) else {
+            return Some((self.program, None));
+        };
+        if n >= self.args {
+            return Some((self.program, None));
+        }
+        self.older
+            .iter()
+            .find(|o| n >= o.args)
+            .map(|o| (o.program, o.degraded))
     }
 
     /// A TC hook: program `program` on each watched interface, in `direction`.
@@ -78,6 +129,8 @@ impl Hook {
         Hook {
             program,
             point: HookPoint::Tc(direction),
+            args: 0,
+            older: &[],
         }
     }
 

@@ -3,10 +3,13 @@
 #define PACKET_DROP_H
 #include "sonde.h"
 
+/* The reason of a drop on a kernel whose kfree_skb passes none (before Linux 5.17). */
+#define PACKET_DROP_NO_REASON 0xffffffff
+
 /* Key of the in-kernel `drops` counter. */
 struct packet_drop_key {
 	__u32 netns;
-	__u32 reason; /* enum skb_drop_reason of the running kernel */
+	__u32 reason; /* enum skb_drop_reason of the running kernel, or PACKET_DROP_NO_REASON */
 };
 
 struct packet_drop_event {

@@ -3,27 +3,38 @@
 use std::mem::{offset_of, size_of};
 
 use crate::record::Tuple;
-use crate::{requires, Hook, ProbeSpec, Requirement};
+use crate::{requires, Hook, OlderProgram, ProbeSpec};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "packet_drop",
     description:
         "packets the kernel drops, by reason, with the dropping function and optional stack",
-    hooks: &[Hook::tp_btf("packet_drop", "skb", "kfree_skb")],
+    // kfree_skb's signature by kernel: see packet_drop.bpf.c.
+    hooks: &[Hook::tp_btf_by_args(
+        "packet_drop",
+        "skb",
+        "kfree_skb",
+        4,
+        &[
+            OlderProgram {
+                args: 3,
+                program: "packet_drop_reason",
+                degraded: None,
+            },
+            OlderProgram {
+                args: 2,
+                program: "packet_drop_noreason",
+                degraded: Some(
+                    "no drop reasons before Linux 5.17: every drop is counted with \
+                     reason=\"NOT_SPECIFIED\"",
+                ),
+            },
+        ],
+    )],
     requires: &[
         requires::SOCK_NETNS,
         requires::SKB_NETNS,
         requires::SKB_TUPLE,
-        &[
-            Requirement::TracepointArgs {
-                tracepoint: "kfree_skb",
-                args: 3,
-            },
-            Requirement::EnumValue {
-                ty: "skb_drop_reason",
-                constant: "SKB_CONSUMED",
-            },
-        ],
     ],
     counter_map: "drops",
     object: aya::include_bytes_aligned!("packet_drop.bpf.o"),
@@ -31,6 +42,9 @@ pub const SPEC: ProbeSpec = ProbeSpec {
 
 /// Name of the stack trace map (kernel stacks of dropped packets, when enabled).
 pub const STACK_MAP: &str = "stacks";
+
+/// `PACKET_DROP_NO_REASON`: the reason of drops on kernels whose kfree_skb passes none.
+pub const NO_REASON: u32 = 0xffff_ffff;
 
 /// `struct packet_drop_key`.
 #[repr(C)]

@@ -15,7 +15,7 @@ use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
 use crate::tc::{TcTarget, WATCHED_MAP};
-use crate::{Hook, HookPoint, ProbeSpec, Requirement};
+use crate::{HookPoint, ProbeSpec, Requirement};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -64,6 +64,15 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("ring buffer size {0} must be a power of two of at least 4096 bytes")]
     RingBufferSize(u32),
+    #[error(
+        "tracepoint {tracepoint} passes {args} arguments on this kernel; the probe's programs \
+         read at least {needed}"
+    )]
+    TracepointArgs {
+        tracepoint: &'static str,
+        args: usize,
+        needed: usize,
+    },
 }
 
 /// The gist of a program error on one line: for a verifier rejection, the verifier's last
@@ -148,6 +157,10 @@ impl ProbeSettings {
 /// A probe loaded into the kernel and attached; dropping it detaches and unloads it.
 pub struct LoadedProbe {
     pub spec: &'static ProbeSpec,
+    /// The program loaded for each hook of the spec (an older one on an older kernel).
+    programs: Vec<&'static str>,
+    /// What the probe lacks on this kernel, when an older program had to do.
+    degraded: Option<String>,
     ebpf: Ebpf,
     ring_buffer_size: u32,
     table_size: u32,
@@ -172,27 +185,22 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The program of a hook, as its kind (`BtfTracePoint`, `SchedClassifier`).
-fn program<'a, T>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut T, ProbeError>
+/// A program of the object, as its kind (`BtfTracePoint`, `SchedClassifier`).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    ebpf.program_mut(hook.program)
-        .ok_or(ProbeError::MissingProgram {
-            program: hook.program,
-        })?
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram { program: name })?
         .try_into()
-        .map_err(|source| program_error(hook, source))
+        .map_err(|source| program_error(name, source))
 }
 
-fn program_error(hook: &Hook, source: ProgramError) -> ProbeError {
+fn program_error(program: &'static str, source: ProgramError) -> ProbeError {
     if is_eperm(&source) {
         ProbeError::PermissionDenied
     } else {
-        ProbeError::Program {
-            program: hook.program,
-            source,
-        }
+        ProbeError::Program { program, source }
     }
 }
 
@@ -265,10 +273,15 @@ impl<'btf> ProbeLoader<'btf> {
     }
 
     /// Loads the probe's programs into the kernel without attaching them: what
-    /// `sonde probes` does to tell whether a probe can run here.
-    pub fn check(&mut self, spec: &'static ProbeSpec, btf: &'btf Btf) -> Result<(), ProbeError> {
+    /// `sonde probes` does to tell whether a probe can run here. `Ok` holds what the probe
+    /// lacks on this kernel, if anything.
+    pub fn check(
+        &mut self,
+        spec: &'static ProbeSpec,
+        btf: &'btf Btf,
+    ) -> Result<Option<String>, ProbeError> {
         self.load_programs(spec, btf, &ProbeSettings::default())
-            .map(|_| ())
+            .map(|p| p.degraded)
     }
 
     /// Loads, configures and attaches the probe.
@@ -281,11 +294,11 @@ impl<'btf> ProbeLoader<'btf> {
         let mut probe = self.load_programs(spec, btf, settings)?;
         probe.configure(settings)?;
         // TC programs are attached per interface by the agent (see `LoadedProbe::tc_target`).
-        for hook in spec.hooks {
+        for (hook, name) in spec.hooks.iter().zip(probe.programs.clone()) {
             if let HookPoint::TpBtf { .. } = hook.point {
-                program::<BtfTracePoint>(&mut probe.ebpf, hook)?
+                program::<BtfTracePoint>(&mut probe.ebpf, name)?
                     .attach()
-                    .map_err(|source| program_error(hook, source))?;
+                    .map_err(|source| program_error(name, source))?;
             }
         }
         Ok(probe)
@@ -298,14 +311,19 @@ impl<'btf> ProbeLoader<'btf> {
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
         check_hooks(spec, btf)?;
-        if !spec.requires.is_empty() {
+        let by_args = spec.hooks.iter().any(|h| !h.older.is_empty());
+        let types = if spec.requires.is_empty() && !by_args {
+            None
+        } else {
             let types = self
                 .types
                 .get_or_insert_with(|| TypeIndex::kernel().map_err(|e| e.to_string()))
                 .as_ref()
                 .map_err(|e| ProbeError::Btf(format!("cannot read kernel BTF: {e}")))?;
             check_requirements(spec, types)?;
-        }
+            Some(types)
+        };
+        let (programs, degraded) = choose_programs(spec, types)?;
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
@@ -321,24 +339,52 @@ impl<'btf> ProbeLoader<'btf> {
                 ProbeError::Object(e)
             }
         })?;
-        for hook in spec.hooks {
+        for (hook, &name) in spec.hooks.iter().zip(&programs) {
             match hook.point {
-                HookPoint::TpBtf { tracepoint, .. } => program::<BtfTracePoint>(&mut ebpf, hook)?
+                HookPoint::TpBtf { tracepoint, .. } => program::<BtfTracePoint>(&mut ebpf, name)?
                     .load(tracepoint, btf)
-                    .map_err(|source| program_error(hook, source))?,
-                HookPoint::Tc(_) => program::<SchedClassifier>(&mut ebpf, hook)?
+                    .map_err(|source| program_error(name, source))?,
+                HookPoint::Tc(_) => program::<SchedClassifier>(&mut ebpf, name)?
                     .load()
-                    .map_err(|source| program_error(hook, source))?,
+                    .map_err(|source| program_error(name, source))?,
             }
         }
         Ok(LoadedProbe {
             spec,
+            programs,
+            degraded,
             ebpf,
             ring_buffer_size: size,
             table_size: settings.table_size,
             params: [0; 4],
         })
     }
+}
+
+/// The program of each hook for this kernel (by its tracepoints' arguments), and what the
+/// probe lacks with them.
+fn choose_programs(
+    spec: &ProbeSpec,
+    types: Option<&TypeIndex>,
+) -> Result<(Vec<&'static str>, Option<String>), ProbeError> {
+    let mut programs = Vec::with_capacity(spec.hooks.len());
+    let mut degraded: Vec<&str> = Vec::new();
+    for hook in spec.hooks {
+        let HookPoint::TpBtf { tracepoint, .. } = hook.point else {
+            programs.push(hook.program);
+            continue;
+        };
+        let args = types.and_then(|t| t.tracepoint_args(tracepoint));
+        let (name, lacks) = hook.program_for(args).ok_or(ProbeError::TracepointArgs {
+            tracepoint,
+            args: args.unwrap_or(0),
+            needed: hook.older.iter().map(|o| o.args).min().unwrap_or(hook.args),
+        })?;
+        programs.push(name);
+        degraded.extend(lacks);
+    }
+    let degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
+    Ok((programs, degraded))
 }
 
 impl Default for ProbeLoader<'_> {
@@ -385,6 +431,11 @@ impl LoadedProbe {
         Ok(true)
     }
 
+    /// What the probe lacks on this kernel, when an older program had to do.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
+    }
+
     /// The probe-specific values last applied ([`ProbeSettings::params`]), for collectors
     /// whose settings act in the agent rather than in the kernel.
     pub fn params(&self) -> [u64; 4] {
@@ -394,15 +445,15 @@ impl LoadedProbe {
     /// What attaching the probe's TC programs to interfaces needs (none without TC hooks).
     pub fn tc_target(&mut self) -> Result<Option<TcTarget>, ProbeError> {
         let mut programs = Vec::new();
-        for hook in self.spec.hooks {
+        for (hook, &name) in self.spec.hooks.iter().zip(&self.programs.clone()) {
             let Some(direction) = hook.tc_direction() else {
                 continue;
             };
-            let prog = program::<SchedClassifier>(&mut self.ebpf, hook)?;
+            let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
             let fd = prog
                 .fd()
                 .and_then(|fd| fd.as_fd().try_clone_to_owned().map_err(ProgramError::from))
-                .map_err(|source| program_error(hook, source))?;
+                .map_err(|source| program_error(name, source))?;
             programs.push((direction, fd));
         }
         if programs.is_empty() {

@@ -229,8 +229,14 @@ fn trace(
     }
 }
 
-/// A row of `sonde probes`: name, description, hooks (or what it reads), loadable or why not.
-type ProbeRow = (&'static str, &'static str, Vec<String>, Result<(), String>);
+/// A row of `sonde probes`: name, description, hooks (or what it reads), loadable (with what
+/// it lacks on this kernel, if anything) or why not.
+type ProbeRow = (
+    &'static str,
+    &'static str,
+    Vec<String>,
+    Result<Option<String>, String>,
+);
 
 /// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
 /// checks that the probes that read procfs (netstat) can enter network namespaces.
@@ -255,7 +261,7 @@ fn probes(output: Output) -> anyhow::Result<()> {
             netstat::NAME,
             netstat::DESCRIPTION,
             sources,
-            netstat::check(),
+            netstat::check().map(|()| None),
         ));
     }
     let mut text = String::new();
@@ -270,6 +276,7 @@ fn probes(output: Output) -> anyhow::Result<()> {
                         "hooks": hooks,
                         "loadable": r.is_ok(),
                         "reason": r.as_ref().err(),
+                        "degraded": r.as_ref().ok().and_then(Option::as_ref),
                     })
                 })
                 .collect();
@@ -291,10 +298,16 @@ fn probes(output: Output) -> anyhow::Result<()> {
             };
             line(&mut text, ["PROBE", "LOADABLE", "HOOKS", "DESCRIPTION"]);
             for (name, description, hooks, r) in &rows {
-                let loadable = if r.is_ok() { "yes" } else { "no" };
+                let loadable = match r {
+                    Ok(None) => "yes",
+                    Ok(Some(_)) => "degraded",
+                    Err(_) => "no",
+                };
                 line(&mut text, [name, loadable, &hooks.join(","), description]);
-                if let Err(reason) = r {
-                    text += &format!("{:<14} why not: {reason}\n", "");
+                match r {
+                    Err(reason) => text += &format!("{:<14} why not: {reason}\n", ""),
+                    Ok(Some(lacks)) => text += &format!("{:<14} lacks: {lacks}\n", ""),
+                    Ok(None) => {}
                 }
             }
         }

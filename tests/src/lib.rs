@@ -76,6 +76,19 @@ pub fn try_poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// How Sonde names drops for `reason` on the running kernel: the reason itself where the
+/// kernel has it (kfree_skb passes reasons from Linux 5.17), else `NOT_SPECIFIED`.
+pub fn drop_reason(reason: &'static str) -> &'static str {
+    let known = ebpf_core::btf::drop_reasons()
+        .map(|names| names.values().any(|n| n == reason))
+        .unwrap_or(false);
+    if known {
+        reason
+    } else {
+        "NOT_SPECIFIED"
+    }
+}
+
 /// A suffix no other test of this run (nor, very likely, of an earlier crashed run) uses:
 /// pid, a per-process counter and a few bits of the clock.
 pub fn unique_suffix() -> String {

@@ -1,12 +1,12 @@
 //! packet_drop: UDP datagrams dropped by an iptables rule in pod B are counted exactly, with
-//! reason NETFILTER_DROP, and reported as events with their 5-tuple and drop location.
+//! reason NETFILTER_DROP (NOT_SPECIFIED on kernels without drop reasons), and reported as events with their 5-tuple and drop location.
 
 use std::net::SocketAddr;
 
 use serde_json::json;
 use sonde_tests::{
-    field_ip, field_str, field_u64, send_udp, Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT,
-    SETTLE_TIMEOUT,
+    drop_reason, field_ip, field_str, field_u64, send_udp, Agent, AgentConfig, IpFamily, PodPair,
+    READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9999;
@@ -30,7 +30,8 @@ fn udp_into_drop_rule(family: IpFamily) {
     let agent = Agent::spawn(&AgentConfig::default());
     agent.wait_ready(READY_TIMEOUT);
 
-    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    let reason = drop_reason("NETFILTER_DROP");
+    let labels = [("pod", pods.b.name()), ("reason", reason)];
     let baseline = agent.metric(DROPS, &labels).unwrap_or(0.0);
     let dst = SocketAddr::new(pods.b_end.ip(family), PORT);
     let sport = send_udp(&pods.a, pods.a_end.ip(family), dst, DATAGRAMS);
@@ -43,7 +44,7 @@ fn udp_into_drop_rule(family: IpFamily) {
         "{DROPS}{labels:?} after {DATAGRAMS} drops"
     );
 
-    let related = json!({"type": "packet_drop", "pod": pods.b.name(), "reason": "NETFILTER_DROP"});
+    let related = json!({"type": "packet_drop", "pod": pods.b.name(), "reason": reason});
     agent.wait_for_event(
         SETTLE_TIMEOUT,
         &format!("a packet_drop event for UDP {sport} -> {dst}"),

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use serde_json::json;
 use sonde_tests::{
-    field_ip, field_u64, refused_connects, Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT,
-    SETTLE_TIMEOUT,
+    drop_reason, field_ip, field_u64, refused_connects, Agent, AgentConfig, IpFamily, PodPair,
+    READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const CLOSED_PORT: u16 = 7777;
@@ -22,7 +22,7 @@ fn connects_to_closed_port() {
 
     let sent = [("pod", pods.b.name()), ("direction", "sent")];
     let received = [("pod", pods.a.name()), ("direction", "received")];
-    let no_socket = [("pod", pods.b.name()), ("reason", "NO_SOCKET")];
+    let no_socket = [("pod", pods.b.name()), ("reason", drop_reason("NO_SOCKET"))];
     let series = [(RESETS, &sent), (RESETS, &received), (DROPS, &no_socket)];
     let baselines: Vec<f64> = series
         .iter()

@@ -419,6 +419,9 @@ pub struct ProbeStatus {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a running probe: what it lacks on this kernel (an older program had to do).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     /// For a running probe with TC hooks: the interfaces it is attached to now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,
@@ -579,6 +582,9 @@ impl Probes {
     ) -> Result<Running, ProbeError> {
         let mut probe = loader.load(driver.spec, btf, &settings)?;
         let name = driver.spec.name;
+        if let Some(lacks) = probe.degraded() {
+            tracing::warn!(probe = name, lacks, "probe runs degraded on this kernel");
+        }
         let interfaces = match probe.tc_target()? {
             Some(target) => Some(
                 interfaces::InterfaceWatch::start(name, target, tc_interfaces(name, &self.config))
@@ -736,7 +742,9 @@ impl Probes {
             .map(|d| {
                 let name = d.spec.name;
                 let mut interfaces = None;
+                let mut degraded = None;
                 let (state, error) = if let Some(r) = self.running.get(name) {
+                    degraded = r.probe.degraded().map(str::to_string);
                     // An interface the programs could not attach to is said, the probe runs.
                     let attached = r.interfaces.as_ref().map(|w| w.attached());
                     let error = attached.as_ref().and_then(|(_, e)| e.clone());
@@ -753,6 +761,7 @@ impl Probes {
                     hooks: d.spec.hooks.iter().map(ToString::to_string).collect(),
                     state,
                     error,
+                    degraded,
                     interfaces,
                 }
             })

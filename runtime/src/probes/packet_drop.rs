@@ -61,6 +61,10 @@ fn reasons() -> &'static HashMap<u32, Arc<str>> {
 }
 
 fn reason_name(reason: u32) -> Arc<str> {
+    if reason == ebpf_core::packet_drop::NO_REASON {
+        // A kernel whose kfree_skb passes no reason (before 5.17).
+        return Arc::from("NOT_SPECIFIED");
+    }
     reasons()
         .get(&reason)
         .cloned()
