@@ -19,13 +19,22 @@ struct request___old {
 	struct gendisk *rq_disk;
 } __attribute__((preserve_access_index));
 
-static __always_inline struct gendisk *request_disk(struct request *rq)
+/* The whole disk's dev_t of a request, as the tracepoint itself names the device. A pointer
+ * read with BPF_CORE_READ is a plain number to the verifier (5.10 refused `disk->major` after
+ * the old-layout read: "R1 invalid mem access"), so the disk's fields are read the same way. */
+static __always_inline __u32 request_dev(struct request *rq)
 {
 	struct request___old *old = (void *)rq;
+	struct gendisk *disk;
 
 	if (bpf_core_field_exists(old->rq_disk))
-		return BPF_CORE_READ(old, rq_disk);
-	return rq->q->disk;
+		disk = BPF_CORE_READ(old, rq_disk);
+	else
+		disk = rq->q->disk;
+	if (!disk)
+		return 0;
+	return (__u32)BPF_CORE_READ(disk, major) << MINORBITS_ |
+	       (__u32)BPF_CORE_READ(disk, first_minor);
 }
 
 struct {
@@ -56,7 +65,6 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 {
 	__u64 key = (__u64)rq, now = bpf_ktime_get_ns(), *issued, ns, slow_ns;
 	struct io_latency_key k = {};
-	struct gendisk *disk;
 	struct io_latency_event *e;
 	struct sonde_config *cfg;
 	__u32 op;
@@ -68,10 +76,7 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 	bpf_map_delete_elem(&inflight, &key);
 	if ((__s64)ns < 0)
 		return 0;
-	/* As the tracepoint itself names the device: the whole disk's dev_t. */
-	disk = request_disk(rq);
-	if (disk)
-		k.dev = (__u32)disk->major << MINORBITS_ | (__u32)disk->first_minor;
+	k.dev = request_dev(rq);
 	op = rq->cmd_flags & REQ_OP_MASK_;
 	k.op = op == REQ_OP_READ ? IO_OP_READ : op == REQ_OP_WRITE ? IO_OP_WRITE : IO_OP_OTHER;
 	k.kind = IO_KIND_BUCKET;

@@ -37,6 +37,10 @@ pub struct Hook {
     /// Programs for kernels whose tracepoint passes fewer arguments than `program` reads,
     /// newest first (a tp_btf program may not read an argument its kernel does not pass).
     pub older: &'static [OlderProgram],
+    /// For a hook the probe can do without: what it lacks on a kernel that does not have the
+    /// tracepoint (or passes too few arguments for any of its programs), as `sonde probes`
+    /// says. A hook without it is required.
+    pub optional: Option<&'static str>,
 }
 
 /// A program of a hook for older kernels, whose tracepoint passes fewer arguments.
@@ -87,6 +91,16 @@ impl Hook {
             },
             args: 0,
             older: &[],
+            optional: None,
+        }
+    }
+
+    /// The same hook, which the probe can do without on kernels that lack it, lacking
+    /// `lacks` there.
+    pub const fn optional(self, lacks: &'static str) -> Hook {
+        Hook {
+            optional: Some(lacks),
+            ..self
         }
     }
 
@@ -131,6 +145,7 @@ impl Hook {
             point: HookPoint::Tc(direction),
             args: 0,
             older: &[],
+            optional: None,
         }
     }
 

@@ -157,8 +157,9 @@ impl ProbeSettings {
 /// A probe loaded into the kernel and attached; dropping it detaches and unloads it.
 pub struct LoadedProbe {
     pub spec: &'static ProbeSpec,
-    /// The program loaded for each hook of the spec (an older one on an older kernel).
-    programs: Vec<&'static str>,
+    /// The program loaded for each hook of the spec (an older one on an older kernel; none
+    /// for an optional hook this kernel lacks).
+    programs: Vec<Option<&'static str>>,
     /// What the probe lacks on this kernel, when an older program had to do.
     degraded: Option<String>,
     ebpf: Ebpf,
@@ -214,7 +215,9 @@ pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
                 tracepoint,
             } => {
                 let name = format!("btf_trace_{tracepoint}");
-                if btf.id_by_type_name_kind(&name, BtfKind::Typedef).is_err() {
+                if hook.optional.is_none()
+                    && btf.id_by_type_name_kind(&name, BtfKind::Typedef).is_err()
+                {
                     return Err(ProbeError::MissingHook {
                         category,
                         tracepoint,
@@ -295,6 +298,7 @@ impl<'btf> ProbeLoader<'btf> {
         probe.configure(settings)?;
         // TC programs are attached per interface by the agent (see `LoadedProbe::tc_target`).
         for (hook, name) in spec.hooks.iter().zip(probe.programs.clone()) {
+            let Some(name) = name else { continue };
             if let HookPoint::TpBtf { .. } = hook.point {
                 program::<BtfTracePoint>(&mut probe.ebpf, name)?
                     .attach()
@@ -311,7 +315,10 @@ impl<'btf> ProbeLoader<'btf> {
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
         check_hooks(spec, btf)?;
-        let by_args = spec.hooks.iter().any(|h| !h.older.is_empty());
+        let by_args = spec
+            .hooks
+            .iter()
+            .any(|h| !h.older.is_empty() || h.optional.is_some());
         let types = if spec.requires.is_empty() && !by_args {
             None
         } else {
@@ -340,6 +347,7 @@ impl<'btf> ProbeLoader<'btf> {
             }
         })?;
         for (hook, &name) in spec.hooks.iter().zip(&programs) {
+            let Some(name) = name else { continue };
             match hook.point {
                 HookPoint::TpBtf { tracepoint, .. } => program::<BtfTracePoint>(&mut ebpf, name)?
                     .load(tracepoint, btf)
@@ -366,22 +374,39 @@ impl<'btf> ProbeLoader<'btf> {
 fn choose_programs(
     spec: &ProbeSpec,
     types: Option<&TypeIndex>,
-) -> Result<(Vec<&'static str>, Option<String>), ProbeError> {
+) -> Result<(Vec<Option<&'static str>>, Option<String>), ProbeError> {
     let mut programs = Vec::with_capacity(spec.hooks.len());
     let mut degraded: Vec<&str> = Vec::new();
     for hook in spec.hooks {
         let HookPoint::TpBtf { tracepoint, .. } = hook.point else {
-            programs.push(hook.program);
+            programs.push(Some(hook.program));
             continue;
         };
         let args = types.and_then(|t| t.tracepoint_args(tracepoint));
-        let (name, lacks) = hook.program_for(args).ok_or(ProbeError::TracepointArgs {
-            tracepoint,
-            args: args.unwrap_or(0),
-            needed: hook.older.iter().map(|o| o.args).min().unwrap_or(hook.args),
-        })?;
-        programs.push(name);
-        degraded.extend(lacks);
+        let chosen = match (hook.optional, types) {
+            // An optional hook whose tracepoint this kernel does not have.
+            (Some(_), Some(_)) if args.is_none() => None,
+            _ => hook.program_for(args),
+        };
+        match (chosen, hook.optional) {
+            (Some((name, lacks)), _) => {
+                programs.push(Some(name));
+                degraded.extend(lacks);
+            }
+            (None, Some(lacks)) => {
+                programs.push(None);
+                if !degraded.contains(&lacks) {
+                    degraded.push(lacks);
+                }
+            }
+            (None, None) => {
+                return Err(ProbeError::TracepointArgs {
+                    tracepoint,
+                    args: args.unwrap_or(0),
+                    needed: hook.older.iter().map(|o| o.args).min().unwrap_or(hook.args),
+                })
+            }
+        }
     }
     let degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
     Ok((programs, degraded))
@@ -446,7 +471,7 @@ impl LoadedProbe {
     pub fn tc_target(&mut self) -> Result<Option<TcTarget>, ProbeError> {
         let mut programs = Vec::new();
         for (hook, &name) in self.spec.hooks.iter().zip(&self.programs.clone()) {
-            let Some(direction) = hook.tc_direction() else {
+            let (Some(direction), Some(name)) = (hook.tc_direction(), name) else {
                 continue;
             };
             let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
@@ -596,7 +621,7 @@ impl LoadedProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Requirement, CATALOGUE};
+    use crate::{Hook, Requirement, CATALOGUE};
 
     #[test]
     fn the_running_kernel_has_what_every_probe_reads() {
@@ -604,6 +629,53 @@ mod tests {
         for spec in CATALOGUE {
             check_requirements(spec, &types).unwrap_or_else(|e| panic!("{}: {e}", spec.name));
         }
+    }
+
+    #[test]
+    fn kfree_skb_program_follows_the_kernels_arguments() {
+        let hook = &crate::packet_drop::SPEC.hooks[0];
+        assert_eq!(hook.program_for(Some(4)), Some(("packet_drop", None)));
+        assert_eq!(hook.program_for(Some(5)), Some(("packet_drop", None)));
+        assert_eq!(
+            hook.program_for(Some(3)),
+            Some(("packet_drop_reason", None))
+        );
+        let (name, lacks) = hook.program_for(Some(2)).unwrap();
+        assert_eq!(name, "packet_drop_noreason");
+        assert!(lacks.unwrap().contains("NOT_SPECIFIED"));
+        assert_eq!(hook.program_for(Some(1)), None);
+        // Unknown arity (no kernel types read): the newest program.
+        assert_eq!(hook.program_for(None), Some(("packet_drop", None)));
+    }
+
+    #[test]
+    fn an_optional_hook_the_kernel_lacks_is_left_out_and_said() {
+        const SPEC: ProbeSpec = ProbeSpec {
+            name: "test",
+            description: "",
+            hooks: &[
+                Hook::tp_btf("always", "skb", "kfree_skb"),
+                Hook::tp_btf("never", "none", "sonde_no_such_tracepoint").optional("lacks x"),
+                Hook::tp_btf_by_args("too_new", "skb", "kfree_skb", 9, &[]).optional("lacks x"),
+            ],
+            requires: &[],
+            counter_map: "",
+            object: &[],
+        };
+        let types = TypeIndex::kernel().unwrap();
+        let (programs, degraded) = choose_programs(&SPEC, Some(&types)).unwrap();
+        assert_eq!(programs, vec![Some("always"), None, None]);
+        assert_eq!(degraded.as_deref(), Some("lacks x"));
+        // Required, it is an error naming the tracepoint.
+        const REQUIRED: ProbeSpec = ProbeSpec {
+            hooks: &[Hook::tp_btf_by_args("too_new", "skb", "kfree_skb", 9, &[])],
+            ..SPEC
+        };
+        let e = choose_programs(&REQUIRED, Some(&types)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("tracepoint kfree_skb passes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,8 +11,11 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     hooks: &[
         Hook::tp_btf("socklat_arrive", "net", "netif_receive_skb"),
         Hook::tp_btf("socklat_tcp_read", "skb", "skb_copy_datagram_iovec"),
-        Hook::tp_btf("socklat_udp_queued", "sock", "sk_data_ready"),
-        Hook::tp_btf("socklat_udp_read", "sock", "sock_recv_length"),
+        // UDP is timed from the queueing to the read; kernels without these tracepoints (6.1
+        // and older have no sk_data_ready) time TCP only.
+        Hook::tp_btf("socklat_udp_queued", "sock", "sk_data_ready").optional(UDP_UNTIMED),
+        Hook::tp_btf_by_args("socklat_udp_read", "sock", "sock_recv_length", 3, &[])
+            .optional(UDP_UNTIMED),
         Hook::tp_btf("socklat_rcvqueue_full", "sock", "sock_rcvqueue_full"),
         Hook::tp_btf("socklat_udp_rcvbuf_full", "udp", "udp_fail_queue_rcv_skb"),
         Hook::tp_btf("socklat_exceed_buf_limit", "sock", "sock_exceed_buf_limit"),
@@ -31,15 +34,15 @@ pub const SPEC: ProbeSpec = ProbeSpec {
                 tracepoint: "sock_exceed_buf_limit",
                 args: 4,
             },
-            Requirement::TracepointArgs {
-                tracepoint: "sock_recv_length",
-                args: 3,
-            },
         ],
     ],
     counter_map: "sockets",
     object: aya::include_bytes_aligned!("socket_latency.bpf.o"),
 };
+
+/// What socket_latency lacks on a kernel without the UDP tracepoints.
+const UDP_UNTIMED: &str = "UDP reads are not timed: this kernel has no sock/sk_data_ready or \
+     sock/sock_recv_length tracepoint (TCP reads and overflows are)";
 
 pub const KIND_BUCKET: u8 = 0;
 pub const KIND_SUM: u8 = 1;

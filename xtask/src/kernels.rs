@@ -109,6 +109,7 @@ const MODULES: &[&str] = &[
     "loop",
     "nf_tables",
     "nft_compat",
+    "nft_counter",
     "xt_statistic",
     "xt_tcpudp",
     "nf_reject_ipv4",
@@ -675,14 +676,15 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
         fs::create_dir_all(tree.join(d)).map_err(|e| e.to_string())?;
     }
     // busybox and its applets (`ip` and `iptables` come from the host instead).
-    fs::copy(busybox()?, tree.join("bin/busybox")).map_err(|e| e.to_string())?;
+    let busybox = busybox()?;
+    fs::copy(&busybox, tree.join("bin/busybox")).map_err(|e| e.to_string())?;
     let applets = sh(Command::new(tree.join("bin/busybox")).arg("--list"))?;
     for applet in applets.lines() {
         if !matches!(applet, "busybox" | "ip" | "iptables" | "ip6tables") {
             let _ = std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet));
         }
     }
-    let mut executables = vec![bins.sonde.clone()];
+    let mut executables = vec![bins.sonde.clone(), busybox];
     fs::copy(&bins.sonde, tree.join("bin/sonde")).map_err(|e| e.to_string())?;
     let mut tests = Vec::new();
     for t in TESTS {
