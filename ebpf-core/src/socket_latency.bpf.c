@@ -221,17 +221,32 @@ int BPF_PROG(socklat_rcvqueue_full, struct sock *sk, struct sk_buff *skb)
 	return 0;
 }
 
-SEC("tp_btf/udp_fail_queue_rcv_skb")
-int BPF_PROG(socklat_udp_rcvbuf_full, int rc, struct sock *sk, struct sk_buff *skb)
+/* udp_fail_queue_rcv_skb passes the datagram too on newer kernels (6.12 does, 5.10 passes
+ * only rc and sk); without it the datagram's arrival stays in `arrivals` until the LRU
+ * evicts it. */
+static __always_inline int rcvbuf_full(int rc, struct sock *sk, struct sk_buff *skb)
 {
 	__u64 key = (__u64)skb;
 
 	/* -ENOBUFS is a protocol memory limit, already seen by sock_exceed_buf_limit. */
 	if (rc != -ENOMEM_ || !sk)
 		return 0;
-	bpf_map_delete_elem(&arrivals, &key);
+	if (skb)
+		bpf_map_delete_elem(&arrivals, &key);
 	count(sonde_sk_netns(sk), SOCKLAT_KIND_RCVQUEUE_FULL);
 	return 0;
+}
+
+SEC("tp_btf/udp_fail_queue_rcv_skb")
+int BPF_PROG(socklat_udp_rcvbuf_full, int rc, struct sock *sk, struct sk_buff *skb)
+{
+	return rcvbuf_full(rc, sk, skb);
+}
+
+SEC("tp_btf/udp_fail_queue_rcv_skb")
+int BPF_PROG(socklat_udp_rcvbuf_full_noskb, int rc, struct sock *sk)
+{
+	return rcvbuf_full(rc, sk, NULL);
 }
 
 SEC("tp_btf/sock_exceed_buf_limit")

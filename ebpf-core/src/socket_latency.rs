@@ -3,7 +3,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::{requires, Hook, ProbeSpec, Requirement};
+use crate::{requires, Hook, OlderProgram, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "socket_latency",
@@ -17,7 +17,17 @@ pub const SPEC: ProbeSpec = ProbeSpec {
         Hook::tp_btf_by_args("socklat_udp_read", "sock", "sock_recv_length", 3, &[])
             .optional(UDP_UNTIMED),
         Hook::tp_btf("socklat_rcvqueue_full", "sock", "sock_rcvqueue_full"),
-        Hook::tp_btf("socklat_udp_rcvbuf_full", "udp", "udp_fail_queue_rcv_skb"),
+        Hook::tp_btf_by_args(
+            "socklat_udp_rcvbuf_full",
+            "udp",
+            "udp_fail_queue_rcv_skb",
+            3,
+            &[OlderProgram {
+                args: 2,
+                program: "socklat_udp_rcvbuf_full_noskb",
+                degraded: None,
+            }],
+        ),
         Hook::tp_btf("socklat_exceed_buf_limit", "sock", "sock_exceed_buf_limit"),
     ],
     requires: &[

@@ -92,6 +92,11 @@ pub const TESTS: &[MatrixTest] = &[
         "tcp_connect",
     ),
     test(
+        "io_latency",
+        "direct_io_is_timed_per_request_on_its_device",
+        "io_latency",
+    ),
+    test(
         "flow",
         "ipv4_transfer_is_counted_once_with_pod_labels",
         "flow",
@@ -116,13 +121,18 @@ const MODULES: &[&str] = &[
     "nf_reject_ipv6",
 ];
 
-/// Tools the tests run, copied into the guest with the libraries they link.
+/// Tools the tests run, copied into the guest with the libraries they link (promtool: the
+/// tests check the exposition they read).
 const TOOLS: &[(&str, &[&str])] = &[
     ("/usr/sbin/ip", &["ip"]),
     (
         "/usr/sbin/xtables-nft-multi",
         &["iptables", "ip6tables", "xtables-nft-multi"],
     ),
+    ("/usr/bin/promtool", &["promtool"]),
+    // Loop devices with a sector size, and direct I/O, as the io_latency tests make them.
+    ("/usr/sbin/losetup", &["losetup"]),
+    ("/usr/bin/dd", &["dd"]),
 ];
 const XTABLES_PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
@@ -701,7 +711,7 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
     }
     for (tool, names) in TOOLS {
         let real = fs::canonicalize(tool)
-            .map_err(|e| format!("{tool}: {e} (install iproute2 and iptables)"))?;
+            .map_err(|e| format!("{tool}: {e} (install iproute2, iptables and prometheus)"))?;
         copy_into(&tree, &real)?;
         for name in *names {
             let link = tree.join("usr/sbin").join(name);
@@ -778,7 +788,16 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
         // One host thread runs both vCPUs: with a thread per vCPU, 6.12 took an int3 Oops in
         // handle_softirqs when tracepoints were switched on while the other vCPU ran the code
         // being patched (cross-modifying code under multi-threaded TCG).
-        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2", "-m", "3072"])
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "3072",
+        ])
         .args(["-nographic", "-no-reboot", "-nodefaults"])
         .arg("-kernel")
         .arg(&unpacked.vmlinuz)
