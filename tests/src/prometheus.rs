@@ -92,6 +92,34 @@ fn parse_sample(line: &str) -> Option<Sample<'_>> {
     })
 }
 
+/// Panics unless `promtool check metrics` accepts the exposition `body` without a remark.
+#[track_caller]
+pub fn assert_promtool_clean(body: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run promtool (apt-get install prometheus): {e}"));
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool finished");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,32 +150,4 @@ sonde_build_info 1
         assert_eq!(metric_value(TEXT, "sonde_build_info", &[]), Some(1.0));
         assert_eq!(metric_value(TEXT, "sonde_build", &[]), None);
     }
-}
-
-/// Panics unless `promtool check metrics` accepts the exposition `body` without a remark.
-#[track_caller]
-pub fn assert_promtool_clean(body: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool (apt-get install prometheus): {e}"));
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .expect("feed promtool");
-    let out = promtool.wait_with_output().expect("promtool finished");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -60,16 +60,27 @@ fn rcodes_are_counted_per_pod() {
     let dst = SocketAddr::new(server.ip(IpFamily::V4), 53);
     let wait = Duration::from_secs(5);
     for id in 0..N {
-        assert_eq!(udp_query(client.name(), dst, 100 + id, "ok.sonde.test", wait), Some(0));
+        assert_eq!(
+            udp_query(client.name(), dst, 100 + id, "ok.sonde.test", wait),
+            Some(0)
+        );
     }
     for id in 0..NX {
-        assert_eq!(udp_query(client.name(), dst, 200 + id, "nx.sonde.test", wait), Some(3));
+        assert_eq!(
+            udp_query(client.name(), dst, 200 + id, "nx.sonde.test", wait),
+            Some(3)
+        );
     }
     let ok = [("pod", client.name()), ("rcode", "NOERROR")];
     let nx = [("pod", client.name()), ("rcode", "NXDOMAIN")];
     agent.wait_metric_eq(RESPONSES, &ok, N as f64, SETTLE_TIMEOUT);
     agent.wait_metric_eq(RESPONSES, &nx, NX as f64, SETTLE_TIMEOUT);
-    agent.wait_metric_eq(COUNT, &[("pod", client.name())], (N + NX) as f64, SETTLE_TIMEOUT);
+    agent.wait_metric_eq(
+        COUNT,
+        &[("pod", client.name())],
+        (N + NX) as f64,
+        SETTLE_TIMEOUT,
+    );
 }
 
 /// Waits until the agent's dns probe is attached to both pods' host-side interfaces.

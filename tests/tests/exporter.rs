@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use sonde_tests::{
-    assert_promtool_clean, bulk_transfer, free_local_addr, send_udp, sonde_bin, Agent,
-    AgentConfig, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
+    assert_promtool_clean, bulk_transfer, free_local_addr, send_udp, sonde_bin, Agent, AgentConfig,
+    IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 /// `sonde run` on its embedded default config (the README's command) becomes ready: every

@@ -124,7 +124,7 @@ fn ipv6_transfer_is_counted_once_with_pod_labels() {
 fn interfaces_are_attached_as_they_come_and_detached_as_they_go() {
     let mut node = NodePods::new(1);
     let pattern = node.interface_pattern();
-    let agent = Agent::spawn_yaml(&agent_yaml(&[pattern.clone()], 65536));
+    let agent = Agent::spawn_yaml(&agent_yaml(std::slice::from_ref(&pattern), 65536));
     agent.wait_ready(READY_TIMEOUT);
     let first = node.pods[0].host_if.clone();
     wait_attached(&agent, &[&first]);

@@ -740,7 +740,8 @@ fn latency_events_reach_plugins_typed_and_packed_alike() {
     send_udp(&pods.a, a_ip, SocketAddr::new(b_ip, PORT), DATAGRAMS);
     disk.dd(true, BLOCKS);
 
-    let metrics_of = |delivery: &str, keep: &dyn Fn(&[(String, String)]) -> bool| {
+    type Keep<'a> = &'a dyn Fn(&[(String, String)]) -> bool;
+    let metrics_of = |delivery: &str, keep: Keep| {
         let text = agent.metrics();
         let mut fields = metric_series(&text, &format!("sonde_test_{delivery}_total"));
         fields.retain(|(l, _)| keep(l));

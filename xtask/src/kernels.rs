@@ -91,7 +91,11 @@ pub const TESTS: &[MatrixTest] = &[
         "refused_connects_are_counted_by_cause",
         "tcp_connect",
     ),
-    test("flow", "ipv4_transfer_is_counted_once_with_pod_labels", "flow"),
+    test(
+        "flow",
+        "ipv4_transfer_is_counted_once_with_pod_labels",
+        "flow",
+    ),
     test("dns", "rcodes_are_counted_per_pod", "dns"),
 ];
 
@@ -179,7 +183,13 @@ pub fn run(root: &Path, target: &Path, args: Vec<String>) -> Result<(), String> 
     let mut reports: Vec<(Option<&Kernel>, Option<Report>)> = Vec::new();
     let mut missing = Vec::new();
     let debs = if KERNELS.iter().any(|k| wanted(k.name)) {
-        fetch(&work, &KERNELS.iter().filter(|k| wanted(k.name)).collect::<Vec<_>>())
+        fetch(
+            &work,
+            &KERNELS
+                .iter()
+                .filter(|k| wanted(k.name))
+                .collect::<Vec<_>>(),
+        )
     } else {
         BTreeMap::new()
     };
@@ -197,7 +207,10 @@ pub fn run(root: &Path, target: &Path, args: Vec<String>) -> Result<(), String> 
             reports.push((Some(kernel), None));
             continue;
         };
-        eprintln!("== kernel {} ({} {})", kernel.name, kernel.package, kernel.version);
+        eprintln!(
+            "== kernel {} ({} {})",
+            kernel.name, kernel.package, kernel.version
+        );
         let report = boot(&work.join(kernel.name), deb, &bins)?;
         summarize(kernel.name, &report);
         reports.push((Some(kernel), Some(report)));
@@ -255,8 +268,16 @@ fn compared(doc: &str) -> &str {
 }
 
 fn summarize(kernel: &str, report: &Report) {
-    let passed = report.tests.values().filter(|o| **o == Outcome::Passed).count();
-    let failed = report.tests.values().filter(|o| **o == Outcome::Failed).count();
+    let passed = report
+        .tests
+        .values()
+        .filter(|o| **o == Outcome::Passed)
+        .count();
+    let failed = report
+        .tests
+        .values()
+        .filter(|o| **o == Outcome::Failed)
+        .count();
     eprintln!(
         "== kernel {kernel} ({}): {} of {} probes load, tests {passed} passed, {failed} failed, \
          {} skipped, {} s",
@@ -314,10 +335,9 @@ fn build(root: &Path) -> Result<Binaries, String> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if let (Some(name), Some(exe)) = (
-            msg["target"]["name"].as_str(),
-            msg["executable"].as_str(),
-        ) {
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
             if targets.contains(&name) {
                 tests.insert(name.to_string(), PathBuf::from(exe));
             }
@@ -328,7 +348,10 @@ fn build(root: &Path) -> Result<Binaries, String> {
         sonde
     } else {
         // A CARGO_TARGET_DIR elsewhere: beside the test executables' deps/ folder.
-        let exe = tests.values().next().ok_or("cargo built no test executable")?;
+        let exe = tests
+            .values()
+            .next()
+            .ok_or("cargo built no test executable")?;
         exe.parent()
             .and_then(Path::parent)
             .map(|p| p.join("sonde"))
@@ -340,7 +363,10 @@ fn build(root: &Path) -> Result<Binaries, String> {
 fn apt_options(work: &Path) -> Vec<String> {
     let apt = work.join("apt");
     vec![
-        format!("-oDir::Etc::SourceList={}", apt.join("sources.list").display()),
+        format!(
+            "-oDir::Etc::SourceList={}",
+            apt.join("sources.list").display()
+        ),
         "-oDir::Etc::SourceParts=/dev/null".into(),
         format!("-oDir::State::Lists={}", apt.join("lists").display()),
         format!("-oDir::Cache={}", apt.join("cache").display()),
@@ -398,7 +424,10 @@ fn fetch(work: &Path, kernels: &[&Kernel]) -> BTreeMap<String, PathBuf> {
         // The pinned build has left the archive: take the suite's current one, loudly.
         let meta = Command::new("apt-cache")
             .args(&opts)
-            .args(["depends", &format!("linux-image-cloud-amd64/{}", kernel.suite)])
+            .args([
+                "depends",
+                &format!("linux-image-cloud-amd64/{}", kernel.suite),
+            ])
             .output();
         let current = meta.ok().and_then(|o| {
             String::from_utf8_lossy(&o.stdout)
@@ -430,7 +459,10 @@ fn apt_update(work: &Path) -> Result<(), String> {
     }
     let mut sources = String::new();
     for suite in ["bullseye", "bookworm", "trixie"] {
-        for (archive, s) in [("debian", suite.to_string()), ("debian-security", format!("{suite}-security"))] {
+        for (archive, s) in [
+            ("debian", suite.to_string()),
+            ("debian-security", format!("{suite}-security")),
+        ] {
             let _ = writeln!(
                 sources,
                 "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
@@ -487,7 +519,11 @@ fn unpack(dir: &Path, deb: &Path) -> Result<Unpacked, String> {
         .map_err(|e| format!("{}: {e}", root.join("boot").display()))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .ok_or_else(|| format!("{} has no vmlinuz", deb.display()))?;
     let release = vmlinuz
         .file_name()
@@ -501,8 +537,16 @@ fn unpack(dir: &Path, deb: &Path) -> Result<Unpacked, String> {
     } else {
         root.clone()
     };
-    if !modules_base.join("lib/modules").join(&release).join("modules.dep").exists() {
-        sh(Command::new("depmod").arg("-b").arg(&modules_base).arg(&release))?;
+    if !modules_base
+        .join("lib/modules")
+        .join(&release)
+        .join("modules.dep")
+        .exists()
+    {
+        sh(Command::new("depmod")
+            .arg("-b")
+            .arg(&modules_base)
+            .arg(&release))?;
     }
     Ok(Unpacked {
         vmlinuz,
@@ -602,9 +646,9 @@ fn init_script(tests: &[(String, &MatrixTest)]) -> String {
     for (exe, t) in tests {
         let id = format!("{}::{}", t.target, t.name);
         if let Some(probe) = t.probe {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "if echo \"$down\" | grep -qx {probe}; then echo '@@ test {id} skip {probe}' > $r; else\n"
+                "if echo \"$down\" | grep -qx {probe}; then echo '@@ test {id} skip {probe}' > $r; else"
             );
         }
         let _ = writeln!(
@@ -628,7 +672,10 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
     let unpacked = unpack(dir, deb)?;
     let tree = dir.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root", "modules", "tests", "etc"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "root",
+        "modules", "tests", "etc",
+    ] {
         fs::create_dir_all(tree.join(d)).map_err(|e| e.to_string())?;
     }
     // busybox and its applets (`ip` and `iptables` come from the host instead).
@@ -655,7 +702,8 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
         tests.push((name, t));
     }
     for (tool, names) in TOOLS {
-        let real = fs::canonicalize(tool).map_err(|e| format!("{tool}: {e} (install iproute2 and iptables)"))?;
+        let real = fs::canonicalize(tool)
+            .map_err(|e| format!("{tool}: {e} (install iproute2 and iptables)"))?;
         copy_into(&tree, &real)?;
         for name in *names {
             let link = tree.join("usr/sbin").join(name);
@@ -679,19 +727,31 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
             copy_into(&tree, Path::new(f))?;
         }
     }
-    fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
+    fs::write(
+        tree.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .map_err(|e| e.to_string())?;
+    fs::write(tree.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")
         .map_err(|e| e.to_string())?;
-    fs::write(tree.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").map_err(|e| e.to_string())?;
     let mut order = String::new();
     for (i, module) in module_closure(&unpacked)?.iter().enumerate() {
         let name = format!("{i:02}-{}.ko", module_name(module));
         let dest = tree.join("modules").join(&name);
         let ext = module.extension().and_then(|e| e.to_str()).unwrap_or("");
         match ext {
-            "xz" => sh(Command::new("sh").arg("-c").arg(format!("xz -dc '{}' > '{}'", module.display(), dest.display())))
-                .map(|_| ())?,
-            "zst" => sh(Command::new("sh").arg("-c").arg(format!("zstd -qdc '{}' > '{}'", module.display(), dest.display())))
-                .map(|_| ())?,
+            "xz" => sh(Command::new("sh").arg("-c").arg(format!(
+                "xz -dc '{}' > '{}'",
+                module.display(),
+                dest.display()
+            )))
+            .map(|_| ())?,
+            "zst" => sh(Command::new("sh").arg("-c").arg(format!(
+                "zstd -qdc '{}' > '{}'",
+                module.display(),
+                dest.display()
+            )))
+            .map(|_| ())?,
             _ => {
                 fs::copy(module, &dest).map_err(|e| format!("{}: {e}", module.display()))?;
             }
@@ -732,7 +792,9 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86): {e}"))?;
+        .map_err(|e| {
+            format!("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86): {e}")
+        })?;
     let deadline = Instant::now() + VM_TIMEOUT;
     let mut shown = 0;
     loop {
@@ -762,7 +824,11 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
     }
     let text = fs::read_to_string(&report).unwrap_or_default();
     let mut report = parse_report(&text, TESTS).map_err(|e| {
-        format!("kernel {}: {e}; console in {}", unpacked.release, console.display())
+        format!(
+            "kernel {}: {e}; console in {}",
+            unpacked.release,
+            console.display()
+        )
     })?;
     report.seconds = started.elapsed().as_secs();
     if report.tests.values().any(|o| *o == Outcome::Failed) {
@@ -772,7 +838,10 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
 }
 
 fn module_name(path: &Path) -> String {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("module");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("module");
     name.split(".ko").next().unwrap_or(name).to_string()
 }
 
@@ -834,7 +903,9 @@ pub fn parse_report(text: &str, tests: &[MatrixTest]) -> Result<Report, String> 
 fn parse_probes(json: &str) -> Result<Vec<ProbeState>, String> {
     let v: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| format!("`sonde probes --output json` gave no JSON ({e}): {json}"))?;
-    let rows = v.as_array().ok_or("`sonde probes --output json` is not a list")?;
+    let rows = v
+        .as_array()
+        .ok_or("`sonde probes --output json` is not a list")?;
     Ok(rows
         .iter()
         .map(|r| ProbeState {
@@ -850,7 +921,9 @@ fn parse_probes(json: &str) -> Result<Vec<ProbeState>, String> {
 fn on_host(bins: &Binaries) -> Result<Report, String> {
     let started = Instant::now();
     let release = sh(Command::new("uname").arg("-r"))?.trim().to_string();
-    let probes = parse_probes(&sh(Command::new(&bins.sonde).args(["probes", "--output", "json"]))?)?;
+    let probes = parse_probes(&sh(
+        Command::new(&bins.sonde).args(["probes", "--output", "json"])
+    )?)?;
     let mut tests = BTreeMap::new();
     for t in TESTS {
         let id = format!("{}::{}", t.target, t.name);
@@ -941,7 +1014,11 @@ pub fn render(reports: &[(Option<&Kernel>, Option<Report>)]) -> String {
     for name in &names {
         let cells: Vec<String> = debian
             .iter()
-            .map(|(_, r)| cell(&probe_cell(r.and_then(|r| r.probes.iter().find(|p| &p.name == name)))))
+            .map(|(_, r)| {
+                cell(&probe_cell(
+                    r.and_then(|r| r.probes.iter().find(|p| &p.name == name)),
+                ))
+            })
             .collect();
         let _ = writeln!(s, "| `{name}` | {} |", cells.join(" | "));
     }
@@ -959,7 +1036,11 @@ pub fn render(reports: &[(Option<&Kernel>, Option<Report>)]) -> String {
     s += HOST_MARK;
     s += "\n## This host\n\n";
     if let Some((_, Some(host))) = reports.iter().find(|(k, _)| k.is_none()) {
-        let _ = writeln!(s, "Kernel `{}`, where `cargo xtask kernels` last ran.\n", host.release);
+        let _ = writeln!(
+            s,
+            "Kernel `{}`, where `cargo xtask kernels` last ran.\n",
+            host.release
+        );
         s += "| | |\n|---|---|\n";
         for name in &names {
             let p = host.probes.iter().find(|p| &p.name == name);
@@ -1012,7 +1093,10 @@ mod tests {
         assert_eq!(r.probes.len(), 2);
         assert_eq!(r.probes[1].degraded.as_deref(), Some("clsact"));
         assert_eq!(r.tests["a::one"], Outcome::Passed);
-        assert_eq!(r.tests["b::two"], Outcome::Skipped("flow cannot load".into()));
+        assert_eq!(
+            r.tests["b::two"],
+            Outcome::Skipped("flow cannot load".into())
+        );
         assert_eq!(r.tests["c::three"], Outcome::Failed);
         let unfinished = REPORT.replace("@@ done", "");
         assert!(parse_report(&unfinished, &tests).is_err());
