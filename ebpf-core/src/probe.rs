@@ -14,8 +14,8 @@ use crate::btf::TypeIndex;
 use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
-use crate::tc::{TcTarget, WATCHED_MAP};
-use crate::{Hook, HookPoint, ProbeSpec, Requirement};
+use crate::tc::{kernel_has_tcx, TcAttach, TcMode, TcTarget, WATCHED_MAP};
+use crate::{Hook, HookPoint, ProbeSpec, Requirement, CATALOGUE};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -32,7 +32,8 @@ pub enum ProbeError {
         tracepoint: &'static str,
     },
     #[error(
-        "TC hooks need TCX links (Linux 6.6 or later): this kernel's BTF has no struct tcx_link"
+        "attach: tcx needs TCX links (Linux 6.6 or later) and this kernel's BTF has no struct \
+         tcx_link: use attach: auto or clsact (a clsact qdisc and bpf filters)"
     )]
     NoTcx,
     #[error("{0}")]
@@ -109,6 +110,9 @@ pub struct ProbeSettings {
     /// Entries of the probe's `flows` table, when it has one (0 = as compiled); a change
     /// needs a reload.
     pub table_size: u32,
+    /// How TC programs are attached to interfaces (probes with TC hooks); a change needs a
+    /// reload.
+    pub tc_attach: TcAttach,
 }
 
 impl Default for ProbeSettings {
@@ -121,6 +125,7 @@ impl Default for ProbeSettings {
             ring_buffer_size: 1 << 20,
             params: [0; 4],
             table_size: 0,
+            tc_attach: TcAttach::Auto,
         }
     }
 }
@@ -152,6 +157,9 @@ pub struct LoadedProbe {
     ring_buffer_size: u32,
     table_size: u32,
     params: [u64; 4],
+    tc_attach: TcAttach,
+    /// How its TC programs are attached here (none without TC hooks).
+    tc_mode: Option<TcMode>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
@@ -196,9 +204,15 @@ fn program_error(hook: &Hook, source: ProgramError) -> ProbeError {
     }
 }
 
-/// Checks that every hook of a probe exists in the kernel's BTF: its tracepoint, or TCX
-/// links for TC hooks.
-pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
+/// Checks that every hook of a probe exists in the kernel's BTF (its tracepoint), and returns
+/// how its TC hooks are attached under `attach` (none without TC hooks): the error of `tcx`
+/// on a kernel without TCX links.
+pub fn check_hooks(
+    spec: &ProbeSpec,
+    btf: &Btf,
+    attach: TcAttach,
+) -> Result<Option<TcMode>, ProbeError> {
+    let mut tc_mode = None;
     for hook in spec.hooks {
         match hook.point {
             HookPoint::TpBtf {
@@ -213,17 +227,13 @@ pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
                     });
                 }
             }
-            HookPoint::Tc(_) => {
-                if btf
-                    .id_by_type_name_kind("tcx_link", BtfKind::Struct)
-                    .is_err()
-                {
-                    return Err(ProbeError::NoTcx);
-                }
+            HookPoint::Tc(_) if tc_mode.is_none() => {
+                tc_mode = Some(attach.resolve(kernel_has_tcx(btf))?);
             }
+            HookPoint::Tc(_) => {}
         }
     }
-    Ok(())
+    Ok(tc_mode)
 }
 
 /// Checks that the kernel has everything a probe's programs read ([`ProbeSpec::requires`]);
@@ -265,10 +275,19 @@ impl<'btf> ProbeLoader<'btf> {
     }
 
     /// Loads the probe's programs into the kernel without attaching them: what
-    /// `sonde probes` does to tell whether a probe can run here.
-    pub fn check(&mut self, spec: &'static ProbeSpec, btf: &'btf Btf) -> Result<(), ProbeError> {
-        self.load_programs(spec, btf, &ProbeSettings::default())
-            .map(|_| ())
+    /// `sonde probes` does to tell whether a probe can run here. Returns how its TC programs
+    /// would be attached under `attach` (none without TC hooks).
+    pub fn check(
+        &mut self,
+        spec: &'static ProbeSpec,
+        btf: &'btf Btf,
+        attach: TcAttach,
+    ) -> Result<Option<TcMode>, ProbeError> {
+        let settings = ProbeSettings {
+            tc_attach: attach,
+            ..ProbeSettings::default()
+        };
+        Ok(self.load_programs(spec, btf, &settings)?.tc_mode)
     }
 
     /// Loads, configures and attaches the probe.
@@ -297,7 +316,7 @@ impl<'btf> ProbeLoader<'btf> {
         btf: &'btf Btf,
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
-        check_hooks(spec, btf)?;
+        let tc_mode = check_hooks(spec, btf, settings.tc_attach)?;
         if !spec.requires.is_empty() {
             let types = self
                 .types
@@ -337,6 +356,8 @@ impl<'btf> ProbeLoader<'btf> {
             ring_buffer_size: size,
             table_size: settings.table_size,
             params: [0; 4],
+            tc_attach: settings.tc_attach,
+            tc_mode,
         })
     }
 }
@@ -358,10 +379,12 @@ impl LoadedProbe {
     }
 
     /// Applies settings to the running probe. Returns `false` when they cannot apply live
-    /// (a different ring buffer size) and the probe must be reloaded.
+    /// (a different ring buffer size, table size or TC attach mode) and the probe must be
+    /// reloaded.
     pub fn configure(&mut self, settings: &ProbeSettings) -> Result<bool, ProbeError> {
         if settings.ring_buffer_size != self.ring_buffer_size
             || settings.table_size != self.table_size
+            || settings.tc_attach != self.tc_attach
         {
             return Ok(false);
         }
@@ -391,8 +414,16 @@ impl LoadedProbe {
         self.params
     }
 
+    /// How the probe's TC programs are attached (none without TC hooks).
+    pub fn tc_mode(&self) -> Option<TcMode> {
+        self.tc_mode
+    }
+
     /// What attaching the probe's TC programs to interfaces needs (none without TC hooks).
     pub fn tc_target(&mut self) -> Result<Option<TcTarget>, ProbeError> {
+        let Some(mode) = self.tc_mode else {
+            return Ok(None);
+        };
         let mut programs = Vec::new();
         for hook in self.spec.hooks {
             let Some(direction) = hook.tc_direction() else {
@@ -405,9 +436,12 @@ impl LoadedProbe {
                 .map_err(|source| program_error(hook, source))?;
             programs.push((direction, fd));
         }
-        if programs.is_empty() {
-            return Ok(None);
-        }
+        // Each TC probe prefers its own filter priority, so two never contend for one.
+        let slot = CATALOGUE
+            .iter()
+            .filter(|s| s.hooks.iter().any(|h| h.tc_direction().is_some()))
+            .position(|s| s.name == self.spec.name)
+            .unwrap_or(0) as u16;
         let watched = match self.ebpf.map(WATCHED_MAP) {
             Some(Map::HashMap(data)) => Some(std::sync::Arc::new(
                 data.fd()
@@ -426,7 +460,13 @@ impl LoadedProbe {
             }
             None => None,
         };
-        Ok(Some(TcTarget { programs, watched }))
+        Ok(Some(TcTarget {
+            probe: self.spec.name,
+            mode,
+            slot,
+            programs,
+            watched,
+        }))
     }
 
     /// Takes the probe's event ring buffer, to be drained by the agent.

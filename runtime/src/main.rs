@@ -241,7 +241,10 @@ fn probes(output: Output) -> anyhow::Result<()> {
         .iter()
         .map(|spec| {
             let r = match &btf {
-                Ok(btf) => loader.check(spec, btf).map_err(|e| e.to_string()),
+                Ok(btf) => loader
+                    .check(spec, btf, ebpf_core::TcAttach::Auto)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.clone()),
             };
             let hooks = spec.hooks.iter().map(ToString::to_string).collect();

@@ -186,6 +186,7 @@ impl EventsConfig {
             ring_buffer_size: self.ring_buffer_size.0 as u32,
             params: [0; 4],
             table_size: 0,
+            tc_attach: ebpf_core::TcAttach::Auto,
         }
     }
 }
