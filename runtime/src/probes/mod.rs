@@ -760,6 +760,13 @@ impl Probes {
             .chain(std::iter::once(self.netstat.status()))
             .collect()
     }
+
+    /// Syncs and unloads every probe: their TC filters are deleted now, not whenever the last
+    /// reference to the probes goes.
+    pub fn stop(&mut self) {
+        self.sync();
+        self.running.clear();
+    }
 }
 
 impl Drop for Probes {
