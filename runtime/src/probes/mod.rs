@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use aya::Btf;
-use ebpf_core::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats};
+use ebpf_core::{
+    LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats, TcAttach, TcMode,
+};
 use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -186,7 +188,7 @@ impl EventsConfig {
             ring_buffer_size: self.ring_buffer_size.0 as u32,
             params: [0; 4],
             table_size: 0,
-            tc_attach: ebpf_core::TcAttach::Auto,
+            tc_attach: TcAttach::Auto,
         }
     }
 }
@@ -333,6 +335,16 @@ fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
     }
 }
 
+/// How a probe with TC hooks is to attach them (`attach` in its config); `auto` for the
+/// others.
+pub fn tc_attach(probe: &str, config: &ProbesConfig) -> TcAttach {
+    match probe {
+        "flow" => config.flow.attach,
+        "dns" => config.dns.attach,
+        _ => TcAttach::Auto,
+    }
+}
+
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
 /// counters (which keep their totals across probe reloads and namespace changes).
 #[derive(Debug, Default)]
@@ -420,6 +432,9 @@ pub struct ProbeStatus {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a running probe with TC hooks: how its programs are attached (`tcx`, `clsact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach: Option<&'static str>,
     /// For a running probe with TC hooks: the interfaces it is attached to now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,
@@ -520,7 +535,7 @@ impl Probes {
                             }
                             Ok(false) => tracing::info!(
                                 probe = name,
-                                "probe reloading for its new ring buffer size"
+                                "probe reloading for its new ring buffer size, table size or attach mode"
                             ),
                             Err(e) => {
                                 tracing::warn!(probe = name, error = %e, "reconfiguring failed; reloading")
@@ -737,7 +752,9 @@ impl Probes {
             .map(|d| {
                 let name = d.spec.name;
                 let mut interfaces = None;
+                let mut attach = None;
                 let (state, error) = if let Some(r) = self.running.get(name) {
+                    attach = r.probe.tc_mode().map(TcMode::as_str);
                     // An interface the programs could not attach to is said, the probe runs.
                     let attached = r.interfaces.as_ref().map(|w| w.attached());
                     let error = attached.as_ref().and_then(|(_, e)| e.clone());
@@ -754,6 +771,7 @@ impl Probes {
                     hooks: d.spec.hooks.iter().map(ToString::to_string).collect(),
                     state,
                     error,
+                    attach,
                     interfaces,
                 }
             })

@@ -261,6 +261,7 @@ impl Netstat {
             hooks: SOURCES.iter().map(ToString::to_string).collect(),
             state,
             error,
+            attach: None,
             interfaces: None,
         }
     }
