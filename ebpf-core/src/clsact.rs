@@ -10,11 +10,12 @@
 //!   a packet a pointer test.
 //! - each filter of ours takes a priority of its own, [`PRIORITY_BASE`] plus the probe's slot
 //!   (the next free one when another filter has it), so it never shares a priority with, nor
-//!   replaces, another filter. Filters at lower numbers run first (Cilium's legacy TC programs
-//!   take 1): one that ends classification (`TC_ACT_OK`, a redirect) hides the packet from us,
-//!   as a TCX program before ours would. Filters at higher numbers (`tc`'s automatic
-//!   priorities start at 49152) see every packet: our programs return `TCX_NEXT` (-1), which
-//!   cls_bpf in direct-action mode reads as `TC_ACT_UNSPEC`, "go on with the next filter".
+//!   replaces, another filter (priority 1, Cilium's default, is left to it: a CNI that
+//!   replaces its filter there would take ours). Filters at lower numbers run first: one that
+//!   ends classification (`TC_ACT_OK`, a redirect) hides the packet from us, as a TCX program
+//!   before ours would. Filters at higher numbers (`tc`'s automatic priorities start at 49152)
+//!   see every packet: our programs return `TCX_NEXT` (-1), which cls_bpf in direct-action
+//!   mode reads as `TC_ACT_UNSPEC`, "go on with the next filter".
 //!
 //! A filter, unlike a TCX link, outlives the fd it was made from, so dropping [`Filters`]
 //! deletes ours explicitly. A killed agent cannot: its filters keep running into maps nobody
@@ -30,8 +31,8 @@ use std::time::Duration;
 
 use crate::TcDirection;
 
-/// Where Sonde's filters start: after filters at low priorities (Cilium's 1), before those
-/// `tc` numbers itself (49152 and down) and Calico's.
+/// Where Sonde's filters start: after the low priorities CNIs take (Cilium's 1), before those
+/// `tc` numbers itself (49152 and down).
 pub const PRIORITY_BASE: u16 = 20000;
 /// The handle of our filter within its own priority (the only filter there).
 const HANDLE: u32 = 1;
