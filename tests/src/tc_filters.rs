@@ -9,6 +9,18 @@ use serde_json::Value;
 
 use crate::{run_command, Netns};
 
+/// What `attach: auto` picks on this kernel, `tcx` or `clsact`: TCX where the kernel's BTF
+/// names `struct tcx_link` (its string table holds the name between NULs; `bpf_tcx_link` and
+/// the like do not match).
+pub fn auto_attach_mode() -> &'static str {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("read the kernel's BTF");
+    if btf.windows(10).any(|w| w == b"\0tcx_link\0") {
+        "tcx"
+    } else {
+        "clsact"
+    }
+}
+
 /// One filter of a hook (the classifier-only lines of the listing left out).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TcFilter {
