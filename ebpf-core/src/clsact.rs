@@ -77,8 +77,8 @@ const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
 #[derive(Debug)]
 pub struct Filters {
     ifindex: u32,
-    /// (hook, priority, name) of each filter made.
-    made: Vec<(TcDirection, u16, String)>,
+    /// (hook, name) of each filter made.
+    made: Vec<(TcDirection, String)>,
 }
 
 /// The clsact hook of a direction: `ffff:fff2` (ingress) or `ffff:fff3` (egress).
@@ -124,23 +124,23 @@ pub fn attach(
         let preferred = PRIORITY_BASE.saturating_add(slot);
         let prio = add_filter(&mut sock, ifindex, hook, prog, &name, preferred)
             .map_err(|e| sock.explain(e))?;
+        tracing::debug!(probe, ifindex, prio, filter = %name, "added a bpf filter");
         // Kept at once: a failure on the next direction deletes this one with `filters`.
-        filters.made.push((*direction, prio, name));
+        filters.made.push((*direction, name));
     }
     Ok(filters)
 }
 
 /// Deletes the filters of `probe` in `direction` on `ifindex` left by an agent that is gone
-/// (see [`is_stale`]); returns how many.
+/// (see [`is_stale`]).
 fn remove_stale(
     sock: &mut Rtnl,
     ifindex: u32,
     probe: &str,
     direction: TcDirection,
-) -> io::Result<usize> {
+) -> io::Result<()> {
     let hook = parent(direction);
     let prefix = format!("sonde-{probe}-{}-", direction_name(direction));
-    let mut removed = 0;
     for f in filters(sock, ifindex, hook)? {
         let Some(pid) = f.name.as_deref().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
@@ -153,10 +153,9 @@ fn remove_stale(
                 filter = f.name.as_deref().unwrap_or_default(),
                 "deleted a stale filter of an earlier agent"
             );
-            removed += 1;
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// Deletes stale filters of `probe` on `ifindex` (both directions), for a kernel where the
@@ -283,7 +282,7 @@ impl Drop for Filters {
             return;
         }
         let result = Rtnl::open().and_then(|mut sock| {
-            for (direction, _, name) in &self.made {
+            for (direction, name) in &self.made {
                 let hook = parent(*direction);
                 let deleted = filters(&mut sock, self.ifindex, hook).and_then(|found| {
                     found
