@@ -6,6 +6,7 @@
 //! (with size and offset assertions), and list its [`ProbeSpec`] once in [`CATALOGUE`].
 
 pub mod btf;
+pub mod clsact;
 pub mod dns;
 pub mod flow;
 pub mod io_latency;
@@ -21,9 +22,9 @@ pub mod tcp_reset;
 pub mod tcp_retrans;
 pub mod tcp_rtt;
 
-pub use probe::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
+pub use probe::{Checked, LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
 pub use record::{Stats, Tuple};
-pub use tc::{TcLinks, TcTarget};
+pub use tc::{TcAttach, TcLinks, TcMode, TcTarget};
 
 /// One kernel hook a probe's program attaches to: the one description `sonde probes`, the API
 /// and the load checks all read.
@@ -62,8 +63,8 @@ pub enum HookPoint {
         category: &'static str,
         tracepoint: &'static str,
     },
-    /// A TC program (a TCX link), attached by the agent to each interface it watches for the
-    /// probe rather than when the probe loads.
+    /// A TC program (a TCX link, or a filter on a clsact qdisc), attached by the agent to each
+    /// interface it watches for the probe rather than when the probe loads.
     Tc(TcDirection),
 }
 

@@ -14,8 +14,8 @@ use crate::btf::TypeIndex;
 use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
-use crate::tc::{TcTarget, WATCHED_MAP};
-use crate::{HookPoint, ProbeSpec, Requirement};
+use crate::tc::{kernel_has_tcx, TcAttach, TcMode, TcTarget, WATCHED_MAP};
+use crate::{HookPoint, ProbeSpec, Requirement, CATALOGUE};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -32,7 +32,8 @@ pub enum ProbeError {
         tracepoint: &'static str,
     },
     #[error(
-        "TC hooks need TCX links (Linux 6.6 or later): this kernel's BTF has no struct tcx_link"
+        "attach: tcx needs TCX links (Linux 6.6 or later) and this kernel's BTF has no struct \
+         tcx_link: use attach: auto or clsact (a clsact qdisc and bpf filters)"
     )]
     NoTcx,
     #[error("{0}")]
@@ -118,6 +119,9 @@ pub struct ProbeSettings {
     /// Entries of the probe's `flows` table, when it has one (0 = as compiled); a change
     /// needs a reload.
     pub table_size: u32,
+    /// How TC programs are attached to interfaces (probes with TC hooks); a change needs a
+    /// reload.
+    pub tc_attach: TcAttach,
 }
 
 impl Default for ProbeSettings {
@@ -130,6 +134,7 @@ impl Default for ProbeSettings {
             ring_buffer_size: 1 << 20,
             params: [0; 4],
             table_size: 0,
+            tc_attach: TcAttach::Auto,
         }
     }
 }
@@ -166,6 +171,9 @@ pub struct LoadedProbe {
     ring_buffer_size: u32,
     table_size: u32,
     params: [u64; 4],
+    tc_attach: TcAttach,
+    /// How its TC programs are attached here (none without TC hooks).
+    tc_mode: Option<TcMode>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
@@ -205,9 +213,15 @@ fn program_error(program: &'static str, source: ProgramError) -> ProbeError {
     }
 }
 
-/// Checks that every hook of a probe exists in the kernel's BTF: its tracepoint, or TCX
-/// links for TC hooks.
-pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
+/// Checks that every hook of a probe exists in the kernel's BTF (its tracepoint), and returns
+/// how its TC hooks are attached under `attach` (none without TC hooks): the error of `tcx`
+/// on a kernel without TCX links.
+pub fn check_hooks(
+    spec: &ProbeSpec,
+    btf: &Btf,
+    attach: TcAttach,
+) -> Result<Option<TcMode>, ProbeError> {
+    let mut tc_mode = None;
     for hook in spec.hooks {
         match hook.point {
             HookPoint::TpBtf {
@@ -224,17 +238,13 @@ pub fn check_hooks(spec: &ProbeSpec, btf: &Btf) -> Result<(), ProbeError> {
                     });
                 }
             }
-            HookPoint::Tc(_) => {
-                if btf
-                    .id_by_type_name_kind("tcx_link", BtfKind::Struct)
-                    .is_err()
-                {
-                    return Err(ProbeError::NoTcx);
-                }
+            HookPoint::Tc(_) if tc_mode.is_none() => {
+                tc_mode = Some(attach.resolve(kernel_has_tcx(btf))?);
             }
+            HookPoint::Tc(_) => {}
         }
     }
-    Ok(())
+    Ok(tc_mode)
 }
 
 /// Checks that the kernel has everything a probe's programs read ([`ProbeSpec::requires`]);
@@ -253,6 +263,15 @@ pub fn check_requirements(spec: &ProbeSpec, types: &TypeIndex) -> Result<(), Pro
         }
     }
     Ok(())
+}
+
+/// What `sonde probes` learns of a probe that loads ([`ProbeLoader::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// What the probe lacks on this kernel, when an older program had to do.
+    pub degraded: Option<String>,
+    /// How its TC programs would be attached (none without TC hooks).
+    pub tc_mode: Option<TcMode>,
 }
 
 /// Loads probes with one aya loader for all of them: making an aya loader parses the kernel
@@ -276,15 +295,24 @@ impl<'btf> ProbeLoader<'btf> {
     }
 
     /// Loads the probe's programs into the kernel without attaching them: what
-    /// `sonde probes` does to tell whether a probe can run here. `Ok` holds what the probe
-    /// lacks on this kernel, if anything.
+    /// `sonde probes` does to tell whether a probe can run here, with TC programs attached
+    /// under `attach`: what the probe lacks on this kernel, if anything, and how its TC
+    /// programs would be attached.
     pub fn check(
         &mut self,
         spec: &'static ProbeSpec,
         btf: &'btf Btf,
-    ) -> Result<Option<String>, ProbeError> {
-        self.load_programs(spec, btf, &ProbeSettings::default())
-            .map(|p| p.degraded)
+        attach: TcAttach,
+    ) -> Result<Checked, ProbeError> {
+        let settings = ProbeSettings {
+            tc_attach: attach,
+            ..ProbeSettings::default()
+        };
+        let probe = self.load_programs(spec, btf, &settings)?;
+        Ok(Checked {
+            degraded: probe.degraded,
+            tc_mode: probe.tc_mode,
+        })
     }
 
     /// Loads, configures and attaches the probe.
@@ -314,7 +342,7 @@ impl<'btf> ProbeLoader<'btf> {
         btf: &'btf Btf,
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
-        check_hooks(spec, btf)?;
+        let tc_mode = check_hooks(spec, btf, settings.tc_attach)?;
         let by_args = spec
             .hooks
             .iter()
@@ -365,6 +393,8 @@ impl<'btf> ProbeLoader<'btf> {
             ring_buffer_size: size,
             table_size: settings.table_size,
             params: [0; 4],
+            tc_attach: settings.tc_attach,
+            tc_mode,
         })
     }
 }
@@ -429,10 +459,12 @@ impl LoadedProbe {
     }
 
     /// Applies settings to the running probe. Returns `false` when they cannot apply live
-    /// (a different ring buffer size) and the probe must be reloaded.
+    /// (a different ring buffer size, table size or TC attach mode) and the probe must be
+    /// reloaded.
     pub fn configure(&mut self, settings: &ProbeSettings) -> Result<bool, ProbeError> {
         if settings.ring_buffer_size != self.ring_buffer_size
             || settings.table_size != self.table_size
+            || settings.tc_attach != self.tc_attach
         {
             return Ok(false);
         }
@@ -467,8 +499,16 @@ impl LoadedProbe {
         self.params
     }
 
+    /// How the probe's TC programs are attached (none without TC hooks).
+    pub fn tc_mode(&self) -> Option<TcMode> {
+        self.tc_mode
+    }
+
     /// What attaching the probe's TC programs to interfaces needs (none without TC hooks).
     pub fn tc_target(&mut self) -> Result<Option<TcTarget>, ProbeError> {
+        let Some(mode) = self.tc_mode else {
+            return Ok(None);
+        };
         let mut programs = Vec::new();
         for (hook, &name) in self.spec.hooks.iter().zip(&self.programs.clone()) {
             let (Some(direction), Some(name)) = (hook.tc_direction(), name) else {
@@ -481,9 +521,12 @@ impl LoadedProbe {
                 .map_err(|source| program_error(name, source))?;
             programs.push((direction, fd));
         }
-        if programs.is_empty() {
-            return Ok(None);
-        }
+        // Each TC probe prefers its own filter priority, so two never contend for one.
+        let slot = CATALOGUE
+            .iter()
+            .filter(|s| s.hooks.iter().any(|h| h.tc_direction().is_some()))
+            .position(|s| s.name == self.spec.name)
+            .unwrap_or(0) as u16;
         let watched = match self.ebpf.map(WATCHED_MAP) {
             Some(Map::HashMap(data)) => Some(std::sync::Arc::new(
                 data.fd()
@@ -502,7 +545,13 @@ impl LoadedProbe {
             }
             None => None,
         };
-        Ok(Some(TcTarget { programs, watched }))
+        Ok(Some(TcTarget {
+            probe: self.spec.name,
+            mode,
+            slot,
+            programs,
+            watched,
+        }))
     }
 
     /// Takes the probe's event ring buffer, to be drained by the agent.

@@ -1,15 +1,23 @@
-//! TC hooks on interfaces: a probe's TC programs are attached as TCX links to each interface
-//! the agent watches for it (kernel 6.6 or later), and each interface is listed in the probe's
-//! `watched` map when it has one, so its programs know which interfaces carry them.
+//! TC hooks on interfaces: a probe's TC programs are attached to each interface the agent
+//! watches for it, as TCX links where the kernel has them (6.6 or later) or as `bpf` filters
+//! on a clsact qdisc (see [`crate::clsact`]), as [`TcAttach`] says; each interface is listed
+//! in the probe's `watched` map when it has one, so its programs know which interfaces carry
+//! them.
 //!
-//! The links are made with the `bpf` syscall from duplicated program fds, so the agent's
-//! interface watcher attaches and detaches while the probe's object stays where it is; a link
-//! is detached when its fd is closed, and the kernel drops it itself when the interface goes.
+//! Both are made from duplicated program fds, so the agent's interface watcher attaches and
+//! detaches while the probe's object stays where it is. A TCX link is detached when its fd is
+//! closed; a filter is deleted when its [`TcLinks`] is dropped. The kernel drops either when
+//! the interface goes.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
+use aya::Btf;
+use aya_obj::btf::BtfKind;
+
+use crate::clsact;
+use crate::probe::ProbeError;
 use crate::TcDirection;
 
 /// The map a TC probe declares to know its interfaces (ifindex -> 1), when it needs to.
@@ -21,9 +29,71 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 
+/// How a probe's TC programs are to be attached (`probes.<probe>.attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcAttach {
+    /// TCX links where the kernel has them, a clsact qdisc and filters otherwise.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+/// How a probe's TC programs are attached on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcMode {
+    /// `BPF_LINK_CREATE` with `BPF_TCX_INGRESS` / `BPF_TCX_EGRESS`.
+    Tcx,
+    /// A `bpf` filter in direct-action mode on the interface's clsact qdisc.
+    Clsact,
+}
+
+impl TcAttach {
+    pub const NAMES: &'static str = "auto, tcx or clsact";
+
+    pub fn parse(s: &str) -> Option<TcAttach> {
+        match s {
+            "auto" => Some(TcAttach::Auto),
+            "tcx" => Some(TcAttach::Tcx),
+            "clsact" => Some(TcAttach::Clsact),
+            _ => None,
+        }
+    }
+
+    /// The mode on a kernel with or without TCX links; `tcx` without them is an error.
+    pub fn resolve(self, kernel_has_tcx: bool) -> Result<TcMode, ProbeError> {
+        match self {
+            TcAttach::Auto if kernel_has_tcx => Ok(TcMode::Tcx),
+            TcAttach::Auto | TcAttach::Clsact => Ok(TcMode::Clsact),
+            TcAttach::Tcx if kernel_has_tcx => Ok(TcMode::Tcx),
+            TcAttach::Tcx => Err(ProbeError::NoTcx),
+        }
+    }
+}
+
+impl TcMode {
+    /// `tcx` or `clsact`, as the API and `sonde probes` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcMode::Tcx => "tcx",
+            TcMode::Clsact => "clsact",
+        }
+    }
+}
+
+/// Whether the kernel has TCX links (Linux 6.6 or later): its BTF has `struct tcx_link`.
+pub fn kernel_has_tcx(btf: &Btf) -> bool {
+    btf.id_by_type_name_kind("tcx_link", BtfKind::Struct)
+        .is_ok()
+}
+
 /// What attaching a probe's TC programs to an interface needs.
 #[derive(Debug)]
 pub struct TcTarget {
+    pub(crate) probe: &'static str,
+    pub(crate) mode: TcMode,
+    /// The probe's place among the TC probes: which filter priority it prefers.
+    pub(crate) slot: u16,
     pub(crate) programs: Vec<(TcDirection, OwnedFd)>,
     pub(crate) watched: Option<Arc<OwnedFd>>,
 }
@@ -33,6 +103,7 @@ pub struct TcTarget {
 pub struct TcLinks {
     ifindex: u32,
     _links: Vec<OwnedFd>,
+    _filters: Option<clsact::Filters>,
     watched: Option<Arc<OwnedFd>>,
 }
 
@@ -67,9 +138,43 @@ pub(crate) fn delete_elem<K>(map: std::os::fd::BorrowedFd<'_>, key: &K) -> io::R
 }
 
 impl TcTarget {
-    /// Attaches every TC program of the probe to interface `ifindex` (after the programs
-    /// already there: they see packets as the others left them).
+    /// How the programs are attached.
+    pub fn mode(&self) -> TcMode {
+        self.mode
+    }
+
+    /// Attaches every TC program of the probe to interface `ifindex`: as TCX links, after
+    /// the programs already there (they see packets as the others left them), or as filters
+    /// (see [`crate::clsact`] for where they go among the others).
     pub fn attach(&self, ifindex: u32) -> io::Result<TcLinks> {
+        let (links, filters) = match self.mode {
+            TcMode::Tcx => {
+                // A killed agent's filters from a run in clsact mode would count on unread.
+                clsact::remove_stale_quietly(self.probe, ifindex);
+                (self.attach_tcx(ifindex)?, None)
+            }
+            TcMode::Clsact => (
+                Vec::new(),
+                Some(clsact::attach(
+                    self.probe,
+                    ifindex,
+                    &self.programs,
+                    self.slot,
+                )?),
+            ),
+        };
+        if let Some(map) = &self.watched {
+            update_elem(map, ifindex, 1)?;
+        }
+        Ok(TcLinks {
+            ifindex,
+            _links: links,
+            _filters: filters,
+            watched: self.watched.clone(),
+        })
+    }
+
+    fn attach_tcx(&self, ifindex: u32) -> io::Result<Vec<OwnedFd>> {
         let mut links = Vec::with_capacity(self.programs.len());
         for (direction, prog) in &self.programs {
             let mut attr = [0u8; 64];
@@ -84,19 +189,15 @@ impl TcTarget {
             // SAFETY: the syscall returned a new fd that nothing else owns.
             links.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
         }
-        if let Some(map) = &self.watched {
-            update_elem(map, ifindex, 1)?;
-        }
-        Ok(TcLinks {
-            ifindex,
-            _links: links,
-            watched: self.watched.clone(),
-        })
+        Ok(links)
     }
 
     /// A second handle on the same programs and map (for a watcher on another thread).
     pub fn try_clone(&self) -> io::Result<TcTarget> {
         Ok(TcTarget {
+            probe: self.probe,
+            mode: self.mode,
+            slot: self.slot,
             programs: self
                 .programs
                 .iter()
@@ -119,5 +220,32 @@ impl Drop for TcLinks {
             // Gone already when the probe was unloaded first: nothing to undo.
             let _ = delete_elem(map.as_fd(), &self.ifindex);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_tcx_where_the_kernel_has_it() {
+        assert_eq!(TcAttach::Auto.resolve(true).unwrap(), TcMode::Tcx);
+        assert_eq!(TcAttach::Auto.resolve(false).unwrap(), TcMode::Clsact);
+        assert_eq!(TcAttach::Clsact.resolve(true).unwrap(), TcMode::Clsact);
+        assert_eq!(TcAttach::Tcx.resolve(true).unwrap(), TcMode::Tcx);
+        let e = TcAttach::Tcx.resolve(false).unwrap_err().to_string();
+        assert!(
+            e.contains("attach: tcx") && e.contains("6.6") && e.contains("clsact"),
+            "{e}"
+        );
+        assert_eq!(TcAttach::parse("clsact"), Some(TcAttach::Clsact));
+        assert_eq!(TcAttach::parse("TCX"), None);
+    }
+
+    #[test]
+    fn this_kernel_has_tcx() {
+        // The test machine's kernel (6.6 or later); the kernel matrix covers older ones.
+        let btf = Btf::from_sys_fs().unwrap();
+        assert!(kernel_has_tcx(&btf));
     }
 }

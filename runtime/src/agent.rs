@@ -177,7 +177,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     tracing::info!("sonde stopping");
-    // Dropping the probes detaches them and folds in their last counts.
+    // Unloaded here rather than when the last reference goes (tasks hold some): a TC probe's
+    // clsact filters stay on their interfaces until deleted.
+    probes.lock().unwrap_or_else(|e| e.into_inner()).stop();
     drop(probes);
     drop(sinks);
     Ok(())

@@ -295,6 +295,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.probes.flow.interfaces, ["eth1", "tap*"]);
+        refused(
+            "probes:\n  flow:\n    attach: tc\n",
+            "probes.flow: attach: \"tc\" is not auto, tcx or clsact at line 3",
+        );
+        assert_eq!(c.probes.flow.attach, ebpf_core::TcAttach::Auto);
+        let clsact = AgentConfig::parse("probes:\n  dns:\n    attach: clsact\n", "c.yaml").unwrap();
+        assert_eq!(clsact.probes.dns.attach, ebpf_core::TcAttach::Clsact);
+        let settings = (crate::probes::dns::DRIVER.settings)(&ProbesConfig {
+            dns: crate::probes::dns::Config {
+                enabled: true,
+                ..clsact.probes.dns
+            },
+            ..Default::default()
+        });
+        assert_eq!(settings.unwrap().tc_attach, ebpf_core::TcAttach::Clsact);
         refused("probes:\n  dns:\n    timeout: 10ms\n", "probes.dns.timeout");
         refused(
             "probes:\n  dns:\n    errorRate: -1\n",

@@ -39,6 +39,10 @@ enum Command {
     },
     /// List the probe catalogue and whether each probe can load on this kernel.
     Probes {
+        /// A config file whose `attach` settings the TC probes are checked with (default:
+        /// auto, TCX links where the kernel has them).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -167,7 +171,7 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Configmap { dir, namespace },
         } => plugin_configmap(&dir, namespace.as_deref()),
-        Command::Probes { output } => probes(output),
+        Command::Probes { config, output } => probes(config.as_deref(), output),
         Command::Trace {
             expr,
             file,
@@ -229,64 +233,100 @@ fn trace(
     }
 }
 
-/// A row of `sonde probes`: name, description, hooks (or what it reads), loadable (with what
-/// it lacks on this kernel, if anything) or why not.
-type ProbeRow = (
-    &'static str,
-    &'static str,
-    Vec<String>,
-    Result<Option<String>, String>,
-);
+/// A row of `sonde probes`.
+struct ProbeRow {
+    name: &'static str,
+    description: &'static str,
+    /// Hooks, or what it reads.
+    hooks: Vec<String>,
+    /// Loadable, or why not.
+    loadable: Result<(), String>,
+    /// For TC hooks: how they are attached here.
+    attach: Option<ebpf_core::TcMode>,
+    /// What the probe lacks on this kernel, when it loads.
+    degraded: Option<String>,
+}
 
 /// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
-/// checks that the probes that read procfs (netstat) can enter network namespaces.
-fn probes(output: Output) -> anyhow::Result<()> {
+/// checks that the probes that read procfs (netstat) can enter network namespaces. TC probes
+/// are checked with the `attach` setting of `config` (auto without one).
+fn probes(config: Option<&std::path::Path>, output: Output) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => sonde::config::AgentConfig::load(path)?.probes,
+        None => sonde::probes::ProbesConfig::default(),
+    };
     let mut loader = ebpf_core::ProbeLoader::new();
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"));
     let mut rows: Vec<ProbeRow> = ebpf_core::CATALOGUE
         .iter()
         .map(|spec| {
-            let r = match &btf {
-                Ok(btf) => loader.check(spec, btf).map_err(|e| e.to_string()),
-                Err(e) => Err(e.clone()),
+            let attach = sonde::probes::tc_attach(spec.name, &config);
+            let (checked, mode) = match &btf {
+                Ok(btf) => {
+                    let has_tc = spec.hooks.iter().any(|h| h.tc_direction().is_some());
+                    // The mode does not depend on the right to load, so it is said either way.
+                    let mode = has_tc
+                        .then(|| attach.resolve(ebpf_core::tc::kernel_has_tcx(btf)).ok())
+                        .flatten();
+                    let r = loader.check(spec, btf, attach);
+                    (r.map_err(|e| e.to_string()), mode)
+                }
+                Err(e) => (Err(e.clone()), None),
             };
-            let hooks = spec.hooks.iter().map(ToString::to_string).collect();
-            (spec.name, spec.description, hooks, r)
+            let (loadable, degraded) = match checked {
+                Ok(c) => (Ok(()), c.degraded),
+                Err(e) => (Err(e), None),
+            };
+            ProbeRow {
+                name: spec.name,
+                description: spec.description,
+                hooks: spec.hooks.iter().map(ToString::to_string).collect(),
+                loadable,
+                attach: mode,
+                degraded,
+            }
         })
         .collect();
     {
         use sonde::probes::netstat;
-        let sources = netstat::SOURCES.iter().map(ToString::to_string).collect();
-        rows.push((
-            netstat::NAME,
-            netstat::DESCRIPTION,
-            sources,
-            netstat::check().map(|()| None),
-        ));
+        rows.push(ProbeRow {
+            name: netstat::NAME,
+            description: netstat::DESCRIPTION,
+            hooks: netstat::SOURCES.iter().map(ToString::to_string).collect(),
+            loadable: netstat::check(),
+            attach: None,
+            degraded: None,
+        });
     }
     let mut text = String::new();
     match output {
         Output::Json => {
             let v: Vec<_> = rows
                 .iter()
-                .map(|(name, description, hooks, r)| {
+                .map(|r| {
                     serde_json::json!({
-                        "name": name,
-                        "description": description,
-                        "hooks": hooks,
-                        "loadable": r.is_ok(),
-                        "reason": r.as_ref().err(),
-                        "degraded": r.as_ref().ok().and_then(Option::as_ref),
+                        "name": r.name,
+                        "description": r.description,
+                        "hooks": r.hooks,
+                        "attach": r.attach.map(ebpf_core::TcMode::as_str),
+                        "loadable": r.loadable.is_ok(),
+                        "reason": r.loadable.as_ref().err(),
+                        "degraded": r.degraded,
                     })
                 })
                 .collect();
             text = serde_json::to_string_pretty(&v)? + "\n";
         }
         Output::Text => {
+            // TC hooks say how they are attached: `tc/ingress,tc/egress (tcx)`.
+            let hooks = |r: &ProbeRow| match r.attach {
+                Some(mode) => format!("{} ({})", r.hooks.join(","), mode.as_str()),
+                None => r.hooks.join(","),
+            };
             // The hooks column as wide as the longest list (three hooks are ~80 characters).
             let hooks_width = rows
                 .iter()
-                .map(|(_, _, hooks, _)| hooks.join(",").len())
+                .map(|r| hooks(r).len())
                 .max()
                 .unwrap_or(0)
                 .max(56);
@@ -297,17 +337,18 @@ fn probes(output: Output) -> anyhow::Result<()> {
                 );
             };
             line(&mut text, ["PROBE", "LOADABLE", "HOOKS", "DESCRIPTION"]);
-            for (name, description, hooks, r) in &rows {
-                let loadable = match r {
-                    Ok(None) => "yes",
-                    Ok(Some(_)) => "degraded",
-                    Err(_) => "no",
+            for r in &rows {
+                let loadable = match (&r.loadable, &r.degraded) {
+                    (Err(_), _) => "no",
+                    (Ok(()), Some(_)) => "degraded",
+                    (Ok(()), None) => "yes",
                 };
-                line(&mut text, [name, loadable, &hooks.join(","), description]);
-                match r {
-                    Err(reason) => text += &format!("{:<14} why not: {reason}\n", ""),
-                    Ok(Some(lacks)) => text += &format!("{:<14} lacks: {lacks}\n", ""),
-                    Ok(None) => {}
+                line(&mut text, [r.name, loadable, &hooks(r), r.description]);
+                if let Err(reason) = &r.loadable {
+                    text += &format!("{:<14} why not: {reason}\n", "");
+                }
+                if let Some(lacks) = &r.degraded {
+                    text += &format!("{:<14} lacks: {lacks}\n", "");
                 }
             }
         }

@@ -18,6 +18,7 @@ mod netns;
 mod node_pods;
 mod prometheus;
 mod slow_link;
+mod tc_filters;
 mod trace;
 mod traffic;
 
@@ -33,6 +34,9 @@ pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use node_pods::{NodePod, NodePods};
 pub use prometheus::{assert_promtool_clean, metric_series, metric_value};
 pub use slow_link::SlowPodPair;
+pub use tc_filters::{
+    auto_attach_mode, qdisc_kinds, sonde_filters, tc_filters, ForeignFilters, TcFilter,
+};
 pub use trace::Trace;
 pub use traffic::{
     bulk_transfer, connect_and_close, refused_connects, send_udp, timed_out_connect,

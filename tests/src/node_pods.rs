@@ -85,6 +85,12 @@ impl NodePods {
         format!("{}v*", self.prefix)
     }
 
+    /// A host-side interface name of this node's that its pattern does not match (`<prefix>`
+    /// then `role`), for other links a test makes.
+    pub fn other_interface(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
     /// Adds a pod (namespace, veth into the bridge, addresses, permanent neighbour entries
     /// both ways so no ARP or NDP disturbs counts) and returns its index.
     pub fn add_pod(&mut self) -> usize {

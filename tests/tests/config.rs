@@ -43,6 +43,31 @@ fn unknown_config_key_is_refused() {
     );
 }
 
+/// An `attach` that is not auto, tcx or clsact is refused on one line naming the probe, the
+/// setting and the line.
+#[test]
+fn bad_attach_mode_is_refused() {
+    let dir = TempDir::new();
+    let config = dir.write("sonde.yaml", "probes:\n  dns:\n    attach: tc\n");
+    let config = config.to_str().unwrap();
+    let out = run_sonde(
+        &["run", "--config", config, "--listen", "127.0.0.1:0"],
+        EXIT_TIMEOUT,
+    );
+    assert!(!out.status.success(), "accepted attach: tc; {}", out.stderr);
+    let line = single_line(&out.stderr);
+    assert!(
+        line.contains("probes.dns")
+            && line.contains("attach")
+            && line.contains("auto, tcx or clsact"),
+        "{line}"
+    );
+    assert!(
+        names_line(line, 3),
+        "the error does not name line 3: {line}"
+    );
+}
+
 #[test]
 fn unknown_flag_is_refused() {
     let out = run_sonde(&["run", "--bogus"], EXIT_TIMEOUT);

@@ -3,7 +3,8 @@
 //! the agent watches (only this test's).
 //!
 //! N queries answered after D show as exactly N observations above D in the client pod's
-//! histogram; NXDOMAIN responses are counted by rcode exactly; a query never answered becomes
+//! histogram; NXDOMAIN responses are counted by rcode exactly, with the programs attached as
+//! TCX links and as filters on a clsact qdisc (`attach: clsact`); a query never answered becomes
 //! a `timeout` event (which `sonde trace` scripts get as `on_dns`, and plugins as `on-dns`,
 //! typed or packed); SERVFAILs above the configured rate become a `servfail` event.
 
@@ -12,8 +13,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use sonde_tests::{
-    only_probes_yaml, tcp_query, try_poll_until, udp_query, wasm_module, write_bundle, Agent,
-    DnsAnswers, DnsServer, IpFamily, NodePods, TempDir, Trace, READY_TIMEOUT, SETTLE_TIMEOUT,
+    auto_attach_mode, only_probes_yaml, sonde_filters, tcp_query, try_poll_until, udp_query,
+    wasm_module, write_bundle, Agent, DnsAnswers, DnsServer, IpFamily, NodePods, TempDir, Trace,
+    READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const COUNT: &str = "sonde_dns_query_duration_seconds_count";
@@ -34,6 +36,18 @@ fn agent_yaml(pattern: &str, plugins: &std::path::Path) -> String {
 /// answered and NX NXDOMAIN queries over UDP are counted by rcode for the client pod, exactly.
 #[test]
 fn rcodes_are_counted_per_pod() {
+    rcodes_are_counted(None);
+}
+
+/// The same through filters on a clsact qdisc, as on a kernel without TCX.
+#[test]
+fn rcodes_are_counted_per_pod_through_clsact_filters() {
+    rcodes_are_counted(Some("clsact"));
+}
+
+/// `attach`: the probe's `attach` setting, or `None` for its default (`auto`: TCX where the
+/// kernel has it; the kernel matrix runs this on kernels without, and without `tc`).
+fn rcodes_are_counted(attach: Option<&'static str>) {
     const N: u16 = 4;
     const NX: u16 = 3;
     let node = NodePods::new(2);
@@ -48,15 +62,30 @@ fn rcodes_are_counted_per_pod() {
             silent: vec![],
         },
     );
+    let attach_line = attach
+        .map(|a| format!("    attach: {a}\n"))
+        .unwrap_or_default();
     let agent = Agent::spawn_yaml(&only_probes_yaml(
         &format!(
-            "  dns:\n    enabled: true\n    interfaces: [\"{}\"]\n",
+            "  dns:\n    enabled: true\n    interfaces: [\"{}\"]\n{attach_line}",
             node.interface_pattern()
         ),
         "",
     ));
     agent.wait_ready(READY_TIMEOUT);
-    wait_attached(&agent);
+    let mode = wait_attached(&agent);
+    assert_eq!(mode, attach.unwrap_or_else(auto_attach_mode));
+    // clsact asked for: a filter on each hook of each interface, named for this agent.
+    let pid = agent.pid();
+    let ours = [
+        format!("sonde-dns-egress-{pid}"),
+        format!("sonde-dns-ingress-{pid}"),
+    ];
+    if attach.is_some() {
+        for pod in [client, server] {
+            assert_eq!(sonde_filters(&pod.host_if), ours, "{}", pod.host_if);
+        }
+    }
     let dst = SocketAddr::new(server.ip(IpFamily::V4), 53);
     let wait = Duration::from_secs(5);
     for id in 0..N {
@@ -81,17 +110,30 @@ fn rcodes_are_counted_per_pod() {
         (N + NX) as f64,
         SETTLE_TIMEOUT,
     );
+    drop(agent);
+    if attach.is_some() {
+        for pod in [client, server] {
+            assert_eq!(
+                sonde_filters(&pod.host_if),
+                Vec::<String>::new(),
+                "{}",
+                pod.host_if
+            );
+        }
+    }
 }
 
-/// Waits until the agent's dns probe is attached to both pods' host-side interfaces.
-fn wait_attached(agent: &Agent) {
+/// Waits until the agent's dns probe is attached to both pods' host-side interfaces, and
+/// returns how (`tcx`, `clsact`).
+fn wait_attached(agent: &Agent) -> String {
     let attached = try_poll_until(SETTLE_TIMEOUT, || {
         let (_, body) = agent.get("/api/v1/probes");
         let probes: serde_json::Value = serde_json::from_str(&body).ok()?;
         let dns = probes.as_array()?.iter().find(|p| p["name"] == "dns")?;
-        (dns["interfaces"].as_array()?.len() == 2).then_some(())
+        (dns["interfaces"].as_array()?.len() == 2)
+            .then(|| dns["attach"].as_str().unwrap_or_default().to_string())
     });
-    assert!(attached.is_some(), "dns never attached to both interfaces");
+    attached.expect("dns never attached to both interfaces")
 }
 
 #[test]

@@ -3,7 +3,14 @@
 //!
 //! - a TCP transfer of K bytes shows at least K (and well under 2K: each packet is counted
 //!   once, though it crosses two watched interfaces) on the flow from the client pod to the
-//!   server pod, and the replies on the reverse flow, IPv4 and IPv6;
+//!   server pod, and the replies on the reverse flow, IPv4 and IPv6, with the programs
+//!   attached as TCX links and as filters on a clsact qdisc (`attach: clsact`);
+//! - with `attach: clsact` beside a CNI's own filters (a clsact qdisc and counting filters
+//!   before Sonde's, at Sonde's preferred priority and after it): they are kept, each still
+//!   sees every packet (so Sonde's programs let packets on), the transfer is counted as
+//!   without them, and stopping the agent deletes exactly Sonde's filters;
+//! - Sonde's filters go when the agent stops, the probe is disabled or an interface no longer
+//!   matches; a SIGKILLed agent's filters are replaced by the next agent's, not added to;
 //! - an interface made after the agent started is attached, one deleted is detached, and a
 //!   new `interfaces` list applies live;
 //! - a table of 16 rows evicts when 64 flows pass, and the eviction counter says so;
@@ -16,39 +23,72 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::{
-    assert_promtool_clean, bulk_transfer, in_netns, only_probes_yaml, poll_until, try_poll_until,
-    wasm_module, write_bundle, Agent, IpFamily, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    assert_promtool_clean, auto_attach_mode, bulk_transfer, in_netns, only_probes_yaml, poll_until,
+    qdisc_kinds, sonde_filters, tc_filters, try_poll_until, wasm_module, write_bundle, Agent,
+    ForeignFilters, IpFamily, NodePod, NodePods, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const BYTES: &str = "sonde_flow_bytes_total";
 const PACKETS: &str = "sonde_flow_packets_total";
 
 fn agent_yaml(patterns: &[String], table_size: u32) -> String {
+    attach_yaml(patterns, table_size, Attach::Auto)
+}
+
+/// `probes.flow.attach` of a test: left to its default, or `clsact`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Attach {
+    Auto,
+    Clsact,
+}
+
+impl Attach {
+    /// What `/api/v1/probes` says: `auto` is TCX where the kernel has it (the kernel matrix
+    /// runs the `auto` tests on kernels without).
+    fn mode(self) -> &'static str {
+        match self {
+            Attach::Auto => auto_attach_mode(),
+            Attach::Clsact => "clsact",
+        }
+    }
+}
+
+fn attach_yaml(patterns: &[String], table_size: u32, attach: Attach) -> String {
     let list = patterns
         .iter()
         .map(|p| format!("\"{p}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    let attach = match attach {
+        Attach::Auto => "",
+        Attach::Clsact => "    attach: clsact\n",
+    };
     only_probes_yaml(
         &format!(
             "  tcp_rtt: {{enabled: true, sampleInterval: 100ms}}\n  \
-             flow:\n    enabled: true\n    interfaces: [{list}]\n    tableSize: {table_size}\n"
+             flow:\n    enabled: true\n    interfaces: [{list}]\n    tableSize: {table_size}\n\
+             {attach}"
         ),
         "",
     )
 }
 
-/// The interfaces the agent says `flow` is attached to.
-fn attached(agent: &Agent) -> Vec<String> {
+/// The agent's `/api/v1/probes` entry of `probe`, which must be running.
+fn probe_status(agent: &Agent, probe: &str) -> Value {
     let (status, body) = agent.get("/api/v1/probes");
     assert_eq!(status, 200, "GET /api/v1/probes: {body}");
     let probes: Vec<Value> = serde_json::from_str(&body).expect("JSON probes");
-    let flow = probes
-        .iter()
-        .find(|p| p["name"] == "flow")
-        .unwrap_or_else(|| panic!("no flow probe in {body}"));
-    assert_eq!(flow["state"], "running", "{flow}");
-    flow["interfaces"]
+    let p = probes
+        .into_iter()
+        .find(|p| p["name"] == probe)
+        .unwrap_or_else(|| panic!("no {probe} probe in {body}"));
+    assert_eq!(p["state"], "running", "{p}");
+    p
+}
+
+/// The interfaces the agent says `flow` is attached to.
+fn attached(agent: &Agent) -> Vec<String> {
+    probe_status(agent, "flow")["interfaces"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -83,15 +123,33 @@ fn pair_labels<'a>(src: &'a str, dst: &'a str) -> Vec<(&'static str, &'a str)> {
     ]
 }
 
-fn transfer_is_counted_once(family: IpFamily) {
-    const K: usize = 4 << 20;
+fn transfer_is_counted_once(family: IpFamily, attach: Attach) {
     let node = NodePods::new(2);
-    let agent = Agent::spawn_yaml(&agent_yaml(&[node.interface_pattern()], 65536));
+    let agent = Agent::spawn_yaml(&attach_yaml(&[node.interface_pattern()], 65536, attach));
     agent.wait_ready(READY_TIMEOUT);
     let (a, b) = (&node.pods[0], &node.pods[1]);
     wait_attached(&agent, &[&a.host_if, &b.host_if]);
+    assert_eq!(probe_status(&agent, "flow")["attach"], attach.mode());
+    // A filter on each hook of each interface (read with `tc`, which the kernel matrix's
+    // guest, running the `auto` tests, does not have).
+    if attach == Attach::Clsact {
+        let pid = agent.pid();
+        let ours = [
+            format!("sonde-flow-egress-{pid}"),
+            format!("sonde-flow-ingress-{pid}"),
+        ];
+        assert_eq!(sonde_filters(&a.host_if), ours);
+        assert_eq!(sonde_filters(&b.host_if), ours);
+    }
 
-    bulk_transfer(&a.netns, &b.netns, b.ip(family), 5201, K);
+    transfer_and_count(&agent, a, b, family, 5201);
+}
+
+/// A TCP transfer of 4 MiB from `a` to `b`: counted once, on the flow a to b, with b's
+/// replies on the reverse flow. Returns the packets counted from a to b.
+fn transfer_and_count(agent: &Agent, a: &NodePod, b: &NodePod, family: IpFamily, port: u16) -> f64 {
+    const K: usize = 4 << 20;
+    bulk_transfer(&a.netns, &b.netns, b.ip(family), port, K);
     let forward = pair_labels(a.name(), b.name());
     let reverse = pair_labels(b.name(), a.name());
     let sent = agent.wait_metric(BYTES, &forward, K as f64, SETTLE_TIMEOUT);
@@ -108,16 +166,242 @@ fn transfer_is_counted_once(family: IpFamily) {
     // At most 64 KiB per segment... and at least K / 65536 segments.
     assert!(packets >= (K / 65536) as f64, "{packets} packets");
     assert_promtool_clean(&agent.metrics());
+    packets
 }
 
 #[test]
 fn ipv4_transfer_is_counted_once_with_pod_labels() {
-    transfer_is_counted_once(IpFamily::V4);
+    transfer_is_counted_once(IpFamily::V4, Attach::Auto);
 }
 
 #[test]
 fn ipv6_transfer_is_counted_once_with_pod_labels() {
-    transfer_is_counted_once(IpFamily::V6);
+    transfer_is_counted_once(IpFamily::V6, Attach::Auto);
+}
+
+#[test]
+fn ipv4_transfer_is_counted_once_through_clsact_filters() {
+    transfer_is_counted_once(IpFamily::V4, Attach::Clsact);
+}
+
+#[test]
+fn ipv6_transfer_is_counted_once_through_clsact_filters() {
+    transfer_is_counted_once(IpFamily::V6, Attach::Clsact);
+}
+
+/// Where `flow` puts its filter when the priority is free (`dns` takes the next).
+const FLOW_PRIORITY: u16 = 20000;
+
+/// A CNI's filters on pod a's host-side interface before the agent starts: at priority 1 and
+/// at Sonde's own (both letting packets on), and after Sonde's (ending classification, as a
+/// CNI's accept does), on ingress (a's packets, counted there by Sonde) and egress (b's
+/// replies, which Sonde's egress program sees too).
+#[test]
+fn clsact_filters_leave_a_cni_filters_alone() {
+    let node = NodePods::new(2);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    let cni = ForeignFilters::new(&a.host_if, &node.other_interface("m"));
+    let before = [(1, "continue"), (FLOW_PRIORITY, "continue")];
+    let after = (49152, "pass");
+    for hook in ["ingress", "egress"] {
+        for (pref, control) in before.iter().chain([&after]) {
+            cni.add(hook, *pref, control);
+        }
+    }
+    let agent = Agent::spawn_yaml(&attach_yaml(
+        &[node.interface_pattern()],
+        65536,
+        Attach::Clsact,
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    wait_attached(&agent, &[&a.host_if, &b.host_if]);
+
+    // Sonde's filter took the next free priority; the CNI's are where they were.
+    let pid = agent.pid();
+    let layout = |hook: &str| -> Vec<(u16, String)> {
+        tc_filters(&a.host_if, hook)
+            .into_iter()
+            .map(|f| (f.pref, f.name.unwrap_or(f.kind)))
+            .collect()
+    };
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            layout(hook),
+            [
+                (1, "bpf".to_string()),
+                (FLOW_PRIORITY, "bpf".to_string()),
+                (FLOW_PRIORITY + 1, format!("sonde-flow-{hook}-{pid}")),
+                (49152, "bpf".to_string()),
+            ],
+            "{hook}"
+        );
+    }
+
+    let counted = transfer_and_count(&agent, a, b, IpFamily::V4, 5204);
+    // Every filter of a hook saw the same packets: the one after Sonde's too, so Sonde's
+    // programs let each packet on (TC_ACT_UNSPEC). Counts settle once the last ACK is by.
+    for hook in ["ingress", "egress"] {
+        let mut last = Vec::new();
+        let same = try_poll_until(SETTLE_TIMEOUT, || {
+            last = [1, FLOW_PRIORITY, after.0]
+                .iter()
+                .map(|p| cni.packets(hook, *p).unwrap_or(0))
+                .collect::<Vec<u64>>();
+            (last.iter().all(|n| *n == last[0])).then_some(())
+        });
+        assert!(same.is_some(), "{hook}: the CNI's filters counted {last:?}");
+        // Ingress carried a's segments, which Sonde counted; egress b's replies.
+        assert!(last[0] > 0, "{hook}: {last:?}");
+        if hook == "ingress" {
+            assert!(
+                last[0] as f64 >= counted,
+                "{last:?} < {counted} packets counted"
+            );
+        }
+    }
+
+    // Stopped: exactly Sonde's filters are gone, the CNI's and their qdisc stay.
+    drop(agent);
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            layout(hook),
+            [
+                (1, "bpf".to_string()),
+                (FLOW_PRIORITY, "bpf".to_string()),
+                (49152, "bpf".to_string()),
+            ],
+            "{hook} after the agent stopped"
+        );
+    }
+    assert!(qdisc_kinds(&a.host_if).contains(&"clsact".to_string()));
+    assert_eq!(sonde_filters(&b.host_if), Vec::<String>::new());
+}
+
+/// Waits until Sonde's filters on `dev` are `want` (sorted names).
+#[track_caller]
+fn wait_filters(dev: &str, want: &[String]) {
+    let mut last = Vec::new();
+    let reached = try_poll_until(SETTLE_TIMEOUT, || {
+        last = sonde_filters(dev);
+        (last == want).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "{dev}: Sonde's filters are {last:?}, wanted {want:?}"
+    );
+}
+
+fn both_probes_yaml(pattern: &str, flow: bool, dns_pattern: &str) -> String {
+    only_probes_yaml(
+        &format!(
+            "  flow:\n    enabled: {flow}\n    interfaces: [\"{pattern}\"]\n    attach: clsact\n  \
+             dns:\n    enabled: true\n    interfaces: [\"{dns_pattern}\"]\n    attach: clsact\n"
+        ),
+        "",
+    )
+}
+
+/// Sonde's filters go with what made them: the probe disabled (flow), the pattern no longer
+/// matching (dns), the agent stopped.
+#[test]
+fn clsact_filters_go_with_the_probe_the_pattern_and_the_agent() {
+    let node = NodePods::new(2);
+    let pattern = node.interface_pattern();
+    let agent = Agent::spawn_yaml(&both_probes_yaml(&pattern, true, &pattern));
+    agent.wait_ready(READY_TIMEOUT);
+    let pid = agent.pid();
+    let names = |probes: &[&str]| -> Vec<String> {
+        let mut n: Vec<String> = probes
+            .iter()
+            .flat_map(|p| ["ingress", "egress"].map(|h| format!("sonde-{p}-{h}-{pid}")))
+            .collect();
+        n.sort();
+        n
+    };
+    for pod in &node.pods {
+        wait_filters(&pod.host_if, &names(&["flow", "dns"]));
+    }
+    assert_eq!(probe_status(&agent, "dns")["attach"], "clsact");
+
+    // flow disabled: its filters go, dns's stay.
+    agent.rewrite_config(&both_probes_yaml(&pattern, false, &pattern));
+    for pod in &node.pods {
+        wait_filters(&pod.host_if, &names(&["dns"]));
+    }
+    // dns's pattern no longer matches: its filters go too.
+    agent.rewrite_config(&both_probes_yaml(&pattern, false, "sonde-none*"));
+    for pod in &node.pods {
+        wait_filters(&pod.host_if, &[]);
+    }
+    // Both back, then the agent stops.
+    agent.rewrite_config(&both_probes_yaml(&pattern, true, &pattern));
+    for pod in &node.pods {
+        wait_filters(&pod.host_if, &names(&["flow", "dns"]));
+    }
+    drop(agent);
+    for pod in &node.pods {
+        assert_eq!(
+            sonde_filters(&pod.host_if),
+            Vec::<String>::new(),
+            "{}",
+            pod.host_if
+        );
+    }
+}
+
+/// A SIGKILLed agent cannot delete its filters; the next agent replaces them (same priority,
+/// its own name) rather than adding its own beside them, and counts through them.
+#[test]
+fn a_killed_agents_filters_are_replaced_not_duplicated() {
+    let node = NodePods::new(2);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    let yaml = attach_yaml(&[node.interface_pattern()], 65536, Attach::Clsact);
+    let filters_of = |pid: u32| {
+        vec![
+            (FLOW_PRIORITY, format!("sonde-flow-egress-{pid}")),
+            (FLOW_PRIORITY, format!("sonde-flow-ingress-{pid}")),
+        ]
+    };
+    let listed = |dev: &str| {
+        let mut l: Vec<(u16, String)> = ["ingress", "egress"]
+            .iter()
+            .flat_map(|hook| tc_filters(dev, hook))
+            .filter_map(|f| Some((f.pref, f.name?)))
+            .collect();
+        l.sort_by(|x, y| x.1.cmp(&y.1));
+        l
+    };
+
+    let killed = Agent::spawn_yaml(&yaml);
+    killed.wait_ready(READY_TIMEOUT);
+    wait_attached(&killed, &[&a.host_if, &b.host_if]);
+    let old = killed.pid();
+    killed.signal(libc::SIGKILL);
+    drop(killed);
+    for pod in [a, b] {
+        assert_eq!(
+            listed(&pod.host_if),
+            filters_of(old),
+            "left by the killed agent"
+        );
+    }
+
+    let agent = Agent::spawn_yaml(&yaml);
+    agent.wait_ready(READY_TIMEOUT);
+    wait_attached(&agent, &[&a.host_if, &b.host_if]);
+    for pod in [a, b] {
+        assert_eq!(
+            listed(&pod.host_if),
+            filters_of(agent.pid()),
+            "{}",
+            pod.host_if
+        );
+    }
+    transfer_and_count(&agent, a, b, IpFamily::V4, 5205);
+    drop(agent);
+    for pod in [a, b] {
+        assert_eq!(listed(&pod.host_if), [], "{}", pod.host_if);
+    }
 }
 
 #[test]

@@ -57,6 +57,50 @@ fn probes_lists_catalogue_as_root() {
     );
 }
 
+/// TC probes say how they will attach: TCX links on this kernel (6.6+) by default, filters
+/// on a clsact qdisc with `attach: clsact` in the file given (not degraded: asked for).
+#[test]
+fn probes_say_how_tc_probes_attach() {
+    let row = |args: &[&str], name: &str| -> serde_json::Value {
+        let out = run_sonde(args, std::time::Duration::from_secs(60));
+        assert!(out.status.success(), "{}", out.stderr);
+        let probes: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON output");
+        probes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {probes}"))
+            .clone()
+    };
+    let json = ["probes", "--output", "json"];
+    for name in ["flow", "dns"] {
+        let p = row(&json, name);
+        assert_eq!(p["attach"], "tcx", "{p}");
+        assert_eq!(p["degraded"], serde_json::Value::Null, "{p}");
+    }
+    assert_eq!(row(&json, "packet_drop")["attach"], serde_json::Value::Null);
+
+    let dir = TempDir::new();
+    let config = dir.write("sonde.yaml", "probes:\n  flow:\n    attach: clsact\n");
+    let config = config.to_str().unwrap();
+    let with = ["probes", "--config", config, "--output", "json"];
+    let flow = row(&with, "flow");
+    assert_eq!(flow["attach"], "clsact", "{flow}");
+    assert_eq!(flow["loadable"], true, "{flow}");
+    assert_eq!(flow["degraded"], serde_json::Value::Null, "{flow}");
+    assert_eq!(row(&with, "dns")["attach"], "tcx");
+
+    let out = run_sonde(
+        &["probes", "--config", config],
+        std::time::Duration::from_secs(60),
+    );
+    let flow = out.stdout.lines().find(|l| l.starts_with("flow")).unwrap();
+    assert!(flow.contains("tc/ingress,tc/egress (clsact)"), "{flow}");
+    let dns = out.stdout.lines().find(|l| l.starts_with("dns")).unwrap();
+    assert!(dns.contains("tc/ingress,tc/egress (tcx)"), "{dns}");
+}
+
 #[test]
 fn probes_says_why_not_without_privileges() {
     let out = probes_as_nobody();

@@ -150,6 +150,8 @@ pub struct ProbeState {
     pub loadable: bool,
     pub reason: Option<String>,
     pub degraded: Option<String>,
+    /// How its TC programs are attached (`tcx`, `clsact`), for TC probes.
+    pub attach: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -933,6 +935,7 @@ fn parse_probes(json: &str) -> Result<Vec<ProbeState>, String> {
             loadable: r["loadable"].as_bool().unwrap_or(false),
             reason: r["reason"].as_str().map(str::to_string),
             degraded: r["degraded"].as_str().map(str::to_string),
+            attach: r["attach"].as_str().map(str::to_string),
         })
         .collect())
 }
@@ -978,13 +981,19 @@ fn on_host(bins: &Binaries) -> Result<Report, String> {
 }
 
 fn probe_cell(p: Option<&ProbeState>) -> String {
-    match p {
-        None => "—".into(),
-        Some(p) if !p.loadable => format!("no: {}", p.reason.as_deref().unwrap_or("?")),
-        Some(ProbeState {
-            degraded: Some(d), ..
-        }) => format!("degraded: {d}"),
-        Some(_) => "yes".into(),
+    let Some(p) = p else {
+        return "—".into();
+    };
+    if !p.loadable {
+        return format!("no: {}", p.reason.as_deref().unwrap_or("?"));
+    }
+    let state = match &p.degraded {
+        Some(d) => format!("degraded: {d}"),
+        None => "yes".into(),
+    };
+    match &p.attach {
+        Some(mode) => format!("{state} ({mode})"),
+        None => state,
     }
 }
 
@@ -1094,7 +1103,7 @@ mod tests {
 
     const REPORT: &str = "junk\r\n@@ release 6.1.0-50-cloud-amd64\r\n@@ probes\r\n\
         [{\"name\": \"packet_drop\", \"loadable\": false, \"reason\": \"why | not\"},\r\n\
-        {\"name\": \"flow\", \"loadable\": true, \"reason\": null, \"degraded\": \"clsact\"}]\r\n\
+        {\"name\": \"flow\", \"loadable\": true, \"reason\": null, \"degraded\": \"x\", \"attach\": \"clsact\"}]\r\n\
         @@ end\r\n@@ test a::one 0\r\n@@ test b::two skip flow\r\n@@ done\r\n";
 
     #[test]
@@ -1111,7 +1120,8 @@ mod tests {
         let r = parse_report(REPORT, &tests).unwrap();
         assert_eq!(r.release, "6.1.0-50-cloud-amd64");
         assert_eq!(r.probes.len(), 2);
-        assert_eq!(r.probes[1].degraded.as_deref(), Some("clsact"));
+        assert_eq!(r.probes[1].degraded.as_deref(), Some("x"));
+        assert_eq!(r.probes[1].attach.as_deref(), Some("clsact"));
         assert_eq!(r.tests["a::one"], Outcome::Passed);
         assert_eq!(
             r.tests["b::two"],
@@ -1127,7 +1137,7 @@ mod tests {
         let r = parse_report(REPORT, &[]).unwrap();
         let doc = render(&[(Some(&KERNELS[1]), Some(r.clone())), (None, Some(r))]);
         assert!(doc.contains("| `packet_drop` | no: why \\| not |"));
-        assert!(doc.contains("| `flow` | degraded: clsact |"));
+        assert!(doc.contains("| `flow` | degraded: x (clsact) |"));
         let other_host = doc.replace("Kernel `6.1.0-50-cloud-amd64`", "Kernel `6.18`");
         assert_ne!(doc, other_host);
         assert_eq!(compared(&doc), compared(&other_host));

@@ -11,7 +11,7 @@ use ebpf_core::dns::{
     rcode_name, CountKey, Query, QueryKey, KIND_BUCKET, KIND_RCODE, KIND_SUM, PENDING_MAP, SPEC,
 };
 use ebpf_core::record::{AF_INET, AF_INET6};
-use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings, TcAttach};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Deltas, Driver, EventsConfig, ProbesConfig};
@@ -25,6 +25,9 @@ pub struct Config {
     pub enabled: bool,
     /// Interfaces to attach to, as `probes.flow.interfaces`.
     pub interfaces: Vec<String>,
+    /// How the programs are attached, as `probes.flow.attach`.
+    #[serde(deserialize_with = "super::interfaces::attach")]
+    pub attach: TcAttach,
     /// A query with no response after this long is a timeout (an event).
     #[serde(deserialize_with = "timeout")]
     pub timeout: Duration,
@@ -41,6 +44,7 @@ impl Default for Config {
         Config {
             enabled: false,
             interfaces: super::flow::Config::default().interfaces,
+            attach: TcAttach::Auto,
             timeout: Duration::from_secs(5),
             error_rate: 10.0,
             events: EventsConfig::default(),
@@ -87,6 +91,7 @@ fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.dns;
     c.enabled.then(|| {
         let mut s = super::table_settings(0);
+        s.tc_attach = c.attach;
         s.params[PARAM_TIMEOUT_NS] = c.timeout.as_nanos() as u64;
         s.params[PARAM_ERROR_RATE_MILLI] = (c.error_rate * 1000.0) as u64;
         s.params[PARAM_EVENTS] = c.events.enabled as u64;

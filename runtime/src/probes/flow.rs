@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use ebpf_core::flow::{Row, COUNT_INSERTED, SPEC};
 use ebpf_core::probe::TABLE_MAP;
-use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings, Tuple};
+use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings, TcAttach, Tuple};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,10 @@ pub struct Config {
     /// Interfaces to attach to, in the agent's network namespace: a name, or a prefix ending
     /// in `*`. Matching interfaces are attached as they appear and detached as they go.
     pub interfaces: Vec<String>,
+    /// How the programs are attached: TCX links or a clsact qdisc's filters (`auto` picks
+    /// TCX where the kernel has it). A change reloads the probe.
+    #[serde(deserialize_with = "super::interfaces::attach")]
+    pub attach: TcAttach,
     /// Rows of the kernel's flow table (least recently updated evicted when full).
     pub table_size: u32,
     /// Label series with `src_ip` and `dst_ip` (one series per address pair: cardinality).
@@ -49,6 +53,7 @@ impl Default for Config {
         Config {
             enabled: false,
             interfaces: vec!["veth*".into(), "cali*".into(), "lxc*".into()],
+            attach: TcAttach::Auto,
             table_size: 65536,
             address_labels: false,
             port_labels: false,
@@ -92,6 +97,7 @@ fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.flow;
     c.enabled.then(|| {
         let mut s = super::table_settings(c.table_size);
+        s.tc_attach = c.attach;
         s.params[PARAM_LABELS] = if c.address_labels { LABEL_ADDRESSES } else { 0 }
             | if c.port_labels { LABEL_PORTS } else { 0 };
         s.params[PARAM_MAX_SERIES] = c.max_series as u64;

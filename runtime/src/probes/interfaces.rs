@@ -10,7 +10,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ebpf_core::{TcLinks, TcTarget};
+use ebpf_core::{TcAttach, TcLinks, TcTarget};
+use serde::{Deserialize, Deserializer};
 
 use crate::netlink::{self, Link, RTM_DELLINK, RTM_NEWLINK};
 
@@ -40,6 +41,15 @@ pub fn validate(probe: &str, patterns: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `probes.<probe>.attach`: `auto` (TCX links where the kernel has them, a clsact qdisc and
+/// filters otherwise), `tcx` or `clsact`.
+pub fn attach<'de, D: Deserializer<'de>>(d: D) -> Result<TcAttach, D::Error> {
+    let s = String::deserialize(d)?;
+    TcAttach::parse(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!("attach: {s:?} is not {}", TcAttach::NAMES))
+    })
 }
 
 /// The interfaces a probe is attached to (ifindex -> name), and the last attach failure.
@@ -239,7 +249,7 @@ impl Watcher {
             }
             None if wanted => match self.target.attach(link.ifindex) {
                 Ok(links) => {
-                    tracing::info!(probe = self.probe, interface = %link.name, "attached");
+                    tracing::info!(probe = self.probe, interface = %link.name, mode = self.target.mode().as_str(), "attached");
                     self.links.insert(link.ifindex, (link.name.clone(), links));
                 }
                 Err(e) => {

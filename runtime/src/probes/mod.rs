@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use aya::Btf;
-use ebpf_core::{LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats};
+use ebpf_core::{
+    LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats, TcAttach, TcMode,
+};
 use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -186,6 +188,7 @@ impl EventsConfig {
             ring_buffer_size: self.ring_buffer_size.0 as u32,
             params: [0; 4],
             table_size: 0,
+            tc_attach: TcAttach::Auto,
         }
     }
 }
@@ -332,6 +335,16 @@ fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
     }
 }
 
+/// How a probe with TC hooks is to attach them (`attach` in its config); `auto` for the
+/// others.
+pub fn tc_attach(probe: &str, config: &ProbesConfig) -> TcAttach {
+    match probe {
+        "flow" => config.flow.attach,
+        "dns" => config.dns.attach,
+        _ => TcAttach::Auto,
+    }
+}
+
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
 /// counters (which keep their totals across probe reloads and namespace changes).
 #[derive(Debug, Default)]
@@ -422,6 +435,9 @@ pub struct ProbeStatus {
     /// For a running probe: what it lacks on this kernel (an older program had to do).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// For a running probe with TC hooks: how its programs are attached (`tcx`, `clsact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach: Option<&'static str>,
     /// For a running probe with TC hooks: the interfaces it is attached to now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,
@@ -522,7 +538,7 @@ impl Probes {
                             }
                             Ok(false) => tracing::info!(
                                 probe = name,
-                                "probe reloading for its new ring buffer size"
+                                "probe reloading for its new ring buffer size, table size or attach mode"
                             ),
                             Err(e) => {
                                 tracing::warn!(probe = name, error = %e, "reconfiguring failed; reloading")
@@ -743,8 +759,10 @@ impl Probes {
                 let name = d.spec.name;
                 let mut interfaces = None;
                 let mut degraded = None;
+                let mut attach = None;
                 let (state, error) = if let Some(r) = self.running.get(name) {
                     degraded = r.probe.degraded().map(str::to_string);
+                    attach = r.probe.tc_mode().map(TcMode::as_str);
                     // An interface the programs could not attach to is said, the probe runs.
                     let attached = r.interfaces.as_ref().map(|w| w.attached());
                     let error = attached.as_ref().and_then(|(_, e)| e.clone());
@@ -762,11 +780,19 @@ impl Probes {
                     state,
                     error,
                     degraded,
+                    attach,
                     interfaces,
                 }
             })
             .chain(std::iter::once(self.netstat.status()))
             .collect()
+    }
+
+    /// Syncs and unloads every probe: their TC filters are deleted now, not whenever the last
+    /// reference to the probes goes.
+    pub fn stop(&mut self) {
+        self.sync();
+        self.running.clear();
     }
 }
 

@@ -262,6 +262,7 @@ impl Netstat {
             state,
             error,
             degraded: None,
+            attach: None,
             interfaces: None,
         }
     }

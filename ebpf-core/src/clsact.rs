@@ -1,0 +1,739 @@
+//! TC programs attached the classic way, for kernels without TCX links (before 6.6): a
+//! `clsact` qdisc on the interface and one `bpf` filter in direct-action mode per program,
+//! made and removed over rtnetlink (what `tc qdisc add dev X clsact` and `tc filter add dev X
+//! ingress bpf da fd N` do).
+//!
+//! Other filters on the interface (a CNI's) are left alone:
+//! - a clsact qdisc already there is used as it is, and the qdisc is never deleted, not even
+//!   one we made: deleting a clsact deletes every filter on it, and there is no "delete if
+//!   empty", so a CNI that added a filter to it meanwhile would lose it; an empty clsact costs
+//!   a packet a pointer test.
+//! - each filter of ours takes a priority of its own, [`PRIORITY_BASE`] plus the probe's slot
+//!   (the next free one when another filter has it), so it never shares a priority with, nor
+//!   replaces, another filter (priority 1, Cilium's default, is left to it: a CNI that
+//!   replaces its filter there would take ours). Filters at lower numbers run first: one that
+//!   ends classification (`TC_ACT_OK`, a redirect) hides the packet from us, as a TCX program
+//!   before ours would. Filters at higher numbers (`tc`'s automatic priorities start at 49152)
+//!   see every packet: our programs return `TCX_NEXT` (-1), which cls_bpf in direct-action
+//!   mode reads as `TC_ACT_UNSPEC`, "go on with the next filter".
+//!
+//! A filter, unlike a TCX link, outlives the fd it was made from, so dropping [`Filters`]
+//! deletes ours explicitly. A killed agent cannot: its filters keep running into maps nobody
+//! reads. Each filter is named `sonde-<probe>-<direction>-<pid>` (the `bpf` filter's name,
+//! shown by `tc filter show`), and attaching first deletes the filters of the same probe and
+//! direction whose agent is gone (see [`is_stale`]); another live agent's (a `sonde trace`
+//! beside the agent) are left.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::TcDirection;
+
+/// Where Sonde's filters start: after the low priorities CNIs take (Cilium's 1), before those
+/// `tc` numbers itself (49152 and down).
+pub const PRIORITY_BASE: u16 = 20000;
+/// The handle of our filter within its own priority (the only filter there).
+const HANDLE: u32 = 1;
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_ECHO: u16 = 0x8;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+/// In an error message: extended-ack attributes follow (`NLM_F_ACK_TLVS`).
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
+
+const RTM_NEWQDISC: u16 = 36;
+const RTM_GETQDISC: u16 = 38;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
+const RTM_GETTFILTER: u16 = 46;
+/// `struct tcmsg`.
+const TCMSG_LEN: usize = 20;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_FD: u16 = 6;
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_FLAGS: u16 = 8;
+const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
+/// `TC_H_CLSACT` (= `TC_H_INGRESS`): the parent a clsact qdisc hangs from.
+const TC_H_CLSACT: u32 = 0xffff_fff1;
+/// The clsact qdisc's own handle, `ffff:`.
+const CLSACT_HANDLE: u32 = 0xffff_0000;
+/// `ETH_P_ALL` in network order, as `tcm_info` carries the protocol.
+const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
+
+/// The filters of one probe on one interface; dropping it deletes them.
+#[derive(Debug)]
+pub struct Filters {
+    ifindex: u32,
+    /// (hook, name) of each filter made.
+    made: Vec<(TcDirection, String)>,
+}
+
+/// The clsact hook of a direction: `ffff:fff2` (ingress) or `ffff:fff3` (egress).
+fn parent(direction: TcDirection) -> u32 {
+    match direction {
+        TcDirection::Ingress => 0xffff_fff2,
+        TcDirection::Egress => 0xffff_fff3,
+    }
+}
+
+fn direction_name(direction: TcDirection) -> &'static str {
+    match direction {
+        TcDirection::Ingress => "ingress",
+        TcDirection::Egress => "egress",
+    }
+}
+
+/// The name our filter carries: `sonde-<probe>-<direction>-<pid>`.
+fn filter_name(probe: &str, direction: TcDirection, pid: u32) -> String {
+    format!("sonde-{probe}-{}-{pid}", direction_name(direction))
+}
+
+/// Attaches each program as a direct-action `bpf` filter on `ifindex`, making the clsact
+/// qdisc if there is none, after deleting stale filters of the same probe. `slot` (the
+/// probe's among the TC probes) picks the preferred priority.
+pub fn attach(
+    probe: &str,
+    ifindex: u32,
+    programs: &[(TcDirection, OwnedFd)],
+    slot: u16,
+) -> io::Result<Filters> {
+    let mut sock = Rtnl::open()?;
+    ensure_clsact(&mut sock, ifindex).map_err(|e| sock.explain(e))?;
+    let pid = std::process::id();
+    let mut filters = Filters {
+        ifindex,
+        made: Vec::new(),
+    };
+    for (direction, prog) in programs {
+        let hook = parent(*direction);
+        remove_stale(&mut sock, ifindex, probe, *direction).map_err(|e| sock.explain(e))?;
+        let name = filter_name(probe, *direction, pid);
+        let preferred = PRIORITY_BASE.saturating_add(slot);
+        let prio = add_filter(&mut sock, ifindex, hook, prog, &name, preferred)
+            .map_err(|e| sock.explain(e))?;
+        tracing::debug!(probe, ifindex, prio, filter = %name, "added a bpf filter");
+        // Kept at once: a failure on the next direction deletes this one with `filters`.
+        filters.made.push((*direction, name));
+    }
+    Ok(filters)
+}
+
+/// Deletes the filters of `probe` in `direction` on `ifindex` left by an agent that is gone
+/// (see [`is_stale`]).
+fn remove_stale(
+    sock: &mut Rtnl,
+    ifindex: u32,
+    probe: &str,
+    direction: TcDirection,
+) -> io::Result<()> {
+    let hook = parent(direction);
+    let prefix = format!("sonde-{probe}-{}-", direction_name(direction));
+    for f in filters(sock, ifindex, hook)? {
+        let Some(pid) = f.name.as_deref().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if pid.parse().is_ok_and(is_stale) {
+            delete_filter(sock, ifindex, hook, &f)?;
+            tracing::info!(
+                probe,
+                ifindex,
+                filter = f.name.as_deref().unwrap_or_default(),
+                "deleted a stale filter of an earlier agent"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Deletes stale filters of `probe` on `ifindex` (both directions), for a kernel where the
+/// probe now runs as TCX links; failures are only logged, the links work regardless.
+pub fn remove_stale_quietly(probe: &str, ifindex: u32) {
+    let result = Rtnl::open().and_then(|mut sock| {
+        for direction in [TcDirection::Ingress, TcDirection::Egress] {
+            remove_stale(&mut sock, ifindex, probe, direction)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        tracing::debug!(probe, ifindex, error = %e, "cannot look for stale TC filters");
+    }
+}
+
+/// A filter whose agent is gone: its pid is ours (an earlier agent in a pid namespace that
+/// gave this one the same pid, or one of ours not deleted), or no live process of the same
+/// program (our own command name) has it.
+fn is_stale(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let comm_state = |path: &str| -> Option<(String, char)> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        let (head, tail) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_string();
+        Some((comm, tail.trim_start().chars().next()?))
+    };
+    let Some((ours, _)) = comm_state("/proc/self/stat") else {
+        return false;
+    };
+    match comm_state(&format!("/proc/{pid}/stat")) {
+        // A zombie or dead task holds no filter.
+        Some((comm, state)) => comm != ours || matches!(state, 'Z' | 'X' | 'x'),
+        None => true,
+    }
+}
+
+/// Makes the clsact qdisc on `ifindex`, or finds one there. Any other qdisc at the ingress
+/// parent (the older `ingress` qdisc, which has no egress hook) is an error naming it.
+fn ensure_clsact(sock: &mut Rtnl, ifindex: u32) -> io::Result<()> {
+    let mut msg = tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0);
+    put_attr(&mut msg, TCA_KIND, b"clsact\0");
+    match sock.request(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, &msg) {
+        Ok(_) => {
+            tracing::debug!(ifindex, "made a clsact qdisc");
+            return Ok(());
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let msg = tcmsg(ifindex, 0, TC_H_CLSACT, 0);
+    // The kernel answers a qdisc GET as a notification, sent back to us only with ECHO.
+    let kind = sock
+        .request(RTM_GETQDISC, NLM_F_ECHO, &msg)?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWQDISC)
+        .find_map(|(_, body)| string_attr(body.get(TCMSG_LEN..)?, TCA_KIND))
+        .unwrap_or_default();
+    if kind == "clsact" {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the interface's ingress qdisc is {kind:?}, not the clsact that TC programs \
+             need without TCX"
+        )))
+    }
+}
+
+/// Adds our filter at the first free priority from `preferred`, and returns the priority.
+fn add_filter(
+    sock: &mut Rtnl,
+    ifindex: u32,
+    hook: u32,
+    prog: &OwnedFd,
+    name: &str,
+    preferred: u16,
+) -> io::Result<u16> {
+    let mut used: BTreeSet<u16> = filters(sock, ifindex, hook)?
+        .iter()
+        .map(|f| f.prio)
+        .collect();
+    // Another filter may take a priority between the dump and the request: try the next.
+    for _ in 0..16 {
+        let prio = (preferred..=u16::MAX)
+            .find(|p| !used.contains(p))
+            .ok_or_else(|| io::Error::other("no free filter priority"))?;
+        let mut msg = tcmsg(ifindex, HANDLE, hook, tc_info(prio));
+        put_attr(&mut msg, TCA_KIND, b"bpf\0");
+        let options = begin_nested(&mut msg, TCA_OPTIONS);
+        put_attr(
+            &mut msg,
+            TCA_BPF_FD,
+            &(prog.as_raw_fd() as u32).to_ne_bytes(),
+        );
+        let mut cname = name.as_bytes().to_vec();
+        cname.push(0);
+        put_attr(&mut msg, TCA_BPF_NAME, &cname);
+        put_attr(
+            &mut msg,
+            TCA_BPF_FLAGS,
+            &TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes(),
+        );
+        end_nested(&mut msg, options);
+        match sock.request(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, &msg) {
+            Ok(_) => return Ok(prio),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                used.insert(prio);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "no free filter priority: other filters kept taking them",
+    ))
+}
+
+impl Drop for Filters {
+    /// Deletes the filters named as ours on their hooks (found by name, so a filter someone
+    /// else put at our priority after ours was removed is left alone).
+    fn drop(&mut self) {
+        if self.made.is_empty() {
+            return;
+        }
+        let result = Rtnl::open().and_then(|mut sock| {
+            for (direction, name) in &self.made {
+                let hook = parent(*direction);
+                let deleted = filters(&mut sock, self.ifindex, hook).and_then(|found| {
+                    found
+                        .iter()
+                        .filter(|f| f.name.as_deref() == Some(name.as_str()))
+                        .try_for_each(|f| delete_filter(&mut sock, self.ifindex, hook, f))
+                });
+                deleted.map_err(|e| sock.explain(e))?;
+            }
+            Ok(())
+        });
+        match result {
+            // The interface went, and its filters with it.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {}
+            Err(e) => {
+                tracing::warn!(ifindex = self.ifindex, error = %e, "cannot delete our TC filters")
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// One filter of a hook as a dump lists it (a priority with no handle stands for the
+/// classifier instance that holds that priority's filters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Filter {
+    prio: u16,
+    protocol: u16,
+    handle: u32,
+    kind: String,
+    /// A `bpf` filter's name.
+    name: Option<String>,
+}
+
+/// Every filter on hook `hook` of `ifindex` (none when it has no clsact qdisc).
+fn filters(sock: &mut Rtnl, ifindex: u32, hook: u32) -> io::Result<Vec<Filter>> {
+    let msg = tcmsg(ifindex, 0, hook, 0);
+    Ok(sock
+        .dump(RTM_GETTFILTER, &msg)?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWTFILTER)
+        .filter_map(|(_, body)| parse_filter(&body))
+        .collect())
+}
+
+fn parse_filter(body: &[u8]) -> Option<Filter> {
+    let attrs_buf = body.get(TCMSG_LEN..)?;
+    let info = u32_at(body, 16);
+    let kind = string_attr(attrs_buf, TCA_KIND).unwrap_or_default();
+    let name = (kind == "bpf")
+        .then(|| {
+            attrs(attrs_buf)
+                .find(|(t, _)| *t == TCA_OPTIONS)
+                .and_then(|(_, options)| string_attr(options, TCA_BPF_NAME))
+        })
+        .flatten();
+    Some(Filter {
+        prio: (info >> 16) as u16,
+        protocol: (info & 0xffff) as u16,
+        handle: u32_at(body, 8),
+        kind,
+        name,
+    })
+}
+
+fn delete_filter(sock: &mut Rtnl, ifindex: u32, hook: u32, f: &Filter) -> io::Result<()> {
+    let mut msg = tcmsg(
+        ifindex,
+        f.handle,
+        hook,
+        (f.prio as u32) << 16 | f.protocol as u32,
+    );
+    put_attr(&mut msg, TCA_KIND, format!("{}\0", f.kind).as_bytes());
+    match sock.request(RTM_DELTFILTER, 0, &msg) {
+        // Gone meanwhile.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// `tcm_info` of a filter of ours: priority and protocol (all).
+fn tc_info(prio: u16) -> u32 {
+    (prio as u32) << 16 | ETH_P_ALL_BE as u32
+}
+
+/// A `struct tcmsg` (family unspecified).
+fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
+    let mut m = vec![0u8; TCMSG_LEN];
+    m[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    m[8..12].copy_from_slice(&handle.to_ne_bytes());
+    m[12..16].copy_from_slice(&parent.to_ne_bytes());
+    m[16..20].copy_from_slice(&info.to_ne_bytes());
+    m
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(align4(buf.len()), 0);
+}
+
+/// Starts a nested attribute; [`end_nested`] sets its length.
+fn begin_nested(buf: &mut Vec<u8>, kind: u16) -> usize {
+    let at = buf.len();
+    buf.extend_from_slice(&0u16.to_ne_bytes());
+    // NLA_F_NESTED.
+    buf.extend_from_slice(&(kind | 0x8000).to_ne_bytes());
+    at
+}
+
+fn end_nested(buf: &mut [u8], at: usize) {
+    let len = (buf.len() - at) as u16;
+    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// Iterates the attributes of `buf` as (type, payload).
+fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        // NLA_F_NESTED and NLA_F_NET_BYTEORDER live in the top bits.
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[align4(len).min(buf.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn string_attr(buf: &[u8], kind: u16) -> Option<String> {
+    let (_, p) = attrs(buf).find(|(k, _)| *k == kind)?;
+    let end = p.iter().position(|b| *b == 0).unwrap_or(p.len());
+    Some(String::from_utf8_lossy(&p[..end]).into_owned())
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4)
+        .map_or(0, |s| u32::from_ne_bytes(s.try_into().unwrap()))
+}
+
+/// One netlink message: its type and its body (after the header).
+type Message = (u16, Vec<u8>);
+
+/// An rtnetlink socket for requests, in the network namespace of the thread that opened it.
+struct Rtnl {
+    fd: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+    /// The kernel's message with the last error answer (errors stay plain errnos, which
+    /// callers match on).
+    reason: Option<String>,
+}
+
+impl Rtnl {
+    fn open() -> io::Result<Rtnl> {
+        // SAFETY: plain syscall; the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timeout = Duration::from_secs(2);
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        // The kernel's reason with its errors ("Filter kind and protocol must match existing
+        // filter"), without our request echoed back. Older kernels ignore them: no harm.
+        let _ = setsockopt(&fd, SOL_NETLINK, NETLINK_EXT_ACK, &1i32);
+        let _ = setsockopt(&fd, SOL_NETLINK, NETLINK_CAP_ACK, &1i32);
+        Ok(Rtnl {
+            fd,
+            seq: 0,
+            buf: vec![0u8; 64 << 10],
+            reason: None,
+        })
+    }
+
+    /// `e` with the kernel's message for it, for people; ENODEV (the interface went) stays
+    /// as it is, for callers that say nothing then.
+    fn explain(&self, e: io::Error) -> io::Error {
+        match (&self.reason, e.raw_os_error()) {
+            (Some(reason), Some(errno)) if errno != libc::ENODEV => {
+                io::Error::new(e.kind(), format!("{e} ({reason})"))
+            }
+            _ => e,
+        }
+    }
+
+    /// Sends `kind` with `flags` (and an ack asked for) and returns the messages of the
+    /// answer; an error answer is an `io::Error` of its errno.
+    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Message>> {
+        self.exchange(kind, NLM_F_REQUEST | NLM_F_ACK | flags, body)
+    }
+
+    fn dump(&mut self, kind: u16, body: &[u8]) -> io::Result<Vec<Message>> {
+        self.exchange(kind, NLM_F_REQUEST | NLM_F_DUMP, body)
+    }
+
+    fn exchange(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Message>> {
+        self.reason = None;
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let len = NLMSG_HDRLEN + body.len();
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&(len as u32).to_ne_bytes());
+        req.extend_from_slice(&kind.to_ne_bytes());
+        req.extend_from_slice(&flags.to_ne_bytes());
+        req.extend_from_slice(&seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        req.extend_from_slice(body);
+        // SAFETY: zeroed sockaddr_nl is the kernel as peer.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: the buffer and address are valid for their lengths.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut msgs = &self.buf[..n as usize];
+            while msgs.len() >= NLMSG_HDRLEN {
+                let len = u32_at(msgs, 0) as usize;
+                let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+                let flags = u16::from_ne_bytes([msgs[6], msgs[7]]);
+                if len < NLMSG_HDRLEN || len > msgs.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "truncated netlink message",
+                    ));
+                }
+                let body = &msgs[NLMSG_HDRLEN..len];
+                if u32_at(msgs, 8) == seq {
+                    match kind {
+                        NLMSG_DONE => return Ok(out),
+                        NLMSG_ERROR => {
+                            let errno = -(u32_at(body, 0) as i32);
+                            if errno == 0 {
+                                return Ok(out);
+                            }
+                            self.reason = ext_ack_message(flags, body);
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                        _ => out.push((kind, body.to_vec())),
+                    }
+                }
+                msgs = &msgs[align4(len).min(msgs.len())..];
+            }
+        }
+    }
+}
+
+/// The kernel's extended-ack message of an error answer, when it gave one.
+fn ext_ack_message(flags: u16, body: &[u8]) -> Option<String> {
+    // errno, then the request's header (capped: no payload), then the attributes.
+    let tlvs = body
+        .get(4 + NLMSG_HDRLEN..)
+        .filter(|_| flags & NLM_F_ACK_TLVS != 0)?;
+    string_attr(tlvs, NLMSGERR_ATTR_MSG).filter(|m| !m.is_empty())
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: value outlives the call and its size is passed.
+    if unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_messages_round_trip() {
+        let mut msg = tcmsg(7, HANDLE, parent(TcDirection::Egress), tc_info(20001));
+        put_attr(&mut msg, TCA_KIND, b"bpf\0");
+        let options = begin_nested(&mut msg, TCA_OPTIONS);
+        put_attr(&mut msg, TCA_BPF_FD, &5u32.to_ne_bytes());
+        put_attr(&mut msg, TCA_BPF_NAME, b"sonde-dns-egress-42\0");
+        end_nested(&mut msg, options);
+        assert_eq!(
+            parse_filter(&msg),
+            Some(Filter {
+                prio: 20001,
+                protocol: ETH_P_ALL_BE,
+                handle: 1,
+                kind: "bpf".into(),
+                name: Some("sonde-dns-egress-42".into()),
+            })
+        );
+        assert_eq!(u32_at(&msg, 12), 0xffff_fff3);
+    }
+
+    /// Runs `f` on a thread of its own in a new network namespace, where `ip` and `tc` run
+    /// too (a child inherits its thread's namespace).
+    fn in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: plain syscall; it moves only this thread.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    fn run(cmd: &str) {
+        let mut words = cmd.split_whitespace();
+        let out = std::process::Command::new(words.next().unwrap())
+            .args(words)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// (priority, name) of the filters on a hook, the classifier-only lines left out.
+    fn listed(ifindex: u32, direction: TcDirection) -> Vec<(u16, String)> {
+        let mut sock = Rtnl::open().unwrap();
+        let mut out: Vec<(u16, String)> = filters(&mut sock, ifindex, parent(direction))
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.handle != 0 && (f.kind != "u32" || f.handle & 0xfff != 0))
+            .map(|f| (f.prio, f.name.unwrap_or(f.kind)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// On a real interface: a clsact qdisc and a foreign filter at our preferred priority are
+    /// kept, a dead agent's filter is replaced, and dropping the links deletes exactly ours.
+    #[test]
+    fn filters_coexist_replace_stale_ones_and_go_when_dropped() {
+        let btf = aya::Btf::from_sys_fs().unwrap();
+        let settings = crate::ProbeSettings {
+            tc_attach: crate::TcAttach::Clsact,
+            ..Default::default()
+        };
+        let mut probe = crate::LoadedProbe::load(&crate::flow::SPEC, &btf, &settings).unwrap();
+        let target = probe.tc_target().unwrap().unwrap();
+        assert_eq!(target.mode(), crate::TcMode::Clsact);
+        in_new_netns(|| {
+            run("ip link add t0 type veth peer name t1");
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(c"t0".as_ptr()) };
+            run("tc qdisc add dev t0 clsact");
+            run(
+                "tc filter add dev t0 ingress prio 20000 protocol ip u32 match u32 0 0 classid 1:1",
+            );
+            // What a SIGKILLed agent leaves: its pid is no process's (pid_max is at most 2^22).
+            let dead = filter_name("flow", TcDirection::Ingress, 1 << 23);
+            let (_, prog) = &target.programs[0];
+            let mut sock = Rtnl::open().unwrap();
+            add_filter(
+                &mut sock,
+                ifindex,
+                parent(TcDirection::Ingress),
+                prog,
+                &dead,
+                30000,
+            )
+            .unwrap();
+
+            let links = target.attach(ifindex).unwrap();
+            let ours = |d| filter_name("flow", d, std::process::id());
+            assert_eq!(
+                listed(ifindex, TcDirection::Ingress),
+                [(20000, "u32".into()), (20001, ours(TcDirection::Ingress))]
+            );
+            assert_eq!(
+                listed(ifindex, TcDirection::Egress),
+                [(20000, ours(TcDirection::Egress))]
+            );
+            drop(links);
+            assert_eq!(
+                listed(ifindex, TcDirection::Ingress),
+                [(20000, "u32".into())]
+            );
+            assert_eq!(listed(ifindex, TcDirection::Egress), []);
+            // The qdisc stays (its filters are anyone's).
+            let msg = tcmsg(ifindex, 0, TC_H_CLSACT, 0);
+            assert_eq!(
+                sock.request(RTM_GETQDISC, NLM_F_ECHO, &msg).unwrap().len(),
+                1
+            );
+        });
+    }
+
+    #[test]
+    fn stale_filters_are_those_of_dead_agents_or_our_pid() {
+        assert_eq!(
+            filter_name("flow", TcDirection::Ingress, 12),
+            "sonde-flow-ingress-12"
+        );
+        assert!(is_stale(std::process::id()));
+        // pid 1 runs, but it is not this program.
+        assert!(is_stale(1));
+        // No such process (pid_max is at most 2^22).
+        assert!(is_stale(u32::MAX));
+    }
+}
