@@ -778,7 +778,16 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
         // One host thread runs both vCPUs: with a thread per vCPU, 6.12 took an int3 Oops in
         // handle_softirqs when tracepoints were switched on while the other vCPU ran the code
         // being patched (cross-modifying code under multi-threaded TCG).
-        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2", "-m", "3072"])
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "3072",
+        ])
         .args(["-nographic", "-no-reboot", "-nodefaults"])
         .arg("-kernel")
         .arg(&unpacked.vmlinuz)
