@@ -39,6 +39,10 @@ enum Command {
     },
     /// List the probe catalogue and whether each probe can load on this kernel.
     Probes {
+        /// Read the kernel's types from this BTF file, as config `btf.path` does (to check a
+        /// file before deploying it).
+        #[arg(long, value_name = "FILE")]
+        btf: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -167,7 +171,7 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Configmap { dir, namespace },
         } => plugin_configmap(&dir, namespace.as_deref()),
-        Command::Probes { output } => probes(output),
+        Command::Probes { btf, output } => probes(btf, output),
         Command::Trace {
             expr,
             file,
@@ -239,10 +243,12 @@ type ProbeRow = (
 );
 
 /// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
-/// checks that the probes that read procfs (netstat) can enter network namespaces.
-fn probes(output: Output) -> anyhow::Result<()> {
+/// checks that the probes that read procfs (netstat) can enter network namespaces. With
+/// `btf`, the kernel's types come from that file (config `btf.path`).
+fn probes(btf: Option<PathBuf>, output: Output) -> anyhow::Result<()> {
+    ebpf_core::btf::set_path(btf);
     let mut loader = ebpf_core::ProbeLoader::new();
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"));
+    let btf = ebpf_core::btf::KernelBtf::load().map_err(|e| e.to_string());
     let mut rows: Vec<ProbeRow> = ebpf_core::CATALOGUE
         .iter()
         .map(|spec| {
