@@ -1,13 +1,252 @@
-//! Reads enum names from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//! The kernel's BTF, from one place for the whole process, and a small reader of it.
+//!
+//! Everything that reads the kernel's types (aya's CO-RE relocations, the checks made before
+//! loading a probe, tracepoint arities, drop reason names) gets them through [`KernelBtf`],
+//! [`TypeIndex::kernel`] or [`drop_reasons`]: from the file `btf.path` names when it is set
+//! ([`set_path`]), else from the kernel's own BTF at [`VMLINUX`]. A kernel built without
+//! BTF (`CONFIG_DEBUG_INFO_BTF` off) has no [`VMLINUX`]; a BTF file for it gives CO-RE
+//! relocations, but tp_btf programs still cannot load there: the kernel resolves their attach
+//! points in its own BTF ([`KernelBtf::own`]).
 //!
 //! Drop reason numbers change between kernels (`enum skb_drop_reason` grows in the middle),
 //! so Sonde never ships a table: it names a reason by reading the enum from the kernel it runs
-//! on. This is a small reader of the BTF type section, enough to find one enum by name.
+//! on. The reader here walks the BTF type section, enough to find one enum by name and to
+//! index the types the checks ask about.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
+/// Where the kernel publishes its own BTF (when built with `CONFIG_DEBUG_INFO_BTF`).
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// How to get a BTF file for a kernel that has none, as errors say it (one line).
+pub const HOW_TO_GET_BTF: &str = "get a BTF file for this kernel from BTFHub \
+     (https://github.com/aquasecurity/btfhub-archive: <distribution>/<version>/<arch>/\
+     <uname -r>.btf.tar.xz, extracted) or make one from the kernel's debug-info vmlinux with \
+     `pahole --btf_encode_detached FILE vmlinux`, and set btf.path to it";
+
+/// `btf.path`: the file the kernel's types are read from instead of [`VMLINUX`].
+static PATH: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Sets (or, with `None`, clears) `btf.path` for the whole process: every later read of the
+/// kernel's types comes from that file.
+pub fn set_path(path: Option<PathBuf>) {
+    *PATH.write().unwrap_or_else(|e| e.into_inner()) = path;
+}
+
+/// `btf.path`, when set.
+pub fn path() -> Option<PathBuf> {
+    PATH.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Whether the running kernel has BTF of its own ([`VMLINUX`]). A file that exists but cannot
+/// be read counts as there (reading it says why it cannot be).
+pub fn kernel_has_own() -> bool {
+    match std::fs::metadata(VMLINUX) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Why the kernel's types cannot be had; one line each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelBtfError {
+    #[error("this kernel has no BTF ({VMLINUX}) and btf.path is not set: {HOW_TO_GET_BTF}")]
+    Missing,
+    #[error("kernel BTF {VMLINUX}: {0}")]
+    Kernel(String),
+    #[error("btf.path: {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// Where the kernel's types are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The kernel's own BTF, [`VMLINUX`].
+    Kernel,
+    /// The file `btf.path` names.
+    File(PathBuf),
+}
+
+impl Source {
+    /// `btf.path` when set, else the kernel's own BTF; [`KernelBtfError::Missing`] when the
+    /// kernel has none and no file is set.
+    pub fn current() -> Result<Source, KernelBtfError> {
+        match path() {
+            Some(path) => Ok(Source::File(path)),
+            None if kernel_has_own() => Ok(Source::Kernel),
+            None => Err(KernelBtfError::Missing),
+        }
+    }
+
+    /// An error about this source.
+    fn error(&self, reason: impl Into<String>) -> KernelBtfError {
+        match self {
+            Source::Kernel => KernelBtfError::Kernel(reason.into()),
+            Source::File(path) => KernelBtfError::File {
+                path: path.display().to_string(),
+                reason: reason.into(),
+            },
+        }
+    }
+
+    /// The BTF bytes; a file's are checked to be whole, well-formed BTF first.
+    fn read(&self) -> Result<Vec<u8>, KernelBtfError> {
+        let path = match self {
+            Source::Kernel => Path::new(VMLINUX),
+            Source::File(path) => path.as_path(),
+        };
+        let data = std::fs::read(path).map_err(|e| self.error(format!("cannot read: {e}")))?;
+        if let Source::File(_) = self {
+            check_btf_file(&data).map_err(|reason| self.error(reason))?;
+        }
+        Ok(data)
+    }
+}
+
+/// Checks that `data` is a whole BTF blob (header, sections in bounds, every type readable to
+/// the end of the type section), so that nothing downstream reads past it; the error says
+/// what the file is instead when it can tell (compressed, ELF).
+fn check_btf_file(data: &[u8]) -> Result<(), String> {
+    const NOT_BTF: &str = "not a BTF file";
+    let what = match data {
+        [] => Some("it is empty".to_string()),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some(
+            "it is xz-compressed: extract the .btf file first (BTFHub's are .btf.tar.xz: \
+             tar xJf FILE)"
+                .to_string(),
+        ),
+        [0x1f, 0x8b, ..] => Some("it is gzip-compressed: extract the .btf file first".into()),
+        [0x7f, b'E', b'L', b'F', ..] => Some(
+            "it is an ELF file, not raw BTF: make one with `pahole --btf_encode_detached FILE \
+             vmlinux`"
+                .to_string(),
+        ),
+        [0xeb, 0x9f, ..] => Some("it is big-endian BTF, for another architecture".into()),
+        _ if data.get(0..2) != Some(&BTF_MAGIC.to_le_bytes()[..]) => {
+            Some("it does not start with BTF's magic number 0xeb9f".to_string())
+        }
+        _ => None,
+    };
+    if let Some(what) = what {
+        return Err(format!("{NOT_BTF} ({what})"));
+    }
+    let sections = Sections::read(data).map_err(|_| format!("{NOT_BTF} (bad header)"))?;
+    let hdr_len = data
+        .get(4..8)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let in_bounds =
+        |start: usize, len: usize| start.checked_add(len).is_some_and(|end| end <= data.len());
+    if data.get(2) != Some(&1)
+        || hdr_len < 24
+        || !in_bounds(sections.types, sections.types_len)
+        || !in_bounds(sections.strings, sections.strings_len)
+    {
+        return Err(format!(
+            "{NOT_BTF} (bad header: version or section bounds; truncated?)"
+        ));
+    }
+    let end = sections.types + sections.types_len;
+    let mut last = sections.types;
+    walk(data, |t| {
+        last = t.offset + t.trailing.len();
+        if last > end {
+            return Err(BtfEnumError::Truncated(t.offset));
+        }
+        Ok(Walk::Next)
+    })
+    .map_err(|e| format!("{NOT_BTF} ({e})"))?;
+    if last != end {
+        return Err(format!("{NOT_BTF} (its type section ends mid-type)"));
+    }
+    Ok(())
+}
+
+/// The kernel's BTF as the loader uses it: the kernel's types, for CO-RE relocations and the
+/// checks before loading (from `btf.path` when set, else the kernel's own), and the kernel's
+/// own BTF, in which the kernel resolves tp_btf programs' attach points (type ids of a file
+/// need not be the kernel's).
+pub struct KernelBtf {
+    types: aya::Btf,
+    source: Source,
+    own: Own,
+}
+
+enum Own {
+    /// The types are the kernel's own.
+    Types,
+    /// The types come from a file and the kernel has its own BTF too: read when a tp_btf
+    /// program needs it.
+    Sysfs(OnceCell<Result<aya::Btf, KernelBtfError>>),
+    /// The kernel has no BTF of its own.
+    Absent,
+}
+
+impl KernelBtf {
+    /// Reads and parses the kernel's types from where [`Source::current`] says.
+    pub fn load() -> Result<KernelBtf, KernelBtfError> {
+        KernelBtf::from_source(Source::current()?)
+    }
+
+    /// Reads and parses the kernel's types from `source`.
+    pub fn from_source(source: Source) -> Result<KernelBtf, KernelBtfError> {
+        let types = parse_aya(&source)?;
+        let own = match source {
+            Source::Kernel => Own::Types,
+            Source::File(_) if kernel_has_own() => Own::Sysfs(OnceCell::new()),
+            Source::File(_) => Own::Absent,
+        };
+        Ok(KernelBtf { types, source, own })
+    }
+
+    /// As if the kernel had no BTF of its own (for tests of what then cannot load).
+    #[cfg(test)]
+    pub(crate) fn without_own(self) -> KernelBtf {
+        KernelBtf {
+            own: Own::Absent,
+            ..self
+        }
+    }
+
+    /// The kernel's types: what CO-RE relocations and the checks before loading read.
+    pub fn types(&self) -> &aya::Btf {
+        &self.types
+    }
+
+    /// Where [`KernelBtf::types`] came from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Whether the kernel has BTF of its own, which tp_btf programs need.
+    pub fn has_own(&self) -> bool {
+        !matches!(self.own, Own::Absent)
+    }
+
+    /// The kernel's own BTF, to name tp_btf attach points by their ids in it; `None` when the
+    /// kernel has none.
+    pub fn own(&self) -> Option<Result<&aya::Btf, KernelBtfError>> {
+        match &self.own {
+            Own::Types => Some(Ok(&self.types)),
+            Own::Sysfs(cell) => Some(
+                cell.get_or_init(|| parse_aya(&Source::Kernel))
+                    .as_ref()
+                    .map_err(Clone::clone),
+            ),
+            Own::Absent => None,
+        }
+    }
+}
+
+/// aya's parse of the BTF at `source`, which must not panic on a bad file.
+fn parse_aya(source: &Source) -> Result<aya::Btf, KernelBtfError> {
+    let data = source.read()?;
+    std::panic::catch_unwind(|| aya::Btf::parse(&data, aya::Endianness::default()))
+        .map_err(|_| source.error("not valid BTF (the parser failed)"))?
+        .map_err(|e| source.error(format!("not valid BTF: {e}")))
+}
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
@@ -237,13 +476,15 @@ struct Header {
 }
 
 impl TypeIndex {
-    /// The index of the running kernel's BTF.
-    pub fn kernel() -> Result<TypeIndex, BtfEnumError> {
-        let data = std::fs::read(VMLINUX).map_err(|source| BtfEnumError::Read {
-            path: VMLINUX.into(),
-            source,
-        })?;
-        TypeIndex::parse(data)
+    /// The index of the kernel's types: from `btf.path` when set, else the kernel's own BTF
+    /// (see [`Source::current`]).
+    pub fn kernel() -> Result<TypeIndex, KernelBtfError> {
+        TypeIndex::from_source(&Source::current()?)
+    }
+
+    /// The index of the kernel's types read from `source`.
+    pub fn from_source(source: &Source) -> Result<TypeIndex, KernelBtfError> {
+        TypeIndex::parse(source.read()?).map_err(|e| source.error(e.to_string()))
     }
 
     pub fn parse(data: Vec<u8>) -> Result<TypeIndex, BtfEnumError> {
@@ -377,10 +618,17 @@ impl TypeIndex {
     }
 }
 
-/// Names of `enum skb_drop_reason` of the running kernel, without the `SKB_DROP_REASON_`
-/// prefix (`NETFILTER_DROP`, `NO_SOCKET`, ...).
-pub fn drop_reasons() -> Result<HashMap<u32, String>, BtfEnumError> {
-    let mut names = read_enum(Path::new(VMLINUX), "skb_drop_reason", "SKB_DROP_REASON_")?;
+/// Names of `enum skb_drop_reason` of the running kernel (from `btf.path` when set, see
+/// [`Source::current`]), without the `SKB_DROP_REASON_` prefix (`NETFILTER_DROP`,
+/// `NO_SOCKET`, ...).
+pub fn drop_reasons() -> Result<HashMap<u32, String>, KernelBtfError> {
+    drop_reasons_from(&Source::current()?)
+}
+
+/// As [`drop_reasons`], from the BTF at `source`.
+pub fn drop_reasons_from(source: &Source) -> Result<HashMap<u32, String>, KernelBtfError> {
+    let mut names = parse_enum(&source.read()?, "skb_drop_reason", "SKB_DROP_REASON_")
+        .map_err(|e| source.error(e.to_string()))?;
     // The first two constants carry no SKB_DROP_REASON_ prefix (SKB_NOT_DROPPED_YET,
     // SKB_CONSUMED); keep them recognisable all the same.
     for name in names.values_mut() {
@@ -486,6 +734,107 @@ mod tests {
         let names = drop_reasons().unwrap();
         assert!(names.values().any(|n| n == "NETFILTER_DROP"));
         assert!(names.values().any(|n| n == "NO_SOCKET"));
+    }
+
+    /// A file in the temp dir, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, data: &[u8]) -> TempFile {
+            let path =
+                std::env::temp_dir().join(format!("sonde-btf-test-{}-{name}", std::process::id()));
+            std::fs::write(&path, data).unwrap();
+            TempFile(path)
+        }
+
+        fn source(&self) -> Source {
+            Source::File(self.0.clone())
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_btf_file_is_checked_whole_and_named_in_errors() {
+        let good = btf_with_enum("skb_drop_reason", &[("SKB_DROP_REASON_MINE", 7)]);
+        assert_eq!(check_btf_file(&good), Ok(()));
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("empty", b"", "empty"),
+            ("xz", b"\xfd7zXZ\0rest", "xz-compressed"),
+            ("gz", b"\x1f\x8b\x08rest", "gzip-compressed"),
+            ("elf", b"\x7fELF\x02\x01\x01", "ELF"),
+            ("text", b"hello world\n", "magic"),
+            ("short", &good[..10], "bad header"),
+            ("truncated", &good[..good.len() - 20], "not a BTF file"),
+        ];
+        for (name, data, why) in cases {
+            let file = TempFile::new(name, data);
+            let e = KernelBtf::from_source(file.source())
+                .err()
+                .unwrap()
+                .to_string();
+            let prefix = format!("btf.path: {}: not a BTF file", file.0.display());
+            assert!(e.starts_with(&prefix), "{name}: {e}");
+            assert!(e.contains(why), "{name}: {e}");
+            assert!(!e.contains('\n'), "{name}: {e}");
+            // The checks read the same way.
+            let e = TypeIndex::from_source(&file.source())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.starts_with(&prefix), "{name}: {e}");
+        }
+        // A type whose members run past the end of the type section.
+        let mut cut = good.clone();
+        let types_len = u32::from_le_bytes(cut[12..16].try_into().unwrap());
+        cut[12..16].copy_from_slice(&(types_len - 4).to_le_bytes());
+        assert!(check_btf_file(&cut).is_err());
+
+        let missing = Source::File(PathBuf::from("/nonexistent/vmlinux.btf"));
+        assert_eq!(
+            KernelBtf::from_source(missing).err().unwrap().to_string(),
+            "btf.path: /nonexistent/vmlinux.btf: cannot read: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn drop_reasons_come_from_the_file() {
+        let file = TempFile::new(
+            "reasons",
+            &btf_with_enum(
+                "skb_drop_reason",
+                &[("SKB_CONSUMED", 1), ("SKB_DROP_REASON_FROM_A_FILE", 2)],
+            ),
+        );
+        let names = drop_reasons_from(&file.source()).unwrap();
+        assert_eq!(names[&1], "CONSUMED");
+        assert_eq!(names[&2], "FROM_A_FILE");
+        let other = TempFile::new("no-reasons", &btf_with_enum("other", &[("A", 1)]));
+        let e = drop_reasons_from(&other.source()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("btf.path: ") && e.contains("skb_drop_reason"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_copy_of_the_kernels_btf_gives_the_same_types() {
+        let copy = TempFile::new("vmlinux", &std::fs::read(VMLINUX).unwrap());
+        let btf = KernelBtf::from_source(copy.source()).unwrap();
+        assert_eq!(btf.source(), &copy.source());
+        // This kernel has its own BTF: tp_btf attach points are looked up there.
+        assert!(btf.has_own());
+        assert!(btf.own().unwrap().is_ok());
+        let index = TypeIndex::from_source(&copy.source()).unwrap();
+        assert!(index.has_field("sk_buff", "dev"));
+        assert_eq!(
+            drop_reasons_from(&copy.source()).unwrap(),
+            drop_reasons_from(&Source::Kernel).unwrap()
+        );
     }
 
     #[test]

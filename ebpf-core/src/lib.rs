@@ -68,6 +68,19 @@ pub enum HookPoint {
     Tc(TcDirection),
 }
 
+impl HookPoint {
+    /// Whether the kernel resolves the hook's attach point in its own BTF, so that the
+    /// program cannot load on a kernel without one even when `btf.path` gives the kernel's
+    /// types (tp_btf: yes, the program names its tracepoint by a type id of the kernel's BTF;
+    /// TC: no, CO-RE relocations from a BTF file are all its programs need).
+    pub fn needs_kernel_btf(&self) -> bool {
+        match self {
+            HookPoint::TpBtf { .. } => true,
+            HookPoint::Tc(_) => false,
+        }
+    }
+}
+
 /// Which way a TC program sees packets, from the interface's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcDirection {

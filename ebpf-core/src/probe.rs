@@ -7,10 +7,10 @@ use std::os::fd::AsFd;
 use aya::maps::Map;
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
 use aya::programs::{BtfTracePoint, ProgramError, SchedClassifier};
-use aya::{Btf, Ebpf, EbpfError, EbpfLoader, Pod};
+use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
-use crate::btf::TypeIndex;
+use crate::btf::{KernelBtf, TypeIndex};
 use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
@@ -38,6 +38,12 @@ pub enum ProbeError {
     NoTcx,
     #[error("{0}")]
     Btf(String),
+    #[error(
+        "this kernel has no BTF of its own ({}): tp_btf programs need it; btf.path gives \
+         CO-RE relocations only",
+        crate::btf::VMLINUX
+    )]
+    NoKernelBtf,
     #[error("this kernel's BTF has no {0}, which the probe reads")]
     MissingRequirement(crate::Requirement),
     #[error("permission denied loading eBPF: run as root or with CAP_BPF and CAP_PERFMON")]
@@ -213,16 +219,25 @@ fn program_error(program: &'static str, source: ProgramError) -> ProbeError {
     }
 }
 
-/// Checks that every hook of a probe exists in the kernel's BTF (its tracepoint), and returns
-/// how its TC hooks are attached under `attach` (none without TC hooks): the error of `tcx`
-/// on a kernel without TCX links.
+/// Checks that every hook of a probe exists in the kernel's BTF: its tracepoint (in the
+/// kernel's own BTF, where the kernel looks for it), and returns how its TC hooks are attached
+/// under `attach` (none without TC hooks; TCX links are looked up in the kernel's types, which
+/// may come from `btf.path`): the error of `tcx` on a kernel without TCX links. On a kernel
+/// without BTF of its own, a hook that needs it ([`HookPoint::needs_kernel_btf`]) is refused,
+/// or left out when optional.
 pub fn check_hooks(
     spec: &ProbeSpec,
-    btf: &Btf,
+    btf: &KernelBtf,
     attach: TcAttach,
 ) -> Result<Option<TcMode>, ProbeError> {
     let mut tc_mode = None;
     for hook in spec.hooks {
+        if hook.point.needs_kernel_btf() && !btf.has_own() {
+            if hook.optional.is_none() {
+                return Err(ProbeError::NoKernelBtf);
+            }
+            continue;
+        }
         match hook.point {
             HookPoint::TpBtf {
                 category,
@@ -230,7 +245,9 @@ pub fn check_hooks(
             } => {
                 let name = format!("btf_trace_{tracepoint}");
                 if hook.optional.is_none()
-                    && btf.id_by_type_name_kind(&name, BtfKind::Typedef).is_err()
+                    && kernel_own(btf)?
+                        .id_by_type_name_kind(&name, BtfKind::Typedef)
+                        .is_err()
                 {
                     return Err(ProbeError::MissingHook {
                         category,
@@ -239,12 +256,19 @@ pub fn check_hooks(
                 }
             }
             HookPoint::Tc(_) if tc_mode.is_none() => {
-                tc_mode = Some(attach.resolve(kernel_has_tcx(btf))?);
+                tc_mode = Some(attach.resolve(kernel_has_tcx(btf.types()))?);
             }
             HookPoint::Tc(_) => {}
         }
     }
     Ok(tc_mode)
+}
+
+/// The kernel's own BTF, for a hook that needs it.
+fn kernel_own(btf: &KernelBtf) -> Result<&aya::Btf, ProbeError> {
+    btf.own()
+        .ok_or(ProbeError::NoKernelBtf)?
+        .map_err(|e| ProbeError::Btf(e.to_string()))
 }
 
 /// Checks that the kernel has everything a probe's programs read ([`ProbeSpec::requires`]);
@@ -276,7 +300,7 @@ pub struct Checked {
 
 /// Loads probes with one aya loader for all of them: making an aya loader parses the kernel
 /// BTF (about 6 ms and 12 MB each time), so a batch of probes shares one. Make the loader
-/// before parsing the BTF the probes are loaded against ([`Btf::from_sys_fs`]): the loader's
+/// before parsing the BTF the probes are loaded against ([`KernelBtf::load`]): the loader's
 /// own parse is then let go before the second one is made, and the two never coexist.
 pub struct ProbeLoader<'btf> {
     loader: EbpfLoader<'btf>,
@@ -301,7 +325,7 @@ impl<'btf> ProbeLoader<'btf> {
     pub fn check(
         &mut self,
         spec: &'static ProbeSpec,
-        btf: &'btf Btf,
+        btf: &'btf KernelBtf,
         attach: TcAttach,
     ) -> Result<Checked, ProbeError> {
         let settings = ProbeSettings {
@@ -319,7 +343,7 @@ impl<'btf> ProbeLoader<'btf> {
     pub fn load(
         &mut self,
         spec: &'static ProbeSpec,
-        btf: &'btf Btf,
+        btf: &'btf KernelBtf,
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
         let mut probe = self.load_programs(spec, btf, settings)?;
@@ -339,7 +363,7 @@ impl<'btf> ProbeLoader<'btf> {
     fn load_programs(
         &mut self,
         spec: &'static ProbeSpec,
-        btf: &'btf Btf,
+        btf: &'btf KernelBtf,
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
         let tc_mode = check_hooks(spec, btf, settings.tc_attach)?;
@@ -352,18 +376,23 @@ impl<'btf> ProbeLoader<'btf> {
         } else {
             let types = self
                 .types
-                .get_or_insert_with(|| TypeIndex::kernel().map_err(|e| e.to_string()))
+                .get_or_insert_with(|| {
+                    TypeIndex::from_source(btf.source()).map_err(|e| e.to_string())
+                })
                 .as_ref()
-                .map_err(|e| ProbeError::Btf(format!("cannot read kernel BTF: {e}")))?;
+                .map_err(|e| ProbeError::Btf(e.clone()))?;
             check_requirements(spec, types)?;
             Some(types)
         };
-        let (programs, degraded) = choose_programs(spec, types)?;
+        let (programs, degraded) = choose_programs(spec, types, btf.has_own())?;
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
         }
-        let loader = self.loader.btf(Some(btf)).map_max_entries(EVENTS_MAP, size);
+        let loader = self
+            .loader
+            .btf(Some(btf.types()))
+            .map_max_entries(EVENTS_MAP, size);
         if settings.table_size > 0 {
             loader.map_max_entries(TABLE_MAP, settings.table_size);
         }
@@ -378,7 +407,7 @@ impl<'btf> ProbeLoader<'btf> {
             let Some(name) = name else { continue };
             match hook.point {
                 HookPoint::TpBtf { tracepoint, .. } => program::<BtfTracePoint>(&mut ebpf, name)?
-                    .load(tracepoint, btf)
+                    .load(tracepoint, kernel_own(btf)?)
                     .map_err(|source| program_error(name, source))?,
                 HookPoint::Tc(_) => program::<SchedClassifier>(&mut ebpf, name)?
                     .load()
@@ -400,10 +429,12 @@ impl<'btf> ProbeLoader<'btf> {
 }
 
 /// The program of each hook for this kernel (by its tracepoints' arguments), and what the
-/// probe lacks with them.
+/// probe lacks with them. Without the kernel's own BTF (`kernel_btf` false), optional hooks
+/// that need it are left out (required ones were refused by [`check_hooks`]).
 fn choose_programs(
     spec: &ProbeSpec,
     types: Option<&TypeIndex>,
+    kernel_btf: bool,
 ) -> Result<(Vec<Option<&'static str>>, Option<String>), ProbeError> {
     let mut programs = Vec::with_capacity(spec.hooks.len());
     let mut degraded: Vec<&str> = Vec::new();
@@ -414,6 +445,7 @@ fn choose_programs(
         };
         let args = types.and_then(|t| t.tracepoint_args(tracepoint));
         let chosen = match (hook.optional, types) {
+            (Some(_), _) if !kernel_btf => None,
             // An optional hook whose tracepoint this kernel does not have.
             (Some(_), Some(_)) if args.is_none() => None,
             _ => hook.program_for(args),
@@ -452,7 +484,7 @@ impl LoadedProbe {
     /// Loads, configures and attaches one probe (see [`ProbeLoader`] for several).
     pub fn load(
         spec: &'static ProbeSpec,
-        btf: &Btf,
+        btf: &KernelBtf,
         settings: &ProbeSettings,
     ) -> Result<Self, ProbeError> {
         ProbeLoader::new().load(spec, btf, settings)
@@ -712,7 +744,7 @@ mod tests {
             object: &[],
         };
         let types = TypeIndex::kernel().unwrap();
-        let (programs, degraded) = choose_programs(&SPEC, Some(&types)).unwrap();
+        let (programs, degraded) = choose_programs(&SPEC, Some(&types), true).unwrap();
         assert_eq!(programs, vec![Some("always"), None, None]);
         assert_eq!(degraded.as_deref(), Some("lacks x"));
         // Required, it is an error naming the tracepoint.
@@ -720,11 +752,44 @@ mod tests {
             hooks: &[Hook::tp_btf_by_args("too_new", "skb", "kfree_skb", 9, &[])],
             ..SPEC
         };
-        let e = choose_programs(&REQUIRED, Some(&types)).unwrap_err();
+        let e = choose_programs(&REQUIRED, Some(&types), true).unwrap_err();
         assert!(
             e.to_string().starts_with("tracepoint kfree_skb passes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn without_the_kernels_own_btf_only_hooks_that_do_not_need_it_load() {
+        let btf = KernelBtf::from_source(crate::btf::Source::Kernel)
+            .unwrap()
+            .without_own();
+        assert!(!btf.has_own() && btf.own().is_none());
+        let e = check_hooks(&crate::packet_drop::SPEC, &btf).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "this kernel has no BTF of its own (/sys/kernel/btf/vmlinux): tp_btf programs need \
+             it; btf.path gives CO-RE relocations only"
+        );
+        // TC hooks need CO-RE relocations and struct tcx_link, from the types.
+        check_hooks(&crate::flow::SPEC, &btf).unwrap();
+        // An optional tp_btf hook beside them is left out, and said.
+        const SPEC: ProbeSpec = ProbeSpec {
+            name: "test",
+            description: "",
+            hooks: &[
+                Hook::tc("ingress", crate::TcDirection::Ingress),
+                Hook::tp_btf("extra", "skb", "kfree_skb").optional("lacks extra"),
+            ],
+            requires: &[],
+            counter_map: "",
+            object: &[],
+        };
+        check_hooks(&SPEC, &btf).unwrap();
+        let types = TypeIndex::kernel().unwrap();
+        let (programs, degraded) = choose_programs(&SPEC, Some(&types), false).unwrap();
+        assert_eq!(programs, vec![Some("ingress"), None]);
+        assert_eq!(degraded.as_deref(), Some("lacks extra"));
     }
 
     #[test]

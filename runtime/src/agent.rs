@@ -91,6 +91,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         fanout,
         enrichers: Default::default(),
     });
+    use_btf(&config);
     let probes = Arc::new(Mutex::new(Probes::new(Arc::clone(&ctx))));
     probes
         .lock()
@@ -242,8 +243,9 @@ async fn watch_config(
         if new.topology != current.topology
             || new.listen != current.listen
             || new.node != current.node
+            || new.btf != current.btf
         {
-            tracing::warn!("node, listen and topology changes take effect at the next start");
+            tracing::warn!("node, listen, topology and btf changes take effect at the next start");
         }
         let p = Arc::clone(&probes);
         let probes_config = new.probes.clone();
@@ -260,6 +262,34 @@ async fn watch_config(
         metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(path = %path.display(), "config applied");
         current = new;
+    }
+}
+
+/// Makes `btf.path` where the whole process reads the kernel's types from, and says where
+/// that is when it is not the kernel's own BTF (or when there is none).
+fn use_btf(config: &AgentConfig) {
+    use ebpf_core::btf::{self, Source};
+    btf::set_path(config.btf.path());
+    match Source::current() {
+        Ok(Source::Kernel) => {}
+        Ok(Source::File(path)) if btf::kernel_has_own() => tracing::info!(
+            path = %path.display(),
+            "kernel types from btf.path (tp_btf attach points from the kernel's own BTF)"
+        ),
+        Ok(Source::File(path)) => tracing::info!(
+            path = %path.display(),
+            "kernel types from btf.path; this kernel has no BTF of its own ({}): \
+             probes with tp_btf hooks cannot load",
+            btf::VMLINUX
+        ),
+        Err(e) => {
+            let ebpf = crate::probes::DRIVERS
+                .iter()
+                .any(|d| (d.settings)(&config.probes).is_some());
+            if ebpf {
+                tracing::warn!("{e}; only probes that load no eBPF program (netstat) can run");
+            }
+        }
     }
 }
 

@@ -26,6 +26,36 @@ pub struct AgentConfig {
     pub sinks: SinksConfig,
     pub topology: TopologyConfig,
     pub plugins: PluginsConfig,
+    pub btf: BtfConfig,
+}
+
+/// `btf:`: where the kernel's types come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct BtfConfig {
+    /// A BTF file with the running kernel's types, read instead of the kernel's own
+    /// (`/sys/kernel/btf/vmlinux`) for CO-RE relocations, the checks before loading a probe
+    /// and drop reason names; for kernels built without BTF. Empty = the kernel's own. An
+    /// absolute path; read at start.
+    pub path: String,
+}
+
+impl BtfConfig {
+    /// The file, when one is set.
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        (!self.path.is_empty()).then(|| std::path::PathBuf::from(&self.path))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.path.is_empty() && !Path::new(&self.path).is_absolute() {
+            return Err(format!(
+                "btf.path: {:?} must be an absolute path (the agent's working directory is \
+                 not its config's)",
+                self.path
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AgentConfig {
@@ -37,6 +67,7 @@ impl Default for AgentConfig {
             sinks: SinksConfig::default(),
             topology: TopologyConfig::default(),
             plugins: PluginsConfig::default(),
+            btf: BtfConfig::default(),
         }
     }
 }
@@ -88,6 +119,7 @@ impl AgentConfig {
         }
         self.probes.validate()?;
         self.topology.validate()?;
+        self.btf.validate()?;
         self.sinks.validate()
     }
 }
@@ -364,6 +396,37 @@ mod tests {
             AgentConfig::parse("", "c.yaml").unwrap(),
             AgentConfig::default()
         );
+    }
+
+    #[test]
+    fn btf_path_is_strict_and_optional() {
+        assert_eq!(AgentConfig::embedded().btf.path(), None);
+        let c = AgentConfig::parse("btf:\n  path: /var/lib/sonde/vmlinux.btf\n", "c.yaml").unwrap();
+        assert_eq!(
+            c.btf.path(),
+            Some(std::path::PathBuf::from("/var/lib/sonde/vmlinux.btf"))
+        );
+        assert_eq!(
+            AgentConfig::parse("btf:\n  path: \"\"\n", "c.yaml")
+                .unwrap()
+                .btf
+                .path(),
+            None
+        );
+        let refused = |yaml: &str, words: &[&str]| {
+            let e = AgentConfig::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{e}");
+            for w in words {
+                assert!(e.contains(w), "{w:?} not in {e}");
+            }
+        };
+        refused("btf:\n  paht: /x.btf\n", &["btf", "paht", "path", "line 2"]);
+        refused(
+            "btf:\n  path: vmlinux.btf\n",
+            &["btf.path", "vmlinux.btf", "absolute"],
+        );
+        refused("btf:\n  path: [a, b]\n", &["btf.path", "line 2"]);
+        refused("btf: /x.btf\n", &["btf", "line 1"]);
     }
 
     #[test]

@@ -43,6 +43,10 @@ enum Command {
         /// auto, TCX links where the kernel has them).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Read the kernel's types from this BTF file, as config `btf.path` does (to check a
+        /// file before deploying it).
+        #[arg(long, value_name = "FILE")]
+        btf: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -171,7 +175,11 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Configmap { dir, namespace },
         } => plugin_configmap(&dir, namespace.as_deref()),
-        Command::Probes { config, output } => probes(config.as_deref(), output),
+        Command::Probes {
+            config,
+            btf,
+            output,
+        } => probes(config.as_deref(), btf, output),
         Command::Trace {
             expr,
             file,
@@ -249,14 +257,22 @@ struct ProbeRow {
 
 /// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
 /// checks that the probes that read procfs (netstat) can enter network namespaces. TC probes
-/// are checked with the `attach` setting of `config` (auto without one).
-fn probes(config: Option<&std::path::Path>, output: Output) -> anyhow::Result<()> {
+/// are checked with the `attach` setting of `config` (auto without one), and the kernel's
+/// types come from `btf` (else the config's `btf.path`, else the kernel).
+fn probes(
+    config: Option<&std::path::Path>,
+    btf: Option<PathBuf>,
+    output: Output,
+) -> anyhow::Result<()> {
     let config = match config {
-        Some(path) => sonde::config::AgentConfig::load(path)?.probes,
-        None => sonde::probes::ProbesConfig::default(),
+        Some(path) => sonde::config::AgentConfig::load(path)?,
+        None => sonde::config::AgentConfig::default(),
     };
+    let btf_path = btf.or_else(|| config.btf.path());
+    ebpf_core::btf::set_path(btf_path);
+    let config = config.probes;
     let mut loader = ebpf_core::ProbeLoader::new();
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"));
+    let btf = ebpf_core::btf::KernelBtf::load().map_err(|e| e.to_string());
     let mut rows: Vec<ProbeRow> = ebpf_core::CATALOGUE
         .iter()
         .map(|spec| {
@@ -266,7 +282,11 @@ fn probes(config: Option<&std::path::Path>, output: Output) -> anyhow::Result<()
                     let has_tc = spec.hooks.iter().any(|h| h.tc_direction().is_some());
                     // The mode does not depend on the right to load, so it is said either way.
                     let mode = has_tc
-                        .then(|| attach.resolve(ebpf_core::tc::kernel_has_tcx(btf)).ok())
+                        .then(|| {
+                            attach
+                                .resolve(ebpf_core::tc::kernel_has_tcx(btf.types()))
+                                .ok()
+                        })
                         .flatten();
                     let r = loader.check(spec, btf, attach);
                     (r.map_err(|e| e.to_string()), mode)

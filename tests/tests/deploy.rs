@@ -460,6 +460,48 @@ fn chart_options_render_strict_objects() {
     }
 }
 
+/// Nodes whose kernel has no BTF: the host's /sys/kernel/btf left out (its hostPath would keep
+/// the pod from starting), a host directory of BTF files mounted where config btf.path finds
+/// the file, and that config accepted by the agent.
+#[test]
+fn kernel_btf_options_render_strict_objects() {
+    let docs = render_with(
+        "kernelBtf: {sysfs: false, hostPath: /var/lib/sonde/btf}\n\
+         config: {btf: {path: /var/lib/sonde/btf/vmlinux.btf}}\n",
+    );
+    for (i, d) in docs.iter().enumerate() {
+        check_object(d, &format!("document {i}"));
+    }
+    let ds: DaemonSet = strict(find(&docs, "DaemonSet", "sonde"), "DaemonSet");
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let mounts = agent_container(&ds)
+        .volume_mounts
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        mounts.iter().all(|m| m.mount_path != "/sys/kernel/btf"),
+        "{mounts:?}"
+    );
+    let files = mounts
+        .iter()
+        .find(|m| m.mount_path == "/var/lib/sonde/btf")
+        .unwrap_or_else(|| panic!("BTF files not mounted: {mounts:?}"));
+    assert_eq!(files.read_only, Some(true));
+    let host = volume(pod, &files.name).host_path.as_ref().unwrap();
+    assert_eq!(host.path, "/var/lib/sonde/btf");
+    assert!(pod.volumes.iter().flatten().all(|v| v
+        .host_path
+        .as_ref()
+        .is_none_or(|h| h.path != "/sys/kernel/btf")));
+    let cm: ConfigMap = strict(find(&docs, "ConfigMap", "sonde"), "ConfigMap");
+    let config = sonde::config::AgentConfig::parse(
+        &cm.data.as_ref().unwrap()["sonde.yaml"],
+        "the chart's sonde.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.btf.path, "/var/lib/sonde/btf/vmlinux.btf");
+}
+
 /// The ConfigMap's config is the agent's embedded default but for the compiled-component
 /// cache, and the agent parses it (unknown keys would be refused).
 #[test]

@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
-use aya::Btf;
+use ebpf_core::btf::KernelBtf;
 use ebpf_core::{
     LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats, TcAttach, TcMode,
 };
@@ -502,9 +502,10 @@ impl Probes {
         self.config = config.clone();
         let now = Instant::now();
         self.rate_overrides.retain(|_, (_, until)| *until > now);
-        // The kernel's BTF is parsed only when a probe is to be loaded, and let go afterwards:
-        // it is tens of MiB that the running probes no longer need.
-        let btf: OnceCell<Result<Btf, String>> = OnceCell::new();
+        // The kernel's BTF (from btf.path when set) is parsed only when a probe is to be
+        // loaded, and let go afterwards: it is tens of MiB that the running probes no longer
+        // need.
+        let btf: OnceCell<Result<KernelBtf, String>> = OnceCell::new();
         let mut loader: Option<ProbeLoader<'_>> = None;
         for driver in DRIVERS {
             let name = driver.spec.name;
@@ -550,11 +551,7 @@ impl Probes {
                     }
                     // The loader first, then the BTF: see ProbeLoader.
                     let loader = loader.get_or_insert_with(ProbeLoader::new);
-                    let btf = btf.get_or_init(|| {
-                        Btf::from_sys_fs().map_err(|e| {
-                            format!("cannot read kernel BTF ({}): {e}", ebpf_core::btf::VMLINUX)
-                        })
-                    });
+                    let btf = btf.get_or_init(|| KernelBtf::load().map_err(|e| e.to_string()));
                     let started = match btf {
                         Ok(btf) => self.start(driver, loader, btf, settings),
                         Err(e) => Err(ProbeError::Btf(e.clone())),
@@ -593,7 +590,7 @@ impl Probes {
         &self,
         driver: &Driver,
         loader: &mut ProbeLoader<'a>,
-        btf: &'a Btf,
+        btf: &'a KernelBtf,
         settings: ProbeSettings,
     ) -> Result<Running, ProbeError> {
         let mut probe = loader.load(driver.spec, btf, &settings)?;

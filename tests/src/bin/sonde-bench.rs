@@ -269,7 +269,7 @@ fn in_process_attach() -> InProcessAttach {
     let mut rounds = Vec::new();
     for _ in 0..LOAD_ROUNDS {
         let start = Instant::now();
-        let btf = aya::Btf::from_sys_fs().expect("cannot parse /sys/kernel/btf/vmlinux");
+        let btf = ebpf_core::btf::KernelBtf::load().unwrap_or_else(|e| panic!("{e}"));
         let btf_time = start.elapsed();
         let mut loaded = Vec::new();
         let mut times = Vec::new();
