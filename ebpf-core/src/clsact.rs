@@ -669,7 +669,7 @@ mod tests {
     /// kept, a dead agent's filter is replaced, and dropping the links deletes exactly ours.
     #[test]
     fn filters_coexist_replace_stale_ones_and_go_when_dropped() {
-        let btf = aya::Btf::from_sys_fs().unwrap();
+        let btf = crate::btf::KernelBtf::load().unwrap();
         let settings = crate::ProbeSettings {
             tc_attach: crate::TcAttach::Clsact,
             ..Default::default()

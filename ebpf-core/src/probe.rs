@@ -765,14 +765,14 @@ mod tests {
             .unwrap()
             .without_own();
         assert!(!btf.has_own() && btf.own().is_none());
-        let e = check_hooks(&crate::packet_drop::SPEC, &btf).unwrap_err();
+        let e = check_hooks(&crate::packet_drop::SPEC, &btf, TcAttach::Auto).unwrap_err();
         assert_eq!(
             e.to_string(),
             "this kernel has no BTF of its own (/sys/kernel/btf/vmlinux): tp_btf programs need \
              it; btf.path gives CO-RE relocations only"
         );
         // TC hooks need CO-RE relocations and struct tcx_link, from the types.
-        check_hooks(&crate::flow::SPEC, &btf).unwrap();
+        check_hooks(&crate::flow::SPEC, &btf, TcAttach::Auto).unwrap();
         // An optional tp_btf hook beside them is left out, and said.
         const SPEC: ProbeSpec = ProbeSpec {
             name: "test",
@@ -785,7 +785,7 @@ mod tests {
             counter_map: "",
             object: &[],
         };
-        check_hooks(&SPEC, &btf).unwrap();
+        check_hooks(&SPEC, &btf, TcAttach::Auto).unwrap();
         let types = TypeIndex::kernel().unwrap();
         let (programs, degraded) = choose_programs(&SPEC, Some(&types), false).unwrap();
         assert_eq!(programs, vec![Some("ingress"), None]);
