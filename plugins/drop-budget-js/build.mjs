@@ -1,5 +1,5 @@
 // Builds the component with componentize-js through its JS API (the `jco componentize` command
-// failed here on a path error, see DESIGN.md section 7).
+// failed on a path error with componentize-js 0.23; see README.md, "Notes on the toolchain").
 // Usage: node build.mjs WIT_DIR OUT_FILE   (build.sh calls it)
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';

@@ -1,5 +1,6 @@
 //! The events Sonde emits: one decoded type per probe, wrapped in the common envelope that
-//! every consumer sees (DESIGN.md section 6), and their one-line JSON form.
+//! every consumer sees (the contract is in README.md, "What you see" and the Probes table),
+//! and their one-line JSON form.
 
 use std::borrow::Cow;
 use std::net::IpAddr;

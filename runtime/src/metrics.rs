@@ -1,4 +1,5 @@
-//! The Prometheus registry and every series the agent itself exports (DESIGN.md section 5).
+//! The Prometheus registry and every series the agent itself exports (names and labels
+//! are a contract: README.md, the Probes table and "CLI and endpoints").
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
-//! Events as scripts see them: a rhai object map with the fields of the JSON event (DESIGN.md
-//! section 6), built directly from the typed event. Fields an event does not have are absent,
+//! Events as scripts see them: a rhai object map with the fields of the JSON event (README.md,
+//! "What you see" and the Probes table), built directly from the typed event. Fields an event does not have are absent,
 //! so reading them gives `()`.
 //!
 //! Strings that repeat from event to event (pods, reasons, addresses, stacks) are converted
