@@ -1,5 +1,5 @@
-//! The rhai script engine: scripts that handle probe events bpftrace-style (DESIGN.md section
-//! 8). A script defines handlers, `fn on_<probe>(e)` for each probe it wants (the event `e` is
+//! The rhai script engine: scripts that handle probe events bpftrace-style (README.md,
+//! "Ad-hoc questions: `sonde trace`"). A script defines handlers, `fn on_<probe>(e)` for each probe it wants (the event `e` is
 //! a map with the fields of the JSON event), `fn on_interval()` and `fn on_exit()`, and
 //! aggregates into named maps (`count`, `sum`, `avg`, `min`, `max`, `hist`, `lhist`).
 //!
