@@ -10,6 +10,7 @@ pub mod clsact;
 pub mod dns;
 pub mod flow;
 pub mod io_latency;
+pub mod kprobe;
 pub mod netdev_latency;
 pub mod packet_drop;
 pub mod probe;
@@ -27,7 +28,7 @@ pub use record::{Stats, Tuple};
 pub use tc::{TcAttach, TcLinks, TcMode, TcTarget};
 
 /// One kernel hook a probe's program attaches to: the one description `sonde probes`, the API
-/// and the load checks all read.
+/// and the loader all read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hook {
     /// Program (function) name in the object.
@@ -42,6 +43,8 @@ pub struct Hook {
     /// tracepoint (or passes too few arguments for any of its programs), as `sonde probes`
     /// says. A hook without it is required.
     pub optional: Option<&'static str>,
+    /// On which kernels the hook is used.
+    pub used: Used,
 }
 
 /// A program of a hook for older kernels, whose tracepoint passes fewer arguments.
@@ -52,6 +55,44 @@ pub struct OlderProgram {
     pub program: &'static str,
     /// What the probe lacks with it, as `sonde probes` says; `None` when nothing is lost.
     pub degraded: Option<&'static str>,
+}
+
+/// On which kernels a hook is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Used {
+    /// Every kernel: the probe cannot load without it.
+    Always,
+    /// Only kernels where `when` holds, to see what the probe's other hooks miss there. Where
+    /// it is needed but cannot be attached (a kprobe on a kernel without kprobes), the probe
+    /// loads without it, degraded: `lacks` says what it lacks, as `sonde probes` does.
+    Where {
+        when: Condition,
+        lacks: &'static str,
+    },
+}
+
+/// Something of the running kernel that decides whether a hook is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Tracepoint `tracepoint` passes fewer than `args` arguments: an older signature, which
+    /// also fired in fewer places (`tcp_send_reset` before Linux 6.10).
+    TracepointArgsBelow {
+        tracepoint: &'static str,
+        args: usize,
+    },
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Condition::TracepointArgsBelow { tracepoint, args } => {
+                write!(
+                    f,
+                    "tracepoint {tracepoint} passes fewer than {args} arguments"
+                )
+            }
+        }
+    }
 }
 
 /// Where a hook's program runs.
@@ -66,6 +107,10 @@ pub enum HookPoint {
     /// A TC program (a TCX link, or a filter on a clsact qdisc), attached by the agent to each
     /// interface it watches for the probe rather than when the probe loads.
     Tc(TcDirection),
+    /// A kprobe on the entry of kernel function `function`, attached when the probe loads. Its
+    /// program reads its arguments with `BPF_CORE_READ` (they are not BTF-typed); the kernel
+    /// needs kprobes, and the function must not be inlined away.
+    Kprobe { function: &'static str },
 }
 
 impl HookPoint {
@@ -76,7 +121,7 @@ impl HookPoint {
     pub fn needs_kernel_btf(&self) -> bool {
         match self {
             HookPoint::TpBtf { .. } => true,
-            HookPoint::Tc(_) => false,
+            HookPoint::Tc(_) | HookPoint::Kprobe { .. } => false,
         }
     }
 }
@@ -106,6 +151,7 @@ impl Hook {
             args: 0,
             older: &[],
             optional: None,
+            used: Used::Always,
         }
     }
 
@@ -160,6 +206,26 @@ impl Hook {
             args: 0,
             older: &[],
             optional: None,
+            used: Used::Always,
+        }
+    }
+
+    /// A kprobe hook used only where `when` holds: program `program` on the entry of kernel
+    /// function `function`; `lacks` is what the probe lacks where it is needed but cannot be
+    /// attached.
+    pub const fn kprobe_where(
+        program: &'static str,
+        function: &'static str,
+        when: Condition,
+        lacks: &'static str,
+    ) -> Hook {
+        Hook {
+            program,
+            point: HookPoint::Kprobe { function },
+            args: 0,
+            older: &[],
+            optional: None,
+            used: Used::Where { when, lacks },
         }
     }
 
@@ -167,14 +233,14 @@ impl Hook {
     pub fn tc_direction(&self) -> Option<TcDirection> {
         match self.point {
             HookPoint::Tc(d) => Some(d),
-            HookPoint::TpBtf { .. } => None,
+            HookPoint::TpBtf { .. } | HookPoint::Kprobe { .. } => None,
         }
     }
 }
 
 impl std::fmt::Display for Hook {
-    /// `tp_btf/<category>/<tracepoint>` or `tc/ingress`, `tc/egress`, as `sonde probes` and
-    /// the API show it.
+    /// `tp_btf/<category>/<tracepoint>`, `tc/ingress`, `tc/egress` or `kprobe/<function>`, as
+    /// `sonde probes` and the API show it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.point {
             HookPoint::TpBtf {
@@ -183,6 +249,7 @@ impl std::fmt::Display for Hook {
             } => write!(f, "tp_btf/{category}/{tracepoint}"),
             HookPoint::Tc(TcDirection::Ingress) => write!(f, "tc/ingress"),
             HookPoint::Tc(TcDirection::Egress) => write!(f, "tc/egress"),
+            HookPoint::Kprobe { function } => write!(f, "kprobe/{function}"),
         }
     }
 }
@@ -277,6 +344,14 @@ pub struct ProbeSpec {
     /// Name of the in-kernel per-CPU counter map.
     pub counter_map: &'static str,
     pub object: &'static [u8],
+}
+
+impl ProbeSpec {
+    /// The hooks the probe uses on every kernel (for a probe not loaded: which of the others
+    /// it would use depends on the kernel, see [`probe::Plan`]).
+    pub fn hooks_everywhere(&self) -> impl Iterator<Item = &'static Hook> {
+        self.hooks.iter().filter(|h| h.used == Used::Always)
+    }
 }
 
 /// Every probe Sonde knows, in the order `sonde probes` lists them.

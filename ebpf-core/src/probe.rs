@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use aya::maps::Map;
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
-use aya::programs::{BtfTracePoint, ProgramError, SchedClassifier};
+use aya::programs::{BtfTracePoint, KProbe, ProgramError, SchedClassifier};
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
@@ -15,7 +15,7 @@ use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
 use crate::tc::{kernel_has_tcx, TcAttach, TcMode, TcTarget, WATCHED_MAP};
-use crate::{HookPoint, ProbeSpec, Requirement, CATALOGUE};
+use crate::{Condition, Hook, HookPoint, ProbeSpec, Requirement, Used, CATALOGUE};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -36,6 +36,11 @@ pub enum ProbeError {
          tcx_link: use attach: auto or clsact (a clsact qdisc and bpf filters)"
     )]
     NoTcx,
+    #[error("cannot attach a kprobe to {function}: {reason}")]
+    Kprobe {
+        function: &'static str,
+        reason: String,
+    },
     #[error("{0}")]
     Btf(String),
     #[error(
@@ -169,9 +174,10 @@ impl ProbeSettings {
 pub struct LoadedProbe {
     pub spec: &'static ProbeSpec,
     /// The program loaded for each hook of the spec (an older one on an older kernel; none
-    /// for an optional hook this kernel lacks).
+    /// for a hook not used here).
     programs: Vec<Option<&'static str>>,
-    /// What the probe lacks on this kernel, when an older program had to do.
+    /// What the probe lacks on this kernel (an older program had to do, an optional hook is
+    /// missing, a hook it needs here could not be attached).
     degraded: Option<String>,
     ebpf: Ebpf,
     ring_buffer_size: u32,
@@ -259,6 +265,8 @@ pub fn check_hooks(
                 tc_mode = Some(attach.resolve(kernel_has_tcx(btf.types()))?);
             }
             HookPoint::Tc(_) => {}
+            // Whether one can be attached is for choosing the programs (`Kernel::kprobe`).
+            HookPoint::Kprobe { .. } => {}
         }
     }
     Ok(tc_mode)
@@ -296,6 +304,8 @@ pub struct Checked {
     pub degraded: Option<String>,
     /// How its TC programs would be attached (none without TC hooks).
     pub tc_mode: Option<TcMode>,
+    /// The hooks it uses on this kernel.
+    pub hooks: Vec<String>,
 }
 
 /// Loads probes with one aya loader for all of them: making an aya loader parses the kernel
@@ -334,12 +344,14 @@ impl<'btf> ProbeLoader<'btf> {
         };
         let probe = self.load_programs(spec, btf, &settings)?;
         Ok(Checked {
+            hooks: probe.hooks().map(|(h, _)| h.to_string()).collect(),
             degraded: probe.degraded,
             tc_mode: probe.tc_mode,
         })
     }
 
-    /// Loads, configures and attaches the probe.
+    /// Loads, configures and attaches the probe. A hook used only where the kernel needs it
+    /// that fails to attach leaves the probe running without it, degraded.
     pub fn load(
         &mut self,
         spec: &'static ProbeSpec,
@@ -349,13 +361,37 @@ impl<'btf> ProbeLoader<'btf> {
         let mut probe = self.load_programs(spec, btf, settings)?;
         probe.configure(settings)?;
         // TC programs are attached per interface by the agent (see `LoadedProbe::tc_target`).
-        for (hook, name) in spec.hooks.iter().zip(probe.programs.clone()) {
-            let Some(name) = name else { continue };
-            if let HookPoint::TpBtf { .. } = hook.point {
-                program::<BtfTracePoint>(&mut probe.ebpf, name)?
-                    .attach()
-                    .map_err(|source| program_error(name, source))?;
+        let mut lacks = Vec::new();
+        for (i, hook) in spec.hooks.iter().enumerate() {
+            let Some(name) = probe.programs[i] else {
+                continue;
+            };
+            match hook.point {
+                HookPoint::TpBtf { .. } => {
+                    program::<BtfTracePoint>(&mut probe.ebpf, name)?
+                        .attach()
+                        .map_err(|source| program_error(name, source))?;
+                }
+                HookPoint::Kprobe { function } => {
+                    let attached = program::<KProbe>(&mut probe.ebpf, name)?.attach(function, 0);
+                    match (attached, hook.used) {
+                        (Ok(_), _) => {}
+                        (Err(e), Used::Where { lacks: what, .. }) => {
+                            probe.programs[i] = None;
+                            lacks.push(format!(
+                                "{what}: attaching a kprobe to {function} failed: {}",
+                                one_line_reason(&e)
+                            ));
+                        }
+                        (Err(source), Used::Always) => return Err(program_error(name, source)),
+                    }
+                }
+                HookPoint::Tc(_) => {}
             }
+        }
+        if !lacks.is_empty() {
+            lacks.extend(probe.degraded.take());
+            probe.degraded = Some(lacks.join("; "));
         }
         Ok(probe)
     }
@@ -367,11 +403,11 @@ impl<'btf> ProbeLoader<'btf> {
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
         let tc_mode = check_hooks(spec, btf, settings.tc_attach)?;
-        let by_args = spec
+        let by_kernel = spec
             .hooks
             .iter()
-            .any(|h| !h.older.is_empty() || h.optional.is_some());
-        let types = if spec.requires.is_empty() && !by_args {
+            .any(|h| !h.older.is_empty() || h.optional.is_some() || h.used != Used::Always);
+        let types = if spec.requires.is_empty() && !by_kernel {
             None
         } else {
             let types = self
@@ -384,7 +420,8 @@ impl<'btf> ProbeLoader<'btf> {
             check_requirements(spec, types)?;
             Some(types)
         };
-        let (programs, degraded) = choose_programs(spec, types, btf.has_own())?;
+        let (programs, degraded) =
+            choose_programs(spec, &RunningKernel::new(spec, types, btf.has_own()))?;
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
@@ -412,6 +449,9 @@ impl<'btf> ProbeLoader<'btf> {
                 HookPoint::Tc(_) => program::<SchedClassifier>(&mut ebpf, name)?
                     .load()
                     .map_err(|source| program_error(name, source))?,
+                HookPoint::Kprobe { .. } => program::<KProbe>(&mut ebpf, name)?
+                    .load()
+                    .map_err(|source| program_error(name, source))?,
             }
         }
         Ok(LoadedProbe {
@@ -428,49 +468,142 @@ impl<'btf> ProbeLoader<'btf> {
     }
 }
 
-/// The program of each hook for this kernel (by its tracepoints' arguments), and what the
-/// probe lacks with them. Without the kernel's own BTF (`kernel_btf` false), optional hooks
-/// that need it are left out (required ones were refused by [`check_hooks`]).
-fn choose_programs(
-    spec: &ProbeSpec,
-    types: Option<&TypeIndex>,
-    kernel_btf: bool,
-) -> Result<(Vec<Option<&'static str>>, Option<String>), ProbeError> {
-    let mut programs = Vec::with_capacity(spec.hooks.len());
-    let mut degraded: Vec<&str> = Vec::new();
-    for hook in spec.hooks {
-        let HookPoint::TpBtf { tracepoint, .. } = hook.point else {
-            programs.push(Some(hook.program));
-            continue;
-        };
-        let args = types.and_then(|t| t.tracepoint_args(tracepoint));
-        let chosen = match (hook.optional, types) {
-            (Some(_), _) if !kernel_btf => None,
-            // An optional hook whose tracepoint this kernel does not have.
-            (Some(_), Some(_)) if args.is_none() => None,
-            _ => hook.program_for(args),
-        };
-        match (chosen, hook.optional) {
-            (Some((name, lacks)), _) => {
-                programs.push(Some(name));
-                degraded.extend(lacks);
-            }
-            (None, Some(lacks)) => {
-                programs.push(None);
-                if !degraded.contains(&lacks) {
-                    degraded.push(lacks);
-                }
-            }
-            (None, None) => {
-                return Err(ProbeError::TracepointArgs {
-                    tracepoint,
-                    args: args.unwrap_or(0),
-                    needed: hook.older.iter().map(|o| o.args).min().unwrap_or(hook.args),
-                })
-            }
+/// What choosing a probe's programs needs to know about a kernel: the running one, or one a
+/// test makes up.
+pub trait Kernel {
+    /// Arguments tracepoint `tracepoint` passes (its BTF signature); `None` when the kernel
+    /// has no such tracepoint or its types were not read.
+    fn tracepoint_args(&self, tracepoint: &str) -> Option<usize>;
+    /// Whether the kernel has BTF of its own (hooks that need it: [`HookPoint::needs_kernel_btf`]).
+    fn has_own_btf(&self) -> bool;
+    /// Whether a kprobe can be attached to kernel function `function`, and why not.
+    fn kprobe(&self, function: &'static str) -> Result<(), String>;
+}
+
+/// The running kernel: its types, and its kprobes (looked up once, for the functions of the
+/// probe's kprobe hooks).
+struct RunningKernel<'a> {
+    types: Option<&'a TypeIndex>,
+    own_btf: bool,
+    functions: Vec<&'static str>,
+    kprobes: std::cell::OnceCell<Result<Vec<&'static str>, String>>,
+}
+
+impl<'a> RunningKernel<'a> {
+    fn new(spec: &ProbeSpec, types: Option<&'a TypeIndex>, own_btf: bool) -> Self {
+        let functions = spec
+            .hooks
+            .iter()
+            .filter_map(|h| match h.point {
+                HookPoint::Kprobe { function } => Some(function),
+                _ => None,
+            })
+            .collect();
+        RunningKernel {
+            types,
+            own_btf,
+            functions,
+            kprobes: std::cell::OnceCell::new(),
         }
     }
-    let degraded = (!degraded.is_empty()).then(|| degraded.join("; "));
+}
+
+impl Kernel for RunningKernel<'_> {
+    fn tracepoint_args(&self, tracepoint: &str) -> Option<usize> {
+        self.types?.tracepoint_args(tracepoint)
+    }
+
+    fn has_own_btf(&self) -> bool {
+        self.own_btf
+    }
+
+    fn kprobe(&self, function: &'static str) -> Result<(), String> {
+        let found = self
+            .kprobes
+            .get_or_init(|| crate::kprobe::attachable(&self.functions))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        if found.contains(&function) {
+            Ok(())
+        } else {
+            Err(crate::kprobe::not_found(function))
+        }
+    }
+}
+
+/// Whether `condition` holds on `kernel`.
+fn holds(condition: Condition, kernel: &dyn Kernel) -> bool {
+    match condition {
+        Condition::TracepointArgsBelow { tracepoint, args } => {
+            kernel.tracepoint_args(tracepoint).is_some_and(|n| n < args)
+        }
+    }
+}
+
+/// The program of each hook on `kernel` (`None` for a hook not used there): by its
+/// tracepoints' arguments, whether it needs a hook at all (`Hook::used`), whether an optional
+/// hook's tracepoint is there, whether its kprobes can be attached; and what the probe lacks
+/// with them, each said once. Without the kernel's own BTF, optional hooks that need it are
+/// left out (required ones were refused by [`check_hooks`]).
+pub fn choose_programs(
+    spec: &ProbeSpec,
+    kernel: &dyn Kernel,
+) -> Result<(Vec<Option<&'static str>>, Option<String>), ProbeError> {
+    let mut programs = Vec::with_capacity(spec.hooks.len());
+    let mut lacks: Vec<String> = Vec::new();
+    let mut lack = |what: String| {
+        if !lacks.contains(&what) {
+            lacks.push(what);
+        }
+    };
+    for hook in spec.hooks {
+        if let Used::Where { when, .. } = hook.used {
+            if !holds(when, kernel) {
+                programs.push(None);
+                continue;
+            }
+        }
+        let program = match hook.point {
+            HookPoint::TpBtf { tracepoint, .. } => {
+                let args = kernel.tracepoint_args(tracepoint);
+                let missing = args.is_none() || !kernel.has_own_btf();
+                let chosen = match hook.optional {
+                    Some(_) if missing => None,
+                    _ => hook.program_for(args),
+                };
+                match (chosen, hook.optional) {
+                    (Some((name, older_lacks)), _) => {
+                        if let Some(what) = older_lacks {
+                            lack(what.to_string());
+                        }
+                        Some(name)
+                    }
+                    (None, Some(what)) => {
+                        lack(what.to_string());
+                        None
+                    }
+                    (None, None) => {
+                        return Err(ProbeError::TracepointArgs {
+                            tracepoint,
+                            args: args.unwrap_or(0),
+                            needed: hook.older.iter().map(|o| o.args).min().unwrap_or(hook.args),
+                        })
+                    }
+                }
+            }
+            HookPoint::Tc(_) => Some(hook.program),
+            HookPoint::Kprobe { function } => match (kernel.kprobe(function), hook.used) {
+                (Ok(()), _) => Some(hook.program),
+                (Err(reason), Used::Always) => return Err(ProbeError::Kprobe { function, reason }),
+                (Err(why), Used::Where { lacks: what, .. }) => {
+                    lack(format!("{what}: {why}"));
+                    None
+                }
+            },
+        };
+        programs.push(program);
+    }
+    let degraded = (!lacks.is_empty()).then(|| lacks.join("; "));
     Ok((programs, degraded))
 }
 
@@ -520,9 +653,18 @@ impl LoadedProbe {
         Ok(true)
     }
 
-    /// What the probe lacks on this kernel, when an older program had to do.
+    /// What the probe lacks on this kernel, if anything.
     pub fn degraded(&self) -> Option<&str> {
         self.degraded.as_deref()
+    }
+
+    /// The hooks the probe uses on this kernel, with the program each runs.
+    pub fn hooks(&self) -> impl Iterator<Item = (&'static Hook, &'static str)> + '_ {
+        self.spec
+            .hooks
+            .iter()
+            .zip(&self.programs)
+            .filter_map(|(hook, program)| Some((hook, (*program)?)))
     }
 
     /// The probe-specific values last applied ([`ProbeSettings::params`]), for collectors
@@ -703,6 +845,7 @@ impl LoadedProbe {
 mod tests {
     use super::*;
     use crate::{Hook, Requirement, CATALOGUE};
+    use aya::EbpfLoader;
 
     #[test]
     fn the_running_kernel_has_what_every_probe_reads() {
@@ -744,7 +887,8 @@ mod tests {
             object: &[],
         };
         let types = TypeIndex::kernel().unwrap();
-        let (programs, degraded) = choose_programs(&SPEC, Some(&types), true).unwrap();
+        let (programs, degraded) =
+            choose_programs(&SPEC, &RunningKernel::new(&SPEC, Some(&types), true)).unwrap();
         assert_eq!(programs, vec![Some("always"), None, None]);
         assert_eq!(degraded.as_deref(), Some("lacks x"));
         // Required, it is an error naming the tracepoint.
@@ -752,7 +896,11 @@ mod tests {
             hooks: &[Hook::tp_btf_by_args("too_new", "skb", "kfree_skb", 9, &[])],
             ..SPEC
         };
-        let e = choose_programs(&REQUIRED, Some(&types), true).unwrap_err();
+        let e = choose_programs(
+            &REQUIRED,
+            &RunningKernel::new(&REQUIRED, Some(&types), true),
+        )
+        .unwrap_err();
         assert!(
             e.to_string().starts_with("tracepoint kfree_skb passes"),
             "{e}"
@@ -787,9 +935,181 @@ mod tests {
         };
         check_hooks(&SPEC, &btf, TcAttach::Auto).unwrap();
         let types = TypeIndex::kernel().unwrap();
-        let (programs, degraded) = choose_programs(&SPEC, Some(&types), false).unwrap();
+        let (programs, degraded) =
+            choose_programs(&SPEC, &RunningKernel::new(&SPEC, Some(&types), false)).unwrap();
         assert_eq!(programs, vec![Some("ingress"), None]);
         assert_eq!(degraded.as_deref(), Some("lacks extra"));
+    }
+
+    /// A made-up kernel: `tcp_send_reset`'s arguments, and the functions kprobes can attach to
+    /// (`None`: no kprobes at all).
+    struct TestKernel {
+        send_reset_args: usize,
+        kprobes: Option<&'static [&'static str]>,
+    }
+
+    impl Kernel for TestKernel {
+        fn tracepoint_args(&self, tracepoint: &str) -> Option<usize> {
+            match tracepoint {
+                "tcp_send_reset" => Some(self.send_reset_args),
+                "tcp_receive_reset" => Some(1),
+                _ => None,
+            }
+        }
+
+        fn has_own_btf(&self) -> bool {
+            true
+        }
+
+        fn kprobe(&self, function: &'static str) -> Result<(), String> {
+            match self.kprobes {
+                None => Err("no kprobes".into()),
+                Some(f) if f.contains(&function) => Ok(()),
+                Some(_) => Err(format!("no {function}")),
+            }
+        }
+    }
+
+    /// The hooks (as shown) and programs tcp_reset uses on a made-up kernel, and what it lacks.
+    fn tcp_reset_on(
+        send_reset_args: usize,
+        kprobes: Option<&'static [&'static str]>,
+    ) -> (Vec<String>, Vec<&'static str>, Option<String>) {
+        let kernel = TestKernel {
+            send_reset_args,
+            kprobes,
+        };
+        let spec = &crate::tcp_reset::SPEC;
+        let (programs, degraded) = choose_programs(spec, &kernel).unwrap();
+        let used: Vec<_> = spec
+            .hooks
+            .iter()
+            .zip(&programs)
+            .filter_map(|(h, p)| Some((h.to_string(), (*p)?)))
+            .collect();
+        (
+            used.iter().map(|(h, _)| h.clone()).collect(),
+            used.iter().map(|(_, p)| *p).collect(),
+            degraded,
+        )
+    }
+
+    const BOTH: &[&str] = &["tcp_v4_send_reset", "tcp_v6_send_reset"];
+
+    #[test]
+    fn kprobes_stand_in_only_for_the_old_send_reset_tracepoint() {
+        const TRACEPOINTS: [&str; 2] =
+            ["tp_btf/tcp/tcp_send_reset", "tp_btf/tcp/tcp_receive_reset"];
+        // Linux 6.10 and later (3 arguments): the tracepoint sees every reset; no kprobe,
+        // whether or not the kernel has kprobes (this host's has none).
+        for kprobes in [Some(BOTH), None] {
+            let (hooks, _, degraded) = tcp_reset_on(3, kprobes);
+            assert_eq!(hooks, TRACEPOINTS);
+            assert_eq!(degraded, None);
+        }
+        // Older (2 arguments) with kprobes: both functions, each with its program.
+        let (hooks, programs, degraded) = tcp_reset_on(2, Some(BOTH));
+        assert_eq!(
+            hooks,
+            [
+                TRACEPOINTS[0],
+                TRACEPOINTS[1],
+                "kprobe/tcp_v4_send_reset",
+                "kprobe/tcp_v6_send_reset"
+            ]
+        );
+        assert_eq!(
+            programs,
+            [
+                "tcp_send_reset",
+                "tcp_receive_reset",
+                "tcp_v4_send_reset",
+                "tcp_v6_send_reset"
+            ]
+        );
+        assert_eq!(degraded, None);
+    }
+
+    #[test]
+    fn an_old_kernel_without_kprobes_is_degraded_and_says_why() {
+        let (hooks, _, degraded) = tcp_reset_on(2, None);
+        assert_eq!(
+            hooks,
+            ["tp_btf/tcp/tcp_send_reset", "tp_btf/tcp/tcp_receive_reset"]
+        );
+        // Said once for both functions.
+        let degraded = degraded.unwrap();
+        assert!(
+            degraded.starts_with("resets sent for packets no socket owns")
+                && degraded.ends_with(": no kprobes")
+                && degraded.matches("no kprobes").count() == 1,
+            "{degraded}"
+        );
+        // One function inlined away: the other is still attached, the missing one named.
+        let (hooks, _, degraded) = tcp_reset_on(2, Some(&["tcp_v4_send_reset"]));
+        assert_eq!(hooks.last().unwrap(), "kprobe/tcp_v4_send_reset");
+        assert!(
+            degraded
+                .as_deref()
+                .unwrap()
+                .ends_with(": no tcp_v6_send_reset"),
+            "{degraded:?}"
+        );
+    }
+
+    #[test]
+    fn a_kprobe_every_kernel_needs_is_an_error_where_it_cannot_attach() {
+        const HOOKS: &[Hook] = &[Hook {
+            used: Used::Always,
+            ..Hook::kprobe_where(
+                "tcp_v4_send_reset",
+                "tcp_v4_send_reset",
+                Condition::TracepointArgsBelow {
+                    tracepoint: "tcp_send_reset",
+                    args: 3,
+                },
+                "",
+            )
+        }];
+        static SPEC: ProbeSpec = ProbeSpec {
+            hooks: HOOKS,
+            ..crate::tcp_reset::SPEC
+        };
+        let kernel = TestKernel {
+            send_reset_args: 3,
+            kprobes: None,
+        };
+        assert_eq!(
+            choose_programs(&SPEC, &kernel).unwrap_err().to_string(),
+            "cannot attach a kprobe to tcp_v4_send_reset: no kprobes"
+        );
+    }
+
+    /// The kprobe programs pass this kernel's verifier although it would not attach them (it
+    /// has kprobe programs for uprobes, not kprobes): they load on kernels that need them.
+    #[test]
+    fn every_tcp_reset_program_loads_here() {
+        let spec = &crate::tcp_reset::SPEC;
+        let btf = KernelBtf::load().unwrap();
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(btf.types()))
+            .load(spec.object)
+            .unwrap();
+        for hook in spec.hooks {
+            match hook.point {
+                HookPoint::TpBtf { tracepoint, .. } => {
+                    program::<BtfTracePoint>(&mut ebpf, hook.program)
+                        .unwrap()
+                        .load(tracepoint, kernel_own(&btf).unwrap())
+                        .unwrap()
+                }
+                HookPoint::Kprobe { .. } => program::<KProbe>(&mut ebpf, hook.program)
+                    .unwrap()
+                    .load()
+                    .unwrap(),
+                HookPoint::Tc(_) => unreachable!("tcp_reset has no TC hooks"),
+            }
+        }
     }
 
     #[test]

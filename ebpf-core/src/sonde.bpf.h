@@ -150,7 +150,8 @@ static __always_inline void *sonde_event_start(__u64 size, struct sonde_config *
 
 /* Probes run as tp_btf programs, whose arguments are BTF-typed kernel pointers: fields are
  * read by direct loads (CO-RE relocated through vmlinux.h's preserve_access_index), which
- * cost far less than bpf_probe_read_kernel calls; a faulting load reads as zero. */
+ * cost far less than bpf_probe_read_kernel calls; a faulting load reads as zero. (kprobe
+ * programs cannot: see the _core_read variants below.) */
 static __always_inline __u32 sonde_sk_netns(const struct sock *sk)
 {
 	return sk->__sk_common.skc_net.net->ns.inum;
@@ -173,13 +174,12 @@ static __always_inline __u32 sonde_skb_netns(const struct sk_buff *skb, const st
 	return 0;
 }
 
-/* Reads the 5-tuple from a packet's IPv4/IPv6 header and, for TCP and UDP, its ports. */
-static __always_inline void sonde_skb_tuple(const struct sk_buff *skb, struct sonde_tuple *t)
+/* Reads the 5-tuple from the IPv4/IPv6 header at head + nh (proto: the packet's EtherType, host
+ * order) and, for TCP and UDP, its ports. The headers are raw packet memory, not BTF-typed:
+ * every program reads them with bpf_probe_read_kernel. */
+static __always_inline void sonde_headers_tuple(const unsigned char *head, __u16 nh, __u16 proto,
+						struct sonde_tuple *t)
 {
-	/* Headers are raw packet memory, not BTF-typed: those need bpf_probe_read_kernel. */
-	unsigned char *head = skb->head;
-	__u16 nh = skb->network_header;
-	__u16 proto = bpf_ntohs(skb->protocol);
 	__u32 l4;
 
 	if (proto == ETH_P_IP) {
@@ -216,6 +216,12 @@ static __always_inline void sonde_skb_tuple(const struct sk_buff *skb, struct so
 	}
 }
 
+/* Reads the 5-tuple of a packet from its headers. */
+static __always_inline void sonde_skb_tuple(const struct sk_buff *skb, struct sonde_tuple *t)
+{
+	sonde_headers_tuple(skb->head, skb->network_header, bpf_ntohs(skb->protocol), t);
+}
+
 /* Reads a socket's 5-tuple, local end as source. */
 static __always_inline void sonde_sk_tuple(const struct sock *sk, struct sonde_tuple *t)
 {
@@ -246,6 +252,33 @@ static __always_inline void sonde_tuple_reverse(struct sonde_tuple *t)
 	__builtin_memcpy(t->daddr, r.saddr, 16);
 	t->sport = r.dport;
 	t->dport = r.sport;
+}
+
+/* kprobe programs get their arguments as plain numbers, not BTF-typed pointers: the verifier
+ * refuses direct loads through them, so they read kernel structs with BPF_CORE_READ
+ * (bpf_probe_read_kernel at CO-RE relocated offsets), through these variants of the readers
+ * above. */
+
+/* sonde_skb_netns without rx_sk, for kprobe programs. */
+static __always_inline __u32 sonde_skb_netns_core_read(const struct sk_buff *skb)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct sock *sk;
+
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	sk = BPF_CORE_READ(skb, sk);
+	if (sk)
+		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return 0;
+}
+
+/* sonde_skb_tuple, for kprobe programs. */
+static __always_inline void sonde_skb_tuple_core_read(const struct sk_buff *skb,
+						      struct sonde_tuple *t)
+{
+	sonde_headers_tuple(BPF_CORE_READ(skb, head), BPF_CORE_READ(skb, network_header),
+			    bpf_ntohs(BPF_CORE_READ(skb, protocol)), t);
 }
 
 /* Adds `n` to a per-CPU hash counter, creating the slot on first use (see sonde_count). */

@@ -3,7 +3,17 @@
 use std::mem::{offset_of, size_of};
 
 use crate::record::Tuple;
-use crate::{requires, Hook, ProbeSpec, Requirement};
+use crate::{requires, Condition, Hook, ProbeSpec, Requirement};
+
+/// Where `tcp_send_reset` does not see resets answering packets no socket owns: before Linux
+/// 6.10, whose tracepoint passes `(sk, skb)` only (see `tcp_reset.bpf.c`).
+const OLD_SEND_RESET: Condition = Condition::TracepointArgsBelow {
+    tracepoint: "tcp_send_reset",
+    args: 3,
+};
+const NO_SOCKET_LACKS: &str = "resets sent for packets no socket owns (connects to closed \
+    ports) are not counted: this kernel's tcp_send_reset does not see them (it does from Linux \
+    6.10) and the kprobe that stands in for it cannot be attached";
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "tcp_reset",
@@ -11,13 +21,29 @@ pub const SPEC: ProbeSpec = ProbeSpec {
     hooks: &[
         Hook::tp_btf("tcp_send_reset", "tcp", "tcp_send_reset"),
         Hook::tp_btf("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+        Hook::kprobe_where(
+            "tcp_v4_send_reset",
+            "tcp_v4_send_reset",
+            OLD_SEND_RESET,
+            NO_SOCKET_LACKS,
+        ),
+        Hook::kprobe_where(
+            "tcp_v6_send_reset",
+            "tcp_v6_send_reset",
+            OLD_SEND_RESET,
+            NO_SOCKET_LACKS,
+        ),
     ],
     requires: &[
         requires::SOCK_NETNS,
         requires::SOCK_TUPLE,
         requires::SKB_NETNS,
         requires::SKB_TUPLE,
-        &[Requirement::field("sock", "__sk_common.skc_state")],
+        &[
+            Requirement::field("sock", "__sk_common.skc_state"),
+            // The kprobes' check for a reset answering a reset.
+            Requirement::field("sk_buff", "transport_header"),
+        ],
     ],
     counter_map: "resets",
     object: aya::include_bytes_aligned!("tcp_reset.bpf.o"),

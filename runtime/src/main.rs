@@ -293,14 +293,19 @@ fn probes(
                 }
                 Err(e) => (Err(e.clone()), None),
             };
-            let (loadable, degraded) = match checked {
-                Ok(c) => (Ok(()), c.degraded),
-                Err(e) => (Err(e), None),
+            // The hooks it uses on this kernel; when that cannot be told, those of every kernel.
+            let (loadable, degraded, hooks) = match checked {
+                Ok(c) => (Ok(()), c.degraded, c.hooks),
+                Err(e) => (
+                    Err(e),
+                    None,
+                    spec.hooks_everywhere().map(ToString::to_string).collect(),
+                ),
             };
             ProbeRow {
                 name: spec.name,
                 description: spec.description,
-                hooks: spec.hooks.iter().map(ToString::to_string).collect(),
+                hooks,
                 loadable,
                 attach: mode,
                 degraded,

@@ -98,6 +98,8 @@ pub struct AgentConfig {
     /// softirq: on here (the agent has it off by default), so that traffic fills its
     /// histograms.
     pub softirq: bool,
+    /// io_latency (on by default, as in the agent).
+    pub io_latency: bool,
 }
 
 impl Default for AgentConfig {
@@ -112,6 +114,7 @@ impl Default for AgentConfig {
             tcp_rtt: false,
             socket_latency: false,
             softirq: true,
+            io_latency: true,
         }
     }
 }
@@ -129,6 +132,7 @@ impl AgentConfig {
              \x20 tcp_rtt:\n    enabled: {}\n    sampleInterval: 100ms\n\
              \x20 socket_latency:\n    enabled: {}\n\
              \x20 softirq:\n    enabled: {}\n\
+             \x20 io_latency:\n    enabled: {}\n\
              sinks:\n  stdout: {{ enabled: true }}\n\
              topology:\n  netnsDir: /run/netns\n",
             self.node,
@@ -140,6 +144,7 @@ impl AgentConfig {
             self.tcp_rtt,
             self.socket_latency,
             self.softirq,
+            self.io_latency,
         )
     }
 }

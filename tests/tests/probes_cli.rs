@@ -43,6 +43,27 @@ fn probes_lists_catalogue_as_root() {
             "{p}"
         );
     }
+    // Hooks used only where the kernel needs them are listed only there: tcp_reset's kprobes
+    // stand in for tcp_send_reset where it passes 2 arguments (before Linux 6.10).
+    let tcp_reset = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tcp_reset")
+        .unwrap();
+    let args = ebpf_core::btf::TypeIndex::kernel()
+        .unwrap()
+        .tracepoint_args("tcp_send_reset")
+        .unwrap();
+    let mut expected = vec!["tp_btf/tcp/tcp_send_reset", "tp_btf/tcp/tcp_receive_reset"];
+    if args < 3 && tcp_reset["degraded"].is_null() {
+        expected.extend(["kprobe/tcp_v4_send_reset", "kprobe/tcp_v6_send_reset"]);
+    }
+    assert_eq!(
+        tcp_reset["hooks"],
+        serde_json::json!(expected),
+        "{tcp_reset}"
+    );
     // TC hooks are attached per interface, and say so.
     let flow = probes
         .as_array()

@@ -85,6 +85,17 @@ pub const TESTS: &[MatrixTest] = &[
     },
     test("packet_drop", "udp_into_drop_rule_ipv4", "packet_drop"),
     test("tcp_reset", "connects_to_closed_port", "tcp_reset"),
+    test("tcp_reset", "connects_to_closed_port_ipv6", "tcp_reset"),
+    test(
+        "tcp_reset",
+        "a_reset_from_a_socket_is_counted_once",
+        "tcp_reset",
+    ),
+    test(
+        "tcp_reset",
+        "a_reset_answering_no_socket_is_not_answered",
+        "tcp_reset",
+    ),
     test("tcp_retrans", "bulk_transfer_through_loss", "tcp_retrans"),
     test(
         "tcp_connect",

@@ -757,9 +757,13 @@ impl Probes {
                 let mut interfaces = None;
                 let mut degraded = None;
                 let mut attach = None;
+                // A running probe's hooks on this kernel; the others', those of every kernel.
+                let mut hooks: Vec<String> =
+                    d.spec.hooks_everywhere().map(ToString::to_string).collect();
                 let (state, error) = if let Some(r) = self.running.get(name) {
                     degraded = r.probe.degraded().map(str::to_string);
                     attach = r.probe.tc_mode().map(TcMode::as_str);
+                    hooks = r.probe.hooks().map(|(h, _)| h.to_string()).collect();
                     // An interface the programs could not attach to is said, the probe runs.
                     let attached = r.interfaces.as_ref().map(|w| w.attached());
                     let error = attached.as_ref().and_then(|(_, e)| e.clone());
@@ -773,7 +777,7 @@ impl Probes {
                 ProbeStatus {
                     name,
                     description: d.spec.description,
-                    hooks: d.spec.hooks.iter().map(ToString::to_string).collect(),
+                    hooks,
                     state,
                     error,
                     degraded,
