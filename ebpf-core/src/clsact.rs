@@ -26,9 +26,12 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::netlink::{
+    attrs, begin_nested, end_nested, put_attr, string_attr, u32_at, Socket, NLM_F_CREATE,
+    NLM_F_ECHO, NLM_F_EXCL,
+};
 use crate::TcDirection;
 
 /// Where Sonde's filters start: after the low priorities CNIs take (Cilium's 1), before those
@@ -36,22 +39,6 @@ use crate::TcDirection;
 pub const PRIORITY_BASE: u16 = 20000;
 /// The handle of our filter within its own priority (the only filter there).
 const HANDLE: u32 = 1;
-
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_ECHO: u16 = 0x8;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-/// In an error message: extended-ack attributes follow (`NLM_F_ACK_TLVS`).
-const NLM_F_ACK_TLVS: u16 = 0x200;
-const NLMSGERR_ATTR_MSG: u16 = 1;
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_CAP_ACK: libc::c_int = 10;
-const NETLINK_EXT_ACK: libc::c_int = 11;
 
 const RTM_NEWQDISC: u16 = 36;
 const RTM_GETQDISC: u16 = 38;
@@ -110,7 +97,7 @@ pub fn attach(
     programs: &[(TcDirection, OwnedFd)],
     slot: u16,
 ) -> io::Result<Filters> {
-    let mut sock = Rtnl::open()?;
+    let mut sock = Socket::open(0)?;
     ensure_clsact(&mut sock, ifindex).map_err(|e| sock.explain(e))?;
     let pid = std::process::id();
     let mut filters = Filters {
@@ -134,7 +121,7 @@ pub fn attach(
 /// Deletes the filters of `probe` in `direction` on `ifindex` left by an agent that is gone
 /// (see [`is_stale`]).
 fn remove_stale(
-    sock: &mut Rtnl,
+    sock: &mut Socket,
     ifindex: u32,
     probe: &str,
     direction: TcDirection,
@@ -161,7 +148,7 @@ fn remove_stale(
 /// Deletes stale filters of `probe` on `ifindex` (both directions), for a kernel where the
 /// probe now runs as TCX links; failures are only logged, the links work regardless.
 pub fn remove_stale_quietly(probe: &str, ifindex: u32) {
-    let result = Rtnl::open().and_then(|mut sock| {
+    let result = Socket::open(0).and_then(|mut sock| {
         for direction in [TcDirection::Ingress, TcDirection::Egress] {
             remove_stale(&mut sock, ifindex, probe, direction)?;
         }
@@ -197,7 +184,7 @@ fn is_stale(pid: u32) -> bool {
 
 /// Makes the clsact qdisc on `ifindex`, or finds one there. Any other qdisc at the ingress
 /// parent (the older `ingress` qdisc, which has no egress hook) is an error naming it.
-fn ensure_clsact(sock: &mut Rtnl, ifindex: u32) -> io::Result<()> {
+fn ensure_clsact(sock: &mut Socket, ifindex: u32) -> io::Result<()> {
     let mut msg = tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0);
     put_attr(&mut msg, TCA_KIND, b"clsact\0");
     match sock.request(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, &msg) {
@@ -228,7 +215,7 @@ fn ensure_clsact(sock: &mut Rtnl, ifindex: u32) -> io::Result<()> {
 
 /// Adds our filter at the first free priority from `preferred`, and returns the priority.
 fn add_filter(
-    sock: &mut Rtnl,
+    sock: &mut Socket,
     ifindex: u32,
     hook: u32,
     prog: &OwnedFd,
@@ -281,7 +268,7 @@ impl Drop for Filters {
         if self.made.is_empty() {
             return;
         }
-        let result = Rtnl::open().and_then(|mut sock| {
+        let result = Socket::open(0).and_then(|mut sock| {
             for (direction, name) in &self.made {
                 let hook = parent(*direction);
                 let deleted = filters(&mut sock, self.ifindex, hook).and_then(|found| {
@@ -318,7 +305,7 @@ struct Filter {
 }
 
 /// Every filter on hook `hook` of `ifindex` (none when it has no clsact qdisc).
-fn filters(sock: &mut Rtnl, ifindex: u32, hook: u32) -> io::Result<Vec<Filter>> {
+fn filters(sock: &mut Socket, ifindex: u32, hook: u32) -> io::Result<Vec<Filter>> {
     let msg = tcmsg(ifindex, 0, hook, 0);
     Ok(sock
         .dump(RTM_GETTFILTER, &msg)?
@@ -348,7 +335,7 @@ fn parse_filter(body: &[u8]) -> Option<Filter> {
     })
 }
 
-fn delete_filter(sock: &mut Rtnl, ifindex: u32, hook: u32, f: &Filter) -> io::Result<()> {
+fn delete_filter(sock: &mut Socket, ifindex: u32, hook: u32, f: &Filter) -> io::Result<()> {
     let mut msg = tcmsg(
         ifindex,
         f.handle,
@@ -376,228 +363,6 @@ fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
     m[12..16].copy_from_slice(&parent.to_ne_bytes());
     m[16..20].copy_from_slice(&info.to_ne_bytes());
     m
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(align4(buf.len()), 0);
-}
-
-/// Starts a nested attribute; [`end_nested`] sets its length.
-fn begin_nested(buf: &mut Vec<u8>, kind: u16) -> usize {
-    let at = buf.len();
-    buf.extend_from_slice(&0u16.to_ne_bytes());
-    // NLA_F_NESTED.
-    buf.extend_from_slice(&(kind | 0x8000).to_ne_bytes());
-    at
-}
-
-fn end_nested(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at) as u16;
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
-/// Iterates the attributes of `buf` as (type, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        // NLA_F_NESTED and NLA_F_NET_BYTEORDER live in the top bits.
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[align4(len).min(buf.len())..];
-        Some((kind, payload))
-    })
-}
-
-fn string_attr(buf: &[u8], kind: u16) -> Option<String> {
-    let (_, p) = attrs(buf).find(|(k, _)| *k == kind)?;
-    let end = p.iter().position(|b| *b == 0).unwrap_or(p.len());
-    Some(String::from_utf8_lossy(&p[..end]).into_owned())
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map_or(0, |s| u32::from_ne_bytes(s.try_into().unwrap()))
-}
-
-/// One netlink message: its type and its body (after the header).
-type Message = (u16, Vec<u8>);
-
-/// An rtnetlink socket for requests, in the network namespace of the thread that opened it.
-struct Rtnl {
-    fd: OwnedFd,
-    seq: u32,
-    buf: Vec<u8>,
-    /// The kernel's message with the last error answer (errors stay plain errnos, which
-    /// callers match on).
-    reason: Option<String>,
-}
-
-impl Rtnl {
-    fn open() -> io::Result<Rtnl> {
-        // SAFETY: plain syscall; the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let timeout = Duration::from_secs(2);
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-        // The kernel's reason with its errors ("Filter kind and protocol must match existing
-        // filter"), without our request echoed back. Older kernels ignore them: no harm.
-        let _ = setsockopt(&fd, SOL_NETLINK, NETLINK_EXT_ACK, &1i32);
-        let _ = setsockopt(&fd, SOL_NETLINK, NETLINK_CAP_ACK, &1i32);
-        Ok(Rtnl {
-            fd,
-            seq: 0,
-            buf: vec![0u8; 64 << 10],
-            reason: None,
-        })
-    }
-
-    /// `e` with the kernel's message for it, for people; ENODEV (the interface went) stays
-    /// as it is, for callers that say nothing then.
-    fn explain(&self, e: io::Error) -> io::Error {
-        match (&self.reason, e.raw_os_error()) {
-            (Some(reason), Some(errno)) if errno != libc::ENODEV => {
-                io::Error::new(e.kind(), format!("{e} ({reason})"))
-            }
-            _ => e,
-        }
-    }
-
-    /// Sends `kind` with `flags` (and an ack asked for) and returns the messages of the
-    /// answer; an error answer is an `io::Error` of its errno.
-    fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Message>> {
-        self.exchange(kind, NLM_F_REQUEST | NLM_F_ACK | flags, body)
-    }
-
-    fn dump(&mut self, kind: u16, body: &[u8]) -> io::Result<Vec<Message>> {
-        self.exchange(kind, NLM_F_REQUEST | NLM_F_DUMP, body)
-    }
-
-    fn exchange(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Message>> {
-        self.reason = None;
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let len = NLMSG_HDRLEN + body.len();
-        let mut req = Vec::with_capacity(len);
-        req.extend_from_slice(&(len as u32).to_ne_bytes());
-        req.extend_from_slice(&kind.to_ne_bytes());
-        req.extend_from_slice(&flags.to_ne_bytes());
-        req.extend_from_slice(&seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes());
-        req.extend_from_slice(body);
-        // SAFETY: zeroed sockaddr_nl is the kernel as peer.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: the buffer and address are valid for their lengths.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut out = Vec::new();
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut msgs = &self.buf[..n as usize];
-            while msgs.len() >= NLMSG_HDRLEN {
-                let len = u32_at(msgs, 0) as usize;
-                let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
-                let flags = u16::from_ne_bytes([msgs[6], msgs[7]]);
-                if len < NLMSG_HDRLEN || len > msgs.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
-                }
-                let body = &msgs[NLMSG_HDRLEN..len];
-                if u32_at(msgs, 8) == seq {
-                    match kind {
-                        NLMSG_DONE => return Ok(out),
-                        NLMSG_ERROR => {
-                            let errno = -(u32_at(body, 0) as i32);
-                            if errno == 0 {
-                                return Ok(out);
-                            }
-                            self.reason = ext_ack_message(flags, body);
-                            return Err(io::Error::from_raw_os_error(errno));
-                        }
-                        _ => out.push((kind, body.to_vec())),
-                    }
-                }
-                msgs = &msgs[align4(len).min(msgs.len())..];
-            }
-        }
-    }
-}
-
-/// The kernel's extended-ack message of an error answer, when it gave one.
-fn ext_ack_message(flags: u16, body: &[u8]) -> Option<String> {
-    // errno, then the request's header (capped: no payload), then the attributes.
-    let tlvs = body
-        .get(4 + NLMSG_HDRLEN..)
-        .filter(|_| flags & NLM_F_ACK_TLVS != 0)?;
-    string_attr(tlvs, NLMSGERR_ATTR_MSG).filter(|m| !m.is_empty())
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: value outlives the call and its size is passed.
-    if unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -654,7 +419,7 @@ mod tests {
 
     /// (priority, name) of the filters on a hook, the classifier-only lines left out.
     fn listed(ifindex: u32, direction: TcDirection) -> Vec<(u16, String)> {
-        let mut sock = Rtnl::open().unwrap();
+        let mut sock = Socket::open(0).unwrap();
         let mut out: Vec<(u16, String)> = filters(&mut sock, ifindex, parent(direction))
             .unwrap()
             .into_iter()
@@ -688,7 +453,7 @@ mod tests {
             // What a SIGKILLed agent leaves: its pid is no process's (pid_max is at most 2^22).
             let dead = filter_name("flow", TcDirection::Ingress, 1 << 23);
             let (_, prog) = &target.programs[0];
-            let mut sock = Rtnl::open().unwrap();
+            let mut sock = Socket::open(0).unwrap();
             add_filter(
                 &mut sock,
                 ifindex,

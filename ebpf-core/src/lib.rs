@@ -12,6 +12,7 @@ pub mod flow;
 pub mod io_latency;
 pub mod kprobe;
 pub mod netdev_latency;
+pub mod netlink;
 pub mod packet_drop;
 pub mod probe;
 pub mod record;

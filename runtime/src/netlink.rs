@@ -1,20 +1,11 @@
-//! rtnetlink, by hand: the few requests Sonde makes (qdisc statistics, addresses, links) and
-//! the link notifications it follows are one socket, a dump request and a walk over
-//! attributes, so they are written here once rather than pulled in as a crate.
-//!
-//! A socket belongs to the network namespace of the thread that opened it, whichever thread
-//! uses it afterwards.
+//! The agent's rtnetlink requests (links, addresses; qdisc statistics in `netstat`) and the
+//! link notifications it follows, on the socket and attribute readers of
+//! `ebpf_core::netlink`, which the TC filters use too.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-pub const NLMSG_HDRLEN: usize = 16;
+pub use ebpf_core::netlink::{attrs, c_string, string_attr, u32_at, u64_at, Message, Socket};
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_DELLINK: u16 = 17;
@@ -31,227 +22,6 @@ const IFADDRMSG_LEN: usize = 8;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RT_SCOPE_HOST: u8 = 254;
-
-/// A request that takes longer than this is abandoned.
-const RECV_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// An rtnetlink socket, in the namespace of the thread that opened it.
-pub struct Socket {
-    fd: OwnedFd,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-/// One netlink message: its type and its body (after the header).
-pub type Message = (u16, Vec<u8>);
-
-impl Socket {
-    /// A socket for requests; with `groups`, also subscribed to those multicast groups.
-    pub fn open(groups: u32) -> io::Result<Socket> {
-        // SAFETY: plain syscall; the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let sock = Socket {
-            fd,
-            seq: 0,
-            buf: vec![0u8; 64 << 10],
-        };
-        sock.set_timeout(RECV_TIMEOUT)?;
-        if groups != 0 {
-            // SAFETY: zeroed sockaddr_nl is valid; the fields the kernel reads are set.
-            let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            addr.nl_groups = groups;
-            // SAFETY: addr outlives the call and its size is passed.
-            if unsafe {
-                libc::bind(
-                    sock.fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            } != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(sock)
-    }
-
-    /// How long [`Socket::recv`] waits for a message.
-    pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: tv outlives the call and its size is passed.
-        if unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Sends a dump request of `kind` with `header` as its body and returns every message of
-    /// the answer (multicast notifications that arrive meanwhile are left out).
-    pub fn dump(&mut self, kind: u16, header: &[u8]) -> io::Result<Vec<Message>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let len = NLMSG_HDRLEN + header.len();
-        let mut req = vec![0u8; len];
-        req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
-        req[4..6].copy_from_slice(&kind.to_ne_bytes());
-        req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-        req[8..12].copy_from_slice(&seq.to_ne_bytes());
-        req[NLMSG_HDRLEN..].copy_from_slice(header);
-        // SAFETY: zeroed sockaddr_nl is the kernel as peer.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: the buffer and address are valid for their lengths.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut out = Vec::new();
-        loop {
-            for (msg_seq, kind, body) in self.recv_raw()? {
-                if msg_seq != seq {
-                    continue;
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let errno = body
-                            .get(0..4)
-                            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                            .unwrap_or(0);
-                        if errno != 0 {
-                            return Err(io::Error::from_raw_os_error(-errno));
-                        }
-                    }
-                    _ => out.push((kind, body)),
-                }
-            }
-        }
-    }
-
-    /// The next batch of multicast notifications; an error of kind `WouldBlock` or
-    /// `TimedOut` when none came within the timeout.
-    pub fn recv(&mut self) -> io::Result<Vec<Message>> {
-        Ok(self
-            .recv_raw()?
-            .into_iter()
-            .filter(|(seq, _, _)| *seq == 0)
-            .map(|(_, kind, body)| (kind, body))
-            .collect())
-    }
-
-    /// One datagram's messages as (seq, type, body).
-    fn recv_raw(&mut self) -> io::Result<Vec<(u32, u16, Vec<u8>)>> {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                self.buf.as_mut_ptr().cast(),
-                self.buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut msgs = &self.buf[..n as usize];
-        let mut out = Vec::new();
-        while msgs.len() >= NLMSG_HDRLEN {
-            let len = u32_at(msgs, 0) as usize;
-            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
-            let seq = u32_at(msgs, 8);
-            if len < NLMSG_HDRLEN || len > msgs.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            out.push((seq, kind, msgs[NLMSG_HDRLEN..len].to_vec()));
-            msgs = &msgs[align4(len).min(msgs.len())..];
-        }
-        Ok(out)
-    }
-}
-
-pub fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Iterates the rtattrs of `buf` as (type, payload).
-pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        // NLA_F_NESTED and NLA_F_NET_BYTEORDER live in the top bits.
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[align4(len).min(buf.len())..];
-        Some((kind, payload))
-    })
-}
-
-pub fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map_or(0, |s| u32::from_ne_bytes(s.try_into().unwrap()))
-}
-
-pub fn u64_at(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8)
-        .map_or(0, |s| u64::from_ne_bytes(s.try_into().unwrap()))
-}
-
-/// A NUL-terminated string attribute.
-pub fn c_string(payload: &[u8]) -> String {
-    let end = payload
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(payload.len());
-    String::from_utf8_lossy(&payload[..end]).into_owned()
-}
-
-/// The string attribute `kind` of a message's attributes, when there.
-pub fn string_attr(attrs_buf: &[u8], kind: u16) -> Option<String> {
-    attrs(attrs_buf)
-        .find(|(k, _)| *k == kind)
-        .map(|(_, p)| c_string(p))
-}
 
 /// A link as `RTM_NEWLINK` / `RTM_DELLINK` describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,10 +89,8 @@ mod tests {
     use super::*;
 
     fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut a = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
-        a.extend_from_slice(&kind.to_ne_bytes());
-        a.extend_from_slice(payload);
-        a.resize(align4(a.len()), 0);
+        let mut a = Vec::new();
+        ebpf_core::netlink::put_attr(&mut a, kind, payload);
         a
     }
 
