@@ -32,6 +32,14 @@ pub fn not_found(function: &str) -> String {
     format!("{function} is not in {KALLSYMS} (inlined or renamed in this kernel)")
 }
 
+/// Why a kprobe cannot be attached to a function of several names when none is there.
+pub fn none_found(functions: &[&str]) -> String {
+    format!(
+        "none of {} is in {KALLSYMS} (inlined or renamed in this kernel)",
+        functions.join(", ")
+    )
+}
+
 /// The functions of `functions` that are text symbols of `kallsyms` (`address type name
 /// [module]` lines; type `t` or `T`).
 fn text_symbols(

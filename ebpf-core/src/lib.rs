@@ -70,6 +70,63 @@ pub enum Used {
         when: Condition,
         lacks: &'static str,
     },
+    /// Only when the probe's kernel-function hooks are attached as `FnMode` (see
+    /// [`FnAttach`]): a probe that hooks kernel functions has a program for each in both
+    /// forms, fentry/fexit (a BPF trampoline, the cheaper) and kprobe/kretprobe.
+    Attach(FnMode),
+}
+
+/// How a probe's kernel-function hooks are attached (`attach` in its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FnAttach {
+    /// fentry/fexit where the kernel attaches BPF trampolines, kprobes otherwise.
+    #[default]
+    Auto,
+    Fentry,
+    Kprobe,
+}
+
+/// How a probe's kernel-function hooks are attached on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FnMode {
+    /// fentry and fexit programs: a BPF trampoline called from the function's ftrace site,
+    /// with BTF-typed arguments (needs the kernel's own BTF and ftrace direct calls).
+    Fentry,
+    /// kprobe and kretprobe programs: a breakpoint (or ftrace) handler, arguments from the
+    /// registers.
+    Kprobe,
+}
+
+impl FnAttach {
+    pub const NAMES: &'static str = "auto, fentry or kprobe";
+
+    pub fn parse(s: &str) -> Option<FnAttach> {
+        match s {
+            "auto" => Some(FnAttach::Auto),
+            "fentry" => Some(FnAttach::Fentry),
+            "kprobe" => Some(FnAttach::Kprobe),
+            _ => None,
+        }
+    }
+
+    /// The modes to try, in order: `auto` falls back to kprobes where fentry cannot attach.
+    pub fn modes(self) -> &'static [FnMode] {
+        match self {
+            FnAttach::Auto => &[FnMode::Fentry, FnMode::Kprobe],
+            FnAttach::Fentry => &[FnMode::Fentry],
+            FnAttach::Kprobe => &[FnMode::Kprobe],
+        }
+    }
+}
+
+impl FnMode {
+    /// As `sonde probes` and the API say it (`attach`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FnMode::Fentry => "fentry",
+            FnMode::Kprobe => "kprobe",
+        }
+    }
 }
 
 /// Something of the running kernel that decides whether a hook is used.
@@ -108,10 +165,19 @@ pub enum HookPoint {
     /// A TC program (a TCX link, or a filter on a clsact qdisc), attached by the agent to each
     /// interface it watches for the probe rather than when the probe loads.
     Tc(TcDirection),
-    /// A kprobe on the entry of kernel function `function`, attached when the probe loads. Its
-    /// program reads its arguments with `BPF_CORE_READ` (they are not BTF-typed); the kernel
-    /// needs kprobes, and the function must not be inlined away.
-    Kprobe { function: &'static str },
+    /// A kprobe on the entry (or with `ret`, a kretprobe on the return) of a kernel function,
+    /// attached when the probe loads: the first of `functions` the kernel has (a function
+    /// renamed or split between kernels has each of its names, newest first). Its program
+    /// reads its arguments with `BPF_CORE_READ` (they are not BTF-typed); the kernel needs
+    /// kprobes, and the function must not be inlined away.
+    Kprobe {
+        functions: &'static [&'static str],
+        ret: bool,
+    },
+    /// An fentry (or with `ret`, fexit) program on kernel function `function`, attached when
+    /// the probe loads through a BPF trampoline: the kernel resolves the function in its own
+    /// BTF and needs ftrace direct calls.
+    Fentry { function: &'static str, ret: bool },
 }
 
 impl HookPoint {
@@ -121,7 +187,7 @@ impl HookPoint {
     /// TC: no, CO-RE relocations from a BTF file are all its programs need).
     pub fn needs_kernel_btf(&self) -> bool {
         match self {
-            HookPoint::TpBtf { .. } => true,
+            HookPoint::TpBtf { .. } | HookPoint::Fentry { .. } => true,
             HookPoint::Tc(_) | HookPoint::Kprobe { .. } => false,
         }
     }
@@ -211,18 +277,21 @@ impl Hook {
         }
     }
 
-    /// A kprobe hook used only where `when` holds: program `program` on the entry of kernel
-    /// function `function`; `lacks` is what the probe lacks where it is needed but cannot be
+    /// A kprobe hook used only where `when` holds: program `program` on the entry of the first
+    /// of kernel functions `functions` the kernel has; `lacks` is what the probe lacks where it is needed but cannot be
     /// attached.
     pub const fn kprobe_where(
         program: &'static str,
-        function: &'static str,
+        functions: &'static [&'static str],
         when: Condition,
         lacks: &'static str,
     ) -> Hook {
         Hook {
             program,
-            point: HookPoint::Kprobe { function },
+            point: HookPoint::Kprobe {
+                functions,
+                ret: false,
+            },
             args: 0,
             older: &[],
             optional: None,
@@ -230,18 +299,74 @@ impl Hook {
         }
     }
 
+    /// A kprobe (or with `ret`, kretprobe) hook every kernel needs: program `program` on the
+    /// first of `functions` the kernel has.
+    pub const fn kprobe(
+        program: &'static str,
+        functions: &'static [&'static str],
+        ret: bool,
+    ) -> Hook {
+        Hook {
+            program,
+            point: HookPoint::Kprobe { functions, ret },
+            args: 0,
+            older: &[],
+            optional: None,
+            used: Used::Always,
+        }
+    }
+
+    /// An fentry (or with `ret`, fexit) hook on kernel function `function`, used where the
+    /// probe's function hooks attach through BPF trampolines; each has a
+    /// [`Hook::kprobe_instead`] twin for the kernels where they do not.
+    pub const fn fentry(program: &'static str, function: &'static str, ret: bool) -> Hook {
+        Hook {
+            program,
+            point: HookPoint::Fentry { function, ret },
+            args: 0,
+            older: &[],
+            optional: None,
+            used: Used::Attach(FnMode::Fentry),
+        }
+    }
+
+    /// The kprobe (or with `ret`, kretprobe) twin of an fentry hook, used where the probe's
+    /// function hooks attach as kprobes.
+    pub const fn kprobe_instead(
+        program: &'static str,
+        functions: &'static [&'static str],
+        ret: bool,
+    ) -> Hook {
+        Hook {
+            used: Used::Attach(FnMode::Kprobe),
+            ..Hook::kprobe(program, functions, ret)
+        }
+    }
+
     /// The TC direction of a TC hook.
     pub fn tc_direction(&self) -> Option<TcDirection> {
         match self.point {
             HookPoint::Tc(d) => Some(d),
-            HookPoint::TpBtf { .. } | HookPoint::Kprobe { .. } => None,
+            HookPoint::TpBtf { .. } | HookPoint::Kprobe { .. } | HookPoint::Fentry { .. } => None,
+        }
+    }
+
+    /// The hook as `sonde probes` names it, with `function` for a kprobe hook of several
+    /// names when it is known which one the kernel has.
+    pub fn name_with(&self, function: Option<&str>) -> String {
+        match (self.point, function) {
+            (HookPoint::Kprobe { ret, .. }, Some(f)) => {
+                format!("{}/{f}", if ret { "kretprobe" } else { "kprobe" })
+            }
+            _ => self.to_string(),
         }
     }
 }
 
 impl std::fmt::Display for Hook {
-    /// `tp_btf/<category>/<tracepoint>`, `tc/ingress`, `tc/egress` or `kprobe/<function>`, as
-    /// `sonde probes` and the API show it.
+    /// `tp_btf/<category>/<tracepoint>`, `tc/ingress`, `tc/egress`, `kprobe/<function>`
+    /// (`kprobe/<name>|<older name>` for a function of several names), `kretprobe/..`,
+    /// `fentry/<function>` or `fexit/<function>`, as `sonde probes` and the API show it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.point {
             HookPoint::TpBtf {
@@ -250,7 +375,14 @@ impl std::fmt::Display for Hook {
             } => write!(f, "tp_btf/{category}/{tracepoint}"),
             HookPoint::Tc(TcDirection::Ingress) => write!(f, "tc/ingress"),
             HookPoint::Tc(TcDirection::Egress) => write!(f, "tc/egress"),
-            HookPoint::Kprobe { function } => write!(f, "kprobe/{function}"),
+            HookPoint::Kprobe { functions, ret } => {
+                let kind = if ret { "kretprobe" } else { "kprobe" };
+                write!(f, "{kind}/{}", functions.join("|"))
+            }
+            HookPoint::Fentry { function, ret } => {
+                let kind = if ret { "fexit" } else { "fentry" };
+                write!(f, "{kind}/{function}")
+            }
         }
     }
 }
@@ -349,9 +481,17 @@ pub struct ProbeSpec {
 
 impl ProbeSpec {
     /// The hooks the probe uses on every kernel (for a probe not loaded: which of the others
-    /// it would use depends on the kernel, see [`probe::Plan`]).
+    /// it would use depends on the kernel, see [`probe::choose_programs`]); of a probe whose
+    /// kernel-function hooks come in two forms, the fentry ones.
     pub fn hooks_everywhere(&self) -> impl Iterator<Item = &'static Hook> {
-        self.hooks.iter().filter(|h| h.used == Used::Always)
+        self.hooks
+            .iter()
+            .filter(|h| matches!(h.used, Used::Always | Used::Attach(FnMode::Fentry)))
+    }
+
+    /// Whether the probe's kernel-function hooks come in two forms, fentry and kprobe.
+    pub fn has_fn_modes(&self) -> bool {
+        self.hooks.iter().any(|h| matches!(h.used, Used::Attach(_)))
     }
 }
 

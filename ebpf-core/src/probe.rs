@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use aya::maps::Map;
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
-use aya::programs::{BtfTracePoint, KProbe, ProgramError, SchedClassifier};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, SchedClassifier};
 use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
@@ -15,7 +15,9 @@ use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
 use crate::tc::{kernel_has_tcx, TcAttach, TcMode, TcTarget, WATCHED_MAP};
-use crate::{Condition, Hook, HookPoint, ProbeSpec, Requirement, Used, CATALOGUE};
+use crate::{
+    Condition, FnAttach, FnMode, Hook, HookPoint, ProbeSpec, Requirement, Used, CATALOGUE,
+};
 
 const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
@@ -37,10 +39,11 @@ pub enum ProbeError {
     )]
     NoTcx,
     #[error("cannot attach a kprobe to {function}: {reason}")]
-    Kprobe {
-        function: &'static str,
-        reason: String,
-    },
+    Kprobe { function: String, reason: String },
+    #[error(
+        "its kernel-function hooks attach neither as fentry ({fentry}) nor as kprobes ({kprobe})"
+    )]
+    FnModes { fentry: String, kprobe: String },
     #[error("{0}")]
     Btf(String),
     #[error(
@@ -133,6 +136,9 @@ pub struct ProbeSettings {
     /// How TC programs are attached to interfaces (probes with TC hooks); a change needs a
     /// reload.
     pub tc_attach: TcAttach,
+    /// How kernel-function hooks are attached (probes with fentry and kprobe forms); a change
+    /// needs a reload.
+    pub fn_attach: FnAttach,
 }
 
 impl Default for ProbeSettings {
@@ -146,6 +152,7 @@ impl Default for ProbeSettings {
             params: [0; 4],
             table_size: 0,
             tc_attach: TcAttach::Auto,
+            fn_attach: FnAttach::Auto,
         }
     }
 }
@@ -176,6 +183,8 @@ pub struct LoadedProbe {
     /// The program loaded for each hook of the spec (an older one on an older kernel; none
     /// for a hook not used here).
     programs: Vec<Option<&'static str>>,
+    /// For each kprobe hook, the name its function has on this kernel.
+    functions: Vec<Option<&'static str>>,
     /// What the probe lacks on this kernel (an older program had to do, an optional hook is
     /// missing, a hook it needs here could not be attached).
     degraded: Option<String>,
@@ -186,6 +195,9 @@ pub struct LoadedProbe {
     tc_attach: TcAttach,
     /// How its TC programs are attached here (none without TC hooks).
     tc_mode: Option<TcMode>,
+    fn_attach: FnAttach,
+    /// How its kernel-function hooks are attached here (none without two forms of them).
+    fn_mode: Option<FnMode>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ProbeError {
@@ -265,8 +277,9 @@ pub fn check_hooks(
                 tc_mode = Some(attach.resolve(kernel_has_tcx(btf.types()))?);
             }
             HookPoint::Tc(_) => {}
-            // Whether one can be attached is for choosing the programs (`Kernel::kprobe`).
-            HookPoint::Kprobe { .. } => {}
+            // Whether one can be attached is for choosing the programs (`Kernel::kprobe`),
+            // whether a trampoline can, for attaching them (`ProbeLoader::load`).
+            HookPoint::Kprobe { .. } | HookPoint::Fentry { .. } => {}
         }
     }
     Ok(tc_mode)
@@ -304,6 +317,8 @@ pub struct Checked {
     pub degraded: Option<String>,
     /// How its TC programs would be attached (none without TC hooks).
     pub tc_mode: Option<TcMode>,
+    /// How its kernel-function hooks attach (none without two forms of them).
+    pub fn_mode: Option<FnMode>,
     /// The hooks it uses on this kernel.
     pub hooks: Vec<String>,
 }
@@ -330,35 +345,75 @@ impl<'btf> ProbeLoader<'btf> {
 
     /// Loads the probe's programs into the kernel without attaching them: what
     /// `sonde probes` does to tell whether a probe can run here, with TC programs attached
-    /// under `attach`: what the probe lacks on this kernel, if anything, and how its TC
-    /// programs would be attached.
+    /// under `tc_attach` and kernel-function hooks under `fn_attach`: what the probe lacks on
+    /// this kernel, if anything, and how its programs would be attached. A probe whose
+    /// function hooks come in two forms is attached and let go: whether the kernel attaches
+    /// a trampoline is only known by trying.
     pub fn check(
         &mut self,
         spec: &'static ProbeSpec,
         btf: &'btf KernelBtf,
-        attach: TcAttach,
+        tc_attach: TcAttach,
+        fn_attach: FnAttach,
     ) -> Result<Checked, ProbeError> {
         let settings = ProbeSettings {
-            tc_attach: attach,
+            tc_attach,
+            fn_attach,
             ..ProbeSettings::default()
         };
-        let probe = self.load_programs(spec, btf, &settings)?;
+        let probe = if spec.has_fn_modes() {
+            self.load(spec, btf, &settings)?
+        } else {
+            self.load_programs(spec, btf, &settings, None)?
+        };
         Ok(Checked {
-            hooks: probe.hooks().map(|(h, _)| h.to_string()).collect(),
+            hooks: probe.hook_names(),
             degraded: probe.degraded,
             tc_mode: probe.tc_mode,
+            fn_mode: probe.fn_mode,
         })
     }
 
     /// Loads, configures and attaches the probe. A hook used only where the kernel needs it
-    /// that fails to attach leaves the probe running without it, degraded.
+    /// that fails to attach leaves the probe running without it, degraded. A probe whose
+    /// kernel-function hooks come in two forms attaches them as `settings.fn_attach` says;
+    /// under `auto`, as fentry where that attaches, else as kprobes.
     pub fn load(
         &mut self,
         spec: &'static ProbeSpec,
         btf: &'btf KernelBtf,
         settings: &ProbeSettings,
     ) -> Result<LoadedProbe, ProbeError> {
-        let mut probe = self.load_programs(spec, btf, settings)?;
+        if !spec.has_fn_modes() {
+            return self.load_in(spec, btf, settings, None);
+        }
+        let mut failed: Option<ProbeError> = None;
+        for &mode in settings.fn_attach.modes() {
+            match self.load_in(spec, btf, settings, Some(mode)) {
+                Ok(probe) => return Ok(probe),
+                Err(e @ ProbeError::PermissionDenied) => return Err(e),
+                Err(e) => {
+                    failed = Some(match failed {
+                        Some(fentry) => ProbeError::FnModes {
+                            fentry: fentry.to_string(),
+                            kprobe: e.to_string(),
+                        },
+                        None => e,
+                    })
+                }
+            }
+        }
+        Err(failed.expect("every FnAttach has a mode"))
+    }
+
+    fn load_in(
+        &mut self,
+        spec: &'static ProbeSpec,
+        btf: &'btf KernelBtf,
+        settings: &ProbeSettings,
+        mode: Option<FnMode>,
+    ) -> Result<LoadedProbe, ProbeError> {
+        let mut probe = self.load_programs(spec, btf, settings, mode)?;
         probe.configure(settings)?;
         // TC programs are attached per interface by the agent (see `LoadedProbe::tc_target`).
         let mut lacks = Vec::new();
@@ -372,7 +427,18 @@ impl<'btf> ProbeLoader<'btf> {
                         .attach()
                         .map_err(|source| program_error(name, source))?;
                 }
-                HookPoint::Kprobe { function } => {
+                HookPoint::Fentry { ret: false, .. } => {
+                    program::<FEntry>(&mut probe.ebpf, name)?
+                        .attach()
+                        .map_err(|source| program_error(name, source))?;
+                }
+                HookPoint::Fentry { ret: true, .. } => {
+                    program::<FExit>(&mut probe.ebpf, name)?
+                        .attach()
+                        .map_err(|source| program_error(name, source))?;
+                }
+                HookPoint::Kprobe { .. } => {
+                    let function = probe.functions[i].expect("a kprobe hook's function is chosen");
                     let attached = program::<KProbe>(&mut probe.ebpf, name)?.attach(function, 0);
                     match (attached, hook.used) {
                         (Ok(_), _) => {}
@@ -383,7 +449,9 @@ impl<'btf> ProbeLoader<'btf> {
                                 one_line_reason(&e)
                             ));
                         }
-                        (Err(source), Used::Always) => return Err(program_error(name, source)),
+                        (Err(source), Used::Always | Used::Attach(_)) => {
+                            return Err(program_error(name, source))
+                        }
                     }
                 }
                 HookPoint::Tc(_) => {}
@@ -396,11 +464,14 @@ impl<'btf> ProbeLoader<'btf> {
         Ok(probe)
     }
 
+    /// Loads the programs of the probe's hooks on this kernel, with its kernel-function
+    /// hooks in `mode` (for a probe that has two forms of them).
     fn load_programs(
         &mut self,
         spec: &'static ProbeSpec,
         btf: &'btf KernelBtf,
         settings: &ProbeSettings,
+        mode: Option<FnMode>,
     ) -> Result<LoadedProbe, ProbeError> {
         let tc_mode = check_hooks(spec, btf, settings.tc_attach)?;
         let by_kernel = spec
@@ -420,8 +491,11 @@ impl<'btf> ProbeLoader<'btf> {
             check_requirements(spec, types)?;
             Some(types)
         };
-        let (programs, degraded) =
-            choose_programs(spec, &RunningKernel::new(spec, types, btf.has_own()))?;
+        let Plan {
+            programs,
+            functions,
+            degraded,
+        } = choose_programs(spec, &RunningKernel::new(spec, types, btf.has_own()), mode)?;
         let size = settings.ring_buffer_size;
         if size < 4096 || !size.is_power_of_two() {
             return Err(ProbeError::RingBufferSize(size));
@@ -452,11 +526,24 @@ impl<'btf> ProbeLoader<'btf> {
                 HookPoint::Kprobe { .. } => program::<KProbe>(&mut ebpf, name)?
                     .load()
                     .map_err(|source| program_error(name, source))?,
+                HookPoint::Fentry {
+                    function,
+                    ret: false,
+                } => program::<FEntry>(&mut ebpf, name)?
+                    .load(function, kernel_own(btf)?)
+                    .map_err(|source| program_error(name, source))?,
+                HookPoint::Fentry {
+                    function,
+                    ret: true,
+                } => program::<FExit>(&mut ebpf, name)?
+                    .load(function, kernel_own(btf)?)
+                    .map_err(|source| program_error(name, source))?,
             }
         }
         Ok(LoadedProbe {
             spec,
             programs,
+            functions,
             degraded,
             ebpf,
             ring_buffer_size: size,
@@ -464,6 +551,8 @@ impl<'btf> ProbeLoader<'btf> {
             params: [0; 4],
             tc_attach: settings.tc_attach,
             tc_mode,
+            fn_attach: settings.fn_attach,
+            fn_mode: mode,
         })
     }
 }
@@ -478,6 +567,25 @@ pub trait Kernel {
     fn has_own_btf(&self) -> bool;
     /// Whether a kprobe can be attached to kernel function `function`, and why not.
     fn kprobe(&self, function: &'static str) -> Result<(), String>;
+
+    /// The first of `functions` a kprobe can be attached to, and why none can.
+    fn kprobe_any(&self, functions: &[&'static str]) -> Result<&'static str, String> {
+        let mut first = None;
+        for &function in functions {
+            match self.kprobe(function) {
+                Ok(()) => return Ok(function),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(match (first, functions) {
+            (Some(e), [_]) => e,
+            // Either none is in kallsyms or the kernel has no kprobes: both said once.
+            (Some(e), _) if !e.contains(functions[0]) => e,
+            _ => crate::kprobe::none_found(functions),
+        })
+    }
 }
 
 /// The running kernel: its types, and its kprobes (looked up once, for the functions of the
@@ -494,10 +602,11 @@ impl<'a> RunningKernel<'a> {
         let functions = spec
             .hooks
             .iter()
-            .filter_map(|h| match h.point {
-                HookPoint::Kprobe { function } => Some(function),
-                _ => None,
+            .flat_map(|h| match h.point {
+                HookPoint::Kprobe { functions, .. } => functions,
+                _ => &[],
             })
+            .copied()
             .collect();
         RunningKernel {
             types,
@@ -540,28 +649,46 @@ fn holds(condition: Condition, kernel: &dyn Kernel) -> bool {
     }
 }
 
+/// What a probe runs on a kernel ([`choose_programs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The program of each hook of the spec, `None` for a hook not used.
+    pub programs: Vec<Option<&'static str>>,
+    /// For each kprobe hook used, the name its function has on the kernel.
+    pub functions: Vec<Option<&'static str>>,
+    /// What the probe lacks there, each thing said once.
+    pub degraded: Option<String>,
+}
+
 /// The program of each hook on `kernel` (`None` for a hook not used there): by its
-/// tracepoints' arguments, whether it needs a hook at all (`Hook::used`), whether an optional
-/// hook's tracepoint is there, whether its kprobes can be attached; and what the probe lacks
-/// with them, each said once. Without the kernel's own BTF, optional hooks that need it are
-/// left out (required ones were refused by [`check_hooks`]).
+/// tracepoints' arguments, whether it needs a hook at all (`Hook::used`; for a probe whose
+/// kernel-function hooks come in two forms, those of `mode`), whether an optional hook's
+/// tracepoint is there, whether its kprobes can be attached and to which name of their
+/// function; and what the probe lacks with them, each said once. Without the kernel's own
+/// BTF, optional hooks that need it are left out (required ones were refused by
+/// [`check_hooks`]).
 pub fn choose_programs(
     spec: &ProbeSpec,
     kernel: &dyn Kernel,
-) -> Result<(Vec<Option<&'static str>>, Option<String>), ProbeError> {
+    mode: Option<FnMode>,
+) -> Result<Plan, ProbeError> {
     let mut programs = Vec::with_capacity(spec.hooks.len());
+    let mut functions = vec![None; spec.hooks.len()];
     let mut lacks: Vec<String> = Vec::new();
     let mut lack = |what: String| {
         if !lacks.contains(&what) {
             lacks.push(what);
         }
     };
-    for hook in spec.hooks {
-        if let Used::Where { when, .. } = hook.used {
-            if !holds(when, kernel) {
-                programs.push(None);
-                continue;
-            }
+    for (i, hook) in spec.hooks.iter().enumerate() {
+        let used = match hook.used {
+            Used::Always => true,
+            Used::Where { when, .. } => holds(when, kernel),
+            Used::Attach(m) => mode == Some(m),
+        };
+        if !used {
+            programs.push(None);
+            continue;
         }
         let program = match hook.point {
             HookPoint::TpBtf { tracepoint, .. } => {
@@ -591,20 +718,34 @@ pub fn choose_programs(
                     }
                 }
             }
-            HookPoint::Tc(_) => Some(hook.program),
-            HookPoint::Kprobe { function } => match (kernel.kprobe(function), hook.used) {
-                (Ok(()), _) => Some(hook.program),
-                (Err(reason), Used::Always) => return Err(ProbeError::Kprobe { function, reason }),
+            HookPoint::Tc(_) | HookPoint::Fentry { .. } => Some(hook.program),
+            HookPoint::Kprobe {
+                functions: names, ..
+            } => match (kernel.kprobe_any(names), hook.used) {
+                (Ok(function), _) => {
+                    functions[i] = Some(function);
+                    Some(hook.program)
+                }
                 (Err(why), Used::Where { lacks: what, .. }) => {
                     lack(format!("{what}: {why}"));
                     None
+                }
+                (Err(reason), Used::Always | Used::Attach(_)) => {
+                    return Err(ProbeError::Kprobe {
+                        function: names.join(" or "),
+                        reason,
+                    })
                 }
             },
         };
         programs.push(program);
     }
     let degraded = (!lacks.is_empty()).then(|| lacks.join("; "));
-    Ok((programs, degraded))
+    Ok(Plan {
+        programs,
+        functions,
+        degraded,
+    })
 }
 
 impl Default for ProbeLoader<'_> {
@@ -630,6 +771,7 @@ impl LoadedProbe {
         if settings.ring_buffer_size != self.ring_buffer_size
             || settings.table_size != self.table_size
             || settings.tc_attach != self.tc_attach
+            || settings.fn_attach != self.fn_attach
         {
             return Ok(false);
         }
@@ -665,6 +807,23 @@ impl LoadedProbe {
             .iter()
             .zip(&self.programs)
             .filter_map(|(hook, program)| Some((hook, (*program)?)))
+    }
+
+    /// The hooks the probe uses on this kernel as `sonde probes` names them (a kprobe hook by
+    /// the name its function has here).
+    pub fn hook_names(&self) -> Vec<String> {
+        self.spec
+            .hooks
+            .iter()
+            .zip(self.programs.iter().zip(&self.functions))
+            .filter(|(_, (program, _))| program.is_some())
+            .map(|(hook, (_, function))| hook.name_with(*function))
+            .collect()
+    }
+
+    /// How the probe's kernel-function hooks are attached (none without two forms of them).
+    pub fn fn_mode(&self) -> Option<FnMode> {
+        self.fn_mode
     }
 
     /// The probe-specific values last applied ([`ProbeSettings::params`]), for collectors
@@ -887,8 +1046,9 @@ mod tests {
             object: &[],
         };
         let types = TypeIndex::kernel().unwrap();
-        let (programs, degraded) =
-            choose_programs(&SPEC, &RunningKernel::new(&SPEC, Some(&types), true)).unwrap();
+        let Plan {
+            programs, degraded, ..
+        } = choose_programs(&SPEC, &RunningKernel::new(&SPEC, Some(&types), true), None).unwrap();
         assert_eq!(programs, vec![Some("always"), None, None]);
         assert_eq!(degraded.as_deref(), Some("lacks x"));
         // Required, it is an error naming the tracepoint.
@@ -899,6 +1059,7 @@ mod tests {
         let e = choose_programs(
             &REQUIRED,
             &RunningKernel::new(&REQUIRED, Some(&types), true),
+            None,
         )
         .unwrap_err();
         assert!(
@@ -935,8 +1096,9 @@ mod tests {
         };
         check_hooks(&SPEC, &btf, TcAttach::Auto).unwrap();
         let types = TypeIndex::kernel().unwrap();
-        let (programs, degraded) =
-            choose_programs(&SPEC, &RunningKernel::new(&SPEC, Some(&types), false)).unwrap();
+        let Plan {
+            programs, degraded, ..
+        } = choose_programs(&SPEC, &RunningKernel::new(&SPEC, Some(&types), false), None).unwrap();
         assert_eq!(programs, vec![Some("ingress"), None]);
         assert_eq!(degraded.as_deref(), Some("lacks extra"));
     }
@@ -980,7 +1142,9 @@ mod tests {
             kprobes,
         };
         let spec = &crate::tcp_reset::SPEC;
-        let (programs, degraded) = choose_programs(spec, &kernel).unwrap();
+        let Plan {
+            programs, degraded, ..
+        } = choose_programs(spec, &kernel, None).unwrap();
         let used: Vec<_> = spec
             .hooks
             .iter()
@@ -1063,7 +1227,7 @@ mod tests {
             used: Used::Always,
             ..Hook::kprobe_where(
                 "tcp_v4_send_reset",
-                "tcp_v4_send_reset",
+                &["tcp_v4_send_reset"],
                 Condition::TracepointArgsBelow {
                     tracepoint: "tcp_send_reset",
                     args: 3,
@@ -1080,7 +1244,9 @@ mod tests {
             kprobes: None,
         };
         assert_eq!(
-            choose_programs(&SPEC, &kernel).unwrap_err().to_string(),
+            choose_programs(&SPEC, &kernel, None)
+                .unwrap_err()
+                .to_string(),
             "cannot attach a kprobe to tcp_v4_send_reset: no kprobes"
         );
     }
@@ -1107,7 +1273,9 @@ mod tests {
                     .unwrap()
                     .load()
                     .unwrap(),
-                HookPoint::Tc(_) => unreachable!("tcp_reset has no TC hooks"),
+                HookPoint::Tc(_) | HookPoint::Fentry { .. } => {
+                    unreachable!("tcp_reset has no TC or fentry hooks")
+                }
             }
         }
     }

@@ -23,13 +23,13 @@ pub const SPEC: ProbeSpec = ProbeSpec {
         Hook::tp_btf("tcp_receive_reset", "tcp", "tcp_receive_reset"),
         Hook::kprobe_where(
             "tcp_v4_send_reset",
-            "tcp_v4_send_reset",
+            &["tcp_v4_send_reset"],
             OLD_SEND_RESET,
             NO_SOCKET_LACKS,
         ),
         Hook::kprobe_where(
             "tcp_v6_send_reset",
-            "tcp_v6_send_reset",
+            &["tcp_v6_send_reset"],
             OLD_SEND_RESET,
             NO_SOCKET_LACKS,
         ),

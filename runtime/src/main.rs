@@ -249,15 +249,18 @@ struct ProbeRow {
     hooks: Vec<String>,
     /// Loadable, or why not.
     loadable: Result<(), String>,
-    /// For TC hooks: how they are attached here.
-    attach: Option<ebpf_core::TcMode>,
+    /// How its TC hooks (`tcx`, `clsact`) or kernel-function hooks (`fentry`, `kprobe`) are
+    /// attached here.
+    attach: Option<&'static str>,
     /// What the probe lacks on this kernel, when it loads.
     degraded: Option<String>,
 }
 
 /// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
 /// checks that the probes that read procfs (netstat) can enter network namespaces. TC probes
-/// are checked with the `attach` setting of `config` (auto without one), and the kernel's
+/// and probes of kernel functions are checked with the `attach` setting of `config` (auto
+/// without one; those of kernel functions are attached for a moment, to know whether a BPF
+/// trampoline attaches here), and the kernel's
 /// types come from `btf` (else the config's `btf.path`, else the kernel).
 fn probes(
     config: Option<&std::path::Path>,
@@ -287,9 +290,16 @@ fn probes(
                                 .resolve(ebpf_core::tc::kernel_has_tcx(btf.types()))
                                 .ok()
                         })
-                        .flatten();
-                    let r = loader.check(spec, btf, attach);
-                    (r.map_err(|e| e.to_string()), mode)
+                        .flatten()
+                        .map(ebpf_core::TcMode::as_str);
+                    let fn_attach = sonde::probes::fn_attach(spec.name, &config);
+                    match loader.check(spec, btf, attach, fn_attach) {
+                        Ok(c) => {
+                            let mode = mode.or(c.fn_mode.map(ebpf_core::FnMode::as_str));
+                            (Ok(c), mode)
+                        }
+                        Err(e) => (Err(e.to_string()), mode),
+                    }
                 }
                 Err(e) => (Err(e.clone()), None),
             };
@@ -333,7 +343,7 @@ fn probes(
                         "name": r.name,
                         "description": r.description,
                         "hooks": r.hooks,
-                        "attach": r.attach.map(ebpf_core::TcMode::as_str),
+                        "attach": r.attach,
                         "loadable": r.loadable.is_ok(),
                         "reason": r.loadable.as_ref().err(),
                         "degraded": r.degraded,
@@ -343,9 +353,9 @@ fn probes(
             text = serde_json::to_string_pretty(&v)? + "\n";
         }
         Output::Text => {
-            // TC hooks say how they are attached: `tc/ingress,tc/egress (tcx)`.
+            // Hooks say how they are attached: `tc/ingress,tc/egress (tcx)`.
             let hooks = |r: &ProbeRow| match r.attach {
-                Some(mode) => format!("{} ({})", r.hooks.join(","), mode.as_str()),
+                Some(mode) => format!("{} ({mode})", r.hooks.join(",")),
                 None => r.hooks.join(","),
             };
             // The hooks column as wide as the longest list (three hooks are ~80 characters).

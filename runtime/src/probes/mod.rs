@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 use ebpf_core::btf::KernelBtf;
 use ebpf_core::{
-    LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats, TcAttach, TcMode,
+    FnAttach, FnMode, LoadedProbe, ProbeError, ProbeLoader, ProbeSettings, ProbeSpec, Stats,
+    TcAttach, TcMode,
 };
 use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
@@ -189,6 +190,7 @@ impl EventsConfig {
             params: [0; 4],
             table_size: 0,
             tc_attach: TcAttach::Auto,
+            fn_attach: FnAttach::Auto,
         }
     }
 }
@@ -342,6 +344,14 @@ pub fn tc_attach(probe: &str, config: &ProbesConfig) -> TcAttach {
         "flow" => config.flow.attach,
         "dns" => config.dns.attach,
         _ => TcAttach::Auto,
+    }
+}
+
+/// How a probe with kernel-function hooks in two forms is to attach them (`attach` in its
+/// config); `auto` for the others.
+pub fn fn_attach(probe: &str, config: &ProbesConfig) -> FnAttach {
+    match probe {
+        _ => FnAttach::Auto,
     }
 }
 
@@ -762,8 +772,9 @@ impl Probes {
                     d.spec.hooks_everywhere().map(ToString::to_string).collect();
                 let (state, error) = if let Some(r) = self.running.get(name) {
                     degraded = r.probe.degraded().map(str::to_string);
-                    attach = r.probe.tc_mode().map(TcMode::as_str);
-                    hooks = r.probe.hooks().map(|(h, _)| h.to_string()).collect();
+                    attach = (r.probe.tc_mode().map(TcMode::as_str))
+                        .or(r.probe.fn_mode().map(FnMode::as_str));
+                    hooks = r.probe.hook_names();
                     // An interface the programs could not attach to is said, the probe runs.
                     let attached = r.interfaces.as_ref().map(|w| w.attached());
                     let error = attached.as_ref().and_then(|(_, e)| e.clone());

@@ -1029,9 +1029,9 @@ fn print_report(r: &Report) {
                 ebpf_core::HookPoint::TpBtf { tracepoint, .. } => {
                     (h.program, format!("tp_btf/{tracepoint}"))
                 }
-                ebpf_core::HookPoint::Tc(_) | ebpf_core::HookPoint::Kprobe { .. } => {
-                    (h.program, h.to_string())
-                }
+                ebpf_core::HookPoint::Tc(_)
+                | ebpf_core::HookPoint::Kprobe { .. }
+                | ebpf_core::HookPoint::Fentry { .. } => (h.program, h.to_string()),
             })
         })
         .collect();
