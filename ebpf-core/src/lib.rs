@@ -18,6 +18,7 @@ pub mod probe;
 pub mod record;
 pub mod socket_latency;
 pub mod softirq;
+pub mod stack_latency;
 pub mod tc;
 pub mod tcp_connect;
 pub mod tcp_reset;
@@ -506,6 +507,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     netdev_latency::SPEC,
     socket_latency::SPEC,
     io_latency::SPEC,
+    stack_latency::SPEC,
     flow::SPEC,
     dns::SPEC,
 ];

@@ -40,6 +40,12 @@ pub enum ProbeError {
     NoTcx,
     #[error("cannot attach a kprobe to {function}: {reason}")]
     Kprobe { function: String, reason: String },
+    #[error("cannot attach an {kind} program to {function}: {reason}")]
+    Trampoline {
+        kind: &'static str,
+        function: &'static str,
+        reason: String,
+    },
     #[error(
         "its kernel-function hooks attach neither as fentry ({fentry}) nor as kprobes ({kprobe})"
     )]
@@ -227,6 +233,22 @@ where
         .ok_or(ProbeError::MissingProgram { program: name })?
         .try_into()
         .map_err(|source| program_error(name, source))
+}
+
+/// An fentry (or with `ret`, fexit) program the kernel would not load or attach. Not a
+/// permission error when it says EPERM: the agent loads its other programs, so it has the
+/// right; such a kernel refuses BPF trampolines (as one under lockdown or without ftrace
+/// direct calls does).
+fn trampoline_error(ret: bool, function: &'static str, source: ProgramError) -> ProbeError {
+    ProbeError::Trampoline {
+        kind: if ret { "fexit" } else { "fentry" },
+        function,
+        reason: if is_eperm(&source) {
+            "the kernel does not permit BPF trampolines here".to_string()
+        } else {
+            one_line_reason(&source)
+        },
+    }
 }
 
 fn program_error(program: &'static str, source: ProgramError) -> ProbeError {
@@ -427,15 +449,13 @@ impl<'btf> ProbeLoader<'btf> {
                         .attach()
                         .map_err(|source| program_error(name, source))?;
                 }
-                HookPoint::Fentry { ret: false, .. } => {
-                    program::<FEntry>(&mut probe.ebpf, name)?
-                        .attach()
-                        .map_err(|source| program_error(name, source))?;
-                }
-                HookPoint::Fentry { ret: true, .. } => {
-                    program::<FExit>(&mut probe.ebpf, name)?
-                        .attach()
-                        .map_err(|source| program_error(name, source))?;
+                HookPoint::Fentry { function, ret } => {
+                    let attached = if ret {
+                        program::<FExit>(&mut probe.ebpf, name)?.attach().map(drop)
+                    } else {
+                        program::<FEntry>(&mut probe.ebpf, name)?.attach().map(drop)
+                    };
+                    attached.map_err(|e| trampoline_error(ret, function, e))?;
                 }
                 HookPoint::Kprobe { .. } => {
                     let function = probe.functions[i].expect("a kprobe hook's function is chosen");
@@ -531,13 +551,13 @@ impl<'btf> ProbeLoader<'btf> {
                     ret: false,
                 } => program::<FEntry>(&mut ebpf, name)?
                     .load(function, kernel_own(btf)?)
-                    .map_err(|source| program_error(name, source))?,
+                    .map_err(|e| trampoline_error(false, function, e))?,
                 HookPoint::Fentry {
                     function,
                     ret: true,
                 } => program::<FExit>(&mut ebpf, name)?
                     .load(function, kernel_own(btf)?)
-                    .map_err(|source| program_error(name, source))?,
+                    .map_err(|e| trampoline_error(true, function, e))?,
             }
         }
         Ok(LoadedProbe {
@@ -1251,33 +1271,60 @@ mod tests {
         );
     }
 
-    /// The kprobe programs pass this kernel's verifier although it would not attach them (it
-    /// has kprobe programs for uprobes, not kprobes): they load on kernels that need them.
-    #[test]
-    fn every_tcp_reset_program_loads_here() {
-        let spec = &crate::tcp_reset::SPEC;
+    /// Loads every program of `spec` (all forms, whichever the kernel would use), without
+    /// attaching any.
+    fn load_every_program(spec: &ProbeSpec) {
         let btf = KernelBtf::load().unwrap();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(btf.types()))
             .load(spec.object)
             .unwrap();
+        let own = || kernel_own(&btf).unwrap();
         for hook in spec.hooks {
-            match hook.point {
-                HookPoint::TpBtf { tracepoint, .. } => {
-                    program::<BtfTracePoint>(&mut ebpf, hook.program)
-                        .unwrap()
-                        .load(tracepoint, kernel_own(&btf).unwrap())
-                        .unwrap()
-                }
-                HookPoint::Kprobe { .. } => program::<KProbe>(&mut ebpf, hook.program)
+            let name = hook.program;
+            let loaded = match hook.point {
+                HookPoint::TpBtf { tracepoint, .. } => program::<BtfTracePoint>(&mut ebpf, name)
                     .unwrap()
-                    .load()
-                    .unwrap(),
-                HookPoint::Tc(_) | HookPoint::Fentry { .. } => {
-                    unreachable!("tcp_reset has no TC or fentry hooks")
+                    .load(tracepoint, own()),
+                HookPoint::Kprobe { .. } => program::<KProbe>(&mut ebpf, name).unwrap().load(),
+                HookPoint::Fentry {
+                    function,
+                    ret: false,
+                } => program::<FEntry>(&mut ebpf, name)
+                    .unwrap()
+                    .load(function, own()),
+                HookPoint::Fentry {
+                    function,
+                    ret: true,
+                } => program::<FExit>(&mut ebpf, name)
+                    .unwrap()
+                    .load(function, own()),
+                HookPoint::Tc(_) => program::<SchedClassifier>(&mut ebpf, name).unwrap().load(),
+            };
+            match loaded {
+                Ok(()) => {}
+                // This kernel (like this host's) may refuse trampolines altogether; the
+                // kernel matrix loads them where they are allowed.
+                Err(e) if matches!(hook.point, HookPoint::Fentry { .. }) && is_eperm(&e) => {
+                    eprintln!("{} {name}: this kernel refuses fentry programs", spec.name)
                 }
+                Err(e) => panic!("{} {name}: {}", spec.name, one_line_reason(&e)),
             }
         }
+    }
+
+    /// The kprobe programs pass this kernel's verifier although it would not attach them (it
+    /// has kprobe programs for uprobes, not kprobes): they load on kernels that need them.
+    #[test]
+    fn every_tcp_reset_program_loads_here() {
+        load_every_program(&crate::tcp_reset::SPEC);
+    }
+
+    /// Both forms of stack_latency's function hooks pass the verifier, whichever this kernel
+    /// attaches.
+    #[test]
+    fn every_stack_latency_program_loads_here() {
+        load_every_program(&crate::stack_latency::SPEC);
     }
 
     #[test]

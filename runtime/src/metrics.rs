@@ -23,6 +23,7 @@ pub struct Metrics {
     pub socket_read_latency: KernelHistogram,
     pub socket_overflows: IntCounterVec,
     pub io_latency: KernelHistogram,
+    pub stack_latency: KernelHistogram,
     /// `sonde_flow_*`: series made on the fly (their labels depend on the config).
     pub flow: crate::probes::flow::FlowSeries,
     pub dns_duration: KernelHistogram,
@@ -270,6 +271,12 @@ impl Metrics {
                 "sonde_io_latency_seconds",
                 "Block request latency from issue to the driver to completion, by disk and operation.",
                 &["node", "device", "op"],
+            ),
+            stack_latency: histogram(
+                &r,
+                "sonde_stack_latency_seconds",
+                "Time received IPv4 packets spend in one stage of the kernel's IP layer, by stage (receive_local: ip_rcv to ip_local_deliver; receive_forward: ip_rcv to ip_forward; forward: ip_forward to ip_output).",
+                &["node", "stage"],
             ),
             dns_duration: histogram(
                 &r,

@@ -555,3 +555,17 @@ pub fn run_sonde(args: &[&str], timeout: Duration) -> Finished {
         stderr: stderr.join().unwrap_or_default(),
     }
 }
+
+/// Why probe `name` cannot load on this kernel, as `sonde probes` says; `None` when it can.
+/// Tests of probes that need what some kernels lack (kprobes, BPF trampolines) skip with it,
+/// and the kernel matrix runs them on the kernels that have it.
+pub fn probe_unavailable(name: &str) -> Option<String> {
+    let out = run_sonde(&["probes", "--output", "json"], Duration::from_secs(120));
+    assert!(out.status.success(), "sonde probes: {}", out.stderr);
+    let probes: Value = serde_json::from_str(&out.stdout).expect("sonde probes JSON");
+    let row = probes
+        .as_array()
+        .and_then(|rows| rows.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("{name} is not listed by sonde probes: {probes}"));
+    (row["loadable"] != true).then(|| row["reason"].as_str().unwrap_or("").to_string())
+}

@@ -113,6 +113,16 @@ pub const TESTS: &[MatrixTest] = &[
         "flow",
     ),
     test("dns", "rcodes_are_counted_per_pod", "dns"),
+    test(
+        "stack_latency",
+        "udp_through_a_router_is_timed_in_every_stage",
+        "stack_latency",
+    ),
+    test(
+        "stack_latency",
+        "udp_through_a_router_is_timed_with_kprobes",
+        "stack_latency",
+    ),
 ];
 
 /// Modules the tests need when the kernel has them as modules (their dependencies come

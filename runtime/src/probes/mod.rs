@@ -19,6 +19,7 @@ pub mod netstat;
 pub mod packet_drop;
 pub mod socket_latency;
 pub mod softirq;
+pub mod stack_latency;
 pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
@@ -245,6 +246,7 @@ pub struct ProbesConfig {
     pub netdev_latency: netdev_latency::Config,
     pub socket_latency: socket_latency::Config,
     pub io_latency: io_latency::Config,
+    pub stack_latency: stack_latency::Config,
     pub flow: flow::Config,
     pub dns: dns::Config,
 }
@@ -323,6 +325,7 @@ pub const DRIVERS: &[Driver] = &[
     netdev_latency::DRIVER,
     socket_latency::DRIVER,
     io_latency::DRIVER,
+    stack_latency::DRIVER,
     flow::DRIVER,
     dns::DRIVER,
 ];
@@ -351,6 +354,7 @@ pub fn tc_attach(probe: &str, config: &ProbesConfig) -> TcAttach {
 /// config); `auto` for the others.
 pub fn fn_attach(probe: &str, config: &ProbesConfig) -> FnAttach {
     match probe {
+        "stack_latency" => config.stack_latency.attach,
         _ => FnAttach::Auto,
     }
 }
