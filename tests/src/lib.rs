@@ -23,8 +23,8 @@ mod trace;
 mod traffic;
 
 pub use agent::{
-    free_local_addr, only_probes_yaml, probe_unavailable, run_sonde, sonde_bin, start_agent,
-    Agent, AgentConfig, Finished, TempDir,
+    free_local_addr, only_probes_yaml, probe_unavailable, run_sonde, sonde_bin, start_agent, Agent,
+    AgentConfig, Finished, TempDir,
 };
 pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
 pub use dns_server::{dns_query, tcp_query, udp_query, DnsAnswers, DnsServer};

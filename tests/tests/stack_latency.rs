@@ -63,8 +63,20 @@ impl Routed {
                 "neigh replace 198.19.{subnet}.2 lladdr {pod_mac} dev {side} nud permanent"
             ));
         };
-        link(&client, "toclient", "02:5e:00:00:00:02", "02:5e:00:00:00:01", net);
-        link(&server, "toserver", "02:5e:00:00:01:02", "02:5e:00:00:01:01", net + 1);
+        link(
+            &client,
+            "toclient",
+            "02:5e:00:00:00:02",
+            "02:5e:00:00:00:01",
+            net,
+        );
+        link(
+            &server,
+            "toserver",
+            "02:5e:00:00:01:02",
+            "02:5e:00:00:01:01",
+            net + 1,
+        );
         in_netns(router.name(), || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding")
         });
@@ -156,21 +168,25 @@ fn datagrams_are_timed_in_every_stage(attach: &str) -> Option<String> {
     std::thread::sleep(Duration::from_millis(500));
     let events = agent.events();
     for (pod, stage) in stages {
-        assert_eq!(count(&events, pod, stage), DATAGRAMS, "{stage} in {}", pod.name());
+        assert_eq!(
+            count(&events, pod, stage),
+            DATAGRAMS,
+            "{stage} in {}",
+            pod.name()
+        );
     }
     for stage in ["receive_local", "receive_forward", "forward"] {
-        assert_eq!(count(&events, &pods.client, stage), 0, "{stage} in the client");
+        assert_eq!(
+            count(&events, &pods.client, stage),
+            0,
+            "{stage} in the client"
+        );
     }
     assert_eq!(count(&events, &pods.server, "forward"), 0);
     assert_eq!(count(&events, &pods.router, "receive_local"), 0);
     // The histogram has at least these (the node's other packets too: it is per stage).
     for stage in ["receive_forward", "forward", "receive_local"] {
-        agent.wait_metric(
-            COUNT,
-            &[("stage", stage)],
-            DATAGRAMS as f64,
-            SETTLE_TIMEOUT,
-        );
+        agent.wait_metric(COUNT, &[("stage", stage)], DATAGRAMS as f64, SETTLE_TIMEOUT);
     }
     // The API says how the function hooks attached, and lists the hooks of that form.
     let row = status(&agent);

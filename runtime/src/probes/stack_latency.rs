@@ -150,10 +150,7 @@ fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
         .filter_map(|(k, v)| {
             let stage = stage_name(k.stage);
             let key = match k.kind {
-                KIND_BUCKET => format!(
-                    "{stage}:le={}",
-                    log2_slot_bound_seconds(k.slot as usize)
-                ),
+                KIND_BUCKET => format!("{stage}:le={}", log2_slot_bound_seconds(k.slot as usize)),
                 KIND_SUM => format!("{stage}:sum_ns"),
                 _ => return None,
             };
