@@ -88,7 +88,7 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 	slow_ns = sonde_param(IO_PARAM_SLOW_NS);
 	if (ns < slow_ns)
 		return 0;
-	e = sonde_event_start(sizeof(*e), &cfg);
+	e = sonde_event_start(sizeof(*e), 0, &cfg);
 	if (!e)
 		return 0;
 	e->duration_ns = ns;

@@ -23,6 +23,7 @@ const CONFIG_MAP: &str = "probe_config";
 const STATS_MAP: &str = "probe_stats";
 const EVENTS_MAP: &str = "events";
 const PARAMS_MAP: &str = "probe_params";
+const NS_BUCKETS_MAP: &str = "ns_buckets";
 /// A probe's in-kernel table of flows (tcp_rtt), sized from [`ProbeSettings::table_size`].
 pub const TABLE_MAP: &str = "flows";
 
@@ -129,6 +130,12 @@ pub struct ProbeSettings {
     pub rate_per_cpu: u64,
     /// Token bucket depth.
     pub burst: u64,
+    /// Events per second from one network namespace, in front of the per-CPU limit (one
+    /// pod's flood does not silence the others); 0 = no such limit. Unused when
+    /// `rate_per_cpu` is 0.
+    pub rate_per_namespace: u64,
+    /// Its token bucket depth.
+    pub burst_per_namespace: u64,
     /// Collect kernel stacks (packet_drop).
     pub stack: bool,
     /// Ring buffer size in bytes, a power of two.
@@ -153,6 +160,8 @@ impl Default for ProbeSettings {
             events: true,
             rate_per_cpu: 1000,
             burst: 1000,
+            rate_per_namespace: 100,
+            burst_per_namespace: 100,
             stack: false,
             ring_buffer_size: 1 << 20,
             params: [0; 4],
@@ -179,6 +188,8 @@ impl ProbeSettings {
             // smaller amounts.
             wakeup_bytes: self.ring_buffer_size / 8,
             flags,
+            ns_rate: self.rate_per_namespace,
+            ns_burst: self.burst_per_namespace.max(1),
         }
     }
 }
@@ -934,6 +945,17 @@ impl LoadedProbe {
             lost: sum(STAT_LOST)?,
             suppressed: sum(STAT_SUPPRESSED)?,
         })
+    }
+
+    /// Events suppressed by each network namespace's rate limit (and by the CPU's after it),
+    /// by namespace inode, for the namespaces the kernel still has a bucket for.
+    pub fn ns_suppressed(&self) -> Result<HashMap<u32, u64>, ProbeError> {
+        Ok(self
+            .hash_entries::<u32, crate::record::NsBucket>(NS_BUCKETS_MAP)?
+            .into_iter()
+            .filter(|(_, b)| b.suppressed > 0)
+            .map(|(netns, b)| (netns, b.suppressed))
+            .collect())
     }
 
     /// The probe's in-kernel counters, summed over CPUs.

@@ -78,13 +78,32 @@ pub struct KernelConfig {
     pub burst: u64,
     pub wakeup_bytes: u32,
     pub flags: u32,
+    pub ns_rate: u64,
+    pub ns_burst: u64,
 }
 
 const _: () = {
-    assert!(size_of::<KernelConfig>() == 24);
+    assert!(size_of::<KernelConfig>() == 40);
     assert!(offset_of!(KernelConfig, wakeup_bytes) == 16);
     assert!(offset_of!(KernelConfig, flags) == 20);
+    assert!(offset_of!(KernelConfig, ns_rate) == 24);
+    assert!(offset_of!(KernelConfig, ns_burst) == 32);
 };
+
+/// `struct sonde_ns_bucket`: a network namespace's event budget in a probe's `ns_buckets`
+/// map, and the events it had suppressed.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NsBucket {
+    pub tokens_ns: u64,
+    pub last_ns: u64,
+    pub suppressed: u64,
+}
+
+const _: () = assert!(size_of::<NsBucket>() == 24);
+
+// SAFETY: plain C struct of integers.
+unsafe impl aya::Pod for NsBucket {}
 
 // SAFETY: plain C struct of integers with no padding holes that matter to the kernel.
 unsafe impl aya::Pod for KernelConfig {}

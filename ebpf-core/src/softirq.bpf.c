@@ -55,7 +55,7 @@ static __always_inline void observe(__u8 vec, __u8 stage, __u64 ns)
 	counter_add(SOFTIRQ_INDEX(vec, bucket + 1, 0), ns); /* the sum */
 	if (ns < sonde_param(stage == SOFTIRQ_STAGE_DELAY ? SOFTIRQ_PARAM_DELAY_NS : SOFTIRQ_PARAM_RUN_NS))
 		return;
-	e = sonde_event_start(sizeof(*e), &cfg);
+	e = sonde_event_start(sizeof(*e), 0, &cfg);
 	if (!e)
 		return;
 	e->duration_ns = ns;

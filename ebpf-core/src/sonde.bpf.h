@@ -48,6 +48,18 @@ struct {
 	__type(value, struct sonde_bucket);
 } event_bucket SEC(".maps");
 
+/* Each network namespace's event budget, in front of the CPU's: one pod's flood spends its
+ * own tokens, not those of the pods beside it. One bucket for all CPUs (a per-CPU map would
+ * take namespaces x CPUs of memory); concurrent updates from two CPUs may lose a refill or
+ * a spent token, which a rate limit can bear, while suppressed counts are added atomically.
+ * LRU: namespaces that emit nothing make room (their suppressed counts already read). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct sonde_ns_bucket);
+} ns_buckets SEC(".maps");
+
 /* Sized by the agent at load time (ring_buffer_size in the probe's config). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -79,37 +91,65 @@ static __always_inline void sonde_count(void *map, const void *key)
 		bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
 }
 
-/* Whether an event may be emitted now: events enabled and a token left in this CPU's
- * bucket. Records refused by the bucket are counted as suppressed. */
-static __always_inline bool sonde_event_allowed(const struct sonde_config *cfg)
+/* Takes one token from a bucket of `rate` tokens a second and depth `burst` (tokens counted
+ * in nanosecond-tokens, one token being NSEC_PER_SEC), refilled for the time since it was
+ * last touched; false when none is left. A bucket never touched starts full. */
+static __always_inline bool sonde_take_token(__u64 *tokens_ns, __u64 *last_ns, __u64 now,
+					     __u64 rate, __u64 burst)
 {
-	__u32 zero = 0;
+	__u64 elapsed = now - *last_ns, tokens, cap = burst * NSEC_PER_SEC;
+
+	if (elapsed > SONDE_MAX_REFILL_NS)
+		elapsed = SONDE_MAX_REFILL_NS;
+	tokens = *tokens_ns + elapsed * rate;
+	if (tokens > cap)
+		tokens = cap;
+	*last_ns = now;
+	if (tokens < NSEC_PER_SEC) {
+		*tokens_ns = tokens;
+		return false;
+	}
+	*tokens_ns = tokens - NSEC_PER_SEC;
+	return true;
+}
+
+/* Whether an event of network namespace `netns` (0: of no namespace, such as a softirq's)
+ * may be emitted now: events enabled, a token left in the namespace's bucket, then one in
+ * this CPU's. Records refused are counted as suppressed, for the probe and for the
+ * namespace. With rate 0 (a consumer that wants every event) neither bucket applies. */
+static __always_inline bool sonde_event_allowed(const struct sonde_config *cfg, __u32 netns)
+{
+	struct sonde_ns_bucket *nb = NULL;
+	__u64 now = bpf_ktime_get_ns();
 	struct sonde_bucket *b;
-	__u64 now, elapsed, tokens, cap;
+	__u32 zero = 0;
 
 	if (!(cfg->flags & SONDE_F_EVENTS))
 		return false;
 	if (cfg->rate == 0)
 		return true;
+	if (netns && cfg->ns_rate) {
+		nb = bpf_map_lookup_elem(&ns_buckets, &netns);
+		if (!nb) {
+			struct sonde_ns_bucket fresh = {};
+
+			bpf_map_update_elem(&ns_buckets, &netns, &fresh, BPF_NOEXIST);
+			nb = bpf_map_lookup_elem(&ns_buckets, &netns);
+		}
+		if (nb && !sonde_take_token(&nb->tokens_ns, &nb->last_ns, now, cfg->ns_rate,
+					    cfg->ns_burst))
+			goto suppressed;
+	}
 	b = bpf_map_lookup_elem(&event_bucket, &zero);
 	if (!b)
 		return false;
-	now = bpf_ktime_get_ns();
-	elapsed = now - b->last_ns;
-	if (elapsed > SONDE_MAX_REFILL_NS)
-		elapsed = SONDE_MAX_REFILL_NS;
-	cap = cfg->burst * NSEC_PER_SEC;
-	tokens = b->tokens_ns + elapsed * cfg->rate;
-	if (tokens > cap)
-		tokens = cap;
-	b->last_ns = now;
-	if (tokens < NSEC_PER_SEC) {
-		b->tokens_ns = tokens;
-		sonde_stat_inc(SONDE_STAT_SUPPRESSED);
-		return false;
-	}
-	b->tokens_ns = tokens - NSEC_PER_SEC;
-	return true;
+	if (sonde_take_token(&b->tokens_ns, &b->last_ns, now, cfg->rate, cfg->burst))
+		return true;
+suppressed:
+	if (nb)
+		__sync_fetch_and_add(&nb->suppressed, 1);
+	sonde_stat_inc(SONDE_STAT_SUPPRESSED);
+	return false;
 }
 
 /* Reserves a record, counting the ones the ring buffer had no room for. */
@@ -129,15 +169,16 @@ static __always_inline void sonde_submit(void *rec, const struct sonde_config *c
 	bpf_ringbuf_submit(rec, avail >= cfg->wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-/* Starts an event record: when events are on and the rate limit allows, reserves a zeroed
- * record of `size` bytes (a constant once inlined) and stamps its first field, which every
- * event record has: `__u64 timestamp_ns`. Hands back the config for sonde_submit. */
-static __always_inline void *sonde_event_start(__u64 size, struct sonde_config **cfgp)
+/* Starts an event record of network namespace `netns` (0 for events of no namespace): when
+ * events are on and the rate limits allow, reserves a zeroed record of `size` bytes (a
+ * constant once inlined) and stamps its first field, which every event record has:
+ * `__u64 timestamp_ns`. Hands back the config for sonde_submit. */
+static __always_inline void *sonde_event_start(__u64 size, __u32 netns, struct sonde_config **cfgp)
 {
 	struct sonde_config *cfg = sonde_config();
 	void *rec;
 
-	if (!cfg || !sonde_event_allowed(cfg))
+	if (!cfg || !sonde_event_allowed(cfg, netns))
 		return NULL;
 	rec = sonde_reserve(size);
 	if (!rec)

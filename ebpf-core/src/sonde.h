@@ -33,10 +33,20 @@ struct sonde_tuple {
  * read on every hit, so a probe is reconfigured without reloading (and without losing its
  * counters). */
 struct sonde_config {
-	__u64 rate;         /* events per second per CPU; 0 = unlimited */
+	__u64 rate;         /* events per second per CPU; 0 = unlimited (and no ns_rate either) */
 	__u64 burst;        /* token bucket depth in events */
 	__u32 wakeup_bytes; /* wake the agent once this much data is waiting */
 	__u32 flags;        /* SONDE_F_* */
+	__u64 ns_rate;      /* events per second from one network namespace; 0 = no such limit */
+	__u64 ns_burst;     /* its token bucket depth in events */
+};
+
+/* A network namespace's event budget, shared by the CPUs (see sonde_event_allowed), and the
+ * events it had suppressed: the value of a probe's `ns_buckets` map, keyed by namespace. */
+struct sonde_ns_bucket {
+	__u64 tokens_ns;
+	__u64 last_ns;
+	__u64 suppressed;
 };
 
 /* Log2 latency histograms counted in the kernel: slot k counts values of at most 2^k

@@ -64,17 +64,19 @@ static __always_inline void stage_done(struct sk_buff *skb, __u32 stage, __u64 n
 	struct stack_latency_event *e;
 	struct sonde_config *cfg;
 	struct net_device *dev;
+	__u32 netns;
 
 	add(STACK_INDEX(stage, STACK_KIND_BUCKET, sonde_log2_slot(ns)), 1);
 	add(STACK_INDEX(stage, STACK_KIND_SUM, 0), ns);
 	if (ns < sonde_param(STACK_PARAM_SLOW_NS))
 		return;
-	e = sonde_event_start(sizeof(*e), &cfg);
+	netns = sonde_skb_netns_core_read(skb);
+	e = sonde_event_start(sizeof(*e), netns, &cfg);
 	if (!e)
 		return;
 	e->duration_ns = ns;
 	e->stage = stage;
-	e->netns = sonde_skb_netns_core_read(skb);
+	e->netns = netns;
 	dev = BPF_CORE_READ(skb, dev);
 	e->ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
 	sonde_skb_tuple_core_read(skb, &e->tuple);

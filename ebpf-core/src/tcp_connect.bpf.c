@@ -64,7 +64,7 @@ static __always_inline void report(const struct sock *sk, struct tcp_sock *tp, _
 	struct tcp_connect_event *e;
 	struct sonde_config *cfg;
 
-	e = sonde_event_start(sizeof(*e), &cfg);
+	e = sonde_event_start(sizeof(*e), netns, &cfg);
 	if (!e)
 		return;
 	e->duration_ns = duration_ns;

@@ -37,7 +37,7 @@ static __always_inline struct tcp_reset_event *count(__u32 netns, __u32 directio
 	key.direction = direction;
 	sonde_count(&resets, &key);
 
-	e = sonde_event_start(sizeof(*e), cfg);
+	e = sonde_event_start(sizeof(*e), netns, cfg);
 	if (!e)
 		return NULL;
 	e->netns = netns;

@@ -317,8 +317,8 @@ impl Metrics {
             events_suppressed: counter(
                 &r,
                 "sonde_events_suppressed_total",
-                "Event records not emitted because of the probe's event rate limit.",
-                &["probe"],
+                "Event records not emitted because of the probe's event rate limits (its namespace's, then the CPU's), by the pod whose event it was (empty: events of no pod).",
+                &["probe", "namespace", "pod"],
             ),
             consumer_events_dropped: counter(
                 &r,

@@ -278,7 +278,8 @@ pub fn udp_flood(
     })
 }
 
-fn pin_to_cpu(cpu: usize) {
+/// Pins the calling thread to CPU `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity(0, ..) affects this thread only.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

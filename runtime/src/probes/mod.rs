@@ -154,6 +154,12 @@ pub struct EventsConfig {
     pub rate_per_cpu: u64,
     /// Events a CPU may emit in a burst above the rate.
     pub burst: u64,
+    /// Events per second from one network namespace (all CPUs), in front of the per-CPU
+    /// limit, so that one pod's flood does not silence the others; 0 = no such limit.
+    /// Enforced in the kernel.
+    pub rate_per_namespace: u64,
+    /// Events a namespace may emit in a burst above its rate.
+    pub burst_per_namespace: u64,
     /// Size of the probe's ring buffer (a power of two, at least 64Ki: smaller ones wake the
     /// agent every few records and lose events under load).
     pub ring_buffer_size: ByteSize,
@@ -165,6 +171,8 @@ impl Default for EventsConfig {
             enabled: true,
             rate_per_cpu: 1000,
             burst: 1000,
+            rate_per_namespace: 100,
+            burst_per_namespace: 100,
             ring_buffer_size: ByteSize(1 << 20),
         }
     }
@@ -186,6 +194,8 @@ impl EventsConfig {
             events: self.enabled,
             rate_per_cpu: self.rate_per_cpu,
             burst: self.burst,
+            rate_per_namespace: self.rate_per_namespace,
+            burst_per_namespace: self.burst_per_namespace,
             stack,
             ring_buffer_size: self.ring_buffer_size.0 as u32,
             params: [0; 4],
@@ -463,6 +473,10 @@ struct Running {
     drain: JoinHandle<()>,
     deltas: Deltas,
     stats: Stats,
+    /// Events suppressed per namespace (the kernel's `ns_buckets`), and how many of the
+    /// probe's suppressed events were put on a pod so far.
+    ns_suppressed: Deltas,
+    attributed: u64,
     /// The interfaces a probe with TC hooks is attached to, followed by a thread.
     interfaces: Option<interfaces::InterfaceWatch>,
 }
@@ -633,6 +647,8 @@ impl Probes {
             drain,
             deltas: Deltas::default(),
             stats: Stats::default(),
+            ns_suppressed: Deltas::default(),
+            attributed: 0,
             interfaces,
         })
     }
@@ -840,12 +856,39 @@ fn sync_running(driver: &Driver, r: &mut Running, ctx: &Context) {
             m.events_lost
                 .with_label_values(&[name])
                 .inc_by(stats.lost.saturating_sub(r.stats.lost));
-            m.events_suppressed
-                .with_label_values(&[name])
-                .inc_by(stats.suppressed.saturating_sub(r.stats.suppressed));
+            sync_suppressed(name, r, &stats, ctx);
             r.stats = stats;
         }
         Err(e) => tracing::warn!(probe = name, error = %e, "reading probe stats failed"),
+    }
+}
+
+/// Adds the events the probe suppressed since the last sync to
+/// `sonde_events_suppressed_total{probe,namespace,pod}`: those of each namespace's bucket to
+/// its pod, the rest (events of no namespace, of one gone from the kernel's table or not a
+/// pod's) with empty `namespace` and `pod`, so that the series of a probe add up to its total.
+fn sync_suppressed(name: &str, r: &mut Running, stats: &Stats, ctx: &Context) {
+    let m = &ctx.metrics.events_suppressed;
+    match r.probe.ns_suppressed() {
+        Ok(by_netns) => {
+            for (netns, gained) in r.ns_suppressed.update(by_netns, |&n| n as u64) {
+                let (namespace, pod) = match ctx.topology.workload_of_netns(netns) {
+                    Some(w) => (w.namespace.to_string(), w.pod.to_string()),
+                    None => continue,
+                };
+                m.with_label_values(&[name, &namespace, &pod])
+                    .inc_by(gained);
+                r.attributed += gained;
+            }
+        }
+        Err(e) => tracing::debug!(probe = name, error = %e, "reading namespace buckets failed"),
+    }
+    // Kept in a slot of its own: `update` above uses namespace inodes (32 bits) as ids.
+    let rest = r
+        .ns_suppressed
+        .rising(u64::MAX, stats.suppressed.saturating_sub(r.attributed));
+    if rest > 0 {
+        m.with_label_values(&[name, "", ""]).inc_by(rest);
     }
 }
 
