@@ -54,7 +54,7 @@ pub enum ProbeError {
     #[error("{0}")]
     Btf(String),
     #[error(
-        "this kernel has no BTF of its own ({}): tp_btf programs need it; btf.path gives \
+        "this kernel has no BTF of its own ({}): tp_btf and fentry programs need it; btf.path gives \
          CO-RE relocations only",
         crate::btf::VMLINUX
     )]
@@ -427,6 +427,8 @@ impl<'btf> ProbeLoader<'btf> {
                 Err(e @ ProbeError::PermissionDenied) => return Err(e),
                 Err(e) => {
                     failed = Some(match failed {
+                        // The same reason both ways (no BTF of the kernel's own): said once.
+                        Some(fentry) if fentry.to_string() == e.to_string() => e,
                         Some(fentry) => ProbeError::FnModes {
                             fentry: fentry.to_string(),
                             kprobe: e.to_string(),

@@ -26,6 +26,7 @@ use sonde_tests::{
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 const NO_BTF: &str = "this kernel has no BTF (/sys/kernel/btf/vmlinux) and btf.path is not set";
 const NO_OWN_BTF: &str = "this kernel has no BTF of its own (/sys/kernel/btf/vmlinux): tp_btf \
+                          and fentry \
                           programs need it; btf.path gives CO-RE relocations only";
 const NODE: &str = "sonde-test-node";
 
@@ -40,6 +41,8 @@ const TP_BTF: &[&str] = &[
     "netdev_latency",
     "socket_latency",
     "io_latency",
+    // fentry and tp_btf hooks (its kprobe form needs the kernel's BTF for kfree_skb too).
+    "stack_latency",
 ];
 const TC: &[&str] = &["flow", "dns"];
 

@@ -1024,13 +1024,16 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
         "\x20   flow: {{enabled: true, interfaces: ['{}']}}\n",
         node_pods.interface_pattern()
     );
-    // Probes that are off by default on (the dashboards show them), netstat read often, and
+    // Probes that are off by default on (the dashboards show them), netstat read often, every
+    // drop of a pod handed to the drop counter below (it counts the events it is given; a
+    // namespace's event budget would give it 100 a second), and
     // two script bundles as ConfigMaps: the example drop counter, and one that fails on every
     // event until it is quarantined.
     let docs = render_with(&format!(
         "listen: {{port: {port}}}\n\
          config:\n\
          \x20 probes:\n\
+         \x20   packet_drop: {{events: {{ratePerNamespace: 0}}}}\n\
          \x20   tcp_rtt: {{enabled: true, sampleInterval: 100ms}}\n\
          \x20   netdev_latency: {{enabled: true}}\n\
          \x20   softirq: {{enabled: true}}\n\
