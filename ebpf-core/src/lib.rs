@@ -23,6 +23,7 @@ pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 pub mod tcp_rtt;
+pub mod virtio_net;
 
 pub use probe::{Checked, LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
 pub use record::{Stats, Tuple};
@@ -506,6 +507,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     netdev_latency::SPEC,
     socket_latency::SPEC,
     io_latency::SPEC,
+    virtio_net::SPEC,
     flow::SPEC,
     dns::SPEC,
 ];

@@ -1280,6 +1280,25 @@ mod tests {
         }
     }
 
+    /// virtio_net's kprobe and kretprobe programs pass this kernel's verifier, their CO-RE
+    /// relocations (net_device's priv[] or its size) resolved against this kernel's BTF.
+    #[test]
+    fn every_virtio_net_program_loads_here() {
+        let spec = &crate::virtio_net::SPEC;
+        let btf = KernelBtf::load().unwrap();
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(btf.types()))
+            .load(spec.object)
+            .unwrap();
+        for hook in spec.hooks {
+            assert!(matches!(hook.point, HookPoint::Kprobe { .. }), "{hook}");
+            program::<KProbe>(&mut ebpf, hook.program)
+                .unwrap()
+                .load()
+                .unwrap();
+        }
+    }
+
     #[test]
     fn a_missing_field_is_named() {
         const SPEC: ProbeSpec = ProbeSpec {
