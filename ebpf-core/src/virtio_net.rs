@@ -13,7 +13,8 @@ const SEND_COMMAND: &[&str] = &["virtnet_send_command_reply", "virtnet_send_comm
 
 pub const SPEC: ProbeSpec = ProbeSpec {
     name: "virtio_net",
-    description: "virtio-net control command latency per interface and command; slow and failed commands",
+    description:
+        "virtio-net control command latency per interface and command; slow or failed ones",
     // kprobes only: the functions are in the virtio_net module, whose (split) BTF aya cannot
     // load for fentry (see virtio_net.bpf.c).
     hooks: &[
@@ -55,8 +56,8 @@ pub const CLASSES: &[(u8, &str, &[(u8, &str)])] = &[
         ],
     ),
     (1, "mac", &[(0, "table_set"), (1, "addr_set")]), // VIRTIO_NET_CTRL_MAC
-    (2, "vlan", &[(0, "add"), (1, "del")]),            // VIRTIO_NET_CTRL_VLAN
-    (3, "announce", &[(0, "ack")]),                    // VIRTIO_NET_CTRL_ANNOUNCE
+    (2, "vlan", &[(0, "add"), (1, "del")]),           // VIRTIO_NET_CTRL_VLAN
+    (3, "announce", &[(0, "ack")]),                   // VIRTIO_NET_CTRL_ANNOUNCE
     (
         4, // VIRTIO_NET_CTRL_MQ
         "mq",

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub socket_read_latency: KernelHistogram,
     pub socket_overflows: IntCounterVec,
     pub io_latency: KernelHistogram,
+    pub virtio_net_commands: KernelHistogram,
+    pub virtio_net_errors: IntCounterVec,
     /// `sonde_flow_*`: series made on the fly (their labels depend on the config).
     pub flow: crate::probes::flow::FlowSeries,
     pub dns_duration: KernelHistogram,
@@ -270,6 +272,18 @@ impl Metrics {
                 "sonde_io_latency_seconds",
                 "Block request latency from issue to the driver to completion, by disk and operation.",
                 &["node", "device", "op"],
+            ),
+            virtio_net_commands: histogram(
+                &r,
+                "sonde_virtio_net_command_seconds",
+                "Latency of virtio-net control commands (sent to the device until it answered; RTNL is held meanwhile), by interface, class and command.",
+                &["node", "interface", "class", "command"],
+            ),
+            virtio_net_errors: counter(
+                &r,
+                "sonde_virtio_net_command_errors_total",
+                "virtio-net control commands the device did not acknowledge, by interface, class and command.",
+                &["node", "interface", "class", "command"],
             ),
             dns_duration: histogram(
                 &r,

@@ -23,6 +23,7 @@ pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 pub mod tcp_rtt;
+pub mod virtio_net;
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
@@ -245,6 +246,7 @@ pub struct ProbesConfig {
     pub netdev_latency: netdev_latency::Config,
     pub socket_latency: socket_latency::Config,
     pub io_latency: io_latency::Config,
+    pub virtio_net: virtio_net::Config,
     pub flow: flow::Config,
     pub dns: dns::Config,
 }
@@ -323,6 +325,7 @@ pub const DRIVERS: &[Driver] = &[
     netdev_latency::DRIVER,
     socket_latency::DRIVER,
     io_latency::DRIVER,
+    virtio_net::DRIVER,
     flow::DRIVER,
     dns::DRIVER,
 ];
