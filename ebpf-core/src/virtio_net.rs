@@ -39,10 +39,13 @@ pub const KIND_ERROR: u8 = 2;
 /// Index in `probe_params` of the slow-command threshold in nanoseconds.
 pub const PARAM_SLOW_NS: usize = 0;
 
+/// The commands of a class: (number, name).
+pub type Commands = &'static [(u8, &'static str)];
+
 /// Command classes and commands, numbered as in include/uapi/linux/virtio_net.h
 /// (`VIRTIO_NET_CTRL_<CLASS>` and `VIRTIO_NET_CTRL_<CLASS>_<COMMAND>`), with the names the
 /// `class` and `command` labels give them.
-pub const CLASSES: &[(u8, &str, &[(u8, &str)])] = &[
+pub const CLASSES: &[(u8, &str, Commands)] = &[
     (
         0, // VIRTIO_NET_CTRL_RX
         "rx",
