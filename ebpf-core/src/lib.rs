@@ -24,6 +24,7 @@ pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 pub mod tcp_rtt;
+pub mod virtio_net;
 
 pub use probe::{Checked, LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
 pub use record::{Stats, Tuple};
@@ -508,6 +509,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     socket_latency::SPEC,
     io_latency::SPEC,
     stack_latency::SPEC,
+    virtio_net::SPEC,
     flow::SPEC,
     dns::SPEC,
 ];

@@ -1121,8 +1121,8 @@ mod tests {
         let e = check_hooks(&crate::packet_drop::SPEC, &btf, TcAttach::Auto).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "this kernel has no BTF of its own (/sys/kernel/btf/vmlinux): tp_btf programs need \
-             it; btf.path gives CO-RE relocations only"
+            "this kernel has no BTF of its own (/sys/kernel/btf/vmlinux): tp_btf and fentry \
+             programs need it; btf.path gives CO-RE relocations only"
         );
         // TC hooks need CO-RE relocations and struct tcx_link, from the types.
         check_hooks(&crate::flow::SPEC, &btf, TcAttach::Auto).unwrap();
@@ -1349,6 +1349,13 @@ mod tests {
     #[test]
     fn every_stack_latency_program_loads_here() {
         load_every_program(&crate::stack_latency::SPEC);
+    }
+
+    /// virtio_net's kprobe and kretprobe programs pass this kernel's verifier, their CO-RE
+    /// relocations (net_device's priv[] or its size) resolved against this kernel's BTF.
+    #[test]
+    fn every_virtio_net_program_loads_here() {
+        load_every_program(&crate::virtio_net::SPEC);
     }
 
     #[test]

@@ -362,6 +362,11 @@ mod tests {
             c.probes.io_latency,
             crate::probes::io_latency::Config::default()
         );
+        assert_eq!(
+            c.probes.virtio_net,
+            crate::probes::virtio_net::Config::default()
+        );
+        assert!(!c.probes.virtio_net.enabled);
         assert!(!c.probes.socket_latency.enabled);
         let c = AgentConfig::parse(
             "probes:\n  softirq:\n    delayThreshold: 0ms\n  io_latency:\n    slowThreshold: 2s\n",
@@ -373,6 +378,20 @@ mod tests {
             c.probes.io_latency.slow_threshold,
             std::time::Duration::from_secs(2)
         );
+        let c = AgentConfig::parse(
+            "probes:\n  virtio_net:\n    enabled: true\n    slowThreshold: 0ms\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert!(c.probes.virtio_net.enabled);
+        assert_eq!(
+            c.probes.virtio_net.slow_threshold,
+            std::time::Duration::ZERO
+        );
+        let e = AgentConfig::parse("probes:\n  virtio_net:\n    slowThreshold: 100\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("slowThreshold"), "{e}");
         let e = AgentConfig::parse(
             "probes:\n  netdev_latency:\n    xmitThreshold: 5\n",
             "c.yaml",

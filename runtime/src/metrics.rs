@@ -24,6 +24,8 @@ pub struct Metrics {
     pub socket_overflows: IntCounterVec,
     pub io_latency: KernelHistogram,
     pub stack_latency: KernelHistogram,
+    pub virtio_net_commands: KernelHistogram,
+    pub virtio_net_errors: IntCounterVec,
     /// `sonde_flow_*`: series made on the fly (their labels depend on the config).
     pub flow: crate::probes::flow::FlowSeries,
     pub dns_duration: KernelHistogram,
@@ -277,6 +279,18 @@ impl Metrics {
                 "sonde_stack_latency_seconds",
                 "Time received IPv4 packets spend in one stage of the kernel's IP layer, by stage (receive_local: ip_rcv to ip_local_deliver; receive_forward: ip_rcv to ip_forward; forward: ip_forward to ip_output).",
                 &["node", "stage"],
+            ),
+            virtio_net_commands: histogram(
+                &r,
+                "sonde_virtio_net_command_seconds",
+                "Latency of virtio-net control commands (sent to the device until it answered; RTNL is held meanwhile), by interface, class and command.",
+                &["node", "interface", "class", "command"],
+            ),
+            virtio_net_errors: counter(
+                &r,
+                "sonde_virtio_net_command_errors_total",
+                "virtio-net control commands the device did not acknowledge, by interface, class and command.",
+                &["node", "interface", "class", "command"],
             ),
             dns_duration: histogram(
                 &r,

@@ -31,6 +31,14 @@ fn default_config_is_ready() {
         .filter(|p| p["state"] == "failed")
         .collect();
     assert!(down.is_empty(), "probes that failed: {down:?}");
+    // Off by default: virtio_net needs kprobes and the virtio_net module.
+    let virtio = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "virtio_net")
+        .expect("virtio_net listed");
+    assert_eq!(virtio["state"], "disabled", "{virtio}");
 }
 
 #[test]
@@ -129,6 +137,13 @@ fn metrics_pass_promtool_and_endpoints_answer() {
             "{probe} up"
         );
     }
+
+    // virtio_net is off unless asked for (it needs kprobes and the virtio_net module).
+    assert_eq!(
+        agent.metric("sonde_probe_up", &[("probe", "virtio_net")]),
+        Some(0.0),
+        "virtio_net is off by default"
+    );
 
     assert_promtool_clean(&body);
 

@@ -123,10 +123,17 @@ pub const TESTS: &[MatrixTest] = &[
         "udp_through_a_router_is_timed_with_kprobes",
         "stack_latency",
     ),
+    test(
+        "virtio_net",
+        "mac_address_changes_are_timed_once_each",
+        "virtio_net",
+    ),
 ];
 
 /// Modules the tests need when the kernel has them as modules (their dependencies come
-/// along): pods (veth, bridge), drop and loss rules (iptables-nft), TC (clsact, cls_bpf).
+/// along): pods (veth, bridge), drop and loss rules (iptables-nft), TC (clsact, cls_bpf), the
+/// guest's virtio-net interface (virtio_pci, its transport, where it is not built in;
+/// virtio_net, with virtio, virtio_ring, net_failover and failover).
 const MODULES: &[&str] = &[
     "veth",
     "bridge",
@@ -140,6 +147,8 @@ const MODULES: &[&str] = &[
     "xt_tcpudp",
     "nf_reject_ipv4",
     "nf_reject_ipv6",
+    "virtio_pci",
+    "virtio_net",
 ];
 
 /// Tools the tests run, copied into the guest with the libraries they link (promtool: the
@@ -655,6 +664,11 @@ fn busybox() -> Result<PathBuf, String> {
 
 /// The guest's /init: mounts, modules, then `sonde probes` and each test, reported on the
 /// second serial port (the first is the console, where the tests' output goes).
+///
+/// The virtio-net interface is renamed `ens3` (as udev names it on a qemu node) and brought
+/// up: not left as `eth0`, because the tests' pods are made with `ip link add eth0 netns A
+/// type veth peer name eth0 netns B`, which 6.12 and older refuse ("File exists") when the
+/// caller's namespace has an `eth0` (rtnl_newlink looks the name up there first).
 fn init_script(tests: &[(String, &MatrixTest)]) -> String {
     let mut s = String::from(
         "#!/bin/sh\n\
@@ -667,6 +681,11 @@ fn init_script(tests: &[(String, &MatrixTest)]) -> String {
          r=/dev/ttyS1\n\
          for m in $(cat /modules/order); do insmod /modules/$m || echo \"insmod $m failed\"; done\n\
          ip link set lo up\n\
+         for d in /sys/class/net/*; do\n\
+         \x20 case $(readlink $d/device/driver) in\n\
+         \x20   */virtio_net) ip link set ${d##*/} name ens3 && ip link set ens3 up;;\n\
+         \x20 esac\n\
+         done\n\
          echo \"@@ release $(uname -r)\" > $r\n\
          echo '@@ probes' > $r\n\
          sonde probes --output json > $r 2>/dev/console\n\
@@ -822,6 +841,15 @@ fn boot(dir: &Path, deb: &Path, bins: &Binaries) -> Result<Report, String> {
             "3072",
         ])
         .args(["-nographic", "-no-reboot", "-nodefaults"])
+        // A virtio-net interface for the virtio_net probe's test (its control commands), on
+        // qemu's user network with `restrict=on`: the guest reaches neither the host nor
+        // anything beyond it.
+        .args([
+            "-netdev",
+            "user,id=n0,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
         .arg("-kernel")
         .arg(&unpacked.vmlinuz)
         .arg("-initrd")

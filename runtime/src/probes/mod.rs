@@ -24,6 +24,7 @@ pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 pub mod tcp_rtt;
+pub mod virtio_net;
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
@@ -257,6 +258,7 @@ pub struct ProbesConfig {
     pub socket_latency: socket_latency::Config,
     pub io_latency: io_latency::Config,
     pub stack_latency: stack_latency::Config,
+    pub virtio_net: virtio_net::Config,
     pub flow: flow::Config,
     pub dns: dns::Config,
 }
@@ -336,6 +338,7 @@ pub const DRIVERS: &[Driver] = &[
     socket_latency::DRIVER,
     io_latency::DRIVER,
     stack_latency::DRIVER,
+    virtio_net::DRIVER,
     flow::DRIVER,
     dns::DRIVER,
 ];
