@@ -991,6 +991,21 @@ impl LoadedProbe {
             .collect()
     }
 
+    /// [`LoadedProbe::array_counters`] by what each index counts (`key_of(index)`), leaving
+    /// out those at zero.
+    pub fn array_counters_by<K: Eq + Hash>(
+        &self,
+        key_of: impl Fn(usize) -> K,
+    ) -> Result<HashMap<K, u64>, ProbeError> {
+        Ok(self
+            .array_counters()?
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| *v > 0)
+            .map(|(i, v)| (key_of(i), v))
+            .collect())
+    }
+
     /// Every entry of one of the probe's hash maps (plain or LRU, not per-CPU), such as a
     /// flow table, read without taking it from the probe.
     pub fn hash_entries<K: Pod, V: Pod>(

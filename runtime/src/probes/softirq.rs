@@ -3,7 +3,6 @@
 //! longer than their thresholds. Softirqs belong to CPUs, not pods: the series are labelled by
 //! node and vector only.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,19 +98,8 @@ fn key_id(k: &Key) -> u64 {
     (k.vec as u64) << 16 | (k.kind as u64) << 8 | k.slot as u64
 }
 
-/// The kernel's counters (a per-CPU array) by what they count, leaving out those at zero.
-fn counters(probe: &LoadedProbe) -> Result<HashMap<Key, u64>, ProbeError> {
-    Ok(probe
-        .array_counters()?
-        .into_iter()
-        .enumerate()
-        .filter(|(_, v)| *v > 0)
-        .map(|(i, v)| (key_of(i), v))
-        .collect())
-}
-
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
-    let current = counters(probe)?;
+    let current = probe.array_counters_by(key_of)?;
     for (key, gained) in deltas.update(current, key_id) {
         let labels = vec![ctx.node.to_string(), vec_name(key.vec).to_string()];
         let m = &ctx.metrics;
@@ -129,7 +117,8 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
 }
 
 fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
-    Ok(counters(probe)?
+    Ok(probe
+        .array_counters_by(key_of)?
         .into_iter()
         .filter_map(|(k, v)| {
             let vec = vec_name(k.vec);

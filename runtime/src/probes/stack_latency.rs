@@ -6,7 +6,6 @@
 //! only. Its function hooks attach as fentry/fexit where the kernel has BPF trampolines and
 //! as kprobes elsewhere (`attach`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,19 +118,8 @@ fn key_id(k: &Key) -> u64 {
     (k.stage as u64) << 16 | (k.kind as u64) << 8 | k.slot as u64
 }
 
-/// The kernel's counters (a per-CPU array) by what they count, leaving out those at zero.
-fn counters(probe: &LoadedProbe) -> Result<HashMap<Key, u64>, ProbeError> {
-    Ok(probe
-        .array_counters()?
-        .into_iter()
-        .enumerate()
-        .filter(|(_, v)| *v > 0)
-        .map(|(i, v)| (key_of(i), v))
-        .collect())
-}
-
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
-    let current = counters(probe)?;
+    let current = probe.array_counters_by(key_of)?;
     for (key, gained) in deltas.update(current, key_id) {
         let labels = vec![ctx.node.to_string(), stage_name(key.stage).to_string()];
         let m = &ctx.metrics.stack_latency;
@@ -145,7 +133,8 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
 }
 
 fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
-    Ok(counters(probe)?
+    Ok(probe
+        .array_counters_by(key_of)?
         .into_iter()
         .filter_map(|(k, v)| {
             let stage = stage_name(k.stage);
