@@ -27,7 +27,7 @@ pub mod tcp_rtt;
 pub mod virtio_net;
 
 pub use probe::{Checked, LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
-pub use record::{Stats, Tuple};
+pub use record::{Netns, Stats, Tuple};
 pub use tc::{TcAttach, TcLinks, TcMode, TcTarget};
 
 /// One kernel hook a probe's program attaches to: the one description `sonde probes`, the API

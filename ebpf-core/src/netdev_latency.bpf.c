@@ -48,7 +48,7 @@ struct {
 
 static __always_inline void iface_of(const struct net_device *dev, struct netdev_iface *i)
 {
-	i->netns = dev->nd_net.net->ns.inum;
+	i->netns = sonde_net(dev->nd_net.net);
 	i->ifindex = dev->ifindex;
 }
 
@@ -78,7 +78,7 @@ static __always_inline void observe(const struct net_device *dev, __u8 stage, __
 	sonde_add(&netdevs, &key, ns);
 	if (ns < sonde_param(stage == NETDEV_STAGE_QUEUE ? NETDEV_PARAM_QUEUE_NS : NETDEV_PARAM_XMIT_NS))
 		return;
-	e = sonde_event_start(sizeof(*e), key.iface.netns, &cfg);
+	e = sonde_event_start(sizeof(*e), key.iface.netns.inum, &cfg);
 	if (!e)
 		return;
 	e->duration_ns = ns;

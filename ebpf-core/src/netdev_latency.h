@@ -21,8 +21,9 @@
 
 /* An interface: its network namespace and index there. */
 struct netdev_iface {
-	__u32 netns;
+	struct sonde_netns netns;
 	__u32 ifindex;
+	__u32 pad;
 };
 
 /* Key of the in-kernel `netdevs` counter. */
@@ -30,7 +31,7 @@ struct netdev_key {
 	struct netdev_iface iface;
 	__u8 kind;
 	__u8 slot;
-	__u8 pad[2];
+	__u8 pad[6];
 };
 
 /* Value of the `ifnames` table: an interface's name, written when its first counter slot is. */
@@ -41,7 +42,7 @@ struct netdev_name {
 struct netdev_event {
 	__u64 timestamp_ns;
 	__u64 duration_ns;
-	__u32 netns;
+	struct sonde_netns netns;
 	__u32 ifindex;
 	__u32 len; /* bytes of the packet */
 	__u8 stage;

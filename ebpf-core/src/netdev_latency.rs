@@ -3,6 +3,7 @@
 
 use std::mem::{offset_of, size_of};
 
+use crate::record::Netns;
 use crate::{Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -54,8 +55,9 @@ pub fn stage_name(stage: u8) -> &'static str {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Iface {
-    pub netns: u32,
+    pub netns: Netns,
     pub ifindex: u32,
+    pub pad: u32,
 }
 
 /// `struct netdev_key`.
@@ -65,7 +67,7 @@ pub struct Key {
     pub iface: Iface,
     pub kind: u8,
     pub slot: u8,
-    pub pad: [u8; 2],
+    pub pad: [u8; 6],
 }
 
 /// `struct netdev_name`.
@@ -79,7 +81,7 @@ pub struct Name(pub [u8; 16]);
 pub struct Record {
     pub timestamp_ns: u64,
     pub duration_ns: u64,
-    pub netns: u32,
+    pub netns: Netns,
     pub ifindex: u32,
     pub len: u32,
     pub stage: u8,
@@ -94,19 +96,19 @@ pub fn ifname(raw: &[u8; 16]) -> String {
 }
 
 const _: () = {
-    assert!(size_of::<Iface>() == 8);
-    assert!(size_of::<Key>() == 12);
-    assert!(offset_of!(Key, kind) == 8);
-    assert!(offset_of!(Key, slot) == 9);
+    assert!(size_of::<Iface>() == 24);
+    assert!(size_of::<Key>() == 32);
+    assert!(offset_of!(Key, kind) == 24);
+    assert!(offset_of!(Key, slot) == 25);
     assert!(size_of::<Name>() == 16);
-    assert!(size_of::<Record>() == 48);
+    assert!(size_of::<Record>() == 64);
     assert!(offset_of!(Record, timestamp_ns) == 0);
     assert!(offset_of!(Record, duration_ns) == 8);
     assert!(offset_of!(Record, netns) == 16);
-    assert!(offset_of!(Record, ifindex) == 20);
-    assert!(offset_of!(Record, len) == 24);
-    assert!(offset_of!(Record, stage) == 28);
-    assert!(offset_of!(Record, name) == 32);
+    assert!(offset_of!(Record, ifindex) == 32);
+    assert!(offset_of!(Record, len) == 36);
+    assert!(offset_of!(Record, stage) == 40);
+    assert!(offset_of!(Record, name) == 44);
 };
 
 // SAFETY: plain C structs of integers.

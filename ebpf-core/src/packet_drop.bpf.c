@@ -52,7 +52,7 @@ static __always_inline int packet_drop_count(void *ctx, struct sk_buff *skb, voi
 	key.reason = reason;
 	sonde_count(&drops, &key);
 
-	e = sonde_event_start(sizeof(*e), key.netns, &cfg);
+	e = sonde_event_start(sizeof(*e), key.netns.inum, &cfg);
 	if (!e)
 		return 0;
 	e->location = (__u64)location;

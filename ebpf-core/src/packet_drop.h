@@ -8,17 +8,17 @@
 
 /* Key of the in-kernel `drops` counter. */
 struct packet_drop_key {
-	__u32 netns;
+	struct sonde_netns netns;
 	__u32 reason; /* enum skb_drop_reason of the running kernel, or PACKET_DROP_NO_REASON */
+	__u32 pad;
 };
 
 struct packet_drop_event {
 	__u64 timestamp_ns; /* bpf_ktime_get_ns */
 	__u64 location;     /* address of the function that dropped the packet */
-	__u32 netns;
+	struct sonde_netns netns;
 	__u32 reason;
 	__s32 stack_id; /* id in `stacks`, negative when not collected */
-	__u32 pad;
 	struct sonde_tuple tuple;
 };
 

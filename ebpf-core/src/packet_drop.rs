@@ -2,7 +2,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::record::Tuple;
+use crate::record::{Netns, Tuple};
 use crate::{requires, Hook, OlderProgram, ProbeSpec};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -50,8 +50,9 @@ pub const NO_REASON: u32 = 0xffff_ffff;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub netns: u32,
+    pub netns: Netns,
     pub reason: u32,
+    pub pad: u32,
 }
 
 /// `struct packet_drop_event`.
@@ -60,23 +61,22 @@ pub struct Key {
 pub struct Record {
     pub timestamp_ns: u64,
     pub location: u64,
-    pub netns: u32,
+    pub netns: Netns,
     pub reason: u32,
     pub stack_id: i32,
-    pub pad: u32,
     pub tuple: Tuple,
 }
 
 const _: () = {
-    assert!(size_of::<Key>() == 8);
-    assert!(size_of::<Record>() == 72);
+    assert!(size_of::<Key>() == 24);
+    assert!(size_of::<Record>() == 80);
     // sonde_event_start stamps the first field of every record.
     assert!(offset_of!(Record, timestamp_ns) == 0);
     assert!(offset_of!(Record, location) == 8);
     assert!(offset_of!(Record, netns) == 16);
-    assert!(offset_of!(Record, reason) == 20);
-    assert!(offset_of!(Record, stack_id) == 24);
-    assert!(offset_of!(Record, tuple) == 32);
+    assert!(offset_of!(Record, reason) == 32);
+    assert!(offset_of!(Record, stack_id) == 36);
+    assert!(offset_of!(Record, tuple) == 40);
 };
 
 // SAFETY: plain C struct of integers.

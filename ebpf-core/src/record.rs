@@ -13,6 +13,48 @@ pub const F_STACK: u32 = 1 << 1;
 pub const STAT_LOST: u32 = 0;
 pub const STAT_SUPPRESSED: u32 = 1;
 
+/// `struct sonde_netns`: a network namespace as probes record it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Netns {
+    /// Never reused while the system runs; 0 on kernels that set no cookie when they make a
+    /// namespace (before 5.12).
+    pub cookie: u64,
+    /// The namespace's inode (as `/proc/PID/ns/net` shows): reused once it is gone.
+    pub inode: u32,
+    pub pad: u32,
+}
+
+impl Netns {
+    pub const fn new(inode: u32, cookie: u64) -> Self {
+        Netns {
+            cookie,
+            inode,
+            pad: 0,
+        }
+    }
+
+    /// A namespace known by its inode only.
+    pub const fn inode(inode: u32) -> Self {
+        Netns::new(inode, 0)
+    }
+}
+
+/// A namespace known by its inode only.
+impl From<u32> for Netns {
+    fn from(inode: u32) -> Self {
+        Netns::inode(inode)
+    }
+}
+
+const _: () = {
+    assert!(size_of::<Netns>() == 16);
+    assert!(offset_of!(Netns, inode) == 8);
+};
+
+// SAFETY: a plain C struct of integers (part of counter keys).
+unsafe impl aya::Pod for Netns {}
+
 /// `struct sonde_tuple`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

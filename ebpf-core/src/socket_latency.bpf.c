@@ -78,7 +78,7 @@ struct {
 	__type(value, struct socklat_udp_queue);
 } udp_queue_empty SEC(".maps");
 
-static __always_inline void count(__u32 netns, __u8 kind)
+static __always_inline void count(struct sonde_netns netns, __u8 kind)
 {
 	struct socket_latency_key key = {};
 

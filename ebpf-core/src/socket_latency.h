@@ -15,10 +15,10 @@
 
 /* Key of the in-kernel `sockets` counter: the receiving socket's network namespace. */
 struct socket_latency_key {
-	__u32 netns;
+	struct sonde_netns netns;
 	__u8 kind;
 	__u8 slot;
-	__u8 pad[2];
+	__u8 pad[6];
 };
 
 #endif

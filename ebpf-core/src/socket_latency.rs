@@ -3,6 +3,7 @@
 
 use std::mem::{offset_of, size_of};
 
+use crate::record::Netns;
 use crate::{requires, Hook, OlderProgram, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -72,16 +73,16 @@ pub fn overflow_kind(kind: u8) -> Option<&'static str> {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub netns: u32,
+    pub netns: Netns,
     pub kind: u8,
     pub slot: u8,
-    pub pad: [u8; 2],
+    pub pad: [u8; 6],
 }
 
 const _: () = {
-    assert!(size_of::<Key>() == 8);
-    assert!(offset_of!(Key, kind) == 4);
-    assert!(offset_of!(Key, slot) == 5);
+    assert!(size_of::<Key>() == 24);
+    assert!(offset_of!(Key, kind) == 16);
+    assert!(offset_of!(Key, slot) == 17);
 };
 
 // SAFETY: a plain C struct of integers.

@@ -193,26 +193,48 @@ static __always_inline void *sonde_event_start(__u64 size, __u32 netns, struct s
  * read by direct loads (CO-RE relocated through vmlinux.h's preserve_access_index), which
  * cost far less than bpf_probe_read_kernel calls; a faulting load reads as zero. (kprobe
  * programs cannot: see the _core_read variants below.) */
-static __always_inline __u32 sonde_sk_netns(const struct sock *sk)
+/* struct net with its cookie as Linux 5.12 and later keep it: a u64 set when the namespace is
+ * made. (5.10's is an atomic64_t set on first use only: CO-RE finds no u64 there, and the
+ * cookie is left 0.) */
+struct net___sonde {
+	__u64 net_cookie;
+} __attribute__((preserve_access_index));
+
+/* A namespace's inode and cookie. */
+static __always_inline struct sonde_netns sonde_net(const struct net *net)
 {
-	return sk->__sk_common.skc_net.net->ns.inum;
+	struct sonde_netns n = {};
+
+	if (!net)
+		return n;
+	n.inum = net->ns.inum;
+	if (bpf_core_field_exists(struct net___sonde, net_cookie))
+		n.cookie = ((const struct net___sonde *)net)->net_cookie;
+	return n;
+}
+
+static __always_inline struct sonde_netns sonde_sk_netns(const struct sock *sk)
+{
+	return sonde_net(sk->__sk_common.skc_net.net);
 }
 
 /* The namespace a packet is in: its device's, else its socket's, else the receiving
  * socket's (kfree_skb's rx_sk). */
-static __always_inline __u32 sonde_skb_netns(const struct sk_buff *skb, const struct sock *rx_sk)
+static __always_inline struct sonde_netns sonde_skb_netns(const struct sk_buff *skb,
+							  const struct sock *rx_sk)
 {
 	struct net_device *dev = skb->dev;
 	struct sock *sk;
+	struct sonde_netns none = {};
 
 	if (dev)
-		return dev->nd_net.net->ns.inum;
+		return sonde_net(dev->nd_net.net);
 	sk = skb->sk;
 	if (sk)
 		return sonde_sk_netns(sk);
 	if (rx_sk)
 		return sonde_sk_netns(rx_sk);
-	return 0;
+	return none;
 }
 
 /* Reads the 5-tuple from the IPv4/IPv6 header at head + nh (proto: the packet's EtherType, host
@@ -300,18 +322,32 @@ static __always_inline void sonde_tuple_reverse(struct sonde_tuple *t)
  * (bpf_probe_read_kernel at CO-RE relocated offsets), through these variants of the readers
  * above. */
 
+/* sonde_net, for kprobe programs. */
+static __always_inline struct sonde_netns sonde_net_core_read(const struct net *net)
+{
+	struct sonde_netns n = {};
+
+	if (!net)
+		return n;
+	n.inum = BPF_CORE_READ(net, ns.inum);
+	if (bpf_core_field_exists(struct net___sonde, net_cookie))
+		n.cookie = BPF_CORE_READ((const struct net___sonde *)net, net_cookie);
+	return n;
+}
+
 /* sonde_skb_netns without rx_sk, for kprobe programs. */
-static __always_inline __u32 sonde_skb_netns_core_read(const struct sk_buff *skb)
+static __always_inline struct sonde_netns sonde_skb_netns_core_read(const struct sk_buff *skb)
 {
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
 	struct sock *sk;
+	struct sonde_netns none = {};
 
 	if (dev)
-		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		return sonde_net_core_read(BPF_CORE_READ(dev, nd_net.net));
 	sk = BPF_CORE_READ(skb, sk);
 	if (sk)
-		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	return 0;
+		return sonde_net_core_read(BPF_CORE_READ(sk, __sk_common.skc_net.net));
+	return none;
 }
 
 /* sonde_skb_tuple, for kprobe programs. */

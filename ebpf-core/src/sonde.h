@@ -29,6 +29,14 @@ struct sonde_tuple {
 	__u8 pad[2];
 };
 
+/* A network namespace as probes record it, in counter keys and events. */
+struct sonde_netns {
+	__u64 cookie; /* never reused while the system runs; 0 before Linux 5.12, which sets no
+		       * cookie when it makes a namespace */
+	__u32 inum;   /* its inode, as /proc/PID/ns/net shows: reused once the namespace is gone */
+	__u32 pad;
+};
+
 /* Live configuration of one probe: slot 0 of its `config` array, written by the agent and
  * read on every hit, so a probe is reconfigured without reloading (and without losing its
  * counters). */

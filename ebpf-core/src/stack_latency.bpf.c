@@ -64,14 +64,14 @@ static __always_inline void stage_done(struct sk_buff *skb, __u32 stage, __u64 n
 	struct stack_latency_event *e;
 	struct sonde_config *cfg;
 	struct net_device *dev;
-	__u32 netns;
+	struct sonde_netns netns;
 
 	add(STACK_INDEX(stage, STACK_KIND_BUCKET, sonde_log2_slot(ns)), 1);
 	add(STACK_INDEX(stage, STACK_KIND_SUM, 0), ns);
 	if (ns < sonde_param(STACK_PARAM_SLOW_NS))
 		return;
 	netns = sonde_skb_netns_core_read(skb);
-	e = sonde_event_start(sizeof(*e), netns, &cfg);
+	e = sonde_event_start(sizeof(*e), netns.inum, &cfg);
 	if (!e)
 		return;
 	e->duration_ns = ns;

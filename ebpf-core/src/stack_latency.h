@@ -28,10 +28,10 @@ struct stack_latency_event {
 	__u64 timestamp_ns;
 	__u64 duration_ns;
 	struct sonde_tuple tuple;
-	__u32 netns;   /* the namespace the packet was received in */
-	__u32 ifindex; /* the interface it was received on */
+	struct sonde_netns netns; /* the namespace the packet was received in */
+	__u32 ifindex;            /* the interface it was received on */
 	__u8 stage;
-	__u8 pad[7];
+	__u8 pad[3];
 };
 
 #endif

@@ -3,7 +3,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::record::Tuple;
+use crate::record::{Netns, Tuple};
 use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -83,19 +83,19 @@ pub struct Record {
     pub timestamp_ns: u64,
     pub duration_ns: u64,
     pub tuple: Tuple,
-    pub netns: u32,
+    pub netns: Netns,
     pub ifindex: u32,
     pub stage: u8,
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
 }
 
 const _: () = {
-    assert!(size_of::<Record>() == 72);
+    assert!(size_of::<Record>() == 80);
     assert!(offset_of!(Record, duration_ns) == 8);
     assert!(offset_of!(Record, tuple) == 16);
     assert!(offset_of!(Record, netns) == 56);
-    assert!(offset_of!(Record, ifindex) == 60);
-    assert!(offset_of!(Record, stage) == 64);
+    assert!(offset_of!(Record, ifindex) == 72);
+    assert!(offset_of!(Record, stage) == 76);
 };
 
 #[cfg(test)]

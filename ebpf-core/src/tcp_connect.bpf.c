@@ -38,7 +38,7 @@ struct {
 	__type(value, __u64);
 } inflight SEC(".maps");
 
-static __always_inline void count(__u32 netns, __u8 side, __u8 kind, __u8 value, __u64 n)
+static __always_inline void count(struct sonde_netns netns, __u8 side, __u8 kind, __u8 value, __u64 n)
 {
 	struct tcp_connect_key key = {};
 
@@ -58,13 +58,13 @@ static __always_inline __u16 total_rto(struct tcp_sock *tp)
 	return 0;
 }
 
-static __always_inline void report(const struct sock *sk, struct tcp_sock *tp, __u32 netns,
+static __always_inline void report(const struct sock *sk, struct tcp_sock *tp, struct sonde_netns netns,
 				   __u8 side, __u8 cause, __u64 duration_ns)
 {
 	struct tcp_connect_event *e;
 	struct sonde_config *cfg;
 
-	e = sonde_event_start(sizeof(*e), netns, &cfg);
+	e = sonde_event_start(sizeof(*e), netns.inum, &cfg);
 	if (!e)
 		return;
 	e->duration_ns = duration_ns;
@@ -85,7 +85,7 @@ static __always_inline void report(const struct sock *sk, struct tcp_sock *tp, _
 }
 
 static __always_inline void established(const struct sock *sk, struct tcp_sock *tp,
-					__u32 netns, __u8 side, __u64 duration_ns)
+					struct sonde_netns netns, __u8 side, __u64 duration_ns)
 {
 	__u64 slow_ns;
 
@@ -96,7 +96,7 @@ static __always_inline void established(const struct sock *sk, struct tcp_sock *
 		report(sk, tp, netns, side, TCP_CONNECT_ESTABLISHED, duration_ns);
 }
 
-static __always_inline void failed(const struct sock *sk, struct tcp_sock *tp, __u32 netns,
+static __always_inline void failed(const struct sock *sk, struct tcp_sock *tp, struct sonde_netns netns,
 				   __u8 side, __u64 duration_ns)
 {
 	int err = sk->sk_err;
@@ -121,7 +121,7 @@ int BPF_PROG(tcp_connect, const struct sock *sk, int oldstate, int newstate)
 {
 	__u64 key = (__u64)sk, now, duration = 0, *start;
 	struct tcp_sock *tp;
-	__u32 netns;
+	struct sonde_netns netns;
 
 	/* SCTP, MPTCP and others report their state changes here too. */
 	if (!sk || sk->sk_protocol != IPPROTO_TCP_)

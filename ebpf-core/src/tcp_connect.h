@@ -23,23 +23,22 @@
 
 /* Key of the in-kernel `connects` counter. */
 struct tcp_connect_key {
-	__u32 netns;
+	struct sonde_netns netns;
 	__u8 side;
 	__u8 kind;
 	__u8 value;
-	__u8 pad;
+	__u8 pad[5];
 };
 
 struct tcp_connect_event {
 	__u64 timestamp_ns;
 	__u64 duration_ns; /* 0 when the start was not seen (the probe attached mid-handshake) */
-	__u32 netns;
+	struct sonde_netns netns;
 	__u8 side;
 	__u8 cause;       /* TCP_CONNECT_ESTABLISHED for a slow handshake, else why it failed */
 	__u8 retransmits; /* SYNs (connect) or SYN-ACKs (accept) sent again */
 	__u8 pad;
 	__s32 error; /* the socket's error (errno) when it closed, 0 if none */
-	__u32 pad2;
 	struct sonde_tuple tuple; /* local end as source */
 };
 

@@ -3,7 +3,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::record::Tuple;
+use crate::record::{Netns, Tuple};
 use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -61,11 +61,11 @@ pub fn cause_name(cause: u8) -> &'static str {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub netns: u32,
+    pub netns: Netns,
     pub side: u8,
     pub kind: u8,
     pub value: u8,
-    pub pad: u8,
+    pub pad: [u8; 5],
 }
 
 /// `struct tcp_connect_event`.
@@ -74,31 +74,30 @@ pub struct Key {
 pub struct Record {
     pub timestamp_ns: u64,
     pub duration_ns: u64,
-    pub netns: u32,
+    pub netns: Netns,
     pub side: u8,
     pub cause: u8,
     pub retransmits: u8,
     pub pad: u8,
     pub error: i32,
-    pub pad2: u32,
     pub tuple: Tuple,
 }
 
 const _: () = {
-    assert!(size_of::<Key>() == 8);
-    assert!(offset_of!(Key, side) == 4);
-    assert!(offset_of!(Key, kind) == 5);
-    assert!(offset_of!(Key, value) == 6);
-    assert!(size_of::<Record>() == 72);
+    assert!(size_of::<Key>() == 24);
+    assert!(offset_of!(Key, side) == 16);
+    assert!(offset_of!(Key, kind) == 17);
+    assert!(offset_of!(Key, value) == 18);
+    assert!(size_of::<Record>() == 80);
     // sonde_event_start stamps the first field of every record.
     assert!(offset_of!(Record, timestamp_ns) == 0);
     assert!(offset_of!(Record, duration_ns) == 8);
     assert!(offset_of!(Record, netns) == 16);
-    assert!(offset_of!(Record, side) == 20);
-    assert!(offset_of!(Record, cause) == 21);
-    assert!(offset_of!(Record, retransmits) == 22);
-    assert!(offset_of!(Record, error) == 24);
-    assert!(offset_of!(Record, tuple) == 32);
+    assert!(offset_of!(Record, side) == 32);
+    assert!(offset_of!(Record, cause) == 33);
+    assert!(offset_of!(Record, retransmits) == 34);
+    assert!(offset_of!(Record, error) == 36);
+    assert!(offset_of!(Record, tuple) == 40);
 };
 
 // SAFETY: plain C struct of integers.

@@ -27,7 +27,7 @@ struct {
 } resets SEC(".maps");
 
 /* Counts one reset and starts its event record, when one is due (NULL otherwise). */
-static __always_inline struct tcp_reset_event *count(__u32 netns, __u32 direction,
+static __always_inline struct tcp_reset_event *count(struct sonde_netns netns, __u32 direction,
 						     struct sonde_config **cfg)
 {
 	struct tcp_reset_key key = {};
@@ -37,7 +37,7 @@ static __always_inline struct tcp_reset_event *count(__u32 netns, __u32 directio
 	key.direction = direction;
 	sonde_count(&resets, &key);
 
-	e = sonde_event_start(sizeof(*e), netns, cfg);
+	e = sonde_event_start(sizeof(*e), netns.inum, cfg);
 	if (!e)
 		return NULL;
 	e->netns = netns;

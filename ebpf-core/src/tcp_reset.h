@@ -8,13 +8,14 @@
 
 /* Key of the in-kernel `resets` counter. */
 struct tcp_reset_key {
-	__u32 netns;
+	struct sonde_netns netns;
 	__u32 direction; /* TCP_RESET_SENT or TCP_RESET_RECEIVED */
+	__u32 pad;
 };
 
 struct tcp_reset_event {
 	__u64 timestamp_ns;
-	__u32 netns;
+	struct sonde_netns netns;
 	__u8 direction;
 	__u8 state; /* TCP state of the socket, 0 when the reset answers a packet without one */
 	__u8 pad[2];

@@ -2,7 +2,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::record::Tuple;
+use crate::record::{Netns, Tuple};
 use crate::{requires, Condition, Hook, ProbeSpec, Requirement};
 
 /// Where `tcp_send_reset` does not see resets answering packets no socket owns: before Linux
@@ -65,8 +65,9 @@ pub fn direction_name(direction: u32) -> &'static str {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub netns: u32,
+    pub netns: Netns,
     pub direction: u32,
+    pub pad: u32,
 }
 
 /// `struct tcp_reset_event`.
@@ -74,7 +75,7 @@ pub struct Key {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Record {
     pub timestamp_ns: u64,
-    pub netns: u32,
+    pub netns: Netns,
     pub direction: u8,
     pub state: u8,
     pub pad: [u8; 2],
@@ -82,14 +83,14 @@ pub struct Record {
 }
 
 const _: () = {
-    assert!(size_of::<Key>() == 8);
-    assert!(size_of::<Record>() == 56);
+    assert!(size_of::<Key>() == 24);
+    assert!(size_of::<Record>() == 72);
     // sonde_event_start stamps the first field of every record.
     assert!(offset_of!(Record, timestamp_ns) == 0);
     assert!(offset_of!(Record, netns) == 8);
-    assert!(offset_of!(Record, direction) == 12);
-    assert!(offset_of!(Record, state) == 13);
-    assert!(offset_of!(Record, tuple) == 16);
+    assert!(offset_of!(Record, direction) == 24);
+    assert!(offset_of!(Record, state) == 25);
+    assert!(offset_of!(Record, tuple) == 28);
 };
 
 // SAFETY: plain C struct of integers.

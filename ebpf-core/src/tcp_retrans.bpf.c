@@ -21,7 +21,7 @@ int BPF_PROG(tcp_retrans, const struct sock *sk, const struct sk_buff *skb)
 	key.netns = sonde_sk_netns(sk);
 	sonde_count(&retransmits, &key);
 
-	e = sonde_event_start(sizeof(*e), key.netns, &cfg);
+	e = sonde_event_start(sizeof(*e), key.netns.inum, &cfg);
 	if (!e)
 		return 0;
 	e->netns = key.netns;

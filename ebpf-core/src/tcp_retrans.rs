@@ -2,7 +2,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::record::Tuple;
+use crate::record::{Netns, Tuple};
 use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -22,7 +22,7 @@ pub const SPEC: ProbeSpec = ProbeSpec {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub netns: u32,
+    pub netns: Netns,
 }
 
 /// `struct tcp_retrans_event`.
@@ -30,20 +30,20 @@ pub struct Key {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Record {
     pub timestamp_ns: u64,
-    pub netns: u32,
+    pub netns: Netns,
     pub state: u8,
     pub pad: [u8; 3],
     pub tuple: Tuple,
 }
 
 const _: () = {
-    assert!(size_of::<Key>() == 4);
-    assert!(size_of::<Record>() == 56);
+    assert!(size_of::<Key>() == 16);
+    assert!(size_of::<Record>() == 72);
     // sonde_event_start stamps the first field of every record.
     assert!(offset_of!(Record, timestamp_ns) == 0);
     assert!(offset_of!(Record, netns) == 8);
-    assert!(offset_of!(Record, state) == 12);
-    assert!(offset_of!(Record, tuple) == 16);
+    assert!(offset_of!(Record, state) == 24);
+    assert!(offset_of!(Record, tuple) == 28);
 };
 
 // SAFETY: plain C struct of integers.

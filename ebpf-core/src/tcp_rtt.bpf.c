@@ -24,7 +24,7 @@ struct {
 	__type(value, struct tcp_rtt_flow);
 } flows SEC(".maps");
 
-static __always_inline void observe(__u32 netns, __u64 ns)
+static __always_inline void observe(struct sonde_netns netns, __u64 ns)
 {
 	struct tcp_rtt_key key = {};
 

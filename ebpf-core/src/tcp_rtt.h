@@ -12,10 +12,10 @@
 
 /* Key of the in-kernel `rtts` counter. */
 struct tcp_rtt_key {
-	__u32 netns;
+	struct sonde_netns netns;
 	__u8 kind;
 	__u8 slot;
-	__u8 pad[2];
+	__u8 pad[6];
 };
 
 /* A row of the `flows` table (LRU hash keyed by socket address): the latest view of one TCP
@@ -24,7 +24,7 @@ struct tcp_rtt_flow {
 	__u64 updated_ns;  /* bpf_ktime_get_ns of the last segment */
 	__u64 sampled_ns;  /* when srtt last entered the histogram */
 	__u64 segments;    /* segments received while tracked */
-	__u32 netns;
+	struct sonde_netns netns;
 	__u32 srtt_us;     /* smoothed RTT */
 	__u32 rttvar_us;   /* RTT variation (mdev) */
 	__u32 min_rtt_us;  /* minimum RTT over the kernel's window */

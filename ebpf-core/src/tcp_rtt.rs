@@ -2,7 +2,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::record::Tuple;
+use crate::record::{Netns, Tuple};
 use crate::{requires, Hook, ProbeSpec, Requirement};
 
 pub const SPEC: ProbeSpec = ProbeSpec {
@@ -39,10 +39,10 @@ pub const PARAM_SAMPLE_NS: usize = 0;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub netns: u32,
+    pub netns: Netns,
     pub kind: u8,
     pub slot: u8,
-    pub pad: [u8; 2],
+    pub pad: [u8; 6],
 }
 
 /// `struct tcp_rtt_flow`: a row of the `flows` table, keyed by socket address (u64).
@@ -52,7 +52,7 @@ pub struct Flow {
     pub updated_ns: u64,
     pub sampled_ns: u64,
     pub segments: u64,
-    pub netns: u32,
+    pub netns: Netns,
     pub srtt_us: u32,
     pub rttvar_us: u32,
     pub min_rtt_us: u32,
@@ -64,18 +64,18 @@ pub struct Flow {
 }
 
 const _: () = {
-    assert!(size_of::<Key>() == 8);
-    assert!(offset_of!(Key, kind) == 4);
-    assert!(offset_of!(Key, slot) == 5);
-    assert!(size_of::<Flow>() == 96);
+    assert!(size_of::<Key>() == 24);
+    assert!(offset_of!(Key, kind) == 16);
+    assert!(offset_of!(Key, slot) == 17);
+    assert!(size_of::<Flow>() == 112);
     assert!(offset_of!(Flow, segments) == 16);
     assert!(offset_of!(Flow, netns) == 24);
-    assert!(offset_of!(Flow, srtt_us) == 28);
-    assert!(offset_of!(Flow, min_rtt_us) == 36);
-    assert!(offset_of!(Flow, snd_cwnd) == 40);
-    assert!(offset_of!(Flow, rcv_wnd) == 48);
-    assert!(offset_of!(Flow, mss) == 52);
-    assert!(offset_of!(Flow, tuple) == 56);
+    assert!(offset_of!(Flow, srtt_us) == 40);
+    assert!(offset_of!(Flow, min_rtt_us) == 48);
+    assert!(offset_of!(Flow, snd_cwnd) == 52);
+    assert!(offset_of!(Flow, rcv_wnd) == 60);
+    assert!(offset_of!(Flow, mss) == 64);
+    assert!(offset_of!(Flow, tuple) == 68);
 };
 
 // SAFETY: plain C structs of integers.

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use ebpf_core::Tuple;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::topology::{Topology, Workload};
+use crate::topology::{Netns, Topology, Workload};
 
 /// A batch of enriched events, shared by every consumer of the fan-out.
 pub type Batch = Arc<Vec<Event>>;
@@ -303,7 +303,11 @@ pub struct Event {
     pub time: SystemTime,
     pub node: Arc<str>,
     pub severity: Severity,
+    /// The network namespace's inode (0: none, or the host's for some probes).
     pub netns: u32,
+    /// And its cookie, where the kernel gives one (0 otherwise): never reused, unlike the
+    /// inode.
+    pub netns_cookie: u64,
     pub workload: Option<Workload>,
     /// Labels of the workload from enrichment plugins (the `labels` field), when any.
     pub labels: Option<Labels>,
@@ -316,12 +320,19 @@ pub struct Event {
 pub type Labels = Arc<[(String, String)]>;
 
 impl Event {
-    pub fn kernel(time: SystemTime, netns: u32, severity: Severity, kind: Kind) -> Self {
+    pub fn kernel(
+        time: SystemTime,
+        netns: impl Into<Netns>,
+        severity: Severity,
+        kind: Kind,
+    ) -> Self {
+        let netns = netns.into();
         Event {
             time,
             node: Arc::from(""),
             severity,
-            netns,
+            netns: netns.inode,
+            netns_cookie: netns.cookie,
             workload: None,
             labels: None,
             source: Source::Kernel,
@@ -333,7 +344,7 @@ impl Event {
     /// Fills in node, namespace and pod.
     pub fn enrich(&mut self, node: &Arc<str>, topology: &dyn Topology) {
         self.node = Arc::clone(node);
-        self.workload = topology.workload_of_netns(self.netns);
+        self.workload = topology.workload_of_netns(Netns::new(self.netns, self.netns_cookie));
     }
 
     /// The event as one line of JSON (no trailing newline).
@@ -405,6 +416,7 @@ impl Serialize for Event {
             map.serialize_entry("labels", &object)?;
         }
         map.serialize_entry("netns", &self.netns)?;
+        map.serialize_entry("netns_cookie", &self.netns_cookie)?;
         map.serialize_entry("source", self.source.as_str())?;
         match &self.kind {
             Kind::PacketDrop(e) => {
@@ -496,7 +508,7 @@ mod tests {
         });
         assert_eq!(
             e.to_json(),
-            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"packet_drop","severity":"warning","namespace":"","pod":"B","netns":4026532000,"source":"kernel","protocol":"udp","saddr":"198.18.0.1","sport":5000,"daddr":"198.18.0.2","dport":9999,"reason":"NETFILTER_DROP","location":"nf_hook_slow","stack":["nf_hook_slow+0x3c"]}"#
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"packet_drop","severity":"warning","namespace":"","pod":"B","netns":4026532000,"netns_cookie":0,"source":"kernel","protocol":"udp","saddr":"198.18.0.1","sport":5000,"daddr":"198.18.0.2","dport":9999,"reason":"NETFILTER_DROP","location":"nf_hook_slow","stack":["nf_hook_slow+0x3c"]}"#
         );
     }
 
@@ -529,7 +541,7 @@ mod tests {
         assert_eq!(e.kind.type_name(), "dns");
         assert_eq!(
             e.to_json(),
-            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"dns","severity":"warning","namespace":"","pod":"client","netns":0,"source":"kernel","protocol":"udp","saddr":"100.64.0.1","sport":40000,"daddr":"100.64.0.2","dport":53,"outcome":"timeout","id":7,"duration_seconds":1.5}"#
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"dns","severity":"warning","namespace":"","pod":"client","netns":0,"netns_cookie":0,"source":"kernel","protocol":"udp","saddr":"100.64.0.1","sport":40000,"daddr":"100.64.0.2","dport":53,"outcome":"timeout","id":7,"duration_seconds":1.5}"#
         );
     }
 
@@ -552,7 +564,7 @@ mod tests {
         e.node = Arc::from("node-1");
         assert_eq!(
             e.to_json(),
-            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"io_latency","severity":"warning","namespace":"","pod":"","netns":0,"source":"kernel","device":"loop3","dev":"7:3","op":"write","duration_seconds":1.5,"bytes":4096,"sector":8}"#
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"io_latency","severity":"warning","namespace":"","pod":"","netns":0,"netns_cookie":0,"source":"kernel","device":"loop3","dev":"7:3","op":"write","duration_seconds":1.5,"bytes":4096,"sector":8}"#
         );
         let kind = Kind::Softirq(Softirq {
             vec: "NET_RX",

@@ -686,7 +686,7 @@ mod tests {
     struct Peers;
 
     impl Topology for Peers {
-        fn workload_of_netns(&self, _netns: u32) -> Option<Workload> {
+        fn workload_of_netns(&self, _netns: crate::topology::Netns) -> Option<Workload> {
             None
         }
         fn workload_of_ip(&self, ip: IpAddr) -> Option<Workload> {

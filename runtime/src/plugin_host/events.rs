@@ -11,6 +11,7 @@ use super::sonde::plugin::events::{Event as WitEvent, Host, Severity as WitSever
 use super::sonde::plugin::types::Error;
 use super::{HostContext, HostState};
 use crate::event::{Derived, Event, Kind, Severity, Source};
+use crate::topology::Netns;
 use crate::topology::Workload;
 
 /// Keys of the event envelope, which a plugin's fields may not replace.
@@ -102,12 +103,14 @@ pub(crate) fn publish(
     budget.emitted += 1;
 
     let ctx = &host.probes;
-    let workload = workload.or_else(|| netns.and_then(|n| ctx.topology.workload_of_netns(n)));
+    let workload =
+        workload.or_else(|| netns.and_then(|n| ctx.topology.workload_of_netns(Netns::inode(n))));
     let e = Event {
         time: SystemTime::now(),
         node: Arc::clone(&ctx.node),
         severity,
         netns: netns.unwrap_or(0),
+        netns_cookie: 0,
         workload,
         labels: None,
         source: Source::Plugin(Arc::clone(&info.source)),

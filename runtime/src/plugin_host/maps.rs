@@ -32,7 +32,7 @@ impl Host for HostState {
         Ok(rows
             .into_iter()
             .map(|(netns, key, value)| Counter {
-                netns,
+                netns: netns.inode,
                 workload: topology.workload_of_netns(netns).map(to_wit),
                 key,
                 value,

@@ -20,7 +20,7 @@ impl Host for HostState {
             .host
             .probes
             .topology
-            .workload_of_netns(netns)
+            .workload_of_netns(crate::topology::Netns::inode(netns))
             .map(to_wit))
     }
 

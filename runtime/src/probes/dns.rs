@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{Context, Deltas, Driver, EventsConfig, ProbesConfig};
 use crate::event::{Dns, Event, Flow, Kind, Severity};
+use crate::topology::Netns;
 
 /// `probes.dns` in the agent config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -222,7 +223,12 @@ fn labels_for_ip(ctx: &Context, ip: IpAddr) -> Vec<String> {
 }
 
 fn event(ctx: &Context, client: IpAddr, dns: Dns, message: String) -> Event {
-    let mut e = Event::kernel(SystemTime::now(), 0, Severity::Warning, Kind::Dns(dns));
+    let mut e = Event::kernel(
+        SystemTime::now(),
+        Netns::default(),
+        Severity::Warning,
+        Kind::Dns(dns),
+    );
     e.enrich(&ctx.node, &*ctx.topology);
     // The namespace of the client is not known at TC: its address names the pod.
     e.workload = ctx.topology.workload_of_ip(client);
@@ -246,7 +252,7 @@ fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
                 KIND_RCODE => format!("{client} {}", rcode_name(k.slot)),
                 _ => return None,
             };
-            Some((0, key, v))
+            Some((Netns::default(), key, v))
         })
         .collect())
 }

@@ -23,6 +23,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use serde::{Deserialize, Serialize};
 
 use super::{Context, Deltas, Driver, ProbesConfig};
+use crate::topology::Netns;
 
 /// `probes.flow` in the agent config. The probe emits no events.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -144,8 +145,16 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
 fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
     let counts = probe.array_counters()?;
     Ok(vec![
-        (0, "inserted".into(), counts.first().copied().unwrap_or(0)),
-        (0, "unparsed".into(), counts.get(1).copied().unwrap_or(0)),
+        (
+            Netns::default(),
+            "inserted".into(),
+            counts.first().copied().unwrap_or(0),
+        ),
+        (
+            Netns::default(),
+            "unparsed".into(),
+            counts.get(1).copied().unwrap_or(0),
+        ),
     ])
 }
 

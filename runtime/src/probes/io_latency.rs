@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
 use crate::event::{Event, IoLatency, Kind, Severity};
+use crate::topology::Netns;
 
 /// `probes.io_latency` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -101,7 +102,7 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
         };
         Some(Event::kernel(
             ctx.clock.wall(r.timestamp_ns),
-            0,
+            Netns::default(),
             severity,
             Kind::IoLatency(IoLatency {
                 device: device_name(r.dev).to_string(),
@@ -153,7 +154,7 @@ fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
                 KIND_SUM => format!("{dev}:{op}:sum_ns"),
                 _ => return None,
             };
-            Some((0, key, v))
+            Some((Netns::default(), key, v))
         })
         .collect())
 }

@@ -49,7 +49,7 @@ use crate::fanout::FanOut;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::Metrics;
 use crate::timefmt::BootClock;
-use crate::topology::{Topology, Workload};
+use crate::topology::{Netns, Topology, Workload};
 
 /// How often a ring buffer is drained when the kernel has not woken the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -78,7 +78,7 @@ impl Context {
 
     /// Adds `n` to the series of `counter` for the workload of `netns`: labels `node`,
     /// `namespace`, `pod` (empty for the host), the additional labels, then `extra`.
-    pub fn count_for_netns(&self, counter: &IntCounterVec, netns: u32, extra: &[&str], n: u64) {
+    pub fn count_for_netns(&self, counter: &IntCounterVec, netns: Netns, extra: &[&str], n: u64) {
         let labels = self.labels_for_netns(netns, extra);
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
         counter.with_label_values(&labels).inc_by(n);
@@ -87,7 +87,7 @@ impl Context {
     /// The label values `node`, `namespace`, `pod` (empty for the host) of the workload of
     /// `netns`, the additional labels' (`topology.additionalLabels`; empty where unknown), then
     /// `extra`: the one place every workload-labelled series gets its labels.
-    pub fn labels_for_netns(&self, netns: u32, extra: &[&str]) -> Vec<String> {
+    pub fn labels_for_netns(&self, netns: Netns, extra: &[&str]) -> Vec<String> {
         self.labels_for_workload(self.topology.workload_of_netns(netns), extra)
     }
 
@@ -310,7 +310,13 @@ pub struct Driver {
 pub type TableReader = fn(&LoadedProbe, &Context) -> Result<Vec<serde_json::Value>, ProbeError>;
 
 /// One in-kernel counter: (netns, key, total).
-pub type CounterRow = (u32, String, u64);
+pub type CounterRow = (Netns, String, u64);
+
+/// A namespace as the high 96 bits of a counter key's id for [`Deltas::update`]: the low 32
+/// are the key's other fields.
+pub fn netns_id(netns: Netns) -> u128 {
+    (netns.cookie as u128) << 64 | (netns.inode as u128) << 32
+}
 
 /// The probes that hand over events (every driver but those that keep only metrics and a
 /// table, such as tcp_rtt): what scripts can have `on_<probe>` handlers for. A probe has
@@ -376,20 +382,24 @@ pub fn fn_attach(probe: &str, config: &ProbesConfig) -> FnAttach {
 /// counters (which keep their totals across probe reloads and namespace changes).
 #[derive(Debug, Default)]
 pub struct Deltas {
-    last: HashMap<u64, u64>,
+    last: HashMap<u128, u64>,
     peaks: HashMap<u64, u64>,
     synced: Option<Instant>,
 }
 
 impl Deltas {
-    /// Pairs each key with its gain since the last call; `id` packs a key into a u64.
-    /// A value below the last one means the kernel evicted the slot and started it again
-    /// (counter maps are LRU), so all of it is new.
-    pub fn update<K>(&mut self, current: HashMap<K, u64>, id: impl Fn(&K) -> u64) -> Vec<(K, u64)> {
+    /// Pairs each key with its gain since the last call; `id` packs a key into a number
+    /// (see [`netns_id`]). A value below the last one means the kernel evicted the slot and
+    /// started it again (counter maps are LRU), so all of it is new.
+    pub fn update<K, I: Into<u128>>(
+        &mut self,
+        current: HashMap<K, u64>,
+        id: impl Fn(&K) -> I,
+    ) -> Vec<(K, u64)> {
         let mut gained = Vec::new();
         let mut seen = HashMap::with_capacity(current.len());
         for (key, value) in current {
-            let k = id(&key);
+            let k = id(&key).into();
             let prev = self.last.get(&k).copied().unwrap_or(0);
             let gain = if value >= prev { value - prev } else { value };
             if gain > 0 {
@@ -875,7 +885,7 @@ fn sync_suppressed(name: &str, r: &mut Running, stats: &Stats, ctx: &Context) {
     match r.probe.ns_suppressed() {
         Ok(by_netns) => {
             for (netns, gained) in r.ns_suppressed.update(by_netns, |&n| n as u64) {
-                let (namespace, pod) = match ctx.topology.workload_of_netns(netns) {
+                let (namespace, pod) = match ctx.topology.workload_of_netns(Netns::inode(netns)) {
                     Some(w) => (w.namespace.to_string(), w.pod.to_string()),
                     None => continue,
                 };

@@ -131,7 +131,7 @@ fn names_of(probe: &LoadedProbe, ifaces: impl Iterator<Item = Iface>) -> Result<
         .collect())
 }
 
-/// Deltas' id of a key: netns, ifindex, kind and slot are 80 bits, so they are hashed (a
+/// Deltas' id of a key: netns, ifindex, kind and slot are 144 bits, so they are hashed (a
 /// collision among a node's few thousand slots is a 1 in 10^12 chance).
 fn key_id(k: &Key) -> u64 {
     use std::hash::{Hash, Hasher};

@@ -131,7 +131,7 @@ fn decoder(probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Probe
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
     let current = probe.counters::<Key>()?;
-    for (key, gained) in deltas.update(current, |k| (k.netns as u64) << 32 | k.reason as u64) {
+    for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns) | k.reason as u128) {
         ctx.count_for_netns(
             &ctx.metrics.packet_drops,
             key.netns,

@@ -46,7 +46,7 @@ fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, Pro
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
     let current = probe.counters::<Key>()?;
-    let id = |k: &Key| (k.netns as u64) << 32 | (k.kind as u64) << 8 | k.slot as u64;
+    let id = |k: &Key| super::netns_id(k.netns) | (k.kind as u128) << 8 | k.slot as u128;
     for (key, gained) in deltas.update(current, id) {
         let m = &ctx.metrics;
         match key.kind {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
 use crate::event::{Event, Kind, Severity, Softirq};
+use crate::topology::Netns;
 
 /// `probes.softirq` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -82,7 +83,7 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
         };
         Some(Event::kernel(
             ctx.clock.wall(r.timestamp_ns),
-            0,
+            Netns::default(),
             Severity::Warning,
             Kind::Softirq(Softirq {
                 vec: vec_name(r.vec),
@@ -130,7 +131,7 @@ fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
                 KIND_RUN_SUM => format!("{vec}:run:sum_ns"),
                 _ => return None,
             };
-            Some((0, key, v))
+            Some((Netns::default(), key, v))
         })
         .collect())
 }

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
 use crate::event::{Derived, Event, Flow, Kind, Severity};
+use crate::topology::Netns;
 
 /// `probes.stack_latency` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -143,7 +144,7 @@ fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
                 KIND_SUM => format!("{stage}:sum_ns"),
                 _ => return None,
             };
-            Some((0, key, v))
+            Some((Netns::default(), key, v))
         })
         .collect())
 }
@@ -167,7 +168,7 @@ mod tests {
         let r = Record {
             duration_ns: 1_500_000,
             tuple,
-            netns: 4026532000,
+            netns: 4026532000.into(),
             ifindex: 7,
             stage: ebpf_core::stack_latency::STAGE_FORWARD,
             ..Record::default()

@@ -88,8 +88,8 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
     }))
 }
 
-fn key_id(k: &Key) -> u64 {
-    (k.netns as u64) << 32 | (k.side as u64) << 16 | (k.kind as u64) << 8 | k.value as u64
+fn key_id(k: &Key) -> u128 {
+    super::netns_id(k.netns) | (k.side as u128) << 16 | (k.kind as u128) << 8 | k.value as u128
 }
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {

@@ -40,7 +40,7 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
     let current = probe.counters::<Key>()?;
-    for (key, gained) in deltas.update(current, |k| k.netns as u64) {
+    for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns)) {
         ctx.count_for_netns(&ctx.metrics.tcp_retransmits, key.netns, &[], gained);
     }
     Ok(())

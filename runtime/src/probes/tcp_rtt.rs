@@ -74,7 +74,7 @@ fn decoder(_probe: &mut LoadedProbe, _ctx: &Arc<Context>) -> Result<Decoder, Pro
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
     let current = probe.counters::<Key>()?;
-    let id = |k: &Key| (k.netns as u64) << 32 | (k.kind as u64) << 8 | k.slot as u64;
+    let id = |k: &Key| super::netns_id(k.netns) | (k.kind as u128) << 8 | k.slot as u128;
     for (key, gained) in deltas.update(current, id) {
         let labels = ctx.labels_for_netns(key.netns, &[]);
         match key.kind {
@@ -119,7 +119,8 @@ fn table(probe: &LoadedProbe, ctx: &Context) -> Result<Vec<serde_json::Value>, P
                 "node": labels[0],
                 "namespace": labels[1],
                 "pod": labels[2],
-                "netns": f.netns,
+                "netns": f.netns.inode,
+                "netns_cookie": f.netns.cookie,
                 "protocol": flow.protocol,
                 "saddr": flow.saddr,
                 "sport": flow.sport,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
 use crate::event::{Derived, Event, Kind, Severity};
+use crate::topology::Netns;
 
 /// The events' `type`.
 pub const TYPE: &str = "virtio_net";
@@ -104,7 +105,7 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
         };
         Some(Event::kernel(
             ctx.clock.wall(r.timestamp_ns),
-            0,
+            Netns::default(),
             severity,
             event_kind(&r),
         ))
@@ -209,7 +210,7 @@ fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
                 KIND_ERROR => format!("{what}:errors"),
                 _ => return None,
             };
-            Some((0, key, v))
+            Some((Netns::default(), key, v))
         })
         .collect())
 }
@@ -239,7 +240,7 @@ mod tests {
         e.node = Arc::from("node-1");
         assert_eq!(
             e.to_json(),
-            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"virtio_net","severity":"warning","namespace":"","pod":"","netns":0,"source":"kernel","interface":"ens3","ifindex":2,"class":"mac","command":"addr_set","duration_seconds":1.5,"ok":true}"#
+            r#"{"time":"1970-01-01T00:00:01.000000Z","node":"node-1","type":"virtio_net","severity":"warning","namespace":"","pod":"","netns":0,"netns_cookie":0,"source":"kernel","interface":"ens3","ifindex":2,"class":"mac","command":"addr_set","duration_seconds":1.5,"ok":true}"#
         );
         let failed = event_kind(&Record {
             class: 9,

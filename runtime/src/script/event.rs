@@ -220,6 +220,8 @@ impl EventConverter {
         };
         f.push(("namespace", namespace));
         f.push(("netns", Dynamic::from_int(e.netns.into())));
+        // Cookies count up from 1 as namespaces are made: far below i64::MAX.
+        f.push(("netns_cookie", Dynamic::from_int(e.netns_cookie as i64)));
         f.push(("node", self.shared(&e.node)));
         let pod = match pod {
             Some(p) => self.shared(p),

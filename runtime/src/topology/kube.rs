@@ -26,6 +26,7 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use super::index::{self, Found, Netns, NetnsIndex};
 use super::labels::AdditionalLabels;
 use super::{PodNetns, Topology, TopologyConfig, Workload};
 
@@ -249,8 +250,9 @@ struct Claim {
 struct State {
     /// Running pods of this node with their own network namespace, by UID.
     local: HashMap<String, LocalPod>,
-    /// Namespaces found for them: inode to workload and a process in it.
-    by_netns: HashMap<u32, (Workload, u32)>,
+    /// Namespaces found for them (entered at `/proc/<pid>/ns/net` of a process in each), and
+    /// those gone lately.
+    netns: NetnsIndex,
     /// Their values of the additional labels.
     label_values: HashMap<Workload, Arc<[String]>>,
     /// Every pod's addresses, by UID, as last seen.
@@ -379,7 +381,10 @@ impl KubeTopology {
                 .ok()
                 .map(|m| m.ino() as u32),
             proc_dir,
-            state: RwLock::new(State::default()),
+            state: RwLock::new(State {
+                netns: NetnsIndex::new(index::cookies_supported()),
+                ..State::default()
+            }),
             labels,
             watches: Mutex::new(Default::default()),
             rescan: tx,
@@ -504,12 +509,12 @@ impl KubeTopology {
             // found by the scan asked for below.
             let State {
                 local,
-                by_netns,
+                netns,
                 label_values,
                 ..
             } = &mut *s;
             let current: HashSet<&Workload> = local.values().map(|p| &p.workload).collect();
-            by_netns.retain(|_, (w, _)| current.contains(w));
+            netns.retain(|w| current.contains(w));
             *label_values = local
                 .values()
                 .map(|p| (p.workload.clone(), Arc::clone(&p.label_values)))
@@ -558,18 +563,31 @@ impl KubeTopology {
         } else {
             find_pod_netns(&self.proc_dir, &uids, self.host_netns)
         };
-        let mut s = self.write();
-        let by_netns: HashMap<u32, (Workload, u32)> = found
+        let found: Vec<Found> = {
+            let s = self.read();
+            found
+                .into_iter()
+                .filter_map(|(uid, (inode, pid))| {
+                    Some(Found {
+                        inode,
+                        workload: s.local.get(&uid)?.workload.clone(),
+                        path: self.proc_dir.join(format!("{pid}/ns/net")),
+                    })
+                })
+                .collect()
+        };
+        let unread: Vec<Found> = self
+            .read()
+            .netns
+            .unread(&found)
             .into_iter()
-            .filter_map(|(uid, (inode, pid))| {
-                let pod = s.local.get(&uid)?;
-                Some((inode, (pod.workload.clone(), pid)))
-            })
+            .cloned()
             .collect();
-        if by_netns.len() != s.by_netns.len() {
-            tracing::debug!(pods = by_netns.len(), "pod network namespaces changed");
+        let cookies = index::read_cookies(&unread.iter().collect::<Vec<_>>());
+        let pods = found.len();
+        if self.write().netns.update(found, &cookies) {
+            tracing::debug!(pods, "pod network namespaces changed");
         }
-        s.by_netns = by_netns;
     }
 }
 
@@ -671,17 +689,17 @@ fn find_pod_netns(
 }
 
 impl Topology for KubeTopology {
-    fn workload_of_netns(&self, netns: u32) -> Option<Workload> {
-        if netns == 0 || Some(netns) == self.host_netns {
+    fn workload_of_netns(&self, netns: Netns) -> Option<Workload> {
+        if netns.inode == 0 || Some(netns.inode) == self.host_netns {
             return None;
         }
         let s = self.read();
-        if let Some((w, _)) = s.by_netns.get(&netns) {
-            return Some(w.clone());
+        if let Some(w) = s.netns.get(netns) {
+            return Some(w);
         }
         // A namespace not known yet while some pod's is missing: look again soon (never from
         // here: the scan reads /proc, and this is the data path).
-        if s.local.len() > s.by_netns.len() {
+        if s.local.len() > s.netns.live_count() {
             drop(s);
             let mut last = self
                 .last_miss_rescan
@@ -740,12 +758,12 @@ impl Topology for KubeTopology {
 
     fn pod_netns(&self) -> Vec<PodNetns> {
         self.read()
-            .by_netns
-            .iter()
-            .map(|(inode, (workload, pid))| PodNetns {
-                inode: *inode,
+            .netns
+            .live()
+            .map(|(inode, workload, path, _)| PodNetns {
+                inode,
                 workload: workload.clone(),
-                path: self.proc_dir.join(format!("{pid}/ns/net")),
+                path: path.clone(),
             })
             .collect()
     }

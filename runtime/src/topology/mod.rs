@@ -4,9 +4,12 @@
 //! events. The standalone source ([`netns::NetnsTopology`]) treats each named network
 //! namespace as a pod; the Kubernetes source ([`kube::KubeTopology`]) asks the API server.
 
+pub mod index;
 pub mod kube;
 pub mod labels;
 pub mod netns;
+
+pub use index::Netns;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -25,9 +28,10 @@ pub struct Workload {
 
 /// Resolves network namespaces and addresses to workloads.
 pub trait Topology: Send + Sync {
-    /// The workload whose network namespace has this inode; `None` for the host namespace
-    /// and for namespaces it does not know.
-    fn workload_of_netns(&self, netns: u32) -> Option<Workload>;
+    /// The workload whose network namespace this is (by cookie where the kernel gives one,
+    /// also shortly after the namespace is gone; else by inode: see [`index`]); `None` for
+    /// the host namespace and for namespaces it does not know.
+    fn workload_of_netns(&self, netns: Netns) -> Option<Workload>;
 
     /// The workload (pod) that owns an address, when known. Addresses of host-network pods
     /// are their node's: see [`Topology::node_of_ip`].

@@ -1,9 +1,11 @@
 //! Standalone topology: every named network namespace under `/run/netns` is a pod of that
 //! name, with an empty Kubernetes namespace; the host namespace carries no pod.
 //!
-//! The directory is rescanned every second, and at once when asked about a namespace it does
-//! not know (at most every 100 ms for the same namespace), so a namespace created just before
-//! its first packet is still named.
+//! The directory is rescanned every second, whenever the mount table changes (`ip netns add`
+//! and `del` mount and unmount the namespace there), and at once when asked about a namespace
+//! it does not know (at most every 100 ms for the same namespace), so a namespace created just
+//! before its first packet is still named. Each namespace's cookie is read when it is first
+//! found, and names it after it is gone (see [`super::index`]).
 //!
 //! Addresses name pods too: each namespace's addresses are dumped over rtnetlink by a short
 //! thread that enters it (nothing is kept open in it afterwards). A namespace is read when it
@@ -21,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::index::{self, Found, Netns, NetnsIndex};
 use super::{PodNetns, Topology, Workload};
 use crate::netlink;
 
@@ -36,12 +39,15 @@ struct NetnsAddresses {
 
 pub struct NetnsTopology {
     dir: PathBuf,
-    by_inode: RwLock<HashMap<u32, Workload>>,
-    /// The file each namespace was found at, to enter it.
-    paths: RwLock<HashMap<u32, PathBuf>>,
+    index: RwLock<NetnsIndex>,
+    /// One rescan at a time (each may enter new namespaces to read their cookies).
+    scanning: Mutex<()>,
     /// When each unknown namespace last caused a rescan.
-    misses: Mutex<HashMap<u32, Instant>>,
+    misses: Mutex<HashMap<Netns, Instant>>,
     host_netns: Option<u32>,
+    /// The device of namespace files (nsfs): a file in the directory on another one is not
+    /// (or no longer) a namespace's mount point.
+    nsfs_dev: Option<u64>,
     /// Each pod namespace's addresses, by inode.
     addresses: Mutex<HashMap<u32, NetnsAddresses>>,
     by_ip: RwLock<HashMap<IpAddr, Workload>>,
@@ -51,15 +57,18 @@ pub struct NetnsTopology {
 
 impl NetnsTopology {
     pub fn new(dir: impl Into<PathBuf>) -> Arc<Self> {
-        let host_netns = std::fs::metadata("/proc/self/ns/net")
-            .ok()
-            .map(|m| m.ino() as u32);
+        let host = std::fs::metadata("/proc/self/ns/net").ok();
+        let cookies = index::cookies_supported();
+        if !cookies {
+            tracing::info!("this kernel tells no network namespace cookies (SO_NETNS_COOKIE, Linux 5.14): pods are named by namespace inode");
+        }
         let topo = Arc::new(NetnsTopology {
             dir: dir.into(),
-            by_inode: RwLock::new(HashMap::new()),
-            paths: RwLock::new(HashMap::new()),
+            index: RwLock::new(NetnsIndex::new(cookies)),
+            scanning: Mutex::new(()),
             misses: Mutex::new(HashMap::new()),
-            host_netns,
+            host_netns: host.as_ref().map(|m| m.ino() as u32),
+            nsfs_dev: host.as_ref().map(|m| m.dev()),
             addresses: Mutex::new(HashMap::new()),
             by_ip: RwLock::new(HashMap::new()),
             ip_miss: Mutex::new(None),
@@ -69,10 +78,11 @@ impl NetnsTopology {
         topo
     }
 
-    /// Re-reads the namespace directory; a missing directory means no pods.
+    /// Re-reads the namespace directory (a missing directory means no pods), and the cookies
+    /// of the namespaces new there.
     pub fn rescan(&self) {
-        let mut found = HashMap::new();
-        let mut paths = HashMap::new();
+        let _one = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let Ok(name) = entry.file_name().into_string() else {
@@ -83,29 +93,82 @@ impl NetnsTopology {
                     continue;
                 };
                 let inode = meta.ino() as u32;
-                if Some(inode) == self.host_netns {
+                if Some(inode) == self.host_netns
+                    || self.nsfs_dev.is_some_and(|dev| dev != meta.dev())
+                {
                     continue;
                 }
-                paths.insert(inode, entry.path());
-                found.insert(
+                found.push(Found {
                     inode,
-                    Workload {
+                    workload: Workload {
                         namespace: Arc::from(""),
                         pod: Arc::from(name),
                     },
-                );
+                    path: entry.path(),
+                });
             }
         }
-        let mut map = self.by_inode.write().unwrap_or_else(|e| e.into_inner());
-        if *map != found {
-            tracing::debug!(pods = found.len(), "network namespaces changed");
-            *map = found;
+        let unread: Vec<Found> = self
+            .read_index()
+            .unread(&found)
+            .into_iter()
+            .cloned()
+            .collect();
+        let cookies = index::read_cookies(&unread.iter().collect::<Vec<_>>());
+        let pods = found.len();
+        if self
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(found, &cookies)
+        {
+            tracing::debug!(pods, "network namespaces changed");
         }
-        *self.paths.write().unwrap_or_else(|e| e.into_inner()) = paths;
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, NetnsIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rescans whenever the mount table changes, until the topology is dropped: `ip netns
+    /// add` binds the namespace onto its file, so a namespace is named (and its cookie read)
+    /// before its first packet, however short its life.
+    fn spawn_mount_watch(self: &Arc<Self>) {
+        let topo = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("netns-watch".into())
+            .spawn(move || {
+                let Ok(mounts) = File::open("/proc/self/mountinfo") else {
+                    return;
+                };
+                loop {
+                    let mut fd = libc::pollfd {
+                        fd: mounts.as_raw_fd(),
+                        events: libc::POLLPRI,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the kernel writes only its revents.
+                    let n = unsafe { libc::poll(&mut fd, 1, 1000) };
+                    let Some(t) = topo.upgrade() else {
+                        return;
+                    };
+                    if n > 0 && fd.revents & (libc::POLLPRI | libc::POLLERR) != 0 {
+                        t.rescan();
+                    } else if n < 0
+                        && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot watch the mount table for new namespaces");
+        }
     }
 
     /// Keeps the view fresh until the returned task is dropped or aborted.
     pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.spawn_mount_watch();
         let topo = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -167,18 +230,14 @@ impl NetnsTopology {
         *self.by_ip.write().unwrap_or_else(|e| e.into_inner()) = by_ip;
     }
 
-    fn lookup(&self, netns: u32) -> Option<Workload> {
-        self.by_inode
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&netns)
-            .cloned()
+    fn lookup(&self, netns: Netns) -> Option<Workload> {
+        self.read_index().get(netns)
     }
 }
 
 impl Topology for NetnsTopology {
-    fn workload_of_netns(&self, netns: u32) -> Option<Workload> {
-        if netns == 0 || Some(netns) == self.host_netns {
+    fn workload_of_netns(&self, netns: Netns) -> Option<Workload> {
+        if netns.inode == 0 || Some(netns.inode) == self.host_netns {
             return None;
         }
         if let Some(w) = self.lookup(netns) {
@@ -242,15 +301,12 @@ impl Topology for NetnsTopology {
     }
 
     fn pod_netns(&self) -> Vec<PodNetns> {
-        let map = self.by_inode.read().unwrap_or_else(|e| e.into_inner());
-        let paths = self.paths.read().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter_map(|(inode, workload)| {
-                Some(PodNetns {
-                    inode: *inode,
-                    workload: workload.clone(),
-                    path: paths.get(inode)?.clone(),
-                })
+        self.read_index()
+            .live()
+            .map(|(inode, workload, path, _)| PodNetns {
+                inode,
+                workload: workload.clone(),
+                path: path.clone(),
             })
             .collect()
     }
@@ -287,37 +343,4 @@ fn read_addresses(namespaces: &[&PodNetns]) -> Vec<(u32, Vec<IpAddr>)> {
         });
         reader.join().unwrap_or_default()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_in_dir_become_pods_and_host_is_none() {
-        let dir = std::env::temp_dir().join(format!("sonde-netns-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("web-1"), b"").unwrap();
-        let ino = std::fs::metadata(dir.join("web-1")).unwrap().ino() as u32;
-        let topo = NetnsTopology::new(&dir);
-        let w = topo.workload_of_netns(ino).expect("known pod");
-        assert_eq!(&*w.pod, "web-1");
-        assert_eq!(&*w.namespace, "");
-        if let Some(host) = topo.host_netns {
-            assert_eq!(topo.workload_of_netns(host), None);
-        }
-        // Namespaces added after the last scan are found on first sight, one after another.
-        for name in ["web-2", "web-3"] {
-            std::fs::write(dir.join(name), b"").unwrap();
-            let ino = std::fs::metadata(dir.join(name)).unwrap().ino() as u32;
-            let w = topo
-                .workload_of_netns(ino)
-                .expect("new pod found on a miss");
-            assert_eq!(&*w.pod, name);
-        }
-        std::fs::remove_file(dir.join("web-1")).unwrap();
-        topo.rescan();
-        assert_eq!(topo.workload_of_netns(ino), None);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }
