@@ -66,6 +66,9 @@ pub struct MatrixTest {
     pub target: &'static str,
     pub name: &'static str,
     pub probe: Option<&'static str>,
+    /// The first Linux release (major, minor) the test applies to, and what it needs of it:
+    /// older kernels skip it.
+    pub since: Option<((u32, u32), &'static str)>,
 }
 
 const fn test(target: &'static str, name: &'static str, probe: &'static str) -> MatrixTest {
@@ -73,6 +76,7 @@ const fn test(target: &'static str, name: &'static str, probe: &'static str) -> 
         target,
         name,
         probe: Some(probe),
+        since: None,
     }
 }
 
@@ -82,6 +86,7 @@ pub const TESTS: &[MatrixTest] = &[
         target: "exporter",
         name: "default_config_is_ready",
         probe: None,
+        since: None,
     },
     test("packet_drop", "udp_into_drop_rule_ipv4", "packet_drop"),
     test("tcp_reset", "connects_to_closed_port", "tcp_reset"),
@@ -128,7 +133,23 @@ pub const TESTS: &[MatrixTest] = &[
         "mac_address_changes_are_timed_once_each",
         "virtio_net",
     ),
+    // Before 5.14 the agent cannot read namespace cookies and names pods by inode: the
+    // documented caveat this test would find.
+    MatrixTest {
+        target: "churn",
+        name: "short_lived_pods_keep_their_own_counts",
+        probe: Some("tcp_reset"),
+        since: Some(((5, 14), "namespace cookies (SO_NETNS_COOKIE)")),
+    },
 ];
+
+/// Why a test is not run on kernel `release`, when it needs a newer one.
+fn too_old(t: &MatrixTest, release: &str) -> Option<String> {
+    let ((major, minor), what) = t.since?;
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let have: (u32, u32) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    (have < (major, minor)).then(|| format!("needs Linux {major}.{minor}: {what}"))
+}
 
 /// Modules the tests need when the kernel has them as modules (their dependencies come
 /// along): pods (veth, bridge), drop and loss rules (iptables-nft), TC (clsact, cls_bpf), the
@@ -694,11 +715,22 @@ fn init_script(tests: &[(String, &MatrixTest)]) -> String {
     );
     for (exe, t) in tests {
         let id = format!("{}::{}", t.target, t.name);
+        let mut conditions = 0;
+        if let Some(((major, minor), what)) = t.since {
+            let _ = writeln!(
+                s,
+                "if [ $(uname -r | awk -F. '{{ print $1 * 1000 + $2 }}') -lt {} ]; then \
+                 echo '@@ test {id} skip needs Linux {major}.{minor}: {what}' > $r; else",
+                major * 1000 + minor
+            );
+            conditions += 1;
+        }
         if let Some(probe) = t.probe {
             let _ = writeln!(
                 s,
-                "if echo \"$down\" | grep -qx {probe}; then echo '@@ test {id} skip {probe}' > $r; else"
+                "if echo \"$down\" | grep -qx {probe}; then echo '@@ test {id} skip {probe} cannot load' > $r; else"
             );
+            conditions += 1;
         }
         let _ = writeln!(
             s,
@@ -706,7 +738,7 @@ fn init_script(tests: &[(String, &MatrixTest)]) -> String {
              rc=$?\ncat /tmp/log\necho \"@@ test {id} $rc\" > $r",
             name = t.name
         );
-        if t.probe.is_some() {
+        for _ in 0..conditions {
             s += "fi\n";
         }
     }
@@ -936,11 +968,8 @@ pub fn parse_report(text: &str, tests: &[MatrixTest]) -> Result<Report, String> 
                 let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "@@ end").collect();
                 json = Some(body.join("\n"));
             }
-            ["test", id, "skip", probe] => {
-                outcomes.insert(
-                    id.to_string(),
-                    Outcome::Skipped(format!("{probe} cannot load")),
-                );
+            ["test", id, "skip", why @ ..] => {
+                outcomes.insert(id.to_string(), Outcome::Skipped(why.join(" ")));
             }
             ["test", id, rc] => {
                 let outcome = if *rc == "0" {
@@ -999,6 +1028,10 @@ fn on_host(bins: &Binaries) -> Result<Report, String> {
     let mut tests = BTreeMap::new();
     for t in TESTS {
         let id = format!("{}::{}", t.target, t.name);
+        if let Some(why) = too_old(t, &release) {
+            tests.insert(id, Outcome::Skipped(why));
+            continue;
+        }
         if let Some(p) = t.probe {
             if probes.iter().any(|s| s.name == p && !s.loadable) {
                 tests.insert(id, Outcome::Skipped(format!("{p} cannot load")));
@@ -1153,7 +1186,7 @@ mod tests {
     const REPORT: &str = "junk\r\n@@ release 6.1.0-50-cloud-amd64\r\n@@ probes\r\n\
         [{\"name\": \"packet_drop\", \"loadable\": false, \"reason\": \"why | not\"},\r\n\
         {\"name\": \"flow\", \"loadable\": true, \"reason\": null, \"degraded\": \"x\", \"attach\": \"clsact\"}]\r\n\
-        @@ end\r\n@@ test a::one 0\r\n@@ test b::two skip flow\r\n@@ done\r\n";
+        @@ end\r\n@@ test a::one 0\r\n@@ test b::two skip flow cannot load\r\n@@ done\r\n";
 
     #[test]
     fn a_report_is_read_and_missing_tests_fail() {
@@ -1162,6 +1195,7 @@ mod tests {
                 target: "a",
                 name: "one",
                 probe: None,
+                since: None,
             },
             test("b", "two", "flow"),
             test("c", "three", "packet_drop"),
@@ -1177,6 +1211,16 @@ mod tests {
             Outcome::Skipped("flow cannot load".into())
         );
         assert_eq!(r.tests["c::three"], Outcome::Failed);
+        let new = MatrixTest {
+            since: Some(((5, 14), "cookies")),
+            ..test("d", "four", "flow")
+        };
+        assert_eq!(
+            too_old(&new, "5.10.0-32-cloud-amd64").as_deref(),
+            Some("needs Linux 5.14: cookies")
+        );
+        assert_eq!(too_old(&new, "6.1.0-50-cloud-amd64"), None);
+        assert_eq!(too_old(&new, "5.14.0"), None);
         let unfinished = REPORT.replace("@@ done", "");
         assert!(parse_report(&unfinished, &tests).is_err());
     }
