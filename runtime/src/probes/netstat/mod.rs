@@ -29,7 +29,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{Context, ProbeStatus};
 use read::read_loop;
-use series::{Reading, Series};
+use series::Series;
 
 pub const NAME: &str = "netstat";
 pub const DESCRIPTION: &str = "the kernel's network counters (snmp, TcpExt, dev, sockstat, softnet, conntrack, qdisc), read from /proc/net in each pod namespace (not eBPF)";
@@ -161,7 +161,7 @@ impl Drop for Reader {
 impl Netstat {
     /// The probe, off; its series registered with the agent's registry.
     pub fn new(ctx: &Context) -> Self {
-        let series = Series::new(Arc::clone(&ctx.node));
+        let series = Series::new(Arc::clone(&ctx.node), Arc::clone(&ctx.metrics.budget));
         if let Err(e) = ctx.metrics.registry.register(Box::new(series.clone())) {
             tracing::error!(probe = NAME, error = %e, "cannot register the netstat series");
         }
@@ -179,7 +179,7 @@ impl Netstat {
                 tracing::info!(probe = NAME, "probe disabled");
             }
             self.failed = None;
-            *self.series.lock() = Reading::default();
+            self.series.clear();
             return false;
         }
         if let Some(r) = &mut self.running {
@@ -213,7 +213,7 @@ impl Netstat {
 
     fn start(&self, config: &Config, ctx: &Arc<Context>) -> Result<Reader, String> {
         check()?;
-        *self.series.lock() = Reading::default();
+        self.series.clear();
         let (tx, rx) = mpsc::channel();
         let series = self.series.clone();
         let topology = Arc::clone(&ctx.topology);

@@ -82,13 +82,12 @@ pub(super) fn read_loop(
                 }
             }
         }
-        {
-            let mut reading = series.lock();
-            reading.namespaces = targets.len() - failures as usize;
-            reading.by_workload = by_workload;
-            reading.duration = start.elapsed();
-            reading.failures += failures;
-        }
+        series.publish(
+            by_workload,
+            targets.len() - failures as usize,
+            start.elapsed(),
+            failures,
+        );
         let wait = config.interval.saturating_sub(start.elapsed());
         match rx.recv_timeout(wait) {
             Ok(new) => config = new,
