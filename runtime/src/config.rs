@@ -281,6 +281,74 @@ mod tests {
     }
 
     #[test]
+    fn netstat_counters_are_checked() {
+        let c = AgentConfig::embedded();
+        assert_eq!(
+            c.probes.netstat.counters,
+            crate::probes::netstat::Counters::curated()
+        );
+        assert_eq!(
+            c.probes.netstat.host_counters,
+            crate::probes::netstat::Counters::all()
+        );
+        let c = AgentConfig::parse(
+            "probes:\n  netstat:\n    counters: [default, TcpExt:TCPOFODrop, Icmp6]\n    hostCounters: default\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.probes.netstat.counters.0.len(), 3);
+        let c = AgentConfig::parse("probes:\n  netstat:\n    counters: all\n", "c.yaml").unwrap();
+        assert_eq!(
+            c.probes.netstat.counters,
+            crate::probes::netstat::Counters::all()
+        );
+        let refused = |yaml: &str, words: &[&str]| {
+            let e = AgentConfig::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(e.starts_with("c.yaml: "), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            for w in words {
+                assert!(e.contains(w), "{w:?} not in {e}");
+            }
+        };
+        refused(
+            "probes:\n  netstat:\n    counters: [TcpExt:ListenOverflows, TCPExt:ListenDrops]\n",
+            &[
+                "probes.netstat",
+                "counters",
+                "unknown section \"TCPExt\"",
+                "line 3",
+            ],
+        );
+        refused(
+            "probes:\n  netstat:\n    hostCounters: [everything]\n",
+            &[
+                "hostCounters",
+                "\"everything\" is not all, default",
+                "line 3",
+            ],
+        );
+        refused(
+            "probes:\n  netstat:\n    counters:\n      - dev:bytes\n",
+            &["counters", "dev has no counter \"bytes\"", "line 4"],
+        );
+        refused(
+            "probes:\n  netstat:\n    counters: {TcpExt: ListenOverflows}\n",
+            &["probes.netstat", "counters", "line 3"],
+        );
+        refused(
+            "probes:\n  netstat:\n    groups: [snmp]\n    counters: [TcpExt:ListenOverflows]\n",
+            &[
+                "probes.netstat.counters: TcpExt:ListenOverflows",
+                "group netstat",
+            ],
+        );
+        refused(
+            "probes:\n  netstat:\n    counter: all\n",
+            &["unknown field `counter`", "counters", "hostCounters"],
+        );
+    }
+
+    #[test]
     fn metrics_settings_are_checked() {
         let c = AgentConfig::embedded();
         assert_eq!(c.metrics, crate::metrics::MetricsConfig::default());

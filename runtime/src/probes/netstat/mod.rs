@@ -13,6 +13,7 @@
 //! Here: the config and the probe's lifecycle; `read` the thread, `series` the exported
 //! families, `procfs` and `qdisc` the parsers.
 
+pub mod counters;
 pub mod procfs;
 pub mod qdisc;
 mod read;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, ProbeStatus};
+pub use counters::Counters;
 use read::read_loop;
 use series::Series;
 
@@ -48,10 +50,18 @@ pub struct Config {
     pub include_host: bool,
     /// What to read: any of snmp, snmp6, netstat, dev, sockstat, softnet, conntrack, qdisc.
     pub groups: Vec<Group>,
+    /// Which of what is read from a pod's namespace is exported: the curated set (`default`),
+    /// `all`, or a list (see [`counters`]).
+    #[serde(deserialize_with = "counters::deserialize")]
+    pub counters: Counters,
+    /// The same for the agent's own (host) namespace: `all` by default, so node-level totals
+    /// stay complete.
+    #[serde(deserialize_with = "counters::deserialize")]
+    pub host_counters: Counters,
 }
 
 /// One source of counters (see the README's metric list).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Group {
     /// /proc/net/snmp: Ip, Icmp, Tcp, Udp, UdpLite.
@@ -90,6 +100,8 @@ impl Default for Config {
             interval: Duration::from_secs(10),
             include_host: true,
             groups: ALL_GROUPS.to_vec(),
+            counters: Counters::curated(),
+            host_counters: Counters::all(),
         }
     }
 }
@@ -105,7 +117,8 @@ pub fn validate(c: &Config) -> Result<(), String> {
             c.interval
         ));
     }
-    Ok(())
+    c.counters.validate("counters", &c.groups, true)?;
+    c.host_counters.validate("hostCounters", &c.groups, false)
 }
 
 /// Whether the probe can run here, for `sonde probes`: joining a network namespace needs
