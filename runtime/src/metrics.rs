@@ -168,7 +168,7 @@ impl SeriesBudget {
             })
             .is_ok();
         if fits {
-            self.series.add(n as i64);
+            self.series.set(self.used() as i64);
             return true;
         }
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,7 +196,7 @@ impl SeriesBudget {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 Some(used.saturating_sub(n))
             });
-        self.series.sub(n as i64);
+        self.series.set(self.used() as i64);
     }
 
     /// Adds `n` to the series of `counter` with these label values, made only if the budget
@@ -208,19 +208,15 @@ impl SeriesBudget {
             .map(|d| d.fq_name.clone())
             .unwrap_or_default();
         let key = Self::key(&name, labels.iter().copied());
-        let known = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key);
-        if !known {
-            if !self.admit(key, &[(&name, 1)]) {
-                return;
+        {
+            // Held while asking, so that a series is admitted (and counted) once.
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            if !counters.contains(&key) {
+                if !self.admit(key, &[(&name, 1)]) {
+                    return;
+                }
+                counters.insert(key);
             }
-            self.counters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key);
         }
         counter.with_label_values(labels).inc_by(n);
     }
