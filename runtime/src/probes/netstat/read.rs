@@ -120,11 +120,11 @@ pub(super) fn read_loop(
 }
 
 /// What is exported of the pods' namespaces and of the host's, and whether the counters
-/// named one by one that matched nothing were said.
+/// each names one by one that matched nothing were said (pods', host's).
 struct Selections {
     pods: Selection,
     host: Selection,
-    warned: bool,
+    said: (bool, bool),
 }
 
 impl Selections {
@@ -132,24 +132,24 @@ impl Selections {
         Selections {
             pods: Selection::new(&config.counters),
             host: Selection::new(&config.host_counters),
-            warned: false,
+            said: (false, false),
         }
     }
 
-    /// Says once (per config) which counters named one by one matched no series in the
-    /// namespaces read: a name this kernel does not have, or a group with nothing to read
-    /// (conntrack not loaded).
+    /// Says once (per config), after the first round that read such a namespace, which
+    /// counters named one by one matched no series: a name this kernel does not have, or a
+    /// group with nothing to read (conntrack not loaded).
     fn warn_unmatched(&mut self, pods_read: bool, host_read: bool) {
-        if self.warned || !(pods_read || host_read) {
-            return;
-        }
-        self.warned = true;
-        for (key, selection, read) in [
-            ("counters", &self.pods, pods_read),
-            ("hostCounters", &self.host, host_read),
+        for (key, selection, read, said) in [
+            ("counters", &self.pods, pods_read, &mut self.said.0),
+            ("hostCounters", &self.host, host_read, &mut self.said.1),
         ] {
+            if *said || !read {
+                continue;
+            }
+            *said = true;
             let unmatched = selection.unmatched();
-            if read && !unmatched.is_empty() {
+            if !unmatched.is_empty() {
                 tracing::warn!(
                     probe = NAME,
                     "probes.netstat.{key}: {} matched no series in the namespaces read \
