@@ -69,7 +69,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .additional_labels()
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
-    let metrics = Arc::new(Metrics::with_additional_labels(additional_labels.names()));
+    let metrics = Arc::new(Metrics::with_config(
+        additional_labels.names(),
+        &config.metrics,
+    ));
     let node = node_name(&config);
     let started = crate::topology::start(&config.topology, &node, additional_labels)
         .await
@@ -244,9 +247,13 @@ async fn watch_config(
             || new.listen != current.listen
             || new.node != current.node
             || new.btf != current.btf
+            || new.metrics.pod_histogram_buckets != current.metrics.pod_histogram_buckets
         {
-            tracing::warn!("node, listen, topology and btf changes take effect at the next start");
+            tracing::warn!(
+                "node, listen, topology, btf and metrics.podHistogramBuckets changes take effect at the next start"
+            );
         }
+        metrics.budget.set_max(new.metrics.max_series);
         let p = Arc::clone(&probes);
         let probes_config = new.probes.clone();
         let _ = tokio::task::spawn_blocking(move || {

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use crate::metrics::MetricsConfig;
 use crate::plugin_host::PluginsConfig;
 use crate::probes::ProbesConfig;
 use crate::sinks::SinksConfig;
@@ -27,6 +28,7 @@ pub struct AgentConfig {
     pub topology: TopologyConfig,
     pub plugins: PluginsConfig,
     pub btf: BtfConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// `btf:`: where the kernel's types come from.
@@ -68,6 +70,7 @@ impl Default for AgentConfig {
             topology: TopologyConfig::default(),
             plugins: PluginsConfig::default(),
             btf: BtfConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl AgentConfig {
         self.probes.validate()?;
         self.topology.validate()?;
         self.btf.validate()?;
+        self.metrics.validate()?;
         self.sinks.validate()
     }
 }
@@ -274,6 +278,114 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("probes.netstat") && e.contains("tcpext"), "{e}");
+    }
+
+    #[test]
+    fn netstat_counters_are_checked() {
+        let c = AgentConfig::embedded();
+        assert_eq!(
+            c.probes.netstat.counters,
+            crate::probes::netstat::Counters::curated()
+        );
+        assert_eq!(
+            c.probes.netstat.host_counters,
+            crate::probes::netstat::Counters::all()
+        );
+        let c = AgentConfig::parse(
+            "probes:\n  netstat:\n    counters: [default, TcpExt:TCPOFODrop, Icmp6]\n    hostCounters: default\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.probes.netstat.counters.0.len(), 3);
+        let c = AgentConfig::parse("probes:\n  netstat:\n    counters: all\n", "c.yaml").unwrap();
+        assert_eq!(
+            c.probes.netstat.counters,
+            crate::probes::netstat::Counters::all()
+        );
+        let refused = |yaml: &str, words: &[&str]| {
+            let e = AgentConfig::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(e.starts_with("c.yaml: "), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            for w in words {
+                assert!(e.contains(w), "{w:?} not in {e}");
+            }
+        };
+        refused(
+            "probes:\n  netstat:\n    counters: [TcpExt:ListenOverflows, TCPExt:ListenDrops]\n",
+            &[
+                "probes.netstat",
+                "counters",
+                "unknown section \"TCPExt\"",
+                "line 3",
+            ],
+        );
+        refused(
+            "probes:\n  netstat:\n    hostCounters: [everything]\n",
+            &[
+                "hostCounters",
+                "\"everything\" is not all, default",
+                "line 3",
+            ],
+        );
+        refused(
+            "probes:\n  netstat:\n    counters:\n      - dev:bytes\n",
+            &["counters", "dev has no counter \"bytes\"", "line 4"],
+        );
+        refused(
+            "probes:\n  netstat:\n    counters: {TcpExt: ListenOverflows}\n",
+            &["probes.netstat", "counters", "line 3"],
+        );
+        refused(
+            "probes:\n  netstat:\n    groups: [snmp]\n    counters: [TcpExt:ListenOverflows]\n",
+            &[
+                "probes.netstat.counters: TcpExt:ListenOverflows",
+                "group netstat",
+            ],
+        );
+        refused(
+            "probes:\n  netstat:\n    counter: all\n",
+            &["unknown field `counter`", "counters", "hostCounters"],
+        );
+    }
+
+    #[test]
+    fn metrics_settings_are_checked() {
+        let c = AgentConfig::embedded();
+        assert_eq!(c.metrics, crate::metrics::MetricsConfig::default());
+        assert_eq!(c.metrics.max_series, 100_000);
+        let c = AgentConfig::parse(
+            "metrics:\n  maxSeries: 50\n  podHistogramBuckets: fine\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.max_series, 50);
+        let refused = |yaml: &str, words: &[&str]| {
+            let e = AgentConfig::parse(yaml, "c.yaml").unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{e}");
+            for w in words {
+                assert!(e.contains(w), "{w:?} not in {e}");
+            }
+        };
+        refused(
+            "metrics:\n  maxSeries: 0\n",
+            &["metrics.maxSeries", "at least 1"],
+        );
+        refused(
+            "metrics:\n  maxSeries: -5\n",
+            &["metrics", "maxSeries", "line 2"],
+        );
+        refused(
+            "metrics:\n  maxSeries: lots\n",
+            &["metrics", "maxSeries", "line 2"],
+        );
+        refused(
+            "metrics:\n  podHistogramBuckets: log2\n",
+            &["metrics.podHistogramBuckets", "coarse", "fine", "line 2"],
+        );
+        refused(
+            "metrics:\n  maxseries: 5\n",
+            &["maxseries", "maxSeries", "line 2"],
+        );
     }
 
     #[test]

@@ -1,12 +1,226 @@
 //! The Prometheus registry and every series the agent itself exports (names and labels
 //! are a contract: README.md, the Probes table and "CLI and endpoints").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::Deserialize;
+
+/// `metrics:` in the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MetricsConfig {
+    /// Series the probes may make at most, all together; a new one past it is not made and
+    /// is counted in `sonde_series_dropped_total{metric}`. Applied live.
+    pub max_series: usize,
+    /// The buckets of latency histograms labelled with a pod. Read at start.
+    pub pod_histogram_buckets: HistogramBuckets,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_series: 100_000,
+            pod_histogram_buckets: HistogramBuckets::Coarse,
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_series == 0 {
+            return Err("metrics.maxSeries: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `metrics.podHistogramBuckets`: which of the kernel's log2 slots a histogram labelled with
+/// a pod exports as buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistogramBuckets {
+    /// Every fourth slot, 16 µs to 1.048576 s: 5 buckets and +Inf, 8 series a histogram.
+    Coarse,
+    /// Every slot, 1 µs to 67.108864 s: 27 buckets and +Inf, 30 series a histogram.
+    Fine,
+}
+
+impl HistogramBuckets {
+    /// The slots exported as buckets (their bounds are the `le` values).
+    pub fn slots(self) -> &'static [usize] {
+        match self {
+            HistogramBuckets::Coarse => &COARSE_SLOTS,
+            HistogramBuckets::Fine => &FINE_SLOTS,
+        }
+    }
+}
+
+/// Every log2 slot: 2^0 .. 2^26 µs.
+const FINE_SLOTS: [usize; ebpf_core::record::LOG2_SLOTS] = {
+    let mut slots = [0; ebpf_core::record::LOG2_SLOTS];
+    let mut k = 0;
+    while k < slots.len() {
+        slots[k] = k;
+        k += 1;
+    }
+    slots
+};
+/// Every fourth: 16 µs, 256 µs, 4.096 ms, 65.536 ms, 1.048576 s.
+const COARSE_SLOTS: [usize; 5] = [4, 8, 12, 16, 20];
+
+/// The hard cap on the series the probes make (`metrics.maxSeries`): each new series (of a
+/// workload-labelled counter, a kernel histogram, the netstat reading, the flow series) asks
+/// it first, and one that does not fit is not made: its update is dropped and counted once in
+/// `sonde_series_dropped_total{metric}`. Series that go (netstat's, with their namespace)
+/// give their room back. The agent's own health series (`sonde_probe_up`, ...) and the
+/// plugins' (capped by their `limits.series`) are not counted.
+pub struct SeriesBudget {
+    max: AtomicUsize,
+    used: AtomicUsize,
+    /// Counter series made through [`SeriesBudget::inc_counter`], by key: a counter vector
+    /// cannot be asked whether it has a series without making it.
+    counters: Mutex<HashSet<u64>>,
+    /// Keys of the series refused so far, so that each is counted once (at most `max` of
+    /// them are remembered; then the memory starts over).
+    refused: Mutex<HashSet<u64>>,
+    dropped: IntCounterVec,
+    series: IntGauge,
+    limit: IntGauge,
+}
+
+impl SeriesBudget {
+    fn new(registry: &Registry, max: usize) -> Arc<Self> {
+        let series = IntGauge::new(
+            "sonde_series",
+            "Series the probes export now, counted against metrics.maxSeries.",
+        )
+        .expect("valid metric definition");
+        let limit = IntGauge::new(
+            "sonde_series_limit",
+            "metrics.maxSeries: series the probes may export at most.",
+        )
+        .expect("valid metric definition");
+        for g in [&series, &limit] {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+        }
+        let budget = SeriesBudget {
+            max: AtomicUsize::new(max),
+            used: AtomicUsize::new(0),
+            counters: Mutex::new(HashSet::new()),
+            refused: Mutex::new(HashSet::new()),
+            dropped: counter(
+                registry,
+                "sonde_series_dropped_total",
+                "Series not made because the agent had metrics.maxSeries series, by metric (a histogram counts its buckets, sum and count); each counted once.",
+                &["metric"],
+            ),
+            series,
+            limit,
+        };
+        budget.limit.set(max as i64);
+        Arc::new(budget)
+    }
+
+    /// A budget of its own, registered nowhere (tests, `sonde trace`).
+    pub fn unregistered(max: usize) -> Arc<Self> {
+        Self::new(&Registry::new(), max)
+    }
+
+    /// Changes the cap; series beyond a lowered one stay, new ones wait for room.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.limit.set(max as i64);
+    }
+
+    /// Series counted now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The key of one series: its metric's name and its label values.
+    pub fn key<'a>(metric: &str, labels: impl IntoIterator<Item = &'a str>) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        metric.hash(&mut h);
+        for l in labels {
+            l.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Takes room for a new series `key` costing `cost` (series per metric: a histogram
+    /// costs its buckets, sum and count; flow's pair of series one in each family). False,
+    /// and the series counted as dropped (once per key), when it does not fit.
+    pub fn admit(&self, key: u64, cost: &[(&str, usize)]) -> bool {
+        let n: usize = cost.iter().map(|(_, n)| n).sum();
+        let max = self.max.load(Ordering::Relaxed);
+        let fits = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + n <= max).then_some(used + n)
+            })
+            .is_ok();
+        if fits {
+            self.series.set(self.used() as i64);
+            return true;
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.len() >= max.max(1024) {
+            refused.clear();
+        }
+        if refused.insert(key) {
+            for (metric, n) in cost {
+                self.dropped.with_label_values(&[metric]).inc_by(*n as u64);
+            }
+        }
+        false
+    }
+
+    /// What `sonde_series_dropped_total{metric}` says (tests).
+    #[cfg(test)]
+    pub fn dropped(&self, metric: &str) -> u64 {
+        self.dropped.with_label_values(&[metric]).get()
+    }
+
+    /// Gives back the room of `n` series that are gone.
+    pub fn release(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(n))
+            });
+        self.series.set(self.used() as i64);
+    }
+
+    /// Adds `n` to the series of `counter` with these label values, made only if the budget
+    /// has room for it (else the update is dropped and counted).
+    pub fn inc_counter(&self, counter: &IntCounterVec, labels: &[&str], n: u64) {
+        let name = counter
+            .desc()
+            .first()
+            .map(|d| d.fq_name.clone())
+            .unwrap_or_default();
+        let key = Self::key(&name, labels.iter().copied());
+        {
+            // Held while asking, so that a series is admitted (and counted) once.
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            if !counters.contains(&key) {
+                if !self.admit(key, &[(&name, 1)]) {
+                    return;
+                }
+                counters.insert(key);
+            }
+        }
+        counter.with_label_values(labels).inc_by(n);
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -39,6 +253,8 @@ pub struct Metrics {
     /// `topology.additionalLabels`' names: workload-labelled series carry them after `node`,
     /// `namespace`, `pod`.
     pub additional_labels: Vec<String>,
+    /// The cap on the probes' series (`metrics.maxSeries`).
+    pub budget: Arc<SeriesBudget>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -57,8 +273,14 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     g
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> KernelHistogram {
-    let h = KernelHistogram::new(name, help, labels);
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    (slots, budget): (&'static [usize], &Arc<SeriesBudget>),
+) -> KernelHistogram {
+    let h = KernelHistogram::new(name, help, labels, slots, Arc::clone(budget));
     registry
         .register(Box::new(h.clone()))
         .expect("metric registered once");
@@ -67,11 +289,16 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Ke
 
 /// A Prometheus histogram whose observations are bucketed in the kernel (log2 slots of
 /// microseconds, see `ebpf_core::record::LOG2_SLOTS`): the agent adds what each slot gained
-/// and exposes the exact counts, with `le` the slot bounds in seconds.
+/// and exposes the exact counts, with `le` the bounds of the slots it exports (every slot, or
+/// some of them: a bucket then holds the slots below it too, so counts stay exact). Each new
+/// series asks the agent's [`SeriesBudget`] first.
 #[derive(Clone)]
 pub struct KernelHistogram {
     desc: Arc<Desc>,
     series: Arc<Mutex<BTreeMap<Vec<String>, SlotCounts>>>,
+    /// The slots exported as buckets, ascending.
+    slots: &'static [usize],
+    budget: Arc<SeriesBudget>,
 }
 
 /// One series: counts per slot (the last one above every bucket) and the sum in nanoseconds.
@@ -82,7 +309,13 @@ struct SlotCounts {
 }
 
 impl KernelHistogram {
-    fn new(name: &str, help: &str, labels: &[&str]) -> Self {
+    fn new(
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        slots: &'static [usize],
+        budget: Arc<SeriesBudget>,
+    ) -> Self {
         let desc = Desc::new(
             name.into(),
             help.into(),
@@ -93,11 +326,26 @@ impl KernelHistogram {
         KernelHistogram {
             desc: Arc::new(desc),
             series: Arc::new(Mutex::new(BTreeMap::new())),
+            slots,
+            budget,
         }
+    }
+
+    /// Series one label set costs: the buckets, +Inf, the sum and the count.
+    pub fn series_cost(&self) -> usize {
+        self.slots.len() + 3
     }
 
     fn with_series(&self, labels: Vec<String>, f: impl FnOnce(&mut SlotCounts)) {
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = series.get_mut(&labels) {
+            return f(s);
+        }
+        let name = &self.desc.fq_name;
+        let key = SeriesBudget::key(name, labels.iter().map(String::as_str));
+        if !self.budget.admit(key, &[(name, self.series_cost())]) {
+            return;
+        }
         f(series.entry(labels).or_insert(SlotCounts {
             slots: [0; ebpf_core::record::LOG2_SLOTS + 1],
             sum_ns: 0,
@@ -142,10 +390,13 @@ impl Collector for KernelHistogram {
                         pair
                     })
                     .collect();
-                let mut cumulative = 0;
-                let buckets = (0..ebpf_core::record::LOG2_SLOTS)
-                    .map(|k| {
-                        cumulative += counts.slots[k];
+                let (mut cumulative, mut next) = (0, 0);
+                let buckets = self
+                    .slots
+                    .iter()
+                    .map(|&k| {
+                        cumulative += counts.slots[next..=k].iter().sum::<u64>();
+                        next = k + 1;
                         let mut b = proto::Bucket::default();
                         b.set_upper_bound(ebpf_core::record::log2_slot_bound_seconds(k));
                         b.set_cumulative_count(cumulative);
@@ -154,7 +405,7 @@ impl Collector for KernelHistogram {
                     .collect();
                 let mut h = proto::Histogram::default();
                 h.set_bucket(buckets);
-                h.set_sample_count(cumulative + counts.slots[ebpf_core::record::LOG2_SLOTS]);
+                h.set_sample_count(counts.slots.iter().sum());
                 h.set_sample_sum(counts.sum_ns as f64 / 1e9);
                 let mut m = proto::Metric::from_label(labels);
                 m.set_histogram(h);
@@ -168,13 +419,18 @@ impl Collector for KernelHistogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        Self::with_additional_labels(&[])
+        Self::with_config(&[], &MetricsConfig::default())
     }
 
     /// The agent's series, the workload-labelled ones with `additional` labels after `node`,
-    /// `namespace`, `pod`.
-    pub fn with_additional_labels(additional: &[String]) -> Self {
+    /// `namespace`, `pod`, their histograms with `config`'s buckets, all capped by
+    /// `config.max_series`.
+    pub fn with_config(additional: &[String], config: &MetricsConfig) -> Self {
         let r = Registry::new();
+        let budget = SeriesBudget::new(&r, config.max_series);
+        // Histograms labelled with a pod, and those of the node.
+        let pod_hist = (config.pod_histogram_buckets.slots(), &budget);
+        let node_hist = (HistogramBuckets::Fine.slots(), &budget);
         let with_workload = |own: &[&'static str]| -> Vec<String> {
             ["node", "namespace", "pod"]
                 .iter()
@@ -219,6 +475,7 @@ impl Metrics {
                 "sonde_tcp_connect_duration_seconds",
                 "TCP handshake duration, by side (connect: SYN sent to SYN-ACK; accept: SYN-ACK sent to the final ACK).",
                 &refs(&connect),
+                pod_hist,
             ),
             tcp_connect_failures: counter(
                 &r,
@@ -231,36 +488,42 @@ impl Metrics {
                 "sonde_tcp_rtt_seconds",
                 "Smoothed RTT of TCP connections, each sampled at most once per sample interval.",
                 &refs(&plain),
+                pod_hist,
             ),
             softirq_delay: histogram(
                 &r,
                 "sonde_softirq_delay_seconds",
                 "Time NET_RX and NET_TX softirqs waited between being raised and running, by vector.",
                 &["node", "vec"],
+                node_hist,
             ),
             softirq_duration: histogram(
                 &r,
                 "sonde_softirq_duration_seconds",
                 "Run time of NET_RX and NET_TX softirqs, by vector.",
                 &["node", "vec"],
+                node_hist,
             ),
             netdev_queue: histogram(
                 &r,
                 "sonde_netdev_queue_seconds",
                 "Time packets spent in an interface's qdisc (net_dev_queue to net_dev_start_xmit).",
                 &refs(&netdev),
+                pod_hist,
             ),
             netdev_xmit: histogram(
                 &r,
                 "sonde_netdev_xmit_seconds",
                 "Time packets spent in an interface's driver (net_dev_start_xmit to net_dev_xmit).",
                 &refs(&netdev),
+                pod_hist,
             ),
             socket_read_latency: histogram(
                 &r,
                 "sonde_socket_read_latency_seconds",
                 "Time from a packet's arrival in the pod's network namespace (netif_receive_skb) to the application reading it from its socket.",
                 &refs(&plain),
+                pod_hist,
             ),
             socket_overflows: counter(
                 &r,
@@ -273,18 +536,21 @@ impl Metrics {
                 "sonde_io_latency_seconds",
                 "Block request latency from issue to the driver to completion, by disk and operation.",
                 &["node", "device", "op"],
+                node_hist,
             ),
             stack_latency: histogram(
                 &r,
                 "sonde_stack_latency_seconds",
                 "Time received IPv4 packets spend in one stage of the kernel's IP layer, by stage (receive_local: ip_rcv to ip_local_deliver; receive_forward: ip_rcv to ip_forward; forward: ip_forward to ip_output).",
                 &["node", "stage"],
+                node_hist,
             ),
             virtio_net_commands: histogram(
                 &r,
                 "sonde_virtio_net_command_seconds",
                 "Latency of virtio-net control commands (sent to the device until it answered; RTNL is held meanwhile), by interface, class and command.",
                 &["node", "interface", "class", "command"],
+                node_hist,
             ),
             virtio_net_errors: counter(
                 &r,
@@ -297,6 +563,7 @@ impl Metrics {
                 "sonde_dns_query_duration_seconds",
                 "DNS query latency (query to response, seen on the node's host-side interfaces), by client pod.",
                 &refs(&plain),
+                pod_hist,
             ),
             dns_responses: counter(
                 &r,
@@ -311,7 +578,7 @@ impl Metrics {
                 &refs(&plain),
             ),
             flow: {
-                let f = crate::probes::flow::FlowSeries::new();
+                let f = crate::probes::flow::FlowSeries::new(Arc::clone(&budget));
                 r.register(Box::new(f.clone()))
                     .expect("metric registered once");
                 f
@@ -348,6 +615,7 @@ impl Metrics {
             ),
             registry: r,
             additional_labels: additional.to_vec(),
+            budget,
         };
         let build = gauge(
             &m.registry,
@@ -376,5 +644,141 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hist(slots: &'static [usize], budget: &Arc<SeriesBudget>) -> KernelHistogram {
+        KernelHistogram::new("sonde_x_seconds", "x", &["pod"], slots, Arc::clone(budget))
+    }
+
+    /// (le, cumulative count) of each bucket, then (count, sum) of the series of `pod`.
+    fn exported(h: &KernelHistogram, pod: &str) -> (Vec<(f64, u64)>, u64, f64) {
+        let family = h.collect().remove(0);
+        let m = family
+            .get_metric()
+            .iter()
+            .find(|m| m.get_label()[0].value() == pod)
+            .expect("the series");
+        let h = m.get_histogram();
+        let buckets = h
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        (buckets, h.get_sample_count(), h.get_sample_sum())
+    }
+
+    #[test]
+    fn coarse_buckets_fold_the_slots_below_them() {
+        let budget = SeriesBudget::unregistered(1000);
+        let h = hist(HistogramBuckets::Coarse.slots(), &budget);
+        let pod = || vec!["a".to_string()];
+        // 1 µs, 16 µs (on a bound), 17..32 µs, 1 s, 100 s (above every slot).
+        for (slot, n) in [
+            (0, 1),
+            (4, 2),
+            (5, 3),
+            (20, 4),
+            (ebpf_core::record::LOG2_SLOTS, 5),
+        ] {
+            h.add_slot(pod(), slot, n);
+        }
+        h.add_sum_ns(pod(), 1_500_000_000);
+        let (buckets, count, sum) = exported(&h, "a");
+        assert_eq!(
+            buckets,
+            vec![
+                (0.000016, 3),
+                (0.000256, 6),
+                (0.004096, 6),
+                (0.065536, 6),
+                (1.048576, 10),
+            ]
+        );
+        assert_eq!((count, sum), (15, 1.5));
+        assert_eq!(h.series_cost(), 8);
+        assert_eq!(budget.used(), 8);
+
+        let fine = hist(HistogramBuckets::Fine.slots(), &budget);
+        fine.add_slot(pod(), 5, 1);
+        let (buckets, count, _) = exported(&fine, "a");
+        assert_eq!(buckets.len(), ebpf_core::record::LOG2_SLOTS);
+        assert_eq!(buckets[4], (0.000016, 0));
+        assert_eq!(buckets[5], (0.000032, 1));
+        assert_eq!(count, 1);
+        assert_eq!(fine.series_cost(), 30);
+    }
+
+    #[test]
+    fn the_budget_refuses_new_series_past_the_cap_and_counts_each_once() {
+        // Room for one coarse histogram (8) and two counter series.
+        let budget = SeriesBudget::unregistered(10);
+        let h = hist(HistogramBuckets::Coarse.slots(), &budget);
+        let r = Registry::new();
+        let c = counter(&r, "sonde_y_total", "y", &["pod"]);
+        h.add_slot(vec!["a".into()], 3, 1);
+        budget.inc_counter(&c, &["a"], 2);
+        budget.inc_counter(&c, &["b"], 1);
+        assert_eq!(budget.used(), 10);
+        // Full: existing series still count, new ones are dropped, each counted once.
+        budget.inc_counter(&c, &["a"], 3);
+        budget.inc_counter(&c, &["c"], 1);
+        budget.inc_counter(&c, &["c"], 1);
+        h.add_slot(vec!["b".into()], 3, 1);
+        h.add_sum_ns(vec!["b".into()], 10);
+        h.add_slot(vec!["a".into()], 3, 1);
+        assert_eq!(c.with_label_values(&["a"]).get(), 5);
+        assert_eq!(c.with_label_values(&["b"]).get(), 1);
+        assert_eq!(budget.dropped("sonde_y_total"), 1);
+        assert_eq!(budget.dropped("sonde_x_seconds"), 8);
+        assert_eq!(exported(&h, "a").1, 2);
+        assert_eq!(h.collect()[0].get_metric().len(), 1);
+        assert_eq!(budget.series.get(), 10);
+        // Room given back (netstat's series of a namespace that went) is taken by the next.
+        budget.release(1);
+        budget.inc_counter(&c, &["c"], 7);
+        assert_eq!(c.with_label_values(&["c"]).get(), 7);
+        assert_eq!(budget.used(), 10);
+        // A raised cap makes room at once.
+        budget.set_max(18);
+        h.add_slot(vec!["b".into()], 3, 1);
+        assert_eq!(exported(&h, "b").1, 1);
+        assert_eq!(budget.limit.get(), 18);
+    }
+
+    #[test]
+    fn metrics_config_is_checked() {
+        let c: MetricsConfig =
+            serde_yaml::from_str("maxSeries: 500\npodHistogramBuckets: fine\n").unwrap();
+        assert_eq!(c.max_series, 500);
+        assert_eq!(c.pod_histogram_buckets, HistogramBuckets::Fine);
+        assert!(MetricsConfig { max_series: 0, ..c }
+            .validate()
+            .unwrap_err()
+            .contains("metrics.maxSeries"));
+        let e = serde_yaml::from_str::<MetricsConfig>("podHistogramBuckets: log2\n").unwrap_err();
+        assert!(e.to_string().contains("coarse"), "{e}");
+    }
+
+    #[test]
+    fn pod_histograms_are_coarse_by_default_and_node_histograms_fine() {
+        let m = Metrics::new();
+        assert_eq!(m.tcp_connect_duration.series_cost(), 8);
+        assert_eq!(m.dns_duration.series_cost(), 8);
+        assert_eq!(m.netdev_queue.series_cost(), 8);
+        assert_eq!(m.io_latency.series_cost(), 30);
+        assert_eq!(m.softirq_delay.series_cost(), 30);
+        let fine = Metrics::with_config(
+            &[],
+            &MetricsConfig {
+                pod_histogram_buckets: HistogramBuckets::Fine,
+                ..Default::default()
+            },
+        );
+        assert_eq!(fine.tcp_connect_duration.series_cost(), 30);
     }
 }

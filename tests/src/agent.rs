@@ -100,6 +100,9 @@ pub struct AgentConfig {
     pub softirq: bool,
     /// io_latency (on by default, as in the agent).
     pub io_latency: bool,
+    /// `metrics.podHistogramBuckets`: `coarse` (as in the agent) or `fine`, for tests that
+    /// check a pod's latencies against a log2 bound.
+    pub pod_histogram_buckets: &'static str,
 }
 
 impl Default for AgentConfig {
@@ -115,6 +118,7 @@ impl Default for AgentConfig {
             socket_latency: false,
             softirq: true,
             io_latency: true,
+            pod_histogram_buckets: "coarse",
         }
     }
 }
@@ -134,7 +138,8 @@ impl AgentConfig {
              \x20 softirq:\n    enabled: {}\n\
              \x20 io_latency:\n    enabled: {}\n\
              sinks:\n  stdout: {{ enabled: true }}\n\
-             topology:\n  netnsDir: /run/netns\n",
+             topology:\n  netnsDir: /run/netns\n\
+             metrics:\n  podHistogramBuckets: {}\n",
             self.node,
             probe("packet_drop", self.packet_drop),
             probe("tcp_retrans", self.tcp_retrans),
@@ -145,6 +150,7 @@ impl AgentConfig {
             self.socket_latency,
             self.softirq,
             self.io_latency,
+            self.pod_histogram_buckets,
         )
     }
 }

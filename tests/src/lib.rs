@@ -32,7 +32,7 @@ pub use http::http_get;
 pub use loop_device::LoopDevice;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use node_pods::{NodePod, NodePods};
-pub use prometheus::{assert_promtool_clean, metric_series, metric_value};
+pub use prometheus::{all_series, assert_promtool_clean, metric_series, metric_value};
 pub use slow_link::SlowPodPair;
 pub use tc_filters::{
     auto_attach_mode, qdisc_kinds, sonde_filters, tc_filters, ForeignFilters, TcFilter,

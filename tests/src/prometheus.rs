@@ -35,6 +35,20 @@ pub fn metric_series(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)
     all
 }
 
+/// A series of an exposition: its name, its labels (sorted) and its value.
+pub type SeriesSample = (String, Vec<(String, String)>, f64);
+
+/// Every series in exposition `text` (a histogram's `_bucket`, `_sum` and `_count` apart).
+pub fn all_series(text: &str) -> Vec<SeriesSample> {
+    text.lines()
+        .filter_map(parse_sample)
+        .map(|mut s| {
+            s.labels.sort();
+            (s.name.to_string(), s.labels, s.value)
+        })
+        .collect()
+}
+
 /// One line of the exposition: a series and its value.
 struct Sample<'a> {
     name: &'a str,

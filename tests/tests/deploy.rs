@@ -1151,7 +1151,7 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
         &[
             ("node", &node),
             ("pod", pods.b.name()),
-            ("counter", "InSegs"),
+            ("counter", "OutSegs"),
         ],
         1.0,
         SETTLE_TIMEOUT,

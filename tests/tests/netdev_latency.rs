@@ -30,7 +30,8 @@ fn config_with(queue_threshold: &str, xmit_threshold: &str) -> String {
          \x20 io_latency: {{enabled: false}}\n  softirq: {{enabled: false}}\n\
          \x20 netdev_latency:\n    enabled: true\n    queueThreshold: {queue_threshold}\n    xmitThreshold: {xmit_threshold}\n\
          \x20   events: {{enabled: true, ratePerCpu: 0, burst: 1000}}\n\
-         sinks:\n  stdout: {{enabled: true}}\n"
+         sinks:\n  stdout: {{enabled: true}}\n\
+         metrics:\n  podHistogramBuckets: fine\n"
     )
 }
 

@@ -13,7 +13,8 @@ use sonde_tests::{
 
 const NODE: &str = "sonde-test-node";
 
-/// Only netstat on, read every 200 ms.
+/// Only netstat on, read every 200 ms, every counter of the pods (the curated set and the
+/// series budget have their tests in series_budget.rs).
 fn config(netstat_enabled: bool) -> String {
     format!(
         "node: {NODE}\nprobes:\n\
@@ -21,7 +22,7 @@ fn config(netstat_enabled: bool) -> String {
          \x20 tcp_retrans: {{ enabled: false }}\n\
          \x20 tcp_reset: {{ enabled: false }}\n\
          \x20 tcp_connect: {{ enabled: false }}\n\
-         \x20 netstat:\n    enabled: {netstat_enabled}\n    interval: 200ms\n\
+         \x20 netstat:\n    enabled: {netstat_enabled}\n    interval: 200ms\n    counters: all\n\
          sinks:\n  stdout: {{ enabled: true }}\n\
          topology:\n  netnsDir: /run/netns\n"
     )

@@ -29,7 +29,8 @@ fn agent() -> Agent {
     let agent = Agent::spawn_yaml(
         "node: sonde-test-node\n\
          probes:\n  socket_latency:\n    enabled: true\n\
-         topology:\n  netnsDir: /run/netns\n",
+         topology:\n  netnsDir: /run/netns\n\
+         metrics:\n  podHistogramBuckets: fine\n",
     );
     agent.wait_ready(READY_TIMEOUT);
     agent.wait_metric_eq(

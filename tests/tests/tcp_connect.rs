@@ -144,6 +144,8 @@ fn slow_handshakes_show_in_buckets_and_events() {
     let pods = SlowPodPair::new(Duration::from_millis(25));
     let agent = Agent::spawn(&AgentConfig {
         tcp_connect_slow_threshold: "40ms".into(),
+        // Every log2 bound, for the 32.8 ms one below.
+        pod_histogram_buckets: "fine",
         ..AgentConfig::default()
     });
     agent.wait_ready(READY_TIMEOUT);

@@ -25,6 +25,8 @@ fn delayed_link_shows_in_histogram_and_flow_table() {
     let pods = SlowPodPair::new(Duration::from_millis(25));
     let agent = Agent::spawn(&AgentConfig {
         tcp_rtt: true,
+        // Every log2 bound, for the 32.8 ms one below.
+        pod_histogram_buckets: "fine",
         ..AgentConfig::default()
     });
     agent.wait_ready(READY_TIMEOUT);

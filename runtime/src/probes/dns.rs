@@ -137,10 +137,8 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
             KIND_RCODE => {
                 let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
                 l.push(rcode_name(key.slot));
-                ctx.metrics
-                    .dns_responses
-                    .with_label_values(&l)
-                    .inc_by(gained);
+                let m = &ctx.metrics;
+                m.budget.inc_counter(&m.dns_responses, &l, gained);
                 if key.slot == 2 || key.slot == 3 {
                     *errors.entry((client, key.slot)).or_default() += gained;
                 }
@@ -190,7 +188,9 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         };
         let labels = labels_for_ip(ctx, client);
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-        ctx.metrics.dns_timeouts.with_label_values(&l).inc();
+        ctx.metrics
+            .budget
+            .inc_counter(&ctx.metrics.dns_timeouts, &l, 1);
         batch.push(event(
             ctx,
             client,

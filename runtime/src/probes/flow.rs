@@ -264,6 +264,8 @@ const POD_PAIR_LABELS: [&str; 8] = [
 pub struct FlowSeries {
     descs: Arc<Vec<Desc>>,
     state: Arc<Mutex<FlowState>>,
+    /// The agent's cap on series: a new label set (a bytes and a packets series) asks it.
+    budget: Arc<crate::metrics::SeriesBudget>,
 }
 
 #[derive(Default)]
@@ -283,7 +285,7 @@ const EVICTIONS: &str = "sonde_flow_table_evictions_total";
 const ENTRIES: &str = "sonde_flow_table_entries";
 
 impl FlowSeries {
-    pub fn new() -> Self {
+    pub fn new(budget: Arc<crate::metrics::SeriesBudget>) -> Self {
         let pair = POD_PAIR_LABELS;
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
@@ -302,20 +304,32 @@ impl FlowSeries {
                 desc(ENTRIES, "Rows in the kernel's flow table at the last sync.", &["node"]),
             ]),
             state: Arc::new(Mutex::new(FlowState::default())),
+            budget,
         }
     }
 
     /// Adds `n` to the bytes (`kind` 0) or packets (1) of a series; past `max_series`
-    /// detailed series, a new one loses its addresses and ports.
+    /// detailed series, a new one loses its addresses and ports. A new series is made only
+    /// when the agent's budget has room for it (else the update is dropped and counted).
     fn add(&self, mut labels: Vec<(&'static str, String)>, kind: usize, n: u64, max: usize) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let detailed = labels.len() > POD_PAIR_LABELS.len();
-        if detailed && !s.series.contains_key(&labels) {
-            if s.detailed >= max {
-                labels.truncate(POD_PAIR_LABELS.len());
-            } else {
-                s.detailed += 1;
-            }
+        if detailed && !s.series.contains_key(&labels) && s.detailed >= max {
+            labels.truncate(POD_PAIR_LABELS.len());
+        }
+        if let Some(v) = s.series.get_mut(&labels) {
+            v[kind] += n;
+            return;
+        }
+        let key = crate::metrics::SeriesBudget::key(
+            BYTES,
+            labels.iter().flat_map(|(n, v)| [*n, v.as_str()]),
+        );
+        if !self.budget.admit(key, &[(BYTES, 1), (PACKETS, 1)]) {
+            return;
+        }
+        if labels.len() > POD_PAIR_LABELS.len() {
+            s.detailed += 1;
         }
         s.series.entry(labels).or_insert([0, 0])[kind] += n;
     }
@@ -325,12 +339,6 @@ impl FlowSeries {
         s.node = node.to_string();
         s.evictions += evicted;
         s.entries = entries;
-    }
-}
-
-impl Default for FlowSeries {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -521,7 +529,7 @@ mod tests {
 
     #[test]
     fn detailed_series_past_the_cap_fold_into_their_pod_pair() {
-        let f = FlowSeries::new();
+        let f = FlowSeries::new(crate::metrics::SeriesBudget::unregistered(100));
         f.add(labels("a", true), 0, 10, 1);
         f.add(labels("b", true), 0, 5, 1);
         f.add(labels("a", true), 0, 1, 1);
@@ -529,5 +537,23 @@ mod tests {
         assert_eq!(s.series.get(&labels("a", true)), Some(&[11, 0]));
         assert_eq!(s.series.get(&labels("b", true)), None);
         assert_eq!(s.series.get(&labels("b", false)), Some(&[5, 0]));
+    }
+
+    #[test]
+    fn new_pairs_past_the_agents_budget_are_dropped_and_counted() {
+        // Room for two pairs (a bytes and a packets series each).
+        let budget = crate::metrics::SeriesBudget::unregistered(4);
+        let f = FlowSeries::new(Arc::clone(&budget));
+        for pod in ["a", "b", "c", "a", "c", "d"] {
+            f.add(labels(pod, false), 0, 1, 10);
+        }
+        let s = f.state.lock().unwrap();
+        assert_eq!(s.series.get(&labels("a", false)), Some(&[2, 0]));
+        assert_eq!(s.series.get(&labels("b", false)), Some(&[1, 0]));
+        assert_eq!(s.series.len(), 2);
+        assert_eq!(budget.used(), 4);
+        // c (twice) and d refused: each pair counted once, in both families.
+        assert_eq!(budget.dropped(BYTES), 2);
+        assert_eq!(budget.dropped(PACKETS), 2);
     }
 }

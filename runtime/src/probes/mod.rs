@@ -81,7 +81,7 @@ impl Context {
     pub fn count_for_netns(&self, counter: &IntCounterVec, netns: Netns, extra: &[&str], n: u64) {
         let labels = self.labels_for_netns(netns, extra);
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        counter.with_label_values(&labels).inc_by(n);
+        self.metrics.budget.inc_counter(counter, &labels, n);
     }
 
     /// The label values `node`, `namespace`, `pod` (empty for the host) of the workload of
@@ -889,8 +889,9 @@ fn sync_suppressed(name: &str, r: &mut Running, stats: &Stats, ctx: &Context) {
                     Some(w) => (w.namespace.to_string(), w.pod.to_string()),
                     None => continue,
                 };
-                m.with_label_values(&[name, &namespace, &pod])
-                    .inc_by(gained);
+                ctx.metrics
+                    .budget
+                    .inc_counter(m, &[name, &namespace, &pod], gained);
                 r.attributed += gained;
             }
         }

@@ -182,7 +182,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
             KIND_SUM => m.virtio_net_commands.add_sum_ns(labels, n),
             KIND_ERROR => {
                 let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-                m.virtio_net_errors.with_label_values(&labels).inc_by(n)
+                m.budget.inc_counter(&m.virtio_net_errors, &labels, n)
             }
             _ => {}
         }

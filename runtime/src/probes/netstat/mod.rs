@@ -13,6 +13,7 @@
 //! Here: the config and the probe's lifecycle; `read` the thread, `series` the exported
 //! families, `procfs` and `qdisc` the parsers.
 
+pub mod counters;
 pub mod procfs;
 pub mod qdisc;
 mod read;
@@ -28,8 +29,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, ProbeStatus};
+pub use counters::Counters;
 use read::read_loop;
-use series::{Reading, Series};
+use series::Series;
 
 pub const NAME: &str = "netstat";
 pub const DESCRIPTION: &str = "the kernel's network counters (snmp, TcpExt, dev, sockstat, softnet, conntrack, qdisc), read from /proc/net in each pod namespace (not eBPF)";
@@ -48,10 +50,18 @@ pub struct Config {
     pub include_host: bool,
     /// What to read: any of snmp, snmp6, netstat, dev, sockstat, softnet, conntrack, qdisc.
     pub groups: Vec<Group>,
+    /// Which of what is read from a pod's namespace is exported: the curated set (`default`),
+    /// `all`, or a list (see [`counters`]).
+    #[serde(deserialize_with = "counters::deserialize")]
+    pub counters: Counters,
+    /// The same for the agent's own (host) namespace: `all` by default, so node-level totals
+    /// stay complete.
+    #[serde(deserialize_with = "counters::deserialize")]
+    pub host_counters: Counters,
 }
 
 /// One source of counters (see the README's metric list).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Group {
     /// /proc/net/snmp: Ip, Icmp, Tcp, Udp, UdpLite.
@@ -90,6 +100,8 @@ impl Default for Config {
             interval: Duration::from_secs(10),
             include_host: true,
             groups: ALL_GROUPS.to_vec(),
+            counters: Counters::curated(),
+            host_counters: Counters::all(),
         }
     }
 }
@@ -105,7 +117,8 @@ pub fn validate(c: &Config) -> Result<(), String> {
             c.interval
         ));
     }
-    Ok(())
+    c.counters.validate("counters", &c.groups, true)?;
+    c.host_counters.validate("hostCounters", &c.groups, false)
 }
 
 /// Whether the probe can run here, for `sonde probes`: joining a network namespace needs
@@ -161,7 +174,7 @@ impl Drop for Reader {
 impl Netstat {
     /// The probe, off; its series registered with the agent's registry.
     pub fn new(ctx: &Context) -> Self {
-        let series = Series::new(Arc::clone(&ctx.node));
+        let series = Series::new(Arc::clone(&ctx.node), Arc::clone(&ctx.metrics.budget));
         if let Err(e) = ctx.metrics.registry.register(Box::new(series.clone())) {
             tracing::error!(probe = NAME, error = %e, "cannot register the netstat series");
         }
@@ -179,7 +192,7 @@ impl Netstat {
                 tracing::info!(probe = NAME, "probe disabled");
             }
             self.failed = None;
-            *self.series.lock() = Reading::default();
+            self.series.clear();
             return false;
         }
         if let Some(r) = &mut self.running {
@@ -213,7 +226,7 @@ impl Netstat {
 
     fn start(&self, config: &Config, ctx: &Arc<Context>) -> Result<Reader, String> {
         check()?;
-        *self.series.lock() = Reading::default();
+        self.series.clear();
         let (tx, rx) = mpsc::channel();
         let series = self.series.clone();
         let topology = Arc::clone(&ctx.topology);

@@ -1,9 +1,11 @@
 //! The netstat probe's series: the families it exports and the latest reading, turned into
 //! Prometheus families on each scrape.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::metrics::SeriesBudget;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -87,6 +89,8 @@ pub(super) struct Reading {
     pub(super) failures: u64,
     /// Why the reading thread stopped, when it did.
     pub(super) fatal: Option<String>,
+    /// Keys of the series exported, each counted in the agent's series budget.
+    admitted: HashSet<u64>,
 }
 
 /// The probe's series, registered once with the agent's registry; empty while the probe is
@@ -96,10 +100,11 @@ pub struct Series {
     node: Arc<str>,
     descs: Arc<Vec<Desc>>,
     reading: Arc<Mutex<Reading>>,
+    budget: Arc<SeriesBudget>,
 }
 
 impl Series {
-    pub fn new(node: Arc<str>) -> Self {
+    pub fn new(node: Arc<str>, budget: Arc<SeriesBudget>) -> Self {
         let workload = ["node", "namespace", "pod"];
         let mut descs: Vec<Desc> = FAMILIES
             .iter()
@@ -142,11 +147,72 @@ impl Series {
             node,
             descs: Arc::new(descs),
             reading: Arc::new(Mutex::new(Reading::default())),
+            budget,
         }
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Reading> {
         self.reading.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the reading with a round's: the series it no longer has give their room in
+    /// the agent's series budget back, those it had stay, and new ones are made while the
+    /// budget has room (in the order of the namespaces' labels, the host's first); the others
+    /// are left out and counted as dropped.
+    pub(super) fn publish(
+        &self,
+        mut by_workload: BTreeMap<(String, String), Vec<Sample>>,
+        namespaces: usize,
+        duration: Duration,
+        failures: u64,
+    ) {
+        let keys: Vec<Vec<u64>> = by_workload
+            .iter()
+            .map(|((namespace, pod), samples)| {
+                samples
+                    .iter()
+                    .map(|(f, values, _)| {
+                        let workload = [namespace.as_str(), pod.as_str()];
+                        let labels = workload
+                            .into_iter()
+                            .chain(values.iter().map(String::as_str));
+                        SeriesBudget::key(FAMILIES[*f as usize].name, labels)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut reading = self.lock();
+        let now: HashSet<u64> = keys.iter().flatten().copied().collect();
+        let gone = reading.admitted.iter().filter(|k| !now.contains(k)).count();
+        self.budget.release(gone);
+        let mut admitted = HashSet::with_capacity(now.len());
+        for (samples, keys) in by_workload.values_mut().zip(keys) {
+            let mut keys = keys.into_iter();
+            samples.retain(|(f, _, _)| {
+                let Some(key) = keys.next() else {
+                    return false;
+                };
+                let keep = admitted.contains(&key)
+                    || reading.admitted.contains(&key)
+                    || self.budget.admit(key, &[(FAMILIES[*f as usize].name, 1)]);
+                if keep {
+                    admitted.insert(key);
+                }
+                keep
+            });
+        }
+        reading.admitted = admitted;
+        reading.by_workload = by_workload;
+        reading.namespaces = namespaces;
+        reading.duration = duration;
+        reading.failures += failures;
+    }
+
+    /// Forgets the reading (the probe stopped or restarts), giving its series' room back.
+    pub(super) fn clear(&self) {
+        let mut reading = self.lock();
+        self.budget.release(reading.admitted.len());
+        *reading = Reading::default();
     }
 }
 
