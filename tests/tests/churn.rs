@@ -106,7 +106,7 @@ fn short_lived_pods_keep_their_own_counts() {
             let counts = by_pod(&text, name, with, &pods);
             for pod in &pods {
                 match counts.get(pod) {
-                    Some(&n) if n == 1.0 => {}
+                    Some(1.0) => {}
                     other => wrong.push(format!(
                         "{name}{{{}={}}} of {pod}: {other:?}",
                         with.0, with.1
