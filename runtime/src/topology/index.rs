@@ -109,8 +109,15 @@ impl NetnsIndex {
         self.live.len()
     }
 
-    /// Keeps the live namespaces whose workload `keep` accepts; the others are gone from now.
+    /// Keeps the live namespaces whose workload `keep` accepts. The others stop naming their
+    /// pod at once, also by cookie: their pod says it left them (it moved, finished or was
+    /// deleted), unlike a namespace that is gone, whose late counts keep their pod.
     pub fn retain(&mut self, keep: impl Fn(&Workload) -> bool) {
+        for l in self.live.values().filter(|l| !keep(&l.workload)) {
+            if let Some(c) = l.cookie {
+                self.by_cookie.remove(&c);
+            }
+        }
         let mut cookies = HashMap::new();
         let kept: Vec<Found> = self
             .live
@@ -322,6 +329,18 @@ mod tests {
         assert_eq!(index.get(Netns::new(8, 555)), Some(pod("b")));
         index.update(first, &HashMap::new());
         assert_eq!(index.get(Netns::new(7, 100)), Some(pod("a")));
+    }
+
+    #[test]
+    fn a_namespace_its_pod_left_names_no_pod() {
+        let mut index = NetnsIndex::new(true);
+        index.update(
+            vec![found(7, "a"), found(8, "b")],
+            &HashMap::from([(7, 100), (8, 200)]),
+        );
+        index.retain(|w| &*w.pod == "b");
+        assert_eq!(index.get(Netns::new(7, 100)), None);
+        assert_eq!(index.get(Netns::new(8, 200)), Some(pod("b")));
     }
 
     #[test]
