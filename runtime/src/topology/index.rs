@@ -139,7 +139,7 @@ impl NetnsIndex {
 
     /// The namespaces of `found` whose cookie is to be read: those not seen before at that
     /// path with that inode, and those whose cookie could not be read yet.
-    pub fn unread<'a>(&self, found: &'a [Found]) -> Vec<&'a Found> {
+    pub fn unread(&self, found: &[Found]) -> Vec<Found> {
         if !self.cookies {
             return Vec::new();
         }
@@ -150,6 +150,7 @@ impl NetnsIndex {
                     .get(&f.inode)
                     .is_none_or(|l| l.path != f.path || l.cookie.is_none())
             })
+            .cloned()
             .collect()
     }
 
@@ -239,7 +240,7 @@ pub fn current_netns_cookie() -> std::io::Result<u64> {
 /// Reads the cookie of each namespace on a thread of its own that ends afterwards (so no
 /// thread of the agent stays in a pod's namespace, whatever fails). Namespaces that cannot be
 /// entered, or whose file now opens another namespace, are left out.
-pub fn read_cookies(namespaces: &[&Found]) -> HashMap<u32, u64> {
+pub fn read_cookies(namespaces: &[Found]) -> HashMap<u32, u64> {
     if namespaces.is_empty() {
         return HashMap::new();
     }

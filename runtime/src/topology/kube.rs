@@ -576,14 +576,8 @@ impl KubeTopology {
                 })
                 .collect()
         };
-        let unread: Vec<Found> = self
-            .read()
-            .netns
-            .unread(&found)
-            .into_iter()
-            .cloned()
-            .collect();
-        let cookies = index::read_cookies(&unread.iter().collect::<Vec<_>>());
+        let unread = self.read().netns.unread(&found);
+        let cookies = index::read_cookies(&unread);
         let pods = found.len();
         if self.write().netns.update(found, &cookies) {
             tracing::debug!(pods, "pod network namespaces changed");

@@ -108,13 +108,8 @@ impl NetnsTopology {
                 });
             }
         }
-        let unread: Vec<Found> = self
-            .read_index()
-            .unread(&found)
-            .into_iter()
-            .cloned()
-            .collect();
-        let cookies = index::read_cookies(&unread.iter().collect::<Vec<_>>());
+        let unread = self.read_index().unread(&found);
+        let cookies = index::read_cookies(&unread);
         let pods = found.len();
         if self
             .index
