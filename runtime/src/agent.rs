@@ -157,6 +157,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     });
 
+    tokio::spawn(expire_gone_pods(
+        Arc::clone(&ctx.topology),
+        Arc::clone(&metrics),
+        config.topology.gone_retention,
+    ));
+
     if let Some(path) = opts.config.clone() {
         let probes = Arc::clone(&probes);
         let sinks = Arc::clone(&sinks);
@@ -187,6 +193,39 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(probes);
     drop(sinks);
     Ok(())
+}
+
+/// Removes, every quarter of `retention` (at most a minute apart), the series of the pods that
+/// have been gone for `retention` (`topology.goneRetention`): a node where pods come and go
+/// keeps the series of the pods it has, not of every pod it ever had.
+async fn expire_gone_pods(
+    topology: Arc<dyn crate::topology::Topology>,
+    metrics: Arc<Metrics>,
+    retention: std::time::Duration,
+) {
+    let every = (retention / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (topology, metrics) = (Arc::clone(&topology), Arc::clone(&metrics));
+        let _ = tokio::task::spawn_blocking(move || {
+            let Some(pods) = topology.workloads() else {
+                return;
+            };
+            let names: std::collections::HashSet<(&str, &str)> =
+                pods.iter().map(|w| (&*w.namespace, &*w.pod)).collect();
+            let keep = |namespace: &str, pod: &str| names.contains(&(namespace, pod));
+            let removed = metrics.expire_pods(&keep);
+            if removed > 0 {
+                tracing::debug!(series = removed, "series of gone pods removed");
+            }
+        })
+        .await;
+    }
 }
 
 async fn shutdown() {

@@ -1,14 +1,14 @@
 //! The Prometheus registry and every series the agent itself exports (names and labels
 //! are a contract: README.md, the Probes table and "CLI and endpoints").
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
 
 /// `metrics:` in the agent config.
@@ -90,6 +90,7 @@ pub struct SeriesBudget {
     /// them are remembered; then the memory starts over).
     refused: Mutex<HashSet<u64>>,
     dropped: IntCounterVec,
+    expired: IntCounter,
     series: IntGauge,
     limit: IntGauge,
 }
@@ -122,6 +123,17 @@ impl SeriesBudget {
                 "Series not made because the agent had metrics.maxSeries series, by metric (a histogram counts its buckets, sum and count); each counted once.",
                 &["metric"],
             ),
+            expired: {
+                let c = IntCounter::new(
+                    "sonde_series_expired_total",
+                    "Series removed because their pod had been gone for topology.goneRetention.",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
             series,
             limit,
         };
@@ -197,6 +209,44 @@ impl SeriesBudget {
                 Some(used.saturating_sub(n))
             });
         self.series.set(self.used() as i64);
+    }
+
+    /// Gives back the room of `series` removed because their pod is gone, and counts them in
+    /// `sonde_series_expired_total`.
+    fn expire(&self, series: usize) {
+        self.release(series);
+        self.expired.inc_by(series as u64);
+    }
+
+    /// Removes the series of `counter` whose pod `keep` does not accept; returns how many.
+    fn expire_counter(&self, counter: &IntCounterVec, keep: &dyn Fn(&str, &str) -> bool) -> usize {
+        let Some(desc) = counter.desc().first().map(|d| (*d).clone()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for family in counter.collect() {
+            for m in family.get_metric() {
+                let labels: HashMap<&str, &str> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                let label = |n: &str| labels.get(n).copied().unwrap_or_default();
+                if label("pod").is_empty() || keep(label("namespace"), label("pod")) {
+                    continue;
+                }
+                if counter.remove(&labels).is_ok() {
+                    let key =
+                        Self::key(&desc.fq_name, desc.variable_labels.iter().map(|n| label(n)));
+                    self.counters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// Adds `n` to the series of `counter` with these label values, made only if the budget
@@ -350,6 +400,19 @@ impl KernelHistogram {
             slots: [0; ebpf_core::record::LOG2_SLOTS + 1],
             sum_ns: 0,
         }));
+    }
+
+    /// Removes the series whose pod (the values of labels `namespace` and `pod`) `keep` does
+    /// not accept; returns how many series (buckets, sum and count each) went.
+    fn expire(&self, keep: &dyn Fn(&str, &str) -> bool) -> usize {
+        let at = |name: &str| self.desc.variable_labels.iter().position(|l| l == name);
+        let (Some(ns), Some(pod)) = (at("namespace"), at("pod")) else {
+            return 0;
+        };
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let before = series.len();
+        series.retain(|labels, _| labels[pod].is_empty() || keep(&labels[ns], &labels[pod]));
+        (before - series.len()) * self.series_cost()
     }
 
     /// Adds `n` observations to slot `slot` of the series with these label values.
@@ -627,6 +690,41 @@ impl Metrics {
         m
     }
 
+    /// Removes the series of pods that `keep` (namespace, pod) does not accept, from every
+    /// family labelled with a pod (those of netstat go with their namespace, on their own);
+    /// returns how many went. Series of no pod (empty `pod`) stay.
+    pub fn expire_pods(&self, keep: &dyn Fn(&str, &str) -> bool) -> usize {
+        let b = &self.budget;
+        let counters = [
+            &self.packet_drops,
+            &self.tcp_retransmits,
+            &self.tcp_resets,
+            &self.tcp_connect_failures,
+            &self.socket_overflows,
+            &self.dns_responses,
+            &self.dns_timeouts,
+            &self.events_suppressed,
+        ];
+        let histograms = [
+            &self.tcp_connect_duration,
+            &self.tcp_rtt,
+            &self.netdev_queue,
+            &self.netdev_xmit,
+            &self.socket_read_latency,
+            &self.dns_duration,
+        ];
+        let removed = counters
+            .iter()
+            .map(|c| b.expire_counter(c, keep))
+            .chain(histograms.iter().map(|h| h.expire(keep)))
+            .chain(std::iter::once(self.flow.expire(keep)))
+            .sum();
+        if removed > 0 {
+            b.expire(removed);
+        }
+        removed
+    }
+
     /// The text exposition format of the agent's metrics followed by `extra` families (the
     /// plugins').
     pub fn encode(&self, extra: Vec<prometheus::proto::MetricFamily>) -> String {
@@ -780,5 +878,44 @@ mod tests {
             },
         );
         assert_eq!(fine.tcp_connect_duration.series_cost(), 30);
+    }
+
+    #[test]
+    fn series_of_gone_pods_are_removed_and_give_their_room_back() {
+        let m = Metrics::new();
+        let labels = |pod: &'static str| ["node", "", pod, "NO_SOCKET"];
+        for pod in ["a", "b", ""] {
+            m.budget.inc_counter(&m.packet_drops, &labels(pod), 3);
+            m.tcp_rtt
+                .add_slot(vec!["node".into(), "".into(), pod.into()], 4, 1);
+        }
+        m.budget
+            .inc_counter(&m.events_suppressed, &["packet_drop", "", "b"], 7);
+        let used = m.budget.used();
+        let rtt_cost = m.tcp_rtt.series_cost();
+
+        let removed = m.expire_pods(&|ns, pod| ns.is_empty() && pod == "a");
+        assert_eq!(
+            removed,
+            2 + rtt_cost,
+            "b's drops, suppressed and rtt series"
+        );
+        assert_eq!(m.budget.used(), used - removed);
+        let text = m.encode(Vec::new());
+        assert!(!text.contains("pod=\"b\""), "{text}");
+        assert!(text.contains("pod=\"a\",reason=\"NO_SOCKET\"} 3"), "{text}");
+        assert!(
+            text.contains("pod=\"\",reason=\"NO_SOCKET\"} 3"),
+            "no pod's stays"
+        );
+        assert!(text.contains(&format!("sonde_series_expired_total {removed}")));
+        // A pod of the same name that comes back starts again, within the budget.
+        m.budget.inc_counter(&m.packet_drops, &labels("b"), 1);
+        assert_eq!(m.budget.used(), used - removed + 1);
+        assert_eq!(
+            m.packet_drops.with_label_values(&labels("b")).get(),
+            1,
+            "counted from 0"
+        );
     }
 }

@@ -161,7 +161,10 @@ fn attach(script: &Script) -> Result<LocalProbes, TraceError> {
     let config = probes_config(script)?;
     let agent_config = AgentConfig::embedded();
     let metrics = Arc::new(Metrics::new());
-    let topology = NetnsTopology::new(&agent_config.topology.netns_dir);
+    let topology = NetnsTopology::new(
+        &agent_config.topology.netns_dir,
+        agent_config.topology.gone_retention,
+    );
     let refresh = topology.spawn_refresh();
     let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
     let wanted = script.handlers().probes.clone();

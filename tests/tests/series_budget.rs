@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sonde_tests::{
     all_series, connect_and_close, in_netns, only_probes_yaml, poll_until, refused_connects,
@@ -657,5 +658,77 @@ fn probe_series_stop_at_the_cap_and_are_counted() {
         );
     }
     assert_eq!(agent.metric("sonde_series", &[]), Some(3.0));
+    drop(dir);
+}
+
+/// A pod that is gone keeps its series for `topology.goneRetention` (counts read after its
+/// end still land on it), then they are removed from `/metrics`, counted in
+/// `sonde_series_expired_total`, and the pods still there keep theirs.
+#[test]
+fn series_of_a_gone_pod_expire_after_the_retention() {
+    const RETENTION: Duration = Duration::from_secs(4);
+    let names = ["expire-gone", "expire-stays"];
+    let namespaces: Vec<Netns> = names.iter().map(|_| Netns::new("exp")).collect();
+    let mut dir = NetnsDir::new();
+    for (name, netns) in names.iter().zip(&namespaces) {
+        dir.add(name, netns);
+    }
+    let agent = Agent::spawn_yaml(&format!(
+        "node: {NODE}\nprobes:\n\
+         \x20 packet_drop: {{enabled: true}}\n\
+         \x20 tcp_retrans: {{enabled: false}}\n\
+         \x20 tcp_reset: {{enabled: true}}\n\
+         \x20 tcp_connect: {{enabled: true}}\n\
+         \x20 io_latency: {{enabled: false}}\n\
+         \x20 netstat: {{enabled: false}}\n\
+         sinks:\n  stdout: {{enabled: true}}\n\
+         topology:\n  source: standalone\n  netnsDir: {}\n  goneRetention: {}s\n",
+        dir.path().display(),
+        RETENTION.as_secs()
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for (i, netns) in namespaces.iter().enumerate() {
+        refused_connects(netns, SocketAddr::new(lo, 7300 + i as u16), 1);
+    }
+    let counted = |metrics: &str, pod: &str| {
+        let families = by_family(&pod_series(metrics, pod));
+        ["sonde_packet_drops_total", "sonde_tcp_resets_total"]
+            .iter()
+            .all(|f| families.contains_key(*f))
+    };
+    let before = poll_until(SETTLE_TIMEOUT, "both pods' drops and resets", || {
+        let m = agent.metrics();
+        names.iter().all(|n| counted(&m, n)).then_some(m)
+    });
+    let (gone, stays) = (pod_series(&before, names[0]), pod_series(&before, names[1]));
+
+    dir.remove(names[0]);
+    let removed = Instant::now();
+    assert!(
+        counted(&agent.metrics(), names[0]),
+        "a gone pod's series stay for a while"
+    );
+    poll_until(
+        RETENTION + SETTLE_TIMEOUT,
+        "the gone pod's series to go",
+        || {
+            pod_series(&agent.metrics(), names[0])
+                .is_empty()
+                .then_some(())
+        },
+    );
+    assert!(
+        removed.elapsed() >= RETENTION,
+        "removed {:?} after the pod went, before topology.goneRetention",
+        removed.elapsed()
+    );
+    let after = agent.metrics();
+    assert_eq!(pod_series(&after, names[1]), stays, "the pod still there");
+    assert_eq!(
+        sonde_tests::metric_value(&after, "sonde_series_expired_total", &[]),
+        Some(gone.len() as f64),
+        "every series of the gone pod, counted: {gone:?}"
+    );
     drop(dir);
 }

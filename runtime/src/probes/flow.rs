@@ -334,6 +334,34 @@ impl FlowSeries {
         s.series.entry(labels).or_insert([0, 0])[kind] += n;
     }
 
+    /// Removes the series where either pod (`src_`/`dst_` `namespace` and `pod`) is one
+    /// `keep` does not accept; returns how many series went (a bytes and a packets series per
+    /// label set).
+    pub fn expire(&self, keep: &dyn Fn(&str, &str) -> bool) -> usize {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let before = s.series.len();
+        let mut detailed_gone = 0;
+        s.series.retain(|labels, _| {
+            let value = |name: &str| {
+                labels
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or("", |(_, v)| v.as_str())
+            };
+            let kept = |side: &str| {
+                let pod = value(&format!("{side}_pod"));
+                pod.is_empty() || keep(value(&format!("{side}_namespace")), pod)
+            };
+            let stays = kept("src") && kept("dst");
+            if !stays && labels.len() > POD_PAIR_LABELS.len() {
+                detailed_gone += 1;
+            }
+            stays
+        });
+        s.detailed -= detailed_gone;
+        (before - s.series.len()) * 2
+    }
+
     fn table(&self, node: &str, evicted: u64, entries: usize) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.node = node.to_string();
@@ -555,5 +583,28 @@ mod tests {
         // c (twice) and d refused: each pair counted once, in both families.
         assert_eq!(budget.dropped(BYTES), 2);
         assert_eq!(budget.dropped(PACKETS), 2);
+    }
+
+    #[test]
+    fn pairs_with_a_gone_pod_on_either_side_expire() {
+        let f = FlowSeries::new(crate::metrics::SeriesBudget::unregistered(100));
+        let to = |src: &str, dst: &str, extra: bool| {
+            let mut l = labels(src, extra);
+            l.iter_mut()
+                .find(|(n, _)| *n == "dst_pod")
+                .expect("dst_pod")
+                .1 = dst.into();
+            l
+        };
+        f.add(to("a", "b", true), 0, 1, 10);
+        f.add(to("b", "a", false), 0, 1, 10);
+        f.add(to("a", "", false), 0, 1, 10);
+        f.add(to("", "", false), 0, 1, 10);
+        assert_eq!(f.expire(&|_, pod| pod == "a"), 4, "two pairs with b");
+        let s = f.state.lock().unwrap();
+        let mut left: Vec<_> = s.series.keys().cloned().collect();
+        left.sort();
+        assert_eq!(left, vec![to("", "", false), to("a", "", false)]);
+        assert_eq!(s.detailed, 0);
     }
 }

@@ -6,14 +6,15 @@
 //! when the namespace is made from Linux 5.12), and a topology source reads the cookie of
 //! every pod namespace it finds (`SO_NETNS_COOKIE` on a socket made inside it, Linux 5.14).
 //! [`NetnsIndex`] then names a namespace by its cookie, also after it is gone: counts that
-//! arrive late keep the pod they belong to, for [`GONE_RETENTION`]; an unknown cookie names no
-//! pod, never the pod that now has the same inode.
+//! arrive late keep the pod they belong to, for `topology.goneRetention` ([`GONE_RETENTION`] by
+//! default); an unknown cookie names no pod, never the pod that now has the same inode. For as
+//! long, [`NetnsIndex::workloads`] still counts the pod among those whose series are kept.
 //!
 //! Where the agent cannot read cookies (before Linux 5.14), or the kernel sets none (5.10),
 //! namespaces are named by inode, as before, with the caveat that what happens in a namespace
 //! between its end and the next sync may be counted for a newer one with the same inode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -23,7 +24,8 @@ use std::time::{Duration, Instant};
 use super::Workload;
 pub use ebpf_core::Netns;
 
-/// How long a gone namespace is still named, for counts read after its end.
+/// How long a gone namespace is still named (for counts read after its end) and its pod's
+/// series kept, unless `topology.goneRetention` says otherwise.
 pub const GONE_RETENTION: Duration = Duration::from_secs(600);
 
 /// `SO_NETNS_COOKIE` (asm-generic/socket.h), from Linux 5.14.
@@ -52,13 +54,16 @@ struct Named {
 }
 
 /// The pod namespaces of a topology source, by inode (those alive) and by cookie (those alive
-/// and those gone in the last [`GONE_RETENTION`]).
+/// and those gone in the last `retention`).
 #[derive(Debug)]
 pub struct NetnsIndex {
     live: HashMap<u32, Live>,
     by_cookie: HashMap<u64, Named>,
+    /// Pods whose namespace went in the last `retention` (by cookie or not), with when.
+    gone: HashMap<Workload, Instant>,
     /// Whether this kernel tells the agent namespace cookies.
     cookies: bool,
+    retention: Duration,
 }
 
 /// An index that names namespaces by inode only.
@@ -75,8 +80,26 @@ impl NetnsIndex {
         NetnsIndex {
             live: HashMap::new(),
             by_cookie: HashMap::new(),
+            gone: HashMap::new(),
             cookies,
+            retention: GONE_RETENTION,
         }
+    }
+
+    /// How long a gone namespace is still named, and its pod counted in [`Self::workloads`].
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The pods of the namespaces alive and of those gone in the last retention period: the
+    /// pods whose series are kept.
+    pub fn workloads(&self) -> HashSet<Workload> {
+        self.live
+            .values()
+            .map(|l| l.workload.clone())
+            .chain(self.gone.keys().cloned())
+            .collect()
     }
 
     /// The workload of a namespace: by its cookie when it has one and this index reads them
@@ -185,17 +208,22 @@ impl NetnsIndex {
                 },
             );
         }
-        let alive: std::collections::HashSet<u64> =
-            live.values().filter_map(|l| l.cookie).collect();
+        let alive: HashSet<u64> = live.values().filter_map(|l| l.cookie).collect();
         for (cookie, named) in self.by_cookie.iter_mut() {
             if named.gone.is_none() && !alive.contains(cookie) {
                 named.gone = Some(now);
             }
         }
-        self.by_cookie.retain(|_, n| {
-            n.gone
-                .is_none_or(|t| now.duration_since(t) < GONE_RETENTION)
-        });
+        let kept = |t: &Instant| now.duration_since(*t) < self.retention;
+        self.by_cookie
+            .retain(|_, n| n.gone.as_ref().is_none_or(kept));
+        let pods: HashSet<&Workload> = live.values().map(|l| &l.workload).collect();
+        for old in self.live.values() {
+            if !pods.contains(&old.workload) {
+                self.gone.entry(old.workload.clone()).or_insert(now);
+            }
+        }
+        self.gone.retain(|w, t| !pods.contains(w) && kept(t));
         let changed = live.len() != self.live.len()
             || live
                 .iter()
@@ -351,5 +379,37 @@ mod tests {
         assert!(index.unread(&first).is_empty());
         index.update(first, &HashMap::new());
         assert_eq!(index.get(Netns::new(7, 100)), Some(pod("a")));
+    }
+
+    #[test]
+    fn gone_pods_keep_their_series_for_the_retention_period() {
+        let names = |index: &NetnsIndex| {
+            let mut v: Vec<String> = index
+                .workloads()
+                .iter()
+                .map(|w| w.pod.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        for cookies in [true, false] {
+            let mut index = NetnsIndex::new(cookies);
+            index.update(
+                vec![found(7, "a"), found(8, "b")],
+                &HashMap::from([(7, 100), (8, 200)]),
+            );
+            // a's namespace is gone, b's pod left its namespace (deleted in the API).
+            index.update(vec![found(8, "b")], &HashMap::new());
+            index.retain(|w| &*w.pod != "b");
+            assert_eq!(names(&index), ["a", "b"], "cookies: {cookies}");
+            // a comes back (a pod of the same name): it is alive, not gone.
+            index.update(vec![found(9, "a")], &HashMap::from([(9, 300)]));
+            assert_eq!(names(&index), ["a", "b"]);
+        }
+        let mut index = NetnsIndex::new(true).with_retention(Duration::ZERO);
+        index.update(vec![found(7, "a")], &HashMap::from([(7, 100)]));
+        index.update(vec![], &HashMap::new());
+        assert!(index.workloads().is_empty());
+        assert_eq!(index.get(Netns::new(7, 100)), None, "named no longer");
     }
 }

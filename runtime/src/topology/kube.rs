@@ -263,12 +263,20 @@ struct State {
     /// Node addresses, by node.
     node_ips: HashMap<String, Vec<IpAddr>>,
     nodes_by_ip: HashMap<IpAddr, Arc<str>>,
+    /// Pods whose addresses went (deleted, finished, relisted without them), with when: their
+    /// flow series are kept for `topology.goneRetention` (`retention`).
+    departed: HashMap<Workload, Instant>,
+    retention: Duration,
 }
 
 impl State {
     fn unclaim(&mut self, uid: &str) {
+        let now = Instant::now();
         for ip in self.pod_ips.remove(uid).unwrap_or_default() {
             if let Some(claims) = self.ips.get_mut(&ip) {
+                for c in claims.iter().filter(|c| c.uid == uid) {
+                    self.departed.insert(c.workload.clone(), now);
+                }
                 claims.retain(|c| c.uid != uid);
                 if claims.is_empty() {
                     self.ips.remove(&ip);
@@ -277,8 +285,30 @@ impl State {
         }
     }
 
+    /// The pods that claim an address now.
+    fn claimants(&self) -> impl Iterator<Item = &Workload> {
+        self.ips.values().flatten().map(|c| &c.workload)
+    }
+
+    /// The workloads whose series are kept: those with a namespace on this node or an address
+    /// now, and those that lost theirs in the last retention period.
+    fn workloads(&self) -> HashSet<Workload> {
+        let mut out = self.netns.workloads();
+        out.extend(self.local.values().map(|p| p.workload.clone()));
+        out.extend(self.claimants().cloned());
+        out.extend(
+            self.departed
+                .iter()
+                .filter(|(_, t)| t.elapsed() < self.retention)
+                .map(|(w, _)| w.clone()),
+        );
+        out
+    }
+
     /// A pod of the cluster-wide watch, added or changed.
     fn claim(&mut self, pod: &PodView) {
+        let retention = self.retention;
+        self.departed.retain(|_, t| t.elapsed() < retention);
         let uid = pod.uid().to_string();
         self.unclaim(&uid);
         if pod.finished() || pod.host_network() {
@@ -370,11 +400,11 @@ impl KubeTopology {
     pub fn start(
         client: Client,
         node: &str,
-        proc_dir: impl Into<PathBuf>,
+        config: &super::TopologyConfig,
         labels: Arc<AdditionalLabels>,
     ) -> Arc<Self> {
         let (tx, rx) = sync_channel(1);
-        let proc_dir = proc_dir.into();
+        let proc_dir = PathBuf::from(&config.proc_dir);
         let topo = Arc::new(KubeTopology {
             node: node.to_string(),
             host_netns: std::fs::metadata(proc_dir.join("self/ns/net"))
@@ -382,7 +412,9 @@ impl KubeTopology {
                 .map(|m| m.ino() as u32),
             proc_dir,
             state: RwLock::new(State {
-                netns: NetnsIndex::new(index::cookies_supported()),
+                netns: NetnsIndex::new(index::cookies_supported())
+                    .with_retention(config.gone_retention),
+                retention: config.gone_retention,
                 ..State::default()
             }),
             labels,
@@ -531,6 +563,14 @@ impl KubeTopology {
                 let mut fresh = State::default();
                 pods.iter().for_each(|p| fresh.claim(p));
                 let mut s = self.write();
+                let now = Instant::now();
+                let kept: HashSet<&Workload> = fresh.claimants().collect();
+                let left: Vec<Workload> = s
+                    .claimants()
+                    .filter(|w| !kept.contains(w))
+                    .cloned()
+                    .collect();
+                s.departed.extend(left.into_iter().map(|w| (w, now)));
                 s.pod_ips = fresh.pod_ips;
                 s.ips = fresh.ips;
             }
@@ -750,6 +790,10 @@ impl Topology for KubeTopology {
         }
     }
 
+    fn workloads(&self) -> Option<HashSet<Workload>> {
+        self.ready().then(|| self.read().workloads())
+    }
+
     fn pod_netns(&self) -> Vec<PodNetns> {
         self.read()
             .netns
@@ -801,6 +845,45 @@ mod tests {
             "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn deleted_pods_keep_their_series_for_the_retention_period() {
+        let names = |s: &State| {
+            let mut v: Vec<String> = s.workloads().iter().map(|w| w.pod.to_string()).collect();
+            v.sort();
+            v
+        };
+        let mut s = State {
+            retention: Duration::from_secs(600),
+            ..State::default()
+        };
+        s.claim(&pod(
+            "u1",
+            "a",
+            "10.1.0.7",
+            "2026-01-01T00:00:00Z",
+            "Running",
+        ));
+        s.claim(&pod(
+            "u2",
+            "b",
+            "10.1.0.8",
+            "2026-01-01T00:00:00Z",
+            "Running",
+        ));
+        s.unclaim("u1");
+        // b finished: it no longer claims its address.
+        s.claim(&pod(
+            "u2",
+            "b",
+            "10.1.0.8",
+            "2026-01-01T00:00:00Z",
+            "Succeeded",
+        ));
+        assert_eq!(names(&s), ["a", "b"]);
+        s.retention = Duration::ZERO;
+        assert!(names(&s).is_empty(), "{:?}", names(&s));
     }
 
     #[test]

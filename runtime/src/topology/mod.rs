@@ -11,6 +11,7 @@ pub mod netns;
 
 pub use index::Netns;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +66,13 @@ pub trait Topology: Send + Sync {
     fn pod_netns(&self) -> Vec<PodNetns> {
         Vec::new()
     }
+
+    /// The workloads whose series are kept: those alive and those gone in the last
+    /// `topology.goneRetention`; the series of any other pod are removed. `None` (keep every
+    /// series) while the source is not ready, and for sources that cannot tell.
+    fn workloads(&self) -> Option<HashSet<Workload>> {
+        None
+    }
 }
 
 /// A pod's network namespace and how to enter it.
@@ -97,12 +105,19 @@ pub struct TopologyConfig {
     pub additional_labels: Vec<String>,
     /// Distinct values each additional label takes at most; later ones are `_other`.
     pub max_label_values: usize,
+    /// How long a gone pod's namespace is still named (for counts read after its end) and
+    /// its series are kept; then they are removed from `/metrics`.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub gone_retention: std::time::Duration,
 }
 
 impl TopologyConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_label_values == 0 {
             return Err("topology.maxLabelValues: must be at least 1".into());
+        }
+        if self.gone_retention < std::time::Duration::from_secs(1) {
+            return Err("topology.goneRetention: must be at least 1s".into());
         }
         self.additional_labels().map(|_| ())
     }
@@ -122,6 +137,7 @@ impl Default for TopologyConfig {
             proc_dir: "/proc".into(),
             additional_labels: Vec::new(),
             max_label_values: 100,
+            gone_retention: index::GONE_RETENTION,
         }
     }
 }
@@ -165,8 +181,7 @@ pub async fn start(
     if kubernetes {
         match kube::client(config).await {
             Ok(client) => {
-                let topology =
-                    kube::KubeTopology::start(client.clone(), node, &config.proc_dir, labels);
+                let topology = kube::KubeTopology::start(client.clone(), node, config, labels);
                 return Ok(Started {
                     topology,
                     client: Some(client),
@@ -180,7 +195,7 @@ pub async fn start(
         }
     }
     tracing::info!(dir = %config.netns_dir, "topology: standalone (named network namespaces)");
-    let topology = netns::NetnsTopology::new(&config.netns_dir);
+    let topology = netns::NetnsTopology::new(&config.netns_dir, config.gone_retention);
     let refresh = topology.spawn_refresh();
     Ok(Started {
         topology,

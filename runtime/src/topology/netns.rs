@@ -14,7 +14,7 @@
 //! about an address it does not know, at most every 100 ms. A pod's address does not change
 //! during its life, so the 10 s only matter to namespaces renumbered by hand.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -56,7 +56,8 @@ pub struct NetnsTopology {
 }
 
 impl NetnsTopology {
-    pub fn new(dir: impl Into<PathBuf>) -> Arc<Self> {
+    /// The pods of `dir`; a gone one is still named, and its series kept, for `retention`.
+    pub fn new(dir: impl Into<PathBuf>, retention: Duration) -> Arc<Self> {
         let host = std::fs::metadata("/proc/self/ns/net").ok();
         let cookies = index::cookies_supported();
         if !cookies {
@@ -64,7 +65,7 @@ impl NetnsTopology {
         }
         let topo = Arc::new(NetnsTopology {
             dir: dir.into(),
-            index: RwLock::new(NetnsIndex::new(cookies)),
+            index: RwLock::new(NetnsIndex::new(cookies).with_retention(retention)),
             scanning: Mutex::new(()),
             misses: Mutex::new(HashMap::new()),
             host_netns: host.as_ref().map(|m| m.ino() as u32),
@@ -293,6 +294,10 @@ impl Topology for NetnsTopology {
 
     fn ready(&self) -> bool {
         true
+    }
+
+    fn workloads(&self) -> Option<HashSet<Workload>> {
+        Some(self.read_index().workloads())
     }
 
     fn pod_netns(&self) -> Vec<PodNetns> {

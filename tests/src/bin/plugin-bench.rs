@@ -132,7 +132,7 @@ impl Bench {
         let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
         let ctx = Arc::new(Context {
             node: Arc::from("bench-node"),
-            topology: NetnsTopology::new(&netns),
+            topology: NetnsTopology::new(&netns, sonde::topology::index::GONE_RETENTION),
             metrics: Arc::clone(&metrics),
             symbols: OnceLock::new(),
             clock: BootClock::new(),
