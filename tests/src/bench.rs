@@ -1,7 +1,7 @@
-//! What `sonde-bench`, `trace-bench` and `plugin-bench` share: the machine and the binary their
-//! reports describe, the root and agent checks, option values, the pinned UDP flood sender,
-//! processes' CPU time and BPF programs, the kernel's BPF run-time statistics, and the number
-//! formats of the Markdown reports. One place, so that the benches measure and print these alike.
+//! What `sonde-bench`, `trace-bench`, `plugin-bench` and `pods-bench` share: the machine and the
+//! binary their reports describe, the root and agent checks, option values, the pinned UDP flood
+//! sender, processes' CPU time, memory and BPF programs, the kernel's BPF run-time statistics, and
+//! the number formats of the Markdown reports. One place, so that the benches measure and print these alike.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -155,6 +155,20 @@ pub fn require_root_and_sonde() -> Result<(), String> {
         std::env::set_var("SONDE_BIN", &bin);
     }
     Ok(())
+}
+
+/// The options `parsed` holds, once this process is root and has the agent binary (see
+/// [`require_root_and_sonde`]); otherwise prints why and `usage: BENCH USAGE`, and exits with
+/// status 2.
+pub fn options_or_exit<T>(bench: &str, usage: &str, parsed: Result<T, String>) -> T {
+    match parsed.and_then(|o| require_root_and_sonde().map(|()| o)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{bench}: {e}");
+            eprintln!("usage: {bench} {usage}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// The value of option `name`, the next of `args`, if it parses and `accept`s; otherwise why
@@ -318,6 +332,22 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: plain getter.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / hz
+}
+
+/// (`VmRSS`, `VmHWM`) of `pid` in KiB, from /proc/PID/status: its resident memory now and at
+/// its peak.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {path}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Ids of the BPF programs `pid` holds (its `anon_inode:bpf-prog` descriptors).

@@ -67,7 +67,17 @@ pub fn poll_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>
 }
 
 /// Like [`poll_until`], but returns `None` on timeout so the caller can say what it saw last.
-pub fn try_poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn try_poll_until<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    try_poll_every(POLL_INTERVAL, timeout, f)
+}
+
+/// Like [`try_poll_until`], but every `interval`: for checks too costly to repeat every 50 ms,
+/// such as scraping and parsing the /metrics of hundreds of pods.
+pub fn try_poll_every<T>(
+    interval: Duration,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = f() {
@@ -76,7 +86,7 @@ pub fn try_poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) ->
         if Instant::now() >= deadline {
             return None;
         }
-        thread::sleep(POLL_INTERVAL);
+        thread::sleep(interval);
     }
 }
 

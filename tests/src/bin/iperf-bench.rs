@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sonde_tests::bench::{
-    cpu_seconds, median, positive_number, program_stats, programs_of, require_root_and_sonde,
-    Machine, RunTimeStats,
+    cpu_seconds, median, options_or_exit, positive_number, program_stats, programs_of, Machine,
+    RunTimeStats,
 };
 use sonde_tests::{Agent, IpFamily, NodePod, NodePods, READY_TIMEOUT};
 
@@ -76,16 +76,11 @@ fn parse_options() -> Result<Options, String> {
 }
 
 fn main() {
-    let options = match parse_options().and_then(|o| require_root_and_sonde().map(|()| o)) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("iperf-bench: {e}");
-            eprintln!(
-                "usage: iperf-bench [--duration SECS] [--repeat N] [--parallel N] [--without PROBE]..."
-            );
-            std::process::exit(2);
-        }
-    };
+    let options = options_or_exit(
+        "iperf-bench",
+        "[--duration SECS] [--repeat N] [--parallel N] [--without PROBE]...",
+        parse_options(),
+    );
     if Command::new("iperf3").arg("--version").output().is_err() {
         eprintln!("iperf-bench: iperf3 is not installed (apt-get install iperf3)");
         std::process::exit(2);

@@ -28,9 +28,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use sonde_tests::bench::{
-    cpu_seconds, median, mib, option_value, positive_number, program_stats, programs_of,
-    require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Machine, RunTimeStats,
-    PAYLOAD,
+    cpu_seconds, median, memory_kib, mib, option_value, positive_number, program_stats,
+    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Machine,
+    RunTimeStats, PAYLOAD,
 };
 use sonde_tests::{
     free_local_addr, http_get, in_netns, metric_value, refused_connects, start_agent, IpFamily,
@@ -545,17 +545,7 @@ impl BenchAgent {
 
     /// (VmRSS, VmHWM) in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let path = format!("/proc/{}/status", self.pid());
-        let status =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        memory_kib(self.pid())
     }
 
     /// The kernel ids of the agent's programs, from the bpf-prog descriptors it holds, with the

@@ -28,9 +28,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use sonde_tests::bench::{
-    cpu_seconds, load_average, median, mib, positive_number, program_stats, programs_of,
-    require_root_and_sonde, thousands, udp_flood, version_of, Flood, FloodLength, Machine,
-    RunTimeStats, PAYLOAD,
+    cpu_seconds, load_average, median, memory_kib, mib, positive_number, program_stats,
+    programs_of, require_root_and_sonde, thousands, udp_flood, version_of, Flood, FloodLength,
+    Machine, RunTimeStats, PAYLOAD,
 };
 use sonde_tests::{run_command, send_udp, sonde_bin, try_poll_until, IpFamily, PodPair, Trace};
 
@@ -192,13 +192,7 @@ fn preflight() -> u64 {
 
 /// Peak resident memory (`VmHWM`) of `pid`, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {path}"))
+    memory_kib(pid).1
 }
 
 /// The pid of this process's child running `exe` (`Trace` keeps its child private).
