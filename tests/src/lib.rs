@@ -28,7 +28,7 @@ pub use agent::{
 };
 pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
 pub use dns_server::{dns_query, tcp_query, udp_query, DnsAnswers, DnsServer};
-pub use http::http_get;
+pub use http::{http_get, http_get_with, Response};
 pub use loop_device::LoopDevice;
 pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
 pub use node_pods::{NodePod, NodePods};

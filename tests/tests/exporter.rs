@@ -1,11 +1,13 @@
 //! The HTTP endpoints: /metrics passes `promtool check metrics` with labelled series present,
-//! /healthz and /readyz answer, /api/v1/probes shows every probe running.
+//! gzip-compressed when asked for, /healthz and /readyz answer, /api/v1/probes shows every probe running.
 
+use std::collections::HashSet;
+use std::io::Read;
 use std::net::SocketAddr;
 
 use sonde_tests::{
-    assert_promtool_clean, bulk_transfer, free_local_addr, send_udp, sonde_bin, Agent, AgentConfig,
-    IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
+    assert_promtool_clean, bulk_transfer, free_local_addr, http_get_with, send_udp, sonde_bin,
+    Agent, AgentConfig, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 /// `sonde run` on its embedded default config (the README's command) becomes ready: every
@@ -146,6 +148,45 @@ fn metrics_pass_promtool_and_endpoints_answer() {
     );
 
     assert_promtool_clean(&body);
+
+    // Prometheus asks for gzip: the same exposition, compressed; a client that refuses gzip
+    // (or does not ask) gets it plain.
+    let gz = http_get_with(agent.addr(), "/metrics", &[("Accept-Encoding", "gzip")]).unwrap();
+    assert_eq!(gz.status, 200);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz.body.as_slice())
+        .read_to_string(&mut text)
+        .expect("a gzip body");
+    let series = |exposition: &str| -> HashSet<String> {
+        exposition
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
+            .collect()
+    };
+    let missing: Vec<String> = series(&body).difference(&series(&text)).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "series missing from the gzip body: {missing:?}"
+    );
+    assert!(
+        gz.body.len() * 4 < body.len(),
+        "gzip body of {} bytes for {} plain",
+        gz.body.len(),
+        body.len()
+    );
+    assert_promtool_clean(&text);
+    let refused = http_get_with(
+        agent.addr(),
+        "/metrics",
+        &[("Accept-Encoding", "gzip;q=0, identity")],
+    )
+    .unwrap();
+    assert_eq!(refused.header("content-encoding"), None);
+    assert!(String::from_utf8(refused.body)
+        .unwrap()
+        .contains("# TYPE sonde_build_info "));
 
     assert_eq!(agent.get("/healthz").0, 200);
     assert_eq!(agent.get("/readyz").0, 200);

@@ -7,8 +7,9 @@
 //! refused TCP connect on it, so that it has drop, reset and connect-failure series besides
 //! its netstat counters. At each step, once every pod's drop counter and netstat counters are
 //! in /metrics, the bench measures:
-//! - /metrics: its size and its series (sample lines), and the time of N scrapes over HTTP,
-//!   from connect to the last byte of the body;
+//! - /metrics: its size and its series (sample lines), its size gzip-compressed (what
+//!   Prometheus fetches: it asks with `Accept-Encoding: gzip`), and the time of N scrapes as
+//!   Prometheus makes them, over HTTP with gzip, from connect to the last byte of the body;
 //! - the agent's resident memory (`VmRSS`, `VmHWM`), and its growth per pod since the first
 //!   step;
 //! - the agent's CPU time (`utime + stime`) over an idle window with no traffic, as a share of
@@ -23,7 +24,7 @@
 //! window, default 30), `--scrapes N` (timed scrapes per step and agent, default 20),
 //! `--pod-address` (each pod also gets an address of its own, a /32 on its loopback, as a
 //! real pod has one: the standalone topology reads the addresses of a namespace that has none
-//! every second, and of one that has one every 10 s).
+//! more often than those of one that has one).
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,8 +35,8 @@ use sonde_tests::bench::{
     cpu_seconds, load_average, median, memory_kib, mib, options_or_exit, positive_number, Machine,
 };
 use sonde_tests::{
-    http_get, metric_series, metric_value, refused_connects, try_poll_every, Agent, Netns,
-    READY_TIMEOUT, SETTLE_TIMEOUT,
+    http_get, http_get_with, metric_series, metric_value, refused_connects, try_poll_every, Agent,
+    Netns, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 /// The embedded default config, as `sonde run` without `--config` uses it.
@@ -287,19 +288,29 @@ impl BenchAgent {
         }
     }
 
-    /// `n` scrapes of /metrics, each timed from connect to the end of the body.
+    /// `n` scrapes of /metrics as Prometheus makes them (asking for gzip), each timed from
+    /// connect to the end of the body, then one plain, for its size and series.
     fn scrapes(&self, n: usize) -> Scrapes {
         let mut times = Vec::with_capacity(n);
-        let mut last = String::new();
+        let mut gzip = 0;
         for _ in 0..n {
             let start = Instant::now();
-            let (status, body) = http_get(self.agent.addr(), "/metrics")
-                .unwrap_or_else(|e| panic!("GET /metrics of the {} agent: {e}", self.label));
+            let r = http_get_with(
+                self.agent.addr(),
+                "/metrics",
+                &[("Accept-Encoding", "gzip")],
+            )
+            .unwrap_or_else(|e| panic!("GET /metrics of the {} agent: {e}", self.label));
             times.push(start.elapsed());
-            assert_eq!(status, 200, "GET /metrics answered {status}");
-            last = body;
+            assert_eq!(r.status, 200, "GET /metrics answered {}", r.status);
+            assert_eq!(r.header("content-encoding"), Some("gzip"));
+            gzip = r.body.len();
         }
+        let (status, last) = http_get(self.agent.addr(), "/metrics")
+            .unwrap_or_else(|e| panic!("GET /metrics of the {} agent: {e}", self.label));
+        assert_eq!(status, 200, "GET /metrics answered {status}");
         Scrapes {
+            gzip,
             bytes: last.len(),
             series: last
                 .lines()
@@ -320,7 +331,10 @@ impl BenchAgent {
 
 /// The timed scrapes of one agent at one step, and what the last one returned.
 struct Scrapes {
+    /// The plain exposition's size.
     bytes: usize,
+    /// The size of the last gzip body.
+    gzip: usize,
     series: usize,
     times: Vec<Duration>,
 }
@@ -418,12 +432,12 @@ fn print_report(r: &Report) {
         let netstat = i == 0;
         println!("### {agent}\n");
         println!(
-            "| pods | series | series per pod | /metrics | bytes per series | scrape median | \
-             scrape max | RSS | RSS per pod | peak RSS | idle CPU |{}",
+            "| pods | series | series per pod | /metrics | gzip | bytes per series | \
+             scrape median | scrape max | RSS | RSS per pod | peak RSS | idle CPU |{}",
             if netstat { " netstat round |" } else { "" }
         );
         println!(
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
             if netstat { "---:|" } else { "" }
         );
         for step in &r.steps {
@@ -436,12 +450,13 @@ fn print_report(r: &Report) {
                 )
             });
             println!(
-                "| {} | {} | {} | {:.1} KiB | {:.0} | {:.1} ms | {:.1} ms | {} | {} | {} | \
-                 {:.2} % |{round}",
+                "| {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.1} ms | {:.1} ms | {} | {} | \
+                 {} | {:.2} % |{round}",
                 step.pods,
                 a.scrapes.series,
                 per_pod(step, i, |a| a.scrapes.series as f64, ""),
                 a.scrapes.bytes as f64 / 1024.0,
+                a.scrapes.gzip as f64 / 1024.0,
                 a.scrapes.bytes as f64 / a.scrapes.series as f64,
                 ms(a.scrapes.median()),
                 ms(a.scrapes.max()),
@@ -454,8 +469,10 @@ fn print_report(r: &Report) {
         println!();
     }
     println!(
-        "Per pod: the growth since the {}-pod step divided by the pods added. Idle CPU: \
-         `utime + stime` of the agent over the idle window, as a share of one core.",
+        "Per pod: the growth since the {}-pod step divided by the pods added. /metrics: the \
+         plain exposition; gzip: the body Prometheus fetches. Scrapes ask for gzip, as \
+         Prometheus does. Idle CPU: `utime + stime` of the agent over the idle window, as a \
+         share of one core.",
         base.pods
     );
 }
