@@ -62,6 +62,74 @@ pub fn addresses() -> io::Result<Vec<IpAddr>> {
         .collect())
 }
 
+/// `RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR`: the multicast groups of address changes.
+const GROUPS_ADDRESSES: u32 = 0x10 | 0x100;
+
+/// A non-blocking rtnetlink socket of the calling thread's namespace that receives a
+/// notification whenever an address is added or removed there; [`drain`] it, then read the
+/// addresses. Only its fd is kept (a [`Socket`] carries a 64 KiB buffer). It holds a
+/// reference on the namespace: close it when the namespace is to go.
+pub fn subscribe_addresses() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscall; the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed sockaddr_nl is valid; the fields the kernel reads are set.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    addr.nl_groups = GROUPS_ADDRESSES;
+    // SAFETY: addr outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Reads and discards whatever a non-blocking socket holds; whether anything was there (an
+/// overrun, `ENOBUFS`, counts: notifications were lost).
+pub fn drain(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut any = false;
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            any = true;
+            continue;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            _ if n == 0 => return any,
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOBUFS) => any = true,
+            _ => return any,
+        }
+    }
+}
+
 /// The address of an `RTM_NEWADDR` body (`IFA_LOCAL`, else `IFA_ADDRESS`), unless host-scoped.
 fn parse_address(body: &[u8]) -> Option<IpAddr> {
     if body.len() < IFADDRMSG_LEN || body[3] == RT_SCOPE_HOST {

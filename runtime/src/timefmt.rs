@@ -45,6 +45,14 @@ impl Default for BootClock {
     }
 }
 
+/// A kernel timestamp (`bpf_ktime_get_ns`) as an `Instant` of the agent's (both are
+/// CLOCK_MONOTONIC); a time in the future, or before the agent could tell, is now.
+pub fn instant_of_ktime(ktime_ns: u64) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let age = clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(ktime_ns);
+    now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
+}
+
 /// RFC 3339 in UTC with microseconds: `2026-11-25T14:03:07.123456Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -96,9 +96,20 @@ impl NodePods {
     pub fn add_pod(&mut self) -> usize {
         let host = self.next_host;
         self.next_host += 1;
+        self.add_pod_at(host)
+    }
+
+    /// Adds a pod with host number `host` (its addresses and MAC), as [`NodePods::add_pod`]
+    /// does: a pod that takes the addresses of one deleted before it, as a CNI's address
+    /// pool hands them out again. No pod of the node may have `host` now.
+    pub fn add_pod_at(&mut self, host: u8) -> usize {
         let i = self.pods.len();
         let netns = Netns::new(&format!("p{host}"));
         let host_if = format!("{}v{host}", self.prefix);
+        assert!(
+            self.pods.iter().all(|p| p.host_if != host_if),
+            "host {host} is taken"
+        );
         let (hi, lo) = (self.subnet >> 8, self.subnet & 0xff);
         let mac = format!("02:5e:00:{hi:02x}:{lo:02x}:{host:02x}");
         let pod = NodePod {

@@ -1,16 +1,22 @@
 //! Churn: pods that live a tenth of a second, one after another, faster than the agent reads
 //! its counters (every second). The kernel hands a gone namespace's inode to the next one at
 //! once, so counts keyed or named by inode move to the wrong pod; Sonde names namespaces by
-//! their cookie. Each pod makes one refused connect on its loopback: exactly one NO_SOCKET
-//! drop and one reset each way, for every pod, none for any other.
+//! their cookie.
+//!
+//! - eBPF counters: each pod makes one refused connect on its loopback: exactly one NO_SOCKET
+//!   drop and one reset each way, for every pod, none for any other.
+//! - netstat: pods are made every 100 ms, faster than netstat reads them (every 500 ms), each
+//!   makes 1, 2 or 3 refused connects and is deleted once its counters were exported; every
+//!   pod's `AttemptFails` and `OutRsts` read exactly its own count whenever they are exported
+//!   (or 0, read before its connects), never another pod's.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use sonde_tests::{
-    drop_reason, metric_series, refused_connects, try_poll_until, Agent, AgentConfig, Netns,
-    READY_TIMEOUT,
+    drop_reason, metric_series, only_probes_yaml, refused_connects, try_poll_until, Agent,
+    AgentConfig, Netns, READY_TIMEOUT,
 };
 
 const PODS: usize = 200;
@@ -125,4 +131,81 @@ fn short_lived_pods_keep_their_own_counts() {
         counted.is_some(),
         "each of {PODS} short-lived pods: 1 drop and 1 reset each way; {last}"
     );
+}
+
+/// netstat's pods: how many, how often one is made, how long one may wait to be exported.
+const NETSTAT_PODS: usize = 60;
+const NETSTAT_PACE: Duration = Duration::from_millis(100);
+const NETSTAT_DEADLINE: Duration = Duration::from_secs(15);
+const NETSTAT_TCP: &str = "sonde_netstat_tcp_total";
+
+#[test]
+fn netstat_counts_of_churning_pods_are_their_own() {
+    let agent = Agent::spawn_yaml(
+        &only_probes_yaml("", "topology:\n  source: standalone\n").replace(
+            "netstat: {enabled: false}",
+            "netstat: {enabled: true, interval: 500ms}",
+        ),
+    );
+    agent.wait_ready(READY_TIMEOUT);
+
+    let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), CLOSED_PORT);
+    // Each pod's own count of refused connects, by name, kept after the pod is gone.
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    // Pods alive, oldest first, with when each was made.
+    let mut alive: std::collections::VecDeque<(Netns, std::time::Instant)> = Default::default();
+    let mut exported = std::collections::HashSet::new();
+    let mut wrong = Vec::new();
+    let mut inodes = std::collections::HashSet::new();
+    let mut made = 0;
+    let mut last_made = std::time::Instant::now() - NETSTAT_PACE;
+    while made < NETSTAT_PODS || !alive.is_empty() {
+        if made < NETSTAT_PODS && last_made.elapsed() >= NETSTAT_PACE {
+            last_made = std::time::Instant::now();
+            let pod = Netns::new(&format!("nschurn{made}"));
+            inodes.insert(pod.inode());
+            let count = 1 + made % 3;
+            refused_connects(&pod, dst, count);
+            want.insert(pod.name().to_string(), count as f64);
+            alive.push_back((pod, last_made));
+            made += 1;
+        }
+        let text = agent.metrics();
+        for counter in ["AttemptFails", "OutRsts"] {
+            for (pod, value) in by_pod(&text, NETSTAT_TCP, ("counter", counter), &names(&want)) {
+                let own = want[&pod];
+                if value == own {
+                    exported.insert((pod, counter));
+                } else if value != 0.0 {
+                    wrong.push(format!("{counter} of {pod} read {value}, its own is {own}"));
+                }
+            }
+        }
+        // A pod goes once both its counters were exported, or at its deadline (then missing).
+        alive.retain(|(pod, born)| {
+            let name = pod.name().to_string();
+            let done = ["AttemptFails", "OutRsts"]
+                .iter()
+                .all(|c| exported.contains(&(name.clone(), *c)));
+            !done && born.elapsed() < NETSTAT_DEADLINE
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        inodes.len() < NETSTAT_PODS,
+        "{NETSTAT_PODS} namespaces had {} inodes: none was reused",
+        inodes.len()
+    );
+    assert!(wrong.is_empty(), "counts of other pods: {wrong:?}");
+    let missing: Vec<String> = want
+        .keys()
+        .flat_map(|pod| ["AttemptFails", "OutRsts"].map(|c| (pod.clone(), c)))
+        .filter(|k| !exported.contains(k))
+        .map(|(pod, c)| format!("{c} of {pod}"))
+        .collect();
+    assert!(missing.is_empty(), "never exported: {missing:?}");
+}
+
+fn names(want: &BTreeMap<String, f64>) -> Vec<String> {
+    want.keys().cloned().collect()
 }

@@ -13,6 +13,9 @@
 //!   matches; a SIGKILLed agent's filters are replaced by the next agent's, not added to;
 //! - an interface made after the agent started is attached, one deleted is detached, and a
 //!   new `interfaces` list applies live;
+//! - churn: client pods made and deleted one after another, faster than the agent reads the
+//!   flow table, each taking the addresses of the pod three before it: every pod's datagrams
+//!   are counted for it, exactly, never for the pod that had its address before or after;
 //! - a table of 16 rows evicts when 64 flows pass, and the eviction counter says so;
 //! - `/api/v1/flows` shows a kept-open TCP flow with its RTT from `tcp_rtt`, and a plugin
 //!   reads the same table through `maps.flows` (the test plugin's `flows` mode).
@@ -560,4 +563,81 @@ fn api_and_plugins_show_the_flow_with_its_rtt() {
     agent.wait_metric("sonde_test_flow_bytes", &bytes, 20.0, SETTLE_TIMEOUT);
     let rtt = agent.wait_metric("sonde_test_flow_srtt_seconds", &pair, 1e-9, SETTLE_TIMEOUT);
     assert!(rtt < 1.0, "plugin saw an RTT of {rtt} s");
+}
+
+/// Client pods made and deleted one after another (each lives a few tens of milliseconds,
+/// the agent reads the flow table every second), their addresses reused every third pod as
+/// a CNI's pool hands them out again. Each sends a known number of datagrams to a server pod
+/// and is gone before the agent reads them: the counts are named by who had the address when
+/// they were sent.
+#[test]
+fn churning_pods_keep_their_flow_counts() {
+    const CLIENTS: usize = 24;
+    const HOSTS: [u8; 3] = [200, 201, 202];
+    const PORT: u16 = 9100;
+    let mut node = NodePods::new(1);
+    let agent = Agent::spawn_yaml(&agent_yaml(&[node.interface_pattern()], 65536));
+    agent.wait_ready(READY_TIMEOUT);
+    let (server, server_if, server_ip) = {
+        let s = &node.pods[0];
+        (s.name().to_string(), s.host_if.clone(), s.ipv4)
+    };
+    wait_attached(&agent, &[&server_if]);
+    // Bound, so the server answers no datagram with a port unreachable.
+    let _sink = in_netns(&server, || {
+        UdpSocket::bind((server_ip, PORT)).expect("bind in the server")
+    });
+
+    let mut want: Vec<(String, f64)> = Vec::new();
+    for i in 0..CLIENTS {
+        let at = node.add_pod_at(HOSTS[i % HOSTS.len()]);
+        let (name, host_if, ip) = {
+            let c = &node.pods[at];
+            (c.name().to_string(), c.host_if.clone(), c.ipv4)
+        };
+        let on = try_poll_until(SETTLE_TIMEOUT, || {
+            attached(&agent).contains(&host_if).then_some(())
+        });
+        assert!(on.is_some(), "flow never attached to {host_if}");
+        let n = 1 + i % 4;
+        in_netns(&name, || {
+            let s = UdpSocket::bind((ip, 40000 + i as u16)).expect("bind in the client");
+            for _ in 0..n {
+                s.send_to(&[0u8; 100], (server_ip, PORT)).expect("send");
+            }
+        });
+        node.remove_pod(at);
+        want.push((name, n as f64));
+    }
+
+    let counts = |text: &str| -> std::collections::BTreeMap<String, f64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (labels, value) in sonde_tests::metric_series(text, PACKETS) {
+            let get = |k: &str| {
+                labels
+                    .iter()
+                    .find(|(lk, _)| lk == k)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default()
+            };
+            if get("dst_pod") == server && get("protocol") == "udp" {
+                let src = format!("{}/{}", get("src_type"), get("src_pod"));
+                *out.entry(src).or_insert(0.0) += value;
+            }
+        }
+        out
+    };
+    let expected: std::collections::BTreeMap<String, f64> = want
+        .iter()
+        .map(|(pod, n)| (format!("pod/{pod}"), *n))
+        .collect();
+    let mut last = Default::default();
+    let ok = try_poll_until(SETTLE_TIMEOUT, || {
+        last = counts(&agent.metrics());
+        (last == expected).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "UDP packets to the server by source: {last:#?}\nwanted: {expected:#?}"
+    );
 }

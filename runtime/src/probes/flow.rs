@@ -126,15 +126,20 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     let rows = probe.hash_entries::<Tuple, Row>(TABLE_MAP)?;
     let params = probe.params();
     let mut current = HashMap::with_capacity(rows.len() * 2);
+    let mut last = HashMap::with_capacity(rows.len());
     for (t, row) in &rows {
         current.insert((*t, 0u64), row.bytes);
         current.insert((*t, 1u64), row.packets);
+        last.insert(*t, row.last_ns);
     }
     let gains = deltas.update(current, |(t, kind)| tuple_id(t, *kind));
     let mut resolve = Resolver::new(ctx);
     let flow = &ctx.metrics.flow;
     for ((t, kind), n) in gains {
-        let labels = resolve.labels(&t, params[PARAM_LABELS]);
+        // A row's gain is named by who had its addresses at its last packet: a pod gone
+        // since, or whose address a newer pod has taken, keeps its counts.
+        let at = crate::timefmt::instant_of_ktime(last.get(&t).copied().unwrap_or(0));
+        let labels = resolve.labels(&t, params[PARAM_LABELS], at);
         flow.add(labels, kind as usize, n, params[PARAM_MAX_SERIES] as usize);
     }
     let evicted = inserted.saturating_sub(rows.len() as u64);
@@ -162,7 +167,8 @@ fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
 struct Resolver<'a> {
     ctx: &'a Context,
     host: HashSet<IpAddr>,
-    seen: HashMap<IpAddr, Endpoint>,
+    /// Addresses no pod had: asked once per sync.
+    unknown: HashSet<IpAddr>,
 }
 
 #[derive(Clone)]
@@ -184,11 +190,11 @@ impl<'a> Resolver<'a> {
         Resolver {
             ctx,
             host,
-            seen: HashMap::new(),
+            unknown: HashSet::new(),
         }
     }
 
-    fn endpoint(&mut self, ip: Option<IpAddr>) -> Endpoint {
+    fn endpoint(&mut self, ip: Option<IpAddr>, at: std::time::Instant) -> Endpoint {
         let Some(ip) = ip else {
             return Endpoint {
                 namespace: String::new(),
@@ -196,32 +202,39 @@ impl<'a> Resolver<'a> {
                 kind: "external",
             };
         };
-        if let Some(e) = self.seen.get(&ip) {
-            return e.clone();
-        }
-        let e = match self.ctx.topology.workload_of_ip(ip) {
+        let owner = match self.unknown.contains(&ip) {
+            true => None,
+            false => self.ctx.topology.workload_of_ip_at(ip, at),
+        };
+        match owner {
             Some(w) => Endpoint {
                 namespace: w.namespace.to_string(),
                 pod: w.pod.to_string(),
                 kind: "pod",
             },
-            None => Endpoint {
-                namespace: String::new(),
-                pod: String::new(),
-                kind: if self.host.contains(&ip) || ip.is_loopback() {
-                    "host"
-                } else {
-                    "external"
-                },
-            },
-        };
-        self.seen.insert(ip, e.clone());
-        e
+            None => {
+                self.unknown.insert(ip);
+                Endpoint {
+                    namespace: String::new(),
+                    pod: String::new(),
+                    kind: if self.host.contains(&ip) || ip.is_loopback() {
+                        "host"
+                    } else {
+                        "external"
+                    },
+                }
+            }
+        }
     }
 
     /// A flow's series labels; `extra` says which of addresses and ports to add.
-    fn labels(&mut self, t: &Tuple, extra: u64) -> Vec<(&'static str, String)> {
-        let (src, dst) = (self.endpoint(t.src()), self.endpoint(t.dst()));
+    fn labels(
+        &mut self,
+        t: &Tuple,
+        extra: u64,
+        at: std::time::Instant,
+    ) -> Vec<(&'static str, String)> {
+        let (src, dst) = (self.endpoint(t.src(), at), self.endpoint(t.dst(), at));
         let mut labels = vec![
             ("node", self.ctx.node.to_string()),
             ("src_namespace", src.namespace),
@@ -488,7 +501,8 @@ pub fn entries(
     Ok(rows
         .into_iter()
         .map(|(t, row)| {
-            let (src, dst) = (resolve.endpoint(t.src()), resolve.endpoint(t.dst()));
+            let at = crate::timefmt::instant_of_ktime(row.last_ns);
+            let (src, dst) = (resolve.endpoint(t.src(), at), resolve.endpoint(t.dst(), at));
             let srtt = match (t.protocol, t.src(), t.dst()) {
                 (6, Some(s), Some(d)) => rtt
                     .get(&(s, t.sport, d, t.dport))

@@ -38,6 +38,13 @@ pub trait Topology: Send + Sync {
     /// are their node's: see [`Topology::node_of_ip`].
     fn workload_of_ip(&self, ip: IpAddr) -> Option<Workload>;
 
+    /// The workload that owned an address at `at` (a count that happened then, read later):
+    /// a pod that has since gone, or left the address to a newer pod, is still the one. Sources
+    /// that keep no history answer who owns it now.
+    fn workload_of_ip_at(&self, ip: IpAddr, _at: std::time::Instant) -> Option<Workload> {
+        self.workload_of_ip(ip)
+    }
+
     /// The node that owns an address (its own addresses, which host-network pods share).
     fn node_of_ip(&self, _ip: IpAddr) -> Option<Arc<str>> {
         None
