@@ -5,6 +5,7 @@
 //! Adding a probe: write `<probe>.bpf.c` and `<probe>.h`, mirror the header in `<probe>.rs`
 //! (with size and offset assertions), and list its [`ProbeSpec`] once in [`CATALOGUE`].
 
+pub mod batch;
 pub mod btf;
 pub mod clsact;
 pub mod dns;

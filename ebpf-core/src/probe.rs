@@ -966,6 +966,16 @@ impl LoadedProbe {
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
         let counters: PerCpuHashMap<_, K, u64> =
             PerCpuHashMap::try_from(map).map_err(map_err(name))?;
+        if let (Map::PerCpuHashMap(data) | Map::PerCpuLruHashMap(data), Some(cpus)) =
+            (map, batches())
+        {
+            match crate::batch::percpu_sums::<K>(data.fd().as_fd(), cpus) {
+                // A key the kernel moved between two calls may come twice: the later is
+                // the newer value.
+                Ok(rows) => return Ok(rows.into_iter().collect()),
+                Err(e) => no_batches(&e),
+            }
+        }
         let mut out = HashMap::new();
         for entry in counters.iter() {
             match entry {
@@ -1015,6 +1025,12 @@ impl LoadedProbe {
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
         let table: aya::maps::HashMap<_, K, V> =
             aya::maps::HashMap::try_from(map).map_err(map_err(name))?;
+        if let (Map::HashMap(data) | Map::LruHashMap(data), Some(_)) = (map, batches()) {
+            match crate::batch::entries::<K, V>(data.fd().as_fd()) {
+                Ok(rows) => return Ok(rows),
+                Err(e) => no_batches(&e),
+            }
+        }
         let mut out = Vec::new();
         for entry in table.iter() {
             match entry {
@@ -1057,6 +1073,31 @@ impl LoadedProbe {
             .ok_or(ProbeError::MissingMap(name))?;
         StackTraceMap::try_from(map).map_err(map_err(name))
     }
+}
+
+/// Whether counter maps are read in batches ([`crate::batch`]): the number of possible CPUs
+/// until a batch lookup failed as unsupported.
+fn batches() -> Option<usize> {
+    use std::sync::atomic::Ordering;
+    if BATCHES_REFUSED.load(Ordering::Relaxed) {
+        return None;
+    }
+    aya::util::nr_cpus().ok()
+}
+
+static BATCHES_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A batch lookup failed: the map is walked this time, and always from now on when the
+/// kernel has no batches (before 5.6: `EINVAL`; `ENOTSUPP` where the map type lacks them).
+fn no_batches(e: &std::io::Error) {
+    const ENOTSUPP: i32 = 524;
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | ENOTSUPP | libc::EPERM)
+    ) {
+        BATCHES_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    tracing::debug!(error = %e, "batch lookup of a map failed: walking it key by key");
 }
 
 #[cfg(test)]
