@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sonde_tests::{
-    all_series, connect_and_close, in_netns, only_probes_yaml, poll_until, refused_connects,
-    run_command, send_udp, try_poll_until, Agent, IpFamily, Netns, NodePods, PodPair, TempDir,
-    READY_TIMEOUT, SETTLE_TIMEOUT,
+    all_series, connect_and_close, in_netns, metric_series, only_probes_yaml, poll_until,
+    refused_connects, run_command, send_udp, try_poll_until, Agent, IpFamily, Netns, NodePods,
+    PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const NODE: &str = "sonde-test-node";
@@ -564,9 +564,14 @@ fn flow_series_stop_at_the_cap_and_are_counted() {
     });
     let second = node.pods[2].name();
     send_udp(&node.pods[2].netns, node.pods[2].ip(IpFamily::V4), dst, 2);
-    poll_until(SETTLE_TIMEOUT, "the second pair's series", || {
+    let counted = try_poll_until(SETTLE_TIMEOUT, || {
         (packets(second) == Some(2.0)).then_some(())
     });
+    assert!(
+        counted.is_some(),
+        "the second pair's series never read 2; flow series: {:?}",
+        metric_series(&agent.metrics(), "sonde_flow_packets_total")
+    );
     let third = node.pods[3].name();
     send_udp(&node.pods[3].netns, node.pods[3].ip(IpFamily::V4), dst, 2);
     for family in ["sonde_flow_bytes_total", "sonde_flow_packets_total"] {

@@ -359,8 +359,10 @@ impl NetnsTopology {
     /// Brings the addresses up to date: reads the namespaces new since the last call and those
     /// due (see [`NetnsAddresses::due`]); `eager` when asked about an address no pod has.
     pub fn refresh_addresses(&self, eager: bool) {
-        let pods = self.pod_netns();
         let mut known = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        // The namespaces as they are now, under the lock: a list taken before it could be
+        // older than what another call just recorded, and undo it.
+        let pods = self.pod_netns();
         let watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
         let before = known.len();
         known.retain(|inode, _| {
