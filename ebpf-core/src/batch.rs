@@ -141,7 +141,6 @@ mod tests {
 
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 
     fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
         // SAFETY: attr is a valid bpf_attr prefix for cmd, alive for the call.
@@ -155,31 +154,32 @@ mod tests {
         }
     }
 
-    /// 2000 keys (several batches), each with a value on every CPU: every key comes back
-    /// once, with the sum over CPUs. Needs root (creating a map), as the agent does.
-    #[test]
-    fn a_whole_percpu_map_in_batches() {
-        let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    /// A map of `map_type` with u32 keys and values of `value_size` bytes, holding `value(k)`
+    /// (8 bytes a possible CPU for per-CPU maps) for every key below `keys`. Needs root, as
+    /// the agent does (tests/run runs every test as root).
+    fn map_of(
+        map_type: u32,
+        value_size: u32,
+        keys: u32,
+        value: impl Fn(u32) -> Vec<u64>,
+    ) -> OwnedFd {
         let mut create = CreateAttr {
-            map_type: BPF_MAP_TYPE_PERCPU_HASH,
+            map_type,
             key_size: 4,
-            value_size: 8,
-            max_entries: 4096,
+            value_size,
+            max_entries: keys * 2,
             ..Default::default()
         };
         let fd = bpf(BPF_MAP_CREATE, &mut create);
-        if fd < 0 {
-            eprintln!(
-                "skipped: cannot create a map here: {}",
-                io::Error::last_os_error()
-            );
-            return;
-        }
+        assert!(
+            fd >= 0,
+            "cannot create a map (run as root): {}",
+            io::Error::last_os_error()
+        );
         // SAFETY: a fresh descriptor nobody else owns.
         let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        const KEYS: u32 = 2000;
-        for key in 0..KEYS {
-            let values: Vec<u64> = (0..cpus as u64).map(|cpu| key as u64 * 10 + cpu).collect();
+        for key in 0..keys {
+            let values = value(key);
             let mut update = UpdateAttr {
                 map_fd: map.as_raw_fd() as u32,
                 _pad: 0,
@@ -189,10 +189,21 @@ mod tests {
             };
             assert_eq!(bpf(BPF_MAP_UPDATE_ELEM, &mut update), 0, "update {key}");
         }
-        let mut got = percpu_sums::<u32>(map.as_fd(), cpus).expect("batch lookup");
+        map
+    }
+
+    /// 2000 keys (several batches), each with a value on every CPU: every key comes back
+    /// once, with the sum over CPUs.
+    #[test]
+    fn a_whole_percpu_map_in_batches() {
+        const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+        let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
+        let map = map_of(BPF_MAP_TYPE_PERCPU_HASH, 8, 2000, |key| {
+            (0..cpus).map(|cpu| key as u64 * 10 + cpu).collect()
+        });
+        let mut got = percpu_sums::<u32>(map.as_fd(), cpus as usize).expect("batch lookup");
         got.sort();
-        let cpus = cpus as u64;
-        let want: Vec<(u32, u64)> = (0..KEYS)
+        let want: Vec<(u32, u64)> = (0..2000)
             .map(|k| (k, k as u64 * 10 * cpus + cpus * (cpus - 1) / 2))
             .collect();
         assert_eq!(got, want);
@@ -202,38 +213,10 @@ mod tests {
     #[test]
     fn a_whole_hash_map_in_batches() {
         const BPF_MAP_TYPE_HASH: u32 = 1;
-        let mut create = CreateAttr {
-            map_type: BPF_MAP_TYPE_HASH,
-            key_size: 4,
-            value_size: 16,
-            max_entries: 2048,
-            ..Default::default()
-        };
-        let fd = bpf(BPF_MAP_CREATE, &mut create);
-        if fd < 0 {
-            eprintln!(
-                "skipped: cannot create a map here: {}",
-                io::Error::last_os_error()
-            );
-            return;
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        const KEYS: u32 = 1500;
-        for key in 0..KEYS {
-            let value = [key as u64, !(key as u64)];
-            let mut update = UpdateAttr {
-                map_fd: map.as_raw_fd() as u32,
-                _pad: 0,
-                key: &key as *const u32 as u64,
-                value: value.as_ptr() as u64,
-                flags: 0,
-            };
-            assert_eq!(bpf(BPF_MAP_UPDATE_ELEM, &mut update), 0, "update {key}");
-        }
+        let map = map_of(BPF_MAP_TYPE_HASH, 16, 1500, |k| vec![k as u64, !(k as u64)]);
         let mut got = entries::<u32, [u64; 2]>(map.as_fd()).expect("batch lookup");
         got.sort();
-        let want: Vec<(u32, [u64; 2])> = (0..KEYS).map(|k| (k, [k as u64, !(k as u64)])).collect();
+        let want: Vec<(u32, [u64; 2])> = (0..1500).map(|k| (k, [k as u64, !(k as u64)])).collect();
         assert_eq!(got, want);
     }
 }

@@ -243,11 +243,17 @@ struct LocalPod {
 struct Claim {
     uid: String,
     created: Option<Time>,
+    /// When the agent first saw the pod with the address.
+    seen: Instant,
     workload: Workload,
 }
 
 #[derive(Default)]
 struct State {
+    /// Claims that ended (the pod deleted, finished, or relisted without the address), with
+    /// when the agent saw them end, kept for `retention`: counts read later for what happened
+    /// before are named by them ([`State::owner_at`]).
+    left_ips: HashMap<IpAddr, Vec<(Claim, Instant)>>,
     /// Running pods of this node with their own network namespace, by UID.
     local: HashMap<String, LocalPod>,
     /// Namespaces found for them (entered at `/proc/<pid>/ns/net` of a process in each), and
@@ -271,11 +277,20 @@ struct State {
 
 impl State {
     fn unclaim(&mut self, uid: &str) {
+        self.release(uid, &[]);
+    }
+
+    /// Removes the claims of `uid`; those on addresses not in `keep` ended now (recorded for
+    /// late counts and for the series kept after a pod left).
+    fn release(&mut self, uid: &str, keep: &[IpAddr]) {
         let now = Instant::now();
         for ip in self.pod_ips.remove(uid).unwrap_or_default() {
             if let Some(claims) = self.ips.get_mut(&ip) {
-                for c in claims.iter().filter(|c| c.uid == uid) {
-                    self.departed.insert(c.workload.clone(), now);
+                if !keep.contains(&ip) {
+                    for c in claims.iter().filter(|c| c.uid == uid) {
+                        self.departed.insert(c.workload.clone(), now);
+                        self.left_ips.entry(ip).or_default().push((c.clone(), now));
+                    }
                 }
                 claims.retain(|c| c.uid != uid);
                 if claims.is_empty() {
@@ -309,20 +324,59 @@ impl State {
     fn claim(&mut self, pod: &PodView) {
         let retention = self.retention;
         self.departed.retain(|_, t| t.elapsed() < retention);
+        self.left_ips.retain(|_, left| {
+            left.retain(|(_, t)| t.elapsed() < retention);
+            !left.is_empty()
+        });
         let uid = pod.uid().to_string();
-        self.unclaim(&uid);
-        if pod.finished() || pod.host_network() {
+        let ips = match pod.finished() || pod.host_network() {
+            true => Vec::new(),
+            false => pod.ips(),
+        };
+        // An update keeps the claims it still makes as they were seen first.
+        let seen: HashMap<IpAddr, Instant> = ips
+            .iter()
+            .filter_map(|ip| {
+                let c = self.ips.get(ip)?.iter().find(|c| c.uid == uid)?;
+                Some((*ip, c.seen))
+            })
+            .collect();
+        self.release(&uid, &ips);
+        if ips.is_empty() {
             return;
         }
-        let ips = pod.ips();
+        let now = Instant::now();
         for ip in &ips {
             self.ips.entry(*ip).or_default().push(Claim {
                 uid: uid.clone(),
                 created: pod.metadata.creation_timestamp.clone(),
+                seen: seen.get(ip).copied().unwrap_or(now),
                 workload: pod.workload(),
             });
         }
         self.pod_ips.insert(uid, ips);
+    }
+
+    /// The pod an address belonged to at `at`, by what the agent saw and when: of the claims
+    /// it had seen by then and that had not ended, the pod created last (an address reused
+    /// before the old pod's deletion arrived is the new pod's); if it had seen none by then,
+    /// the first seen of those that had not ended; when every claim ended before `at`, the
+    /// last to end (a count the agent read late).
+    fn owner_at(&self, ip: &IpAddr, at: Instant) -> Option<&Claim> {
+        let left = self.left_ips.get(ip).map(Vec::as_slice).unwrap_or_default();
+        let open: Vec<&Claim> = self
+            .ips
+            .get(ip)
+            .into_iter()
+            .flatten()
+            .chain(left.iter().filter(|(_, t)| *t >= at).map(|(c, _)| c))
+            .collect();
+        open.iter()
+            .filter(|c| c.seen <= at)
+            .max_by_key(|c| (c.created.as_ref().map(|t| t.0), c.seen))
+            .or_else(|| open.iter().min_by_key(|c| c.seen))
+            .copied()
+            .or_else(|| left.iter().max_by_key(|(_, t)| *t).map(|(c, _)| c))
     }
 
     /// The pod an address belongs to now: of the pods that claim it, the most recently
@@ -563,6 +617,18 @@ impl KubeTopology {
                 let mut fresh = State::default();
                 pods.iter().for_each(|p| fresh.claim(p));
                 let mut s = self.write();
+                // Claims that were there before keep when they were first seen.
+                for (ip, claims) in fresh.ips.iter_mut() {
+                    for c in claims.iter_mut() {
+                        if let Some(old) = s
+                            .ips
+                            .get(ip)
+                            .and_then(|o| o.iter().find(|o| o.uid == c.uid))
+                        {
+                            c.seen = old.seen;
+                        }
+                    }
+                }
                 let now = Instant::now();
                 let kept: HashSet<&Workload> = fresh.claimants().collect();
                 let left: Vec<Workload> = s
@@ -571,6 +637,21 @@ impl KubeTopology {
                     .cloned()
                     .collect();
                 s.departed.extend(left.into_iter().map(|w| (w, now)));
+                let ended: Vec<(IpAddr, Claim)> = s
+                    .ips
+                    .iter()
+                    .flat_map(|(ip, claims)| claims.iter().map(move |c| (*ip, c)))
+                    .filter(|(ip, c)| {
+                        !fresh
+                            .ips
+                            .get(ip)
+                            .is_some_and(|f| f.iter().any(|n| n.uid == c.uid))
+                    })
+                    .map(|(ip, c)| (ip, c.clone()))
+                    .collect();
+                for (ip, c) in ended {
+                    s.left_ips.entry(ip).or_default().push((c, now));
+                }
                 s.pod_ips = fresh.pod_ips;
                 s.ips = fresh.ips;
             }
@@ -751,6 +832,10 @@ impl Topology for KubeTopology {
         self.read().owner(&ip).map(|c| c.workload.clone())
     }
 
+    fn workload_of_ip_at(&self, ip: IpAddr, at: Instant) -> Option<Workload> {
+        self.read().owner_at(&ip, at).map(|c| c.workload.clone())
+    }
+
     fn label_values(&self, workload: &Workload) -> Option<Arc<[String]>> {
         self.read().label_values.get(workload).cloned()
     }
@@ -884,6 +969,84 @@ mod tests {
         assert_eq!(names(&s), ["a", "b"]);
         s.retention = Duration::ZERO;
         assert!(names(&s).is_empty(), "{:?}", names(&s));
+    }
+
+    /// A pod deleted after its count: the count is still its own, also once a newer pod took
+    /// its address; a count after the old pod left is the newer pod's, even before the agent
+    /// saw the newer pod; a newer pod seen before the old one's deletion takes the address.
+    #[test]
+    fn counts_are_named_by_who_had_the_address_then() {
+        let mut s = State {
+            retention: Duration::from_secs(600),
+            ..State::default()
+        };
+        let ip: IpAddr = "10.1.0.9".parse().unwrap();
+        let who = |s: &State, at| s.owner_at(&ip, at).map(|c| c.workload.pod.to_string());
+        let tick = || {
+            std::thread::sleep(Duration::from_millis(2));
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(2));
+            t
+        };
+        let before_any = tick();
+        s.claim(&pod(
+            "u1",
+            "a",
+            "10.1.0.9",
+            "2026-01-01T00:00:00Z",
+            "Running",
+        ));
+        let during_a = tick();
+        // An update of a keeps its claim as first seen.
+        s.claim(&pod(
+            "u1",
+            "a",
+            "10.1.0.9",
+            "2026-01-01T00:00:00Z",
+            "Running",
+        ));
+        assert!(s.left_ips.is_empty(), "an update ends no claim");
+        s.unclaim("u1");
+        let after_a = tick();
+        // Read after the deletion: still a's, and so is a count while nobody has it.
+        assert_eq!(s.owner(&ip).map(|c| c.uid.as_str()), None);
+        assert_eq!(who(&s, during_a).as_deref(), Some("a"));
+        assert_eq!(who(&s, after_a).as_deref(), Some("a"));
+        s.claim(&pod(
+            "u2",
+            "b",
+            "10.1.0.9",
+            "2026-01-01T00:05:00Z",
+            "Running",
+        ));
+        let during_b = tick();
+        assert_eq!(who(&s, before_any).as_deref(), Some("a"));
+        assert_eq!(who(&s, during_a).as_deref(), Some("a"));
+        // After a left, before the agent saw b: b's.
+        assert_eq!(who(&s, after_a).as_deref(), Some("b"));
+        assert_eq!(who(&s, during_b).as_deref(), Some("b"));
+        // c takes the address before b's deletion arrives: counts from then are c's.
+        s.claim(&pod(
+            "u3",
+            "c",
+            "10.1.0.9",
+            "2026-01-01T00:09:00Z",
+            "Running",
+        ));
+        let during_c = tick();
+        s.unclaim("u2");
+        assert_eq!(who(&s, during_b).as_deref(), Some("b"));
+        assert_eq!(who(&s, during_c).as_deref(), Some("c"));
+        // Finished: c's claim ends; its counts stay its own.
+        s.claim(&pod(
+            "u3",
+            "c",
+            "10.1.0.9",
+            "2026-01-01T00:09:00Z",
+            "Succeeded",
+        ));
+        assert_eq!(who(&s, during_c).as_deref(), Some("c"));
+        assert_eq!(who(&s, during_a).as_deref(), Some("a"));
     }
 
     #[test]
