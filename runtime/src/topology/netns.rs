@@ -15,9 +15,9 @@
 //! is known by its address from the moment a CNI gives it one, however short its life. The
 //! socket holds the namespace alive: it is closed as soon as the namespace leaves the
 //! directory. Without a subscription (it failed, or the thread could not start) a namespace
-//! without an address is read again after 1, 2, 4 and 8 s, then every 10 s; in any case one
-//! with an address every 60 s, and when asked about an address it does not know, every
-//! namespace without one at once (at most every 100 ms). Nothing here grows with the pods
+//! without an address is read again after 1, 2, 4 and 8 s, then every 10 s, and at once
+//! (at most every 100 ms) when the agent is asked about an address it does not know; in any
+//! case one with an address every 60 s. Nothing here grows with the pods
 //! every second: a node of idle pods costs a read of each every 10 or 60 s.
 //!
 //! Who had an address is kept with when (as the agent saw it), for `goneRetention` after
@@ -60,10 +60,14 @@ struct NetnsAddresses {
 
 impl NetnsAddresses {
     /// Whether it is to be read again: when due, or (`eager`, asked about an unknown address)
-    /// at once if it has no address yet.
+    /// at once if it has no address yet and no subscription would have told of one.
     fn due(&self, eager: bool) -> bool {
         let age = self.read.elapsed();
-        age >= self.wait || (eager && self.addresses.is_empty() && age >= MISS_RESCAN_INTERVAL)
+        age >= self.wait
+            || (eager
+                && !self.subscribed
+                && self.addresses.is_empty()
+                && age >= MISS_RESCAN_INTERVAL)
     }
 
     /// The wait after a read that found `addresses`, following one that waited `previous`
@@ -704,7 +708,7 @@ mod tests {
     }
 
     /// Asked about an unknown address, a namespace without one is read at once (after
-    /// 100 ms), one with an address only when due.
+    /// 100 ms) unless its subscription follows it; one with an address only when due.
     #[test]
     fn an_unknown_address_reads_addressless_namespaces_at_once() {
         let read = Instant::now() - Duration::from_millis(200);
@@ -716,6 +720,14 @@ mod tests {
         };
         assert!(!addressless.due(false));
         assert!(addressless.due(true));
+        // Followed: its subscription tells when it gets an address.
+        let followed = NetnsAddresses {
+            subscribed: true,
+            addresses: Vec::new(),
+            read,
+            wait: ADDRESSES_MAX_AGE,
+        };
+        assert!(!followed.due(true));
         let addressed = NetnsAddresses {
             addresses: vec!["10.0.0.1".parse().unwrap()],
             read,
