@@ -567,6 +567,7 @@ fn alert_rules_pass_promtool() {
         "SondeTCPRetransmitStorm",
         "SondePluginQuarantined",
         "SondeEventsLost",
+        "SondeSeriesCapReached",
     ] {
         assert!(alerts.contains(&alert), "{alert} missing from {alerts:?}");
     }
