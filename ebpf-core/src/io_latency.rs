@@ -76,6 +76,9 @@ pub struct Record {
     pub pad: [u8; 3],
 }
 
+// SAFETY: a #[repr(C)] struct of integers (and of plain records): every bit pattern is a value.
+unsafe impl aya::Pod for Record {}
+
 const _: () = {
     assert!(size_of::<Key>() == 8);
     assert!(offset_of!(Key, op) == 4);

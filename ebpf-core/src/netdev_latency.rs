@@ -89,6 +89,9 @@ pub struct Record {
     pub name: [u8; 16],
 }
 
+// SAFETY: a #[repr(C)] struct of integers (and of plain records): every bit pattern is a value.
+unsafe impl aya::Pod for Record {}
+
 /// A NUL-terminated interface name.
 pub fn ifname(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());

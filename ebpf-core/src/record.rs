@@ -180,12 +180,20 @@ pub struct Stats {
 
 /// Reads a record the kernel wrote into the ring buffer. `None` when it is too short, which
 /// only happens if the object and its Rust mirror disagree.
-pub fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+///
+/// Only plain data can be read this way (`aya::Pod`: every bit pattern valid); a type with
+/// invalid bit patterns, such as `bool` or an enum, is refused at compile time:
+///
+/// ```compile_fail
+/// let _: Option<bool> = ebpf_core::record::read_record(&[2u8]);
+/// ```
+pub fn read_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: length checked above; T is a plain #[repr(C)] mirror of a C struct of integers,
-    // so every bit pattern is valid; read_unaligned copes with the ring buffer's 8-byte alignment.
+    // SAFETY: length checked above; T is Pod (a plain #[repr(C)] mirror of a C struct of
+    // integers), so every bit pattern is valid; read_unaligned copes with the ring buffer's
+    // 8-byte alignment.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 

@@ -81,6 +81,9 @@ pub struct Record {
     pub pad: [u8; 2],
 }
 
+// SAFETY: a #[repr(C)] struct of integers (and of plain records): every bit pattern is a value.
+unsafe impl aya::Pod for Record {}
+
 const _: () = {
     assert!(size_of::<Key>() == 4);
     assert!(offset_of!(Key, kind) == 1);

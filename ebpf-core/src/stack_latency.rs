@@ -89,6 +89,9 @@ pub struct Record {
     pub pad: [u8; 3],
 }
 
+// SAFETY: a #[repr(C)] struct of integers (and of plain records): every bit pattern is a value.
+unsafe impl aya::Pod for Record {}
+
 const _: () = {
     assert!(size_of::<Record>() == 80);
     assert!(offset_of!(Record, duration_ns) == 8);

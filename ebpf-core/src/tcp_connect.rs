@@ -83,6 +83,9 @@ pub struct Record {
     pub tuple: Tuple,
 }
 
+// SAFETY: a #[repr(C)] struct of integers (and of plain records): every bit pattern is a value.
+unsafe impl aya::Pod for Record {}
+
 const _: () = {
     assert!(size_of::<Key>() == 24);
     assert!(offset_of!(Key, side) == 16);

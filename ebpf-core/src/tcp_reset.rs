@@ -82,6 +82,9 @@ pub struct Record {
     pub tuple: Tuple,
 }
 
+// SAFETY: a #[repr(C)] struct of integers (and of plain records): every bit pattern is a value.
+unsafe impl aya::Pod for Record {}
+
 const _: () = {
     assert!(size_of::<Key>() == 24);
     assert!(size_of::<Record>() == 72);

@@ -128,6 +128,9 @@ pub struct Record {
     pub name: [u8; 16],
 }
 
+// SAFETY: a #[repr(C)] struct of integers (and of plain records): every bit pattern is a value.
+unsafe impl aya::Pod for Record {}
+
 const _: () = {
     assert!(size_of::<Key>() == 8);
     assert!(offset_of!(Key, class) == 4);
