@@ -182,7 +182,10 @@ impl Buckets {
     fn len(self) -> usize {
         match self {
             Buckets::Log2 => LOG2_BUCKETS,
-            Buckets::Linear { min, max, step } => ((max - min) / step) as usize + 2,
+            // In i128: max - min of extreme bounds does not fit an i64.
+            Buckets::Linear { min, max, step } => {
+                ((max as i128 - min as i128) / step as i128) as usize + 2
+            }
         }
     }
 
@@ -223,8 +226,9 @@ impl Buckets {
                 } else if index == self.len() - 1 {
                     (Some(max), None)
                 } else {
-                    let low = min + (index as i64 - 1) * step;
-                    (Some(low), Some(low + step))
+                    // Below max, so within i64 however far apart the bounds are.
+                    let low = min as i128 + (index as i128 - 1) * step as i128;
+                    (Some(low as i64), Some((low + step as i128) as i64))
                 }
             }
         }
@@ -537,6 +541,21 @@ mod tests {
 
     fn k(s: &str) -> Key {
         vec![KeyPart::Str(s.into())]
+    }
+
+    /// Bounds as far apart as an i64 allows: two buckets between them, each value in its
+    /// own, no overflow on the way (`sonde trace` panicked on these).
+    #[test]
+    fn lhist_with_extreme_bounds() {
+        let b = Buckets::linear(i64::MIN + 1, i64::MAX, i64::MAX).expect("2 buckets");
+        let mut h = Histogram::new(b);
+        for v in [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX] {
+            h.add(v);
+        }
+        assert_eq!(&*h.counts, &[1, 2, 3, 1]);
+        assert_eq!(b.range(1), (Some(i64::MIN + 1), Some(0)));
+        assert_eq!(b.range(2), (Some(0), Some(i64::MAX)));
+        assert_eq!(b.range(3), (Some(i64::MAX), None));
     }
 
     #[test]
