@@ -1,7 +1,8 @@
 //! Aggregation maps, bpftrace's `@name[key] = count()` and friends: named maps whose entries
 //! are keyed by a tuple of script values and hold one kind of aggregate each (a count, a sum,
-//! an average, a minimum, a maximum or a histogram). Bounded: entries per map and maps per
-//! script are limited, and going past a limit is an error that names it.
+//! an average, a minimum, a maximum or a histogram). Bounded: entries per map, maps per
+//! script, the bytes of a key and of all keys together are limited, and going past a limit
+//! is an error that names it.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
@@ -362,6 +363,10 @@ impl Map {
 pub struct MapLimits {
     pub max_maps: usize,
     pub max_entries: usize,
+    /// Bytes of one key (a string part counts its length, a number 8).
+    pub max_key_bytes: usize,
+    /// Bytes of every key of every map together.
+    pub max_keys_bytes: usize,
 }
 
 impl Default for MapLimits {
@@ -369,8 +374,20 @@ impl Default for MapLimits {
         MapLimits {
             max_maps: 64,
             max_entries: 10_000,
+            max_key_bytes: 1 << 10,
+            max_keys_bytes: 16 << 20,
         }
     }
+}
+
+/// The bytes a key counts for under [`MapLimits`].
+fn key_bytes(key: &Key) -> usize {
+    key.iter()
+        .map(|p| match p {
+            KeyPart::Str(s) => s.len(),
+            _ => 8,
+        })
+        .sum()
 }
 
 /// Every aggregation map of a script, by name.
@@ -378,6 +395,8 @@ impl Default for MapLimits {
 pub struct Aggregations {
     pub maps: BTreeMap<String, Map>,
     pub limits: MapLimits,
+    /// The bytes of every key held, against `limits.max_keys_bytes`.
+    keys_bytes: usize,
 }
 
 impl Aggregations {
@@ -385,6 +404,7 @@ impl Aggregations {
         Aggregations {
             maps: BTreeMap::new(),
             limits,
+            keys_bytes: 0,
         }
     }
 
@@ -431,15 +451,30 @@ impl Aggregations {
             }
         }
         let len = map.entries.len();
-        let limit = self.limits.max_entries;
+        let limits = self.limits;
         match map.entries.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
             std::collections::hash_map::Entry::Vacant(e) => {
-                if len >= limit {
+                if len >= limits.max_entries {
                     return Err(format!(
-                        "map @{name} has reached the limit of {limit} entries"
+                        "map @{name} has reached the limit of {} entries",
+                        limits.max_entries
                     ));
                 }
+                let bytes = key_bytes(e.key());
+                if bytes > limits.max_key_bytes {
+                    return Err(format!(
+                        "a key of map @{name} is {bytes} bytes, over the limit of {}",
+                        limits.max_key_bytes
+                    ));
+                }
+                if self.keys_bytes + bytes > limits.max_keys_bytes {
+                    return Err(format!(
+                        "the script's map keys have reached the limit of {} bytes",
+                        limits.max_keys_bytes
+                    ));
+                }
+                self.keys_bytes += bytes;
                 Ok(e.insert(new()))
             }
         }
@@ -530,6 +565,8 @@ impl Aggregations {
     /// `clear(map)`: empties the map (it keeps its kind).
     pub fn clear(&mut self, name: &str) {
         if let Some(m) = self.maps.get_mut(name) {
+            let freed: usize = m.entries.keys().map(key_bytes).sum();
+            self.keys_bytes -= freed;
             m.entries.clear();
         }
     }
@@ -600,11 +637,40 @@ mod tests {
         assert!(Buckets::linear(0, 1_000_000, 1).is_err());
     }
 
+    /// Keys are bounded in size, one by one and all together; clearing a map gives its
+    /// keys' bytes back.
+    #[test]
+    fn map_keys_are_bounded_in_bytes() {
+        let mut a = Aggregations::new(MapLimits {
+            max_key_bytes: 100,
+            max_keys_bytes: 250,
+            ..MapLimits::default()
+        });
+        let long = "x".repeat(101);
+        let e = a.count("x", k(&long)).unwrap_err();
+        assert_eq!(e, "a key of map @x is 101 bytes, over the limit of 100");
+        assert!(a.maps["x"].entries.is_empty());
+        // 92 + 8: exactly the limit of one key.
+        let key = |i: i64| vec![KeyPart::Str("y".repeat(92).into()), KeyPart::Int(i)];
+        assert_eq!(a.count("x", key(1)), Ok(1));
+        assert_eq!(a.count("y", key(2)), Ok(1));
+        let e = a.count("x", key(3)).unwrap_err();
+        assert_eq!(
+            e,
+            "the script's map keys have reached the limit of 250 bytes"
+        );
+        // An existing key still counts.
+        assert_eq!(a.count("x", key(1)), Ok(2));
+        a.clear("x");
+        assert_eq!(a.count("x", key(3)), Ok(1));
+    }
+
     #[test]
     fn maps_keep_one_kind_and_their_limits() {
         let mut a = Aggregations::new(MapLimits {
             max_maps: 2,
             max_entries: 2,
+            ..MapLimits::default()
         });
         assert_eq!(a.count("x", k("a")), Ok(1));
         assert_eq!(a.count("x", k("a")), Ok(2));
