@@ -352,6 +352,16 @@ impl NetnsDir {
         }
     }
 
+    /// A new namespace for each of `names` (its role `role`), each the pod of that name.
+    fn with_pods(names: &[&str], role: &str) -> (NetnsDir, Vec<Netns>) {
+        let namespaces: Vec<Netns> = names.iter().map(|_| Netns::new(role)).collect();
+        let mut dir = NetnsDir::new();
+        for (name, netns) in names.iter().zip(&namespaces) {
+            dir.add(name, netns);
+        }
+        (dir, namespaces)
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -436,11 +446,7 @@ fn wait_netstat(agent: &Agent, pods: &[&str], want: &[&str], dropped: f64, serie
 #[test]
 fn netstat_series_stop_at_the_cap_and_are_counted() {
     let names = ["cap-1", "cap-2", "cap-3", "cap-4", "cap-5"];
-    let namespaces: Vec<Netns> = names.iter().map(|_| Netns::new("cap")).collect();
-    let mut dir = NetnsDir::new();
-    for (name, netns) in names.iter().zip(&namespaces) {
-        dir.add(name, netns);
-    }
+    let (mut dir, namespaces) = NetnsDir::with_pods(&names, "cap");
     let agent = Agent::spawn_yaml(&capped_netstat_yaml(dir.path(), 7));
     agent.wait_ready(READY_TIMEOUT);
     agent.wait_metric_eq("sonde_series_limit", &[], 7.0, SETTLE_TIMEOUT);
@@ -604,11 +610,7 @@ fn flow_series_stop_at_the_cap_and_are_counted() {
 #[test]
 fn probe_series_stop_at_the_cap_and_are_counted() {
     let names = ["cap-1", "cap-2", "cap-3"];
-    let namespaces: Vec<Netns> = names.iter().map(|_| Netns::new("cap")).collect();
-    let mut dir = NetnsDir::new();
-    for (name, netns) in names.iter().zip(&namespaces) {
-        dir.add(name, netns);
-    }
+    let (dir, namespaces) = NetnsDir::with_pods(&names, "cap");
     let agent = Agent::spawn_yaml(&format!(
         "node: {NODE}\nprobes:\n\
          \x20 packet_drop: {{enabled: true}}\n\
@@ -673,11 +675,7 @@ fn probe_series_stop_at_the_cap_and_are_counted() {
 fn series_of_a_gone_pod_expire_after_the_retention() {
     const RETENTION: Duration = Duration::from_secs(4);
     let names = ["expire-gone", "expire-stays"];
-    let namespaces: Vec<Netns> = names.iter().map(|_| Netns::new("exp")).collect();
-    let mut dir = NetnsDir::new();
-    for (name, netns) in names.iter().zip(&namespaces) {
-        dir.add(name, netns);
-    }
+    let (mut dir, namespaces) = NetnsDir::with_pods(&names, "exp");
     let agent = Agent::spawn_yaml(&format!(
         "node: {NODE}\nprobes:\n\
          \x20 packet_drop: {{enabled: true}}\n\

@@ -174,6 +174,8 @@ impl NetnsTopology {
             watch: Mutex::new(None),
             ip_miss: Mutex::new(None),
         });
+        // Before the first read, so that each namespace is read (and subscribed to) once.
+        topo.spawn_address_watch();
         topo.rescan();
         topo.refresh_addresses(false);
         topo
@@ -329,13 +331,6 @@ impl NetnsTopology {
 
     /// Keeps the view fresh until the returned task is dropped or aborted.
     pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        self.spawn_address_watch();
-        // Namespaces read before the watch started have no subscription yet.
-        self.addresses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.refresh_addresses(false);
         self.spawn_mount_watch();
         let topo = Arc::clone(self);
         tokio::spawn(async move {
