@@ -148,12 +148,13 @@ fn file_sink_receives_events() {
     send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 30);
     // Concurrent tests make drops too, so the file may have rotated: read the rotated ones.
     let in_file = poll_until(SETTLE_TIMEOUT, "30 drop events in the file sink", || {
-        let mut texts = vec![std::fs::read_to_string(&path).ok()?];
-        for n in 1..=5 {
-            texts.push(
-                std::fs::read_to_string(format!("{}.{n}", path.display())).unwrap_or_default(),
-            );
-        }
+        // Oldest first: a rotation while we read moves lines into a file already read (missed
+        // this round, seen by the next poll), never into one still to read (counted twice).
+        let mut texts: Vec<String> = (1..=5)
+            .rev()
+            .map(|n| std::fs::read_to_string(format!("{}.{n}", path.display())).unwrap_or_default())
+            .collect();
+        texts.push(std::fs::read_to_string(&path).ok()?);
         // Only whole lines of each file: the sink may be halfway through writing the last one.
         let events: Vec<Value> = texts
             .iter()
