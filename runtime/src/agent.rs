@@ -126,9 +126,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
         .context("cannot start the plugin host")?;
         let dirs = PluginDirs::new(host, plugin_dirs);
-        // Bundles present at start are loaded before the agent reports ready.
-        let first = Arc::clone(&dirs);
-        tokio::task::spawn_blocking(move || first.scan()).await?;
+        // Scans at once, and loads each bundle on a thread of its own: the HTTP server starts
+        // now, whatever the bundles do; /readyz waits for the bundles present at start.
         dirs.spawn_watch();
         if !configmap_ns.is_empty() {
             let client = match &started.client {

@@ -141,6 +141,9 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         )
             .into_response();
     }
+    if let Some(Err(why)) = s.plugins.as_ref().map(|p| p.readiness()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("plugins: {why}\n")).into_response();
+    }
     let probes = s.probes.lock().unwrap_or_else(|e| e.into_inner());
     let failed: Vec<String> = probes
         .status()

@@ -48,6 +48,10 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         "memory",
         "trap-handler",
         "trap-init",
+        "sleep-handler",
+        "poll-handler",
+        "sleep-init",
+        "poll-init",
         "series",
         "log-flood",
         "event-flood",
@@ -110,6 +114,12 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         ("memory", "memory"),
         ("trap-handler", "trap"),
         ("trap-init", "init"),
+        // Blocked in a WASI host call (a sleep, a poll that never ends): stopped at the same
+        // deadline as guest code.
+        ("sleep-handler", "timeout"),
+        ("poll-handler", "timeout"),
+        ("sleep-init", "init"),
+        ("poll-init", "init"),
     ] {
         let name = format!("hostile-{mode}");
         poll_until(
@@ -132,10 +142,15 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         );
     }
     let list = plugins_api(&agent);
-    assert_eq!(
-        plugin(&list, "hostile-trap-init").map(|p| p["state"].clone()),
-        Some("refused".into())
-    );
+    for mode in ["trap-init", "sleep-init", "poll-init"] {
+        let p = plugin(&list, &format!("hostile-{mode}")).expect("listed");
+        assert_eq!(p["state"], "refused", "{p}");
+    }
+    for mode in ["sleep-init", "poll-init"] {
+        let p = plugin(&list, &format!("hostile-{mode}")).expect("listed");
+        let error = p["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("callTimeout"), "{p}");
+    }
     for mode in ["series", "log-flood", "event-flood"] {
         assert!(
             plugin(&list, &format!("hostile-{mode}")).is_some(),
@@ -151,6 +166,85 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
     assert!(
         series <= 1000,
         "{series} series exported by the series bomb (limit 1000)"
+    );
+}
+
+#[test]
+fn a_bundle_sleeping_in_init_delays_neither_http_nor_other_bundles() {
+    use std::time::{Duration, Instant};
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    // The longest init a manifest may allow, spent asleep in a WASI call.
+    write_bundle(
+        &dir.path().join("sleeper"),
+        "sleeper",
+        &module,
+        "  subscribe: [packet_drop]\n  config: {mode: sleep-init}\n  limits: {callTimeout: 20s}\n",
+    );
+    write_bundle(
+        &dir.path().join("count"),
+        "counter",
+        &module,
+        "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n",
+    );
+    let pods = PodPair::dropping_udp(PORT);
+    let started = Instant::now();
+    let agent = agent_with_plugins(dir.path());
+    let healthy = poll_until(Duration::from_secs(10), "/healthz to answer", || {
+        sonde_tests::http_get(agent.addr(), "/healthz")
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|_| started.elapsed())
+    });
+    assert!(
+        healthy < Duration::from_secs(1),
+        "/healthz answered {healthy:?} after the start"
+    );
+
+    // The counter runs and counts while the sleeper is still in its init; the agent is not
+    // ready until the bundles present at start have loaded or been refused, and says why.
+    poll_until(SETTLE_TIMEOUT, "the counter to run", || {
+        plugin(&plugins_api(&agent), "counter")
+            .filter(|p| p["state"] == "running")
+            .map(|_| ())
+    });
+    let list = plugins_api(&agent);
+    let sleeper = plugin(&list, "sleeper").expect("the sleeper is listed while it loads");
+    assert_eq!(sleeper["state"], "loading", "{sleeper}");
+    let (status, body) = agent.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("plugins:") && body.contains("sleeper"),
+        "{body}"
+    );
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 40);
+    let seen = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    agent.wait_metric(SEEN, &seen, 40.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(SEEN, &seen), Some(40.0));
+    assert_eq!(
+        plugin(&plugins_api(&agent), "sleeper").map(|p| p["state"].clone()),
+        Some("loading".into()),
+        "the sleeper is still in its init"
+    );
+
+    // At its deadline the init is abandoned: the bundle is refused and the agent ready.
+    agent.wait_ready(Duration::from_secs(40));
+    let list = plugins_api(&agent);
+    let sleeper = plugin(&list, "sleeper").expect("listed");
+    assert_eq!(sleeper["state"], "refused", "{sleeper}");
+    let error = sleeper["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("callTimeout (20s)"), "{sleeper}");
+    assert_eq!(
+        agent.metric(
+            "sonde_plugin_errors_total",
+            &[("plugin", "sleeper"), ("kind", "init")]
+        ),
+        Some(1.0)
     );
 }
 

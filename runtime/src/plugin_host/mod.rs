@@ -4,7 +4,9 @@
 //! own module here (`log`, `metrics`, `events`, `topology`, `maps`, `control`).
 //!
 //! Each plugin runs on its own thread with its own store: memory is capped by `StoreLimits`,
-//! every call by an epoch deadline. A call that traps, times out or runs out of memory poisons
+//! every call by a deadline: the epoch stops guest code that runs too long, and since calls
+//! are futures (async exports, WASI's async host functions) a call blocked in a host function
+//! (a sleep, a poll) is dropped at the same deadline. A call that traps, times out or runs out of memory poisons
 //! the instance: the store is dropped and a fresh one is made from the plugin's `InstancePre`,
 //! with backoff; repeated failures quarantine the plugin. Nothing a plugin does stops the
 //! agent or the other plugins.
@@ -39,9 +41,12 @@ pub use watch::PluginDirs;
 
 use crate::probes::{Context, Probes};
 
+// Exports are called asynchronously, so that a call blocked in a host function (a WASI sleep
+// or poll) can be abandoned at its deadline: see `worker::Instance::call`.
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
+    exports: { default: async },
 });
 
 use self::sonde::plugin::types::Error as WitError;
@@ -207,7 +212,8 @@ pub struct PluginStatus {
     /// The module's SHA-256, short.
     pub version: String,
     pub dir: String,
-    /// `running`, `restarting`, `quarantined`, or `refused` (a bundle that never loaded).
+    /// `loading` (a new bundle being compiled and initialised), `running`, `restarting`,
+    /// `quarantined`, or `refused` (a bundle that never loaded).
     pub state: String,
     pub subscribe: Vec<String>,
     pub capabilities: Vec<String>,
@@ -225,7 +231,7 @@ impl PluginHost {
     ) -> anyhow::Result<Arc<Self>> {
         let engine = Self::engine()?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let engine_for_epoch = engine.clone();
         std::thread::Builder::new()
@@ -522,7 +528,7 @@ pub fn check_bundle(dir: &Path) -> Result<Bundle, BundleError> {
     let component = Component::new(&engine, &bundle.module)
         .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;
     let mut linker: Linker<HostState> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| BundleError::World(e.to_string()))?;
     Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
         .map_err(|e| BundleError::World(e.to_string()))?;

@@ -8,7 +8,7 @@
 //! `configmap/<namespace>/<name>`: both kinds go through the same [`PluginDirs::scan`], so
 //! loading, refusing (the running version stays) and swapping are one code path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -37,7 +37,21 @@ pub struct PluginDirs {
     /// One scan at a time (the directory tick and the ConfigMap watch both scan).
     scanning: Mutex<()>,
     seen: Mutex<HashMap<PathBuf, Seen>>,
+    /// Bundles being loaded, each on its own thread, and the plugin name each claims once its
+    /// manifest is read: a bundle is loaded by one thread at a time, and a name by one bundle.
+    loading: Mutex<HashMap<PathBuf, Option<String>>>,
+    /// The loads the first scan started: the agent is ready once it has scanned and none is
+    /// left.
+    first: Mutex<FirstLoads>,
     plugins: Mutex<BTreeMap<String, Arc<Mutex<PluginStatus>>>>,
+}
+
+/// What the first scan started.
+#[derive(Default)]
+struct FirstLoads {
+    scanned: bool,
+    /// The bundles it started loading that have not finished.
+    left: HashSet<PathBuf>,
 }
 
 /// A bundle ConfigMap's keys (`data` and `binaryData` together) and their fingerprint.
@@ -129,6 +143,8 @@ impl PluginDirs {
             configmaps: Mutex::new(BTreeMap::new()),
             scanning: Mutex::new(()),
             seen: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            first: Mutex::new(FirstLoads::default()),
             plugins: Mutex::new(BTreeMap::new()),
         })
     }
@@ -199,8 +215,10 @@ impl PluginDirs {
         })
     }
 
-    /// Loads new and changed bundles and stops removed ones.
-    pub fn scan(&self) {
+    /// Stops removed bundles and starts loading new and changed ones, each on a thread of its
+    /// own: a bundle that is slow to compile or initialise delays no other, and the caller
+    /// (the HTTP server's runtime, the ConfigMap watch) never waits for one.
+    pub fn scan(self: &Arc<Self>) {
         let _one = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
         let configmaps = self
             .configmaps
@@ -234,9 +252,19 @@ impl PluginDirs {
                     .remove(&name);
             }
         }
+        let is_first = !self.first.lock().unwrap_or_else(|e| e.into_inner()).scanned;
         for dir in present {
-            let from_api = configmaps.get(&dir);
-            let fp = match from_api {
+            if self
+                .loading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&dir)
+            {
+                // Looked at again once this load ends.
+                continue;
+            }
+            let from_api = configmaps.get(&dir).cloned();
+            let fp = match &from_api {
                 Some(cm) => cm.fingerprint.clone(),
                 None => fingerprint(&dir),
             };
@@ -248,11 +276,76 @@ impl PluginDirs {
                     None => None,
                 }
             };
-            let bundle = match from_api {
-                Some(cm) => Bundle::from_files(&dir, &cm.files),
-                None => Bundle::read(&dir),
-            };
-            let outcome = self.load(&dir, bundle, previous.as_deref());
+            self.loading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir.clone(), None);
+            if is_first {
+                self.first
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .left
+                    .insert(dir.clone());
+            }
+            let me = Arc::clone(self);
+            let job = dir.clone();
+            let spawned = std::thread::Builder::new()
+                .name("bundle load".into())
+                .spawn(move || me.load_dir(job, fp, from_api, previous));
+            if let Err(e) = spawned {
+                tracing::error!(bundle = %dir.display(), error = %e, "cannot start a thread to load the bundle; trying at the next scan");
+                self.loaded(&dir);
+            }
+        }
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).scanned = true;
+    }
+
+    /// A load ended (or never started): the bundle may be looked at again.
+    fn loaded(&self, dir: &Path) {
+        self.loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir);
+        self.first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .left
+            .remove(dir);
+    }
+
+    /// Whether the bundles present at start have loaded (or been refused): until then the
+    /// agent is not ready, so that its first scrape has their metrics.
+    pub fn readiness(&self) -> Result<(), String> {
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        match &*first {
+            FirstLoads { scanned: false, .. } => Err("bundles not scanned yet".into()),
+            FirstLoads { left, .. } if !left.is_empty() => {
+                let mut dirs: Vec<String> = left.iter().map(|d| d.display().to_string()).collect();
+                dirs.sort();
+                Err(format!(
+                    "{} bundle(s) present at start still loading: {}",
+                    dirs.len(),
+                    dirs.join(", ")
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads one bundle (on its own thread) and records the outcome.
+    fn load_dir(
+        &self,
+        dir: PathBuf,
+        fp: String,
+        from_api: Option<ConfigMapBundle>,
+        previous: Option<String>,
+    ) {
+        let bundle = match &from_api {
+            Some(cm) => Bundle::from_files(&dir, &cm.files),
+            None => Bundle::read(&dir),
+        };
+        let outcome = self.load(&dir, bundle, previous.as_deref());
+        {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             let entry = seen.entry(dir.clone()).or_insert(Seen {
                 fingerprint: String::new(),
@@ -288,6 +381,7 @@ impl PluginDirs {
                 }
             }
         }
+        self.loaded(&dir);
     }
 
     /// Loads one bundle; on success returns the plugin's name, on failure the label to count
@@ -304,11 +398,21 @@ impl PluginDirs {
             .unwrap_or_default();
         let bundle = bundle.map_err(|e| (folder.clone(), e))?;
         let name = bundle.manifest.metadata.name.clone();
-        // Another folder's plugin of the same name keeps its name.
+        // Another folder's plugin of the same name keeps its name, whether it runs or is
+        // being loaded.
         let taken = {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.iter()
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = seen
+                .iter()
                 .any(|(d, s)| d != dir && s.running.as_deref() == Some(name.as_str()))
+                || loading
+                    .iter()
+                    .any(|(d, n)| d != dir && n.as_deref() == Some(name.as_str()));
+            if !taken {
+                loading.insert(dir.to_path_buf(), Some(name.clone()));
+            }
+            taken
         };
         if taken {
             return Err((
@@ -344,7 +448,27 @@ impl PluginDirs {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        for (dir, name) in loading.iter() {
+            // A new bundle (a new version of a running one shows as that plugin meanwhile).
+            if seen.get(dir).is_some_and(|s| s.running.is_some()) {
+                continue;
+            }
+            let folder = dir.file_name().map(|n| n.to_string_lossy().to_string());
+            out.push(PluginStatus {
+                name: name.clone().or(folder).unwrap_or_default(),
+                version: String::new(),
+                dir: dir.display().to_string(),
+                state: "loading".into(),
+                subscribe: Vec::new(),
+                capabilities: Vec::new(),
+                last_error: None,
+            });
+        }
         for (dir, s) in seen.iter() {
+            if loading.contains_key(dir) {
+                continue;
+            }
             if let (None, Some((label, error))) = (&s.running, &s.refused) {
                 out.push(PluginStatus {
                     name: label.clone(),

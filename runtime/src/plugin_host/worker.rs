@@ -64,6 +64,13 @@ pub struct Failure {
 }
 
 impl Failure {
+    fn timeout(timeout: Duration) -> Self {
+        Failure {
+            kind: "timeout",
+            message: format!("call exceeded spec.limits.callTimeout ({timeout:?})"),
+        }
+    }
+
     fn from_call(e: wasmtime::Error, timeout: Duration) -> Self {
         // The error chain without the wasm backtrace, on one line.
         let message = e
@@ -74,12 +81,7 @@ impl Failure {
             .join(": ")
             .replace('\n', " ");
         let kind = match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => {
-                return Failure {
-                    kind: "timeout",
-                    message: format!("call exceeded spec.limits.callTimeout ({timeout:?})"),
-                }
-            }
+            Some(Trap::Interrupt) => return Failure::timeout(timeout),
             _ if message.contains("growing memory")
                 || message.contains("memory") && message.contains("limit") =>
             {
@@ -121,34 +123,73 @@ pub(crate) type Fresh = Box<dyn Fn(&PluginHost) -> Result<Box<dyn Guest>, Bundle
 
 /// A live instance of a plugin.
 pub struct Instance {
+    /// Drives the instance's calls: each runs as a future on this runtime, with a deadline.
+    rt: tokio::runtime::Runtime,
     store: Store<HostState>,
     bindings: Plugin,
     timeout: Duration,
     generation: u64,
 }
 
-impl Instance {
-    fn deadline(&mut self) {
-        let ticks = self.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
-        self.store.set_epoch_deadline(ticks);
-    }
+/// A small runtime for one instance's calls; the WASI host functions (timers, pollables) run
+/// on it.
+fn call_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot make the plugin's runtime: {e}"))
+}
 
-    fn call<R>(
-        &mut self,
+/// Runs one call into a guest to its end or to its deadline, whichever comes first. Guest
+/// code that spins is stopped by the epoch deadline (a trap); a call blocked in a host
+/// function (a WASI sleep, a pollable that never becomes ready) is abandoned here: its future
+/// is dropped, which unwinds the guest's fiber. Either way the instance is poisoned and the
+/// worker makes a fresh one.
+fn bounded<R>(
+    rt: &tokio::runtime::Runtime,
+    timeout: Duration,
+    call: impl std::future::Future<Output = wasmtime::Result<R>>,
+) -> Result<R, Failure> {
+    // The epoch deadline comes first for guest code (a tick after `timeout`); this one a tick
+    // later, for host calls.
+    let wall = timeout + 2 * EPOCH_TICK;
+    rt.block_on(async { tokio::time::timeout(wall, call).await })
+        .map_err(|_| Failure::timeout(timeout))?
+        .map_err(|e| Failure::from_call(e, timeout))
+}
+
+impl Instance {
+    fn call<'a, R, F>(
+        &'a mut self,
         what: &'static str,
         metrics: &super::PluginMetrics,
         name: &str,
-        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, Failure> {
-        self.deadline();
+        f: impl FnOnce(&'a Plugin, &'a mut Store<HostState>) -> F,
+    ) -> Result<R, Failure>
+    where
+        F: std::future::Future<Output = wasmtime::Result<R>> + 'a,
+    {
+        self.store.set_epoch_deadline(deadline_ticks(self.timeout));
         let started = Instant::now();
-        let r = f(&self.bindings, &mut self.store);
+        let timeout = self.timeout;
+        let Instance {
+            rt,
+            store,
+            bindings,
+            ..
+        } = self;
+        let r = bounded(rt, timeout, f(bindings, store));
         metrics
             .call_seconds
             .with_label_values(&[name, what])
             .observe(started.elapsed().as_secs_f64());
-        r.map_err(|e| Failure::from_call(e, self.timeout))
+        r
     }
+}
+
+/// The epoch ticks of a call's deadline.
+fn deadline_ticks(timeout: Duration) -> u64 {
+    timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1
 }
 
 impl PluginHost {
@@ -195,12 +236,12 @@ impl PluginHost {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let timeout = m.spec.limits.call_timeout;
-        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| BundleError::Init(Failure::from_call(e, timeout).message))?;
+        store.set_epoch_deadline(deadline_ticks(timeout));
+        let rt = call_runtime().map_err(BundleError::Init)?;
+        let bindings = bounded(&rt, timeout, pre.instantiate_async(&mut store))
+            .map_err(|f| BundleError::Init(f.message))?;
         let mut instance = Instance {
+            rt,
             store,
             bindings,
             timeout,

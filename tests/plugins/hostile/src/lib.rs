@@ -53,6 +53,8 @@ impl Hostile {
                 self.hoard.push(vec![1u8; 1 << 20]);
             },
             "trap-handler" => panic!("hostile plugin: trap in a handler"),
+            "sleep-handler" => sleep_forever(),
+            "poll-handler" => poll_forever(),
             "series" => {
                 let c = self.seen.as_ref().expect("a counter from init");
                 for i in 0..1_000_000u32 {
@@ -71,6 +73,21 @@ impl Hostile {
             }
             _ => {}
         }
+    }
+}
+
+/// Blocks in the host, not in guest code: the standard library's sleep is a WASI call.
+fn sleep_forever() {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Blocks in `wasi:io/poll.poll` on a pollable that never becomes ready.
+fn poll_forever() {
+    let never = wasip2::clocks::monotonic_clock::subscribe_instant(u64::MAX);
+    loop {
+        wasip2::io::poll::poll(&[&never]);
     }
 }
 
@@ -217,6 +234,12 @@ impl Plugin for Hostile {
         let settings: Settings = config.parse()?;
         if settings.mode == "trap-init" {
             panic!("hostile plugin: trap in init");
+        }
+        if settings.mode == "sleep-init" {
+            sleep_forever();
+        }
+        if settings.mode == "poll-init" {
+            poll_forever();
         }
         if settings.mode == "fail-init" {
             return Err("config.mode: fail-init refuses to start".into());
