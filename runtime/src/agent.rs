@@ -120,8 +120,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 metric_names: Mutex::new(HashMap::new()),
                 registries: Mutex::new(HashMap::new()),
             }),
-            (!config.plugins.cache_dir.is_empty())
-                .then(|| PathBuf::from(&config.plugins.cache_dir)),
+            &config.plugins,
             compiler(),
         )
         .context("cannot start the plugin host")?;
@@ -339,13 +338,8 @@ fn use_btf(config: &AgentConfig) {
 }
 
 /// Components are compiled by this binary in a child process (`sonde plugin compile`), so
-/// that the compiler's peak memory leaves with it; in process when the binary cannot be found.
+/// that the compiler's peak memory leaves with it. `/proc/self/exe` is the running binary
+/// even when a newer one has replaced it on disk: the child compiles for this engine.
 fn compiler() -> plugin_host::Compiler {
-    match std::env::current_exe() {
-        Ok(exe) => plugin_host::Compiler::Child(exe),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot find the sonde binary: compiling plugins in process");
-            plugin_host::Compiler::InProcess
-        }
-    }
+    plugin_host::Compiler::Child(PathBuf::from("/proc/self/exe"))
 }

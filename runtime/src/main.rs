@@ -86,6 +86,10 @@ enum PluginCommand {
     Check {
         /// The bundle's folder (plugin.yaml and its module).
         dir: PathBuf,
+        /// The agent's compile cache (plugins.cacheDir), used when this user owns it: a
+        /// component checked on the node is not compiled again by the agent. Empty: none.
+        #[arg(long, value_name = "DIR", default_value = sonde::plugin_host::DEFAULT_CACHE_DIR)]
+        cache_dir: String,
     },
     /// Print a bundle as a Kubernetes ConfigMap (labelled sonde.dev/bundle) on stdout.
     Configmap {
@@ -98,9 +102,9 @@ enum PluginCommand {
     /// Compile the component on stdin for this host (what the agent runs in a child process).
     #[command(hide = true)]
     Compile {
-        /// Where the compiled component goes.
+        /// Where the compiled component goes (default: stdout).
         #[arg(long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
     },
 }
 
@@ -167,11 +171,11 @@ fn main() -> ExitCode {
                 }))
             }),
         Command::Plugin {
-            command: PluginCommand::Check { dir },
-        } => plugin_check(&dir),
+            command: PluginCommand::Check { dir, cache_dir },
+        } => plugin_check(&dir, &cache_dir),
         Command::Plugin {
             command: PluginCommand::Compile { output },
-        } => plugin_compile(&output),
+        } => plugin_compile(output.as_deref()),
         Command::Plugin {
             command: PluginCommand::Configmap { dir, namespace },
         } => plugin_configmap(&dir, namespace.as_deref()),
@@ -392,8 +396,8 @@ fn probes(
 }
 
 /// `sonde plugin check DIR`.
-fn plugin_check(dir: &std::path::Path) -> anyhow::Result<()> {
-    let bundle = sonde::plugin_host::check_bundle(dir)
+fn plugin_check(dir: &std::path::Path, cache_dir: &str) -> anyhow::Result<()> {
+    let bundle = sonde::plugin_host::check_bundle(dir, cache_dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     if let Err(e) = sonde::plugin_host::configmap::configmap_yaml(&bundle, None) {
         eprintln!("sonde: warning: {e}");
@@ -417,15 +421,15 @@ fn plugin_check(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// `sonde plugin configmap DIR [--namespace NS]`.
 fn plugin_configmap(dir: &std::path::Path, namespace: Option<&str>) -> anyhow::Result<()> {
-    let bundle = sonde::plugin_host::check_bundle(dir)
+    let bundle = sonde::plugin_host::check_bundle(dir, "")
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let yaml = sonde::plugin_host::configmap::configmap_yaml(&bundle, namespace)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     print_stdout(&yaml)
 }
 
-/// `sonde plugin compile --output FILE` (module on stdin).
-fn plugin_compile(output: &std::path::Path) -> anyhow::Result<()> {
+/// `sonde plugin compile [--output FILE]` (module on stdin, component on stdout by default).
+fn plugin_compile(output: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::Read;
     let mut module = Vec::new();
     std::io::stdin()

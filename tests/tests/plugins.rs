@@ -990,6 +990,18 @@ fn compiled_components_are_cached_across_restarts() {
             .unwrap_or_default()
     };
 
+    let cache_errors = |agent: &Agent| {
+        agent.metric(
+            "sonde_plugin_errors_total",
+            &[("plugin", "idle"), ("kind", "cache")],
+        )
+    };
+    // What identifies one write of a file: a compile writes a new one.
+    let written = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).unwrap();
+        (m.ino(), m.mtime_nsec())
+    };
     {
         let agent = Agent::spawn_yaml(&yaml);
         agent.wait_ready(READY_TIMEOUT);
@@ -1002,30 +1014,191 @@ fn compiled_components_are_cached_across_restarts() {
         "one compiled component in {}",
         cache.display()
     );
+    let file = files[0].clone();
     {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache), 0o700);
+        assert_eq!(mode(&cache.join("key")), 0o600);
+        assert_eq!(mode(&file), 0o600);
+    }
+    let first = written(&file);
+    {
+        // Taken from the cache: not compiled (written) again, no error.
         let agent = Agent::spawn_yaml(&yaml);
         agent.wait_ready(READY_TIMEOUT);
         assert!(running(&agent));
+        assert_eq!(written(&file), first, "the cached file was used as it is");
+        assert_eq!(cache_errors(&agent), None);
+    }
+
+    // Planted files: compiled code without the agent's tag (what `wasmtime compile` or an
+    // attacker writes), a truncated file, and another module's (good) file under this
+    // module's name. Each is deleted and compiled again, counted and logged; the plugin runs.
+    let untagged = dir.path().join("untagged.cwasm");
+    let compiled = std::process::Command::new(sonde_tests::sonde_bin())
+        .args(["plugin", "compile", "--output"])
+        .arg(&untagged)
+        .stdin(std::fs::File::open(&module).unwrap())
+        .output()
+        .expect("sonde plugin compile runs");
+    assert!(compiled.status.success(), "{compiled:?}");
+    let whole = std::fs::read(&file).unwrap();
+    let mut other = std::fs::read(&module).unwrap();
+    other.extend_from_slice(&[0, 4, 3, b'p', b'a', b'd']); // same code, another module
+    let other_path = dir.path().join("other").join("hostile_plugin.wasm");
+    std::fs::create_dir_all(other_path.parent().unwrap()).unwrap();
+    std::fs::write(&other_path, &other).unwrap();
+    write_bundle(
+        &bundles.join("other"),
+        "other",
+        &other_path,
+        "  subscribe: [packet_drop]\n  config: {mode: idle}\n",
+    );
+    {
+        let agent = Agent::spawn_yaml(&yaml);
+        agent.wait_ready(READY_TIMEOUT);
+    }
+    std::fs::remove_dir_all(bundles.join("other")).unwrap();
+    let others: Vec<_> = cached().into_iter().filter(|p| *p != file).collect();
+    assert_eq!(others.len(), 1, "the other module's file");
+    let plants: [(&str, Vec<u8>); 3] = [
+        (
+            "untagged",
+            std::fs::read(dir.path().join("untagged.cwasm")).unwrap_or_default(),
+        ),
+        ("truncated", whole[..whole.len() / 2].to_vec()),
+        ("another module's", std::fs::read(&others[0]).unwrap()),
+    ];
+    for (what, bytes) in plants {
+        assert!(!bytes.is_empty(), "{what}");
+        std::fs::write(&file, &bytes).unwrap();
+        let agent = Agent::spawn_yaml(&yaml);
+        agent.wait_ready(READY_TIMEOUT);
+        assert!(running(&agent), "{what}");
+        assert_eq!(cache_errors(&agent), Some(1.0), "{what}");
         assert!(
-            !agent.stderr_text().contains("unusable cached component"),
-            "{}",
+            agent.stderr_text().contains("tag does not match"),
+            "{what}: {}",
             agent.stderr_text()
         );
+        assert_ne!(std::fs::read(&file).unwrap(), bytes, "{what}: replaced");
     }
-    // A damaged cache file is not trusted: the module is compiled again and still runs.
-    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    // The replacement is good: the next start takes it.
     let agent = Agent::spawn_yaml(&yaml);
     agent.wait_ready(READY_TIMEOUT);
     assert!(running(&agent));
-    poll_until(
-        SETTLE_TIMEOUT,
-        "the damaged cache file to be reported",
-        || {
-            agent
-                .stderr_text()
-                .contains("unusable cached component")
-                .then_some(())
-        },
+    assert_eq!(cache_errors(&agent), None);
+}
+
+#[test]
+fn a_compile_over_the_limit_is_a_refused_bundle_and_the_others_run() {
+    // The Python plugin's 18 MiB of WebAssembly need about 500 MiB of address space to
+    // compile: far over a 200 MiB cap, which the small test plugin fits in.
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let bundles = dir.path().join("bundles");
+    write_bundle(
+        &bundles.join("count"),
+        "counter",
+        &module,
+        "  subscribe: [packet_drop]\n  config: {mode: count}\n  capabilities: [metrics]\n",
+    );
+    let python = sonde_tests::first_party_bundle("reset-report-py");
+    let big = bundles.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for entry in std::fs::read_dir(&python).unwrap().flatten() {
+        std::fs::copy(entry.path(), big.join(entry.file_name())).unwrap();
+    }
+    let pods = PodPair::dropping_udp(PORT);
+    let agent = Agent::spawn_yaml(&format!(
+        "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
+         tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n  cacheDir: \"\"\n  \
+         limits: {{compileMemory: 200Mi}}\n",
+        bundles.display()
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let list = plugins_api(&agent);
+    let refused =
+        plugin(&list, "reset-report-py").unwrap_or_else(|| panic!("the Python bundle in {list:?}"));
+    assert_eq!(refused["state"], "refused", "{refused}");
+    let error = refused["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("plugins.limits.compileMemory (200 MiB"),
+        "{refused}"
+    );
+    assert!(!error.contains('\n'), "{refused}");
+    assert!(
+        !agent.stderr_text().contains("in process"),
+        "no compile in the agent: {}",
+        agent.stderr_text()
+    );
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 25);
+    let seen = [
+        ("probe", "packet_drop"),
+        ("pod", pods.b.name()),
+        ("reason", "NETFILTER_DROP"),
+    ];
+    agent.wait_metric(SEEN, &seen, 25.0, SETTLE_TIMEOUT);
+    assert_eq!(agent.metric(SEEN, &seen), Some(25.0));
+}
+
+#[test]
+fn plugin_check_fills_the_agents_cache() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let bundles = dir.path().join("bundles");
+    let cache = dir.path().join("cache");
+    write_bundle(
+        &bundles.join("idle"),
+        "idle",
+        &module,
+        "  subscribe: [packet_drop]\n  config: {mode: idle}\n",
+    );
+    let check = run_sonde(
+        &[
+            "plugin",
+            "check",
+            &bundles.join("idle").display().to_string(),
+            "--cache-dir",
+            &cache.display().to_string(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(check.status.success(), "{}", check.stderr);
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "plugin check compiled into {}",
+        cache.display()
+    );
+    let before = std::fs::read(&files[0]).unwrap();
+    let agent = Agent::spawn_yaml(&format!(
+        "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\n\
+         plugins:\n  dirs: [{}]\n  cacheDir: {}\n",
+        bundles.display(),
+        cache.display()
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    assert_eq!(
+        plugin(&plugins_api(&agent), "idle").map(|p| p["state"].clone()),
+        Some("running".into())
+    );
+    // The agent took what the check compiled.
+    assert_eq!(std::fs::read(&files[0]).unwrap(), before);
+    assert_eq!(
+        agent.metric(
+            "sonde_plugin_errors_total",
+            &[("plugin", "idle"), ("kind", "cache")]
+        ),
+        None
     );
 }
 

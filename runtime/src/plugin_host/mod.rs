@@ -12,6 +12,7 @@
 //! agent or the other plugins.
 
 mod bundle;
+mod cache;
 pub mod configmap;
 mod control;
 pub mod delivery;
@@ -110,7 +111,7 @@ impl PluginMetrics {
             up,
             errors: counter(
                 "sonde_plugin_errors_total",
-                "Plugin failures by kind: bundle, init, trap, timeout, memory, quarantined.",
+                "Plugin failures by kind: manifest, module, checksum, world, init, trap, timeout, memory, cache, quarantined.",
                 &["plugin", "kind"],
             ),
             delivered: counter(
@@ -186,8 +187,9 @@ pub struct PluginHost {
     /// The module hash each running plugin uses, to let go of components nobody runs.
     in_use: Mutex<HashMap<String, String>>,
     /// Where compiled components are kept across restarts (`plugins.cacheDir`), if anywhere.
-    cache_dir: Option<PathBuf>,
+    cache: Option<cache::Cache>,
     compiler: Compiler,
+    limits: PluginLimits,
     pub host: Arc<HostContext>,
 }
 
@@ -196,14 +198,14 @@ pub struct PluginHost {
 pub enum Compiler {
     /// In this process.
     InProcess,
-    /// In a child process, `<this sonde binary> plugin compile --output FILE` with the module
-    /// on stdin: compiling a large component (Python, JavaScript) peaks at hundreds of MiB,
-    /// which the child returns to the system when it exits; the agent only maps the result.
+    /// In a child process, `<this sonde binary> plugin compile` with the module on stdin and
+    /// the compiled component on stdout: compiling a large component (Python, JavaScript)
+    /// peaks at hundreds of MiB, which the child returns to the system when it exits. The
+    /// child runs under `plugins.limits.compileMemory` (its address space) and
+    /// `compileTimeout`; one that fails in any way is a refused bundle, never a reason to
+    /// compile in the agent.
     Child(PathBuf),
 }
-
-/// How long a child may take to compile one component.
-const CHILD_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A plugin as `/api/v1/plugins` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -226,10 +228,11 @@ impl PluginHost {
     /// whose every door (files, network, env, clocks, randomness) is shut unless granted.
     pub fn new(
         host: Arc<HostContext>,
-        cache_dir: Option<PathBuf>,
+        config: &PluginsConfig,
         compiler: Compiler,
     ) -> anyhow::Result<Arc<Self>> {
         let engine = Self::engine()?;
+        let cache = open_cache(&config.cache_dir, &engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
@@ -245,8 +248,9 @@ impl PluginHost {
             linker,
             compiled: Mutex::new(HashMap::new()),
             in_use: Mutex::new(HashMap::new()),
-            cache_dir,
+            cache,
             compiler,
+            limits: config.limits.clone(),
             host,
         }))
     }
@@ -258,8 +262,8 @@ impl PluginHost {
         Ok(Engine::new(&config)?)
     }
 
-    /// Compiles a component, or takes it from the cache of modules already compiled.
-    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, BundleError> {
+    /// Compiles a component, or takes it from the components already compiled or the cache.
+    fn compile(&self, plugin: &str, sha256: &str, bytes: &[u8]) -> Result<Component, BundleError> {
         if let Some(c) = self
             .compiled
             .lock()
@@ -268,71 +272,46 @@ impl PluginHost {
         {
             return Ok(c.clone());
         }
-        let component = match (self.cached(sha256), &self.compiler) {
-            (Some(c), _) => c,
-            (None, Compiler::Child(exe)) => match self.compile_in_child(exe, sha256, bytes) {
-                Ok(c) => c,
-                Err(ChildFailure::Refused(reason)) => return Err(BundleError::Module(reason)),
-                Err(ChildFailure::Unavailable(why)) => {
-                    tracing::warn!(error = %why, "compiling the plugin in process instead");
-                    self.compile_here(sha256, bytes)?
+        let component = match self.cache.as_ref().map(|c| c.load(sha256, &self.engine)) {
+            Some(cache::Lookup::Hit(c)) => c,
+            found => {
+                if let Some(cache::Lookup::Bad(why)) = found {
+                    tracing::warn!(%plugin, "{why}; compiling again");
+                    self.host
+                        .self_metrics
+                        .errors
+                        .with_label_values(&[plugin, "cache"])
+                        .inc();
                 }
-            },
-            (None, Compiler::InProcess) => self.compile_here(sha256, bytes)?,
+                let compiled = match &self.compiler {
+                    Compiler::Child(exe) => run_compiler(exe, bytes, &self.limits),
+                    Compiler::InProcess => self
+                        .engine
+                        .precompile_component(bytes)
+                        .map_err(|e| format!("not a valid component: {}", one_line(&e))),
+                }
+                .map_err(BundleError::Module)?;
+                if let Some(cache) = &self.cache {
+                    if let Err(e) = cache.store(sha256, &compiled) {
+                        tracing::warn!(%plugin, error = %e, "cannot cache the compiled component");
+                    }
+                }
+                // SAFETY: compiled just now by this binary (in process, or its own `plugin
+                // compile` in a child) for this engine's configuration; wasmtime checks the
+                // compatibility again.
+                unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| {
+                    BundleError::Module(format!(
+                        "cannot load the compiled component: {}",
+                        one_line(&e)
+                    ))
+                })?
+            }
         };
         self.compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(sha256.to_string(), component.clone());
         Ok(component)
-    }
-
-    fn compile_here(&self, sha256: &str, bytes: &[u8]) -> Result<Component, BundleError> {
-        let c = Component::new(&self.engine, bytes)
-            .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;
-        self.keep(sha256, &c);
-        Ok(c)
-    }
-
-    /// Compiles in a child process into the cache directory (or a temporary file without
-    /// one) and maps the result.
-    fn compile_in_child(
-        &self,
-        exe: &Path,
-        sha256: &str,
-        bytes: &[u8],
-    ) -> Result<Component, ChildFailure> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let (out, temporary) = match self.cache_path(sha256) {
-            Some(path) => (path, false),
-            None => {
-                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let name = format!("sonde-{}-{n}-{sha256}.cwasm", std::process::id());
-                (std::env::temp_dir().join(name), true)
-            }
-        };
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ChildFailure::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        run_compiler(exe, bytes, &out)?;
-        // SAFETY: the file was just written by this same binary's `plugin compile`, with the
-        // engine configuration `PluginHost::engine` makes (wasmtime checks the compatibility
-        // again); nobody else writes there.
-        let component = unsafe { Component::deserialize_file(&self.engine, &out) };
-        if temporary {
-            // The component maps the file; its name is no longer needed.
-            let _ = std::fs::remove_file(&out);
-        }
-        // A binary replaced on disk by another version compiles for another engine.
-        component.map_err(|e| {
-            ChildFailure::Unavailable(format!(
-                "cannot load what {} compiled: {}",
-                exe.display(),
-                one_line(&e)
-            ))
-        })
     }
 
     /// Records which module a plugin runs (`None`: it stopped) and lets go of the compiled
@@ -360,54 +339,6 @@ impl PluginHost {
             .cloned()
     }
 
-    /// The cache file of a module: its content hash and the engine's compatibility hash, so
-    /// that another wasmtime or another configuration never reads it.
-    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let dir = self.cache_dir.as_ref()?;
-        Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
-    }
-
-    /// A component compiled by an earlier run, if the cache has a good one.
-    fn cached(&self, sha256: &str) -> Option<Component> {
-        let path = self.cache_path(sha256)?;
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: the cache directory is the agent's own (plugins.cacheDir, written only by
-        // `keep` below), and the file name pins both the module's content and the engine's
-        // compatibility, which is what deserialising requires.
-        match unsafe { Component::deserialize_file(&self.engine, &path) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %one_line(&e), "unusable cached component; compiling again");
-                None
-            }
-        }
-    }
-
-    /// Writes a compiled component to the cache (atomically), when there is one.
-    fn keep(&self, sha256: &str, component: &Component) {
-        let Some(path) = self.cache_path(sha256) else {
-            return;
-        };
-        let written = component
-            .serialize()
-            .map_err(|e| one_line(&e))
-            .and_then(|bytes| {
-                let dir = path.parent().unwrap_or(Path::new("."));
-                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
-                std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
-            });
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "cannot cache the compiled component");
-        }
-    }
-
     /// Checks that a component fits the world: its imports are all provided by the host and
     /// its exports are the world's.
     fn prepare(&self, component: &Component) -> Result<PluginPre<HostState>, BundleError> {
@@ -429,33 +360,66 @@ impl HostContext {
     }
 }
 
-/// Why a child did not compile a component.
-enum ChildFailure {
-    /// The component is bad: the child's one-line reason.
-    Refused(String),
-    /// The child could not do the work (not started, killed, ...): compile in process.
-    Unavailable(String),
+/// Opens the compile cache of `plugins.cacheDir` (empty: none); one that cannot be used is
+/// logged and the agent compiles without it.
+fn open_cache(dir: &str, engine: &Engine) -> Option<cache::Cache> {
+    if dir.is_empty() {
+        return None;
+    }
+    match cache::Cache::open(Path::new(dir), engine) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!("{e}; compiling plugins without a cache");
+            None
+        }
+    }
 }
 
-/// Runs `exe plugin compile --output out` with the module on stdin.
-fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), ChildFailure> {
+/// Runs `exe plugin compile` with the module on stdin and returns what it writes on stdout,
+/// the compiled component. The child's address space is capped at `limits.compileMemory`
+/// and its time at `limits.compileTimeout`; a child that fails in any way (refuses the
+/// module, runs out of memory, is killed, cannot start) gives the one-line reason.
+fn run_compiler(exe: &Path, module: &[u8], limits: &PluginLimits) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::{Command, Stdio};
-    use ChildFailure::{Refused, Unavailable};
-    let mut child = Command::new(exe)
-        .args(["plugin", "compile", "--output"])
-        .arg(out)
+    let mut command = Command::new(exe);
+    command
+        .args(["plugin", "compile"])
+        // Two malloc arenas, not eight a core: each reserves 64 MiB of address space, which
+        // the cap counts.
+        .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let memory = limits.compile_memory.0;
+    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let cap = libc::rlimit {
+                rlim_cur: memory as libc::rlim_t,
+                rlim_max: memory as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
-        .map_err(|e| Unavailable(format!("cannot start {}: {e}", exe.display())))?;
+        .map_err(|e| format!("cannot start the compiler {}: {e}", exe.display()))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     // Feed and drain from threads: a large module fills the pipe before the child reads it
-    // all, and the child's messages must not block it either.
+    // all, and its output and messages must not block it either.
     let module = module.to_vec();
     let feeder = std::thread::spawn(move || stdin.write_all(&module));
+    let output = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        stdout.read_to_end(&mut bytes).map(|_| bytes)
+    });
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text);
@@ -465,47 +429,67 @@ fn run_compiler(exe: &Path, module: &[u8], out: &Path) -> Result<(), ChildFailur
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > CHILD_COMPILE_TIMEOUT => {
+            Ok(None) if started.elapsed() > limits.compile_timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Refused(format!(
-                    "compiling took longer than {}s",
-                    CHILD_COMPILE_TIMEOUT.as_secs()
-                )));
+                return Err(format!(
+                    "compiling took longer than plugins.limits.compileTimeout ({:?})",
+                    limits.compile_timeout
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(Unavailable(format!("waiting for the compiler: {e}"))),
+            Err(e) => return Err(format!("waiting for the compiler: {e}")),
         }
     };
     let _ = feeder.join();
+    let compiled = output.join();
     let text = reader.join().unwrap_or_default();
-    if status.success() {
-        return Ok(());
-    }
-    let reason = text
+    let last = text
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().trim_start_matches("sonde: ").to_string());
-    match reason {
+    let out_of_memory = text.contains("memory allocation of");
+    match (status.code(), status.signal()) {
+        (Some(0), _) => match compiled {
+            Ok(Ok(bytes)) => Ok(bytes),
+            _ => Err("cannot read the compiler's output".into()),
+        },
         // The child's own verdict on the module.
-        Some(r) if status.code() == Some(1) => Err(Refused(r)),
-        // Killed (out of memory, say) or not a sonde that knows `plugin compile`.
-        other => Err(Unavailable(format!(
-            "{} plugin compile failed ({status}){}",
+        (Some(1), _) if last.is_some() && !out_of_memory => Err(last.unwrap_or_default()),
+        _ if out_of_memory => Err(format!(
+            "compiling needed more than plugins.limits.compileMemory ({} MiB of address space)",
+            memory >> 20
+        )),
+        (_, Some(signal)) => Err(format!(
+            "the compiler was killed by signal {signal}{}",
+            last.map(|l| format!(": {l}")).unwrap_or_default()
+        )),
+        (code, _) => Err(format!(
+            "the compiler {} failed (exit {}){}",
             exe.display(),
-            other.map(|r| format!(": {r}")).unwrap_or_default()
-        ))),
+            code.unwrap_or(-1),
+            last.map(|l| format!(": {l}")).unwrap_or_default()
+        )),
     }
 }
 
-/// `sonde plugin compile`: compiles the component `module` for this host's engine into
-/// `out` (written whole, then renamed into place). Run by the agent in a child process.
-pub fn compile_to(module: &[u8], out: &Path) -> Result<(), String> {
+/// `sonde plugin compile`: compiles the component `module` for this host's engine and
+/// writes it to `out` (whole, then renamed into place) or, without one, to stdout. Run by
+/// the agent in a child process.
+pub fn compile_to(module: &[u8], out: Option<&Path>) -> Result<(), String> {
+    use std::io::Write;
     let engine = PluginHost::engine().map_err(|e| e.to_string())?;
     let compiled = engine
         .precompile_component(module)
         .map_err(|e| format!("not a valid component: {}", one_line(&e)))?;
+    let Some(out) = out else {
+        let mut stdout = std::io::stdout().lock();
+        return stdout
+            .write_all(&compiled)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("cannot write the component to stdout: {e}"));
+    };
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, compiled)
         .and_then(|()| std::fs::rename(&tmp, out))
@@ -515,8 +499,11 @@ pub fn compile_to(module: &[u8], out: &Path) -> Result<(), String> {
         })
 }
 
-/// Validates a bundle without an agent: `sonde plugin check DIR`.
-pub fn check_bundle(dir: &Path) -> Result<Bundle, BundleError> {
+/// Validates a bundle without an agent: `sonde plugin check DIR`. A component is compiled
+/// as the agent would, through the same cache (`cache_dir`, the agent's `plugins.cacheDir`)
+/// when this user may use it: a bundle checked on the node is not compiled again when the
+/// agent loads it.
+pub fn check_bundle(dir: &Path, cache_dir: &str) -> Result<Bundle, BundleError> {
     let bundle = Bundle::read(dir)?;
     if bundle.manifest.bundle_kind() == Some(manifest::BundleKind::Script) {
         // Compiled as the agent would, with its functions (which only a running agent
@@ -525,8 +512,30 @@ pub fn check_bundle(dir: &Path) -> Result<Bundle, BundleError> {
         return Ok(bundle);
     }
     let engine = PluginHost::engine().map_err(|e| BundleError::Module(e.to_string()))?;
-    let component = Component::new(&engine, &bundle.module)
-        .map_err(|e| BundleError::Module(format!("not a valid component: {}", one_line(&e))))?;
+    let cache = if cache_dir.is_empty() {
+        None
+    } else {
+        // Not this user's to use (another owner): checked without it.
+        cache::Cache::open(Path::new(cache_dir), &engine).ok()
+    };
+    let cached = match cache.as_ref().map(|c| c.load(&bundle.sha256, &engine)) {
+        Some(cache::Lookup::Hit(c)) => Some(c),
+        _ => None,
+    };
+    let component = match cached {
+        Some(c) => c,
+        None => {
+            let compiled = engine.precompile_component(&bundle.module).map_err(|e| {
+                BundleError::Module(format!("not a valid component: {}", one_line(&e)))
+            })?;
+            if let Some(cache) = &cache {
+                let _ = cache.store(&bundle.sha256, &compiled);
+            }
+            // SAFETY: compiled just now, by this engine.
+            unsafe { Component::deserialize(&engine, &compiled) }
+                .map_err(|e| BundleError::Module(one_line(&e)))?
+        }
+    };
     let mut linker: Linker<HostState> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| BundleError::World(e.to_string()))?;
@@ -545,18 +554,56 @@ fn one_line(e: &wasmtime::Error) -> String {
 }
 
 /// `plugins:` in the agent config.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginsConfig {
     /// Directories of bundles, watched while the agent runs (`--plugin-dir` adds more).
     pub dirs: Vec<String>,
     /// Where compiled components are kept, so that a restart does not compile them again
-    /// (seconds for Python and JavaScript plugins); empty for no cache.
+    /// (seconds for Python and JavaScript plugins); empty for no cache. See `cache.rs` for
+    /// what the agent checks before it uses a file there.
     pub cache_dir: String,
     /// A Kubernetes namespace whose ConfigMaps labelled `sonde.dev/bundle` are bundles,
     /// followed through the API; empty = none.
     pub config_map_namespace: String,
+    pub limits: PluginLimits,
+}
+
+/// Where the agent keeps compiled components unless told otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/sonde";
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dirs: Vec::new(),
+            cache_dir: DEFAULT_CACHE_DIR.into(),
+            config_map_namespace: String::new(),
+            limits: PluginLimits::default(),
+        }
+    }
+}
+
+/// `plugins.limits`: what the operator allows every plugin, whatever its manifest asks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginLimits {
+    /// The address space of a compiler child (compiling the Python or the JavaScript
+    /// plugin, 18 and 12 MiB of WebAssembly, fits in 500 MiB): one that needs more is refused.
+    pub compile_memory: crate::config::ByteSize,
+    /// How long a compiler child may take: less than the liveness probe's budget.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub compile_timeout: Duration,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            compile_memory: crate::config::ByteSize(1 << 30),
+            compile_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The bundle directories: the config's, then the command line's.
@@ -586,30 +633,48 @@ mod tests {
     fn child_compiler_verdicts() {
         let dir = std::env::temp_dir().join(format!("sonde-compiler-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("out.cwasm");
+        let limits = PluginLimits::default();
         // A module the compiler refuses: its one-line reason, without the `sonde: ` prefix.
         let refuses = script(
             &dir,
             "echo 'sonde: not a valid component: bad magic' >&2; exit 1",
         );
-        match run_compiler(&refuses, &[0u8; 300_000], &out) {
-            Err(ChildFailure::Refused(r)) => assert_eq!(r, "not a valid component: bad magic"),
-            _ => panic!("expected a refusal"),
-        }
-        // A compiler that cannot do the work (killed, or an older binary without the
-        // command): the host compiles in process instead.
+        assert_eq!(
+            run_compiler(&refuses, &[0u8; 300_000], &limits).unwrap_err(),
+            "not a valid component: bad magic"
+        );
+        // A compiler that is killed, cannot start, runs out of memory or of time: each a
+        // refusal with its reason, never a compile in the agent.
         let killed = script(&dir, "kill -9 $$");
-        assert!(matches!(
-            run_compiler(&killed, b"x", &out),
-            Err(ChildFailure::Unavailable(_))
-        ));
+        assert_eq!(
+            run_compiler(&killed, b"x", &limits).unwrap_err(),
+            "the compiler was killed by signal 9"
+        );
         let missing = dir.join("no-such-binary");
-        assert!(matches!(
-            run_compiler(&missing, b"x", &out),
-            Err(ChildFailure::Unavailable(_))
-        ));
-        let works = script(&dir, "exit 0");
-        assert!(run_compiler(&works, b"x", &out).is_ok());
+        let e = run_compiler(&missing, b"x", &limits).unwrap_err();
+        assert!(e.starts_with("cannot start the compiler"), "{e}");
+        let oom = script(
+            &dir,
+            "echo 'memory allocation of 1048576 bytes failed' >&2; kill -6 $$",
+        );
+        let e = run_compiler(&oom, b"x", &limits).unwrap_err();
+        assert!(e.contains("plugins.limits.compileMemory (1024 MiB"), "{e}");
+        let slow = script(&dir, "sleep 5");
+        let quick = PluginLimits {
+            compile_timeout: Duration::from_millis(200),
+            ..PluginLimits::default()
+        };
+        let e = run_compiler(&slow, b"x", &quick).unwrap_err();
+        assert!(e.contains("compileTimeout (200ms)"), "{e}");
+        // The address-space cap is the child's: a shell under 64 MiB cannot map 256 MiB.
+        let capped = PluginLimits {
+            compile_memory: crate::config::ByteSize(64 << 20),
+            ..PluginLimits::default()
+        };
+        let mapper = script(&dir, "[ \"$(ulimit -v)\" = 65536 ] && printf capped");
+        assert_eq!(run_compiler(&mapper, b"x", &capped).unwrap(), b"capped");
+        let works = script(&dir, "printf compiled");
+        assert_eq!(run_compiler(&works, b"x", &limits).unwrap(), b"compiled");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -617,7 +682,7 @@ mod tests {
     fn compile_to_refuses_what_is_not_a_component() {
         let out =
             std::env::temp_dir().join(format!("sonde-compile-to-{}.cwasm", std::process::id()));
-        let e = compile_to(b"\0asm not really", &out).unwrap_err();
+        let e = compile_to(b"\0asm not really", Some(&out)).unwrap_err();
         assert!(e.starts_with("not a valid component: "), "{e}");
         assert!(!e.contains('\n'), "{e}");
         assert!(!out.exists());

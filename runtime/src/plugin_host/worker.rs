@@ -266,7 +266,7 @@ impl PluginHost {
             return self.start_script(bundle);
         }
         let name = bundle.manifest.metadata.name.clone();
-        let component = self.compile(&bundle.sha256, &bundle.module);
+        let component = self.compile(&name, &bundle.sha256, &bundle.module);
         let prepared = component.and_then(|c| self.prepare(&c));
         let pre = match prepared {
             Ok(pre) => pre,

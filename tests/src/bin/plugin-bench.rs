@@ -51,7 +51,7 @@ use sonde::event::{Event, Flow, Kind, PacketDrop, Severity, TcpReset};
 use sonde::fanout::FanOut;
 use sonde::metrics::Metrics;
 use sonde::plugin_host::delivery::{self as host_delivery, Probe};
-use sonde::plugin_host::{Bundle, Compiler, HostContext, PluginHost, PluginMetrics};
+use sonde::plugin_host::{Bundle, Compiler, HostContext, PluginHost, PluginMetrics, PluginsConfig};
 use sonde::probes::{Context, Probes};
 use sonde::timefmt::BootClock;
 use sonde::topology::netns::NetnsTopology;
@@ -148,7 +148,10 @@ impl Bench {
                 metric_names: Mutex::new(HashMap::new()),
                 registries: Mutex::new(HashMap::new()),
             }),
-            cache,
+            &PluginsConfig {
+                cache_dir: cache.map(|c| c.display().to_string()).unwrap_or_default(),
+                ..PluginsConfig::default()
+            },
             compiler.clone(),
         )
         .expect("plugin host");
