@@ -119,6 +119,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 self_metrics: PluginMetrics::register(&metrics.registry),
                 metric_names: Mutex::new(HashMap::new()),
                 registries: Mutex::new(HashMap::new()),
+                refusals: Mutex::new(HashMap::new()),
             }),
             &config.plugins,
             compiler(),

@@ -55,10 +55,18 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         "series",
         "log-flood",
         "event-flood",
+        "ungranted",
+        "invalid",
     ];
     for mode in hostile {
+        // `ungranted` emits events without the capability.
+        let capabilities = if mode == "ungranted" {
+            "[metrics]"
+        } else {
+            "[metrics, events]"
+        };
         let spec = format!(
-            "  subscribe: [packet_drop]\n  config: {{mode: {mode}}}\n  capabilities: [metrics, events]\n  \
+            "  subscribe: [packet_drop]\n  config: {{mode: {mode}}}\n  capabilities: {capabilities}\n  \
              limits: {{memory: 16Mi, callTimeout: 50ms}}\n"
         );
         write_bundle(
@@ -157,6 +165,60 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
             "hostile-{mode} in {list:?}"
         );
     }
+    // Refused host calls are counted by kind, and the last one is shown: the series bomb
+    // and the event flood hit their limits, `ungranted` emits without the capability,
+    // `invalid` registers a metric under a name that is not one. Each is refused 100 times
+    // or more (once a drop at least).
+    for (mode, kind, says) in [
+        ("series", "limit", "series limit 1000 reached"),
+        ("event-flood", "limit", "events this second"),
+        ("ungranted", "not_granted", "capability events"),
+        ("invalid", "invalid", "must start with sonde_"),
+    ] {
+        let name = format!("hostile-{mode}");
+        let refused = agent
+            .metric(
+                "sonde_plugin_errors_total",
+                &[("plugin", &name), ("kind", kind)],
+            )
+            .unwrap_or(0.0);
+        assert!(
+            refused >= 100.0,
+            "{name}: {refused} refusals of kind {kind}"
+        );
+        let p = plugin(&list, &name).expect("listed").clone();
+        let last = p["last_refusal"].as_str().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("{kind}: ")) && last.contains(says),
+            "{name}: {p}"
+        );
+        if kind != "limit" {
+            // (The floods also run out of time.)
+            assert_eq!(p["state"], "running", "a refusal is not a failure: {p}");
+        }
+    }
+    // The well-behaved plugin's counters are there, at 0.
+    for kind in [
+        "trap",
+        "timeout",
+        "memory",
+        "limit",
+        "not_granted",
+        "invalid",
+    ] {
+        assert_eq!(
+            agent.metric(
+                "sonde_plugin_errors_total",
+                &[("plugin", "counter"), ("kind", kind)]
+            ),
+            Some(0.0),
+            "counter {kind}"
+        );
+    }
+    assert!(plugin(&list, "counter")
+        .expect("listed")
+        .get("last_refusal")
+        .is_none());
     // The series bomb got no further than its limit.
     let series = agent
         .metrics()
@@ -1029,7 +1091,7 @@ fn compiled_components_are_cached_across_restarts() {
         agent.wait_ready(READY_TIMEOUT);
         assert!(running(&agent));
         assert_eq!(written(&file), first, "the cached file was used as it is");
-        assert_eq!(cache_errors(&agent), None);
+        assert_eq!(cache_errors(&agent), Some(0.0));
     }
 
     // Planted files: compiled code without the agent's tag (what `wasmtime compile` or an
@@ -1088,7 +1150,7 @@ fn compiled_components_are_cached_across_restarts() {
     let agent = Agent::spawn_yaml(&yaml);
     agent.wait_ready(READY_TIMEOUT);
     assert!(running(&agent));
-    assert_eq!(cache_errors(&agent), None);
+    assert_eq!(cache_errors(&agent), Some(0.0));
 }
 
 #[test]
@@ -1198,7 +1260,7 @@ fn plugin_check_fills_the_agents_cache() {
             "sonde_plugin_errors_total",
             &[("plugin", "idle"), ("kind", "cache")]
         ),
-        None
+        Some(0.0)
     );
 }
 

@@ -197,6 +197,23 @@ fn failing_scripts_are_quarantined_and_the_others_lose_nothing() {
         };
         assert!(error.contains(expect), "{name}: {p}");
     }
+    // The refused call itself is counted by its kind too.
+    assert!(
+        agent
+            .metric(
+                "sonde_plugin_errors_total",
+                &[("plugin", "ungranted"), ("kind", "not_granted")],
+            )
+            .is_some_and(|n| n >= 5.0),
+        "ungranted: not_granted counted"
+    );
+    let ungranted = plugin_status(&agent, "ungranted").expect("listed");
+    assert!(
+        ungranted["last_refusal"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("not_granted: capability events")),
+        "{ungranted}"
+    );
     // The well-behaved script saw every drop.
     agent.wait_metric(DROPS, &labels, sent as f64, SETTLE_TIMEOUT);
     assert_eq!(agent.metric(DROPS, &labels), Some(sent as f64));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::manifest::Capability;
 use super::sonde::plugin::control::Host;
-use super::sonde::plugin::types::Error;
 use super::HostState;
+use super::Refusal as Error;
 
 /// The longest a plugin may hold a probe's rate.
 const MAX_DURATION: Duration = Duration::from_secs(600);

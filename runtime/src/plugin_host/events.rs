@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use super::bundle::PluginInfo;
 use super::manifest::Capability;
 use super::sonde::plugin::events::{Event as WitEvent, Host, Severity as WitSeverity, Value};
-use super::sonde::plugin::types::Error;
+use super::Refusal as Error;
 use super::{HostContext, HostState};
 use crate::event::{Derived, Event, Kind, Severity, Source};
 use crate::topology::Netns;

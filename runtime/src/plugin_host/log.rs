@@ -27,7 +27,7 @@ impl Default for LogBudget {
 }
 
 impl Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let plugin = self.plugin.name.as_str();
         let b = &mut self.log;
         if b.window.elapsed().as_secs() >= 1 {
@@ -42,7 +42,7 @@ impl Host for HostState {
         }
         if b.lines >= LINES_PER_SECOND {
             b.suppressed += 1;
-            return;
+            return Ok(());
         }
         b.lines += 1;
         let mut message = message;
@@ -59,5 +59,6 @@ impl Host for HostState {
             Level::Warn => tracing::warn!(plugin, "{message}"),
             Level::Error => tracing::error!(plugin, "{message}"),
         }
+        Ok(())
     }
 }

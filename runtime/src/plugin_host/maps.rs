@@ -3,9 +3,10 @@
 
 use super::manifest::Capability;
 use super::sonde::plugin::maps::{Counter, FlowRow, Host};
-use super::sonde::plugin::types::{Error, Workload};
+use super::sonde::plugin::types::Workload;
 use super::topology::to_wit;
 use super::HostState;
+use super::Refusal as Error;
 
 impl HostState {
     /// Reads the running probes, once the capability is checked.

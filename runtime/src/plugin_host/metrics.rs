@@ -11,7 +11,7 @@ use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, Opts, 
 use super::bundle::PluginInfo;
 use super::manifest::Capability;
 use super::sonde::plugin::metrics::{Host, Metric, Series};
-use super::sonde::plugin::types::Error;
+use super::Refusal as Error;
 use super::{HostContext, HostState};
 
 enum Family {

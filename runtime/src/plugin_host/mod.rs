@@ -48,9 +48,50 @@ wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
     exports: { default: async },
+    // Every refusal a host function returns passes through `convert_error` below, which
+    // counts it (`sonde_plugin_errors_total{kind}`) and keeps the last for /api/v1/plugins.
+    imports: { default: trappable },
+    trappable_error_type: {
+        "sonde:plugin/types.error" => Refusal,
+    },
 });
 
 use self::sonde::plugin::types::Error as WitError;
+
+/// Why a host function refused a plugin's call: the WIT `error`, as the host's functions
+/// return it before `convert_error` counts it and hands it to the plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The manifest does not grant the capability the call needs.
+    NotGranted(String),
+    /// The arguments are wrong.
+    Invalid(String),
+    /// A per-plugin limit is reached.
+    Limit(String),
+}
+
+impl Refusal {
+    /// The `kind` label it is counted under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NotGranted(_) => "not_granted",
+            Refusal::Invalid(_) => "invalid",
+            Refusal::Limit(_) => "limit",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Refusal::NotGranted(r) | Refusal::Invalid(r) | Refusal::Limit(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.reason())
+    }
+}
 
 /// How often the engine's epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -66,6 +107,8 @@ pub struct HostContext {
     /// Each running plugin's registry (with the generation of the instance that made it),
     /// gathered into /metrics.
     pub registries: Mutex<HashMap<String, (u64, Registry)>>,
+    /// The last host call each plugin had refused, for /api/v1/plugins.
+    pub refusals: Mutex<HashMap<String, String>>,
 }
 
 /// The host's own series about plugins.
@@ -160,15 +203,24 @@ impl WasiView for HostState {
     }
 }
 
-impl sonde::plugin::types::Host for HostState {}
+impl sonde::plugin::types::Host for HostState {
+    fn convert_error(&mut self, refusal: Refusal) -> wasmtime::Result<WitError> {
+        self.host.refused(&self.plugin.name, &refusal);
+        Ok(match refusal {
+            Refusal::NotGranted(r) => WitError::NotGranted(r),
+            Refusal::Invalid(r) => WitError::Invalid(r),
+            Refusal::Limit(r) => WitError::Limit(r),
+        })
+    }
+}
 
 impl HostState {
     /// Refuses a call unless the manifest grants `c`.
-    fn require(&self, c: manifest::Capability) -> Result<(), WitError> {
+    fn require(&self, c: manifest::Capability) -> Result<(), Refusal> {
         if self.plugin.manifest.grants(c) {
             Ok(())
         } else {
-            Err(WitError::NotGranted(format!(
+            Err(Refusal::NotGranted(format!(
                 "capability {} is not in spec.capabilities of plugin {}",
                 c.as_str(),
                 self.plugin.name
@@ -221,6 +273,9 @@ pub struct PluginStatus {
     pub capabilities: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The last host call refused to it (`limit: ...`, `not_granted: ...`, `invalid: ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refusal: Option<String>,
 }
 
 impl PluginHost {
@@ -351,6 +406,29 @@ impl PluginHost {
 }
 
 impl HostContext {
+    /// Counts a host call refused to a plugin (or a script) and keeps it as its last.
+    pub(crate) fn refused(&self, plugin: &str, refusal: &Refusal) {
+        self.self_metrics
+            .errors
+            .with_label_values(&[plugin, refusal.kind()])
+            .inc();
+        let mut last = refusal.to_string();
+        last.truncate(last.floor_char_boundary(512));
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(plugin.to_string(), last);
+    }
+
+    /// The last refused host call of a plugin.
+    pub fn last_refusal(&self, plugin: &str) -> Option<String> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plugin)
+            .cloned()
+    }
+
     /// The metric families of every running plugin, for /metrics.
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         let registries = self.registries.lock().unwrap_or_else(|e| e.into_inner());

@@ -30,8 +30,8 @@ use super::bundle::{Bundle, BundleError, PluginInfo};
 use super::events::{self, EmitBudget};
 use super::manifest::Capability;
 use super::metrics::{MetricKind, PluginSeries};
-use super::sonde::plugin::types::Error as HostError;
 use super::worker::{next_generation, Failure, Fresh, Guest};
+use super::Refusal as HostError;
 use super::{delivery, HostContext, PluginHost};
 use crate::event::{Batch, Severity};
 use crate::script::aggregate::Num;
@@ -94,7 +94,7 @@ impl Shared {
         if self.info.manifest.grants(c) {
             Ok(())
         } else {
-            Err(runtime(format!(
+            self.refused(HostError::NotGranted(format!(
                 "capability {} is not in spec.capabilities of script {}",
                 c.as_str(),
                 self.info.name
@@ -102,14 +102,12 @@ impl Shared {
         }
     }
 
-    /// A host refusal: a limit drops the update (counted), anything else stops the handler.
+    /// A host refusal, counted by kind: a limit drops the update, anything else stops the
+    /// handler.
     fn refused(&self, e: HostError) -> Result<(), Box<EvalAltResult>> {
+        self.host.refused(&self.info.name, &e);
         match e {
             HostError::Limit(reason) => {
-                let m = &self.host.self_metrics;
-                m.errors
-                    .with_label_values(&[&self.info.name, "limit"])
-                    .inc();
                 tracing::debug!(script = %self.info.name, %reason, "script update dropped");
                 Ok(())
             }

@@ -3,8 +3,9 @@
 
 use super::manifest::Capability;
 use super::sonde::plugin::topology::Host;
-use super::sonde::plugin::types::{Error, Workload};
+use super::sonde::plugin::types::Workload;
 use super::HostState;
+use super::Refusal as Error;
 
 pub fn to_wit(w: crate::topology::Workload) -> Workload {
     Workload {

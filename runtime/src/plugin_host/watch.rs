@@ -445,7 +445,11 @@ impl PluginDirs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .map(|s| {
+                let mut status = s.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                status.last_refusal = self.host.host.last_refusal(&status.name);
+                status
+            })
             .collect();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
@@ -463,6 +467,7 @@ impl PluginDirs {
                 subscribe: Vec::new(),
                 capabilities: Vec::new(),
                 last_error: None,
+                last_refusal: None,
             });
         }
         for (dir, s) in seen.iter() {
@@ -478,6 +483,7 @@ impl PluginDirs {
                     subscribe: Vec::new(),
                     capabilities: Vec::new(),
                     last_error: Some(error.clone()),
+                    last_refusal: None,
                 });
             }
         }

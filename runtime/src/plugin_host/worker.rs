@@ -22,6 +22,18 @@ use crate::enrich::Enricher;
 use crate::event::Batch;
 use crate::topology::Workload;
 
+/// The kinds of `sonde_plugin_errors_total` a running plugin can add to: each starts at 0.
+const RUNTIME_ERROR_KINDS: [&str; 8] = [
+    "trap",
+    "timeout",
+    "memory",
+    "quarantined",
+    "limit",
+    "not_granted",
+    "invalid",
+    "cache",
+];
+
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -320,8 +332,23 @@ impl PluginHost {
                 .map(|c| c.as_str().to_string())
                 .collect(),
             last_error: None,
+            last_refusal: None,
         }));
         self.using(&name, Some(&bundle.sha256));
+        // The plugin's counters start at 0, so that a dashboard shows 0, not "no data".
+        let m = &self.host.self_metrics;
+        for kind in RUNTIME_ERROR_KINDS {
+            m.errors.with_label_values(&[&name, kind]);
+        }
+        for counter in [&m.delivered, &m.emitted, &m.restarts] {
+            counter.with_label_values(&[&name]);
+        }
+        // A new version starts with no refusal of its own.
+        self.host
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
         // The swap: the new instance's metrics replace the old ones' and its queue replaces
         // the old one's, whose worker ends when its queue closes.
         self.publish_registry(&name, &*instance);

@@ -147,6 +147,7 @@ impl Bench {
                 self_metrics: PluginMetrics::register(&metrics.registry),
                 metric_names: Mutex::new(HashMap::new()),
                 registries: Mutex::new(HashMap::new()),
+                refusals: Mutex::new(HashMap::new()),
             }),
             &PluginsConfig {
                 cache_dir: cache.map(|c| c.display().to_string()).unwrap_or_default(),

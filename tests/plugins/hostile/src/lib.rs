@@ -54,6 +54,17 @@ impl Hostile {
             },
             "trap-handler" => panic!("hostile plugin: trap in a handler"),
             "sleep-handler" => sleep_forever(),
+            // Refused host calls: the agent counts them; the plugin carries on.
+            "ungranted" => {
+                for _ in keys {
+                    let _ = Event::new("not_granted").emit();
+                }
+            }
+            "invalid" => {
+                for _ in keys {
+                    let _ = Counter::register("not a metric name", "", &[]);
+                }
+            }
             "poll-handler" => poll_forever(),
             "series" => {
                 let c = self.seen.as_ref().expect("a counter from init");
