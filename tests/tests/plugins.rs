@@ -532,6 +532,11 @@ fn plugin_check_validates_bundles_without_an_agent() {
     let truncated = dir.path().join("truncated.wasm");
     let bytes = std::fs::read(&module).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // Refused by what the component says it is, naming both versions.
+    let future = format!(
+        "built for sonde:plugin@0.2.0; this agent hosts @{}",
+        sonde::plugin_host::wit_version()
+    );
     let core_module = dir.path().join("core.wasm");
     std::fs::write(&core_module, b"\0asm\x01\0\0\0").unwrap();
     let cases = [
@@ -552,6 +557,10 @@ fn plugin_check_validates_bundles_without_an_agent() {
         (
             broken("other", "", &wasm_module("other-world-plugin")),
             "does not fit the sonde:plugin world",
+        ),
+        (
+            broken("future", "", &wasm_module("future-version-plugin")),
+            future.as_str(),
         ),
     ];
     for (bundle, reason) in cases {
@@ -578,6 +587,26 @@ fn plugin_check_validates_bundles_without_an_agent() {
         !out.status.success() && out.stderr.contains("plugin.yaml"),
         "{}",
         out.stderr
+    );
+
+    // The agent refuses the later version's component with the same line.
+    let agent_dir = TempDir::new();
+    write_bundle(
+        &agent_dir.path().join("future"),
+        "future",
+        &wasm_module("future-version-plugin"),
+        "",
+    );
+    let agent = agent_with_plugins(agent_dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let list = plugins_api(&agent);
+    let p = plugin(&list, "future").expect("listed");
+    assert_eq!(p["state"], "refused", "{p}");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&future)),
+        "{p}"
     );
 }
 

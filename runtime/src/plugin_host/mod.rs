@@ -397,6 +397,7 @@ impl PluginHost {
     /// Checks that a component fits the world: its imports are all provided by the host and
     /// its exports are the world's.
     fn prepare(&self, component: &Component) -> Result<PluginPre<HostState>, BundleError> {
+        check_version(component, &self.engine)?;
         let pre = self
             .linker
             .instantiate_pre(component)
@@ -614,6 +615,7 @@ pub fn check_bundle(dir: &Path, cache_dir: &str) -> Result<Bundle, BundleError> 
                 .map_err(|e| BundleError::Module(one_line(&e)))?
         }
     };
+    check_version(&component, &engine)?;
     let mut linker: Linker<HostState> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| BundleError::World(e.to_string()))?;
@@ -624,6 +626,49 @@ pub fn check_bundle(dir: &Path, cache_dir: &str) -> Result<Bundle, BundleError> 
         .map_err(|e| BundleError::World(one_line(&e)))?;
     PluginPre::new(pre).map_err(|e| BundleError::World(one_line(&e)))?;
     Ok(bundle)
+}
+
+/// The version of `sonde:plugin` this agent hosts: the package line of `wit/plugin.wit`.
+pub fn wit_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        include_str!("../../../wit/plugin.wit")
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package sonde:plugin@"))
+            .map(|v| v.trim_end_matches(';').to_string())
+            .expect("wit/plugin.wit declares package sonde:plugin@VERSION")
+    })
+}
+
+/// Checks that a component was built for the `sonde:plugin` version this agent hosts, by
+/// what it says: the versions in the names of the `sonde:plugin` interfaces it imports and
+/// exports (a component built against the WIT always names some: the types its handlers
+/// take come from `sonde:plugin/types`).
+fn check_version(component: &Component, engine: &Engine) -> Result<(), BundleError> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .chain(ty.exports(engine).map(|(n, _)| n.to_string()))
+        .collect();
+    let host = wit_version();
+    let mut versions: Vec<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("sonde:plugin/"))
+        .map(|n| n.split_once('@').map_or("(no version)", |(_, v)| v))
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    match versions.iter().find(|v| **v != host) {
+        Some(other) => Err(BundleError::World(format!(
+            "built for sonde:plugin@{other}; this agent hosts @{host}"
+        ))),
+        None if versions.is_empty() => Err(BundleError::World(format!(
+            "not built for sonde:plugin: it imports and exports no sonde:plugin interface \
+             (this agent hosts @{host}); does not fit the sonde:plugin world"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// An error chain on one line.
@@ -754,6 +799,15 @@ mod tests {
         let works = script(&dir, "printf compiled");
         assert_eq!(run_compiler(&works, b"x", &limits).unwrap(), b"compiled");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_hosted_wit_version_is_the_packages() {
+        let v = wit_version();
+        assert!(
+            v.split('.').count() == 3 && v.split('.').all(|p| p.parse::<u32>().is_ok()),
+            "{v}"
+        );
     }
 
     #[test]
