@@ -1236,6 +1236,67 @@ fn a_compile_over_the_limit_is_a_refused_bundle_and_the_others_run() {
 }
 
 #[test]
+fn capabilities_beyond_the_operators_allowlist_are_refused() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let bundle = |name: &str, capabilities: &str| {
+        write_bundle(
+            &dir.path().join(name),
+            name,
+            &module,
+            &format!("  config: {{mode: idle}}\n  capabilities: {capabilities}\n"),
+        );
+    };
+    bundle("controls", "[metrics, control]");
+    bundle("counts", "[metrics]");
+    bundle("emits", "[metrics, events]");
+    let state = |agent: &Agent, name: &str| {
+        let list = plugins_api(agent);
+        let p = plugin(&list, name).unwrap_or_else(|| panic!("{name} in {list:?}"));
+        (
+            p["state"].as_str().unwrap_or_default().to_string(),
+            p["last_error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    // The default: every capability but control.
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let (s, e) = state(&agent, "controls");
+    assert_eq!(s, "refused", "{e}");
+    assert!(
+        e.starts_with("spec.capabilities: control is not allowed on this agent"),
+        "{e}"
+    );
+    assert_eq!(state(&agent, "counts").0, "running");
+    assert_eq!(state(&agent, "emits").0, "running");
+    drop(agent);
+
+    // An operator who allows only metrics, and one who allows control too.
+    let with = |allowed: &str| {
+        Agent::spawn_yaml(&format!(
+            "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\nplugins:\n  dirs: [{}]\n  \
+             allowedCapabilities: {allowed}\n",
+            dir.path().display()
+        ))
+    };
+    let agent = with("[metrics]");
+    agent.wait_ready(READY_TIMEOUT);
+    let (s, e) = state(&agent, "emits");
+    assert_eq!(s, "refused", "{e}");
+    assert!(
+        e.contains("events is not allowed") && e.contains("[metrics]"),
+        "{e}"
+    );
+    assert_eq!(state(&agent, "counts").0, "running");
+    drop(agent);
+    let agent = with("[metrics, events, control]");
+    agent.wait_ready(READY_TIMEOUT);
+    for name in ["controls", "counts", "emits"] {
+        assert_eq!(state(&agent, name).0, "running", "{name}");
+    }
+}
+
+#[test]
 fn plugin_check_fills_the_agents_cache() {
     let module = wasm_module("hostile-plugin");
     let dir = TempDir::new();

@@ -100,6 +100,17 @@ pub enum Capability {
 }
 
 impl Capability {
+    pub const ALL: [Capability; 8] = [
+        Capability::Metrics,
+        Capability::Events,
+        Capability::Topology,
+        Capability::Maps,
+        Capability::Control,
+        Capability::Enrich,
+        Capability::Clock,
+        Capability::Random,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Capability::Metrics => "metrics",

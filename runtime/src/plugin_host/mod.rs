@@ -242,6 +242,8 @@ pub struct PluginHost {
     cache: Option<cache::Cache>,
     compiler: Compiler,
     limits: PluginLimits,
+    /// `plugins.allowedCapabilities`.
+    allowed: Vec<manifest::Capability>,
     pub host: Arc<HostContext>,
 }
 
@@ -306,6 +308,7 @@ impl PluginHost {
             cache,
             compiler,
             limits: config.limits.clone(),
+            allowed: config.allowed_capabilities.clone(),
             host,
         }))
     }
@@ -392,6 +395,23 @@ impl PluginHost {
             .unwrap_or_else(|e| e.into_inner())
             .get(plugin)
             .cloned()
+    }
+
+    /// Refuses a bundle that asks for a capability the operator does not allow.
+    fn check_allowed(&self, bundle: &Bundle) -> Result<(), BundleError> {
+        let asked = &bundle.manifest.spec.capabilities;
+        match asked.iter().find(|c| !self.allowed.contains(c)) {
+            None => Ok(()),
+            Some(c) => Err(BundleError::Manifest(format!(
+                "spec.capabilities: {} is not allowed on this agent (plugins.allowedCapabilities: [{}])",
+                c.as_str(),
+                self.allowed
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     /// Checks that a component fits the world: its imports are all provided by the host and
@@ -690,6 +710,9 @@ pub struct PluginsConfig {
     /// A Kubernetes namespace whose ConfigMaps labelled `sonde.dev/bundle` are bundles,
     /// followed through the API; empty = none.
     pub config_map_namespace: String,
+    /// The capabilities bundles may be granted at all; a bundle asking for another is
+    /// refused. Default: every one but `control` (which changes what the probes do).
+    pub allowed_capabilities: Vec<manifest::Capability>,
     pub limits: PluginLimits,
 }
 
@@ -702,6 +725,10 @@ impl Default for PluginsConfig {
             dirs: Vec::new(),
             cache_dir: DEFAULT_CACHE_DIR.into(),
             config_map_namespace: String::new(),
+            allowed_capabilities: manifest::Capability::ALL
+                .into_iter()
+                .filter(|c| *c != manifest::Capability::Control)
+                .collect(),
             limits: PluginLimits::default(),
         }
     }

@@ -274,6 +274,7 @@ impl PluginHost {
         self: &Arc<Self>,
         bundle: Bundle,
     ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
+        self.check_allowed(&bundle)?;
         if bundle.manifest.bundle_kind() == Some(BundleKind::Script) {
             return self.start_script(bundle);
         }
