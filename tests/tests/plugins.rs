@@ -1297,6 +1297,85 @@ fn capabilities_beyond_the_operators_allowlist_are_refused() {
 }
 
 #[test]
+fn bundle_files_stay_inside_the_bundle() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let bundles = dir.path().join("bundles");
+    // A file outside every bundle, as /etc/shadow would be.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "root:$6$secretsalt$hash:19000:0:99999:7:::\n").unwrap();
+    let spec = "  config: {mode: idle}\n";
+    // The module a symlink out of the bundle.
+    write_bundle(&bundles.join("module-out"), "module-out", &module, spec);
+    let linked = bundles.join("module-out").join("hostile_plugin.wasm");
+    std::fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink(&secret, &linked).unwrap();
+    // The same through a relative link and `..`.
+    write_bundle(&bundles.join("dotdot"), "dotdot", &module, spec);
+    let linked = bundles.join("dotdot").join("hostile_plugin.wasm");
+    std::fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink("../../secret", &linked).unwrap();
+    // The manifest itself a link out of the bundle.
+    let manifest_out = bundles.join("manifest-out");
+    std::fs::create_dir_all(&manifest_out).unwrap();
+    std::os::unix::fs::symlink(&secret, manifest_out.join("plugin.yaml")).unwrap();
+    // A link that stays inside (another name for the module) works.
+    write_bundle(&bundles.join("inside"), "inside", &module, spec);
+    let inside = bundles.join("inside");
+    std::fs::rename(inside.join("hostile_plugin.wasm"), inside.join("real.wasm")).unwrap();
+    std::os::unix::fs::symlink("real.wasm", inside.join("hostile_plugin.wasm")).unwrap();
+
+    let agent = agent_with_plugins(&bundles);
+    agent.wait_ready(READY_TIMEOUT);
+    let list = plugins_api(&agent);
+    let by_dir = |name: &str| {
+        list.iter()
+            .find(|p| {
+                p["dir"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with(&format!("/{name}")))
+            })
+            .unwrap_or_else(|| panic!("{name} in {list:?}"))
+            .clone()
+    };
+    for name in ["module-out", "dotdot", "manifest-out"] {
+        let p = by_dir(name);
+        assert_eq!(p["state"], "refused", "{p}");
+        let error = p["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("leads outside the bundle's directory"),
+            "{p}"
+        );
+        assert!(!error.contains('\n'), "{p}");
+    }
+    assert_eq!(by_dir("inside")["state"], "running");
+    // Nothing of the secret anywhere the agent shows.
+    let (_, api) = agent.get("/api/v1/plugins");
+    for shown in [api, agent.stderr_text(), agent.metrics()] {
+        assert!(
+            !shown.contains("secretsalt") && !shown.contains("root:"),
+            "{shown}"
+        );
+    }
+    // `plugin check` says the same.
+    let out = run_sonde(
+        &[
+            "plugin",
+            "check",
+            &bundles.join("module-out").display().to_string(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("leads outside the bundle's directory"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("secretsalt"), "{}", out.stderr);
+}
+
+#[test]
 fn plugin_check_fills_the_agents_cache() {
     let module = wasm_module("hostile-plugin");
     let dir = TempDir::new();

@@ -53,6 +53,17 @@ pub struct PluginInfo {
     pub manifest: Manifest,
 }
 
+/// Why a bundle's file could not be read, without the file's content.
+fn read_error(e: &std::io::Error) -> String {
+    // cap-std's refusal of a path that escapes the directory.
+    if e.kind() == std::io::ErrorKind::PermissionDenied && e.to_string().contains("outside") {
+        "leads outside the bundle's directory (through a symlink, `..` or an absolute path): refused"
+            .into()
+    } else {
+        format!("cannot read: {e}")
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -64,11 +75,16 @@ impl Bundle {
     pub const MANIFEST: &'static str = "plugin.yaml";
 
     /// Reads `DIR/plugin.yaml` and its module, checking the module's checksum when the
-    /// manifest gives one.
+    /// manifest gives one. Files are opened through `cap-std` with the bundle's directory as
+    /// the root: a name, or a symlink along the way, that leads outside it is refused (the
+    /// links kubelet makes in a mounted ConfigMap, `key -> ..data/key`, `..data -> ..2026_...`,
+    /// stay inside and work).
     pub fn read(dir: &Path) -> Result<Bundle, BundleError> {
-        Self::assemble(dir, |name| {
-            std::fs::read(dir.join(name)).map_err(|e| format!("cannot read: {e}"))
-        })
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(|e| {
+                BundleError::Manifest(format!("{}: cannot open the bundle: {e}", dir.display()))
+            })?;
+        Self::assemble(dir, |name| root.read(name).map_err(|e| read_error(&e)))
     }
 
     /// A bundle from a ConfigMap's keys (`data` and `binaryData` together), named `origin`

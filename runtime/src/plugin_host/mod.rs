@@ -341,6 +341,7 @@ impl PluginHost {
                         .with_label_values(&[plugin, "cache"])
                         .inc();
                 }
+                component_header(bytes).map_err(BundleError::Module)?;
                 let compiled = match &self.compiler {
                     Compiler::Child(exe) => run_compiler(exe, bytes, &self.limits),
                     Compiler::InProcess => self
@@ -624,6 +625,7 @@ pub fn check_bundle(dir: &Path, cache_dir: &str) -> Result<Bundle, BundleError> 
     let component = match cached {
         Some(c) => c,
         None => {
+            component_header(&bundle.module).map_err(BundleError::Module)?;
             let compiled = engine.precompile_component(&bundle.module).map_err(|e| {
                 BundleError::Module(format!("not a valid component: {}", one_line(&e)))
             })?;
@@ -691,9 +693,45 @@ fn check_version(component: &Component, engine: &Engine) -> Result<(), BundleErr
     }
 }
 
-/// An error chain on one line.
+/// An error chain on one line, without the bytes of the file it is about (wasmparser shows
+/// the first bytes of a file whose header is wrong, `actual=[0x72, 0x6f, ...]`).
 fn one_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    let text = format!("{e:#}").replace('\n', " ");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("actual=[") {
+        out.push_str(&rest[..at]);
+        out.push_str("actual=[...]");
+        rest = rest[at..].find(']').map_or("", |end| &rest[at + end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Refuses what is not a component before the compiler sees it, saying what it is instead
+/// and never quoting it.
+fn component_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    const COMPONENT: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+    const CORE: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+    match (bytes.get(..4), bytes.get(4..8)) {
+        (Some(m), _) if m != MAGIC => Err(
+            "not a valid component: the file is not WebAssembly (it does not start with \\0asm)"
+                .into(),
+        ),
+        (None, _) | (_, None) => {
+            Err("not a valid component: shorter than a WebAssembly header".into())
+        }
+        (_, Some(v)) if v == CORE => Err(
+            "not a valid component: a core WebAssembly module (build for wasm32-wasip2, or wrap \
+             it with `wasm-tools component new`)"
+                .into(),
+        ),
+        (_, Some(v)) if v != COMPONENT => Err(
+            "not a valid component: a WebAssembly version or layer this host does not know".into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `plugins:` in the agent config.
@@ -826,6 +864,23 @@ mod tests {
         let works = script(&dir, "printf compiled");
         assert_eq!(run_compiler(&works, b"x", &limits).unwrap(), b"compiled");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn what_is_not_a_component_is_named_not_quoted() {
+        let secret = b"root:$6$secret:19000:0:99999:7:::";
+        let e = component_header(secret).unwrap_err();
+        assert!(e.contains("not WebAssembly") && !e.contains("root"), "{e}");
+        assert!(component_header(b"\0asm\x01\0\0\0")
+            .unwrap_err()
+            .contains("core"));
+        assert!(component_header(b"\0as").unwrap_err().contains("shorter"));
+        assert!(component_header(b"\0asm\x0d\0\x01\0").is_ok());
+        // What wasmparser says of a bad header, without the bytes.
+        let engine = PluginHost::engine().unwrap();
+        let e = one_line(&engine.precompile_component(secret).unwrap_err());
+        assert!(e.contains("actual=[...]"), "{e}");
+        assert!(!e.contains("0x72"), "{e}");
     }
 
     #[test]
