@@ -120,6 +120,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 metric_names: Mutex::new(HashMap::new()),
                 registries: Mutex::new(HashMap::new()),
                 refusals: Mutex::new(HashMap::new()),
+                agent_names: Mutex::new(None),
+                memory: plugin_host::MemoryTotal::new(config.plugins.limits.total_memory.0),
             }),
             &config.plugins,
             compiler(),

@@ -407,8 +407,25 @@ fn plugin_check(dir: &std::path::Path, cache_dir: &str) -> anyhow::Result<()> {
         Some(sonde::plugin_host::manifest::BundleKind::Script) => ("script", "source"),
         _ => ("plugin", "module"),
     };
+    let ceiling = sonde::plugin_host::PluginLimits::default().memory.0;
+    let asked = m.spec.limits.memory.0;
+    if kind == "plugin" && asked > ceiling {
+        eprintln!(
+            "sonde: warning: spec.limits.memory ({} MiB) is over the agent's default ceiling (plugins.limits.memory: {} MiB): an agent refuses it unless its operator raises the ceiling",
+            asked >> 20,
+            ceiling >> 20
+        );
+    }
+    let memory = if kind == "plugin" {
+        format!(
+            "; memory {} MiB for its linear memories, tables and host objects together",
+            asked >> 20
+        )
+    } else {
+        String::new()
+    };
     print_stdout(&format!(
-        "{}: {kind} {} is valid ({file} {}, {} bytes, sha256 {}; subscribes to [{}]; capabilities [{}])\n",
+        "{}: {kind} {} is valid ({file} {}, {} bytes, sha256 {}; subscribes to [{}]; capabilities [{}]{memory})\n",
         dir.display(),
         m.metadata.name,
         m.file(),

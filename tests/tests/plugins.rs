@@ -57,6 +57,8 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         "event-flood",
         "ungranted",
         "invalid",
+        "families",
+        "buckets",
     ];
     for mode in hostile {
         // `ungranted` emits events without the capability.
@@ -65,9 +67,12 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         } else {
             "[metrics, events]"
         };
+        // `families` registers 20 families a drop: 10,000 for the 500 drops, of about
+        // 1.2 KiB each, over the 4 MiB it may use with its code and data.
+        let memory = if mode == "families" { "4Mi" } else { "16Mi" };
         let spec = format!(
             "  subscribe: [packet_drop]\n  config: {{mode: {mode}}}\n  capabilities: {capabilities}\n  \
-             limits: {{memory: 16Mi, callTimeout: 50ms}}\n"
+             limits: {{memory: {memory}, callTimeout: 50ms}}\n"
         );
         write_bundle(
             &dir.path().join(mode),
@@ -167,13 +172,20 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
     }
     // Refused host calls are counted by kind, and the last one is shown: the series bomb
     // and the event flood hit their limits, `ungranted` emits without the capability,
-    // `invalid` registers a metric under a name that is not one. Each is refused 100 times
-    // or more (once a drop at least).
+    // `invalid` registers a metric under a name that is not one; `buckets` a histogram of
+    // 100,000 buckets (once a batch), `families` 20 families a drop until its budget is spent.
+    // Each is refused 100 times or more (once a drop at least), `buckets` once a batch.
     for (mode, kind, says) in [
         ("series", "limit", "series limit 1000 reached"),
         ("event-flood", "limit", "events this second"),
         ("ungranted", "not_granted", "capability events"),
         ("invalid", "invalid", "must start with sonde_"),
+        ("buckets", "invalid", "at most 64 buckets"),
+        (
+            "families",
+            "limit",
+            "memory budget (spec.limits.memory, 4 MiB",
+        ),
     ] {
         let name = format!("hostile-{mode}");
         let refused = agent
@@ -182,8 +194,9 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
                 &[("plugin", &name), ("kind", kind)],
             )
             .unwrap_or(0.0);
+        let least = if mode == "buckets" { 1.0 } else { 100.0 };
         assert!(
-            refused >= 100.0,
+            refused >= least,
             "{name}: {refused} refusals of kind {kind}"
         );
         let p = plugin(&list, &name).expect("listed").clone();
@@ -1373,6 +1386,57 @@ fn bundle_files_stay_inside_the_bundle() {
         out.stderr
     );
     assert!(!out.stderr.contains("secretsalt"), "{}", out.stderr);
+}
+
+#[test]
+fn memory_budgets_stay_under_the_operators_ceiling_and_total() {
+    let module = wasm_module("hostile-plugin");
+    let dir = TempDir::new();
+    let bundle = |name: &str, memory: &str| {
+        write_bundle(
+            &dir.path().join(name),
+            name,
+            &module,
+            &format!("  config: {{mode: idle}}\n  limits: {{memory: {memory}}}\n"),
+        );
+    };
+    bundle("greedy", "512Mi");
+    bundle("big", "32Mi");
+    bundle("small", "16Mi");
+    let agent = Agent::spawn_yaml(&format!(
+        "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\nplugins:\n  dirs: [{}]\n  \
+         limits: {{totalMemory: 40Mi}}\n",
+        dir.path().display()
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let list = plugins_api(&agent);
+    let state = |name: &str| {
+        let p = plugin(&list, name).unwrap_or_else(|| panic!("{name} in {list:?}"));
+        (
+            p["state"].as_str().unwrap_or_default().to_string(),
+            p["last_error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    // Over the per-plugin ceiling (256 MiB by default).
+    let (s, e) = state("greedy");
+    assert_eq!(s, "refused", "{e}");
+    assert!(
+        e.contains("512 MiB is over this agent's ceiling (plugins.limits.memory: 256 MiB)"),
+        "{e}"
+    );
+    // 32 + 16 MiB would be over the 40 MiB all plugins may hold: whichever loads second is
+    // refused, the other runs.
+    let (big, small) = (state("big"), state("small"));
+    let states = [big.0.as_str(), small.0.as_str()];
+    assert!(
+        states == ["running", "refused"] || states == ["refused", "running"],
+        "{big:?} {small:?}"
+    );
+    let refused = if big.0 == "refused" { &big.1 } else { &small.1 };
+    assert!(
+        refused.contains("over plugins.limits.totalMemory (40 MiB)"),
+        "{refused}"
+    );
 }
 
 #[test]

@@ -26,10 +26,15 @@ enum One {
     Histogram(Histogram),
 }
 
+/// Buckets a plugin's histogram may have: each is a line of every series in /metrics.
+const MAX_BUCKETS: usize = 64;
+
 /// A plugin instance's metrics.
 pub struct PluginSeries {
     pub registry: Registry,
     families: Vec<(Family, usize)>,
+    /// The buckets of each family (0 but for histograms).
+    buckets: Vec<usize>,
     series: Vec<One>,
     by_labels: HashMap<(u32, Vec<String>), u32>,
 }
@@ -39,9 +44,20 @@ impl PluginSeries {
         PluginSeries {
             registry: Registry::new(),
             families: Vec::new(),
+            buckets: Vec::new(),
             series: Vec::new(),
             by_labels: HashMap::new(),
         }
+    }
+
+    /// Whether the series exists already.
+    pub fn has(&self, metric: Metric, values: &[String]) -> bool {
+        self.by_labels.contains_key(&(metric, values.to_vec()))
+    }
+
+    /// The buckets of a family's series (0 but for histograms, or an unknown handle).
+    pub fn buckets(&self, metric: Metric) -> usize {
+        self.buckets.get(metric as usize).copied().unwrap_or(0)
     }
 }
 
@@ -83,6 +99,12 @@ impl PluginSeries {
             return Err(Error::Invalid(format!("label name {l:?} is not valid")));
         }
         if let MetricKind::Histogram(buckets) = &kind {
+            if buckets.len() > MAX_BUCKETS {
+                return Err(Error::Invalid(format!(
+                    "a histogram has at most {MAX_BUCKETS} buckets, not {}",
+                    buckets.len()
+                )));
+            }
             if buckets.windows(2).any(|w| w[0] >= w[1]) || buckets.iter().any(|b| !b.is_finite()) {
                 return Err(Error::Invalid(
                     "histogram buckets must be finite and ascending".into(),
@@ -99,14 +121,7 @@ impl PluginSeries {
                 }
                 _ => {}
             }
-            if host
-                .probes
-                .metrics
-                .registry
-                .gather()
-                .iter()
-                .any(|f| f.name() == name)
-            {
+            if host.is_agent_metric(&name) {
                 return Err(Error::Invalid(format!(
                     "metric {name} is one of the agent's own"
                 )));
@@ -119,6 +134,11 @@ impl PluginSeries {
             help
         };
         let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let buckets = match &kind {
+            MetricKind::Histogram(b) if b.is_empty() => prometheus::DEFAULT_BUCKETS.len(),
+            MetricKind::Histogram(b) => b.len(),
+            _ => 0,
+        };
         let opts = Opts::new(name.clone(), help);
         let family = match kind {
             MetricKind::Counter => GenericCounterVec::new(opts, &label_refs).map(Family::Counter),
@@ -140,6 +160,7 @@ impl PluginSeries {
         self.registry
             .register(collector)
             .map_err(|e| Error::Invalid(format!("metric {name}: {e}")))?;
+        self.buckets.push(buckets);
         self.families.push((family, labels.len()));
         Ok((self.families.len() - 1) as Metric)
     }
@@ -235,8 +256,22 @@ impl HostState {
         labels: Vec<String>,
     ) -> Result<Metric, Error> {
         self.require(Capability::Metrics)?;
-        self.metrics
-            .register(&self.host, &self.plugin, kind, name, help, labels)
+        let buckets = match &kind {
+            MetricKind::Histogram(b) if b.is_empty() => prometheus::DEFAULT_BUCKETS.len(),
+            MetricKind::Histogram(b) => b.len(),
+            _ => 0,
+        };
+        let cost = super::budget::family_cost(&name, &help, &labels, buckets);
+        self.budget
+            .charge(cost)
+            .map_err(|why| Error::Limit(format!("metric {name}: {why}")))?;
+        let made = self
+            .metrics
+            .register(&self.host, &self.plugin, kind, name, help, labels);
+        if made.is_err() {
+            self.budget.release(cost);
+        }
+        made
     }
 }
 
@@ -271,7 +306,18 @@ impl Host for HostState {
 
     fn with_labels(&mut self, metric: Metric, label_values: Vec<String>) -> Result<Series, Error> {
         self.require(Capability::Metrics)?;
-        self.metrics.with_labels(&self.plugin, metric, label_values)
+        if self.metrics.has(metric, &label_values) {
+            return self.metrics.with_labels(&self.plugin, metric, label_values);
+        }
+        let cost = super::budget::series_cost(&label_values, self.metrics.buckets(metric));
+        self.budget
+            .charge(cost)
+            .map_err(|why| Error::Limit(format!("a new series: {why}")))?;
+        let made = self.metrics.with_labels(&self.plugin, metric, label_values);
+        if made.is_err() {
+            self.budget.release(cost);
+        }
+        made
     }
 
     fn add(&mut self, series: Series, value: f64) -> Result<(), Error> {

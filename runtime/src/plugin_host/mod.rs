@@ -11,6 +11,7 @@
 //! with backoff; repeated failures quarantine the plugin. Nothing a plugin does stops the
 //! agent or the other plugins.
 
+mod budget;
 mod bundle;
 mod cache;
 pub mod configmap;
@@ -34,9 +35,10 @@ use std::time::Duration;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime::{Config, Engine};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use budget::Total as MemoryTotal;
 pub use bundle::{Bundle, BundleError};
 pub use watch::PluginDirs;
 
@@ -109,6 +111,10 @@ pub struct HostContext {
     pub registries: Mutex<HashMap<String, (u64, Registry)>>,
     /// The last host call each plugin had refused, for /api/v1/plugins.
     pub refusals: Mutex<HashMap<String, String>>,
+    /// All plugins' memory together, against `plugins.limits.totalMemory`.
+    pub memory: Arc<budget::Total>,
+    /// The agent's own metric names, as last read (see `is_agent_metric`).
+    pub agent_names: Mutex<Option<(std::time::Instant, std::collections::HashSet<String>)>>,
 }
 
 /// The host's own series about plugins.
@@ -186,7 +192,10 @@ impl PluginMetrics {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    /// Charges linear memories and tables to the instance's budget as they grow.
+    limiter: budget::Limiter,
+    /// The same budget, for the host objects the plugin creates.
+    budget: Arc<budget::Budget>,
     plugin: Arc<bundle::PluginInfo>,
     host: Arc<HostContext>,
     metrics: metrics::PluginSeries,
@@ -398,8 +407,17 @@ impl PluginHost {
             .cloned()
     }
 
-    /// Refuses a bundle that asks for a capability the operator does not allow.
+    /// Refuses a bundle that asks for a capability the operator does not allow, or for more
+    /// memory than the operator's ceiling.
     fn check_allowed(&self, bundle: &Bundle) -> Result<(), BundleError> {
+        let memory = bundle.manifest.spec.limits.memory.0;
+        if memory > self.limits.memory.0 {
+            return Err(BundleError::Manifest(format!(
+                "spec.limits.memory: {} MiB is over this agent's ceiling (plugins.limits.memory: {} MiB)",
+                memory >> 20,
+                self.limits.memory.0 >> 20
+            )));
+        }
         let asked = &bundle.manifest.spec.capabilities;
         match asked.iter().find(|c| !self.allowed.contains(c)) {
             None => Ok(()),
@@ -440,6 +458,30 @@ impl HostContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(plugin.to_string(), last);
+    }
+
+    /// Whether `name` is one of the agent's own metrics. The names are read from the
+    /// agent's registry at most every 10 s, not on every registration: a plugin registering
+    /// thousands of families does not gather the whole registry thousands of times.
+    pub(crate) fn is_agent_metric(&self, name: &str) -> bool {
+        let mut cached = self.agent_names.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(10));
+        if !fresh {
+            let names = self
+                .probes
+                .metrics
+                .registry
+                .gather()
+                .iter()
+                .map(|f| f.name().to_string())
+                .collect();
+            *cached = Some((std::time::Instant::now(), names));
+        }
+        cached
+            .as_ref()
+            .is_some_and(|(_, names)| names.contains(name))
     }
 
     /// The last refused host call of a plugin.
@@ -777,6 +819,11 @@ impl Default for PluginsConfig {
 #[serde(deny_unknown_fields, default)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginLimits {
+    /// The most memory a manifest may ask for (`spec.limits.memory`): its linear memories,
+    /// tables and host objects together.
+    pub memory: crate::config::ByteSize,
+    /// All plugins' memory together.
+    pub total_memory: crate::config::ByteSize,
     /// The address space of a compiler child (compiling the Python or the JavaScript
     /// plugin, 18 and 12 MiB of WebAssembly, fits in 500 MiB): one that needs more is refused.
     pub compile_memory: crate::config::ByteSize,
@@ -788,6 +835,8 @@ pub struct PluginLimits {
 impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
+            memory: crate::config::ByteSize(256 << 20),
+            total_memory: crate::config::ByteSize(512 << 20),
             compile_memory: crate::config::ByteSize(1 << 30),
             compile_timeout: Duration::from_secs(60),
         }

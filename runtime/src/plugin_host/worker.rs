@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, Trap};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx};
 
 use super::bundle::{Bundle, BundleError, PluginInfo};
@@ -212,15 +212,8 @@ impl PluginHost {
         pre: &PluginPre<HostState>,
     ) -> Result<Instance, BundleError> {
         let m = &info.manifest;
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(m.spec.limits.memory.0 as usize)
-            // Components made from interpreters (Python) hold dozens of core instances; these
-            // caps only stop pathological ones, memory is what `limits.memory` bounds.
-            .instances(1000)
-            .tables(1000)
-            .memories(100)
-            .trap_on_grow_failure(true)
-            .build();
+        // One budget for all the instance's memories, tables and host objects.
+        let budget = super::budget::Budget::new(m.spec.limits.memory.0);
         // No arguments, environment, files, stdio or network; clocks and randomness only
         // when granted.
         let mut wasi = WasiCtx::builder();
@@ -238,7 +231,10 @@ impl PluginHost {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits,
+            limiter: super::budget::Limiter {
+                budget: Arc::clone(&budget),
+            },
+            budget,
             plugin: Arc::clone(info),
             host: Arc::clone(&self.host),
             metrics: metrics::PluginSeries::new(),
@@ -246,7 +242,7 @@ impl PluginHost {
             log: log::LogBudget::default(),
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         let timeout = m.spec.limits.call_timeout;
         store.set_epoch_deadline(deadline_ticks(timeout));
         let rt = call_runtime().map_err(BundleError::Init)?;
@@ -275,6 +271,31 @@ impl PluginHost {
         bundle: Bundle,
     ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
         self.check_allowed(&bundle)?;
+        let name = bundle.manifest.metadata.name.clone();
+        let previous = self.host.memory.held(&name);
+        if bundle.manifest.bundle_kind() != Some(BundleKind::Script) {
+            self.host
+                .memory
+                .admit(&name, bundle.manifest.spec.limits.memory.0)
+                .map_err(BundleError::Manifest)?;
+        }
+        let started = self.start_admitted(bundle);
+        if started.is_err() {
+            // What the running version held, if any, it holds still.
+            match previous {
+                Some(b) => {
+                    let _ = self.host.memory.admit(&name, b);
+                }
+                None => self.host.memory.release(&name),
+            }
+        }
+        started
+    }
+
+    fn start_admitted(
+        self: &Arc<Self>,
+        bundle: Bundle,
+    ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
         if bundle.manifest.bundle_kind() == Some(BundleKind::Script) {
             return self.start_script(bundle);
         }
@@ -390,6 +411,7 @@ impl PluginHost {
     /// Stops a plugin (its bundle was removed): its worker ends and its series go.
     pub fn stop(&self, name: &str) {
         self.using(name, None);
+        self.host.memory.release(name);
         self.host.probes.fanout.unsubscribe(&consumer(name));
         self.host
             .registries

@@ -148,6 +148,8 @@ impl Bench {
                 metric_names: Mutex::new(HashMap::new()),
                 registries: Mutex::new(HashMap::new()),
                 refusals: Mutex::new(HashMap::new()),
+                agent_names: Mutex::new(None),
+                memory: sonde::plugin_host::MemoryTotal::new(u64::MAX),
             }),
             &PluginsConfig {
                 cache_dir: cache.map(|c| c.display().to_string()).unwrap_or_default(),

@@ -31,6 +31,8 @@ struct Hostile {
     /// `fields` mode: nanoseconds of the latency probes' events.
     durations: Option<Counter>,
     hoard: Vec<Vec<u8>>,
+    /// `families` mode: families registered so far.
+    families: u32,
     /// `flows` mode: bytes and RTT per pod pair.
     flows: Option<(Gauge, Gauge)>,
 }
@@ -59,6 +61,26 @@ impl Hostile {
                 for _ in keys {
                     let _ = Event::new("not_granted").emit();
                 }
+            }
+            // Host objects: 20 metric families per event, and histograms of 100,000 buckets.
+            "families" => {
+                for _ in keys.flat_map(|k| std::iter::repeat_n(k, 20)) {
+                    self.families += 1;
+                    let _ = Counter::register(
+                        &format!("sonde_test_family_{}_total", self.families),
+                        "One of many families.",
+                        &["pod"],
+                    );
+                }
+            }
+            "buckets" => {
+                let bounds: Vec<f64> = (1..=100_000).map(f64::from).collect();
+                let _ = sonde_plugin::metrics::Histogram::register(
+                    "sonde_test_wide_seconds",
+                    "A histogram of 100,000 buckets.",
+                    &[],
+                    &bounds,
+                );
             }
             "invalid" => {
                 for _ in keys {
@@ -281,6 +303,7 @@ impl Plugin for Hostile {
                 mode: settings.mode,
                 seen: None,
                 hoard: Vec::new(),
+                families: 0,
                 durations: None,
                 flows: Some((bytes, rtt)),
             });
@@ -307,6 +330,7 @@ impl Plugin for Hostile {
                 seen: Some(fields),
                 durations: Some(durations),
                 hoard: Vec::new(),
+                families: 0,
                 flows: None,
             });
         }
@@ -326,6 +350,7 @@ impl Plugin for Hostile {
             seen,
             durations: None,
             hoard: Vec::new(),
+            families: 0,
             flows: None,
         })
     }

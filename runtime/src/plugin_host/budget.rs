@@ -1,0 +1,222 @@
+//! Memory budgets: one per plugin instance, covering everything the plugin can make grow —
+//! all its linear memories and tables together (through wasmtime's `ResourceLimiter`), and
+//! the host-side objects it creates (metric families and series, histogram buckets) — and
+//! a total for all plugins together, against which each plugin's budget is admitted at load,
+//! so that N bundles cannot add up to an OOM kill.
+//!
+//! Host objects are charged by an estimate of what they hold (a fixed cost plus their
+//! strings and buckets), which errs on the high side; see [`family_cost`], [`series_cost`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+
+/// What one table element is charged: wasmtime keeps a pointer per element, and a
+/// function reference more beside it.
+pub const TABLE_ELEMENT_BYTES: u64 = 16;
+
+/// All plugins' memory together (`plugins.limits.totalMemory`): each running plugin holds
+/// its whole budget (`spec.limits.memory`) from the moment it is admitted, so a plugin is
+/// refused at load if the budgets would add up to more, and no plugin can take memory the
+/// others were promised.
+#[derive(Debug)]
+pub struct Total {
+    limit: u64,
+    /// Budgets held, by plugin.
+    held: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Total {
+    pub fn new(limit: u64) -> Arc<Total> {
+        Arc::new(Total {
+            limit,
+            held: Default::default(),
+        })
+    }
+
+    /// Admits `plugin` with `budget` bytes (a new version of a running plugin replaces what
+    /// the old one held), or says why not.
+    pub fn admit(&self, plugin: &str, budget: u64) -> Result<(), String> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let others: u64 = held
+            .iter()
+            .filter(|(p, _)| p.as_str() != plugin)
+            .map(|(_, b)| *b)
+            .sum();
+        if others.saturating_add(budget) > self.limit {
+            return Err(format!(
+                "spec.limits.memory: {} MiB more would take all plugins to {} MiB, over plugins.limits.totalMemory ({} MiB)",
+                budget >> 20,
+                (others + budget) >> 20,
+                self.limit >> 20
+            ));
+        }
+        held.insert(plugin.to_string(), budget);
+        Ok(())
+    }
+
+    /// What a plugin holds now.
+    pub fn held(&self, plugin: &str) -> Option<u64> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plugin)
+            .copied()
+    }
+
+    /// A plugin stopped: its budget is free.
+    pub fn release(&self, plugin: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(plugin);
+    }
+}
+
+/// One instance's budget (`spec.limits.memory`, at most `plugins.limits.memory`).
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` from the plugin's budget, or says it is spent.
+    pub fn charge(&self, bytes: u64) -> Result<(), String> {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(bytes).filter(|n| *n <= self.limit)
+            })
+            .map(|_| ())
+            .map_err(|_| {
+                format!(
+                    "the plugin's memory budget (spec.limits.memory, {} MiB: linear memories, tables and host objects together) is spent",
+                    self.limit >> 20
+                )
+            })
+    }
+
+    /// Gives back what a charge took for something that was not made after all.
+    pub fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The `ResourceLimiter` of a plugin's store: linear memories and tables are charged to its
+/// budget as they grow. A growth past it traps (the message says "growing memory beyond", so
+/// the failure is counted as kind `memory`) rather than failing quietly, which guests take
+/// for a bug of their own.
+pub struct Limiter {
+    pub budget: Arc<Budget>,
+}
+
+/// Instances, tables and memories a component may have: components made from interpreters
+/// (Python) hold dozens of core instances; what they use is bounded by the budget.
+const MAX_INSTANCES: usize = 1000;
+const MAX_TABLES: usize = 1000;
+const MAX_MEMORIES: usize = 100;
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let more = desired.saturating_sub(current) as u64;
+        self.budget
+            .charge(more)
+            .map(|()| true)
+            .map_err(|why| wasmtime::Error::msg(format!("growing memory beyond {why}")))
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let more = (desired.saturating_sub(current) as u64).saturating_mul(TABLE_ELEMENT_BYTES);
+        self.budget.charge(more).map(|()| true).map_err(|why| {
+            wasmtime::Error::msg(format!("growing a table: growing memory beyond {why}"))
+        })
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+/// What registering a metric family is charged: the family, its registry entry and its
+/// strings, and its buckets.
+pub fn family_cost(name: &str, help: &str, labels: &[String], buckets: usize) -> u64 {
+    let strings: usize =
+        name.len() * 2 + help.len() + labels.iter().map(|l| l.len()).sum::<usize>();
+    (1024 + strings * 2 + buckets * 16) as u64
+}
+
+/// What a new series is charged: its values (kept twice, in the family and the handle
+/// table) and, for a histogram, a count per bucket.
+pub fn series_cost(values: &[String], buckets: usize) -> u64 {
+    let strings: usize = values.iter().map(|v| v.len() + 24).sum();
+    (256 + strings * 2 + (buckets + 2) * 16) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_are_admitted_against_the_total() {
+        let total = Total::new(100 << 20);
+        assert!(total.admit("a", 60 << 20).is_ok());
+        let e = total.admit("b", 50 << 20).unwrap_err();
+        assert!(e.contains("plugins.limits.totalMemory (100 MiB)"), "{e}");
+        // A new version of `a` replaces what the old one held.
+        assert!(total.admit("a", 90 << 20).is_ok());
+        assert!(total.admit("b", 20 << 20).is_err());
+        total.release("a");
+        assert!(total.admit("b", 50 << 20).is_ok());
+        let budget = Budget::new(10);
+        assert!(budget.charge(8).is_ok());
+        assert!(budget.charge(3).unwrap_err().contains("spec.limits.memory"));
+        assert_eq!(budget.used(), 8, "a refused charge takes nothing");
+        budget.release(8);
+        assert!(budget.charge(10).is_ok());
+    }
+
+    #[test]
+    fn growth_past_the_budget_traps_as_memory() {
+        let mut l = Limiter {
+            budget: Budget::new(1 << 20),
+        };
+        assert!(l.memory_growing(0, 512 << 10, None).unwrap());
+        // Two memories share one budget.
+        assert!(l.memory_growing(0, 512 << 10, None).unwrap());
+        let e = l.memory_growing(0, 1, None).unwrap_err().to_string();
+        assert!(e.contains("growing memory beyond"), "{e}");
+        let e = l.table_growing(0, 1, None).unwrap_err().to_string();
+        assert!(e.contains("growing memory beyond"), "{e}");
+    }
+}
