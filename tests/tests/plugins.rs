@@ -16,9 +16,14 @@ const DROPS: &str = "sonde_packet_drops_total";
 const SEEN: &str = "sonde_test_events_seen_total";
 
 fn agent_with_plugins(plugins: &Path) -> Agent {
+    agent_with_plugin_keys(plugins, "")
+}
+
+/// The same, with more keys of `plugins:` (lines indented by two spaces).
+fn agent_with_plugin_keys(plugins: &Path, keys: &str) -> Agent {
     Agent::spawn_yaml(&format!(
         "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
-         tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n",
+         tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n{keys}",
         plugins.display()
     ))
 }
@@ -1215,12 +1220,10 @@ fn a_compile_over_the_limit_is_a_refused_bundle_and_the_others_run() {
         std::fs::copy(entry.path(), big.join(entry.file_name())).unwrap();
     }
     let pods = PodPair::dropping_udp(PORT);
-    let agent = Agent::spawn_yaml(&format!(
-        "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
-         tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n  cacheDir: \"\"\n  \
-         limits: {{compileMemory: 200Mi}}\n",
-        bundles.display()
-    ));
+    let agent = agent_with_plugin_keys(
+        &bundles,
+        "  cacheDir: \"\"\n  limits: {compileMemory: 200Mi}\n",
+    );
     agent.wait_ready(READY_TIMEOUT);
     let list = plugins_api(&agent);
     let refused =
@@ -1286,11 +1289,7 @@ fn capabilities_beyond_the_operators_allowlist_are_refused() {
 
     // An operator who allows only metrics, and one who allows control too.
     let with = |allowed: &str| {
-        Agent::spawn_yaml(&format!(
-            "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\nplugins:\n  dirs: [{}]\n  \
-             allowedCapabilities: {allowed}\n",
-            dir.path().display()
-        ))
+        agent_with_plugin_keys(dir.path(), &format!("  allowedCapabilities: {allowed}\n"))
     };
     let agent = with("[metrics]");
     agent.wait_ready(READY_TIMEOUT);
@@ -1403,11 +1402,7 @@ fn memory_budgets_stay_under_the_operators_ceiling_and_total() {
     bundle("greedy", "512Mi");
     bundle("big", "32Mi");
     bundle("small", "16Mi");
-    let agent = Agent::spawn_yaml(&format!(
-        "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\nplugins:\n  dirs: [{}]\n  \
-         limits: {{totalMemory: 40Mi}}\n",
-        dir.path().display()
-    ));
+    let agent = agent_with_plugin_keys(dir.path(), "  limits: {totalMemory: 40Mi}\n");
     agent.wait_ready(READY_TIMEOUT);
     let list = plugins_api(&agent);
     let state = |name: &str| {
@@ -1475,12 +1470,7 @@ fn plugin_check_fills_the_agents_cache() {
         cache.display()
     );
     let before = std::fs::read(&files[0]).unwrap();
-    let agent = Agent::spawn_yaml(&format!(
-        "probes:\n  tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\n\
-         plugins:\n  dirs: [{}]\n  cacheDir: {}\n",
-        bundles.display(),
-        cache.display()
-    ));
+    let agent = agent_with_plugin_keys(&bundles, &format!("  cacheDir: {}\n", cache.display()));
     agent.wait_ready(READY_TIMEOUT);
     assert_eq!(
         plugin(&plugins_api(&agent), "idle").map(|p| p["state"].clone()),
