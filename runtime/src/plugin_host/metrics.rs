@@ -75,6 +75,17 @@ pub enum MetricKind {
     Histogram(Vec<f64>),
 }
 
+impl MetricKind {
+    /// The buckets each series has (0 but for histograms).
+    fn buckets(&self) -> usize {
+        match self {
+            MetricKind::Histogram(b) if b.is_empty() => prometheus::DEFAULT_BUCKETS.len(),
+            MetricKind::Histogram(b) => b.len(),
+            _ => 0,
+        }
+    }
+}
+
 impl PluginSeries {
     /// Registers metric `name` for plugin `info` (names start with `sonde_`, belong to one
     /// plugin and are not the agent's own); its handle.
@@ -134,11 +145,7 @@ impl PluginSeries {
             help
         };
         let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let buckets = match &kind {
-            MetricKind::Histogram(b) if b.is_empty() => prometheus::DEFAULT_BUCKETS.len(),
-            MetricKind::Histogram(b) => b.len(),
-            _ => 0,
-        };
+        let buckets = kind.buckets();
         let opts = Opts::new(name.clone(), help);
         let family = match kind {
             MetricKind::Counter => GenericCounterVec::new(opts, &label_refs).map(Family::Counter),
@@ -256,11 +263,7 @@ impl HostState {
         labels: Vec<String>,
     ) -> Result<Metric, Error> {
         self.require(Capability::Metrics)?;
-        let buckets = match &kind {
-            MetricKind::Histogram(b) if b.is_empty() => prometheus::DEFAULT_BUCKETS.len(),
-            MetricKind::Histogram(b) => b.len(),
-            _ => 0,
-        };
+        let buckets = kind.buckets();
         let cost = super::budget::family_cost(&name, &help, &labels, buckets);
         self.budget
             .charge(cost)

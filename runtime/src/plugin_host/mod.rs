@@ -299,9 +299,7 @@ impl PluginHost {
     ) -> anyhow::Result<Arc<Self>> {
         let engine = Self::engine()?;
         let cache = open_cache(&config.cache_dir, &engine);
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let linker = linker(&engine)?;
         let engine_for_epoch = engine.clone();
         std::thread::Builder::new()
             .name("plugin-epoch".into())
@@ -339,42 +337,25 @@ impl PluginHost {
         {
             return Ok(c.clone());
         }
-        let component = match self.cache.as_ref().map(|c| c.load(sha256, &self.engine)) {
-            Some(cache::Lookup::Hit(c)) => c,
-            found => {
-                if let Some(cache::Lookup::Bad(why)) = found {
-                    tracing::warn!(%plugin, "{why}; compiling again");
-                    self.host
-                        .self_metrics
-                        .errors
-                        .with_label_values(&[plugin, "cache"])
-                        .inc();
-                }
-                component_header(bytes).map_err(BundleError::Module)?;
-                let compiled = match &self.compiler {
-                    Compiler::Child(exe) => run_compiler(exe, bytes, &self.limits),
-                    Compiler::InProcess => self
-                        .engine
-                        .precompile_component(bytes)
-                        .map_err(|e| format!("not a valid component: {}", one_line(&e))),
-                }
-                .map_err(BundleError::Module)?;
-                if let Some(cache) = &self.cache {
-                    if let Err(e) = cache.store(sha256, &compiled) {
-                        tracing::warn!(%plugin, error = %e, "cannot cache the compiled component");
-                    }
-                }
-                // SAFETY: compiled just now by this binary (in process, or its own `plugin
-                // compile` in a child) for this engine's configuration; wasmtime checks the
-                // compatibility again.
-                unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| {
-                    BundleError::Module(format!(
-                        "cannot load the compiled component: {}",
-                        one_line(&e)
-                    ))
-                })?
-            }
+        let refused = |why: String| {
+            tracing::warn!(%plugin, "{why}; compiling again");
+            self.host
+                .self_metrics
+                .errors
+                .with_label_values(&[plugin, "cache"])
+                .inc();
         };
+        let component = compile_through(
+            &self.engine,
+            self.cache.as_ref(),
+            sha256,
+            bytes,
+            refused,
+            |bytes| match &self.compiler {
+                Compiler::Child(exe) => run_compiler(exe, bytes, &self.limits),
+                Compiler::InProcess => precompile(&self.engine, bytes),
+            },
+        )?;
         self.compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -436,12 +417,7 @@ impl PluginHost {
     /// Checks that a component fits the world: its imports are all provided by the host and
     /// its exports are the world's.
     fn prepare(&self, component: &Component) -> Result<PluginPre<HostState>, BundleError> {
-        check_version(component, &self.engine)?;
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| BundleError::World(one_line(&e)))?;
-        PluginPre::new(pre).map_err(|e| BundleError::World(one_line(&e)))
+        prepare(&self.linker, &self.engine, component)
     }
 }
 
@@ -500,6 +476,69 @@ impl HostContext {
         families.sort_by(|a, b| a.name().cmp(b.name()));
         families
     }
+}
+
+/// The linker every plugin is instantiated through: WASI (its doors shut by each instance's
+/// context) and the host interfaces.
+fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+/// Checks that a component was built for this host's version and fits the world: its
+/// imports are all provided by the host and its exports are the world's.
+fn prepare(
+    linker: &Linker<HostState>,
+    engine: &Engine,
+    component: &Component,
+) -> Result<PluginPre<HostState>, BundleError> {
+    check_version(component, engine)?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| BundleError::World(one_line(&e)))?;
+    PluginPre::new(pre).map_err(|e| BundleError::World(one_line(&e)))
+}
+
+/// Compiles a component in this process.
+fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| format!("not a valid component: {}", one_line(&e)))
+}
+
+/// A component from the cache, or compiled by `compile` (after its header is checked) and
+/// kept there; `refused` hears why a cached file was not taken, if one was not.
+fn compile_through(
+    engine: &Engine,
+    cache: Option<&cache::Cache>,
+    sha256: &str,
+    bytes: &[u8],
+    refused: impl FnOnce(String),
+    compile: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Component, BundleError> {
+    match cache.map(|c| c.load(sha256, engine)) {
+        Some(cache::Lookup::Hit(c)) => return Ok(c),
+        Some(cache::Lookup::Bad(why)) => refused(why),
+        Some(cache::Lookup::Miss) | None => {}
+    }
+    component_header(bytes).map_err(BundleError::Module)?;
+    let compiled = compile(bytes).map_err(BundleError::Module)?;
+    if let Some(cache) = cache {
+        if let Err(e) = cache.store(sha256, &compiled) {
+            tracing::warn!(error = %e, "cannot cache the compiled component");
+        }
+    }
+    // SAFETY: compiled just now by this binary (in process, or its own `plugin compile` in a
+    // child) for this engine's configuration; wasmtime checks the compatibility again.
+    let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
+        BundleError::Module(format!(
+            "cannot load the compiled component: {}",
+            one_line(&e)
+        ))
+    })?;
+    Ok(component)
 }
 
 /// Opens the compile cache of `plugins.cacheDir` (empty: none); one that cannot be used is
@@ -622,9 +661,7 @@ fn run_compiler(exe: &Path, module: &[u8], limits: &PluginLimits) -> Result<Vec<
 pub fn compile_to(module: &[u8], out: Option<&Path>) -> Result<(), String> {
     use std::io::Write;
     let engine = PluginHost::engine().map_err(|e| e.to_string())?;
-    let compiled = engine
-        .precompile_component(module)
-        .map_err(|e| format!("not a valid component: {}", one_line(&e)))?;
+    let compiled = precompile(&engine, module)?;
     let Some(out) = out else {
         let mut stdout = std::io::stdout().lock();
         return stdout
@@ -660,35 +697,16 @@ pub fn check_bundle(dir: &Path, cache_dir: &str) -> Result<Bundle, BundleError> 
         // Not this user's to use (another owner): checked without it.
         cache::Cache::open(Path::new(cache_dir), &engine).ok()
     };
-    let cached = match cache.as_ref().map(|c| c.load(&bundle.sha256, &engine)) {
-        Some(cache::Lookup::Hit(c)) => Some(c),
-        _ => None,
-    };
-    let component = match cached {
-        Some(c) => c,
-        None => {
-            component_header(&bundle.module).map_err(BundleError::Module)?;
-            let compiled = engine.precompile_component(&bundle.module).map_err(|e| {
-                BundleError::Module(format!("not a valid component: {}", one_line(&e)))
-            })?;
-            if let Some(cache) = &cache {
-                let _ = cache.store(&bundle.sha256, &compiled);
-            }
-            // SAFETY: compiled just now, by this engine.
-            unsafe { Component::deserialize(&engine, &compiled) }
-                .map_err(|e| BundleError::Module(one_line(&e)))?
-        }
-    };
-    check_version(&component, &engine)?;
-    let mut linker: Linker<HostState> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .map_err(|e| BundleError::World(e.to_string()))?;
-    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-        .map_err(|e| BundleError::World(e.to_string()))?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| BundleError::World(one_line(&e)))?;
-    PluginPre::new(pre).map_err(|e| BundleError::World(one_line(&e)))?;
+    let component = compile_through(
+        &engine,
+        cache.as_ref(),
+        &bundle.sha256,
+        &bundle.module,
+        |_| {},
+        |bytes| precompile(&engine, bytes),
+    )?;
+    let linker = linker(&engine).map_err(|e| BundleError::World(e.to_string()))?;
+    prepare(&linker, &engine, &component)?;
     Ok(bundle)
 }
 
