@@ -32,10 +32,9 @@ fn rate_limit_suppresses_events_but_not_counts() {
          tcp_retrans: {enabled: false}\n  tcp_reset: {enabled: false}\n",
     );
     agent.wait_ready(READY_TIMEOUT);
-    let suppressed = [("probe", "packet_drop")];
-    let before = agent
-        .metric("sonde_events_suppressed_total", &suppressed)
-        .unwrap_or(0.0);
+    // Pod B's own series: drops elsewhere on the machine (the host's, other tests') spend the
+    // per-CPU bucket too and are counted as suppressed, but under their own namespace.
+    let suppressed = [("probe", "packet_drop"), ("pod", pods.b.name())];
 
     send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 500);
     let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
@@ -46,17 +45,18 @@ fn rate_limit_suppresses_events_but_not_counts() {
         "counting ignores the rate limit"
     );
 
-    // Every drop is either emitted or counted as suppressed.
+    // Every drop of pod B is either emitted or counted as suppressed for it. The pod's own
+    // bucket starts full, so some events get through; they reach the sink a little after the
+    // suppressed count reaches the metrics, hence both in the condition.
     let (emitted, suppressed_now) = poll_until(
         SETTLE_TIMEOUT,
-        "emitted + suppressed to cover 500 drops",
+        "events and suppressed counts of pod B to cover its 500 drops",
         || {
             let emitted = drop_events_for(&agent.events(), pods.b.name()) as f64;
             let s = agent
                 .metric("sonde_events_suppressed_total", &suppressed)
-                .unwrap_or(0.0)
-                - before;
-            (emitted + s >= 500.0).then_some((emitted, s))
+                .unwrap_or(0.0);
+            (emitted >= 1.0 && emitted + s >= 500.0).then_some((emitted, s))
         },
     );
     let cpus = std::thread::available_parallelism()
@@ -64,7 +64,7 @@ fn rate_limit_suppresses_events_but_not_counts() {
         .unwrap_or(1) as f64;
     // A burst of 5 per CPU plus 5/s per CPU over the few seconds the test takes.
     assert!(
-        emitted >= 1.0 && emitted <= cpus * (5.0 + 5.0 * 30.0),
+        emitted <= cpus * (5.0 + 5.0 * 30.0),
         "{emitted} events emitted"
     );
     assert!(
