@@ -418,7 +418,7 @@ fn plugin_check(dir: &std::path::Path, cache_dir: &str) -> anyhow::Result<()> {
     }
     let memory = if kind == "plugin" {
         format!(
-            "; memory {} MiB for its linear memories, tables and host objects together",
+            "; memory {} MiB for its linear memories, tables, host objects and enrichment answers together",
             asked >> 20
         )
     } else {

@@ -26,7 +26,10 @@ pub use agent::{
     free_local_addr, only_probes_yaml, probe_unavailable, run_sonde, sonde_bin, start_agent, Agent,
     AgentConfig, Finished, TempDir,
 };
-pub use bundle::{first_party_bundle, wasm_module, write_bundle, write_script_bundle};
+pub use bundle::{
+    core_module_with_memory, core_module_with_table, first_party_bundle, wasm_module,
+    with_core_instances, write_bundle, write_script_bundle,
+};
 pub use dns_server::{dns_query, tcp_query, udp_query, DnsAnswers, DnsServer};
 pub use http::{http_get, http_get_with, Response};
 pub use loop_device::LoopDevice;

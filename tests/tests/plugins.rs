@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::Value;
+use sonde_tests::bench::memory_kib;
 use sonde_tests::{
-    metric_series, poll_until, refused_connects, run_sonde, send_udp, wasm_module, write_bundle,
-    Agent, IpFamily, LoopDevice, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    core_module_with_memory, core_module_with_table, metric_series, poll_until, refused_connects,
+    run_sonde, send_udp, wasm_module, with_core_instances, write_bundle, Agent, IpFamily,
+    LoopDevice, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9999;
@@ -64,6 +66,7 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         "invalid",
         "families",
         "buckets",
+        "big-event",
     ];
     for mode in hostile {
         // `ungranted` emits events without the capability.
@@ -84,6 +87,33 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
             &format!("hostile-{mode}"),
             &module,
             &spec,
+        );
+    }
+    // Components that hold more than the plugin itself: 40 more linear memories of 1 MiB
+    // each (every one far under the budget, together over it), and a table of 2 million
+    // function references (32 MB).
+    let staging = TempDir::new();
+    let component = std::fs::read(&module).expect("the hostile plugin's component");
+    for (name, extra) in [
+        (
+            "memories",
+            with_core_instances(&component, &core_module_with_memory(16), 40),
+        ),
+        (
+            "table",
+            with_core_instances(&component, &core_module_with_table(2_000_000), 1),
+        ),
+    ] {
+        let grown = staging.path().join(name).join("hostile_plugin.wasm");
+        std::fs::create_dir_all(grown.parent().unwrap()).unwrap();
+        std::fs::write(&grown, extra).unwrap();
+        let spec = "  subscribe: [packet_drop]\n  config: {mode: count}\n  \
+                    capabilities: [metrics]\n  limits: {memory: 16Mi}\n";
+        write_bundle(
+            &dir.path().join(name),
+            &format!("hostile-{name}"),
+            &grown,
+            spec,
         );
     }
     let pods = PodPair::dropping_udp(PORT);
@@ -169,6 +199,16 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         let error = p["last_error"].as_str().unwrap_or_default();
         assert!(error.contains("callTimeout"), "{p}");
     }
+    // The budget covers all memories and tables of an instance together.
+    for name in ["memories", "table"] {
+        let p = plugin(&list, &format!("hostile-{name}")).expect("listed");
+        assert_eq!(p["state"], "refused", "{p}");
+        let error = p["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("memory budget (spec.limits.memory, 16 MiB"),
+            "{p}"
+        );
+    }
     for mode in ["series", "log-flood", "event-flood"] {
         assert!(
             plugin(&list, &format!("hostile-{mode}")).is_some(),
@@ -186,6 +226,7 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         ("ungranted", "not_granted", "capability events"),
         ("invalid", "invalid", "must start with sonde_"),
         ("buckets", "invalid", "at most 64 buckets"),
+        ("big-event", "invalid", "over 16 KiB"),
         (
             "families",
             "limit",
@@ -237,6 +278,17 @@ fn well_behaved_plugin_loses_nothing_beside_hostile_ones() {
         .expect("listed")
         .get("last_refusal")
         .is_none());
+    // The agent's peak resident memory stays within what the plugins may hold (their
+    // budgets: 16 MiB each here, the counter's default 32 MiB) plus the constant the README
+    // gives ("The sandbox"): 64 MiB for the agent and 4 MiB a plugin for its compiled code.
+    let plugins = hostile.len() as u64 + 2;
+    let allowance_mib = 64 + 32 + plugins * (16 + 4) + 4;
+    let (_, peak_kib) = memory_kib(agent.pid());
+    assert!(
+        peak_kib <= allowance_mib << 10,
+        "agent peak RSS {} MiB, over {allowance_mib} MiB",
+        peak_kib >> 10
+    );
     // The series bomb got no further than its limit.
     let series = agent
         .metrics()

@@ -1,6 +1,7 @@
-//! Memory budgets: one per plugin instance, covering everything the plugin can make grow —
-//! all its linear memories and tables together (through wasmtime's `ResourceLimiter`), and
-//! the host-side objects it creates (metric families and series, histogram buckets) — and
+//! Memory budgets: one per loaded plugin, covering everything the plugin can make grow —
+//! all its instance's linear memories and tables together (through wasmtime's
+//! `ResourceLimiter`), the host-side objects it creates (metric families and series,
+//! histogram buckets) and the enrichment answers the agent keeps for it — and
 //! a total for all plugins together, against which each plugin's budget is admitted at load,
 //! so that N bundles cannot add up to an OOM kill.
 //!
@@ -74,7 +75,8 @@ impl Total {
     }
 }
 
-/// One instance's budget (`spec.limits.memory`, at most `plugins.limits.memory`).
+/// One loaded plugin's budget (`spec.limits.memory`, at most `plugins.limits.memory`),
+/// shared by its instance (a new one after a failure) and its enrichment answers.
 #[derive(Debug)]
 pub struct Budget {
     limit: u64,
@@ -103,7 +105,7 @@ impl Budget {
             .map(|_| ())
             .map_err(|_| {
                 format!(
-                    "the plugin's memory budget (spec.limits.memory, {} MiB: linear memories, tables and host objects together) is spent",
+                    "the plugin's memory budget (spec.limits.memory, {} MiB: linear memories, tables, host objects and enrichment answers together) is spent",
                     self.limit >> 20
                 )
             })
@@ -115,12 +117,50 @@ impl Budget {
     }
 }
 
+/// One holder's share of a plugin's budget: what an instance's memories and tables, or its
+/// host objects, have taken. Given back when the holder goes, so that the instance made
+/// after a failure starts from what the plugin's other holders (its enrichment answers) hold.
+#[derive(Debug)]
+pub struct Account {
+    budget: Arc<Budget>,
+    held: u64,
+}
+
+impl Account {
+    pub fn new(budget: &Arc<Budget>) -> Account {
+        Account {
+            budget: Arc::clone(budget),
+            held: 0,
+        }
+    }
+
+    /// Takes `bytes` from the plugin's budget, or says it is spent.
+    pub fn charge(&mut self, bytes: u64) -> Result<(), String> {
+        self.budget.charge(bytes)?;
+        self.held += bytes;
+        Ok(())
+    }
+
+    /// Gives back what a charge took for something that was not made after all.
+    pub fn release(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.held);
+        self.budget.release(bytes);
+        self.held -= bytes;
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        self.budget.release(self.held);
+    }
+}
+
 /// The `ResourceLimiter` of a plugin's store: linear memories and tables are charged to its
 /// budget as they grow. A growth past it traps (the message says "growing memory beyond", so
 /// the failure is counted as kind `memory`) rather than failing quietly, which guests take
 /// for a bug of their own.
 pub struct Limiter {
-    pub budget: Arc<Budget>,
+    pub account: Account,
 }
 
 /// Instances, tables and memories a component may have: components made from interpreters
@@ -137,7 +177,7 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let more = desired.saturating_sub(current) as u64;
-        self.budget
+        self.account
             .charge(more)
             .map(|()| true)
             .map_err(|why| wasmtime::Error::msg(format!("growing memory beyond {why}")))
@@ -150,7 +190,7 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let more = (desired.saturating_sub(current) as u64).saturating_mul(TABLE_ELEMENT_BYTES);
-        self.budget.charge(more).map(|()| true).map_err(|why| {
+        self.account.charge(more).map(|()| true).map_err(|why| {
             wasmtime::Error::msg(format!("growing a table: growing memory beyond {why}"))
         })
     }
@@ -208,8 +248,9 @@ mod tests {
 
     #[test]
     fn growth_past_the_budget_traps_as_memory() {
+        let budget = Budget::new(1 << 20);
         let mut l = Limiter {
-            budget: Budget::new(1 << 20),
+            account: Account::new(&budget),
         };
         assert!(l.memory_growing(0, 512 << 10, None).unwrap());
         // Two memories share one budget.
@@ -218,5 +259,16 @@ mod tests {
         assert!(e.contains("growing memory beyond"), "{e}");
         let e = l.table_growing(0, 1, None).unwrap_err().to_string();
         assert!(e.contains("growing memory beyond"), "{e}");
+        // An instance that goes gives back all it held: the next one starts from nothing.
+        drop(l);
+        assert_eq!(budget.used(), 0);
+        let mut next = Account::new(&budget);
+        assert!(next.charge(1 << 20).is_ok());
+        next.release(2 << 20);
+        assert_eq!(
+            budget.used(),
+            0,
+            "an account gives back no more than it took"
+        );
     }
 }

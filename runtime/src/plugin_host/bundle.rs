@@ -51,6 +51,21 @@ pub struct PluginInfo {
     /// `plugin:<name>`, the `source` of the events it emits.
     pub source: std::sync::Arc<str>,
     pub manifest: Manifest,
+    /// Its memory budget (`spec.limits.memory`): its instance's memories, tables and host
+    /// objects, and the enrichment answers kept for it.
+    pub budget: std::sync::Arc<super::budget::Budget>,
+}
+
+impl PluginInfo {
+    pub fn new(manifest: &Manifest) -> PluginInfo {
+        let name = manifest.metadata.name.clone();
+        PluginInfo {
+            source: std::sync::Arc::from(format!("plugin:{name}")),
+            name,
+            budget: super::budget::Budget::new(manifest.spec.limits.memory.0),
+            manifest: manifest.clone(),
+        }
+    }
 }
 
 /// Why a bundle's file could not be read, without the file's content.

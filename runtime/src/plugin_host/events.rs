@@ -28,6 +28,9 @@ const RESERVED: &[&str] = &[
 ];
 const MAX_FIELDS: usize = 64;
 const MAX_TEXT: usize = 4096;
+/// An event's text all together (message, field names and text values): what an event a
+/// plugin emits may hold in the consumers' queues, each of which holds a bounded number.
+const MAX_EVENT_TEXT: usize = 16 << 10;
 
 pub struct EmitBudget {
     window: Instant,
@@ -99,6 +102,18 @@ pub(crate) fn publish(
             .any(|(_, v)| matches!(v, serde_json::Value::String(s) if s.len() > MAX_TEXT))
     {
         return Err(Error::Invalid(format!("text longer than {MAX_TEXT} bytes")));
+    }
+    let text = kind.len()
+        + message.as_ref().map_or(0, String::len)
+        + fields
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum::<usize>();
+    if text > MAX_EVENT_TEXT {
+        return Err(Error::Invalid(format!(
+            "an event of {text} bytes of text, over {} KiB",
+            MAX_EVENT_TEXT >> 10
+        )));
     }
     budget.emitted += 1;
 

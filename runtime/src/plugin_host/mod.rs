@@ -192,10 +192,10 @@ impl PluginMetrics {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    /// Charges linear memories and tables to the instance's budget as they grow.
+    /// Charges linear memories and tables to the plugin's budget as they grow.
     limiter: budget::Limiter,
-    /// The same budget, for the host objects the plugin creates.
-    budget: Arc<budget::Budget>,
+    /// The same budget, for the host objects the instance creates.
+    budget: budget::Account,
     plugin: Arc<bundle::PluginInfo>,
     host: Arc<HostContext>,
     metrics: metrics::PluginSeries,
@@ -838,7 +838,7 @@ impl Default for PluginsConfig {
 #[serde(rename_all = "camelCase")]
 pub struct PluginLimits {
     /// The most memory a manifest may ask for (`spec.limits.memory`): its linear memories,
-    /// tables and host objects together.
+    /// tables, host objects and enrichment answers together.
     pub memory: crate::config::ByteSize,
     /// All plugins' memory together.
     pub total_memory: crate::config::ByteSize,

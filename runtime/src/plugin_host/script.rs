@@ -498,11 +498,9 @@ impl PluginHost {
         self: &Arc<Self>,
         bundle: Bundle,
     ) -> Result<Arc<Mutex<super::PluginStatus>>, BundleError> {
-        let name = bundle.manifest.metadata.name.clone();
         let info = Arc::new(PluginInfo {
-            source: Arc::from(format!("script:{name}")),
-            name,
-            manifest: bundle.manifest.clone(),
+            source: Arc::from(format!("script:{}", bundle.manifest.metadata.name)),
+            ..PluginInfo::new(&bundle.manifest)
         });
         let guest = ScriptGuest::new(&self.host, &info, &bundle)?;
         let fresh_info = Arc::clone(&info);

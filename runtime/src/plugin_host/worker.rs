@@ -212,8 +212,6 @@ impl PluginHost {
         pre: &PluginPre<HostState>,
     ) -> Result<Instance, BundleError> {
         let m = &info.manifest;
-        // One budget for all the instance's memories, tables and host objects.
-        let budget = super::budget::Budget::new(m.spec.limits.memory.0);
         // No arguments, environment, files, stdio or network; clocks and randomness only
         // when granted.
         let mut wasi = WasiCtx::builder();
@@ -231,10 +229,12 @@ impl PluginHost {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
+            // One budget for all the instance's memories, tables and host objects, and the
+            // plugin's enrichment answers.
             limiter: super::budget::Limiter {
-                budget: Arc::clone(&budget),
+                account: super::budget::Account::new(&info.budget),
             },
-            budget,
+            budget: super::budget::Account::new(&info.budget),
             plugin: Arc::clone(info),
             host: Arc::clone(&self.host),
             metrics: metrics::PluginSeries::new(),
@@ -310,11 +310,7 @@ impl PluginHost {
                 return Err(e);
             }
         };
-        let info = Arc::new(PluginInfo {
-            source: Arc::from(format!("plugin:{name}")),
-            name: name.clone(),
-            manifest: bundle.manifest.clone(),
-        });
+        let info = Arc::new(PluginInfo::new(&bundle.manifest));
         let instance = match self.instantiate(&info, &pre) {
             Ok(instance) => instance,
             Err(e) => {
@@ -523,7 +519,7 @@ impl PluginHost {
                         .workload_labels(self, info, &workload)
                         .map(|labels| {
                             if let Some((enricher, _)) = &enrich {
-                                enricher.answer(workload, clean_labels(labels));
+                                self.keep_answer(info, enricher, workload, clean_labels(labels));
                             }
                         })
                 }
@@ -553,8 +549,12 @@ impl PluginHost {
                 failures.pop_front();
             }
             let error = format!("{}: {}", failure.kind, failure.message);
+            let generation = instance.generation();
+            // What the poisoned instance held of the plugin's budget is free before the
+            // next one is made.
+            drop(instance);
             if failures.len() >= MAX_FAILURES {
-                self.quarantine(&name, status, error, instance.generation());
+                self.quarantine(&name, status, error, generation);
                 return;
             }
             set_status(status, "restarting", Some(error));
@@ -578,13 +578,48 @@ impl PluginHost {
                         m.errors.with_label_values(&[&name, e.kind()]).inc();
                         failures.push_back(Instant::now());
                         if failures.len() >= MAX_FAILURES {
-                            self.quarantine(&name, status, e.to_string(), instance.generation());
+                            self.quarantine(&name, status, e.to_string(), generation);
                             return;
                         }
                         backoff *= 2;
                     }
                 }
             }
+        }
+    }
+
+    /// Keeps an enrichment answer, charged to the plugin's budget. When the budget is spent,
+    /// the answers for pods that are gone make room; if that is not enough, the answer is
+    /// refused (counted as a `limit` refusal) and the workload's events go without labels.
+    fn keep_answer(
+        &self,
+        info: &PluginInfo,
+        enricher: &Enricher,
+        workload: Workload,
+        labels: Vec<(String, String)>,
+    ) {
+        let cost = crate::enrich::answer_cost(&workload, &labels);
+        let mut charged = info.budget.charge(cost);
+        if charged.is_err() {
+            if let Some(keep) = self.host.probes.topology.workloads() {
+                info.budget.release(enricher.forget_all_but(&keep));
+                charged = info.budget.charge(cost);
+            }
+        }
+        match charged {
+            Ok(()) => {
+                if let Some(old) = enricher.answer(workload.clone(), labels) {
+                    info.budget
+                        .release(crate::enrich::answer_cost(&workload, &old));
+                }
+            }
+            Err(why) => self.host.refused(
+                &info.name,
+                &super::Refusal::Limit(format!(
+                    "labels for {}/{} not kept: {why}",
+                    workload.namespace, workload.pod
+                )),
+            ),
         }
     }
 

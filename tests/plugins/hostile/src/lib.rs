@@ -99,6 +99,18 @@ impl Hostile {
                     sonde_plugin::log::info(&format!("hostile plugin log line {i}"));
                 }
             }
+            // Events of 64 fields of 4,000 bytes each: every field within its limit, the
+            // event over the 16 KiB of text one may hold.
+            "big-event" => {
+                let text = "x".repeat(4000);
+                for _ in keys {
+                    let mut e = Event::new("hostile_big");
+                    for i in 0..64 {
+                        e = e.field(format!("f{i}"), text.as_str());
+                    }
+                    let _ = e.emit();
+                }
+            }
             "event-flood" => {
                 for i in 0..100_000i64 {
                     let _ = Event::new("hostile_flood").field("n", i).emit();
