@@ -61,6 +61,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    // The server's limits are read at start.
+    let api = config.api.clone();
 
     // Checked when the config was parsed.
     let additional_labels = Arc::new(
@@ -175,6 +177,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Arc::clone(&ctx.fanout),
         Arc::clone(&probes),
         Arc::clone(&metrics),
+        api.clone(),
     );
     let app = exporter::router(ApiState {
         probes: Arc::clone(&probes),
@@ -183,10 +186,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         plugins,
     })
     .merge(events);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("HTTP server failed")?;
+    crate::server::serve(listener, app, &api, shutdown()).await;
     tracing::info!("sonde stopping");
     // Unloaded here rather than when the last reference goes (tasks hold some): a TC probe's
     // clsact filters stay on their interfaces until deleted.

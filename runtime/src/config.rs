@@ -29,6 +29,7 @@ pub struct AgentConfig {
     pub plugins: PluginsConfig,
     pub btf: BtfConfig,
     pub metrics: MetricsConfig,
+    pub api: crate::server::ApiConfig,
 }
 
 /// `btf:`: where the kernel's types come from.
@@ -71,6 +72,7 @@ impl Default for AgentConfig {
             plugins: PluginsConfig::default(),
             btf: BtfConfig::default(),
             metrics: MetricsConfig::default(),
+            api: crate::server::ApiConfig::default(),
         }
     }
 }
@@ -124,6 +126,7 @@ impl AgentConfig {
         self.topology.validate()?;
         self.btf.validate()?;
         self.metrics.validate()?;
+        self.api.validate()?;
         self.sinks.validate()
     }
 }

@@ -1,15 +1,23 @@
-//! `GET /api/v1/events?probes=packet_drop,tcp_reset`: the agent's enriched events as they
-//! happen, one JSON object per line (the stdout sink's format), for `sonde trace --agent`.
+//! `GET /api/v1/events?probes=packet_drop,tcp_reset[&unlimited=10m]`: the agent's enriched
+//! events as they happen, one JSON object per line (the stdout sink's format), for `sonde
+//! trace --agent`.
 //!
-//! A stream takes every event of its probes: while it is open, the probes' in-kernel rate
-//! limit is lifted (renewed every few seconds, so it returns on its own once the last stream
-//! ends). Batches a slow reader cannot take are counted in
-//! `sonde_consumer_events_dropped_total{consumer="api:events:<n>"}`.
+//! A stream takes the events its probes emit under their rate limits, the same events the
+//! sinks get: opening one changes nothing for the other consumers. `unlimited=DURATION` (at
+//! most `api.maxUnlimited`) asks for every event: the probes' in-kernel rate limits are lifted
+//! for that long while the stream is open, for every consumer (renewed every few seconds, so
+//! they return on their own once the stream ends or its time is up).
+//!
+//! Streams are bounded: at most `api.maxStreams` are open at once (more are answered 503), and
+//! a stream whose reader falls further behind than `api.streamQueue` (queued events,
+//! estimated in bytes) is ended. Both are counted in
+//! `sonde_api_streams_closed_total{reason}`, the events a stream lost in
+//! `sonde_consumer_events_dropped_total{consumer="api:events"}` (one series for all streams).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -17,40 +25,57 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::sync::mpsc;
 
-use crate::event::Batch;
-use crate::fanout::FanOut;
+use crate::fanout::{BytesReceiver, FanOut};
 use crate::metrics::Metrics;
 use crate::probes::Probes;
+use crate::server::ApiConfig;
 
-/// Batches queued for one stream.
-const QUEUE_BATCHES: usize = 4096;
 /// The unlimited event rate of a streamed probe lasts this long unless renewed...
 const UNLIMITED_FOR: Duration = Duration::from_secs(15);
-/// ... and is renewed this often while the stream is open.
+/// ... and is renewed this often while the stream is open and its time is not up.
 const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// The consumer label of every stream's lost events.
+const CONSUMER: &str = "api:events";
 
 #[derive(Clone)]
 struct StreamState {
     fanout: Arc<FanOut>,
     probes: Arc<Mutex<Probes>>,
     metrics: Arc<Metrics>,
+    limits: ApiConfig,
+    open: Arc<AtomicUsize>,
 }
 
-pub fn router(fanout: Arc<FanOut>, probes: Arc<Mutex<Probes>>, metrics: Arc<Metrics>) -> Router {
+pub fn router(
+    fanout: Arc<FanOut>,
+    probes: Arc<Mutex<Probes>>,
+    metrics: Arc<Metrics>,
+    limits: ApiConfig,
+) -> Router {
     Router::new()
         .route("/api/v1/events", get(events))
         .with_state(StreamState {
             fanout,
             probes,
             metrics,
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
         })
 }
 
-/// The probe names of `probes=a,b` (the only parameter; names need no escaping).
-fn probe_names(query: Option<&str>) -> Result<Vec<String>, String> {
+/// What a stream asks for.
+#[derive(Debug, PartialEq)]
+struct Request {
+    probes: Vec<String>,
+    /// How long to lift the probes' rate limits, if asked.
+    unlimited: Option<Duration>,
+}
+
+/// The request of `probes=a,b&unlimited=10m` (names need no escaping).
+fn parse_request(query: Option<&str>, max_unlimited: Duration) -> Result<Request, String> {
     let mut names = Vec::new();
+    let mut unlimited = None;
     for pair in query
         .unwrap_or_default()
         .split('&')
@@ -65,9 +90,18 @@ fn probe_names(query: Option<&str>) -> Result<Vec<String>, String> {
                     .filter(|p| !p.is_empty())
                     .map(String::from),
             ),
+            Some(("unlimited", d)) => {
+                let d = crate::config::parse_duration(d).map_err(|e| format!("unlimited: {e}"))?;
+                if d > max_unlimited {
+                    return Err(format!(
+                        "unlimited: {d:?} is longer than this agent allows (api.maxUnlimited: {max_unlimited:?})"
+                    ));
+                }
+                unlimited = (!d.is_zero()).then_some(d);
+            }
             _ => {
                 return Err(format!(
-                    "unknown parameter {pair:?}; the one parameter is probes"
+                    "unknown parameter {pair:?}; the parameters are probes and unlimited"
                 ))
             }
         }
@@ -75,66 +109,133 @@ fn probe_names(query: Option<&str>) -> Result<Vec<String>, String> {
     if names.is_empty() {
         return Err("probes: name at least one probe (probes=packet_drop,tcp_reset)".into());
     }
-    Ok(names)
+    Ok(Request {
+        probes: names,
+        unlimited,
+    })
 }
 
-/// Lifts the event rate limit of `probes` for a while; the reason when one is not running.
-fn lift_rate_limits(probes: &Mutex<Probes>, names: &[String]) -> Result<(), String> {
+/// Lifts the event rate limit of `probes` for `duration`; the reason when one is not running.
+fn lift_rate_limits(
+    probes: &Mutex<Probes>,
+    names: &[String],
+    duration: Duration,
+) -> Result<(), String> {
     let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
     names
         .iter()
-        .try_for_each(|name| p.override_event_rate(name, 0, UNLIMITED_FOR))
+        .try_for_each(|name| p.override_event_rate(name, 0, duration))
 }
 
-/// What a stream holds on to: its queue, and the task that keeps its probes unlimited.
+/// What a stream holds on to: its queue, its place among the open streams, and the task
+/// that keeps its probes unlimited.
 struct Open {
-    queue: mpsc::Receiver<Batch>,
-    renew: tokio::task::JoinHandle<()>,
+    queue: BytesReceiver,
+    renew: Option<tokio::task::JoinHandle<()>>,
+    open: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.renew.abort();
+        if let Some(r) = &self.renew {
+            r.abort();
+        }
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.api_streams.dec();
+        let reason = if self.queue.fell_behind() {
+            "behind"
+        } else {
+            "ended"
+        };
+        self.metrics
+            .api_streams_closed
+            .with_label_values(&[reason])
+            .inc();
     }
 }
 
 async fn events(State(s): State<StreamState>, RawQuery(query): RawQuery) -> Response {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let names = match probe_names(query.as_deref()) {
-        Ok(n) => n,
+    let request = match parse_request(query.as_deref(), s.limits.max_unlimited) {
+        Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
+    // A place among the open streams, or 503.
+    let max = s.limits.max_streams;
+    if s.open
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_err()
+    {
+        s.metrics
+            .api_streams_closed
+            .with_label_values(&["over_cap"])
+            .inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{max} event streams are open, the most this agent serves (api.maxStreams)\n"),
+        )
+            .into_response();
+    }
+    s.metrics.api_streams.inc();
+    let consumer = format!("{CONSUMER}:{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let queue = s.fanout.subscribe_bytes(
+        &consumer,
+        s.limits.stream_queue.0,
+        s.metrics
+            .consumer_events_dropped
+            .with_label_values(&[CONSUMER]),
+        Some(request.probes.clone()),
+    );
+    let mut open = Open {
+        queue,
+        renew: None,
+        open: Arc::clone(&s.open),
+        metrics: Arc::clone(&s.metrics),
+    };
+    // Every probe asked for must be running; with `unlimited`, their rate limits go.
     let probes = Arc::clone(&s.probes);
-    let wanted = names.clone();
-    let lifted = tokio::task::spawn_blocking(move || lift_rate_limits(&probes, &wanted)).await;
-    match lifted {
+    let wanted = request.probes.clone();
+    let first = request.unlimited.map(|u| u.min(UNLIMITED_FOR));
+    let checked = tokio::task::spawn_blocking(move || match first {
+        Some(d) => lift_rate_limits(&probes, &wanted, d),
+        None => {
+            let p = probes.lock().unwrap_or_else(|e| e.into_inner());
+            wanted.iter().try_for_each(|name| p.check_running(name))
+        }
+    })
+    .await;
+    match checked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
-    let consumer = format!("api:events:{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let queue = s.fanout.subscribe_counted(
-        &consumer,
-        QUEUE_BATCHES,
-        s.metrics
-            .consumer_events_dropped
-            .with_label_values(&[consumer.as_str()]),
-        Some(names.clone()),
-    );
-    let probes = Arc::clone(&s.probes);
-    let renew = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RENEW_EVERY);
-        tick.tick().await;
-        loop {
+    if let Some(unlimited) = request.unlimited {
+        let probes = Arc::clone(&s.probes);
+        let names = request.probes.clone();
+        let until = Instant::now() + unlimited;
+        open.renew = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_EVERY);
             tick.tick().await;
-            let (p, n) = (Arc::clone(&probes), names.clone());
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || lift_rate_limits(&p, &n)).await
-            {
-                tracing::warn!(error = %e, "event stream: cannot keep its probes unlimited");
+            loop {
+                tick.tick().await;
+                // Never past the time asked for.
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                let (p, n) = (Arc::clone(&probes), names.clone());
+                let d = left.min(UNLIMITED_FOR);
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || lift_rate_limits(&p, &n, d)).await
+                {
+                    tracing::warn!(error = %e, "event stream: cannot keep its probes unlimited");
+                }
             }
-        }
-    });
-    let open = Open { queue, renew };
+        }));
+    }
     let body = futures_util::stream::unfold(open, |mut open| async move {
         let batch = open.queue.recv().await?;
         let mut text = String::with_capacity(batch.len() * 300);
@@ -155,26 +256,42 @@ async fn events(State(s): State<StreamState>, RawQuery(query): RawQuery) -> Resp
 mod tests {
     use super::*;
 
+    const MAX: Duration = Duration::from_secs(600);
+
     #[test]
-    fn probe_names_from_the_query() {
+    fn requests_from_the_query() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            probe_names(Some("probes=packet_drop,tcp_reset")),
-            Ok(vec!["packet_drop".to_string(), "tcp_reset".to_string()])
+            parse_request(Some("probes=packet_drop,tcp_reset"), MAX),
+            Ok(Request {
+                probes: names(&["packet_drop", "tcp_reset"]),
+                unlimited: None
+            })
         );
         assert_eq!(
-            probe_names(Some("probes=packet_drop%2Ctcp_reset&probes=tcp_retrans")),
-            Ok(vec![
-                "packet_drop".to_string(),
-                "tcp_reset".to_string(),
-                "tcp_retrans".to_string()
-            ])
+            parse_request(
+                Some("probes=packet_drop%2Ctcp_reset&probes=tcp_retrans&unlimited=2m"),
+                MAX
+            ),
+            Ok(Request {
+                probes: names(&["packet_drop", "tcp_reset", "tcp_retrans"]),
+                unlimited: Some(Duration::from_secs(120))
+            })
         );
-        assert!(probe_names(None).unwrap_err().contains("at least one"));
-        assert!(probe_names(Some("probes="))
+        assert!(parse_request(None, MAX)
             .unwrap_err()
             .contains("at least one"));
-        assert!(probe_names(Some("probe=x"))
+        assert!(parse_request(Some("probes="), MAX)
+            .unwrap_err()
+            .contains("at least one"));
+        assert!(parse_request(Some("probe=x"), MAX)
             .unwrap_err()
             .contains("unknown parameter"));
+        assert!(parse_request(Some("probes=x&unlimited=11m"), MAX)
+            .unwrap_err()
+            .contains("api.maxUnlimited"));
+        assert!(parse_request(Some("probes=x&unlimited=soon"), MAX)
+            .unwrap_err()
+            .starts_with("unlimited: "));
     }
 }

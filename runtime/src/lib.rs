@@ -20,6 +20,7 @@ pub mod netlink;
 pub mod plugin_host;
 pub mod probes;
 pub mod script;
+pub mod server;
 pub mod sinks;
 pub mod timefmt;
 pub mod topology;

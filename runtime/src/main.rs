@@ -76,6 +76,11 @@ enum Command {
         /// instead of loading the probes here.
         #[arg(long, value_name = "URL")]
         agent: Option<String>,
+        /// With --agent: ask the agent to lift the probes' event rate limits for this long
+        /// (every consumer then gets every event; at most its api.maxUnlimited). Without it
+        /// the stream gets what the sinks get.
+        #[arg(long, value_name = "D", requires = "agent", value_parser = sonde::trace::parse_duration)]
+        unlimited: Option<std::time::Duration>,
     },
 }
 
@@ -192,7 +197,18 @@ fn main() -> ExitCode {
             output,
             stats,
             agent,
-        } => return trace(expr, file, duration, interval, output, stats, agent),
+            unlimited,
+        } => {
+            return trace(
+                expr,
+                file,
+                duration,
+                interval,
+                output,
+                stats,
+                (agent, unlimited),
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -211,7 +227,7 @@ fn trace(
     interval: std::time::Duration,
     output: Output,
     stats: bool,
-    agent: Option<String>,
+    (agent, unlimited): (Option<String>, Option<std::time::Duration>),
 ) -> ExitCode {
     let (source, origin) = match (expr, file) {
         (Some(e), _) => (e, "-e".to_string()),
@@ -235,6 +251,7 @@ fn trace(
         },
         stats,
         agent,
+        unlimited,
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -299,6 +299,10 @@ pub struct Metrics {
     pub events_lost: IntCounterVec,
     pub events_suppressed: IntCounterVec,
     pub consumer_events_dropped: IntCounterVec,
+    /// `/api/v1/events` streams open now.
+    pub api_streams: prometheus::IntGauge,
+    /// `/api/v1/events` streams ended or refused, by reason.
+    pub api_streams_closed: IntCounterVec,
     pub config_reloads: IntCounterVec,
     /// `topology.additionalLabels`' names: workload-labelled series carry them after `node`,
     /// `namespace`, `pod`.
@@ -670,6 +674,22 @@ impl Metrics {
                 "Events a consumer (event sink) lost because its queue was full.",
                 &["consumer"],
             ),
+            api_streams: {
+                let g = prometheus::IntGauge::new(
+                    "sonde_api_streams",
+                    "Event streams (/api/v1/events) open.",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            api_streams_closed: counter(
+                &r,
+                "sonde_api_streams_closed_total",
+                "Event streams (/api/v1/events) the agent ended or refused, by reason: behind (the reader fell further behind than api.streamQueue), over_cap (api.maxStreams were open), ended (the reader went).",
+                &["reason"],
+            ),
             config_reloads: counter(
                 &r,
                 "sonde_config_reloads_total",
@@ -687,6 +707,10 @@ impl Metrics {
             &["version"],
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Known reasons start at 0.
+        for reason in ["behind", "over_cap", "ended"] {
+            m.api_streams_closed.with_label_values(&[reason]);
+        }
         m
     }
 

@@ -50,6 +50,8 @@ pub struct TraceOptions {
     pub stats: bool,
     /// A running agent's address: take its event stream instead of loading the probes.
     pub agent: Option<String>,
+    /// With `agent`: how long to ask it to lift the probes' event rate limits.
+    pub unlimited: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +240,7 @@ fn agent_addr(url: &str) -> Result<String, String> {
 async fn connect_agent(
     url: &str,
     probes: &[&'static str],
+    unlimited: Option<Duration>,
 ) -> anyhow::Result<mpsc::Receiver<Vec<serde_json::Value>>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let addr = agent_addr(url).map_err(anyhow::Error::msg)?;
@@ -245,8 +248,9 @@ async fn connect_agent(
         .await
         .with_context(|| format!("cannot reach the agent at {url}"))?;
     // HTTP/1.0: the body is the rest of the connection, no chunked framing to undo.
+    let unlimited = unlimited.map_or(String::new(), |d| format!("&unlimited={}ms", d.as_millis()));
     let request = format!(
-        "GET /api/v1/events?probes={} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
+        "GET /api/v1/events?probes={}{unlimited} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
         probes.join(",")
     );
     stream.write_all(request.as_bytes()).await?;
@@ -322,7 +326,7 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
     let wanted = script.handlers().probes.clone();
     let mut feed = match &opts.agent {
         Some(url) if !wanted.is_empty() && !script.exited() => {
-            let events = rt.block_on(connect_agent(url, &wanted))?;
+            let events = rt.block_on(connect_agent(url, &wanted, opts.unlimited))?;
             Feed::Agent {
                 url: url.clone(),
                 events,

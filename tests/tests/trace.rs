@@ -349,8 +349,8 @@ fn bad_flags_exit_2_with_one_line() {
 #[test]
 fn through_a_running_agent() {
     let pods = drop_pods();
-    // Events to the sinks limited to one per second per CPU: the stream lifts that, so the
-    // script still sees every drop. tcp_reset is off.
+    // Events to the sinks limited to one per second per CPU: a stream asked to be unlimited
+    // lifts that, so the script still sees every drop. tcp_reset is off.
     let agent = Agent::spawn_yaml(
         "probes:\n  packet_drop: { events: { ratePerCpu: 1, burst: 1 } }\n  \
          tcp_reset: { enabled: false }\nsinks:\n  stdout: { enabled: false }\n",
@@ -360,6 +360,8 @@ fn through_a_running_agent() {
     let mut trace = Trace::start(&[
         "--agent",
         &url,
+        "--unlimited",
+        "1m",
         "-e",
         r#"fn on_packet_drop(e) { count("drops", [e.pod, e.reason]); }"#,
         "--duration",

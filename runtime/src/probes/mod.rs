@@ -668,12 +668,12 @@ impl Probes {
 
     /// Sets a running probe's event rate (per second per CPU, 0 = unlimited) for a bounded
     /// time; the configured rate returns when it ends (checked at every sync).
-    pub fn override_event_rate(
-        &mut self,
-        probe: &str,
-        rate: u64,
-        duration: Duration,
-    ) -> Result<(), String> {
+    /// Whether `probe` is running; the reason when not.
+    pub fn check_running(&self, probe: &str) -> Result<(), String> {
+        self.running_driver(probe).map(|_| ())
+    }
+
+    fn running_driver(&self, probe: &str) -> Result<&'static Driver, String> {
         let driver = DRIVERS
             .iter()
             .find(|d| d.spec.name == probe)
@@ -681,6 +681,16 @@ impl Probes {
         if !self.running.contains_key(driver.spec.name) {
             return Err(format!("probe {probe} is not running"));
         }
+        Ok(driver)
+    }
+
+    pub fn override_event_rate(
+        &mut self,
+        probe: &str,
+        rate: u64,
+        duration: Duration,
+    ) -> Result<(), String> {
+        let driver = self.running_driver(probe)?;
         self.rate_overrides
             .insert(driver.spec.name, (rate, Instant::now() + duration));
         self.reconfigure(driver)?;
