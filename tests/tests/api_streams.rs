@@ -149,3 +149,45 @@ fn a_stream_that_falls_behind_is_ended_and_memory_stays_bounded() {
     agent.wait_metric(OPEN, &[], 1.0, SETTLE_TIMEOUT);
     drop((s, streams));
 }
+
+#[test]
+fn silent_connections_are_let_go_and_connections_are_capped() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let agent = Agent::spawn_yaml(
+        "probes:\n  tcp_retrans: {enabled: false}\n  tcp_reset: {enabled: false}\n\
+         api:\n  maxConnections: 1\n  headerTimeout: 1s\n",
+    );
+    agent.wait_ready(READY_TIMEOUT);
+    // A connection that sends nothing holds the one slot, until its headers are overdue.
+    let mut silent = TcpStream::connect(agent.addr()).expect("connect");
+    silent
+        .set_read_timeout(Some(SETTLE_TIMEOUT))
+        .expect("a read timeout");
+    let started = Instant::now();
+    // Meanwhile a request waits in the backlog: it is answered once the slot is free.
+    let waiting = std::thread::spawn({
+        let addr = agent.addr();
+        move || http_get(addr, "/healthz").map(|(status, _)| (status, Instant::now()))
+    });
+    let mut buf = [0u8; 64];
+    let ended = silent.read(&mut buf);
+    let held = started.elapsed();
+    assert!(
+        matches!(ended, Ok(0)) || ended.is_err() && held < SETTLE_TIMEOUT,
+        "the silent connection was not let go: {ended:?}"
+    );
+    assert!(
+        held >= Duration::from_millis(900),
+        "let go after {held:?}, before api.headerTimeout"
+    );
+    let (status, answered) = waiting
+        .join()
+        .expect("the waiting request")
+        .expect("an answer");
+    assert_eq!(status, 200);
+    assert!(
+        answered.duration_since(started) >= Duration::from_millis(900),
+        "answered while the only slot was held"
+    );
+}
