@@ -90,17 +90,7 @@ impl FanOut {
         dropped: IntCounter,
         accepts: Option<Vec<String>>,
     ) -> mpsc::Receiver<Batch> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let mut consumers = self.consumers.write().unwrap_or_else(|e| e.into_inner());
-        consumers.retain(|c| c.name != name);
-        consumers.push(Consumer {
-            name: name.to_string(),
-            queue: tx,
-            dropped,
-            accepts,
-            bytes: None,
-        });
-        rx
+        self.add(name, capacity.max(1), dropped, accepts, None)
     }
 
     /// A consumer bounded in bytes rather than batches (an API stream): one that falls
@@ -114,13 +104,27 @@ impl FanOut {
         dropped: IntCounter,
         accepts: Option<Vec<String>>,
     ) -> BytesReceiver {
-        // The batch count never binds: the bytes do.
-        let (tx, rx) = mpsc::channel(1 << 16);
         let bytes = Arc::new(QueuedBytes {
             queued: AtomicU64::new(0),
             limit,
             behind: AtomicBool::new(false),
         });
+        // The batch count never binds: the bytes do.
+        let queue = self.add(name, 1 << 16, dropped, accepts, Some(Arc::clone(&bytes)));
+        BytesReceiver { queue, bytes }
+    }
+
+    /// Adds a consumer, replacing one of the same name atomically: the old queue closes as
+    /// the new one opens.
+    fn add(
+        &self,
+        name: &str,
+        capacity: usize,
+        dropped: IntCounter,
+        accepts: Option<Vec<String>>,
+        bytes: Option<Arc<QueuedBytes>>,
+    ) -> mpsc::Receiver<Batch> {
+        let (tx, rx) = mpsc::channel(capacity);
         let mut consumers = self.consumers.write().unwrap_or_else(|e| e.into_inner());
         consumers.retain(|c| c.name != name);
         consumers.push(Consumer {
@@ -128,9 +132,9 @@ impl FanOut {
             queue: tx,
             dropped,
             accepts,
-            bytes: Some(Arc::clone(&bytes)),
+            bytes,
         });
-        BytesReceiver { queue: rx, bytes }
+        rx
     }
 
     /// Removes a consumer; its receiver sees the end of the stream.

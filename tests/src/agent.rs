@@ -341,6 +341,40 @@ impl Agent {
     }
 
     /// Every event printed so far; panics naming the first line that is not JSON.
+    /// Polls until pod `pod`'s `drops` packet drops (of `reason`, when given) are each either
+    /// an event in the sinks or counted in its `sonde_events_suppressed_total` series, and at
+    /// least one reached the sinks (its namespace's bucket starts full); returns (emitted,
+    /// suppressed). Events reach the sinks a little after the suppressed counts reach the
+    /// metrics, hence both in the condition.
+    #[track_caller]
+    pub fn wait_drops_emitted_or_suppressed(
+        &self,
+        pod: &str,
+        reason: Option<&str>,
+        drops: f64,
+    ) -> (f64, f64) {
+        let suppressed = [("probe", "packet_drop"), ("pod", pod)];
+        crate::poll_until(
+            crate::SETTLE_TIMEOUT,
+            &format!("the drops of pod {pod} to be emitted or suppressed"),
+            || {
+                let emitted = self
+                    .events()
+                    .iter()
+                    .filter(|e| {
+                        crate::field_str(e, "type") == Some("packet_drop")
+                            && crate::field_str(e, "pod") == Some(pod)
+                            && reason.is_none_or(|r| crate::field_str(e, "reason") == Some(r))
+                    })
+                    .count() as f64;
+                let s = self
+                    .metric("sonde_events_suppressed_total", &suppressed)
+                    .unwrap_or(0.0);
+                (emitted >= 1.0 && emitted + s >= drops).then_some((emitted, s))
+            },
+        )
+    }
+
     pub fn events(&self) -> Vec<Value> {
         self.stdout
             .lock()

@@ -8,11 +8,9 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 
-use serde_json::Value;
 use sonde_tests::bench::memory_kib;
 use sonde_tests::{
-    field_str, http_get, poll_until, send_udp, Agent, IpFamily, PodPair, READY_TIMEOUT,
-    SETTLE_TIMEOUT,
+    http_get, poll_until, send_udp, Agent, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9999;
@@ -30,13 +28,6 @@ fn silent_stream(agent: &Agent, query: &str) -> TcpStream {
     )
     .expect("send the request");
     s
-}
-
-fn drop_events_for(events: &[Value], pod: &str) -> usize {
-    events
-        .iter()
-        .filter(|e| field_str(e, "type") == Some("packet_drop") && field_str(e, "pod") == Some(pod))
-        .count()
 }
 
 #[test]
@@ -66,18 +57,7 @@ fn streams_are_capped_and_change_nothing_for_the_sinks() {
     send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 500);
     let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
     agent.wait_metric(DROPS, &labels, 500.0, SETTLE_TIMEOUT);
-    let suppressed = [("probe", "packet_drop"), ("pod", pods.b.name())];
-    let (emitted, s) = poll_until(
-        SETTLE_TIMEOUT,
-        "pod B's drops emitted or suppressed",
-        || {
-            let emitted = drop_events_for(&agent.events(), pods.b.name()) as f64;
-            let s = agent
-                .metric("sonde_events_suppressed_total", &suppressed)
-                .unwrap_or(0.0);
-            (emitted >= 1.0 && emitted + s >= 500.0).then_some((emitted, s))
-        },
-    );
+    let (emitted, s) = agent.wait_drops_emitted_or_suppressed(pods.b.name(), None, 500.0);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     assert!(
         emitted <= cpus * (5.0 + 5.0 * 30.0) && s >= 500.0 - emitted,

@@ -6,20 +6,9 @@
 
 use std::net::SocketAddr;
 
-use serde_json::Value;
-use sonde_tests::{
-    field_str, poll_until, send_udp, Agent, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
-};
+use sonde_tests::{send_udp, Agent, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT};
 
 const DROPS: &str = "sonde_packet_drops_total";
-
-fn drop_events_for(events: &[Value], pod: &str) -> usize {
-    events
-        .iter()
-        .filter(|e| field_str(e, "type") == Some("packet_drop") && field_str(e, "pod") == Some(pod))
-        .filter(|e| field_str(e, "reason") == Some("NETFILTER_DROP"))
-        .count()
-}
 
 #[test]
 fn rate_limit_suppresses_events_but_not_counts() {
@@ -32,9 +21,6 @@ fn rate_limit_suppresses_events_but_not_counts() {
          tcp_retrans: {enabled: false}\n  tcp_reset: {enabled: false}\n",
     );
     agent.wait_ready(READY_TIMEOUT);
-    // Pod B's own series: drops elsewhere on the machine (the host's, other tests') spend the
-    // per-CPU bucket too and are counted as suppressed, but under their own namespace.
-    let suppressed = [("probe", "packet_drop"), ("pod", pods.b.name())];
 
     send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 500);
     let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
@@ -45,20 +31,10 @@ fn rate_limit_suppresses_events_but_not_counts() {
         "counting ignores the rate limit"
     );
 
-    // Every drop of pod B is either emitted or counted as suppressed for it. The pod's own
-    // bucket starts full, so some events get through; they reach the sink a little after the
-    // suppressed count reaches the metrics, hence both in the condition.
-    let (emitted, suppressed_now) = poll_until(
-        SETTLE_TIMEOUT,
-        "events and suppressed counts of pod B to cover its 500 drops",
-        || {
-            let emitted = drop_events_for(&agent.events(), pods.b.name()) as f64;
-            let s = agent
-                .metric("sonde_events_suppressed_total", &suppressed)
-                .unwrap_or(0.0);
-            (emitted >= 1.0 && emitted + s >= 500.0).then_some((emitted, s))
-        },
-    );
+    // Every drop of pod B is either emitted or counted as suppressed for it: its own series,
+    // as drops elsewhere on the machine spend the per-CPU bucket too.
+    let (emitted, suppressed_now) =
+        agent.wait_drops_emitted_or_suppressed(pods.b.name(), Some("NETFILTER_DROP"), 500.0);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
