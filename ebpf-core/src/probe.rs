@@ -86,6 +86,8 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("ring buffer size {0} must be a power of two of at least 4096 bytes")]
     RingBufferSize(u32),
+    #[error("this kernel has no {}", .0.what())]
+    KernelLacks(BpfFeature),
     #[error(
         "tracepoint {tracepoint} passes {args} arguments on this kernel; the probe's programs \
          read at least {needed}"
@@ -590,9 +592,56 @@ impl<'btf> ProbeLoader<'btf> {
     }
 }
 
+/// A kind of BPF object that arrived in a known kernel release and that probes depend on.
+/// The running kernel is asked once per process ([`BpfFeature::on_running_kernel`]); a
+/// kernel without one gets a reason naming it instead of an `EINVAL` from the loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfFeature {
+    /// BPF ring buffers, which carry every probe's events: Linux 5.8 (457f44363a88 "bpf:
+    /// Implement BPF ring buffer and verifier support for it").
+    RingBuffer,
+    /// BTF-typed tracing programs, which tp_btf and fentry/fexit hooks are: Linux 5.5
+    /// (f1b9509c2fb0 "bpf: Replace prog_raw_tp+btf_id with prog_tracing").
+    Tracing,
+}
+
+impl BpfFeature {
+    /// What the kernel lacks, for a probe's reason.
+    pub fn what(self) -> &'static str {
+        match self {
+            BpfFeature::RingBuffer => {
+                "BPF ring buffers (Linux 5.8 or later), which carry every probe's events"
+            }
+            BpfFeature::Tracing => {
+                "BTF-typed tracing programs (Linux 5.5 or later), which tp_btf and fentry hooks are"
+            }
+        }
+    }
+
+    /// Whether the running kernel has it, asked once (a trivial map or program is created
+    /// and closed). A probe whose answer is not clear is taken as present, leaving the
+    /// reason to the load itself.
+    pub fn on_running_kernel(self) -> bool {
+        use std::sync::OnceLock;
+        static RING_BUFFER: OnceLock<bool> = OnceLock::new();
+        static TRACING: OnceLock<bool> = OnceLock::new();
+        match self {
+            BpfFeature::RingBuffer => *RING_BUFFER.get_or_init(|| {
+                aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(true)
+            }),
+            BpfFeature::Tracing => *TRACING.get_or_init(|| {
+                aya::sys::is_program_supported(aya::programs::ProgramType::Tracing)
+                    .unwrap_or(true)
+            }),
+        }
+    }
+}
+
 /// What choosing a probe's programs needs to know about a kernel: the running one, or one a
 /// test makes up.
 pub trait Kernel {
+    /// Whether the kernel has `feature`.
+    fn has(&self, feature: BpfFeature) -> bool;
     /// Arguments tracepoint `tracepoint` passes (its BTF signature); `None` when the kernel
     /// has no such tracepoint or its types were not read.
     fn tracepoint_args(&self, tracepoint: &str) -> Option<usize>;
@@ -651,6 +700,10 @@ impl<'a> RunningKernel<'a> {
 }
 
 impl Kernel for RunningKernel<'_> {
+    fn has(&self, feature: BpfFeature) -> bool {
+        feature.on_running_kernel()
+    }
+
     fn tracepoint_args(&self, tracepoint: &str) -> Option<usize> {
         self.types?.tracepoint_args(tracepoint)
     }
@@ -705,6 +758,11 @@ pub fn choose_programs(
     kernel: &dyn Kernel,
     mode: Option<FnMode>,
 ) -> Result<Plan, ProbeError> {
+    // Every probe's object holds its events' ring buffer.
+    if !kernel.has(BpfFeature::RingBuffer) {
+        return Err(ProbeError::KernelLacks(BpfFeature::RingBuffer));
+    }
+    let tracing = kernel.has(BpfFeature::Tracing);
     let mut programs = Vec::with_capacity(spec.hooks.len());
     let mut functions = vec![None; spec.hooks.len()];
     let mut lacks: Vec<String> = Vec::new();
@@ -725,8 +783,11 @@ pub fn choose_programs(
         }
         let program = match hook.point {
             HookPoint::TpBtf { tracepoint, .. } => {
+                if !tracing && hook.optional.is_none() {
+                    return Err(ProbeError::KernelLacks(BpfFeature::Tracing));
+                }
                 let args = kernel.tracepoint_args(tracepoint);
-                let missing = args.is_none() || !kernel.has_own_btf();
+                let missing = args.is_none() || !kernel.has_own_btf() || !tracing;
                 let chosen = match hook.optional {
                     Some(_) if missing => None,
                     _ => hook.program_for(args),
@@ -750,6 +811,10 @@ pub fn choose_programs(
                         })
                     }
                 }
+            }
+            // Under `attach: auto` the loader then tries the probe's kprobe form.
+            HookPoint::Fentry { .. } if !tracing => {
+                return Err(ProbeError::KernelLacks(BpfFeature::Tracing))
             }
             HookPoint::Tc(_) | HookPoint::Fentry { .. } => Some(hook.program),
             HookPoint::Kprobe {
@@ -1203,14 +1268,19 @@ mod tests {
         assert_eq!(degraded.as_deref(), Some("lacks extra"));
     }
 
-    /// A made-up kernel: `tcp_send_reset`'s arguments, and the functions kprobes can attach to
-    /// (`None`: no kprobes at all).
+    /// A made-up kernel: `tcp_send_reset`'s arguments, the functions kprobes can attach to
+    /// (`None`: no kprobes at all), and the BPF features it lacks.
     struct TestKernel {
         send_reset_args: usize,
         kprobes: Option<&'static [&'static str]>,
+        lacks: &'static [BpfFeature],
     }
 
     impl Kernel for TestKernel {
+        fn has(&self, feature: BpfFeature) -> bool {
+            !self.lacks.contains(&feature)
+        }
+
         fn tracepoint_args(&self, tracepoint: &str) -> Option<usize> {
             match tracepoint {
                 "tcp_send_reset" => Some(self.send_reset_args),
@@ -1240,6 +1310,7 @@ mod tests {
         let kernel = TestKernel {
             send_reset_args,
             kprobes,
+            lacks: &[],
         };
         let spec = &crate::tcp_reset::SPEC;
         let Plan {
@@ -1342,6 +1413,7 @@ mod tests {
         let kernel = TestKernel {
             send_reset_args: 3,
             kprobes: None,
+            lacks: &[],
         };
         assert_eq!(
             choose_programs(&SPEC, &kernel, None)
@@ -1349,6 +1421,78 @@ mod tests {
                 .to_string(),
             "cannot attach a kprobe to tcp_v4_send_reset: no kprobes"
         );
+    }
+
+    #[test]
+    fn a_kernel_without_ring_buffers_refuses_every_ebpf_probe_with_the_reason() {
+        let kernel = TestKernel {
+            send_reset_args: 3,
+            kprobes: Some(BOTH),
+            lacks: &[BpfFeature::RingBuffer],
+        };
+        for spec in CATALOGUE {
+            for mode in [None, Some(FnMode::Fentry), Some(FnMode::Kprobe)] {
+                let e = choose_programs(spec, &kernel, mode).unwrap_err();
+                assert_eq!(
+                    e.to_string(),
+                    "this kernel has no BPF ring buffers (Linux 5.8 or later), which carry \
+                     every probe's events",
+                    "{}",
+                    spec.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_kernel_without_tracing_programs_keeps_the_probes_that_need_none() {
+        let kernel = TestKernel {
+            send_reset_args: 3,
+            kprobes: Some(&["ip_rcv_core", "ip_local_deliver", "ip_forward", "ip_output"]),
+            lacks: &[BpfFeature::Tracing],
+        };
+        let reason = "this kernel has no BTF-typed tracing programs (Linux 5.5 or later), which \
+                      tp_btf and fentry hooks are";
+        // tp_btf probes are refused with the reason, not a loader error.
+        let e = choose_programs(&crate::packet_drop::SPEC, &kernel, None).unwrap_err();
+        assert_eq!(e.to_string(), reason);
+        // TC probes need neither.
+        choose_programs(&crate::flow::SPEC, &kernel, None).unwrap();
+        // Fentry hooks are refused (so `attach: auto` goes on to kprobes); stack_latency also
+        // counts at kfree_skb, so neither form loads.
+        for mode in [FnMode::Fentry, FnMode::Kprobe] {
+            let e = choose_programs(&crate::stack_latency::SPEC, &kernel, Some(mode)).unwrap_err();
+            assert_eq!(e.to_string(), reason);
+        }
+        // Kprobes alone need neither.
+        let kernel = TestKernel {
+            kprobes: Some(&["virtnet_send_command_reply"]),
+            ..kernel
+        };
+        choose_programs(&crate::virtio_net::SPEC, &kernel, None).unwrap();
+        // An optional tp_btf hook is left out and said.
+        const SPEC: ProbeSpec = ProbeSpec {
+            name: "test",
+            description: "",
+            hooks: &[
+                Hook::tc("ingress", crate::TcDirection::Ingress),
+                Hook::tp_btf("extra", "skb", "kfree_skb").optional("lacks extra"),
+            ],
+            requires: &[],
+            counter_map: "",
+            object: &[],
+        };
+        let Plan {
+            programs, degraded, ..
+        } = choose_programs(&SPEC, &kernel, None).unwrap();
+        assert_eq!(programs, vec![Some("ingress"), None]);
+        assert_eq!(degraded.as_deref(), Some("lacks extra"));
+    }
+
+    #[test]
+    fn this_kernel_has_ring_buffers_and_tracing_programs() {
+        assert!(BpfFeature::RingBuffer.on_running_kernel());
+        assert!(BpfFeature::Tracing.on_running_kernel());
     }
 
     /// Loads every program of `spec` (all forms, whichever the kernel would use), without
