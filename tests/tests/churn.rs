@@ -7,8 +7,9 @@
 //!   drop and one reset each way, for every pod, none for any other.
 //! - netstat: pods are made every 100 ms, faster than netstat reads them (every 500 ms), each
 //!   makes 1, 2 or 3 refused connects and is deleted once its counters were exported; every
-//!   pod's `AttemptFails` and `OutRsts` read exactly its own count whenever they are exported
-//!   (or 0, read before its connects), never another pod's.
+//!   pod's `AttemptFails` (named in `counters` beside the curated set) and `OutRsts` read
+//!   exactly its own count whenever they are exported (or 0, read before its connects), never
+//!   another pod's.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -144,7 +145,7 @@ fn netstat_counts_of_churning_pods_are_their_own() {
     let agent = Agent::spawn_yaml(
         &only_probes_yaml("", "topology:\n  source: standalone\n").replace(
             "netstat: {enabled: false}",
-            "netstat: {enabled: true, interval: 500ms}",
+            "netstat: {enabled: true, interval: 500ms, counters: [default, \"Tcp:AttemptFails\"]}",
         ),
     );
     agent.wait_ready(READY_TIMEOUT);
