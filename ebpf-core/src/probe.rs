@@ -630,8 +630,7 @@ impl BpfFeature {
                 aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(true)
             }),
             BpfFeature::Tracing => *TRACING.get_or_init(|| {
-                aya::sys::is_program_supported(aya::programs::ProgramType::Tracing)
-                    .unwrap_or(true)
+                aya::sys::is_program_supported(aya::programs::ProgramType::Tracing).unwrap_or(true)
             }),
         }
     }

@@ -58,6 +58,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("listen: {:?} is not an address", config.listen))?,
     };
+    // Refused before anything starts: an agent open to its network without checking who asks.
+    let auth_enabled = config
+        .api
+        .auth
+        .enabled_for(listen)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -145,7 +151,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         Some(dirs)
     };
-    tracing::info!(%listen, node = %ctx.node, "sonde running");
+    let authorizer = if auth_enabled {
+        let client = match &started.client {
+            Some(c) => c.clone(),
+            None => crate::topology::kube::client(&config.topology)
+                .await
+                .map_err(|e| anyhow::anyhow!("api.auth: the API server checks tokens: {e}"))?,
+        };
+        Some(crate::auth::Authorizer::new(client, &ctx.node, &api.auth))
+    } else {
+        None
+    };
+    tracing::info!(%listen, node = %ctx.node, auth = if auth_enabled { "kubernetes" } else { "off" }, "sonde running");
 
     let sync_probes = Arc::clone(&probes);
     tokio::spawn(async move {
@@ -186,6 +203,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         plugins,
     })
     .merge(events);
+    let app = match authorizer {
+        Some(auth) => app.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::layer,
+        )),
+        None => app,
+    };
     crate::server::serve(listener, app, &api, shutdown()).await;
     tracing::info!("sonde stopping");
     // Unloaded here rather than when the last reference goes (tasks hold some): a TC probe's

@@ -8,6 +8,7 @@
 
 pub mod addr_hash;
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod enrich;
 pub mod event;

@@ -81,6 +81,10 @@ enum Command {
         /// the stream gets what the sinks get.
         #[arg(long, value_name = "D", requires = "agent", value_parser = sonde::trace::parse_duration)]
         unlimited: Option<std::time::Duration>,
+        /// With --agent: the bearer token to send it (a file holding a Kubernetes service
+        /// account token). Default: the kubeconfig's current user's token, if it has one.
+        #[arg(long, value_name = "FILE", requires = "agent")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
             stats,
             agent,
             unlimited,
+            token_file,
         } => {
             return trace(
                 expr,
@@ -206,7 +211,7 @@ fn main() -> ExitCode {
                 interval,
                 output,
                 stats,
-                (agent, unlimited),
+                (agent, unlimited, token_file),
             )
         }
     };
@@ -227,8 +232,18 @@ fn trace(
     interval: std::time::Duration,
     output: Output,
     stats: bool,
-    (agent, unlimited): (Option<String>, Option<std::time::Duration>),
+    (agent, unlimited, token_file): (Option<String>, Option<std::time::Duration>, Option<PathBuf>),
 ) -> ExitCode {
+    let token = match agent {
+        Some(_) => match sonde::auth::client_token(token_file.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("sonde trace: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let (source, origin) = match (expr, file) {
         (Some(e), _) => (e, "-e".to_string()),
         (None, Some(path)) => match std::fs::read_to_string(&path) {
@@ -252,6 +267,7 @@ fn trace(
         stats,
         agent,
         unlimited,
+        token,
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

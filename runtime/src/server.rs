@@ -34,6 +34,8 @@ pub struct ApiConfig {
     /// The longest a stream may lift its probes' event rate limits (`unlimited=DURATION`).
     #[serde(deserialize_with = "crate::config::duration")]
     pub max_unlimited: Duration,
+    /// Who may read the endpoints (`api.auth`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +46,7 @@ impl Default for ApiConfig {
             max_streams: 8,
             stream_queue: ByteSize(4 << 20),
             max_unlimited: Duration::from_secs(600),
+            auth: Default::default(),
         }
     }
 }
@@ -61,6 +64,9 @@ impl ApiConfig {
         }
         if self.stream_queue.0 < 64 << 10 {
             return Err("api.streamQueue: must be at least 64Ki".into());
+        }
+        if self.auth.cache_ttl.is_zero() {
+            return Err("api.auth.cacheTtl: must be more than 0".into());
         }
         Ok(())
     }

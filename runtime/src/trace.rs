@@ -52,6 +52,8 @@ pub struct TraceOptions {
     pub agent: Option<String>,
     /// With `agent`: how long to ask it to lift the probes' event rate limits.
     pub unlimited: Option<Duration>,
+    /// With `agent`: the bearer token it is sent (see [`crate::auth::client_token`]).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +243,7 @@ async fn connect_agent(
     url: &str,
     probes: &[&'static str],
     unlimited: Option<Duration>,
+    token: Option<&str>,
 ) -> anyhow::Result<mpsc::Receiver<Vec<serde_json::Value>>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let addr = agent_addr(url).map_err(anyhow::Error::msg)?;
@@ -249,8 +252,13 @@ async fn connect_agent(
         .with_context(|| format!("cannot reach the agent at {url}"))?;
     // HTTP/1.0: the body is the rest of the connection, no chunked framing to undo.
     let unlimited = unlimited.map_or(String::new(), |d| format!("&unlimited={}ms", d.as_millis()));
+    let authorization = match token {
+        Some(t) if t.contains(['\r', '\n']) => anyhow::bail!("the token holds a line break"),
+        Some(t) => format!("Authorization: Bearer {t}\r\n"),
+        None => String::new(),
+    };
     let request = format!(
-        "GET /api/v1/events?probes={}{unlimited} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
+        "GET /api/v1/events?probes={}{unlimited} HTTP/1.0\r\nHost: {addr}\r\n{authorization}\r\n",
         probes.join(",")
     );
     stream.write_all(request.as_bytes()).await?;
@@ -326,7 +334,12 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
     let wanted = script.handlers().probes.clone();
     let mut feed = match &opts.agent {
         Some(url) if !wanted.is_empty() && !script.exited() => {
-            let events = rt.block_on(connect_agent(url, &wanted, opts.unlimited))?;
+            let events = rt.block_on(connect_agent(
+                url,
+                &wanted,
+                opts.unlimited,
+                opts.token.as_deref(),
+            ))?;
             Feed::Agent {
                 url: url.clone(),
                 events,

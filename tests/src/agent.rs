@@ -560,10 +560,16 @@ pub struct Finished {
 
 /// Runs `sonde ARGS...` to completion; kills it and panics if it is still running after `timeout`.
 pub fn run_sonde(args: &[&str], timeout: Duration) -> Finished {
+    run_sonde_env(args, &[], timeout)
+}
+
+/// [`run_sonde`] with environment variables set for it.
+pub fn run_sonde_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Finished {
     let bin = sonde_bin();
     let line = format!("{} {}", bin.display(), args.join(" "));
     let mut child = Command::new(&bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,6 +8,13 @@
 //! (starts) matching a watch's selector is sent to it as `DELETED` (`ADDED`), as the API server
 //! does.
 //!
+//! It also answers the reviews an agent asks when it checks its clients (`api.auth`): a
+//! `TokenReview` authenticates the tokens [`KubeApi::add_token`] made, a
+//! `SubjectAccessReview` is allowed by what [`KubeApi::grant`] gave the user or one of its
+//! groups, with RBAC's matching (`nodes/sonde` is resource `nodes`, subresource `sonde`; `*`
+//! matches any verb or resource; a non-resource URL ending in `*` matches its prefix). Both
+//! answer `201 Created` with the review's object, as the API server does.
+//!
 //! Tests change objects with [`KubeApi::apply`] and [`KubeApi::delete`], and break things
 //! with [`KubeApi::cut_watches`] (streams end abruptly), [`KubeApi::expire_history`] (resumed
 //! watches get 410) and [`KubeApi::hold_lists`] (lists answer 503).
@@ -49,6 +56,45 @@ struct Store {
     lists: BTreeMap<String, u32>,
     watches: BTreeMap<String, u32>,
     uids: u64,
+    /// Token → (username, uid, groups).
+    tokens: BTreeMap<String, (String, String, Vec<String>)>,
+    grants: Vec<Grant>,
+    token_reviews: u32,
+    access_reviews: u32,
+}
+
+/// One RBAC rule bound to a user or a group.
+struct Grant {
+    subject: String,
+    verbs: Vec<String>,
+    resources: Vec<String>,
+    non_resource_urls: Vec<String>,
+}
+
+impl Grant {
+    fn allows(&self, spec: &Value) -> bool {
+        let any = |list: &[String], want: &str| list.iter().any(|x| x == "*" || x == want);
+        if let Some(r) = spec.get("resourceAttributes") {
+            let verb = r["verb"].as_str().unwrap_or_default();
+            let resource = match r["subresource"].as_str().filter(|s| !s.is_empty()) {
+                Some(sub) => format!("{}/{sub}", r["resource"].as_str().unwrap_or_default()),
+                None => r["resource"].as_str().unwrap_or_default().to_string(),
+            };
+            any(&self.verbs, verb) && any(&self.resources, &resource)
+        } else if let Some(n) = spec.get("nonResourceAttributes") {
+            let path = n["path"].as_str().unwrap_or_default();
+            any(&self.verbs, n["verb"].as_str().unwrap_or_default())
+                && self
+                    .non_resource_urls
+                    .iter()
+                    .any(|u| match u.strip_suffix('*') {
+                        Some(prefix) => path.starts_with(prefix),
+                        None => u == path,
+                    })
+        } else {
+            false
+        }
+    }
 }
 
 struct Shared {
@@ -211,6 +257,46 @@ impl KubeApi {
     /// Lists answered so far for a collection (`pods`, `nodes`, `configmaps`).
     pub fn lists(&self, plural: &str) -> u32 {
         self.store().lists.get(plural).copied().unwrap_or(0)
+    }
+
+    /// Makes `token` authenticate as `user` (uid `uid`) in `groups`, as a service account
+    /// token does (`system:serviceaccount:NS:NAME`, groups `system:serviceaccounts`, ...).
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        let mut s = self.store();
+        s.uids += 1;
+        let uid = format!("00000000-0000-4000-9000-{:012x}", s.uids);
+        s.tokens.insert(
+            token.into(),
+            (
+                user.into(),
+                uid,
+                groups.iter().map(|g| g.to_string()).collect(),
+            ),
+        );
+    }
+
+    /// Grants `subject` (a user or a group) `verbs` on `resources` (`nodes/sonde`) and on
+    /// `non_resource_urls` (`/metrics`), as a ClusterRole and its binding would.
+    pub fn grant(
+        &self,
+        subject: &str,
+        verbs: &[&str],
+        resources: &[&str],
+        non_resource_urls: &[&str],
+    ) {
+        let strings = |l: &[&str]| l.iter().map(|x| x.to_string()).collect();
+        self.store().grants.push(Grant {
+            subject: subject.into(),
+            verbs: strings(verbs),
+            resources: strings(resources),
+            non_resource_urls: strings(non_resource_urls),
+        });
+    }
+
+    /// TokenReviews and SubjectAccessReviews answered so far.
+    pub fn reviews(&self) -> (u32, u32) {
+        let s = self.store();
+        (s.token_reviews, s.access_reviews)
     }
 
     /// Watches opened so far for a collection.
@@ -423,16 +509,46 @@ fn serve(conn: TcpStream, shared: &Shared) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    // Headers: nothing in them matters here.
+    // Headers: only a body's length matters here.
+    let mut length = 0;
     loop {
         let mut h = String::new();
         match reader.read_line(&mut h) {
             Ok(0) | Err(_) => return,
             Ok(_) if h == "\r\n" || h == "\n" => break,
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some((name, value)) = h.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
         }
     }
     let mut conn = conn;
+    if line.starts_with("POST ") {
+        let mut body = vec![0; length];
+        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+            return;
+        }
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let path = line.split_whitespace().nth(1).unwrap_or_default();
+        let path = path.split('?').next().unwrap_or_default();
+        let answer = match path {
+            "/apis/authentication.k8s.io/v1/tokenreviews" => review_token(shared, body),
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews" => review_access(shared, body),
+            _ => None,
+        };
+        let _ = match answer {
+            Some(a) => respond(&mut conn, 201, &a),
+            None => respond(
+                &mut conn,
+                404,
+                &status_object(404, "NotFound", "no such path"),
+            ),
+        };
+        return;
+    }
     let Some(req) = parse_request(&line) else {
         let _ = respond(
             &mut conn,
@@ -488,6 +604,52 @@ fn serve(conn: TcpStream, shared: &Shared) {
     }
 }
 
+/// A TokenReview answered: `status.user` for a known token, `status.error` otherwise.
+fn review_token(shared: &Shared, mut review: Value) -> Option<Value> {
+    let token = review["spec"]["token"].as_str()?.to_string();
+    let mut s = shared.store.lock().unwrap();
+    s.token_reviews += 1;
+    review["status"] = match s.tokens.get(&token) {
+        Some((user, uid, groups)) => json!({
+            "authenticated": true,
+            "user": {"username": user, "uid": uid, "groups": groups},
+            "audiences": ["https://kubernetes.default.svc.cluster.local"],
+        }),
+        None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
+    };
+    review["metadata"] = json!({"creationTimestamp": null});
+    Some(review)
+}
+
+/// A SubjectAccessReview answered by the grants of its user and groups.
+fn review_access(shared: &Shared, mut review: Value) -> Option<Value> {
+    let spec = review.get("spec")?.clone();
+    let mut subjects: Vec<String> = spec["groups"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    subjects.push(spec["user"].as_str().unwrap_or_default().to_string());
+    let mut s = shared.store.lock().unwrap();
+    s.access_reviews += 1;
+    let granted = s
+        .grants
+        .iter()
+        .find(|g| subjects.contains(&g.subject) && g.allows(&spec));
+    review["status"] = match granted {
+        Some(g) => json!({
+            "allowed": true,
+            "reason": format!("RBAC: allowed by ClusterRoleBinding \"test\" of ClusterRole \"test\" to {:?}", g.subject),
+        }),
+        None => json!({"allowed": false}),
+    };
+    review["metadata"] = json!({"creationTimestamp": null});
+    Some(review)
+}
+
 fn list_kind(plural: &str) -> String {
     match plural {
         "pods" => "PodList",
@@ -507,6 +669,7 @@ fn respond(conn: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()>
     let text = body.to_string();
     let reason = match code {
         200 => "OK",
+        201 => "Created",
         404 => "Not Found",
         _ => "Service Unavailable",
     };

@@ -23,8 +23,8 @@ mod trace;
 mod traffic;
 
 pub use agent::{
-    free_local_addr, only_probes_yaml, probe_unavailable, run_sonde, sonde_bin, start_agent, Agent,
-    AgentConfig, Finished, TempDir,
+    free_local_addr, only_probes_yaml, probe_unavailable, run_sonde, run_sonde_env, sonde_bin,
+    start_agent, Agent, AgentConfig, Finished, TempDir,
 };
 pub use bundle::{
     core_module_with_memory, core_module_with_table, first_party_bundle, wasm_module,
