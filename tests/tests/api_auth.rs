@@ -211,6 +211,69 @@ fn off_is_refused_on_an_address_that_is_not_loopback() {
     );
 }
 
+/// The rules of the chart's ClusterRole `name` (release `sonde`, deploy/manifests/sonde.yaml),
+/// given to `subject`.
+fn grant_charts_role(api: &KubeApi, name: &str, subject: &str) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manifests/sonde.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let role = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no ClusterRole {name} in {}", path.display()));
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for rule in role["rules"].as_array().unwrap() {
+        let (verbs, resources, urls) = (
+            strings(&rule["verbs"]),
+            strings(&rule["resources"]),
+            strings(&rule["nonResourceURLs"]),
+        );
+        api.grant(subject, &refs(&verbs), &refs(&resources), &refs(&urls));
+    }
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The chart's roles allow what the README says they do, as the agent asks: the metrics
+/// reader `/metrics` only, the reader the API and streams but not `unlimited`.
+#[test]
+fn the_charts_roles_allow_what_they_are_for() {
+    let api = KubeApi::start();
+    api.add_token(
+        "scraper",
+        "system:serviceaccount:monitoring:prometheus-k8s",
+        SA_GROUPS,
+    );
+    grant_charts_role(
+        &api,
+        "sonde-metrics-reader",
+        "system:serviceaccount:monitoring:prometheus-k8s",
+    );
+    api.add_token("person", "jane", &["system:authenticated"]);
+    grant_charts_role(&api, "sonde-reader", "jane");
+    let dir = TempDir::new();
+    let agent = agent(&api, &dir);
+    assert_eq!(get(&agent, "/metrics", Some("scraper")).0, 200);
+    assert_eq!(get(&agent, "/api/v1/probes", Some("scraper")).0, 403);
+    assert_eq!(get(&agent, "/api/v1/flows", Some("person")).0, 200);
+    assert_eq!(get(&agent, "/metrics", Some("person")).0, 403);
+    assert_eq!(stream_status(&agent, "probes=packet_drop", "person").0, 200);
+    assert_eq!(
+        stream_status(&agent, "probes=packet_drop&unlimited=1m", "person").0,
+        403
+    );
+}
+
 /// A Prometheus scraping the agent three ways: with a token allowed `/metrics` (as the
 /// chart's ServiceMonitor does, `bearerTokenFile`), with one that is not, with none.
 #[test]

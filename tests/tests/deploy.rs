@@ -125,6 +125,8 @@ struct MonitorEndpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     honor_labels: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    bearer_token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     relabelings: Option<Vec<Relabeling>>,
 }
 
@@ -281,6 +283,9 @@ fn manifests_are_strict_kubernetes_objects() {
                 "ServiceAccount",
                 "ConfigMap",
                 "ClusterRole",
+                "ClusterRole",
+                "ClusterRole",
+                "ClusterRoleBinding",
                 "ClusterRoleBinding",
                 "Role",
                 "RoleBinding",
@@ -411,6 +416,7 @@ fn chart_options_render_strict_objects() {
          podAnnotations: {example.com/team: net}\n\
          serviceMonitor: {enabled: true, labels: {release: kube-prometheus}}\n\
          prometheusRule: {enabled: true, labels: {release: kube-prometheus}}\n\
+         rbac: {prometheus: {serviceAccount: prometheus-k8s, namespace: monitoring}}\n\
          bundles:\n\
          \x20 configMaps: [{name: retrans-storm, configMap: sonde-bundle-retrans-storm}]\n\
          \x20 images: [{name: python-plugins, reference: registry.example.com/sonde/bundles:0.1.0}]\n\
@@ -422,6 +428,13 @@ fn chart_options_render_strict_objects() {
         .map(|(i, d)| check_object(d, &format!("document {i}")))
         .collect();
     assert!(kinds.contains("ServiceMonitor") && kinds.contains("PrometheusRule"));
+    // Prometheus's service account may read /metrics, which the agent checks (api.auth).
+    let binding = find(&docs, "ClusterRoleBinding", "sonde-metrics-reader");
+    assert_eq!(binding["roleRef"]["name"], "sonde-metrics-reader");
+    assert_eq!(
+        binding["subjects"][0],
+        json!({"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"})
+    );
     let ds: DaemonSet = strict(find(&docs, "DaemonSet", "sonde"), "DaemonSet");
     let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("agent"));
