@@ -151,18 +151,48 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         Some(dirs)
     };
-    let authorizer = if auth_enabled {
-        let client = match &started.client {
-            Some(c) => c.clone(),
-            None => crate::topology::kube::client(&config.topology)
-                .await
-                .map_err(|e| anyhow::anyhow!("api.auth: the API server checks tokens: {e}"))?,
-        };
-        Some(crate::auth::Authorizer::new(client, &ctx.node, &api.auth))
+    let tls = if api.tls.enabled() {
+        let reloads = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "sonde_tls_certificate_reloads_total",
+                "Reloads of api.tls.certFile and keyFile after they changed, by result (error: the previous pair is kept).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        metrics
+            .registry
+            .register(Box::new(reloads.clone()))
+            .expect("registered once");
+        Some(crate::tls::start(&api.tls, &ctx.node, listen, reloads).map_err(anyhow::Error::msg)?)
     } else {
         None
     };
-    tracing::info!(%listen, node = %ctx.node, auth = if auth_enabled { "kubernetes" } else { "off" }, "sonde running");
+    let checks = if !auth_enabled {
+        None
+    } else {
+        let tokens = if api.auth.mode == crate::auth::AuthMode::Mtls {
+            None
+        } else {
+            let client = match &started.client {
+                Some(c) => c.clone(),
+                None => crate::topology::kube::client(&config.topology)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("api.auth: the API server checks tokens: {e}"))?,
+            };
+            Some(crate::auth::Authorizer::new(client, &ctx.node, &api.auth))
+        };
+        Some(Arc::new(crate::auth::Checks {
+            tokens,
+            client_certs: !api.tls.client_ca_file.is_empty(),
+        }))
+    };
+    let auth_name = match &checks {
+        None => "off",
+        Some(c) if c.tokens.is_none() => "mtls",
+        Some(_) => "kubernetes",
+    };
+    tracing::info!(%listen, node = %ctx.node, auth = auth_name, https = tls.is_some(), "sonde running");
 
     let sync_probes = Arc::clone(&probes);
     tokio::spawn(async move {
@@ -203,14 +233,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         plugins,
     })
     .merge(events);
-    let app = match authorizer {
-        Some(auth) => app.layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::auth::layer,
-        )),
+    let app = match checks {
+        Some(c) => app.layer(axum::middleware::from_fn_with_state(c, crate::auth::layer)),
         None => app,
     };
-    crate::server::serve(listener, app, &api, shutdown()).await;
+    crate::server::serve(listener, app, &api, tls, shutdown()).await;
     tracing::info!("sonde stopping");
     // Unloaded here rather than when the last reference goes (tasks hold some): a TC probe's
     // clsact filters stay on their interfaces until deleted.

@@ -37,17 +37,20 @@ pub enum AuthMode {
     /// `kubernetes` where the listen address is not loopback, `off` where it is.
     Auto,
     Kubernetes,
+    /// Client certificates signed by `api.tls.clientCaFile`, and nothing else.
+    Mtls,
     /// Only with a loopback listen address.
     Off,
 }
 
 impl AuthMode {
-    const NAMES: &'static str = "auto, kubernetes or off";
+    const NAMES: &'static str = "auto, kubernetes, mtls or off";
 
     fn parse(s: &str) -> Option<AuthMode> {
         match s {
             "auto" => Some(AuthMode::Auto),
             "kubernetes" => Some(AuthMode::Kubernetes),
+            "mtls" => Some(AuthMode::Mtls),
             "off" => Some(AuthMode::Off),
             _ => None,
         }
@@ -93,7 +96,7 @@ impl AuthConfig {
     pub fn enabled_for(&self, listen: SocketAddr) -> Result<bool, String> {
         let loopback = listen.ip().is_loopback();
         match self.mode {
-            AuthMode::Kubernetes => Ok(true),
+            AuthMode::Kubernetes | AuthMode::Mtls => Ok(true),
             AuthMode::Auto => Ok(!loopback),
             AuthMode::Off if loopback => Ok(false),
             AuthMode::Off => Err(format!(
@@ -356,13 +359,36 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     response
 }
 
+/// How requests are checked: tokens with the API server (`kubernetes`), client
+/// certificates (when `api.tls.clientCaFile` is set), or both.
+pub struct Checks {
+    pub tokens: Option<Arc<Authorizer>>,
+    pub client_certs: bool,
+}
+
 /// The middleware in front of every route: lets health checks through, and the rest only
-/// with a token allowed what the request does.
-pub async fn layer(State(auth): State<Arc<Authorizer>>, req: Request, next: Next) -> Response {
+/// with a client certificate the configured CA signed or a token allowed what the request
+/// does.
+pub async fn layer(State(checks): State<Arc<Checks>>, req: Request, next: Next) -> Response {
     let needs = Access::of(req.uri().path(), req.uri().query());
     if needs.is_empty() {
         return next.run(req).await;
     }
+    let peer = req
+        .extensions()
+        .get::<crate::server::Peer>()
+        .copied()
+        .unwrap_or_default();
+    if checks.client_certs && peer.client_cert {
+        return next.run(req).await;
+    }
+    let Some(auth) = &checks.tokens else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "no client certificate: this agent takes clients with a certificate that \
+             api.tls.clientCaFile signed",
+        );
+    };
     let Some(token) = bearer(&req) else {
         return refuse(
             StatusCode::UNAUTHORIZED,
@@ -417,7 +443,10 @@ mod tests {
         let e = AgentConfig::parse("api:\n  auth:\n    mode: open\n", "t")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("\"open\" is not auto, kubernetes or off"), "{e}");
+        assert!(
+            e.contains("\"open\" is not auto, kubernetes, mtls or off"),
+            "{e}"
+        );
     }
 
     #[test]

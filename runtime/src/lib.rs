@@ -24,5 +24,6 @@ pub mod script;
 pub mod server;
 pub mod sinks;
 pub mod timefmt;
+pub mod tls;
 pub mod topology;
 pub mod trace;

@@ -85,6 +85,21 @@ enum Command {
         /// account token). Default: the kubeconfig's current user's token, if it has one.
         #[arg(long, value_name = "FILE", requires = "agent")]
         token_file: Option<PathBuf>,
+        /// With an https:// agent: trust the CA certificates in FILE (PEM) instead of the
+        /// system's.
+        #[arg(long, value_name = "FILE", requires = "agent")]
+        ca_file: Option<PathBuf>,
+        /// With an https:// agent: trust any certificate it presents (a self-signed agent,
+        /// api.tls.selfSigned), as curl -k does.
+        #[arg(long, requires = "agent", conflicts_with = "ca_file")]
+        insecure: bool,
+        /// With an https:// agent: the client certificate (PEM) to present (api.auth.mode
+        /// mtls), with --key.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -203,6 +218,10 @@ fn main() -> ExitCode {
             agent,
             unlimited,
             token_file,
+            ca_file,
+            insecure,
+            cert,
+            key,
         } => {
             return trace(
                 expr,
@@ -211,7 +230,17 @@ fn main() -> ExitCode {
                 interval,
                 output,
                 stats,
-                (agent, unlimited, token_file),
+                AgentArgs {
+                    url: agent,
+                    unlimited,
+                    token_file,
+                    tls: sonde::tls::ClientTls {
+                        ca_file,
+                        insecure,
+                        cert_file: cert,
+                        key_file: key,
+                    },
+                },
             )
         }
     };
@@ -224,6 +253,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `sonde trace --agent` and how it reaches the agent.
+struct AgentArgs {
+    url: Option<String>,
+    unlimited: Option<std::time::Duration>,
+    token_file: Option<PathBuf>,
+    tls: sonde::tls::ClientTls,
+}
+
 /// `sonde trace`: errors are one line, `sonde trace: <where>: <why>`, and exit 1.
 fn trace(
     expr: Option<String>,
@@ -232,8 +269,14 @@ fn trace(
     interval: std::time::Duration,
     output: Output,
     stats: bool,
-    (agent, unlimited, token_file): (Option<String>, Option<std::time::Duration>, Option<PathBuf>),
+    agent: AgentArgs,
 ) -> ExitCode {
+    let AgentArgs {
+        url: agent,
+        unlimited,
+        token_file,
+        tls: agent_tls,
+    } = agent;
     let token = match agent {
         Some(_) => match sonde::auth::client_token(token_file.as_deref()) {
             Ok(t) => t,
@@ -268,6 +311,7 @@ fn trace(
         agent,
         unlimited,
         token,
+        agent_tls,
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

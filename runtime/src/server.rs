@@ -36,6 +36,8 @@ pub struct ApiConfig {
     pub max_unlimited: Duration,
     /// Who may read the endpoints (`api.auth`).
     pub auth: crate::auth::AuthConfig,
+    /// HTTPS (`api.tls`).
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +49,7 @@ impl Default for ApiConfig {
             stream_queue: ByteSize(4 << 20),
             max_unlimited: Duration::from_secs(600),
             auth: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -68,18 +71,28 @@ impl ApiConfig {
         if self.auth.cache_ttl.is_zero() {
             return Err("api.auth.cacheTtl: must be more than 0".into());
         }
+        self.tls.validate()?;
+        if self.auth.mode == crate::auth::AuthMode::Mtls && self.tls.client_ca_file.is_empty() {
+            return Err(
+                "api.auth.mode: mtls needs api.tls.clientCaFile (the CA whose client certificates are let through)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; connections still open then are
-/// dropped with the runtime.
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` completes; connections
+/// still open then are dropped with the runtime. Each request carries the connection's
+/// [`Peer`].
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: &ApiConfig,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let tls = tls.map(Arc::new);
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let header_timeout = config.header_timeout;
     tokio::pin!(shutdown);
@@ -104,18 +117,58 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "HTTP connection ended");
+            match tls {
+                None => serve_io(stream, app, Peer::default(), header_timeout).await,
+                Some(tls) => {
+                    // The handshake has the same deadline as a request's headers.
+                    let accepted =
+                        tokio::time::timeout(header_timeout, tls.acceptor.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            let peer = Peer {
+                                client_cert: tls.client_certs
+                                    && stream.get_ref().1.peer_certificates().is_some(),
+                            };
+                            serve_io(stream, app, peer, header_timeout).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(slot);
         });
+    }
+}
+
+/// Who is at the other end of a request's connection, as the connection says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    /// It presented a certificate `api.tls.clientCaFile` signed (rustls verified it).
+    pub client_cert: bool,
+}
+
+async fn serve_io<I>(io: I, app: Router, peer: Peer, header_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let app = tower::ServiceExt::map_request(
+        app,
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer);
+            req
+        },
+    );
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app))
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "HTTP connection ended");
     }
 }
 

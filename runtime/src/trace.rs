@@ -54,6 +54,8 @@ pub struct TraceOptions {
     pub unlimited: Option<Duration>,
     /// With `agent`: the bearer token it is sent (see [`crate::auth::client_token`]).
     pub token: Option<String>,
+    /// With an `https://` agent: whom to trust, and the client certificate.
+    pub agent_tls: crate::tls::ClientTls,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,24 +220,51 @@ fn attach(script: &Script) -> Result<LocalProbes, TraceError> {
     })
 }
 
-/// `host:port` of an agent URL (`http://127.0.0.1:9990`, `127.0.0.1:9990`).
-fn agent_addr(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    if rest.contains("://") {
-        return Err(format!("--agent {url:?}: only http:// URLs are supported"));
-    }
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') {
+/// An agent's URL: whether it is HTTPS, its host, and `host:port`.
+#[derive(Debug, PartialEq)]
+struct AgentUrl {
+    https: bool,
+    host: String,
+    addr: String,
+}
+
+/// `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT` (HTTP).
+fn agent_url(url: &str) -> Result<AgentUrl, String> {
+    let (https, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        Some(_) => {
+            return Err(format!(
+                "--agent {url:?}: only http:// and https:// URLs are supported"
+            ))
+        }
+        None => (false, url),
+    };
+    let host_port = rest.trim_end_matches('/');
+    if host_port.is_empty() || host_port.contains('/') {
         return Err(format!(
-            "--agent {url:?}: expected http://HOST:PORT (the agent's --listen address)"
+            "--agent {url:?}: expected http://HOST:PORT or https://HOST:PORT (the agent's --listen address)"
         ));
     }
-    Ok(if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:80")
-    })
+    let (host, addr) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            (h.to_string(), host_port.to_string())
+        }
+        _ => {
+            let port = if https { 443 } else { 80 };
+            (host_port.to_string(), format!("{host_port}:{port}"))
+        }
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(AgentUrl { https, host, addr })
 }
+
+/// A connection to an agent, plain or TLS.
+trait AgentIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AgentIo for T {}
 
 /// Opens the agent's event stream for `probes`: the agent answers once it has subscribed,
 /// so every event after that reaches the script.
@@ -244,12 +273,26 @@ async fn connect_agent(
     probes: &[&'static str],
     unlimited: Option<Duration>,
     token: Option<&str>,
+    tls: &crate::tls::ClientTls,
 ) -> anyhow::Result<mpsc::Receiver<Vec<serde_json::Value>>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let addr = agent_addr(url).map_err(anyhow::Error::msg)?;
-    let mut stream = tokio::net::TcpStream::connect(&addr)
+    let AgentUrl { https, host, addr } = agent_url(url).map_err(anyhow::Error::msg)?;
+    let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .with_context(|| format!("cannot reach the agent at {url}"))?;
+    let mut stream: Box<dyn AgentIo> = if https {
+        let connector = tls.connector().map_err(anyhow::Error::msg)?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| anyhow::anyhow!("--agent {url:?}: {host:?}: {e}"))?;
+        Box::new(
+            connector
+                .connect(name, tcp)
+                .await
+                .with_context(|| format!("TLS with the agent at {url}"))?,
+        )
+    } else {
+        Box::new(tcp)
+    };
     // HTTP/1.0: the body is the rest of the connection, no chunked framing to undo.
     let unlimited = unlimited.map_or(String::new(), |d| format!("&unlimited={}ms", d.as_millis()));
     let authorization = match token {
@@ -339,6 +382,7 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
                 &wanted,
                 opts.unlimited,
                 opts.token.as_deref(),
+                &opts.agent_tls,
             ))?;
             Feed::Agent {
                 url: url.clone(),
@@ -502,20 +546,41 @@ mod tests {
 
     #[test]
     fn agent_urls() {
+        let url = |https, host: &str, addr: &str| {
+            Ok(AgentUrl {
+                https,
+                host: host.into(),
+                addr: addr.into(),
+            })
+        };
         assert_eq!(
-            agent_addr("http://127.0.0.1:9990"),
-            Ok("127.0.0.1:9990".into())
+            agent_url("http://127.0.0.1:9990"),
+            url(false, "127.0.0.1", "127.0.0.1:9990")
         );
         assert_eq!(
-            agent_addr("http://127.0.0.1:9990/"),
-            Ok("127.0.0.1:9990".into())
+            agent_url("http://127.0.0.1:9990/"),
+            url(false, "127.0.0.1", "127.0.0.1:9990")
         );
-        assert_eq!(agent_addr("localhost:9990"), Ok("localhost:9990".into()));
-        assert_eq!(agent_addr("http://node-1"), Ok("node-1:80".into()));
-        assert!(agent_addr("https://x:1")
+        assert_eq!(
+            agent_url("localhost:9990"),
+            url(false, "localhost", "localhost:9990")
+        );
+        assert_eq!(
+            agent_url("http://node-1"),
+            url(false, "node-1", "node-1:80")
+        );
+        assert_eq!(
+            agent_url("https://node-1"),
+            url(true, "node-1", "node-1:443")
+        );
+        assert_eq!(
+            agent_url("https://[fd00::7]:9990"),
+            url(true, "fd00::7", "[fd00::7]:9990")
+        );
+        assert!(agent_url("ftp://x:1")
             .unwrap_err()
-            .contains("only http://"));
-        assert!(agent_addr("http://x:1/api")
+            .contains("only http:// and https://"));
+        assert!(agent_url("http://x:1/api")
             .unwrap_err()
             .contains("HOST:PORT"));
     }

@@ -16,6 +16,7 @@ pub mod kube_api;
 mod loop_device;
 mod netns;
 mod node_pods;
+pub mod pki;
 mod prometheus;
 mod slow_link;
 mod tc_filters;
