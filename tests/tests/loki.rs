@@ -1,7 +1,8 @@
 //! The Loki sink against a local receiver that speaks Loki's push API: real drops arrive as
 //! exact log lines in streams labelled `{job="sonde", node, type}`; a receiver that fails is
 //! retried without losing events; one that is away costs at most `maxBuffer` events, the
-//! oldest, counted.
+//! oldest, counted. Over HTTPS the sink trusts `caFile` and sends the token of
+//! `bearerTokenFile`; a receiver whose certificate it does not trust gets nothing.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -9,8 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use sonde_tests::pki::TestCa;
 use sonde_tests::{
-    free_local_addr, poll_until, send_udp, Agent, IpFamily, PodPair, READY_TIMEOUT, SETTLE_TIMEOUT,
+    free_local_addr, poll_until, send_udp, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT,
+    SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9997;
@@ -25,19 +28,41 @@ struct Receiver {
 
 impl Receiver {
     fn start(addr: SocketAddr, failures: usize) -> Receiver {
+        Receiver::start_with(addr, failures, None, None)
+    }
+
+    /// With `tls`, over HTTPS; with `token`, pushes without `Authorization: Bearer TOKEN`
+    /// are answered 401.
+    fn start_with(
+        addr: SocketAddr,
+        failures: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        token: Option<&str>,
+    ) -> Receiver {
         let listener = TcpListener::bind(addr).expect("bind the receiver");
         let pushes = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(AtomicUsize::new(0));
         let (p, f) = (Arc::clone(&pushes), Arc::clone(&failed));
+        let want = token.map(|t| format!("bearer {t}"));
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let mut r = BufReader::new(conn);
+                let stream: Box<dyn ReadWrite> = match &tls {
+                    None => Box::new(conn),
+                    Some(config) => {
+                        let Ok(server) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                            continue;
+                        };
+                        Box::new(rustls::StreamOwned::new(server, conn))
+                    }
+                };
+                let mut r = BufReader::new(stream);
                 let mut request_line = String::new();
                 if r.read_line(&mut request_line).is_err() {
                     continue;
                 }
                 let mut length = 0;
                 let mut content_type = String::new();
+                let mut authorization = String::new();
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
@@ -50,6 +75,9 @@ impl Receiver {
                     if let Some(v) = lower.strip_prefix("content-type:") {
                         content_type = v.trim().to_string();
                     }
+                    if let Some(v) = lower.strip_prefix("authorization:") {
+                        authorization = v.trim().to_string();
+                    }
                 }
                 let mut body = vec![0; length];
                 let _ = r.read_exact(&mut body);
@@ -57,6 +85,8 @@ impl Receiver {
                     && content_type == "application/json";
                 let status = if !ok {
                     "400 Bad Request"
+                } else if want.as_ref().is_some_and(|w| *w != authorization) {
+                    "401 Unauthorized"
                 } else if f.load(Ordering::SeqCst) < failures {
                     f.fetch_add(1, Ordering::SeqCst);
                     "500 Internal Server Error"
@@ -69,6 +99,7 @@ impl Receiver {
                 let _ = r.get_mut().write_all(
                     format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
                 );
+                let _ = r.get_mut().flush();
             }
         });
         Receiver {
@@ -98,13 +129,116 @@ impl Receiver {
     }
 }
 
+/// A connection the receiver reads and answers, plain or TLS.
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
 fn agent(loki: SocketAddr, extra: &str) -> Agent {
+    agent_at(&format!("http://{loki}"), extra)
+}
+
+fn agent_at(base: &str, extra: &str) -> Agent {
     Agent::spawn_yaml(&format!(
         "node: loki-test-node\nprobes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  \
          tcp_retrans: {{enabled: false}}\n  tcp_reset: {{enabled: false}}\n  tcp_connect: {{enabled: false}}\n\
-         sinks:\n  stdout: {{enabled: false}}\n  loki:\n    url: http://{loki}/loki/api/v1/push\n    \
+         sinks:\n  stdout: {{enabled: false}}\n  loki:\n    url: {base}/loki/api/v1/push\n    \
          batchWait: 200ms\n{extra}"
     ))
+}
+
+/// A TLS server config with a certificate for 127.0.0.1 from `ca`.
+fn tls_server(ca: &TestCa, dir: &std::path::Path) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let issued = ca.issue(dir, "loki", &["127.0.0.1"]);
+    let chain = CertificateDer::pem_file_iter(&issued.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&issued.key).unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    )
+}
+
+#[test]
+fn pushes_over_https_with_a_ca_and_a_bearer_token() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("loki CA");
+    let ca_pem = ca.write_cert(&dir.path().join("ca.crt"));
+    let token = dir.write("token", "loki-secret\n");
+    let receiver = Receiver::start_with(
+        free_local_addr(),
+        0,
+        Some(tls_server(&ca, dir.path())),
+        Some("loki-secret"),
+    );
+    let pods = PodPair::dropping_udp(PORT);
+    let agent = agent_at(
+        &format!("https://{}", receiver.addr),
+        &format!(
+            "    caFile: {}\n    bearerTokenFile: {}\n",
+            ca_pem.display(),
+            token.display()
+        ),
+    );
+    agent.wait_ready(READY_TIMEOUT);
+    let src = pods.a_end.ip(IpFamily::V4);
+    send_udp(
+        &pods.a,
+        src,
+        SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT),
+        50,
+    );
+    let drops = poll_until(
+        SETTLE_TIMEOUT,
+        "50 drops of pod B in Loki over HTTPS",
+        || {
+            let d = receiver.drops_of(pods.b.name());
+            (d.len() >= 50).then_some(d)
+        },
+    );
+    assert_eq!(drops.len(), 50);
+    assert_eq!(receiver.failed.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_receiver_whose_certificate_is_not_trusted_gets_nothing() {
+    let dir = TempDir::new();
+    let theirs = TestCa::new("loki CA");
+    let ours = TestCa::new("another CA").write_cert(&dir.path().join("ca.crt"));
+    let receiver = Receiver::start_with(
+        free_local_addr(),
+        0,
+        Some(tls_server(&theirs, dir.path())),
+        None,
+    );
+    let pods = PodPair::dropping_udp(PORT);
+    let agent = agent_at(
+        &format!("https://{}", receiver.addr),
+        &format!("    caFile: {}\n", ours.display()),
+    );
+    agent.wait_ready(READY_TIMEOUT);
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 10);
+    poll_until(SETTLE_TIMEOUT, "failed pushes counted", || {
+        agent
+            .metric("sonde_sink_push_errors_total", &[("sink", "loki")])
+            .filter(|n| *n >= 2.0)
+    });
+    assert!(receiver.pushes.lock().unwrap().is_empty());
+    assert!(
+        agent.stderr_text().contains("push to Loki failed"),
+        "{}",
+        agent.stderr_text()
+    );
 }
 
 #[test]

@@ -6,10 +6,12 @@
 //! slow or away, dropping the oldest (counted in `sonde_sink_events_dropped_total{sink}`), and
 //! retries a failed push with exponential backoff; a push Loki refuses as malformed (4xx other
 //! than 429) is dropped and counted rather than retried forever.
+//!
+//! Pushes go through `ureq` over HTTP or HTTPS (trusting `caFile`, else Mozilla's roots;
+//! presenting `certFile`/`keyFile`), with a bearer token read from `bearerTokenFile` at each
+//! push (projected tokens rotate) or basic auth.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -52,6 +54,28 @@ pub struct Config {
     /// `X-Scope-OrgID`, for a multi-tenant Loki.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// PEM CA certificates trusted for an `https://` url (empty: Mozilla's roots).
+    #[serde(default)]
+    pub ca_file: String,
+    /// A PEM client certificate (and its key) presented to an `https://` url.
+    #[serde(default)]
+    pub cert_file: String,
+    #[serde(default)]
+    pub key_file: String,
+    /// A file holding a bearer token, read at each push.
+    #[serde(default)]
+    pub bearer_token_file: String,
+    /// Basic auth, the password from a file read at each push.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// `sinks.loki.basicAuth`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BasicAuth {
+    pub username: String,
+    pub password_file: String,
 }
 
 fn default_batch_size() -> usize {
@@ -74,7 +98,37 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
-        Endpoint::parse(&self.url).map_err(|e| format!("sinks.loki.url: {e}"))?;
+        let endpoint = Endpoint::parse(&self.url).map_err(|e| format!("sinks.loki.url: {e}"))?;
+        if let Some(t) = &self.tenant {
+            ureq::http::HeaderValue::from_str(t).map_err(|_| {
+                "sinks.loki.tenant: not a valid HTTP header value (control characters?)".to_string()
+            })?;
+        }
+        if !endpoint.https {
+            for (key, value) in [
+                ("caFile", &self.ca_file),
+                ("certFile", &self.cert_file),
+                ("keyFile", &self.key_file),
+            ] {
+                if !value.is_empty() {
+                    return Err(format!("sinks.loki.{key}: only for an https:// url"));
+                }
+            }
+        }
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            return Err("sinks.loki.certFile and sinks.loki.keyFile: give both or neither".into());
+        }
+        if !self.bearer_token_file.is_empty() && self.basic_auth.is_some() {
+            return Err(
+                "sinks.loki.bearerTokenFile and sinks.loki.basicAuth: one or the other".into(),
+            );
+        }
+        if let Some(b) = &self.basic_auth {
+            if b.username.is_empty() || b.username.contains(':') {
+                return Err("sinks.loki.basicAuth.username: must be set, without ':'".into());
+            }
+        }
+        self.tls()?;
         if self.batch_size == 0 {
             return Err("sinks.loki.batchSize: must be at least 1".into());
         }
@@ -85,40 +139,95 @@ impl Config {
     }
 }
 
-/// Where pushes go: `http://host:port/path` (Loki in a cluster speaks plain HTTP to its
-/// agents; put a proxy in front for TLS).
+/// Where pushes go: `http(s)://host:port/path` (the path defaults to Loki's push API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoint {
-    host: String,
-    port: u16,
-    path: String,
+    https: bool,
+    /// The whole URL pushes are sent to.
+    url: String,
 }
 
 impl Endpoint {
     fn parse(url: &str) -> Result<Endpoint, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url:?} must start with http://"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, "/loki/api/v1/push"),
+        let uri: ureq::http::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("{url:?} must start with http:// or https://")),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-            ),
-            None => (authority, 80),
-        };
-        if host.is_empty() {
+        if uri.host().unwrap_or_default().is_empty() {
             return Err(format!("{url:?} has no host"));
         }
-        Ok(Endpoint {
-            host: host.trim_matches(['[', ']']).to_string(),
-            port,
-            path: path.to_string(),
-        })
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        if let Some((_, port)) = authority.rsplit_once(':') {
+            if !port.ends_with(']') && port.parse::<u16>().is_err() {
+                return Err(format!("{url:?}: bad port {port:?}"));
+            }
+        }
+        let url = match uri.path() {
+            "" | "/" => format!("{}/loki/api/v1/push", url.trim_end_matches('/')),
+            _ => url.to_string(),
+        };
+        Ok(Endpoint { https, url })
+    }
+}
+
+impl Config {
+    /// The TLS settings of pushes, from the files named (read now).
+    fn tls(&self) -> Result<ureq::tls::TlsConfig, String> {
+        use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+        let read = |key: &str, path: &str| {
+            std::fs::read(path).map_err(|e| format!("sinks.loki.{key} {path}: {e}"))
+        };
+        let certs = |key: &str, path: &str| -> Result<Vec<Certificate<'static>>, String> {
+            let pem = read(key, path)?;
+            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(format!("sinks.loki.{key} {path}: {e}"))),
+                })
+                .collect::<Result<_, _>>()?;
+            if certs.is_empty() {
+                return Err(format!("sinks.loki.{key} {path}: no certificate in it"));
+            }
+            Ok(certs)
+        };
+        let mut builder = TlsConfig::builder();
+        if !self.ca_file.is_empty() {
+            builder =
+                builder.root_certs(RootCerts::new_with_certs(&certs("caFile", &self.ca_file)?));
+        }
+        if !self.cert_file.is_empty() {
+            let chain = certs("certFile", &self.cert_file)?;
+            let key = PrivateKey::from_pem(&read("keyFile", &self.key_file)?)
+                .map_err(|e| format!("sinks.loki.keyFile {}: {e}", self.key_file))?;
+            builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(builder.build())
+    }
+
+    /// The `Authorization` header of a push, read from its file now.
+    fn authorization(&self) -> Result<Option<String>, String> {
+        let secret = |key: &str, path: &str| {
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("sinks.loki.{key} {path}: {e}"))
+        };
+        if !self.bearer_token_file.is_empty() {
+            let token = secret("bearerTokenFile", &self.bearer_token_file)?;
+            return Ok(Some(format!("Bearer {token}")));
+        }
+        if let Some(b) = &self.basic_auth {
+            use base64::Engine;
+            let password = secret("basicAuth.passwordFile", &b.password_file)?;
+            let pair = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{password}", b.username));
+            return Ok(Some(format!("Basic {pair}")));
+        }
+        Ok(None)
     }
 }
 
@@ -172,6 +281,20 @@ pub(crate) fn run(config: Config, mut rx: mpsc::Receiver<Batch>, metrics: SinkMe
     let Ok(endpoint) = Endpoint::parse(&config.url) else {
         return;
     };
+    // Checked when the config was read; files that went away since are said here.
+    let tls = match config.tls() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(sink = "loki", error = %e, "the Loki sink cannot start");
+            return;
+        }
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into();
     let sent = metrics.sent.with_label_values(&["loki"]);
     let dropped = metrics.dropped.with_label_values(&["loki"]);
     let errors = metrics.push_errors.with_label_values(&["loki"]);
@@ -259,7 +382,7 @@ pub(crate) fn run(config: Config, mut rx: mpsc::Receiver<Batch>, metrics: SinkMe
         }
         let n = buffer.len().min(config.batch_size);
         let body = push_body(buffer.range(..n));
-        match push(&endpoint, &config, &body) {
+        match push(&agent, &endpoint, &config, body) {
             Ok(()) => {
                 buffer.drain(..n);
                 sent.inc_by(n as u64);
@@ -310,51 +433,42 @@ fn push_body<'a>(lines: impl Iterator<Item = &'a Line>) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "streams": streams })).unwrap_or_default()
 }
 
-/// One HTTP/1.1 POST; the status decides what happens to the batch.
-fn push(endpoint: &Endpoint, config: &Config, body: &[u8]) -> Result<(), PushError> {
-    let retry = |e: std::io::Error| PushError::Retry(e.to_string());
-    let addr = (endpoint.host.as_str(), endpoint.port)
-        .to_socket_addrs()
-        .map_err(retry)?
-        .next()
-        .ok_or_else(|| PushError::Retry(format!("{} has no address", endpoint.host)))?;
-    let mut s = TcpStream::connect_timeout(&addr, config.timeout).map_err(retry)?;
-    s.set_read_timeout(Some(config.timeout)).map_err(retry)?;
-    s.set_write_timeout(Some(config.timeout)).map_err(retry)?;
-    let tenant = config
-        .tenant
-        .as_ref()
-        .map(|t| format!("X-Scope-OrgID: {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{tenant}Connection: close\r\n\r\n",
-        endpoint.path,
-        endpoint.host,
-        endpoint.port,
-        body.len()
-    );
-    s.write_all(head.as_bytes()).map_err(retry)?;
-    s.write_all(body).map_err(retry)?;
-    let mut answer = Vec::new();
-    s.take(64 << 10).read_to_end(&mut answer).map_err(retry)?;
-    let text = String::from_utf8_lossy(&answer);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| PushError::Retry("no HTTP status in the answer".into()))?;
-    let reason = || {
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+/// One POST; the status decides what happens to the batch.
+fn push(
+    agent: &ureq::Agent,
+    endpoint: &Endpoint,
+    config: &Config,
+    body: Vec<u8>,
+) -> Result<(), PushError> {
+    let mut request = agent
+        .post(&endpoint.url)
+        .header("Content-Type", "application/json");
+    if let Some(t) = &config.tenant {
+        request = request.header("X-Scope-OrgID", t);
+    }
+    if let Some(auth) = config.authorization().map_err(PushError::Retry)? {
+        request = request.header("Authorization", auth);
+    }
+    let mut answer = request
+        .send(&body[..])
+        .map_err(|e| PushError::Retry(e.to_string()))?;
+    let status = answer.status().as_u16();
+    let reason = |answer: &mut ureq::http::Response<ureq::Body>| {
+        let body = answer
+            .body_mut()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .unwrap_or_default();
         format!(
             "HTTP {status}: {}",
-            body.chars().take(200).collect::<String>()
+            body.trim().chars().take(200).collect::<String>()
         )
     };
     match status {
         200..=299 => Ok(()),
-        429 | 500..=599 => Err(PushError::Retry(reason())),
-        _ => Err(PushError::Refused(reason())),
+        429 | 500..=599 => Err(PushError::Retry(reason(&mut answer))),
+        _ => Err(PushError::Refused(reason(&mut answer))),
     }
 }
 
@@ -367,21 +481,49 @@ mod tests {
         assert_eq!(
             Endpoint::parse("http://loki:3100/loki/api/v1/push"),
             Ok(Endpoint {
-                host: "loki".into(),
-                port: 3100,
-                path: "/loki/api/v1/push".into()
+                https: false,
+                url: "http://loki:3100/loki/api/v1/push".into()
             })
         );
         assert_eq!(
-            Endpoint::parse("http://127.0.0.1:9").unwrap().path,
-            "/loki/api/v1/push"
+            Endpoint::parse("http://127.0.0.1:9").unwrap().url,
+            "http://127.0.0.1:9/loki/api/v1/push"
         );
-        assert!(Endpoint::parse("https://loki:3100")
+        assert!(Endpoint::parse("https://loki:3100").unwrap().https);
+        assert!(Endpoint::parse("ftp://loki:3100")
             .unwrap_err()
-            .contains("http://"));
-        assert!(Endpoint::parse("http://loki:x/")
+            .contains("http:// or https://"));
+        assert!(Endpoint::parse("http://loki:x/").is_err());
+    }
+
+    #[test]
+    fn settings_are_checked_with_the_key_named() {
+        let config = |extra: &str| -> Config {
+            serde_yaml::from_str(&format!("url: https://loki:3100\n{extra}")).unwrap()
+        };
+        for (extra, says) in [
+            ("tenant: \"a\\nb\"\n", "sinks.loki.tenant"),
+            (
+                "certFile: c.pem\n",
+                "sinks.loki.certFile and sinks.loki.keyFile",
+            ),
+            (
+                "caFile: /nonexistent/ca.pem\n",
+                "sinks.loki.caFile /nonexistent/ca.pem",
+            ),
+            (
+                "bearerTokenFile: t\nbasicAuth: {username: u, passwordFile: p}\n",
+                "one or the other",
+            ),
+        ] {
+            let e = config(extra).validate().unwrap_err();
+            assert!(e.contains(says) && !e.contains('\n'), "{extra}: {e}");
+        }
+        let plain: Config = serde_yaml::from_str("url: http://loki\ncaFile: ca.pem\n").unwrap();
+        assert!(plain
+            .validate()
             .unwrap_err()
-            .contains("port"));
+            .contains("only for an https:// url"));
     }
 
     #[test]
