@@ -1232,6 +1232,19 @@ mod tests {
         );
     }
 
+    /// A TC hook beside an optional tp_btf hook.
+    const TC_AND_OPTIONAL_TP_BTF: ProbeSpec = ProbeSpec {
+        name: "test",
+        description: "",
+        hooks: &[
+            Hook::tc("ingress", crate::TcDirection::Ingress),
+            Hook::tp_btf("extra", "skb", "kfree_skb").optional("lacks extra"),
+        ],
+        requires: &[],
+        counter_map: "",
+        object: &[],
+    };
+
     #[test]
     fn without_the_kernels_own_btf_only_hooks_that_do_not_need_it_load() {
         let btf = KernelBtf::from_source(crate::btf::Source::Kernel)
@@ -1247,22 +1260,16 @@ mod tests {
         // TC hooks need CO-RE relocations and struct tcx_link, from the types.
         check_hooks(&crate::flow::SPEC, &btf, TcAttach::Auto).unwrap();
         // An optional tp_btf hook beside them is left out, and said.
-        const SPEC: ProbeSpec = ProbeSpec {
-            name: "test",
-            description: "",
-            hooks: &[
-                Hook::tc("ingress", crate::TcDirection::Ingress),
-                Hook::tp_btf("extra", "skb", "kfree_skb").optional("lacks extra"),
-            ],
-            requires: &[],
-            counter_map: "",
-            object: &[],
-        };
-        check_hooks(&SPEC, &btf, TcAttach::Auto).unwrap();
+        check_hooks(&TC_AND_OPTIONAL_TP_BTF, &btf, TcAttach::Auto).unwrap();
         let types = TypeIndex::kernel().unwrap();
         let Plan {
             programs, degraded, ..
-        } = choose_programs(&SPEC, &RunningKernel::new(&SPEC, Some(&types), false), None).unwrap();
+        } = choose_programs(
+            &TC_AND_OPTIONAL_TP_BTF,
+            &RunningKernel::new(&TC_AND_OPTIONAL_TP_BTF, Some(&types), false),
+            None,
+        )
+        .unwrap();
         assert_eq!(programs, vec![Some("ingress"), None]);
         assert_eq!(degraded.as_deref(), Some("lacks extra"));
     }
@@ -1470,20 +1477,9 @@ mod tests {
         };
         choose_programs(&crate::virtio_net::SPEC, &kernel, None).unwrap();
         // An optional tp_btf hook is left out and said.
-        const SPEC: ProbeSpec = ProbeSpec {
-            name: "test",
-            description: "",
-            hooks: &[
-                Hook::tc("ingress", crate::TcDirection::Ingress),
-                Hook::tp_btf("extra", "skb", "kfree_skb").optional("lacks extra"),
-            ],
-            requires: &[],
-            counter_map: "",
-            object: &[],
-        };
         let Plan {
             programs, degraded, ..
-        } = choose_programs(&SPEC, &kernel, None).unwrap();
+        } = choose_programs(&TC_AND_OPTIONAL_TP_BTF, &kernel, None).unwrap();
         assert_eq!(programs, vec![Some("ingress"), None]);
         assert_eq!(degraded.as_deref(), Some("lacks extra"));
     }

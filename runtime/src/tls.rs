@@ -237,7 +237,7 @@ impl ClientTls {
         let builder = if self.insecure {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
+                .with_custom_certificate_verifier(any_server())
         } else {
             let mut roots = rustls::RootCertStore::empty();
             let certs = match &self.ca_file {
@@ -273,7 +273,12 @@ impl ClientTls {
     }
 }
 
-/// `--insecure`: any server certificate, its handshake signatures still checked.
+/// A verifier for `--insecure` (and for tests that must see a self-signed certificate
+/// first): any server certificate, its handshake signatures still checked.
+pub fn any_server() -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    Arc::new(AnyServer(provider()))
+}
+
 #[derive(Debug)]
 struct AnyServer(Arc<CryptoProvider>);
 

@@ -145,12 +145,11 @@ pub fn https_get(
 /// whose certificate the test cannot know beforehand (`api.tls.selfSigned`).
 pub fn served_certificate(addr: SocketAddr) -> Option<String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let seen = Arc::new(std::sync::Mutex::new(None));
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Capture(Arc::clone(&seen), provider)))
+        .with_custom_certificate_verifier(sonde::tls::any_server())
         .with_no_client_auth();
     let name = ServerName::try_from("127.0.0.1").ok()?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
@@ -159,7 +158,7 @@ pub fn served_certificate(addr: SocketAddr) -> Option<String> {
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).ok()?;
     }
-    let der: Vec<u8> = seen.lock().unwrap().take()?;
+    let der = conn.peer_certificates()?.first()?.to_vec();
     Some(pem_of(&der))
 }
 
@@ -173,57 +172,4 @@ fn pem_of(der: &[u8]) -> String {
     }
     pem.push_str("-----END CERTIFICATE-----\n");
     pem
-}
-
-/// Accepts any server certificate and keeps it.
-#[derive(Debug)]
-struct Capture(
-    Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-    Arc<rustls::crypto::CryptoProvider>,
-);
-
-impl rustls::client::danger::ServerCertVerifier for Capture {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        *self.0.lock().unwrap() = Some(end_entity.to_vec());
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.1.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.1.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.1.signature_verification_algorithms.supported_schemes()
-    }
 }
