@@ -127,7 +127,20 @@ struct MonitorEndpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     bearer_token_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    scheme: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_config: Option<MonitorTlsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     relabelings: Option<Vec<Relabeling>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MonitorTlsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insecure_skip_verify: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -417,6 +430,7 @@ fn chart_options_render_strict_objects() {
          serviceMonitor: {enabled: true, labels: {release: kube-prometheus}}\n\
          prometheusRule: {enabled: true, labels: {release: kube-prometheus}}\n\
          rbac: {prometheus: {serviceAccount: prometheus-k8s, namespace: monitoring}}\n\
+         tls: {enabled: true, secretName: sonde-tls}\n\
          bundles:\n\
          \x20 configMaps: [{name: retrans-storm, configMap: sonde-bundle-retrans-storm}]\n\
          \x20 images: [{name: python-plugins, reference: registry.example.com/sonde/bundles:0.1.0}]\n\
@@ -428,6 +442,30 @@ fn chart_options_render_strict_objects() {
         .map(|(i, d)| check_object(d, &format!("document {i}")))
         .collect();
     assert!(kinds.contains("ServiceMonitor") && kinds.contains("PrometheusRule"));
+    // HTTPS: the Secret mounted, the kubelet's probes and the ServiceMonitor over HTTPS.
+    let monitor = find(&docs, "ServiceMonitor", "sonde");
+    assert_eq!(monitor["spec"]["endpoints"][0]["scheme"], "https");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["tlsConfig"],
+        json!({"insecureSkipVerify": true})
+    );
+    {
+        let ds: DaemonSet = strict(find(&docs, "DaemonSet", "sonde"), "DaemonSet");
+        let c = agent_container(&ds);
+        for probe in [&c.liveness_probe, &c.readiness_probe] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let secret = volume(pod, "tls").secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("sonde-tls"));
+        assert!(c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "tls" && m.mount_path == "/etc/sonde/tls"));
+    }
     // Prometheus's service account may read /metrics, which the agent checks (api.auth).
     let binding = find(&docs, "ClusterRoleBinding", "sonde-metrics-reader");
     assert_eq!(binding["roleRef"]["name"], "sonde-metrics-reader");
