@@ -299,7 +299,10 @@ fn loki_away_costs_at_most_max_buffer_events_the_oldest() {
     send_udp(&pods.a, src, dst, 300);
     poll_until(SETTLE_TIMEOUT, "the sink to drop what does not fit", || {
         agent
-            .metric("sonde_sink_events_dropped_total", &[("sink", "loki")])
+            .metric(
+                "sonde_sink_events_dropped_total",
+                &[("sink", "loki"), ("reason", "buffer_full")],
+            )
             .filter(|d| *d >= 200.0)
     });
     // The agent keeps serving while Loki is away.
@@ -319,7 +322,10 @@ fn loki_away_costs_at_most_max_buffer_events_the_oldest() {
         "{delivered} of B's drops in Loki: more than maxBuffer kept"
     );
     let dropped = agent
-        .metric("sonde_sink_events_dropped_total", &[("sink", "loki")])
+        .metric(
+            "sonde_sink_events_dropped_total",
+            &[("sink", "loki"), ("reason", "buffer_full")],
+        )
         .unwrap_or(0.0);
     // At most 100 of B's first 300 drops could be kept: the rest were dropped and counted.
     assert!(dropped >= 200.0, "{dropped} dropped");

@@ -44,7 +44,10 @@ pub struct RotatingFile {
     max_size: u64,
     max_files: u32,
     out: BufWriter<File>,
+    /// Bytes given to `out` (the file's size once they are flushed).
     size: u64,
+    /// The file's size after the last flush that succeeded: what a failed batch is cut back to.
+    flushed: u64,
 }
 
 impl RotatingFile {
@@ -61,6 +64,7 @@ impl RotatingFile {
             max_files: config.max_files,
             out: BufWriter::new(file),
             size,
+            flushed: size,
         })
     }
 
@@ -89,6 +93,7 @@ impl RotatingFile {
             .open(&self.path)?;
         self.out = BufWriter::new(file);
         self.size = 0;
+        self.flushed = 0;
         Ok(())
     }
 }
@@ -104,14 +109,60 @@ impl super::LineOutput for RotatingFile {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Write::flush(&mut self.out)
+        Write::flush(&mut self.out)?;
+        self.flushed = self.size;
+        Ok(())
     }
+
+    fn discard(&mut self) {
+        // Drop what is buffered without writing it, and cut off whatever part of the batch
+        // reached the file (cutting needs no free space).
+        let (file, _unwritten) =
+            std::mem::replace(&mut self.out, BufWriter::new(placeholder())).into_parts();
+        if let Err(e) = file.set_len(self.flushed) {
+            tracing::warn!(path = %self.path.display(), error = %e, "file sink cannot cut a failed batch off");
+        }
+        self.size = self.flushed;
+        self.out = BufWriter::new(file);
+    }
+}
+
+/// A file to hold the writer's place for a moment (`/dev/null`, always there).
+fn placeholder() -> File {
+    File::open("/dev/null").expect("/dev/null")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sinks::LineOutput;
+
+    #[test]
+    fn a_failed_batch_is_cut_off_and_the_next_starts_on_a_whole_line() {
+        let dir = std::env::temp_dir().join(format!("sonde-file-discard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("events.json");
+        let config = Config {
+            path: path.display().to_string(),
+            max_size: ByteSize(1 << 20),
+            max_files: 1,
+        };
+        let mut f = RotatingFile::open(&config).unwrap();
+        f.write_line(b"{\"a\":1}\n").unwrap();
+        f.flush().unwrap();
+        // Half a batch reaches the file before the write fails.
+        f.write_line(b"{\"b\":2}\n").unwrap();
+        Write::flush(&mut f.out).unwrap();
+        f.write_line(b"{\"c\":").unwrap();
+        f.discard();
+        f.write_line(b"{\"d\":4}\n").unwrap();
+        f.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"d\":4}\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn rotates_by_size_and_keeps_max_files() {

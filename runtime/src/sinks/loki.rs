@@ -247,11 +247,31 @@ impl SinkMetrics {
             c
         };
         SinkMetrics {
-            sent: counter("sonde_sink_events_sent_total", "Events a remote sink accepted."),
-            dropped: counter(
-                "sonde_sink_events_dropped_total",
-                "Events a remote sink gave up on: its buffer was full, or the receiver refused them.",
+            sent: counter(
+                "sonde_sink_events_sent_total",
+                "Events a remote sink accepted.",
             ),
+            dropped: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "sonde_sink_events_dropped_total",
+                        "Events a sink lost, by reason: buffer_full (Loki away longer than its buffer holds), refused (Loki refused the push), shutdown (unsent when the agent stopped), write_error (the file or stdout could not be written).",
+                    ),
+                    &["sink", "reason"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("registered once");
+                for (sink, reasons) in [
+                    ("loki", &["buffer_full", "refused", "shutdown"][..]),
+                    ("file", &["write_error"][..]),
+                    ("stdout", &["write_error"][..]),
+                ] {
+                    for reason in reasons {
+                        c.with_label_values(&[sink, reason]);
+                    }
+                }
+                c
+            },
             push_errors: counter(
                 "sonde_sink_push_errors_total",
                 "Pushes to a remote sink that failed (and were retried unless refused).",
@@ -296,7 +316,9 @@ pub(crate) fn run(config: Config, mut rx: mpsc::Receiver<Batch>, metrics: SinkMe
         .build()
         .into();
     let sent = metrics.sent.with_label_values(&["loki"]);
-    let dropped = metrics.dropped.with_label_values(&["loki"]);
+    let full = metrics.dropped.with_label_values(&["loki", "buffer_full"]);
+    let refused = metrics.dropped.with_label_values(&["loki", "refused"]);
+    let unsent = metrics.dropped.with_label_values(&["loki", "shutdown"]);
     let errors = metrics.push_errors.with_label_values(&["loki"]);
     let mut buffer: VecDeque<Line> = VecDeque::new();
     let mut oldest_wait = Instant::now();
@@ -360,7 +382,7 @@ pub(crate) fn run(config: Config, mut rx: mpsc::Receiver<Batch>, metrics: SinkMe
             let over = buffer.len().saturating_sub(config.max_buffer);
             if over > 0 {
                 buffer.drain(..over);
-                dropped.inc_by(over as u64);
+                full.inc_by(over as u64);
             }
             continue;
         }
@@ -393,7 +415,7 @@ pub(crate) fn run(config: Config, mut rx: mpsc::Receiver<Batch>, metrics: SinkMe
             Err(PushError::Refused(reason)) => {
                 tracing::warn!(sink = "loki", %reason, events = n, "Loki refused a push; its events are dropped");
                 buffer.drain(..n);
-                dropped.inc_by(n as u64);
+                refused.inc_by(n as u64);
                 errors.inc();
                 oldest_wait = Instant::now();
             }
@@ -404,7 +426,7 @@ pub(crate) fn run(config: Config, mut rx: mpsc::Receiver<Batch>, metrics: SinkMe
                 tracing::warn!(sink = "loki", %reason, retry_in = ?backoff, "push to Loki failed");
                 if closed {
                     // Do not hold the agent's shutdown for a Loki that is away.
-                    dropped.inc_by(buffer.len() as u64);
+                    unsent.inc_by(buffer.len() as u64);
                     return;
                 }
             }

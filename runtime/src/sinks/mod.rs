@@ -47,6 +47,10 @@ impl SinksConfig {
 pub(crate) trait LineOutput {
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
+    /// After a failed write or flush: forgets what the failed batch left buffered (and, for
+    /// a file, any part of it that reached the file), so that the next batch starts on a
+    /// whole line.
+    fn discard(&mut self) {}
 }
 
 impl<W: Write> LineOutput for std::io::BufWriter<W> {
@@ -58,10 +62,19 @@ impl<W: Write> LineOutput for std::io::BufWriter<W> {
     }
 }
 
-/// Writes every event of every batch as one JSON line, until the queue closes or the output
-/// fails.
-fn write_batches(rx: &mut mpsc::Receiver<Batch>, out: &mut impl LineOutput) {
+/// Writes every event of every batch as one JSON line until the queue closes. A batch that
+/// cannot be written (a full disk, a closed pipe) is lost whole and counted in
+/// `dropped{sink, reason="write_error"}`; the next batch is tried as usual, so the sink
+/// recovers by itself when the output takes lines again.
+fn write_batches(
+    rx: &mut mpsc::Receiver<Batch>,
+    out: &mut impl LineOutput,
+    sink: &str,
+    metrics: &loki::SinkMetrics,
+) {
     let mut line = Vec::with_capacity(512);
+    let lost = metrics.dropped.with_label_values(&[sink, "write_error"]);
+    let mut failing = false;
     while let Some(batch) = rx.blocking_recv() {
         let written = batch.iter().try_for_each(|event| {
             line.clear();
@@ -69,9 +82,20 @@ fn write_batches(rx: &mut mpsc::Receiver<Batch>, out: &mut impl LineOutput) {
             line.push(b'\n');
             out.write_line(&line)
         });
-        if let Err(e) = written.and_then(|()| out.flush()) {
-            tracing::error!(error = %e, "event sink stopped: cannot write");
-            return;
+        match written.and_then(|()| out.flush()) {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(sink, "event sink writes again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                out.discard();
+                lost.inc_by(batch.len() as u64);
+                if !failing {
+                    failing = true;
+                    tracing::error!(sink, error = %e, "event sink cannot write; its events are dropped (counted) until it can");
+                }
+            }
         }
     }
 }
@@ -112,9 +136,10 @@ impl Sinks {
             );
             if let Some(c) = wanted_stdout {
                 let mut rx = self.fanout.subscribe("sink:stdout", QUEUE_BATCHES);
+                let metrics = self.metrics.clone();
                 let thread = std::thread::spawn(move || {
                     let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout());
-                    write_batches(&mut rx, &mut out)
+                    write_batches(&mut rx, &mut out, "stdout", &metrics)
                 });
                 self.stdout = Some(Running { config: c, thread });
             }
@@ -129,7 +154,10 @@ impl Sinks {
                 match file::RotatingFile::open(&c) {
                     Ok(mut f) => {
                         let mut rx = self.fanout.subscribe("sink:file", QUEUE_BATCHES);
-                        let thread = std::thread::spawn(move || write_batches(&mut rx, &mut f));
+                        let metrics = self.metrics.clone();
+                        let thread = std::thread::spawn(move || {
+                            write_batches(&mut rx, &mut f, "file", &metrics)
+                        });
                         self.file = Some(Running { config: c, thread });
                     }
                     Err(e) => {
