@@ -195,15 +195,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!(%listen, node = %ctx.node, auth = auth_name, https = tls.is_some(), "sonde running");
 
     let sync_probes = Arc::clone(&probes);
+    let (sync_topology, sync_metrics) = (Arc::clone(&ctx.topology), Arc::clone(&metrics));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         loop {
             tick.tick().await;
             let p = Arc::clone(&sync_probes);
             let _ = tokio::task::spawn_blocking(move || {
-                p.lock().unwrap_or_else(|e| e.into_inner()).sync()
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                p.sync();
+                p.retry_failed();
             })
             .await;
+            sync_metrics
+                .topology_stale
+                .set(sync_topology.stale().is_some() as i64);
         }
     });
 

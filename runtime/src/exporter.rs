@@ -133,6 +133,18 @@ fn release_freed_memory() {
     }
 }
 
+/// The probes' states, read off the async workers: the probes' lock is held for the length
+/// of a sync or a probe's load.
+async fn probe_status(s: &ApiState) -> Vec<crate::probes::ProbeStatus> {
+    let probes = Arc::clone(&s.probes);
+    tokio::task::spawn_blocking(move || probes.lock().unwrap_or_else(|e| e.into_inner()).status())
+        .await
+        .unwrap_or_default()
+}
+
+/// Ready means serving: the topology has its first view and the bundles present at start
+/// were loaded or refused. Probes that failed to load are said (they are tried again with
+/// backoff, and `sonde_probe_up` and `/api/v1/probes` show them) but do not hold it.
 async fn readyz(State(s): State<ApiState>) -> Response {
     if let Err(why) = s.topology.readiness() {
         return (
@@ -144,27 +156,29 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     if let Some(Err(why)) = s.plugins.as_ref().map(|p| p.readiness()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("plugins: {why}\n")).into_response();
     }
-    let probes = s.probes.lock().unwrap_or_else(|e| e.into_inner());
-    let failed: Vec<String> = probes
-        .status()
+    let mut body = String::from("ready\n");
+    if let Some(stale) = s.topology.stale() {
+        body.push_str(&format!("topology: {stale}\n"));
+    }
+    let failed: Vec<String> = probe_status(&s)
+        .await
         .into_iter()
         .filter(|p| p.state == "failed")
-        .map(|p| format!("{}: {}", p.name, p.error.unwrap_or_default()))
+        .map(|p| {
+            let retry = p
+                .retry_in_seconds
+                .map_or(String::new(), |r| format!(" (tried again in {r}s)"));
+            format!("{}: {}{retry}", p.name, p.error.unwrap_or_default())
+        })
         .collect();
-    if failed.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("probes failed: {}\n", failed.join("; ")),
-        )
-            .into_response()
+    if !failed.is_empty() {
+        body.push_str(&format!("probes failed: {}\n", failed.join("; ")));
     }
+    (StatusCode::OK, body).into_response()
 }
 
 async fn probes(State(s): State<ApiState>) -> Response {
-    let status = s.probes.lock().unwrap_or_else(|e| e.into_inner()).status();
-    Json(status).into_response()
+    Json(probe_status(&s).await).into_response()
 }
 
 async fn plugins(State(s): State<ApiState>) -> Response {

@@ -303,6 +303,8 @@ pub struct Metrics {
     pub api_streams: prometheus::IntGauge,
     /// `/api/v1/events` streams ended or refused, by reason.
     pub api_streams_closed: IntCounterVec,
+    /// 1 while the topology is stale (the API server silent for `topology.staleAfter`).
+    pub topology_stale: prometheus::IntGauge,
     pub config_reloads: IntCounterVec,
     /// `topology.additionalLabels`' names: workload-labelled series carry them after `node`,
     /// `namespace`, `pod`.
@@ -678,6 +680,16 @@ impl Metrics {
                 let g = prometheus::IntGauge::new(
                     "sonde_api_streams",
                     "Event streams (/api/v1/events) open.",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            topology_stale: {
+                let g = prometheus::IntGauge::new(
+                    "sonde_topology_stale",
+                    "1 while the API server has not answered for topology.staleAfter: pods and addresses are named as last seen.",
                 )
                 .expect("valid metric definition");
                 r.register(Box::new(g.clone()))

@@ -53,6 +53,8 @@ struct Store {
     /// Bumped to end every open watch.
     cut: u64,
     hold_lists: bool,
+    /// Every request answered 503 (the API server away).
+    down: bool,
     lists: BTreeMap<String, u32>,
     watches: BTreeMap<String, u32>,
     uids: u64,
@@ -247,6 +249,15 @@ impl KubeApi {
         s.rv += 1;
         s.oldest = s.rv;
         s.log.clear();
+    }
+
+    /// While down, every request (lists, watches, `/version`, reviews) is answered `503
+    /// Service Unavailable`; going down ends the open watches.
+    pub fn set_down(&self, down: bool) {
+        self.store().down = down;
+        if down {
+            self.cut_watches();
+        }
     }
 
     /// While held, every list is answered `503 Service Unavailable`.
@@ -526,6 +537,25 @@ fn serve(conn: TcpStream, shared: &Shared) {
         }
     }
     let mut conn = conn;
+    if shared.store.lock().unwrap().down {
+        let _ = respond(
+            &mut conn,
+            503,
+            &status_object(503, "ServiceUnavailable", "the server is away"),
+        );
+        return;
+    }
+    if line.split_whitespace().nth(1) == Some("/version") {
+        let _ = respond(
+            &mut conn,
+            200,
+            &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.1",
+                    "gitCommit": "0000000000000000000000000000000000000000",
+                    "gitTreeState": "clean", "buildDate": "2026-09-01T00:00:00Z",
+                    "goVersion": "go1.24.6", "compiler": "gc", "platform": "linux/amd64"}),
+        );
+        return;
+    }
     if line.starts_with("POST ") {
         let mut body = vec![0; length];
         if std::io::Read::read_exact(&mut reader, &mut body).is_err() {

@@ -11,7 +11,10 @@
 //!   a transfer;
 //! - `btf.path` a file that is not BTF: one line naming `btf.path` and the file, netstat runs;
 //! - `btf.path` with the kernel's own BTF there too: the file is what is read, so a drop
-//!   reason renamed in a copy is the name the agent reports.
+//!   reason renamed in a copy is the name the agent reports;
+//! - `btf.path` a file that appears after the agent started (as node provisioning may put it
+//!   there late): the probes that failed are tried again with backoff and, once loaded,
+//!   count exactly; the agent is ready (serving) throughout.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -247,10 +250,13 @@ fn agent_without_any_btf_runs_netstat_and_says_why_the_others_cannot_load() {
         agent.metric("sonde_probe_up", &[("probe", "packet_drop")]),
         Some(0.0)
     );
-    // Readiness is every enabled probe running: the failed ones keep it at 503, saying why.
+    // Ready means serving: the failed probes are said (and tried again), not held against it.
     let (status, body) = agent.get("/readyz");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains(&format!("packet_drop: {NO_BTF}")), "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready\n") && body.contains(&format!("packet_drop: {NO_BTF}")),
+        "{body}"
+    );
     let log = agent.stderr_text();
     assert!(
         log.lines()
@@ -439,5 +445,67 @@ fn drop_reasons_are_read_from_btf_path() {
             &[("pod", pods.b.name()), ("reason", "NETFILTER_DROP")]
         ),
         None
+    );
+}
+
+#[test]
+fn a_probe_that_failed_is_tried_again_and_counts_once_loaded() {
+    const PORT: u16 = 9996;
+    const DATAGRAMS: usize = 50;
+    let dir = TempDir::new();
+    let btf = dir.path().join("late.btf");
+    let pods = PodPair::dropping_udp(PORT);
+    let agent = Agent::spawn_yaml(&with_packet_drop(&only_probes_yaml(
+        "",
+        &format!("btf:\n  path: {}\n", btf.display()),
+    )));
+    // Serving, and saying what failed and when it is tried again.
+    agent.wait_ready(READY_TIMEOUT);
+    let failed = wait_state(&agent, "packet_drop", "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("btf.path") && failed["attempts"] == 1,
+        "{failed}"
+    );
+    assert!(
+        failed["retry_in_seconds"].as_u64().unwrap() <= 5,
+        "{failed}"
+    );
+    let (status, body) = agent.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("probes failed: packet_drop: ") && body.contains("tried again in"),
+        "{body}"
+    );
+    assert_eq!(
+        agent.metric("sonde_probe_up", &[("probe", "packet_drop")]),
+        Some(0.0)
+    );
+    // Tried again after 5 s, 10 s, ...: still failing, the count of tries grows.
+    try_poll_until(READY_TIMEOUT, || {
+        let row = row(&api_probes(&agent), "packet_drop").clone();
+        (row["attempts"].as_u64()? >= 2).then_some(())
+    })
+    .expect("packet_drop tried a second time");
+
+    // The file appears: the next try loads the probe, and it counts exactly.
+    std::fs::copy(VMLINUX, &btf).unwrap();
+    wait_state(&agent, "packet_drop", "running");
+    assert_eq!(
+        agent.metric("sonde_probe_up", &[("probe", "packet_drop")]),
+        Some(1.0)
+    );
+    assert_eq!(agent.get("/readyz").1, "ready\n");
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, DATAGRAMS);
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    agent.wait_metric(
+        "sonde_packet_drops_total",
+        &labels,
+        DATAGRAMS as f64,
+        SETTLE_TIMEOUT,
+    );
+    assert_eq!(
+        agent.metric("sonde_packet_drops_total", &labels),
+        Some(DATAGRAMS as f64)
     );
 }

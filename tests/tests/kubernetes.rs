@@ -518,3 +518,34 @@ fn bundle_configmaps_through_the_api_load_swap_refuse_and_unload() {
     });
     assert!(!agent.metrics().contains(&fields_metric));
 }
+
+/// The API server away for longer than `topology.staleAfter`: the agent keeps serving (and
+/// stays ready) with what it knows, and says the topology is stale until it answers again.
+#[test]
+fn a_lost_api_server_makes_the_topology_stale_until_it_answers() {
+    let node = format!("stale-node-{}", std::process::id());
+    let api = KubeApi::start();
+    api.apply(kube_api::node(&node, "192.0.2.10".parse().unwrap()));
+    let dir = TempDir::new();
+    let agent = agent(&api, dir.path(), &node, "  staleAfter: 2s\n");
+    agent.wait_ready(READY_TIMEOUT);
+    assert_eq!(agent.metric("sonde_topology_stale", &[]), Some(0.0));
+    assert_eq!(agent.get("/readyz").1, "ready\n");
+
+    api.set_down(true);
+    let body = poll_until(SETTLE_TIMEOUT, "the topology said to be stale", || {
+        let (status, body) = agent.get("/readyz");
+        (status == 200 && body.contains("topology: stale: no answer from the API server"))
+            .then_some(body)
+    });
+    assert!(body.contains("topology.staleAfter: 2s"), "{body}");
+    // The gauge follows within a second.
+    agent.wait_metric_eq("sonde_topology_stale", &[], 1.0, SETTLE_TIMEOUT);
+
+    api.set_down(false);
+    poll_until(SETTLE_TIMEOUT, "the topology current again", || {
+        (agent.metric("sonde_topology_stale", &[]) == Some(0.0)
+            && agent.get("/readyz").1 == "ready\n")
+            .then_some(())
+    });
+}

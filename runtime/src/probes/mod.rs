@@ -469,6 +469,11 @@ pub struct ProbeStatus {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a failed probe: the tries so far, and the seconds until the next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_seconds: Option<u64>,
     /// For a running probe: what it lacks on this kernel (an older program had to do).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
@@ -500,11 +505,29 @@ impl Drop for Running {
     }
 }
 
+/// A probe that did not load, and when it is tried again.
+struct Failed {
+    error: String,
+    /// Tries so far.
+    attempts: u32,
+    retry_at: Instant,
+}
+
+/// The wait before the next try of a probe that failed `attempts` times: 5 s, doubling up to
+/// 5 minutes (a kernel that lacks a hook lacks it for good, and each try parses its BTF).
+pub fn retry_delay(attempts: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MOST: Duration = Duration::from_secs(300);
+    FIRST
+        .checked_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .map_or(MOST, |d| d.min(MOST))
+}
+
 /// The probes the agent runs.
 pub struct Probes {
     ctx: Arc<Context>,
     running: BTreeMap<&'static str, Running>,
-    failed: BTreeMap<&'static str, String>,
+    failed: BTreeMap<&'static str, Failed>,
     /// The config last applied, to re-apply when an override starts or ends.
     config: ProbesConfig,
     /// Event rates set for a bounded time (plugins' `control`), until their deadline.
@@ -538,9 +561,31 @@ impl Probes {
     }
 
     /// Brings the running probes in line with the config. A probe that fails to load is
-    /// reported and the others carry on.
+    /// reported, the others carry on, and it is tried again later ([`Probes::retry_failed`]).
     pub fn apply(&mut self, config: &ProbesConfig) {
         self.config = config.clone();
+        self.apply_probes(config, false);
+        let up = self.netstat.apply(&config.netstat, &self.ctx);
+        self.ctx
+            .metrics
+            .probe_up
+            .with_label_values(&[netstat::NAME])
+            .set(up as i64);
+    }
+
+    /// Tries again the probes that failed to load and whose wait is over (see
+    /// [`retry_delay`]); the agent calls it every second.
+    pub fn retry_failed(&mut self) {
+        let now = Instant::now();
+        if self.failed.values().any(|f| f.retry_at <= now) {
+            let config = self.config.clone();
+            self.apply_probes(&config, true);
+        }
+    }
+
+    /// [`Probes::apply`] for the eBPF probes; with `only_due`, a failed probe whose wait is
+    /// not over is left as it is.
+    fn apply_probes(&mut self, config: &ProbesConfig, only_due: bool) {
         let now = Instant::now();
         self.rate_overrides.retain(|_, (_, until)| *until > now);
         // The kernel's BTF (from btf.path when set) is parsed only when a probe is to be
@@ -555,6 +600,14 @@ impl Probes {
                 s.rate_per_cpu = *rate;
             }
             let up = self.ctx.metrics.probe_up.with_label_values(&[name]);
+            if only_due
+                && self
+                    .failed
+                    .get(name)
+                    .is_some_and(|f| f.retry_at > Instant::now())
+            {
+                continue;
+            }
             match wanted {
                 None => {
                     self.failed.remove(name);
@@ -600,25 +653,35 @@ impl Probes {
                     match started {
                         Ok(r) => {
                             self.running.insert(name, r);
-                            self.failed.remove(name);
+                            if let Some(f) = self.failed.remove(name) {
+                                tracing::info!(
+                                    probe = name,
+                                    attempts = f.attempts + 1,
+                                    "probe attached after failing"
+                                );
+                            } else {
+                                tracing::info!(probe = name, "probe attached");
+                            }
                             up.set(1);
-                            tracing::info!(probe = name, "probe attached");
                         }
                         Err(e) => {
-                            tracing::error!(probe = name, error = %e, "probe cannot load");
-                            self.failed.insert(name, e.to_string());
+                            let attempts = self.failed.get(name).map_or(0, |f| f.attempts) + 1;
+                            let wait = retry_delay(attempts);
+                            tracing::error!(probe = name, error = %e, retry_in = ?wait, "probe cannot load");
+                            self.failed.insert(
+                                name,
+                                Failed {
+                                    error: e.to_string(),
+                                    attempts,
+                                    retry_at: Instant::now() + wait,
+                                },
+                            );
                             up.set(0);
                         }
                     }
                 }
             }
         }
-        let up = self.netstat.apply(&config.netstat, &self.ctx);
-        self.ctx
-            .metrics
-            .probe_up
-            .with_label_values(&[netstat::NAME])
-            .set(up as i64);
         let loaded = loader.is_some();
         drop(loader);
         drop(btf);
@@ -810,6 +873,8 @@ impl Probes {
                 let mut interfaces = None;
                 let mut degraded = None;
                 let mut attach = None;
+                let mut attempts = None;
+                let mut retry_in_seconds = None;
                 // A running probe's hooks on this kernel; the others', those of every kernel.
                 let mut hooks: Vec<String> =
                     d.spec.hooks_everywhere().map(ToString::to_string).collect();
@@ -823,8 +888,15 @@ impl Probes {
                     let error = attached.as_ref().and_then(|(_, e)| e.clone());
                     interfaces = attached.map(|(names, _)| names);
                     ("running", error)
-                } else if let Some(e) = self.failed.get(name) {
-                    ("failed", Some(e.clone()))
+                } else if let Some(f) = self.failed.get(name) {
+                    attempts = Some(f.attempts);
+                    retry_in_seconds = Some(
+                        f.retry_at
+                            .saturating_duration_since(Instant::now())
+                            .as_secs_f64()
+                            .ceil() as u64,
+                    );
+                    ("failed", Some(f.error.clone()))
                 } else {
                     ("disabled", None)
                 };
@@ -834,6 +906,8 @@ impl Probes {
                     hooks,
                     state,
                     error,
+                    attempts,
+                    retry_in_seconds,
                     degraded,
                     attach,
                     interfaces,

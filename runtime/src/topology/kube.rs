@@ -447,6 +447,10 @@ pub struct KubeTopology {
     /// Asks the /proc scanner to look now.
     rescan: SyncSender<()>,
     last_miss_rescan: Mutex<Option<Instant>>,
+    /// When the API server last answered (a watch event, or `/version`), and how long
+    /// without one makes the topology stale.
+    last_answer: Mutex<Instant>,
+    stale_after: Duration,
 }
 
 impl KubeTopology {
@@ -475,7 +479,10 @@ impl KubeTopology {
             watches: Mutex::new(Default::default()),
             rescan: tx,
             last_miss_rescan: Mutex::new(None),
+            last_answer: Mutex::new(Instant::now()),
+            stale_after: config.stale_after,
         });
+        topo.spawn_contact(client.clone());
         let local = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         topo.spawn_watch(
             Api::<PodView>::all(client.clone()),
@@ -506,6 +513,31 @@ impl KubeTopology {
         topo
     }
 
+    /// Asks the API server for `/version` a few times per `staleAfter`: idle watches say
+    /// nothing for minutes, and a watch cut and resumed says nothing either.
+    fn spawn_contact(self: &Arc<Self>, client: Client) {
+        let topo = Arc::downgrade(self);
+        let every =
+            (self.stale_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let answered = tokio::time::timeout(every, client.apiserver_version()).await;
+                let Some(topo) = topo.upgrade() else {
+                    return;
+                };
+                if matches!(answered, Ok(Ok(_))) {
+                    topo.answered();
+                }
+            }
+        });
+    }
+
+    fn answered(&self) {
+        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
     fn spawn_watch<K>(
         self: &Arc<Self>,
         api: Api<K>,
@@ -523,6 +555,9 @@ impl KubeTopology {
                 let Some(topo) = topo.upgrade() else {
                     return;
                 };
+                if item.is_ok() {
+                    topo.answered();
+                }
                 match item {
                     Ok(Event::Init) => listing.clear(),
                     Ok(Event::InitApply(obj)) => listing.push(obj),
@@ -846,6 +881,21 @@ impl Topology for KubeTopology {
 
     fn ready(&self) -> bool {
         self.readiness().is_ok()
+    }
+
+    fn stale(&self) -> Option<String> {
+        let silent = self
+            .last_answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        (silent > self.stale_after).then(|| {
+            format!(
+                "stale: no answer from the API server for {}s (topology.staleAfter: {}s); pods and addresses are named as last seen",
+                silent.as_secs(),
+                self.stale_after.as_secs()
+            )
+        })
     }
 
     fn readiness(&self) -> Result<(), String> {

@@ -54,6 +54,12 @@ pub trait Topology: Send + Sync {
     fn ready(&self) -> bool;
 
     /// `Err` with the reason while the source is not ready (for `/readyz`).
+    /// Why what the topology knows may be out of date (the API server has not answered for
+    /// `topology.staleAfter`); `None` while it is current.
+    fn stale(&self) -> Option<String> {
+        None
+    }
+
     fn readiness(&self) -> Result<(), String> {
         if self.ready() {
             Ok(())
@@ -116,6 +122,10 @@ pub struct TopologyConfig {
     /// its series are kept; then they are removed from `/metrics`.
     #[serde(deserialize_with = "crate::config::duration")]
     pub gone_retention: std::time::Duration,
+    /// Kubernetes: after this long without an answer from the API server, the topology is
+    /// said to be stale (`/readyz`'s body, `sonde_topology_stale`).
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub stale_after: std::time::Duration,
 }
 
 impl TopologyConfig {
@@ -125,6 +135,9 @@ impl TopologyConfig {
         }
         if self.gone_retention < std::time::Duration::from_secs(1) {
             return Err("topology.goneRetention: must be at least 1s".into());
+        }
+        if self.stale_after < std::time::Duration::from_secs(1) {
+            return Err("topology.staleAfter: must be at least 1s".into());
         }
         self.additional_labels().map(|_| ())
     }
@@ -145,6 +158,7 @@ impl Default for TopologyConfig {
             additional_labels: Vec::new(),
             max_label_values: 100,
             gone_retention: index::GONE_RETENTION,
+            stale_after: std::time::Duration::from_secs(120),
         }
     }
 }

@@ -274,6 +274,8 @@ impl Netstat {
             hooks: SOURCES.iter().map(ToString::to_string).collect(),
             state,
             error,
+            attempts: None,
+            retry_in_seconds: None,
             degraded: None,
             attach: None,
             interfaces: None,
