@@ -9,6 +9,7 @@
 pub mod addr_hash;
 pub mod agent;
 pub mod auth;
+pub mod caps;
 pub mod config;
 pub mod enrich;
 pub mod event;

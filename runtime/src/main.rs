@@ -335,6 +335,9 @@ struct ProbeRow {
     attach: Option<&'static str>,
     /// What the probe lacks on this kernel, when it loads.
     degraded: Option<String>,
+    /// Capabilities it needs that this process does not hold (netstat: CAP_SYS_ADMIN, for
+    /// what it reads only from inside a namespace).
+    needs: Vec<&'static str>,
 }
 
 /// `sonde probes`: tries to load each eBPF probe into the kernel (without attaching it), and
@@ -357,6 +360,7 @@ fn probes(
     let config = config.probes;
     let mut loader = ebpf_core::ProbeLoader::new();
     let btf = ebpf_core::btf::KernelBtf::load().map_err(|e| e.to_string());
+    let held = sonde::caps::effective();
     let mut rows: Vec<ProbeRow> = ebpf_core::CATALOGUE
         .iter()
         .map(|spec| {
@@ -400,18 +404,23 @@ fn probes(
                 loadable,
                 attach: mode,
                 degraded,
+                needs: held.map_or_else(Vec::new, |h| sonde::caps::missing_for(spec, h)),
             }
         })
         .collect();
     {
         use sonde::probes::netstat;
+        let checked = netstat::check();
         rows.push(ProbeRow {
             name: netstat::NAME,
             description: netstat::DESCRIPTION,
             hooks: netstat::SOURCES.iter().map(ToString::to_string).collect(),
-            loadable: netstat::check(),
+            loadable: checked.clone().map(drop),
             attach: None,
-            degraded: None,
+            degraded: checked.ok().flatten(),
+            needs: held
+                .filter(|h| !sonde::caps::holds(*h, sonde::caps::SYS_ADMIN))
+                .map_or_else(Vec::new, |_| vec![sonde::caps::SYS_ADMIN.name]),
         });
     }
     let mut text = String::new();
@@ -428,6 +437,7 @@ fn probes(
                         "loadable": r.loadable.is_ok(),
                         "reason": r.loadable.as_ref().err(),
                         "degraded": r.degraded,
+                        "needs": r.needs,
                     })
                 })
                 .collect();
@@ -465,6 +475,17 @@ fn probes(
                 }
                 if let Some(lacks) = &r.degraded {
                     text += &format!("{:<14} lacks: {lacks}\n", "");
+                }
+                if !r.needs.is_empty() {
+                    text += &format!("{:<14} needs: {}\n", "", r.needs.join(", "));
+                }
+            }
+            // What each capability is for, and whether this process holds it.
+            if let Some(held) = held {
+                text += &format!("\n{:<15} {:<5} FOR\n", "CAPABILITY", "HELD");
+                for c in sonde::caps::ALL {
+                    let yes = if sonde::caps::holds(held, *c) { "yes" } else { "no" };
+                    text += &format!("{:<15} {yes:<5} {}\n", c.name, c.used_for);
                 }
             }
         }

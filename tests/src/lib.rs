@@ -34,7 +34,7 @@ pub use bundle::{
 pub use dns_server::{dns_query, tcp_query, udp_query, DnsAnswers, DnsServer};
 pub use http::{http_get, http_get_with, Response};
 pub use loop_device::LoopDevice;
-pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair};
+pub use netns::{in_netns, Endpoint, IpFamily, Netns, PodPair, Resident};
 pub use node_pods::{NodePod, NodePods};
 pub use prometheus::{all_series, assert_promtool_clean, metric_series, metric_value};
 pub use slow_link::SlowPodPair;

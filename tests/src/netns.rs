@@ -49,6 +49,17 @@ impl Netns {
     }
 
     /// The name, which is also the `pod` label Sonde gives it.
+    /// A process that lives in the namespace (`sleep`), as a pod's container does; killed
+    /// when dropped.
+    pub fn resident(&self) -> Resident {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sleep", "3600"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("ip netns exec sleep");
+        Resident(child)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -203,4 +214,20 @@ pub fn in_netns<R: Send>(netns: &str, f: impl FnOnce() -> R + Send) -> R {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// A process in a test's namespace ([`Netns::resident`]).
+pub struct Resident(std::process::Child);
+
+impl Resident {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

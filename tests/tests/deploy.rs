@@ -355,17 +355,13 @@ fn manifests_are_strict_kubernetes_objects() {
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+    // What the default probes need: no NET_ADMIN (flow and dns are off), no SYS_ADMIN
+    // (netstat reads pods through their processes' /proc/<pid>/net).
     assert_eq!(
         added,
-        BTreeSet::from([
-            "BPF",
-            "PERFMON",
-            "NET_ADMIN",
-            "SYS_ADMIN",
-            "SYS_PTRACE",
-            "SYSLOG"
-        ])
+        BTreeSet::from(["BPF", "PERFMON", "SYS_PTRACE", "SYSLOG"])
     );
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
     let node_name = c
         .env
         .iter()
@@ -431,6 +427,8 @@ fn chart_options_render_strict_objects() {
          prometheusRule: {enabled: true, labels: {release: kube-prometheus}}\n\
          rbac: {prometheus: {serviceAccount: prometheus-k8s, namespace: monitoring}}\n\
          tls: {enabled: true, secretName: sonde-tls}\n\
+         capabilities: {sysAdmin: true}\n\
+         config: {probes: {dns: {enabled: true}}}\n\
          bundles:\n\
          \x20 configMaps: [{name: retrans-storm, configMap: sonde-bundle-retrans-storm}]\n\
          \x20 images: [{name: python-plugins, reference: registry.example.com/sonde/bundles:0.1.0}]\n\
@@ -477,6 +475,22 @@ fn chart_options_render_strict_objects() {
     let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("agent"));
     let c = agent_container(&ds);
+    // dns on: NET_ADMIN (once); capabilities.sysAdmin: SYS_ADMIN, and privilege escalation
+    // left unset (Kubernetes refuses false beside CAP_SYS_ADMIN).
+    let sc = c.security_context.as_ref().unwrap();
+    let added: Vec<&str> = sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.add.as_ref())
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        added,
+        ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYSLOG"]
+    );
+    assert_eq!(sc.allow_privilege_escalation, None);
     for name in ["retrans-storm", "python-plugins", "js-plugins"] {
         let dir = format!("/etc/sonde/bundles/{name}");
         assert!(
@@ -1118,6 +1132,8 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
             "-A INPUT -p tcp --dport {LOSSY_PORT} -m statistic --mode random --probability 0.1 -j DROP"
         ),
     );
+    // Pod b has a process, as a pod has containers: netstat reads it through /proc/<pid>/net.
+    let _b_process = pods.b.resident();
     let run = run_as_daemonset(&docs, &extra, &node, port);
     let agent = &run.agent;
     agent.wait_ready(READY_TIMEOUT);
@@ -1187,7 +1203,8 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
     let _ = std::fs::remove_file(&io_file);
 
     // The capabilities were enough: the kernel's addresses were readable (CAP_SYSLOG), and
-    // netstat read pod b's namespace (CAP_SYS_ADMIN); the node label came from NODE_NAME.
+    // netstat read pod b's namespace through its process, without CAP_SYS_ADMIN; the node
+    // label came from NODE_NAME.
     let event = agent.wait_for_event(
         SETTLE_TIMEOUT,
         "a drop event with a symbolised location",
@@ -1218,4 +1235,122 @@ fn dashboards_and_alerts_query_metrics_the_agent_exports() {
         "metrics queried but not exported by the agent:\n{}",
         missing.join("\n")
     );
+}
+
+/// What the Kubernetes Pod Security "baseline" level forbids in a pod, as its checks define
+/// them (host namespaces, privileged, capabilities beyond the default set, hostPath volumes,
+/// host ports, AppArmor and seccomp Unconfined, SELinux types and users, /proc mount, unsafe
+/// sysctls), each violation named.
+fn baseline_violations(pod: &PodSpec) -> BTreeSet<String> {
+    const DEFAULT_CAPS: &[&str] = &[
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    ];
+    let mut v = BTreeSet::new();
+    for (set, name) in [
+        (pod.host_network, "hostNetwork"),
+        (pod.host_pid, "hostPID"),
+        (pod.host_ipc, "hostIPC"),
+    ] {
+        if set == Some(true) {
+            v.insert(name.to_string());
+        }
+    }
+    for vol in pod.volumes.iter().flatten() {
+        if let Some(h) = &vol.host_path {
+            v.insert(format!("hostPath {}", h.path));
+        }
+    }
+    let pod_sc = pod.security_context.as_ref();
+    if let Some(sc) = pod_sc {
+        if sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+            v.insert("seccompProfile Unconfined".into());
+        }
+        if sc.app_armor_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+            v.insert("appArmorProfile Unconfined".into());
+        }
+        for s in sc.sysctls.iter().flatten() {
+            v.insert(format!("sysctl {}", s.name));
+        }
+    }
+    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+        for p in c.ports.iter().flatten() {
+            if p.host_port.is_some_and(|h| h != 0) {
+                v.insert(format!("hostPort {}", p.host_port.unwrap()));
+            }
+        }
+        let Some(sc) = &c.security_context else {
+            continue;
+        };
+        if sc.privileged == Some(true) {
+            v.insert("privileged".into());
+        }
+        for cap in sc.capabilities.iter().flat_map(|c| c.add.iter().flatten()) {
+            if !DEFAULT_CAPS.contains(&cap.as_str()) {
+                v.insert(format!("capability {cap}"));
+            }
+        }
+        if sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+            v.insert("seccompProfile Unconfined".into());
+        }
+        if sc.app_armor_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+            v.insert("appArmorProfile Unconfined".into());
+        }
+        if sc.proc_mount.as_deref().is_some_and(|m| m != "Default") {
+            v.insert("procMount".into());
+        }
+        if let Some(se) = &sc.se_linux_options {
+            if se.user.is_some() || se.role.is_some() {
+                v.insert("seLinuxOptions user/role".into());
+            }
+        }
+    }
+    v
+}
+
+/// The rendered DaemonSet passes Pod Security "baseline" but for what a node agent needs, and
+/// each of those is justified in deploy/README.md.
+#[test]
+fn daemonset_meets_pod_security_baseline_but_for_what_is_justified() {
+    let docs = yaml_documents(
+        &read(&root().join("deploy/manifests/sonde.yaml")),
+        "sonde.yaml",
+    );
+    let ds: DaemonSet = strict(find(&docs, "DaemonSet", "sonde"), "DaemonSet");
+    let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let violations = baseline_violations(&pod);
+    let justified = BTreeSet::from(
+        [
+            "hostNetwork",
+            "hostPID",
+            "hostPath /sys/kernel/btf",
+            "hostPath /run/netns",
+            "capability BPF",
+            "capability PERFMON",
+            "capability SYS_PTRACE",
+            "capability SYSLOG",
+            "appArmorProfile Unconfined",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(violations, justified);
+    let readme = read(&root().join("deploy/README.md"));
+    for v in &violations {
+        let word = v.rsplit(' ').next().unwrap();
+        assert!(
+            readme.contains(&format!("`{word}`")) || readme.contains(word),
+            "deploy/README.md does not justify {v}"
+        );
+    }
 }

@@ -403,3 +403,116 @@ fn reconfigures_forgets_gone_namespaces_and_leaks_no_fds() {
         (pod_series("") > 0).then_some(())
     });
 }
+
+/// The agent with the DaemonSet's capabilities and no CAP_SYS_ADMIN (setpriv's bounding set):
+/// a pod with a process is read through its `/proc/<pid>/net` and counts exactly as before;
+/// its qdiscs (read only from inside) and a pod without any process are left out, said once
+/// in the log; `sonde probes` says what each probe needs that is missing.
+#[test]
+fn without_sys_admin_pods_are_read_through_their_processes() {
+    const CONNECTS: usize = 7;
+    let pods = PodPair::new();
+    let _resident = pods.a.resident();
+    let dir = sonde_tests::TempDir::new();
+    let config = dir.write("sonde.yaml", &config(true));
+    let addr = sonde_tests::free_local_addr();
+    let caps = "-all,+bpf,+perfmon,+net_admin,+sys_ptrace,+syslog";
+    let argv: Vec<String> = [
+        "setpriv",
+        &format!("--bounding-set={caps}"),
+        "--inh-caps=-all",
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        sonde_tests::sonde_bin().display().to_string(),
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--listen".into(),
+        addr.to_string(),
+    ])
+    .collect();
+    let agent = Agent::spawn_argv(&argv, addr, config);
+    agent.wait_ready(READY_TIMEOUT);
+
+    let closed = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 7399);
+    sonde_tests::refused_connects(&pods.a, closed, CONNECTS);
+    let resets = with(pod(&pods.a), &[("counter", "OutRsts")]);
+    agent.wait_metric_eq(
+        "sonde_netstat_tcp_total",
+        &resets,
+        oracle(&pods.a, "snmp", "Tcp", "OutRsts") as f64,
+        SETTLE_TIMEOUT,
+    );
+    assert_eq!(
+        agent.metric("sonde_netstat_tcp_total", &resets),
+        Some(CONNECTS as f64),
+        "each refused connect is one reset sent"
+    );
+    let metrics = agent.metrics();
+    // Its interface is read (through /proc/<pid>/net/dev), its qdiscs are not.
+    assert!(
+        metric_series(&metrics, "sonde_netstat_dev_receive_bytes_total")
+            .iter()
+            .any(|(l, _)| l.contains(&("pod".into(), pods.a.name().into()))),
+        "no dev series of {}",
+        pods.a.name()
+    );
+    for (labels, _) in metric_series(&metrics, "sonde_netstat_qdisc_drops_total") {
+        assert!(
+            !labels.contains(&("pod".into(), pods.a.name().into())),
+            "{labels:?}"
+        );
+    }
+    // The pod without a process cannot be read at all.
+    assert!(
+        metric_series(&metrics, "sonde_netstat_tcp_total")
+            .iter()
+            .all(|(l, _)| !l.contains(&("pod".into(), pods.b.name().into()))),
+        "{} was read",
+        pods.b.name()
+    );
+    let log = agent.stderr_text();
+    assert_eq!(
+        log.matches("cannot enter pods' network namespaces (setns needs CAP_SYS_ADMIN)")
+            .count(),
+        1,
+        "{log}"
+    );
+
+    // sonde probes, without CAP_NET_ADMIN either.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace,+syslog",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(sonde_tests::sonde_bin())
+        .args(["probes", "--output", "json"])
+        .output()
+        .expect("setpriv sonde probes");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("flow")["needs"], serde_json::json!(["CAP_NET_ADMIN"]));
+    assert_eq!(row("packet_drop")["needs"], serde_json::json!([]));
+    let netstat = row("netstat");
+    assert_eq!(netstat["loadable"], true, "{netstat}");
+    assert_eq!(netstat["needs"], serde_json::json!(["CAP_SYS_ADMIN"]));
+    assert!(
+        netstat["degraded"]
+            .as_str()
+            .unwrap()
+            .contains("pods' qdisc series and namespaces without a process"),
+        "{netstat}"
+    );
+}

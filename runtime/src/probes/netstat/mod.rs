@@ -1,8 +1,9 @@
 //! `netstat` probe: the counters operators already know from /proc, per pod network
-//! namespace. Not an eBPF program: a dedicated thread enters each pod's namespace with
-//! `setns`, reads `/proc/thread-self/net/{snmp,snmp6,netstat,dev,sockstat,stat/nf_conntrack}`, the
-//! conntrack sysctls and the qdisc statistics (an rtnetlink dump), and returns to the agent's
-//! namespace before the next one. Every `interval` the whole reading replaces the previous
+//! namespace. Not an eBPF program: a dedicated thread reads each pod's
+//! `{snmp,snmp6,netstat,dev,sockstat,stat/nf_conntrack}` through `/proc/<pid>/net` of one of
+//! its processes, and enters the namespace with `setns` (CAP_SYS_ADMIN) only for the qdisc
+//! statistics (an rtnetlink dump) and for namespaces known by a file alone (standalone's
+//! `/run/netns`), returning to the agent's namespace before the next one. Every `interval` the whole reading replaces the previous
 //! one, and a scrape exports the latest reading: the kernel's own totals as counters, so
 //! series of a namespace that is gone disappear instead of lingering.
 //!
@@ -121,20 +122,25 @@ pub fn validate(c: &Config) -> Result<(), String> {
     c.host_counters.validate("hostCounters", &c.groups, false)
 }
 
-/// Whether the probe can run here, for `sonde probes`: joining a network namespace needs
-/// CAP_SYS_ADMIN, tried by re-joining our own on a throwaway thread.
-pub fn check() -> Result<(), String> {
+/// Whether the probe can run here, for `sonde probes`, and what it lacks: without entering
+/// network namespaces (CAP_SYS_ADMIN, tried by re-joining our own on a throwaway thread) it
+/// reads pods through their processes' `/proc/<pid>/net` but not their qdiscs.
+pub fn check() -> Result<Option<String>, String> {
     std::fs::read_to_string("/proc/net/snmp")
         .map_err(|e| format!("cannot read /proc/net/snmp: {e}"))?;
-    std::thread::spawn(|| {
+    let entered = std::thread::spawn(|| {
         let own = File::open("/proc/thread-self/ns/net")
             .map_err(|e| format!("cannot open /proc/thread-self/ns/net: {e}"))?;
-        setns(&own).map_err(|e| {
-            format!("cannot enter network namespaces (setns: {e}; needs CAP_SYS_ADMIN)")
-        })
+        setns(&own).map_err(|e| e.to_string())
     })
     .join()
-    .unwrap_or_else(|_| Err("namespace check panicked".into()))
+    .unwrap_or_else(|_| Err("namespace check panicked".into()));
+    Ok(entered.err().map(|e| {
+        format!(
+            "cannot enter network namespaces (setns: {e}; needs CAP_SYS_ADMIN): pods' qdisc \
+             series and namespaces without a process (standalone /run/netns) are not read"
+        )
+    }))
 }
 
 pub(crate) fn setns(fd: &impl AsRawFd) -> std::io::Result<()> {

@@ -1,7 +1,11 @@
-//! The reading thread: enters each namespace in turn, reads what the config asks for, and
-//! returns to the agent's namespace before the next one.
+//! The reading thread: reads what the config asks for of each namespace in turn. A pod's
+//! namespace found through one of its processes is read through `/proc/<pid>/net` (the
+//! process's namespace's files) without entering it; only its qdiscs (a netlink dump) and a
+//! namespace known by a file alone (standalone's `/run/netns/<name>`) need the thread to enter
+//! it (`setns`, CAP_SYS_ADMIN), and it returns to the agent's namespace before the next.
+//! Without CAP_SYS_ADMIN those are left out, said once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -34,6 +38,7 @@ pub(super) fn read_loop(
         .map(OwnedFd::from)
         .map_err(|e| format!("cannot open /proc/thread-self/ns/net: {e}"))?;
     let mut selections = Selections::new(&config);
+    let mut enter = Enter::Untried;
     loop {
         let start = Instant::now();
         let mut targets: Vec<Target> = topology
@@ -60,13 +65,16 @@ pub(super) fn read_loop(
         }
         let mut by_workload = BTreeMap::new();
         let mut failures = 0;
+        // Looked for at most once a round, when a namespace known by its file alone cannot
+        // be entered.
+        let mut processes: Option<HashMap<u32, PathBuf>> = None;
         let (mut pods_read, mut host_read) = (false, false);
         for t in &targets {
             let selection = match t.path {
                 Some(_) => &selections.pods,
                 None => &selections.host,
             };
-            match read_target(t, &config, selection, &host)? {
+            match read_target(t, &config, selection, &host, &mut enter, &mut processes)? {
                 Some(samples) => {
                     match t.path {
                         Some(_) => pods_read = true,
@@ -161,20 +169,99 @@ impl Selections {
     }
 }
 
-/// Reads one namespace: `Ok(None)` when it cannot be entered (gone since the topology saw
-/// it, or refused), `Err` only when the thread could not return to `host`.
+/// Whether this thread may enter other network namespaces (`setns` needs CAP_SYS_ADMIN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enter {
+    Untried,
+    Allowed,
+    Refused,
+}
+
+/// `/proc/<pid>/net` for a namespace opened as `/proc/<pid>/ns/net`.
+fn proc_net_dir(ns: &Path) -> Option<PathBuf> {
+    if !ns.ends_with("ns/net") {
+        return None;
+    }
+    let pid_dir = ns.parent()?.parent()?;
+    let pid = pid_dir.file_name()?.to_str()?;
+    pid.bytes().all(|b| b.is_ascii_digit()).then(|| pid_dir.join("net"))
+}
+
+/// `/proc/<pid>/ns/net` of one process in each network namespace, by the namespace's inode.
+fn processes_by_namespace() -> HashMap<u32, PathBuf> {
+    let mut found = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        let ns = entry.path().join("ns/net");
+        if let Ok(m) = std::fs::metadata(&ns) {
+            found.entry(m.ino() as u32).or_insert(ns);
+        }
+    }
+    found
+}
+
+/// Enters `ns`, runs `read`, and returns to `host`. `Ok(None)` when it may not enter (said
+/// once: what is left out without CAP_SYS_ADMIN); `Err` only when it could not return.
+fn inside<T>(
+    ns: &OwnedFd,
+    host: &OwnedFd,
+    what: &Path,
+    enter: &mut Enter,
+    read: impl FnOnce() -> T,
+) -> Result<Option<T>, String> {
+    if *enter == Enter::Refused {
+        return Ok(None);
+    }
+    if let Err(e) = setns(ns) {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            *enter = Enter::Refused;
+            tracing::warn!(
+                probe = NAME,
+                "cannot enter pods' network namespaces (setns needs CAP_SYS_ADMIN): pods' qdisc \
+                 series and namespaces without a process (standalone /run/netns) are not read; \
+                 the rest is read through /proc/<pid>/net"
+            );
+        } else {
+            tracing::warn!(probe = NAME, path = %what.display(), error = %e, "cannot enter namespace");
+        }
+        return Ok(None);
+    }
+    *enter = Enter::Allowed;
+    let out = read();
+    setns(host).map_err(|e| {
+        format!(
+            "cannot return to the agent's network namespace after reading {}: {e}",
+            what.display()
+        )
+    })?;
+    Ok(Some(out))
+}
+
+/// Reads one namespace: `Ok(None)` when it cannot be read (gone since the topology saw it,
+/// or it can only be entered and entering is refused), `Err` only when the thread could not
+/// return to `host`.
 fn read_target(
     t: &Target,
     config: &Config,
     selection: &Selection,
     host: &OwnedFd,
+    enter: &mut Enter,
+    processes: &mut Option<HashMap<u32, PathBuf>>,
 ) -> Result<Option<Vec<Sample>>, String> {
     if config.groups.iter().all(|g| !selection.reads(*g)) {
         // Nothing of it would be exported: not even entered.
         return Ok(Some(Vec::new()));
     }
     let Some(path) = &t.path else {
-        return Ok(Some(read_netns(config, selection)));
+        let mut samples = read_procfs(config, selection, Path::new("/proc/thread-self/net"));
+        samples.extend(read_qdiscs(config, selection));
+        return Ok(Some(samples));
     };
     // Holding the fd keeps the namespace alive while it is read, even if it is deleted now.
     let file = match File::open(path) {
@@ -185,28 +272,58 @@ fn read_target(
         }
     };
     // The file may now be another namespace (deleted and made again): skip it this round.
+    let same = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == t.inode);
     match file.metadata() {
         Ok(m) if m.ino() as u32 == t.inode => {}
         _ => return Ok(None),
     }
     let ns = OwnedFd::from(file);
-    if let Err(e) = setns(&ns) {
-        tracing::warn!(probe = NAME, path = %path.display(), error = %e, "cannot enter namespace");
+    let Some(net_dir) = proc_net_dir(path) else {
+        // A namespace known by its file alone: read from inside, or else through a process
+        // that lives in it.
+        let read = inside(&ns, host, path, enter, || {
+            let mut samples = read_procfs(config, selection, Path::new("/proc/thread-self/net"));
+            samples.extend(read_qdiscs(config, selection));
+            samples
+        })?;
+        if read.is_some() || *enter != Enter::Refused {
+            return Ok(read);
+        }
+        let by_inode = processes.get_or_insert_with(processes_by_namespace);
+        let Some(pid_ns) = by_inode.get(&t.inode) else {
+            return Ok(None);
+        };
+        let Some(net_dir) = proc_net_dir(pid_ns) else {
+            return Ok(None);
+        };
+        let samples = read_procfs(config, selection, &net_dir);
+        return Ok(same(pid_ns).then_some(samples));
+    };
+    let mut samples = read_procfs(config, selection, &net_dir);
+    // The process may have ended, and its pid gone to a process elsewhere, while it was read.
+    if !same(path) {
         return Ok(None);
     }
-    let samples = read_netns(config, selection);
-    setns(host).map_err(|e| {
-        format!(
-            "cannot return to the agent's network namespace after reading {}: {e}",
-            path.display()
-        )
-    })?;
+    if config.groups.contains(&Group::Qdisc) && selection.reads(Group::Qdisc) {
+        if let Some(q) = inside(&ns, host, path, enter, || read_qdiscs(config, selection))? {
+            samples.extend(q);
+        }
+    }
     Ok(Some(samples))
 }
 
-/// Everything `config` asks for that `selection` exports, in the calling thread's namespace.
+/// Everything `config` asks for that `selection` exports of the calling thread's namespace.
+#[cfg(test)]
 fn read_netns(config: &Config, selection: &Selection) -> Vec<Sample> {
-    let net = Path::new("/proc/thread-self/net");
+    let mut samples = read_procfs(config, selection, Path::new("/proc/thread-self/net"));
+    samples.extend(read_qdiscs(config, selection));
+    samples
+}
+
+/// Everything `config` asks for that `selection` exports of the namespace whose `/proc/net`
+/// files are in `net` (`/proc/thread-self/net`, or a process's `/proc/<pid>/net`), but its
+/// qdiscs.
+fn read_procfs(config: &Config, selection: &Selection, net: &Path) -> Vec<Sample> {
     let read = |file: &str| std::fs::read_to_string(net.join(file)).ok();
     let mut out: Vec<Sample> = Vec::new();
     let wants = |section: Section, name: &str| selection.wants(section, name, None);
@@ -316,57 +433,73 @@ fn read_netns(config: &Config, selection: &Selection) -> Vec<Sample> {
                     .map(|t| procfs::conntrack_stat(&t))
                     .unwrap_or_default()
                 {
-                    // entries is the table size (exported from the sysctl below); chainlength
-                    // a gauge of the longest hash chain.
-                    if name != "entries"
-                        && name != "chainlength"
-                        && wants(Section::Conntrack, &name)
-                    {
-                        out.push(named(F::Conntrack, &name, v as f64));
+                    match name.as_str() {
+                        // The namespace's table size (nf_conntrack_count), the same on every
+                        // CPU's row.
+                        "entries" => {
+                            if wants(Section::Conntrack, "entries") {
+                                out.push((F::ConntrackEntries, Vec::new(), v as f64));
+                            }
+                        }
+                        // A gauge of the longest hash chain.
+                        "chainlength" => {}
+                        _ => {
+                            if wants(Section::Conntrack, &name) {
+                                out.push(named(F::Conntrack, &name, v as f64));
+                            }
+                        }
                     }
                 }
+                // The same in every namespace: the initial one's.
                 let sysctl = |name: &str| {
                     std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
                         .ok()
                         .and_then(|s| s.trim().parse::<u64>().ok())
                 };
-                if wants(Section::Conntrack, "entries") {
-                    if let Some(v) = sysctl("nf_conntrack_count") {
-                        out.push((F::ConntrackEntries, Vec::new(), v as f64));
-                    }
-                }
                 if wants(Section::Conntrack, "entries_limit") {
                     if let Some(v) = sysctl("nf_conntrack_max") {
                         out.push((F::ConntrackLimit, Vec::new(), v as f64));
                     }
                 }
             }
-            Group::Qdisc => match qdisc::dump() {
-                Ok(qdiscs) => {
-                    for q in qdiscs {
-                        let Some(device) = qdisc::interface_name(q.ifindex) else {
-                            continue;
-                        };
-                        let stats = [
-                            (F::QdiscBytes, "bytes", q.bytes),
-                            (F::QdiscPackets, "packets", q.packets),
-                            (F::QdiscDrops, "drops", q.drops.into()),
-                            (F::QdiscRequeues, "requeues", q.requeues.into()),
-                            (F::QdiscOverlimits, "overlimits", q.overlimits.into()),
-                            (F::QdiscBacklogBytes, "backlog_bytes", q.backlog.into()),
-                            (F::QdiscBacklogPackets, "backlog_packets", q.qlen.into()),
-                        ];
-                        let labels = vec![device, q.kind, q.handle, q.parent];
-                        for (f, name, v) in stats {
-                            if selection.wants(Section::Qdisc, name, Some(&labels[0])) {
-                                out.push((f, labels.clone(), v as f64));
-                            }
-                        }
+            // Through netlink, in the namespace: see read_qdiscs.
+            Group::Qdisc => {}
+        }
+    }
+    out
+}
+
+/// The qdiscs of the calling thread's namespace that `selection` exports, if `config` reads
+/// them.
+fn read_qdiscs(config: &Config, selection: &Selection) -> Vec<Sample> {
+    let mut out: Vec<Sample> = Vec::new();
+    if !config.groups.contains(&Group::Qdisc) || !selection.reads(Group::Qdisc) {
+        return out;
+    }
+    match qdisc::dump() {
+        Ok(qdiscs) => {
+            for q in qdiscs {
+                let Some(device) = qdisc::interface_name(q.ifindex) else {
+                    continue;
+                };
+                let stats = [
+                    (F::QdiscBytes, "bytes", q.bytes),
+                    (F::QdiscPackets, "packets", q.packets),
+                    (F::QdiscDrops, "drops", q.drops.into()),
+                    (F::QdiscRequeues, "requeues", q.requeues.into()),
+                    (F::QdiscOverlimits, "overlimits", q.overlimits.into()),
+                    (F::QdiscBacklogBytes, "backlog_bytes", q.backlog.into()),
+                    (F::QdiscBacklogPackets, "backlog_packets", q.qlen.into()),
+                ];
+                let labels = vec![device, q.kind, q.handle, q.parent];
+                for (f, name, v) in stats {
+                    if selection.wants(Section::Qdisc, name, Some(&labels[0])) {
+                        out.push((f, labels.clone(), v as f64));
                     }
                 }
-                Err(e) => tracing::debug!(probe = NAME, error = %e, "qdisc dump failed"),
-            },
+            }
         }
+        Err(e) => tracing::debug!(probe = NAME, error = %e, "qdisc dump failed"),
     }
     out
 }
@@ -384,6 +517,20 @@ fn page_size() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_namespace_is_read_through_its_proc_net() {
+        assert_eq!(
+            proc_net_dir(Path::new("/proc/4242/ns/net")),
+            Some(PathBuf::from("/proc/4242/net"))
+        );
+        assert_eq!(
+            proc_net_dir(Path::new("/host/proc/7/ns/net")),
+            Some(PathBuf::from("/host/proc/7/net"))
+        );
+        assert_eq!(proc_net_dir(Path::new("/run/netns/pod-a")), None);
+        assert_eq!(proc_net_dir(Path::new("/proc/self/ns/net")), None);
+    }
 
     #[test]
     fn reads_the_agents_own_namespace() {
