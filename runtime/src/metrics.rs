@@ -297,6 +297,8 @@ pub struct Metrics {
     pub dns_timeouts: IntCounterVec,
     pub probe_up: IntGaugeVec,
     pub events_lost: IntCounterVec,
+    /// Events that asked for a kernel stack and got none (the stack map had no room).
+    pub stacks_lost: IntCounterVec,
     pub events_suppressed: IntCounterVec,
     pub consumer_events_dropped: IntCounterVec,
     /// `/api/v1/events` streams open now.
@@ -662,6 +664,12 @@ impl Metrics {
                 &r,
                 "sonde_events_lost_total",
                 "Event records the kernel could not deliver (ring buffer full).",
+                &["probe"],
+            ),
+            stacks_lost: counter(
+                &r,
+                "sonde_events_stack_lost_total",
+                "Events emitted without the kernel stack they asked for (probes.<probe>.stack): the kernel could not store it.",
                 &["probe"],
             ),
             events_suppressed: counter(

@@ -81,6 +81,24 @@ fn full_ring_buffer_counts_lost_events() {
     );
 }
 
+/// Entries of the packet_drop stack map (`stacks`) the agent `pid` holds, as bpftool sees
+/// them.
+fn stack_map_entries(pid: u32) -> Option<usize> {
+    let json = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = std::process::Command::new("bpftool").arg("-j").args(args).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let maps = json(&["map", "show"])?;
+    let id = maps.as_array()?.iter().find(|m| {
+        m["name"] == "stacks"
+            && m["pids"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|x| x["pid"] == pid))
+    })?["id"]
+        .as_u64()?;
+    Some(json(&["map", "dump", "id", &id.to_string()])?.as_array()?.len())
+}
+
 #[test]
 fn stacks_when_asked_and_reconfigured_live() {
     let (pods, dst) = drop_pods();
@@ -115,6 +133,14 @@ fn stacks_when_asked_and_reconfigured_live() {
     assert!(
         stack.iter().any(|f| f.starts_with("ip_local_deliver")),
         "{stack:?}"
+    );
+    // Each stack is freed from the kernel's map once read: the map (4096 stacks) cannot fill.
+    poll_until(SETTLE_TIMEOUT, "the agent's stack map empty once read", || {
+        (stack_map_entries(agent.pid())? == 0).then_some(())
+    });
+    assert_eq!(
+        agent.metric("sonde_events_stack_lost_total", &[("probe", "packet_drop")]),
+        Some(0.0)
     );
 
     // Switching stacks off applies live, without a reload that would reset the counts.

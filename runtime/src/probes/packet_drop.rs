@@ -74,24 +74,37 @@ fn reason_name(reason: u32) -> Arc<str> {
 struct DropDecoder {
     ctx: Arc<Context>,
     stacks: Option<StackTraceMap<MapData>>,
-    /// Symbolised stacks by stack id: an id names one stack for the life of the map.
-    stack_cache: HashMap<u32, Arc<[Arc<str>]>>,
+    /// Symbolised stacks by their addresses (at most [`STACK_CACHE`]).
+    stack_cache: HashMap<Vec<u64>, Arc<[Arc<str>]>>,
     locations: HashMap<u64, Arc<str>>,
+    stacks_lost: prometheus::IntCounter,
 }
 
+/// Symbolised stacks kept; past it the cache starts over.
+const STACK_CACHE: usize = 4096;
+
 impl DropDecoder {
+    /// The stack of a record's `id`, freed from the kernel's map once read: ids are reused,
+    /// and the map (4096 stacks) never fills however many paths drop packets. A negative id
+    /// other than -1 (no stack asked for) is a stack the kernel could not store, counted.
     fn stack(&mut self, id: i32) -> Option<Arc<[Arc<str>]>> {
+        if id < -1 {
+            self.stacks_lost.inc();
+            return None;
+        }
         let id = u32::try_from(id).ok()?;
-        if let Some(s) = self.stack_cache.get(&id) {
+        let stacks = self.stacks.as_mut()?;
+        let trace = stacks.get(&id, 0).ok()?;
+        let _ = stacks.remove(&id);
+        let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
+        if let Some(s) = self.stack_cache.get(&ips) {
             return Some(Arc::clone(s));
         }
-        let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;
-        let frames: Arc<[Arc<str>]> = trace
-            .frames()
-            .iter()
-            .map(|f| self.ctx.symbols().frame(f.ip))
-            .collect();
-        self.stack_cache.insert(id, Arc::clone(&frames));
+        let frames: Arc<[Arc<str>]> = ips.iter().map(|ip| self.ctx.symbols().frame(*ip)).collect();
+        if self.stack_cache.len() >= STACK_CACHE {
+            self.stack_cache.clear();
+        }
+        self.stack_cache.insert(ips, Arc::clone(&frames));
         Some(frames)
     }
 
@@ -125,6 +138,7 @@ fn decoder(probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Probe
         stacks: Some(stacks),
         stack_cache: HashMap::new(),
         locations: HashMap::new(),
+        stacks_lost: ctx.metrics.stacks_lost.with_label_values(&[SPEC.name]),
     };
     Ok(Box::new(move |bytes| d.decode(bytes)))
 }
