@@ -104,10 +104,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
     use_btf(&config);
     let probes = Arc::new(Mutex::new(Probes::new(Arc::clone(&ctx))));
-    probes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .apply(&config.probes);
+    // BTF parsing and the verifier run off the async workers.
+    let (p, probes_config) = (Arc::clone(&probes), config.probes.clone());
+    tokio::task::spawn_blocking(move || {
+        p.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&probes_config)
+    })
+    .await
+    .context("loading the probes")?;
     // Read the kernel symbols now, off the data path, rather than on the first drop event.
     let warm = Arc::clone(&ctx);
     tokio::task::spawn_blocking(move || {
@@ -359,10 +364,14 @@ async fn watch_config(
                 .apply(&probes_config)
         })
         .await;
-        sinks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(&new.sinks);
+        // A sink stopped waits for its thread, which may be waiting on a slow receiver.
+        let (s, sinks_config) = (Arc::clone(&sinks), new.sinks.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(&sinks_config)
+        })
+        .await;
         metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(path = %path.display(), "config applied");
         current = new;

@@ -55,6 +55,8 @@ use crate::topology::{Netns, Topology, Workload};
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Events per published batch, at most.
 const MAX_BATCH: usize = 1024;
+/// Records one pass of a ring buffer's drain takes before it yields its worker.
+const MAX_PER_PASS: usize = 4 * MAX_BATCH;
 
 /// What every collector shares.
 pub struct Context {
@@ -1011,27 +1013,41 @@ async fn drain(
         };
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Records left in the ring after a pass: the next pass comes after a yield, not a wait.
+    let mut more = false;
     loop {
-        tokio::select! {
-            ready = fd.readable_mut() => match ready {
-                Ok(mut guard) => guard.clear_ready(),
-                Err(e) => {
-                    tracing::error!(probe, error = %e, "ring buffer poll failed");
-                    return;
-                }
-            },
-            _ = tick.tick() => {}
+        if more {
+            // A flood never holds the worker: other tasks (HTTP, streams) run in between.
+            tokio::task::yield_now().await;
+        } else {
+            tokio::select! {
+                ready = fd.readable_mut() => match ready {
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(e) => {
+                        tracing::error!(probe, error = %e, "ring buffer poll failed");
+                        return;
+                    }
+                },
+                _ = tick.tick() => {}
+            }
         }
         let ring = fd.get_mut();
         let mut batch = Vec::new();
+        let mut taken = 0;
+        more = false;
         while let Some(record) = ring.next() {
             if let Some(mut event) = decode(&record) {
                 ctx.enrich(&mut event);
                 batch.push(event);
             }
             drop(record);
+            taken += 1;
             if batch.len() >= MAX_BATCH {
                 ctx.fanout.publish(std::mem::take(&mut batch));
+            }
+            if taken >= MAX_PER_PASS {
+                more = true;
+                break;
             }
         }
         if !batch.is_empty() {
