@@ -77,7 +77,11 @@ pub fn needed_by(spec: &ProbeSpec) -> Vec<Capability> {
     if tracing {
         caps.push(PERFMON);
     }
-    if spec.hooks.iter().any(|h| matches!(h.point, HookPoint::Tc(_))) {
+    if spec
+        .hooks
+        .iter()
+        .any(|h| matches!(h.point, HookPoint::Tc(_)))
+    {
         caps.push(NET_ADMIN);
     }
     caps
@@ -108,7 +112,10 @@ mod tests {
     #[test]
     fn what_each_probe_needs() {
         let only_bpf_perfmon = (1 << 39) | (1 << 38);
-        assert_eq!(missing_for(&ebpf_core::flow::SPEC, only_bpf_perfmon), ["CAP_NET_ADMIN"]);
+        assert_eq!(
+            missing_for(&ebpf_core::flow::SPEC, only_bpf_perfmon),
+            ["CAP_NET_ADMIN"]
+        );
         assert!(missing_for(&ebpf_core::packet_drop::SPEC, only_bpf_perfmon).is_empty());
         // SYS_ADMIN stands in for BPF and PERFMON.
         assert!(missing_for(&ebpf_core::packet_drop::SPEC, 1 << 21).is_empty());

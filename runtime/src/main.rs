@@ -484,7 +484,11 @@ fn probes(
             if let Some(held) = held {
                 text += &format!("\n{:<15} {:<5} FOR\n", "CAPABILITY", "HELD");
                 for c in sonde::caps::ALL {
-                    let yes = if sonde::caps::holds(held, *c) { "yes" } else { "no" };
+                    let yes = if sonde::caps::holds(held, *c) {
+                        "yes"
+                    } else {
+                        "no"
+                    };
                     text += &format!("{:<15} {yes:<5} {}\n", c.name, c.used_for);
                 }
             }

@@ -81,22 +81,27 @@ fn full_ring_buffer_counts_lost_events() {
     );
 }
 
-/// Entries of the packet_drop stack map (`stacks`) the agent `pid` holds, as bpftool sees
-/// them.
+/// Entries of the stack map the agent `pid` holds (its only BPF_MAP_TYPE_STACK_TRACE map,
+/// found through its descriptors' fdinfo), as bpftool dumps them.
 fn stack_map_entries(pid: u32) -> Option<usize> {
-    let json = |args: &[&str]| -> Option<serde_json::Value> {
-        let out = std::process::Command::new("bpftool").arg("-j").args(args).output().ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let maps = json(&["map", "show"])?;
-    let id = maps.as_array()?.iter().find(|m| {
-        m["name"] == "stacks"
-            && m["pids"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|x| x["pid"] == pid))
-    })?["id"]
-        .as_u64()?;
-    Some(json(&["map", "dump", "id", &id.to_string()])?.as_array()?.len())
+    let id = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .ok()?
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .find(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().eq(["map_type:", "7"]))
+        })?
+        .lines()
+        .find_map(|l| l.strip_prefix("map_id:"))?
+        .trim()
+        .to_string();
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id])
+        .output()
+        .ok()?;
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(dump.as_array()?.len())
 }
 
 #[test]
@@ -135,9 +140,11 @@ fn stacks_when_asked_and_reconfigured_live() {
         "{stack:?}"
     );
     // Each stack is freed from the kernel's map once read: the map (4096 stacks) cannot fill.
-    poll_until(SETTLE_TIMEOUT, "the agent's stack map empty once read", || {
-        (stack_map_entries(agent.pid())? == 0).then_some(())
-    });
+    poll_until(
+        SETTLE_TIMEOUT,
+        "the agent's stack map empty once read",
+        || (stack_map_entries(agent.pid())? == 0).then_some(()),
+    );
     assert_eq!(
         agent.metric("sonde_events_stack_lost_total", &[("probe", "packet_drop")]),
         Some(0.0)

@@ -488,7 +488,14 @@ fn chart_options_render_strict_objects() {
         .collect();
     assert_eq!(
         added,
-        ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYSLOG"]
+        [
+            "BPF",
+            "PERFMON",
+            "NET_ADMIN",
+            "SYS_ADMIN",
+            "SYS_PTRACE",
+            "SYSLOG"
+        ]
     );
     assert_eq!(sc.allow_privilege_escalation, None);
     for name in ["retrans-storm", "python-plugins", "js-plugins"] {
@@ -1274,17 +1281,29 @@ fn baseline_violations(pod: &PodSpec) -> BTreeSet<String> {
     }
     let pod_sc = pod.security_context.as_ref();
     if let Some(sc) = pod_sc {
-        if sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+        if sc
+            .seccomp_profile
+            .as_ref()
+            .is_some_and(|p| p.type_ == "Unconfined")
+        {
             v.insert("seccompProfile Unconfined".into());
         }
-        if sc.app_armor_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+        if sc
+            .app_armor_profile
+            .as_ref()
+            .is_some_and(|p| p.type_ == "Unconfined")
+        {
             v.insert("appArmorProfile Unconfined".into());
         }
         for s in sc.sysctls.iter().flatten() {
             v.insert(format!("sysctl {}", s.name));
         }
     }
-    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
         for p in c.ports.iter().flatten() {
             if p.host_port.is_some_and(|h| h != 0) {
                 v.insert(format!("hostPort {}", p.host_port.unwrap()));
@@ -1301,10 +1320,18 @@ fn baseline_violations(pod: &PodSpec) -> BTreeSet<String> {
                 v.insert(format!("capability {cap}"));
             }
         }
-        if sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+        if sc
+            .seccomp_profile
+            .as_ref()
+            .is_some_and(|p| p.type_ == "Unconfined")
+        {
             v.insert("seccompProfile Unconfined".into());
         }
-        if sc.app_armor_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+        if sc
+            .app_armor_profile
+            .as_ref()
+            .is_some_and(|p| p.type_ == "Unconfined")
+        {
             v.insert("appArmorProfile Unconfined".into());
         }
         if sc.proc_mount.as_deref().is_some_and(|m| m != "Default") {

@@ -493,7 +493,11 @@ fn without_sys_admin_pods_are_read_through_their_processes() {
         .args(["probes", "--output", "json"])
         .output()
         .expect("setpriv sonde probes");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |name: &str| {
         rows.as_array()

@@ -184,7 +184,9 @@ fn proc_net_dir(ns: &Path) -> Option<PathBuf> {
     }
     let pid_dir = ns.parent()?.parent()?;
     let pid = pid_dir.file_name()?.to_str()?;
-    pid.bytes().all(|b| b.is_ascii_digit()).then(|| pid_dir.join("net"))
+    pid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| pid_dir.join("net"))
 }
 
 /// `/proc/<pid>/ns/net` of one process in each network namespace, by the namespace's inode.
@@ -195,7 +197,10 @@ fn processes_by_namespace() -> HashMap<u32, PathBuf> {
     };
     for entry in dir.flatten() {
         let name = entry.file_name();
-        if !name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
             continue;
         }
         let ns = entry.path().join("ns/net");
