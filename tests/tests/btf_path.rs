@@ -430,15 +430,7 @@ fn drop_reasons_are_read_from_btf_path() {
         &format!("btf:\n  path: {}\n", btf.display()),
     )));
     agent.wait_ready(READY_TIMEOUT);
-    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
-    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, DATAGRAMS);
-    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DRXP")];
-    agent.wait_metric(
-        "sonde_packet_drops_total",
-        &labels,
-        DATAGRAMS as f64,
-        SETTLE_TIMEOUT,
-    );
+    drops_are_counted(&agent, &pods, PORT, DATAGRAMS, "NETFILTER_DRXP");
     assert_eq!(
         agent.metric(
             "sonde_packet_drops_total",
@@ -495,17 +487,19 @@ fn a_probe_that_failed_is_tried_again_and_counts_once_loaded() {
         Some(1.0)
     );
     assert_eq!(agent.get("/readyz").1, "ready\n");
-    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
-    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, DATAGRAMS);
-    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
-    agent.wait_metric(
+    drops_are_counted(&agent, &pods, PORT, DATAGRAMS, "NETFILTER_DROP");
+}
+
+/// Sends `datagrams` from pod A into pod B's DROP rule on `port` and waits until the agent
+/// counts exactly that many drops of B with `reason`.
+fn drops_are_counted(agent: &Agent, pods: &PodPair, port: u16, datagrams: usize, reason: &str) {
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), port);
+    send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, datagrams);
+    let labels = [("pod", pods.b.name()), ("reason", reason)];
+    agent.wait_metric_eq(
         "sonde_packet_drops_total",
         &labels,
-        DATAGRAMS as f64,
+        datagrams as f64,
         SETTLE_TIMEOUT,
-    );
-    assert_eq!(
-        agent.metric("sonde_packet_drops_total", &labels),
-        Some(DATAGRAMS as f64)
     );
 }

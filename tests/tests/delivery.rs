@@ -139,6 +139,19 @@ fn stacks_when_asked_and_reconfigured_live() {
         stack.iter().any(|f| f.starts_with("ip_local_deliver")),
         "{stack:?}"
     );
+    // Every drop came with its stack, those recorded before the first was read too (they
+    // share its id, freed once read).
+    let all = poll_until(SETTLE_TIMEOUT, "20 drop events of pod B", || {
+        let events = drop_events_for(&agent.events(), pods.b.name());
+        (events.len() >= 20).then_some(events)
+    });
+    let without: Vec<_> = all.iter().filter(|e| e.get("stack").is_none()).collect();
+    assert!(
+        without.is_empty(),
+        "{} of {} without a stack",
+        without.len(),
+        all.len()
+    );
     // Each stack is freed from the kernel's map once read: the map (4096 stacks) cannot fill.
     poll_until(
         SETTLE_TIMEOUT,

@@ -1279,22 +1279,24 @@ fn baseline_violations(pod: &PodSpec) -> BTreeSet<String> {
             v.insert(format!("hostPath {}", h.path));
         }
     }
-    let pod_sc = pod.security_context.as_ref();
-    if let Some(sc) = pod_sc {
-        if sc
-            .seccomp_profile
-            .as_ref()
-            .is_some_and(|p| p.type_ == "Unconfined")
-        {
-            v.insert("seccompProfile Unconfined".into());
-        }
-        if sc
-            .app_armor_profile
-            .as_ref()
-            .is_some_and(|p| p.type_ == "Unconfined")
-        {
-            v.insert("appArmorProfile Unconfined".into());
-        }
+    // Seccomp and AppArmor, at the pod's level or a container's.
+    let unconfined =
+        |v: &mut BTreeSet<String>,
+         seccomp: Option<&k8s_openapi::api::core::v1::SeccompProfile>,
+         apparmor: Option<&k8s_openapi::api::core::v1::AppArmorProfile>| {
+            if seccomp.is_some_and(|p| p.type_ == "Unconfined") {
+                v.insert("seccompProfile Unconfined".into());
+            }
+            if apparmor.is_some_and(|p| p.type_ == "Unconfined") {
+                v.insert("appArmorProfile Unconfined".into());
+            }
+        };
+    if let Some(sc) = pod.security_context.as_ref() {
+        unconfined(
+            &mut v,
+            sc.seccomp_profile.as_ref(),
+            sc.app_armor_profile.as_ref(),
+        );
         for s in sc.sysctls.iter().flatten() {
             v.insert(format!("sysctl {}", s.name));
         }
@@ -1320,20 +1322,11 @@ fn baseline_violations(pod: &PodSpec) -> BTreeSet<String> {
                 v.insert(format!("capability {cap}"));
             }
         }
-        if sc
-            .seccomp_profile
-            .as_ref()
-            .is_some_and(|p| p.type_ == "Unconfined")
-        {
-            v.insert("seccompProfile Unconfined".into());
-        }
-        if sc
-            .app_armor_profile
-            .as_ref()
-            .is_some_and(|p| p.type_ == "Unconfined")
-        {
-            v.insert("appArmorProfile Unconfined".into());
-        }
+        unconfined(
+            &mut v,
+            sc.seccomp_profile.as_ref(),
+            sc.app_armor_profile.as_ref(),
+        );
         if sc.proc_mount.as_deref().is_some_and(|m| m != "Default") {
             v.insert("procMount".into());
         }

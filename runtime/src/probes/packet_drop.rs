@@ -76,6 +76,9 @@ struct DropDecoder {
     stacks: Option<StackTraceMap<MapData>>,
     /// Symbolised stacks by their addresses (at most [`STACK_CACHE`]).
     stack_cache: HashMap<Vec<u64>, Arc<[Arc<str>]>>,
+    /// The stacks of ids freed from the kernel's map (at most [`STACK_CACHE`]): events the
+    /// kernel recorded before the free, with the same stack, carry the same id.
+    freed: HashMap<u32, Arc<[Arc<str>]>>,
     locations: HashMap<u64, Arc<str>>,
     stacks_lost: prometheus::IntCounter,
 }
@@ -84,9 +87,10 @@ struct DropDecoder {
 const STACK_CACHE: usize = 4096;
 
 impl DropDecoder {
-    /// The stack of a record's `id`, freed from the kernel's map once read: ids are reused,
-    /// and the map (4096 stacks) never fills however many paths drop packets. A negative id
-    /// other than -1 (no stack asked for) is a stack the kernel could not store, counted.
+    /// The stack of a record's `id`, freed from the kernel's map once read: the map (4096
+    /// stacks) never fills however many paths drop packets. Events of the same stack recorded
+    /// before the free carry the freed id: its stack is kept for them. A negative id other
+    /// than -1 (no stack asked for) is a stack the kernel could not store, counted.
     fn stack(&mut self, id: i32) -> Option<Arc<[Arc<str>]>> {
         if id < -1 {
             self.stacks_lost.inc();
@@ -94,18 +98,29 @@ impl DropDecoder {
         }
         let id = u32::try_from(id).ok()?;
         let stacks = self.stacks.as_mut()?;
-        let trace = stacks.get(&id, 0).ok()?;
+        let Ok(trace) = stacks.get(&id, 0) else {
+            return self.freed.get(&id).cloned();
+        };
         let _ = stacks.remove(&id);
         let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
-        if let Some(s) = self.stack_cache.get(&ips) {
-            return Some(Arc::clone(s));
+        if let Some(s) = self.stack_cache.get(&ips).cloned() {
+            self.remember_freed(id, &s);
+            return Some(s);
         }
         let frames: Arc<[Arc<str>]> = ips.iter().map(|ip| self.ctx.symbols().frame(*ip)).collect();
         if self.stack_cache.len() >= STACK_CACHE {
             self.stack_cache.clear();
         }
         self.stack_cache.insert(ips, Arc::clone(&frames));
+        self.remember_freed(id, &frames);
         Some(frames)
+    }
+
+    fn remember_freed(&mut self, id: u32, frames: &Arc<[Arc<str>]>) {
+        if self.freed.len() >= STACK_CACHE {
+            self.freed.clear();
+        }
+        self.freed.insert(id, Arc::clone(frames));
     }
 
     fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
@@ -137,6 +152,7 @@ fn decoder(probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Probe
         ctx: Arc::clone(ctx),
         stacks: Some(stacks),
         stack_cache: HashMap::new(),
+        freed: HashMap::new(),
         locations: HashMap::new(),
         stacks_lost: ctx.metrics.stacks_lost.with_label_values(&[SPEC.name]),
     };
