@@ -63,7 +63,7 @@ fn tc_handle(h: u32) -> String {
 }
 
 /// One RTM_NEWQDISC body: `struct tcmsg` then attributes.
-fn parse_qdisc(body: &[u8]) -> Option<Qdisc> {
+pub fn parse_qdisc(body: &[u8]) -> Option<Qdisc> {
     if body.len() < TCMSG_LEN {
         return None;
     }
