@@ -946,6 +946,33 @@ impl Topology for KubeTopology {
 mod tests {
     use super::*;
 
+    /// What the agent keeps of a pod from the API is its names, UIDs, node, phase and
+    /// addresses: containers, their env and the rest of the spec are skipped while parsing.
+    #[test]
+    fn a_parsed_pod_holds_no_spec_beyond_what_the_topology_needs() {
+        let json = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web-1","namespace":"shop",
+            "uid":"u1","labels":{"app":"web"},"annotations":{"note":"annotation-value"},
+            "managedFields":[{"manager":"kubectl"}]},
+            "spec":{"nodeName":"node-1","containers":[{"name":"web","image":"registry/web:1",
+            "env":[{"name":"DB_PASSWORD","value":"hunter2"}],"args":["--token=s3cr3t"]}],
+            "volumes":[{"name":"creds","secret":{"secretName":"db"}}]},
+            "status":{"phase":"Running","podIP":"10.0.1.7","podIPs":[{"ip":"10.0.1.7"}]}}"#;
+        let pod: PodView = serde_json::from_str(json).unwrap();
+        let kept = format!("{pod:?}");
+        assert!(kept.contains("web-1") && kept.contains("10.0.1.7") && kept.contains("node-1"));
+        for secret in [
+            "hunter2",
+            "DB_PASSWORD",
+            "s3cr3t",
+            "registry/web",
+            "creds",
+            "kubectl",
+            "annotation-value",
+        ] {
+            assert!(!kept.contains(secret), "{secret} kept: {kept}");
+        }
+    }
+
     #[test]
     fn pod_uids_from_both_cgroup_drivers() {
         let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
