@@ -109,6 +109,21 @@ impl Receiver {
         }
     }
 
+    /// Sends `n` datagrams from pod A into pod B's DROP rule and waits until at least `n` of
+    /// B's drops have arrived; returns them.
+    fn drops_sent(&self, pods: &PodPair, n: usize) -> Vec<(Value, Value)> {
+        let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT);
+        send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, n);
+        poll_until(
+            SETTLE_TIMEOUT,
+            &format!("{n} drops of pod B in Loki"),
+            || {
+                let d = self.drops_of(pods.b.name());
+                (d.len() >= n).then_some(d)
+            },
+        )
+    }
+
     /// The lines of the test's drops (pod `pod`, port PORT) received so far, with their
     /// stream labels. (New namespaces also drop IPv6 housekeeping packets of their own.)
     fn drops_of(&self, pod: &str) -> Vec<(Value, Value)> {
@@ -190,21 +205,7 @@ fn pushes_over_https_with_a_ca_and_a_bearer_token() {
         ),
     );
     agent.wait_ready(READY_TIMEOUT);
-    let src = pods.a_end.ip(IpFamily::V4);
-    send_udp(
-        &pods.a,
-        src,
-        SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT),
-        50,
-    );
-    let drops = poll_until(
-        SETTLE_TIMEOUT,
-        "50 drops of pod B in Loki over HTTPS",
-        || {
-            let d = receiver.drops_of(pods.b.name());
-            (d.len() >= 50).then_some(d)
-        },
-    );
+    let drops = receiver.drops_sent(&pods, 50);
     assert_eq!(drops.len(), 50);
     assert_eq!(receiver.failed.load(Ordering::SeqCst), 0);
 }
@@ -248,17 +249,7 @@ fn drops_arrive_in_loki_streams_exactly_even_through_failures() {
     let pods = PodPair::dropping_udp(PORT);
     let agent = agent(receiver.addr, "");
     agent.wait_ready(READY_TIMEOUT);
-    let src = pods.a_end.ip(IpFamily::V4);
-    send_udp(
-        &pods.a,
-        src,
-        SocketAddr::new(pods.b_end.ip(IpFamily::V4), PORT),
-        250,
-    );
-    let drops = poll_until(SETTLE_TIMEOUT, "250 drops of pod B in Loki", || {
-        let d = receiver.drops_of(pods.b.name());
-        (d.len() >= 250).then_some(d)
-    });
+    let drops = receiver.drops_sent(&pods, 250);
     assert_eq!(drops.len(), 250, "no duplicates either");
     assert_eq!(
         receiver.failed.load(Ordering::SeqCst),
