@@ -8,7 +8,8 @@
 //! `<prefix>b`. Addresses come from 100.64.0.0/10 and fd00:5e::/32, used by no other helper,
 //! so the agent's address-to-pod map is never ambiguous. With br_netfilter loaded, bridged
 //! packets traverse iptables' FORWARD chain (whose policy Docker may set to DROP): an ACCEPT
-//! rule for the bridge is added, and everything is removed when dropped, even on a panic.
+//! rule for the bridge is added, as is one that drops the bridge's own IGMP reports, and
+//! everything is removed when dropped, even on a panic.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
@@ -68,12 +69,22 @@ impl NodePods {
         };
         run_command(&format!("ip link add {bridge} type bridge"));
         disable_ipv6(&bridge);
-        run_command(&format!("ip link set {bridge} up"));
+        // The bridge sends IGMP reports of its own (from 0.0.0.0, when it comes up and when a
+        // host daemon such as an mDNS or LLMNR responder joins a group on every new interface),
+        // flooded to every pod's veth: a pair of external addresses in the flow counts.
+        // Turning multicast off on the bridge does not stop them; dropping them does.
+        let mut rules = vec![("iptables", format!("OUTPUT -o {bridge} -p igmp -j DROP"))];
         for program in ["iptables", "ip6tables"] {
-            let rule = format!("FORWARD -i {bridge} -o {bridge} -j ACCEPT");
+            rules.push((
+                program,
+                format!("FORWARD -i {bridge} -o {bridge} -j ACCEPT"),
+            ));
+        }
+        for (program, rule) in rules {
             run_command(&format!("{program} -w -I {rule}"));
             node.rules.push((program, rule));
         }
+        run_command(&format!("ip link set {bridge} up"));
         for _ in 0..n {
             node.add_pod();
         }
