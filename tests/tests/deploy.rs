@@ -532,13 +532,43 @@ fn chart_options_render_strict_objects() {
     }
 }
 
-/// Nodes whose kernel has no BTF: the host's /sys/kernel/btf left out (its hostPath would keep
-/// the pod from starting), a host directory of BTF files mounted where config btf.path finds
-/// the file, and that config accepted by the agent.
+/// The default DaemonSet has no hostPath that a node may lack (`/sys/kernel/btf` on a kernel
+/// built without BTF kept the pod from starting): every hostPath is one the chart creates or
+/// one every node has. `kernelBtf.sysfs` mounts it on request.
+#[test]
+fn default_daemonset_starts_on_nodes_without_btf() {
+    let host_paths = |docs: &[Value]| -> Vec<(String, String)> {
+        let ds: DaemonSet = strict(find(docs, "DaemonSet", "sonde"), "DaemonSet");
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        pod.volumes
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.host_path)
+            .map(|h| (h.path, h.type_.unwrap_or_default()))
+            .collect()
+    };
+    let default = host_paths(&yaml_documents(
+        &read(&root().join("deploy/manifests/sonde.yaml")),
+        "sonde.yaml",
+    ));
+    assert_eq!(
+        default,
+        [("/run/netns".to_string(), "DirectoryOrCreate".to_string())],
+        "the default DaemonSet's hostPaths"
+    );
+    let asked = host_paths(&render_with("kernelBtf: {sysfs: true}\n"));
+    assert!(
+        asked.contains(&("/sys/kernel/btf".to_string(), "Directory".to_string())),
+        "{asked:?}"
+    );
+}
+
+/// Nodes whose kernel has no BTF: a host directory of BTF files mounted where config btf.path
+/// finds the file, and that config accepted by the agent.
 #[test]
 fn kernel_btf_options_render_strict_objects() {
     let docs = render_with(
-        "kernelBtf: {sysfs: false, hostPath: /var/lib/sonde/btf}\n\
+        "kernelBtf: {hostPath: /var/lib/sonde/btf}\n\
          config: {btf: {path: /var/lib/sonde/btf/vmlinux.btf}}\n",
     );
     for (i, d) in docs.iter().enumerate() {
@@ -1354,7 +1384,6 @@ fn daemonset_meets_pod_security_baseline_but_for_what_is_justified() {
         [
             "hostNetwork",
             "hostPID",
-            "hostPath /sys/kernel/btf",
             "hostPath /run/netns",
             "capability BPF",
             "capability PERFMON",
