@@ -37,13 +37,18 @@ struct BatchAttr {
 pub fn percpu_sums<K: Pod>(fd: BorrowedFd<'_>, cpus: usize) -> io::Result<Vec<(K, u64)>> {
     let mut out = Vec::new();
     lookup_all::<K>(fd, 8 * cpus, |key, value| {
-        let sum = value
-            .chunks_exact(8)
-            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
-            .fold(0u64, u64::wrapping_add);
-        out.push((key, sum));
+        out.push((key, percpu_sum(value)))
     })?;
     Ok(out)
+}
+
+/// A per-CPU value's `u64` counters (one a CPU, in the kernel's byte order) summed, wrapping
+/// as the counters do; trailing bytes short of a counter are ignored.
+pub fn percpu_sum(value: &[u8]) -> u64 {
+    value
+        .chunks_exact(8)
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
+        .fold(0u64, u64::wrapping_add)
 }
 
 /// Every entry of the hash map `fd` (plain or LRU, not per-CPU), as [`percpu_sums`] reads.
@@ -98,18 +103,36 @@ fn lookup_all<K: Pod>(
                 e => return Err(e),
             },
         };
-        for i in 0..(attr.count as usize).min(CHUNK) {
-            // SAFETY: the kernel wrote key i in full; K is plain data of that size.
-            let key: K =
-                unsafe { std::ptr::read_unaligned(keys[i * key_size..].as_ptr().cast::<K>()) };
-            each(key, &values[i * value_size..(i + 1) * value_size]);
-        }
+        unpack::<K>(&keys, &values, attr.count as usize, value_size, &mut each);
         if last {
             return Ok(());
         }
         from = next;
     }
     Ok(())
+}
+
+/// Calls `each` with the first `count` keys packed in `keys` (each `size_of::<K>()` bytes) and
+/// their values packed in `values` (each `value_size` bytes), as one `BPF_MAP_LOOKUP_BATCH`
+/// call leaves them. A `count` past what the buffers hold stops at their end.
+pub fn unpack<K: Pod>(
+    keys: &[u8],
+    values: &[u8],
+    count: usize,
+    value_size: usize,
+    mut each: impl FnMut(K, &[u8]),
+) {
+    let key_size = std::mem::size_of::<K>();
+    let held = match value_size {
+        0 => keys.len() / key_size.max(1),
+        n => (keys.len() / key_size.max(1)).min(values.len() / n),
+    };
+    for i in 0..count.min(held) {
+        let key = &keys[i * key_size..(i + 1) * key_size];
+        // SAFETY: `key` is size_of::<K>() bytes; K is plain data, any bytes are a K.
+        let key: K = unsafe { std::ptr::read_unaligned(key.as_ptr().cast::<K>()) };
+        each(key, &values[i * value_size..(i + 1) * value_size]);
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +241,35 @@ mod tests {
         got.sort();
         let want: Vec<(u32, [u64; 2])> = (0..1500).map(|k| (k, [k as u64, !(k as u64)])).collect();
         assert_eq!(got, want);
+    }
+
+    /// What one call packed: keys and values in order, no further than `count` or the
+    /// buffers; a per-CPU value summed.
+    #[test]
+    fn packed_keys_and_values_unpack_in_order() {
+        let keys: Vec<u8> = [7u32, 9, 11].iter().flat_map(|k| k.to_ne_bytes()).collect();
+        let values: Vec<u8> = [1u64, 2, 3, 4, 5, 6]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let unpacked = |count: usize, keys: &[u8], values: &[u8], size: usize| {
+            let mut got = Vec::new();
+            unpack::<u32>(keys, values, count, size, |k, v| {
+                got.push((k, percpu_sum(v)))
+            });
+            got
+        };
+        assert_eq!(unpacked(3, &keys, &values, 16), [(7, 3), (9, 7), (11, 11)]);
+        assert_eq!(unpacked(2, &keys, &values, 16), [(7, 3), (9, 7)]);
+        // A count past the buffers, short buffers, a value of no bytes.
+        assert_eq!(unpacked(600, &keys, &values, 16).len(), 3);
+        assert_eq!(unpacked(600, &keys[..9], &values, 16).len(), 2);
+        assert_eq!(unpacked(600, &keys, &values[..40], 16).len(), 2);
+        assert_eq!(unpacked(600, &keys, &[], 0), [(7, 0), (9, 0), (11, 0)]);
+        assert_eq!(percpu_sum(&[1, 0, 0, 0, 0, 0, 0, 0, 9]), 1);
+        assert_eq!(
+            percpu_sum(&[u64::MAX.to_ne_bytes(), 2u64.to_ne_bytes()].concat()),
+            1
+        );
     }
 }

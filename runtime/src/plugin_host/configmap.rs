@@ -2,6 +2,11 @@
 //! component in `binaryData`, labelled `sonde.dev/bundle` so the agent finds it. Mounted as
 //! a volume, the ConfigMap's keys are the bundle folder's files.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
 use super::bundle::{Bundle, BundleError};
 use super::manifest::BundleKind;
 
@@ -9,6 +14,34 @@ use super::manifest::BundleKind;
 pub const CONFIGMAP_LIMIT: usize = 1 << 20;
 /// The label bundles carry.
 pub const BUNDLE_LABEL: &str = "sonde.dev/bundle";
+
+/// The name a bundle ConfigMap from the API goes by, in errors and status:
+/// `configmap/<namespace>/<name>`.
+pub fn origin(cm: &ConfigMap) -> PathBuf {
+    PathBuf::from(format!(
+        "configmap/{}/{}",
+        cm.metadata.namespace.as_deref().unwrap_or_default(),
+        cm.metadata.name.as_deref().unwrap_or_default()
+    ))
+}
+
+/// A bundle ConfigMap's files as the agent reads them from the API: the keys of `data` and
+/// `binaryData` together (a key in both: `binaryData`'s, which the API server refuses anyway).
+pub fn files(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for (k, v) in cm.data.iter().flatten() {
+        files.insert(k.clone(), v.clone().into_bytes());
+    }
+    for (k, v) in cm.binary_data.iter().flatten() {
+        files.insert(k.clone(), v.0.clone());
+    }
+    files
+}
+
+/// The bundle a ConfigMap from the API holds, or why not (naming [`origin`] and the key).
+pub fn bundle(cm: &ConfigMap) -> Result<Bundle, BundleError> {
+    Bundle::from_files(&origin(cm), &files(cm))
+}
 
 /// Standard base64 (RFC 4648, with padding), as `binaryData` wants it.
 fn base64(bytes: &[u8]) -> String {
@@ -104,7 +137,7 @@ mod tests {
         assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
     }
 
-    fn bundle(kind: &str, file: &str, module: &[u8]) -> (std::path::PathBuf, Bundle) {
+    fn bundle_dir(kind: &str, file: &str, module: &[u8]) -> (std::path::PathBuf, Bundle) {
         let dir = std::env::temp_dir().join(format!(
             "sonde-configmap-{}-{kind}-{}",
             std::process::id(),
@@ -128,7 +161,7 @@ mod tests {
     #[test]
     fn a_configmap_holds_the_bundle_and_parses_back() {
         let module = [0u8, 97, 115, 109, 255, 1, 2];
-        let (dir, b) = bundle("Plugin", "demo.wasm", &module);
+        let (dir, b) = bundle_dir("Plugin", "demo.wasm", &module);
         let yaml = configmap_yaml(&b, Some("sonde")).unwrap();
         let cm: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(cm["kind"], "ConfigMap");
@@ -141,8 +174,21 @@ mod tests {
             cm["binaryData"]["demo.wasm"].as_str(),
             Some(base64(&module).as_str())
         );
+        // What the agent makes of it when the API watch delivers it.
+        let mut api: ConfigMap = serde_yaml::from_str(&yaml).unwrap();
+        let back = bundle(&api).unwrap();
+        assert_eq!(back.dir, PathBuf::from("configmap/sonde/sonde-bundle-demo"));
+        assert_eq!(back.manifest.metadata.name, "demo");
+        assert_eq!(back.module, module);
+        assert_eq!(back.sha256, b.sha256);
+        api.binary_data = None;
+        let e = bundle(&api).unwrap_err().to_string();
+        assert!(
+            e.contains("configmap/sonde/sonde-bundle-demo/demo.wasm (spec.module)"),
+            "{e}"
+        );
 
-        let (dir2, s) = bundle(
+        let (dir2, s) = bundle_dir(
             "Script",
             "demo.rhai",
             b"fn on_packet_drop(e) {\n  count(\"n\");\n}\n",
@@ -162,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_bundle_over_a_mebibyte_is_refused_with_the_way_out() {
-        let (dir, b) = bundle("Plugin", "big.wasm", &vec![7u8; 800 << 10]);
+        let (dir, b) = bundle_dir("Plugin", "big.wasm", &vec![7u8; 800 << 10]);
         let e = configmap_yaml(&b, None).unwrap_err().to_string();
         assert!(
             e.contains("over Kubernetes' 1 MiB limit") && e.contains("hostPath"),

@@ -63,13 +63,7 @@ struct ConfigMapBundle {
 
 impl ConfigMapBundle {
     fn new(cm: &ConfigMap) -> ConfigMapBundle {
-        let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in cm.data.iter().flatten() {
-            files.insert(k.clone(), v.clone().into_bytes());
-        }
-        for (k, v) in cm.binary_data.iter().flatten() {
-            files.insert(k.clone(), v.0.clone());
-        }
+        let files = super::configmap::files(cm);
         let mut all = Vec::new();
         for (k, v) in &files {
             all.extend_from_slice(sha256_hex(k.as_bytes()).as_bytes());
@@ -80,15 +74,6 @@ impl ConfigMapBundle {
             files: Arc::new(files),
         }
     }
-}
-
-/// The name a bundle ConfigMap goes by: `configmap/<namespace>/<name>`.
-fn configmap_key(cm: &ConfigMap) -> PathBuf {
-    PathBuf::from(format!(
-        "configmap/{}/{}",
-        cm.metadata.namespace.as_deref().unwrap_or_default(),
-        cm.metadata.name.as_deref().unwrap_or_default()
-    ))
 }
 
 /// Bundle directories under `dir`: `dir` itself when it holds a plugin.yaml, else its
@@ -193,15 +178,17 @@ impl PluginDirs {
                             continue;
                         }
                         Ok(Event::InitApply(cm)) => {
-                            listing.insert(configmap_key(&cm), ConfigMapBundle::new(&cm));
+                            listing
+                                .insert(super::configmap::origin(&cm), ConfigMapBundle::new(&cm));
                             continue;
                         }
                         Ok(Event::InitDone) => *current = std::mem::take(&mut listing),
                         Ok(Event::Apply(cm)) => {
-                            current.insert(configmap_key(&cm), ConfigMapBundle::new(&cm));
+                            current
+                                .insert(super::configmap::origin(&cm), ConfigMapBundle::new(&cm));
                         }
                         Ok(Event::Delete(cm)) => {
-                            current.remove(&configmap_key(&cm));
+                            current.remove(&super::configmap::origin(&cm));
                         }
                         Err(e) => {
                             tracing::warn!(%namespace, error = %e, "bundle ConfigMap watch failed; retrying with backoff");
