@@ -47,7 +47,7 @@ try {
   const { component } = await componentize({
     sourcePath: join(here, 'src', 'plugin.js'),
     witPath: resolve(witDir),
-    worldName: 'plugin',
+    worldName: 'drop-budget',
     // A pure component: no WASI imports at all (no stdio, clocks, randomness, HTTP).
     disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],
   });

@@ -3,7 +3,7 @@
 # Usage: bash plugins/drop-budget-js/build.sh OUT_DIR
 # Installs the pinned toolchain (package-lock.json: componentize-js and its deps) into
 # node_modules/ beside this script with `npm ci` when it is missing or stale, then builds the
-# component from src/ against ../../wit, world `plugin`, through componentize-js's JS API
+# component from src/ against ../../wit, world `drop-budget` (wit/world.wit), through componentize-js's JS API
 # (build.mjs), with every WASI feature disabled.
 # Environment: SONDE_WIT_DIR (default ../../wit from this folder).
 set -euo pipefail
@@ -45,10 +45,17 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$lock_sum" ] \
     echo "$lock_sum" >"$stamp"
 fi
 
+# The plugin's own world (wit/world.wit) with the sonde:plugin package as its dependency, as
+# any plugin outside this repository lays it out.
+rm -rf "$cache/wit"
+mkdir -p "$cache/wit/deps/sonde-plugin"
+cp "$here/wit/world.wit" "$cache/wit/world.wit"
+cp "$wit/plugin.wit" "$cache/wit/deps/sonde-plugin/plugin.wit"
+
 mkdir -p "$out"
 log=$cache/build.log
 start=$(date +%s)
-if ! node "$here/build.mjs" "$wit" "$out/$module.tmp" >"$log" 2>&1; then
+if ! node "$here/build.mjs" "$cache/wit" "$out/$module.tmp" >"$log" 2>&1; then
     rm -f "$out/$module.tmp"
     fail "componentize-js failed: $(grep -v '^[[:space:]]*$' "$log" | tail -n1) (log: $log)"
 fi

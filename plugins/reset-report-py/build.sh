@@ -2,7 +2,7 @@
 # Builds the reset-report-py bundle: OUT_DIR/plugin.yaml and OUT_DIR/<spec.module>.
 # Usage: bash plugins/reset-report-py/build.sh OUT_DIR
 # Installs componentize-py (pinned) into .cache/ beside this script when it is missing, then
-# builds the component from src/ against ../../wit, world `plugin`, with WASI stubbed out.
+# builds the component from src/ against ../../wit, world `reset-report` (wit/world.wit), with WASI stubbed out.
 # Environment: PYTHON (default python3), SONDE_WIT_DIR (default ../../wit from this folder).
 set -euo pipefail
 
@@ -42,12 +42,19 @@ if [ ! -f "$lib/.complete" ]; then
     mv "$lib.tmp" "$lib"
 fi
 
+# The plugin's own world (wit/world.wit) with the sonde:plugin package as its dependency, as
+# any plugin outside this repository lays it out.
+rm -rf "$cache/wit"
+mkdir -p "$cache/wit/deps/sonde-plugin"
+cp "$here/wit/world.wit" "$cache/wit/world.wit"
+cp "$wit/plugin.wit" "$cache/wit/deps/sonde-plugin/plugin.wit"
+
 mkdir -p "$out"
 log=$cache/build.log
 start=$(date +%s)
 if ! PYTHONPATH=$lib PYTHONDONTWRITEBYTECODE=1 "$python" -c \
         'import sys; from componentize_py import script; sys.argv[0] = "componentize-py"; sys.exit(script())' \
-        -d "$wit" -w plugin componentize --stub-wasi app -p "$here/src" -o "$out/$module.tmp" \
+        -d "$cache/wit" -w reset-report componentize --stub-wasi app -p "$here/src" -o "$out/$module.tmp" \
         >"$log" 2>&1; then
     rm -f "$out/$module.tmp"
     # One line: the error and its innermost cause (componentize-py prints a chain and a backtrace).

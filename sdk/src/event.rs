@@ -716,6 +716,7 @@ mod tests {
                 reason: 5,
                 location: 6,
                 stack: Some(0),
+                extra: Vec::new(),
             }],
         };
         let mut r = [0u8; 96];

@@ -1,7 +1,7 @@
 //! The guest SDK for Sonde plugins written in Rust.
 //!
-//! A Sonde plugin is a WebAssembly component for the world `sonde:plugin/plugin` (the WIT in
-//! the repository's `wit/`): the agent hands it the probes' events in batches, already
+//! A Sonde plugin is a WebAssembly component for `sonde:plugin@0.2.0` (the WIT in the
+//! repository's `wit/`): the agent hands it the probes' events in batches, already
 //! labelled with the workload they concern, and the plugin derives metrics, events and
 //! workload labels through the host interfaces its manifest grants. This crate has three
 //! layers:
@@ -38,23 +38,23 @@ pub mod metrics;
 mod plugin;
 pub mod topology;
 
-/// The code `wit-bindgen` generates for the world `plugin`: the host's imports under
-/// `sonde::plugin`, the [`Guest`](bindings::Guest) trait of the world's exports, and the
-/// export macro [`export!`](crate::export) builds on.
+/// The code `wit-bindgen` generates for the world `full` (every export a plugin may have):
+/// the host's imports under `sonde::plugin`, one `Guest` trait per exported interface under
+/// `exports::sonde::plugin`, and the export macro [`export!`](crate::export) builds on.
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin",
-        path: "../wit",
+        world: "full",
+        path: "../wit/plugin.wit",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "::sonde_plugin::bindings",
         additional_type_attributes: {
-            "sonde:plugin/types@0.1.0/workload": [#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]],
-            "sonde:plugin/types@0.1.0/error": [#[derive(PartialEq, Eq)]],
-            "sonde:plugin/events@0.1.0/value": [#[derive(PartialEq)]],
-            "sonde:plugin/events@0.1.0/event": [#[derive(PartialEq)]],
-            "sonde:plugin/maps@0.1.0/counter": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/types@0.2.0/workload": [#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]],
+            "sonde:plugin/types@0.2.0/error": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/events@0.2.0/value": [#[derive(PartialEq)]],
+            "sonde:plugin/events@0.2.0/event": [#[derive(PartialEq)]],
+            "sonde:plugin/maps@0.2.0/counter": [#[derive(PartialEq, Eq)]],
         },
     });
 }
@@ -95,69 +95,97 @@ macro_rules! export {
 
             struct Exports;
 
-            impl $crate::bindings::Guest for Exports {
+            impl $crate::bindings::exports::sonde::plugin::init::Guest for Exports {
                 fn init(
                     config: ::std::string::String,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__glue::init(&PLUGIN, config)
                 }
-                fn on_packet_drop(batch: $crate::bindings::sonde::plugin::types::PacketDropBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_packet_drop(p, &$crate::__event::packet_drops(&batch))
-                    })
-                }
-                fn on_tcp_retrans(batch: $crate::bindings::sonde::plugin::types::TcpRetransBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_tcp_retrans(p, &$crate::__event::tcp_retransmits(&batch))
-                    })
-                }
-                fn on_tcp_reset(batch: $crate::bindings::sonde::plugin::types::TcpResetBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_tcp_reset(p, &$crate::__event::tcp_resets(&batch))
-                    })
-                }
-                fn on_tcp_connect(batch: $crate::bindings::sonde::plugin::types::TcpConnectBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_tcp_connect(p, &$crate::__event::tcp_connects(&batch))
-                    })
-                }
-                fn on_softirq(batch: $crate::bindings::sonde::plugin::types::SoftirqBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_softirq(p, &$crate::__event::softirqs(&batch))
-                    })
-                }
-                fn on_netdev_latency(
-                    batch: $crate::bindings::sonde::plugin::types::NetdevLatencyBatch,
-                ) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_netdev_latency(
-                            p,
-                            &$crate::__event::netdev_latencies(&batch),
-                        )
-                    })
-                }
-                fn on_io_latency(batch: $crate::bindings::sonde::plugin::types::IoLatencyBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_io_latency(p, &$crate::__event::io_latencies(&batch))
-                    })
-                }
-                fn on_dns(batch: $crate::bindings::sonde::plugin::types::DnsBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| {
-                        $crate::Plugin::on_dns(p, &$crate::__event::dns(&batch))
-                    })
-                }
-                fn on_packed(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {
-                    $crate::__glue::with(&PLUGIN, (), |p| $crate::__glue::packed(p, &batch))
-                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::tick::Guest for Exports {
                 fn tick(now_ns: u64) {
                     $crate::__glue::with(&PLUGIN, (), |p| $crate::Plugin::tick(p, now_ns))
                 }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::enrich::Guest for Exports {
                 fn workload_labels(
                     workload: $crate::Workload,
                 ) -> ::std::vec::Vec<(::std::string::String, ::std::string::String)> {
                     $crate::__glue::with(&PLUGIN, ::std::vec::Vec::new(), |p| {
                         $crate::Plugin::workload_labels(p, &workload)
                     })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::packet_drop_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::PacketDropBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_packet_drop(p, &$crate::__event::packet_drops(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::tcp_retrans_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::TcpRetransBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_tcp_retrans(p, &$crate::__event::tcp_retransmits(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::tcp_reset_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::TcpResetBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_tcp_reset(p, &$crate::__event::tcp_resets(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::tcp_connect_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::TcpConnectBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_tcp_connect(p, &$crate::__event::tcp_connects(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::softirq_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::SoftirqBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_softirq(p, &$crate::__event::softirqs(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::netdev_latency_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::NetdevLatencyBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_netdev_latency(p, &$crate::__event::netdev_latencies(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::io_latency_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::IoLatencyBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_io_latency(p, &$crate::__event::io_latencies(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::dns_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::DnsBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_dns(p, &$crate::__event::dns(&batch))
+                    })
+                }
+            }
+
+            impl $crate::bindings::exports::sonde::plugin::packed_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| $crate::__glue::packed(p, &batch))
                 }
             }
 

@@ -604,7 +604,7 @@ fn plugin_check_validates_bundles_without_an_agent() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     // Refused by what the component says it is, naming both versions.
     let future = format!(
-        "built for sonde:plugin@0.2.0; this agent hosts @{}",
+        "built for sonde:plugin@1.0.0; this agent hosts @{} and @0.1.0",
         sonde::plugin_host::wit_version()
     );
     let core_module = dir.path().join("core.wasm");

@@ -1,12 +1,13 @@
-// drop-budget: the WIT glue (world `plugin` of `sonde:plugin@0.1.0`).
+// drop-budget: the WIT glue (world `drop-budget` in ../wit/world.wit, on `sonde:plugin@0.2.0`).
+// Each exported interface is an exported object whose methods are the interface's functions.
 //
 // The logic is in logic.js; this module only talks to the host. It must not use console,
 // Date, Math.random or timers: the component is built with every WASI feature disabled, so
 // those would trap or return fixed values.
 
-import { log } from 'sonde:plugin/log@0.1.0';
-import { registerGauge, withLabels, set } from 'sonde:plugin/metrics@0.1.0';
-import { emit } from 'sonde:plugin/events@0.1.0';
+import { log } from 'sonde:plugin/log@0.2.0';
+import { registerGauge, withLabels, set } from 'sonde:plugin/metrics@0.2.0';
+import { emit } from 'sonde:plugin/events@0.2.0';
 
 import {
   ConfigError, DEFAULT_BUDGET, DropBudget, countBatch, dropsOfBatch, dropsOfPacked, labelsOf, parseConfig,
@@ -56,7 +57,7 @@ function refuse(message) {
   return e;
 }
 
-export function init(config) {
+function initPlugin(config) {
   try {
     state = new DropBudget(parseConfig(config));
   } catch (e) {
@@ -79,11 +80,11 @@ function countDrops(drops) {
   }
 }
 
-export function onPacketDrop(batch) {
+function onPacketDrop(batch) {
   countDrops(dropsOfBatch(batch));
 }
 
-export function onPacked(batch) {
+function onPacked(batch) {
   if (batch.probe !== 'packet_drop') return;
   try {
     countDrops(dropsOfPacked(batch));
@@ -94,7 +95,7 @@ export function onPacked(batch) {
   }
 }
 
-export function tick(_nowNs) {
+function onTick(_nowNs) {
   const { gauges, reports } = state.tick();
   if (gauge !== null) {
     for (const { workload, ratio } of gauges) {
@@ -126,19 +127,7 @@ export function tick(_nowNs) {
   }
 }
 
-export function onTcpRetrans(_batch) {}
-
-export function onTcpReset(_batch) {}
-
-export function onTcpConnect(_batch) {}
-
-export function onSoftirq(_batch) {}
-
-export function onNetdevLatency(_batch) {}
-
-export function onIoLatency(_batch) {}
-export function onDns(_batch) {}
-
-export function workloadLabels(_workload) {
-  return [];
-}
+export const init = { init: initPlugin };
+export const tick = { tick: onTick };
+export const packetDropHandler = { handle: onPacketDrop };
+export const packedHandler = { handle: onPacked };

@@ -44,6 +44,7 @@ export function typedBatch(drops) {
       flow: { protocol: text('tcp'), saddr, sport: 40000, daddr, dport: 80, peer: undefined },
       reason: text(reason),
       location: text('nf_hook_slow'),
+      extra: [],
       stack: undefined,
     };
   });

@@ -143,18 +143,7 @@ test('series limit: refused series are skipped, warned once', opts, async () => 
   assert.equal(h.logs.filter(([level]) => level === 'warn').length, 1);
 });
 
-test('other exports are no-ops', opts, async () => {
-  const { workload, emptyBatch } = await helpers();
+test('it exports only the interfaces it implements', opts, async () => {
   const h = await host();
-  h.plugin.init('{}');
-  assert.deepEqual(h.plugin.workloadLabels(workload('a', 'b')), []);
-  h.plugin.onTcpReset(emptyBatch());
-  h.plugin.onTcpRetrans(emptyBatch());
-  h.plugin.onTcpConnect(emptyBatch());
-  h.plugin.onSoftirq(emptyBatch());
-  h.plugin.onNetdevLatency(emptyBatch());
-  h.plugin.onIoLatency(emptyBatch());
-  h.plugin.onDns(emptyBatch());
-  h.plugin.tick(1n);
-  assert.deepEqual([h.events.length, h.values.size], [0, 0]);
+  assert.deepEqual(h.exports, ['init', 'packedHandler', 'packetDropHandler', 'tick']);
 });

@@ -1,6 +1,6 @@
 // A fake Sonde host for component tests: transpiles the built component with jco (the
 // component becomes core wasm + JS glue that Node runs) and implements the
-// `sonde:plugin@0.1.0` imports in JS, recording what the plugin does.
+// `sonde:plugin@0.2.0` imports in JS, recording what the plugin does.
 //
 // jco's conventions: records are objects with camelCase fields, options are undefined or the
 // value, u64/s64 are BigInt, enums are strings, variants are {tag, val}; an import returning
@@ -14,7 +14,7 @@ import { transpile } from '@bytecodealliance/jco';
 
 import { NODE } from './batches.js';
 
-const IFACE = (name) => `sonde:plugin/${name}@0.1.0`;
+const IFACE = (name) => `sonde:plugin/${name}@0.2.0`;
 
 let transpiled = null; // {dir, cores}: transpile once per process
 
@@ -98,7 +98,7 @@ export async function fakeHost(wasmPath, { capabilities = ['metrics', 'events'],
       },
     },
     [IFACE('topology')]: { workloadOfNetns: notGranted('topology'), workloadOfIp: notGranted('topology') },
-    [IFACE('maps')]: { counters: notGranted('maps') },
+    [IFACE('maps')]: { counters: notGranted('maps'), flows: notGranted('maps') },
     [IFACE('control')]: { setEventRate: notGranted('control') },
   };
   // jco names the imports without their version ('sonde:plugin/log'); accept both spellings.
@@ -107,7 +107,15 @@ export async function fakeHost(wasmPath, { capabilities = ['metrics', 'events'],
     if (!cores.has(path)) cores.set(path, await WebAssembly.compile(await readFile(join(dir, path))));
     return cores.get(path);
   };
-  h.plugin = await mod.instantiate(getCoreModule, imports);
+  const instance = await mod.instantiate(getCoreModule, imports);
+  // Its exported interfaces (wit/world.wit), one function each, under the names the tests use.
+  h.exports = Object.keys(instance).filter((k) => !k.includes(':')).sort();
+  h.plugin = {
+    init: (config) => instance.init.init(config),
+    tick: (nowNs) => instance.tick.tick(nowNs),
+    onPacketDrop: (batch) => instance.packetDropHandler.handle(batch),
+    onPacked: (batch) => instance.packedHandler.handle(batch),
+  };
   return h;
 }
 

@@ -1,13 +1,16 @@
-"""reset-report: the WIT glue (world `plugin` of `sonde:plugin@0.1.0`).
+"""reset-report: the WIT glue (world `reset-report` in ../wit/world.wit, on `sonde:plugin@0.2.0`).
+
+Each exported interface is a class of this module named after it (`Init`, `Tick`,
+`TcpResetHandler`, `PackedHandler`), subclassing the protocol componentize-py generates.
 
 The logic is in `reset_logic.py`; this module only talks to the host. It must not print or use
 time, randomness or files: the component is built with WASI stubbed out, so any of those traps.
 """
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
-import wit_world
 from componentize_py_types import Err
+from wit_world import exports
 from wit_world.imports import events, log, metrics, types
 
 from reset_logic import (
@@ -69,7 +72,7 @@ def _count(resets: Iterable[Reset]) -> None:
                     _warn_once(f"{METRIC} add refused", e)
 
 
-class WitWorld(wit_world.WitWorld):
+class Init(exports.Init):
     def init(self, config: str) -> None:
         global _windows, _counter
         try:
@@ -84,10 +87,14 @@ class WitWorld(wit_world.WitWorld):
             _warn_once(f"{METRIC} not registered", e)
         log.log(log.Level.INFO, f"reset-report: threshold {_windows.threshold} resets per tick")
 
-    def on_tcp_reset(self, batch: types.TcpResetBatch) -> None:
+
+class TcpResetHandler(exports.TcpResetHandler):
+    def handle(self, batch: types.TcpResetBatch) -> None:
         _count(resets_of_batch(batch))
 
-    def on_packed(self, batch: types.PackedBatch) -> None:
+
+class PackedHandler(exports.PackedHandler):
+    def handle(self, batch: types.PackedBatch) -> None:
         if batch.probe != "tcp_reset":
             return
         try:
@@ -97,6 +104,8 @@ class WitWorld(wit_world.WitWorld):
             # A malformed batch is skipped; raising here would trap and restart the plugin.
             _warn_once("packed tcp_reset batch skipped", e)
 
+
+class Tick(exports.Tick):
     def tick(self, now_ns: int) -> None:
         for r in _windows.tick():
             workload = types.Workload(r.key[0], r.key[1]) if r.key is not None else None
@@ -117,27 +126,3 @@ class WitWorld(wit_world.WitWorld):
                 events.emit(event)
             except Err as e:
                 _warn_once(f"{EVENT_KIND} not emitted", e)
-
-    def on_packet_drop(self, batch: types.PacketDropBatch) -> None:
-        pass
-
-    def on_tcp_retrans(self, batch: types.TcpRetransBatch) -> None:
-        pass
-
-    def on_tcp_connect(self, batch: types.TcpConnectBatch) -> None:
-        pass
-
-    def on_softirq(self, batch: types.SoftirqBatch) -> None:
-        pass
-
-    def on_netdev_latency(self, batch: types.NetdevLatencyBatch) -> None:
-        pass
-
-    def on_io_latency(self, batch: types.IoLatencyBatch) -> None:
-        pass
-
-    def on_dns(self, batch: types.DnsBatch) -> None:
-        pass
-
-    def workload_labels(self, workload: types.Workload) -> List[Tuple[str, str]]:
-        return []

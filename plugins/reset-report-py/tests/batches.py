@@ -69,7 +69,7 @@ def typed_batch(resets, record=record, ipv4=lambda a: SimpleNamespace(value=a),
         flow = record(protocol=text("tcp"), saddr=saddr, sport=40000, daddr=daddr, dport=80,
                       peer=None)
         events.append(record(envelope=env, flow=flow, direction=text(direction),
-                             state=text(state)))
+                             state=text(state), extra=[]))
     return record(node=NODE, symbols=record(strings=text.strings, stacks=[]), events=events)
 
 

@@ -1,5 +1,5 @@
 """A fake Sonde host for component tests: loads a plugin component with the `wasmtime` Python
-package (component model API) and implements the `sonde:plugin@0.1.0` imports in Python,
+package (component model API) and implements the `sonde:plugin@0.2.0` imports in Python,
 recording what the plugin does (metrics, events, logs).
 
 Values follow wasmtime-py's conventions: records are objects whose attributes are the WIT field
@@ -13,7 +13,7 @@ from wasmtime import component as cm
 import batches
 
 PKG = "sonde:plugin"
-VER = "0.1.0"
+VER = "0.2.0"
 
 
 def iface(name: str) -> str:
@@ -50,11 +50,6 @@ def packed_batch(resets, probe="tcp_reset", record_size=96):
     strings, size, count, events = batches.packed_batch(resets, record_size)
     return record(probe=probe, node=batches.NODE, symbols=record(strings=strings, stacks=[]),
                   record_size=size, count=count, events=events)
-
-
-def empty_batch():
-    """An empty batch of any typed handler."""
-    return record(node=batches.NODE, symbols=record(strings=[], stacks=[]), events=[])
 
 
 _ENGINE = None
@@ -181,13 +176,17 @@ class FakeHost:
             t.add_func("workload-of-ip", lambda _s, _ip: self._refuse("topology") or None)
         with root.add_instance(iface("maps")) as mp:
             mp.add_func("counters", lambda _s, _p: self._refuse("maps") or [])
+            mp.add_func("flows", lambda _s: self._refuse("maps") or [])
         with root.add_instance(iface("control")) as c:
             c.add_func("set-event-rate", lambda _s, _p, _r, _d: self._refuse("control"))
 
     # ---- exports -------------------------------------------------------------------------
-    def call(self, name, *args):
-        func = self.instance.get_func(self.store, name)
-        assert func is not None, f"export {name} missing"
+    def call(self, interface, name, *args):
+        """Calls function `name` of the exported interface `interface`."""
+        at = self.instance.get_export_index(self.store, iface(interface))
+        assert at is not None, f"export {iface(interface)} missing"
+        func = self.instance.get_func(self.store, self.instance.get_export_index(self.store, name, at))
+        assert func is not None, f"export {iface(interface)} has no {name}"
         result = func(self.store, *args)
         try:
             func.post_return(self.store)
@@ -196,36 +195,13 @@ class FakeHost:
         return result
 
     def init(self, config="{}"):
-        return self.call("init", config)
+        return self.call("init", "init", config)
 
     def on_tcp_reset(self, resets):
-        return self.call("on-tcp-reset", reset_batch(resets))
+        return self.call("tcp-reset-handler", "handle", reset_batch(resets))
 
     def on_packed(self, batch):
-        return self.call("on-packed", batch)
-
-    def on_packet_drop(self, batch):
-        return self.call("on-packet-drop", batch)
-
-    def on_tcp_retrans(self, batch):
-        return self.call("on-tcp-retrans", batch)
-
-    def on_tcp_connect(self, batch):
-        return self.call("on-tcp-connect", batch)
-
-    def on_softirq(self, batch):
-        return self.call("on-softirq", batch)
-
-    def on_netdev_latency(self, batch):
-        return self.call("on-netdev-latency", batch)
-
-    def on_io_latency(self, batch):
-        return self.call("on-io-latency", batch)
-    def on_dns(self, batch):
-        return self.call("on-dns", batch)
+        return self.call("packed-handler", "handle", batch)
 
     def tick(self, now_ns=1_700_000_001_000_000_000):
-        return self.call("tick", now_ns)
-
-    def workload_labels(self, wl):
-        return self.call("workload-labels", wl)
+        return self.call("tick", "tick", now_ns)

@@ -295,7 +295,23 @@ impl Probe {
         }
     }
 
-    /// The export that takes this probe's typed batches.
+    /// The interface a `sonde:plugin@0.2` component exports to take this probe's typed
+    /// batches.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Probe::PacketDrop => "packet-drop-handler",
+            Probe::TcpRetrans => "tcp-retrans-handler",
+            Probe::TcpReset => "tcp-reset-handler",
+            Probe::TcpConnect => "tcp-connect-handler",
+            Probe::Softirq => "softirq-handler",
+            Probe::NetdevLatency => "netdev-latency-handler",
+            Probe::IoLatency => "io-latency-handler",
+            Probe::Dns => "dns-handler",
+        }
+    }
+
+    /// What its typed calls are counted as (`sonde_plugin_call_duration_seconds{call}`): the
+    /// handler's name in `sonde:plugin@0.1.0`, kept for the dashboards.
     pub fn handler(self) -> &'static str {
         match self {
             Probe::PacketDrop => "on-packet-drop",
@@ -413,6 +429,7 @@ pub fn typed_batch<'a>(
                         let c = Common::new(e, Some(&d.flow), topology, sym);
                         Some(wit::PacketDrop {
                             envelope: c.envelope(),
+                            extra: Vec::new(),
                             flow: c.flow(),
                             reason: sym.text(&d.reason),
                             location: sym.text(&d.location),
@@ -435,6 +452,7 @@ pub fn typed_batch<'a>(
                         let c = Common::new(e, Some(&r.flow), topology, sym);
                         Some(wit::TcpRetrans {
                             envelope: c.envelope(),
+                            extra: Vec::new(),
                             flow: c.flow(),
                             state: sym.text(r.state),
                         })
@@ -455,6 +473,7 @@ pub fn typed_batch<'a>(
                         let c = Common::new(e, Some(&r.flow), topology, sym);
                         Some(wit::TcpReset {
                             envelope: c.envelope(),
+                            extra: Vec::new(),
                             flow: c.flow(),
                             direction: sym.text(r.direction),
                             state: r.state.map(|s| sym.text(s)),
@@ -476,6 +495,7 @@ pub fn typed_batch<'a>(
                         let common = Common::new(e, Some(&c.flow), topology, sym);
                         Some(wit::TcpConnect {
                             envelope: common.envelope(),
+                            extra: Vec::new(),
                             flow: common.flow(),
                             side: sym.text(c.side),
                             cause: c.cause.map(|s| sym.text(s)),
@@ -498,6 +518,7 @@ pub fn typed_batch<'a>(
                 .filter_map(|e| match &e.kind {
                     Kind::Softirq(s) => Some(wit::Softirq {
                         envelope: Common::new(e, None, topology, sym).envelope(),
+                        extra: Vec::new(),
                         vec: sym.text(s.vec),
                         stage: sym.text(s.stage),
                         duration_ns: s.duration.as_nanos() as u64,
@@ -517,6 +538,7 @@ pub fn typed_batch<'a>(
                 .filter_map(|e| match &e.kind {
                     Kind::NetdevLatency(n) => Some(wit::NetdevLatency {
                         envelope: Common::new(e, None, topology, sym).envelope(),
+                        extra: Vec::new(),
                         interface: sym.text(&n.interface),
                         ifindex: n.ifindex,
                         stage: sym.text(n.stage),
@@ -537,6 +559,7 @@ pub fn typed_batch<'a>(
                 .filter_map(|e| match &e.kind {
                     Kind::IoLatency(io) => Some(wit::IoLatency {
                         envelope: Common::new(e, None, topology, sym).envelope(),
+                        extra: Vec::new(),
                         device: sym.text(&io.device),
                         dev: sym.text(&io.dev),
                         op: sym.text(io.op),
@@ -561,6 +584,7 @@ pub fn typed_batch<'a>(
                         let common = Common::new(e, Some(&d.flow), topology, sym);
                         Some(wit::Dns {
                             envelope: common.envelope(),
+                            extra: Vec::new(),
                             flow: common.flow(),
                             outcome: sym.text(d.outcome),
                             id: d.id,

@@ -1,7 +1,8 @@
-//! The plugin host: runs bundles (`plugin.yaml` + a WebAssembly component for the world
-//! `sonde:plugin/plugin` in `wit/`) sandboxed in wasmtime, feeds them the probes' events in
-//! batches, and gives them the host interfaces their manifest grants, each implemented in its
-//! own module here (`log`, `metrics`, `events`, `topology`, `maps`, `control`).
+//! The plugin host: runs bundles (`plugin.yaml` + a WebAssembly component built against
+//! `sonde:plugin` in `wit/`; `world` says which versions and how their exports are found)
+//! sandboxed in wasmtime, feeds them the probes' events in batches, and gives them the host
+//! interfaces their manifest grants, each implemented in its own module here (`log`,
+//! `metrics`, `events`, `topology`, `maps`, `control`).
 //!
 //! Each plugin runs on its own thread with its own store: memory is capped by `StoreLimits`,
 //! every call by a deadline: the epoch stops guest code that runs too long, and since calls
@@ -26,6 +27,7 @@ mod script;
 mod topology;
 mod watch;
 mod worker;
+pub mod world;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,8 +49,9 @@ use crate::probes::{Context, Probes};
 // Exports are called asynchronously, so that a call blocked in a host function (a WASI sleep
 // or poll) can be abandoned at its deadline: see `worker::Instance::call`.
 wasmtime::component::bindgen!({
-    world: "plugin",
-    path: "../wit",
+    world: "full",
+    // The package alone: wit/deps/ holds the frozen earlier versions (bound in `world`).
+    path: "../wit/plugin.wit",
     exports: { default: async },
     // Every refusal a host function returns passes through `convert_error` below, which
     // counts it (`sonde_plugin_errors_total{kind}`) and keeps the last for /api/v1/plugins.
@@ -282,6 +285,9 @@ pub struct PluginStatus {
     pub state: String,
     pub subscribe: Vec<String>,
     pub capabilities: Vec<String>,
+    /// The `sonde:plugin` version the component was built for (none for scripts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wit: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The last host call refused to it (`limit: ...`, `not_granted: ...`, `invalid: ...`).
@@ -416,7 +422,7 @@ impl PluginHost {
 
     /// Checks that a component fits the world: its imports are all provided by the host and
     /// its exports are the world's.
-    fn prepare(&self, component: &Component) -> Result<PluginPre<HostState>, BundleError> {
+    fn prepare(&self, component: &Component) -> Result<world::Pre, BundleError> {
         prepare(&self.linker, &self.engine, component)
     }
 }
@@ -483,22 +489,24 @@ impl HostContext {
 fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Full::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    world::v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
-/// Checks that a component was built for this host's version and fits the world: its
-/// imports are all provided by the host and its exports are the world's.
+/// Checks that a component was built for a version this host binds and fits it: its imports
+/// are all provided by the host, and its exports are found (`world::Pre::check` then holds
+/// them against the manifest).
 fn prepare(
     linker: &Linker<HostState>,
     engine: &Engine,
     component: &Component,
-) -> Result<PluginPre<HostState>, BundleError> {
-    check_version(component, engine)?;
+) -> Result<world::Pre, BundleError> {
+    let version = world::version_of(component, engine)?;
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| BundleError::World(one_line(&e)))?;
-    PluginPre::new(pre).map_err(|e| BundleError::World(one_line(&e)))
+    world::prepare(pre, version)
 }
 
 /// Compiles a component in this process.
@@ -706,7 +714,7 @@ pub fn check_bundle(dir: &Path, cache_dir: &str) -> Result<Bundle, BundleError> 
         |bytes| precompile(&engine, bytes),
     )?;
     let linker = linker(&engine).map_err(|e| BundleError::World(e.to_string()))?;
-    prepare(&linker, &engine, &component)?;
+    prepare(&linker, &engine, &component)?.check(&bundle.manifest)?;
     Ok(bundle)
 }
 
@@ -720,37 +728,6 @@ pub fn wit_version() -> &'static str {
             .map(|v| v.trim_end_matches(';').to_string())
             .expect("wit/plugin.wit declares package sonde:plugin@VERSION")
     })
-}
-
-/// Checks that a component was built for the `sonde:plugin` version this agent hosts, by
-/// what it says: the versions in the names of the `sonde:plugin` interfaces it imports and
-/// exports (a component built against the WIT always names some: the types its handlers
-/// take come from `sonde:plugin/types`).
-fn check_version(component: &Component, engine: &Engine) -> Result<(), BundleError> {
-    let ty = component.component_type();
-    let names: Vec<String> = ty
-        .imports(engine)
-        .map(|(n, _)| n.to_string())
-        .chain(ty.exports(engine).map(|(n, _)| n.to_string()))
-        .collect();
-    let host = wit_version();
-    let mut versions: Vec<&str> = names
-        .iter()
-        .filter_map(|n| n.strip_prefix("sonde:plugin/"))
-        .map(|n| n.split_once('@').map_or("(no version)", |(_, v)| v))
-        .collect();
-    versions.sort_unstable();
-    versions.dedup();
-    match versions.iter().find(|v| **v != host) {
-        Some(other) => Err(BundleError::World(format!(
-            "built for sonde:plugin@{other}; this agent hosts @{host}"
-        ))),
-        None if versions.is_empty() => Err(BundleError::World(format!(
-            "not built for sonde:plugin: it imports and exports no sonde:plugin interface \
-             (this agent hosts @{host}); does not fit the sonde:plugin world"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// An error chain on one line, without the bytes of the file it is about (wasmparser shows

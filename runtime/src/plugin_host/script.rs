@@ -509,6 +509,6 @@ impl PluginHost {
             ScriptGuest::new(&host.host, &fresh_info, &fresh_bundle)
                 .map(|g| Box::new(g) as Box<dyn Guest>)
         });
-        self.launch(&bundle, info, Box::new(guest), fresh)
+        self.launch(&bundle, info, Box::new(guest), fresh, None)
     }
 }

@@ -453,6 +453,7 @@ impl PluginDirs {
                 state: "loading".into(),
                 subscribe: Vec::new(),
                 capabilities: Vec::new(),
+                wit: None,
                 last_error: None,
                 last_refusal: None,
             });
@@ -469,6 +470,7 @@ impl PluginDirs {
                     state: "refused".into(),
                     subscribe: Vec::new(),
                     capabilities: Vec::new(),
+                    wit: None,
                     last_error: Some(error.clone()),
                     last_refusal: None,
                 });

@@ -15,15 +15,13 @@ use super::bundle::{Bundle, BundleError, PluginInfo};
 use super::delivery::{self, Probe};
 use super::manifest::Capability;
 use super::manifest::{BundleKind, Delivery};
-use super::{
-    events, log, metrics, HostState, Plugin, PluginHost, PluginPre, PluginStatus, EPOCH_TICK,
-};
+use super::{events, log, metrics, world, HostState, PluginHost, PluginStatus, EPOCH_TICK};
 use crate::enrich::Enricher;
 use crate::event::Batch;
 use crate::topology::Workload;
 
 /// The kinds of `sonde_plugin_errors_total` a running plugin can add to: each starts at 0.
-const RUNTIME_ERROR_KINDS: [&str; 8] = [
+pub(super) const RUNTIME_ERROR_KINDS: [&str; 8] = [
     "trap",
     "timeout",
     "memory",
@@ -138,7 +136,7 @@ pub struct Instance {
     /// Drives the instance's calls: each runs as a future on this runtime, with a deadline.
     rt: tokio::runtime::Runtime,
     store: Store<HostState>,
-    bindings: Plugin,
+    bindings: world::Exports,
     timeout: Duration,
     generation: u64,
 }
@@ -176,7 +174,7 @@ impl Instance {
         what: &'static str,
         metrics: &super::PluginMetrics,
         name: &str,
-        f: impl FnOnce(&'a Plugin, &'a mut Store<HostState>) -> F,
+        f: impl FnOnce(&'a world::Exports, &'a mut Store<HostState>) -> F,
     ) -> Result<R, Failure>
     where
         F: std::future::Future<Output = wasmtime::Result<R>> + 'a,
@@ -209,7 +207,7 @@ impl PluginHost {
     fn instantiate(
         &self,
         info: &Arc<PluginInfo>,
-        pre: &PluginPre<HostState>,
+        pre: &world::Pre,
     ) -> Result<Instance, BundleError> {
         let m = &info.manifest;
         // No arguments, environment, files, stdio or network; clocks and randomness only
@@ -246,7 +244,7 @@ impl PluginHost {
         let timeout = m.spec.limits.call_timeout;
         store.set_epoch_deadline(deadline_ticks(timeout));
         let rt = call_runtime().map_err(BundleError::Init)?;
-        let bindings = bounded(&rt, timeout, pre.instantiate_async(&mut store))
+        let bindings = bounded(&rt, timeout, pre.instantiate(&mut store))
             .map_err(|f| BundleError::Init(f.message))?;
         let mut instance = Instance {
             rt,
@@ -257,7 +255,7 @@ impl PluginHost {
         };
         let config = m.config_json();
         let metrics = &self.host.self_metrics;
-        match instance.call("init", metrics, &info.name, |b, s| b.call_init(s, &config)) {
+        match instance.call("init", metrics, &info.name, |b, s| b.init(s, &config)) {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(reason)) => Err(BundleError::Init(reason.replace('\n', " "))),
             Err(f) => Err(BundleError::Init(format!("{}: {}", f.kind, f.message))),
@@ -301,7 +299,9 @@ impl PluginHost {
         }
         let name = bundle.manifest.metadata.name.clone();
         let component = self.compile(&name, &bundle.sha256, &bundle.module);
-        let prepared = component.and_then(|c| self.prepare(&c));
+        let prepared = component
+            .and_then(|c| self.prepare(&c))
+            .and_then(|pre| pre.check(&bundle.manifest).map(|()| pre));
         let pre = match prepared {
             Ok(pre) => pre,
             Err(e) => {
@@ -309,6 +309,13 @@ impl PluginHost {
                 self.using(&name, self.in_use_sha(&name).as_deref());
                 return Err(e);
             }
+        };
+        let wit = match pre.version() {
+            world::Version::V0_1 => {
+                tracing::warn!(plugin = %name, "built for sonde:plugin@0.1.0, which this agent hosts for one more release: rebuild it against @{}", super::wit_version());
+                "0.1.0"
+            }
+            world::Version::V0_2 => super::wit_version(),
         };
         let info = Arc::new(PluginInfo::new(&bundle.manifest));
         let instance = match self.instantiate(&info, &pre) {
@@ -323,7 +330,7 @@ impl PluginHost {
             host.instantiate(&fresh_info, &pre)
                 .map(|i| Box::new(i) as Box<dyn Guest>)
         });
-        self.launch(&bundle, info, Box::new(instance), fresh)
+        self.launch(&bundle, info, Box::new(instance), fresh, Some(wit))
     }
 
     /// Swaps a guest that has initialised in for the previous version of its plugin: its
@@ -334,6 +341,7 @@ impl PluginHost {
         info: Arc<PluginInfo>,
         instance: Box<dyn Guest>,
         fresh: Fresh,
+        wit: Option<&'static str>,
     ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
         let name = info.name.clone();
         let status = Arc::new(Mutex::new(PluginStatus {
@@ -349,6 +357,7 @@ impl PluginHost {
                 .iter()
                 .map(|c| c.as_str().to_string())
                 .collect(),
+            wit,
             last_error: None,
             last_refusal: None,
         }));
@@ -680,37 +689,8 @@ impl Guest for Instance {
             let chunk = spec.limits.batch as usize;
             for part in delivery::batches(batch, probe, packed, chunk, topology, symbols) {
                 n += part.len() as u64;
-                match &part {
-                    delivery::Delivery::PacketDrops(b) => {
-                        self.call(probe.handler(), m, name, |g, s| g.call_on_packet_drop(s, b))
-                    }
-                    delivery::Delivery::TcpRetrans(b) => {
-                        self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_retrans(s, b))
-                    }
-                    delivery::Delivery::TcpResets(b) => {
-                        self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_reset(s, b))
-                    }
-                    delivery::Delivery::TcpConnects(b) => {
-                        self.call(probe.handler(), m, name, |g, s| g.call_on_tcp_connect(s, b))
-                    }
-                    delivery::Delivery::Softirqs(b) => {
-                        self.call(probe.handler(), m, name, |g, s| g.call_on_softirq(s, b))
-                    }
-                    delivery::Delivery::NetdevLatencies(b) => {
-                        self.call(probe.handler(), m, name, |g, s| {
-                            g.call_on_netdev_latency(s, b)
-                        })
-                    }
-                    delivery::Delivery::IoLatencies(b) => {
-                        self.call(probe.handler(), m, name, |g, s| g.call_on_io_latency(s, b))
-                    }
-                    delivery::Delivery::Dns(b) => {
-                        self.call(probe.handler(), m, name, |g, s| g.call_on_dns(s, b))
-                    }
-                    delivery::Delivery::Packed(b) => {
-                        self.call("on-packed", m, name, |g, s| g.call_on_packed(s, b))
-                    }
-                }?;
+                let call = if packed { "on-packed" } else { probe.handler() };
+                self.call(call, m, name, move |g, s| g.deliver(s, part))?;
             }
         }
         Ok(n)
@@ -718,7 +698,7 @@ impl Guest for Instance {
 
     fn tick(&mut self, host: &PluginHost, info: &PluginInfo, now_ns: u64) -> Result<(), Failure> {
         let m = &host.host.self_metrics;
-        self.call("tick", m, &info.name, |b, s| b.call_tick(s, now_ns))
+        self.call("tick", m, &info.name, |b, s| b.tick(s, now_ns))
     }
 
     fn workload_labels(
@@ -730,7 +710,7 @@ impl Guest for Instance {
         let asked = super::topology::to_wit(workload.clone());
         let m = &host.host.self_metrics;
         self.call("workload-labels", m, &info.name, |b, s| {
-            b.call_workload_labels(s, &asked)
+            b.workload_labels(s, &asked)
         })
     }
 }

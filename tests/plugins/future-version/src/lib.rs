@@ -1,4 +1,4 @@
-//! A component for `sonde:plugin@0.2.0`, a version the host does not serve: the tests check
+//! A component for `sonde:plugin@1.0.0`, a version the host does not serve: the tests check
 //! that the host refuses it with one line naming both versions.
 
 wit_bindgen::generate!({ world: "plugin", path: "wit" });

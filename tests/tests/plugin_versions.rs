@@ -1,0 +1,179 @@
+//! The plugin interface's versions under real drops: a component built with plain wit-bindgen
+//! against `sonde:plugin@0.2.0` that exports only `packet-drop-handler` loads and counts
+//! exactly; one built against the frozen `sonde:plugin@0.1.0` (every handler exported) still
+//! does; one that lacks the handler of a probe its manifest subscribes to is refused, naming
+//! the export to add, by `sonde plugin check` and by the agent alike.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use sonde_tests::{
+    poll_until, run_sonde, send_udp, wasm_module, write_bundle, Agent, IpFamily, PodPair, TempDir,
+    READY_TIMEOUT, SETTLE_TIMEOUT,
+};
+
+const PORT: u16 = 9997;
+const DROPS: &str = "sonde_packet_drops_total";
+
+fn agent_with_plugins(plugins: &Path) -> Agent {
+    Agent::spawn_yaml(&format!(
+        "probes:\n  packet_drop:\n    events: {{enabled: true, ratePerCpu: 0}}\n  tcp_retrans: {{enabled: false}}\n  \
+         tcp_reset: {{enabled: false}}\nsinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n",
+        plugins.display()
+    ))
+}
+
+fn plugin_status(agent: &Agent, name: &str) -> Option<Value> {
+    let (status, body) = agent.get("/api/v1/plugins");
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).expect("/api/v1/plugins is JSON");
+    list.as_array()?.iter().find(|p| p["name"] == name).cloned()
+}
+
+/// Sends 500 datagrams into the DROP rule in rounds, and checks the kernel's count and
+/// `metric{pod, reason}` (the plugin's) both read exactly what was sent after each round.
+fn drops_counted_exactly(agent: &Agent, pods: &PodPair, port: u16, metric: &str) {
+    let dst = SocketAddr::new(pods.b_end.ip(IpFamily::V4), port);
+    let labels = [("pod", pods.b.name()), ("reason", "NETFILTER_DROP")];
+    for round in 1..=5 {
+        send_udp(&pods.a, pods.a_end.ip(IpFamily::V4), dst, 100);
+        let total = 100.0 * f64::from(round);
+        agent.wait_metric_eq(DROPS, &labels, total, SETTLE_TIMEOUT);
+        agent.wait_metric_eq(metric, &labels, total, SETTLE_TIMEOUT);
+    }
+}
+
+#[test]
+fn a_plain_wit_bindgen_plugin_with_one_handler_counts_exactly() {
+    let dir = TempDir::new();
+    write_bundle(
+        &dir.path().join("only-drops"),
+        "only-drops",
+        &wasm_module("only-drops-plugin"),
+        "  subscribe: [packet_drop]\n  capabilities: [metrics]\n",
+    );
+    let pods = PodPair::dropping_udp(PORT);
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let p = plugin_status(&agent, "only-drops").expect("listed");
+    assert_eq!(p["state"], "running", "{p}");
+    assert_eq!(p["wit"], "0.2.0", "{p}");
+    drops_counted_exactly(&agent, &pods, PORT, "sonde_example_drops_total");
+}
+
+#[test]
+fn a_component_built_for_0_1_0_still_counts_exactly() {
+    let dir = TempDir::new();
+    write_bundle(
+        &dir.path().join("v0-1"),
+        "v0-1",
+        &wasm_module("v0-1-plugin"),
+        "  subscribe: [packet_drop]\n  capabilities: [metrics]\n",
+    );
+    let pods = PodPair::dropping_udp(PORT + 1);
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let p = plugin_status(&agent, "v0-1").expect("listed");
+    assert_eq!(p["state"], "running", "{p}");
+    assert_eq!(p["wit"], "0.1.0", "{p}");
+    drops_counted_exactly(&agent, &pods, PORT + 1, "sonde_test_v01_drops_total");
+    // Its log says it runs on borrowed time.
+    poll_until(SETTLE_TIMEOUT, "the 0.1.0 warning in the log", || {
+        agent
+            .stderr_text()
+            .contains("built for sonde:plugin@0.1.0")
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_component_without_a_subscribed_handler_is_refused_naming_the_export() {
+    let module = wasm_module("only-drops-plugin");
+    let dir = TempDir::new();
+    let cases = [
+        (
+            "resets",
+            "  subscribe: [packet_drop, tcp_reset]\n",
+            "spec.subscribe has tcp_reset, but the component does not export \
+             sonde:plugin/tcp-reset-handler@0.2.0 (add `export sonde:plugin/tcp-reset-handler@0.2.0;` to its world)",
+        ),
+        (
+            "packed",
+            "  subscribe: [packet_drop]\n  delivery: packed\n",
+            "spec.delivery is packed, but the component does not export sonde:plugin/packed-handler@0.2.0",
+        ),
+        (
+            "configured",
+            "  subscribe: [packet_drop]\n  config: {threshold: 3}\n",
+            "spec.config is set, but the component does not export sonde:plugin/init@0.2.0",
+        ),
+        (
+            "enricher",
+            "  subscribe: [packet_drop]\n  capabilities: [enrich]\n",
+            "spec.capabilities has enrich, but the component does not export sonde:plugin/enrich@0.2.0",
+        ),
+    ];
+    for (name, spec, reason) in cases {
+        let bundle = dir.path().join(name);
+        write_bundle(&bundle, name, &module, spec);
+        let out = run_sonde(
+            &["plugin", "check", &bundle.display().to_string()],
+            Duration::from_secs(60),
+        );
+        assert!(!out.status.success(), "{name} passed the check");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line for {name}: {}", out.stderr);
+        assert!(lines[0].contains(reason), "{reason}: {}", lines[0]);
+    }
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    for (name, _, reason) in cases {
+        let p = poll_until(SETTLE_TIMEOUT, "the refusal", || {
+            plugin_status(&agent, name).filter(|p| p["state"] == "refused")
+        });
+        assert!(
+            p["last_error"].as_str().is_some_and(|e| e.contains(reason)),
+            "{reason}: {p}"
+        );
+    }
+}
+
+/// wit/README.md shows the minimal Rust plugin as it is built here: its world and its code.
+#[test]
+fn the_readme_recipe_is_the_plugin_the_tests_build() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("wit/README.md")).expect("wit/README.md");
+    let block = |lang: &str| -> String {
+        let start = readme
+            .find(&format!("```{lang}\n"))
+            .unwrap_or_else(|| panic!("no {lang} block in wit/README.md"))
+            + lang.len()
+            + 4;
+        readme[start..start + readme[start..].find("```").unwrap()].to_string()
+    };
+    let plugin = root.join("tests/plugins/only-drops");
+    let code = std::fs::read_to_string(plugin.join("src/lib.rs")).unwrap();
+    let code: String = code
+        .lines()
+        .skip_while(|l| l.starts_with("//!") || l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        block("rust"),
+        code,
+        "wit/README.md's Rust block and only-drops/src/lib.rs"
+    );
+    let world = std::fs::read_to_string(plugin.join("wit/world.wit")).unwrap();
+    let world: String = world
+        .lines()
+        .filter(|l| !l.starts_with("///"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        block("wit"),
+        world,
+        "wit/README.md's world and only-drops/wit/world.wit"
+    );
+}
