@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use ebpf_core::Tuple;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::topology::{Netns, Topology, Workload};
+use crate::topology::{Netns, Workload};
 
 /// A batch of enriched events, shared by every consumer of the fan-out.
 pub type Batch = Arc<Vec<Event>>;
@@ -309,6 +309,9 @@ pub struct Event {
     /// inode.
     pub netns_cookie: u64,
     pub workload: Option<Workload>,
+    /// The other end of the event's flow, when a workload owns it (`peer_namespace`,
+    /// `peer_pod`; see `probes::Context::enrich`).
+    pub peer: Option<Workload>,
     /// Labels of the workload from enrichment plugins (the `labels` field), when any.
     pub labels: Option<Labels>,
     pub source: Source,
@@ -334,17 +337,12 @@ impl Event {
             netns: netns.inode,
             netns_cookie: netns.cookie,
             workload: None,
+            peer: None,
             labels: None,
             source: Source::Kernel,
             message: None,
             kind,
         }
-    }
-
-    /// Fills in node, namespace and pod.
-    pub fn enrich(&mut self, node: &Arc<str>, topology: &dyn Topology) {
-        self.node = Arc::clone(node);
-        self.workload = topology.workload_of_netns(Netns::new(self.netns, self.netns_cookie));
     }
 
     /// The event as one line of JSON (no trailing newline).
@@ -387,12 +385,22 @@ pub fn errno_name(errno: i32) -> Cow<'static, str> {
     }
 }
 
-fn serialize_flow<M: SerializeMap>(map: &mut M, flow: &Flow) -> Result<(), M::Error> {
+/// The flow's fields, then its peer's when a workload owns the other end.
+fn serialize_flow<M: SerializeMap>(
+    map: &mut M,
+    flow: &Flow,
+    peer: Option<&Workload>,
+) -> Result<(), M::Error> {
     map.serialize_entry("protocol", &flow.protocol)?;
     map.serialize_entry("saddr", &flow.saddr)?;
     map.serialize_entry("sport", &flow.sport)?;
     map.serialize_entry("daddr", &flow.daddr)?;
-    map.serialize_entry("dport", &flow.dport)
+    map.serialize_entry("dport", &flow.dport)?;
+    if let Some(peer) = peer {
+        map.serialize_entry("peer_namespace", &*peer.namespace)?;
+        map.serialize_entry("peer_pod", &*peer.pod)?;
+    }
+    Ok(())
 }
 
 impl Serialize for Event {
@@ -420,7 +428,7 @@ impl Serialize for Event {
         map.serialize_entry("source", self.source.as_str())?;
         match &self.kind {
             Kind::PacketDrop(e) => {
-                serialize_flow(&mut map, &e.flow)?;
+                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
                 map.serialize_entry("reason", &*e.reason)?;
                 map.serialize_entry("location", &*e.location)?;
                 if let Some(stack) = &e.stack {
@@ -429,18 +437,18 @@ impl Serialize for Event {
                 }
             }
             Kind::TcpRetrans(e) => {
-                serialize_flow(&mut map, &e.flow)?;
+                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
                 map.serialize_entry("state", e.state)?;
             }
             Kind::TcpReset(e) => {
-                serialize_flow(&mut map, &e.flow)?;
+                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
                 map.serialize_entry("direction", e.direction)?;
                 if let Some(state) = e.state {
                     map.serialize_entry("state", state)?;
                 }
             }
             Kind::TcpConnect(e) => {
-                serialize_flow(&mut map, &e.flow)?;
+                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
                 map.serialize_entry("side", e.side)?;
                 if let Some(cause) = e.cause {
                     map.serialize_entry("cause", cause)?;
@@ -459,7 +467,7 @@ impl Serialize for Event {
                 }
             }
             Kind::Dns(e) => {
-                serialize_flow(&mut map, &e.flow)?;
+                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
                 for (key, value) in e.fields() {
                     map.serialize_entry(key, &value)?;
                 }

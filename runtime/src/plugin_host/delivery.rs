@@ -10,7 +10,7 @@ use std::time::UNIX_EPOCH;
 
 use super::sonde::plugin::types as wit;
 use crate::event::{Event, Flow, Kind};
-use crate::topology::{Topology, Workload};
+use crate::topology::Workload;
 
 /// "None" for a `text` or a stack index in the packed layout.
 pub const NONE: u32 = u32::MAX;
@@ -21,7 +21,7 @@ pub const PACKED_RECORD_SIZE: usize = 96;
 const MAX_RECORD_SIZE: usize = 120;
 
 /// Keys of the intern tables: a string's (or stack's) address and length. The strings of one
-/// batch live in the events (or in `Symbols::keep`) until the batch is built, so equal
+/// batch live in the events until the batch is built, so equal
 /// addresses mean equal strings; most of an event's strings are shared `Arc`s, so the address
 /// is found again without reading the text.
 type AddrMap<V> = crate::addr_hash::AddrMap<(usize, usize), V>;
@@ -43,8 +43,6 @@ pub struct Symbols {
     /// The same strings by content, for equal strings at different addresses.
     by_content: HashMap<String, u32>,
     stack_index: AddrMap<u32>,
-    /// Peers looked up during the build: holding them keeps their strings' addresses unique.
-    keep: Vec<Workload>,
 }
 
 impl Default for Symbols {
@@ -57,7 +55,6 @@ impl Default for Symbols {
             text_index: AddrMap::default(),
             by_content: HashMap::new(),
             stack_index: AddrMap::default(),
-            keep: Vec::new(),
         }
     }
 }
@@ -75,7 +72,6 @@ impl Symbols {
         self.text_index.clear();
         self.by_content.clear();
         self.stack_index.clear();
-        self.keep.clear();
     }
 
     pub fn text(&mut self, s: &str) -> u32 {
@@ -152,20 +148,9 @@ struct Common {
 }
 
 impl Common {
-    fn new(e: &Event, flow: Option<&Flow>, topology: &dyn Topology, sym: &mut Symbols) -> Common {
-        // The other end: the owner of daddr, or of saddr when daddr is the event's own
-        // workload (a packet dropped or received in the pod it was sent to).
-        let owner = |a: Option<IpAddr>| a.and_then(|a| topology.workload_of_ip(a));
-        let peer = flow
-            .and_then(|f| match owner(f.daddr) {
-                Some(w) if Some(&w) == e.workload.as_ref() => owner(f.saddr),
-                other => other,
-            })
-            .map(|w| {
-                let r = sym.workload(&w);
-                sym.keep.push(w);
-                r
-            });
+    fn new(e: &Event, flow: Option<&Flow>, sym: &mut Symbols) -> Common {
+        // The other end, as the enrichment stage found it.
+        let peer = flow.and(e.peer.as_ref()).map(|w| sym.workload(w));
         Common {
             time_ns: e
                 .time
@@ -390,7 +375,6 @@ pub fn batches(
     probe: Probe,
     packed: bool,
     chunk: usize,
-    topology: &dyn Topology,
     sym: &mut Symbols,
 ) -> Vec<Delivery> {
     let mut out = Vec::new();
@@ -401,9 +385,9 @@ pub fn batches(
     while of_probe.peek().is_some() {
         let part = of_probe.by_ref().take(chunk.max(1));
         out.push(if packed {
-            Delivery::Packed(packed_batch(probe, part, topology, sym))
+            Delivery::Packed(packed_batch(probe, part, sym))
         } else {
-            typed_batch(probe, part, topology, sym)
+            typed_batch(probe, part, sym)
         });
     }
     out
@@ -413,7 +397,6 @@ pub fn batches(
 pub fn typed_batch<'a>(
     probe: Probe,
     events: impl Iterator<Item = &'a Event>,
-    topology: &dyn Topology,
     sym: &mut Symbols,
 ) -> Delivery {
     sym.reset();
@@ -426,7 +409,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::PacketDrop(d) => {
-                        let c = Common::new(e, Some(&d.flow), topology, sym);
+                        let c = Common::new(e, Some(&d.flow), sym);
                         Some(wit::PacketDrop {
                             envelope: c.envelope(),
                             extra: Vec::new(),
@@ -449,7 +432,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpRetrans(r) => {
-                        let c = Common::new(e, Some(&r.flow), topology, sym);
+                        let c = Common::new(e, Some(&r.flow), sym);
                         Some(wit::TcpRetrans {
                             envelope: c.envelope(),
                             extra: Vec::new(),
@@ -470,7 +453,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpReset(r) => {
-                        let c = Common::new(e, Some(&r.flow), topology, sym);
+                        let c = Common::new(e, Some(&r.flow), sym);
                         Some(wit::TcpReset {
                             envelope: c.envelope(),
                             extra: Vec::new(),
@@ -492,7 +475,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::TcpConnect(c) => {
-                        let common = Common::new(e, Some(&c.flow), topology, sym);
+                        let common = Common::new(e, Some(&c.flow), sym);
                         Some(wit::TcpConnect {
                             envelope: common.envelope(),
                             extra: Vec::new(),
@@ -517,7 +500,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::Softirq(s) => Some(wit::Softirq {
-                        envelope: Common::new(e, None, topology, sym).envelope(),
+                        envelope: Common::new(e, None, sym).envelope(),
                         extra: Vec::new(),
                         vec: sym.text(s.vec),
                         stage: sym.text(s.stage),
@@ -537,7 +520,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::NetdevLatency(n) => Some(wit::NetdevLatency {
-                        envelope: Common::new(e, None, topology, sym).envelope(),
+                        envelope: Common::new(e, None, sym).envelope(),
                         extra: Vec::new(),
                         interface: sym.text(&n.interface),
                         ifindex: n.ifindex,
@@ -558,7 +541,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::IoLatency(io) => Some(wit::IoLatency {
-                        envelope: Common::new(e, None, topology, sym).envelope(),
+                        envelope: Common::new(e, None, sym).envelope(),
                         extra: Vec::new(),
                         device: sym.text(&io.device),
                         dev: sym.text(&io.dev),
@@ -581,7 +564,7 @@ pub fn typed_batch<'a>(
             let events = events
                 .filter_map(|e| match &e.kind {
                     Kind::Dns(d) => {
-                        let common = Common::new(e, Some(&d.flow), topology, sym);
+                        let common = Common::new(e, Some(&d.flow), sym);
                         Some(wit::Dns {
                             envelope: common.envelope(),
                             extra: Vec::new(),
@@ -609,7 +592,6 @@ pub fn typed_batch<'a>(
 pub fn packed_batch<'a>(
     probe: Probe,
     events: impl Iterator<Item = &'a Event>,
-    topology: &dyn Topology,
     sym: &mut Symbols,
 ) -> wit::PackedBatch {
     sym.reset();
@@ -684,7 +666,7 @@ pub fn packed_batch<'a>(
             }
             _ => continue,
         };
-        Common::new(e, flow, topology, sym).pack(r);
+        Common::new(e, flow, sym).pack(r);
         bytes.extend_from_slice(r);
         count += 1;
     }
@@ -707,23 +689,6 @@ mod tests {
     use super::*;
     use crate::event::{PacketDrop, Severity, TcpReset};
 
-    struct Peers;
-
-    impl Topology for Peers {
-        fn workload_of_netns(&self, _netns: crate::topology::Netns) -> Option<Workload> {
-            None
-        }
-        fn workload_of_ip(&self, ip: IpAddr) -> Option<Workload> {
-            (ip == IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))).then(|| Workload {
-                namespace: Arc::from("shop"),
-                pod: Arc::from("db"),
-            })
-        }
-        fn ready(&self) -> bool {
-            true
-        }
-    }
-
     fn drop_event(pod: &Workload, node: &Arc<str>, reason: &Arc<str>, dport: u16) -> Event {
         let mut e = Event::kernel(
             UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123),
@@ -744,6 +709,12 @@ mod tests {
         );
         e.node = Arc::clone(node);
         e.workload = Some(pod.clone());
+        // The owner of daddr, as the enrichment stage finds it: a new allocation of "shop"
+        // each time.
+        e.peer = Some(Workload {
+            namespace: Arc::from("shop"),
+            pod: Arc::from("db"),
+        });
         e
     }
 
@@ -770,7 +741,7 @@ mod tests {
         ));
 
         let mut sym = Symbols::default();
-        let typed = batches(&events, Probe::PacketDrop, false, 3, &Peers, &mut sym);
+        let typed = batches(&events, Probe::PacketDrop, false, 3, &mut sym);
         assert_eq!(typed.iter().map(Delivery::len).collect::<Vec<_>>(), [3, 2]);
         let Delivery::PacketDrops(first) = &typed[0] else {
             panic!("typed batch expected")
@@ -802,7 +773,7 @@ mod tests {
         );
         assert_eq!(e.stack, None);
 
-        let packed = batches(&events, Probe::PacketDrop, true, 1024, &Peers, &mut sym);
+        let packed = batches(&events, Probe::PacketDrop, true, 1024, &mut sym);
         let [Delivery::Packed(p)] = &packed[..] else {
             panic!("one packed batch expected")
         };
@@ -834,7 +805,7 @@ mod tests {
             ("NETFILTER_DROP", "nf_hook_slow", NONE)
         );
 
-        let resets = batches(&events, Probe::TcpReset, true, 1024, &Peers, &mut sym);
+        let resets = batches(&events, Probe::TcpReset, true, 1024, &mut sym);
         let [Delivery::Packed(p)] = &resets[..] else {
             panic!("one packed batch expected")
         };
@@ -847,7 +818,7 @@ mod tests {
         assert_eq!(&r[84..88], &NONE.to_le_bytes());
         // No workload: namespace and pod are none.
         assert_eq!(&r[16..24], &[0xff; 8]);
-        assert!(batches(&events, Probe::TcpRetrans, false, 1024, &Peers, &mut sym).is_empty());
+        assert!(batches(&events, Probe::TcpRetrans, false, 1024, &mut sym).is_empty());
     }
 
     #[test]
@@ -882,7 +853,7 @@ mod tests {
             .collect();
         let mut sym = Symbols::default();
         let Delivery::NetdevLatencies(b) =
-            typed_batch(Probe::NetdevLatency, events.iter(), &Peers, &mut sym)
+            typed_batch(Probe::NetdevLatency, events.iter(), &mut sym)
         else {
             panic!("typed netdev_latency batch expected")
         };
@@ -892,15 +863,13 @@ mod tests {
         assert_eq!((e.ifindex, e.duration_ns, e.bytes), (2, 15_000, 64));
         assert_eq!(e.envelope.netns, 7);
         assert!(e.envelope.workload.is_none());
-        let Delivery::IoLatencies(b) =
-            typed_batch(Probe::IoLatency, events.iter(), &Peers, &mut sym)
+        let Delivery::IoLatencies(b) = typed_batch(Probe::IoLatency, events.iter(), &mut sym)
         else {
             panic!("typed io_latency batch expected")
         };
         assert_eq!((b.events.len(), b.events[0].error), (1, Some(10)));
 
-        let [Delivery::Packed(p)] =
-            &batches(&events, Probe::IoLatency, true, 64, &Peers, &mut sym)[..]
+        let [Delivery::Packed(p)] = &batches(&events, Probe::IoLatency, true, 64, &mut sym)[..]
         else {
             panic!("one packed batch expected")
         };
@@ -939,12 +908,9 @@ mod tests {
                 e
             })
             .collect();
-        let Delivery::PacketDrops(b) = typed_batch(
-            Probe::PacketDrop,
-            events.iter(),
-            &Peers,
-            &mut Symbols::default(),
-        ) else {
+        let Delivery::PacketDrops(b) =
+            typed_batch(Probe::PacketDrop, events.iter(), &mut Symbols::default())
+        else {
             panic!("typed batch expected")
         };
         assert_eq!(b.symbols.stacks.len(), 1);

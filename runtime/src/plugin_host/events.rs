@@ -11,7 +11,6 @@ use super::sonde::plugin::events::{Event as WitEvent, Host, Severity as WitSever
 use super::Refusal as Error;
 use super::{HostContext, HostState};
 use crate::event::{Derived, Event, Kind, Severity, Source};
-use crate::topology::Netns;
 use crate::topology::Workload;
 
 /// Keys of the event envelope, which a plugin's fields may not replace.
@@ -118,15 +117,15 @@ pub(crate) fn publish(
     budget.emitted += 1;
 
     let ctx = &host.probes;
-    let workload =
-        workload.or_else(|| netns.and_then(|n| ctx.topology.workload_of_netns(Netns::inode(n))));
     let e = Event {
         time: SystemTime::now(),
         node: Arc::clone(&ctx.node),
         severity,
         netns: netns.unwrap_or(0),
         netns_cookie: 0,
+        // The enrichment stage looks up the namespace's workload when the plugin names none.
         workload,
+        peer: None,
         labels: None,
         source: Source::Plugin(Arc::clone(&info.source)),
         message,
@@ -135,7 +134,7 @@ pub(crate) fn publish(
             fields,
         }),
     };
-    ctx.fanout.publish(vec![e]);
+    ctx.publish(vec![e]);
     host.self_metrics
         .emitted
         .with_label_values(&[&info.name])

@@ -677,7 +677,6 @@ impl Guest for Instance {
         symbols: &mut delivery::Symbols,
     ) -> Result<u64, Failure> {
         let spec = &info.manifest.spec;
-        let topology = &*host.host.probes.topology;
         let m = &host.host.self_metrics;
         let name = info.name.as_str();
         let packed = spec.delivery == Delivery::Packed;
@@ -687,7 +686,7 @@ impl Guest for Instance {
                 continue;
             }
             let chunk = spec.limits.batch as usize;
-            for part in delivery::batches(batch, probe, packed, chunk, topology, symbols) {
+            for part in delivery::batches(batch, probe, packed, chunk, symbols) {
                 n += part.len() as u64;
                 let call = if packed { "on-packed" } else { probe.handler() };
                 self.call(call, m, name, move |g, s| g.deliver(s, part))?;

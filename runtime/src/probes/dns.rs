@@ -212,7 +212,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         ));
     }
     if events && !batch.is_empty() {
-        ctx.fanout.publish(batch);
+        ctx.publish(batch);
     }
     Ok(())
 }
@@ -229,11 +229,10 @@ fn event(ctx: &Context, client: IpAddr, dns: Dns, message: String) -> Event {
         Severity::Warning,
         Kind::Dns(dns),
     );
-    e.enrich(&ctx.node, &*ctx.topology);
-    // The namespace of the client is not known at TC: its address names the pod.
+    // The namespace of the client is not known at TC: its address names the pod (the
+    // enrichment stage keeps a workload its maker gives).
     e.workload = ctx.topology.workload_of_ip(client);
     e.message = Some(message);
-    ctx.enrichers.label(&mut e);
     e
 }
 

@@ -118,10 +118,38 @@ impl Context {
         labels
     }
 
-    /// Fills in an event's node, namespace and pod, then its `labels`: the additional labels'
-    /// non-empty values, and the enrichment plugins' (which win on the same name).
+    /// The one enrichment stage: every event, whatever made it (a probe's ring buffer, the
+    /// dns probe's tables, a plugin or a script), passes here on its way to the fan-out, so
+    /// that sinks, scripts, plugins and the events API see the same event. See
+    /// [`Context::enrich`].
+    pub fn publish(&self, mut events: Vec<Event>) {
+        for e in &mut events {
+            self.enrich(e);
+        }
+        self.fanout.publish(events);
+    }
+
+    /// Fills in an event's node; its workload (from its network namespace, unless its maker
+    /// knew it already: the dns probe names the client by its address); the other end of its
+    /// flow (`peer`: the workload that owns the destination, or the source when the
+    /// destination is the event's own workload, as for a packet dropped in the pod it was
+    /// sent to); then its `labels`: the additional labels' non-empty values, and the
+    /// enrichment plugins' (which win on the same name).
     pub fn enrich(&self, event: &mut Event) {
-        event.enrich(&self.node, &*self.topology);
+        event.node = Arc::clone(&self.node);
+        if event.workload.is_none() {
+            event.workload = self
+                .topology
+                .workload_of_netns(Netns::new(event.netns, event.netns_cookie));
+        }
+        if let Some(flow) = event.kind.flow() {
+            let owner =
+                |a: Option<std::net::IpAddr>| a.and_then(|a| self.topology.workload_of_ip(a));
+            event.peer = match owner(flow.daddr) {
+                Some(w) if Some(&w) == event.workload.as_ref() => owner(flow.saddr),
+                other => other,
+            };
+        }
         self.enrichers.label(event);
         let names = &self.metrics.additional_labels;
         let Some(values) = (!names.is_empty())
@@ -1036,14 +1064,13 @@ async fn drain(
         let mut taken = 0;
         more = false;
         while let Some(record) = ring.next() {
-            if let Some(mut event) = decode(&record) {
-                ctx.enrich(&mut event);
+            if let Some(event) = decode(&record) {
                 batch.push(event);
             }
             drop(record);
             taken += 1;
             if batch.len() >= MAX_BATCH {
-                ctx.fanout.publish(std::mem::take(&mut batch));
+                ctx.publish(std::mem::take(&mut batch));
             }
             if taken >= MAX_PER_PASS {
                 more = true;
@@ -1051,7 +1078,7 @@ async fn drain(
             }
         }
         if !batch.is_empty() {
-            ctx.fanout.publish(batch);
+            ctx.publish(batch);
         }
     }
 }

@@ -223,6 +223,10 @@ impl EventConverter {
         // Cookies count up from 1 as namespaces are made: far below i64::MAX.
         f.push(("netns_cookie", Dynamic::from_int(e.netns_cookie as i64)));
         f.push(("node", self.shared(&e.node)));
+        if let Some(peer) = flow.and(e.peer.as_ref()) {
+            f.push(("peer_namespace", self.shared(&peer.namespace)));
+            f.push(("peer_pod", self.shared(&peer.pod)));
+        }
         let pod = match pod {
             Some(p) => self.shared(p),
             None => self.static_str(""),

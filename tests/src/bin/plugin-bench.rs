@@ -652,7 +652,6 @@ fn measure_conversion(
     node: &Arc<str>,
     hot: bool,
 ) -> Vec<(usize, f64, f64)> {
-    let topology = &*bench.ctx.topology;
     let time = |events: &[Event], size: usize, packed: bool| {
         let chunks = batches(events, size);
         let chunks = if hot {
@@ -671,7 +670,6 @@ fn measure_conversion(
                         Probe::PacketDrop,
                         packed,
                         size,
-                        topology,
                         &mut symbols,
                     ));
                 }
@@ -683,7 +681,9 @@ fn measure_conversion(
     BATCH_SIZES
         .iter()
         .map(|&size| {
-            let events = drop_events(events_for(o, size), node);
+            // Enriched first, as the agent does before the fan-out (their peers included).
+            let mut events = drop_events(events_for(o, size), node);
+            events.iter_mut().for_each(|e| bench.ctx.enrich(e));
             (size, time(&events, size, false), time(&events, size, true))
         })
         .collect()
