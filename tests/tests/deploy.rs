@@ -25,7 +25,7 @@ use sonde_tests::{
     bulk_transfer, connect_and_close, free_local_addr, refused_connects, send_udp, sonde_bin,
     Agent, IpFamily, NodePods, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
-use xtask::chart::{merge, Chart, Value as ChartValue};
+use xtask::helm::{Helm, Values};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -223,19 +223,33 @@ fn check_object(doc: &Value, what: &str) -> String {
     kind
 }
 
-fn chart() -> Chart {
-    Chart::load(&root().join(xtask::manifests::CHART)).unwrap_or_else(|e| panic!("{e}"))
+/// Helm, from the virtualenv `target/helm-venv` that `cargo xtask manifests` uses (created on
+/// first use).
+fn helm() -> &'static Helm {
+    static HELM: std::sync::OnceLock<Helm> = std::sync::OnceLock::new();
+    HELM.get_or_init(|| {
+        let exe = std::env::current_exe().expect("cannot find the test executable");
+        let target = exe
+            .ancestors()
+            .find(|p| p.file_name().is_some_and(|n| n == "target"))
+            .unwrap_or_else(|| panic!("test executable {} is not under target/", exe.display()));
+        Helm::new(&root(), &target.join("helm-venv")).unwrap_or_else(|e| panic!("{e}"))
+    })
 }
 
-/// The chart rendered with `overrides` (YAML) merged into its values, as JSON documents.
+/// The chart rendered by Helm with `overrides` (YAML) over its values, as JSON documents.
 fn render_with(overrides: &str) -> Vec<Value> {
-    let chart = chart();
-    let over = ChartValue::from_yaml(&serde_yaml::from_str(overrides).unwrap(), "overrides")
+    let rendered = helm()
+        .render(
+            &root().join(xtask::manifests::CHART),
+            &[Values::Yaml(overrides)],
+            "sonde",
+            "sonde",
+        )
         .unwrap_or_else(|e| panic!("{e}"));
-    let docs = chart
-        .render(&merge(&chart.values, &over), "sonde", "sonde")
-        .unwrap_or_else(|e| panic!("{e}"));
-    docs.iter()
+    rendered
+        .documents
+        .iter()
         .flat_map(|d| yaml_documents(&d.text, &d.source))
         .collect()
 }
@@ -266,7 +280,7 @@ fn agent_container(ds: &DaemonSet) -> &Container {
 #[test]
 fn manifests_are_the_charts_rendering() {
     let root = root();
-    for out in xtask::manifests::render(&root).unwrap_or_else(|e| panic!("{e}")) {
+    for out in xtask::manifests::render(helm(), &root).unwrap_or_else(|e| panic!("{e}")) {
         let committed = read(&root.join(&out.path));
         assert!(
             committed == out.text,
@@ -275,10 +289,10 @@ fn manifests_are_the_charts_rendering() {
         );
     }
     // NOTES.txt, which `helm install` prints, renders too.
-    let chart = chart();
-    let notes = chart
-        .notes(&chart.values, "sonde", "sonde")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let notes = helm()
+        .render(&root.join(xtask::manifests::CHART), &[], "sonde", "sonde")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .notes;
     assert!(
         notes.contains("rollout status daemonset/sonde") && notes.contains("port 9990"),
         "{notes}"
