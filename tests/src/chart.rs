@@ -1,7 +1,7 @@
-//! The deployment in deploy/ as the deploy tests see it: the Helm chart rendered by Helm itself
-//! (helm-python-sdk, through xtask's `helm` module: the same path as `cargo xtask manifests`),
-//! and rendered objects read strictly into the Kubernetes API types. Every helper panics with
-//! context.
+//! The deployment in deploy/ as the deploy tests see it: the Helm chart rendered and linted by
+//! Helm itself (helm-python-sdk, through xtask's `helm` module: the same path as
+//! `cargo xtask manifests`), and rendered objects read strictly into the Kubernetes API types.
+//! Every helper panics with context.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,12 @@ pub fn notes() -> String {
         .notes
 }
 
+/// `helm lint --strict` on the chart with `overrides` (YAML) over its values: Err with the
+/// linter's report on any warning or error.
+pub fn lint_with(overrides: &str) -> Result<String, String> {
+    helm().lint(&root().join(CHART), &[Values::Yaml(overrides)], NAMESPACE)
+}
+
 /// Every branch of the templates: bundles of each kind, the monitoring objects over HTTPS, a
 /// named ServiceAccount with annotations, pull secrets, pod annotations, Prometheus's
 /// permission to read /metrics, SYS_ADMIN and NET_ADMIN (dns).
@@ -117,6 +123,25 @@ pub fn daemonset_test_values(port: u16, interfaces: &str) -> String {
          \x20 - {{name: drop-counter, configMap: sonde-bundle-drop-counter}}\n\
          \x20 - {{name: failing, configMap: sonde-test-failing}}\n"
     )
+}
+
+/// Every set of values the tests render the chart with, by name: the defaults, the
+/// prometheus-operator objects of `cargo xtask manifests`, and the option sets above.
+pub fn option_sets() -> Vec<(&'static str, String)> {
+    vec![
+        ("default values", String::new()),
+        (
+            "monitoring (cargo xtask manifests)",
+            xtask::manifests::MONITORING_VALUES.to_string(),
+        ),
+        ("ALL_OPTIONS", ALL_OPTIONS.to_string()),
+        ("KERNEL_BTF_SYSFS", KERNEL_BTF_SYSFS.to_string()),
+        ("KERNEL_BTF_FILES", KERNEL_BTF_FILES.to_string()),
+        (
+            "daemonset_test_values",
+            daemonset_test_values(9990, "sondev*"),
+        ),
+    ]
 }
 
 /// The non-empty documents of a YAML stream, as JSON.

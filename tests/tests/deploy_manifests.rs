@@ -1,7 +1,7 @@
 //! The chart in deploy/helm/sonde rendered by Helm: the committed manifests are its rendering
 //! with the default values; every object it renders, with any option set, is a Kubernetes
-//! object without a dropped or misspelt field; and the chart's agent config is one the agent
-//! accepts.
+//! object without a dropped or misspelt field; Helm's lint passes in strict mode; and the
+//! chart's agent config is one the agent accepts.
 
 use std::collections::BTreeSet;
 
@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{json, Value};
 use sonde_tests::chart::{
-    agent_container, check_object, find, notes, read, render_with, root, strict, volume,
-    yaml_documents, ALL_OPTIONS, KERNEL_BTF_FILES, KERNEL_BTF_SYSFS,
+    agent_container, check_object, find, lint_with, notes, option_sets, read, render_with, root,
+    strict, volume, yaml_documents, ALL_OPTIONS, KERNEL_BTF_FILES, KERNEL_BTF_SYSFS,
 };
 
 #[test]
@@ -30,6 +30,24 @@ fn manifests_are_the_charts_rendering() {
     assert!(
         notes.contains("rollout status daemonset/sonde") && notes.contains("port 9990"),
         "{notes}"
+    );
+}
+
+/// `helm lint --strict` finds nothing to warn about, with the default values and with every
+/// set of values the tests render (warnings Helm prints while rendering, such as an override
+/// whose type is not the chart's, count too).
+#[test]
+fn chart_passes_helm_lint_strict() {
+    let mut failed = Vec::new();
+    for (name, values) in option_sets() {
+        if let Err(report) = lint_with(&values) {
+            failed.push(format!("{name}:\n{report}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "helm lint --strict:\n{}",
+        failed.join("\n")
     );
 }
 
