@@ -1,7 +1,7 @@
 //! The deployment in deploy/ as the deploy tests see it: the Helm chart rendered and linted by
 //! Helm itself (helm-python-sdk, through xtask's `helm` module: the same path as
-//! `cargo xtask manifests`), and rendered objects read strictly into the Kubernetes API types.
-//! Every helper panics with context.
+//! `cargo xtask manifests`), rendered objects read strictly into the Kubernetes API types, and
+//! ConfigMaps mounted as kubelet mounts them. Every helper panics with context.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -357,4 +357,44 @@ pub fn prometheus_rule() -> PrometheusRule {
     let path = root().join("deploy/manifests/prometheus-operator/monitoring.yaml");
     let docs = yaml_documents(&read(&path), "monitoring.yaml");
     strict(find(&docs, "PrometheusRule", "sonde"), "PrometheusRule")
+}
+
+/// Writes a ConfigMap's keys into `dir` as kubelet mounts them: the files (`data` as text
+/// through `rewrite`, `binaryData` decoded) in a timestamped folder, `..data` a symlink to it,
+/// and each key a symlink into `..data`.
+pub fn mount_configmap(cm: &impl Serialize, dir: &Path, rewrite: impl Fn(&str) -> String) {
+    use base64::Engine;
+    let cm = serde_json::to_value(cm).expect("a ConfigMap as JSON");
+    let data_dir = dir.join("..2026_11_25_00_00_00.1");
+    std::fs::create_dir_all(&data_dir)
+        .unwrap_or_else(|e| panic!("create {}: {e}", data_dir.display()));
+    let text = cm["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| {
+            let value = value
+                .as_str()
+                .unwrap_or_else(|| panic!("data {key}: not a string"));
+            (key, rewrite(value).into_bytes())
+        });
+    let binary = cm["binaryData"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| {
+            let value = value
+                .as_str()
+                .unwrap_or_else(|| panic!("binaryData {key}: not a string"));
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .unwrap_or_else(|e| panic!("binaryData {key}: {e}"));
+            (key, bytes)
+        });
+    for (key, bytes) in text.chain(binary) {
+        std::fs::write(data_dir.join(key), bytes)
+            .unwrap_or_else(|e| panic!("write {key} into {}: {e}", data_dir.display()));
+        std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
+    }
+    std::os::unix::fs::symlink("..2026_11_25_00_00_00.1", dir.join("..data")).unwrap();
 }

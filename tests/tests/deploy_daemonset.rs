@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use serde_json::{json, Value};
 use sonde_tests::chart::{
-    agent_container, daemonset_test_values, find, read, render_with, root, strict, volume,
-    yaml_documents,
+    agent_container, daemonset_test_values, find, mount_configmap, read, render_with, root, strict,
+    volume, yaml_documents,
 };
 use sonde_tests::dashboards::{metric_names, queries};
 use sonde_tests::{
@@ -42,22 +42,6 @@ fn exported(families: &BTreeMap<String, String>, name: &str) -> bool {
             .and_then(|base| families.get(base))
             .is_some_and(|kind| kind == "histogram" || kind == "summary")
     })
-}
-
-/// Writes a ConfigMap's keys as kubelet mounts them: the files in a timestamped folder, `..data`
-/// a symlink to it, and each key a symlink into `..data`.
-fn mount_configmap(cm: &Value, dir: &Path, rewrite: &dyn Fn(&str) -> String) {
-    let data_dir = dir.join("..2026_11_25_00_00_00.1");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    assert!(
-        cm.get("binaryData").is_none(),
-        "only data keys are mounted here"
-    );
-    for (key, value) in cm["data"].as_object().expect("data") {
-        std::fs::write(data_dir.join(key), rewrite(value.as_str().unwrap())).unwrap();
-        std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
-    }
-    std::os::unix::fs::symlink("..2026_11_25_00_00_00.1", dir.join("..data")).unwrap();
 }
 
 const DROP_PORT: u16 = 5321;
@@ -120,7 +104,7 @@ fn run_as_daemonset(
                 .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == source.name.as_str())
                 .unwrap_or_else(|| panic!("no ConfigMap {}", source.name));
             let here = &mounts.iter().find(|(p, _)| *p == m.mount_path).unwrap().1;
-            mount_configmap(cm, here, &rewrite);
+            mount_configmap(cm, here, rewrite);
         }
     }
     let env: BTreeMap<String, String> = c
