@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// The `target/` folder the test executable is in.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("cannot find the test executable");
     exe.ancestors()
         .find(|p| p.file_name().is_some_and(|n| n == "target"))

@@ -10,6 +10,10 @@ mod agent;
 /// The bench binaries' shared helpers.
 pub mod bench;
 mod bundle;
+/// The Helm chart and the manifests in deploy/, for the deploy tests.
+pub mod chart;
+/// The Grafana dashboards and the PromQL they and the alerts query.
+pub mod dashboards;
 mod dns_server;
 mod http;
 pub mod kube_api;

@@ -1595,27 +1595,6 @@ fn sandbox_grants_nothing_beyond_the_manifest() {
     );
 }
 
-/// Standard base64 decoding, for the ConfigMap test.
-fn unbase64(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let mut out = Vec::new();
-    for chunk in text.trim_end_matches('=').as_bytes().chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, c)| n | u32::from(value(*c)) << (18 - 6 * i));
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
-}
-
 /// `sonde plugin configmap` turns a bundle into a ConfigMap whose keys, written as kubelet
 /// mounts them, are a valid bundle again; a bundle over 1 MiB is refused with the way out, and
 /// `sonde plugin check` warns about it.
@@ -1642,7 +1621,7 @@ fn bundles_become_configmaps_that_mount_back_into_bundles() {
     );
     // Mounted: each key a file.
     let mounted = TempDir::new();
-    mount_configmap(&cm, mounted.path());
+    sonde_tests::chart::mount_configmap(&cm, mounted.path(), str::to_string);
     let module = std::fs::read(bundle.join("retrans_storm.wasm")).unwrap();
     assert_eq!(
         std::fs::read(mounted.path().join("retrans_storm.wasm")).unwrap(),
@@ -1687,20 +1666,6 @@ fn bundles_become_configmaps_that_mount_back_into_bundles() {
     );
 }
 
-/// Writes a ConfigMap's keys as files in `dir`, as kubelet mounts them.
-fn mount_configmap(cm: &serde_yaml::Value, dir: &Path) {
-    if let Some(data) = cm["data"].as_mapping() {
-        for (k, v) in data {
-            std::fs::write(dir.join(k.as_str().unwrap()), v.as_str().unwrap()).unwrap();
-        }
-    }
-    if let Some(binary) = cm["binaryData"].as_mapping() {
-        for (k, v) in binary {
-            std::fs::write(dir.join(k.as_str().unwrap()), unbase64(v.as_str().unwrap())).unwrap();
-        }
-    }
-}
-
 /// The ready ConfigMaps in deploy/examples are bundles the agent accepts once mounted.
 #[test]
 fn deploy_examples_are_configmaps_of_valid_bundles() {
@@ -1720,7 +1685,7 @@ fn deploy_examples_are_configmaps_of_valid_bundles() {
             .as_str()
             .unwrap_or_else(|| panic!("{}: no sonde.dev/bundle label", path.display()));
         let mounted = TempDir::new();
-        mount_configmap(&cm, mounted.path());
+        sonde_tests::chart::mount_configmap(&cm, mounted.path(), str::to_string);
         let check = run_sonde(
             &["plugin", "check", &mounted.path().display().to_string()],
             READY_TIMEOUT,

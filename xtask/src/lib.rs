@@ -1,6 +1,6 @@
-//! The parts of `cargo xtask` the tests use too: the chart renderer and the manifests it
-//! writes.
+//! The parts of `cargo xtask` the tests use too: Helm (rendering and linting the chart) and
+//! the manifests it writes.
 
-pub mod chart;
+pub mod helm;
 pub mod kernels;
 pub mod manifests;

@@ -1,7 +1,8 @@
 //! `cargo xtask`: developer chores that need more than cargo.
 //!
 //! `cargo xtask manifests [--check]` renders the Helm chart into `deploy/manifests/` (see
-//! `manifests.rs`; `chart.rs` is the renderer).
+//! `manifests.rs`) with Helm itself, helm-python-sdk in a virtualenv at `target/helm-venv`
+//! (see `helm.rs`).
 //!
 //! `cargo xtask kernels [--check] [--only NAME]...` runs the kernel matrix (see `kernels.rs`)
 //! and writes `docs/kernels.md`.
@@ -40,7 +41,11 @@ fn run(args: Vec<String>) -> Result<(), String> {
     let mut args = args.into_iter();
     match args.next().as_deref() {
         Some("plugins") => plugins(args.collect()),
-        Some("manifests") => xtask::manifests::run(&root(), args.collect()),
+        Some("manifests") => {
+            let root = root();
+            let venv = target_dir(&root)?.join("helm-venv");
+            xtask::manifests::run(&root, &venv, args.collect())
+        }
         Some("kernels") => {
             let root = root();
             let target = target_dir(&root)?;
