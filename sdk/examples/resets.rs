@@ -1,7 +1,3 @@
-// A component, so built for wasm32-wasip2 only: `cargo test` builds examples for the host too,
-// where a cdylib cannot export names such as `sonde:plugin/tick@0.2.0#tick`.
-#![cfg(target_arch = "wasm32")]
-
 use sonde_plugin::{metrics::Counter, Config, Plugin, TcpReset};
 
 struct Resets {

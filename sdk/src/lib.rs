@@ -189,7 +189,34 @@ macro_rules! export {
                 }
             }
 
-    $crate::bindings::__export_world!(Exports with_types_in $crate::bindings);
+            // The component's exports, made on WebAssembly only: built for the host (a plugin
+            // crate's tests, `cargo test --workspace`), a cdylib cannot export names such as
+            // `sonde:plugin/tick@0.2.0#tick` (the linker's version script refuses the colon).
+            #[cfg(target_arch = "wasm32")]
+            $crate::bindings::__export_world!(Exports with_types_in $crate::bindings);
+
+            // On the host, this keeps the plugin's code reachable instead (nothing calls it),
+            // so that it builds there as it does for WebAssembly.
+            #[cfg(not(target_arch = "wasm32"))]
+            #[unsafe(no_mangle)]
+            extern "C" fn __sonde_plugin_host_exports() -> usize {
+                use $crate::bindings::exports::sonde::plugin as x;
+                [
+                    <Exports as x::init::Guest>::init as usize,
+                    <Exports as x::tick::Guest>::tick as usize,
+                    <Exports as x::enrich::Guest>::workload_labels as usize,
+                    <Exports as x::packet_drop_handler::Guest>::handle as usize,
+                    <Exports as x::tcp_retrans_handler::Guest>::handle as usize,
+                    <Exports as x::tcp_reset_handler::Guest>::handle as usize,
+                    <Exports as x::tcp_connect_handler::Guest>::handle as usize,
+                    <Exports as x::softirq_handler::Guest>::handle as usize,
+                    <Exports as x::netdev_latency_handler::Guest>::handle as usize,
+                    <Exports as x::io_latency_handler::Guest>::handle as usize,
+                    <Exports as x::dns_handler::Guest>::handle as usize,
+                    <Exports as x::packed_handler::Guest>::handle as usize,
+                ]
+                .len()
+            }
         };
     };
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::{
-    poll_until, run_sonde, send_udp, wasm_module, write_bundle, Agent, IpFamily, PodPair, TempDir,
-    READY_TIMEOUT, SETTLE_TIMEOUT,
+    metric_series, poll_until, run_sonde, send_udp, wasm_module, write_bundle, Agent, IpFamily,
+    PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 const PORT: u16 = 9997;
@@ -43,6 +43,20 @@ fn drops_counted_exactly(agent: &Agent, pods: &PodPair, port: u16, metric: &str)
         agent.wait_metric_eq(DROPS, &labels, total, SETTLE_TIMEOUT);
         agent.wait_metric_eq(metric, &labels, total, SETTLE_TIMEOUT);
     }
+    // A plugin's series carry the node's name, as the agent's own do.
+    let text = agent.metrics();
+    let node = |(labels, _): &(Vec<(String, String)>, f64)| {
+        labels
+            .iter()
+            .find(|(k, _)| k == "node")
+            .map(|(_, v)| v.clone())
+    };
+    let ours = node(&metric_series(&text, DROPS)[0]).expect("the agent's series have a node");
+    let series = metric_series(&text, metric);
+    assert!(
+        !series.is_empty() && series.iter().all(|s| node(s).as_ref() == Some(&ours)),
+        "node {ours}: {series:?}"
+    );
 }
 
 #[test]

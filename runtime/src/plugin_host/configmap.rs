@@ -1,11 +1,13 @@
-//! A bundle as a Kubernetes ConfigMap: `plugin.yaml` (and a script's source) in `data`, a
-//! component in `binaryData`, labelled `sonde.dev/bundle` so the agent finds it. Mounted as
+//! A bundle as a Kubernetes ConfigMap (k8s-openapi's type, serialized as YAML): `plugin.yaml`
+//! (and a script's source) in `data`, a component in `binaryData` (base64), labelled `sonde.dev/bundle` so the agent finds it. Mounted as
 //! a volume, the ConfigMap's keys are the bundle folder's files.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
 
 use super::bundle::{Bundle, BundleError};
 use super::manifest::BundleKind;
@@ -43,28 +45,6 @@ pub fn bundle(cm: &ConfigMap) -> Result<Bundle, BundleError> {
     Bundle::from_files(&origin(cm), &files(cm))
 }
 
-/// Standard base64 (RFC 4648, with padding), as `binaryData` wants it.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> shift & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The ConfigMap YAML of a bundle, in `namespace` if given; an error when it would not fit in
 /// a ConfigMap, with the way out.
 pub fn configmap_yaml(bundle: &Bundle, namespace: Option<&str>) -> Result<String, BundleError> {
@@ -73,24 +53,34 @@ pub fn configmap_yaml(bundle: &Bundle, namespace: Option<&str>) -> Result<String
         BundleError::Manifest(format!("{}: cannot read: {e}", manifest_path.display()))
     })?;
     let name = &bundle.manifest.metadata.name;
-    let file = bundle.manifest.file();
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sonde-bundle-{name}\n{}  labels:\n    {BUNDLE_LABEL}: \"{name}\"\ndata:\n  {}: |\n{}",
-        namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default(),
-        Bundle::MANIFEST,
-        indent(&manifest),
-    );
+    let file = bundle.manifest.file().to_string();
+    let mut data = BTreeMap::from([(Bundle::MANIFEST.to_string(), manifest)]);
+    let mut binary_data = BTreeMap::new();
     match (
         bundle.manifest.bundle_kind(),
         std::str::from_utf8(&bundle.module),
     ) {
         (Some(BundleKind::Script), Ok(source)) => {
-            yaml += &format!("  {file}: |\n{}", indent(source));
+            data.insert(file, source.to_string());
         }
         _ => {
-            yaml += &format!("binaryData:\n  {file}: {}\n", base64(&bundle.module));
+            binary_data.insert(file, ByteString(bundle.module.clone()));
         }
     }
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(format!("sonde-bundle-{name}")),
+            namespace: namespace.map(String::from),
+            labels: Some(BTreeMap::from([(BUNDLE_LABEL.to_string(), name.clone())])),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        binary_data: (!binary_data.is_empty()).then_some(binary_data),
+        ..ConfigMap::default()
+    };
+    let yaml = serde_yaml::to_string(&cm).map_err(|e| {
+        BundleError::Module(format!("{}: as a ConfigMap: {e}", bundle.dir.display()))
+    })?;
     if yaml.len() > CONFIGMAP_LIMIT {
         return Err(BundleError::Module(format!(
             "{}: as a ConfigMap this bundle is {:.1} MiB, over Kubernetes' 1 MiB limit: ship \
@@ -102,40 +92,9 @@ pub fn configmap_yaml(bundle: &Bundle, namespace: Option<&str>) -> Result<String
     Ok(yaml)
 }
 
-/// Text as a YAML block scalar's lines, indented by four.
-fn indent(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 64);
-    for line in text.lines() {
-        if line.is_empty() {
-            out.push('\n');
-        } else {
-            out.push_str("    ");
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_is_rfc4648() {
-        for (raw, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(raw.as_bytes()), encoded, "{raw:?}");
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
-    }
 
     fn bundle_dir(kind: &str, file: &str, module: &[u8]) -> (std::path::PathBuf, Bundle) {
         let dir = std::env::temp_dir().join(format!(
@@ -170,9 +129,14 @@ mod tests {
         assert_eq!(cm["metadata"]["labels"][BUNDLE_LABEL], "demo");
         let manifest = std::fs::read_to_string(dir.join("plugin.yaml")).unwrap();
         assert_eq!(cm["data"]["plugin.yaml"].as_str(), Some(manifest.as_str()));
+        use base64::Engine as _;
         assert_eq!(
             cm["binaryData"]["demo.wasm"].as_str(),
-            Some(base64(&module).as_str())
+            Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(module)
+                    .as_str()
+            )
         );
         // What the agent makes of it when the API watch delivers it.
         let mut api: ConfigMap = serde_yaml::from_str(&yaml).unwrap();

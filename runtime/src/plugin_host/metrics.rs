@@ -146,7 +146,12 @@ impl PluginSeries {
         };
         let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
         let buckets = kind.buckets();
-        let opts = Opts::new(name.clone(), help);
+        // Every series carries the node's name, as the agent's own do, unless the plugin
+        // declares a `node` label of its own.
+        let mut opts = Opts::new(name.clone(), help);
+        if !labels.iter().any(|l| l == "node") {
+            opts = opts.const_label("node", &*host.probes.node);
+        }
         let family = match kind {
             MetricKind::Counter => GenericCounterVec::new(opts, &label_refs).map(Family::Counter),
             MetricKind::Gauge => GaugeVec::new(opts, &label_refs).map(Family::Gauge),
