@@ -1,6 +1,6 @@
-//! Event sinks: where enriched events leave the agent as JSON lines (stdout, a rotated
-//! file). Each runs on its own thread fed by its own fan-out queue, and is restarted when
-//! its config changes.
+//! Event sinks: where enriched events leave the agent (stdout and a rotated file as JSON
+//! lines, Loki). Every kind implements [`Sink`]; each runs on its own thread fed by its own
+//! fan-out queue, and is restarted when its config changes.
 
 pub mod file;
 pub mod loki;
@@ -100,8 +100,85 @@ fn write_batches(
     }
 }
 
-struct Running<C> {
-    config: C,
+/// A sink: where events leave the agent. Each kind says which part of `sinks:` configures it
+/// and how it starts; [`Sinks::apply`] runs every kind the same way: on a thread of its own,
+/// fed by its own fan-out queue (`sink:<name>`, so a slow sink loses only its own events),
+/// restarted when its part of the config changes. A new sink implements this and is listed
+/// in [`Sinks`].
+pub(crate) trait Sink {
+    /// Its name: the `sink` label of its series, and `sink:<name>` in the fan-out.
+    const NAME: &'static str;
+    type Config: Clone + PartialEq + Send + 'static;
+
+    /// Its config, when `sinks:` enables it.
+    fn wanted(config: &SinksConfig) -> Option<Self::Config>;
+
+    /// Makes what its thread runs with its queue (opening a file, say), or says why it
+    /// cannot start.
+    fn start(config: &Self::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String>;
+}
+
+/// A sink's thread body: takes batches from its queue until the queue closes.
+pub(crate) type Worker = Box<dyn FnOnce(mpsc::Receiver<Batch>) + Send>;
+
+pub(crate) struct Stdout;
+
+impl Sink for Stdout {
+    const NAME: &'static str = "stdout";
+    type Config = stdout::Config;
+
+    fn wanted(config: &SinksConfig) -> Option<stdout::Config> {
+        config.stdout.enabled.then(|| config.stdout.clone())
+    }
+
+    fn start(_: &stdout::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String> {
+        let metrics = metrics.clone();
+        Ok(Box::new(move |mut rx| {
+            let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout());
+            write_batches(&mut rx, &mut out, Self::NAME, &metrics)
+        }))
+    }
+}
+
+pub(crate) struct File;
+
+impl Sink for File {
+    const NAME: &'static str = "file";
+    type Config = file::Config;
+
+    fn wanted(config: &SinksConfig) -> Option<file::Config> {
+        config.file.clone()
+    }
+
+    fn start(config: &file::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String> {
+        let mut f = file::RotatingFile::open(config)
+            .map_err(|e| format!("file sink cannot open {}: {e}", config.path))?;
+        let metrics = metrics.clone();
+        Ok(Box::new(move |mut rx| {
+            write_batches(&mut rx, &mut f, Self::NAME, &metrics)
+        }))
+    }
+}
+
+pub(crate) struct Loki;
+
+impl Sink for Loki {
+    const NAME: &'static str = "loki";
+    type Config = loki::Config;
+
+    fn wanted(config: &SinksConfig) -> Option<loki::Config> {
+        config.loki.clone()
+    }
+
+    fn start(config: &loki::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String> {
+        let (config, metrics) = (config.clone(), metrics.clone());
+        Ok(Box::new(move |rx| loki::run(config, rx, metrics)))
+    }
+}
+
+/// A sink of kind `S` that runs, with the config it was started with.
+struct Running<S: Sink> {
+    config: S::Config,
     thread: JoinHandle<()>,
 }
 
@@ -109,9 +186,9 @@ struct Running<C> {
 pub struct Sinks {
     fanout: Arc<FanOut>,
     metrics: loki::SinkMetrics,
-    stdout: Option<Running<stdout::Config>>,
-    file: Option<Running<file::Config>>,
-    loki: Option<Running<loki::Config>>,
+    stdout: Option<Running<Stdout>>,
+    file: Option<Running<File>>,
+    loki: Option<Running<Loki>>,
 }
 
 impl Sinks {
@@ -127,59 +204,35 @@ impl Sinks {
 
     /// Starts, stops or restarts sinks so that they match the config.
     pub fn apply(&mut self, config: &SinksConfig) {
-        let wanted_stdout = config.stdout.enabled.then(|| config.stdout.clone());
-        if self.stdout.as_ref().map(|r| &r.config) != wanted_stdout.as_ref() {
-            stop(
-                &self.fanout,
-                "sink:stdout",
-                self.stdout.take().map(|r| r.thread),
-            );
-            if let Some(c) = wanted_stdout {
-                let mut rx = self.fanout.subscribe("sink:stdout", QUEUE_BATCHES);
-                let metrics = self.metrics.clone();
-                let thread = std::thread::spawn(move || {
-                    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout());
-                    write_batches(&mut rx, &mut out, "stdout", &metrics)
-                });
-                self.stdout = Some(Running { config: c, thread });
-            }
+        apply(&mut self.stdout, config, &self.fanout, &self.metrics);
+        apply(&mut self.file, config, &self.fanout, &self.metrics);
+        apply(&mut self.loki, config, &self.fanout, &self.metrics);
+    }
+}
+
+/// Starts, stops or restarts one sink so that it matches the config.
+fn apply<S: Sink>(
+    running: &mut Option<Running<S>>,
+    config: &SinksConfig,
+    fanout: &Arc<FanOut>,
+    metrics: &loki::SinkMetrics,
+) {
+    let wanted = S::wanted(config);
+    if running.as_ref().map(|r| &r.config) == wanted.as_ref() {
+        return;
+    }
+    let consumer = format!("sink:{}", S::NAME);
+    stop(fanout, &consumer, running.take().map(|r| r.thread));
+    let Some(c) = wanted else {
+        return;
+    };
+    match S::start(&c, metrics) {
+        Ok(work) => {
+            let rx = fanout.subscribe(&consumer, QUEUE_BATCHES);
+            let thread = std::thread::spawn(move || work(rx));
+            *running = Some(Running { config: c, thread });
         }
-        if self.file.as_ref().map(|r| &r.config) != config.file.as_ref() {
-            stop(
-                &self.fanout,
-                "sink:file",
-                self.file.take().map(|r| r.thread),
-            );
-            if let Some(c) = config.file.clone() {
-                match file::RotatingFile::open(&c) {
-                    Ok(mut f) => {
-                        let mut rx = self.fanout.subscribe("sink:file", QUEUE_BATCHES);
-                        let metrics = self.metrics.clone();
-                        let thread = std::thread::spawn(move || {
-                            write_batches(&mut rx, &mut f, "file", &metrics)
-                        });
-                        self.file = Some(Running { config: c, thread });
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %c.path, error = %e, "file sink cannot open its file")
-                    }
-                }
-            }
-        }
-        if self.loki.as_ref().map(|r| &r.config) != config.loki.as_ref() {
-            stop(
-                &self.fanout,
-                "sink:loki",
-                self.loki.take().map(|r| r.thread),
-            );
-            if let Some(c) = config.loki.clone() {
-                let rx = self.fanout.subscribe("sink:loki", QUEUE_BATCHES);
-                let metrics = self.metrics.clone();
-                let config = c.clone();
-                let thread = std::thread::spawn(move || loki::run(config, rx, metrics));
-                self.loki = Some(Running { config: c, thread });
-            }
-        }
+        Err(e) => tracing::error!(sink = S::NAME, error = %e, "event sink cannot start"),
     }
 }
 
