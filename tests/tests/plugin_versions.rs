@@ -32,6 +32,26 @@ fn plugin_status(agent: &Agent, name: &str) -> Option<Value> {
     list.as_array()?.iter().find(|p| p["name"] == name).cloned()
 }
 
+/// An agent running the test component `<name>-plugin` as a bundle subscribed to
+/// `packet_drop` with `metrics`, checked to run as built for `sonde:plugin@<wit>`, and pods
+/// that drop UDP to `port`.
+fn running_drop_counter(name: &str, port: u16, wit: &str) -> (TempDir, PodPair, Agent) {
+    let dir = TempDir::new();
+    write_bundle(
+        &dir.path().join(name),
+        name,
+        &wasm_module(&format!("{name}-plugin")),
+        "  subscribe: [packet_drop]\n  capabilities: [metrics]\n",
+    );
+    let pods = PodPair::dropping_udp(port);
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let p = plugin_status(&agent, name).expect("listed");
+    assert_eq!(p["state"], "running", "{p}");
+    assert_eq!(p["wit"], wit, "{p}");
+    (dir, pods, agent)
+}
+
 /// Sends 500 datagrams into the DROP rule in rounds, and checks the kernel's count and
 /// `metric{pod, reason}` (the plugin's) both read exactly what was sent after each round.
 fn drops_counted_exactly(agent: &Agent, pods: &PodPair, port: u16, metric: &str) {
@@ -61,37 +81,13 @@ fn drops_counted_exactly(agent: &Agent, pods: &PodPair, port: u16, metric: &str)
 
 #[test]
 fn a_plain_wit_bindgen_plugin_with_one_handler_counts_exactly() {
-    let dir = TempDir::new();
-    write_bundle(
-        &dir.path().join("only-drops"),
-        "only-drops",
-        &wasm_module("only-drops-plugin"),
-        "  subscribe: [packet_drop]\n  capabilities: [metrics]\n",
-    );
-    let pods = PodPair::dropping_udp(PORT);
-    let agent = agent_with_plugins(dir.path());
-    agent.wait_ready(READY_TIMEOUT);
-    let p = plugin_status(&agent, "only-drops").expect("listed");
-    assert_eq!(p["state"], "running", "{p}");
-    assert_eq!(p["wit"], "0.2.0", "{p}");
+    let (_dir, pods, agent) = running_drop_counter("only-drops", PORT, "0.2.0");
     drops_counted_exactly(&agent, &pods, PORT, "sonde_example_drops_total");
 }
 
 #[test]
 fn a_component_built_for_0_1_0_still_counts_exactly() {
-    let dir = TempDir::new();
-    write_bundle(
-        &dir.path().join("v0-1"),
-        "v0-1",
-        &wasm_module("v0-1-plugin"),
-        "  subscribe: [packet_drop]\n  capabilities: [metrics]\n",
-    );
-    let pods = PodPair::dropping_udp(PORT + 1);
-    let agent = agent_with_plugins(dir.path());
-    agent.wait_ready(READY_TIMEOUT);
-    let p = plugin_status(&agent, "v0-1").expect("listed");
-    assert_eq!(p["state"], "running", "{p}");
-    assert_eq!(p["wit"], "0.1.0", "{p}");
+    let (_dir, pods, agent) = running_drop_counter("v0-1", PORT + 1, "0.1.0");
     drops_counted_exactly(&agent, &pods, PORT + 1, "sonde_test_v01_drops_total");
     // Its log says it runs on borrowed time.
     poll_until(SETTLE_TIMEOUT, "the 0.1.0 warning in the log", || {
