@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use ebpf_core::Tuple;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::schema::{FieldSpec, Value, Visit};
 use crate::topology::{Netns, Workload};
 
 /// A batch of enriched events, shared by every consumer of the fan-out.
@@ -71,171 +72,6 @@ impl From<&Tuple> for Flow {
     }
 }
 
-/// `packet_drop`: a packet the kernel dropped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PacketDrop {
-    pub flow: Flow,
-    pub reason: Arc<str>,
-    pub location: Arc<str>,
-    /// Kernel stack, innermost frame first, when stacks are enabled.
-    pub stack: Option<Arc<[Arc<str>]>>,
-}
-
-/// `tcp_retrans`: a TCP segment retransmitted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpRetrans {
-    pub flow: Flow,
-    pub state: &'static str,
-}
-
-/// `tcp_reset`: a TCP reset sent or received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpReset {
-    pub flow: Flow,
-    pub direction: &'static str,
-    /// State of the socket involved; `None` when the reset answers a packet no socket owns.
-    pub state: Option<&'static str>,
-}
-
-/// `tcp_connect`: a TCP handshake that was slow or failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpConnect {
-    /// Local end as source.
-    pub flow: Flow,
-    /// `connect` (this socket connected) or `accept` (a listener accepted it).
-    pub side: &'static str,
-    /// Why it failed (`refused`, `timeout`, `other`); `None` for a slow handshake that succeeded.
-    pub cause: Option<&'static str>,
-    /// How long the handshake took, or ran before failing; `None` when the probe attached
-    /// after it started.
-    pub duration: Option<std::time::Duration>,
-    /// SYN (connect) or SYN-ACK (accept) retransmissions.
-    pub retransmits: u8,
-    /// The socket's error when it closed (`ECONNREFUSED`, `ETIMEDOUT`...), if any.
-    pub error: Option<Cow<'static, str>>,
-}
-
-/// `dns`: a query that got no response within the probe's timeout, or a pod's SERVFAIL or
-/// NXDOMAIN responses above the probe's rate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dns {
-    /// Client end as source, server as destination.
-    pub flow: Flow,
-    /// `timeout`, `servfail` or `nxdomain`.
-    pub outcome: &'static str,
-    /// The DNS id of the query that timed out.
-    pub id: Option<u16>,
-    /// How long the query waited (timeouts).
-    pub duration: Option<std::time::Duration>,
-    /// Responses of that rcode since the last report, and their rate per second (rates).
-    pub count: Option<u64>,
-    pub rate: Option<f64>,
-}
-
-impl Dns {
-    /// The fields of its own, after the flow's: for JSON and scripts alike.
-    pub fn fields(&self) -> Vec<(&'static str, serde_json::Value)> {
-        let mut f = vec![("outcome", self.outcome.into())];
-        if let Some(id) = self.id {
-            f.push(("id", id.into()));
-        }
-        if let Some(d) = self.duration {
-            f.push(("duration_seconds", d.as_secs_f64().into()));
-        }
-        if let Some(c) = self.count {
-            f.push(("count", c.into()));
-        }
-        if let Some(r) = self.rate {
-            f.push(("rate_per_second", r.into()));
-        }
-        f
-    }
-}
-
-/// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least its threshold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Softirq {
-    /// `NET_RX` or `NET_TX`.
-    pub vec: &'static str,
-    /// `delay` (raised until it ran) or `run` (how long it ran).
-    pub stage: &'static str,
-    pub duration: std::time::Duration,
-    pub cpu: u32,
-}
-
-/// `netdev_latency`: a packet that spent at least its threshold in an interface's qdisc or
-/// driver.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetdevLatency {
-    pub interface: String,
-    pub ifindex: u32,
-    /// `queue` (net_dev_queue to start_xmit: the qdisc) or `xmit` (in the driver).
-    pub stage: &'static str,
-    pub duration: std::time::Duration,
-    /// Bytes of the packet.
-    pub bytes: u32,
-}
-
-/// `io_latency`: a block request that took at least the slow threshold to complete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IoLatency {
-    /// The disk's name (`vda`, `loop3`), or `major:minor` when it has none.
-    pub device: String,
-    /// `major:minor`.
-    pub dev: String,
-    /// `read`, `write` or `other`.
-    pub op: &'static str,
-    pub duration: std::time::Duration,
-    pub bytes: u32,
-    pub sector: u64,
-    /// The completion's block status (blk_status_t), `None` when it succeeded.
-    pub error: Option<i32>,
-}
-
-/// The JSON fields of the events without a flow (softirq, netdev_latency, io_latency), in
-/// the order the JSON event has them after the envelope: one list for the sinks and scripts.
-pub type Fields = Vec<(&'static str, serde_json::Value)>;
-
-impl Softirq {
-    pub fn fields(&self) -> Fields {
-        vec![
-            ("vec", self.vec.into()),
-            ("stage", self.stage.into()),
-            ("duration_seconds", self.duration.as_secs_f64().into()),
-            ("cpu", self.cpu.into()),
-        ]
-    }
-}
-
-impl NetdevLatency {
-    pub fn fields(&self) -> Fields {
-        vec![
-            ("interface", self.interface.clone().into()),
-            ("ifindex", self.ifindex.into()),
-            ("stage", self.stage.into()),
-            ("duration_seconds", self.duration.as_secs_f64().into()),
-            ("bytes", self.bytes.into()),
-        ]
-    }
-}
-
-impl IoLatency {
-    pub fn fields(&self) -> Fields {
-        let mut fields = vec![
-            ("device", self.device.clone().into()),
-            ("dev", self.dev.clone().into()),
-            ("op", self.op.into()),
-            ("duration_seconds", self.duration.as_secs_f64().into()),
-            ("bytes", self.bytes.into()),
-            ("sector", self.sector.into()),
-        ];
-        if let Some(error) = self.error {
-            fields.push(("error", error.into()));
-        }
-        fields
-    }
-}
-
 /// An event a plugin derived: its own type name and fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Derived {
@@ -243,59 +79,7 @@ pub struct Derived {
     pub fields: Vec<(String, serde_json::Value)>,
 }
 
-/// The type-specific part of an event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
-    PacketDrop(PacketDrop),
-    TcpRetrans(TcpRetrans),
-    TcpReset(TcpReset),
-    TcpConnect(TcpConnect),
-    Softirq(Softirq),
-    NetdevLatency(NetdevLatency),
-    IoLatency(IoLatency),
-    Dns(Dns),
-    Derived(Derived),
-}
-
-impl Kind {
-    /// The `type` field: the probe's name, or the plugin's event type.
-    pub fn type_name(&self) -> &str {
-        match self {
-            Kind::PacketDrop(_) => "packet_drop",
-            Kind::TcpRetrans(_) => "tcp_retrans",
-            Kind::TcpReset(_) => "tcp_reset",
-            Kind::TcpConnect(_) => "tcp_connect",
-            Kind::Softirq(_) => "softirq",
-            Kind::NetdevLatency(_) => "netdev_latency",
-            Kind::IoLatency(_) => "io_latency",
-            Kind::Dns(_) => "dns",
-            Kind::Derived(d) => &d.type_name,
-        }
-    }
-
-    pub fn flow(&self) -> Option<&Flow> {
-        match self {
-            Kind::PacketDrop(e) => Some(&e.flow),
-            Kind::TcpRetrans(e) => Some(&e.flow),
-            Kind::TcpReset(e) => Some(&e.flow),
-            Kind::TcpConnect(e) => Some(&e.flow),
-            Kind::Dns(e) => Some(&e.flow),
-            Kind::Softirq(_) | Kind::NetdevLatency(_) | Kind::IoLatency(_) | Kind::Derived(_) => {
-                None
-            }
-        }
-    }
-
-    /// The fields of a kernel event without a flow, `None` for the others.
-    pub fn fields(&self) -> Option<Fields> {
-        match self {
-            Kind::Softirq(e) => Some(e.fields()),
-            Kind::NetdevLatency(e) => Some(e.fields()),
-            Kind::IoLatency(e) => Some(e.fields()),
-            _ => None,
-        }
-    }
-}
+pub use crate::probes::Kind;
 
 /// An event with its envelope.
 #[derive(Debug, Clone, PartialEq)]
@@ -403,6 +187,22 @@ fn serialize_flow<M: SerializeMap>(
     Ok(())
 }
 
+/// Writes a probe event's own fields to the JSON object, keeping the first error.
+struct JsonFields<'a, M: SerializeMap> {
+    map: &'a mut M,
+    error: Option<M::Error>,
+}
+
+impl<M: SerializeMap> Visit for JsonFields<'_, M> {
+    fn field<V: Value>(&mut self, spec: &FieldSpec, value: &V) {
+        if self.error.is_none() {
+            if let Err(e) = value.json(spec.json, self.map) {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
@@ -426,56 +226,20 @@ impl Serialize for Event {
         map.serialize_entry("netns", &self.netns)?;
         map.serialize_entry("netns_cookie", &self.netns_cookie)?;
         map.serialize_entry("source", self.source.as_str())?;
-        match &self.kind {
-            Kind::PacketDrop(e) => {
-                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
-                map.serialize_entry("reason", &*e.reason)?;
-                map.serialize_entry("location", &*e.location)?;
-                if let Some(stack) = &e.stack {
-                    let frames: Vec<&str> = stack.iter().map(|f| &**f).collect();
-                    map.serialize_entry("stack", &frames)?;
-                }
-            }
-            Kind::TcpRetrans(e) => {
-                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
-                map.serialize_entry("state", e.state)?;
-            }
-            Kind::TcpReset(e) => {
-                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
-                map.serialize_entry("direction", e.direction)?;
-                if let Some(state) = e.state {
-                    map.serialize_entry("state", state)?;
-                }
-            }
-            Kind::TcpConnect(e) => {
-                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
-                map.serialize_entry("side", e.side)?;
-                if let Some(cause) = e.cause {
-                    map.serialize_entry("cause", cause)?;
-                }
-                if let Some(d) = e.duration {
-                    map.serialize_entry("duration_seconds", &d.as_secs_f64())?;
-                }
-                map.serialize_entry("retransmits", &e.retransmits)?;
-                if let Some(error) = &e.error {
-                    map.serialize_entry("error", error)?;
-                }
-            }
-            Kind::Softirq(_) | Kind::NetdevLatency(_) | Kind::IoLatency(_) => {
-                for (key, value) in self.kind.fields().unwrap_or_default() {
-                    map.serialize_entry(key, &value)?;
-                }
-            }
-            Kind::Dns(e) => {
-                serialize_flow(&mut map, &e.flow, self.peer.as_ref())?;
-                for (key, value) in e.fields() {
-                    map.serialize_entry(key, &value)?;
-                }
-            }
-            Kind::Derived(d) => {
-                for (key, value) in &d.fields {
-                    map.serialize_entry(key, value)?;
-                }
+        if let Some(flow) = self.kind.flow() {
+            serialize_flow(&mut map, flow, self.peer.as_ref())?;
+        }
+        let mut fields = JsonFields {
+            map: &mut map,
+            error: None,
+        };
+        self.kind.visit(&mut fields);
+        if let Some(e) = fields.error {
+            return Err(e);
+        }
+        if let Kind::Derived(d) = &self.kind {
+            for (key, value) in &d.fields {
+                map.serialize_entry(key, value)?;
             }
         }
         if let Some(m) = &self.message {
@@ -488,6 +252,10 @@ impl Serialize for Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::dns::Dns;
+    use crate::probes::io_latency::IoLatency;
+    use crate::probes::packet_drop::PacketDrop;
+    use crate::probes::softirq::Softirq;
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

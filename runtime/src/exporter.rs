@@ -204,7 +204,7 @@ async fn tcp_rtt(State(s): State<ApiState>) -> Response {
 async fn flows(State(s): State<ApiState>) -> Response {
     let probes = Arc::clone(&s.probes);
     let rows = tokio::task::spawn_blocking(move || {
-        probes.lock().unwrap_or_else(|e| e.into_inner()).flows()
+        crate::probes::flow::flows(&probes.lock().unwrap_or_else(|e| e.into_inner()))
     })
     .await;
     json_rows(rows)

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod plugin_host;
 pub mod probes;
+pub mod schema;
 pub mod script;
 pub mod server;
 pub mod sinks;

@@ -9,16 +9,13 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use super::sonde::plugin::types as wit;
-use crate::event::{Event, Flow, Kind};
+use crate::event::{Event, Flow};
 use crate::topology::Workload;
 
 /// "None" for a `text` or a stack index in the packed layout.
 pub const NONE: u32 = u32::MAX;
-/// Bytes per packed record in this version of the interface (`tcp_connect`, `softirq`,
-/// `netdev_latency` and `io_latency` have longer ones, `Probe::record_size`).
+/// Bytes of the shortest packed records (others are longer, `Probe::record_size`).
 pub const PACKED_RECORD_SIZE: usize = 96;
-/// The longest packed record (`io_latency`'s).
-const MAX_RECORD_SIZE: usize = 120;
 
 /// Keys of the intern tables: a string's (or stack's) address and length. The strings of one
 /// batch live in the events until the batch is built, so equal
@@ -61,7 +58,7 @@ impl Default for Symbols {
 
 impl Symbols {
     /// Forgets the previous batch (keeping the tables' memory).
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             self.cache.fill((0, usize::MAX, 0, 0));
@@ -103,7 +100,7 @@ impl Symbols {
         i
     }
 
-    fn stack(&mut self, frames: &Arc<[Arc<str>]>) -> u32 {
+    pub(crate) fn stack(&mut self, frames: &Arc<[Arc<str>]>) -> u32 {
         let key = (frames.as_ptr() as usize, frames.len());
         if let Some(&i) = self.stack_index.get(&key) {
             return i;
@@ -123,7 +120,7 @@ impl Symbols {
     }
 
     /// The batch's tables; the next batch starts afresh.
-    fn finish(&mut self) -> wit::Symbols {
+    pub(crate) fn finish(&mut self) -> wit::Symbols {
         let symbols = wit::Symbols {
             strings: std::mem::take(&mut self.strings),
             stacks: std::mem::take(&mut self.stacks),
@@ -135,7 +132,7 @@ impl Symbols {
 
 /// What every event carries, with its strings interned; the flow's fields are none (text and
 /// addresses) or 0 (ports) for events without one.
-struct Common {
+pub struct Common {
     time_ns: u64,
     netns: u32,
     workload: Option<wit::WorkloadRef>,
@@ -148,7 +145,7 @@ struct Common {
 }
 
 impl Common {
-    fn new(e: &Event, flow: Option<&Flow>, sym: &mut Symbols) -> Common {
+    pub fn new(e: &Event, flow: Option<&Flow>, sym: &mut Symbols) -> Common {
         // The other end, as the enrichment stage found it.
         let peer = flow.and(e.peer.as_ref()).map(|w| sym.workload(w));
         Common {
@@ -168,7 +165,7 @@ impl Common {
         }
     }
 
-    fn envelope(&self) -> wit::Envelope {
+    pub fn envelope(&self) -> wit::Envelope {
         wit::Envelope {
             time_ns: self.time_ns,
             netns: self.netns,
@@ -176,7 +173,7 @@ impl Common {
         }
     }
 
-    fn flow(&self) -> wit::Flow {
+    pub fn flow(&self) -> wit::Flow {
         wit::Flow {
             protocol: self.protocol,
             saddr: self.saddr.map(ip_address),
@@ -213,10 +210,6 @@ fn put_u32(r: &mut [u8], at: usize, v: u32) {
     r[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-fn put_u64(r: &mut [u8], at: usize, v: u64) {
-    r[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
 /// Writes an address into its 16 bytes and returns its family byte.
 fn pack_addr(a: Option<IpAddr>, out: &mut [u8]) -> u8 {
     match a {
@@ -242,131 +235,7 @@ pub(super) fn ip_address(a: IpAddr) -> wit::IpAddress {
     }
 }
 
-/// The probes a plugin can subscribe to, in the order batches are handed over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    PacketDrop,
-    TcpRetrans,
-    TcpReset,
-    TcpConnect,
-    Softirq,
-    NetdevLatency,
-    IoLatency,
-    Dns,
-}
-
-impl Probe {
-    pub const ALL: [Probe; 8] = [
-        Probe::PacketDrop,
-        Probe::TcpRetrans,
-        Probe::TcpReset,
-        Probe::TcpConnect,
-        Probe::Softirq,
-        Probe::NetdevLatency,
-        Probe::IoLatency,
-        Probe::Dns,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Probe::PacketDrop => "packet_drop",
-            Probe::TcpRetrans => "tcp_retrans",
-            Probe::TcpReset => "tcp_reset",
-            Probe::TcpConnect => "tcp_connect",
-            Probe::Softirq => "softirq",
-            Probe::NetdevLatency => "netdev_latency",
-            Probe::IoLatency => "io_latency",
-            Probe::Dns => "dns",
-        }
-    }
-
-    /// The interface a `sonde:plugin@0.2` component exports to take this probe's typed
-    /// batches.
-    pub fn interface(self) -> &'static str {
-        match self {
-            Probe::PacketDrop => "packet-drop-handler",
-            Probe::TcpRetrans => "tcp-retrans-handler",
-            Probe::TcpReset => "tcp-reset-handler",
-            Probe::TcpConnect => "tcp-connect-handler",
-            Probe::Softirq => "softirq-handler",
-            Probe::NetdevLatency => "netdev-latency-handler",
-            Probe::IoLatency => "io-latency-handler",
-            Probe::Dns => "dns-handler",
-        }
-    }
-
-    /// What its typed calls are counted as (`sonde_plugin_call_duration_seconds{call}`): the
-    /// handler's name in `sonde:plugin@0.1.0`, kept for the dashboards.
-    pub fn handler(self) -> &'static str {
-        match self {
-            Probe::PacketDrop => "on-packet-drop",
-            Probe::TcpRetrans => "on-tcp-retrans",
-            Probe::TcpReset => "on-tcp-reset",
-            Probe::TcpConnect => "on-tcp-connect",
-            Probe::Softirq => "on-softirq",
-            Probe::NetdevLatency => "on-netdev-latency",
-            Probe::IoLatency => "on-io-latency",
-            Probe::Dns => "on-dns",
-        }
-    }
-
-    /// Bytes of this probe's packed records (wit/PACKED.md).
-    pub fn record_size(self) -> usize {
-        match self {
-            Probe::TcpConnect | Probe::Softirq | Probe::NetdevLatency => 104,
-            Probe::Dns => 112,
-            Probe::IoLatency => MAX_RECORD_SIZE,
-            _ => PACKED_RECORD_SIZE,
-        }
-    }
-
-    fn of(kind: &Kind) -> Option<Probe> {
-        match kind {
-            Kind::PacketDrop(_) => Some(Probe::PacketDrop),
-            Kind::TcpRetrans(_) => Some(Probe::TcpRetrans),
-            Kind::TcpReset(_) => Some(Probe::TcpReset),
-            Kind::TcpConnect(_) => Some(Probe::TcpConnect),
-            Kind::Softirq(_) => Some(Probe::Softirq),
-            Kind::NetdevLatency(_) => Some(Probe::NetdevLatency),
-            Kind::IoLatency(_) => Some(Probe::IoLatency),
-            Kind::Dns(_) => Some(Probe::Dns),
-            Kind::Derived(_) => None,
-        }
-    }
-}
-
-/// One call's worth of events of one probe, in the plugin's delivery.
-pub enum Delivery {
-    PacketDrops(wit::PacketDropBatch),
-    TcpRetrans(wit::TcpRetransBatch),
-    TcpResets(wit::TcpResetBatch),
-    TcpConnects(wit::TcpConnectBatch),
-    Softirqs(wit::SoftirqBatch),
-    NetdevLatencies(wit::NetdevLatencyBatch),
-    IoLatencies(wit::IoLatencyBatch),
-    Dns(wit::DnsBatch),
-    Packed(wit::PackedBatch),
-}
-
-impl Delivery {
-    pub fn len(&self) -> usize {
-        match self {
-            Delivery::PacketDrops(b) => b.events.len(),
-            Delivery::TcpRetrans(b) => b.events.len(),
-            Delivery::TcpResets(b) => b.events.len(),
-            Delivery::TcpConnects(b) => b.events.len(),
-            Delivery::Softirqs(b) => b.events.len(),
-            Delivery::NetdevLatencies(b) => b.events.len(),
-            Delivery::IoLatencies(b) => b.events.len(),
-            Delivery::Dns(b) => b.events.len(),
-            Delivery::Packed(b) => b.count as usize,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::probes::{Delivery, EventProbe as Probe};
 
 /// The events of `probe` in `events`, `chunk` at a time (each chunk with its own symbols), as
 /// typed batches or packed ones.
@@ -380,7 +249,7 @@ pub fn batches(
     let mut out = Vec::new();
     let mut of_probe = events
         .iter()
-        .filter(|e| Probe::of(&e.kind) == Some(probe))
+        .filter(|e| e.kind.probe() == Some(probe))
         .peekable();
     while of_probe.peek().is_some() {
         let part = of_probe.by_ref().take(chunk.max(1));
@@ -399,193 +268,7 @@ pub fn typed_batch<'a>(
     events: impl Iterator<Item = &'a Event>,
     sym: &mut Symbols,
 ) -> Delivery {
-    sym.reset();
-    let mut events = events.peekable();
-    let node = events
-        .peek()
-        .map_or_else(String::new, |e| e.node.to_string());
-    match probe {
-        Probe::PacketDrop => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::PacketDrop(d) => {
-                        let c = Common::new(e, Some(&d.flow), sym);
-                        Some(wit::PacketDrop {
-                            envelope: c.envelope(),
-                            extra: Vec::new(),
-                            flow: c.flow(),
-                            reason: sym.text(&d.reason),
-                            location: sym.text(&d.location),
-                            stack: d.stack.as_ref().map(|s| sym.stack(s)),
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
-            Delivery::PacketDrops(wit::PacketDropBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-        Probe::TcpRetrans => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::TcpRetrans(r) => {
-                        let c = Common::new(e, Some(&r.flow), sym);
-                        Some(wit::TcpRetrans {
-                            envelope: c.envelope(),
-                            extra: Vec::new(),
-                            flow: c.flow(),
-                            state: sym.text(r.state),
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
-            Delivery::TcpRetrans(wit::TcpRetransBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-        Probe::TcpReset => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::TcpReset(r) => {
-                        let c = Common::new(e, Some(&r.flow), sym);
-                        Some(wit::TcpReset {
-                            envelope: c.envelope(),
-                            extra: Vec::new(),
-                            flow: c.flow(),
-                            direction: sym.text(r.direction),
-                            state: r.state.map(|s| sym.text(s)),
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
-            Delivery::TcpResets(wit::TcpResetBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-        Probe::TcpConnect => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::TcpConnect(c) => {
-                        let common = Common::new(e, Some(&c.flow), sym);
-                        Some(wit::TcpConnect {
-                            envelope: common.envelope(),
-                            extra: Vec::new(),
-                            flow: common.flow(),
-                            side: sym.text(c.side),
-                            cause: c.cause.map(|s| sym.text(s)),
-                            duration_ns: c.duration.map(|d| d.as_nanos() as u64),
-                            retransmits: c.retransmits,
-                            error: c.error.as_ref().map(|s| sym.text(s)),
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
-            Delivery::TcpConnects(wit::TcpConnectBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-        Probe::Softirq => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::Softirq(s) => Some(wit::Softirq {
-                        envelope: Common::new(e, None, sym).envelope(),
-                        extra: Vec::new(),
-                        vec: sym.text(s.vec),
-                        stage: sym.text(s.stage),
-                        duration_ns: s.duration.as_nanos() as u64,
-                        cpu: s.cpu,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            Delivery::Softirqs(wit::SoftirqBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-        Probe::NetdevLatency => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::NetdevLatency(n) => Some(wit::NetdevLatency {
-                        envelope: Common::new(e, None, sym).envelope(),
-                        extra: Vec::new(),
-                        interface: sym.text(&n.interface),
-                        ifindex: n.ifindex,
-                        stage: sym.text(n.stage),
-                        duration_ns: n.duration.as_nanos() as u64,
-                        bytes: n.bytes,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            Delivery::NetdevLatencies(wit::NetdevLatencyBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-        Probe::IoLatency => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::IoLatency(io) => Some(wit::IoLatency {
-                        envelope: Common::new(e, None, sym).envelope(),
-                        extra: Vec::new(),
-                        device: sym.text(&io.device),
-                        dev: sym.text(&io.dev),
-                        op: sym.text(io.op),
-                        duration_ns: io.duration.as_nanos() as u64,
-                        bytes: io.bytes,
-                        sector: io.sector,
-                        error: io.error,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            Delivery::IoLatencies(wit::IoLatencyBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-        Probe::Dns => {
-            let events = events
-                .filter_map(|e| match &e.kind {
-                    Kind::Dns(d) => {
-                        let common = Common::new(e, Some(&d.flow), sym);
-                        Some(wit::Dns {
-                            envelope: common.envelope(),
-                            extra: Vec::new(),
-                            flow: common.flow(),
-                            outcome: sym.text(d.outcome),
-                            id: d.id,
-                            duration_ns: d.duration.map(|x| x.as_nanos() as u64),
-                            count: d.count,
-                            rate: d.rate,
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
-            Delivery::Dns(wit::DnsBatch {
-                node,
-                events,
-                symbols: sym.finish(),
-            })
-        }
-    }
+    Delivery::typed(probe, events, sym)
 }
 
 /// A packed batch of `probe`'s events (the others in `events` are skipped).
@@ -602,71 +285,12 @@ pub fn packed_batch<'a>(
     let size = probe.record_size();
     let mut bytes = Vec::with_capacity(events.size_hint().0 * size);
     let mut count = 0u32;
-    for e in events {
-        let mut record = [0u8; MAX_RECORD_SIZE];
-        let r = &mut record[..size];
-        let flow = match (&e.kind, probe) {
-            (Kind::PacketDrop(d), Probe::PacketDrop) => {
-                put_u32(r, 80, sym.text(&d.reason));
-                put_u32(r, 84, sym.text(&d.location));
-                put_u32(r, 88, d.stack.as_ref().map_or(NONE, |s| sym.stack(s)));
-                Some(&d.flow)
-            }
-            (Kind::TcpRetrans(t), Probe::TcpRetrans) => {
-                put_u32(r, 80, sym.text(t.state));
-                Some(&t.flow)
-            }
-            (Kind::TcpReset(t), Probe::TcpReset) => {
-                put_u32(r, 80, sym.text(t.direction));
-                put_u32(r, 84, t.state.map_or(NONE, |s| sym.text(s)));
-                Some(&t.flow)
-            }
-            (Kind::TcpConnect(c), Probe::TcpConnect) => {
-                put_u32(r, 80, sym.text(c.side));
-                put_u32(r, 84, c.cause.map_or(NONE, |s| sym.text(s)));
-                put_u64(r, 88, c.duration.map_or(u64::MAX, |d| d.as_nanos() as u64));
-                r[96] = c.retransmits;
-                put_u32(r, 100, c.error.as_ref().map_or(NONE, |s| sym.text(s)));
-                Some(&c.flow)
-            }
-            (Kind::Softirq(s), Probe::Softirq) => {
-                put_u32(r, 80, sym.text(s.vec));
-                put_u32(r, 84, sym.text(s.stage));
-                put_u64(r, 88, s.duration.as_nanos() as u64);
-                put_u32(r, 96, s.cpu);
-                None
-            }
-            (Kind::NetdevLatency(n), Probe::NetdevLatency) => {
-                put_u32(r, 80, sym.text(&n.interface));
-                put_u32(r, 84, n.ifindex);
-                put_u64(r, 88, n.duration.as_nanos() as u64);
-                put_u32(r, 96, sym.text(n.stage));
-                put_u32(r, 100, n.bytes);
-                None
-            }
-            (Kind::IoLatency(io), Probe::IoLatency) => {
-                put_u32(r, 80, sym.text(&io.device));
-                put_u32(r, 84, sym.text(&io.dev));
-                put_u64(r, 88, io.duration.as_nanos() as u64);
-                put_u32(r, 96, sym.text(io.op));
-                put_u32(r, 100, io.bytes);
-                put_u64(r, 104, io.sector);
-                // blk_status_t 0 is success: what "none" is in the typed record.
-                put_u32(r, 112, io.error.unwrap_or(0) as u32);
-                None
-            }
-            (Kind::Dns(d), Probe::Dns) => {
-                put_u32(r, 80, sym.text(d.outcome));
-                put_u32(r, 84, d.id.map_or(NONE, u32::from));
-                let ns = d.duration.map_or(u64::MAX, |x| x.as_nanos() as u64);
-                r[88..96].copy_from_slice(&ns.to_le_bytes());
-                r[96..104].copy_from_slice(&d.count.unwrap_or(u64::MAX).to_le_bytes());
-                r[104..112].copy_from_slice(&d.rate.unwrap_or(f64::NAN).to_le_bytes());
-                Some(&d.flow)
-            }
-            _ => continue,
-        };
-        Common::new(e, flow, sym).pack(r);
+    let mut record = vec![0u8; size];
+    for e in events.filter(|e| e.kind.probe() == Some(probe)) {
+        let r = &mut record[..];
+        r.fill(0);
+        e.kind.pack(sym, r);
+        Common::new(e, e.kind.flow(), sym).pack(r);
         bytes.extend_from_slice(r);
         count += 1;
     }
@@ -687,7 +311,9 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::event::{PacketDrop, Severity, TcpReset};
+    use crate::event::{Kind, Severity};
+    use crate::probes::packet_drop::PacketDrop;
+    use crate::probes::tcp_reset::TcpReset;
 
     fn drop_event(pod: &Workload, node: &Arc<str>, reason: &Arc<str>, dport: u16) -> Event {
         let mut e = Event::kernel(
@@ -743,7 +369,7 @@ mod tests {
         let mut sym = Symbols::default();
         let typed = batches(&events, Probe::PacketDrop, false, 3, &mut sym);
         assert_eq!(typed.iter().map(Delivery::len).collect::<Vec<_>>(), [3, 2]);
-        let Delivery::PacketDrops(first) = &typed[0] else {
+        let Delivery::PacketDrop(first) = &typed[0] else {
             panic!("typed batch expected")
         };
         // shop, web, udp, db (the peer), NETFILTER_DROP, nf_hook_slow: each once, even where
@@ -823,7 +449,8 @@ mod tests {
 
     #[test]
     fn latency_events_have_no_flow_and_their_own_fields_in_both_deliveries() {
-        use crate::event::{IoLatency, NetdevLatency};
+        use crate::probes::io_latency::IoLatency;
+        use crate::probes::netdev_latency::NetdevLatency;
         let node: Arc<str> = Arc::from("node-1");
         let kinds = [
             Kind::NetdevLatency(NetdevLatency {
@@ -852,8 +479,7 @@ mod tests {
             })
             .collect();
         let mut sym = Symbols::default();
-        let Delivery::NetdevLatencies(b) =
-            typed_batch(Probe::NetdevLatency, events.iter(), &mut sym)
+        let Delivery::NetdevLatency(b) = typed_batch(Probe::NetdevLatency, events.iter(), &mut sym)
         else {
             panic!("typed netdev_latency batch expected")
         };
@@ -863,8 +489,7 @@ mod tests {
         assert_eq!((e.ifindex, e.duration_ns, e.bytes), (2, 15_000, 64));
         assert_eq!(e.envelope.netns, 7);
         assert!(e.envelope.workload.is_none());
-        let Delivery::IoLatencies(b) = typed_batch(Probe::IoLatency, events.iter(), &mut sym)
-        else {
+        let Delivery::IoLatency(b) = typed_batch(Probe::IoLatency, events.iter(), &mut sym) else {
             panic!("typed io_latency batch expected")
         };
         assert_eq!((b.events.len(), b.events[0].error), (1, Some(10)));
@@ -908,7 +533,7 @@ mod tests {
                 e
             })
             .collect();
-        let Delivery::PacketDrops(b) =
+        let Delivery::PacketDrop(b) =
             typed_batch(Probe::PacketDrop, events.iter(), &mut Symbols::default())
         else {
             panic!("typed batch expected")

@@ -241,7 +241,10 @@ impl Manifest {
                     known.join(", ")
                 ));
             }
-            let delivered = super::delivery::Probe::ALL.map(|p| p.name());
+            let delivered: Vec<&str> = super::delivery::Probe::ALL
+                .iter()
+                .map(|p| p.name())
+                .collect();
             if kind == BundleKind::Plugin && !delivered.contains(&probe.as_str()) {
                 return Err(format!(
                     "spec.subscribe: probe {probe} hands plugins no events (plugins subscribe to {})",

@@ -42,7 +42,7 @@ impl Host for HostState {
     }
 
     fn flows(&mut self) -> Result<Vec<FlowRow>, Error> {
-        let rows = self.read_probes(|p| p.flows())?;
+        let rows = self.read_probes(crate::probes::flow::flows)?;
         let workload = |kind: &str, namespace: String, pod: String| {
             (kind == "pod").then_some(Workload { namespace, pod })
         };

@@ -681,7 +681,7 @@ impl Guest for Instance {
         let name = info.name.as_str();
         let packed = spec.delivery == Delivery::Packed;
         let mut n = 0u64;
-        for probe in Probe::ALL {
+        for &probe in Probe::ALL {
             if !spec.subscribe.iter().any(|s| s == probe.name()) {
                 continue;
             }

@@ -7,7 +7,9 @@
 //! one ([`V2Pre`]) and checked against the manifest ([`Pre::check`]). A 0.1 component exports
 //! every handler of its world; its typed batches are the 0.2 ones without `extra`.
 
-use wasmtime::component::{Component, Instance, InstancePre};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, Func, Instance, InstancePre, Lower,
+};
 use wasmtime::{Engine, Store};
 
 use super::delivery::{Delivery, Probe};
@@ -231,15 +233,18 @@ pub struct V2Pre {
     init: Option<x::init::GuestIndices>,
     tick: Option<x::tick::GuestIndices>,
     enrich: Option<x::enrich::GuestIndices>,
-    packet_drop: Option<x::packet_drop_handler::GuestIndices>,
-    tcp_retrans: Option<x::tcp_retrans_handler::GuestIndices>,
-    tcp_reset: Option<x::tcp_reset_handler::GuestIndices>,
-    tcp_connect: Option<x::tcp_connect_handler::GuestIndices>,
-    softirq: Option<x::softirq_handler::GuestIndices>,
-    netdev_latency: Option<x::netdev_latency_handler::GuestIndices>,
-    io_latency: Option<x::io_latency_handler::GuestIndices>,
-    dns: Option<x::dns_handler::GuestIndices>,
-    packed: Option<x::packed_handler::GuestIndices>,
+    /// The `handle` function of each probe's handler interface, by [`Probe::index`]: found
+    /// by the names the catalogue gives them, so that a probe added to the catalogue needs
+    /// nothing here.
+    handlers: Vec<Option<ComponentExportIndex>>,
+    packed: Option<ComponentExportIndex>,
+}
+
+/// The `handle` function of an exported interface.
+fn handle_index(pre: &InstancePre<HostState>, interface: &str) -> Option<ComponentExportIndex> {
+    let component = pre.component();
+    let instance = component.get_export_index(None, &export_name(interface))?;
+    component.get_export_index(Some(&instance), "handle")
 }
 
 impl V2Pre {
@@ -248,31 +253,18 @@ impl V2Pre {
             init: x::init::GuestIndices::new(&pre).ok(),
             tick: x::tick::GuestIndices::new(&pre).ok(),
             enrich: x::enrich::GuestIndices::new(&pre).ok(),
-            packet_drop: x::packet_drop_handler::GuestIndices::new(&pre).ok(),
-            tcp_retrans: x::tcp_retrans_handler::GuestIndices::new(&pre).ok(),
-            tcp_reset: x::tcp_reset_handler::GuestIndices::new(&pre).ok(),
-            tcp_connect: x::tcp_connect_handler::GuestIndices::new(&pre).ok(),
-            softirq: x::softirq_handler::GuestIndices::new(&pre).ok(),
-            netdev_latency: x::netdev_latency_handler::GuestIndices::new(&pre).ok(),
-            io_latency: x::io_latency_handler::GuestIndices::new(&pre).ok(),
-            dns: x::dns_handler::GuestIndices::new(&pre).ok(),
-            packed: x::packed_handler::GuestIndices::new(&pre).ok(),
+            handlers: Probe::ALL
+                .iter()
+                .map(|p| handle_index(&pre, p.interface()))
+                .collect(),
+            packed: handle_index(&pre, "packed-handler"),
             pre,
         }
     }
 
     /// Whether the component exports `probe`'s typed handler.
     fn handles(&self, probe: Probe) -> bool {
-        match probe {
-            Probe::PacketDrop => self.packet_drop.is_some(),
-            Probe::TcpRetrans => self.tcp_retrans.is_some(),
-            Probe::TcpReset => self.tcp_reset.is_some(),
-            Probe::TcpConnect => self.tcp_connect.is_some(),
-            Probe::Softirq => self.softirq.is_some(),
-            Probe::NetdevLatency => self.netdev_latency.is_some(),
-            Probe::IoLatency => self.io_latency.is_some(),
-            Probe::Dns => self.dns.is_some(),
-        }
+        self.handlers[probe.index()].is_some()
     }
 }
 
@@ -308,8 +300,8 @@ impl Pre {
                 return missing("packed-handler", "spec.delivery is packed".to_string());
             }
         } else if let Some(probe) = Probe::ALL
-            .into_iter()
-            .find(|p| spec.subscribe.iter().any(|s| s == p.name()) && !pre.handles(*p))
+            .iter()
+            .find(|p| spec.subscribe.iter().any(|s| s == p.name()) && !pre.handles(**p))
         {
             return missing(
                 probe.interface(),
@@ -349,15 +341,9 @@ pub struct V2Exports {
     init: Option<x::init::Guest>,
     tick: Option<x::tick::Guest>,
     enrich: Option<x::enrich::Guest>,
-    packet_drop: Option<x::packet_drop_handler::Guest>,
-    tcp_retrans: Option<x::tcp_retrans_handler::Guest>,
-    tcp_reset: Option<x::tcp_reset_handler::Guest>,
-    tcp_connect: Option<x::tcp_connect_handler::Guest>,
-    softirq: Option<x::softirq_handler::Guest>,
-    netdev_latency: Option<x::netdev_latency_handler::Guest>,
-    io_latency: Option<x::io_latency_handler::Guest>,
-    dns: Option<x::dns_handler::Guest>,
-    packed: Option<x::packed_handler::Guest>,
+    /// Each probe's `handle`, by [`Probe::index`].
+    handlers: Vec<Option<Func>>,
+    packed: Option<Func>,
 }
 
 impl V2Exports {
@@ -375,21 +361,54 @@ impl V2Exports {
                 }
             };
         }
+        let mut func = |index: &Option<ComponentExportIndex>| {
+            index.as_ref().map(|i| {
+                instance
+                    .get_func(&mut *store, i)
+                    .ok_or_else(|| wasmtime::format_err!("an exported handle is not a function"))
+            })
+        };
+        let handlers = pre
+            .handlers
+            .iter()
+            .map(|i| func(i).transpose())
+            .collect::<wasmtime::Result<Vec<_>>>()?;
+        let packed = func(&pre.packed).transpose()?;
+        for (probe, f) in Probe::ALL.iter().zip(&handlers) {
+            if let Some(f) = f {
+                Delivery::check_handler(*probe, f, store)
+                    .map_err(|e| e.context(format!("{}.handle", probe.interface())))?;
+            }
+        }
+        if let Some(f) = &packed {
+            f.typed::<(&wit::PackedBatch,), ()>(&*store)
+                .map_err(|e| e.context("packed-handler.handle"))?;
+        }
         Ok(V2Exports {
             init: load!(init),
             tick: load!(tick),
             enrich: load!(enrich),
-            packet_drop: load!(packet_drop),
-            tcp_retrans: load!(tcp_retrans),
-            tcp_reset: load!(tcp_reset),
-            tcp_connect: load!(tcp_connect),
-            softirq: load!(softirq),
-            netdev_latency: load!(netdev_latency),
-            io_latency: load!(io_latency),
-            dns: load!(dns),
-            packed: load!(packed),
+            handlers,
+            packed,
         })
     }
+}
+
+/// Calls an exported `handle` with one batch; nothing when the component lacks it.
+pub async fn call_handle<B>(
+    func: Option<&Func>,
+    store: &mut Store<HostState>,
+    batch: &B,
+) -> wasmtime::Result<()>
+where
+    B: ComponentType + Lower + Sync,
+{
+    let Some(func) = func else {
+        return Ok(());
+    };
+    func.typed::<(&B,), ()>(&*store)?
+        .call_async(&mut *store, (batch,))
+        .await
 }
 
 impl Exports {
@@ -444,27 +463,7 @@ impl Exports {
     ) -> wasmtime::Result<()> {
         match self {
             Exports::V0_1(p) => deliver_v0_1(p, store, batch).await,
-            Exports::V0_2(e) => {
-                macro_rules! call {
-                    ($field:ident, $b:expr) => {
-                        match &e.$field {
-                            Some(g) => g.call_handle(store, &$b).await,
-                            None => Ok(()),
-                        }
-                    };
-                }
-                match batch {
-                    Delivery::PacketDrops(b) => call!(packet_drop, b),
-                    Delivery::TcpRetrans(b) => call!(tcp_retrans, b),
-                    Delivery::TcpResets(b) => call!(tcp_reset, b),
-                    Delivery::TcpConnects(b) => call!(tcp_connect, b),
-                    Delivery::Softirqs(b) => call!(softirq, b),
-                    Delivery::NetdevLatencies(b) => call!(netdev_latency, b),
-                    Delivery::IoLatencies(b) => call!(io_latency, b),
-                    Delivery::Dns(b) => call!(dns, b),
-                    Delivery::Packed(b) => call!(packed, b),
-                }
-            }
+            Exports::V0_2(e) => batch.call(&e.handlers, e.packed.as_ref(), store).await,
         }
     }
 }
@@ -499,7 +498,7 @@ async fn deliver_v0_1(
         stacks: s.stacks,
     };
     match batch {
-        Delivery::PacketDrops(b) => {
+        Delivery::PacketDrop(b) => {
             let events = b.events.into_iter().map(|e| o::PacketDrop {
                 envelope: envelope(e.envelope),
                 flow: flow(e.flow),
@@ -527,7 +526,7 @@ async fn deliver_v0_1(
             };
             p.call_on_tcp_retrans(store, &b).await
         }
-        Delivery::TcpResets(b) => {
+        Delivery::TcpReset(b) => {
             let events = b.events.into_iter().map(|e| o::TcpReset {
                 envelope: envelope(e.envelope),
                 flow: flow(e.flow),
@@ -541,7 +540,7 @@ async fn deliver_v0_1(
             };
             p.call_on_tcp_reset(store, &b).await
         }
-        Delivery::TcpConnects(b) => {
+        Delivery::TcpConnect(b) => {
             let events = b.events.into_iter().map(|e| o::TcpConnect {
                 envelope: envelope(e.envelope),
                 flow: flow(e.flow),
@@ -558,7 +557,7 @@ async fn deliver_v0_1(
             };
             p.call_on_tcp_connect(store, &b).await
         }
-        Delivery::Softirqs(b) => {
+        Delivery::Softirq(b) => {
             let events = b.events.into_iter().map(|e| o::Softirq {
                 envelope: envelope(e.envelope),
                 vec: e.vec,
@@ -573,7 +572,7 @@ async fn deliver_v0_1(
             };
             p.call_on_softirq(store, &b).await
         }
-        Delivery::NetdevLatencies(b) => {
+        Delivery::NetdevLatency(b) => {
             let events = b.events.into_iter().map(|e| o::NetdevLatency {
                 envelope: envelope(e.envelope),
                 interface: e.interface,
@@ -589,7 +588,7 @@ async fn deliver_v0_1(
             };
             p.call_on_netdev_latency(store, &b).await
         }
-        Delivery::IoLatencies(b) => {
+        Delivery::IoLatency(b) => {
             let events = b.events.into_iter().map(|e| o::IoLatency {
                 envelope: envelope(e.envelope),
                 device: e.device,

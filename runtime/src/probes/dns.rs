@@ -15,7 +15,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings, TcAttach};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Dns, Event, Flow, Kind, Severity};
+use crate::event::{Event, Flow, Kind, Severity};
 use crate::topology::Netns;
 
 /// `probes.dns` in the agent config.
@@ -73,6 +73,23 @@ fn validate(c: &ProbesConfig) -> Result<(), String> {
     super::interfaces::validate("dns", &c.interfaces)
 }
 
+crate::probe_event! {
+    /// `dns`: a query that got no response within the probe's timeout, or a pod's SERVFAIL
+    /// or NXDOMAIN responses above the probe's rate. The flow's source is the client, its
+    /// destination the server.
+    pub struct Dns: "dns", wit Dns, record 112, flow {
+        /// `timeout`, `servfail` or `nxdomain`.
+        pub outcome: &'static str => "outcome", outcome @ 80,
+        /// The DNS id of the query that timed out.
+        pub id: Option<u16> => "id", id @ 84,
+        /// How long the query waited (timeouts).
+        pub duration: Option<Duration> => "duration_seconds", duration_ns @ 88,
+        /// Responses of that rcode since the last report, and their rate per second (rates).
+        pub count: Option<u64> => "count", count @ 96,
+        pub rate: Option<f64> => "rate_per_second", rate @ 104,
+    }
+}
+
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
@@ -81,6 +98,12 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: Some(super::TcConfig {
+        interfaces: |c| &c.dns.interfaces,
+        attach: |c| c.dns.attach,
+    }),
+    fn_attach: None,
 };
 
 /// `probe_params` slots, read by the collector ([`LoadedProbe::params`]).

@@ -92,6 +92,12 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: false,
+    tc: Some(super::TcConfig {
+        interfaces: |c| &c.flow.interfaces,
+        attach: |c| c.flow.attach,
+    }),
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
@@ -480,6 +486,19 @@ pub struct FlowEntry {
 type RttKey = (IpAddr, u16, IpAddr, u16);
 
 /// The flow table, with RTTs from `tcp_rtt`'s table when that probe runs.
+/// The flow table with the RTTs `tcp_rtt` knows; empty when `flow` is not running.
+pub fn flows(probes: &super::Probes) -> Result<Vec<FlowEntry>, String> {
+    match probes.loaded(SPEC.name) {
+        Some(flow) => entries(
+            flow,
+            probes.loaded(ebpf_core::tcp_rtt::SPEC.name),
+            probes.context(),
+        )
+        .map_err(|e| e.to_string()),
+        None => Ok(Vec::new()),
+    }
+}
+
 pub fn entries(
     probe: &LoadedProbe,
     tcp_rtt: Option<&LoadedProbe>,

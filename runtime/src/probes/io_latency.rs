@@ -14,7 +14,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Event, IoLatency, Kind, Severity};
+use crate::event::{Event, Kind, Severity};
 use crate::topology::Netns;
 
 /// `probes.io_latency` in the agent config.
@@ -42,6 +42,23 @@ fn slow_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error>
     super::duration_field(d, "slowThreshold")
 }
 
+crate::probe_event! {
+    /// `io_latency`: a block request that took at least the slow threshold to complete.
+    pub struct IoLatency: "io_latency", wit IoLatency, record 120 {
+        /// The disk's name (`vda`, `loop3`), or `major:minor` when it has none.
+        pub device: String => "device", device @ 80,
+        /// `major:minor`.
+        pub dev: String => "dev", dev @ 84,
+        /// `read`, `write` or `other`.
+        pub op: &'static str => "op", op @ 96,
+        pub duration: Duration => "duration_seconds", duration_ns @ 88,
+        pub bytes: u32 => "bytes", bytes @ 100,
+        pub sector: u64 => "sector", sector @ 104,
+        /// The completion's block status (blk_status_t), `None` when it succeeded.
+        pub error: Option<i32> => "error", error @ 112,
+    }
+}
+
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
@@ -50,6 +67,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

@@ -334,6 +334,23 @@ pub struct Driver {
     /// the field names events use; `None` for probes without one. For `/api/v1/` and the
     /// plugins' `maps` interface.
     pub table: Option<TableReader>,
+    /// Whether it hands over events (its config takes an `events` block): what scripts can
+    /// have `on_<probe>` handlers for.
+    pub events: bool,
+    /// For a probe with TC hooks: the interfaces it attaches to and how.
+    pub tc: Option<TcConfig>,
+    /// For a probe with kernel-function hooks in two forms (fentry or kprobe): how it is to
+    /// attach them (`attach` in its config).
+    pub fn_attach: Option<fn(&ProbesConfig) -> FnAttach>,
+}
+
+/// The settings of a probe with TC hooks, whose programs are attached to each interface that
+/// matches its patterns.
+pub struct TcConfig {
+    /// The interface patterns (`interfaces` in its config).
+    pub interfaces: fn(&ProbesConfig) -> &[String],
+    /// How to attach (`attach` in its config).
+    pub attach: fn(&ProbesConfig) -> TcAttach,
 }
 
 /// Reads a probe's in-kernel table: one JSON object per row (see [`Driver::table`]).
@@ -349,17 +366,18 @@ pub fn netns_id(netns: Netns) -> u128 {
 }
 
 /// The probes that hand over events (every driver but those that keep only metrics and a
-/// table, such as tcp_rtt): what scripts can have `on_<probe>` handlers for. A probe has
-/// events when its config takes an `events` block.
+/// table, such as tcp_rtt): what scripts can have `on_<probe>` handlers for.
 pub fn event_probes() -> Vec<&'static str> {
     DRIVERS
         .iter()
+        .filter(|d| d.events)
         .map(|d| d.spec.name)
-        .filter(|name| {
-            let config = serde_json::json!({ *name: { "events": { "enabled": true } } });
-            serde_json::from_value::<ProbesConfig>(config).is_ok()
-        })
         .collect()
+}
+
+/// The driver of the probe named `name`.
+pub fn driver(name: &str) -> Option<&'static Driver> {
+    DRIVERS.iter().find(|d| d.spec.name == name)
 }
 
 /// Every collector, one per probe of the catalogue.
@@ -379,33 +397,41 @@ pub const DRIVERS: &[Driver] = &[
     dns::DRIVER,
 ];
 
-/// The interface patterns (`interfaces` in their config) of the probes with TC hooks, whose
-/// programs are attached to each matching interface.
+// The probes with events: what plugins and scripts subscribe to. Each line: the variant of
+// `Kind` (and of `EventProbe` and `Delivery`), the event its module declares with
+// `probe_event!`, its name in the WIT (`<name>-handler`) and its WIT batch record.
+crate::catalogue_events! {
+    PacketDrop(packet_drop::PacketDrop, "packet-drop", PacketDropBatch),
+    TcpRetrans(tcp_retrans::TcpRetrans, "tcp-retrans", TcpRetransBatch),
+    TcpReset(tcp_reset::TcpReset, "tcp-reset", TcpResetBatch),
+    TcpConnect(tcp_connect::TcpConnect, "tcp-connect", TcpConnectBatch),
+    Softirq(softirq::Softirq, "softirq", SoftirqBatch),
+    NetdevLatency(netdev_latency::NetdevLatency, "netdev-latency", NetdevLatencyBatch),
+    IoLatency(io_latency::IoLatency, "io-latency", IoLatencyBatch),
+    Dns(dns::Dns, "dns", DnsBatch),
+}
+
+/// The interface patterns of a probe with TC hooks (none for the others).
 fn tc_interfaces(probe: &str, config: &ProbesConfig) -> Vec<String> {
-    match probe {
-        "flow" => config.flow.interfaces.clone(),
-        "dns" => config.dns.interfaces.clone(),
-        _ => Vec::new(),
-    }
+    driver(probe)
+        .and_then(|d| d.tc.as_ref())
+        .map_or_else(Vec::new, |tc| (tc.interfaces)(config).to_vec())
 }
 
 /// How a probe with TC hooks is to attach them (`attach` in its config); `auto` for the
 /// others.
 pub fn tc_attach(probe: &str, config: &ProbesConfig) -> TcAttach {
-    match probe {
-        "flow" => config.flow.attach,
-        "dns" => config.dns.attach,
-        _ => TcAttach::Auto,
-    }
+    driver(probe)
+        .and_then(|d| d.tc.as_ref())
+        .map_or(TcAttach::Auto, |tc| (tc.attach)(config))
 }
 
 /// How a probe with kernel-function hooks in two forms is to attach them (`attach` in its
 /// config); `auto` for the others.
 pub fn fn_attach(probe: &str, config: &ProbesConfig) -> FnAttach {
-    match probe {
-        "stack_latency" => config.stack_latency.attach,
-        _ => FnAttach::Auto,
-    }
+    driver(probe)
+        .and_then(|d| d.fn_attach)
+        .map_or(FnAttach::Auto, |f| f(config))
 }
 
 /// Last-seen values of in-kernel counters, to add only what they gained to Prometheus
@@ -464,6 +490,17 @@ impl Deltas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A driver says it has events exactly when its config takes an `events` block.
+    #[test]
+    fn a_driver_has_events_when_its_config_takes_them() {
+        for d in DRIVERS {
+            let name = d.spec.name;
+            let config = serde_json::json!({ name: { "events": { "enabled": true } } });
+            let takes = serde_json::from_value::<ProbesConfig>(config).is_ok();
+            assert_eq!(takes, d.events, "{name}");
+        }
+    }
 
     #[test]
     fn deltas_count_gains_and_restarted_slots() {
@@ -767,10 +804,7 @@ impl Probes {
     }
 
     fn running_driver(&self, probe: &str) -> Result<&'static Driver, String> {
-        let driver = DRIVERS
-            .iter()
-            .find(|d| d.spec.name == probe)
-            .ok_or_else(|| format!("unknown probe {probe:?}"))?;
+        let driver = driver(probe).ok_or_else(|| format!("unknown probe {probe:?}"))?;
         if !self.running.contains_key(driver.spec.name) {
             return Err(format!("probe {probe} is not running"));
         }
@@ -821,10 +855,7 @@ impl Probes {
 
     /// A running probe's in-kernel counters: (netns, key, total).
     pub fn snapshot(&self, probe: &str) -> Result<Vec<CounterRow>, String> {
-        let driver = DRIVERS
-            .iter()
-            .find(|d| d.spec.name == probe)
-            .ok_or_else(|| format!("unknown probe {probe:?}"))?;
+        let driver = driver(probe).ok_or_else(|| format!("unknown probe {probe:?}"))?;
         match self.running.get(driver.spec.name) {
             Some(r) => (driver.snapshot)(&r.probe).map_err(|e| e.to_string()),
             None => Ok(Vec::new()),
@@ -834,10 +865,7 @@ impl Probes {
     /// A running probe's in-kernel table (see [`Driver::table`]); empty when the probe is
     /// not running.
     pub fn table(&self, probe: &str) -> Result<Vec<serde_json::Value>, String> {
-        let driver = DRIVERS
-            .iter()
-            .find(|d| d.spec.name == probe)
-            .ok_or_else(|| format!("unknown probe {probe:?}"))?;
+        let driver = driver(probe).ok_or_else(|| format!("unknown probe {probe:?}"))?;
         let read = driver
             .table
             .ok_or_else(|| format!("probe {probe} has no table"))?;
@@ -847,19 +875,14 @@ impl Probes {
         }
     }
 
-    /// The flow table with the RTTs `tcp_rtt` knows; empty when `flow` is not running.
-    pub fn flows(&self) -> Result<Vec<flow::FlowEntry>, String> {
-        match self.running.get(flow::DRIVER.spec.name) {
-            Some(r) => flow::entries(
-                &r.probe,
-                self.running
-                    .get(tcp_rtt::DRIVER.spec.name)
-                    .map(|r| &r.probe),
-                &self.ctx,
-            )
-            .map_err(|e| e.to_string()),
-            None => Ok(Vec::new()),
-        }
+    /// The probe named `name` when it is running.
+    pub fn loaded(&self, name: &str) -> Option<&LoadedProbe> {
+        self.running.get(name).map(|r| &r.probe)
+    }
+
+    /// What every collector shares.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
     }
 
     /// Brings the Prometheus counters up to date with the kernel's.
@@ -873,7 +896,7 @@ impl Probes {
             .collect();
         for name in ended {
             self.rate_overrides.remove(name);
-            if let Some(driver) = DRIVERS.iter().find(|d| d.spec.name == name) {
+            if let Some(driver) = driver(name) {
                 match self.reconfigure(driver) {
                     Ok(()) => tracing::info!(probe = name, "event rate override ended"),
                     Err(e) => {

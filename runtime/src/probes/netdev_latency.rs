@@ -18,7 +18,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Event, Kind, NetdevLatency, Severity};
+use crate::event::{Event, Kind, Severity};
 
 /// `probes.netdev_latency` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -55,6 +55,20 @@ fn xmit_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error>
     super::duration_field(d, "xmitThreshold")
 }
 
+crate::probe_event! {
+    /// `netdev_latency`: a packet that spent at least its threshold in an interface's qdisc
+    /// or driver.
+    pub struct NetdevLatency: "netdev_latency", wit NetdevLatency, record 104 {
+        pub interface: String => "interface", interface @ 80,
+        pub ifindex: u32 => "ifindex", ifindex @ 84,
+        /// `queue` (net_dev_queue to start_xmit: the qdisc) or `xmit` (in the driver).
+        pub stage: &'static str => "stage", stage @ 96,
+        pub duration: Duration => "duration_seconds", duration_ns @ 88,
+        /// Bytes of the packet.
+        pub bytes: u32 => "bytes", bytes @ 100,
+    }
+}
+
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
@@ -63,6 +77,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

@@ -11,7 +11,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::Deserialize;
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Event, Flow, Kind, PacketDrop, Severity};
+use crate::event::{Event, Flow, Kind, Severity};
 
 /// `probes.packet_drop` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -33,6 +33,18 @@ impl Default for Config {
     }
 }
 
+crate::probe_event! {
+    /// `packet_drop`: a packet the kernel dropped.
+    pub struct PacketDrop: "packet_drop", wit PacketDrop, record 96, flow {
+        /// The kernel's drop reason without its prefix: `NETFILTER_DROP`, `NO_SOCKET`, ...
+        pub reason: Arc<str> => "reason", reason @ 80,
+        /// The kernel function that dropped the packet.
+        pub location: Arc<str> => "location", location @ 84,
+        /// Kernel stack, innermost frame first, when stacks are enabled.
+        pub stack: Option<crate::schema::Stack> => "stack", stack @ 88,
+    }
+}
+
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
@@ -41,6 +53,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

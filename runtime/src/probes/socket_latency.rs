@@ -29,6 +29,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: false,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

@@ -15,7 +15,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{Event, Kind, Severity, Softirq};
+use crate::event::{Event, Kind, Severity};
 use crate::topology::Netns;
 
 /// `probes.softirq` in the agent config.
@@ -52,6 +52,19 @@ fn duration_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Er
     super::duration_field(d, "durationThreshold")
 }
 
+crate::probe_event! {
+    /// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least its
+    /// threshold.
+    pub struct Softirq: "softirq", wit Softirq, record 104 {
+        /// `NET_RX` or `NET_TX`.
+        pub vec: &'static str => "vec", vec @ 80,
+        /// `delay` (raised until it ran) or `run` (how long it ran).
+        pub stage: &'static str => "stage", stage @ 84,
+        pub duration: Duration => "duration_seconds", duration_ns @ 88,
+        pub cpu: u32 => "cpu", cpu @ 96,
+    }
+}
+
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
@@ -60,6 +73,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

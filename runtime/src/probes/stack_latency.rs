@@ -67,6 +67,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: Some(|c| c.stack_latency.attach),
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

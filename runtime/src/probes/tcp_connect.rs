@@ -14,7 +14,7 @@ use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 
 use super::{Context, Decoder, Deltas, Driver, EventsConfig, ProbesConfig};
-use crate::event::{errno_name, Event, Flow, Kind, Severity, TcpConnect};
+use crate::event::{errno_name, Event, Flow, Kind, Severity};
 
 /// `probes.tcp_connect` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -42,6 +42,25 @@ fn slow_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error>
     super::duration_field(d, "slowThreshold")
 }
 
+crate::probe_event! {
+    /// `tcp_connect`: a TCP handshake that was slow or failed; the flow's source is the local
+    /// end.
+    pub struct TcpConnect: "tcp_connect", wit TcpConnect, record 104, flow {
+        /// `connect` (this socket connected) or `accept` (a listener accepted it).
+        pub side: &'static str => "side", side @ 80,
+        /// Why it failed (`refused`, `timeout`, `other`); `None` for a slow handshake that
+        /// succeeded.
+        pub cause: Option<&'static str> => "cause", cause @ 84,
+        /// How long the handshake took, or ran before failing; `None` when the probe attached
+        /// after it started.
+        pub duration: Option<Duration> => "duration_seconds", duration_ns @ 88,
+        /// SYN (connect) or SYN-ACK (accept) retransmissions.
+        pub retransmits: u8 => "retransmits", retransmits @ 96,
+        /// The socket's error when it closed (`ECONNREFUSED`, `ETIMEDOUT`...), if any.
+        pub error: Option<std::borrow::Cow<'static, str>> => "error", error @ 100,
+    }
+}
+
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
@@ -50,6 +69,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

@@ -7,10 +7,21 @@ use ebpf_core::tcp_reset::{direction_name, Key, Record, SPEC};
 use ebpf_core::{LoadedProbe, ProbeError};
 
 use super::{Context, Decoder, Deltas, Driver, ProbeConfig};
-use crate::event::{tcp_state_name, Event, Flow, Kind, Severity, TcpReset};
+use crate::event::{tcp_state_name, Event, Flow, Kind, Severity};
 
 /// `probes.tcp_reset` in the agent config: on/off and events.
 pub type Config = ProbeConfig;
+
+crate::probe_event! {
+    /// `tcp_reset`: a TCP reset sent or received, the flow oriented as the reset travels.
+    pub struct TcpReset: "tcp_reset", wit TcpReset, record 96, flow {
+        /// `sent` or `received`.
+        pub direction: &'static str => "direction", direction @ 80,
+        /// State of the socket involved; `None` when the reset answers a packet no socket
+        /// owns.
+        pub state: Option<&'static str> => "state", state @ 84,
+    }
+}
 
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
@@ -20,6 +31,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {

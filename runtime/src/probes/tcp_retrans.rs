@@ -7,10 +7,18 @@ use ebpf_core::tcp_retrans::{Key, Record, SPEC};
 use ebpf_core::{LoadedProbe, ProbeError};
 
 use super::{Context, Decoder, Deltas, Driver, ProbeConfig};
-use crate::event::{tcp_state_name, Event, Flow, Kind, Severity, TcpRetrans};
+use crate::event::{tcp_state_name, Event, Flow, Kind, Severity};
 
 /// `probes.tcp_retrans` in the agent config: on/off and events.
 pub type Config = ProbeConfig;
+
+crate::probe_event! {
+    /// `tcp_retrans`: a TCP segment retransmitted; the flow's source is the local end.
+    pub struct TcpRetrans: "tcp_retrans", wit TcpRetrans, record 96, flow {
+        /// TCP state: `ESTABLISHED`, `SYN_SENT`, ...
+        pub state: &'static str => "state", state @ 80,
+    }
+}
 
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
@@ -20,6 +28,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {

@@ -57,6 +57,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: Some(table),
+    events: false,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

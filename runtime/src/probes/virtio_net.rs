@@ -60,6 +60,9 @@ pub const DRIVER: Driver = Driver {
     sync,
     snapshot,
     table: None,
+    events: true,
+    tc: None,
+    fn_attach: None,
 };
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {

@@ -15,13 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rhai::{Array, Dynamic, ImmutableString, Map};
 
 use crate::addr_hash::AddrMap;
-use crate::event::{Event, Kind, PacketDrop, Source, TcpReset};
+use crate::event::{Event, Kind, Source};
+use crate::schema::{FieldSpec, Value, Visit};
 
 /// Distinct strings (or addresses, or stacks) kept before a cache starts over.
 const CACHE_LIMIT: usize = 16_384;
 
-/// A symbolised kernel stack, as the packet_drop collector shares it.
-type Stack = Arc<[Arc<str>]>;
+use crate::schema::Stack;
 
 /// The time field, with the date and time of day formatted once per second.
 #[derive(Default)]
@@ -83,7 +83,7 @@ impl EventConverter {
         Self::default()
     }
 
-    fn shared(&mut self, s: &Arc<str>) -> Dynamic {
+    pub(crate) fn shared(&mut self, s: &Arc<str>) -> Dynamic {
         let key = addr_of(s);
         if let Some((_, v)) = self.shared.get(&key) {
             return Dynamic::from(v.clone());
@@ -94,7 +94,7 @@ impl EventConverter {
         Dynamic::from(v)
     }
 
-    fn static_str(&mut self, s: &'static str) -> Dynamic {
+    pub(crate) fn static_str(&mut self, s: &'static str) -> Dynamic {
         let v = self
             .statics
             .entry(addr_of(s))
@@ -102,7 +102,7 @@ impl EventConverter {
         Dynamic::from(v.clone())
     }
 
-    fn string(&mut self, s: &str) -> Dynamic {
+    pub(crate) fn string(&mut self, s: &str) -> Dynamic {
         if let Some(v) = self.strings.get(s) {
             return Dynamic::from(v.clone());
         }
@@ -114,7 +114,7 @@ impl EventConverter {
 
     // The variant matters: a static string is cached by its address, an owned one by content.
     #[allow(clippy::ptr_arg)]
-    fn cow(&mut self, s: &Cow<'static, str>) -> Dynamic {
+    pub(crate) fn cow(&mut self, s: &Cow<'static, str>) -> Dynamic {
         match s {
             Cow::Borrowed(s) => self.static_str(s),
             Cow::Owned(s) => self.string(s),
@@ -134,7 +134,7 @@ impl EventConverter {
         Dynamic::from(v)
     }
 
-    fn stack(&mut self, frames: &Stack) -> Dynamic {
+    pub(crate) fn stack(&mut self, frames: &Stack) -> Dynamic {
         let id = Arc::as_ptr(frames) as *const () as usize;
         if let Some((_, array)) = self.stacks.get(&id) {
             return Dynamic::from_array(array.clone());
@@ -170,32 +170,18 @@ impl EventConverter {
 
     /// The event as a script map.
     pub fn convert(&mut self, e: &Event) -> Map {
-        // Fields are gathered in key order, so that the map is built without searching.
         let mut f = std::mem::take(&mut self.fields);
         f.clear();
-        let flow = e.kind.flow();
-        let connect = match &e.kind {
-            Kind::TcpConnect(c) => Some(c),
-            _ => None,
-        };
-        if let Some(cause) = connect.and_then(|c| c.cause) {
-            f.push(("cause", self.static_str(cause)));
-        }
-        if let Some(flow) = flow {
-            let v = self.addr(flow.daddr);
-            f.push(("daddr", v));
-        }
-        if let Kind::TcpReset(r) = &e.kind {
-            f.push(("direction", self.static_str(r.direction)));
-        }
-        if let Some(flow) = flow {
+        if let Some(flow) = e.kind.flow() {
+            f.push(("protocol", self.cow(&flow.protocol)));
+            f.push(("saddr", self.addr(flow.saddr)));
+            f.push(("sport", Dynamic::from_int(flow.sport.into())));
+            f.push(("daddr", self.addr(flow.daddr)));
             f.push(("dport", Dynamic::from_int(flow.dport.into())));
-        }
-        if let Some(d) = connect.and_then(|c| c.duration) {
-            f.push(("duration_seconds", Dynamic::from_float(d.as_secs_f64())));
-        }
-        if let Some(error) = connect.and_then(|c| c.error.as_ref()) {
-            f.push(("error", self.cow(error)));
+            if let Some(peer) = &e.peer {
+                f.push(("peer_namespace", self.shared(&peer.namespace)));
+                f.push(("peer_pod", self.shared(&peer.pod)));
+            }
         }
         if let Some(labels) = &e.labels {
             let labels: Map = labels
@@ -204,85 +190,38 @@ impl EventConverter {
                 .collect();
             f.push(("labels", Dynamic::from_map(labels)));
         }
-        if let Kind::PacketDrop(d) = &e.kind {
-            f.push(("location", self.shared(&d.location)));
-        }
         if let Some(message) = &e.message {
             f.push(("message", Dynamic::from(message.clone())));
         }
         let (namespace, pod) = match &e.workload {
-            Some(w) => (Some(&w.namespace), Some(&w.pod)),
-            None => (None, None),
-        };
-        let namespace = match namespace {
-            Some(n) => self.shared(n),
-            None => self.static_str(""),
+            Some(w) => (self.shared(&w.namespace), self.shared(&w.pod)),
+            None => (self.static_str(""), self.static_str("")),
         };
         f.push(("namespace", namespace));
+        f.push(("pod", pod));
         f.push(("netns", Dynamic::from_int(e.netns.into())));
         // Cookies count up from 1 as namespaces are made: far below i64::MAX.
         f.push(("netns_cookie", Dynamic::from_int(e.netns_cookie as i64)));
         f.push(("node", self.shared(&e.node)));
-        if let Some(peer) = flow.and(e.peer.as_ref()) {
-            f.push(("peer_namespace", self.shared(&peer.namespace)));
-            f.push(("peer_pod", self.shared(&peer.pod)));
-        }
-        let pod = match pod {
-            Some(p) => self.shared(p),
-            None => self.static_str(""),
-        };
-        f.push(("pod", pod));
-        if let Some(flow) = flow {
-            f.push(("protocol", self.cow(&flow.protocol)));
-        }
-        if let Kind::PacketDrop(d) = &e.kind {
-            f.push(("reason", self.shared(&d.reason)));
-        }
-        if let Some(c) = connect {
-            f.push(("retransmits", Dynamic::from_int(c.retransmits.into())));
-        }
-        if let Some(flow) = flow {
-            f.push(("saddr", self.addr(flow.saddr)));
-        }
         f.push(("severity", self.static_str(e.severity.as_str())));
-        if let Some(c) = connect {
-            f.push(("side", self.static_str(c.side)));
-        }
         let source = match &e.source {
             Source::Kernel => self.static_str("kernel"),
             Source::Plugin(tag) => self.string(tag),
         };
         f.push(("source", source));
-        if let Some(flow) = flow {
-            f.push(("sport", Dynamic::from_int(flow.sport.into())));
-        }
-        if let Kind::PacketDrop(PacketDrop {
-            stack: Some(stack), ..
-        }) = &e.kind
-        {
-            f.push(("stack", self.stack(stack)));
-        }
-        match &e.kind {
-            Kind::TcpRetrans(r) => f.push(("state", self.static_str(r.state))),
-            Kind::TcpReset(TcpReset {
-                state: Some(state), ..
-            }) => f.push(("state", self.static_str(state))),
-            _ => {}
-        }
         f.push(("time", self.time.format(e.time)));
         f.push(("type", self.string(e.kind.type_name())));
-        // Out of order costs only speed (the map sorts them), so check where it is cheap.
-        if cfg!(any(test, debug_assertions)) {
-            assert!(f.windows(2).all(|w| w[0].0 < w[1].0), "fields out of order");
-        }
+        // The probe's own fields, as its declaration gives them.
+        let mut fields = ScriptFields {
+            converter: self,
+            fields: &mut f,
+        };
+        e.kind.visit(&mut fields);
+        // In key order, so that the map is filled in without searching.
+        f.sort_unstable_by_key(|(k, _)| *k);
         let mut m = self.template(&f);
         for (slot, (_, v)) in m.values_mut().zip(f.drain(..)) {
             *slot = v;
-        }
-        if let Kind::Dns(d) = &e.kind {
-            for (key, value) in d.fields() {
-                m.insert(key.into(), json_value(&value));
-            }
         }
         // A derived event's own fields, which may be named anything.
         if let Kind::Derived(d) = &e.kind {
@@ -290,12 +229,22 @@ impl EventConverter {
                 m.insert(key.as_str().into(), json_value(value));
             }
         }
-        // The fields of the kernel events without a flow (softirq, netdev_latency, io_latency).
-        for (key, value) in e.kind.fields().unwrap_or_default() {
-            m.insert(key.into(), json_value(&value));
-        }
         self.fields = f;
         m
+    }
+}
+
+/// Adds a probe event's own fields to the map being built (none that are none).
+struct ScriptFields<'a> {
+    converter: &'a mut EventConverter,
+    fields: &'a mut Vec<(&'static str, Dynamic)>,
+}
+
+impl Visit for ScriptFields<'_> {
+    fn field<V: Value>(&mut self, spec: &FieldSpec, value: &V) {
+        if let Some(v) = value.script(self.converter) {
+            self.fields.push((spec.json, v));
+        }
     }
 }
 
@@ -330,7 +279,7 @@ pub(crate) fn drop_event(pod: &str, reason: &str, sport: u16, dport: u16) -> Eve
         UNIX_EPOCH + Duration::from_secs(1),
         4026532000,
         Severity::Warning,
-        Kind::PacketDrop(PacketDrop {
+        Kind::PacketDrop(crate::probes::packet_drop::PacketDrop {
             flow: Flow {
                 protocol: "udp".into(),
                 saddr: Some("198.18.0.1".parse().unwrap()),
@@ -357,7 +306,9 @@ pub(crate) fn drop_event(pod: &str, reason: &str, sport: u16, dport: u16) -> Eve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Flow, Severity, TcpRetrans};
+    use crate::event::{Flow, Severity};
+    use crate::probes::tcp_reset::TcpReset;
+    use crate::probes::tcp_retrans::TcpRetrans;
 
     /// Every field of the JSON form is in the map, with the same value.
     #[test]
@@ -401,7 +352,7 @@ mod tests {
                 SystemTime::UNIX_EPOCH,
                 7,
                 Severity::Warning,
-                Kind::TcpConnect(crate::event::TcpConnect {
+                Kind::TcpConnect(crate::probes::tcp_connect::TcpConnect {
                     flow: Flow {
                         protocol: "tcp".into(),
                         saddr: Some("10.0.0.1".parse().unwrap()),

@@ -47,7 +47,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prom::{IntCounter, IntCounterVec, Opts, Registry};
-use sonde::event::{Event, Flow, Kind, PacketDrop, Severity, TcpReset};
+use sonde::event::{Event, Flow, Kind, Severity};
+use sonde::probes::packet_drop::PacketDrop;
+use sonde::probes::tcp_reset::TcpReset;
 use sonde::fanout::FanOut;
 use sonde::metrics::Metrics;
 use sonde::plugin_host::delivery::{self as host_delivery, Probe};

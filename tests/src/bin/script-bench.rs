@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use sonde::event::{Event, Flow, Kind, PacketDrop, Severity};
+use sonde::event::{Event, Flow, Kind, Severity};
+use sonde::probes::packet_drop::PacketDrop;
 use sonde::script::event::EventConverter;
 use sonde::script::{Limits, Script};
 use sonde::topology::Workload;
