@@ -1,6 +1,7 @@
 //! The Prometheus registry and every series the agent itself exports (names and labels
 //! are a contract: README.md, the Probes table and "CLI and endpoints").
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -274,27 +275,10 @@ impl SeriesBudget {
 
 pub struct Metrics {
     pub registry: Registry,
-    pub packet_drops: IntCounterVec,
-    pub tcp_retransmits: IntCounterVec,
-    pub tcp_resets: IntCounterVec,
-    pub tcp_connect_duration: KernelHistogram,
-    pub tcp_connect_failures: IntCounterVec,
-    pub tcp_rtt: KernelHistogram,
-    pub softirq_delay: KernelHistogram,
-    pub softirq_duration: KernelHistogram,
-    pub netdev_queue: KernelHistogram,
-    pub netdev_xmit: KernelHistogram,
-    pub socket_read_latency: KernelHistogram,
-    pub socket_overflows: IntCounterVec,
-    pub io_latency: KernelHistogram,
-    pub stack_latency: KernelHistogram,
-    pub virtio_net_commands: KernelHistogram,
-    pub virtio_net_errors: IntCounterVec,
-    /// `sonde_flow_*`: series made on the fly (their labels depend on the config).
-    pub flow: crate::probes::flow::FlowSeries,
-    pub dns_duration: KernelHistogram,
-    pub dns_responses: IntCounterVec,
-    pub dns_timeouts: IntCounterVec,
+    /// Each probe's series, as its driver made them (`Driver::series`), by their type.
+    probes: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    /// The families labelled with a pod, whose series go with it (`expire_pods`).
+    pod_families: Vec<PodFamily>,
     pub probe_up: IntGaugeVec,
     pub events_lost: IntCounterVec,
     /// Events that asked for a kernel stack and got none (the stack map had no room).
@@ -313,6 +297,100 @@ pub struct Metrics {
     pub additional_labels: Vec<String>,
     /// The cap on the probes' series (`metrics.maxSeries`).
     pub budget: Arc<SeriesBudget>,
+}
+
+/// A family whose series belong to pods, and go with them.
+enum PodFamily {
+    Counter(IntCounterVec),
+    Histogram(KernelHistogram),
+    /// Series of its own kind (the flow probe's): removes those of pods `keep` refuses and
+    /// says how many went.
+    Other(ExpirePods),
+}
+
+/// Removes the series of the pods a predicate refuses; returns how many went.
+pub type ExpirePods = Box<dyn Fn(&dyn Fn(&str, &str) -> bool) -> usize + Send + Sync>;
+
+/// Where a probe makes its series, from its own file (`Driver::series`): the families are
+/// registered, labelled as the agent's contract says (workload-labelled ones with `node`,
+/// `namespace`, `pod`, the additional labels, then their own), their histograms bucketed as
+/// the config says, and their series counted against `metrics.maxSeries` and removed with
+/// their pod.
+pub struct Families<'a> {
+    registry: &'a Registry,
+    budget: &'a Arc<SeriesBudget>,
+    additional: &'a [String],
+    pod_slots: &'static [usize],
+    pod_families: &'a mut Vec<PodFamily>,
+}
+
+impl Families<'_> {
+    fn with_workload(&self, own: &[&str]) -> Vec<String> {
+        ["node", "namespace", "pod"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.additional.iter().cloned())
+            .chain(own.iter().map(|s| s.to_string()))
+            .collect()
+    }
+
+    /// A counter labelled with the workload, then `own` (count it with
+    /// `Context::count_for_netns`).
+    pub fn pod_counter(&mut self, name: &str, help: &str, own: &[&str]) -> IntCounterVec {
+        let labels = self.with_workload(own);
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let c = counter(self.registry, name, help, &labels);
+        self.pod_families.push(PodFamily::Counter(c.clone()));
+        c
+    }
+
+    /// A counter with `labels` (the first is `node`), of no pod.
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        counter(self.registry, name, help, labels)
+    }
+
+    /// A kernel-bucketed histogram labelled with the workload, then `own`, with the buckets
+    /// of `metrics.podHistogramBuckets`.
+    pub fn pod_histogram(&mut self, name: &str, help: &str, own: &[&str]) -> KernelHistogram {
+        let labels = self.with_workload(own);
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let h = histogram(
+            self.registry,
+            name,
+            help,
+            &labels,
+            (self.pod_slots, self.budget),
+        );
+        self.pod_families.push(PodFamily::Histogram(h.clone()));
+        h
+    }
+
+    /// A kernel-bucketed histogram with `labels` (the first is `node`), of no pod, with every
+    /// log2 slot as a bucket.
+    pub fn node_histogram(&mut self, name: &str, help: &str, labels: &[&str]) -> KernelHistogram {
+        histogram(
+            self.registry,
+            name,
+            help,
+            labels,
+            (HistogramBuckets::Fine.slots(), self.budget),
+        )
+    }
+
+    /// The cap every series of the probes counts against.
+    pub fn budget(&self) -> Arc<SeriesBudget> {
+        Arc::clone(self.budget)
+    }
+
+    /// Registers a collector of the probe's own making whose series belong to pods;
+    /// `expire` removes those of gone pods.
+    pub fn pod_collector<C: Collector + Clone + 'static>(&mut self, c: C, expire: ExpirePods) -> C {
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        self.pod_families.push(PodFamily::Other(expire));
+        c
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -499,161 +577,22 @@ impl Metrics {
     pub fn with_config(additional: &[String], config: &MetricsConfig) -> Self {
         let r = Registry::new();
         let budget = SeriesBudget::new(&r, config.max_series);
-        // Histograms labelled with a pod, and those of the node.
-        let pod_hist = (config.pod_histogram_buckets.slots(), &budget);
-        let node_hist = (HistogramBuckets::Fine.slots(), &budget);
-        let with_workload = |own: &[&'static str]| -> Vec<String> {
-            ["node", "namespace", "pod"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(additional.iter().cloned())
-                .chain(own.iter().map(|s| s.to_string()))
-                .collect()
+        let mut pod_families = Vec::new();
+        let mut probes: HashMap<TypeId, Box<dyn Any + Send + Sync>> = HashMap::new();
+        let mut families = Families {
+            registry: &r,
+            budget: &budget,
+            additional,
+            pod_slots: config.pod_histogram_buckets.slots(),
+            pod_families: &mut pod_families,
         };
-        let overflows = with_workload(&["kind"]);
-        let (drops, plain, resets, connect, failures, netdev) = (
-            with_workload(&["reason"]),
-            with_workload(&[]),
-            with_workload(&["direction"]),
-            with_workload(&["side"]),
-            with_workload(&["side", "cause"]),
-            with_workload(&["interface"]),
-        );
-        fn refs(v: &[String]) -> Vec<&str> {
-            v.iter().map(String::as_str).collect()
+        for make in crate::probes::DRIVERS.iter().filter_map(|d| d.series) {
+            let series = make(&mut families);
+            probes.insert(Any::type_id(&*series), series);
         }
-        let m = Metrics {
-            packet_drops: counter(
-                &r,
-                "sonde_packet_drops_total",
-                "Packets dropped by the kernel, by drop reason.",
-                &refs(&drops),
-            ),
-            tcp_retransmits: counter(
-                &r,
-                "sonde_tcp_retransmits_total",
-                "TCP segments retransmitted.",
-                &refs(&plain),
-            ),
-            tcp_resets: counter(
-                &r,
-                "sonde_tcp_resets_total",
-                "TCP resets, by direction (sent, received).",
-                &refs(&resets),
-            ),
-            tcp_connect_duration: histogram(
-                &r,
-                "sonde_tcp_connect_duration_seconds",
-                "TCP handshake duration, by side (connect: SYN sent to SYN-ACK; accept: SYN-ACK sent to the final ACK).",
-                &refs(&connect),
-                pod_hist,
-            ),
-            tcp_connect_failures: counter(
-                &r,
-                "sonde_tcp_connect_failures_total",
-                "Failed TCP handshakes, by side and cause (refused, timeout, other).",
-                &refs(&failures),
-            ),
-            tcp_rtt: histogram(
-                &r,
-                "sonde_tcp_rtt_seconds",
-                "Smoothed RTT of TCP connections, each sampled at most once per sample interval.",
-                &refs(&plain),
-                pod_hist,
-            ),
-            softirq_delay: histogram(
-                &r,
-                "sonde_softirq_delay_seconds",
-                "Time NET_RX and NET_TX softirqs waited between being raised and running, by vector.",
-                &["node", "vec"],
-                node_hist,
-            ),
-            softirq_duration: histogram(
-                &r,
-                "sonde_softirq_duration_seconds",
-                "Run time of NET_RX and NET_TX softirqs, by vector.",
-                &["node", "vec"],
-                node_hist,
-            ),
-            netdev_queue: histogram(
-                &r,
-                "sonde_netdev_queue_seconds",
-                "Time packets spent in an interface's qdisc (net_dev_queue to net_dev_start_xmit).",
-                &refs(&netdev),
-                pod_hist,
-            ),
-            netdev_xmit: histogram(
-                &r,
-                "sonde_netdev_xmit_seconds",
-                "Time packets spent in an interface's driver (net_dev_start_xmit to net_dev_xmit).",
-                &refs(&netdev),
-                pod_hist,
-            ),
-            socket_read_latency: histogram(
-                &r,
-                "sonde_socket_read_latency_seconds",
-                "Time from a packet's arrival in the pod's network namespace (netif_receive_skb) to the application reading it from its socket.",
-                &refs(&plain),
-                pod_hist,
-            ),
-            socket_overflows: counter(
-                &r,
-                "sonde_socket_overflows_total",
-                "Packets or receive memory refused to a socket, by kind (rcvqueue_full: the socket's receive buffer was full; exceed_buf_limit: the protocol's memory limit).",
-                &refs(&overflows),
-            ),
-            io_latency: histogram(
-                &r,
-                "sonde_io_latency_seconds",
-                "Block request latency from issue to the driver to completion, by disk and operation.",
-                &["node", "device", "op"],
-                node_hist,
-            ),
-            stack_latency: histogram(
-                &r,
-                "sonde_stack_latency_seconds",
-                "Time received IPv4 packets spend in one stage of the kernel's IP layer, by stage (receive_local: ip_rcv to ip_local_deliver; receive_forward: ip_rcv to ip_forward; forward: ip_forward to ip_output).",
-                &["node", "stage"],
-                node_hist,
-            ),
-            virtio_net_commands: histogram(
-                &r,
-                "sonde_virtio_net_command_seconds",
-                "Latency of virtio-net control commands (sent to the device until it answered; RTNL is held meanwhile), by interface, class and command.",
-                &["node", "interface", "class", "command"],
-                node_hist,
-            ),
-            virtio_net_errors: counter(
-                &r,
-                "sonde_virtio_net_command_errors_total",
-                "virtio-net control commands the device did not acknowledge, by interface, class and command.",
-                &["node", "interface", "class", "command"],
-            ),
-            dns_duration: histogram(
-                &r,
-                "sonde_dns_query_duration_seconds",
-                "DNS query latency (query to response, seen on the node's host-side interfaces), by client pod.",
-                &refs(&plain),
-                pod_hist,
-            ),
-            dns_responses: counter(
-                &r,
-                "sonde_dns_responses_total",
-                "DNS responses to a pod, by rcode (NOERROR, NXDOMAIN, SERVFAIL, ...).",
-                &refs(&with_workload(&["rcode"])),
-            ),
-            dns_timeouts: counter(
-                &r,
-                "sonde_dns_timeouts_total",
-                "DNS queries of a pod that got no response within the probe's timeout.",
-                &refs(&plain),
-            ),
-            flow: {
-                let f = crate::probes::flow::FlowSeries::new(Arc::clone(&budget));
-                r.register(Box::new(f.clone()))
-                    .expect("metric registered once");
-                f
-            },
+        let mut m = Metrics {
+            probes,
+            pod_families,
             probe_up: gauge(
                 &r,
                 "sonde_probe_up",
@@ -720,6 +659,8 @@ impl Metrics {
             additional_labels: additional.to_vec(),
             budget,
         };
+        m.pod_families
+            .push(PodFamily::Counter(m.events_suppressed.clone()));
         let build = gauge(
             &m.registry,
             "sonde_build_info",
@@ -739,34 +680,30 @@ impl Metrics {
     /// returns how many went. Series of no pod (empty `pod`) stay.
     pub fn expire_pods(&self, keep: &dyn Fn(&str, &str) -> bool) -> usize {
         let b = &self.budget;
-        let counters = [
-            &self.packet_drops,
-            &self.tcp_retransmits,
-            &self.tcp_resets,
-            &self.tcp_connect_failures,
-            &self.socket_overflows,
-            &self.dns_responses,
-            &self.dns_timeouts,
-            &self.events_suppressed,
-        ];
-        let histograms = [
-            &self.tcp_connect_duration,
-            &self.tcp_rtt,
-            &self.netdev_queue,
-            &self.netdev_xmit,
-            &self.socket_read_latency,
-            &self.dns_duration,
-        ];
-        let removed = counters
+        let removed = self
+            .pod_families
             .iter()
-            .map(|c| b.expire_counter(c, keep))
-            .chain(histograms.iter().map(|h| h.expire(keep)))
-            .chain(std::iter::once(self.flow.expire(keep)))
+            .map(|f| match f {
+                PodFamily::Counter(c) => b.expire_counter(c, keep),
+                PodFamily::Histogram(h) => h.expire(keep),
+                PodFamily::Other(expire) => expire(keep),
+            })
             .sum();
         if removed > 0 {
             b.expire(removed);
         }
         removed
+    }
+
+    /// A probe's series, as its driver made them (`Driver::series`).
+    ///
+    /// # Panics
+    /// When no driver made a `T`: a probe asks for its own series only.
+    pub fn of<T: Any>(&self) -> &T {
+        self.probes
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.downcast_ref())
+            .unwrap_or_else(|| panic!("no probe made series {}", std::any::type_name::<T>()))
     }
 
     /// The text exposition format of the agent's metrics followed by `extra` families (the
@@ -792,6 +729,9 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::{
+        dns, io_latency, netdev_latency, packet_drop, softirq, tcp_connect, tcp_rtt,
+    };
 
     fn hist(slots: &'static [usize], budget: &Arc<SeriesBudget>) -> KernelHistogram {
         KernelHistogram::new("sonde_x_seconds", "x", &["pod"], slots, Arc::clone(budget))
@@ -909,11 +849,11 @@ mod tests {
     #[test]
     fn pod_histograms_are_coarse_by_default_and_node_histograms_fine() {
         let m = Metrics::new();
-        assert_eq!(m.tcp_connect_duration.series_cost(), 8);
-        assert_eq!(m.dns_duration.series_cost(), 8);
-        assert_eq!(m.netdev_queue.series_cost(), 8);
-        assert_eq!(m.io_latency.series_cost(), 30);
-        assert_eq!(m.softirq_delay.series_cost(), 30);
+        assert_eq!(m.of::<tcp_connect::Series>().duration.series_cost(), 8);
+        assert_eq!(m.of::<dns::Series>().duration.series_cost(), 8);
+        assert_eq!(m.of::<netdev_latency::Series>().queue.series_cost(), 8);
+        assert_eq!(m.of::<io_latency::Series>().latency.series_cost(), 30);
+        assert_eq!(m.of::<softirq::Series>().delay.series_cost(), 30);
         let fine = Metrics::with_config(
             &[],
             &MetricsConfig {
@@ -921,7 +861,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!(fine.tcp_connect_duration.series_cost(), 30);
+        assert_eq!(fine.of::<tcp_connect::Series>().duration.series_cost(), 30);
     }
 
     #[test]
@@ -929,14 +869,18 @@ mod tests {
         let m = Metrics::new();
         let labels = |pod: &'static str| ["node", "", pod, "NO_SOCKET"];
         for pod in ["a", "b", ""] {
-            m.budget.inc_counter(&m.packet_drops, &labels(pod), 3);
-            m.tcp_rtt
-                .add_slot(vec!["node".into(), "".into(), pod.into()], 4, 1);
+            m.budget
+                .inc_counter(&m.of::<packet_drop::Series>().drops, &labels(pod), 3);
+            m.of::<tcp_rtt::Series>().rtt.add_slot(
+                vec!["node".into(), "".into(), pod.into()],
+                4,
+                1,
+            );
         }
         m.budget
             .inc_counter(&m.events_suppressed, &["packet_drop", "", "b"], 7);
         let used = m.budget.used();
-        let rtt_cost = m.tcp_rtt.series_cost();
+        let rtt_cost = m.of::<tcp_rtt::Series>().rtt.series_cost();
 
         let removed = m.expire_pods(&|ns, pod| ns.is_empty() && pod == "a");
         assert_eq!(
@@ -954,10 +898,14 @@ mod tests {
         );
         assert!(text.contains(&format!("sonde_series_expired_total {removed}")));
         // A pod of the same name that comes back starts again, within the budget.
-        m.budget.inc_counter(&m.packet_drops, &labels("b"), 1);
+        m.budget
+            .inc_counter(&m.of::<packet_drop::Series>().drops, &labels("b"), 1);
         assert_eq!(m.budget.used(), used - removed + 1);
         assert_eq!(
-            m.packet_drops.with_label_values(&labels("b")).get(),
+            m.of::<packet_drop::Series>()
+                .drops
+                .with_label_values(&labels("b"))
+                .get(),
             1,
             "counted from 0"
         );

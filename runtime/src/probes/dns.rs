@@ -103,8 +103,39 @@ pub const DRIVER: Driver = Driver {
         interfaces: |c| &c.dns.interfaces,
         attach: |c| c.dns.attach,
     }),
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_dns_query_duration_seconds`
+    pub duration: crate::metrics::KernelHistogram,
+    /// `sonde_dns_responses_total`
+    pub responses: prometheus::IntCounterVec,
+    /// `sonde_dns_timeouts_total`
+    pub timeouts: prometheus::IntCounterVec,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        duration: families.pod_histogram(
+            "sonde_dns_query_duration_seconds",
+            "DNS query latency (query to response, seen on the node's host-side interfaces), by client pod.",
+            &[],
+        ),
+        responses: families.pod_counter(
+            "sonde_dns_responses_total",
+            "DNS responses to a pod, by rcode (NOERROR, NXDOMAIN, SERVFAIL, ...).",
+            &["rcode"],
+        ),
+        timeouts: families.pod_counter(
+            "sonde_dns_timeouts_total",
+            "DNS queries of a pod that got no response within the probe's timeout.",
+            &[],
+        ),
+    })
+}
 
 /// `probe_params` slots, read by the collector ([`LoadedProbe::params`]).
 const PARAM_TIMEOUT_NS: usize = 0;
@@ -152,16 +183,23 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         };
         let labels = labels_for_ip(ctx, client);
         match key.kind {
-            KIND_BUCKET => ctx
+            KIND_BUCKET => {
+                ctx.metrics
+                    .of::<Series>()
+                    .duration
+                    .add_slot(labels, key.slot as usize, gained)
+            }
+            KIND_SUM => ctx
                 .metrics
-                .dns_duration
-                .add_slot(labels, key.slot as usize, gained),
-            KIND_SUM => ctx.metrics.dns_duration.add_sum_ns(labels, gained),
+                .of::<Series>()
+                .duration
+                .add_sum_ns(labels, gained),
             KIND_RCODE => {
                 let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
                 l.push(rcode_name(key.slot));
                 let m = &ctx.metrics;
-                m.budget.inc_counter(&m.dns_responses, &l, gained);
+                m.budget
+                    .inc_counter(&m.of::<Series>().responses, &l, gained);
                 if key.slot == 2 || key.slot == 3 {
                     *errors.entry((client, key.slot)).or_default() += gained;
                 }
@@ -213,7 +251,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
         ctx.metrics
             .budget
-            .inc_counter(&ctx.metrics.dns_timeouts, &l, 1);
+            .inc_counter(&ctx.metrics.of::<Series>().timeouts, &l, 1);
         batch.push(event(
             ctx,
             client,

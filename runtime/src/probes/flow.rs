@@ -97,8 +97,18 @@ pub const DRIVER: Driver = Driver {
         interfaces: |c| &c.flow.interfaces,
         attach: |c| c.flow.attach,
     }),
+    series: Some(series),
     fn_attach: None,
 };
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    let series = FlowSeries::new(families.budget());
+    let expire = series.clone();
+    Box::new(families.pod_collector(
+        series,
+        Box::new(move |keep: &dyn Fn(&str, &str) -> bool| expire.expire(keep)),
+    ))
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.flow;
@@ -140,7 +150,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     }
     let gains = deltas.update(current, |(t, kind)| tuple_id(t, *kind));
     let mut resolve = Resolver::new(ctx);
-    let flow = &ctx.metrics.flow;
+    let flow = &ctx.metrics.of::<FlowSeries>();
     for ((t, kind), n) in gains {
         // A row's gain is named by who had its addresses at its last packet: a pod gone
         // since, or whose address a newer pod has taken, keeps its counts.

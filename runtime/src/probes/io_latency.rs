@@ -69,8 +69,25 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_io_latency_seconds`
+    pub latency: crate::metrics::KernelHistogram,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        latency: families.node_histogram(
+            "sonde_io_latency_seconds",
+            "Block request latency from issue to the driver to completion, by disk and operation.",
+            &["node", "device", "op"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.io_latency;
@@ -150,11 +167,17 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
             op_name(key.op).to_string(),
         ];
         match key.kind {
-            KIND_BUCKET => ctx
+            KIND_BUCKET => {
+                ctx.metrics
+                    .of::<Series>()
+                    .latency
+                    .add_slot(labels, key.slot as usize, gained)
+            }
+            KIND_SUM => ctx
                 .metrics
-                .io_latency
-                .add_slot(labels, key.slot as usize, gained),
-            KIND_SUM => ctx.metrics.io_latency.add_sum_ns(labels, gained),
+                .of::<Series>()
+                .latency
+                .add_sum_ns(labels, gained),
             _ => {}
         }
     }

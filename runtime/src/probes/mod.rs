@@ -342,6 +342,9 @@ pub struct Driver {
     /// For a probe with kernel-function hooks in two forms (fentry or kprobe): how it is to
     /// attach them (`attach` in its config).
     pub fn_attach: Option<fn(&ProbesConfig) -> FnAttach>,
+    /// Makes the probe's series (its metric families, in its own file); the probe finds them
+    /// again with `ctx.metrics.of::<Series>()`.
+    pub series: Option<fn(&mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// The settings of a probe with TC hooks, whose programs are attached to each interface that

@@ -79,8 +79,32 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_netdev_queue_seconds`
+    pub queue: crate::metrics::KernelHistogram,
+    /// `sonde_netdev_xmit_seconds`
+    pub xmit: crate::metrics::KernelHistogram,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        queue: families.pod_histogram(
+            "sonde_netdev_queue_seconds",
+            "Time packets spent in an interface's qdisc (net_dev_queue to net_dev_start_xmit).",
+            &["interface"],
+        ),
+        xmit: families.pod_histogram(
+            "sonde_netdev_xmit_seconds",
+            "Time packets spent in an interface's driver (net_dev_start_xmit to net_dev_xmit).",
+            &["interface"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.netdev_latency;
@@ -169,10 +193,13 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         let labels = ctx.labels_for_netns(key.iface.netns, &[name]);
         let m = &ctx.metrics;
         match key.kind {
-            KIND_QUEUE_BUCKET => m.netdev_queue.add_slot(labels, key.slot as usize, n),
-            KIND_QUEUE_SUM => m.netdev_queue.add_sum_ns(labels, n),
-            KIND_XMIT_BUCKET => m.netdev_xmit.add_slot(labels, key.slot as usize, n),
-            KIND_XMIT_SUM => m.netdev_xmit.add_sum_ns(labels, n),
+            KIND_QUEUE_BUCKET => m
+                .of::<Series>()
+                .queue
+                .add_slot(labels, key.slot as usize, n),
+            KIND_QUEUE_SUM => m.of::<Series>().queue.add_sum_ns(labels, n),
+            KIND_XMIT_BUCKET => m.of::<Series>().xmit.add_slot(labels, key.slot as usize, n),
+            KIND_XMIT_SUM => m.of::<Series>().xmit.add_sum_ns(labels, n),
             _ => {}
         }
     }

@@ -55,8 +55,25 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_packet_drops_total`
+    pub drops: prometheus::IntCounterVec,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        drops: families.pod_counter(
+            "sonde_packet_drops_total",
+            "Packets dropped by the kernel, by drop reason.",
+            &["reason"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.packet_drop;
@@ -178,7 +195,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     let current = probe.counters::<Key>()?;
     for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns) | k.reason as u128) {
         ctx.count_for_netns(
-            &ctx.metrics.packet_drops,
+            &ctx.metrics.of::<Series>().drops,
             key.netns,
             &[&reason_name(key.reason)],
             gained,

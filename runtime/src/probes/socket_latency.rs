@@ -31,8 +31,32 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: false,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_socket_read_latency_seconds`
+    pub read_latency: crate::metrics::KernelHistogram,
+    /// `sonde_socket_overflows_total`
+    pub overflows: prometheus::IntCounterVec,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        read_latency: families.pod_histogram(
+            "sonde_socket_read_latency_seconds",
+            "Time from a packet's arrival in the pod's network namespace (netif_receive_skb) to the application reading it from its socket.",
+            &[],
+        ),
+        overflows: families.pod_counter(
+            "sonde_socket_overflows_total",
+            "Packets or receive memory refused to a socket, by kind (rcvqueue_full: the socket's receive buffer was full; exceed_buf_limit: the protocol's memory limit).",
+            &["kind"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     c.socket_latency.enabled.then(|| ProbeSettings {
@@ -53,17 +77,18 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     for (key, gained) in deltas.update(current, id) {
         let m = &ctx.metrics;
         match key.kind {
-            KIND_BUCKET => m.socket_read_latency.add_slot(
+            KIND_BUCKET => m.of::<Series>().read_latency.add_slot(
                 ctx.labels_for_netns(key.netns, &[]),
                 key.slot as usize,
                 gained,
             ),
             KIND_SUM => m
-                .socket_read_latency
+                .of::<Series>()
+                .read_latency
                 .add_sum_ns(ctx.labels_for_netns(key.netns, &[]), gained),
             kind => {
                 if let Some(kind) = overflow_kind(kind) {
-                    ctx.count_for_netns(&m.socket_overflows, key.netns, &[kind], gained);
+                    ctx.count_for_netns(&m.of::<Series>().overflows, key.netns, &[kind], gained);
                 }
             }
         }

@@ -75,8 +75,32 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_softirq_delay_seconds`
+    pub delay: crate::metrics::KernelHistogram,
+    /// `sonde_softirq_duration_seconds`
+    pub duration: crate::metrics::KernelHistogram,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        delay: families.node_histogram(
+            "sonde_softirq_delay_seconds",
+            "Time NET_RX and NET_TX softirqs waited between being raised and running, by vector.",
+            &["node", "vec"],
+        ),
+        duration: families.node_histogram(
+            "sonde_softirq_duration_seconds",
+            "Run time of NET_RX and NET_TX softirqs, by vector.",
+            &["node", "vec"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.softirq;
@@ -121,12 +145,17 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
         let labels = vec![ctx.node.to_string(), vec_name(key.vec).to_string()];
         let m = &ctx.metrics;
         match key.kind {
-            KIND_DELAY_BUCKET => m.softirq_delay.add_slot(labels, key.slot as usize, gained),
-            KIND_DELAY_SUM => m.softirq_delay.add_sum_ns(labels, gained),
-            KIND_RUN_BUCKET => m
-                .softirq_duration
+            KIND_DELAY_BUCKET => m
+                .of::<Series>()
+                .delay
                 .add_slot(labels, key.slot as usize, gained),
-            KIND_RUN_SUM => m.softirq_duration.add_sum_ns(labels, gained),
+            KIND_DELAY_SUM => m.of::<Series>().delay.add_sum_ns(labels, gained),
+            KIND_RUN_BUCKET => {
+                m.of::<Series>()
+                    .duration
+                    .add_slot(labels, key.slot as usize, gained)
+            }
+            KIND_RUN_SUM => m.of::<Series>().duration.add_sum_ns(labels, gained),
             _ => {}
         }
     }

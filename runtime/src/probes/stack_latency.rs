@@ -69,8 +69,25 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: Some(|c| c.stack_latency.attach),
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_stack_latency_seconds`
+    pub latency: crate::metrics::KernelHistogram,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        latency: families.node_histogram(
+            "sonde_stack_latency_seconds",
+            "Time received IPv4 packets spend in one stage of the kernel's IP layer, by stage (receive_local: ip_rcv to ip_local_deliver; receive_forward: ip_rcv to ip_forward; forward: ip_forward to ip_output).",
+            &["node", "stage"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.stack_latency;
@@ -126,7 +143,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     let current = probe.array_counters_by(key_of)?;
     for (key, gained) in deltas.update(current, key_id) {
         let labels = vec![ctx.node.to_string(), stage_name(key.stage).to_string()];
-        let m = &ctx.metrics.stack_latency;
+        let m = &ctx.metrics.of::<Series>().latency;
         match key.kind {
             KIND_BUCKET => m.add_slot(labels, key.slot as usize, gained),
             KIND_SUM => m.add_sum_ns(labels, gained),

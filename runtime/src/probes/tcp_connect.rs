@@ -71,8 +71,32 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_tcp_connect_duration_seconds`
+    pub duration: crate::metrics::KernelHistogram,
+    /// `sonde_tcp_connect_failures_total`
+    pub failures: prometheus::IntCounterVec,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        duration: families.pod_histogram(
+            "sonde_tcp_connect_duration_seconds",
+            "TCP handshake duration, by side (connect: SYN sent to SYN-ACK; accept: SYN-ACK sent to the final ACK).",
+            &["side"],
+        ),
+        failures: families.pod_counter(
+            "sonde_tcp_connect_failures_total",
+            "Failed TCP handshakes, by side and cause (refused, timeout, other).",
+            &["side", "cause"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.tcp_connect;
@@ -119,17 +143,18 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     for (key, gained) in deltas.update(current, key_id) {
         let side = side_name(key.side);
         match key.kind {
-            KIND_BUCKET => ctx.metrics.tcp_connect_duration.add_slot(
+            KIND_BUCKET => ctx.metrics.of::<Series>().duration.add_slot(
                 ctx.labels_for_netns(key.netns, &[side]),
                 key.value as usize,
                 gained,
             ),
             KIND_SUM => ctx
                 .metrics
-                .tcp_connect_duration
+                .of::<Series>()
+                .duration
                 .add_sum_ns(ctx.labels_for_netns(key.netns, &[side]), gained),
             KIND_FAILURE => ctx.count_for_netns(
-                &ctx.metrics.tcp_connect_failures,
+                &ctx.metrics.of::<Series>().failures,
                 key.netns,
                 &[side, cause_name(key.value)],
                 gained,

@@ -33,8 +33,25 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_tcp_resets_total`
+    pub resets: prometheus::IntCounterVec,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        resets: families.pod_counter(
+            "sonde_tcp_resets_total",
+            "TCP resets, by direction (sent, received).",
+            &["direction"],
+        ),
+    })
+}
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
     let ctx = Arc::clone(ctx);
@@ -59,7 +76,7 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns) | k.direction as u128)
     {
         ctx.count_for_netns(
-            &ctx.metrics.tcp_resets,
+            &ctx.metrics.of::<Series>().resets,
             key.netns,
             &[direction_name(key.direction)],
             gained,

@@ -30,8 +30,25 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_tcp_retransmits_total`
+    pub retransmits: prometheus::IntCounterVec,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        retransmits: families.pod_counter(
+            "sonde_tcp_retransmits_total",
+            "TCP segments retransmitted.",
+            &[],
+        ),
+    })
+}
 
 fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, ProbeError> {
     let ctx = Arc::clone(ctx);
@@ -52,7 +69,12 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
     let current = probe.counters::<Key>()?;
     for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns)) {
-        ctx.count_for_netns(&ctx.metrics.tcp_retransmits, key.netns, &[], gained);
+        ctx.count_for_netns(
+            &ctx.metrics.of::<Series>().retransmits,
+            key.netns,
+            &[],
+            gained,
+        );
     }
     Ok(())
 }

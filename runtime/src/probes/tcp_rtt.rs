@@ -59,8 +59,25 @@ pub const DRIVER: Driver = Driver {
     table: Some(table),
     events: false,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_tcp_rtt_seconds`
+    pub rtt: crate::metrics::KernelHistogram,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        rtt: families.pod_histogram(
+            "sonde_tcp_rtt_seconds",
+            "Smoothed RTT of TCP connections, each sampled at most once per sample interval.",
+            &[],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.tcp_rtt;
@@ -81,11 +98,13 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
     for (key, gained) in deltas.update(current, id) {
         let labels = ctx.labels_for_netns(key.netns, &[]);
         match key.kind {
-            KIND_BUCKET => ctx
-                .metrics
-                .tcp_rtt
-                .add_slot(labels, key.slot as usize, gained),
-            KIND_SUM => ctx.metrics.tcp_rtt.add_sum_ns(labels, gained),
+            KIND_BUCKET => {
+                ctx.metrics
+                    .of::<Series>()
+                    .rtt
+                    .add_slot(labels, key.slot as usize, gained)
+            }
+            KIND_SUM => ctx.metrics.of::<Series>().rtt.add_sum_ns(labels, gained),
             _ => {}
         }
     }

@@ -62,8 +62,32 @@ pub const DRIVER: Driver = Driver {
     table: None,
     events: true,
     tc: None,
+    series: Some(series),
     fn_attach: None,
 };
+
+/// The probe's series.
+pub struct Series {
+    /// `sonde_virtio_net_command_seconds`
+    pub commands: crate::metrics::KernelHistogram,
+    /// `sonde_virtio_net_command_errors_total`
+    pub errors: prometheus::IntCounterVec,
+}
+
+fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+    Box::new(Series {
+        commands: families.node_histogram(
+            "sonde_virtio_net_command_seconds",
+            "Latency of virtio-net control commands (sent to the device until it answered; RTNL is held meanwhile), by interface, class and command.",
+            &["node", "interface", "class", "command"],
+        ),
+        errors: families.counter(
+            "sonde_virtio_net_command_errors_total",
+            "virtio-net control commands the device did not acknowledge, by interface, class and command.",
+            &["node", "interface", "class", "command"],
+        ),
+    })
+}
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.virtio_net;
@@ -181,11 +205,14 @@ fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), P
             command_name(key.class, key.cmd).into_owned(),
         ];
         match key.kind {
-            KIND_BUCKET => m.virtio_net_commands.add_slot(labels, key.slot as usize, n),
-            KIND_SUM => m.virtio_net_commands.add_sum_ns(labels, n),
+            KIND_BUCKET => m
+                .of::<Series>()
+                .commands
+                .add_slot(labels, key.slot as usize, n),
+            KIND_SUM => m.of::<Series>().commands.add_sum_ns(labels, n),
             KIND_ERROR => {
                 let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-                m.budget.inc_counter(&m.virtio_net_errors, &labels, n)
+                m.budget.inc_counter(&m.of::<Series>().errors, &labels, n)
             }
             _ => {}
         }
