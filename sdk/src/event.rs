@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use crate::bindings::sonde::plugin::types as wit;
 use crate::Workload;
@@ -153,119 +154,406 @@ impl PartialEq for Stack<'_> {
 
 impl Eq for Stack<'_> {}
 
-/// `packet_drop`: a packet the kernel dropped.
+/// One field of a view, as this SDK decodes it: the WIT record's field it comes from and its
+/// place in the packed record. The drift tests compare these with the agent's declaration.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PacketDrop<'a> {
-    pub envelope: Envelope<'a>,
-    pub flow: Flow<'a>,
-    /// The kernel's drop reason without its prefix: `NETFILTER_DROP`, `NO_SOCKET`, ...
-    pub reason: &'a str,
-    /// The kernel function that dropped the packet.
-    pub location: &'a str,
-    pub stack: Stack<'a>,
+pub struct Field {
+    /// The WIT record's field, as wit-bindgen spells it in Rust (`duration_ns`).
+    pub wit: &'static str,
+    /// Its WIT type (`text`, `option<u64>`, ...).
+    pub wit_type: &'static str,
+    /// Its offset and size in the packed record.
+    pub offset: usize,
+    pub size: usize,
 }
 
-/// `tcp_retrans`: a TCP segment retransmitted. The flow's source is the local end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpRetrans<'a> {
-    pub envelope: Envelope<'a>,
-    pub flow: Flow<'a>,
-    /// TCP state: `ESTABLISHED`, `SYN_SENT`, ...
-    pub state: &'a str,
+impl Field {
+    /// A field of a view whose packed records are `record` bytes; it must fit in them (a
+    /// compile-time check: [`schema`] evaluates every view's table).
+    const fn new(
+        wit: &'static str,
+        wit_type: &'static str,
+        offset: usize,
+        size: usize,
+        record: usize,
+    ) -> Field {
+        assert!(
+            offset + size <= record,
+            "a field ends past its packed record"
+        );
+        Field {
+            wit,
+            wit_type,
+            offset,
+            size,
+        }
+    }
 }
 
-/// `tcp_reset`: a TCP reset sent or received. The flow is oriented as the reset travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpReset<'a> {
-    pub envelope: Envelope<'a>,
-    pub flow: Flow<'a>,
-    /// `sent` or `received`.
-    pub direction: &'a str,
-    /// The socket's TCP state; `None` when the reset answered a packet no socket owned.
-    pub state: Option<&'a str>,
+/// The type of a view's field, and how it decodes from each delivery: from the typed WIT
+/// record's field (`Wit`) and from `SIZE` bytes of a packed record, where "none" is a sentinel.
+trait Decode<'a>: Sized {
+    /// The field's type in the WIT record.
+    const WIT_TYPE: &'static str;
+    /// Bytes in the packed record.
+    const SIZE: usize;
+    /// The field in the typed WIT record.
+    type Wit;
+    fn typed(w: Self::Wit, symbols: &'a wit::Symbols) -> Self;
+    /// The field at byte `at` of a packed record.
+    fn packed(p: &Packed<'a>, at: usize) -> Self;
 }
 
-/// `tcp_connect`: a TCP handshake that was slow or failed. The flow's source is the local end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpConnect<'a> {
-    pub envelope: Envelope<'a>,
-    pub flow: Flow<'a>,
-    /// `connect` (this socket connected) or `accept` (a listener accepted it).
-    pub side: &'a str,
-    /// Why it failed: `refused`, `timeout`, `other`; `None` for a slow handshake that
-    /// succeeded.
-    pub cause: Option<&'a str>,
-    /// How long the handshake took, or ran before failing; `None` when the probe attached
-    /// after it started.
-    pub duration: Option<std::time::Duration>,
-    /// SYN (connect) or SYN-ACK (accept) retransmissions.
-    pub retransmits: u8,
-    /// The socket's error when it closed (`ECONNREFUSED`, `ETIMEDOUT`, ...).
-    pub error: Option<&'a str>,
+/// A `text`.
+impl<'a> Decode<'a> for &'a str {
+    const WIT_TYPE: &'static str = "text";
+    const SIZE: usize = 4;
+    type Wit = u32;
+    fn typed(i: u32, symbols: &'a wit::Symbols) -> Self {
+        text(&symbols.strings, i)
+    }
+    fn packed(p: &Packed<'a>, at: usize) -> Self {
+        p.text(at)
+    }
 }
 
-/// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least the probe's
-/// threshold. Softirqs belong to CPUs, not pods: `envelope.netns` is 0 and its workload `None`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Softirq<'a> {
-    pub envelope: Envelope<'a>,
-    /// `NET_RX` or `NET_TX`.
-    pub vec: &'a str,
-    /// `delay` (raised until it ran) or `run` (how long it ran).
-    pub stage: &'a str,
-    pub duration: std::time::Duration,
-    pub cpu: u32,
+/// An `option<text>`: 0xffffffff for none in the packed layout.
+impl<'a> Decode<'a> for Option<&'a str> {
+    const WIT_TYPE: &'static str = "option<text>";
+    const SIZE: usize = 4;
+    type Wit = Option<u32>;
+    fn typed(i: Option<u32>, symbols: &'a wit::Symbols) -> Self {
+        i.map(|i| text(&symbols.strings, i))
+    }
+    fn packed(p: &Packed<'a>, at: usize) -> Self {
+        p.opt_text(at)
+    }
 }
 
-/// `netdev_latency`: a packet that spent at least the probe's threshold in an interface's
-/// qdisc or driver. The envelope is the interface's network namespace and its pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NetdevLatency<'a> {
-    pub envelope: Envelope<'a>,
-    /// The interface's name (`eth0`).
-    pub interface: &'a str,
-    pub ifindex: u32,
-    /// `queue` (time in the qdisc) or `xmit` (time in the driver).
-    pub stage: &'a str,
-    pub duration: std::time::Duration,
-    /// Bytes of the packet.
-    pub bytes: u32,
+/// A stack: an index into the batch's stacks, 0xffffffff for none in the packed layout.
+impl<'a> Decode<'a> for Stack<'a> {
+    const WIT_TYPE: &'static str = "option<u32>";
+    const SIZE: usize = 4;
+    type Wit = Option<u32>;
+    fn typed(i: Option<u32>, symbols: &'a wit::Symbols) -> Self {
+        stack(symbols, i)
+    }
+    fn packed(p: &Packed<'a>, at: usize) -> Self {
+        let i = p.u32(at);
+        stack(p.symbols, (i != NONE).then_some(i))
+    }
 }
 
-/// `io_latency`: a block request that took at least the probe's `slowThreshold`. Block I/O is
-/// not attributed to pods: `envelope.netns` is 0 and its workload `None`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IoLatency<'a> {
-    pub envelope: Envelope<'a>,
-    /// The disk's name (`vda`, `loop3`), or `major:minor` when it has none.
-    pub device: &'a str,
-    /// `major:minor`.
-    pub dev: &'a str,
-    /// `read`, `write` or `other`.
-    pub op: &'a str,
-    pub duration: std::time::Duration,
-    pub bytes: u32,
-    /// First 512-byte sector of the request.
-    pub sector: u64,
-    /// The completion's block status (blk_status_t); `None` when it succeeded.
-    pub error: Option<i32>,
+/// A duration: `u64` nanoseconds.
+impl<'a> Decode<'a> for Duration {
+    const WIT_TYPE: &'static str = "u64";
+    const SIZE: usize = 8;
+    type Wit = u64;
+    fn typed(ns: u64, _: &'a wit::Symbols) -> Self {
+        Duration::from_nanos(ns)
+    }
+    fn packed(p: &Packed<'a>, at: usize) -> Self {
+        Duration::from_nanos(p.u64(at))
+    }
 }
 
-/// `dns`: a query that got no response within the probe's timeout, or a pod's SERVFAIL or
-/// NXDOMAIN responses above its rate. The flow goes from the client to the server.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Dns<'a> {
-    pub envelope: Envelope<'a>,
-    pub flow: Flow<'a>,
-    /// `timeout`, `servfail` or `nxdomain`.
-    pub outcome: &'a str,
-    /// The DNS id of the query that timed out.
-    pub id: Option<u16>,
-    /// How long the query waited (timeouts).
-    pub duration: Option<std::time::Duration>,
-    /// Responses of that rcode since the last report, and their rate per second (rates).
-    pub count: Option<u64>,
-    pub rate: Option<f64>,
+/// An optional duration: `option<u64>` nanoseconds, u64::MAX for none in the packed layout.
+impl<'a> Decode<'a> for Option<Duration> {
+    const WIT_TYPE: &'static str = "option<u64>";
+    const SIZE: usize = 8;
+    type Wit = Option<u64>;
+    fn typed(ns: Option<u64>, _: &'a wit::Symbols) -> Self {
+        ns.map(Duration::from_nanos)
+    }
+    fn packed(p: &Packed<'a>, at: usize) -> Self {
+        let ns = p.u64(at);
+        (ns != u64::MAX).then(|| Duration::from_nanos(ns))
+    }
+}
+
+/// A number, the same in both deliveries.
+macro_rules! number {
+    ($($ty:ty => $wit:literal),* $(,)?) => {$(
+        impl<'a> Decode<'a> for $ty {
+            const WIT_TYPE: &'static str = $wit;
+            const SIZE: usize = std::mem::size_of::<$ty>();
+            type Wit = $ty;
+            fn typed(v: $ty, _: &'a wit::Symbols) -> Self {
+                v
+            }
+            fn packed(p: &Packed<'a>, at: usize) -> Self {
+                <$ty>::from_le_bytes(p.bytes(at))
+            }
+        }
+    )*};
+}
+
+number!(u8 => "u8", u16 => "u16", u32 => "u32", u64 => "u64", i32 => "s32");
+
+/// An optional number: the WIT option, and in the packed layout a `$packed` with a stand-in
+/// for none.
+macro_rules! optional_number {
+    ($ty:ty => $wit:literal, packed $packed:ty, |$v:ident| none if $none:expr, else $some:expr) => {
+        impl<'a> Decode<'a> for Option<$ty> {
+            const WIT_TYPE: &'static str = $wit;
+            const SIZE: usize = std::mem::size_of::<$packed>();
+            type Wit = Option<$ty>;
+            fn typed(v: Option<$ty>, _: &'a wit::Symbols) -> Self {
+                v
+            }
+            fn packed(p: &Packed<'a>, at: usize) -> Self {
+                let $v = <$packed>::from_le_bytes(p.bytes(at));
+                (!$none).then_some($some)
+            }
+        }
+    };
+}
+
+// A DNS id: the low 16 bits of a u32, 0xffffffff for none.
+optional_number!(u16 => "option<u16>", packed u32, |v| none if v == NONE, else v as u16);
+optional_number!(u64 => "option<u64>", packed u64, |v| none if v == u64::MAX, else v);
+// A block status: 0 is success, what none is in the typed record.
+optional_number!(i32 => "option<s32>", packed i32, |v| none if v == 0, else v);
+optional_number!(f64 => "option<f64>", packed f64, |v| none if v.is_nan(), else v);
+
+/// Declares a probe's view: the struct, its decoders for both deliveries and its table
+/// ([`Field`]). Each field reads `pub name: Type => wit_field @ packed_offset`; its type says
+/// how it decodes ([`Decode`]). `, flow` after the record size gives the view the record's
+/// 5-tuple (`pub flow: Flow<'a>`); every view has the record's `envelope` first.
+macro_rules! view {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident<$lt:lifetime>: $probe:literal, record $size:literal $(, $flow:ident)? {
+            $(
+                $(#[$field_meta:meta])*
+                pub $field:ident: $ty:ty => $wit:ident @ $offset:literal
+            ),* $(,)?
+        }
+        typed $typed:ident($batch:ident), packed $packed:ident;
+    ) => {
+        $(#[$meta])*
+        pub struct $name<$lt> {
+            pub envelope: Envelope<$lt>,
+            $(pub $flow: Flow<$lt>,)?
+            $(
+                $(#[$field_meta])*
+                pub $field: $ty,
+            )*
+        }
+
+        impl<$lt> $name<$lt> {
+            /// The probe whose events these are.
+            pub const PROBE: &'static str = $probe;
+            /// Bytes of the packed records this SDK reads (a newer host's may be longer).
+            pub const RECORD_SIZE: usize = $size;
+            /// The view's own fields (after the envelope and flow), in WIT order.
+            #[doc(hidden)]
+            pub const FIELDS: &'static [Field] = &[$(
+                Field::new(
+                    stringify!($wit),
+                    <$ty as Decode<$lt>>::WIT_TYPE,
+                    $offset,
+                    <$ty as Decode<$lt>>::SIZE,
+                    $size,
+                ),
+            )*];
+        }
+
+        #[doc = concat!("The views of a typed `", $probe, "` batch.")]
+        pub fn $typed(b: &wit::$batch) -> Vec<$name<'_>> {
+            let s = &b.symbols;
+            b.events
+                .iter()
+                .map(|e| $name {
+                    envelope: envelope(&b.node, &s.strings, &e.envelope),
+                    $($flow: flow(&s.strings, &e.$flow),)?
+                    $($field: Decode::typed(e.$wit, s),)*
+                })
+                .collect()
+        }
+
+        #[doc = concat!("The views of a packed `", $probe, "` batch.")]
+        pub fn $packed(b: &wit::PackedBatch) -> Vec<$name<'_>> {
+            packed_records(b, $size)
+                .map(|p| $name {
+                    envelope: p.envelope(),
+                    $($flow: p.flow(),)?
+                    $($field: Decode::packed(&p, $offset),)*
+                })
+                .collect()
+        }
+    };
+}
+
+view! {
+    /// `packet_drop`: a packet the kernel dropped.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PacketDrop<'a>: "packet_drop", record 96, flow {
+        /// The kernel's drop reason without its prefix: `NETFILTER_DROP`, `NO_SOCKET`, ...
+        pub reason: &'a str => reason @ 80,
+        /// The kernel function that dropped the packet.
+        pub location: &'a str => location @ 84,
+        pub stack: Stack<'a> => stack @ 88,
+    }
+    typed packet_drops(PacketDropBatch), packed packed_packet_drops;
+}
+
+view! {
+    /// `tcp_retrans`: a TCP segment retransmitted. The flow's source is the local end.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct TcpRetrans<'a>: "tcp_retrans", record 96, flow {
+        /// TCP state: `ESTABLISHED`, `SYN_SENT`, ...
+        pub state: &'a str => state @ 80,
+    }
+    typed tcp_retransmits(TcpRetransBatch), packed packed_tcp_retransmits;
+}
+
+view! {
+    /// `tcp_reset`: a TCP reset sent or received. The flow is oriented as the reset travels.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct TcpReset<'a>: "tcp_reset", record 96, flow {
+        /// `sent` or `received`.
+        pub direction: &'a str => direction @ 80,
+        /// The socket's TCP state; `None` when the reset answered a packet no socket owned.
+        pub state: Option<&'a str> => state @ 84,
+    }
+    typed tcp_resets(TcpResetBatch), packed packed_tcp_resets;
+}
+
+view! {
+    /// `tcp_connect`: a TCP handshake that was slow or failed. The flow's source is the local end.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct TcpConnect<'a>: "tcp_connect", record 104, flow {
+        /// `connect` (this socket connected) or `accept` (a listener accepted it).
+        pub side: &'a str => side @ 80,
+        /// Why it failed: `refused`, `timeout`, `other`; `None` for a slow handshake that
+        /// succeeded.
+        pub cause: Option<&'a str> => cause @ 84,
+        /// How long the handshake took, or ran before failing; `None` when the probe attached
+        /// after it started.
+        pub duration: Option<std::time::Duration> => duration_ns @ 88,
+        /// SYN (connect) or SYN-ACK (accept) retransmissions.
+        pub retransmits: u8 => retransmits @ 96,
+        /// The socket's error when it closed (`ECONNREFUSED`, `ETIMEDOUT`, ...).
+        pub error: Option<&'a str> => error @ 100,
+    }
+    typed tcp_connects(TcpConnectBatch), packed packed_tcp_connects;
+}
+
+view! {
+    /// `softirq`: a NET_RX or NET_TX softirq that waited to run, or ran, at least the probe's
+    /// threshold. Softirqs belong to CPUs, not pods: `envelope.netns` is 0 and its workload `None`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Softirq<'a>: "softirq", record 104 {
+        /// `NET_RX` or `NET_TX`.
+        pub vec: &'a str => vec @ 80,
+        /// `delay` (raised until it ran) or `run` (how long it ran).
+        pub stage: &'a str => stage @ 84,
+        pub duration: std::time::Duration => duration_ns @ 88,
+        pub cpu: u32 => cpu @ 96,
+    }
+    typed softirqs(SoftirqBatch), packed packed_softirqs;
+}
+
+view! {
+    /// `netdev_latency`: a packet that spent at least the probe's threshold in an interface's
+    /// qdisc or driver. The envelope is the interface's network namespace and its pod.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct NetdevLatency<'a>: "netdev_latency", record 104 {
+        /// The interface's name (`eth0`).
+        pub interface: &'a str => interface @ 80,
+        pub ifindex: u32 => ifindex @ 84,
+        /// `queue` (time in the qdisc) or `xmit` (time in the driver).
+        pub stage: &'a str => stage @ 96,
+        pub duration: std::time::Duration => duration_ns @ 88,
+        /// Bytes of the packet.
+        pub bytes: u32 => bytes @ 100,
+    }
+    typed netdev_latencies(NetdevLatencyBatch), packed packed_netdev_latencies;
+}
+
+view! {
+    /// `io_latency`: a block request that took at least the probe's `slowThreshold`. Block I/O is
+    /// not attributed to pods: `envelope.netns` is 0 and its workload `None`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct IoLatency<'a>: "io_latency", record 120 {
+        /// The disk's name (`vda`, `loop3`), or `major:minor` when it has none.
+        pub device: &'a str => device @ 80,
+        /// `major:minor`.
+        pub dev: &'a str => dev @ 84,
+        /// `read`, `write` or `other`.
+        pub op: &'a str => op @ 96,
+        pub duration: std::time::Duration => duration_ns @ 88,
+        pub bytes: u32 => bytes @ 100,
+        /// First 512-byte sector of the request.
+        pub sector: u64 => sector @ 104,
+        /// The completion's block status (blk_status_t); `None` when it succeeded.
+        pub error: Option<i32> => error @ 112,
+    }
+    typed io_latencies(IoLatencyBatch), packed packed_io_latencies;
+}
+
+view! {
+    /// `dns`: a query that got no response within the probe's timeout, or a pod's SERVFAIL or
+    /// NXDOMAIN responses above its rate. The flow goes from the client to the server.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Dns<'a>: "dns", record 112, flow {
+        /// `timeout`, `servfail` or `nxdomain`.
+        pub outcome: &'a str => outcome @ 80,
+        /// The DNS id of the query that timed out.
+        pub id: Option<u16> => id @ 84,
+        /// How long the query waited (timeouts).
+        pub duration: Option<std::time::Duration> => duration_ns @ 88,
+        /// Responses of that rcode since the last report, and their rate per second (rates).
+        pub count: Option<u64> => count @ 96,
+        pub rate: Option<f64> => rate @ 104,
+    }
+    typed dns(DnsBatch), packed packed_dns;
+}
+
+/// Every view's table: probe, fields, record size.
+const SCHEMAS: &[(&str, &[Field], usize)] = &[
+    (
+        PacketDrop::PROBE,
+        PacketDrop::FIELDS,
+        PacketDrop::RECORD_SIZE,
+    ),
+    (
+        TcpRetrans::PROBE,
+        TcpRetrans::FIELDS,
+        TcpRetrans::RECORD_SIZE,
+    ),
+    (TcpReset::PROBE, TcpReset::FIELDS, TcpReset::RECORD_SIZE),
+    (
+        TcpConnect::PROBE,
+        TcpConnect::FIELDS,
+        TcpConnect::RECORD_SIZE,
+    ),
+    (Softirq::PROBE, Softirq::FIELDS, Softirq::RECORD_SIZE),
+    (
+        NetdevLatency::PROBE,
+        NetdevLatency::FIELDS,
+        NetdevLatency::RECORD_SIZE,
+    ),
+    (IoLatency::PROBE, IoLatency::FIELDS, IoLatency::RECORD_SIZE),
+    (Dns::PROBE, Dns::FIELDS, Dns::RECORD_SIZE),
+];
+
+/// The fields this SDK decodes of `probe`'s events and the size of its packed records; `None`
+/// for a probe it has no view of.
+#[doc(hidden)]
+pub fn schema(probe: &str) -> Option<(&'static [Field], usize)> {
+    SCHEMAS
+        .iter()
+        .find(|(p, ..)| *p == probe)
+        .map(|&(_, fields, size)| (fields, size))
+}
+
+/// The probes this SDK has a view of.
+#[doc(hidden)]
+pub fn probes() -> impl Iterator<Item = &'static str> {
+    SCHEMAS.iter().map(|(p, ..)| *p)
 }
 
 /// A batch's string `i`; "" if the host sent an index out of range (it does not).
@@ -323,131 +611,6 @@ fn flow<'a>(strings: &'a [String], f: &wit::Flow) -> Flow<'a> {
     }
 }
 
-/// The views of a typed `packet_drop` batch.
-pub fn packet_drops(b: &wit::PacketDropBatch) -> Vec<PacketDrop<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| PacketDrop {
-            envelope: envelope(&b.node, s, &e.envelope),
-            flow: flow(s, &e.flow),
-            reason: text(s, e.reason),
-            location: text(s, e.location),
-            stack: stack(&b.symbols, e.stack),
-        })
-        .collect()
-}
-
-/// The views of a typed `tcp_retrans` batch.
-pub fn tcp_retransmits(b: &wit::TcpRetransBatch) -> Vec<TcpRetrans<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| TcpRetrans {
-            envelope: envelope(&b.node, s, &e.envelope),
-            flow: flow(s, &e.flow),
-            state: text(s, e.state),
-        })
-        .collect()
-}
-
-/// The views of a typed `tcp_reset` batch.
-pub fn tcp_resets(b: &wit::TcpResetBatch) -> Vec<TcpReset<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| TcpReset {
-            envelope: envelope(&b.node, s, &e.envelope),
-            flow: flow(s, &e.flow),
-            direction: text(s, e.direction),
-            state: e.state.map(|i| text(s, i)),
-        })
-        .collect()
-}
-
-/// The views of a typed `tcp_connect` batch.
-pub fn tcp_connects(b: &wit::TcpConnectBatch) -> Vec<TcpConnect<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| TcpConnect {
-            envelope: envelope(&b.node, s, &e.envelope),
-            flow: flow(s, &e.flow),
-            side: text(s, e.side),
-            cause: e.cause.map(|i| text(s, i)),
-            duration: e.duration_ns.map(std::time::Duration::from_nanos),
-            retransmits: e.retransmits,
-            error: e.error.map(|i| text(s, i)),
-        })
-        .collect()
-}
-
-/// The views of a typed `softirq` batch.
-pub fn softirqs(b: &wit::SoftirqBatch) -> Vec<Softirq<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| Softirq {
-            envelope: envelope(&b.node, s, &e.envelope),
-            vec: text(s, e.vec),
-            stage: text(s, e.stage),
-            duration: std::time::Duration::from_nanos(e.duration_ns),
-            cpu: e.cpu,
-        })
-        .collect()
-}
-
-/// The views of a typed `netdev_latency` batch.
-pub fn netdev_latencies(b: &wit::NetdevLatencyBatch) -> Vec<NetdevLatency<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| NetdevLatency {
-            envelope: envelope(&b.node, s, &e.envelope),
-            interface: text(s, e.interface),
-            ifindex: e.ifindex,
-            stage: text(s, e.stage),
-            duration: std::time::Duration::from_nanos(e.duration_ns),
-            bytes: e.bytes,
-        })
-        .collect()
-}
-
-/// The views of a typed `io_latency` batch.
-pub fn io_latencies(b: &wit::IoLatencyBatch) -> Vec<IoLatency<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| IoLatency {
-            envelope: envelope(&b.node, s, &e.envelope),
-            device: text(s, e.device),
-            dev: text(s, e.dev),
-            op: text(s, e.op),
-            duration: std::time::Duration::from_nanos(e.duration_ns),
-            bytes: e.bytes,
-            sector: e.sector,
-            error: e.error,
-        })
-        .collect()
-}
-
-/// The views of a typed `dns` batch.
-pub fn dns(b: &wit::DnsBatch) -> Vec<Dns<'_>> {
-    let s = &b.symbols.strings;
-    b.events
-        .iter()
-        .map(|e| Dns {
-            envelope: envelope(&b.node, s, &e.envelope),
-            flow: flow(s, &e.flow),
-            outcome: text(s, e.outcome),
-            id: e.id,
-            duration: e.duration_ns.map(std::time::Duration::from_nanos),
-            count: e.count,
-            rate: e.rate,
-        })
-        .collect()
-}
-
 /// One record of a packed batch (`wit/PACKED.md`).
 struct Packed<'a> {
     r: &'a [u8],
@@ -456,20 +619,21 @@ struct Packed<'a> {
 }
 
 impl<'a> Packed<'a> {
+    /// The `N` bytes at `at`.
+    fn bytes<const N: usize>(&self, at: usize) -> [u8; N] {
+        self.r[at..at + N].try_into().unwrap_or([0; N])
+    }
+
     fn u32(&self, at: usize) -> u32 {
-        u32::from_le_bytes([self.r[at], self.r[at + 1], self.r[at + 2], self.r[at + 3]])
+        u32::from_le_bytes(self.bytes(at))
     }
 
     fn u64(&self, at: usize) -> u64 {
-        u64::from_le_bytes(self.r[at..at + 8].try_into().unwrap_or_default())
-    }
-
-    fn duration(&self, at: usize) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.u64(at))
+        u64::from_le_bytes(self.bytes(at))
     }
 
     fn u16(&self, at: usize) -> u16 {
-        u16::from_le_bytes([self.r[at], self.r[at + 1]])
+        u16::from_le_bytes(self.bytes(at))
     }
 
     fn text(&self, at: usize) -> &'a str {
@@ -539,131 +703,6 @@ fn packed_records(b: &wit::PackedBatch, min: usize) -> impl Iterator<Item = Pack
             node: &b.node,
             symbols: &b.symbols,
         })
-}
-
-/// The views of a packed `packet_drop` batch.
-pub fn packed_packet_drops(b: &wit::PackedBatch) -> Vec<PacketDrop<'_>> {
-    packed_records(b, 96)
-        .map(|p| {
-            let stack_index = p.u32(88);
-            PacketDrop {
-                envelope: p.envelope(),
-                flow: p.flow(),
-                reason: p.text(80),
-                location: p.text(84),
-                stack: stack(p.symbols, (stack_index != NONE).then_some(stack_index)),
-            }
-        })
-        .collect()
-}
-
-/// The views of a packed `tcp_retrans` batch.
-pub fn packed_tcp_retransmits(b: &wit::PackedBatch) -> Vec<TcpRetrans<'_>> {
-    packed_records(b, 96)
-        .map(|p| TcpRetrans {
-            envelope: p.envelope(),
-            flow: p.flow(),
-            state: p.text(80),
-        })
-        .collect()
-}
-
-/// The views of a packed `tcp_reset` batch.
-pub fn packed_tcp_resets(b: &wit::PackedBatch) -> Vec<TcpReset<'_>> {
-    packed_records(b, 96)
-        .map(|p| TcpReset {
-            envelope: p.envelope(),
-            flow: p.flow(),
-            direction: p.text(80),
-            state: p.opt_text(84),
-        })
-        .collect()
-}
-
-/// The views of a packed `tcp_connect` batch.
-pub fn packed_tcp_connects(b: &wit::PackedBatch) -> Vec<TcpConnect<'_>> {
-    packed_records(b, 104)
-        .map(|p| {
-            let ns = p.u64(88);
-            TcpConnect {
-                envelope: p.envelope(),
-                flow: p.flow(),
-                side: p.text(80),
-                cause: p.opt_text(84),
-                duration: (ns != u64::MAX).then(|| std::time::Duration::from_nanos(ns)),
-                retransmits: p.r[96],
-                error: p.opt_text(100),
-            }
-        })
-        .collect()
-}
-
-/// The views of a packed `softirq` batch.
-pub fn packed_softirqs(b: &wit::PackedBatch) -> Vec<Softirq<'_>> {
-    packed_records(b, 104)
-        .map(|p| Softirq {
-            envelope: p.envelope(),
-            vec: p.text(80),
-            stage: p.text(84),
-            duration: p.duration(88),
-            cpu: p.u32(96),
-        })
-        .collect()
-}
-
-/// The views of a packed `netdev_latency` batch.
-pub fn packed_netdev_latencies(b: &wit::PackedBatch) -> Vec<NetdevLatency<'_>> {
-    packed_records(b, 104)
-        .map(|p| NetdevLatency {
-            envelope: p.envelope(),
-            interface: p.text(80),
-            ifindex: p.u32(84),
-            stage: p.text(96),
-            duration: p.duration(88),
-            bytes: p.u32(100),
-        })
-        .collect()
-}
-
-/// The views of a packed `io_latency` batch.
-pub fn packed_io_latencies(b: &wit::PackedBatch) -> Vec<IoLatency<'_>> {
-    packed_records(b, 120)
-        .map(|p| {
-            let status = p.u32(112) as i32;
-            IoLatency {
-                envelope: p.envelope(),
-                device: p.text(80),
-                dev: p.text(84),
-                op: p.text(96),
-                duration: p.duration(88),
-                bytes: p.u32(100),
-                sector: p.u64(104),
-                error: (status != 0).then_some(status),
-            }
-        })
-        .collect()
-}
-
-/// The views of a packed `dns` batch.
-pub fn packed_dns(b: &wit::PackedBatch) -> Vec<Dns<'_>> {
-    packed_records(b, 112)
-        .map(|p| {
-            let u64_at =
-                |at: usize| u64::from_le_bytes(p.r[at..at + 8].try_into().unwrap_or_default());
-            let id = p.u32(84);
-            let (ns, count) = (u64_at(88), u64_at(96));
-            let rate = f64::from_le_bytes(p.r[104..112].try_into().unwrap_or_default());
-            Dns {
-                envelope: p.envelope(),
-                flow: p.flow(),
-                outcome: p.text(80),
-                id: (id != u32::MAX).then_some(id as u16),
-                duration: (ns != u64::MAX).then(|| std::time::Duration::from_nanos(ns)),
-                count: (count != u64::MAX).then_some(count),
-                rate: (!rate.is_nan()).then_some(rate),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -804,5 +843,131 @@ mod tests {
         packed.record_size = 104;
         packed.count = 5;
         assert_eq!(packed_packet_drops(&packed).len(), 2);
+    }
+
+    #[test]
+    fn views_expose_their_declaration() {
+        assert_eq!(PacketDrop::PROBE, "packet_drop");
+        assert_eq!(PacketDrop::RECORD_SIZE, 96);
+        assert_eq!(
+            PacketDrop::FIELDS,
+            [
+                Field {
+                    wit: "reason",
+                    wit_type: "text",
+                    offset: 80,
+                    size: 4
+                },
+                Field {
+                    wit: "location",
+                    wit_type: "text",
+                    offset: 84,
+                    size: 4
+                },
+                Field {
+                    wit: "stack",
+                    wit_type: "option<u32>",
+                    offset: 88,
+                    size: 4
+                },
+            ]
+        );
+        let (fields, size) = schema("dns").unwrap();
+        assert_eq!(size, 112);
+        let types: Vec<_> = fields.iter().map(|f| (f.wit, f.wit_type, f.size)).collect();
+        assert_eq!(
+            types,
+            [
+                ("outcome", "text", 4),
+                ("id", "option<u16>", 4),
+                ("duration_ns", "option<u64>", 8),
+                ("count", "option<u64>", 8),
+                ("rate", "option<f64>", 8),
+            ]
+        );
+        assert_eq!(schema("io_latency").map(|(_, size)| size), Some(120));
+        assert_eq!(schema("flow"), None);
+        assert_eq!(probes().count(), 8);
+        for probe in probes() {
+            let (fields, size) = schema(probe).unwrap();
+            assert!(fields
+                .iter()
+                .all(|f| f.offset >= 80 && f.offset + f.size <= size));
+        }
+    }
+
+    fn packed(probe: &str, record_size: u32, records: &[Vec<u8>]) -> wit::PackedBatch {
+        wit::PackedBatch {
+            probe: probe.into(),
+            node: "node-1".into(),
+            symbols: symbols(),
+            record_size,
+            count: records.len() as u32,
+            events: records.concat(),
+        }
+    }
+
+    fn put(r: &mut [u8], at: usize, bytes: &[u8]) {
+        r[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    #[test]
+    fn packed_sentinels_decode_to_none_and_values_to_some() {
+        let mut some = vec![0u8; 112];
+        put(&mut some, 80, &5u32.to_le_bytes());
+        put(&mut some, 84, &0xbeefu32.to_le_bytes());
+        put(&mut some, 88, &1_500u64.to_le_bytes());
+        put(&mut some, 96, &7u64.to_le_bytes());
+        put(&mut some, 104, &2.5f64.to_le_bytes());
+        let mut none = some.clone();
+        put(&mut none, 84, &NONE.to_le_bytes());
+        put(&mut none, 88, &u64::MAX.to_le_bytes());
+        put(&mut none, 96, &u64::MAX.to_le_bytes());
+        put(&mut none, 104, &f64::NAN.to_le_bytes());
+        let b = packed("dns", 112, &[some, none]);
+        let d = packed_dns(&b);
+        assert_eq!(d[0].outcome, "NETFILTER_DROP");
+        assert_eq!(
+            (d[0].id, d[0].duration, d[0].count, d[0].rate),
+            (
+                Some(0xbeef),
+                Some(Duration::from_nanos(1_500)),
+                Some(7),
+                Some(2.5)
+            )
+        );
+        assert_eq!(
+            (d[1].id, d[1].duration, d[1].count, d[1].rate),
+            (None, None, None, None)
+        );
+        // Shorter than this SDK's dns layout: nothing.
+        assert!(packed_dns(&packed("dns", 104, &[vec![0; 104]])).is_empty());
+
+        let mut failed = vec![0u8; 120];
+        put(&mut failed, 112, &(-5i32).to_le_bytes());
+        put(&mut failed, 104, &u64::MAX.to_le_bytes());
+        let ok = vec![0u8; 120];
+        let b = packed("io_latency", 120, &[failed, ok]);
+        let io = packed_io_latencies(&b);
+        assert_eq!((io[0].error, io[0].sector), (Some(-5), u64::MAX));
+        assert_eq!(io[1].error, None);
+
+        let mut c = vec![0u8; 104];
+        put(&mut c, 84, &NONE.to_le_bytes());
+        put(&mut c, 88, &u64::MAX.to_le_bytes());
+        c[96] = 3;
+        put(&mut c, 100, &6u32.to_le_bytes());
+        let b = packed("tcp_connect", 104, &[c]);
+        let t = packed_tcp_connects(&b);
+        assert_eq!(
+            (
+                t[0].side,
+                t[0].cause,
+                t[0].duration,
+                t[0].retransmits,
+                t[0].error
+            ),
+            ("", None, None, 3, Some("nf_hook_slow"))
+        );
     }
 }

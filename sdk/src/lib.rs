@@ -1,6 +1,6 @@
 //! The guest SDK for Sonde plugins written in Rust.
 //!
-//! A Sonde plugin is a WebAssembly component for `sonde:plugin@0.2.0` (the WIT in the
+//! A Sonde plugin is a WebAssembly component for `sonde:plugin@0.2.1` (the WIT in the
 //! repository's `wit/`): the agent hands it the probes' events in batches, already
 //! labelled with the workload they concern, and the plugin derives metrics, events and
 //! workload labels through the host interfaces its manifest grants. This crate has three
@@ -50,17 +50,21 @@ pub mod bindings {
         export_macro_name: "__export_world",
         default_bindings_module: "::sonde_plugin::bindings",
         additional_type_attributes: {
-            "sonde:plugin/types@0.2.0/workload": [#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]],
-            "sonde:plugin/types@0.2.0/error": [#[derive(PartialEq, Eq)]],
-            "sonde:plugin/events@0.2.0/value": [#[derive(PartialEq)]],
-            "sonde:plugin/events@0.2.0/event": [#[derive(PartialEq)]],
-            "sonde:plugin/maps@0.2.0/counter": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/types@0.2.1/workload": [#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]],
+            "sonde:plugin/types@0.2.1/error": [#[derive(PartialEq, Eq)]],
+            "sonde:plugin/events@0.2.1/value": [#[derive(PartialEq)]],
+            "sonde:plugin/events@0.2.1/event": [#[derive(PartialEq)]],
+            "sonde:plugin/maps@0.2.1/counter": [#[derive(PartialEq, Eq)]],
         },
     });
 }
 
 pub use bindings::sonde::plugin::types::Workload;
 pub use error::{Error, Result};
+/// The packed layout and WIT fields this SDK decodes, for the tests that compare it with the
+/// agent's.
+#[doc(hidden)]
+pub use event::{probes as schema_probes, schema, Field};
 pub use event::{
     Dns, Envelope, Flow, IoLatency, NetdevLatency, OwnedFlow, PacketDrop, Softirq, Stack,
     TcpConnect, TcpReset, TcpRetrans, WorkloadRef,
@@ -76,6 +80,11 @@ pub mod __event {
     pub use crate::event::{
         dns, io_latencies, netdev_latencies, packet_drops, softirqs, tcp_connects, tcp_resets,
         tcp_retransmits,
+    };
+    // The packed decoders, for tests (the SDK's packed handler calls them itself).
+    pub use crate::event::{
+        packed_dns, packed_io_latencies, packed_netdev_latencies, packed_packet_drops,
+        packed_softirqs, packed_tcp_connects, packed_tcp_resets, packed_tcp_retransmits,
     };
 }
 
@@ -191,7 +200,7 @@ macro_rules! export {
 
             // The component's exports, made on WebAssembly only: built for the host (a plugin
             // crate's tests, `cargo test --workspace`), a cdylib cannot export names such as
-            // `sonde:plugin/tick@0.2.0#tick` (the linker's version script refuses the colon).
+            // `sonde:plugin/tick@0.2.1#tick` (the linker's version script refuses the colon).
             #[cfg(target_arch = "wasm32")]
             $crate::bindings::__export_world!(Exports with_types_in $crate::bindings);
 

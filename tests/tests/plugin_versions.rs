@@ -1,11 +1,13 @@
 //! The plugin interface's versions under real drops: a component built with plain wit-bindgen
-//! against `sonde:plugin@0.2.0` that exports only `packet-drop-handler` loads and counts
-//! exactly; one built against the frozen `sonde:plugin@0.1.0` (every handler exported) still
-//! does; one that lacks the handler of a probe its manifest subscribes to is refused, naming
-//! the export to add, by `sonde plugin check` and by the agent alike.
+//! against `sonde:plugin@0.2.1` that exports only `packet-drop-handler` loads and counts
+//! exactly; the same source built here against the frozen `sonde:plugin@0.2.0` (before
+//! `tcp_state` was added) does too on this host; one built against the frozen
+//! `sonde:plugin@0.1.0` (every handler exported) still does; one that lacks the handler of a
+//! probe its manifest subscribes to is refused, naming the export to add, by
+//! `sonde plugin check` and by the agent alike.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -81,8 +83,89 @@ fn drops_counted_exactly(agent: &Agent, pods: &PodPair, port: u16, metric: &str)
 
 #[test]
 fn a_plain_wit_bindgen_plugin_with_one_handler_counts_exactly() {
-    let (_dir, pods, agent) = running_drop_counter("only-drops", PORT, "0.2.0");
+    let (_dir, pods, agent) = running_drop_counter("only-drops", PORT, "0.2.1");
     drops_counted_exactly(&agent, &pods, PORT, "sonde_example_drops_total");
+}
+
+/// Builds `tests/plugins/only-drops` as a plugin written before 0.2.1 was: its world naming
+/// `@0.2.0` and the frozen `wit/deps/sonde-plugin-0.2.0/` as the package it vendors, as a
+/// crate of its own (the workspace's lock file, offline). Returns the component.
+fn only_drops_built_against_0_2_0(dir: &Path) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let src = repo.join("tests/plugins/only-drops");
+    let read =
+        |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let write = |p: PathBuf, text: &str| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    };
+    let manifest = read(&src.join("Cargo.toml"))
+        .replace("version.workspace = true", "version = \"0.1.0\"")
+        .replace("edition.workspace = true", "edition = \"2021\"")
+        .replace("license.workspace = true", "license = \"Apache-2.0\"");
+    write(
+        dir.join("Cargo.toml"),
+        &format!("{manifest}\n[workspace]\n"),
+    );
+    write(dir.join("Cargo.lock"), &read(&repo.join("Cargo.lock")));
+    write(dir.join("src/lib.rs"), &read(&src.join("src/lib.rs")));
+    let world = read(&src.join("wit/world.wit"));
+    assert!(world.contains("@0.2.1;"), "{world}");
+    write(
+        dir.join("wit/world.wit"),
+        &world.replace("@0.2.1;", "@0.2.0;"),
+    );
+    let frozen = read(&repo.join("wit/deps/sonde-plugin-0.2.0/plugin.wit"));
+    assert!(frozen.contains("package sonde:plugin@0.2.0;"));
+    assert!(!frozen.contains("tcp-state"), "0.2.0 has no tcp_state");
+    write(dir.join("wit/deps/sonde-plugin.wit"), &frozen);
+    // A target directory of its own, kept between runs: the second build is quick.
+    let target = repo.join("target/only-drops-0.2.0");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building only-drops against 0.2.0 failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("wasm32-wasip2/release/only_drops_plugin.wasm")
+}
+
+/// A plugin built against 0.2.0 runs on this host, whose WIT (0.2.1) has a probe more, and
+/// counts exactly: adding a probe is not a breaking change.
+#[test]
+fn a_plugin_built_against_0_2_0_counts_exactly_on_this_host() {
+    let build = TempDir::new();
+    let module = only_drops_built_against_0_2_0(build.path());
+    let dir = TempDir::new();
+    write_bundle(
+        &dir.path().join("old-drops"),
+        "old-drops",
+        &module,
+        "  subscribe: [packet_drop]\n  capabilities: [metrics]\n",
+    );
+    let port = PORT + 3;
+    let pods = PodPair::dropping_udp(port);
+    let agent = agent_with_plugins(dir.path());
+    agent.wait_ready(READY_TIMEOUT);
+    let p = plugin_status(&agent, "old-drops").expect("listed");
+    assert_eq!(
+        (&p["state"], &p["wit"]),
+        (&"running".into(), &"0.2.0".into()),
+        "{p}"
+    );
+    drops_counted_exactly(&agent, &pods, port, "sonde_example_drops_total");
 }
 
 #[test]
@@ -107,22 +190,22 @@ fn a_component_without_a_subscribed_handler_is_refused_naming_the_export() {
             "resets",
             "  subscribe: [packet_drop, tcp_reset]\n",
             "spec.subscribe has tcp_reset, but the component does not export \
-             sonde:plugin/tcp-reset-handler@0.2.0 (add `export sonde:plugin/tcp-reset-handler@0.2.0;` to its world)",
+             sonde:plugin/tcp-reset-handler@0.2.1 (add `export sonde:plugin/tcp-reset-handler@0.2.1;` to its world)",
         ),
         (
             "packed",
             "  subscribe: [packet_drop]\n  delivery: packed\n",
-            "spec.delivery is packed, but the component does not export sonde:plugin/packed-handler@0.2.0",
+            "spec.delivery is packed, but the component does not export sonde:plugin/packed-handler@0.2.1",
         ),
         (
             "configured",
             "  subscribe: [packet_drop]\n  config: {threshold: 3}\n",
-            "spec.config is set, but the component does not export sonde:plugin/init@0.2.0",
+            "spec.config is set, but the component does not export sonde:plugin/init@0.2.1",
         ),
         (
             "enricher",
             "  subscribe: [packet_drop]\n  capabilities: [enrich]\n",
-            "spec.capabilities has enrich, but the component does not export sonde:plugin/enrich@0.2.0",
+            "spec.capabilities has enrich, but the component does not export sonde:plugin/enrich@0.2.1",
         ),
     ];
     for (name, spec, reason) in cases {

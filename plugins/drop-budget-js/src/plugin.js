@@ -1,13 +1,13 @@
-// drop-budget: the WIT glue (world `drop-budget` in ../wit/world.wit, on `sonde:plugin@0.2.0`).
+// drop-budget: the WIT glue (world `drop-budget` in ../wit/world.wit, on `sonde:plugin@0.2.1`).
 // Each exported interface is an exported object whose methods are the interface's functions.
 //
 // The logic is in logic.js; this module only talks to the host. It must not use console,
 // Date, Math.random or timers: the component is built with every WASI feature disabled, so
 // those would trap or return fixed values.
 
-import { log } from 'sonde:plugin/log@0.2.0';
-import { registerGauge, withLabels, set } from 'sonde:plugin/metrics@0.2.0';
-import { emit } from 'sonde:plugin/events@0.2.0';
+import { log } from 'sonde:plugin/log@0.2.1';
+import { registerGauge, withLabels, set } from 'sonde:plugin/metrics@0.2.1';
+import { emit } from 'sonde:plugin/events@0.2.1';
 
 import {
   ConfigError, DEFAULT_BUDGET, DropBudget, countBatch, dropsOfBatch, dropsOfPacked, labelsOf, parseConfig,

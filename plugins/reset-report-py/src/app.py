@@ -1,4 +1,4 @@
-"""reset-report: the WIT glue (world `reset-report` in ../wit/world.wit, on `sonde:plugin@0.2.0`).
+"""reset-report: the WIT glue (world `reset-report` in ../wit/world.wit, on `sonde:plugin@0.2.1`).
 
 Each exported interface is a class of this module named after it (`Init`, `Tick`,
 `TcpResetHandler`, `PackedHandler`), subclassing the protocol componentize-py generates.

@@ -287,7 +287,7 @@ pub struct PluginStatus {
     pub capabilities: Vec<String>,
     /// The `sonde:plugin` version the component was built for (none for scripts).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wit: Option<&'static str>,
+    pub wit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The last host call refused to it (`limit: ...`, `not_granted: ...`, `invalid: ...`).

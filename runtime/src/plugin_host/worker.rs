@@ -310,13 +310,10 @@ impl PluginHost {
                 return Err(e);
             }
         };
-        let wit = match pre.version() {
-            world::Version::V0_1 => {
-                tracing::warn!(plugin = %name, "built for sonde:plugin@0.1.0, which this agent hosts for one more release: rebuild it against @{}", super::wit_version());
-                "0.1.0"
-            }
-            world::Version::V0_2 => super::wit_version(),
-        };
+        let wit = pre.version();
+        if wit == world::Version::V0_1 {
+            tracing::warn!(plugin = %name, "built for sonde:plugin@0.1.0, which this agent hosts for one more release: rebuild it against @{}", super::wit_version());
+        }
         let info = Arc::new(PluginInfo::new(&bundle.manifest));
         let instance = match self.instantiate(&info, &pre) {
             Ok(instance) => instance,
@@ -330,7 +327,13 @@ impl PluginHost {
             host.instantiate(&fresh_info, &pre)
                 .map(|i| Box::new(i) as Box<dyn Guest>)
         });
-        self.launch(&bundle, info, Box::new(instance), fresh, Some(wit))
+        self.launch(
+            &bundle,
+            info,
+            Box::new(instance),
+            fresh,
+            Some(wit.to_string()),
+        )
     }
 
     /// Swaps a guest that has initialised in for the previous version of its plugin: its
@@ -341,7 +344,7 @@ impl PluginHost {
         info: Arc<PluginInfo>,
         instance: Box<dyn Guest>,
         fresh: Fresh,
-        wit: Option<&'static str>,
+        wit: Option<String>,
     ) -> Result<Arc<Mutex<PluginStatus>>, BundleError> {
         let name = info.name.clone();
         let status = Arc::new(Mutex::new(PluginStatus {

@@ -218,7 +218,17 @@ mod old_host {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     V0_1,
-    V0_2,
+    /// 0.2.x: the patch it was built for.
+    V0_2(u32),
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Version::V0_1 => f.write_str("0.1.0"),
+            Version::V0_2(patch) => write!(f, "0.2.{patch}"),
+        }
+    }
 }
 
 /// A component checked against the world it was built for, ready to instantiate.
@@ -230,6 +240,8 @@ pub enum Pre {
 /// The interfaces a 0.2 component exports, found by name (a later 0.2.x's names match).
 pub struct V2Pre {
     pre: InstancePre<HostState>,
+    /// The 0.2.x it was built for.
+    patch: u32,
     init: Option<x::init::GuestIndices>,
     tick: Option<x::tick::GuestIndices>,
     enrich: Option<x::enrich::GuestIndices>,
@@ -243,13 +255,14 @@ pub struct V2Pre {
 /// The `handle` function of an exported interface.
 fn handle_index(pre: &InstancePre<HostState>, interface: &str) -> Option<ComponentExportIndex> {
     let component = pre.component();
-    let instance = component.get_export_index(None, &export_name(interface))?;
+    let instance = component.get_export_index(None, export_name(interface))?;
     component.get_export_index(Some(&instance), "handle")
 }
 
 impl V2Pre {
-    fn new(pre: InstancePre<HostState>) -> V2Pre {
+    fn new(pre: InstancePre<HostState>, patch: u32) -> V2Pre {
         V2Pre {
+            patch,
             init: x::init::GuestIndices::new(&pre).ok(),
             tick: x::tick::GuestIndices::new(&pre).ok(),
             enrich: x::enrich::GuestIndices::new(&pre).ok(),
@@ -277,7 +290,7 @@ impl Pre {
     pub fn version(&self) -> Version {
         match self {
             Pre::V0_1(_) => Version::V0_1,
-            Pre::V0_2(_) => Version::V0_2,
+            Pre::V0_2(pre) => Version::V0_2(pre.patch),
         }
     }
 
@@ -660,10 +673,10 @@ pub fn version_of(component: &Component, engine: &Engine) -> Result<Version, Bun
     let of = |v: &str| {
         if v == "0.1.0" {
             Some(Version::V0_1)
-        } else if v.strip_prefix("0.2.").is_some_and(|minor| {
-            minor.parse::<u32>().is_ok() && host.strip_prefix("0.2.").is_some()
-        }) {
-            Some(Version::V0_2)
+        } else if host.starts_with("0.2.") {
+            v.strip_prefix("0.2.")
+                .and_then(|patch| patch.parse().ok())
+                .map(Version::V0_2)
         } else {
             None
         }
@@ -692,7 +705,7 @@ pub fn prepare(pre: InstancePre<HostState>, version: Version) -> Result<Pre, Bun
         Version::V0_1 => v0_1::PluginPre::new(pre)
             .map(|pre| Pre::V0_1(Box::new(pre)))
             .map_err(|e| BundleError::World(super::one_line(&e))),
-        Version::V0_2 => Ok(Pre::V0_2(Box::new(V2Pre::new(pre)))),
+        Version::V0_2(patch) => Ok(Pre::V0_2(Box::new(V2Pre::new(pre, patch)))),
     }
 }
 

@@ -117,7 +117,7 @@ pub struct Series {
     pub timeouts: prometheus::IntCounterVec,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         duration: families.pod_histogram(
             "sonde_dns_query_duration_seconds",

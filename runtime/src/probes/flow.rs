@@ -101,7 +101,7 @@ pub const DRIVER: Driver = Driver {
     fn_attach: None,
 };
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     let series = FlowSeries::new(families.budget());
     let expire = series.clone();
     Box::new(families.pod_collector(

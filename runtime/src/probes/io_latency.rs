@@ -79,7 +79,7 @@ pub struct Series {
     pub latency: crate::metrics::KernelHistogram,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         latency: families.node_histogram(
             "sonde_io_latency_seconds",

@@ -344,8 +344,11 @@ pub struct Driver {
     pub fn_attach: Option<fn(&ProbesConfig) -> FnAttach>,
     /// Makes the probe's series (its metric families, in its own file); the probe finds them
     /// again with `ctx.metrics.of::<Series>()`.
-    pub series: Option<fn(&mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync>>,
+    pub series: Option<fn(&mut crate::metrics::Families) -> ProbeSeries>,
 }
+
+/// A probe's series, as its driver makes them (`Driver::series`).
+pub type ProbeSeries = Box<dyn std::any::Any + Send + Sync>;
 
 /// The settings of a probe with TC hooks, whose programs are attached to each interface that
 /// matches its patterns.

@@ -91,7 +91,7 @@ pub struct Series {
     pub xmit: crate::metrics::KernelHistogram,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         queue: families.pod_histogram(
             "sonde_netdev_queue_seconds",

@@ -65,7 +65,7 @@ pub struct Series {
     pub drops: prometheus::IntCounterVec,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         drops: families.pod_counter(
             "sonde_packet_drops_total",

@@ -43,7 +43,7 @@ pub struct Series {
     pub overflows: prometheus::IntCounterVec,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         read_latency: families.pod_histogram(
             "sonde_socket_read_latency_seconds",

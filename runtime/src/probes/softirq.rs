@@ -87,7 +87,7 @@ pub struct Series {
     pub duration: crate::metrics::KernelHistogram,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         delay: families.node_histogram(
             "sonde_softirq_delay_seconds",

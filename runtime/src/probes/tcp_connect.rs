@@ -83,7 +83,7 @@ pub struct Series {
     pub failures: prometheus::IntCounterVec,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         duration: families.pod_histogram(
             "sonde_tcp_connect_duration_seconds",

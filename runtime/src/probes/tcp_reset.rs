@@ -43,7 +43,7 @@ pub struct Series {
     pub resets: prometheus::IntCounterVec,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         resets: families.pod_counter(
             "sonde_tcp_resets_total",

@@ -40,7 +40,7 @@ pub struct Series {
     pub retransmits: prometheus::IntCounterVec,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         retransmits: families.pod_counter(
             "sonde_tcp_retransmits_total",

@@ -69,7 +69,7 @@ pub struct Series {
     pub rtt: crate::metrics::KernelHistogram,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         rtt: families.pod_histogram(
             "sonde_tcp_rtt_seconds",

@@ -74,7 +74,7 @@ pub struct Series {
     pub errors: prometheus::IntCounterVec,
 }
 
-fn series(families: &mut crate::metrics::Families) -> Box<dyn std::any::Any + Send + Sync> {
+fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         commands: families.node_histogram(
             "sonde_virtio_net_command_seconds",

@@ -48,12 +48,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prom::{IntCounter, IntCounterVec, Opts, Registry};
 use sonde::event::{Event, Flow, Kind, Severity};
-use sonde::probes::packet_drop::PacketDrop;
-use sonde::probes::tcp_reset::TcpReset;
 use sonde::fanout::FanOut;
 use sonde::metrics::Metrics;
 use sonde::plugin_host::delivery::{self as host_delivery, Probe};
 use sonde::plugin_host::{Bundle, Compiler, HostContext, PluginHost, PluginMetrics, PluginsConfig};
+use sonde::probes::packet_drop::PacketDrop;
+use sonde::probes::tcp_reset::TcpReset;
 use sonde::probes::{Context, Probes};
 use sonde::timefmt::BootClock;
 use sonde::topology::netns::NetnsTopology;
