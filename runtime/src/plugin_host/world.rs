@@ -296,10 +296,21 @@ impl Pre {
 
     /// Refuses a component that lacks an export its manifest relies on: the handler of a
     /// probe it subscribes to (or `packed-handler` for the packed delivery), `enrich` when it
-    /// asks for the capability, `init` when it has a config. A 0.1 component has them all.
+    /// asks for the capability, `init` when it has a config. A 0.1 component has them all,
+    /// for the probes 0.1.0 knew.
     pub fn check(&self, manifest: &Manifest) -> Result<(), BundleError> {
         let Pre::V0_2(pre) = self else {
-            return Ok(());
+            let spec = &manifest.spec;
+            return match spec.subscribe.iter().find(|p| {
+                spec.delivery != DeliveryMode::Packed && !V0_1_PROBES.contains(&p.as_str())
+            }) {
+                Some(probe) => Err(BundleError::World(format!(
+                    "spec.subscribe has {probe}, which sonde:plugin@0.1.0 has no handler for \
+                     (rebuild the plugin against @{})",
+                    super::wit_version()
+                ))),
+                None => Ok(()),
+            };
         };
         let missing = |interface: &str, why: String| {
             Err(BundleError::World(format!(
@@ -647,8 +658,24 @@ async fn deliver_v0_1(
             };
             p.call_on_packed(store, &b).await
         }
+        // A probe added after 0.1.0, which `Pre::check` refuses typed subscriptions to (the
+        // arm is unreachable while the catalogue has only 0.1.0's probes).
+        #[allow(unreachable_patterns)]
+        _ => Ok(()),
     }
 }
+
+/// The probes `sonde:plugin@0.1.0` has typed handlers for.
+const V0_1_PROBES: &[&str] = &[
+    "packet_drop",
+    "tcp_retrans",
+    "tcp_reset",
+    "tcp_connect",
+    "softirq",
+    "netdev_latency",
+    "io_latency",
+    "dns",
+];
 
 /// Which `sonde:plugin` a component was built for, by what it says: the versions in the names
 /// of the `sonde:plugin` interfaces it imports and exports (a component built against the WIT
