@@ -25,6 +25,7 @@ pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 pub mod tcp_rtt;
+pub mod tcp_state;
 pub mod virtio_net;
 
 pub use probe::{Checked, LoadedProbe, ProbeError, ProbeLoader, ProbeSettings};
@@ -513,6 +514,7 @@ pub const CATALOGUE: &[ProbeSpec] = &[
     virtio_net::SPEC,
     flow::SPEC,
     dns::SPEC,
+    tcp_state::SPEC,
 ];
 
 /// Finds a probe of the catalogue by name.

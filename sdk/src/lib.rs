@@ -67,7 +67,7 @@ pub use error::{Error, Result};
 pub use event::{probes as schema_probes, schema, Field};
 pub use event::{
     Dns, Envelope, Flow, IoLatency, NetdevLatency, OwnedFlow, PacketDrop, Softirq, Stack,
-    TcpConnect, TcpReset, TcpRetrans, WorkloadRef,
+    TcpConnect, TcpReset, TcpRetrans, TcpState, WorkloadRef,
 };
 pub use events::{Event, Severity, Value};
 pub use metrics::{Counter, Gauge, Histogram, Series};
@@ -79,12 +79,13 @@ pub use plugin::glue as __glue;
 pub mod __event {
     pub use crate::event::{
         dns, io_latencies, netdev_latencies, packet_drops, softirqs, tcp_connects, tcp_resets,
-        tcp_retransmits,
+        tcp_retransmits, tcp_states,
     };
     // The packed decoders, for tests (the SDK's packed handler calls them itself).
     pub use crate::event::{
         packed_dns, packed_io_latencies, packed_netdev_latencies, packed_packet_drops,
         packed_softirqs, packed_tcp_connects, packed_tcp_resets, packed_tcp_retransmits,
+        packed_tcp_states,
     };
 }
 
@@ -192,6 +193,14 @@ macro_rules! export {
                 }
             }
 
+            impl $crate::bindings::exports::sonde::plugin::tcp_state_handler::Guest for Exports {
+                fn handle(batch: $crate::bindings::sonde::plugin::types::TcpStateBatch) {
+                    $crate::__glue::with(&PLUGIN, (), |p| {
+                        $crate::Plugin::on_tcp_state(p, &$crate::__event::tcp_states(&batch))
+                    })
+                }
+            }
+
             impl $crate::bindings::exports::sonde::plugin::packed_handler::Guest for Exports {
                 fn handle(batch: $crate::bindings::sonde::plugin::types::PackedBatch) {
                     $crate::__glue::with(&PLUGIN, (), |p| $crate::__glue::packed(p, &batch))
@@ -222,6 +231,7 @@ macro_rules! export {
                     <Exports as x::netdev_latency_handler::Guest>::handle as usize,
                     <Exports as x::io_latency_handler::Guest>::handle as usize,
                     <Exports as x::dns_handler::Guest>::handle as usize,
+                    <Exports as x::tcp_state_handler::Guest>::handle as usize,
                     <Exports as x::packed_handler::Guest>::handle as usize,
                 ]
                 .len()

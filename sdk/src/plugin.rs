@@ -4,7 +4,8 @@
 use serde::de::DeserializeOwned;
 
 use crate::{
-    Dns, IoLatency, NetdevLatency, PacketDrop, Softirq, TcpConnect, TcpReset, TcpRetrans, Workload,
+    Dns, IoLatency, NetdevLatency, PacketDrop, Softirq, TcpConnect, TcpReset, TcpRetrans, TcpState,
+    Workload,
 };
 
 /// A plugin. Implement [`init`](Plugin::init) and the callbacks of the probes the manifest
@@ -56,6 +57,11 @@ pub trait Plugin: Sized + 'static {
     /// A batch of `dns` events: queries that timed out, pods with SERVFAIL or NXDOMAIN
     /// responses above the probe's rate.
     fn on_dns(&mut self, batch: &[Dns<'_>]) {
+        let _ = batch;
+    }
+
+    /// A batch of `tcp_state` events: TCP connections that closed.
+    fn on_tcp_state(&mut self, batch: &[TcpState<'_>]) {
         let _ = batch;
     }
 
@@ -133,6 +139,7 @@ pub mod glue {
             "netdev_latency" => plugin.on_netdev_latency(&event::packed_netdev_latencies(batch)),
             "io_latency" => plugin.on_io_latency(&event::packed_io_latencies(batch)),
             "dns" => plugin.on_dns(&event::packed_dns(batch)),
+            "tcp_state" => plugin.on_tcp_state(&event::packed_tcp_states(batch)),
             // A probe newer than this SDK: its plugin cannot have subscribed knowingly.
             _ => {}
         }

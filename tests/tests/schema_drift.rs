@@ -15,7 +15,7 @@ use sonde::plugin_host::delivery::{batches, Delivery, Symbols};
 use sonde::plugin_host::sonde::plugin::types as host;
 use sonde::probes::{
     dns, io_latency, netdev_latency, packet_drop, softirq, tcp_connect, tcp_reset, tcp_retrans,
-    EventProbe,
+    tcp_state, EventProbe,
 };
 use sonde::topology::Workload;
 use sonde_plugin::bindings::sonde::plugin::types as guest;
@@ -142,6 +142,7 @@ records! {
     NetdevLatency { envelope, interface, ifindex, stage, duration_ns, bytes, extra }
     IoLatency { envelope, device, dev, op, duration_ns, bytes, sector, error, extra }
     Dns { envelope, flow, outcome, id, duration_ns, count, rate, extra }
+    TcpState { envelope, flow, state, duration_ns, bytes_sent, bytes_received, extra }
     PacketDropBatch { node, symbols, events }
     TcpRetransBatch { node, symbols, events }
     TcpResetBatch { node, symbols, events }
@@ -150,6 +151,7 @@ records! {
     NetdevLatencyBatch { node, symbols, events }
     IoLatencyBatch { node, symbols, events }
     DnsBatch { node, symbols, events }
+    TcpStateBatch { node, symbols, events }
     PackedBatch { probe, node, symbols, record_size, count, events }
 }
 
@@ -268,6 +270,13 @@ fn kinds(full: bool) -> Vec<Kind> {
             duration: ns(5_000_000_017),
             count: full.then_some(1 << 40),
             rate: full.then_some(12.75),
+        }),
+        Kind::TcpState(tcp_state::TcpState {
+            flow: flow(full),
+            state: if full { "FIN_WAIT2" } else { "SYN_SENT" },
+            duration: ns(7_000_000_019),
+            bytes_sent: 1 << 33,
+            bytes_received: if full { 1_000_001 } else { 0 },
         }),
     ]
 }
@@ -491,6 +500,8 @@ fn events_the_agent_sends_decode_in_the_sdk_as_its_json_says() {
                 IoLatency { device, dev, op, duration, bytes, sector, error };
             Dns(DnsBatch) => dns, packed_dns,
                 Dns [flow] { outcome, id, duration, count, rate };
+            TcpState(TcpStateBatch) => tcp_states, packed_tcp_states,
+                TcpState [flow] { state, duration, bytes_sent, bytes_received };
         }
     }
 }

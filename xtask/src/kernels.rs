@@ -119,6 +119,11 @@ pub const TESTS: &[MatrixTest] = &[
     ),
     test("dns", "rcodes_are_counted_per_pod", "dns"),
     test(
+        "tcp_state",
+        "connections_are_counted_by_state_and_each_end_is_one_event",
+        "tcp_state",
+    ),
+    test(
         "stack_latency",
         "udp_through_a_router_is_timed_in_every_stage",
         "stack_latency",

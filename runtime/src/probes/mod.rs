@@ -24,6 +24,7 @@ pub mod tcp_connect;
 pub mod tcp_reset;
 pub mod tcp_retrans;
 pub mod tcp_rtt;
+pub mod tcp_state;
 pub mod virtio_net;
 
 use std::cell::OnceCell;
@@ -291,6 +292,7 @@ pub struct ProbesConfig {
     pub virtio_net: virtio_net::Config,
     pub flow: flow::Config,
     pub dns: dns::Config,
+    pub tcp_state: tcp_state::Config,
 }
 
 impl ProbesConfig {
@@ -401,6 +403,7 @@ pub const DRIVERS: &[Driver] = &[
     virtio_net::DRIVER,
     flow::DRIVER,
     dns::DRIVER,
+    tcp_state::DRIVER,
 ];
 
 // The probes with events: what plugins and scripts subscribe to. Each line: the variant of
@@ -415,6 +418,7 @@ crate::catalogue_events! {
     NetdevLatency(netdev_latency::NetdevLatency, "netdev-latency", NetdevLatencyBatch),
     IoLatency(io_latency::IoLatency, "io-latency", IoLatencyBatch),
     Dns(dns::Dns, "dns", DnsBatch),
+    TcpState(tcp_state::TcpState, "tcp-state", TcpStateBatch),
 }
 
 /// The interface patterns of a probe with TC hooks (none for the others).

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sonde_plugin::{
     metrics::{Counter, Gauge},
     Config, Dns, Envelope, Event, Flow, IoLatency, NetdevLatency, PacketDrop, Plugin, Softirq,
-    TcpConnect, TcpReset, TcpRetrans,
+    TcpConnect, TcpReset, TcpRetrans, TcpState,
 };
 
 #[derive(Deserialize)]
@@ -492,6 +492,18 @@ impl Plugin for Hostile {
             "dns",
             batch.iter().map(|e| (pod(e.envelope.workload), e.outcome)),
         );
+    }
+
+    fn on_tcp_state(&mut self, batch: &[TcpState<'_>]) {
+        for e in batch {
+            let detail = format!(
+                "{}:{}:{}",
+                e.duration.is_some(),
+                e.bytes_sent,
+                e.bytes_received
+            );
+            self.count_fields("tcp_state", &e.envelope, &e.flow, e.state, &detail, "");
+        }
     }
 
     fn on_tcp_reset(&mut self, batch: &[TcpReset<'_>]) {
