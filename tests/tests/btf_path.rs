@@ -33,23 +33,44 @@ const NO_OWN_BTF: &str = "this kernel has no BTF of its own (/sys/kernel/btf/vml
                           programs need it; btf.path gives CO-RE relocations only";
 const NODE: &str = "sonde-test-node";
 
-/// The eBPF probes of the catalogue with tp_btf hooks, and those with TC hooks only.
-const TP_BTF: &[&str] = &[
-    "packet_drop",
-    "tcp_retrans",
-    "tcp_reset",
-    "tcp_connect",
-    "tcp_rtt",
-    "softirq",
-    "netdev_latency",
-    "socket_latency",
-    "io_latency",
-    // fentry and tp_btf hooks (its kprobe form needs the kernel's BTF for kfree_skb too).
-    "stack_latency",
-];
-const TC: &[&str] = &["flow", "dns"];
+/// The eBPF probes of the catalogue whose hooks `pick` accepts.
+fn probes_where(pick: impl Fn(&[ebpf_core::Hook]) -> bool) -> Vec<&'static str> {
+    ebpf_core::CATALOGUE
+        .iter()
+        .filter(|s| pick(s.hooks))
+        .map(|s| s.name)
+        .collect()
+}
+
+/// Those with hooks the kernel resolves in its own BTF (tp_btf, fentry).
+fn tp_btf() -> Vec<&'static str> {
+    probes_where(|hooks| hooks.iter().any(|h| h.point.needs_kernel_btf()))
+}
+
+/// Those with TC hooks only.
+fn tc() -> Vec<&'static str> {
+    probes_where(|hooks| hooks.iter().all(|h| h.tc_direction().is_some()))
+}
+
 /// Those with kprobe hooks only (their CO-RE relocations need BTF too).
-const KPROBE: &[&str] = &["virtio_net"];
+fn kprobe() -> Vec<&'static str> {
+    probes_where(|hooks| {
+        hooks
+            .iter()
+            .all(|h| !h.point.needs_kernel_btf() && h.tc_direction().is_none())
+    })
+}
+
+/// Every eBPF probe is in one of the three.
+#[test]
+fn the_hook_kinds_cover_the_catalogue() {
+    let mut kinds: Vec<&str> = tp_btf().into_iter().chain(tc()).chain(kprobe()).collect();
+    kinds.sort_unstable();
+    let mut all: Vec<&str> = ebpf_core::CATALOGUE.iter().map(|s| s.name).collect();
+    all.sort_unstable();
+    assert_eq!(kinds, all);
+    assert!(tc().contains(&"flow") && kprobe().contains(&"virtio_net"));
+}
 
 /// `argv` run with the kernel's BTF hidden: in a private mount namespace whose
 /// /sys/kernel/btf is an empty tmpfs.
@@ -194,7 +215,8 @@ fn netstat_counts_datagrams_to_a_closed_port(agent: &Agent, pods: &PodPair) {
 #[test]
 fn probes_without_any_btf_say_why_and_how_to_get_one() {
     let rows = probes_json(&sonde_without_kernel_btf(&["probes", "--output", "json"]));
-    for &name in TP_BTF.iter().chain(TC).chain(KPROBE) {
+    let all: Vec<&str> = tp_btf().into_iter().chain(tc()).chain(kprobe()).collect();
+    for &name in &all {
         let p = row(&rows, name);
         assert_eq!(p["loadable"], false, "{p}");
         let reason = p["reason"].as_str().unwrap_or_default();
@@ -211,7 +233,7 @@ fn probes_without_any_btf_say_why_and_how_to_get_one() {
     assert!(text.status.success(), "{}", text.stderr);
     assert_eq!(
         text.stdout.matches(&format!("why not: {NO_BTF}")).count(),
-        TP_BTF.len() + TC.len() + KPROBE.len(),
+        all.len(),
         "{}",
         text.stdout
     );
@@ -273,12 +295,12 @@ fn probes_with_a_btf_file_refuse_tp_btf_and_load_tc() {
     let rows = probes_json(&sonde_without_kernel_btf(&[
         "probes", "--output", "json", "--btf", &btf,
     ]));
-    for &name in TP_BTF {
+    for &name in &tp_btf() {
         let p = row(&rows, name);
         assert_eq!(p["loadable"], false, "{p}");
         assert_eq!(p["reason"], NO_OWN_BTF, "{p}");
     }
-    for &name in TC.iter().chain(&["netstat"]) {
+    for &name in tc().iter().chain(&["netstat"]) {
         let p = row(&rows, name);
         assert_eq!(p["loadable"], true, "{p}");
     }
@@ -359,7 +381,7 @@ fn a_btf_path_that_is_not_btf_is_one_line_and_netstat_runs() {
         READY_TIMEOUT,
     );
     let rows = probes_json(&out);
-    for &name in TP_BTF.iter().chain(TC) {
+    for &name in tp_btf().iter().chain(&tc()) {
         assert_eq!(row(&rows, name)["reason"], expected.as_str(), "{rows:?}");
     }
     assert_eq!(row(&rows, "netstat")["loadable"], true);

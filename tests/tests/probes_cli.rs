@@ -6,22 +6,10 @@ use std::process::Command;
 
 use sonde_tests::{poll_until, run_sonde, sonde_bin, TempDir, READY_TIMEOUT};
 
-/// Every probe of the catalogue, as `sonde probes` lists them.
-const CATALOGUE: &[&str] = &[
-    "packet_drop",
-    "tcp_retrans",
-    "tcp_reset",
-    "tcp_connect",
-    "tcp_rtt",
-    "softirq",
-    "netdev_latency",
-    "socket_latency",
-    "io_latency",
-    "stack_latency",
-    "virtio_net",
-    "flow",
-    "dns",
-];
+/// Every eBPF probe of the catalogue, as `sonde probes` lists them.
+fn catalogue() -> Vec<&'static str> {
+    ebpf_core::CATALOGUE.iter().map(|s| s.name).collect()
+}
 
 /// Probes of kernel functions, which need BPF trampolines or kprobes: this repository's
 /// development host has neither, Debian's kernels have both (the kernel matrix).
@@ -59,7 +47,7 @@ fn probes_lists_catalogue_as_root() {
     );
     assert!(out.status.success(), "{}", out.stderr);
     let probes: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON output");
-    for &name in CATALOGUE {
+    for name in catalogue() {
         let p = probes
             .as_array()
             .unwrap()
@@ -190,7 +178,7 @@ fn probes_says_why_not_without_privileges() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for &name in CATALOGUE {
+    for name in catalogue() {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(name))
@@ -213,7 +201,7 @@ fn probes_says_why_not_without_privileges() {
         stdout
             .matches("why not: permission denied loading eBPF")
             .count(),
-        CATALOGUE.len() - usize::from(kprobes_missing),
+        catalogue().len() - usize::from(kprobes_missing),
         "{stdout}"
     );
 }
