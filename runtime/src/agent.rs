@@ -1,22 +1,19 @@
 //! `sonde run`: wires topology, probes, fan-out, sinks and the HTTP endpoints together, and
 //! applies config file changes while running.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::config::AgentConfig;
 use crate::exporter::{self, ApiState};
-use crate::fanout::FanOut;
 use crate::metrics::Metrics;
-use crate::plugin_host::{self, HostContext, PluginDirs, PluginHost, PluginMetrics};
+use crate::plugin_host::{self, HostContext, PluginDirs, PluginHost};
 use crate::probes::{Context, Probes};
 use crate::sinks::Sinks;
-use crate::timefmt::BootClock;
 
 /// How often the config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
@@ -85,23 +82,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let started = crate::topology::start(&config.topology, &node, additional_labels)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
+    let ctx = Context::new(&node, Arc::clone(&started.topology), Arc::clone(&metrics));
     let mut sinks = Sinks::new(
-        Arc::clone(&fanout),
+        Arc::clone(&ctx.fanout),
         crate::sinks::loki::SinkMetrics::register(&metrics.registry),
     );
     sinks.apply(&config.sinks);
     let sinks = Arc::new(Mutex::new(sinks));
-
-    let ctx = Arc::new(Context {
-        node: Arc::from(node),
-        topology: Arc::clone(&started.topology),
-        metrics: Arc::clone(&metrics),
-        symbols: OnceLock::new(),
-        clock: BootClock::new(),
-        fanout,
-        enrichers: Default::default(),
-    });
     use_btf(&config);
     let probes = Arc::new(Mutex::new(Probes::new(Arc::clone(&ctx))));
     // BTF parsing and the verifier run off the async workers.
@@ -126,16 +113,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         None
     } else {
         let host = PluginHost::new(
-            Arc::new(HostContext {
-                probes: Arc::clone(&ctx),
-                probe_set: Arc::clone(&probes),
-                self_metrics: PluginMetrics::register(&metrics.registry),
-                metric_names: Mutex::new(HashMap::new()),
-                registries: Mutex::new(HashMap::new()),
-                refusals: Mutex::new(HashMap::new()),
-                agent_names: Mutex::new(None),
-                memory: plugin_host::MemoryTotal::new(config.plugins.limits.total_memory.0),
-            }),
+            HostContext::new(
+                Arc::clone(&ctx),
+                Arc::clone(&probes),
+                config.plugins.limits.total_memory.0,
+            ),
             &config.plugins,
             compiler(),
         )

@@ -72,7 +72,7 @@ impl<'de> Deserialize<'de> for AuthMode {
 pub struct AuthConfig {
     pub mode: AuthMode,
     /// How long an answer of the API server is kept (refusals at most [`DENIED_TTL`]).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub cache_ttl: Duration,
 }
 

@@ -1,10 +1,8 @@
 //! The agent's YAML config: the composition of each component's own config struct, parsed
 //! strictly (unknown keys are errors that name the key and its line).
 
-use std::fmt;
 use std::path::Path;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::metrics::MetricsConfig;
@@ -97,7 +95,7 @@ impl AgentConfig {
             return Ok(AgentConfig::default());
         }
         let config: AgentConfig =
-            serde_yaml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+            serde_yaml_ng::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -133,82 +131,6 @@ impl AgentConfig {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// A size in bytes, written as a number or with a binary suffix (`64Ki`, `1Mi`, `2Gi`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let (digits, mult) = match s {
-            _ if s.ends_with("Ki") => (&s[..s.len() - 2], 1u64 << 10),
-            _ if s.ends_with("Mi") => (&s[..s.len() - 2], 1 << 20),
-            _ if s.ends_with("Gi") => (&s[..s.len() - 2], 1 << 30),
-            _ => (s, 1),
-        };
-        digits
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(mult))
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with Ki, Mi or Gi)"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size in bytes, or a number with Ki, Mi or Gi")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Parses a duration as people write one: a number (decimals allowed) and a unit, `ms`, `s`,
-/// `m` or `h`: `250ms`, `1.5s`, `10m`. Zero is allowed (some thresholds mean "everything").
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let scale = match unit {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "" => return Err(format!("{s:?} needs a unit: ms, s, m or h (e.g. 5s)")),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
-    std::time::Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{s:?} is out of range"))
-}
-
-/// Deserializes a duration written `250ms`, `2s` or `1m` (for config fields; serde's error
-/// names the key and line).
-pub fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-    let s = <String as serde::Deserialize>::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -561,13 +483,5 @@ mod tests {
         );
         refused("btf:\n  path: [a, b]\n", &["btf.path", "line 2"]);
         refused("btf: /x.btf\n", &["btf", "line 1"]);
-    }
-
-    #[test]
-    fn byte_sizes() {
-        assert_eq!(ByteSize::parse("64Ki"), Ok(ByteSize(65536)));
-        assert_eq!(ByteSize::parse("1Mi"), Ok(ByteSize(1 << 20)));
-        assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
-        assert!(ByteSize::parse("1MB").is_err());
     }
 }

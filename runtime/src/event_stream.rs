@@ -91,7 +91,7 @@ fn parse_request(query: Option<&str>, max_unlimited: Duration) -> Result<Request
                     .map(String::from),
             ),
             Some(("unlimited", d)) => {
-                let d = crate::config::parse_duration(d).map_err(|e| format!("unlimited: {e}"))?;
+                let d = crate::units::parse_duration(d).map_err(|e| format!("unlimited: {e}"))?;
                 if d > max_unlimited {
                     return Err(format!(
                         "unlimited: {d:?} is longer than this agent allows (api.maxUnlimited: {max_unlimited:?})"
@@ -120,7 +120,7 @@ fn lift_rate_limits(
     probes: &Mutex<Probes>,
     names: &[String],
     duration: Duration,
-) -> Result<(), String> {
+) -> Result<(), crate::probes::ControlError> {
     let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
     names
         .iter()

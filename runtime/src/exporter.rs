@@ -211,7 +211,7 @@ async fn flows(State(s): State<ApiState>) -> Response {
 }
 
 fn json_rows<T: serde::Serialize>(
-    rows: Result<Result<Vec<T>, String>, tokio::task::JoinError>,
+    rows: Result<Result<Vec<T>, crate::probes::ControlError>, tokio::task::JoinError>,
 ) -> Response {
     match rows {
         Ok(Ok(rows)) => Json(rows).into_response(),

@@ -29,3 +29,4 @@ pub mod timefmt;
 pub mod tls;
 pub mod topology;
 pub mod trace;
+pub mod units;

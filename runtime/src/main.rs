@@ -61,10 +61,10 @@ enum Command {
         #[arg(short = 'f', value_name = "FILE")]
         file: Option<PathBuf>,
         /// Stop after this long (500ms, 5s, 1m); default: at Ctrl-C or exit().
-        #[arg(long, value_name = "D", value_parser = sonde::trace::parse_duration)]
+        #[arg(long, value_name = "D", value_parser = sonde::units::positive_duration)]
         duration: Option<std::time::Duration>,
         /// How often on_interval() runs.
-        #[arg(long, value_name = "D", default_value = "1s", value_parser = sonde::trace::parse_duration)]
+        #[arg(long, value_name = "D", default_value = "1s", value_parser = sonde::units::positive_duration)]
         interval: std::time::Duration,
         /// How the maps are printed at the end.
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -79,7 +79,7 @@ enum Command {
         /// With --agent: ask the agent to lift the probes' event rate limits for this long
         /// (every consumer then gets every event; at most its api.maxUnlimited). Without it
         /// the stream gets what the sinks get.
-        #[arg(long, value_name = "D", requires = "agent", value_parser = sonde::trace::parse_duration)]
+        #[arg(long, value_name = "D", requires = "agent", value_parser = sonde::units::positive_duration)]
         unlimited: Option<std::time::Duration>,
         /// With --agent: the bearer token to send it (a file holding a Kubernetes service
         /// account token). Default: the kubeconfig's current user's token, if it has one.

@@ -835,14 +835,15 @@ mod tests {
     #[test]
     fn metrics_config_is_checked() {
         let c: MetricsConfig =
-            serde_yaml::from_str("maxSeries: 500\npodHistogramBuckets: fine\n").unwrap();
+            serde_yaml_ng::from_str("maxSeries: 500\npodHistogramBuckets: fine\n").unwrap();
         assert_eq!(c.max_series, 500);
         assert_eq!(c.pod_histogram_buckets, HistogramBuckets::Fine);
         assert!(MetricsConfig { max_series: 0, ..c }
             .validate()
             .unwrap_err()
             .contains("metrics.maxSeries"));
-        let e = serde_yaml::from_str::<MetricsConfig>("podHistogramBuckets: log2\n").unwrap_err();
+        let e =
+            serde_yaml_ng::from_str::<MetricsConfig>("podHistogramBuckets: log2\n").unwrap_err();
         assert!(e.to_string().contains("coarse"), "{e}");
     }
 

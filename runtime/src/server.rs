@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::ByteSize;
+use crate::units::ByteSize;
 
 /// `api:`: limits of the HTTP server and its event streams. Read at start.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -24,7 +24,7 @@ pub struct ApiConfig {
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// The time a connection has to send a request's headers (new, or idle between requests).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub header_timeout: Duration,
     /// `/api/v1/events` streams open at once; more are answered 503.
     pub max_streams: usize,
@@ -32,7 +32,7 @@ pub struct ApiConfig {
     /// closed and counted in `sonde_api_streams_closed_total{reason="behind"}`.
     pub stream_queue: ByteSize,
     /// The longest a stream may lift its probes' event rate limits (`unlimited=DURATION`).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub max_unlimited: Duration,
     /// Who may read the endpoints (`api.auth`).
     pub auth: crate::auth::AuthConfig,

@@ -4,7 +4,7 @@
 //! `--duration` or the script's `exit()` runs `on_exit()` and prints every aggregation map.
 
 use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,11 +14,9 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::event::Batch;
-use crate::fanout::FanOut;
 use crate::metrics::Metrics;
 use crate::probes::{Context, Probes, ProbesConfig, DRIVERS};
 use crate::script::{output, Limits, Printer, Script, ScriptError};
-use crate::timefmt::BootClock;
 use crate::topology::netns::NetnsTopology;
 
 /// Per-probe ring buffer while tracing: every event is delivered, so leave room for bursts.
@@ -172,27 +170,22 @@ fn attach(script: &Script) -> Result<LocalProbes, TraceError> {
         agent_config.topology.gone_retention,
     );
     let refresh = topology.spawn_refresh();
-    let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
+    let ctx = Context::new(
+        &crate::agent::node_name(&agent_config),
+        topology,
+        Arc::clone(&metrics),
+    );
     let wanted = script.handlers().probes.clone();
     let queue_full = metrics
         .consumer_events_dropped
         .with_label_values(&["trace"]);
     // Subscribed before the probes start, so that their first events are seen.
-    let events = fanout.subscribe_counted(
+    let events = ctx.fanout.subscribe_counted(
         "trace",
         QUEUE_BATCHES,
         queue_full.clone(),
         Some(wanted.iter().map(|p| p.to_string()).collect()),
     );
-    let ctx = Arc::new(Context {
-        node: Arc::from(crate::agent::node_name(&agent_config)),
-        topology,
-        metrics: Arc::clone(&metrics),
-        symbols: OnceLock::new(),
-        clock: BootClock::new(),
-        fanout,
-        enrichers: Default::default(),
-    });
     let mut probes = Probes::new(Arc::clone(&ctx));
     // A script that called exit() in its top-level statements needs no probes.
     if !wanted.is_empty() && !script.exited() {
@@ -531,15 +524,6 @@ pub fn run(opts: TraceOptions) -> Result<(), TraceError> {
     Ok(())
 }
 
-/// Parses a duration: a number with a unit, `ms`, `s`, `m` or `h` (`500ms`, `5s`, `1.5m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(s)?;
-    if d.is_zero() {
-        return Err(format!("{:?} must be more than zero", s.trim()));
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,18 +567,5 @@ mod tests {
         assert!(agent_url("http://x:1/api")
             .unwrap_err()
             .contains("HOST:PORT"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("0s").unwrap_err().contains("more than zero"));
-        assert!(parse_duration("s").is_err());
     }
 }

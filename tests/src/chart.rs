@@ -146,7 +146,7 @@ pub fn option_sets() -> Vec<(&'static str, String)> {
 
 /// The non-empty documents of a YAML stream, as JSON.
 pub fn yaml_documents(text: &str, what: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_yaml_ng::Deserializer::from_str(text)
         .enumerate()
         .map(|(i, doc)| {
             Value::deserialize(doc).unwrap_or_else(|e| panic!("{what}: document {i}: {e}"))

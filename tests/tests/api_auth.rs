@@ -217,7 +217,7 @@ fn grant_charts_role(api: &KubeApi, name: &str, subject: &str) {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manifests/sonde.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let role = serde_yaml::Deserializer::from_str(&text)
+    let role = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
         .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no ClusterRole {name} in {}", path.display()));

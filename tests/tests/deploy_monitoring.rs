@@ -32,14 +32,14 @@ fn alert_rules_pass_promtool() {
     let dir = TempDir::new();
     let file = dir.write(
         "rules.yaml",
-        &serde_yaml::to_string(&rule.spec).expect("serializes"),
+        &serde_yaml_ng::to_string(&rule.spec).expect("serializes"),
     );
     promtool(&["check", "rules", &file.display().to_string()]);
 
     // The plain rule file holds the same groups.
     let plain = root().join("deploy/prometheus/sonde-alerts.yaml");
     promtool(&["check", "rules", &plain.display().to_string()]);
-    let groups: RuleFile = serde_yaml::from_str(&read(&plain)).expect("a rule file");
+    let groups: RuleFile = serde_yaml_ng::from_str(&read(&plain)).expect("a rule file");
     assert_eq!(groups, rule.spec);
     let alerts: Vec<&str> = rule
         .spec

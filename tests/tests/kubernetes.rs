@@ -399,7 +399,7 @@ fn bundle_configmap(dir: &Path, name: &str, spec: &str, namespace: &str) -> Valu
         READY_TIMEOUT,
     );
     assert!(out.status.success(), "{}", out.stderr);
-    serde_yaml::from_str(&out.stdout).expect("the ConfigMap is YAML")
+    serde_yaml_ng::from_str(&out.stdout).expect("the ConfigMap is YAML")
 }
 
 fn plugin_status(agent: &Agent, name: &str) -> Option<Value> {

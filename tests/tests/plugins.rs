@@ -1616,7 +1616,7 @@ fn bundles_become_configmaps_that_mount_back_into_bundles() {
         READY_TIMEOUT,
     );
     assert!(out.status.success(), "{}", out.stderr);
-    let cm: serde_yaml::Value = serde_yaml::from_str(&out.stdout).expect("YAML");
+    let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out.stdout).expect("YAML");
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["namespace"], "sonde");
     assert_eq!(
@@ -1681,8 +1681,8 @@ fn deploy_examples_are_configmaps_of_valid_bundles() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let cm: serde_yaml::Value =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cm: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(cm["apiVersion"], "v1", "{}", path.display());
         assert_eq!(cm["kind"], "ConfigMap", "{}", path.display());
         let name = cm["metadata"]["labels"]["sonde.dev/bundle"]

@@ -187,9 +187,9 @@ fn bundle(root: &Path, dir: &Path, out: &Path, scratch: &Path) -> Result<(), Str
 
 /// `metadata.name` and `spec.module` of a manifest.
 fn names(manifest: &str) -> Result<(String, String), String> {
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(manifest).map_err(|e| e.to_string().replace('\n', " "))?;
-    let text = |v: &serde_yaml::Value, field: &str| {
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(manifest).map_err(|e| e.to_string().replace('\n', " "))?;
+    let text = |v: &serde_yaml_ng::Value, field: &str| {
         v.as_str()
             .map(str::to_string)
             .ok_or_else(|| format!("{field} is missing or not a string"))
@@ -206,7 +206,7 @@ fn names(manifest: &str) -> Result<(String, String), String> {
 /// is laid out as usual (keeping its comments), else the manifest re-serialized.
 fn with_sha256(manifest: &str, sha256: &str) -> Result<String, String> {
     let check = |text: &str| {
-        serde_yaml::from_str::<serde_yaml::Value>(text)
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
             .ok()
             .is_some_and(|d| d["spec"]["sha256"].as_str() == Some(sha256))
     };
@@ -231,13 +231,13 @@ fn with_sha256(manifest: &str, sha256: &str) -> Result<String, String> {
     if inserted && check(&text) {
         return Ok(text);
     }
-    let mut doc: serde_yaml::Value =
-        serde_yaml::from_str(manifest).map_err(|e| e.to_string().replace('\n', " "))?;
+    let mut doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(manifest).map_err(|e| e.to_string().replace('\n', " "))?;
     let spec = doc["spec"]
         .as_mapping_mut()
         .ok_or("spec is missing or not a mapping")?;
     spec.insert("sha256".into(), sha256.into());
-    let text = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
+    let text = serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?;
     if check(&text) {
         Ok(text)
     } else {
@@ -405,7 +405,7 @@ mod tests {
         let sum = "cd".repeat(32);
         let flow = "apiVersion: sonde.dev/v1alpha1\nkind: Plugin\nmetadata: {name: demo}\nspec: {module: demo.wasm}\n";
         let text = with_sha256(flow, &sum).unwrap();
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(doc["spec"]["sha256"].as_str(), Some(sum.as_str()));
         assert_eq!(doc["spec"]["module"].as_str(), Some("demo.wasm"));
     }

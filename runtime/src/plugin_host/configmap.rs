@@ -78,7 +78,7 @@ pub fn configmap_yaml(bundle: &Bundle, namespace: Option<&str>) -> Result<String
         binary_data: (!binary_data.is_empty()).then_some(binary_data),
         ..ConfigMap::default()
     };
-    let yaml = serde_yaml::to_string(&cm).map_err(|e| {
+    let yaml = serde_yaml_ng::to_string(&cm).map_err(|e| {
         BundleError::Module(format!("{}: as a ConfigMap: {e}", bundle.dir.display()))
     })?;
     if yaml.len() > CONFIGMAP_LIMIT {
@@ -122,7 +122,7 @@ mod tests {
         let module = [0u8, 97, 115, 109, 255, 1, 2];
         let (dir, b) = bundle_dir("Plugin", "demo.wasm", &module);
         let yaml = configmap_yaml(&b, Some("sonde")).unwrap();
-        let cm: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
         assert_eq!(cm["kind"], "ConfigMap");
         assert_eq!(cm["metadata"]["name"], "sonde-bundle-demo");
         assert_eq!(cm["metadata"]["namespace"], "sonde");
@@ -139,7 +139,7 @@ mod tests {
             )
         );
         // What the agent makes of it when the API watch delivers it.
-        let mut api: ConfigMap = serde_yaml::from_str(&yaml).unwrap();
+        let mut api: ConfigMap = serde_yaml_ng::from_str(&yaml).unwrap();
         let back = bundle(&api).unwrap();
         assert_eq!(back.dir, PathBuf::from("configmap/sonde/sonde-bundle-demo"));
         assert_eq!(back.manifest.metadata.name, "demo");
@@ -157,8 +157,8 @@ mod tests {
             "demo.rhai",
             b"fn on_packet_drop(e) {\n  count(\"n\");\n}\n",
         );
-        let cm: serde_yaml::Value =
-            serde_yaml::from_str(&configmap_yaml(&s, None).unwrap()).unwrap();
+        let cm: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&configmap_yaml(&s, None).unwrap()).unwrap();
         assert_eq!(
             cm["data"]["demo.rhai"].as_str(),
             Some("fn on_packet_drop(e) {\n  count(\"n\");\n}\n")

@@ -31,6 +31,6 @@ impl Host for HostState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .override_event_rate(&probe, rate_per_cpu, duration)
-            .map_err(Error::Invalid)
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
 }

@@ -12,7 +12,7 @@ impl HostState {
     /// Reads the running probes, once the capability is checked.
     fn read_probes<T>(
         &self,
-        read: impl FnOnce(&crate::probes::Probes) -> Result<T, String>,
+        read: impl FnOnce(&crate::probes::Probes) -> Result<T, crate::probes::ControlError>,
     ) -> Result<T, Error> {
         self.require(Capability::Maps)?;
         read(
@@ -22,7 +22,7 @@ impl HostState {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         )
-        .map_err(Error::Invalid)
+        .map_err(|e| Error::Invalid(e.to_string()))
     }
 }
 

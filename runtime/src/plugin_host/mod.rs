@@ -428,6 +428,23 @@ impl PluginHost {
 }
 
 impl HostContext {
+    /// What the plugin host shares with the probes of `probes` (their context `ctx`), its
+    /// series registered beside the agent's, all plugins' memory capped at `total_memory`
+    /// bytes: as the agent and the benches make it.
+    pub fn new(ctx: Arc<Context>, probes: Arc<Mutex<Probes>>, total_memory: u64) -> Arc<Self> {
+        let self_metrics = PluginMetrics::register(&ctx.metrics.registry);
+        Arc::new(HostContext {
+            probes: ctx,
+            probe_set: probes,
+            self_metrics,
+            metric_names: Mutex::new(HashMap::new()),
+            registries: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
+            agent_names: Mutex::new(None),
+            memory: MemoryTotal::new(total_memory),
+        })
+    }
+
     /// Counts a host call refused to a plugin (or a script) and keeps it as its last.
     pub(crate) fn refused(&self, plugin: &str, refusal: &Refusal) {
         self.self_metrics
@@ -816,23 +833,23 @@ impl Default for PluginsConfig {
 pub struct PluginLimits {
     /// The most memory a manifest may ask for (`spec.limits.memory`): its linear memories,
     /// tables, host objects and enrichment answers together.
-    pub memory: crate::config::ByteSize,
+    pub memory: crate::units::ByteSize,
     /// All plugins' memory together.
-    pub total_memory: crate::config::ByteSize,
+    pub total_memory: crate::units::ByteSize,
     /// The address space of a compiler child (compiling the Python or the JavaScript
     /// plugin, 18 and 12 MiB of WebAssembly, fits in 500 MiB): one that needs more is refused.
-    pub compile_memory: crate::config::ByteSize,
+    pub compile_memory: crate::units::ByteSize,
     /// How long a compiler child may take: less than the liveness probe's budget.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub compile_timeout: Duration,
 }
 
 impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
-            memory: crate::config::ByteSize(256 << 20),
-            total_memory: crate::config::ByteSize(512 << 20),
-            compile_memory: crate::config::ByteSize(1 << 30),
+            memory: crate::units::ByteSize(256 << 20),
+            total_memory: crate::units::ByteSize(512 << 20),
+            compile_memory: crate::units::ByteSize(1 << 30),
             compile_timeout: Duration::from_secs(60),
         }
     }
@@ -900,7 +917,7 @@ mod tests {
         assert!(e.contains("compileTimeout (200ms)"), "{e}");
         // The address-space cap is the child's: a shell under 64 MiB cannot map 256 MiB.
         let capped = PluginLimits {
-            compile_memory: crate::config::ByteSize(64 << 20),
+            compile_memory: crate::units::ByteSize(64 << 20),
             ..PluginLimits::default()
         };
         let mapper = script(&dir, "[ \"$(ulimit -v)\" = 65536 ] && printf capped");

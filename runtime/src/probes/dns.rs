@@ -56,7 +56,7 @@ impl Default for Config {
 impl Eq for Config {}
 
 fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "timeout")
+    crate::units::named_duration(d, "timeout")
 }
 
 fn validate(c: &ProbesConfig) -> Result<(), String> {

@@ -497,14 +497,13 @@ type RttKey = (IpAddr, u16, IpAddr, u16);
 
 /// The flow table, with RTTs from `tcp_rtt`'s table when that probe runs.
 /// The flow table with the RTTs `tcp_rtt` knows; empty when `flow` is not running.
-pub fn flows(probes: &super::Probes) -> Result<Vec<FlowEntry>, String> {
+pub fn flows(probes: &super::Probes) -> Result<Vec<FlowEntry>, super::ControlError> {
     match probes.loaded(SPEC.name) {
-        Some(flow) => entries(
+        Some(flow) => Ok(entries(
             flow,
             probes.loaded(ebpf_core::tcp_rtt::SPEC.name),
             probes.context(),
-        )
-        .map_err(|e| e.to_string()),
+        )?),
         None => Ok(Vec::new()),
     }
 }

@@ -43,7 +43,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use crate::config::ByteSize;
 use crate::enrich::Enrichers;
 use crate::event::Event;
 use crate::fanout::FanOut;
@@ -51,6 +50,7 @@ use crate::kallsyms::Kallsyms;
 use crate::metrics::Metrics;
 use crate::timefmt::BootClock;
 use crate::topology::{Netns, Topology, Workload};
+use crate::units::ByteSize;
 
 /// How often a ring buffer is drained when the kernel has not woken the agent.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -73,6 +73,22 @@ pub struct Context {
 }
 
 impl Context {
+    /// The context of node `node`: the one way the agent (`sonde run`), `sonde trace` and the
+    /// benches make it, so that each runs the probes, enrichment and fan-out the same way.
+    /// Its fan-out counts what consumers lose in `metrics`.
+    pub fn new(node: &str, topology: Arc<dyn Topology>, metrics: Arc<Metrics>) -> Arc<Context> {
+        let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
+        Arc::new(Context {
+            node: Arc::from(node),
+            topology,
+            metrics,
+            symbols: OnceLock::new(),
+            clock: BootClock::new(),
+            fanout,
+            enrichers: Enrichers::default(),
+        })
+    }
+
     /// Kernel symbols, read from /proc/kallsyms the first time they are needed: after the
     /// probes are loaded, so that its memory does not add to the peak of loading them.
     pub fn symbols(&self) -> &Kallsyms {
@@ -302,16 +318,6 @@ impl ProbesConfig {
     }
 }
 
-/// A duration setting of a probe (`10ms`, `2s`, `1m`), its key named in the error.
-pub(crate) fn duration_field<'de, D: serde::Deserializer<'de>>(
-    d: D,
-    key: &str,
-) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::plugin_host::manifest::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
-}
-
 /// Turns one ring buffer record into an event (not yet enriched).
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Option<Event> + Send>;
 
@@ -386,6 +392,28 @@ pub fn event_probes() -> Vec<&'static str> {
 /// The driver of the probe named `name`.
 pub fn driver(name: &str) -> Option<&'static Driver> {
     DRIVERS.iter().find(|d| d.spec.name == name)
+}
+
+/// The driver of `probe`, which a request (an API call, a plugin) names.
+fn known(probe: &str) -> Result<&'static Driver, ControlError> {
+    driver(probe).ok_or_else(|| ControlError::Unknown(probe.to_string()))
+}
+
+/// Why a request about a probe (its counters or table, its event rate, a stream of its
+/// events) cannot be met; the text is what the API and plugins are told.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown probe {0:?}")]
+    Unknown(String),
+    #[error("probe {0} is not running")]
+    NotRunning(&'static str),
+    #[error("probe {0} has no table")]
+    NoTable(&'static str),
+    #[error("probe {0} needs a reload for these settings")]
+    NeedsReload(&'static str),
+    /// The kernel refused a map read or update.
+    #[error(transparent)]
+    Kernel(#[from] ProbeError),
 }
 
 /// Every collector, one per probe of the catalogue.
@@ -806,27 +834,27 @@ impl Probes {
         })
     }
 
-    /// Sets a running probe's event rate (per second per CPU, 0 = unlimited) for a bounded
-    /// time; the configured rate returns when it ends (checked at every sync).
     /// Whether `probe` is running; the reason when not.
-    pub fn check_running(&self, probe: &str) -> Result<(), String> {
+    pub fn check_running(&self, probe: &str) -> Result<(), ControlError> {
         self.running_driver(probe).map(|_| ())
     }
 
-    fn running_driver(&self, probe: &str) -> Result<&'static Driver, String> {
-        let driver = driver(probe).ok_or_else(|| format!("unknown probe {probe:?}"))?;
+    fn running_driver(&self, probe: &str) -> Result<&'static Driver, ControlError> {
+        let driver = known(probe)?;
         if !self.running.contains_key(driver.spec.name) {
-            return Err(format!("probe {probe} is not running"));
+            return Err(ControlError::NotRunning(driver.spec.name));
         }
         Ok(driver)
     }
 
+    /// Sets a running probe's event rate (per second per CPU, 0 = unlimited) for a bounded
+    /// time; the configured rate returns when it ends (checked at every sync).
     pub fn override_event_rate(
         &mut self,
         probe: &str,
         rate: u64,
         duration: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let driver = self.running_driver(probe)?;
         self.rate_overrides
             .insert(driver.spec.name, (rate, Instant::now() + duration));
@@ -842,7 +870,7 @@ impl Probes {
 
     /// Applies a running probe's settings (config plus any override) in place. Unlike
     /// `apply`, this never loads a probe, so it is safe from any thread.
-    fn reconfigure(&mut self, driver: &Driver) -> Result<(), String> {
+    fn reconfigure(&mut self, driver: &Driver) -> Result<(), ControlError> {
         let name = driver.spec.name;
         let Some(mut settings) = (driver.settings)(&self.config) else {
             return Ok(());
@@ -853,34 +881,31 @@ impl Probes {
         let Some(r) = self.running.get_mut(name) else {
             return Ok(());
         };
-        match r.probe.configure(&settings) {
-            Ok(true) => {
-                r.settings = settings;
-                Ok(())
-            }
-            Ok(false) => Err(format!("probe {name} needs a reload for these settings")),
-            Err(e) => Err(e.to_string()),
+        if !r.probe.configure(&settings)? {
+            return Err(ControlError::NeedsReload(name));
         }
+        r.settings = settings;
+        Ok(())
     }
 
     /// A running probe's in-kernel counters: (netns, key, total).
-    pub fn snapshot(&self, probe: &str) -> Result<Vec<CounterRow>, String> {
-        let driver = driver(probe).ok_or_else(|| format!("unknown probe {probe:?}"))?;
+    pub fn snapshot(&self, probe: &str) -> Result<Vec<CounterRow>, ControlError> {
+        let driver = known(probe)?;
         match self.running.get(driver.spec.name) {
-            Some(r) => (driver.snapshot)(&r.probe).map_err(|e| e.to_string()),
+            Some(r) => Ok((driver.snapshot)(&r.probe)?),
             None => Ok(Vec::new()),
         }
     }
 
     /// A running probe's in-kernel table (see [`Driver::table`]); empty when the probe is
     /// not running.
-    pub fn table(&self, probe: &str) -> Result<Vec<serde_json::Value>, String> {
-        let driver = driver(probe).ok_or_else(|| format!("unknown probe {probe:?}"))?;
+    pub fn table(&self, probe: &str) -> Result<Vec<serde_json::Value>, ControlError> {
+        let driver = known(probe)?;
         let read = driver
             .table
-            .ok_or_else(|| format!("probe {probe} has no table"))?;
+            .ok_or(ControlError::NoTable(driver.spec.name))?;
         match self.running.get(driver.spec.name) {
-            Some(r) => read(&r.probe, &self.ctx).map_err(|e| e.to_string()),
+            Some(r) => Ok(read(&r.probe, &self.ctx)?),
             None => Ok(Vec::new()),
         }
     }

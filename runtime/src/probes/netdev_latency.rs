@@ -48,11 +48,11 @@ impl Default for Config {
 }
 
 fn queue_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "queueThreshold")
+    crate::units::named_duration(d, "queueThreshold")
 }
 
 fn xmit_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "xmitThreshold")
+    crate::units::named_duration(d, "xmitThreshold")
 }
 
 crate::probe_event! {

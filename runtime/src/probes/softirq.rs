@@ -45,11 +45,11 @@ impl Default for Config {
 }
 
 fn delay_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "delayThreshold")
+    crate::units::named_duration(d, "delayThreshold")
 }
 
 fn duration_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "durationThreshold")
+    crate::units::named_duration(d, "durationThreshold")
 }
 
 crate::probe_event! {

@@ -48,7 +48,7 @@ impl Default for Config {
 }
 
 fn slow_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "slowThreshold")
+    crate::units::named_duration(d, "slowThreshold")
 }
 
 /// `attach`: `auto`, `fentry` or `kprobe`.
@@ -208,9 +208,9 @@ mod tests {
 
     #[test]
     fn attach_is_auto_fentry_or_kprobe() {
-        let c: Config = serde_yaml::from_str("attach: kprobe").unwrap();
+        let c: Config = serde_yaml_ng::from_str("attach: kprobe").unwrap();
         assert_eq!(c.attach, FnAttach::Kprobe);
-        let e = serde_yaml::from_str::<Config>("attach: trampoline").unwrap_err();
+        let e = serde_yaml_ng::from_str::<Config>("attach: trampoline").unwrap_err();
         assert!(
             e.to_string()
                 .contains("attach: \"trampoline\" is not auto, fentry or kprobe"),

@@ -39,7 +39,7 @@ impl Default for Config {
 
 /// `slowThreshold`: a duration written `200ms`, `2s` or `1m`.
 fn slow_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "slowThreshold")
+    crate::units::named_duration(d, "slowThreshold")
 }
 
 crate::probe_event! {

@@ -36,7 +36,7 @@ impl Default for Config {
 }
 
 fn sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "sampleInterval")
+    crate::units::named_duration(d, "sampleInterval")
 }
 
 fn validate(c: &ProbesConfig) -> Result<(), String> {

@@ -49,7 +49,7 @@ impl Default for Config {
 }
 
 fn slow_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    super::duration_field(d, "slowThreshold")
+    crate::units::named_duration(d, "slowThreshold")
 }
 
 pub const DRIVER: Driver = Driver {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ByteSize;
+use crate::units::ByteSize;
 
 /// `sinks.file` in the agent config.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

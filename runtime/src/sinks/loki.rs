@@ -33,7 +33,7 @@ pub struct Config {
     /// How long an event may wait for a fuller batch.
     #[serde(
         default = "default_batch_wait",
-        deserialize_with = "crate::config::duration"
+        deserialize_with = "crate::units::duration"
     )]
     pub batch_wait: Duration,
     /// Events kept while Loki cannot take them; the oldest go first.
@@ -42,13 +42,13 @@ pub struct Config {
     /// Time one push may take.
     #[serde(
         default = "default_timeout",
-        deserialize_with = "crate::config::duration"
+        deserialize_with = "crate::units::duration"
     )]
     pub timeout: Duration,
     /// The longest wait between two tries of a failing push (they start at 100ms and double).
     #[serde(
         default = "default_max_backoff",
-        deserialize_with = "crate::config::duration"
+        deserialize_with = "crate::units::duration"
     )]
     pub max_backoff: Duration,
     /// `X-Scope-OrgID`, for a multi-tenant Loki.
@@ -521,7 +521,7 @@ mod tests {
     #[test]
     fn settings_are_checked_with_the_key_named() {
         let config = |extra: &str| -> Config {
-            serde_yaml::from_str(&format!("url: https://loki:3100\n{extra}")).unwrap()
+            serde_yaml_ng::from_str(&format!("url: https://loki:3100\n{extra}")).unwrap()
         };
         for (extra, says) in [
             ("tenant: \"a\\nb\"\n", "sinks.loki.tenant"),
@@ -541,7 +541,7 @@ mod tests {
             let e = config(extra).validate().unwrap_err();
             assert!(e.contains(says) && !e.contains('\n'), "{extra}: {e}");
         }
-        let plain: Config = serde_yaml::from_str("url: http://loki\ncaFile: ca.pem\n").unwrap();
+        let plain: Config = serde_yaml_ng::from_str("url: http://loki\ncaFile: ca.pem\n").unwrap();
         assert!(plain
             .validate()
             .unwrap_err()

@@ -13,9 +13,9 @@ use std::thread::JoinHandle;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::config::ByteSize;
 use crate::event::Batch;
 use crate::fanout::FanOut;
+use crate::units::ByteSize;
 
 /// Batches a sink may have queued before it starts losing them (a batch holds up to 1024
 /// events, so this bounds a stuck sink's memory to a few MiB).
@@ -115,7 +115,18 @@ pub(crate) trait Sink {
 
     /// Makes what its thread runs with its queue (opening a file, say), or says why it
     /// cannot start.
-    fn start(config: &Self::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String>;
+    fn start(config: &Self::Config, metrics: &loki::SinkMetrics) -> Result<Worker, SinkError>;
+}
+
+/// Why a sink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkError {
+    #[error("file sink cannot open {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A sink's thread body: takes batches from its queue until the queue closes.
@@ -131,7 +142,7 @@ impl Sink for Stdout {
         config.stdout.enabled.then(|| config.stdout.clone())
     }
 
-    fn start(_: &stdout::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String> {
+    fn start(_: &stdout::Config, metrics: &loki::SinkMetrics) -> Result<Worker, SinkError> {
         let metrics = metrics.clone();
         Ok(Box::new(move |mut rx| {
             let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout());
@@ -150,9 +161,11 @@ impl Sink for File {
         config.file.clone()
     }
 
-    fn start(config: &file::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String> {
-        let mut f = file::RotatingFile::open(config)
-            .map_err(|e| format!("file sink cannot open {}: {e}", config.path))?;
+    fn start(config: &file::Config, metrics: &loki::SinkMetrics) -> Result<Worker, SinkError> {
+        let mut f = file::RotatingFile::open(config).map_err(|source| SinkError::Open {
+            path: config.path.clone(),
+            source,
+        })?;
         let metrics = metrics.clone();
         Ok(Box::new(move |mut rx| {
             write_batches(&mut rx, &mut f, Self::NAME, &metrics)
@@ -170,7 +183,7 @@ impl Sink for Loki {
         config.loki.clone()
     }
 
-    fn start(config: &loki::Config, metrics: &loki::SinkMetrics) -> Result<Worker, String> {
+    fn start(config: &loki::Config, metrics: &loki::SinkMetrics) -> Result<Worker, SinkError> {
         let (config, metrics) = (config.clone(), metrics.clone());
         Ok(Box::new(move |rx| loki::run(config, rx, metrics)))
     }

@@ -120,11 +120,11 @@ pub struct TopologyConfig {
     pub max_label_values: usize,
     /// How long a gone pod's namespace is still named (for counts read after its end) and
     /// its series are kept; then they are removed from `/metrics`.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub gone_retention: std::time::Duration,
     /// Kubernetes: after this long without an answer from the API server, the topology is
     /// said to be stale (`/readyz`'s body, `sonde_topology_stale`).
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::units::duration")]
     pub stale_after: std::time::Duration,
 }
 

@@ -124,30 +124,30 @@ fn main() {
 
 /// The default config with `probe` switched off.
 fn without(probe: &str) -> String {
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
     config["probes"][probe]["enabled"] = false.into();
-    serde_yaml::to_string(&config).unwrap()
+    serde_yaml_ng::to_string(&config).unwrap()
 }
 
 /// The default config with every probe of the catalogue switched on, `flow` and `dns` on
 /// `interfaces`.
 fn all_probes_config(interfaces: &str) -> String {
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
     let probes = config["probes"]
         .as_mapping_mut()
         .expect("the default config has probes");
     for spec in ebpf_core::CATALOGUE {
         let entry = probes
             .entry(spec.name.into())
-            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+            .or_insert_with(|| serde_yaml_ng::Value::Mapping(Default::default()));
         entry["enabled"] = true.into();
     }
     for probe in ["flow", "dns"] {
         probes[probe]["interfaces"] = vec![interfaces.to_string()].into();
     }
-    serde_yaml::to_string(&config).unwrap()
+    serde_yaml_ng::to_string(&config).unwrap()
 }
 
 /// The client's and the server's pod.

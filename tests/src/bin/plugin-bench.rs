@@ -42,20 +42,18 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prom::{IntCounter, IntCounterVec, Opts, Registry};
 use sonde::event::{Event, Flow, Kind, Severity};
-use sonde::fanout::FanOut;
 use sonde::metrics::Metrics;
 use sonde::plugin_host::delivery::{self as host_delivery, Probe};
-use sonde::plugin_host::{Bundle, Compiler, HostContext, PluginHost, PluginMetrics, PluginsConfig};
+use sonde::plugin_host::{Bundle, Compiler, HostContext, PluginHost, PluginsConfig};
 use sonde::probes::packet_drop::PacketDrop;
 use sonde::probes::tcp_reset::TcpReset;
 use sonde::probes::{Context, Probes};
-use sonde::timefmt::BootClock;
 use sonde::topology::netns::NetnsTopology;
 use sonde::topology::Workload;
 use sonde_tests::bench::{cpu_model, load_average, median, positive_number};
@@ -130,29 +128,11 @@ impl Bench {
             std::env::temp_dir().join(format!("sonde-plugin-bench-{}-{tag}", std::process::id()));
         let netns = dir.join("netns");
         std::fs::create_dir_all(&netns).unwrap_or_else(|e| panic!("{}: {e}", netns.display()));
-        let metrics = Arc::new(Metrics::new());
-        let fanout = FanOut::new(metrics.consumer_events_dropped.clone());
-        let ctx = Arc::new(Context {
-            node: Arc::from("bench-node"),
-            topology: NetnsTopology::new(&netns, sonde::topology::index::GONE_RETENTION),
-            metrics: Arc::clone(&metrics),
-            symbols: OnceLock::new(),
-            clock: BootClock::new(),
-            fanout,
-            enrichers: Default::default(),
-        });
+        let topology = NetnsTopology::new(&netns, sonde::topology::index::GONE_RETENTION);
+        let ctx = Context::new("bench-node", topology, Arc::new(Metrics::new()));
         let probes = Arc::new(Mutex::new(Probes::new(Arc::clone(&ctx))));
         let host = PluginHost::new(
-            Arc::new(HostContext {
-                probes: Arc::clone(&ctx),
-                probe_set: probes,
-                self_metrics: PluginMetrics::register(&metrics.registry),
-                metric_names: Mutex::new(HashMap::new()),
-                registries: Mutex::new(HashMap::new()),
-                refusals: Mutex::new(HashMap::new()),
-                agent_names: Mutex::new(None),
-                memory: sonde::plugin_host::MemoryTotal::new(u64::MAX),
-            }),
+            HostContext::new(Arc::clone(&ctx), probes, u64::MAX),
             &PluginsConfig {
                 cache_dir: cache.map(|c| c.display().to_string()).unwrap_or_default(),
                 ..PluginsConfig::default()

@@ -239,11 +239,11 @@ impl BenchAgent {
     /// or off.
     fn start(label: &'static str, netstat: bool) -> BenchAgent {
         eprintln!("pods-bench: starting the agent ({label})");
-        let mut config: serde_yaml::Value =
-            serde_yaml::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
+        let mut config: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(DEFAULT_CONFIG).expect("the embedded default config is YAML");
         config["topology"]["source"] = "standalone".into();
         config["probes"]["netstat"]["enabled"] = netstat.into();
-        let agent = Agent::spawn_yaml(&serde_yaml::to_string(&config).unwrap());
+        let agent = Agent::spawn_yaml(&serde_yaml_ng::to_string(&config).unwrap());
         agent.wait_ready(READY_TIMEOUT);
         BenchAgent {
             label,

@@ -332,7 +332,7 @@ fn group_name(g: Group) -> &'static str {
     }
 }
 
-/// Deserializes `counters` or `hostCounters`: one selector or a list of them (serde_yaml's
+/// Deserializes `counters` or `hostCounters`: one selector or a list of them (serde_yaml_ng's
 /// error names the setting and its line).
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Counters, D::Error> {
     struct V;
@@ -452,7 +452,7 @@ mod tests {
             #[serde(deserialize_with = "deserialize")]
             counters: Counters,
         }
-        serde_yaml::from_str::<C>(yaml)
+        serde_yaml_ng::from_str::<C>(yaml)
             .map(|c| c.counters)
             .map_err(|e| e.to_string())
     }

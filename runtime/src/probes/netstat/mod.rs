@@ -108,7 +108,7 @@ impl Default for Config {
 }
 
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    crate::probes::duration_field(d, "interval")
+    crate::units::named_duration(d, "interval")
 }
 
 pub fn validate(c: &Config) -> Result<(), String> {
@@ -295,13 +295,13 @@ mod tests {
 
     #[test]
     fn config_defaults_and_checks() {
-        let c: Config = serde_yaml::from_str("interval: 2s\ngroups: [snmp, qdisc]\n").unwrap();
+        let c: Config = serde_yaml_ng::from_str("interval: 2s\ngroups: [snmp, qdisc]\n").unwrap();
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.groups, vec![Group::Snmp, Group::Qdisc]);
         assert!(c.enabled && c.include_host);
-        let e = serde_yaml::from_str::<Config>("groups: [tcp]\n").unwrap_err();
+        let e = serde_yaml_ng::from_str::<Config>("groups: [tcp]\n").unwrap_err();
         assert!(e.to_string().contains("snmp"), "{e}");
-        let c: Config = serde_yaml::from_str("interval: 10ms\n").unwrap();
+        let c: Config = serde_yaml_ng::from_str("interval: 10ms\n").unwrap();
         assert!(validate(&c)
             .unwrap_err()
             .contains("probes.netstat.interval"));
