@@ -354,25 +354,31 @@ impl Agent {
         drops: f64,
     ) -> (f64, f64) {
         let suppressed = [("probe", "packet_drop"), ("pod", pod)];
-        crate::poll_until(
-            crate::SETTLE_TIMEOUT,
-            &format!("the drops of pod {pod} to be emitted or suppressed"),
-            || {
-                let emitted = self
-                    .events()
-                    .iter()
-                    .filter(|e| {
-                        crate::field_str(e, "type") == Some("packet_drop")
-                            && crate::field_str(e, "pod") == Some(pod)
-                            && reason.is_none_or(|r| crate::field_str(e, "reason") == Some(r))
-                    })
-                    .count() as f64;
-                let s = self
-                    .metric("sonde_events_suppressed_total", &suppressed)
-                    .unwrap_or(0.0);
-                (emitted >= 1.0 && emitted + s >= drops).then_some((emitted, s))
-            },
-        )
+        let last = std::cell::Cell::new((0.0, 0.0));
+        let found = crate::try_poll_until(crate::SETTLE_TIMEOUT, || {
+            let emitted = self
+                .events()
+                .iter()
+                .filter(|e| {
+                    crate::field_str(e, "type") == Some("packet_drop")
+                        && crate::field_str(e, "pod") == Some(pod)
+                        && reason.is_none_or(|r| crate::field_str(e, "reason") == Some(r))
+                })
+                .count() as f64;
+            let s = self
+                .metric("sonde_events_suppressed_total", &suppressed)
+                .unwrap_or(0.0);
+            last.set((emitted, s));
+            (emitted >= 1.0 && emitted + s >= drops).then_some((emitted, s))
+        });
+        found.unwrap_or_else(|| {
+            let (emitted, s) = last.get();
+            panic!(
+                "timed out after {:?} waiting for the {drops} drops of pod {pod} to be emitted or \
+                 suppressed: {emitted} emitted, {s} suppressed",
+                crate::SETTLE_TIMEOUT
+            )
+        })
     }
 
     pub fn events(&self) -> Vec<Value> {

@@ -19,6 +19,11 @@ const OPEN: &str = "sonde_api_streams";
 const CLOSED: &str = "sonde_api_streams_closed_total";
 
 /// Opens an event stream and never reads from it.
+/// Held by each test that sends drops: every agent's packet_drop probe sees every drop on the
+/// host, so one test's flood would empty the other agent's per-CPU event budget (5 a second
+/// here) and none of its own pod's drops would reach the sinks.
+static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn silent_stream(agent: &Agent, query: &str) -> TcpStream {
     let mut s = TcpStream::connect(agent.addr()).expect("connect to the agent");
     write!(
@@ -32,6 +37,7 @@ fn silent_stream(agent: &Agent, query: &str) -> TcpStream {
 
 #[test]
 fn streams_are_capped_and_change_nothing_for_the_sinks() {
+    let _one_flood = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     let pods = PodPair::dropping_udp(PORT);
     let agent = Agent::spawn_yaml(
         "probes:\n  packet_drop:\n    events: {enabled: true, ratePerCpu: 5, burst: 5}\n  \
@@ -74,6 +80,7 @@ fn streams_are_capped_and_change_nothing_for_the_sinks() {
 
 #[test]
 fn a_stream_that_falls_behind_is_ended_and_memory_stays_bounded() {
+    let _one_flood = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     let pods = PodPair::dropping_udp(PORT);
     let agent = Agent::spawn_yaml(
         "probes:\n  packet_drop:\n    events: {enabled: true}\n  tcp_retrans: {enabled: false}\n  \
