@@ -373,6 +373,50 @@ pub type TableReader = fn(&LoadedProbe, &Context) -> Result<Vec<serde_json::Valu
 /// One in-kernel counter: (netns, key, total).
 pub type CounterRow = (Netns, String, u64);
 
+/// Counters keyed by a network namespace and a small code (a reset's direction, a TCP state),
+/// as `part` splits a key; `label` names the code (`None`: the counter has no label of its
+/// own). The shared sync and snapshot of such probes.
+pub(crate) struct CodedCounter<K> {
+    pub part: fn(&K) -> (Netns, u32),
+    pub label: fn(u32) -> Option<&'static str>,
+}
+
+impl<K: aya::Pod + Eq + std::hash::Hash> CodedCounter<K> {
+    /// Adds what each key gained since the last sync to `counter`'s series of its workload
+    /// (with the code's label, when it has one).
+    pub fn sync(
+        &self,
+        probe: &LoadedProbe,
+        deltas: &mut Deltas,
+        ctx: &Context,
+        counter: &IntCounterVec,
+    ) -> Result<(), ProbeError> {
+        let current = probe.counters::<K>()?;
+        let id = |k: &K| {
+            let (netns, code) = (self.part)(k);
+            netns_id(netns) | code as u128
+        };
+        for (key, gained) in deltas.update(current, id) {
+            let (netns, code) = (self.part)(&key);
+            let label = (self.label)(code);
+            ctx.count_for_netns(counter, netns, label.as_slice(), gained);
+        }
+        Ok(())
+    }
+
+    /// The counters as (netns, label or "", total).
+    pub fn snapshot(&self, probe: &LoadedProbe) -> Result<Vec<CounterRow>, ProbeError> {
+        Ok(probe
+            .counters::<K>()?
+            .into_iter()
+            .map(|(k, v)| {
+                let (netns, code) = (self.part)(&k);
+                (netns, (self.label)(code).unwrap_or_default().to_string(), v)
+            })
+            .collect())
+    }
+}
+
 /// A namespace as the high 96 bits of a counter key's id for [`Deltas::update`]: the low 32
 /// are the key's other fields.
 pub fn netns_id(netns: Netns) -> u128 {

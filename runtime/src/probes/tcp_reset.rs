@@ -72,23 +72,15 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
 }
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
-    let current = probe.counters::<Key>()?;
-    for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns) | k.direction as u128)
-    {
-        ctx.count_for_netns(
-            &ctx.metrics.of::<Series>().resets,
-            key.netns,
-            &[direction_name(key.direction)],
-            gained,
-        );
-    }
-    Ok(())
+    COUNTERS.sync(probe, deltas, ctx, &ctx.metrics.of::<Series>().resets)
 }
 
 fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
-    Ok(probe
-        .counters::<Key>()?
-        .into_iter()
-        .map(|(k, v)| (k.netns, direction_name(k.direction).to_string(), v))
-        .collect())
+    COUNTERS.snapshot(probe)
 }
+
+/// The resets counter: by namespace and direction.
+const COUNTERS: super::CodedCounter<Key> = super::CodedCounter {
+    part: |k| (k.netns, k.direction),
+    label: |d| Some(direction_name(d)),
+};

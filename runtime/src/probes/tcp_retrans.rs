@@ -67,22 +67,15 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
 }
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
-    let current = probe.counters::<Key>()?;
-    for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns)) {
-        ctx.count_for_netns(
-            &ctx.metrics.of::<Series>().retransmits,
-            key.netns,
-            &[],
-            gained,
-        );
-    }
-    Ok(())
+    COUNTERS.sync(probe, deltas, ctx, &ctx.metrics.of::<Series>().retransmits)
 }
 
 fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
-    Ok(probe
-        .counters::<Key>()?
-        .into_iter()
-        .map(|(k, v)| (k.netns, String::new(), v))
-        .collect())
+    COUNTERS.snapshot(probe)
 }
+
+/// The retransmits counter: by namespace only.
+const COUNTERS: super::CodedCounter<Key> = super::CodedCounter {
+    part: |k| (k.netns, 0),
+    label: |_| None,
+};

@@ -94,19 +94,15 @@ fn decoder(_probe: &mut LoadedProbe, ctx: &Arc<Context>) -> Result<Decoder, Prob
 }
 
 fn sync(probe: &LoadedProbe, deltas: &mut Deltas, ctx: &Context) -> Result<(), ProbeError> {
-    let current = probe.counters::<Key>()?;
-    let changes = &ctx.metrics.of::<Series>().changes;
-    for (key, gained) in deltas.update(current, |k| super::netns_id(k.netns) | k.state as u128) {
-        let state = tcp_state_name(key.state as u8);
-        ctx.count_for_netns(changes, key.netns, &[state], gained);
-    }
-    Ok(())
+    COUNTERS.sync(probe, deltas, ctx, &ctx.metrics.of::<Series>().changes)
 }
 
 fn snapshot(probe: &LoadedProbe) -> Result<Vec<super::CounterRow>, ProbeError> {
-    Ok(probe
-        .counters::<Key>()?
-        .into_iter()
-        .map(|(k, v)| (k.netns, tcp_state_name(k.state as u8).to_string(), v))
-        .collect())
+    COUNTERS.snapshot(probe)
 }
+
+/// The state changes counter: by namespace and the state entered.
+const COUNTERS: super::CodedCounter<Key> = super::CodedCounter {
+    part: |k| (k.netns, k.state),
+    label: |state| Some(tcp_state_name(state as u8)),
+};
