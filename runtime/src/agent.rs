@@ -151,7 +151,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .registry
             .register(Box::new(reloads.clone()))
             .expect("registered once");
-        Some(crate::tls::start(&api.tls, &ctx.node, listen, reloads).map_err(anyhow::Error::msg)?)
+        Some(crate::tls::start(&api.tls, &ctx.node, listen, reloads)?)
     } else {
         None
     };

@@ -93,16 +93,19 @@ const CACHE_ENTRIES: usize = 4096;
 impl AuthConfig {
     /// Whether requests to `listen` are checked: `off` is refused unless `listen` is a
     /// loopback address.
-    pub fn enabled_for(&self, listen: SocketAddr) -> Result<bool, String> {
+    pub fn enabled_for(&self, listen: SocketAddr) -> Result<bool, crate::config::Invalid> {
         let loopback = listen.ip().is_loopback();
         match self.mode {
             AuthMode::Kubernetes | AuthMode::Mtls => Ok(true),
             AuthMode::Auto => Ok(!loopback),
             AuthMode::Off if loopback => Ok(false),
-            AuthMode::Off => Err(format!(
-                "api.auth.mode: off is only for a loopback listen address, and {listen} is not \
+            AuthMode::Off => Err(crate::config::Invalid::new(
+                "api.auth.mode",
+                format!(
+                    "off is only for a loopback listen address, and {listen} is not \
                  one: anyone who reaches it would read every pod's events (use kubernetes, or \
                  listen on 127.0.0.1)"
+                ),
             )),
         }
     }
@@ -436,10 +439,8 @@ mod tests {
         let off = "api:\n  auth:\n    mode: off\n";
         assert_eq!(on(off, "127.0.0.1:9990"), Ok(false));
         let e = on(off, "10.0.0.7:9990").unwrap_err();
-        assert!(
-            e.starts_with("api.auth.mode: off is only for a loopback"),
-            "{e}"
-        );
+        assert_eq!(e.field, "api.auth.mode");
+        assert!(e.reason.starts_with("off is only for a loopback"), "{e}");
         let e = AgentConfig::parse("api:\n  auth:\n    mode: open\n", "t")
             .unwrap_err()
             .to_string();

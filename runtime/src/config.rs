@@ -47,12 +47,15 @@ impl BtfConfig {
         (!self.path.is_empty()).then(|| std::path::PathBuf::from(&self.path))
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if !self.path.is_empty() && !Path::new(&self.path).is_absolute() {
-            return Err(format!(
-                "btf.path: {:?} must be an absolute path (the agent's working directory is \
+            return Err(Invalid::new(
+                "btf.path",
+                format!(
+                    "{:?} must be an absolute path (the agent's working directory is \
                  not its config's)",
-                self.path
+                    self.path
+                ),
             ));
         }
         Ok(())
@@ -75,35 +78,66 @@ impl Default for AgentConfig {
     }
 }
 
-/// A config that could not be used, with where and why in one line.
+/// A value of the config that cannot be used: the field, as its path in the config
+/// (`probes.dns.timeout`, `sinks.loki.url`), and why, for a one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A config that could not be used, with where (`origin`: its path, or "embedded default
+/// config") and why, in one line.
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}: {message}")]
+#[error("{origin}: {kind}")]
 pub struct ConfigError {
     pub origin: String,
-    pub message: String,
+    pub kind: ConfigErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigErrorKind {
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    /// Not YAML, or not the config's shape (an unknown field, a value of the wrong type); the
+    /// parser's message on one line.
+    #[error("{0}")]
+    Syntax(String),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
 }
 
 impl AgentConfig {
     /// Parses config text; `origin` names it in errors (a path, or "embedded default").
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError {
+        let err = |kind: ConfigErrorKind| ConfigError {
             origin: origin.to_string(),
-            message,
+            kind,
         };
         // An empty file is the default config, not an error.
         if text.trim().is_empty() {
             return Ok(AgentConfig::default());
         }
-        let config: AgentConfig =
-            serde_yaml_ng::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
-        config.validate().map_err(err)?;
+        let config: AgentConfig = serde_yaml_ng::from_str(text)
+            .map_err(|e| err(ConfigErrorKind::Syntax(one_line(&e.to_string()))))?;
+        config.validate().map_err(|e| err(e.into()))?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             origin: path.display().to_string(),
-            message: format!("cannot read: {e}"),
+            kind: e.into(),
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -113,11 +147,11 @@ impl AgentConfig {
             .expect("the embedded default config is valid")
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!(
-                "listen: {:?} is not an address like 127.0.0.1:9990",
-                self.listen
+            return Err(Invalid::new(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:9990", self.listen),
             ));
         }
         self.probes.validate()?;

@@ -1,6 +1,7 @@
 //! The Prometheus registry and every series the agent itself exports (names and labels
 //! are a contract: README.md, the Probes table and "CLI and endpoints").
 
+use crate::config::Invalid;
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -33,9 +34,9 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_series == 0 {
-            return Err("metrics.maxSeries: must be at least 1".into());
+            return Err(Invalid::new("metrics.maxSeries", "must be at least 1"));
         }
         Ok(())
     }
@@ -838,10 +839,8 @@ mod tests {
             serde_yaml_ng::from_str("maxSeries: 500\npodHistogramBuckets: fine\n").unwrap();
         assert_eq!(c.max_series, 500);
         assert_eq!(c.pod_histogram_buckets, HistogramBuckets::Fine);
-        assert!(MetricsConfig { max_series: 0, ..c }
-            .validate()
-            .unwrap_err()
-            .contains("metrics.maxSeries"));
+        let e = MetricsConfig { max_series: 0, ..c }.validate().unwrap_err();
+        assert_eq!(e.field, "metrics.maxSeries");
         let e =
             serde_yaml_ng::from_str::<MetricsConfig>("podHistogramBuckets: log2\n").unwrap_err();
         assert!(e.to_string().contains("coarse"), "{e}");

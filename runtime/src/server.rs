@@ -4,6 +4,7 @@
 //! that has not sent its request headers within `api.headerTimeout` is closed, whether it is
 //! new or idle between requests.
 
+use crate::config::Invalid;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,28 +56,25 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_connections == 0 {
-            return Err("api.maxConnections: must be at least 1".into());
+            return Err(Invalid::new("api.maxConnections", "must be at least 1"));
         }
         if self.header_timeout.is_zero() {
-            return Err("api.headerTimeout: must be more than 0".into());
+            return Err(Invalid::new("api.headerTimeout", "must be more than 0"));
         }
         if self.max_streams == 0 {
-            return Err("api.maxStreams: must be at least 1".into());
+            return Err(Invalid::new("api.maxStreams", "must be at least 1"));
         }
         if self.stream_queue.0 < 64 << 10 {
-            return Err("api.streamQueue: must be at least 64Ki".into());
+            return Err(Invalid::new("api.streamQueue", "must be at least 64Ki"));
         }
         if self.auth.cache_ttl.is_zero() {
-            return Err("api.auth.cacheTtl: must be more than 0".into());
+            return Err(Invalid::new("api.auth.cacheTtl", "must be more than 0"));
         }
         self.tls.validate()?;
         if self.auth.mode == crate::auth::AuthMode::Mtls && self.tls.client_ca_file.is_empty() {
-            return Err(
-                "api.auth.mode: mtls needs api.tls.clientCaFile (the CA whose client certificates are let through)"
-                    .into(),
-            );
+            return Err(Invalid::new("api.auth.mode", "mtls needs api.tls.clientCaFile (the CA whose client certificates are let through)"));
         }
         Ok(())
     }

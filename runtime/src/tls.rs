@@ -6,6 +6,7 @@
 //! signed ([`crate::auth`] lets such a client through); the handshake does not demand one, so
 //! that health checks need none.
 
+use crate::config::Invalid;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -42,20 +43,24 @@ impl TlsConfig {
         !self.cert_file.is_empty() || self.self_signed
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.cert_file.is_empty() != self.key_file.is_empty() {
-            return Err("api.tls.certFile and api.tls.keyFile: give both or neither".into());
+            return Err(Invalid::new(
+                "api.tls.certFile and api.tls.keyFile",
+                "give both or neither",
+            ));
         }
         if self.self_signed && !self.cert_file.is_empty() {
-            return Err(
-                "api.tls.selfSigned: not with api.tls.certFile, which is the certificate".into(),
-            );
+            return Err(Invalid::new(
+                "api.tls.selfSigned",
+                "not with api.tls.certFile, which is the certificate",
+            ));
         }
         if !self.client_ca_file.is_empty() && !self.enabled() {
-            return Err(
-                "api.tls.clientCaFile: needs HTTPS (api.tls.certFile and keyFile, or selfSigned)"
-                    .into(),
-            );
+            return Err(Invalid::new(
+                "api.tls.clientCaFile",
+                "needs HTTPS (api.tls.certFile and keyFile, or selfSigned)",
+            ));
         }
         Ok(())
     }
@@ -65,45 +70,87 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The pair in `cert` and `key`, checked to belong together.
-fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("api.tls.certFile {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "api.tls.certFile {}: no certificate in it",
-            cert.display()
-        ));
+/// Why TLS cannot be set up, naming the setting (a config field or a command's flag).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file a setting names cannot be used.
+    #[error("{setting} {path}: {reason}")]
+    File {
+        setting: &'static str,
+        path: String,
+        reason: String,
+    },
+    /// Settings that do not go together, or a step of the TLS library that failed.
+    #[error("{setting}: {reason}")]
+    Setting {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+impl TlsError {
+    fn file(setting: &'static str, path: &Path, reason: impl std::fmt::Display) -> Self {
+        TlsError::File {
+            setting,
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("api.tls.keyFile {}: {e}", key.display()))?;
+
+    fn setting(setting: &'static str, reason: impl std::fmt::Display) -> Self {
+        TlsError::Setting {
+            setting,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The certificates in a PEM file, at least one.
+fn certificates(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| TlsError::file(setting, path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::file(setting, path, "no certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// The pair in `cert` and `key`, checked to belong together.
+fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = certificates("api.tls.certFile", cert)?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::file("api.tls.keyFile", key, e))?;
     let signing = provider()
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| format!("api.tls.keyFile {}: {e}", key.display()))?;
+        .map_err(|e| TlsError::file("api.tls.keyFile", key, e))?;
     let pair = CertifiedKey::new(chain, signing);
     pair.keys_match().map_err(|e| {
-        format!(
-            "api.tls.keyFile {} is not the key of api.tls.certFile {}: {e}",
-            key.display(),
-            cert.display()
-        )
+        let reason = format!("is not the key of api.tls.certFile {}: {e}", cert.display());
+        TlsError::file("api.tls.keyFile", key, reason)
     })?;
     Ok(pair)
 }
 
 /// A certificate generated for `names` (DNS names or addresses).
-fn self_signed(names: Vec<String>) -> Result<CertifiedKey, String> {
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| format!("api.tls.selfSigned: cannot make a certificate: {e}"))?;
+fn self_signed(names: Vec<String>) -> Result<CertifiedKey, TlsError> {
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| {
+        TlsError::setting(
+            "api.tls.selfSigned",
+            format!("cannot make a certificate: {e}"),
+        )
+    })?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         generated.signing_key.serialize_der(),
     ));
     let signing = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("api.tls.selfSigned: {e}"))?;
+        .map_err(|e| TlsError::setting("api.tls.selfSigned", e))?;
     Ok(CertifiedKey::new(
         vec![generated.cert.der().clone()],
         signing,
@@ -136,7 +183,7 @@ pub fn start(
     node: &str,
     listen: SocketAddr,
     reloads: prometheus::IntCounterVec,
-) -> Result<Tls, String> {
+) -> Result<Tls, TlsError> {
     let first = if config.self_signed {
         let mut names = vec![node.to_string(), "localhost".to_string()];
         if !listen.ip().is_unspecified() {
@@ -149,25 +196,25 @@ pub fn start(
     let current = Arc::new(Current(RwLock::new(Arc::new(first))));
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("api.tls: {e}"))?;
+        .map_err(|e| TlsError::setting("api.tls", e))?;
     let builder = if config.client_ca_file.is_empty() {
         builder.with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        let path = &config.client_ca_file;
-        let cas = CertificateDer::pem_file_iter(path)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("api.tls.clientCaFile {path}: {e}"))?;
+        let path = Path::new(&config.client_ca_file);
+        let cas = certificates("api.tls.clientCaFile", path)?;
         let (added, _) = roots.add_parsable_certificates(cas);
         if added == 0 {
-            return Err(format!(
-                "api.tls.clientCaFile {path}: no CA certificate in it"
+            return Err(TlsError::file(
+                "api.tls.clientCaFile",
+                path,
+                "no CA certificate in it",
             ));
         }
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .allow_unauthenticated()
             .build()
-            .map_err(|e| format!("api.tls.clientCaFile {path}: {e}"))?;
+            .map_err(|e| TlsError::file("api.tls.clientCaFile", path, e))?;
         builder.with_client_cert_verifier(verifier)
     };
     let mut server =
@@ -184,7 +231,9 @@ pub fn start(
         std::thread::Builder::new()
             .name("tls-reload".into())
             .spawn(move || watch(files, &current, &reloads))
-            .map_err(|e| format!("api.tls: cannot start the reload thread: {e}"))?;
+            .map_err(|e| {
+                TlsError::setting("api.tls", format!("cannot start the reload thread: {e}"))
+            })?;
     }
     Ok(Tls {
         acceptor: TlsAcceptor::from(Arc::new(server)),
@@ -230,10 +279,10 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+    pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TlsError::setting("TLS", e))?;
         let builder = if self.insecure {
             builder
                 .dangerous()
@@ -241,33 +290,34 @@ impl ClientTls {
         } else {
             let mut roots = rustls::RootCertStore::empty();
             let certs = match &self.ca_file {
-                Some(path) => CertificateDer::pem_file_iter(path)
-                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?,
+                Some(path) => certificates("--ca-file", path)?,
                 None => rustls_native_certs::load_native_certs().certs,
             };
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(match &self.ca_file {
-                    Some(path) => format!("--ca-file {}: no certificate in it", path.display()),
-                    None => "no CA certificates on this system: give --ca-file".into(),
+                    Some(path) => TlsError::file("--ca-file", path, "no CA certificate in it"),
+                    None => TlsError::setting("--ca-file", "no CA certificates on this system"),
                 });
             }
             builder.with_root_certificates(roots)
         };
         let config = match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("--cert {}: {e}", cert.display()))?;
+                let chain = certificates("--cert", cert)?;
                 let key_der = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("--key {}: {e}", key.display()))?;
+                    .map_err(|e| TlsError::file("--key", key, e))?;
                 builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                    format!("--cert {} and --key {}: {e}", cert.display(), key.display())
+                    TlsError::file("--key", key, format!("not the key of --cert: {e}"))
                 })?
             }
             (None, None) => builder.with_no_client_auth(),
-            _ => return Err("--cert and --key go together".into()),
+            _ => {
+                return Err(TlsError::setting(
+                    "--cert and --key",
+                    "give both or neither",
+                ))
+            }
         };
         Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
     }

@@ -274,7 +274,7 @@ async fn connect_agent(
         .await
         .with_context(|| format!("cannot reach the agent at {url}"))?;
     let mut stream: Box<dyn AgentIo> = if https {
-        let connector = tls.connector().map_err(anyhow::Error::msg)?;
+        let connector = tls.connector()?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| anyhow::anyhow!("--agent {url:?}: {host:?}: {e}"))?;
         Box::new(

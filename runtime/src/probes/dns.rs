@@ -3,6 +3,7 @@
 //! a pod's SERVFAIL or NXDOMAIN responses above `errorRate` per second. The kernel counts by
 //! client address; the pod is the one that owns the address.
 
+use crate::config::Invalid;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -59,15 +60,18 @@ fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     crate::units::named_duration(d, "timeout")
 }
 
-fn validate(c: &ProbesConfig) -> Result<(), String> {
+fn validate(c: &ProbesConfig) -> Result<(), Invalid> {
     let c = &c.dns;
     if c.timeout < Duration::from_millis(100) {
-        return Err("probes.dns.timeout: must be at least 100ms".into());
+        return Err(Invalid::new("probes.dns.timeout", "must be at least 100ms"));
     }
     if !(c.error_rate >= 0.0 && c.error_rate.is_finite()) {
-        return Err(format!(
-            "probes.dns.errorRate: {} must be a number of responses per second, 0 or more",
-            c.error_rate
+        return Err(Invalid::new(
+            "probes.dns.errorRate",
+            format!(
+                "{} must be a number of responses per second, 0 or more",
+                c.error_rate
+            ),
         ));
     }
     super::interfaces::validate("dns", &c.interfaces)

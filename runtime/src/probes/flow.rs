@@ -9,6 +9,7 @@
 //! and its eviction is lost; evictions are counted. The table is also what `/api/v1/flows` and
 //! the plugins' `maps.flows` read, with the RTT of TCP flows from `tcp_rtt`'s table.
 
+use crate::config::Invalid;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -70,16 +71,16 @@ const PARAM_MAX_SERIES: usize = 1;
 const LABEL_ADDRESSES: u64 = 1;
 const LABEL_PORTS: u64 = 2;
 
-fn validate(c: &ProbesConfig) -> Result<(), String> {
+fn validate(c: &ProbesConfig) -> Result<(), Invalid> {
     let c = &c.flow;
     if !(16..=1 << 24).contains(&c.table_size) {
-        return Err(format!(
-            "probes.flow.tableSize: {} must be between 16 and 16777216",
-            c.table_size
+        return Err(Invalid::new(
+            "probes.flow.tableSize",
+            format!("{} must be between 16 and 16777216", c.table_size),
         ));
     }
     if c.max_series == 0 {
-        return Err("probes.flow.maxSeries: must be at least 1".into());
+        return Err(Invalid::new("probes.flow.maxSeries", "must be at least 1"));
     }
     super::interfaces::validate("flow", &c.interfaces)
 }

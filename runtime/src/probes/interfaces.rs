@@ -4,6 +4,7 @@
 //! patterns as it appears, and detaches them when it goes, is renamed away, or the patterns
 //! change. Dropping the watch stops the thread and detaches everything.
 
+use crate::config::Invalid;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -27,7 +28,7 @@ pub fn matches(patterns: &[String], name: &str) -> bool {
 }
 
 /// Checks an `interfaces` list: `probes.<probe>.interfaces` named in the error.
-pub fn validate(probe: &str, patterns: &[String]) -> Result<(), String> {
+pub fn validate(probe: &str, patterns: &[String]) -> Result<(), Invalid> {
     for p in patterns {
         let name = p.strip_suffix('*').unwrap_or(p);
         if p.is_empty()
@@ -35,8 +36,9 @@ pub fn validate(probe: &str, patterns: &[String]) -> Result<(), String> {
             || name.len() >= libc::IF_NAMESIZE
             || name.contains(['/', ' '])
         {
-            return Err(format!(
-                "probes.{probe}.interfaces: {p:?} is not an interface name or a prefix ending in `*`"
+            return Err(Invalid::new(
+                format!("probes.{probe}.interfaces"),
+                format!("{p:?} is not an interface name or a prefix ending in `*`"),
             ));
         }
     }

@@ -27,6 +27,7 @@ pub mod tcp_rtt;
 pub mod tcp_state;
 pub mod virtio_net;
 
+use crate::config::Invalid;
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -227,11 +228,12 @@ impl Default for EventsConfig {
 }
 
 impl EventsConfig {
-    fn validate(&self, probe: &str) -> Result<(), String> {
+    fn validate(&self, probe: &str) -> Result<(), Invalid> {
         let size = self.ring_buffer_size.0;
         if size < 64 << 10 || !size.is_power_of_two() || size > 1 << 30 {
-            return Err(format!(
-                "probes.{probe}.events.ringBufferSize: {size} must be a power of two between 64Ki and 1Gi"
+            return Err(Invalid::new(
+                format!("probes.{probe}.events.ringBufferSize"),
+                format!("{size} must be a power of two between 64Ki and 1Gi"),
             ));
         }
         Ok(())
@@ -312,7 +314,7 @@ pub struct ProbesConfig {
 }
 
 impl ProbesConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         DRIVERS.iter().try_for_each(|d| (d.validate)(self))?;
         netstat::validate(&self.netstat)
     }
@@ -331,7 +333,7 @@ pub struct Driver {
     pub spec: &'static ProbeSpec,
     /// The probe's settings, `None` when the config disables it.
     pub settings: fn(&ProbesConfig) -> Option<ProbeSettings>,
-    pub validate: fn(&ProbesConfig) -> Result<(), String>,
+    pub validate: fn(&ProbesConfig) -> Result<(), Invalid>,
     pub decoder: fn(&mut LoadedProbe, &Arc<Context>) -> Result<Decoder, ProbeError>,
     /// Adds what the in-kernel counters gained since the last sync to the metrics.
     pub sync: fn(&LoadedProbe, &mut Deltas, &Context) -> Result<(), ProbeError>,

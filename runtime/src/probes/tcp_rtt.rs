@@ -1,6 +1,7 @@
 //! `tcp_rtt` collector: the smoothed RTT histogram per pod (bucketed in the kernel) and the
 //! table of live flows (srtt, cwnd, windows) the kernel keeps, read on demand.
 
+use crate::config::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,11 +40,12 @@ fn sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     crate::units::named_duration(d, "sampleInterval")
 }
 
-fn validate(c: &ProbesConfig) -> Result<(), String> {
+fn validate(c: &ProbesConfig) -> Result<(), Invalid> {
     let n = c.tcp_rtt.flow_table_size;
     if !(1024..=1 << 24).contains(&n) {
-        return Err(format!(
-            "probes.tcp_rtt.flowTableSize: {n} must be between 1024 and 16777216"
+        return Err(Invalid::new(
+            "probes.tcp_rtt.flowTableSize",
+            format!("{n} must be between 1024 and 16777216"),
         ));
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The file sink: one JSON event per line, rotated by size (`events.json` →
 //! `events.json.1` → ... → `events.json.<maxFiles>`, the oldest removed).
 
+use crate::config::Invalid;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -28,12 +29,12 @@ fn default_max_files() -> u32 {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.path.is_empty() {
-            return Err("sinks.file.path: must name a file".into());
+            return Err(Invalid::new("sinks.file.path", "must name a file"));
         }
         if self.max_size.0 < 4096 {
-            return Err("sinks.file.maxSize: must be at least 4Ki".into());
+            return Err(Invalid::new("sinks.file.maxSize", "must be at least 4Ki"));
         }
         Ok(())
     }

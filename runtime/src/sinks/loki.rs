@@ -11,6 +11,7 @@
 //! presenting `certFile`/`keyFile`), with a bearer token read from `bearerTokenFile` at each
 //! push (projected tokens rotate) or basic auth.
 
+use crate::config::Invalid;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -97,11 +98,14 @@ fn default_max_backoff() -> Duration {
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
-        let endpoint = Endpoint::parse(&self.url).map_err(|e| format!("sinks.loki.url: {e}"))?;
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let endpoint = Endpoint::parse(&self.url).map_err(|e| Invalid::new("sinks.loki.url", e))?;
         if let Some(t) = &self.tenant {
             ureq::http::HeaderValue::from_str(t).map_err(|_| {
-                "sinks.loki.tenant: not a valid HTTP header value (control characters?)".to_string()
+                Invalid::new(
+                    "sinks.loki.tenant",
+                    "not a valid HTTP header value (control characters?)",
+                )
             })?;
         }
         if !endpoint.https {
@@ -111,29 +115,42 @@ impl Config {
                 ("keyFile", &self.key_file),
             ] {
                 if !value.is_empty() {
-                    return Err(format!("sinks.loki.{key}: only for an https:// url"));
+                    return Err(Invalid::new(
+                        format!("sinks.loki.{key}"),
+                        "only for an https:// url",
+                    ));
                 }
             }
         }
         if self.cert_file.is_empty() != self.key_file.is_empty() {
-            return Err("sinks.loki.certFile and sinks.loki.keyFile: give both or neither".into());
+            return Err(Invalid::new(
+                "sinks.loki.certFile and sinks.loki.keyFile",
+                "give both or neither",
+            ));
         }
         if !self.bearer_token_file.is_empty() && self.basic_auth.is_some() {
-            return Err(
-                "sinks.loki.bearerTokenFile and sinks.loki.basicAuth: one or the other".into(),
-            );
+            return Err(Invalid::new(
+                "sinks.loki.bearerTokenFile and sinks.loki.basicAuth",
+                "one or the other",
+            ));
         }
         if let Some(b) = &self.basic_auth {
             if b.username.is_empty() || b.username.contains(':') {
-                return Err("sinks.loki.basicAuth.username: must be set, without ':'".into());
+                return Err(Invalid::new(
+                    "sinks.loki.basicAuth.username",
+                    "must be set, without ':'",
+                ));
             }
         }
         self.tls()?;
         if self.batch_size == 0 {
-            return Err("sinks.loki.batchSize: must be at least 1".into());
+            return Err(Invalid::new("sinks.loki.batchSize", "must be at least 1"));
         }
         if self.max_buffer < self.batch_size {
-            return Err("sinks.loki.maxBuffer: must be at least batchSize".into());
+            return Err(Invalid::new(
+                "sinks.loki.maxBuffer",
+                "must be at least batchSize",
+            ));
         }
         Ok(())
     }
@@ -176,22 +193,23 @@ impl Endpoint {
 
 impl Config {
     /// The TLS settings of pushes, from the files named (read now).
-    fn tls(&self) -> Result<ureq::tls::TlsConfig, String> {
+    fn tls(&self) -> Result<ureq::tls::TlsConfig, Invalid> {
         use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-        let read = |key: &str, path: &str| {
-            std::fs::read(path).map_err(|e| format!("sinks.loki.{key} {path}: {e}"))
+        let invalid = |key: &str, path: &str, e: &dyn std::fmt::Display| {
+            Invalid::new(format!("sinks.loki.{key}"), format!("{path}: {e}"))
         };
-        let certs = |key: &str, path: &str| -> Result<Vec<Certificate<'static>>, String> {
+        let read = |key: &str, path: &str| std::fs::read(path).map_err(|e| invalid(key, path, &e));
+        let certs = |key: &str, path: &str| -> Result<Vec<Certificate<'static>>, Invalid> {
             let pem = read(key, path)?;
             let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(PemItem::Certificate(c)) => Some(Ok(c)),
                     Ok(_) => None,
-                    Err(e) => Some(Err(format!("sinks.loki.{key} {path}: {e}"))),
+                    Err(e) => Some(Err(invalid(key, path, &e))),
                 })
                 .collect::<Result<_, _>>()?;
             if certs.is_empty() {
-                return Err(format!("sinks.loki.{key} {path}: no certificate in it"));
+                return Err(invalid(key, path, &"no certificate in it"));
             }
             Ok(certs)
         };
@@ -203,7 +221,7 @@ impl Config {
         if !self.cert_file.is_empty() {
             let chain = certs("certFile", &self.cert_file)?;
             let key = PrivateKey::from_pem(&read("keyFile", &self.key_file)?)
-                .map_err(|e| format!("sinks.loki.keyFile {}: {e}", self.key_file))?;
+                .map_err(|e| invalid("keyFile", &self.key_file, &e))?;
             builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
         }
         Ok(builder.build())
@@ -531,21 +549,20 @@ mod tests {
             ),
             (
                 "caFile: /nonexistent/ca.pem\n",
-                "sinks.loki.caFile /nonexistent/ca.pem",
+                "sinks.loki.caFile: /nonexistent/ca.pem",
             ),
             (
                 "bearerTokenFile: t\nbasicAuth: {username: u, passwordFile: p}\n",
                 "one or the other",
             ),
         ] {
-            let e = config(extra).validate().unwrap_err();
+            let e = config(extra).validate().unwrap_err().to_string();
             assert!(e.contains(says) && !e.contains('\n'), "{extra}: {e}");
         }
         let plain: Config = serde_yaml_ng::from_str("url: http://loki\ncaFile: ca.pem\n").unwrap();
-        assert!(plain
-            .validate()
-            .unwrap_err()
-            .contains("only for an https:// url"));
+        let e = plain.validate().unwrap_err();
+        assert_eq!(e.field, "sinks.loki.caFile");
+        assert_eq!(e.reason, "only for an https:// url");
     }
 
     #[test]

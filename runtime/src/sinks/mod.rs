@@ -6,6 +6,7 @@ pub mod file;
 pub mod loki;
 pub mod stdout;
 
+use crate::config::Invalid;
 use std::io::Write;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,7 +32,7 @@ pub struct SinksConfig {
 }
 
 impl SinksConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(f) = &self.file {
             f.validate()?;
         }

@@ -8,6 +8,7 @@
 //! value would be one more get `_other`, so a label copied from something unique per pod (a
 //! hash, a version) cannot multiply the series without bound.
 
+use crate::config::Invalid;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
@@ -53,27 +54,28 @@ pub struct AdditionalLabels {
 impl AdditionalLabels {
     /// Parses `topology.additionalLabels` with the cap `topology.maxLabelValues`; errors name
     /// the entry.
-    pub fn parse(entries: &[String], cap: usize) -> Result<Self, String> {
+    pub fn parse(entries: &[String], cap: usize) -> Result<Self, Invalid> {
         let mut names = Vec::new();
         let mut templates = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
-            let at = format!("topology.additionalLabels[{i}]: {entry:?}");
+            let field = format!("topology.additionalLabels[{i}]");
+            let invalid = |reason: String| Invalid::new(&field, format!("{entry:?}{reason}"));
             let (name, template) = entry
                 .split_once('=')
-                .ok_or_else(|| format!("{at} is not NAME=TEMPLATE (e.g. app=${{labels:app}})"))?;
+                .ok_or_else(|| invalid(" is not NAME=TEMPLATE (e.g. app=${labels:app})".into()))?;
             let valid = name
                 .chars()
                 .enumerate()
                 .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
             if name.is_empty() || !valid || name.starts_with("__") {
-                return Err(format!(
-                    "{at}: {name:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
-                ));
+                return Err(invalid(format!(
+                    ": {name:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+                )));
             }
             if TAKEN.contains(&name) || names.iter().any(|n| n == name) {
-                return Err(format!("{at}: the label {name:?} is already taken"));
+                return Err(invalid(format!(": the label {name:?} is already taken")));
             }
-            templates.push(parse_template(template).map_err(|e| format!("{at}: {e}"))?);
+            templates.push(parse_template(template).map_err(|e| invalid(format!(": {e}")))?);
             names.push(name.to_string());
         }
         Ok(AdditionalLabels {
@@ -191,10 +193,8 @@ mod tests {
             ("app=${env:HOME}", "only ${labels:KEY}"),
         ] {
             let e = AdditionalLabels::parse(&[entry.to_string()], 10).unwrap_err();
-            assert!(
-                e.starts_with("topology.additionalLabels[0]") && e.contains(says),
-                "{entry}: {e}"
-            );
+            assert_eq!(e.field, "topology.additionalLabels[0]");
+            assert!(e.reason.contains(says), "{entry}: {e}");
         }
     }
 }

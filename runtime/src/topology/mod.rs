@@ -11,6 +11,7 @@ pub mod netns;
 
 pub use index::Netns;
 
+use crate::config::Invalid;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -129,21 +130,27 @@ pub struct TopologyConfig {
 }
 
 impl TopologyConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_label_values == 0 {
-            return Err("topology.maxLabelValues: must be at least 1".into());
+            return Err(Invalid::new(
+                "topology.maxLabelValues",
+                "must be at least 1",
+            ));
         }
         if self.gone_retention < std::time::Duration::from_secs(1) {
-            return Err("topology.goneRetention: must be at least 1s".into());
+            return Err(Invalid::new(
+                "topology.goneRetention",
+                "must be at least 1s",
+            ));
         }
         if self.stale_after < std::time::Duration::from_secs(1) {
-            return Err("topology.staleAfter: must be at least 1s".into());
+            return Err(Invalid::new("topology.staleAfter", "must be at least 1s"));
         }
         self.additional_labels().map(|_| ())
     }
 
     /// The additional labels, parsed.
-    pub fn additional_labels(&self) -> Result<labels::AdditionalLabels, String> {
+    pub fn additional_labels(&self) -> Result<labels::AdditionalLabels, Invalid> {
         labels::AdditionalLabels::parse(&self.additional_labels, self.max_label_values)
     }
 }

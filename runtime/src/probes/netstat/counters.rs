@@ -7,6 +7,7 @@
 //! (the curated set, [`DEFAULT`]), a group (`snmp`, `snmp6`, `netstat`, ...), a section
 //! (`TcpExt`, or `TcpExt:*`) and single counters (`TcpExt:ListenOverflows`).
 
+use crate::config::Invalid;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -296,20 +297,26 @@ impl Counters {
 
     /// Checks the list against the groups read: a section named explicitly must be read.
     /// `key` names the setting in the error.
-    pub fn validate(&self, key: &str, groups: &[Group], pods: bool) -> Result<(), String> {
+    pub fn validate(&self, key: &str, groups: &[Group], pods: bool) -> Result<(), Invalid> {
         for sel in &self.0 {
             for sec in sel.sections() {
                 if !groups.contains(&sec.group()) {
-                    return Err(format!(
-                        "probes.netstat.{key}: {sel} is read by group {}, which \
+                    return Err(Invalid::new(
+                        format!("probes.netstat.{key}"),
+                        format!(
+                            "{sel} is read by group {}, which \
                          probes.netstat.groups leaves out",
-                        group_name(sec.group())
+                            group_name(sec.group())
+                        ),
                     ));
                 }
                 if pods && sec == Section::Softnet {
-                    return Err(format!(
-                        "probes.netstat.{key}: {sel}: softnet_stat is per CPU, not per pod \
+                    return Err(Invalid::new(
+                        format!("probes.netstat.{key}"),
+                        format!(
+                            "{sel}: softnet_stat is per CPU, not per pod \
                          (hostCounters has it)"
+                        ),
                     ));
                 }
             }
@@ -534,9 +541,9 @@ mod tests {
     fn explicit_sections_must_be_read() {
         let c = parse("counters: [TcpExt:ListenOverflows]").unwrap();
         let e = c.validate("counters", &[Group::Snmp], true).unwrap_err();
+        assert_eq!(e.field, "probes.netstat.counters");
         assert!(
-            e.contains("probes.netstat.counters: TcpExt:ListenOverflows")
-                && e.contains("group netstat"),
+            e.reason.starts_with("TcpExt:ListenOverflows") && e.reason.contains("group netstat"),
             "{e}"
         );
         assert!(c.validate("counters", &[Group::Netstat], true).is_ok());
@@ -547,7 +554,7 @@ mod tests {
         let e = softnet
             .validate("counters", &[Group::Softnet], true)
             .unwrap_err();
-        assert!(e.contains("per CPU"), "{e}");
+        assert!(e.reason.contains("per CPU"), "{e}");
         assert!(softnet
             .validate("hostCounters", &[Group::Softnet], false)
             .is_ok());

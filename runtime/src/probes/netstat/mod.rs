@@ -20,6 +20,7 @@ pub mod qdisc;
 mod read;
 mod series;
 
+use crate::config::Invalid;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
@@ -111,11 +112,11 @@ fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     crate::units::named_duration(d, "interval")
 }
 
-pub fn validate(c: &Config) -> Result<(), String> {
+pub fn validate(c: &Config) -> Result<(), Invalid> {
     if c.interval < Duration::from_millis(100) || c.interval > Duration::from_secs(3600) {
-        return Err(format!(
-            "probes.netstat.interval: {:?} must be between 100ms and 1h",
-            c.interval
+        return Err(Invalid::new(
+            "probes.netstat.interval",
+            format!("{:?} must be between 100ms and 1h", c.interval),
         ));
     }
     c.counters.validate("counters", &c.groups, true)?;
@@ -302,8 +303,6 @@ mod tests {
         let e = serde_yaml_ng::from_str::<Config>("groups: [tcp]\n").unwrap_err();
         assert!(e.to_string().contains("snmp"), "{e}");
         let c: Config = serde_yaml_ng::from_str("interval: 10ms\n").unwrap();
-        assert!(validate(&c)
-            .unwrap_err()
-            .contains("probes.netstat.interval"));
+        assert_eq!(validate(&c).unwrap_err().field, "probes.netstat.interval");
     }
 }
