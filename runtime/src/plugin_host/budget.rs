@@ -9,6 +9,23 @@
 //! strings and buckets), which errs on the high side; see [`family_cost`], [`series_cost`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why memory was refused (sizes in MiB).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    /// A plugin's `spec.limits.memory` does not fit beside the others' in the total.
+    #[error(
+        "spec.limits.memory: {asked} MiB more would take all plugins to {total} MiB, over \
+         plugins.limits.totalMemory ({limit} MiB)"
+    )]
+    OverTotal { asked: u64, total: u64, limit: u64 },
+    /// The plugin has used all of its own budget.
+    #[error(
+        "the plugin's memory budget (spec.limits.memory, {limit} MiB: linear memories, \
+         tables, host objects and enrichment answers together) is spent"
+    )]
+    Spent { limit: u64 },
+}
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
@@ -38,7 +55,7 @@ impl Total {
 
     /// Admits `plugin` with `budget` bytes (a new version of a running plugin replaces what
     /// the old one held), or says why not.
-    pub fn admit(&self, plugin: &str, budget: u64) -> Result<(), String> {
+    pub fn admit(&self, plugin: &str, budget: u64) -> Result<(), BudgetError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let others: u64 = held
             .iter()
@@ -46,12 +63,11 @@ impl Total {
             .map(|(_, b)| *b)
             .sum();
         if others.saturating_add(budget) > self.limit {
-            return Err(format!(
-                "spec.limits.memory: {} MiB more would take all plugins to {} MiB, over plugins.limits.totalMemory ({} MiB)",
-                budget >> 20,
-                (others + budget) >> 20,
-                self.limit >> 20
-            ));
+            return Err(BudgetError::OverTotal {
+                asked: budget >> 20,
+                total: (others + budget) >> 20,
+                limit: self.limit >> 20,
+            });
         }
         held.insert(plugin.to_string(), budget);
         Ok(())
@@ -97,17 +113,14 @@ impl Budget {
     }
 
     /// Takes `bytes` from the plugin's budget, or says it is spent.
-    pub fn charge(&self, bytes: u64) -> Result<(), String> {
+    pub fn charge(&self, bytes: u64) -> Result<(), BudgetError> {
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
                 u.checked_add(bytes).filter(|n| *n <= self.limit)
             })
             .map(|_| ())
-            .map_err(|_| {
-                format!(
-                    "the plugin's memory budget (spec.limits.memory, {} MiB: linear memories, tables, host objects and enrichment answers together) is spent",
-                    self.limit >> 20
-                )
+            .map_err(|_| BudgetError::Spent {
+                limit: self.limit >> 20,
             })
     }
 
@@ -135,7 +148,7 @@ impl Account {
     }
 
     /// Takes `bytes` from the plugin's budget, or says it is spent.
-    pub fn charge(&mut self, bytes: u64) -> Result<(), String> {
+    pub fn charge(&mut self, bytes: u64) -> Result<(), BudgetError> {
         self.budget.charge(bytes)?;
         self.held += bytes;
         Ok(())
@@ -232,7 +245,19 @@ mod tests {
         let total = Total::new(100 << 20);
         assert!(total.admit("a", 60 << 20).is_ok());
         let e = total.admit("b", 50 << 20).unwrap_err();
-        assert!(e.contains("plugins.limits.totalMemory (100 MiB)"), "{e}");
+        assert_eq!(
+            e,
+            BudgetError::OverTotal {
+                asked: 50,
+                total: 110,
+                limit: 100
+            }
+        );
+        assert!(
+            e.to_string()
+                .contains("plugins.limits.totalMemory (100 MiB)"),
+            "{e}"
+        );
         // A new version of `a` replaces what the old one held.
         assert!(total.admit("a", 90 << 20).is_ok());
         assert!(total.admit("b", 20 << 20).is_err());
@@ -240,7 +265,7 @@ mod tests {
         assert!(total.admit("b", 50 << 20).is_ok());
         let budget = Budget::new(10);
         assert!(budget.charge(8).is_ok());
-        assert!(budget.charge(3).unwrap_err().contains("spec.limits.memory"));
+        assert_eq!(budget.charge(3), Err(BudgetError::Spent { limit: 0 }));
         assert_eq!(budget.used(), 8, "a refused charge takes nothing");
         budget.release(8);
         assert!(budget.charge(10).is_ok());

@@ -19,6 +19,9 @@ pub enum BundleError {
     World(String),
     #[error("init failed: {0}")]
     Init(String),
+    /// Its `spec.limits.memory` does not fit in `plugins.limits.totalMemory`.
+    #[error(transparent)]
+    Memory(#[from] super::budget::BudgetError),
 }
 
 impl BundleError {
@@ -29,6 +32,7 @@ impl BundleError {
             BundleError::Checksum(_) => "checksum",
             BundleError::World(_) => "world",
             BundleError::Init(_) => "init",
+            BundleError::Memory(_) => "manifest",
         }
     }
 }
@@ -130,7 +134,8 @@ impl Bundle {
                 String::from_utf8(bytes).map_err(|_| format!("{origin}: not UTF-8 text"))
             })
             .map_err(BundleError::Manifest)?;
-        let manifest = Manifest::parse(&text, &origin).map_err(BundleError::Manifest)?;
+        let manifest =
+            Manifest::parse(&text, &origin).map_err(|e| BundleError::Manifest(e.to_string()))?;
         let field = match manifest.bundle_kind() {
             Some(BundleKind::Script) => "spec.source",
             _ => "spec.module",

@@ -50,39 +50,81 @@ pub enum Lookup {
     Bad(String),
 }
 
+/// Why the cache cannot be used, or a file of it cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The directory (`plugins.cacheDir`) cannot be used.
+    #[error("plugins.cacheDir {dir}: {reason}")]
+    Dir { dir: String, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no randomness for the cache key")]
+    NoRandomness,
+    #[error("{0}: cannot settle on a key")]
+    Unsettled(String),
+}
+
+impl CacheError {
+    fn write(path: &Path, source: std::io::Error) -> Self {
+        CacheError::Write {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Why a file of the cache is not taken.
+#[derive(Debug, thiserror::Error)]
+enum Untrusted {
+    #[error("cannot open it: {0}")]
+    Open(std::io::Error),
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("owned by uid {0}, not by the agent")]
+    Owner(u32),
+    #[error("mode {0:o}: others may read or write it")]
+    OpenToOthers(u32),
+}
+
 impl Cache {
     /// Opens (or makes) the cache directory for `engine`'s components: checks who owns it,
     /// closes it to others, and reads (or makes) its key. An error is one line.
-    pub fn open(dir: &Path, engine: &Engine) -> Result<Cache, String> {
+    pub fn open(dir: &Path, engine: &Engine) -> Result<Cache, CacheError> {
         let shown = dir.display();
+        let refused = |reason: String| CacheError::Dir {
+            dir: shown.to_string(),
+            reason,
+        };
         if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("plugins.cacheDir {shown}: cannot create it: {e}"))?;
+                .map_err(|e| refused(format!("cannot create it: {e}")))?;
         }
-        let meta =
-            std::fs::symlink_metadata(dir).map_err(|e| format!("plugins.cacheDir {shown}: {e}"))?;
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| refused(e.to_string()))?;
         if !meta.is_dir() {
-            return Err(format!(
-                "plugins.cacheDir {shown}: not a directory (a symlink is not taken)"
-            ));
+            return Err(refused("not a directory (a symlink is not taken)".into()));
         }
         let me = unsafe { libc::geteuid() };
         if meta.uid() != me {
-            return Err(format!(
-                "plugins.cacheDir {shown}: owned by uid {}, not by the agent (uid {me}); not used",
+            return Err(refused(format!(
+                "owned by uid {}, not by the agent (uid {me}); not used",
                 meta.uid()
-            ));
+            )));
         }
         if meta.mode() & 0o077 != 0 {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("plugins.cacheDir {shown}: cannot close it to others: {e}"))?;
+                .map_err(|e| refused(format!("cannot close it to others: {e}")))?;
             tracing::info!(dir = %shown, mode = format!("{:o}", meta.mode() & 0o777), "plugin cache directory closed to others (0700)");
         }
-        let key = read_or_make_key(&dir.join(KEY_FILE))
-            .map_err(|e| format!("plugins.cacheDir {shown}: {e}"))?;
+        let key = read_or_make_key(&dir.join(KEY_FILE)).map_err(|e| refused(e.to_string()))?;
         let cache = Cache {
             dir: dir.to_path_buf(),
             key: hmac::Key::new(hmac::HMAC_SHA256, &key),
@@ -139,7 +181,7 @@ impl Cache {
         let bytes = match read_own_file(&path) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Lookup::Miss,
-            Err(e) => return self.reject(&path, e),
+            Err(e) => return self.reject(&path, e.to_string()),
         };
         if bytes.len() < TAG_LEN {
             return self.reject(&path, "shorter than its tag".into());
@@ -170,7 +212,7 @@ impl Cache {
     }
 
     /// Writes a compiled component (whole, then renamed into place) with its tag.
-    pub fn store(&self, sha256: &str, body: &[u8]) -> Result<(), String> {
+    pub fn store(&self, sha256: &str, body: &[u8]) -> Result<(), CacheError> {
         let path = self.path(sha256);
         let tmp = self
             .dir
@@ -190,7 +232,7 @@ impl Cache {
             .and_then(|()| std::fs::rename(&tmp, &path));
         written.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", path.display())
+            CacheError::write(&path, e)
         })
     }
 }
@@ -212,7 +254,7 @@ fn engine_hash(engine: &Engine) -> String {
 /// owner, readable by others, the wrong size, a symlink) is replaced: every file tagged with
 /// it then fails its check and is compiled again. Agents starting together agree on one key:
 /// a new key is written aside and linked into place, which fails if another got there first.
-fn read_or_make_key(path: &Path) -> Result<[u8; KEY_LEN], String> {
+fn read_or_make_key(path: &Path) -> Result<[u8; KEY_LEN], CacheError> {
     for _ in 0..3 {
         match read_own_file(path) {
             Ok(Some(bytes)) if bytes.len() == KEY_LEN => {
@@ -232,7 +274,7 @@ fn read_or_make_key(path: &Path) -> Result<[u8; KEY_LEN], String> {
         }
         let mut key = [0u8; KEY_LEN];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-            .map_err(|_| "no randomness for the cache key".to_string())?;
+            .map_err(|_| CacheError::NoRandomness)?;
         let aside = path.with_extension(format!("{}.{}.new", std::process::id(), unique()));
         OpenOptions::new()
             .write(true)
@@ -241,17 +283,17 @@ fn read_or_make_key(path: &Path) -> Result<[u8; KEY_LEN], String> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&aside)
             .and_then(|mut f| f.write_all(&key))
-            .map_err(|e| format!("cannot write {}: {e}", aside.display()))?;
+            .map_err(|e| CacheError::write(&aside, e))?;
         let linked = std::fs::hard_link(&aside, path);
         let _ = std::fs::remove_file(&aside);
         match linked {
             Ok(()) => return Ok(key),
             // Another agent's key: read it.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+            Err(e) => return Err(CacheError::write(path, e)),
         }
     }
-    Err(format!("{}: cannot settle on a key", path.display()))
+    Err(CacheError::Unsettled(path.display().to_string()))
 }
 
 /// A number no other call in this process gets, for file names.
@@ -262,7 +304,7 @@ fn unique() -> u64 {
 
 /// A file's content if it exists, is a regular file (not a symlink), belongs to the agent's
 /// user and is readable by nobody else.
-fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, Untrusted> {
     let mut f: File = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -270,24 +312,21 @@ fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open it: {e}")),
+        Err(e) => return Err(Untrusted::Open(e)),
     };
-    let meta = f.metadata().map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(Untrusted::Read)?;
     let me = unsafe { libc::geteuid() };
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(Untrusted::NotRegular);
     }
     if meta.uid() != me {
-        return Err(format!("owned by uid {}, not by the agent", meta.uid()));
+        return Err(Untrusted::Owner(meta.uid()));
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "mode {:o}: others may read or write it",
-            meta.mode() & 0o777
-        ));
+        return Err(Untrusted::OpenToOthers(meta.mode() & 0o777));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    f.read_to_end(&mut bytes).map_err(Untrusted::Read)?;
     Ok(Some(bytes))
 }
 
@@ -415,20 +454,20 @@ mod tests {
         // Not a directory, or a symlink to one: refused with one line.
         let file = dir.join("file");
         std::fs::write(&file, b"").unwrap();
-        let e = Cache::open(&file, &engine).err().unwrap();
+        let e = Cache::open(&file, &engine).err().unwrap().to_string();
         assert!(e.contains("not a directory") && !e.contains('\n'), "{e}");
         let link = temp("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        assert!(Cache::open(&link, &engine)
-            .err()
-            .unwrap()
-            .contains("symlink"));
+        assert!(matches!(
+            Cache::open(&link, &engine),
+            Err(CacheError::Dir { reason, .. }) if reason.contains("symlink")
+        ));
         let _ = std::fs::remove_file(&link);
         // Another user's directory is not used at all.
         let theirs = temp("theirs");
         std::fs::create_dir_all(&theirs).unwrap();
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
-        let e = Cache::open(&theirs, &engine).err().unwrap();
+        let e = Cache::open(&theirs, &engine).err().unwrap().to_string();
         assert!(e.contains("owned by uid 65534"), "{e}");
         let _ = std::fs::remove_dir_all(&theirs);
         let _ = std::fs::remove_dir_all(&dir);

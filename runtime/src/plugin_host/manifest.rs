@@ -1,6 +1,7 @@
 //! `plugin.yaml`: a bundle's manifest, Kubernetes-styled and parsed strictly (unknown keys
 //! are refused, errors name the field).
 
+use crate::config::{ConfigError, ConfigErrorKind, Invalid};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -166,23 +167,27 @@ fn call_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::E
 
 impl Manifest {
     /// Parses and checks a manifest; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let err = |kind: ConfigErrorKind| ConfigError {
+            origin: origin.to_string(),
+            kind,
+        };
         let m: Manifest = serde_yaml_ng::from_str(text)
-            .map_err(|e| format!("{origin}: {}", e.to_string().replace('\n', " ")))?;
-        m.validate().map_err(|e| format!("{origin}: {e}"))?;
+            .map_err(|e| err(ConfigErrorKind::Syntax(e.to_string().replace('\n', " "))))?;
+        m.validate().map_err(|e| err(e.into()))?;
         Ok(m)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.api_version != API_VERSION {
-            return Err(format!(
-                "apiVersion: {:?} is not {API_VERSION}",
-                self.api_version
+            return Err(Invalid::new(
+                "apiVersion",
+                format!("{:?} is not {API_VERSION}", self.api_version),
             ));
         }
-        let kind = self
-            .bundle_kind()
-            .ok_or_else(|| format!("kind: {:?} is not Plugin or Script", self.kind))?;
+        let kind = self.bundle_kind().ok_or_else(|| {
+            Invalid::new("kind", format!("{:?} is not Plugin or Script", self.kind))
+        })?;
         let name = &self.metadata.name;
         let valid = !name.is_empty()
             && name.len() <= 63
@@ -192,8 +197,9 @@ impl Manifest {
             && !name.starts_with('-')
             && !name.ends_with('-');
         if !valid {
-            return Err(format!(
-                "metadata.name: {name:?} must be lowercase letters, digits and dashes (at most 63)"
+            return Err(Invalid::new(
+                "metadata.name",
+                format!("{name:?} must be lowercase letters, digits and dashes (at most 63)"),
             ));
         }
         let (field, other) = match kind {
@@ -201,15 +207,16 @@ impl Manifest {
             BundleKind::Script => ("source", "module"),
         };
         if !self.spec.file(other).is_empty() {
-            return Err(format!(
-                "spec.{other}: a {} bundle names its file in spec.{field}",
-                self.kind
+            return Err(Invalid::new(
+                format!("spec.{other}"),
+                format!("a {} bundle names its file in spec.{field}", self.kind),
             ));
         }
         let file = self.spec.file(field);
         if file.is_empty() || file.contains('/') || file.starts_with('.') {
-            return Err(format!(
-                "spec.{field}: {file:?} must be a file name beside plugin.yaml"
+            return Err(Invalid::new(
+                format!("spec.{field}"),
+                format!("{file:?} must be a file name beside plugin.yaml"),
             ));
         }
         if kind == BundleKind::Script {
@@ -219,26 +226,35 @@ impl Manifest {
                 .iter()
                 .find(|c| !matches!(c, Capability::Metrics | Capability::Events))
             {
-                return Err(format!(
-                    "spec.capabilities: {} is not available to scripts (metrics, events)",
-                    c.as_str()
+                return Err(Invalid::new(
+                    "spec.capabilities",
+                    format!(
+                        "{} is not available to scripts (metrics, events)",
+                        c.as_str()
+                    ),
                 ));
             }
             if self.spec.delivery != Delivery::Typed {
-                return Err("spec.delivery: scripts take events as maps, not packed".into());
+                return Err(Invalid::new(
+                    "spec.delivery",
+                    "scripts take events as maps, not packed",
+                ));
             }
         }
         if let Some(sum) = &self.spec.sha256 {
             if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("spec.sha256: {sum:?} is not 64 hex digits"));
+                return Err(Invalid::new(
+                    "spec.sha256",
+                    format!("{sum:?} is not 64 hex digits"),
+                ));
             }
         }
         for probe in &self.spec.subscribe {
             if ebpf_core::spec(probe).is_none() {
                 let known: Vec<&str> = ebpf_core::CATALOGUE.iter().map(|s| s.name).collect();
-                return Err(format!(
-                    "spec.subscribe: unknown probe {probe:?} (known: {})",
-                    known.join(", ")
+                return Err(Invalid::new(
+                    "spec.subscribe",
+                    format!("unknown probe {probe:?} (known: {})", known.join(", ")),
                 ));
             }
             let delivered: Vec<&str> = super::delivery::Probe::ALL
@@ -246,24 +262,36 @@ impl Manifest {
                 .map(|p| p.name())
                 .collect();
             if kind == BundleKind::Plugin && !delivered.contains(&probe.as_str()) {
-                return Err(format!(
-                    "spec.subscribe: probe {probe} hands plugins no events (plugins subscribe to {})",
-                    delivered.join(", ")
+                return Err(Invalid::new(
+                    "spec.subscribe",
+                    format!(
+                        "probe {probe} hands plugins no events (plugins subscribe to {})",
+                        delivered.join(", ")
+                    ),
                 ));
             }
         }
         let l = &self.spec.limits;
         if l.memory.0 < 1 << 20 || l.memory.0 > 4 << 30 {
-            return Err("spec.limits.memory: must be between 1Mi and 4Gi".into());
+            return Err(Invalid::new(
+                "spec.limits.memory",
+                "must be between 1Mi and 4Gi",
+            ));
         }
         if l.call_timeout < Duration::from_millis(1) || l.call_timeout > Duration::from_secs(60) {
-            return Err("spec.limits.callTimeout: must be between 1ms and 60s".into());
+            return Err(Invalid::new(
+                "spec.limits.callTimeout",
+                "must be between 1ms and 60s",
+            ));
         }
         if l.queue == 0 {
-            return Err("spec.limits.queue: must be at least 1".into());
+            return Err(Invalid::new("spec.limits.queue", "must be at least 1"));
         }
         if l.batch == 0 || l.batch > 65536 {
-            return Err("spec.limits.batch: must be between 1 and 65536".into());
+            return Err(Invalid::new(
+                "spec.limits.batch",
+                "must be between 1 and 65536",
+            ));
         }
         Ok(())
     }
@@ -381,7 +409,9 @@ mod tests {
             ),
         ];
         for (text, field) in cases {
-            let e = Manifest::parse(&text, "b/plugin.yaml").unwrap_err();
+            let e = Manifest::parse(&text, "b/plugin.yaml")
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.starts_with("b/plugin.yaml: ") && e.contains(field),
                 "{field}: {e}"

@@ -274,8 +274,7 @@ impl PluginHost {
         if bundle.manifest.bundle_kind() != Some(BundleKind::Script) {
             self.host
                 .memory
-                .admit(&name, bundle.manifest.spec.limits.memory.0)
-                .map_err(BundleError::Manifest)?;
+                .admit(&name, bundle.manifest.spec.limits.memory.0)?;
         }
         let started = self.start_admitted(bundle);
         if started.is_err() {
