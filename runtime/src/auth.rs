@@ -177,6 +177,15 @@ pub enum Decision {
 /// Kept answers: by the token's SHA-256 and the access, with when each stops counting.
 type Answers = HashMap<([u8; 32], Access), (Decision, Instant)>;
 
+/// The API server could not be asked (the request is refused with 503, not 401 or 403).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("TokenReview: {0}")]
+    TokenReview(#[source] kube::Error),
+    #[error("SubjectAccessReview: {0}")]
+    AccessReview(#[source] kube::Error),
+}
+
 /// Checks requests against the API server, and keeps its answers.
 pub struct Authorizer {
     client: kube::Client,
@@ -196,7 +205,7 @@ impl Authorizer {
     }
 
     /// Whether `token` may do `access`; `Err` when the API server could not be asked.
-    pub async fn check(&self, token: &str, access: Access) -> Result<Decision, String> {
+    pub async fn check(&self, token: &str, access: Access) -> Result<Decision, AuthError> {
         let key = (<[u8; 32]>::from(Sha256::digest(token.as_bytes())), access);
         if let Some((d, until)) = self.lock().get(&key) {
             if Instant::now() < *until {
@@ -224,7 +233,7 @@ impl Authorizer {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn ask(&self, token: &str, access: Access) -> Result<Decision, String> {
+    async fn ask(&self, token: &str, access: Access) -> Result<Decision, AuthError> {
         let reviews: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -236,7 +245,7 @@ impl Authorizer {
         let reviewed = reviews
             .create(&Default::default(), &review)
             .await
-            .map_err(|e| format!("TokenReview: {e}"))?;
+            .map_err(AuthError::TokenReview)?;
         let status = reviewed.status.unwrap_or_default();
         let user = match (status.authenticated, status.user) {
             (Some(true), Some(user)) => user,
@@ -285,7 +294,7 @@ impl Authorizer {
         let answer = reviews
             .create(&Default::default(), &sar)
             .await
-            .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+            .map_err(AuthError::AccessReview)?;
         let status = answer.status.unwrap_or_default();
         Ok(if status.allowed && status.denied != Some(true) {
             Decision::Allowed

@@ -72,8 +72,21 @@ struct Request {
     unlimited: Option<Duration>,
 }
 
+/// Why a stream's query was refused (the body of its 400).
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum RequestError {
+    #[error("unlimited: {0}")]
+    Unlimited(#[from] crate::units::UnitError),
+    #[error("unlimited: {asked:?} is longer than this agent allows (api.maxUnlimited: {max:?})")]
+    TooLong { asked: Duration, max: Duration },
+    #[error("unknown parameter {0:?}; the parameters are probes and unlimited")]
+    UnknownParameter(String),
+    #[error("probes: name at least one probe (probes=packet_drop,tcp_reset)")]
+    NoProbes,
+}
+
 /// The request of `probes=a,b&unlimited=10m` (names need no escaping).
-fn parse_request(query: Option<&str>, max_unlimited: Duration) -> Result<Request, String> {
+fn parse_request(query: Option<&str>, max_unlimited: Duration) -> Result<Request, RequestError> {
     let mut names = Vec::new();
     let mut unlimited = None;
     for pair in query
@@ -91,23 +104,20 @@ fn parse_request(query: Option<&str>, max_unlimited: Duration) -> Result<Request
                     .map(String::from),
             ),
             Some(("unlimited", d)) => {
-                let d = crate::units::parse_duration(d).map_err(|e| format!("unlimited: {e}"))?;
+                let d = crate::units::parse_duration(d)?;
                 if d > max_unlimited {
-                    return Err(format!(
-                        "unlimited: {d:?} is longer than this agent allows (api.maxUnlimited: {max_unlimited:?})"
-                    ));
+                    return Err(RequestError::TooLong {
+                        asked: d,
+                        max: max_unlimited,
+                    });
                 }
                 unlimited = (!d.is_zero()).then_some(d);
             }
-            _ => {
-                return Err(format!(
-                    "unknown parameter {pair:?}; the parameters are probes and unlimited"
-                ))
-            }
+            _ => return Err(RequestError::UnknownParameter(pair.to_string())),
         }
     }
     if names.is_empty() {
-        return Err("probes: name at least one probe (probes=packet_drop,tcp_reset)".into());
+        return Err(RequestError::NoProbes);
     }
     Ok(Request {
         probes: names,
@@ -278,20 +288,11 @@ mod tests {
                 unlimited: Some(Duration::from_secs(120))
             })
         );
-        assert!(parse_request(None, MAX)
-            .unwrap_err()
-            .contains("at least one"));
-        assert!(parse_request(Some("probes="), MAX)
-            .unwrap_err()
-            .contains("at least one"));
-        assert!(parse_request(Some("probe=x"), MAX)
-            .unwrap_err()
-            .contains("unknown parameter"));
-        assert!(parse_request(Some("probes=x&unlimited=11m"), MAX)
-            .unwrap_err()
-            .contains("api.maxUnlimited"));
-        assert!(parse_request(Some("probes=x&unlimited=soon"), MAX)
-            .unwrap_err()
-            .starts_with("unlimited: "));
+        let err = |q| parse_request(q, MAX).unwrap_err().to_string();
+        assert!(err(None).contains("at least one"));
+        assert!(err(Some("probes=")).contains("at least one"));
+        assert!(err(Some("probe=x")).contains("unknown parameter"));
+        assert!(err(Some("probes=x&unlimited=11m")).contains("api.maxUnlimited"));
+        assert!(err(Some("probes=x&unlimited=soon")).starts_with("unlimited: "));
     }
 }

@@ -9,12 +9,29 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+/// Why a size or a duration could not be read; the message quotes what was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{0:?} is not a size (bytes, or a number with Ki, Mi or Gi)")]
+    NotASize(String),
+    #[error("{0:?} needs a unit: ms, s, m or h (e.g. 5s)")]
+    NoUnit(String),
+    #[error("{written:?}: unknown unit {unit:?} (use ms, s, m or h)")]
+    UnknownUnit { written: String, unit: String },
+    #[error("{0:?} is not a duration (e.g. 500ms, 5s, 1m)")]
+    NotADuration(String),
+    #[error("{0:?} is out of range")]
+    OutOfRange(String),
+    #[error("{0:?} must be more than zero")]
+    Zero(String),
+}
+
 /// A size in bytes, written as a number or with a binary suffix (`64Ki`, `1Mi`, `2Gi`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnitError> {
         let s = s.trim();
         let (digits, mult) = match s {
             _ if s.ends_with("Ki") => (&s[..s.len() - 2], 1u64 << 10),
@@ -28,7 +45,7 @@ impl ByteSize {
             .ok()
             .and_then(|n| n.checked_mul(mult))
             .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with Ki, Mi or Gi)"))
+            .ok_or_else(|| UnitError::NotASize(s.to_string()))
     }
 }
 
@@ -58,7 +75,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// Parses a duration as people write one: a number (decimals allowed) and a unit, `ms`, `s`,
 /// `m` or `h`: `250ms`, `1.5s`, `10m`. Zero is allowed (some thresholds mean "everything").
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -69,13 +86,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        "" => return Err(format!("{s:?} needs a unit: ms, s, m or h (e.g. 5s)")),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        "" => return Err(UnitError::NoUnit(s.to_string())),
+        _ => {
+            return Err(UnitError::UnknownUnit {
+                written: s.to_string(),
+                unit: unit.to_string(),
+            })
+        }
     };
     let n: f64 = number
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
-    Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{s:?} is out of range"))
+        .map_err(|_| UnitError::NotADuration(s.to_string()))?;
+    Duration::try_from_secs_f64(n * scale).map_err(|_| UnitError::OutOfRange(s.to_string()))
 }
 
 /// Deserializes a duration written `250ms`, `2s` or `1m` (for config fields; serde's error
@@ -86,10 +108,10 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 /// As [`parse_duration`], more than zero (flags such as `sonde trace --duration`).
-pub fn positive_duration(s: &str) -> Result<Duration, String> {
+pub fn positive_duration(s: &str) -> Result<Duration, UnitError> {
     let d = parse_duration(s)?;
     if d.is_zero() {
-        return Err(format!("{:?} must be more than zero", s.trim()));
+        return Err(UnitError::Zero(s.trim().to_string()));
     }
     Ok(d)
 }
@@ -120,12 +142,13 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
-        assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("s").is_err());
-        assert!(positive_duration("0s")
+        assert_eq!(parse_duration("5"), Err(UnitError::NoUnit("5".into())));
+        assert!(parse_duration("5x")
             .unwrap_err()
-            .contains("more than zero"));
+            .to_string()
+            .contains("unknown unit \"x\""));
+        assert!(parse_duration("s").is_err());
+        assert_eq!(positive_duration("0s"), Err(UnitError::Zero("0s".into())));
         assert_eq!(positive_duration("5s"), Ok(Duration::from_secs(5)));
     }
 }

@@ -157,25 +157,63 @@ const LOG2_BUCKETS: usize = 66;
 /// Linear histograms have at most this many buckets between `min` and `max`.
 pub const MAX_LINEAR_BUCKETS: i64 = 1000;
 
+/// Why an aggregation was refused: its histogram's layout, or a limit of the script's maps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("lhist step must be positive, not {step}")]
+    StepNotPositive { step: i64 },
+    #[error("lhist max ({max}) must be above min ({min})")]
+    MaxNotAboveMin { min: i64, max: i64 },
+    #[error("lhist max - min ({span}) must be a multiple of step ({step})")]
+    NotMultipleOfStep { span: i128, step: i64 },
+    #[error("lhist has {buckets} buckets, more than the limit of {MAX_LINEAR_BUCKETS}")]
+    TooManyBuckets { buckets: i128 },
+    #[error("cannot create map @{name}: the script has reached the limit of {limit} maps")]
+    TooManyMaps { name: String, limit: usize },
+    #[error("map @{name} holds {holds} values; it cannot also take {asked}()")]
+    OtherKind {
+        name: String,
+        holds: &'static str,
+        asked: &'static str,
+    },
+    #[error(
+        "map @{name} is an lhist with min {min}, max {max}, step {step}; every lhist() into \
+         it must use the same"
+    )]
+    OtherLayout {
+        name: String,
+        min: i64,
+        max: i64,
+        step: i64,
+    },
+    #[error("map @{name} has reached the limit of {limit} entries")]
+    TooManyEntries { name: String, limit: usize },
+    #[error("a key of map @{name} is {bytes} bytes, over the limit of {limit}")]
+    KeyTooLong {
+        name: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("the script's map keys have reached the limit of {limit} bytes")]
+    KeysTooLong { limit: usize },
+}
+
 impl Buckets {
-    pub fn linear(min: i64, max: i64, step: i64) -> Result<Buckets, String> {
+    pub fn linear(min: i64, max: i64, step: i64) -> Result<Buckets, MapError> {
         if step <= 0 {
-            return Err(format!("lhist step must be positive, not {step}"));
+            return Err(MapError::StepNotPositive { step });
         }
         if max <= min {
-            return Err(format!("lhist max ({max}) must be above min ({min})"));
+            return Err(MapError::MaxNotAboveMin { min, max });
         }
         let span = (max as i128) - (min as i128);
         if span % step as i128 != 0 {
-            return Err(format!(
-                "lhist max - min ({span}) must be a multiple of step ({step})"
-            ));
+            return Err(MapError::NotMultipleOfStep { span, step });
         }
         if span / step as i128 > MAX_LINEAR_BUCKETS as i128 {
-            return Err(format!(
-                "lhist has {} buckets, more than the limit of {MAX_LINEAR_BUCKETS}",
-                span / step as i128
-            ));
+            return Err(MapError::TooManyBuckets {
+                buckets: span / step as i128,
+            });
         }
         Ok(Buckets::Linear { min, max, step })
     }
@@ -417,13 +455,13 @@ impl Aggregations {
         buckets: Option<Buckets>,
         key: Key,
         new: impl FnOnce() -> Value,
-    ) -> Result<&mut Value, String> {
+    ) -> Result<&mut Value, MapError> {
         if !self.maps.contains_key(name) {
             if self.maps.len() >= self.limits.max_maps {
-                return Err(format!(
-                    "cannot create map @{name}: the script has reached the limit of {} maps",
-                    self.limits.max_maps
-                ));
+                return Err(MapError::TooManyMaps {
+                    name: name.to_string(),
+                    limit: self.limits.max_maps,
+                });
             }
             self.maps.insert(
                 name.to_string(),
@@ -436,18 +474,20 @@ impl Aggregations {
         }
         let map = self.maps.get_mut(name).expect("inserted above");
         if map.kind != kind {
-            return Err(format!(
-                "map @{name} holds {} values; it cannot also take {}()",
-                map.kind.name(),
-                kind.name()
-            ));
+            return Err(MapError::OtherKind {
+                name: name.to_string(),
+                holds: map.kind.name(),
+                asked: kind.name(),
+            });
         }
         if map.buckets != buckets {
             if let (Some(Buckets::Linear { min, max, step }), Some(_)) = (map.buckets, buckets) {
-                return Err(format!(
-                    "map @{name} is an lhist with min {min}, max {max}, step {step}; \
-                     every lhist() into it must use the same"
-                ));
+                return Err(MapError::OtherLayout {
+                    name: name.to_string(),
+                    min,
+                    max,
+                    step,
+                });
             }
         }
         let len = map.entries.len();
@@ -456,23 +496,23 @@ impl Aggregations {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
             std::collections::hash_map::Entry::Vacant(e) => {
                 if len >= limits.max_entries {
-                    return Err(format!(
-                        "map @{name} has reached the limit of {} entries",
-                        limits.max_entries
-                    ));
+                    return Err(MapError::TooManyEntries {
+                        name: name.to_string(),
+                        limit: limits.max_entries,
+                    });
                 }
                 let bytes = key_bytes(e.key());
                 if bytes > limits.max_key_bytes {
-                    return Err(format!(
-                        "a key of map @{name} is {bytes} bytes, over the limit of {}",
-                        limits.max_key_bytes
-                    ));
+                    return Err(MapError::KeyTooLong {
+                        name: name.to_string(),
+                        bytes,
+                        limit: limits.max_key_bytes,
+                    });
                 }
                 if self.keys_bytes + bytes > limits.max_keys_bytes {
-                    return Err(format!(
-                        "the script's map keys have reached the limit of {} bytes",
-                        limits.max_keys_bytes
-                    ));
+                    return Err(MapError::KeysTooLong {
+                        limit: limits.max_keys_bytes,
+                    });
                 }
                 self.keys_bytes += bytes;
                 Ok(e.insert(new()))
@@ -481,7 +521,7 @@ impl Aggregations {
     }
 
     /// `count(map, key)`: returns the new count.
-    pub fn count(&mut self, name: &str, key: Key) -> Result<u64, String> {
+    pub fn count(&mut self, name: &str, key: Key) -> Result<u64, MapError> {
         match self.entry(name, Kind::Count, None, key, || Value::Count(0))? {
             Value::Count(n) => {
                 *n += 1;
@@ -492,7 +532,7 @@ impl Aggregations {
     }
 
     /// `sum(map, key, v)`: returns the new sum.
-    pub fn sum(&mut self, name: &str, key: Key, v: Num) -> Result<Num, String> {
+    pub fn sum(&mut self, name: &str, key: Key, v: Num) -> Result<Num, MapError> {
         match self.entry(name, Kind::Sum, None, key, || Value::Sum(Num::Int(0)))? {
             Value::Sum(s) => {
                 *s = s.add(v);
@@ -502,7 +542,7 @@ impl Aggregations {
         }
     }
 
-    pub fn avg(&mut self, name: &str, key: Key, v: Num) -> Result<(), String> {
+    pub fn avg(&mut self, name: &str, key: Key, v: Num) -> Result<(), MapError> {
         let new = || Value::Avg {
             sum: Num::Int(0),
             count: 0,
@@ -517,7 +557,7 @@ impl Aggregations {
         }
     }
 
-    pub fn min(&mut self, name: &str, key: Key, v: Num) -> Result<(), String> {
+    pub fn min(&mut self, name: &str, key: Key, v: Num) -> Result<(), MapError> {
         match self.entry(name, Kind::Min, None, key, || Value::Min(v))? {
             Value::Min(m) => {
                 if v.total_cmp(*m) == Ordering::Less {
@@ -529,7 +569,7 @@ impl Aggregations {
         }
     }
 
-    pub fn max(&mut self, name: &str, key: Key, v: Num) -> Result<(), String> {
+    pub fn max(&mut self, name: &str, key: Key, v: Num) -> Result<(), MapError> {
         match self.entry(name, Kind::Max, None, key, || Value::Max(v))? {
             Value::Max(m) => {
                 if v.total_cmp(*m) == Ordering::Greater {
@@ -542,7 +582,7 @@ impl Aggregations {
     }
 
     /// `hist(map, key, v)` (`Buckets::Log2`) and `lhist(map, key, v, min, max, step)`.
-    pub fn hist(&mut self, name: &str, key: Key, v: i64, buckets: Buckets) -> Result<(), String> {
+    pub fn hist(&mut self, name: &str, key: Key, v: i64, buckets: Buckets) -> Result<(), MapError> {
         let kind = match buckets {
             Buckets::Log2 => Kind::Hist,
             Buckets::Linear { .. } => Kind::Lhist,
@@ -647,14 +687,14 @@ mod tests {
             ..MapLimits::default()
         });
         let long = "x".repeat(101);
-        let e = a.count("x", k(&long)).unwrap_err();
+        let e = a.count("x", k(&long)).unwrap_err().to_string();
         assert_eq!(e, "a key of map @x is 101 bytes, over the limit of 100");
         assert!(a.maps["x"].entries.is_empty());
         // 92 + 8: exactly the limit of one key.
         let key = |i: i64| vec![KeyPart::Str("y".repeat(92).into()), KeyPart::Int(i)];
         assert_eq!(a.count("x", key(1)), Ok(1));
         assert_eq!(a.count("y", key(2)), Ok(1));
-        let e = a.count("x", key(3)).unwrap_err();
+        let e = a.count("x", key(3)).unwrap_err().to_string();
         assert_eq!(
             e,
             "the script's map keys have reached the limit of 250 bytes"
@@ -675,12 +715,12 @@ mod tests {
         assert_eq!(a.count("x", k("a")), Ok(1));
         assert_eq!(a.count("x", k("a")), Ok(2));
         assert_eq!(a.count("x", k("b")), Ok(1));
-        let e = a.count("x", k("c")).unwrap_err();
+        let e = a.count("x", k("c")).unwrap_err().to_string();
         assert!(e.contains("limit of 2 entries"), "{e}");
-        let e = a.sum("x", k("a"), Num::Int(1)).unwrap_err();
+        let e = a.sum("x", k("a"), Num::Int(1)).unwrap_err().to_string();
         assert_eq!(e, "map @x holds count values; it cannot also take sum()");
         a.sum("y", vec![], Num::Int(3)).unwrap();
-        let e = a.max("z", vec![], Num::Int(3)).unwrap_err();
+        let e = a.max("z", vec![], Num::Int(3)).unwrap_err().to_string();
         assert!(e.contains("limit of 2 maps"), "{e}");
         let l1 = Buckets::linear(0, 10, 1).unwrap();
         let l2 = Buckets::linear(0, 20, 1).unwrap();
@@ -688,7 +728,7 @@ mod tests {
         assert!(a.maps["y"].entries.is_empty());
         let mut b = Aggregations::default();
         b.hist("h", vec![], 1, l1).unwrap();
-        let e = b.hist("h", vec![], 1, l2).unwrap_err();
+        let e = b.hist("h", vec![], 1, l2).unwrap_err().to_string();
         assert!(e.contains("min 0, max 10, step 1"), "{e}");
     }
 

@@ -127,8 +127,8 @@ pub struct Script {
     stats: Stats,
 }
 
-fn runtime(message: impl Into<String>) -> Box<EvalAltResult> {
-    EvalAltResult::ErrorRuntime(Dynamic::from(message.into()), Position::NONE).into()
+fn runtime(message: impl std::fmt::Display) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(Dynamic::from(message.to_string()), Position::NONE).into()
 }
 
 type Fallible<T> = Result<T, Box<EvalAltResult>>;
@@ -181,7 +181,8 @@ fn register_builtins(engine: &mut Engine, state: &Arc<Mutex<State>>, exit: &Arc<
         s2(name, Dynamic::from_array(vec![]), v)
     });
 
-    type Update = fn(&mut Aggregations, &str, aggregate::Key, Num) -> Result<(), String>;
+    type Update =
+        fn(&mut Aggregations, &str, aggregate::Key, Num) -> Result<(), aggregate::MapError>;
     let updates: [(&str, Update); 3] = [
         ("avg", Aggregations::avg),
         ("min", Aggregations::min),

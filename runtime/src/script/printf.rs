@@ -5,6 +5,21 @@ use std::fmt::Write as _;
 
 use rhai::Dynamic;
 
+/// Why a format and its arguments do not go together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("%{conv} needs a number, not {given}")]
+    NotANumber { conv: char, given: &'static str },
+    #[error("format ends in the middle of a % conversion")]
+    Unfinished,
+    #[error("unknown conversion %{0}")]
+    UnknownConversion(char),
+    #[error("the format has more conversions than the {0} argument(s) given")]
+    TooFewArguments(usize),
+    #[error("{given} argument(s) given but the format has {used} conversion(s)")]
+    TooManyArguments { given: usize, used: usize },
+}
+
 #[derive(Default)]
 struct Spec {
     left: bool,
@@ -45,7 +60,7 @@ impl Spec {
     }
 }
 
-fn as_int(v: &Dynamic, conv: char) -> Result<i64, String> {
+fn as_int(v: &Dynamic, conv: char) -> Result<i64, FormatError> {
     if let Ok(i) = v.as_int() {
         Ok(i)
     } else if let Ok(f) = v.as_float() {
@@ -55,22 +70,28 @@ fn as_int(v: &Dynamic, conv: char) -> Result<i64, String> {
     } else if let Ok(c) = v.as_char() {
         Ok(c as i64)
     } else {
-        Err(format!("%{conv} needs a number, not {}", v.type_name()))
+        Err(FormatError::NotANumber {
+            conv,
+            given: v.type_name(),
+        })
     }
 }
 
-fn as_float(v: &Dynamic, conv: char) -> Result<f64, String> {
+fn as_float(v: &Dynamic, conv: char) -> Result<f64, FormatError> {
     if let Ok(f) = v.as_float() {
         Ok(f)
     } else if let Ok(i) = v.as_int() {
         Ok(i as f64)
     } else {
-        Err(format!("%{conv} needs a number, not {}", v.type_name()))
+        Err(FormatError::NotANumber {
+            conv,
+            given: v.type_name(),
+        })
     }
 }
 
 /// Formats `args` by `fmt`; the number of conversions must match the number of arguments.
-pub fn format(fmt: &str, args: &[Dynamic]) -> Result<String, String> {
+pub fn format(fmt: &str, args: &[Dynamic]) -> Result<String, FormatError> {
     let mut out = String::with_capacity(fmt.len() + 16);
     let mut chars = fmt.chars().peekable();
     let mut next = args.iter();
@@ -110,21 +131,18 @@ pub fn format(fmt: &str, args: &[Dynamic]) -> Result<String, String> {
             chars.next();
         }
         let Some(conv) = chars.next() else {
-            return Err("format ends in the middle of a % conversion".into());
+            return Err(FormatError::Unfinished);
         };
         if conv == '%' {
             out.push('%');
             continue;
         }
         if !"sdiuxXofegc".contains(conv) {
-            return Err(format!("unknown conversion %{conv}"));
+            return Err(FormatError::UnknownConversion(conv));
         }
         used += 1;
         let Some(arg) = next.next() else {
-            return Err(format!(
-                "the format has more conversions than the {} argument(s) given",
-                args.len()
-            ));
+            return Err(FormatError::TooFewArguments(args.len()));
         };
         let piece = match conv {
             's' => {
@@ -173,10 +191,10 @@ pub fn format(fmt: &str, args: &[Dynamic]) -> Result<String, String> {
         let _ = write!(out, "{piece}");
     }
     if used < args.len() {
-        return Err(format!(
-            "{} argument(s) given but the format has {used} conversion(s)",
-            args.len()
-        ));
+        return Err(FormatError::TooManyArguments {
+            given: args.len(),
+            used,
+        });
     }
     Ok(out)
 }
@@ -215,16 +233,24 @@ mod tests {
     #[test]
     fn mismatches_are_errors() {
         let i = Dynamic::from_int;
-        assert!(format("%d %d", &[i(1)])
-            .unwrap_err()
-            .contains("more conversions"));
-        assert!(format("%d", &[i(1), i(2)])
-            .unwrap_err()
-            .contains("2 argument(s)"));
-        assert!(format("%q", &[i(1)]).unwrap_err().contains("%q"));
-        assert!(format("%d", &[Dynamic::from("x".to_string())])
-            .unwrap_err()
-            .contains("needs a number"));
-        assert!(format("50%", &[]).is_err());
+        assert_eq!(
+            format("%d %d", &[i(1)]),
+            Err(FormatError::TooFewArguments(1))
+        );
+        assert_eq!(
+            format("%d", &[i(1), i(2)]).unwrap_err().to_string(),
+            "2 argument(s) given but the format has 1 conversion(s)"
+        );
+        assert_eq!(
+            format("%q", &[i(1)]).unwrap_err().to_string(),
+            "unknown conversion %q"
+        );
+        assert_eq!(
+            format("%d", &[Dynamic::from("x".to_string())])
+                .unwrap_err()
+                .to_string(),
+            "%d needs a number, not string"
+        );
+        assert_eq!(format("50%", &[]), Err(FormatError::Unfinished));
     }
 }
