@@ -120,14 +120,16 @@ static __always_inline bool sonde_take_token(__u64 *tokens_ns, __u64 *last_ns, _
 static __always_inline bool sonde_event_allowed(const struct sonde_config *cfg, __u32 netns)
 {
 	struct sonde_ns_bucket *nb = NULL;
-	__u64 now = bpf_ktime_get_ns();
 	struct sonde_bucket *b;
 	__u32 zero = 0;
+	__u64 now;
 
 	if (!(cfg->flags & SONDE_F_EVENTS))
 		return false;
 	if (cfg->rate == 0)
 		return true;
+	/* Read only where a bucket needs it: a counting-only probe pays no clock read. */
+	now = bpf_ktime_get_ns();
 	if (netns && cfg->ns_rate) {
 		nb = bpf_map_lookup_elem(&ns_buckets, &netns);
 		if (!nb) {

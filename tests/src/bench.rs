@@ -386,6 +386,45 @@ impl RunTimeStats {
     }
 }
 
+/// An empty program on packet_drop's hook (`tests/bpf/floor.bpf.c`), attached while this
+/// lives: what any program on `kfree_skb` costs, against which the probe's own work is read.
+pub struct Floor {
+    _ebpf: aya::Ebpf,
+    id: u32,
+}
+
+impl Floor {
+    /// The tracepoint the floor program is attached to.
+    pub const HOOK: &'static str = "kfree_skb";
+
+    pub fn attach() -> Floor {
+        let mut ebpf = aya::Ebpf::load(aya::include_bytes_aligned!("../bpf/floor.bpf.o"))
+            .unwrap_or_else(|e| panic!("cannot load tests/bpf/floor.bpf.o: {e}"));
+        let btf = aya::Btf::from_sys_fs().unwrap_or_else(|e| panic!("cannot read kernel BTF: {e}"));
+        let program: &mut aya::programs::BtfTracePoint = ebpf
+            .program_mut("floor_kfree_skb")
+            .expect("floor.bpf.o has floor_kfree_skb")
+            .try_into()
+            .expect("floor_kfree_skb is a tp_btf program");
+        program
+            .load(Self::HOOK, &btf)
+            .unwrap_or_else(|e| panic!("cannot load the empty program on {}: {e}", Self::HOOK));
+        program
+            .attach()
+            .unwrap_or_else(|e| panic!("cannot attach the empty program to {}: {e}", Self::HOOK));
+        let id = program
+            .info()
+            .unwrap_or_else(|e| panic!("cannot read the empty program's id: {e}"))
+            .id();
+        Floor { _ebpf: ebpf, id }
+    }
+
+    /// The kernel's id of the empty program, for [`program_stats`].
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
 /// (run_time_ns, run_cnt) of each program id, from the kernel's run-time statistics.
 pub fn program_stats(ids: &HashSet<u32>) -> HashMap<u32, (u64, u64)> {
     aya::programs::loaded_programs()

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use sonde_tests::bench::{
     cpu_seconds, median, memory_kib, mib, option_value, positive_number, program_stats,
-    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Machine,
+    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Floor, Machine,
     RunTimeStats, PAYLOAD,
 };
 use sonde_tests::{
@@ -97,6 +97,11 @@ fn main() {
 
     eprintln!("sonde-bench: floods without an agent");
     let mut baseline = bench.floods();
+    eprintln!(
+        "sonde-bench: floods with an empty program on {}",
+        Floor::HOOK
+    );
+    let floor = bench.floor();
 
     let mut modes = Vec::new();
     for mode in [Mode::Counting, Mode::EventsDefault, Mode::EventsUnlimited] {
@@ -116,6 +121,7 @@ fn main() {
         duration: opts.duration,
         in_process,
         baseline,
+        floor,
         modes,
         foreign_after,
     });
@@ -281,9 +287,13 @@ fn in_process_attach() -> InProcessAttach {
                 &ebpf_core::ProbeSettings::default(),
             ) {
                 Ok(probe) => probe,
-                // A probe on kernel functions this kernel cannot kprobe (virtio_net without
-                // kprobes or its module, off by default in the agent) is left out.
-                Err(e @ ebpf_core::ProbeError::Kprobe { .. }) => {
+                // A probe on kernel functions this kernel can neither kprobe nor trace with
+                // fentry (virtio_net and stack_latency on a kernel without kprobes and
+                // trampolines, both off by default in the agent) is left out.
+                Err(
+                    e @ (ebpf_core::ProbeError::Kprobe { .. }
+                    | ebpf_core::ProbeError::FnModes { .. }),
+                ) => {
                     eprintln!("probe {} left out: {e}", spec.name);
                     continue;
                 }
@@ -713,6 +723,13 @@ impl Drain {
     }
 }
 
+/// Floods with only an empty program on packet_drop's hook, and that program's cost per run.
+struct FloorResult {
+    floods: Vec<Flood>,
+    /// (ns per run, runs) over one full-speed flood, run-time statistics on.
+    kernel: (f64, u64),
+}
+
 struct KernelCost {
     /// Program name → (ns per run, runs) over its workload.
     programs: BTreeMap<&'static str, (f64, u64)>,
@@ -807,6 +824,29 @@ impl Bench {
             drain.writes,
         );
         drain
+    }
+
+    /// The floor: full-speed floods with an empty program on `kfree_skb` and no agent, then its
+    /// cost per run over one more flood with run-time statistics on.
+    fn floor(&self) -> FloorResult {
+        let floor = Floor::attach();
+        let floods = self.floods();
+        let ids = HashSet::from([floor.id()]);
+        let stats = RunTimeStats::enable();
+        let before = program_stats(&ids)[&floor.id()];
+        self.flood(None);
+        let after = program_stats(&ids)[&floor.id()];
+        drop(stats);
+        let runs = after.1 - before.1;
+        let ns = if runs == 0 {
+            f64::NAN
+        } else {
+            (after.0 - before.0) as f64 / runs as f64
+        };
+        FloorResult {
+            floods,
+            kernel: (ns, runs),
+        }
     }
 
     /// Per-event cost of each program: run-time statistics on, a full-speed flood for
@@ -949,12 +989,55 @@ struct Report {
     in_process: InProcessAttach,
     /// Without an agent, before and after the runs with one.
     baseline: Vec<Flood>,
+    floor: FloorResult,
     modes: Vec<ModeResult>,
     foreign_after: usize,
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The most packet_drop's counting path may add per event over an empty program on its hook.
+const FLOOR_TARGET_NS: f64 = 30.0;
+
+/// packet_drop's counting path against an empty program on the same hook, in the kernel's
+/// run-time statistics and at the sender, with the target's verdict.
+fn print_floor(r: &Report, base: f64, floor_rate: f64) {
+    let Some(counting) = r.modes.iter().find(|m| m.mode == Mode::Counting) else {
+        return;
+    };
+    let (floor_ns, floor_runs) = r.floor.kernel;
+    let (probe_ns, probe_runs) = counting.kernel.programs["packet_drop"];
+    let counting_rate = best_rate(counting.full.iter().map(|d| &d.flood));
+    let over = probe_ns - floor_ns;
+    println!(
+        "### Counting at the floor (target: at most {FLOOR_TARGET_NS:.0} ns per event over an empty program)\n"
+    );
+    println!(
+        "| program on tp_btf/{} | kernel cost per run | sender: added per drop |\n|---|---|---|",
+        Floor::HOOK
+    );
+    println!(
+        "| empty program | {floor_ns:.0} ns ({} runs) | {:.0} ns |",
+        thousands(floor_runs as f64),
+        (1.0 / floor_rate - 1.0 / base) * 1e9
+    );
+    println!(
+        "| packet_drop, counting only | {probe_ns:.0} ns ({} runs) | {:.0} ns |",
+        thousands(probe_runs as f64),
+        (1.0 / counting_rate - 1.0 / base) * 1e9
+    );
+    println!(
+        "| **packet_drop over the floor** | **{over:.0} ns: {}** | {:.0} ns |",
+        if over <= FLOOR_TARGET_NS {
+            "PASS"
+        } else {
+            "FAIL"
+        },
+        (1.0 / counting_rate - 1.0 / floor_rate) * 1e9
+    );
+    println!();
 }
 
 fn print_report(r: &Report) {
@@ -1079,6 +1162,15 @@ fn print_report(r: &Report) {
         thousands(base),
         range(&r.baseline.iter().collect::<Vec<_>>())
     );
+    let floor_rate = best_rate(r.floor.floods.iter());
+    println!(
+        "| none, an empty program on {} | {} | {} | {:+.1} % | {:.0} ns |",
+        Floor::HOOK,
+        thousands(floor_rate),
+        range(&r.floor.floods.iter().collect::<Vec<_>>()),
+        (floor_rate / base - 1.0) * 100.0,
+        (1.0 / floor_rate - 1.0 / base) * 1e9,
+    );
     for mode in &r.modes {
         let floods: Vec<&Flood> = mode.full.iter().map(|d| &d.flood).collect();
         let best = best_rate(floods.iter().copied());
@@ -1092,6 +1184,8 @@ fn print_report(r: &Report) {
         );
     }
     println!();
+
+    print_floor(r, base, floor_rate);
 
     println!("### UDP flood into a DROP rule: the agent\n");
     println!(
