@@ -28,10 +28,13 @@ use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::netlink::{
-    attrs, begin_nested, end_nested, put_attr, string_attr, u32_at, Socket, NLM_F_CREATE,
-    NLM_F_ECHO, NLM_F_EXCL,
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
+use netlink_packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption,
 };
+use netlink_packet_route::RouteNetlinkMessage;
+
+use crate::netlink::Socket;
 use crate::TcDirection;
 
 /// Where Sonde's filters start: after the low priorities CNIs take (Cilium's 1), before those
@@ -40,21 +43,6 @@ pub const PRIORITY_BASE: u16 = 20000;
 /// The handle of our filter within its own priority (the only filter there).
 const HANDLE: u32 = 1;
 
-const RTM_NEWQDISC: u16 = 36;
-const RTM_GETQDISC: u16 = 38;
-const RTM_NEWTFILTER: u16 = 44;
-const RTM_DELTFILTER: u16 = 45;
-const RTM_GETTFILTER: u16 = 46;
-/// `struct tcmsg`.
-const TCMSG_LEN: usize = 20;
-const TCA_KIND: u16 = 1;
-const TCA_OPTIONS: u16 = 2;
-const TCA_BPF_FD: u16 = 6;
-const TCA_BPF_NAME: u16 = 7;
-const TCA_BPF_FLAGS: u16 = 8;
-const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
-/// `TC_H_CLSACT` (= `TC_H_INGRESS`): the parent a clsact qdisc hangs from.
-const TC_H_CLSACT: u32 = 0xffff_fff1;
 /// The clsact qdisc's own handle, `ffff:`.
 const CLSACT_HANDLE: u32 = 0xffff_0000;
 /// `ETH_P_ALL` in network order, as `tcm_info` carries the protocol.
@@ -185,9 +173,11 @@ fn is_stale(pid: u32) -> bool {
 /// Makes the clsact qdisc on `ifindex`, or finds one there. Any other qdisc at the ingress
 /// parent (the older `ingress` qdisc, which has no egress hook) is an error naming it.
 fn ensure_clsact(sock: &mut Socket, ifindex: u32) -> io::Result<()> {
-    let mut msg = tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0);
-    put_attr(&mut msg, TCA_KIND, b"clsact\0");
-    match sock.request(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, &msg) {
+    let msg = tcmsg(ifindex, CLSACT_HANDLE, TcHandle::CLSACT, 0, kind("clsact"));
+    match sock.request(
+        RouteNetlinkMessage::NewQueueDiscipline(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ) {
         Ok(_) => {
             tracing::debug!(ifindex, "made a clsact qdisc");
             return Ok(());
@@ -195,13 +185,15 @@ fn ensure_clsact(sock: &mut Socket, ifindex: u32) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e),
     }
-    let msg = tcmsg(ifindex, 0, TC_H_CLSACT, 0);
+    let msg = tcmsg(ifindex, 0, TcHandle::CLSACT, 0, Vec::new());
     // The kernel answers a qdisc GET as a notification, sent back to us only with ECHO.
     let kind = sock
-        .request(RTM_GETQDISC, NLM_F_ECHO, &msg)?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWQDISC)
-        .find_map(|(_, body)| string_attr(body.get(TCMSG_LEN..)?, TCA_KIND))
+        .request(RouteNetlinkMessage::GetQueueDiscipline(msg), NLM_F_ECHO)?
+        .iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewQueueDiscipline(q) => kind_of(q),
+            _ => None,
+        })
         .unwrap_or_default();
     if kind == "clsact" {
         Ok(())
@@ -231,24 +223,11 @@ fn add_filter(
         let prio = (preferred..=u16::MAX)
             .find(|p| !used.contains(p))
             .ok_or_else(|| io::Error::other("no free filter priority"))?;
-        let mut msg = tcmsg(ifindex, HANDLE, hook, tc_info(prio));
-        put_attr(&mut msg, TCA_KIND, b"bpf\0");
-        let options = begin_nested(&mut msg, TCA_OPTIONS);
-        put_attr(
-            &mut msg,
-            TCA_BPF_FD,
-            &(prog.as_raw_fd() as u32).to_ne_bytes(),
-        );
-        let mut cname = name.as_bytes().to_vec();
-        cname.push(0);
-        put_attr(&mut msg, TCA_BPF_NAME, &cname);
-        put_attr(
-            &mut msg,
-            TCA_BPF_FLAGS,
-            &TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes(),
-        );
-        end_nested(&mut msg, options);
-        match sock.request(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, &msg) {
+        let msg = filter_message(ifindex, hook, prio, prog.as_raw_fd() as u32, name);
+        match sock.request(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Ok(_) => return Ok(prio),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 used.insert(prio);
@@ -306,48 +285,77 @@ struct Filter {
 
 /// Every filter on hook `hook` of `ifindex` (none when it has no clsact qdisc).
 fn filters(sock: &mut Socket, ifindex: u32, hook: u32) -> io::Result<Vec<Filter>> {
-    let msg = tcmsg(ifindex, 0, hook, 0);
+    let msg = tcmsg(ifindex, 0, hook.into(), 0, Vec::new());
     Ok(sock
-        .dump(RTM_GETTFILTER, &msg)?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWTFILTER)
-        .filter_map(|(_, body)| parse_filter(&body))
+        .dump(RouteNetlinkMessage::GetTrafficFilter(msg))?
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewTrafficFilter(f) => Some(parse_filter(f)),
+            _ => None,
+        })
         .collect())
 }
 
-fn parse_filter(body: &[u8]) -> Option<Filter> {
-    let attrs_buf = body.get(TCMSG_LEN..)?;
-    let info = u32_at(body, 16);
-    let kind = string_attr(attrs_buf, TCA_KIND).unwrap_or_default();
+fn parse_filter(msg: &TcMessage) -> Filter {
+    let info = msg.header.info;
+    let kind = kind_of(msg).unwrap_or_default();
     let name = (kind == "bpf")
         .then(|| {
-            attrs(attrs_buf)
-                .find(|(t, _)| *t == TCA_OPTIONS)
-                .and_then(|(_, options)| string_attr(options, TCA_BPF_NAME))
+            msg.attributes.iter().find_map(|a| match a {
+                TcAttribute::Options(options) => options.iter().find_map(|o| match o {
+                    TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => Some(name.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
         })
         .flatten();
-    Some(Filter {
+    Filter {
         prio: (info >> 16) as u16,
         protocol: (info & 0xffff) as u16,
-        handle: u32_at(body, 8),
+        handle: msg.header.handle.into(),
         kind,
         name,
+    }
+}
+
+/// The kind (`TCA_KIND`) of a qdisc or filter.
+fn kind_of(msg: &TcMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        TcAttribute::Kind(kind) => Some(kind.clone()),
+        _ => None,
     })
 }
 
+fn kind(kind: &str) -> Vec<TcAttribute> {
+    vec![TcAttribute::Kind(kind.into())]
+}
+
 fn delete_filter(sock: &mut Socket, ifindex: u32, hook: u32, f: &Filter) -> io::Result<()> {
-    let mut msg = tcmsg(
+    let msg = tcmsg(
         ifindex,
         f.handle,
-        hook,
+        hook.into(),
         (f.prio as u32) << 16 | f.protocol as u32,
+        kind(&f.kind),
     );
-    put_attr(&mut msg, TCA_KIND, format!("{}\0", f.kind).as_bytes());
-    match sock.request(RTM_DELTFILTER, 0, &msg) {
+    match sock.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0) {
         // Gone meanwhile.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r.map(|_| ()),
     }
+}
+
+/// Our filter: program `fd` as a `bpf` filter in direct-action mode named `name`, at
+/// priority `prio` on hook `hook`.
+fn filter_message(ifindex: u32, hook: u32, prio: u16, fd: u32, name: &str) -> TcMessage {
+    let mut attributes = kind("bpf");
+    attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    tcmsg(ifindex, HANDLE, hook.into(), tc_info(prio), attributes)
 }
 
 /// `tcm_info` of a filter of ours: priority and protocol (all).
@@ -355,39 +363,67 @@ fn tc_info(prio: u16) -> u32 {
     (prio as u32) << 16 | ETH_P_ALL_BE as u32
 }
 
-/// A `struct tcmsg` (family unspecified).
-fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
-    let mut m = vec![0u8; TCMSG_LEN];
-    m[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    m[8..12].copy_from_slice(&handle.to_ne_bytes());
-    m[12..16].copy_from_slice(&parent.to_ne_bytes());
-    m[16..20].copy_from_slice(&info.to_ne_bytes());
-    m
+/// A tc message (family unspecified).
+fn tcmsg(
+    ifindex: u32,
+    handle: u32,
+    parent: TcHandle,
+    info: u32,
+    attributes: Vec<TcAttribute>,
+) -> TcMessage {
+    let header = TcHeader {
+        index: ifindex as i32,
+        handle: handle.into(),
+        parent,
+        info,
+        ..TcHeader::default()
+    };
+    TcMessage::from_parts(header, attributes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::Emitable;
 
+    /// Our filter, as sent and as a dump lists it.
     #[test]
     fn filter_messages_round_trip() {
-        let mut msg = tcmsg(7, HANDLE, parent(TcDirection::Egress), tc_info(20001));
-        put_attr(&mut msg, TCA_KIND, b"bpf\0");
-        let options = begin_nested(&mut msg, TCA_OPTIONS);
-        put_attr(&mut msg, TCA_BPF_FD, &5u32.to_ne_bytes());
-        put_attr(&mut msg, TCA_BPF_NAME, b"sonde-dns-egress-42\0");
-        end_nested(&mut msg, options);
+        let msg = filter_message(
+            7,
+            parent(TcDirection::Egress),
+            20001,
+            5,
+            "sonde-dns-egress-42",
+        );
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut bytes);
+        // struct tcmsg: ifindex, handle, parent, info.
+        let field = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
         assert_eq!(
-            parse_filter(&msg),
-            Some(Filter {
+            [field(4), field(8), field(12), field(16)],
+            [7, HANDLE, 0xffff_fff3, tc_info(20001)]
+        );
+        let Some(RouteNetlinkMessage::NewTrafficFilter(parsed)) =
+            crate::netlink::parse_message(libc::RTM_NEWTFILTER, &bytes)
+        else {
+            panic!("not a filter");
+        };
+        let direct = TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction));
+        assert!(parsed
+            .attributes
+            .iter()
+            .any(|a| matches!(a, TcAttribute::Options(o) if o.contains(&direct))));
+        assert_eq!(
+            parse_filter(&parsed),
+            Filter {
                 prio: 20001,
                 protocol: ETH_P_ALL_BE,
                 handle: 1,
                 kind: "bpf".into(),
                 name: Some("sonde-dns-egress-42".into()),
-            })
+            }
         );
-        assert_eq!(u32_at(&msg, 12), 0xffff_fff3);
     }
 
     /// Runs `f` on a thread of its own in a new network namespace, where `ip` and `tc` run
@@ -481,10 +517,38 @@ mod tests {
             );
             assert_eq!(listed(ifindex, TcDirection::Egress), []);
             // The qdisc stays (its filters are anyone's).
-            let msg = tcmsg(ifindex, 0, TC_H_CLSACT, 0);
-            assert_eq!(
-                sock.request(RTM_GETQDISC, NLM_F_ECHO, &msg).unwrap().len(),
-                1
+            let msg = tcmsg(ifindex, 0, TcHandle::CLSACT, 0, Vec::new());
+            let found = sock
+                .request(RouteNetlinkMessage::GetQueueDiscipline(msg), NLM_F_ECHO)
+                .unwrap();
+            assert_eq!(found.len(), 1);
+            let RouteNetlinkMessage::NewQueueDiscipline(qdisc) = &found[0] else {
+                panic!("{found:?}");
+            };
+            assert_eq!(kind_of(qdisc).as_deref(), Some("clsact"));
+        });
+    }
+
+    /// The kernel's reason reaches the error: a filter on an interface without clsact.
+    #[test]
+    fn errors_say_what_the_kernel_said() {
+        in_new_netns(|| {
+            run("ip link add t0 type veth peer name t1");
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(c"t0".as_ptr()) };
+            let mut sock = Socket::open(0).unwrap();
+            let msg = filter_message(ifindex, parent(TcDirection::Ingress), 20000, 0, "x");
+            let e = sock
+                .request(
+                    RouteNetlinkMessage::NewTrafficFilter(msg),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )
+                .unwrap_err();
+            let plain = e.to_string();
+            let explained = sock.explain(e).to_string();
+            assert!(
+                explained.len() > plain.len() + 3 && explained.starts_with(&plain),
+                "{explained}"
             );
         });
     }

@@ -1,47 +1,39 @@
-//! rtnetlink, by hand: one socket, a request (or a dump) and a walk over attributes, written
-//! here once for every part of Sonde that speaks it (TC filters in `clsact`, and the agent's
-//! link watch, addresses and qdisc statistics) rather than pulled in as a crate.
+//! rtnetlink for every part of Sonde that speaks it (TC filters in `clsact`, and the agent's
+//! link watch, addresses and qdisc statistics): netlink-sys's socket, with the messages built
+//! and parsed by netlink-packet-route. Ours are the exchange on top (a request and its ack,
+//! a dump up to its end, notifications apart), the receive timeout, the kernel's
+//! extended-ack message kept for error texts, and a reading of link, address and tc messages
+//! that leaves out an attribute the crate cannot parse rather than the whole message.
 //!
 //! A socket belongs to the network namespace of the thread that opened it, whichever thread
 //! uses it afterwards.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-pub const NLMSG_HDRLEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_ECHO: u16 = 0x8;
-pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLM_F_EXCL: u16 = 0x200;
-pub const NLM_F_CREATE: u16 = 0x400;
-/// In an error message: extended-ack attributes follow (`NLM_F_ACK_TLVS`).
-const NLM_F_ACK_TLVS: u16 = 0x200;
+use netlink_packet_core::{
+    parse_string, DecodeError, Emitable, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator, Parseable, ParseableParametrized,
+    NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressHeader, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkMessage};
+use netlink_packet_route::tc::{TcAttribute, TcHeader, TcMessage};
+pub use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, SocketAddr};
+
+/// `struct nlmsghdr`.
+const NLMSG_HDRLEN: usize = 16;
+/// The extended-ack attribute with the kernel's message (`NLMSGERR_ATTR_MSG`).
 const NLMSGERR_ATTR_MSG: u16 = 1;
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_CAP_ACK: libc::c_int = 10;
-const NETLINK_EXT_ACK: libc::c_int = 11;
 
 /// A request that takes longer than this is abandoned.
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One netlink message: its type and its body (after the header).
-pub type Message = (u16, Vec<u8>);
-
-/// A received message with its header's sequence number and flags.
-struct Received {
-    seq: u32,
-    kind: u16,
-    flags: u16,
-    body: Vec<u8>,
-}
-
 /// An rtnetlink socket, in the namespace of the thread that opened it.
 pub struct Socket {
-    fd: OwnedFd,
+    sock: netlink_sys::Socket,
     seq: u32,
     buf: Vec<u8>,
     /// The kernel's message with the last error answer (errors stay plain errnos, which
@@ -52,69 +44,61 @@ pub struct Socket {
 impl Socket {
     /// A socket for requests; with `groups`, also subscribed to those multicast groups.
     pub fn open(groups: u32) -> io::Result<Socket> {
-        // SAFETY: plain syscall; the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)?;
         // The kernel's reason with its errors ("Filter kind and protocol must match existing
         // filter"), without our request echoed back. Older kernels ignore them: no harm.
-        let _ = setsockopt(&fd, SOL_NETLINK, NETLINK_EXT_ACK, &1i32);
-        let _ = setsockopt(&fd, SOL_NETLINK, NETLINK_CAP_ACK, &1i32);
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
+        if groups != 0 {
+            sock.bind(&SocketAddr::new(0, groups))?;
+        }
         let sock = Socket {
-            fd,
+            sock,
             seq: 0,
             buf: vec![0u8; 64 << 10],
             reason: None,
         };
         sock.set_timeout(RECV_TIMEOUT)?;
-        if groups != 0 {
-            // SAFETY: zeroed sockaddr_nl is valid; the fields the kernel reads are set.
-            let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            addr.nl_groups = groups;
-            // SAFETY: addr outlives the call and its size is passed.
-            if unsafe {
-                libc::bind(
-                    sock.fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_nl).cast(),
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            } != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
         Ok(sock)
     }
 
-    /// How long a request or [`Socket::recv`] waits for a message.
+    /// How long a request or [`Socket::recv`] waits for a message (`SO_RCVTIMEO`, which
+    /// netlink-sys does not set).
     pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        setsockopt(&self.fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+        // SAFETY: tv outlives the call and its size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
-    /// Sends `kind` with `flags` (and an ack asked for) and returns the messages of the
+    /// Sends `message` with `flags` (and an ack asked for) and returns the messages of the
     /// answer; an error answer is an `io::Error` of its errno.
-    pub fn request(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Message>> {
-        self.exchange(kind, NLM_F_REQUEST | NLM_F_ACK | flags, body)
+    pub fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.exchange(message, NLM_F_REQUEST | NLM_F_ACK | flags)
     }
 
-    /// Sends a dump request of `kind` with `header` as its body and returns every message of
-    /// the answer (multicast notifications that arrive meanwhile are left out).
-    pub fn dump(&mut self, kind: u16, header: &[u8]) -> io::Result<Vec<Message>> {
-        self.exchange(kind, NLM_F_REQUEST | NLM_F_DUMP, header)
+    /// Sends `message` as a dump request and returns every message of the answer (multicast
+    /// notifications that arrive meanwhile are left out).
+    pub fn dump(&mut self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.exchange(message, NLM_F_REQUEST | NLM_F_DUMP)
     }
 
     /// `e` with the kernel's message for the last error answer, for people; ENODEV (the
@@ -130,197 +114,296 @@ impl Socket {
 
     /// The next batch of multicast notifications; an error of kind `WouldBlock` or
     /// `TimedOut` when none came within the timeout.
-    pub fn recv(&mut self) -> io::Result<Vec<Message>> {
+    pub fn recv(&mut self) -> io::Result<Vec<RouteNetlinkMessage>> {
         Ok(self
-            .recv_raw()?
+            .recv_datagram()?
             .into_iter()
             .filter(|m| m.seq == 0)
-            .map(|m| (m.kind, m.body))
+            .filter_map(|m| match m.body {
+                Body::Message(message) => Some(message),
+                _ => None,
+            })
             .collect())
     }
 
-    fn exchange(&mut self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Message>> {
+    fn exchange(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.reason = None;
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let len = NLMSG_HDRLEN + body.len();
-        let mut req = Vec::with_capacity(len);
-        req.extend_from_slice(&(len as u32).to_ne_bytes());
-        req.extend_from_slice(&kind.to_ne_bytes());
-        req.extend_from_slice(&flags.to_ne_bytes());
-        req.extend_from_slice(&seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes());
-        req.extend_from_slice(body);
-        // SAFETY: zeroed sockaddr_nl is the kernel as peer.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: the buffer and address are valid for their lengths.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let mut req = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut req);
+        // Port 0: the kernel.
+        self.sock.send_to(&req, &SocketAddr::new(0, 0), 0)?;
         let mut out = Vec::new();
         loop {
-            for m in self.recv_raw()? {
+            for m in self.recv_datagram()? {
                 if m.seq != seq {
                     continue;
                 }
-                match m.kind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let errno = -(u32_at(&m.body, 0) as i32);
-                        // An ack: the request is done.
-                        if errno == 0 {
-                            return Ok(out);
-                        }
-                        self.reason = ext_ack_message(m.flags, &m.body);
+                match m.body {
+                    // The end of a dump, or the ack of a request.
+                    Body::Done | Body::Ack => return Ok(out),
+                    Body::Error { errno, reason } => {
+                        self.reason = reason;
                         return Err(io::Error::from_raw_os_error(errno));
                     }
-                    _ => out.push((m.kind, m.body)),
+                    Body::Message(message) => out.push(message),
+                    Body::Unread => {}
                 }
             }
         }
     }
 
     /// One datagram's messages.
-    fn recv_raw(&mut self) -> io::Result<Vec<Received>> {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                self.buf.as_mut_ptr().cast(),
-                self.buf.len(),
-                0,
+    fn recv_datagram(&mut self) -> io::Result<Vec<Received>> {
+        let mut buf = &mut self.buf[..];
+        let n = self.sock.recv(&mut buf, 0)?;
+        parse_datagram(&self.buf[..n.min(self.buf.len())])
+    }
+}
+
+/// A message of a datagram, with its header's sequence number (0 for a notification).
+#[derive(Debug)]
+pub struct Received {
+    pub seq: u32,
+    pub body: Body,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    /// `NLMSG_DONE`: a dump ends.
+    Done,
+    /// An `NLMSG_ERROR` without error: a request is done.
+    Ack,
+    /// An error answer: its errno, and the kernel's message when it gave one.
+    Error {
+        errno: i32,
+        reason: Option<String>,
+    },
+    Message(RouteNetlinkMessage),
+    /// A message of a type we do not read, or one that cannot be parsed.
+    Unread,
+}
+
+/// The messages of one datagram as the socket receives it.
+pub fn parse_datagram(mut datagram: &[u8]) -> io::Result<Vec<Received>> {
+    let mut out = Vec::new();
+    while datagram.len() >= NLMSG_HDRLEN {
+        let msg = NetlinkBuffer::new_checked(datagram).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("truncated netlink message: {e}"),
             )
+        })?;
+        let body = match msg.message_type() {
+            NLMSG_DONE => Body::Done,
+            NLMSG_ERROR => error_body(msg.flags(), msg.payload()),
+            kind => parse_message(kind, msg.payload()).map_or(Body::Unread, Body::Message),
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        out.push(Received {
+            seq: msg.sequence_number(),
+            body,
+        });
+        let len = msg.length() as usize;
+        datagram = &datagram[align4(len).min(datagram.len())..];
+    }
+    Ok(out)
+}
+
+/// An `NLMSG_ERROR` message: an ack, or an error with the kernel's extended-ack message.
+fn error_body(flags: u16, payload: &[u8]) -> Body {
+    let Ok(error) = ErrorBuffer::new_checked(&payload).and_then(|b| ErrorMessage::parse(&b)) else {
+        return Body::Unread;
+    };
+    match error.code {
+        None => Body::Ack,
+        Some(code) => Body::Error {
+            errno: code.get().checked_neg().unwrap_or(i32::MAX),
+            reason: ext_ack_message(flags, &error.header),
+        },
+    }
+}
+
+/// The kernel's extended-ack message of an error answer, when it gave one: netlink-packet-core
+/// hands the rest of an error message over unread (the request's header, or the whole
+/// request when not capped, then attributes).
+fn ext_ack_message(flags: u16, rest: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let request_len = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        NetlinkBuffer::new_checked(rest).ok()?.length() as usize
+    };
+    NlasIterator::new(rest.get(align4(request_len)..)?)
+        .map_while(Result::ok)
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .and_then(|nla| parse_string(nla.value()).ok())
+        .filter(|m| !m.is_empty())
+}
+
+/// The message of type `kind` (`RTM_*`) in `payload`, as netlink-packet-route parses it. The
+/// crate fails a whole message for one attribute it cannot parse (one a newer kernel changed,
+/// a driver's odd one); the link, address and tc messages Sonde reads are then read
+/// attribute by attribute, without those.
+pub fn parse_message(kind: u16, payload: &[u8]) -> Option<RouteNetlinkMessage> {
+    match RouteNetlinkMessage::parse_with_param(payload, kind) {
+        Ok(message) => Some(message),
+        Err(e) => {
+            let message = parse_tolerant(kind, payload);
+            tracing::debug!(kind, error = %e, recovered = message.is_some(), "an rtnetlink message the crate cannot parse");
+            message
         }
-        let mut msgs = &self.buf[..n as usize];
-        let mut out = Vec::new();
-        while msgs.len() >= NLMSG_HDRLEN {
-            let len = u32_at(msgs, 0) as usize;
-            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
-            let flags = u16::from_ne_bytes([msgs[6], msgs[7]]);
-            if len < NLMSG_HDRLEN || len > msgs.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            out.push(Received {
-                seq: u32_at(msgs, 8),
-                kind,
-                flags,
-                body: msgs[NLMSG_HDRLEN..len].to_vec(),
+    }
+}
+
+fn parse_tolerant(kind: u16, payload: &[u8]) -> Option<RouteNetlinkMessage> {
+    match kind {
+        libc::RTM_NEWLINK | libc::RTM_DELLINK => {
+            let mut m = LinkMessage::default();
+            m.header = LinkHeader::parse(payload).ok()?;
+            let family = m.header.interface_family;
+            let nlas = payload.get(m.header.buffer_len()..)?;
+            m.attributes = attributes(nlas, |nla| LinkAttribute::parse_with_param(nla, family));
+            Some(if kind == libc::RTM_NEWLINK {
+                RouteNetlinkMessage::NewLink(m)
+            } else {
+                RouteNetlinkMessage::DelLink(m)
+            })
+        }
+        libc::RTM_NEWADDR => {
+            let mut m = AddressMessage::default();
+            m.header = AddressHeader::parse(payload).ok()?;
+            let nlas = payload.get(m.header.buffer_len()..)?;
+            m.attributes = attributes(nlas, |nla| AddressAttribute::parse(nla));
+            Some(RouteNetlinkMessage::NewAddress(m))
+        }
+        libc::RTM_NEWQDISC | libc::RTM_NEWTFILTER => {
+            let header = TcHeader::parse(payload).ok()?;
+            let nlas = payload.get(header.buffer_len()..)?;
+            // Options and statistics are parsed by the kind that precedes them.
+            let mut tc_kind = String::new();
+            let attributes = attributes(nlas, |nla| {
+                let attribute = TcAttribute::parse_with_param(nla, tc_kind.as_str());
+                if let Ok(TcAttribute::Kind(k)) = &attribute {
+                    tc_kind.clone_from(k);
+                }
+                attribute
             });
-            msgs = &msgs[align4(len).min(msgs.len())..];
+            let m = TcMessage::from_parts(header, attributes);
+            Some(if kind == libc::RTM_NEWQDISC {
+                RouteNetlinkMessage::NewQueueDiscipline(m)
+            } else {
+                RouteNetlinkMessage::NewTrafficFilter(m)
+            })
         }
-        Ok(out)
+        _ => None,
     }
 }
 
-/// The kernel's extended-ack message of an error answer, when it gave one.
-fn ext_ack_message(flags: u16, body: &[u8]) -> Option<String> {
-    // errno, then the request's header (capped: no payload), then the attributes.
-    let tlvs = body
-        .get(4 + NLMSG_HDRLEN..)
-        .filter(|_| flags & NLM_F_ACK_TLVS != 0)?;
-    string_attr(tlvs, NLMSGERR_ATTR_MSG).filter(|m| !m.is_empty())
+/// The attributes of `nlas` that `parse` reads; a malformed length ends the list.
+fn attributes<A>(
+    nlas: &[u8],
+    mut parse: impl FnMut(&NlaBuffer<&[u8]>) -> Result<A, DecodeError>,
+) -> Vec<A> {
+    NlasIterator::new(nlas)
+        .map_while(Result::ok)
+        .filter_map(|nla| parse(&nla).ok())
+        .collect()
 }
 
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: value outlives the call and its size is passed.
-    if unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-pub fn align4(n: usize) -> usize {
+fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Iterates the attributes of `buf` as (type, payload).
-pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::DefaultNla;
+    use netlink_packet_route::link::LinkAttribute;
+
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let nla = DefaultNla::new(kind, value.to_vec());
+        let mut buf = vec![0u8; nla.buffer_len()];
+        nla.emit(&mut buf);
+        buf
+    }
+
+    fn header(len: usize, kind: u16, flags: u16, seq: u32) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&(len as u32).to_ne_bytes());
+        h.extend_from_slice(&kind.to_ne_bytes());
+        h.extend_from_slice(&flags.to_ne_bytes());
+        h.extend_from_slice(&seq.to_ne_bytes());
+        h.extend_from_slice(&0u32.to_ne_bytes());
+        h
+    }
+
+    /// An error answer as the kernel sends it with `NETLINK_EXT_ACK` and `NETLINK_CAP_ACK`:
+    /// errno, our request's header, and the message attribute.
+    #[test]
+    fn errors_carry_the_kernels_message() {
+        let mut body = (-libc::EINVAL).to_ne_bytes().to_vec();
+        body.extend(header(64, libc::RTM_NEWTFILTER, NLM_F_REQUEST, 7));
+        body.extend(nla(
+            NLMSGERR_ATTR_MSG,
+            b"Filter kind and protocol must match\0",
+        ));
+        let mut datagram = header(
+            NLMSG_HDRLEN + body.len(),
+            NLMSG_ERROR,
+            NLM_F_CAPPED | NLM_F_ACK_TLVS,
+            7,
+        );
+        datagram.extend(body);
+        // An ack follows, for another request.
+        datagram.extend(header(NLMSG_HDRLEN + 20, NLMSG_ERROR, NLM_F_CAPPED, 8));
+        datagram.extend(0i32.to_ne_bytes());
+        datagram.extend(header(16, libc::RTM_GETLINK, NLM_F_REQUEST, 8));
+        let got = parse_datagram(&datagram).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].seq, 7);
+        match &got[0].body {
+            Body::Error { errno, reason } => {
+                assert_eq!(*errno, libc::EINVAL);
+                assert_eq!(
+                    reason.as_deref(),
+                    Some("Filter kind and protocol must match")
+                );
+            }
+            other => panic!("{other:?}"),
         }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        // NLA_F_NESTED and NLA_F_NET_BYTEORDER live in the top bits.
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[align4(len).min(buf.len())..];
-        Some((kind, payload))
-    })
-}
+        assert!(matches!(got[1].body, Body::Ack));
+        // A length past the datagram's end.
+        assert!(parse_datagram(&datagram[..40]).is_err());
+    }
 
-/// Appends attribute `kind` with `payload`, padded.
-pub fn put_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(align4(buf.len()), 0);
-}
-
-/// Starts a nested attribute; [`end_nested`] sets its length.
-pub fn begin_nested(buf: &mut Vec<u8>, kind: u16) -> usize {
-    let at = buf.len();
-    buf.extend_from_slice(&0u16.to_ne_bytes());
-    // NLA_F_NESTED.
-    buf.extend_from_slice(&(kind | 0x8000).to_ne_bytes());
-    at
-}
-
-pub fn end_nested(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at) as u16;
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
-pub fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .map_or(0, |s| u32::from_ne_bytes(s.try_into().unwrap()))
-}
-
-pub fn u64_at(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8)
-        .map_or(0, |s| u64::from_ne_bytes(s.try_into().unwrap()))
-}
-
-/// A NUL-terminated string attribute.
-pub fn c_string(payload: &[u8]) -> String {
-    let end = payload
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(payload.len());
-    String::from_utf8_lossy(&payload[..end]).into_owned()
-}
-
-/// The string attribute `kind` of a message's attributes, when there.
-pub fn string_attr(attrs_buf: &[u8], kind: u16) -> Option<String> {
-    attrs(attrs_buf)
-        .find(|(k, _)| *k == kind)
-        .map(|(_, p)| c_string(p))
+    /// A link with one attribute the crate rejects (an `IFLA_MTU` of two bytes) still gives
+    /// its index and name.
+    #[test]
+    fn a_bad_attribute_loses_only_itself() {
+        let mut payload = vec![0u8; 16];
+        payload[4..8].copy_from_slice(&7u32.to_ne_bytes());
+        // IFLA_MTU, IFLA_IFNAME.
+        payload.extend(nla(4, &[0, 5]));
+        payload.extend(nla(3, b"veth1\0"));
+        assert!(RouteNetlinkMessage::parse_with_param(&payload[..], libc::RTM_NEWLINK).is_err());
+        let Some(RouteNetlinkMessage::NewLink(link)) = parse_message(libc::RTM_NEWLINK, &payload)
+        else {
+            panic!("not a link");
+        };
+        assert_eq!(link.header.index, 7);
+        assert_eq!(link.attributes, [LinkAttribute::IfName("veth1".into())]);
+        assert!(parse_message(libc::RTM_NEWLINK, &payload[..8]).is_none());
+    }
 }

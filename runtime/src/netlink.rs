@@ -1,27 +1,19 @@
 //! The agent's rtnetlink requests (links, addresses; qdisc statistics in `netstat`) and the
-//! link notifications it follows, on the socket and attribute readers of
-//! `ebpf_core::netlink`, which the TC filters use too.
+//! link notifications it follows, over the socket of `ebpf_core::netlink` (which the TC
+//! filters use too), with netlink-packet-route's messages.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-pub use ebpf_core::netlink::{attrs, c_string, string_attr, u32_at, u64_at, Message, Socket};
+pub use ebpf_core::netlink::{RouteNetlinkMessage, Socket};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, SocketAddr};
 
-pub const RTM_NEWLINK: u16 = 16;
-pub const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWADDR: u16 = 20;
-const RTM_GETADDR: u16 = 22;
 /// `RTMGRP_LINK`: the multicast group of link changes.
-pub const GROUP_LINK: u32 = 1;
-/// `struct ifinfomsg`.
-const IFINFOMSG_LEN: usize = 16;
-const IFLA_IFNAME: u16 = 3;
-/// `struct ifaddrmsg`.
-const IFADDRMSG_LEN: usize = 8;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const RT_SCOPE_HOST: u8 = 254;
+pub const GROUP_LINK: u32 = libc::RTMGRP_LINK as u32;
+/// `RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR`: the multicast groups of address changes.
+const GROUPS_ADDRESSES: u32 = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
 
 /// A link as `RTM_NEWLINK` / `RTM_DELLINK` describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,24 +22,44 @@ pub struct Link {
     pub name: String,
 }
 
-/// The link of an `RTM_NEWLINK` or `RTM_DELLINK` body.
-pub fn parse_link(body: &[u8]) -> Option<Link> {
-    if body.len() < IFINFOMSG_LEN {
-        return None;
-    }
+/// What a link notification says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// A link appeared or changed.
+    New(Link),
+    Gone(Link),
+}
+
+/// The link of an `RTM_NEWLINK` or `RTM_DELLINK` message (none without a name).
+pub fn parse_link(msg: &LinkMessage) -> Option<Link> {
+    let name = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })?;
     Some(Link {
-        ifindex: u32_at(body, 4),
-        name: string_attr(&body[IFINFOMSG_LEN..], IFLA_IFNAME)?,
+        ifindex: msg.header.index,
+        name,
     })
+}
+
+/// The link change a notification tells of, if it is one.
+pub fn link_change(msg: &RouteNetlinkMessage) -> Option<LinkChange> {
+    match msg {
+        RouteNetlinkMessage::NewLink(m) => parse_link(m).map(LinkChange::New),
+        RouteNetlinkMessage::DelLink(m) => parse_link(m).map(LinkChange::Gone),
+        _ => None,
+    }
 }
 
 /// Every link of the socket's namespace.
 pub fn links(sock: &mut Socket) -> io::Result<Vec<Link>> {
     Ok(sock
-        .dump(RTM_GETLINK, &[0u8; IFINFOMSG_LEN])?
-        .into_iter()
-        .filter(|(kind, _)| *kind == RTM_NEWLINK)
-        .filter_map(|(_, body)| parse_link(&body))
+        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => parse_link(link),
+            _ => None,
+        })
         .collect())
 }
 
@@ -55,97 +67,56 @@ pub fn links(sock: &mut Socket) -> io::Result<Vec<Link>> {
 /// every pod has 127.0.0.1, so it names none.
 pub fn addresses() -> io::Result<Vec<IpAddr>> {
     Ok(Socket::open(0)?
-        .dump(RTM_GETADDR, &[0u8; IFADDRMSG_LEN])?
-        .into_iter()
-        .filter(|(kind, _)| *kind == RTM_NEWADDR)
-        .filter_map(|(_, body)| parse_address(&body))
+        .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(address) => parse_address(address),
+            _ => None,
+        })
         .collect())
 }
 
-/// `RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR`: the multicast groups of address changes.
-const GROUPS_ADDRESSES: u32 = 0x10 | 0x100;
+/// A socket subscribed to a namespace's address changes, only polled and drained (a
+/// [`Socket`] carries a 64 KiB buffer).
+pub type Subscription = netlink_sys::Socket;
 
 /// A non-blocking rtnetlink socket of the calling thread's namespace that receives a
 /// notification whenever an address is added or removed there; [`drain`] it, then read the
-/// addresses. Only its fd is kept (a [`Socket`] carries a 64 KiB buffer). It holds a
-/// reference on the namespace: close it when the namespace is to go.
-pub fn subscribe_addresses() -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: plain syscall; the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: zeroed sockaddr_nl is valid; the fields the kernel reads are set.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr.nl_groups = GROUPS_ADDRESSES;
-    // SAFETY: addr outlives the call and its size is passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
+/// addresses. It holds a reference on the namespace: close it when the namespace is to go.
+pub fn subscribe_addresses() -> io::Result<Subscription> {
+    let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)?;
+    sock.set_non_blocking(true)?;
+    sock.bind(&SocketAddr::new(0, GROUPS_ADDRESSES))?;
+    Ok(sock)
 }
 
-/// Reads and discards whatever a non-blocking socket holds; whether anything was there (an
+/// Reads and discards whatever a subscription holds; whether anything was there (an
 /// overrun, `ENOBUFS`, counts: notifications were lost).
-pub fn drain(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> bool {
-    use std::os::fd::AsRawFd;
+pub fn drain(sock: &Subscription, buf: &mut [u8]) -> bool {
     let mut any = false;
     loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 {
-            any = true;
-            continue;
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            _ if n == 0 => return any,
-            Some(libc::EINTR) => continue,
-            Some(libc::ENOBUFS) => any = true,
-            _ => return any,
+        let mut into = &mut buf[..];
+        match sock.recv(&mut into, libc::MSG_DONTWAIT) {
+            Ok(0) => return any,
+            Ok(_) => any = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => any = true,
+            Err(_) => return any,
         }
     }
 }
 
-/// The address of an `RTM_NEWADDR` body (`IFA_LOCAL`, else `IFA_ADDRESS`), unless host-scoped.
-fn parse_address(body: &[u8]) -> Option<IpAddr> {
-    if body.len() < IFADDRMSG_LEN || body[3] == RT_SCOPE_HOST {
+/// The address of an `RTM_NEWADDR` message (`IFA_LOCAL`, else `IFA_ADDRESS`), unless
+/// host-scoped.
+pub fn parse_address(msg: &AddressMessage) -> Option<IpAddr> {
+    if msg.header.scope == AddressScope::Host {
         return None;
     }
-    let family = body[0] as i32;
     let mut found = None;
-    for (kind, p) in attrs(&body[IFADDRMSG_LEN..]) {
-        let ip = match (family, p.len()) {
-            (libc::AF_INET, 4) => IpAddr::V4(Ipv4Addr::new(p[0], p[1], p[2], p[3])),
-            (libc::AF_INET6, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(p).unwrap())),
-            _ => continue,
-        };
-        match kind {
-            IFA_LOCAL => return Some(ip),
-            IFA_ADDRESS => found = Some(ip),
+    for a in &msg.attributes {
+        match a {
+            AddressAttribute::Local(ip) => return Some(*ip),
+            AddressAttribute::Address(ip) => found = Some(*ip),
             _ => {}
         }
     }
@@ -155,36 +126,96 @@ fn parse_address(body: &[u8]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::Emitable;
+    use netlink_packet_route::AddressFamily;
+    use std::net::Ipv6Addr;
 
-    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        ebpf_core::netlink::put_attr(&mut a, kind, payload);
-        a
+    /// `msg` as the kernel sends it, read back as Sonde reads it.
+    fn round_trip(msg: RouteNetlinkMessage) -> RouteNetlinkMessage {
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut bytes);
+        ebpf_core::netlink::parse_message(msg.message_type(), &bytes).unwrap()
+    }
+
+    fn address(
+        family: AddressFamily,
+        scope: AddressScope,
+        attributes: Vec<AddressAttribute>,
+    ) -> Option<IpAddr> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family;
+        msg.header.scope = scope;
+        msg.header.index = 7;
+        msg.attributes = attributes;
+        match round_trip(RouteNetlinkMessage::NewAddress(msg)) {
+            RouteNetlinkMessage::NewAddress(msg) => parse_address(&msg),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn parses_links_and_addresses() {
-        let mut body = vec![0u8; IFINFOMSG_LEN];
-        body[4..8].copy_from_slice(&7u32.to_ne_bytes());
-        body.extend(attr(IFLA_IFNAME, b"veth1\0"));
+        let mut link = LinkMessage::default();
+        link.header.index = 7;
+        link.attributes = vec![
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::IfName("veth1".into()),
+        ];
+        let veth1 = Link {
+            ifindex: 7,
+            name: "veth1".into(),
+        };
         assert_eq!(
-            parse_link(&body),
-            Some(Link {
-                ifindex: 7,
-                name: "veth1".into()
-            })
+            link_change(&round_trip(RouteNetlinkMessage::NewLink(link.clone()))),
+            Some(LinkChange::New(veth1.clone()))
+        );
+        assert_eq!(
+            link_change(&round_trip(RouteNetlinkMessage::DelLink(link))),
+            Some(LinkChange::Gone(veth1))
         );
 
-        let mut v4 = vec![libc::AF_INET as u8, 24, 0, 0, 7, 0, 0, 0];
-        v4.extend(attr(IFA_ADDRESS, &[10, 0, 0, 9]));
-        v4.extend(attr(IFA_LOCAL, &[10, 0, 0, 1]));
-        assert_eq!(parse_address(&v4), Some("10.0.0.1".parse().unwrap()));
-        let mut lo = vec![libc::AF_INET as u8, 8, 0, RT_SCOPE_HOST, 1, 0, 0, 0];
-        lo.extend(attr(IFA_LOCAL, &[127, 0, 0, 1]));
-        assert_eq!(parse_address(&lo), None);
-        let mut v6 = vec![libc::AF_INET6 as u8, 64, 0, 0, 7, 0, 0, 0];
-        let ip: Ipv6Addr = "fd00::1".parse().unwrap();
-        v6.extend(attr(IFA_ADDRESS, &ip.octets()));
-        assert_eq!(parse_address(&v6), Some(IpAddr::V6(ip)));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            address(
+                AddressFamily::Inet,
+                AddressScope::Universe,
+                vec![
+                    AddressAttribute::Address(ip("10.0.0.9")),
+                    AddressAttribute::Local(ip("10.0.0.1")),
+                ]
+            ),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            address(
+                AddressFamily::Inet,
+                AddressScope::Host,
+                vec![AddressAttribute::Local(ip("127.0.0.1"))]
+            ),
+            None
+        );
+        let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+        assert_eq!(
+            address(
+                AddressFamily::Inet6,
+                AddressScope::Universe,
+                vec![AddressAttribute::Address(IpAddr::V6(v6))]
+            ),
+            Some(IpAddr::V6(v6))
+        );
+    }
+
+    /// The namespace's own links and addresses, read over a real socket.
+    #[test]
+    fn reads_this_namespaces_links_and_addresses() {
+        let mut sock = Socket::open(GROUP_LINK).unwrap();
+        let links = links(&mut sock).unwrap();
+        assert!(links.iter().any(|l| l.name == "lo"), "{links:?}");
+        // Loopback's addresses are host-scoped.
+        let addresses = addresses().unwrap();
+        assert!(!addresses.iter().any(|a| a.is_loopback()), "{addresses:?}");
+        // Non-blocking: draining returns (whether anything changed meanwhile or not).
+        let sub = subscribe_addresses().unwrap();
+        drain(&sub, &mut [0u8; 4096]);
     }
 }

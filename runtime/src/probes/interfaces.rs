@@ -14,7 +14,7 @@ use std::time::Duration;
 use ebpf_core::{TcAttach, TcLinks, TcTarget};
 use serde::{Deserialize, Deserializer};
 
-use crate::netlink::{self, Link, RTM_DELLINK, RTM_NEWLINK};
+use crate::netlink::{self, Link, LinkChange};
 
 /// How long the thread waits for a notification before checking whether it should stop.
 const POLL: Duration = Duration::from_millis(200);
@@ -164,22 +164,18 @@ impl Watcher {
             }
             match sock.recv() {
                 Ok(msgs) => {
-                    for (kind, body) in msgs {
-                        let Some(link) = netlink::parse_link(&body) else {
-                            continue;
-                        };
-                        match kind {
-                            RTM_NEWLINK => {
+                    for change in msgs.iter().filter_map(netlink::link_change) {
+                        match change {
+                            LinkChange::New(link) => {
                                 self.known.insert(link.ifindex, link.name.clone());
                                 self.consider(&link);
                             }
-                            RTM_DELLINK => {
+                            LinkChange::Gone(link) => {
                                 self.known.remove(&link.ifindex);
                                 if self.links.remove(&link.ifindex).is_some() {
                                     tracing::info!(probe = self.probe, interface = %link.name, "interface gone: detached");
                                 }
                             }
-                            _ => {}
                         }
                     }
                     self.publish();

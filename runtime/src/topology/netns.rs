@@ -113,7 +113,7 @@ struct AddressWatch {
 }
 
 enum WatchChange {
-    Add(u32, std::os::fd::OwnedFd),
+    Add(u32, netlink::Subscription),
     Remove(u32),
 }
 
@@ -563,7 +563,7 @@ struct AddressRead {
     inode: u32,
     addresses: Vec<IpAddr>,
     /// A socket subscribed to its address changes, when asked for.
-    subscription: Option<std::os::fd::OwnedFd>,
+    subscription: Option<netlink::Subscription>,
 }
 
 /// Reads the addresses of each namespace on a thread of its own that ends afterwards (so no
@@ -619,8 +619,7 @@ fn watch_addresses(
     changes: std::sync::mpsc::Receiver<WatchChange>,
     wake: std::os::fd::OwnedFd,
 ) {
-    use std::os::fd::AsFd;
-    let mut sockets: HashMap<u32, std::os::fd::OwnedFd> = HashMap::new();
+    let mut sockets: HashMap<u32, netlink::Subscription> = HashMap::new();
     let mut buf = vec![0u8; 16 << 10];
     loop {
         while let Ok(change) = changes.try_recv() {
@@ -664,7 +663,7 @@ fn watch_addresses(
             if fd.revents == 0 {
                 continue;
             }
-            netlink::drain(sockets[inode].as_fd(), &mut buf);
+            netlink::drain(&sockets[inode], &mut buf);
             // Whatever it says (news, an overrun, an error), the namespace is read again; a
             // socket in error is dropped, and the namespace read periodically from then on.
             if fd.revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {

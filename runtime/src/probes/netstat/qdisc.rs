@@ -1,10 +1,14 @@
 //! Queueing discipline statistics of the calling thread's network namespace: one rtnetlink
 //! `RTM_GETQDISC` dump (what `tc -s qdisc` asks) over [`crate::netlink`], and three attributes
-//! (`TCA_KIND`, and `TCA_STATS2`'s basic and queue statistics).
+//! of its answers as netlink-packet-route parses them (`TCA_KIND`, and `TCA_STATS2`'s basic
+//! and queue statistics).
 
 use std::io;
 
-use crate::netlink::{self, attrs, u32_at, u64_at};
+use netlink_packet_core::{Nla, NLA_TYPE_MASK};
+use netlink_packet_route::tc::{TcAttribute, TcMessage, TcStats2};
+
+use crate::netlink::{self, RouteNetlinkMessage};
 
 /// One qdisc's statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,14 +28,7 @@ pub struct Qdisc {
     pub overlimits: u32,
 }
 
-const RTM_NEWQDISC: u16 = 36;
-const RTM_GETQDISC: u16 = 38;
-/// `struct tcmsg`.
-const TCMSG_LEN: usize = 20;
-const TCA_KIND: u16 = 1;
-const TCA_STATS2: u16 = 7;
-const TCA_STATS_BASIC: u16 = 1;
-const TCA_STATS_QUEUE: u16 = 3;
+/// The 64-bit packet count in `TCA_STATS2`, which the crate leaves unparsed.
 const TCA_STATS_PKT64: u16 = 8;
 const TC_H_ROOT: u32 = 0xffff_ffff;
 
@@ -42,10 +39,12 @@ pub fn dump() -> io::Result<Vec<Qdisc>> {
     // tcmsg all zero: every family, every interface.
     let mut sock = netlink::Socket::open(0)?;
     Ok(sock
-        .dump(RTM_GETQDISC, &[0u8; TCMSG_LEN])?
-        .into_iter()
-        .filter(|(kind, _)| *kind == RTM_NEWQDISC)
-        .filter_map(|(_, body)| parse_qdisc(&body))
+        .dump(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()))?
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewQueueDiscipline(q) => Some(parse_qdisc(q)),
+            _ => None,
+        })
         .collect())
 }
 
@@ -62,39 +61,41 @@ fn tc_handle(h: u32) -> String {
     }
 }
 
-/// One RTM_NEWQDISC body: `struct tcmsg` then attributes.
-pub fn parse_qdisc(body: &[u8]) -> Option<Qdisc> {
-    if body.len() < TCMSG_LEN {
-        return None;
-    }
+/// One RTM_NEWQDISC message.
+pub fn parse_qdisc(msg: &TcMessage) -> Qdisc {
     let mut q = Qdisc {
-        ifindex: u32_at(body, 4),
-        handle: tc_handle(u32_at(body, 8)),
-        parent: tc_handle(u32_at(body, 12)),
+        ifindex: msg.header.index as u32,
+        handle: tc_handle(msg.header.handle.into()),
+        parent: tc_handle(msg.header.parent.into()),
         ..Qdisc::default()
     };
-    for (kind, payload) in attrs(&body[TCMSG_LEN..]) {
-        match kind {
-            TCA_KIND => q.kind = netlink::c_string(payload),
-            TCA_STATS2 => {
-                for (stat, p) in attrs(payload) {
+    for attribute in &msg.attributes {
+        match attribute {
+            TcAttribute::Kind(kind) => q.kind.clone_from(kind),
+            TcAttribute::Stats2(stats) => {
+                for stat in stats {
                     match stat {
-                        // struct gnet_stats_basic { __u64 bytes; __u32 packets; }
-                        TCA_STATS_BASIC => {
-                            q.bytes = u64_at(p, 0);
+                        TcStats2::Basic(basic) => {
+                            q.bytes = basic.bytes;
                             if q.packets == 0 {
-                                q.packets = u32_at(p, 8) as u64;
+                                q.packets = basic.packets as u64;
                             }
                         }
                         // The full packet count when the 32 bits of the basic stats wrapped.
-                        TCA_STATS_PKT64 => q.packets = u64_at(p, 0),
-                        // struct gnet_stats_queue { qlen, backlog, drops, requeues, overlimits }
-                        TCA_STATS_QUEUE => {
-                            q.qlen = u32_at(p, 0);
-                            q.backlog = u32_at(p, 4);
-                            q.drops = u32_at(p, 8);
-                            q.requeues = u32_at(p, 12);
-                            q.overlimits = u32_at(p, 16);
+                        TcStats2::Other(nla)
+                            if nla.kind() & NLA_TYPE_MASK == TCA_STATS_PKT64
+                                && nla.value_len() == 8 =>
+                        {
+                            let mut value = [0u8; 8];
+                            nla.emit_value(&mut value);
+                            q.packets = u64::from_ne_bytes(value);
+                        }
+                        TcStats2::Queue(queue) => {
+                            q.qlen = queue.qlen;
+                            q.backlog = queue.backlog;
+                            q.drops = queue.drops;
+                            q.requeues = queue.requeues;
+                            q.overlimits = queue.overlimits;
                         }
                         _ => {}
                     }
@@ -103,7 +104,7 @@ pub fn parse_qdisc(body: &[u8]) -> Option<Qdisc> {
             _ => {}
         }
     }
-    Some(q)
+    q
 }
 
 /// The name of interface `ifindex` in the calling thread's namespace.
@@ -122,6 +123,8 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{DefaultNla, Emitable};
+    use netlink_packet_route::tc::{TcStatsBasic, TcStatsQueue};
 
     #[test]
     fn handles_in_tc_notation() {
@@ -131,45 +134,64 @@ mod tests {
         assert_eq!(tc_handle(TC_H_ROOT), "root");
     }
 
+    /// A qdisc message as the kernel sends it (`TCA_STATS_BASIC` padded to 16 bytes), read
+    /// back as the dump reads it.
     #[test]
     fn parses_a_qdisc_message() {
-        let mut body = vec![0u8; TCMSG_LEN];
-        body[4..8].copy_from_slice(&2u32.to_ne_bytes());
-        body[12..16].copy_from_slice(&TC_H_ROOT.to_ne_bytes());
-        // TCA_KIND "fq_codel\0" (len 4 + 9 = 13, padded to 16)
-        body.extend_from_slice(&13u16.to_ne_bytes());
-        body.extend_from_slice(&TCA_KIND.to_ne_bytes());
-        body.extend_from_slice(b"fq_codel\0\0\0\0");
-        // TCA_STATS2 { BASIC (4 + 12 = 16), QUEUE (4 + 20 = 24) }
-        let mut stats = Vec::new();
-        stats.extend_from_slice(&16u16.to_ne_bytes());
-        stats.extend_from_slice(&TCA_STATS_BASIC.to_ne_bytes());
-        stats.extend_from_slice(&1000u64.to_ne_bytes());
-        stats.extend_from_slice(&10u32.to_ne_bytes());
-        stats.extend_from_slice(&24u16.to_ne_bytes());
-        stats.extend_from_slice(&TCA_STATS_QUEUE.to_ne_bytes());
-        for v in [1u32, 2, 3, 4, 5] {
-            stats.extend_from_slice(&v.to_ne_bytes());
+        let mut basic = TcStatsBasic::default();
+        basic.bytes = 1000;
+        basic.packets = 10;
+        let mut queue = TcStatsQueue::default();
+        (
+            queue.qlen,
+            queue.backlog,
+            queue.drops,
+            queue.requeues,
+            queue.overlimits,
+        ) = (1, 2, 3, 4, 5);
+        let mut msg = TcMessage::with_index(2);
+        msg.header.parent = TC_H_ROOT.into();
+        msg.attributes = vec![
+            TcAttribute::Kind("fq_codel".into()),
+            TcAttribute::Stats2(vec![TcStats2::Basic(basic), TcStats2::Queue(queue)]),
+        ];
+        let expected = Qdisc {
+            ifindex: 2,
+            kind: "fq_codel".into(),
+            handle: "0:".into(),
+            parent: "root".into(),
+            bytes: 1000,
+            packets: 10,
+            qlen: 1,
+            backlog: 2,
+            drops: 3,
+            requeues: 4,
+            overlimits: 5,
+        };
+        assert_eq!(parse_qdisc(&round_trip(&msg)), expected);
+
+        // Past 2^32 packets, TCA_STATS_PKT64 has the count (before or after the basic stats).
+        let pkt64 = TcStats2::Other(DefaultNla::new(
+            TCA_STATS_PKT64,
+            (5u64 << 32).to_ne_bytes().to_vec(),
+        ));
+        for at in [0, 2] {
+            let mut msg = msg.clone();
+            let TcAttribute::Stats2(stats) = &mut msg.attributes[1] else {
+                unreachable!()
+            };
+            stats.insert(at, pkt64.clone());
+            let q = parse_qdisc(&round_trip(&msg));
+            assert_eq!(q.packets, 5 << 32);
         }
-        body.extend_from_slice(&((4 + stats.len()) as u16).to_ne_bytes());
-        body.extend_from_slice(&(TCA_STATS2 | 0x8000).to_ne_bytes());
-        body.extend_from_slice(&stats);
-        let q = parse_qdisc(&body).unwrap();
-        assert_eq!(
-            q,
-            Qdisc {
-                ifindex: 2,
-                kind: "fq_codel".into(),
-                handle: "0:".into(),
-                parent: "root".into(),
-                bytes: 1000,
-                packets: 10,
-                qlen: 1,
-                backlog: 2,
-                drops: 3,
-                requeues: 4,
-                overlimits: 5,
-            }
-        );
+    }
+
+    fn round_trip(msg: &TcMessage) -> TcMessage {
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut bytes);
+        match ebpf_core::netlink::parse_message(libc::RTM_NEWQDISC, &bytes) {
+            Some(RouteNetlinkMessage::NewQueueDiscipline(q)) => q,
+            other => panic!("{other:?}"),
+        }
     }
 }
