@@ -337,7 +337,10 @@ impl Mode {
             Mode::Counting => "{ enabled: false }".to_string(),
             // The default config's values, spelt out.
             Mode::EventsDefault => {
-                format!("{{ enabled: true, ratePerCpu: 1000, burst: 1000{ring} }}")
+                format!(
+                    "{{ enabled: true, ratePerCpu: 1000, burst: 1000, ratePerNamespace: 100, \
+                     burstPerNamespace: 100{ring} }}"
+                )
             }
             Mode::EventsUnlimited => {
                 format!("{{ enabled: true, ratePerCpu: 0, burst: 1000{ring} }}")
