@@ -840,15 +840,9 @@ impl Bench {
         self.flood(None);
         let after = program_stats(&ids)[&floor.id()];
         drop(stats);
-        let runs = after.1 - before.1;
-        let ns = if runs == 0 {
-            f64::NAN
-        } else {
-            (after.0 - before.0) as f64 / runs as f64
-        };
         FloorResult {
             floods,
-            kernel: (ns, runs),
+            kernel: per_run(before, after),
         }
     }
 
@@ -877,15 +871,7 @@ impl Bench {
             } else {
                 (&after_flood, &after_tcp)
             };
-            let (t0, n0) = from[id];
-            let (t1, n1) = to[id];
-            let runs = n1 - n0;
-            let ns = if runs == 0 {
-                f64::NAN
-            } else {
-                (t1 - t0) as f64 / runs as f64
-            };
-            out.insert(*name, (ns, runs));
+            out.insert(*name, per_run(from[id], to[id]));
         }
         // Let the events of this phase drain before the next one starts counting.
         self.wait_quiet(agent);
@@ -977,6 +963,18 @@ impl Bench {
             foreign,
         }
     }
+}
+
+/// (ns per run, runs) between two readings of a program's (run_time_ns, run_cnt); NaN
+/// without runs.
+fn per_run((t0, n0): (u64, u64), (t1, n1): (u64, u64)) -> (f64, u64) {
+    let runs = n1 - n0;
+    let ns = if runs == 0 {
+        f64::NAN
+    } else {
+        (t1 - t0) as f64 / runs as f64
+    };
+    (ns, runs)
 }
 
 fn best_rate<'a>(floods: impl Iterator<Item = &'a Flood>) -> f64 {
