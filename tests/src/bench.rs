@@ -386,42 +386,121 @@ impl RunTimeStats {
     }
 }
 
-/// An empty program on packet_drop's hook (`tests/bpf/floor.bpf.c`), attached while this
-/// lives: what any program on `kfree_skb` costs, against which the probe's own work is read.
+/// A hook of `tests/bpf/floor.bpf.c`'s empty programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FloorHook {
+    /// packet_drop's tracepoint.
+    KfreeSkb,
+    /// tcp_rtt's tracepoint.
+    TcpProbe,
+    /// socket_latency's per-packet tracepoint.
+    NetifReceiveSkb,
+    /// flow's and dns's classifiers, in both directions of the interfaces given to
+    /// [`Floor::attach`].
+    Tc,
+}
+
+impl FloorHook {
+    /// What the hook is called in reports: the tracepoint, or `tc` for the classifier.
+    pub fn name(self) -> &'static str {
+        match self {
+            FloorHook::KfreeSkb => "kfree_skb",
+            FloorHook::TcpProbe => "tcp_probe",
+            FloorHook::NetifReceiveSkb => "netif_receive_skb",
+            FloorHook::Tc => "tc",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            FloorHook::KfreeSkb => "floor_kfree_skb",
+            FloorHook::TcpProbe => "floor_tcp_probe",
+            FloorHook::NetifReceiveSkb => "floor_netif_receive_skb",
+            FloorHook::Tc => "floor_tc",
+        }
+    }
+
+    /// The hook a probe's program runs on, for the programs the floors stand beside
+    /// (`probe/program` as the benches name them).
+    pub fn of_program(program: &str) -> Option<FloorHook> {
+        match program {
+            "packet_drop/packet_drop" => Some(FloorHook::KfreeSkb),
+            "tcp_rtt/tcp_rtt" => Some(FloorHook::TcpProbe),
+            "socket_latency/socklat_arrive" => Some(FloorHook::NetifReceiveSkb),
+            "flow/flow_ingress" | "flow/flow_egress" | "dns/dns_ingress" | "dns/dns_egress" => {
+                Some(FloorHook::Tc)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Empty programs on probes' hooks (`tests/bpf/floor.bpf.c`), attached while this lives: what
+/// any program on each hook costs, against which a probe's own work is read.
 pub struct Floor {
     _ebpf: aya::Ebpf,
-    id: u32,
+    ids: Vec<(FloorHook, u32)>,
 }
 
 impl Floor {
-    /// The tracepoint the floor program is attached to.
-    pub const HOOK: &'static str = "kfree_skb";
+    /// Attaches the empty program of each of `hooks`; the TC one to ingress and egress of
+    /// every interface of `interfaces` (host-side interfaces, as flow watches them).
+    pub fn attach(hooks: &[FloorHook], interfaces: &[&str]) -> Floor {
+        use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
 
-    pub fn attach() -> Floor {
         let mut ebpf = aya::Ebpf::load(aya::include_bytes_aligned!("../bpf/floor.bpf.o"))
             .unwrap_or_else(|e| panic!("cannot load tests/bpf/floor.bpf.o: {e}"));
         let btf = aya::Btf::from_sys_fs().unwrap_or_else(|e| panic!("cannot read kernel BTF: {e}"));
-        let program: &mut aya::programs::BtfTracePoint = ebpf
-            .program_mut("floor_kfree_skb")
-            .expect("floor.bpf.o has floor_kfree_skb")
-            .try_into()
-            .expect("floor_kfree_skb is a tp_btf program");
-        program
-            .load(Self::HOOK, &btf)
-            .unwrap_or_else(|e| panic!("cannot load the empty program on {}: {e}", Self::HOOK));
-        program
-            .attach()
-            .unwrap_or_else(|e| panic!("cannot attach the empty program to {}: {e}", Self::HOOK));
-        let id = program
-            .info()
-            .unwrap_or_else(|e| panic!("cannot read the empty program's id: {e}"))
-            .id();
-        Floor { _ebpf: ebpf, id }
+        let mut ids = Vec::new();
+        for &hook in hooks {
+            let name = hook.program();
+            let program = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("floor.bpf.o has no {name}"));
+            let failed = |what: &str, e: &dyn std::fmt::Display| -> ! {
+                panic!("cannot {what} the empty program on {}: {e}", hook.name())
+            };
+            if hook == FloorHook::Tc {
+                let program: &mut SchedClassifier =
+                    program.try_into().expect("floor_tc is a classifier");
+                program.load().unwrap_or_else(|e| failed("load", &e));
+                for interface in interfaces {
+                    // An interface that has clsact already (another program's) keeps it.
+                    let _ = tc::qdisc_add_clsact(interface);
+                    for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                        program
+                            .attach(interface, direction)
+                            .unwrap_or_else(|e| failed(&format!("attach to {interface}"), &e));
+                    }
+                }
+                let id = program.info().unwrap_or_else(|e| failed("read", &e)).id();
+                ids.push((hook, id));
+            } else {
+                let program: &mut BtfTracePoint =
+                    program.try_into().expect("the floor's tracepoint programs are tp_btf");
+                program
+                    .load(hook.name(), &btf)
+                    .unwrap_or_else(|e| failed("load", &e));
+                program.attach().unwrap_or_else(|e| failed("attach", &e));
+                let id = program.info().unwrap_or_else(|e| failed("read", &e)).id();
+                ids.push((hook, id));
+            }
+        }
+        Floor { _ebpf: ebpf, ids }
     }
 
-    /// The kernel's id of the empty program, for [`program_stats`].
-    pub fn id(&self) -> u32 {
-        self.id
+    /// The kernel's id of the empty program on `hook`, for [`program_stats`].
+    pub fn id(&self, hook: FloorHook) -> u32 {
+        self.ids
+            .iter()
+            .find(|(h, _)| *h == hook)
+            .map(|(_, id)| *id)
+            .unwrap_or_else(|| panic!("no empty program attached on {}", hook.name()))
+    }
+
+    /// Each attached hook with its program's id.
+    pub fn ids(&self) -> &[(FloorHook, u32)] {
+        &self.ids
     }
 }
 

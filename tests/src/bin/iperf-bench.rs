@@ -6,6 +6,9 @@
 //! interfaces the `flow` probe watches), once per configuration
 //! in turn, round after round, so that all configurations see the same machine state:
 //! - `none`: no agent at all;
+//! - `empty programs`: no agent, and a program that does nothing on each per-packet hook the
+//!   probes use (`tests/bpf/floor.bpf.c`: kfree_skb, tcp_probe, netif_receive_skb and a TC
+//!   classifier on the pods' host-side interfaces): what any program there costs, the floor;
 //! - `default`: `sonde run` on the embedded default config (the probes that are on by default);
 //! - `all`: the default config with every probe of the catalogue switched on (`flow` and `dns`
 //!   watching the pods' host-side interfaces).
@@ -15,8 +18,10 @@
 //!
 //! For each it reports the median throughput, the iperf3 sender's and receiver's CPU, and the
 //! agent's CPU. Then, with the kernel's BPF run-time statistics on (they add a little to every
-//! program run, so they stay off while throughput is measured), one more `all` transfer gives
-//! each program's cost per run and its runs per second under this load.
+//! program run, so they stay off while throughput is measured), one more `all` transfer with the
+//! empty programs attached beside the agent's gives each program's cost per run, its runs per
+//! second under this load and, for the per-packet programs, what they cost over the empty
+//! program on their hook (at most 30 ns is the target).
 //!
 //! `cargo build --release -p sonde && cargo run --release -p sonde-tests --bin iperf-bench`
 //! (as root, iperf3 installed). Options: `--duration SECS` (each transfer, default 10),
@@ -30,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sonde_tests::bench::{
-    cpu_seconds, median, options_or_exit, positive_number, program_stats, programs_of, Machine,
-    RunTimeStats,
+    cpu_seconds, median, options_or_exit, positive_number, program_stats, programs_of, Floor,
+    FloorHook, Machine, RunTimeStats,
 };
 use sonde_tests::{Agent, IpFamily, NodePod, NodePods, READY_TIMEOUT};
 
@@ -39,6 +44,22 @@ use sonde_tests::{Agent, IpFamily, NodePod, NodePods, READY_TIMEOUT};
 const PORT: u16 = 5201;
 /// The embedded default config, as `sonde run` without `--config` uses it.
 const DEFAULT_CONFIG: &str = include_str!("../../../runtime/src/default.yaml");
+/// The most a per-packet program may cost over the empty program on its hook.
+const FLOOR_TARGET_NS: f64 = 30.0;
+/// The hooks the empty programs go on.
+const FLOOR_HOOKS: [FloorHook; 4] = [
+    FloorHook::KfreeSkb,
+    FloorHook::TcpProbe,
+    FloorHook::NetifReceiveSkb,
+    FloorHook::Tc,
+];
+
+/// What runs during a transfer besides iperf3.
+enum Setup {
+    Nothing,
+    EmptyPrograms,
+    Agent(String),
+}
 
 struct Options {
     duration: u64,
@@ -94,20 +115,26 @@ fn main() {
     let all = all_probes_config(&node.interface_pattern());
     let server = IperfServer::start(&pods);
     let mut configs = vec![
-        ("none".to_string(), None),
-        ("default".to_string(), Some(DEFAULT_CONFIG.to_string())),
+        ("none".to_string(), Setup::Nothing),
+        ("empty programs".to_string(), Setup::EmptyPrograms),
+        ("default".to_string(), Setup::Agent(DEFAULT_CONFIG.to_string())),
     ];
     for probe in &options.without {
-        configs.push((format!("default without {probe}"), Some(without(probe))));
+        configs.push((format!("default without {probe}"), Setup::Agent(without(probe))));
     }
-    configs.push(("all".to_string(), Some(all.clone())));
+    configs.push(("all".to_string(), Setup::Agent(all.clone())));
 
     let mut runs: BTreeMap<&str, Vec<Transfer>> = BTreeMap::new();
     let order: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
     for round in 0..options.repeat {
-        for (name, config) in &configs {
-            let agent = config.as_deref().map(start);
+        for (name, setup) in &configs {
+            let agent = match setup {
+                Setup::Agent(config) => Some(start(config)),
+                _ => None,
+            };
+            let floor = matches!(setup, Setup::EmptyPrograms).then(|| empty_programs(&pods));
             let transfer = transfer(&pods, &options, agent.as_ref());
+            drop(floor);
             eprintln!(
                 "iperf-bench: round {} {name}: {:.2} Gbit/s",
                 round + 1,
@@ -120,6 +147,14 @@ fn main() {
     drop(server);
 
     print_report(&machine, &options, &order, &runs, &costs);
+}
+
+/// The empty programs on every per-packet hook, the TC one on both pods' host-side interfaces.
+fn empty_programs(pods: &Pods) -> Floor {
+    Floor::attach(
+        &FLOOR_HOOKS,
+        &[&pods.client.host_if, &pods.server.host_if],
+    )
 }
 
 /// The default config with `probe` switched off.
@@ -258,12 +293,18 @@ fn iperf_client(pods: &Pods, options: &Options) -> Value {
     json
 }
 
-/// Per program of the agent running every probe: (ns per run, runs per second) during one
-/// transfer, from the kernel's run-time statistics.
+/// Per program of the agent running every probe and per empty program beside them (named
+/// `empty/<hook>`): (ns per run, runs per second) during one transfer, from the kernel's
+/// run-time statistics.
 fn program_costs(pods: &Pods, options: &Options, config: &str) -> BTreeMap<String, (f64, f64)> {
     let agent = start(config);
-    let ids = programs_of(agent.pid());
-    let names = program_names(&ids);
+    let floor = empty_programs(pods);
+    let mut ids = programs_of(agent.pid());
+    let mut names = program_names(&ids);
+    for &(hook, id) in floor.ids() {
+        ids.insert(id);
+        names.insert(id, format!("empty/{}", hook.name()));
+    }
     let stats = RunTimeStats::enable();
     let before = program_stats(&ids);
     let started = Instant::now();
@@ -271,6 +312,7 @@ fn program_costs(pods: &Pods, options: &Options, config: &str) -> BTreeMap<Strin
     let elapsed = started.elapsed().as_secs_f64();
     let after = program_stats(&ids);
     drop(stats);
+    drop(floor);
     let mut costs = BTreeMap::new();
     for id in &ids {
         let (Some((t0, n0)), Some((t1, n1))) = (before.get(id), after.get(id)) else {
@@ -340,16 +382,31 @@ fn print_report(
         );
     }
     println!("\n### Kernel cost per program under the transfer (every probe on)\n");
-    println!("| program | ns per run | runs per second |");
-    println!("|---|---|---|");
+    println!(
+        "Empty programs (`empty/<hook>`) ran on the same hooks during the same transfer; a \
+         per-packet program's cost over the one on its hook is its own work (target: at most \
+         {FLOOR_TARGET_NS:.0} ns).\n"
+    );
+    println!("| program | ns per run | runs per second | over the empty program | target |");
+    println!("|---|---|---|---|---|");
     for (name, (ns, rate)) in costs {
+        let over = FloorHook::of_program(name)
+            .and_then(|hook| costs.get(&format!("empty/{}", hook.name())))
+            .map(|(floor_ns, _)| ns - floor_ns);
+        let (over, verdict) = match over {
+            Some(o) if !o.is_nan() => (
+                format!("{o:+.0} ns"),
+                if o <= FLOOR_TARGET_NS { "PASS" } else { "FAIL" },
+            ),
+            _ => (String::new(), ""),
+        };
         let ns = if ns.is_nan() {
             "no runs".to_string()
         } else {
             format!("{ns:.0}")
         };
         println!(
-            "| {name} | {ns} | {} |",
+            "| {name} | {ns} | {} | {over} | {verdict} |",
             sonde_tests::bench::thousands(*rate)
         );
     }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use sonde_tests::bench::{
     cpu_seconds, median, memory_kib, mib, option_value, positive_number, program_stats,
-    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Floor, Machine,
+    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Floor, FloorHook, Machine,
     RunTimeStats, PAYLOAD,
 };
 use sonde_tests::{
@@ -99,7 +99,7 @@ fn main() {
     let mut baseline = bench.floods();
     eprintln!(
         "sonde-bench: floods with an empty program on {}",
-        Floor::HOOK
+        FloorHook::KfreeSkb.name()
     );
     let floor = bench.floor();
 
@@ -832,13 +832,13 @@ impl Bench {
     /// The floor: full-speed floods with an empty program on `kfree_skb` and no agent, then its
     /// cost per run over one more flood with run-time statistics on.
     fn floor(&self) -> FloorResult {
-        let floor = Floor::attach();
+        let floor = Floor::attach(&[FloorHook::KfreeSkb], &[]);
         let floods = self.floods();
-        let ids = HashSet::from([floor.id()]);
+        let ids = HashSet::from([floor.id(FloorHook::KfreeSkb)]);
         let stats = RunTimeStats::enable();
-        let before = program_stats(&ids)[&floor.id()];
+        let before = program_stats(&ids)[&floor.id(FloorHook::KfreeSkb)];
         self.flood(None);
-        let after = program_stats(&ids)[&floor.id()];
+        let after = program_stats(&ids)[&floor.id(FloorHook::KfreeSkb)];
         drop(stats);
         FloorResult {
             floods,
@@ -1017,7 +1017,7 @@ fn print_floor(r: &Report, base: f64, floor_rate: f64) {
     );
     println!(
         "| program on tp_btf/{} | kernel cost per run | sender: added per drop |\n|---|---|---|",
-        Floor::HOOK
+        FloorHook::KfreeSkb.name()
     );
     println!(
         "| empty program | {floor_ns:.0} ns ({} runs) | {:.0} ns |",
@@ -1166,7 +1166,7 @@ fn print_report(r: &Report) {
     let floor_rate = best_rate(r.floor.floods.iter());
     println!(
         "| none, an empty program on {} | {} | {} | {:+.1} % | {:.0} ns |",
-        Floor::HOOK,
+        FloorHook::KfreeSkb.name(),
         thousands(floor_rate),
         range(&r.floor.floods.iter().collect::<Vec<_>>()),
         (floor_rate / base - 1.0) * 100.0,
