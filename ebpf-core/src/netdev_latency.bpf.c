@@ -5,8 +5,9 @@
  * (the driver returned). Qdisc and driver times go into log2 histograms per interface in the
  * kernel; packets above a threshold become events.
  *
- * In-flight packets are keyed by skb address in an LRU hash: packets dropped by the qdisc
- * never reach start_xmit and age out. Freed skbs' addresses are soon reused, so an entry also
+ * In-flight packets are stamped by skb address in an LRU hash (sonde_skb_stamp): stamps of
+ * packets dropped by the qdisc, which never reach start_xmit, are overwritten by the next
+ * packet at their address or age out. Freed skbs' addresses are soon reused, so a stamp also
  * holds the skb's data buffer (head), and one whose head differs at start_xmit is someone
  * else's. GSO segments made after net_dev_queue are new skbs, so they have a driver time but
  * no qdisc time. The skb may be freed by the driver before net_dev_xmit fires: there only its
@@ -32,18 +33,12 @@ struct {
 	__type(value, struct netdev_name);
 } ifnames SEC(".maps");
 
-/* An in-flight packet: when it reached the stage it is in, and its data buffer. */
-struct netdev_inflight {
-	__u64 since_ns;
-	__u64 head;
-};
-
-/* In-flight packets by skb address. */
+/* In-flight packets by skb address: when each reached the stage it is in. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct netdev_inflight);
+	__type(value, struct sonde_skb_stamp);
 } inflight SEC(".maps");
 
 static __always_inline void iface_of(const struct net_device *dev, struct netdev_iface *i)
@@ -93,30 +88,22 @@ static __always_inline void observe(const struct net_device *dev, __u8 stage, __
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(net_dev_queue, struct sk_buff *skb)
 {
-	__u64 key = (__u64)skb;
-	struct netdev_inflight f = {};
-
-	f.since_ns = bpf_ktime_get_ns();
-	f.head = (__u64)skb->head;
-	bpf_map_update_elem(&inflight, &key, &f, BPF_ANY);
+	sonde_skb_stamp(&inflight, skb, bpf_ktime_get_ns());
 	return 0;
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(net_dev_start_xmit, const struct sk_buff *skb, const struct net_device *dev)
 {
-	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), head = (__u64)skb->head;
-	struct netdev_inflight *queued, f = {};
+	__u64 now = bpf_ktime_get_ns();
+	struct sonde_skb_stamp *queued = sonde_skb_stamped(&inflight, skb, (__u64)skb->head);
 
-	queued = bpf_map_lookup_elem(&inflight, &key);
-	if (queued && queued->head == head) {
-		if (queued->since_ns <= now)
-			observe(dev, NETDEV_STAGE_QUEUE, now - queued->since_ns, skb->len);
-		queued->since_ns = now;
+	if (queued) {
+		if (queued->ns <= now)
+			observe(dev, NETDEV_STAGE_QUEUE, now - queued->ns, skb->len);
+		queued->ns = now;
 	} else {
-		f.since_ns = now;
-		f.head = head;
-		bpf_map_update_elem(&inflight, &key, &f, BPF_ANY);
+		sonde_skb_stamp(&inflight, skb, now);
 	}
 	return 0;
 }
@@ -124,14 +111,14 @@ int BPF_PROG(net_dev_start_xmit, const struct sk_buff *skb, const struct net_dev
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(net_dev_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
 {
-	__u64 key = (__u64)skb, now = bpf_ktime_get_ns(), start;
-	struct netdev_inflight *started;
+	__u64 now = bpf_ktime_get_ns(), start;
+	/* The driver may have freed the skb: only its address is used. */
+	struct sonde_skb_stamp *started = sonde_skb_stamped(&inflight, skb, 0);
 
-	started = bpf_map_lookup_elem(&inflight, &key);
 	if (!started)
 		return 0;
-	start = started->since_ns;
-	bpf_map_delete_elem(&inflight, &key);
+	start = started->ns;
+	started->ns = 0;
 	if (start <= now)
 		observe(dev, NETDEV_STAGE_XMIT, now - start, len);
 	return 0;

@@ -2,14 +2,14 @@
 /* socket_latency: the time from a packet's arrival to the application reading it, per network
  * namespace of the reading socket, and the packets a socket's receive buffer refused.
  *
- * Arrival is net/netif_receive_skb, kept per skb address in the LRU `arrivals` table. A packet
- * between two pods passes netif_receive_skb once per namespace it enters (the host side of
- * the sender's veth, then the receiving pod's eth0); every pass overwrites the entry, so the
- * time that counts is the last one: the arrival in the receiving pod's namespace, where its
- * socket lives. Entries of packets never read by a socket (pure ACKs, forwarded or dropped
- * packets, TCP segments coalesced into another) are not removed one by one: the LRU makes room
- * by dropping the oldest, and an entry also holds the packet's data buffer, so a reused skb
- * address is not mistaken for the packet that had it.
+ * Arrival is net/netif_receive_skb, stamped per skb address in the LRU `arrivals` table
+ * (sonde_skb_stamp). A packet between two pods passes netif_receive_skb once per namespace it
+ * enters (the host side of the sender's veth, then the receiving pod's eth0); every pass
+ * overwrites the stamp, so the time that counts is the last one: the arrival in the receiving
+ * pod's namespace, where its socket lives. Stamps of packets never read by a socket (pure
+ * ACKs, forwarded or dropped packets, TCP segments coalesced into another) are overwritten by
+ * the next packet at the same address or make room in the LRU; a stamp also holds the
+ * packet's data buffer, so a reused skb address is not mistaken for the packet that had it.
  *
  * TCP is read through skb/skb_copy_datagram_iovec, once per skb (the first read of an skb
  * removes its entry; later partial reads of the same skb are not counted again). UDP reads
@@ -38,17 +38,11 @@ struct {
 	__type(value, __u64);
 } sockets SEC(".maps");
 
-/* A packet that arrived: when, and its data buffer. */
-struct socklat_arrival {
-	__u64 ns;
-	__u64 head;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct socklat_arrival);
+	__type(value, struct sonde_skb_stamp);
 } arrivals SEC(".maps");
 
 /* A UDP socket's unread datagrams: the arrival of the one at queue position `seq` is in
@@ -104,20 +98,6 @@ static __always_inline void observe(const struct sock *sk, __u64 arrived_ns)
 	sonde_add(&sockets, &key, ns);
 }
 
-/* Takes the arrival of `skb` out of the table: 0 when it has none (or the entry is another
- * packet's that had the same address). */
-static __always_inline __u64 take_arrival(const struct sk_buff *skb)
-{
-	__u64 key = (__u64)skb, ns;
-	struct socklat_arrival *a = bpf_map_lookup_elem(&arrivals, &key);
-
-	if (!a)
-		return 0;
-	ns = a->head == (__u64)skb->head ? a->ns : 0;
-	bpf_map_delete_elem(&arrivals, &key);
-	return ns;
-}
-
 static __always_inline bool is_inet(const struct sock *sk, __u16 protocol)
 {
 	__u16 family = sk->__sk_common.skc_family;
@@ -129,14 +109,10 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(socklat_arrive, struct sk_buff *skb)
 {
 	__u16 proto = bpf_ntohs(skb->protocol);
-	__u64 key = (__u64)skb;
-	struct socklat_arrival a = {};
 
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return 0;
-	a.ns = bpf_ktime_get_ns();
-	a.head = (__u64)skb->head;
-	bpf_map_update_elem(&arrivals, &key, &a, BPF_ANY);
+	sonde_skb_stamp(&arrivals, skb, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -150,7 +126,7 @@ int BPF_PROG(socklat_tcp_read, const struct sk_buff *skb, int len)
 	 * other sockets' skbs (unix, netlink) never arrived from a device. */
 	if (!sk || !is_inet(sk, IPPROTO_TCP_))
 		return 0;
-	arrived = take_arrival(skb);
+	arrived = sonde_skb_take(&arrivals, skb);
 	if (arrived)
 		observe(sk, arrived);
 	return 0;
@@ -170,7 +146,7 @@ int BPF_PROG(socklat_udp_queued, const struct sock *sk)
 	if (!queued)
 		return 0;
 	skb = sk->sk_receive_queue.prev;
-	ns = take_arrival(skb);
+	ns = sonde_skb_take(&arrivals, skb);
 	if (!ns)
 		return 0;
 	q = bpf_map_lookup_elem(&udp_queues, &key);
@@ -222,17 +198,15 @@ int BPF_PROG(socklat_rcvqueue_full, struct sock *sk, struct sk_buff *skb)
 }
 
 /* udp_fail_queue_rcv_skb passes the datagram too on newer kernels (6.12 does, 5.10 passes
- * only rc and sk); without it the datagram's arrival stays in `arrivals` until the LRU
- * evicts it. */
+ * only rc and sk); without it the datagram's arrival stays in `arrivals` until the next packet
+ * at its address overwrites it or the LRU evicts it. */
 static __always_inline int rcvbuf_full(int rc, struct sock *sk, struct sk_buff *skb)
 {
-	__u64 key = (__u64)skb;
-
 	/* -ENOBUFS is a protocol memory limit, already seen by sock_exceed_buf_limit. */
 	if (rc != -ENOMEM_ || !sk)
 		return 0;
 	if (skb)
-		bpf_map_delete_elem(&arrivals, &key);
+		sonde_skb_take(&arrivals, skb);
 	count(sonde_sk_netns(sk), SOCKLAT_KIND_RCVQUEUE_FULL);
 	return 0;
 }

@@ -370,6 +370,59 @@ static __always_inline void sonde_add(void *map, const void *key, __u64 n)
 		bpf_map_update_elem(map, key, &n, BPF_NOEXIST);
 }
 
+/* A packet's time in a table keyed by skb address (an LRU hash of these): when it reached the
+ * stage it is in, and its data buffer, so that a freed skb's address, soon reused, is not
+ * taken for the packet that had it. A taken stamp is zeroed in place, not deleted: the next
+ * packet at that address (slab addresses come back all the time) overwrites the row instead
+ * of paying for an LRU insert and a delete per packet. */
+struct sonde_skb_stamp {
+	__u64 ns;   /* 0: taken */
+	__u64 head; /* skb->head when stamped */
+};
+
+/* Stamps `skb` with `ns` in `map`, in place when its address has a row already. */
+static __always_inline void sonde_skb_stamp(void *map, const struct sk_buff *skb, __u64 ns)
+{
+	__u64 key = (__u64)skb;
+	struct sonde_skb_stamp *s = bpf_map_lookup_elem(map, &key), fresh;
+
+	if (s) {
+		s->ns = ns;
+		s->head = (__u64)skb->head;
+		return;
+	}
+	fresh.ns = ns;
+	fresh.head = (__u64)skb->head;
+	bpf_map_update_elem(map, &key, &fresh, BPF_NOEXIST);
+}
+
+/* The row of `skb`'s address when it holds a stamp, NULL otherwise; with `head` (skb->head,
+ * 0 when the skb may be freed already and only its address can be used) the row must be
+ * that buffer's. */
+static __always_inline struct sonde_skb_stamp *sonde_skb_stamped(void *map, const void *skb,
+								  __u64 head)
+{
+	__u64 key = (__u64)skb;
+	struct sonde_skb_stamp *s = bpf_map_lookup_elem(map, &key);
+
+	if (!s || !s->ns || (head && s->head != head))
+		return NULL;
+	return s;
+}
+
+/* Takes `skb`'s stamp from `map`: its time, 0 when it has none. */
+static __always_inline __u64 sonde_skb_take(void *map, const struct sk_buff *skb)
+{
+	struct sonde_skb_stamp *s = sonde_skb_stamped(map, skb, (__u64)skb->head);
+	__u64 ns;
+
+	if (!s)
+		return 0;
+	ns = s->ns;
+	s->ns = 0;
+	return ns;
+}
+
 static __always_inline __u32 sonde_log2_u32(__u32 v)
 {
 	__u32 r, shift;

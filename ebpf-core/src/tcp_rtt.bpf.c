@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /* tcp_rtt: smoothed RTT of established TCP connections (tp_btf tcp/tcp_probe, which fires for
  * every segment tcp_rcv_established receives). Each flow's srtt enters a log2 histogram per
- * network namespace at most once per sample interval, and the flow's latest srtt, cwnd and
- * windows are kept in the `flows` table (sized by the agent) until the socket is destroyed
- * (tp_btf tcp/tcp_destroy_sock). */
+ * network namespace at most once per sample interval, and at each sample the flow's srtt, cwnd
+ * and windows are kept in the `flows` table (sized by the agent) until the socket is destroyed
+ * (tp_btf tcp/tcp_destroy_sock); between samples a segment is only counted. */
 #include "sonde.bpf.h"
 #include "tcp_rtt.h"
 
@@ -47,7 +47,6 @@ int BPF_PROG(tcp_rtt, struct sock *sk, const struct sk_buff *skb)
 
 	if (!tp)
 		return 0;
-	srtt = tp->srtt_us >> 3;
 	f = bpf_map_lookup_elem(&flows, &key);
 	if (!f) {
 		fresh.netns = sonde_sk_netns(sk);
@@ -57,8 +56,14 @@ int BPF_PROG(tcp_rtt, struct sock *sk, const struct sk_buff *skb)
 		if (!f)
 			return 0;
 	}
-	f->updated_ns = now;
 	f->segments += 1;
+	/* Between samples a segment is only counted: the flow's row is a snapshot taken at each
+	 * sample, which is what the histogram sees too. */
+	interval = sonde_param(TCP_RTT_PARAM_SAMPLE_NS);
+	if (f->sampled_ns && now - f->sampled_ns < interval)
+		return 0;
+	srtt = tp->srtt_us >> 3;
+	f->updated_ns = now;
 	f->srtt_us = srtt;
 	f->rttvar_us = tp->mdev_us >> 2;
 	f->min_rtt_us = tp->rtt_min.s[0].v;
@@ -66,9 +71,8 @@ int BPF_PROG(tcp_rtt, struct sock *sk, const struct sk_buff *skb)
 	f->snd_wnd = tp->snd_wnd;
 	f->rcv_wnd = tp->rcv_wnd;
 	f->mss = tp->mss_cache;
-	/* No sample yet (srtt 0): nothing to observe. */
-	interval = sonde_param(TCP_RTT_PARAM_SAMPLE_NS);
-	if (srtt && (!f->sampled_ns || now - f->sampled_ns >= interval)) {
+	/* No RTT measured yet (srtt 0): nothing to observe, and the next segment samples again. */
+	if (srtt) {
 		f->sampled_ns = now;
 		observe(f->netns, (__u64)srtt * 1000);
 	}

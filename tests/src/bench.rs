@@ -476,8 +476,9 @@ impl Floor {
                 let id = program.info().unwrap_or_else(|e| failed("read", &e)).id();
                 ids.push((hook, id));
             } else {
-                let program: &mut BtfTracePoint =
-                    program.try_into().expect("the floor's tracepoint programs are tp_btf");
+                let program: &mut BtfTracePoint = program
+                    .try_into()
+                    .expect("the floor's tracepoint programs are tp_btf");
                 program
                     .load(hook.name(), &btf)
                     .unwrap_or_else(|e| failed("load", &e));

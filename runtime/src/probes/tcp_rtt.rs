@@ -19,7 +19,8 @@ use crate::event::Flow;
 pub struct Config {
     /// Off by default: the probe runs on every TCP segment received.
     pub enabled: bool,
-    /// A flow's srtt enters the histogram at most this often (`0ms`: every segment).
+    /// A flow is sampled at most this often (`0ms`: every segment): its srtt enters the
+    /// histogram and its row in the flow table is refreshed.
     #[serde(deserialize_with = "sample_interval")]
     pub sample_interval: Duration,
     /// Live flows kept in the kernel's table (least recently updated ones make room).

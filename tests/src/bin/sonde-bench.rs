@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use sonde_tests::bench::{
     cpu_seconds, median, memory_kib, mib, option_value, positive_number, program_stats,
-    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Floor, FloorHook, Machine,
-    RunTimeStats, PAYLOAD,
+    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Floor,
+    FloorHook, Machine, RunTimeStats, PAYLOAD,
 };
 use sonde_tests::{
     free_local_addr, http_get, in_netns, metric_value, refused_connects, start_agent, IpFamily,
