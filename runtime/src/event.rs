@@ -176,15 +176,60 @@ fn serialize_flow<M: SerializeMap>(
     peer: Option<&Workload>,
 ) -> Result<(), M::Error> {
     map.serialize_entry("protocol", &flow.protocol)?;
-    map.serialize_entry("saddr", &flow.saddr)?;
+    map.serialize_entry("saddr", &JsonIp(flow.saddr))?;
     map.serialize_entry("sport", &flow.sport)?;
-    map.serialize_entry("daddr", &flow.daddr)?;
+    map.serialize_entry("daddr", &JsonIp(flow.daddr))?;
     map.serialize_entry("dport", &flow.dport)?;
     if let Some(peer) = peer {
         map.serialize_entry("peer_namespace", &*peer.namespace)?;
         map.serialize_entry("peer_pod", &*peer.pod)?;
     }
     Ok(())
+}
+
+/// An address as a JSON string, or null. Serde's own goes through `collect_str`, which escapes
+/// each piece `Display` writes; this writes the address on the stack and hands it over once.
+struct JsonIp(Option<IpAddr>);
+
+impl Serialize for JsonIp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::io::Write;
+        // The longest form, an IPv4-mapped IPv6 address, has 45 characters.
+        let mut buf = [0u8; 48];
+        let n = match self.0 {
+            None => return s.serialize_none(),
+            // Dotted quads by hand: most events' addresses, and `Display` goes through
+            // core::fmt's padding machinery for each octet.
+            Some(IpAddr::V4(v4)) => {
+                let mut n = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    if octet >= 100 {
+                        buf[n] = b'0' + octet / 100;
+                        n += 1;
+                    }
+                    if octet >= 10 {
+                        buf[n] = b'0' + octet / 10 % 10;
+                        n += 1;
+                    }
+                    buf[n] = b'0' + octet % 10;
+                    n += 1;
+                }
+                n
+            }
+            Some(ip @ IpAddr::V6(_)) => {
+                let mut rest = &mut buf[..];
+                match write!(rest, "{ip}") {
+                    Ok(()) => 48 - rest.len(),
+                    Err(_) => return s.collect_str(&ip),
+                }
+            }
+        };
+        s.serialize_str(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+    }
 }
 
 /// Writes a probe event's own fields to the JSON object, keeping the first error.
@@ -206,7 +251,7 @@ impl<M: SerializeMap> Visit for JsonFields<'_, M> {
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
-        map.serialize_entry("time", &crate::timefmt::rfc3339(self.time))?;
+        map.serialize_entry("time", crate::timefmt::Rfc3339::of(self.time).as_str())?;
         map.serialize_entry("node", &*self.node)?;
         map.serialize_entry("type", self.kind.type_name())?;
         map.serialize_entry("severity", self.severity.as_str())?;
@@ -257,6 +302,28 @@ mod tests {
     use crate::probes::packet_drop::PacketDrop;
     use crate::probes::softirq::Softirq;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn addresses_are_written_as_serde_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "1.20.3.40",
+            "198.18.0.2",
+            "::",
+            "fd00:5d::1",
+            "::ffff:198.18.0.2",
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: Option<IpAddr> = Some(text.parse().unwrap());
+            assert_eq!(
+                serde_json::to_string(&JsonIp(ip)).unwrap(),
+                serde_json::to_string(&ip).unwrap()
+            );
+        }
+        assert_eq!(serde_json::to_string(&JsonIp(None)).unwrap(), "null");
+    }
 
     #[test]
     fn json_has_envelope_then_type_fields() {

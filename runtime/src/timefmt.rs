@@ -55,14 +55,61 @@ pub fn instant_of_ktime(ktime_ns: u64) -> std::time::Instant {
 
 /// RFC 3339 in UTC with microseconds: `2026-11-25T14:03:07.123456Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
-    // Before 1970 reads as 1970, as a clock that went back would.
-    let t = t.max(UNIX_EPOCH);
-    time::OffsetDateTime::from(t)
-        .format(FORMAT)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".to_string())
+    Rfc3339::of(t).as_str().to_string()
+}
+
+/// An RFC 3339 timestamp formatted on the stack: every event carries one, so the JSON sinks
+/// write it without an allocation or a format description's interpretation.
+pub struct Rfc3339([u8; 27]);
+
+impl Rfc3339 {
+    /// `t` in UTC with microseconds; before 1970 reads as 1970 (as a clock that went back
+    /// would), after 9999 as 9999's last microsecond.
+    pub fn of(t: SystemTime) -> Rfc3339 {
+        const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let (secs, micros) = match since.as_secs() {
+            s if s > LAST => (LAST, 999_999),
+            s => (s, since.subsec_micros()),
+        };
+        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+        let of_day = secs % 86_400;
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut n: u64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year as u64);
+        put(5, 2, month.into());
+        put(8, 2, day.into());
+        put(11, 2, of_day / 3600);
+        put(14, 2, of_day / 60 % 60);
+        put(17, 2, of_day % 60);
+        put(20, 6, micros.into());
+        Rfc3339(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000000Z")
+    }
+}
+
+/// (year, month, day) of the day `days` after 1970-01-01 in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -76,6 +123,34 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-25T14:03:07.123456Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn agrees_with_gmtime_and_clamps_the_ends() {
+        // Seconds spread over 1970-9999, every leap-year rule among them (1972, 2000, 2100).
+        let mut s: u64 = 0;
+        while s < 253_402_300_800 {
+            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+            let secs = s as libc::time_t;
+            // SAFETY: gmtime_r writes into the tm we own.
+            assert!(!unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null());
+            let want = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.000007Z",
+                tm.tm_year + 1900,
+                tm.tm_mon + 1,
+                tm.tm_mday,
+                tm.tm_hour,
+                tm.tm_min,
+                tm.tm_sec
+            );
+            let t = UNIX_EPOCH + Duration::from_secs(s) + Duration::from_nanos(7_999);
+            assert_eq!(rfc3339(t), want, "second {s}");
+            s += 86_399 * 7 + 3_607;
+        }
+        let before = UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000000Z");
+        let after = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339(after), "9999-12-31T23:59:59.999999Z");
     }
 
     #[test]
