@@ -131,7 +131,23 @@ impl Event {
 
     /// The event as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(512);
+        self.write_json(&mut out);
+        // write_json writes UTF-8 only (keys and strings come from &str).
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the event as one line of JSON (no newline) to `out`: what `serde_json` would
+    /// write for it, faster (the sinks' path): keys that need no escaping, the schema's field
+    /// names among them, are copied as they are.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut map = RawMap { out, first: true };
+        // Writing to a Vec fails only for a map key that is not a string, which no field has.
+        if self.serialize_entries(&mut map).is_err() {
+            tracing::warn!(event = self.kind.type_name(), "event not serialised");
+        }
+        map.out.push(b'}');
     }
 }
 
@@ -251,6 +267,14 @@ impl<M: SerializeMap> Visit for JsonFields<'_, M> {
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
+        self.serialize_entries(&mut map)?;
+        map.end()
+    }
+}
+
+impl Event {
+    /// The event's JSON object's entries: the envelope, its flow, the probe's fields.
+    fn serialize_entries<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         map.serialize_entry("time", crate::timefmt::Rfc3339::of(self.time).as_str())?;
         map.serialize_entry("node", &*self.node)?;
         map.serialize_entry("type", self.kind.type_name())?;
@@ -272,12 +296,9 @@ impl Serialize for Event {
         map.serialize_entry("netns_cookie", &self.netns_cookie)?;
         map.serialize_entry("source", self.source.as_str())?;
         if let Some(flow) = self.kind.flow() {
-            serialize_flow(&mut map, flow, self.peer.as_ref())?;
+            serialize_flow(map, flow, self.peer.as_ref())?;
         }
-        let mut fields = JsonFields {
-            map: &mut map,
-            error: None,
-        };
+        let mut fields = JsonFields { map, error: None };
         self.kind.visit(&mut fields);
         if let Some(e) = fields.error {
             return Err(e);
@@ -290,7 +311,149 @@ impl Serialize for Event {
         if let Some(m) = &self.message {
             map.serialize_entry("message", m)?;
         }
-        map.end()
+        Ok(())
+    }
+}
+
+/// A JSON object's entries written straight into a buffer: keys that need no escaping as they
+/// are, values through serde_json.
+struct RawMap<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl SerializeMap for RawMap<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+
+    fn serialize_key<K: ?Sized + Serialize>(&mut self, key: &K) -> Result<(), Self::Error> {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        key.serialize(KeyWriter(self.out))?;
+        self.out.push(b':');
+        Ok(())
+    }
+
+    fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Self::Error> {
+        serde_json::to_writer(&mut *self.out, value)
+    }
+
+    fn end(self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Whether JSON needs any of `text`'s bytes escaped (a control character, `"` or `\\`):
+/// eight bytes at a time, as keys are checked for every event.
+fn needs_escape(text: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `word` is zero: the classic test, exact when no byte is >= 0x80 in
+    // `word - ONES` for another reason than a borrow from a zero byte (hence `& !word`).
+    let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
+    // A byte below 0x20: `word - 0x20` borrows there, and the byte's own high bit is clear.
+    let has_below_space = |word: u64| word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+    let mut chunks = text.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        if has_below_space(word) || has_zero(word ^ (ONES * 0x22)) || has_zero(word ^ (ONES * 0x5c))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// Writes a map key, which must be a string: as it is when nothing in it needs escaping.
+struct KeyWriter<'a>(&'a mut Vec<u8>);
+
+fn key_must_be_a_string() -> serde_json::Error {
+    serde::ser::Error::custom("a JSON object's key must be a string")
+}
+
+macro_rules! not_a_key {
+    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+        $(fn $method(self $(, _: $arg)*) -> Result<$ret, Self::Error> {
+            Err(key_must_be_a_string())
+        })*
+    };
+}
+
+impl serde::Serializer for KeyWriter<'_> {
+    type Ok = ();
+    type Error = serde_json::Error;
+    type SerializeSeq = serde::ser::Impossible<(), serde_json::Error>;
+    type SerializeTuple = serde::ser::Impossible<(), serde_json::Error>;
+    type SerializeTupleStruct = serde::ser::Impossible<(), serde_json::Error>;
+    type SerializeTupleVariant = serde::ser::Impossible<(), serde_json::Error>;
+    type SerializeMap = serde::ser::Impossible<(), serde_json::Error>;
+    type SerializeStruct = serde::ser::Impossible<(), serde_json::Error>;
+    type SerializeStructVariant = serde::ser::Impossible<(), serde_json::Error>;
+
+    fn serialize_str(self, key: &str) -> Result<(), Self::Error> {
+        if !needs_escape(key.as_bytes()) {
+            self.0.push(b'"');
+            self.0.extend_from_slice(key.as_bytes());
+            self.0.push(b'"');
+            Ok(())
+        } else {
+            serde_json::to_writer(&mut *self.0, key)
+        }
+    }
+
+    not_a_key! {
+        serialize_bool(bool) -> ();
+        serialize_i8(i8) -> ();
+        serialize_i16(i16) -> ();
+        serialize_i32(i32) -> ();
+        serialize_i64(i64) -> ();
+        serialize_u8(u8) -> ();
+        serialize_u16(u16) -> ();
+        serialize_u32(u32) -> ();
+        serialize_u64(u64) -> ();
+        serialize_f32(f32) -> ();
+        serialize_f64(f64) -> ();
+        serialize_char(char) -> ();
+        serialize_bytes(&[u8]) -> ();
+        serialize_none() -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(&'static str) -> ();
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), Self::Error> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), Self::Error> {
+        Err(key_must_be_a_string())
     }
 }
 
@@ -323,6 +486,74 @@ mod tests {
             );
         }
         assert_eq!(serde_json::to_string(&JsonIp(None)).unwrap(), "null");
+    }
+
+    /// The word-at-a-time check agrees with the byte-at-a-time one, at every position of
+    /// every byte value, beside bytes that could fool it (0x80 and above, 0x20, 0x21).
+    #[test]
+    fn needs_escape_is_exact() {
+        let slow = |t: &[u8]| t.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        for fill in [b'a', 0x20, 0x21, 0x80, 0xff, 0x5d, 0x23] {
+            for len in 0..20 {
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut text = vec![fill; len];
+                        text[at] = b;
+                        assert_eq!(needs_escape(&text), slow(&text), "{text:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sinks' writer gives what serde_json gives, also for keys and values that need
+    /// escaping (a plugin's derived fields, labels, messages).
+    #[test]
+    fn write_json_is_what_serde_json_writes() {
+        let mut drop = Event::kernel(
+            UNIX_EPOCH + Duration::from_micros(1_795_615_387_123_456),
+            4026532000,
+            Severity::Warning,
+            Kind::PacketDrop(PacketDrop {
+                flow: Flow {
+                    protocol: "tcp".into(),
+                    saddr: Some("fd00:5d::1".parse().unwrap()),
+                    sport: 5000,
+                    daddr: None,
+                    dport: 80,
+                },
+                reason: Arc::from("NO_SOCKET"),
+                location: Arc::from("tcp_v6_rcv"),
+                stack: None,
+            }),
+        );
+        drop.workload = Some(Workload {
+            namespace: Arc::from("team \"a\""),
+            pod: Arc::from("web\n1"),
+        });
+        drop.peer = drop.workload.clone();
+        drop.labels = Some(Arc::from(vec![("app\"x".to_string(), "v\\1".to_string())]));
+        drop.message = Some("line\u{1}\tbreak".into());
+        let mut derived = drop.clone();
+        derived.kind = Kind::Derived(Derived {
+            type_name: "plugin_thing".into(),
+            fields: vec![
+                ("plain".into(), serde_json::json!(1)),
+                (
+                    "quo\"te".into(),
+                    serde_json::json!({"k\\": [null, "\u{7f}"]}),
+                ),
+                ("ctl\u{2}".into(), serde_json::json!("é")),
+            ],
+        });
+        for e in [drop, derived] {
+            let mut fast = Vec::new();
+            e.write_json(&mut fast);
+            let fast = String::from_utf8(fast).unwrap();
+            assert_eq!(fast, serde_json::to_string(&e).unwrap());
+            assert_eq!(e.to_json(), fast);
+            serde_json::from_str::<serde_json::Value>(&fast).unwrap();
+        }
     }
 
     #[test]

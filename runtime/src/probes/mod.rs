@@ -141,8 +141,9 @@ impl Context {
     /// that sinks, scripts, plugins and the events API see the same event. See
     /// [`Context::enrich`].
     pub fn publish(&self, mut events: Vec<Event>) {
+        let mut owners = Owners::default();
         for e in &mut events {
-            self.enrich(e);
+            self.enrich_with(e, &mut owners);
         }
         self.fanout.publish(events);
     }
@@ -154,15 +155,21 @@ impl Context {
     /// sent to); then its `labels`: the additional labels' non-empty values, and the
     /// enrichment plugins' (which win on the same name).
     pub fn enrich(&self, event: &mut Event) {
+        self.enrich_with(event, &mut Owners::default());
+    }
+
+    /// [`Context::enrich`], with the owners already looked up for the events before it in
+    /// the same batch.
+    fn enrich_with(&self, event: &mut Event, owners: &mut Owners) {
         event.node = Arc::clone(&self.node);
         if event.workload.is_none() {
-            event.workload = self
-                .topology
-                .workload_of_netns(Netns::new(event.netns, event.netns_cookie));
+            let netns = Netns::new(event.netns, event.netns_cookie);
+            event.workload = owners.of_netns(netns, |n| self.topology.workload_of_netns(n));
         }
         if let Some(flow) = event.kind.flow() {
-            let owner =
-                |a: Option<std::net::IpAddr>| a.and_then(|a| self.topology.workload_of_ip(a));
+            let mut owner = |a: Option<std::net::IpAddr>| {
+                a.and_then(|a| owners.of_ip(a, |a| self.topology.workload_of_ip(a)))
+            };
             event.peer = match owner(flow.daddr) {
                 Some(w) if Some(&w) == event.workload.as_ref() => owner(flow.saddr),
                 other => other,
@@ -190,6 +197,48 @@ impl Context {
         if !merged.is_empty() {
             event.labels = Some(Arc::from(merged));
         }
+    }
+}
+
+/// The owners of the namespace and the addresses the last events of a batch had: a flood
+/// comes from one pod to one peer, and each lookup in the topology takes a lock, hashes and
+/// clones. Lives for one batch, a few milliseconds of events, so a pod that comes or goes is
+/// seen from the next batch on.
+#[derive(Default)]
+struct Owners {
+    netns: Option<(Netns, Option<Workload>)>,
+    /// The last two addresses looked up (a flow's destination, then its source).
+    ips: [Option<(std::net::IpAddr, Option<Workload>)>; 2],
+}
+
+impl Owners {
+    fn of_netns(
+        &mut self,
+        netns: Netns,
+        look_up: impl FnOnce(Netns) -> Option<Workload>,
+    ) -> Option<Workload> {
+        match &self.netns {
+            Some((n, w)) if *n == netns => w.clone(),
+            _ => {
+                let w = look_up(netns);
+                self.netns = Some((netns, w.clone()));
+                w
+            }
+        }
+    }
+
+    fn of_ip(
+        &mut self,
+        ip: std::net::IpAddr,
+        look_up: impl FnOnce(std::net::IpAddr) -> Option<Workload>,
+    ) -> Option<Workload> {
+        if let Some((_, w)) = self.ips.iter().flatten().find(|(a, _)| *a == ip) {
+            return w.clone();
+        }
+        let w = look_up(ip);
+        self.ips.rotate_right(1);
+        self.ips[0] = Some((ip, w.clone()));
+        w
     }
 }
 
@@ -574,6 +623,40 @@ impl Deltas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch looks each namespace and address up once while they repeat, and again when
+    /// another came between (for addresses: two others).
+    #[test]
+    fn owners_are_looked_up_once_while_they_repeat() {
+        let pod = |name: &str| Workload {
+            namespace: Arc::from("ns"),
+            pod: Arc::from(name),
+        };
+        let mut owners = Owners::default();
+        let mut lookups = Vec::new();
+        let a = Netns::new(1, 10);
+        let b = Netns::new(2, 20);
+        for n in [a, a, b, a] {
+            let w = owners.of_netns(n, |n| {
+                lookups.push(n.inode);
+                Some(pod(&n.inode.to_string()))
+            });
+            assert_eq!(w, Some(pod(&n.inode.to_string())));
+        }
+        assert_eq!(lookups, [1, 2, 1]);
+
+        let mut looked: Vec<std::net::IpAddr> = Vec::new();
+        let [x, y, z]: [std::net::IpAddr; 3] =
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(|a| a.parse().unwrap());
+        for ip in [x, y, x, y, z, x, y] {
+            let w = owners.of_ip(ip, |ip| {
+                looked.push(ip);
+                (ip != z).then(|| pod(&ip.to_string()))
+            });
+            assert_eq!(w, (ip != z).then(|| pod(&ip.to_string())));
+        }
+        assert_eq!(looked, [x, y, z, x, y]);
+    }
 
     /// A driver says it has events exactly when its config takes an `events` block.
     #[test]

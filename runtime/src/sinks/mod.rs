@@ -79,7 +79,7 @@ fn write_batches(
     while let Some(batch) = rx.blocking_recv() {
         let written = batch.iter().try_for_each(|event| {
             line.clear();
-            serde_json::to_writer(&mut line, event)?;
+            event.write_json(&mut line);
             line.push(b'\n');
             out.write_line(&line)
         });
