@@ -520,6 +520,69 @@ pub fn program_stats(ids: &HashSet<u32>) -> HashMap<u32, (u64, u64)> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Targets
+
+/// The header of every bench's table of targets: `sonde-bench all` gathers the rows under it
+/// from each bench's output.
+pub const TARGETS_HEADER: &str = "| target | measured | verdict |";
+
+/// A target of docs/benchmarks.md and what a bench measured for it; `met` is none when the
+/// bench could not measure it here (the reason in `measured`).
+pub struct Target {
+    pub target: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+impl Target {
+    pub fn new(target: impl Into<String>, measured: impl Into<String>, met: Option<bool>) -> Self {
+        Target {
+            target: target.into(),
+            measured: measured.into(),
+            met,
+        }
+    }
+
+    /// The target as a row of the table under [`TARGETS_HEADER`].
+    pub fn row(&self) -> String {
+        let verdict = match self.met {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "not measured",
+        };
+        format!("| {} | {} | {verdict} |", self.target, self.measured)
+    }
+}
+
+/// Prints `targets` as a table under `heading`.
+pub fn print_targets(heading: &str, targets: &[Target]) {
+    println!("{heading}\n");
+    println!("{TARGETS_HEADER}\n|---|---|---|");
+    for t in targets {
+        println!("{}", t.row());
+    }
+    println!();
+}
+
+/// The rows of every table of targets in a bench's Markdown output.
+pub fn target_rows(markdown: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    let mut inside = false;
+    for line in markdown.lines() {
+        if line == TARGETS_HEADER {
+            inside = true;
+        } else if inside && line.starts_with('|') {
+            if !line.starts_with("|---") {
+                rows.push(line.to_string());
+            }
+        } else {
+            inside = false;
+        }
+    }
+    rows
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 /// `n` rounded, with commas between thousands: `3,000,000`.
@@ -560,5 +623,27 @@ impl Ranked for f64 {
 impl Ranked for Duration {
     fn rank(&self, other: &Self) -> Ordering {
         self.cmp(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_rows_are_those_under_the_targets_header() {
+        let markdown = format!(
+            "| a | b |\n|---|---|\n| x | y |\n\n### Targets\n\n{TARGETS_HEADER}\n|---|---|---|\n\
+             | t1 | 1 ns | PASS |\n| t2 | 2 ns | FAIL |\n\ntext\n{TARGETS_HEADER}\n|---|---|---|\n\
+             | t3 | — | not measured |\n"
+        );
+        assert_eq!(
+            target_rows(&markdown),
+            [
+                "| t1 | 1 ns | PASS |",
+                "| t2 | 2 ns | FAIL |",
+                "| t3 | — | not measured |"
+            ]
+        );
     }
 }

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sonde_tests::bench::{
-    cpu_seconds, median, options_or_exit, positive_number, program_stats, programs_of, Floor,
-    FloorHook, Machine, RunTimeStats,
+    cpu_seconds, median, options_or_exit, positive_number, print_targets, program_stats,
+    programs_of, Floor, FloorHook, Machine, RunTimeStats, Target,
 };
 use sonde_tests::{Agent, IpFamily, NodePod, NodePods, READY_TIMEOUT};
 
@@ -46,6 +46,9 @@ const PORT: u16 = 5201;
 const DEFAULT_CONFIG: &str = include_str!("../../../runtime/src/default.yaml");
 /// The most a per-packet program may cost over the empty program on its hook.
 const FLOOR_TARGET_NS: f64 = 30.0;
+/// The most a transfer may lose with the default probes and with every probe on, percent.
+const DEFAULT_LOSS_TARGET: f64 = 1.0;
+const ALL_LOSS_TARGET: f64 = 5.0;
 /// Runs per second above which a program is taken to run per packet of the transfer.
 const PER_PACKET_RUNS: f64 = 1000.0;
 /// The hooks the empty programs go on.
@@ -394,6 +397,16 @@ fn print_report(
     );
     println!("| program | ns per run | runs per second | over the empty program | target |");
     println!("|---|---|---|---|---|");
+    let mut targets = Vec::new();
+    for (name, want) in [("default", DEFAULT_LOSS_TARGET), ("all", ALL_LOSS_TARGET)] {
+        let med = median(runs[name].iter().map(|t| t.gbits).collect());
+        let loss = (1.0 - med / baseline) * 100.0;
+        targets.push(Target::new(
+            format!("a TCP transfer between two pods loses at most {want:.0} % ({name} probes)"),
+            format!("{loss:.1} % (median of {} rounds)", runs[name].len()),
+            Some(loss <= want),
+        ));
+    }
     for (name, (ns, rate)) in costs {
         // Only where the transfer runs the program per packet: a few cold runs (packet_drop
         // under a clean transfer) say nothing of its counting path.
@@ -402,10 +415,19 @@ fn print_report(
             .and_then(|hook| costs.get(&format!("empty/{}", hook.name())))
             .map(|(floor_ns, _)| ns - floor_ns);
         let (over, verdict) = match over {
-            Some(o) if !o.is_nan() => (
-                format!("{o:+.0} ns"),
-                if o <= FLOOR_TARGET_NS { "PASS" } else { "FAIL" },
-            ),
+            Some(o) if !o.is_nan() => {
+                targets.push(Target::new(
+                    format!(
+                        "{name}: at most {FLOOR_TARGET_NS:.0} ns per run over an empty program on its hook"
+                    ),
+                    format!("{o:+.0} ns"),
+                    Some(o <= FLOOR_TARGET_NS),
+                ));
+                (
+                    format!("{o:+.0} ns"),
+                    if o <= FLOOR_TARGET_NS { "PASS" } else { "FAIL" },
+                )
+            }
             _ => (String::new(), ""),
         };
         let ns = if ns.is_nan() {
@@ -418,4 +440,6 @@ fn print_report(
             sonde_tests::bench::thousands(*rate)
         );
     }
+    println!();
+    print_targets("### Targets (iperf-bench)", &targets);
 }

@@ -16,6 +16,11 @@
 //! rate, default 6), `--ring-buffer-size BYTES` (the event modes' ring buffers, default the
 //! agent's 1Mi), `--allow-other-agents` (run even though other Sonde probes are loaded; their
 //! cost then shows in the sender's rate). docs/benchmarks.md says what each number means.
+//!
+//! It ends with a table of the performance targets it measures, PASS or FAIL (and those no
+//! bench measures yet, with why). `sonde-bench all` then runs iperf-bench (when iperf3 is
+//! installed) and plugin-bench (Rust plugins; build them first, see plugin-bench), prints their
+//! reports, and gathers every bench's targets into one table.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,9 +33,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use sonde_tests::bench::{
-    cpu_seconds, median, memory_kib, mib, option_value, positive_number, program_stats,
-    programs_of, require_root_and_sonde, thousands, udp_flood, Flood, FloodLength, Floor,
-    FloorHook, Machine, RunTimeStats, PAYLOAD,
+    cpu_seconds, median, memory_kib, mib, option_value, positive_number, print_targets,
+    program_stats, programs_of, require_root_and_sonde, target_rows, thousands, udp_flood, Flood,
+    FloodLength, Floor, FloorHook, Machine, RunTimeStats, Target, PAYLOAD, TARGETS_HEADER,
 };
 use sonde_tests::{
     free_local_addr, http_get, in_netns, metric_value, refused_connects, start_agent, IpFamily,
@@ -116,7 +121,7 @@ fn main() {
         .chain([foreign_programs(&HashSet::new()).len()])
         .max()
         .unwrap_or(0);
-    print_report(&Report {
+    let report = Report {
         machine,
         duration: opts.duration,
         in_process,
@@ -124,7 +129,170 @@ fn main() {
         floor,
         modes,
         foreign_after,
-    });
+    };
+    print_report(&report);
+    let mut targets = targets(&report);
+    targets.extend(size_targets(&report.machine));
+    print_targets("### Targets (sonde-bench)", &targets);
+    if opts.all {
+        every_target(&targets);
+    }
+}
+
+/// The performance targets this bench measures (docs/benchmarks.md), and those it cannot.
+fn targets(r: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some(counting) = r.modes.iter().find(|m| m.mode == Mode::Counting) {
+        let (floor_ns, _) = r.floor.kernel;
+        let (probe_ns, _) = counting.kernel.programs["packet_drop"];
+        let over = probe_ns - floor_ns;
+        out.push(Target::new(
+            format!(
+                "packet_drop counting: at most {FLOOR_TARGET_NS:.0} ns per event over an empty \
+                 program on {}",
+                FloorHook::KfreeSkb.name()
+            ),
+            format!("{over:+.0} ns ({probe_ns:.0} against {floor_ns:.0})"),
+            Some(over <= FLOOR_TARGET_NS),
+        ));
+    }
+    if let Some(unlimited) = r.modes.iter().find(|m| m.mode == Mode::EventsUnlimited) {
+        let per_event: Vec<f64> = unlimited
+            .full
+            .iter()
+            .filter(|d| d.events > 0)
+            .map(|d| d.cpu * (d.flood.elapsed + d.lag).as_secs_f64() * 1e6 / d.events as f64)
+            .collect();
+        if !per_event.is_empty() {
+            let us = median(per_event.clone());
+            out.push(Target::new(
+                format!(
+                    "draining events: at most {DRAIN_TARGET_US} µs of agent CPU per event \
+                     (events unlimited, stdout)"
+                ),
+                format!(
+                    "{us:.2} µs (median of {} full-speed floods)",
+                    per_event.len()
+                ),
+                Some(us <= DRAIN_TARGET_US),
+            ));
+        }
+        let lossy = unlimited.full.iter().filter(|d| !d.zero_loss()).count();
+        out.push(Target::new(
+            "zero loss at the highest rate one sender core makes (events unlimited)",
+            format!(
+                "loss in {lossy} of {} floods, up to {} events/s",
+                unlimited.full.len(),
+                thousands(best_rate(unlimited.full.iter().map(|d| &d.flood)))
+            ),
+            Some(lossy == 0),
+        ));
+    }
+    if let Some(default) = r.modes.iter().find(|m| m.mode == Mode::EventsDefault) {
+        out.push(Target::new(
+            format!("RSS when ready at most {READY_RSS_TARGET_MIB} MiB (default config)"),
+            mib(default.idle_rss_kib),
+            Some(default.idle_rss_kib <= READY_RSS_TARGET_MIB << 10),
+        ));
+    }
+    out.push(Target::new(
+        "RSS under a flood with three plugins at most 40 MiB",
+        "not measured: no bench loads plugins beside a flood yet",
+        None,
+    ));
+    out
+}
+
+/// The binary's size: the `dist` build's when there is one (what the image ships), else the
+/// `release` build's, which has symbols and no LTO and is not what the target is about.
+fn size_targets(m: &Machine) -> Vec<Target> {
+    let size_mb = |p: &Path| std::fs::metadata(p).ok().map(|md| md.len() as f64 / 1e6);
+    let dist = m
+        .sonde_bin
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("dist").join("sonde"));
+    let binary = format!("the agent binary at most {BINARY_TARGET_MB:.0} MB (`dist` profile)");
+    let size = match dist.as_deref().and_then(|p| size_mb(p).map(|mb| (p, mb))) {
+        Some((path, mb)) => Target::new(
+            binary,
+            format!("{mb:.1} MB (`{}`)", path.display()),
+            Some(mb <= BINARY_TARGET_MB),
+        ),
+        None => Target::new(
+            binary,
+            format!(
+                "not measured: no `target/dist/sonde` (`cargo build --profile dist -p sonde`); \
+                 `release` is {}",
+                size_mb(&m.sonde_bin).map_or("missing".to_string(), |mb| format!("{mb:.1} MB"))
+            ),
+            None,
+        ),
+    };
+    vec![
+        size,
+        Target::new(
+            "the container image (deploy/Dockerfile) at most 40 MB",
+            "not measured: the bench builds no image",
+            None,
+        ),
+        Target::new(
+            "a cold release build no slower than about 13 minutes",
+            "not measured: `cargo clean && time cargo build --release` on an idle machine",
+            None,
+        ),
+    ]
+}
+
+/// `all`: runs the other benches with targets (iperf-bench, when iperf3 is installed, and
+/// plugin-bench for the Rust plugins), prints their reports, then every target in one table.
+fn every_target(own: &[Target]) {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .expect("sonde-bench's own directory");
+    let mut rows: Vec<String> = own.iter().map(Target::row).collect();
+    let others: [(&str, &[&str], &str); 2] = [
+        ("iperf-bench", &[], "iperf3"),
+        ("plugin-bench", &["--only-rust", "--repeat", "3"], ""),
+    ];
+    for (bench, args, needs) in others {
+        if !needs.is_empty()
+            && std::process::Command::new(needs)
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            rows.push(format!("| every target of {bench} | not measured: {needs} is not installed | not measured |"));
+            continue;
+        }
+        eprintln!("sonde-bench all: running {bench} {}", args.join(" "));
+        let out = std::process::Command::new(dir.join(bench))
+            .args(args)
+            .stderr(std::process::Stdio::inherit())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                println!("## {bench}\n\n{text}");
+                rows.extend(target_rows(&text));
+            }
+            Ok(out) => rows.push(format!(
+                "| every target of {bench} | not measured: it failed ({}) | not measured |",
+                out.status
+            )),
+            Err(e) => rows.push(format!(
+                "| every target of {bench} | not measured: cannot run {} ({e}): build it with \
+                 `cargo build --release -p sonde-tests --bins` | not measured |",
+                dir.join(bench).display()
+            )),
+        }
+    }
+    println!("## Every target\n");
+    println!("{TARGETS_HEADER}\n|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
 }
 
 struct Options {
@@ -136,6 +304,8 @@ struct Options {
     /// `events.ringBufferSize` of the agents with events, when not the default.
     ring_buffer: Option<u32>,
     allow_other_agents: bool,
+    /// Also run the other benches with targets and print every target in one table.
+    all: bool,
 }
 
 impl Options {
@@ -146,6 +316,7 @@ impl Options {
             repeat: 3,
             ring_buffer: None,
             allow_other_agents: false,
+            all: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -171,6 +342,7 @@ impl Options {
                     opts.ring_buffer = Some(bytes.unwrap_or_else(|e| usage(&e)));
                 }
                 "--allow-other-agents" => opts.allow_other_agents = true,
+                "all" => opts.all = true,
                 "-h" | "--help" => {
                     println!("{}", USAGE);
                     std::process::exit(0);
@@ -182,8 +354,9 @@ impl Options {
     }
 }
 
-const USAGE: &str = "usage: sonde-bench [--duration SECS] [--repeat N] [--search-steps N] \
+const USAGE: &str = "usage: sonde-bench [all] [--duration SECS] [--repeat N] [--search-steps N] \
      [--ring-buffer-size BYTES] [--allow-other-agents]\n\
+    `all` also runs iperf-bench and plugin-bench and prints every target in one table.\n\
     Run as root after `cargo build --release -p sonde`; SONDE_BIN overrides the agent binary.";
 
 fn usage(reason: &str) -> ! {
@@ -1001,6 +1174,12 @@ fn ms(d: Duration) -> String {
 
 /// The most packet_drop's counting path may add per event over an empty program on its hook.
 const FLOOR_TARGET_NS: f64 = 30.0;
+/// The most agent CPU an event may cost on the unlimited stdout path.
+const DRAIN_TARGET_US: f64 = 0.4;
+/// The most the agent may hold when ready on the default config.
+const READY_RSS_TARGET_MIB: u64 = 24;
+/// The most the `dist` binary may weigh.
+const BINARY_TARGET_MB: f64 = 25.0;
 
 /// packet_drop's counting path against an empty program on the same hook, in the kernel's
 /// run-time statistics and at the sender, with the target's verdict.
