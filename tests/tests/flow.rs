@@ -240,15 +240,41 @@ fn clsact_filters_leave_a_cni_filters_alone() {
         );
     }
 
+    // What each filter counted before the transfer: a packet the pod sent while the filters
+    // were being added one by one (IPv6 router solicitations and MLD reports go out at any
+    // time) was counted by those already there. Read until two reads agree, so that no
+    // packet passed the filters while they were read.
+    let counts = |hook: &str| -> Vec<u64> {
+        [1, FLOW_PRIORITY, after.0]
+            .iter()
+            .map(|p| cni.packets(hook, *p).unwrap_or(0))
+            .collect()
+    };
+    let settled = |hook: &str| {
+        let mut last = counts(hook);
+        poll_until(
+            SETTLE_TIMEOUT,
+            "two equal reads of the CNI's filters",
+            || {
+                let now = counts(hook);
+                let same = now == last;
+                last = now;
+                same.then(|| last.clone())
+            },
+        )
+    };
+    let base = ["ingress", "egress"].map(settled);
+
     let counted = transfer_and_count(&agent, a, b, IpFamily::V4, 5204);
     // Every filter of a hook saw the same packets: the one after Sonde's too, so Sonde's
     // programs let each packet on (TC_ACT_UNSPEC). Counts settle once the last ACK is by.
-    for hook in ["ingress", "egress"] {
+    for (hook, base) in ["ingress", "egress"].into_iter().zip(&base) {
         let mut last = Vec::new();
         let same = try_poll_until(SETTLE_TIMEOUT, || {
-            last = [1, FLOW_PRIORITY, after.0]
+            last = counts(hook)
                 .iter()
-                .map(|p| cni.packets(hook, *p).unwrap_or(0))
+                .zip(base)
+                .map(|(n, b)| n - b)
                 .collect::<Vec<u64>>();
             (last.iter().all(|n| *n == last[0])).then_some(())
         });
