@@ -522,6 +522,18 @@ pub fn program_stats(ids: &HashSet<u32>) -> HashMap<u32, (u64, u64)> {
 // ---------------------------------------------------------------------------------------------
 // Targets
 
+/// The most a probe's program may cost per run over an empty program on its hook.
+pub const FLOOR_TARGET_NS: f64 = 30.0;
+
+/// A target's verdict as the tables print it.
+pub fn verdict(met: bool) -> &'static str {
+    if met {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
 /// The header of every bench's table of targets: `sonde-bench all` gathers the rows under it
 /// from each bench's output.
 pub const TARGETS_HEADER: &str = "| target | measured | verdict |";
@@ -545,11 +557,7 @@ impl Target {
 
     /// The target as a row of the table under [`TARGETS_HEADER`].
     pub fn row(&self) -> String {
-        let verdict = match self.met {
-            Some(true) => "PASS",
-            Some(false) => "FAIL",
-            None => "not measured",
-        };
+        let verdict = self.met.map_or("not measured", verdict);
         format!("| {} | {} | {verdict} |", self.target, self.measured)
     }
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sonde_tests::bench::{
     cpu_seconds, median, options_or_exit, positive_number, print_targets, program_stats,
-    programs_of, Floor, FloorHook, Machine, RunTimeStats, Target,
+    programs_of, verdict, Floor, FloorHook, Machine, RunTimeStats, Target, FLOOR_TARGET_NS,
 };
 use sonde_tests::{Agent, IpFamily, NodePod, NodePods, READY_TIMEOUT};
 
@@ -44,8 +44,6 @@ use sonde_tests::{Agent, IpFamily, NodePod, NodePods, READY_TIMEOUT};
 const PORT: u16 = 5201;
 /// The embedded default config, as `sonde run` without `--config` uses it.
 const DEFAULT_CONFIG: &str = include_str!("../../../runtime/src/default.yaml");
-/// The most a per-packet program may cost over the empty program on its hook.
-const FLOOR_TARGET_NS: f64 = 30.0;
 /// The most a transfer may lose with the default probes and with every probe on, percent.
 const DEFAULT_LOSS_TARGET: f64 = 1.0;
 const ALL_LOSS_TARGET: f64 = 5.0;
@@ -414,19 +412,17 @@ fn print_report(
             .filter(|_| *rate >= PER_PACKET_RUNS)
             .and_then(|hook| costs.get(&format!("empty/{}", hook.name())))
             .map(|(floor_ns, _)| ns - floor_ns);
-        let (over, verdict) = match over {
+        let (over, met) = match over {
             Some(o) if !o.is_nan() => {
+                let met = o <= FLOOR_TARGET_NS;
                 targets.push(Target::new(
                     format!(
                         "{name}: at most {FLOOR_TARGET_NS:.0} ns per run over an empty program on its hook"
                     ),
                     format!("{o:+.0} ns"),
-                    Some(o <= FLOOR_TARGET_NS),
+                    Some(met),
                 ));
-                (
-                    format!("{o:+.0} ns"),
-                    if o <= FLOOR_TARGET_NS { "PASS" } else { "FAIL" },
-                )
+                (format!("{o:+.0} ns"), verdict(met))
             }
             _ => (String::new(), ""),
         };
@@ -436,7 +432,7 @@ fn print_report(
             format!("{ns:.0}")
         };
         println!(
-            "| {name} | {ns} | {} | {over} | {verdict} |",
+            "| {name} | {ns} | {} | {over} | {met} |",
             sonde_tests::bench::thousands(*rate)
         );
     }

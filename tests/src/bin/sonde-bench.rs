@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 
 use sonde_tests::bench::{
     cpu_seconds, median, memory_kib, mib, option_value, positive_number, print_targets,
-    program_stats, programs_of, require_root_and_sonde, target_rows, thousands, udp_flood, Flood,
-    FloodLength, Floor, FloorHook, Machine, RunTimeStats, Target, PAYLOAD, TARGETS_HEADER,
+    program_stats, programs_of, require_root_and_sonde, target_rows, thousands, udp_flood, verdict,
+    Flood, FloodLength, Floor, FloorHook, Machine, RunTimeStats, Target, FLOOR_TARGET_NS, PAYLOAD,
+    TARGETS_HEADER,
 };
 use sonde_tests::{
     free_local_addr, http_get, in_netns, metric_value, refused_connects, start_agent, IpFamily,
@@ -160,8 +161,7 @@ fn targets(r: &Report) -> Vec<Target> {
         let per_event: Vec<f64> = unlimited
             .full
             .iter()
-            .filter(|d| d.events > 0)
-            .map(|d| d.cpu * (d.flood.elapsed + d.lag).as_secs_f64() * 1e6 / d.events as f64)
+            .filter_map(Drain::cpu_us_per_event)
             .collect();
         if !per_event.is_empty() {
             let us = median(per_event.clone());
@@ -894,6 +894,13 @@ impl Drain {
             - self.events as i64
     }
 
+    /// The agent's CPU per event it emitted, in µs, over the flood and the drain after it.
+    fn cpu_us_per_event(&self) -> Option<f64> {
+        (self.events > 0).then(|| {
+            self.cpu * (self.flood.elapsed + self.lag).as_secs_f64() * 1e6 / self.events as f64
+        })
+    }
+
     fn zero_loss(&self) -> bool {
         self.counted.lost == 0 && self.counted.sink_dropped == 0 && self.missing() <= 0
     }
@@ -1172,8 +1179,6 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-/// The most packet_drop's counting path may add per event over an empty program on its hook.
-const FLOOR_TARGET_NS: f64 = 30.0;
 /// The most agent CPU an event may cost on the unlimited stdout path.
 const DRAIN_TARGET_US: f64 = 0.4;
 /// The most the agent may hold when ready on the default config.
@@ -1210,11 +1215,7 @@ fn print_floor(r: &Report, base: f64, floor_rate: f64) {
     );
     println!(
         "| **packet_drop over the floor** | **{over:.0} ns: {}** | {:.0} ns |",
-        if over <= FLOOR_TARGET_NS {
-            "PASS"
-        } else {
-            "FAIL"
-        },
+        verdict(over <= FLOOR_TARGET_NS),
         (1.0 / counting_rate - 1.0 / floor_rate) * 1e9
     );
     println!();
@@ -1399,7 +1400,6 @@ fn print_report(r: &Report) {
                 format!("{:.2}", x / d.events as f64)
             }
         };
-        let cpu_seconds = d.cpu * (d.flood.elapsed + d.lag).as_secs_f64();
         println!(
             "| {label} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} ms |",
             thousands(d.flood.rate()),
@@ -1410,11 +1410,8 @@ fn print_report(r: &Report) {
             thousands(d.counted.sink_dropped as f64),
             d.missing(),
             d.cpu * 100.0,
-            if d.events == 0 {
-                "—".to_string()
-            } else {
-                format!("{:.2} µs", cpu_seconds * 1e6 / d.events as f64)
-            },
+            d.cpu_us_per_event()
+                .map_or("—".to_string(), |us| format!("{us:.2} µs")),
             per_event(d.writes as f64),
             d.lag.as_millis(),
         );
