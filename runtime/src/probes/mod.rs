@@ -4,28 +4,15 @@
 //! that decodes records into typed events, enriches them and publishes them in batches; its
 //! in-kernel counters are turned into Prometheus counters by [`Probes::sync`].
 //!
-//! Adding a probe: a module here with its config struct, decoder and counter sync, one field
-//! in [`ProbesConfig`], and its [`Driver`] in [`DRIVERS`].
+//! Adding a probe: a module here with its config struct, decoder, counter sync and
+//! [`Driver`], and its line in the `catalogue!` below (which declares the module, its field
+//! in [`ProbesConfig`], its place in [`DRIVERS`] and, when it has events, its `Kind`).
 //!
 //! [`netstat`] loads no program: it owns a thread that reads /proc/net in each pod's
 //! namespace, and [`Probes`] starts, reconfigures, stops and reports it beside the drivers.
 
-pub mod dns;
-pub mod flow;
 mod interfaces;
-pub mod io_latency;
-pub mod netdev_latency;
 pub mod netstat;
-pub mod packet_drop;
-pub mod socket_latency;
-pub mod softirq;
-pub mod stack_latency;
-pub mod tcp_connect;
-pub mod tcp_reset;
-pub mod tcp_retrans;
-pub mod tcp_rtt;
-pub mod tcp_state;
-pub mod virtio_net;
 
 use crate::config::Invalid;
 use std::cell::OnceCell;
@@ -340,28 +327,6 @@ impl ProbeConfig {
     }
 }
 
-/// `probes:` in the agent config, one field per probe of the catalogue.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProbesConfig {
-    pub packet_drop: packet_drop::Config,
-    pub tcp_retrans: tcp_retrans::Config,
-    pub tcp_reset: tcp_reset::Config,
-    pub tcp_connect: tcp_connect::Config,
-    pub tcp_rtt: tcp_rtt::Config,
-    /// Not eBPF: reads /proc/net in each pod's namespace (see [`netstat`]).
-    pub netstat: netstat::Config,
-    pub softirq: softirq::Config,
-    pub netdev_latency: netdev_latency::Config,
-    pub socket_latency: socket_latency::Config,
-    pub io_latency: io_latency::Config,
-    pub stack_latency: stack_latency::Config,
-    pub virtio_net: virtio_net::Config,
-    pub flow: flow::Config,
-    pub dns: dns::Config,
-    pub tcp_state: tcp_state::Config,
-}
-
 impl ProbesConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         DRIVERS.iter().try_for_each(|d| (d.validate)(self))?;
@@ -511,37 +476,54 @@ pub enum ControlError {
     Kernel(#[from] ProbeError),
 }
 
-/// Every collector, one per probe of the catalogue.
-pub const DRIVERS: &[Driver] = &[
-    packet_drop::DRIVER,
-    tcp_retrans::DRIVER,
-    tcp_reset::DRIVER,
-    tcp_connect::DRIVER,
-    tcp_rtt::DRIVER,
-    softirq::DRIVER,
-    netdev_latency::DRIVER,
-    socket_latency::DRIVER,
-    io_latency::DRIVER,
-    stack_latency::DRIVER,
-    virtio_net::DRIVER,
-    flow::DRIVER,
-    dns::DRIVER,
-    tcp_state::DRIVER,
-];
+/// Declares the catalogue from one line per probe: `module` for a probe without events,
+/// `module: Variant(Event, "wit-name", WitBatch)` for one with events. It makes the probe's
+/// module (`<module>.rs`, the probe's descriptor), its field in [`ProbesConfig`] (its
+/// `Config`, under `probes.<module>`), its [`Driver`] in [`DRIVERS`], and for a probe with
+/// events its variant of `Kind`, `EventProbe` and `Delivery` (through
+/// `schema::catalogue_events!`).
+macro_rules! catalogue {
+    ($($probe:ident $(: $variant:ident($event:ident, $kebab:literal, $batch:ident))?),* $(,)?) => {
+        $(pub mod $probe;)*
 
-// The probes with events: what plugins and scripts subscribe to. Each line: the variant of
-// `Kind` (and of `EventProbe` and `Delivery`), the event its module declares with
-// `probe_event!`, its name in the WIT (`<name>-handler`) and its WIT batch record.
-crate::catalogue_events! {
-    PacketDrop(packet_drop::PacketDrop, "packet-drop", PacketDropBatch),
-    TcpRetrans(tcp_retrans::TcpRetrans, "tcp-retrans", TcpRetransBatch),
-    TcpReset(tcp_reset::TcpReset, "tcp-reset", TcpResetBatch),
-    TcpConnect(tcp_connect::TcpConnect, "tcp-connect", TcpConnectBatch),
-    Softirq(softirq::Softirq, "softirq", SoftirqBatch),
-    NetdevLatency(netdev_latency::NetdevLatency, "netdev-latency", NetdevLatencyBatch),
-    IoLatency(io_latency::IoLatency, "io-latency", IoLatencyBatch),
-    Dns(dns::Dns, "dns", DnsBatch),
-    TcpState(tcp_state::TcpState, "tcp-state", TcpStateBatch),
+        /// `probes:` in the agent config, one field per probe of the catalogue.
+        #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct ProbesConfig {
+            $(pub $probe: $probe::Config,)*
+            /// Not eBPF: reads /proc/net in each pod's namespace (see [`netstat`]).
+            pub netstat: netstat::Config,
+        }
+
+        /// Every collector, one per probe of the catalogue.
+        pub const DRIVERS: &[Driver] = &[$($probe::DRIVER,)*];
+
+        // The probes with events: what plugins and scripts subscribe to.
+        crate::catalogue_events! {
+            $($($variant($probe::$event, $kebab, $batch),)?)*
+        }
+    };
+}
+
+// The catalogue, in the order probes are loaded, listed and handed over to plugins. Each
+// line with events gives the variant of `Kind` (and of `EventProbe` and `Delivery`), the
+// event its module declares with `probe_event!`, its name in the WIT (`<name>-handler`) and
+// its WIT batch record.
+catalogue! {
+    packet_drop: PacketDrop(PacketDrop, "packet-drop", PacketDropBatch),
+    tcp_retrans: TcpRetrans(TcpRetrans, "tcp-retrans", TcpRetransBatch),
+    tcp_reset: TcpReset(TcpReset, "tcp-reset", TcpResetBatch),
+    tcp_connect: TcpConnect(TcpConnect, "tcp-connect", TcpConnectBatch),
+    tcp_rtt,
+    softirq: Softirq(Softirq, "softirq", SoftirqBatch),
+    netdev_latency: NetdevLatency(NetdevLatency, "netdev-latency", NetdevLatencyBatch),
+    socket_latency,
+    io_latency: IoLatency(IoLatency, "io-latency", IoLatencyBatch),
+    stack_latency,
+    virtio_net,
+    flow,
+    dns: Dns(Dns, "dns", DnsBatch),
+    tcp_state: TcpState(TcpState, "tcp-state", TcpStateBatch),
 }
 
 /// The interface patterns of a probe with TC hooks (none for the others).
@@ -825,7 +807,7 @@ impl Probes {
         // The kernel's BTF (from btf.path when set) is parsed only when a probe is to be
         // loaded, and let go afterwards: it is tens of MiB that the running probes no longer
         // need.
-        let btf: OnceCell<Result<KernelBtf, String>> = OnceCell::new();
+        let btf: OnceCell<Result<KernelBtf, ebpf_core::btf::KernelBtfError>> = OnceCell::new();
         let mut loader: Option<ProbeLoader<'_>> = None;
         for driver in DRIVERS {
             let name = driver.spec.name;
@@ -879,10 +861,10 @@ impl Probes {
                     }
                     // The loader first, then the BTF: see ProbeLoader.
                     let loader = loader.get_or_insert_with(ProbeLoader::new);
-                    let btf = btf.get_or_init(|| KernelBtf::load().map_err(|e| e.to_string()));
+                    let btf = btf.get_or_init(KernelBtf::load);
                     let started = match btf {
                         Ok(btf) => self.start(driver, loader, btf, settings),
-                        Err(e) => Err(ProbeError::Btf(e.clone())),
+                        Err(e) => Err(ProbeError::Btf(e.to_string())),
                     };
                     match started {
                         Ok(r) => {
