@@ -100,40 +100,58 @@ impl Source {
         };
         let data = std::fs::read(path).map_err(|e| self.error(format!("cannot read: {e}")))?;
         if let Source::File(_) = self {
-            check_btf_file(&data).map_err(|reason| self.error(reason))?;
+            check_btf_file(&data).map_err(|e| self.error(e.to_string()))?;
         }
         Ok(data)
     }
 }
 
+/// Why a file is not BTF the agent can read, with what it is instead when that can be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotBtf {
+    #[error("not a BTF file (it is empty)")]
+    Empty,
+    #[error(
+        "not a BTF file (it is xz-compressed: extract the .btf file first (BTFHub's are \
+         .btf.tar.xz: tar xJf FILE))"
+    )]
+    Xz,
+    #[error("not a BTF file (it is gzip-compressed: extract the .btf file first)")]
+    Gzip,
+    #[error(
+        "not a BTF file (it is an ELF file, not raw BTF: make one with `pahole \
+         --btf_encode_detached FILE vmlinux`)"
+    )]
+    Elf,
+    #[error("not a BTF file (it is big-endian BTF, for another architecture)")]
+    BigEndian,
+    #[error("not a BTF file (it does not start with BTF's magic number 0xeb9f)")]
+    Magic,
+    #[error("not a BTF file (bad header)")]
+    Header,
+    #[error("not a BTF file (bad header: version or section bounds; truncated?)")]
+    Bounds,
+    /// A type could not be read (its kind unknown, or running past the type section).
+    #[error("not a BTF file ({0})")]
+    Type(String),
+    #[error("not a BTF file (its type section ends mid-type)")]
+    MidType,
+}
+
 /// Checks that `data` is a whole BTF blob (header, sections in bounds, every type readable to
 /// the end of the type section), so that nothing downstream reads past it; the error says
 /// what the file is instead when it can tell (compressed, ELF).
-fn check_btf_file(data: &[u8]) -> Result<(), String> {
-    const NOT_BTF: &str = "not a BTF file";
-    let what = match data {
-        [] => Some("it is empty".to_string()),
-        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some(
-            "it is xz-compressed: extract the .btf file first (BTFHub's are .btf.tar.xz: \
-             tar xJf FILE)"
-                .to_string(),
-        ),
-        [0x1f, 0x8b, ..] => Some("it is gzip-compressed: extract the .btf file first".into()),
-        [0x7f, b'E', b'L', b'F', ..] => Some(
-            "it is an ELF file, not raw BTF: make one with `pahole --btf_encode_detached FILE \
-             vmlinux`"
-                .to_string(),
-        ),
-        [0xeb, 0x9f, ..] => Some("it is big-endian BTF, for another architecture".into()),
-        _ if data.get(0..2) != Some(&BTF_MAGIC.to_le_bytes()[..]) => {
-            Some("it does not start with BTF's magic number 0xeb9f".to_string())
-        }
-        _ => None,
-    };
-    if let Some(what) = what {
-        return Err(format!("{NOT_BTF} ({what})"));
+fn check_btf_file(data: &[u8]) -> Result<(), NotBtf> {
+    match data {
+        [] => return Err(NotBtf::Empty),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => return Err(NotBtf::Xz),
+        [0x1f, 0x8b, ..] => return Err(NotBtf::Gzip),
+        [0x7f, b'E', b'L', b'F', ..] => return Err(NotBtf::Elf),
+        [0xeb, 0x9f, ..] => return Err(NotBtf::BigEndian),
+        _ if data.get(0..2) != Some(&BTF_MAGIC.to_le_bytes()[..]) => return Err(NotBtf::Magic),
+        _ => {}
     }
-    let sections = Sections::read(data).map_err(|_| format!("{NOT_BTF} (bad header)"))?;
+    let sections = Sections::read(data).map_err(|_| NotBtf::Header)?;
     let hdr_len = data
         .get(4..8)
         .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
@@ -144,9 +162,7 @@ fn check_btf_file(data: &[u8]) -> Result<(), String> {
         || !in_bounds(sections.types, sections.types_len)
         || !in_bounds(sections.strings, sections.strings_len)
     {
-        return Err(format!(
-            "{NOT_BTF} (bad header: version or section bounds; truncated?)"
-        ));
+        return Err(NotBtf::Bounds);
     }
     let end = sections.types + sections.types_len;
     let mut last = sections.types;
@@ -157,9 +173,9 @@ fn check_btf_file(data: &[u8]) -> Result<(), String> {
         }
         Ok(Walk::Next)
     })
-    .map_err(|e| format!("{NOT_BTF} ({e})"))?;
+    .map_err(|e| NotBtf::Type(e.to_string()))?;
     if last != end {
-        return Err(format!("{NOT_BTF} (its type section ends mid-type)"));
+        return Err(NotBtf::MidType);
     }
     Ok(())
 }

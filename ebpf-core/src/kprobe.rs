@@ -14,30 +14,31 @@ use std::path::Path;
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 const KALLSYMS: &str = "/proc/kallsyms";
 
+/// Why a kprobe cannot be attached to a kernel function.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KprobeError {
+    #[error(
+        "this kernel has no kprobes (no {KPROBE_PMU}: CONFIG_KPROBES or CONFIG_KPROBE_EVENTS is off)"
+    )]
+    NoKprobes,
+    /// Reading `/proc/kallsyms` failed (the I/O error's text: the error is cloned for every
+    /// hook that asks).
+    #[error("cannot read {KALLSYMS}: {0}")]
+    Kallsyms(String),
+    #[error("{0} is not in {KALLSYMS} (inlined or renamed in this kernel)")]
+    NotFound(&'static str),
+    #[error("none of {} is in {KALLSYMS} (inlined or renamed in this kernel)", .0.join(", "))]
+    NoneFound(Vec<&'static str>),
+}
+
 /// Which of `functions` a kprobe can be attached to on this kernel; `Err` says why none can.
-pub fn attachable(functions: &[&'static str]) -> Result<Vec<&'static str>, String> {
+pub fn attachable(functions: &[&'static str]) -> Result<Vec<&'static str>, KprobeError> {
     if !Path::new(KPROBE_PMU).exists() {
-        return Err(format!(
-            "this kernel has no kprobes (no {KPROBE_PMU}: CONFIG_KPROBES or \
-             CONFIG_KPROBE_EVENTS is off)"
-        ));
+        return Err(KprobeError::NoKprobes);
     }
-    let file = std::fs::File::open(KALLSYMS).map_err(|e| format!("cannot read {KALLSYMS}: {e}"))?;
-    text_symbols(std::io::BufReader::new(file), functions)
-        .map_err(|e| format!("cannot read {KALLSYMS}: {e}"))
-}
-
-/// Why a kprobe cannot be attached to `function` when kprobes are there but it is not.
-pub fn not_found(function: &str) -> String {
-    format!("{function} is not in {KALLSYMS} (inlined or renamed in this kernel)")
-}
-
-/// Why a kprobe cannot be attached to a function of several names when none is there.
-pub fn none_found(functions: &[&str]) -> String {
-    format!(
-        "none of {} is in {KALLSYMS} (inlined or renamed in this kernel)",
-        functions.join(", ")
-    )
+    let kallsyms = |e: std::io::Error| KprobeError::Kallsyms(e.to_string());
+    let file = std::fs::File::open(KALLSYMS).map_err(kallsyms)?;
+    text_symbols(std::io::BufReader::new(file), functions).map_err(kallsyms)
 }
 
 /// The functions of `functions` that are text symbols of `kallsyms` (`address type name

@@ -11,6 +11,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader, Pod};
 use aya_obj::btf::BtfKind;
 
 use crate::btf::{KernelBtf, TypeIndex};
+use crate::kprobe::KprobeError;
 use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
@@ -40,7 +41,11 @@ pub enum ProbeError {
     )]
     NoTcx,
     #[error("cannot attach a kprobe to {function}: {reason}")]
-    Kprobe { function: String, reason: String },
+    Kprobe {
+        function: String,
+        #[source]
+        reason: crate::kprobe::KprobeError,
+    },
     #[error("cannot attach an {kind} program to {function}: {reason}")]
     Trampoline {
         kind: &'static str,
@@ -365,7 +370,7 @@ pub struct Checked {
 pub struct ProbeLoader<'btf> {
     loader: EbpfLoader<'btf>,
     /// The kernel's types, read the first time a probe with requirements is checked.
-    types: Option<Result<TypeIndex, String>>,
+    types: Option<Result<TypeIndex, crate::btf::KernelBtfError>>,
 }
 
 impl<'btf> ProbeLoader<'btf> {
@@ -518,11 +523,9 @@ impl<'btf> ProbeLoader<'btf> {
         } else {
             let types = self
                 .types
-                .get_or_insert_with(|| {
-                    TypeIndex::from_source(btf.source()).map_err(|e| e.to_string())
-                })
+                .get_or_insert_with(|| TypeIndex::from_source(btf.source()))
                 .as_ref()
-                .map_err(|e| ProbeError::Btf(e.clone()))?;
+                .map_err(|e| ProbeError::Btf(e.to_string()))?;
             check_requirements(spec, types)?;
             Some(types)
         };
@@ -647,10 +650,10 @@ pub trait Kernel {
     /// Whether the kernel has BTF of its own (hooks that need it: [`HookPoint::needs_kernel_btf`]).
     fn has_own_btf(&self) -> bool;
     /// Whether a kprobe can be attached to kernel function `function`, and why not.
-    fn kprobe(&self, function: &'static str) -> Result<(), String>;
+    fn kprobe(&self, function: &'static str) -> Result<(), KprobeError>;
 
     /// The first of `functions` a kprobe can be attached to, and why none can.
-    fn kprobe_any(&self, functions: &[&'static str]) -> Result<&'static str, String> {
+    fn kprobe_any(&self, functions: &[&'static str]) -> Result<&'static str, KprobeError> {
         let mut first = None;
         for &function in functions {
             match self.kprobe(function) {
@@ -660,11 +663,12 @@ pub trait Kernel {
                 }
             }
         }
+        // Either none is in kallsyms or the kernel has no kprobes: both said once.
         Err(match (first, functions) {
-            (Some(e), [_]) => e,
-            // Either none is in kallsyms or the kernel has no kprobes: both said once.
-            (Some(e), _) if !e.contains(functions[0]) => e,
-            _ => crate::kprobe::none_found(functions),
+            (Some(KprobeError::NotFound(_)), [_, _, ..]) | (None, _) => {
+                KprobeError::NoneFound(functions.to_vec())
+            }
+            (Some(e), _) => e,
         })
     }
 }
@@ -675,7 +679,7 @@ struct RunningKernel<'a> {
     types: Option<&'a TypeIndex>,
     own_btf: bool,
     functions: Vec<&'static str>,
-    kprobes: std::cell::OnceCell<Result<Vec<&'static str>, String>>,
+    kprobes: std::cell::OnceCell<Result<Vec<&'static str>, KprobeError>>,
 }
 
 impl<'a> RunningKernel<'a> {
@@ -711,7 +715,7 @@ impl Kernel for RunningKernel<'_> {
         self.own_btf
     }
 
-    fn kprobe(&self, function: &'static str) -> Result<(), String> {
+    fn kprobe(&self, function: &'static str) -> Result<(), KprobeError> {
         let found = self
             .kprobes
             .get_or_init(|| crate::kprobe::attachable(&self.functions))
@@ -720,7 +724,7 @@ impl Kernel for RunningKernel<'_> {
         if found.contains(&function) {
             Ok(())
         } else {
-            Err(crate::kprobe::not_found(function))
+            Err(KprobeError::NotFound(function))
         }
     }
 }
@@ -1299,11 +1303,11 @@ mod tests {
             true
         }
 
-        fn kprobe(&self, function: &'static str) -> Result<(), String> {
+        fn kprobe(&self, function: &'static str) -> Result<(), KprobeError> {
             match self.kprobes {
-                None => Err("no kprobes".into()),
+                None => Err(KprobeError::NoKprobes),
                 Some(f) if f.contains(&function) => Ok(()),
-                Some(_) => Err(format!("no {function}")),
+                Some(_) => Err(KprobeError::NotFound(function)),
             }
         }
     }
@@ -1382,18 +1386,17 @@ mod tests {
         let degraded = degraded.unwrap();
         assert!(
             degraded.starts_with("resets sent for packets no socket owns")
-                && degraded.ends_with(": no kprobes")
-                && degraded.matches("no kprobes").count() == 1,
+                && degraded.ends_with(&format!(": {}", KprobeError::NoKprobes))
+                && degraded.matches("has no kprobes").count() == 1,
             "{degraded}"
         );
         // One function inlined away: the other is still attached, the missing one named.
         let (hooks, _, degraded) = tcp_reset_on(2, Some(&["tcp_v4_send_reset"]));
         assert_eq!(hooks.last().unwrap(), "kprobe/tcp_v4_send_reset");
         assert!(
-            degraded
-                .as_deref()
-                .unwrap()
-                .ends_with(": no tcp_v6_send_reset"),
+            degraded.as_deref().unwrap().ends_with(
+                ": tcp_v6_send_reset is not in /proc/kallsyms (inlined or renamed in this kernel)"
+            ),
             "{degraded:?}"
         );
     }
@@ -1425,7 +1428,10 @@ mod tests {
             choose_programs(&SPEC, &kernel, None)
                 .unwrap_err()
                 .to_string(),
-            "cannot attach a kprobe to tcp_v4_send_reset: no kprobes"
+            format!(
+                "cannot attach a kprobe to tcp_v4_send_reset: {}",
+                KprobeError::NoKprobes
+            )
         );
     }
 

@@ -308,23 +308,39 @@ impl Authorizer {
     }
 }
 
+/// Why a command has no token to send.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// `what`: `--token-file` or the kubeconfig's `tokenFile`.
+    #[error("{what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--token-file {0}: the file is empty")]
+    Empty(String),
+}
+
 /// The token a command sends to an agent: the contents of `token_file`, else the static
 /// token (`token` or `tokenFile`) of the kubeconfig's current user (`$KUBECONFIG` or
 /// `~/.kube/config`), else none (an agent listening on loopback asks for none).
-pub fn client_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+pub fn client_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, TokenError> {
     use secrecy::ExposeSecret;
-    let read = |path: &std::path::Path, what: &str| {
+    let read = |path: &std::path::Path, what: &'static str| {
         std::fs::read_to_string(path)
             .map(|t| t.trim().to_string())
-            .map_err(|e| format!("{what} {}: {e}", path.display()))
+            .map_err(|source| TokenError::Read {
+                what,
+                path: path.display().to_string(),
+                source,
+            })
     };
     if let Some(path) = token_file {
         let token = read(path, "--token-file")?;
         if token.is_empty() {
-            return Err(format!(
-                "--token-file {}: the file is empty",
-                path.display()
-            ));
+            return Err(TokenError::Empty(path.display().to_string()));
         }
         return Ok(Some(token));
     }

@@ -415,7 +415,7 @@ fn probes(
             name: netstat::NAME,
             description: netstat::DESCRIPTION,
             hooks: netstat::SOURCES.iter().map(ToString::to_string).collect(),
-            loadable: checked.clone().map(drop),
+            loadable: checked.as_ref().map(drop).map_err(ToString::to_string),
             attach: None,
             degraded: checked.ok().flatten(),
             needs: held

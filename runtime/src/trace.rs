@@ -221,23 +221,29 @@ struct AgentUrl {
     addr: String,
 }
 
+/// What is wrong with `--agent`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum AgentUrlError {
+    #[error("--agent {0:?}: only http:// and https:// URLs are supported")]
+    Scheme(String),
+    #[error(
+        "--agent {0:?}: expected http://HOST:PORT or https://HOST:PORT (the agent's --listen \
+         address)"
+    )]
+    Shape(String),
+}
+
 /// `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT` (HTTP).
-fn agent_url(url: &str) -> Result<AgentUrl, String> {
+fn agent_url(url: &str) -> Result<AgentUrl, AgentUrlError> {
     let (https, rest) = match url.split_once("://") {
         Some(("http", rest)) => (false, rest),
         Some(("https", rest)) => (true, rest),
-        Some(_) => {
-            return Err(format!(
-                "--agent {url:?}: only http:// and https:// URLs are supported"
-            ))
-        }
+        Some(_) => return Err(AgentUrlError::Scheme(url.to_string())),
         None => (false, url),
     };
     let host_port = rest.trim_end_matches('/');
     if host_port.is_empty() || host_port.contains('/') {
-        return Err(format!(
-            "--agent {url:?}: expected http://HOST:PORT or https://HOST:PORT (the agent's --listen address)"
-        ));
+        return Err(AgentUrlError::Shape(url.to_string()));
     }
     let (host, addr) = match host_port.rsplit_once(':') {
         Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
@@ -269,7 +275,7 @@ async fn connect_agent(
     tls: &crate::tls::ClientTls,
 ) -> anyhow::Result<mpsc::Receiver<Vec<serde_json::Value>>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let AgentUrl { https, host, addr } = agent_url(url).map_err(anyhow::Error::msg)?;
+    let AgentUrl { https, host, addr } = agent_url(url)?;
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .with_context(|| format!("cannot reach the agent at {url}"))?;
@@ -563,9 +569,11 @@ mod tests {
         );
         assert!(agent_url("ftp://x:1")
             .unwrap_err()
+            .to_string()
             .contains("only http:// and https://"));
         assert!(agent_url("http://x:1/api")
             .unwrap_err()
+            .to_string()
             .contains("HOST:PORT"));
     }
 }

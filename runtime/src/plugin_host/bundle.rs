@@ -11,8 +11,8 @@ use super::manifest::{BundleKind, Manifest};
 pub enum BundleError {
     #[error("{0}")]
     Manifest(String),
-    #[error("{0}")]
-    Module(String),
+    #[error(transparent)]
+    Module(#[from] super::ModuleError),
     #[error("{0}")]
     Checksum(String),
     #[error("component does not fit the sonde:plugin world: {0}")]
@@ -73,13 +73,27 @@ impl PluginInfo {
 }
 
 /// Why a bundle's file could not be read, without the file's content.
-fn read_error(e: &std::io::Error) -> String {
-    // cap-std's refusal of a path that escapes the directory.
-    if e.kind() == std::io::ErrorKind::PermissionDenied && e.to_string().contains("outside") {
-        "leads outside the bundle's directory (through a symlink, `..` or an absolute path): refused"
-            .into()
-    } else {
-        format!("cannot read: {e}")
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FileError {
+    /// cap-std's refusal of a path that escapes the directory.
+    #[error(
+        "leads outside the bundle's directory (through a symlink, `..` or an absolute path): \
+         refused"
+    )]
+    Outside,
+    #[error("cannot read: {0}")]
+    Read(#[source] std::sync::Arc<std::io::Error>),
+    #[error("no such key in the ConfigMap's data or binaryData")]
+    NoKey,
+}
+
+impl From<std::io::Error> for FileError {
+    fn from(e: std::io::Error) -> FileError {
+        if e.kind() == std::io::ErrorKind::PermissionDenied && e.to_string().contains("outside") {
+            FileError::Outside
+        } else {
+            FileError::Read(std::sync::Arc::new(e))
+        }
     }
 }
 
@@ -103,7 +117,7 @@ impl Bundle {
             cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(|e| {
                 BundleError::Manifest(format!("{}: cannot open the bundle: {e}", dir.display()))
             })?;
-        Self::assemble(dir, |name| root.read(name).map_err(|e| read_error(&e)))
+        Self::assemble(dir, |name| Ok(root.read(name)?))
     }
 
     /// A bundle from a ConfigMap's keys (`data` and `binaryData` together), named `origin`
@@ -113,10 +127,7 @@ impl Bundle {
         files: &std::collections::BTreeMap<String, Vec<u8>>,
     ) -> Result<Bundle, BundleError> {
         Self::assemble(origin, |name| {
-            files
-                .get(name)
-                .cloned()
-                .ok_or_else(|| "no such key in the ConfigMap's data or binaryData".to_string())
+            files.get(name).cloned().ok_or(FileError::NoKey)
         })
     }
 
@@ -124,7 +135,7 @@ impl Bundle {
     /// bytes, or why not.
     fn assemble(
         dir: &Path,
-        file: impl Fn(&str) -> Result<Vec<u8>, String>,
+        file: impl Fn(&str) -> Result<Vec<u8>, FileError>,
     ) -> Result<Bundle, BundleError> {
         let path = dir.join(Self::MANIFEST);
         let origin = path.display().to_string();
@@ -141,8 +152,10 @@ impl Bundle {
             _ => "spec.module",
         };
         let module_path = dir.join(manifest.file());
-        let module = file(manifest.file()).map_err(|why| {
-            BundleError::Module(format!("{} ({field}): {why}", module_path.display()))
+        let module = file(manifest.file()).map_err(|why| super::ModuleError::File {
+            path: module_path.display().to_string(),
+            field,
+            why,
         })?;
         let sha256 = sha256_hex(&module);
         if let Some(want) = &manifest.spec.sha256 {

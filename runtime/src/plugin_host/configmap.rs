@@ -11,6 +11,7 @@ use k8s_openapi::ByteString;
 
 use super::bundle::{Bundle, BundleError};
 use super::manifest::BundleKind;
+use super::ModuleError;
 
 /// What Kubernetes stores at most in one ConfigMap (etcd's object limit).
 pub const CONFIGMAP_LIMIT: usize = 1 << 20;
@@ -78,16 +79,16 @@ pub fn configmap_yaml(bundle: &Bundle, namespace: Option<&str>) -> Result<String
         binary_data: (!binary_data.is_empty()).then_some(binary_data),
         ..ConfigMap::default()
     };
-    let yaml = serde_yaml_ng::to_string(&cm).map_err(|e| {
-        BundleError::Module(format!("{}: as a ConfigMap: {e}", bundle.dir.display()))
+    let yaml = serde_yaml_ng::to_string(&cm).map_err(|e| ModuleError::ConfigMap {
+        dir: bundle.dir.display().to_string(),
+        why: e.to_string(),
     })?;
     if yaml.len() > CONFIGMAP_LIMIT {
-        return Err(BundleError::Module(format!(
-            "{}: as a ConfigMap this bundle is {:.1} MiB, over Kubernetes' 1 MiB limit: ship \
-             the module in an image volume or on a hostPath and point --plugin-dir at it",
-            bundle.dir.display(),
-            yaml.len() as f64 / f64::from(1 << 20)
-        )));
+        return Err(ModuleError::ConfigMapTooLarge {
+            dir: bundle.dir.display().to_string(),
+            mib: yaml.len() as f64 / f64::from(1 << 20),
+        }
+        .into());
     }
     Ok(yaml)
 }

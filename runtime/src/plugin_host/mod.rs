@@ -526,11 +526,87 @@ fn prepare(
     world::prepare(pre, version)
 }
 
+/// Why a bundle's module or script cannot be used: what reading, checking or compiling it
+/// found (`BundleError::Module`, kind `module`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModuleError {
+    #[error("not a valid component: the file is not WebAssembly (it does not start with \\0asm)")]
+    NotWasm,
+    #[error("not a valid component: shorter than a WebAssembly header")]
+    Short,
+    #[error(
+        "not a valid component: a core WebAssembly module (build for wasm32-wasip2, or wrap it \
+         with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("not a valid component: a WebAssembly version or layer this host does not know")]
+    UnknownLayer,
+    /// The compiler's reason, on one line.
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    #[error("cannot make the plugin engine: {0}")]
+    Engine(String),
+    #[error("cannot load the compiled component: {0}")]
+    Load(String),
+    #[error("cannot start the compiler {exe}: {source}")]
+    CompilerStart {
+        exe: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("waiting for the compiler: {0}")]
+    CompilerWait(#[source] Arc<std::io::Error>),
+    #[error("compiling took longer than plugins.limits.compileTimeout ({0:?})")]
+    CompileTimeout(Duration),
+    #[error("compiling needed more than plugins.limits.compileMemory ({0} MiB of address space)")]
+    CompileMemory(u64),
+    /// The child compiler's own verdict on the module (its last line, which is one of these
+    /// errors as it printed it).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the compiler was killed by signal {signal}{}", last.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    CompilerKilled { signal: i32, last: Option<String> },
+    #[error("the compiler {exe} failed (exit {code}){}", last.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    CompilerFailed {
+        exe: String,
+        code: i32,
+        last: Option<String>,
+    },
+    #[error("cannot read the compiler's output")]
+    CompilerOutput,
+    #[error("cannot write the component to {to}: {source}")]
+    Write {
+        to: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The file the manifest names (`spec.module`, `spec.source`) cannot be read.
+    #[error("{path} ({field}): {why}")]
+    File {
+        path: String,
+        field: &'static str,
+        #[source]
+        why: bundle::FileError,
+    },
+    #[error("{0}: not UTF-8 text")]
+    NotUtf8(String),
+    /// A script that does not compile (the script's own error, with its line).
+    #[error(transparent)]
+    Script(#[from] crate::script::ScriptError),
+    #[error("{dir}: as a ConfigMap: {why}")]
+    ConfigMap { dir: String, why: String },
+    #[error(
+        "{dir}: as a ConfigMap this bundle is {mib:.1} MiB, over Kubernetes' 1 MiB limit: ship \
+         the module in an image volume or on a hostPath and point --plugin-dir at it"
+    )]
+    ConfigMapTooLarge { dir: String, mib: f64 },
+}
+
 /// Compiles a component in this process.
-fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, String> {
+fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, ModuleError> {
     engine
         .precompile_component(bytes)
-        .map_err(|e| format!("not a valid component: {}", one_line(&e)))
+        .map_err(|e| ModuleError::Invalid(one_line(&e)))
 }
 
 /// A component from the cache, or compiled by `compile` (after its header is checked) and
@@ -541,15 +617,15 @@ fn compile_through(
     sha256: &str,
     bytes: &[u8],
     refused: impl FnOnce(String),
-    compile: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+    compile: impl FnOnce(&[u8]) -> Result<Vec<u8>, ModuleError>,
 ) -> Result<Component, BundleError> {
     match cache.map(|c| c.load(sha256, engine)) {
         Some(cache::Lookup::Hit(c)) => return Ok(c),
         Some(cache::Lookup::Bad(why)) => refused(why),
         Some(cache::Lookup::Miss) | None => {}
     }
-    component_header(bytes).map_err(BundleError::Module)?;
-    let compiled = compile(bytes).map_err(BundleError::Module)?;
+    component_header(bytes)?;
+    let compiled = compile(bytes)?;
     if let Some(cache) = cache {
         if let Err(e) = cache.store(sha256, &compiled) {
             tracing::warn!(error = %e, "cannot cache the compiled component");
@@ -557,12 +633,8 @@ fn compile_through(
     }
     // SAFETY: compiled just now by this binary (in process, or its own `plugin compile` in a
     // child) for this engine's configuration; wasmtime checks the compatibility again.
-    let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
-        BundleError::Module(format!(
-            "cannot load the compiled component: {}",
-            one_line(&e)
-        ))
-    })?;
+    let component = unsafe { Component::deserialize(engine, &compiled) }
+        .map_err(|e| ModuleError::Load(one_line(&e)))?;
     Ok(component)
 }
 
@@ -585,7 +657,7 @@ fn open_cache(dir: &str, engine: &Engine) -> Option<cache::Cache> {
 /// the compiled component. The child's address space is capped at `limits.compileMemory`
 /// and its time at `limits.compileTimeout`; a child that fails in any way (refuses the
 /// module, runs out of memory, is killed, cannot start) gives the one-line reason.
-fn run_compiler(exe: &Path, module: &[u8], limits: &PluginLimits) -> Result<Vec<u8>, String> {
+fn run_compiler(exe: &Path, module: &[u8], limits: &PluginLimits) -> Result<Vec<u8>, ModuleError> {
     use std::io::{Read, Write};
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::{Command, Stdio};
@@ -612,9 +684,10 @@ fn run_compiler(exe: &Path, module: &[u8], limits: &PluginLimits) -> Result<Vec<
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot start the compiler {}: {e}", exe.display()))?;
+    let mut child = command.spawn().map_err(|e| ModuleError::CompilerStart {
+        exe: exe.display().to_string(),
+        source: Arc::new(e),
+    })?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
@@ -638,13 +711,10 @@ fn run_compiler(exe: &Path, module: &[u8], limits: &PluginLimits) -> Result<Vec<
             Ok(None) if started.elapsed() > limits.compile_timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "compiling took longer than plugins.limits.compileTimeout ({:?})",
-                    limits.compile_timeout
-                ));
+                return Err(ModuleError::CompileTimeout(limits.compile_timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("waiting for the compiler: {e}")),
+            Err(e) => return Err(ModuleError::CompilerWait(Arc::new(e))),
         }
     };
     let _ = feeder.join();
@@ -659,47 +729,48 @@ fn run_compiler(exe: &Path, module: &[u8], limits: &PluginLimits) -> Result<Vec<
     match (status.code(), status.signal()) {
         (Some(0), _) => match compiled {
             Ok(Ok(bytes)) => Ok(bytes),
-            _ => Err("cannot read the compiler's output".into()),
+            _ => Err(ModuleError::CompilerOutput),
         },
         // The child's own verdict on the module.
-        (Some(1), _) if last.is_some() && !out_of_memory => Err(last.unwrap_or_default()),
-        _ if out_of_memory => Err(format!(
-            "compiling needed more than plugins.limits.compileMemory ({} MiB of address space)",
-            memory >> 20
-        )),
-        (_, Some(signal)) => Err(format!(
-            "the compiler was killed by signal {signal}{}",
-            last.map(|l| format!(": {l}")).unwrap_or_default()
-        )),
-        (code, _) => Err(format!(
-            "the compiler {} failed (exit {}){}",
-            exe.display(),
-            code.unwrap_or(-1),
-            last.map(|l| format!(": {l}")).unwrap_or_default()
-        )),
+        (Some(1), _) if last.is_some() && !out_of_memory => {
+            Err(ModuleError::Refused(last.unwrap_or_default()))
+        }
+        _ if out_of_memory => Err(ModuleError::CompileMemory(memory >> 20)),
+        (_, Some(signal)) => Err(ModuleError::CompilerKilled { signal, last }),
+        (code, _) => Err(ModuleError::CompilerFailed {
+            exe: exe.display().to_string(),
+            code: code.unwrap_or(-1),
+            last,
+        }),
     }
 }
 
 /// `sonde plugin compile`: compiles the component `module` for this host's engine and
 /// writes it to `out` (whole, then renamed into place) or, without one, to stdout. Run by
 /// the agent in a child process.
-pub fn compile_to(module: &[u8], out: Option<&Path>) -> Result<(), String> {
+pub fn compile_to(module: &[u8], out: Option<&Path>) -> Result<(), ModuleError> {
     use std::io::Write;
-    let engine = PluginHost::engine().map_err(|e| e.to_string())?;
+    let engine = PluginHost::engine().map_err(|e| ModuleError::Engine(format!("{e:#}")))?;
     let compiled = precompile(&engine, module)?;
     let Some(out) = out else {
         let mut stdout = std::io::stdout().lock();
         return stdout
             .write_all(&compiled)
             .and_then(|()| stdout.flush())
-            .map_err(|e| format!("cannot write the component to stdout: {e}"));
+            .map_err(|e| ModuleError::Write {
+                to: "stdout".into(),
+                source: Arc::new(e),
+            });
     };
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, compiled)
         .and_then(|()| std::fs::rename(&tmp, out))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", out.display())
+            ModuleError::Write {
+                to: out.display().to_string(),
+                source: Arc::new(e),
+            }
         })
 }
 
@@ -715,7 +786,7 @@ pub fn check_bundle(dir: &Path, cache_dir: &str) -> Result<Bundle, BundleError> 
         script::compile(&bundle, script::register_stubs)?;
         return Ok(bundle);
     }
-    let engine = PluginHost::engine().map_err(|e| BundleError::Module(e.to_string()))?;
+    let engine = PluginHost::engine().map_err(|e| ModuleError::Engine(format!("{e:#}")))?;
     let cache = if cache_dir.is_empty() {
         None
     } else {
@@ -764,26 +835,15 @@ fn one_line(e: &wasmtime::Error) -> String {
 
 /// Refuses what is not a component before the compiler sees it, saying what it is instead
 /// and never quoting it.
-fn component_header(bytes: &[u8]) -> Result<(), String> {
+fn component_header(bytes: &[u8]) -> Result<(), ModuleError> {
     const MAGIC: &[u8] = b"\0asm";
     const COMPONENT: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
     const CORE: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
     match (bytes.get(..4), bytes.get(4..8)) {
-        (Some(m), _) if m != MAGIC => Err(
-            "not a valid component: the file is not WebAssembly (it does not start with \\0asm)"
-                .into(),
-        ),
-        (None, _) | (_, None) => {
-            Err("not a valid component: shorter than a WebAssembly header".into())
-        }
-        (_, Some(v)) if v == CORE => Err(
-            "not a valid component: a core WebAssembly module (build for wasm32-wasip2, or wrap \
-             it with `wasm-tools component new`)"
-                .into(),
-        ),
-        (_, Some(v)) if v != COMPONENT => Err(
-            "not a valid component: a WebAssembly version or layer this host does not know".into(),
-        ),
+        (Some(m), _) if m != MAGIC => Err(ModuleError::NotWasm),
+        (None, _) | (_, None) => Err(ModuleError::Short),
+        (_, Some(v)) if v == CORE => Err(ModuleError::CoreModule),
+        (_, Some(v)) if v != COMPONENT => Err(ModuleError::UnknownLayer),
         _ => Ok(()),
     }
 }
@@ -889,31 +949,37 @@ mod tests {
             "echo 'sonde: not a valid component: bad magic' >&2; exit 1",
         );
         assert_eq!(
-            run_compiler(&refuses, &[0u8; 300_000], &limits).unwrap_err(),
+            run_compiler(&refuses, &[0u8; 300_000], &limits)
+                .unwrap_err()
+                .to_string(),
             "not a valid component: bad magic"
         );
         // A compiler that is killed, cannot start, runs out of memory or of time: each a
         // refusal with its reason, never a compile in the agent.
         let killed = script(&dir, "kill -9 $$");
         assert_eq!(
-            run_compiler(&killed, b"x", &limits).unwrap_err(),
+            run_compiler(&killed, b"x", &limits)
+                .unwrap_err()
+                .to_string(),
             "the compiler was killed by signal 9"
         );
         let missing = dir.join("no-such-binary");
-        let e = run_compiler(&missing, b"x", &limits).unwrap_err();
+        let e = run_compiler(&missing, b"x", &limits)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cannot start the compiler"), "{e}");
         let oom = script(
             &dir,
             "echo 'memory allocation of 1048576 bytes failed' >&2; kill -6 $$",
         );
-        let e = run_compiler(&oom, b"x", &limits).unwrap_err();
+        let e = run_compiler(&oom, b"x", &limits).unwrap_err().to_string();
         assert!(e.contains("plugins.limits.compileMemory (1024 MiB"), "{e}");
         let slow = script(&dir, "sleep 5");
         let quick = PluginLimits {
             compile_timeout: Duration::from_millis(200),
             ..PluginLimits::default()
         };
-        let e = run_compiler(&slow, b"x", &quick).unwrap_err();
+        let e = run_compiler(&slow, b"x", &quick).unwrap_err().to_string();
         assert!(e.contains("compileTimeout (200ms)"), "{e}");
         // The address-space cap is the child's: a shell under 64 MiB cannot map 256 MiB.
         let capped = PluginLimits {
@@ -930,12 +996,16 @@ mod tests {
     #[test]
     fn what_is_not_a_component_is_named_not_quoted() {
         let secret = b"root:$6$secret:19000:0:99999:7:::";
-        let e = component_header(secret).unwrap_err();
+        let e = component_header(secret).unwrap_err().to_string();
         assert!(e.contains("not WebAssembly") && !e.contains("root"), "{e}");
         assert!(component_header(b"\0asm\x01\0\0\0")
             .unwrap_err()
+            .to_string()
             .contains("core"));
-        assert!(component_header(b"\0as").unwrap_err().contains("shorter"));
+        assert!(component_header(b"\0as")
+            .unwrap_err()
+            .to_string()
+            .contains("shorter"));
         assert!(component_header(b"\0asm\x0d\0\x01\0").is_ok());
         // What wasmparser says of a bad header, without the bytes.
         let engine = PluginHost::engine().unwrap();
@@ -957,7 +1027,9 @@ mod tests {
     fn compile_to_refuses_what_is_not_a_component() {
         let out =
             std::env::temp_dir().join(format!("sonde-compile-to-{}.cwasm", std::process::id()));
-        let e = compile_to(b"\0asm not really", Some(&out)).unwrap_err();
+        let e = compile_to(b"\0asm not really", Some(&out))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("not a valid component: "), "{e}");
         assert!(!e.contains('\n'), "{e}");
         assert!(!out.exists());

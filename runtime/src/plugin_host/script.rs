@@ -350,7 +350,7 @@ pub fn compile(bundle: &Bundle, extend: impl FnOnce(&mut Engine)) -> Result<Scri
         .display()
         .to_string();
     let source = std::str::from_utf8(&bundle.module)
-        .map_err(|_| BundleError::Module(format!("{origin}: not UTF-8 text")))?;
+        .map_err(|_| super::ModuleError::NotUtf8(origin.clone()))?;
     let script = Script::compile_with(
         source,
         &origin,
@@ -359,7 +359,7 @@ pub fn compile(bundle: &Bundle, extend: impl FnOnce(&mut Engine)) -> Result<Scri
         printer(&bundle.manifest.metadata.name),
         extend,
     )
-    .map_err(|e| BundleError::Module(e.to_string()))?;
+    .map_err(super::ModuleError::from)?;
     let subscribe = &bundle.manifest.spec.subscribe;
     if let Some(p) = script
         .handlers()

@@ -18,6 +18,16 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::bundle::{sha256_hex, Bundle, BundleError};
 use super::{PluginHost, PluginStatus};
 
+/// Why the plugins hold readiness (`/readyz` says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("bundles not scanned yet")]
+    NotScanned,
+    /// The directories of bundles present at start that have not loaded (nor been refused).
+    #[error("{} bundle(s) present at start still loading: {}", .0.len(), .0.join(", "))]
+    Loading(Vec<String>),
+}
+
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A bundle directory as last seen.
@@ -302,18 +312,14 @@ impl PluginDirs {
 
     /// Whether the bundles present at start have loaded (or been refused): until then the
     /// agent is not ready, so that its first scrape has their metrics.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
         match &*first {
-            FirstLoads { scanned: false, .. } => Err("bundles not scanned yet".into()),
+            FirstLoads { scanned: false, .. } => Err(NotReady::NotScanned),
             FirstLoads { left, .. } if !left.is_empty() => {
                 let mut dirs: Vec<String> = left.iter().map(|d| d.display().to_string()).collect();
                 dirs.sort();
-                Err(format!(
-                    "{} bundle(s) present at start still loading: {}",
-                    dirs.len(),
-                    dirs.join(", ")
-                ))
+                Err(NotReady::Loading(dirs))
             }
             _ => Ok(()),
         }

@@ -143,11 +143,10 @@ pub struct Instance {
 
 /// A small runtime for one instance's calls; the WASI host functions (timers, pollables) run
 /// on it.
-fn call_runtime() -> Result<tokio::runtime::Runtime, String> {
+fn call_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot make the plugin's runtime: {e}"))
 }
 
 /// Runs one call into a guest to its end or to its deadline, whichever comes first. Guest
@@ -243,7 +242,8 @@ impl PluginHost {
         store.limiter(|s| &mut s.limiter);
         let timeout = m.spec.limits.call_timeout;
         store.set_epoch_deadline(deadline_ticks(timeout));
-        let rt = call_runtime().map_err(BundleError::Init)?;
+        let rt = call_runtime()
+            .map_err(|e| BundleError::Init(format!("cannot make the plugin's runtime: {e}")))?;
         let bindings = bounded(&rt, timeout, pre.instantiate(&mut store))
             .map_err(|f| BundleError::Init(f.message))?;
         let mut instance = Instance {

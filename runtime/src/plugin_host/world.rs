@@ -806,7 +806,7 @@ mod tests {
         let text = &README[start..start + 600];
         let refused = [
             BundleError::Manifest(String::new()),
-            BundleError::Module(String::new()),
+            BundleError::Module(crate::plugin_host::ModuleError::NotWasm),
             BundleError::Checksum(String::new()),
             BundleError::World(String::new()),
             BundleError::Init(String::new()),

@@ -360,13 +360,12 @@ impl Script {
             column: e.position().position(),
             message: e.err_type().to_string(),
         })?;
-        let (handlers, handler_fns) =
-            check_handlers(&ast, probes).map_err(|message| ScriptError {
-                origin: origin.to_string(),
-                line: None,
-                column: None,
-                message,
-            })?;
+        let (handlers, handler_fns) = check_handlers(&ast, probes).map_err(|e| ScriptError {
+            origin: origin.to_string(),
+            line: None,
+            column: None,
+            message: e.to_string(),
+        })?;
         Ok(Script {
             engine,
             ast,
@@ -576,9 +575,32 @@ impl Script {
     }
 }
 
+/// A script's `on_*` function that is not a handler the agent can call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum HandlerError {
+    #[error("handler {name} takes {want} parameter(s), not {got}: fn {shape}")]
+    Arity {
+        name: String,
+        want: usize,
+        got: usize,
+        shape: String,
+    },
+    #[error("{name}: the {probe} probe has no events (it keeps metrics and a table)")]
+    NoEvents { name: String, probe: String },
+    #[error("unknown handler {name}: there is no probe named {probe:?}; the handlers are {all}")]
+    Unknown {
+        name: String,
+        probe: String,
+        all: String,
+    },
+}
+
 /// Checks `on_*` functions against the catalogue: `on_<probe>(e)`, `on_interval()`,
 /// `on_exit()`; any other `on_` name is an error that lists what exists.
-fn check_handlers(ast: &AST, probes: &[&'static str]) -> Result<(Handlers, HandlerFns), String> {
+fn check_handlers(
+    ast: &AST,
+    probes: &[&'static str],
+) -> Result<(Handlers, HandlerFns), HandlerError> {
     let mut handlers = Handlers::default();
     let mut fns = Vec::new();
     let all = || {
@@ -595,12 +617,12 @@ fn check_handlers(ast: &AST, probes: &[&'static str]) -> Result<(Handlers, Handl
             if f.params.len() == n {
                 Ok(())
             } else {
-                Err(format!(
-                    "handler {} takes {} parameter(s), not {}: fn {shape}",
-                    f.name,
-                    n,
-                    f.params.len()
-                ))
+                Err(HandlerError::Arity {
+                    name: f.name.to_string(),
+                    want: n,
+                    got: f.params.len(),
+                    shape: shape.to_string(),
+                })
             }
         };
         match what {
@@ -618,17 +640,17 @@ fn check_handlers(ast: &AST, probes: &[&'static str]) -> Result<(Handlers, Handl
                     fns.push((*probe, Arc::from(f.name)));
                 }
                 None if crate::probes::DRIVERS.iter().any(|d| d.spec.name == what) => {
-                    return Err(format!(
-                        "{}: the {what} probe has no events (it keeps metrics and a table)",
-                        f.name
-                    ));
+                    return Err(HandlerError::NoEvents {
+                        name: f.name.to_string(),
+                        probe: what.to_string(),
+                    });
                 }
                 None => {
-                    return Err(format!(
-                        "unknown handler {}: there is no probe named {what:?}; the handlers are {}",
-                        f.name,
-                        all()
-                    ))
+                    return Err(HandlerError::Unknown {
+                        name: f.name.to_string(),
+                        probe: what.to_string(),
+                        all: all(),
+                    })
                 }
             },
         }

@@ -99,7 +99,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
-        let endpoint = Endpoint::parse(&self.url).map_err(|e| Invalid::new("sinks.loki.url", e))?;
+        let endpoint = Endpoint::parse(&self.url)
+            .map_err(|e| Invalid::new("sinks.loki.url", e.to_string()))?;
         if let Some(t) = &self.tenant {
             ureq::http::HeaderValue::from_str(t).map_err(|_| {
                 Invalid::new(
@@ -164,23 +165,52 @@ struct Endpoint {
     url: String,
 }
 
+/// What is wrong with the Loki sink's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum LokiError {
+    #[error("{url:?} is not a URL: {source}")]
+    NotUrl {
+        url: String,
+        #[source]
+        source: ureq::http::uri::InvalidUri,
+    },
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{url:?}: bad port {port:?}")]
+    Port { url: String, port: String },
+    /// A file of a secret (bearer token, password) that cannot be read.
+    #[error("sinks.loki.{key} {path}: {source}")]
+    Secret {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl Endpoint {
-    fn parse(url: &str) -> Result<Endpoint, String> {
-        let uri: ureq::http::Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    fn parse(url: &str) -> Result<Endpoint, LokiError> {
+        let uri: ureq::http::Uri = url.parse().map_err(|source| LokiError::NotUrl {
+            url: url.to_string(),
+            source,
+        })?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("{url:?} must start with http:// or https://")),
+            _ => return Err(LokiError::Scheme(url.to_string())),
         };
         if uri.host().unwrap_or_default().is_empty() {
-            return Err(format!("{url:?} has no host"));
+            return Err(LokiError::NoHost(url.to_string()));
         }
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         if let Some((_, port)) = authority.rsplit_once(':') {
             if !port.ends_with(']') && port.parse::<u16>().is_err() {
-                return Err(format!("{url:?}: bad port {port:?}"));
+                return Err(LokiError::Port {
+                    url: url.to_string(),
+                    port: port.to_string(),
+                });
             }
         }
         let url = match uri.path() {
@@ -228,11 +258,15 @@ impl Config {
     }
 
     /// The `Authorization` header of a push, read from its file now.
-    fn authorization(&self) -> Result<Option<String>, String> {
-        let secret = |key: &str, path: &str| {
+    fn authorization(&self) -> Result<Option<String>, LokiError> {
+        let secret = |key: &'static str, path: &str| {
             std::fs::read_to_string(path)
                 .map(|t| t.trim().to_string())
-                .map_err(|e| format!("sinks.loki.{key} {path}: {e}"))
+                .map_err(|source| LokiError::Secret {
+                    key,
+                    path: path.to_string(),
+                    source,
+                })
         };
         if !self.bearer_token_file.is_empty() {
             let token = secret("bearerTokenFile", &self.bearer_token_file)?;
@@ -486,7 +520,10 @@ fn push(
     if let Some(t) = &config.tenant {
         request = request.header("X-Scope-OrgID", t);
     }
-    if let Some(auth) = config.authorization().map_err(PushError::Retry)? {
+    if let Some(auth) = config
+        .authorization()
+        .map_err(|e| PushError::Retry(e.to_string()))?
+    {
         request = request.header("Authorization", auth);
     }
     let mut answer = request
@@ -519,8 +556,8 @@ mod tests {
     #[test]
     fn endpoints() {
         assert_eq!(
-            Endpoint::parse("http://loki:3100/loki/api/v1/push"),
-            Ok(Endpoint {
+            Endpoint::parse("http://loki:3100/loki/api/v1/push").ok(),
+            Some(Endpoint {
                 https: false,
                 url: "http://loki:3100/loki/api/v1/push".into()
             })
@@ -532,6 +569,7 @@ mod tests {
         assert!(Endpoint::parse("https://loki:3100").unwrap().https);
         assert!(Endpoint::parse("ftp://loki:3100")
             .unwrap_err()
+            .to_string()
             .contains("http:// or https://"));
         assert!(Endpoint::parse("http://loki:x/").is_err());
     }

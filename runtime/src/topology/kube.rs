@@ -28,7 +28,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::index::{self, Found, Netns, NetnsIndex};
 use super::labels::AdditionalLabels;
-use super::{PodNetns, Topology, TopologyConfig, Workload};
+use super::{NotReady, PodNetns, Topology, TopologyConfig, TopologyError, Workload};
 
 /// How often /proc is read again to follow pods' processes (a pod's namespace is also looked
 /// for at once when its pod appears, and when an unknown namespace shows up in a probe).
@@ -38,19 +38,22 @@ const MISS_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The client for the API server: `topology.kubeconfig` when set, else what kubectl would
 /// use (`$KUBECONFIG`, `~/.kube/config`), else the in-cluster service account.
-pub async fn client(config: &TopologyConfig) -> Result<Client, String> {
+pub async fn client(config: &TopologyConfig) -> Result<Client, TopologyError> {
     let cfg = if config.kubeconfig.is_empty() {
         kube::Config::infer()
             .await
-            .map_err(|e| format!("no Kubernetes credentials: {e}"))?
+            .map_err(TopologyError::Credentials)?
     } else {
-        let kc = kube::config::Kubeconfig::read_from(&config.kubeconfig)
-            .map_err(|e| format!("topology.kubeconfig: {}: {e}", config.kubeconfig))?;
+        let kubeconfig = |source| TopologyError::Kubeconfig {
+            path: config.kubeconfig.clone(),
+            source,
+        };
+        let kc = kube::config::Kubeconfig::read_from(&config.kubeconfig).map_err(kubeconfig)?;
         kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
-            .map_err(|e| format!("topology.kubeconfig: {}: {e}", config.kubeconfig))?
+            .map_err(kubeconfig)?
     };
-    Client::try_from(cfg).map_err(|e| format!("cannot make a Kubernetes client: {e}"))
+    Client::try_from(cfg).map_err(TopologyError::Client)
 }
 
 /// Where `topology: {source: auto}` finds Kubernetes credentials, if anywhere: the configured
@@ -898,7 +901,7 @@ impl Topology for KubeTopology {
         })
     }
 
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), NotReady> {
         let watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         let waiting: Vec<String> = Watch::ALL
             .iter()
@@ -918,10 +921,7 @@ impl Topology for KubeTopology {
         if waiting.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "kubernetes: waiting for the first list of {}",
-                waiting.join(", ")
-            ))
+            Err(NotReady::Lists(waiting))
         }
     }
 

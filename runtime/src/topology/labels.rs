@@ -122,7 +122,16 @@ impl AdditionalLabels {
     }
 }
 
-fn parse_template(t: &str) -> Result<Vec<Part>, String> {
+/// What is wrong with a label's template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TemplateError {
+    #[error("unclosed ${{ in {0:?}")]
+    Unclosed(String),
+    #[error("${{{0}}}: only ${{labels:KEY}} is known")]
+    Unknown(String),
+}
+
+fn parse_template(t: &str) -> Result<Vec<Part>, TemplateError> {
     let mut parts = Vec::new();
     let mut rest = t;
     while let Some(at) = rest.find("${") {
@@ -131,12 +140,12 @@ fn parse_template(t: &str) -> Result<Vec<Part>, String> {
         }
         let end = rest[at..]
             .find('}')
-            .ok_or_else(|| format!("unclosed ${{ in {t:?}"))?;
+            .ok_or_else(|| TemplateError::Unclosed(t.to_string()))?;
         let inner = &rest[at + 2..at + end];
         let key = inner
             .strip_prefix("labels:")
             .filter(|k| !k.is_empty())
-            .ok_or_else(|| format!("${{{inner}}}: only ${{labels:KEY}} is known"))?;
+            .ok_or_else(|| TemplateError::Unknown(inner.to_string()))?;
         parts.push(Part::Label(key.to_string()));
         rest = &rest[at + end + 1..];
     }

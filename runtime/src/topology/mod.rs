@@ -61,11 +61,11 @@ pub trait Topology: Send + Sync {
         None
     }
 
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), NotReady> {
         if self.ready() {
             Ok(())
         } else {
-            Err("first view not complete".into())
+            Err(NotReady::FirstView)
         }
     }
 
@@ -187,6 +187,31 @@ pub struct Started {
     _refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Why the topology is not ready (`/readyz` says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("first view not complete")]
+    FirstView,
+    /// The Kubernetes watches that have not listed yet, each with its last error if any.
+    #[error("kubernetes: waiting for the first list of {}", .0.join(", "))]
+    Lists(Vec<String>),
+}
+
+/// Why the Kubernetes source cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("no Kubernetes credentials: {0}")]
+    Credentials(#[source] ::kube::config::InferConfigError),
+    #[error("topology.kubeconfig: {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: ::kube::config::KubeconfigError,
+    },
+    #[error("cannot make a Kubernetes client: {0}")]
+    Client(#[source] ::kube::Error),
+}
+
 /// Starts the configured source for node `node`. `auto` picks Kubernetes when
 /// [`kube::credentials`] finds some; a Kubernetes source whose client cannot be made is an
 /// error (with `auto`, the agent falls back to standalone and says why).
@@ -194,7 +219,7 @@ pub async fn start(
     config: &TopologyConfig,
     node: &str,
     labels: Arc<labels::AdditionalLabels>,
-) -> Result<Started, String> {
+) -> Result<Started, TopologyError> {
     let kubernetes = match config.source {
         Source::Standalone => false,
         Source::Kubernetes => true,

@@ -209,9 +209,38 @@ impl fmt::Display for Selector {
     }
 }
 
+/// What is wrong with an entry of `counters`; it says what would do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error(
+        "{text:?} is not all, default, a group (snmp, snmp6, netstat), a section ({}) or \
+         SECTION:COUNTER such as TcpExt:ListenOverflows{hint}",
+        section_list()
+    )]
+    Unknown { text: String, hint: String },
+    #[error(
+        "unknown section {section:?} in {text:?} (sections: {}){hint}",
+        section_list()
+    )]
+    Section {
+        section: String,
+        text: String,
+        hint: String,
+    },
+    #[error("{0:?}: the counter after the colon must be a name (letters, digits, _) or *")]
+    CounterName(String),
+    #[error("{text:?}: {section} has no counter {name:?} (it has {})", names.join(", "))]
+    NoCounter {
+        text: String,
+        section: &'static str,
+        name: String,
+        names: &'static [&'static str],
+    },
+}
+
 impl Selector {
     /// Parses one entry; the error says what is wrong with it and what would do.
-    pub fn parse(text: &str) -> Result<Selector, String> {
+    pub fn parse(text: &str) -> Result<Selector, SelectorError> {
         let s = text.trim();
         match s {
             "all" => return Ok(Selector::All),
@@ -225,35 +254,32 @@ impl Selector {
             if let Some(sec) = Section::parse(s) {
                 return Ok(Selector::Section(sec));
             }
-            return Err(format!(
-                "{s:?} is not all, default, a group (snmp, snmp6, netstat), a section \
-                 ({}) or SECTION:COUNTER such as TcpExt:ListenOverflows{}",
-                section_list(),
-                did_you_mean(s)
-            ));
+            return Err(SelectorError::Unknown {
+                text: s.to_string(),
+                hint: did_you_mean(s),
+            });
         };
         let Some(sec) = Section::parse(section) else {
-            return Err(format!(
-                "unknown section {section:?} in {s:?} (sections: {}){}",
-                section_list(),
-                did_you_mean(section)
-            ));
+            return Err(SelectorError::Section {
+                section: section.to_string(),
+                text: s.to_string(),
+                hint: did_you_mean(section),
+            });
         };
         if name == "*" {
             return Ok(Selector::Section(sec));
         }
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "{s:?}: the counter after the colon must be a name (letters, digits, _) or *"
-            ));
+            return Err(SelectorError::CounterName(s.to_string()));
         }
         if let Some(names) = sec.fixed_names() {
             if !names.contains(&name) {
-                return Err(format!(
-                    "{s:?}: {} has no counter {name:?} (it has {})",
-                    sec.name(),
-                    names.join(", ")
-                ));
+                return Err(SelectorError::NoCounter {
+                    text: s.to_string(),
+                    section: sec.name(),
+                    name: name.to_string(),
+                    names,
+                });
             }
         }
         Ok(Selector::Counter(sec, name.to_string()))

@@ -123,19 +123,38 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     c.host_counters.validate("hostCounters", &c.groups, false)
 }
 
+/// Why netstat cannot read, or stopped reading.
+#[derive(Debug, thiserror::Error)]
+pub enum NetstatError {
+    #[error("cannot read /proc/net/snmp: {0}")]
+    Snmp(#[source] std::io::Error),
+    #[error("cannot open /proc/thread-self/ns/net: {0}")]
+    OwnNamespace(#[source] std::io::Error),
+    /// The reading thread could not get back to the agent's namespace after reading a pod's
+    /// (it ends then, so that nothing else runs in a pod's namespace).
+    #[error("cannot return to the agent's network namespace after reading {path}: {source}")]
+    Return {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the netstat thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the reading thread panicked")]
+    Panicked,
+}
+
 /// Whether the probe can run here, for `sonde probes`, and what it lacks: without entering
 /// network namespaces (CAP_SYS_ADMIN, tried by re-joining our own on a throwaway thread) it
 /// reads pods through their processes' `/proc/<pid>/net` but not their qdiscs.
-pub fn check() -> Result<Option<String>, String> {
-    std::fs::read_to_string("/proc/net/snmp")
-        .map_err(|e| format!("cannot read /proc/net/snmp: {e}"))?;
+pub fn check() -> Result<Option<String>, NetstatError> {
+    std::fs::read_to_string("/proc/net/snmp").map_err(NetstatError::Snmp)?;
     let entered = std::thread::spawn(|| {
-        let own = File::open("/proc/thread-self/ns/net")
-            .map_err(|e| format!("cannot open /proc/thread-self/ns/net: {e}"))?;
-        setns(&own).map_err(|e| e.to_string())
+        let own = File::open("/proc/thread-self/ns/net").map_err(NetstatError::OwnNamespace)?;
+        setns(&own).map_err(NetstatError::OwnNamespace)
     })
     .join()
-    .unwrap_or_else(|_| Err("namespace check panicked".into()));
+    .unwrap_or(Err(NetstatError::Panicked));
     Ok(entered.err().map(|e| {
         format!(
             "cannot enter network namespaces (setns: {e}; needs CAP_SYS_ADMIN): pods' qdisc \
@@ -224,14 +243,14 @@ impl Netstat {
                 }
                 Err(e) => {
                     tracing::error!(probe = NAME, error = %e, "probe cannot load");
-                    self.failed = Some(e);
+                    self.failed = Some(e.to_string());
                 }
             }
         }
         self.running.is_some() && self.fatal().is_none()
     }
 
-    fn start(&self, config: &Config, ctx: &Arc<Context>) -> Result<Reader, String> {
+    fn start(&self, config: &Config, ctx: &Arc<Context>) -> Result<Reader, NetstatError> {
         check()?;
         self.series.clear();
         let (tx, rx) = mpsc::channel();
@@ -246,12 +265,12 @@ impl Netstat {
                 let stopped = match std::panic::catch_unwind(run) {
                     Ok(Ok(())) => return,
                     Ok(Err(e)) => e,
-                    Err(_) => "the reading thread panicked".to_string(),
+                    Err(_) => NetstatError::Panicked,
                 };
                 tracing::error!(probe = NAME, error = %stopped, "netstat reading stopped");
-                series.lock().fatal = Some(stopped);
+                series.lock().fatal = Some(stopped.to_string());
             })
-            .map_err(|e| format!("cannot start the netstat thread: {e}"))?;
+            .map_err(NetstatError::Thread)?;
         Ok(Reader {
             config: config.clone(),
             tx,

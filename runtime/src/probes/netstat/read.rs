@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::counters::{Section, Selection};
 use super::series::{Sample, Series, F};
-use super::{procfs, qdisc, setns, Config, Group, NAME};
+use super::{procfs, qdisc, setns, Config, Group, NetstatError, NAME};
 
 /// A namespace to read: its labels and how to enter it (`None`: the agent's own).
 struct Target {
@@ -33,10 +33,10 @@ pub(super) fn read_loop(
     rx: mpsc::Receiver<Config>,
     series: &Series,
     topology: &dyn crate::topology::Topology,
-) -> Result<(), String> {
+) -> Result<(), NetstatError> {
     let host = File::open("/proc/thread-self/ns/net")
         .map(OwnedFd::from)
-        .map_err(|e| format!("cannot open /proc/thread-self/ns/net: {e}"))?;
+        .map_err(NetstatError::OwnNamespace)?;
     let mut selections = Selections::new(&config);
     let mut enter = Enter::Untried;
     loop {
@@ -219,7 +219,7 @@ fn inside<T>(
     what: &Path,
     enter: &mut Enter,
     read: impl FnOnce() -> T,
-) -> Result<Option<T>, String> {
+) -> Result<Option<T>, NetstatError> {
     if *enter == Enter::Refused {
         return Ok(None);
     }
@@ -239,11 +239,9 @@ fn inside<T>(
     }
     *enter = Enter::Allowed;
     let out = read();
-    setns(host).map_err(|e| {
-        format!(
-            "cannot return to the agent's network namespace after reading {}: {e}",
-            what.display()
-        )
+    setns(host).map_err(|source| NetstatError::Return {
+        path: what.display().to_string(),
+        source,
     })?;
     Ok(Some(out))
 }
@@ -258,7 +256,7 @@ fn read_target(
     host: &OwnedFd,
     enter: &mut Enter,
     processes: &mut Option<HashMap<u32, PathBuf>>,
-) -> Result<Option<Vec<Sample>>, String> {
+) -> Result<Option<Vec<Sample>>, NetstatError> {
     if config.groups.iter().all(|g| !selection.reads(*g)) {
         // Nothing of it would be exported: not even entered.
         return Ok(Some(Vec::new()));
