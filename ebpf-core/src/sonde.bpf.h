@@ -458,6 +458,35 @@ static __always_inline __u32 sonde_log2_slot(__u64 ns)
 	return slot > SONDE_LOG2_SLOTS ? SONDE_LOG2_SLOTS : slot;
 }
 
+/* Declares `sonde_rng`, a per-CPU xorshift64 state, and sonde_one_in(n): true for about one
+ * call in n, at random (n <= 1: every call). For sampling on per-packet paths, where
+ * bpf_get_prandom_u32 costs several times an empty program's run (measured on 6.18). */
+#define SONDE_SAMPLER                                                          \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                       \
+		__uint(max_entries, 1);                                        \
+		__type(key, __u32);                                            \
+		__type(value, __u64);                                          \
+	} sonde_rng SEC(".maps");                                              \
+	static __always_inline bool sonde_one_in(__u64 n)                      \
+	{                                                                      \
+		__u32 zero = 0;                                                \
+		__u64 *state, x;                                               \
+									       \
+		if (n <= 1)                                                    \
+			return true;                                           \
+		state = bpf_map_lookup_elem(&sonde_rng, &zero);                \
+		if (!state)                                                    \
+			return true;                                           \
+		x = *state ? *state : 0x9e3779b97f4a7c15ULL;                   \
+		x ^= x << 13;                                                  \
+		x ^= x >> 7;                                                   \
+		x ^= x << 17;                                                  \
+		*state = x;                                                    \
+		/* The high half scaled into [0, n): 0 one time in n. */      \
+		return (((x >> 32) * n) >> 32) == 0;                           \
+	}
+
 /* Declares the probe's `probe_params` array (struct sonde_params, written by the agent like
  * probe_config) and sonde_param(i) to read value i of it, 0 when unset. */
 #define SONDE_PARAMS                                                            \

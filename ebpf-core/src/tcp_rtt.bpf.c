@@ -3,11 +3,19 @@
  * every segment tcp_rcv_established receives). Each flow's srtt enters a log2 histogram per
  * network namespace at most once per sample interval, and at each sample the flow's srtt, cwnd
  * and windows are kept in the `flows` table (sized by the agent) until the socket is destroyed
- * (tp_btf tcp/tcp_destroy_sock); between samples a segment is only counted. */
+ * (tp_btf tcp/tcp_destroy_sock).
+ *
+ * Most segments touch no table: past a connection's first TCP_RTT_FIRST_SEGMENTS (its own
+ * segs_in counter says how many it received), one segment in TCP_RTT_PARAM_SAMPLE_EVERY, drawn
+ * at random (sonde_one_in), looks its flow up; the others cost a random number. A random draw
+ * rather than every Nth segment: segs_in grows by a GRO packet's segment count, so a fixed
+ * stride could step over every sample point, and a per-CPU stride could keep picking the same
+ * one of two alternating connections. */
 #include "sonde.bpf.h"
 #include "tcp_rtt.h"
 
 SONDE_PARAMS
+SONDE_SAMPLER
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
@@ -41,14 +49,21 @@ SEC("tp_btf/tcp_probe")
 int BPF_PROG(tcp_rtt, struct sock *sk, const struct sk_buff *skb)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), interval;
-	struct tcp_rtt_flow *f, fresh = {};
-	__u32 srtt;
+	__u64 key = (__u64)sk, now, interval, every;
+	struct tcp_rtt_flow *f;
+	__u32 srtt, segments;
 
 	if (!tp)
 		return 0;
+	every = sonde_param(TCP_RTT_PARAM_SAMPLE_EVERY);
+	segments = tp->segs_in;
+	if (!sonde_one_in(every) && segments > TCP_RTT_FIRST_SEGMENTS)
+		return 0;
+	now = bpf_ktime_get_ns();
 	f = bpf_map_lookup_elem(&flows, &key);
 	if (!f) {
+		struct tcp_rtt_flow fresh = {};
+
 		fresh.netns = sonde_sk_netns(sk);
 		sonde_sk_tuple(sk, &fresh.tuple);
 		bpf_map_update_elem(&flows, &key, &fresh, BPF_NOEXIST);
@@ -56,13 +71,13 @@ int BPF_PROG(tcp_rtt, struct sock *sk, const struct sk_buff *skb)
 		if (!f)
 			return 0;
 	}
-	f->segments += 1;
-	/* Between samples a segment is only counted: the flow's row is a snapshot taken at each
-	 * sample, which is what the histogram sees too. */
+	/* The flow's row is a snapshot taken at each sample, which is what the histogram sees
+	 * too. */
 	interval = sonde_param(TCP_RTT_PARAM_SAMPLE_NS);
 	if (f->sampled_ns && now - f->sampled_ns < interval)
 		return 0;
 	srtt = tp->srtt_us >> 3;
+	f->segments = segments;
 	f->updated_ns = now;
 	f->srtt_us = srtt;
 	f->rttvar_us = tp->mdev_us >> 2;

@@ -9,6 +9,11 @@
 
 /* probe_params values. */
 #define TCP_RTT_PARAM_SAMPLE_NS 0 /* a flow's srtt enters the histogram at most this often; 0 = every segment */
+#define TCP_RTT_PARAM_SAMPLE_EVERY 1 /* past its first segments, one segment of a connection in this many is looked at, drawn at random; 0 or 1 = every segment */
+
+/* A connection's first segments are always looked at, so that every connection, however
+ * short, has a row in `flows` and a first sample. */
+#define TCP_RTT_FIRST_SEGMENTS 4
 
 /* Key of the in-kernel `rtts` counter. */
 struct tcp_rtt_key {
@@ -19,11 +24,11 @@ struct tcp_rtt_key {
 };
 
 /* A row of the `flows` table (LRU hash keyed by socket address): the latest view of one TCP
- * connection, updated on every segment it receives and removed when the socket is destroyed. */
+ * connection, taken at each sample and removed when the socket is destroyed. */
 struct tcp_rtt_flow {
-	__u64 updated_ns;  /* bpf_ktime_get_ns of the last segment */
+	__u64 updated_ns;  /* bpf_ktime_get_ns of the last sample */
 	__u64 sampled_ns;  /* when srtt last entered the histogram */
-	__u64 segments;    /* segments received while tracked */
+	__u64 segments;    /* segments the connection received (tcp_sock's segs_in) at the sample */
 	struct sonde_netns netns;
 	__u32 srtt_us;     /* smoothed RTT */
 	__u32 rttvar_us;   /* RTT variation (mdev) */

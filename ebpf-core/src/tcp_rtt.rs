@@ -34,6 +34,11 @@ pub const KIND_SUM: u8 = 1;
 
 /// Index in `probe_params` of the per-flow sample interval in nanoseconds.
 pub const PARAM_SAMPLE_NS: usize = 0;
+/// Index in `probe_params` of N: past a connection's first [`FIRST_SEGMENTS`], one segment in
+/// N is looked at (drawn at random); 0 or 1 for every segment.
+pub const PARAM_SAMPLE_EVERY: usize = 1;
+/// A connection's first segments, always looked at (`TCP_RTT_FIRST_SEGMENTS`).
+pub const FIRST_SEGMENTS: u32 = 4;
 
 /// `struct tcp_rtt_key`.
 #[repr(C)]

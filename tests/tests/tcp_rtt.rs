@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::{
-    bulk_transfer, in_netns, poll_until, try_poll_until, Agent, AgentConfig, SlowPodPair,
+    bulk_transfer, in_netns, poll_until, try_poll_until, Agent, AgentConfig, PodPair, SlowPodPair,
     READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
@@ -92,4 +92,67 @@ fn delayed_link_shows_in_histogram_and_flow_table() {
         .then_some(())
     });
     assert!(gone.is_some(), "rows still there: {:?}", flows(&agent));
+}
+
+/// A connection of `exchanges` one-byte round trips from pod A to pod B (each its own
+/// segment: NODELAY, and each answered before the next is sent), kept open; the server end's
+/// row in the flow table after the last exchange. The kernel updates the row while it
+/// processes a segment, before the data reaches the socket, so the row is current once the
+/// server has read the last byte.
+fn ping_pong_row(agent: &Agent, pods: &PodPair, port: u16, exchanges: usize) -> Value {
+    let dst = SocketAddr::new(pods.b_end.ipv4.into(), port);
+    let listener = in_netns(pods.b.name(), || {
+        TcpListener::bind(dst).expect("listen in b")
+    });
+    let mut client = in_netns(pods.a.name(), || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(10)).expect("connect to b")
+    });
+    client.set_nodelay(true).unwrap();
+    let (mut server, _) = listener.accept().expect("accept in b");
+    server.set_nodelay(true).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let mut byte = [0u8; 1];
+    for _ in 0..exchanges {
+        client.write_all(b"x").unwrap();
+        server.read_exact(&mut byte).unwrap();
+        server.write_all(b"y").unwrap();
+        client.read_exact(&mut byte).unwrap();
+    }
+    poll_until(SETTLE_TIMEOUT, "the server's end in the flow table", || {
+        flows(agent)
+            .into_iter()
+            .find(|f| f["pod"] == pods.b.name() && f["sport"] == port && f["dport"] == client_port)
+    })
+}
+
+#[test]
+fn past_its_first_segments_one_segment_in_sample_segments_is_looked_at() {
+    const EXCHANGES: usize = 40;
+    let pods = PodPair::new();
+    let config = |every: u32| {
+        format!(
+            "node: sonde-test-node\n\
+             probes:\n  tcp_rtt:\n    enabled: true\n    sampleInterval: 0ms\n    \
+             sampleSegments: {every}\n\
+             topology:\n  netnsDir: /run/netns\n"
+        )
+    };
+    // One segment in 65536: past the first four, a sample is all but never taken (about
+    // 36 chances in 65536), so the row holds the segment count of an early sample.
+    let agent = Agent::spawn_yaml(&config(65536));
+    agent.wait_ready(READY_TIMEOUT);
+    let row = ping_pong_row(&agent, &pods, 5003, EXCHANGES);
+    let segments = row["segments"].as_u64().expect("segments");
+    assert!(
+        (1..=ebpf_core::tcp_rtt::FIRST_SEGMENTS.into()).contains(&segments),
+        "sampled past the first segments: {row}"
+    );
+    drop(agent);
+
+    // Every segment: the row follows the connection to its last segment.
+    let agent = Agent::spawn_yaml(&config(1));
+    agent.wait_ready(READY_TIMEOUT);
+    let row = ping_pong_row(&agent, &pods, 5004, EXCHANGES);
+    let segments = row["segments"].as_u64().expect("segments");
+    assert!(segments >= EXCHANGES as u64, "{row}");
 }

@@ -5,7 +5,10 @@ use crate::config::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ebpf_core::tcp_rtt::{Flow as FlowRow, Key, KIND_BUCKET, KIND_SUM, PARAM_SAMPLE_NS, SPEC};
+use ebpf_core::tcp_rtt::{
+    Flow as FlowRow, Key, FIRST_SEGMENTS, KIND_BUCKET, KIND_SUM, PARAM_SAMPLE_EVERY,
+    PARAM_SAMPLE_NS, SPEC,
+};
 use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
@@ -23,6 +26,9 @@ pub struct Config {
     /// histogram and its row in the flow table is refreshed.
     #[serde(deserialize_with = "sample_interval")]
     pub sample_interval: Duration,
+    /// Past a connection's first four segments, one segment in this many (drawn at random)
+    /// is looked at; the others touch no table. 1: every segment.
+    pub sample_segments: u32,
     /// Live flows kept in the kernel's table (least recently updated ones make room).
     pub flow_table_size: u32,
 }
@@ -32,6 +38,7 @@ impl Default for Config {
         Config {
             enabled: false,
             sample_interval: Duration::from_secs(1),
+            sample_segments: 16,
             flow_table_size: 65536,
         }
     }
@@ -42,6 +49,13 @@ fn sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 }
 
 fn validate(c: &ProbesConfig) -> Result<(), Invalid> {
+    let every = c.tcp_rtt.sample_segments;
+    if !(1..=65536).contains(&every) {
+        return Err(Invalid::new(
+            "probes.tcp_rtt.sampleSegments",
+            format!("{every} must be between 1 (every segment) and 65536"),
+        ));
+    }
     let n = c.tcp_rtt.flow_table_size;
     if !(1024..=1 << 24).contains(&n) {
         return Err(Invalid::new(
@@ -76,7 +90,11 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         rtt: families.pod_histogram(
             "sonde_tcp_rtt_seconds",
-            "Smoothed RTT of TCP connections, each sampled at most once per sample interval.",
+            &format!(
+                "Smoothed RTT of TCP connections, each sampled at most once per sampleInterval, \
+                 from one received segment in sampleSegments (16 by default) past a \
+                 connection's first {FIRST_SEGMENTS}."
+            ),
             &[],
         ),
     })
@@ -87,6 +105,7 @@ fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     c.enabled.then(|| {
         let mut s = super::table_settings(c.flow_table_size);
         s.params[PARAM_SAMPLE_NS] = c.sample_interval.as_nanos() as u64;
+        s.params[PARAM_SAMPLE_EVERY] = c.sample_segments.into();
         s
     })
 }
