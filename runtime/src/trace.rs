@@ -23,8 +23,10 @@ use crate::topology::netns::NetnsTopology;
 const RING_BUFFER_SIZE: &str = "8Mi";
 /// Batches queued between the collectors and the script.
 const QUEUE_BATCHES: usize = 4096;
-/// How long a stopping trace still takes events: two of the collectors' 25 ms polls.
-const FINAL_DRAIN: Duration = Duration::from_millis(50);
+/// How long a stopping trace still takes events: past the collectors' longest wait between
+/// polls (an idle probe's), so that what the kernel handed over before the stop is read.
+const FINAL_DRAIN: Duration =
+    Duration::from_millis(crate::probes::IDLE_POLL_INTERVAL.as_millis() as u64 + 50);
 /// Event fields that cost something to collect, the probe option that collects them, and
 /// the probe: a script that mentions the field turns the option on.
 const FIELD_OPTIONS: &[(&str, &str, &str)] = &[("stack", "packet_drop", "stack")];

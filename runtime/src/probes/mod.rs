@@ -40,8 +40,13 @@ use crate::timefmt::BootClock;
 use crate::topology::{Netns, Topology, Workload};
 use crate::units::ByteSize;
 
-/// How often a ring buffer is drained when the kernel has not woken the agent.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How often a ring buffer is drained when the kernel has not woken the agent, while events
+/// come: records under the kernel's wake-up threshold wait at most this long.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// The longest wait between drains of a probe that has had no events: each empty pass
+/// doubles the wait from [`POLL_INTERVAL`] up to this, and a record brings it back. An idle
+/// agent then wakes a few times a second per probe rather than forty.
+pub const IDLE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Events per published batch, at most.
 const MAX_BATCH: usize = 1024;
 /// Records one pass of a ring buffer's drain takes before it yields its worker.
@@ -1190,7 +1195,7 @@ fn sync_suppressed(name: &str, r: &mut Running, stats: &Stats, ctx: &Context) {
 }
 
 /// Drains one probe's ring buffer: on the kernel's wake-up (a batch is waiting) or the poll
-/// timer, whichever comes first.
+/// timer, whichever comes first; the timer slows down while the ring stays empty.
 async fn drain(
     probe: &'static str,
     ring: RingBuf<MapData>,
@@ -1208,8 +1213,7 @@ async fn drain(
                 return;
             }
         };
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut wait = POLL_INTERVAL;
     // Records left in the ring after a pass: the next pass comes after a yield, not a wait.
     let mut more = false;
     loop {
@@ -1225,7 +1229,7 @@ async fn drain(
                         return;
                     }
                 },
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         let ring = fd.get_mut();
@@ -1249,5 +1253,10 @@ async fn drain(
         if !batch.is_empty() {
             ctx.publish(batch);
         }
+        wait = if taken > 0 {
+            POLL_INTERVAL
+        } else {
+            (wait * 2).min(IDLE_POLL_INTERVAL)
+        };
     }
 }
