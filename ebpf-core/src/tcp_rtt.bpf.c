@@ -5,8 +5,9 @@
  * and windows are kept in the `flows` table (sized by the agent) until the socket is destroyed
  * (tp_btf tcp/tcp_destroy_sock).
  *
- * Most segments touch no table: past a connection's first TCP_RTT_FIRST_SEGMENTS (its own
- * segs_in counter says how many it received), one segment in TCP_RTT_PARAM_SAMPLE_EVERY, drawn
+ * Most segments touch no table: past a connection's first segments (TCP_RTT_FIRST_SEGMENTS by
+ * its own segs_in counter, and any before its first data, by bytes_received and bytes_acked,
+ * which a segment updates after this tracepoint), one segment in TCP_RTT_PARAM_SAMPLE_EVERY, drawn
  * at random (sonde_one_in), looks its flow up; the others cost a random number. A random draw
  * rather than every Nth segment: segs_in grows by a GRO packet's segment count, so a fixed
  * stride could step over every sample point, and a per-CPU stride could keep picking the same
@@ -57,7 +58,8 @@ int BPF_PROG(tcp_rtt, struct sock *sk, const struct sk_buff *skb)
 		return 0;
 	every = sonde_param(TCP_RTT_PARAM_SAMPLE_EVERY);
 	segments = tp->segs_in;
-	if (!sonde_one_in(every) && segments > TCP_RTT_FIRST_SEGMENTS)
+	if (!sonde_one_in(every) && segments > TCP_RTT_FIRST_SEGMENTS &&
+	    (tp->bytes_received || tp->bytes_acked))
 		return 0;
 	now = bpf_ktime_get_ns();
 	f = bpf_map_lookup_elem(&flows, &key);

@@ -12,7 +12,9 @@
 #define TCP_RTT_PARAM_SAMPLE_EVERY 1 /* past its first segments, one segment of a connection in this many is looked at, drawn at random; 0 or 1 = every segment */
 
 /* A connection's first segments are always looked at, so that every connection, however
- * short, has a row in `flows` and a first sample. */
+ * short, has a row in `flows` and a first sample: up to its TCP_RTT_FIRST_SEGMENTS-th, and
+ * every one before it has received or had acknowledged any data (under GRO, the first data a
+ * receiver sees may already be its fortieth segment). */
 #define TCP_RTT_FIRST_SEGMENTS 4
 
 /* Key of the in-kernel `rtts` counter. */

@@ -37,7 +37,8 @@ pub const PARAM_SAMPLE_NS: usize = 0;
 /// Index in `probe_params` of N: past a connection's first [`FIRST_SEGMENTS`], one segment in
 /// N is looked at (drawn at random); 0 or 1 for every segment.
 pub const PARAM_SAMPLE_EVERY: usize = 1;
-/// A connection's first segments, always looked at (`TCP_RTT_FIRST_SEGMENTS`).
+/// A connection's first segments, always looked at (`TCP_RTT_FIRST_SEGMENTS`), as is every
+/// segment before it has received or had acknowledged any data.
 pub const FIRST_SEGMENTS: u32 = 4;
 
 /// `struct tcp_rtt_key`.

@@ -141,6 +141,11 @@ fn past_its_first_segments_one_segment_in_sample_segments_is_looked_at() {
     // 36 chances in 65536), so the row holds the segment count of an early sample.
     let agent = Agent::spawn_yaml(&config(65536));
     agent.wait_ready(READY_TIMEOUT);
+    // A bulk receiver's first data comes as GRO packets of dozens of segments each, past
+    // its fourth segment already: it is looked at all the same (nothing received yet), so
+    // the connection has its sample.
+    bulk_transfer(&pods.a, &pods.b, pods.b_end.ipv4.into(), 5005, 1 << 20);
+    agent.wait_metric(COUNT, &[("pod", pods.b.name())], 1.0, SETTLE_TIMEOUT);
     let row = ping_pong_row(&agent, &pods, 5003, EXCHANGES);
     let segments = row["segments"].as_u64().expect("segments");
     assert!(

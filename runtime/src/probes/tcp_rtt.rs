@@ -26,8 +26,9 @@ pub struct Config {
     /// histogram and its row in the flow table is refreshed.
     #[serde(deserialize_with = "sample_interval")]
     pub sample_interval: Duration,
-    /// Past a connection's first four segments, one segment in this many (drawn at random)
-    /// is looked at; the others touch no table. 1: every segment.
+    /// Past a connection's first segments (four, and any before its first data), one
+    /// segment in this many (drawn at random) is looked at; the others touch no table. 1:
+    /// every segment.
     pub sample_segments: u32,
     /// Live flows kept in the kernel's table (least recently updated ones make room).
     pub flow_table_size: u32,
