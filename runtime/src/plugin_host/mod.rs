@@ -564,9 +564,9 @@ pub enum ModuleError {
     /// errors as it printed it).
     #[error("{0}")]
     Refused(String),
-    #[error("the compiler was killed by signal {signal}{}", last.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    #[error("the compiler was killed by signal {signal}{}", then_said(last))]
     CompilerKilled { signal: i32, last: Option<String> },
-    #[error("the compiler {exe} failed (exit {code}){}", last.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    #[error("the compiler {exe} failed (exit {code}){}", then_said(last))]
     CompilerFailed {
         exe: String,
         code: i32,
@@ -600,6 +600,13 @@ pub enum ModuleError {
          the module in an image volume or on a hostPath and point --plugin-dir at it"
     )]
     ConfigMapTooLarge { dir: String, mib: f64 },
+}
+
+/// `: <line>` after a compiler failure, for the last line the compiler printed, if any.
+fn then_said(last: &Option<String>) -> String {
+    last.as_deref()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default()
 }
 
 /// Compiles a component in this process.

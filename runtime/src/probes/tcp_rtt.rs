@@ -93,8 +93,9 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
             "sonde_tcp_rtt_seconds",
             &format!(
                 "Smoothed RTT of TCP connections, each sampled at most once per sampleInterval, \
-                 from one received segment in sampleSegments (16 by default) past a \
-                 connection's first {FIRST_SEGMENTS}."
+                 from one received segment in sampleSegments ({} by default) past a \
+                 connection's first {FIRST_SEGMENTS}.",
+                Config::default().sample_segments
             ),
             &[],
         ),
