@@ -369,6 +369,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("probes.tcp_rtt.flowTableSize"), "{e}");
+        for every in [0, 65537] {
+            let e = AgentConfig::parse(
+                &format!("probes:\n  tcp_rtt:\n    sampleSegments: {every}\n"),
+                "c.yaml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("probes.tcp_rtt.sampleSegments") && !e.contains('\n'),
+                "{e}"
+            );
+        }
     }
 
     #[test]
