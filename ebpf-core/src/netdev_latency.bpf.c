@@ -12,11 +12,18 @@
  * else's. GSO segments made after net_dev_queue are new skbs, so they have a driver time but
  * no qdisc time. The skb may be freed by the driver before net_dev_xmit fires: there only its
  * address is used, never its contents. A packet sent through a stacked device (bond, vlan)
- * is timed on the lower device; the upper one's driver time is not seen. */
+ * is timed on the lower device; the upper one's driver time is not seen.
+ *
+ * Each stage of a packet is timed with a chance of one in NETDEV_PARAM_SAMPLE_EVERY, drawn by
+ * sonde_one_in: net_dev_queue stamps only the packets it draws, and start_xmit, having timed
+ * the qdisc of a stamped one, draws again for the driver. A packet not drawn touches no table
+ * at net_dev_queue and one lookup, which finds nothing, at each of start_xmit and net_dev_xmit.
+ * Events come from timed packets only. */
 #include "sonde.bpf.h"
 #include "netdev_latency.h"
 
 SONDE_PARAMS
+SONDE_SAMPLER
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
@@ -88,20 +95,26 @@ static __always_inline void observe(const struct net_device *dev, __u8 stage, __
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(net_dev_queue, struct sk_buff *skb)
 {
-	sonde_skb_stamp(&inflight, skb, bpf_ktime_get_ns());
+	if (sonde_one_in(sonde_param(NETDEV_PARAM_SAMPLE_EVERY)))
+		sonde_skb_stamp(&inflight, skb, bpf_ktime_get_ns());
 	return 0;
 }
 
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(net_dev_start_xmit, const struct sk_buff *skb, const struct net_device *dev)
 {
-	__u64 now = bpf_ktime_get_ns();
 	struct sonde_skb_stamp *queued = sonde_skb_stamped(&inflight, skb, (__u64)skb->head);
+	bool timed = sonde_one_in(sonde_param(NETDEV_PARAM_SAMPLE_EVERY));
+	__u64 now;
 
+	if (!queued && !timed)
+		return 0;
+	now = bpf_ktime_get_ns();
 	if (queued) {
 		if (queued->ns <= now)
 			observe(dev, NETDEV_STAGE_QUEUE, now - queued->ns, skb->len);
-		queued->ns = now;
+		/* The driver's time, when drawn, from now; else the stamp is taken. */
+		queued->ns = timed ? now : 0;
 	} else {
 		sonde_skb_stamp(&inflight, skb, now);
 	}

@@ -18,6 +18,7 @@
 /* probe_params values. */
 #define NETDEV_PARAM_QUEUE_NS 0 /* event for qdisc times at least this long; 0 = every packet */
 #define NETDEV_PARAM_XMIT_NS 1  /* event for driver times at least this long; 0 = every packet */
+#define NETDEV_PARAM_SAMPLE_EVERY 2 /* each stage of a packet is timed with a chance of one in this many; 0 or 1 = every packet */
 
 /* An interface: its network namespace and index there. */
 struct netdev_iface {

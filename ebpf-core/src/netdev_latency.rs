@@ -41,6 +41,9 @@ pub const KIND_XMIT_SUM: u8 = 3;
 pub const PARAM_QUEUE_NS: usize = 0;
 /// Index in `probe_params` of the driver time threshold for events, in nanoseconds.
 pub const PARAM_XMIT_NS: usize = 1;
+/// Index in `probe_params` of the sampling rate: each stage of a packet is timed with a
+/// chance of one in this many (0 or 1: every packet).
+pub const PARAM_SAMPLE_EVERY: usize = 2;
 
 /// The `stage` field of an event.
 pub fn stage_name(stage: u8) -> &'static str {

@@ -4,9 +4,21 @@
  *
  * Arrival is net/netif_receive_skb, stamped per skb address in the LRU `arrivals` table
  * (sonde_skb_stamp). A packet between two pods passes netif_receive_skb once per namespace it
- * enters (the host side of the sender's veth, then the receiving pod's eth0); every pass
- * overwrites the stamp, so the time that counts is the last one: the arrival in the receiving
- * pod's namespace, where its socket lives. Stamps of packets never read by a socket (pure
+ * enters (the host side of the sender's veth, then the receiving pod's eth0); every stamp
+ * overwrites the last, so the time that counts is the last one: the arrival in the receiving
+ * pod's namespace, where its socket lives.
+ *
+ * Only sampled passes are stamped (SOCKLAT_PARAM_SAMPLE_EVERY: each pass is, with a chance of
+ * one in that many, drawn by sonde_one_in); the others touch no table. A packet stamped at one
+ * pass must be stamped again at its later passes, or its time would count from the host's
+ * side: `follow` holds the last SOCKLAT_FOLLOW packets sampled (skb and data buffer), and a
+ * pass of one of them restamps it and forgets it. It is one array for every CPU (a packet's
+ * next pass may run on another), written only when a packet is sampled or found there, and
+ * written without locks: two CPUs filling one slot at once lose one packet from it, which
+ * then keeps its earlier stamp, as does a packet whose next pass comes after
+ * SOCKLAT_FOLLOW others were sampled. A packet's stamp taken by its socket takes it out of
+ * `follow` too, or the next packet in its skb and buffer (both come back soon) would be
+ * stamped as if it were the same. Stamps of packets never read by a socket (pure
  * ACKs, forwarded or dropped packets, TCP segments coalesced into another) are overwritten by
  * the next packet at the same address or make room in the LRU; a stamp also holds the
  * packet's data buffer, so a reused skb address is not mistaken for the packet that had it.
@@ -30,6 +42,26 @@
 #define MSG_PEEK_ 2
 #define MSG_ERRQUEUE_ 0x2000
 #define SK_MEM_RECV_ 1
+
+SONDE_PARAMS
+SONDE_SAMPLER
+
+/* The packets sampled last, to restamp at their next pass (a power of two). */
+#define SOCKLAT_FOLLOW 16
+
+struct socklat_follow {
+	__u64 skb[SOCKLAT_FOLLOW];
+	__u64 head[SOCKLAT_FOLLOW];
+	__u32 next;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklat_follow);
+} follow SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
@@ -98,6 +130,27 @@ static __always_inline void observe(const struct sock *sk, __u64 arrived_ns)
 	sonde_add(&sockets, &key, ns);
 }
 
+/* Takes `skb`'s arrival stamp (0: none) and, when it had one, forgets it in `follow`. */
+static __always_inline __u64 take(const struct sk_buff *skb)
+{
+	__u64 ns = sonde_skb_take(&arrivals, skb), addr = (__u64)skb;
+	struct socklat_follow *f;
+	__u32 zero = 0, i;
+
+	if (!ns)
+		return 0;
+	f = bpf_map_lookup_elem(&follow, &zero);
+	if (!f)
+		return ns;
+	for (i = 0; i < SOCKLAT_FOLLOW; i++) {
+		if (f->skb[i] == addr) {
+			f->skb[i] = 0;
+			break;
+		}
+	}
+	return ns;
+}
+
 static __always_inline bool is_inet(const struct sock *sk, __u16 protocol)
 {
 	__u16 family = sk->__sk_common.skc_family;
@@ -110,8 +163,33 @@ int BPF_PROG(socklat_arrive, struct sk_buff *skb)
 {
 	__u16 proto = bpf_ntohs(skb->protocol);
 
+	struct socklat_follow *f;
+	__u64 every, addr = (__u64)skb, head;
+	__u32 zero = 0, i;
+
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return 0;
+	every = sonde_param(SOCKLAT_PARAM_SAMPLE_EVERY);
+	if (every <= 1) {
+		sonde_skb_stamp(&arrivals, skb, bpf_ktime_get_ns());
+		return 0;
+	}
+	f = bpf_map_lookup_elem(&follow, &zero);
+	if (!f)
+		return 0;
+	head = (__u64)skb->head;
+	for (i = 0; i < SOCKLAT_FOLLOW; i++) {
+		if (f->skb[i] == addr && f->head[i] == head) {
+			f->skb[i] = 0;
+			sonde_skb_stamp(&arrivals, skb, bpf_ktime_get_ns());
+			return 0;
+		}
+	}
+	if (!sonde_one_in(every))
+		return 0;
+	i = f->next++ & (SOCKLAT_FOLLOW - 1);
+	f->skb[i] = addr;
+	f->head[i] = head;
 	sonde_skb_stamp(&arrivals, skb, bpf_ktime_get_ns());
 	return 0;
 }
@@ -126,7 +204,7 @@ int BPF_PROG(socklat_tcp_read, const struct sk_buff *skb, int len)
 	 * other sockets' skbs (unix, netlink) never arrived from a device. */
 	if (!sk || !is_inet(sk, IPPROTO_TCP_))
 		return 0;
-	arrived = sonde_skb_take(&arrivals, skb);
+	arrived = take(skb);
 	if (arrived)
 		observe(sk, arrived);
 	return 0;
@@ -146,7 +224,7 @@ int BPF_PROG(socklat_udp_queued, const struct sock *sk)
 	if (!queued)
 		return 0;
 	skb = sk->sk_receive_queue.prev;
-	ns = sonde_skb_take(&arrivals, skb);
+	ns = take(skb);
 	if (!ns)
 		return 0;
 	q = bpf_map_lookup_elem(&udp_queues, &key);
@@ -206,7 +284,7 @@ static __always_inline int rcvbuf_full(int rc, struct sock *sk, struct sk_buff *
 	if (rc != -ENOMEM_ || !sk)
 		return 0;
 	if (skb)
-		sonde_skb_take(&arrivals, skb);
+		take(skb);
 	count(sonde_sk_netns(sk), SOCKLAT_KIND_RCVQUEUE_FULL);
 	return 0;
 }

@@ -9,6 +9,9 @@
 #define SOCKLAT_KIND_RCVQUEUE_FULL 2    /* packets refused: the socket's receive buffer was full */
 #define SOCKLAT_KIND_EXCEED_BUF_LIMIT 3 /* receive memory refused by the protocol's limits */
 
+/* probe_params values. */
+#define SOCKLAT_PARAM_SAMPLE_EVERY 0 /* each pass of a packet through netif_receive_skb is stamped with a chance of one in this many; 0 or 1 = every pass */
+
 /* Arrival times kept per UDP socket for datagrams waiting in its queue; datagrams queued
  * beyond this many unread ones are not timed. */
 #define SOCKLAT_UDP_SLOTS 32

@@ -55,6 +55,10 @@ pub const SPEC: ProbeSpec = ProbeSpec {
 const UDP_UNTIMED: &str = "UDP reads are not timed: this kernel has no sock/sk_data_ready or \
      sock/sock_recv_length tracepoint (TCP reads and overflows are)";
 
+/// Index in `probe_params` of the sampling rate: each pass of a packet through
+/// netif_receive_skb is stamped with a chance of one in this many (0 or 1: every pass).
+pub const PARAM_SAMPLE_EVERY: usize = 0;
+
 pub const KIND_BUCKET: u8 = 0;
 pub const KIND_SUM: u8 = 1;
 pub const KIND_RCVQUEUE_FULL: u8 = 2;

@@ -460,7 +460,8 @@ static __always_inline __u32 sonde_log2_slot(__u64 ns)
 
 /* Declares `sonde_rng`, a per-CPU xorshift64 state, and sonde_one_in(n): true for about one
  * call in n, at random (n <= 1: every call). For sampling on per-packet paths, where
- * bpf_get_prandom_u32 costs several times an empty program's run (measured on 6.18). */
+ * bpf_get_prandom_u32 costs several times an empty program's run (measured on 6.18): it only
+ * seeds each CPU's state, at that CPU's first draw, so no two loads draw the same sequence. */
 #define SONDE_SAMPLER                                                          \
 	struct {                                                               \
 		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                       \
@@ -478,7 +479,9 @@ static __always_inline __u32 sonde_log2_slot(__u64 ns)
 		state = bpf_map_lookup_elem(&sonde_rng, &zero);                \
 		if (!state)                                                    \
 			return true;                                           \
-		x = *state ? *state : 0x9e3779b97f4a7c15ULL;                   \
+		x = *state;                                                    \
+		if (!x) /* this CPU's first draw */                       \
+			x = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32() | 1; \
 		x ^= x << 13;                                                  \
 		x ^= x >> 7;                                                   \
 		x ^= x << 17;                                                  \

@@ -369,17 +369,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("probes.tcp_rtt.flowTableSize"), "{e}");
-        for every in [0, 65537] {
-            let e = AgentConfig::parse(
-                &format!("probes:\n  tcp_rtt:\n    sampleSegments: {every}\n"),
-                "c.yaml",
-            )
-            .unwrap_err()
-            .to_string();
-            assert!(
-                e.contains("probes.tcp_rtt.sampleSegments") && !e.contains('\n'),
-                "{e}"
-            );
+        for (probe, field) in [
+            ("tcp_rtt", "sampleSegments"),
+            ("socket_latency", "samplePackets"),
+            ("netdev_latency", "samplePackets"),
+        ] {
+            for every in [0, 65537] {
+                let e = AgentConfig::parse(
+                    &format!("probes:\n  {probe}:\n    {field}: {every}\n"),
+                    "c.yaml",
+                )
+                .unwrap_err()
+                .to_string();
+                assert!(
+                    e.contains(&format!("probes.{probe}.{field}")) && !e.contains('\n'),
+                    "{e}"
+                );
+            }
+            AgentConfig::parse(&format!("probes:\n  {probe}:\n    {field}: 1\n"), "c.yaml")
+                .unwrap_or_else(|e| panic!("{probe}.{field}: 1 refused: {e}"));
         }
     }
 

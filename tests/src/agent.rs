@@ -93,7 +93,7 @@ pub struct AgentConfig {
     pub tcp_connect_slow_threshold: String,
     /// tcp_rtt (off by default, as in the agent), sampling every 100 ms when on.
     pub tcp_rtt: bool,
-    /// socket_latency (off by default, as in the agent).
+    /// socket_latency (off by default, as in the agent), timing every packet when on.
     pub socket_latency: bool,
     /// softirq: on here (the agent has it off by default), so that traffic fills its
     /// histograms.
@@ -134,7 +134,7 @@ impl AgentConfig {
         format!(
             "node: {}\nprobes:\n{}{}{}{}    slowThreshold: {}\n\
              \x20 tcp_rtt:\n    enabled: {}\n    sampleInterval: 100ms\n\
-             \x20 socket_latency:\n    enabled: {}\n\
+             \x20 socket_latency:\n    enabled: {}\n    samplePackets: 1\n\
              \x20 softirq:\n    enabled: {}\n\
              \x20 io_latency:\n    enabled: {}\n\
              sinks:\n  stdout: {{ enabled: true }}\n\

@@ -977,7 +977,7 @@ fn latency_events_reach_plugins_typed_and_packed_alike() {
         "probes:\n  packet_drop: {{enabled: false}}\n  tcp_retrans: {{enabled: false}}\n  \
          tcp_reset: {{enabled: false}}\n  tcp_connect: {{enabled: false}}\n  \
          softirq: {{enabled: true, delayThreshold: 0ms, durationThreshold: 0ms}}\n  \
-         netdev_latency: {{enabled: true, queueThreshold: 0ms, xmitThreshold: 0ms, \
+         netdev_latency: {{enabled: true, queueThreshold: 0ms, xmitThreshold: 0ms, samplePackets: 1, \
          events: {{ratePerCpu: 0, ratePerNamespace: 0}}}}\n  \
          io_latency: {{enabled: true, slowThreshold: 0ms}}\n\
          sinks:\n  stdout: {{enabled: false}}\nplugins:\n  dirs: [{}]\n",

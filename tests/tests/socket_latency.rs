@@ -2,7 +2,8 @@
 //! observed once each, at least that long, in the histogram of the receiving pod (UDP and TCP);
 //! a UDP socket with a tiny receive buffer that does not read counts, in its pod, exactly the
 //! datagrams that did not fit; a packet routed through another namespace (a node's) counts
-//! from its arrival in the receiving pod, not from the earlier one.
+//! from its arrival in the receiving pod, not from the earlier one; with `samplePackets: N`
+//! about one read in N is timed.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -25,13 +26,14 @@ const OVERFLOWS: &str = "sonde_socket_overflows_total";
 const HOLD: Duration = Duration::from_millis(280);
 const BELOW_HOLD: &str = "0.262144";
 
-fn agent() -> Agent {
-    let agent = Agent::spawn_yaml(
+/// An agent timing one arrival in `sample_packets` (1: every one).
+fn agent_sampling(sample_packets: u32) -> Agent {
+    let agent = Agent::spawn_yaml(&format!(
         "node: sonde-test-node\n\
-         probes:\n  socket_latency:\n    enabled: true\n\
+         probes:\n  socket_latency:\n    enabled: true\n    samplePackets: {sample_packets}\n\
          topology:\n  netnsDir: /run/netns\n\
          metrics:\n  podHistogramBuckets: fine\n",
-    );
+    ));
     agent.wait_ready(READY_TIMEOUT);
     agent.wait_metric_eq(
         "sonde_probe_up",
@@ -40,6 +42,11 @@ fn agent() -> Agent {
         READY_TIMEOUT,
     );
     agent
+}
+
+/// An agent timing every packet.
+fn agent() -> Agent {
+    agent_sampling(1)
 }
 
 /// A UDP socket on `addr` in pod `netns`, with SO_RCVBUF set to `rcvbuf` when given.
@@ -248,5 +255,40 @@ fn the_arrival_that_counts_is_the_one_in_the_receiving_pod() {
         Some(K as f64),
         "reads timed from the router's arrival (sum {:?} s)",
         agent.metric(SUM, &pod)
+    );
+}
+
+/// With `samplePackets: 8`, about one datagram in 8 is stamped on arrival and timed when
+/// read: of 2000, about 250 (a standard deviation of 15), and never all. The datagrams are
+/// sent and read in rounds of 20, under the 32 unread ones a socket's queue is followed for.
+#[test]
+fn one_read_in_sample_packets_is_timed() {
+    const ROUNDS: usize = 100;
+    const ROUND: usize = 20;
+    const EVERY: usize = 8;
+    let pods = PodPair::new();
+    let agent = agent_sampling(EVERY as u32);
+    let b = pods.b.name();
+    let dst = SocketAddr::new(pods.b_end.ipv4.into(), 47214);
+    let receiver = udp_receiver(b, dst, None);
+    receiver
+        .set_read_timeout(Some(SETTLE_TIMEOUT))
+        .expect("read timeout");
+    let mut buf = [0u8; 2048];
+    for round in 0..ROUNDS {
+        send_udp(&pods.a, pods.a_end.ipv4.into(), dst, ROUND);
+        for i in 0..ROUND {
+            receiver
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("round {round}, datagram {i}: {e}"));
+        }
+    }
+    // Counters are read from the kernel at each scrape, and the reads ran the programs.
+    let read = (ROUNDS * ROUND) as f64;
+    let expected = read / EVERY as f64;
+    let timed = agent.metric(COUNT, &[("pod", b)]).unwrap_or(0.0);
+    assert!(
+        (expected / 2.0..=expected * 2.0).contains(&timed),
+        "{timed} reads timed of {read} at one in {EVERY}"
     );
 }

@@ -297,6 +297,18 @@ impl EventsConfig {
     }
 }
 
+/// The bounds of a sampling rate (`sampleSegments`, `samplePackets`): one in `n`, 1 being
+/// every one.
+fn sample_rate(field: &str, n: u32, every: &str) -> Result<(), crate::config::Invalid> {
+    if (1..=65536).contains(&n) {
+        return Ok(());
+    }
+    Err(crate::config::Invalid::new(
+        field,
+        format!("{n} must be between 1 ({every}) and 65536"),
+    ))
+}
+
 /// Kernel settings of a probe that keeps a table of `table_size` rows and emits no events.
 fn table_settings(table_size: u32) -> ProbeSettings {
     ProbeSettings {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use ebpf_core::netdev_latency::{
     ifname, stage_name, Iface, Key, Name, Record, KIND_QUEUE_BUCKET, KIND_QUEUE_SUM,
-    KIND_XMIT_BUCKET, KIND_XMIT_SUM, NAMES_MAP, PARAM_QUEUE_NS, PARAM_XMIT_NS, SPEC,
+    KIND_XMIT_BUCKET, KIND_XMIT_SUM, NAMES_MAP, PARAM_QUEUE_NS, PARAM_SAMPLE_EVERY, PARAM_XMIT_NS,
+    SPEC,
 };
 use ebpf_core::record::{log2_slot_bound_seconds, read_record};
 use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
@@ -33,6 +34,9 @@ pub struct Config {
     /// Packets that took the driver at least this long become events (`0ms`: every packet).
     #[serde(deserialize_with = "xmit_threshold")]
     pub xmit_threshold: Duration,
+    /// Each stage of a packet (qdisc, driver) is timed with a chance of one in this many
+    /// (drawn at random); events come from timed packets. 1: every packet.
+    pub sample_packets: u32,
     pub events: EventsConfig,
 }
 
@@ -42,6 +46,7 @@ impl Default for Config {
             enabled: false,
             queue_threshold: Duration::from_millis(10),
             xmit_threshold: Duration::from_millis(10),
+            sample_packets: 16,
             events: EventsConfig::default(),
         }
     }
@@ -72,7 +77,14 @@ crate::probe_event! {
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
-    validate: |c| c.netdev_latency.events.validate("netdev_latency"),
+    validate: |c| {
+        super::sample_rate(
+            "probes.netdev_latency.samplePackets",
+            c.netdev_latency.sample_packets,
+            "every packet",
+        )?;
+        c.netdev_latency.events.validate("netdev_latency")
+    },
     decoder,
     sync,
     snapshot,
@@ -95,12 +107,20 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         queue: families.pod_histogram(
             "sonde_netdev_queue_seconds",
-            "Time packets spent in an interface's qdisc (net_dev_queue to net_dev_start_xmit).",
+            &format!(
+                "Time packets spent in an interface's qdisc (net_dev_queue to \
+                 net_dev_start_xmit), for about one packet in samplePackets ({} by default).",
+                Config::default().sample_packets
+            ),
             &["interface"],
         ),
         xmit: families.pod_histogram(
             "sonde_netdev_xmit_seconds",
-            "Time packets spent in an interface's driver (net_dev_start_xmit to net_dev_xmit).",
+            &format!(
+                "Time packets spent in an interface's driver (net_dev_start_xmit to \
+                 net_dev_xmit), for about one packet in samplePackets ({} by default).",
+                Config::default().sample_packets
+            ),
             &["interface"],
         ),
     })
@@ -112,6 +132,7 @@ fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
         let mut s = c.events.settings(false);
         s.params[PARAM_QUEUE_NS] = c.queue_threshold.as_nanos() as u64;
         s.params[PARAM_XMIT_NS] = c.xmit_threshold.as_nanos() as u64;
+        s.params[PARAM_SAMPLE_EVERY] = c.sample_packets.into();
         s
     })
 }

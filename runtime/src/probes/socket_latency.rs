@@ -7,24 +7,45 @@
 use std::sync::Arc;
 
 use ebpf_core::record::log2_slot_bound_seconds;
-use ebpf_core::socket_latency::{overflow_kind, Key, KIND_BUCKET, KIND_SUM, SPEC};
+use ebpf_core::socket_latency::{
+    overflow_kind, Key, KIND_BUCKET, KIND_SUM, PARAM_SAMPLE_EVERY, SPEC,
+};
 use ebpf_core::{LoadedProbe, ProbeError, ProbeSettings};
 use serde::Deserialize;
 
 use super::{Context, Decoder, Deltas, Driver, ProbesConfig};
 
 /// `probes.socket_latency` in the agent config. The probe emits no events.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Config {
     /// Off by default: the probe runs for every packet received and every socket read.
     pub enabled: bool,
+    /// Each arrival of a packet in a network namespace is stamped with a chance of one in
+    /// this many (drawn at random); the reads of unstamped packets are not timed. 1: every
+    /// packet.
+    pub sample_packets: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: false,
+            sample_packets: 16,
+        }
+    }
 }
 
 pub const DRIVER: Driver = Driver {
     spec: &SPEC,
     settings,
-    validate: |_| Ok(()),
+    validate: |c| {
+        super::sample_rate(
+            "probes.socket_latency.samplePackets",
+            c.socket_latency.sample_packets,
+            "every packet",
+        )
+    },
     decoder,
     sync,
     snapshot,
@@ -47,7 +68,12 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
     Box::new(Series {
         read_latency: families.pod_histogram(
             "sonde_socket_read_latency_seconds",
-            "Time from a packet's arrival in the pod's network namespace (netif_receive_skb) to the application reading it from its socket.",
+            &format!(
+                "Time from a packet's arrival in the pod's network namespace (netif_receive_skb) \
+                 to the application reading it from its socket, for about one packet in \
+                 samplePackets ({} by default).",
+                Config::default().sample_packets
+            ),
             &[],
         ),
         overflows: families.pod_counter(
@@ -59,11 +85,16 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
 }
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
-    c.socket_latency.enabled.then(|| ProbeSettings {
-        events: false,
-        // No events: the smallest ring buffer the config allows.
-        ring_buffer_size: 64 << 10,
-        ..ProbeSettings::default()
+    let c = &c.socket_latency;
+    c.enabled.then(|| {
+        let mut s = ProbeSettings {
+            events: false,
+            // No events: the smallest ring buffer the config allows.
+            ring_buffer_size: 64 << 10,
+            ..ProbeSettings::default()
+        };
+        s.params[PARAM_SAMPLE_EVERY] = c.sample_packets.into();
+        s
     })
 }
 

@@ -50,13 +50,11 @@ fn sample_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 }
 
 fn validate(c: &ProbesConfig) -> Result<(), Invalid> {
-    let every = c.tcp_rtt.sample_segments;
-    if !(1..=65536).contains(&every) {
-        return Err(Invalid::new(
-            "probes.tcp_rtt.sampleSegments",
-            format!("{every} must be between 1 (every segment) and 65536"),
-        ));
-    }
+    super::sample_rate(
+        "probes.tcp_rtt.sampleSegments",
+        c.tcp_rtt.sample_segments,
+        "every segment",
+    )?;
     let n = c.tcp_rtt.flow_table_size;
     if !(1024..=1 << 24).contains(&n) {
         return Err(Invalid::new(
