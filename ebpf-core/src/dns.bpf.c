@@ -52,7 +52,7 @@ static __always_inline void dns_packet(struct __sk_buff *skb)
 	protocol = t.protocol;
 	if (protocol != IPPROTO_UDP_ && protocol != IPPROTO_TCP_)
 		return;
-	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)))
+	if (sonde_tc_load(skb, l4, ports, sizeof(ports)))
 		return;
 	sport = bpf_ntohs(ports[0]);
 	dport = bpf_ntohs(ports[1]);

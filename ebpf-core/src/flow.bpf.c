@@ -40,7 +40,7 @@ static __always_inline int flow_tuple(struct __sk_buff *skb, struct sonde_tuple 
 		return -1;
 	if (l4 && (t->protocol == IPPROTO_TCP_ || t->protocol == IPPROTO_UDP_)) {
 		__be16 ports[2];
-		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) == 0) {
+		if (sonde_tc_load(skb, l4, ports, sizeof(ports)) == 0) {
 			t->sport = bpf_ntohs(ports[0]);
 			t->dport = bpf_ntohs(ports[1]);
 		}

@@ -15,7 +15,9 @@ use crate::kprobe::KprobeError;
 use crate::record::{
     KernelConfig, KernelParams, Stats, F_EVENTS, F_STACK, STAT_LOST, STAT_SUPPRESSED,
 };
-use crate::tc::{kernel_has_tcx, TcAttach, TcMode, TcTarget, WATCHED_MAP};
+use crate::tc::{
+    kernel_has_tcx, TcAttach, TcMode, TcTarget, Watched, WATCHED_LOW_MAP, WATCHED_MAP,
+};
 use crate::{
     Condition, FnAttach, FnMode, Hook, HookPoint, ProbeSpec, Requirement, Used, CATALOGUE,
 };
@@ -961,22 +963,25 @@ impl LoadedProbe {
             .filter(|s| s.hooks.iter().any(|h| h.tc_direction().is_some()))
             .position(|s| s.name == self.spec.name)
             .unwrap_or(0) as u16;
+        let fd_of = |name: &'static str, map: Option<&Map>| match map {
+            Some(Map::HashMap(data) | Map::Array(data)) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| ProbeError::Map {
+                    map: name,
+                    source: MapError::from(e),
+                }),
+            _ => Err(ProbeError::Map {
+                map: name,
+                source: MapError::InvalidMapType { map_type: 0 },
+            }),
+        };
         let watched = match self.ebpf.map(WATCHED_MAP) {
-            Some(Map::HashMap(data)) => Some(std::sync::Arc::new(
-                data.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| ProbeError::Map {
-                        map: WATCHED_MAP,
-                        source: MapError::from(e),
-                    })?,
-            )),
-            Some(_) => {
-                return Err(ProbeError::Map {
-                    map: WATCHED_MAP,
-                    source: MapError::InvalidMapType { map_type: 0 },
-                })
-            }
+            Some(rest) => Some(std::sync::Arc::new(Watched {
+                low: fd_of(WATCHED_LOW_MAP, self.ebpf.map(WATCHED_LOW_MAP))?,
+                rest: fd_of(WATCHED_MAP, Some(rest))?,
+            })),
             None => None,
         };
         Ok(Some(TcTarget {

@@ -20,8 +20,13 @@ use crate::clsact;
 use crate::probe::ProbeError;
 use crate::TcDirection;
 
-/// The map a TC probe declares to know its interfaces (ifindex -> 1), when it needs to.
+/// The maps a TC probe declares to know its interfaces, when it needs to: an array for
+/// indexes below [`WATCHED_LOW`] (ifindex -> 1, 0 when not watched), whose lookup is a load
+/// in the kernel, and a hash for the others (ifindex -> 1).
 pub const WATCHED_MAP: &str = "watched";
+pub const WATCHED_LOW_MAP: &str = "watched_low";
+/// `SONDE_WATCHED_LOW` in sonde_tc.bpf.h: the size of [`WATCHED_LOW_MAP`].
+pub const WATCHED_LOW: u32 = 65536;
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -95,7 +100,32 @@ pub struct TcTarget {
     /// The probe's place among the TC probes: which filter priority it prefers.
     pub(crate) slot: u16,
     pub(crate) programs: Vec<(TcDirection, OwnedFd)>,
-    pub(crate) watched: Option<Arc<OwnedFd>>,
+    pub(crate) watched: Option<Arc<Watched>>,
+}
+
+/// A probe's [`WATCHED_LOW_MAP`] and [`WATCHED_MAP`].
+#[derive(Debug)]
+pub(crate) struct Watched {
+    pub(crate) low: OwnedFd,
+    pub(crate) rest: OwnedFd,
+}
+
+impl Watched {
+    fn add(&self, ifindex: u32) -> io::Result<()> {
+        if ifindex < WATCHED_LOW {
+            update_elem(&self.low, ifindex, 1u8)
+        } else {
+            update_elem(&self.rest, ifindex, 1u32)
+        }
+    }
+
+    fn remove(&self, ifindex: u32) -> io::Result<()> {
+        if ifindex < WATCHED_LOW {
+            update_elem(&self.low, ifindex, 0u8)
+        } else {
+            delete_elem(self.rest.as_fd(), &ifindex)
+        }
+    }
 }
 
 /// A probe's programs attached to one interface; dropping it detaches them.
@@ -104,7 +134,7 @@ pub struct TcLinks {
     ifindex: u32,
     _links: Vec<OwnedFd>,
     _filters: Option<clsact::Filters>,
-    watched: Option<Arc<OwnedFd>>,
+    watched: Option<Arc<Watched>>,
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 64]) -> io::Result<libc::c_long> {
@@ -117,12 +147,12 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 64]) -> io::Result<libc::c_long> {
     }
 }
 
-/// Sets `key` to `value` in the map `map` (`BPF_MAP_UPDATE_ELEM`).
-fn update_elem(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
+/// Sets `key` to `value` in the map `map` (`BPF_MAP_UPDATE_ELEM`); `V` is the map's value.
+fn update_elem<V>(map: &OwnedFd, key: u32, value: V) -> io::Result<()> {
     let mut attr = [0u8; 64];
     attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(&value as *const u32 as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(&value as *const V as u64).to_ne_bytes());
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
 }
 
@@ -163,8 +193,8 @@ impl TcTarget {
                 )?),
             ),
         };
-        if let Some(map) = &self.watched {
-            update_elem(map, ifindex, 1)?;
+        if let Some(watched) = &self.watched {
+            watched.add(ifindex)?;
         }
         Ok(TcLinks {
             ifindex,
@@ -216,9 +246,9 @@ impl TcLinks {
 
 impl Drop for TcLinks {
     fn drop(&mut self) {
-        if let Some(map) = &self.watched {
+        if let Some(watched) = &self.watched {
             // Gone already when the probe was unloaded first: nothing to undo.
-            let _ = delete_elem(map.as_fd(), &self.ifindex);
+            let _ = watched.remove(self.ifindex);
         }
     }
 }

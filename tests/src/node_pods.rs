@@ -114,6 +114,18 @@ impl NodePods {
     /// does: a pod that takes the addresses of one deleted before it, as a CNI's address
     /// pool hands them out again. No pod of the node may have `host` now.
     pub fn add_pod_at(&mut self, host: u8) -> usize {
+        self.add_pod_indexed(host, None)
+    }
+
+    /// Adds a pod as [`NodePods::add_pod`] does, its host-side veth at interface index
+    /// `ifindex` (as on a node that has made that many interfaces since it booted).
+    pub fn add_pod_with_ifindex(&mut self, ifindex: u32) -> usize {
+        let host = self.next_host;
+        self.next_host += 1;
+        self.add_pod_indexed(host, Some(ifindex))
+    }
+
+    fn add_pod_indexed(&mut self, host: u8, ifindex: Option<u32>) -> usize {
         let i = self.pods.len();
         let netns = Netns::new(&format!("p{host}"));
         let host_if = format!("{}v{host}", self.prefix);
@@ -130,8 +142,9 @@ impl NodePods {
             ipv6: Ipv6Addr::new(0xfd00, 0x5e, 0, self.subnet as u16, 0, 0, 0, host.into()),
             netns,
         };
+        let index = ifindex.map(|i| format!(" index {i}")).unwrap_or_default();
         run_command(&format!(
-            "ip link add {host_if} type veth peer name eth0 netns {} address {mac}",
+            "ip link add {host_if}{index} type veth peer name eth0 netns {} address {mac}",
             pod.name()
         ));
         disable_ipv6(&host_if);

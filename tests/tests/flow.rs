@@ -4,7 +4,8 @@
 //! - a TCP transfer of K bytes shows at least K (and well under 2K: each packet is counted
 //!   once, though it crosses two watched interfaces) on the flow from the client pod to the
 //!   server pod, and the replies on the reverse flow, IPv4 and IPv6, with the programs
-//!   attached as TCX links and as filters on a clsact qdisc (`attach: clsact`);
+//!   attached as TCX links and as filters on a clsact qdisc (`attach: clsact`), and from a
+//!   pod whose host-side interface index is past the programs' array of watched interfaces;
 //! - with `attach: clsact` beside a CNI's own filters (a clsact qdisc and counting filters
 //!   before Sonde's, at Sonde's preferred priority and after it): they are kept, each still
 //!   sees every packet (so Sonde's programs let packets on), the transfer is counted as
@@ -146,6 +147,33 @@ fn transfer_is_counted_once(family: IpFamily, attach: Attach) {
     }
 
     transfer_and_count(&agent, a, b, family, 5201);
+}
+
+/// A node's interface indexes grow with every veth it makes: past 65535 the programs find
+/// watched interfaces in a hash rather than their array. A transfer from a pod whose
+/// host-side veth is there is still counted once (the egress program finds that it came in
+/// through a watched interface).
+#[test]
+fn a_transfer_from_an_interface_index_past_the_array_is_counted_once() {
+    let mut node = NodePods::new(1);
+    // A free index above the array's 65536, different for each run of the suite.
+    let ifindex = 65536 + 1 + std::process::id() % 1_000_000;
+    let high = node.add_pod_with_ifindex(ifindex);
+    let agent = Agent::spawn_yaml(&attach_yaml(
+        &[node.interface_pattern()],
+        65536,
+        Attach::Auto,
+    ));
+    agent.wait_ready(READY_TIMEOUT);
+    let (a, b) = (&node.pods[high], &node.pods[0]);
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", a.host_if))
+            .expect("the veth's index")
+            .trim(),
+        ifindex.to_string()
+    );
+    wait_attached(&agent, &[&a.host_if, &b.host_if]);
+    transfer_and_count(&agent, a, b, IpFamily::V4, 5206);
 }
 
 /// A TCP transfer of 4 MiB from `a` to `b`: counted once, on the flow a to b, with b's
