@@ -104,7 +104,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let warm = Arc::clone(&ctx);
     tokio::task::spawn_blocking(move || {
         warm.symbols();
-        crate::probes::release_freed_memory();
+        crate::memory::release_freed_memory();
     });
 
     let plugin_dirs = plugin_host::dirs_from(&config.plugins, &opts.plugin_dirs);

@@ -60,7 +60,7 @@ async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Response {
         // The exposition is built afresh each scrape in many small allocations, on whichever
         // thread of the blocking pool runs it: hand what was freed back to the system, or
         // every thread's allocator arena keeps the peak of its largest scrape for good.
-        release_freed_memory();
+        crate::memory::release_freed_memory();
         body
     })
     .await;
@@ -122,15 +122,6 @@ fn compress(text: &[u8]) -> std::io::Result<Vec<u8>> {
     );
     gz.write_all(text)?;
     gz.finish()
-}
-
-/// Returns the memory the allocator holds free to the system (glibc's `malloc_trim`).
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// The probes' states, read off the async workers: the probes' lock is held for the length

@@ -17,6 +17,7 @@ pub mod event_stream;
 pub mod exporter;
 pub mod fanout;
 pub mod kallsyms;
+pub mod memory;
 pub mod metrics;
 pub mod netlink;
 pub mod plugin_host;

@@ -139,6 +139,7 @@ enum Output {
 }
 
 fn main() -> ExitCode {
+    sonde::memory::limit_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -350,6 +350,22 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// `VmRSS` of `pid` in KiB once it has settled: the agent still finishes work after it is
+/// ready (it reads the kernel's symbols and hands back what loading freed), so the reading
+/// is taken when two in a row, 200 ms apart, differ by at most 64 KiB (or after 5 s).
+pub fn settled_rss_kib(pid: u32) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut last = memory_kib(pid).0;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = memory_kib(pid).0;
+        if now.abs_diff(last) <= 64 || std::time::Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Ids of the BPF programs `pid` holds (its `anon_inode:bpf-prog` descriptors).
 pub fn programs_of(pid: u32) -> HashSet<u32> {
     let fd_dir = format!("/proc/{pid}/fd");

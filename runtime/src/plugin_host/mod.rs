@@ -383,7 +383,7 @@ impl PluginHost {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|sha, _| in_use.values().any(|u| u == sha));
         drop(in_use);
-        crate::probes::release_freed_memory();
+        crate::memory::release_freed_memory();
     }
 
     fn in_use_sha(&self, plugin: &str) -> Option<String> {

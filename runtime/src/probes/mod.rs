@@ -919,7 +919,7 @@ impl Probes {
         drop(loader);
         drop(btf);
         if loaded {
-            release_freed_memory();
+            crate::memory::release_freed_memory();
         }
     }
 
@@ -1145,15 +1145,6 @@ impl Drop for Probes {
     fn drop(&mut self) {
         // Final sync so nothing counted is lost on the way out.
         self.sync();
-    }
-}
-
-/// Hands memory freed by the allocator back to the kernel (glibc keeps small freed blocks).
-pub(crate) fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns unused heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -1101,7 +1101,7 @@ impl Bench {
     fn run_mode(&self, mode: Mode, opts: &Options) -> ModeResult {
         let agent = BenchAgent::spawn(&mode.yaml(opts.ring_buffer), self.pod_b());
         let attached_after = agent.attached_after();
-        let (idle_rss_kib, _) = agent.memory_kib();
+        let idle_rss_kib = sonde_tests::bench::settled_rss_kib(agent.pid());
         let events = mode != Mode::Counting;
         let full: Vec<Drain> = (0..self.repeat)
             .map(|_| self.drain(&agent, None, events))
