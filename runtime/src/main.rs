@@ -139,7 +139,7 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    sonde::memory::limit_arenas();
+    sonde::memory::tune_malloc();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
