@@ -130,24 +130,32 @@ static __always_inline void observe(const struct sock *sk, __u64 arrived_ns)
 	sonde_add(&sockets, &key, ns);
 }
 
+/* Takes the packet in `skb` with data buffer `head` out of `follow`; whether it was there. */
+static __always_inline bool forget(struct socklat_follow *f, __u64 skb, __u64 head)
+{
+	__u32 i;
+
+	for (i = 0; i < SOCKLAT_FOLLOW; i++) {
+		if (f->skb[i] == skb && f->head[i] == head) {
+			f->skb[i] = 0;
+			return true;
+		}
+	}
+	return false;
+}
+
 /* Takes `skb`'s arrival stamp (0: none) and, when it had one, forgets it in `follow`. */
 static __always_inline __u64 take(const struct sk_buff *skb)
 {
-	__u64 ns = sonde_skb_take(&arrivals, skb), addr = (__u64)skb;
+	__u64 ns = sonde_skb_take(&arrivals, skb);
 	struct socklat_follow *f;
-	__u32 zero = 0, i;
+	__u32 zero = 0;
 
 	if (!ns)
 		return 0;
 	f = bpf_map_lookup_elem(&follow, &zero);
-	if (!f)
-		return ns;
-	for (i = 0; i < SOCKLAT_FOLLOW; i++) {
-		if (f->skb[i] == addr) {
-			f->skb[i] = 0;
-			break;
-		}
-	}
+	if (f)
+		forget(f, (__u64)skb, (__u64)skb->head);
 	return ns;
 }
 
@@ -162,34 +170,26 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(socklat_arrive, struct sk_buff *skb)
 {
 	__u16 proto = bpf_ntohs(skb->protocol);
-
+	__u64 every, addr = (__u64)skb, head = (__u64)skb->head;
 	struct socklat_follow *f;
-	__u64 every, addr = (__u64)skb, head;
 	__u32 zero = 0, i;
 
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return 0;
 	every = sonde_param(SOCKLAT_PARAM_SAMPLE_EVERY);
-	if (every <= 1) {
-		sonde_skb_stamp(&arrivals, skb, bpf_ktime_get_ns());
-		return 0;
-	}
-	f = bpf_map_lookup_elem(&follow, &zero);
-	if (!f)
-		return 0;
-	head = (__u64)skb->head;
-	for (i = 0; i < SOCKLAT_FOLLOW; i++) {
-		if (f->skb[i] == addr && f->head[i] == head) {
-			f->skb[i] = 0;
-			sonde_skb_stamp(&arrivals, skb, bpf_ktime_get_ns());
+	if (every > 1) {
+		f = bpf_map_lookup_elem(&follow, &zero);
+		if (!f)
 			return 0;
+		/* Restamped at a later pass; else drawn, and followed when it is. */
+		if (!forget(f, addr, head)) {
+			if (!sonde_one_in(every))
+				return 0;
+			i = f->next++ & (SOCKLAT_FOLLOW - 1);
+			f->skb[i] = addr;
+			f->head[i] = head;
 		}
 	}
-	if (!sonde_one_in(every))
-		return 0;
-	i = f->next++ & (SOCKLAT_FOLLOW - 1);
-	f->skb[i] = addr;
-	f->head[i] = head;
 	sonde_skb_stamp(&arrivals, skb, bpf_ktime_get_ns());
 	return 0;
 }

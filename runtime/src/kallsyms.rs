@@ -29,21 +29,7 @@ impl Kallsyms {
     }
 
     pub fn parse(text: &str) -> Self {
-        let mut symbols: Vec<(u64, &str)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.split_whitespace();
-                let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
-                let kind = parts.next()?;
-                let name = parts.next()?;
-                // Functions only: text symbols, local or global, and weak ones.
-                if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
-                    return None;
-                }
-                Some((addr, name))
-            })
-            .collect();
-        symbols.sort_by_key(|(a, _)| *a);
+        let symbols = functions(text);
         let mut names = String::new();
         let blocks = symbols
             .chunks(BLOCK)
@@ -97,6 +83,23 @@ impl Kallsyms {
     }
 }
 
+/// The function symbols of kallsyms text (text symbols, local or global, and weak ones, with
+/// an address), sorted by address; symbols at one address keep the order they were listed in.
+fn functions(text: &str) -> Vec<(u64, &str)> {
+    let mut symbols: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let kind = parts.next()?;
+            let name = parts.next()?;
+            (addr != 0 && matches!(kind, "t" | "T" | "w" | "W")).then_some((addr, name))
+        })
+        .collect();
+    symbols.sort_by_key(|(a, _)| *a);
+    symbols
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +122,8 @@ mod tests {
     }
 
     /// Every symbol of a table spanning several blocks, and of this kernel's own when it can
-    /// be read (as root), resolves to its name as a plain search of the text finds it.
+    /// be read (as root), resolves to the name the uncompressed, sorted list of functions
+    /// has for it.
     #[test]
     fn compressed_names_resolve_as_the_text_says() {
         let mut text = String::new();
@@ -133,16 +137,9 @@ mod tests {
         let own = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
         for text in [text, own] {
             let k = Kallsyms::parse(&text);
-            let mut plain: Vec<(u64, &str)> = text
-                .lines()
-                .filter_map(|l| {
-                    let mut p = l.split_whitespace();
-                    let a = u64::from_str_radix(p.next()?, 16).ok()?;
-                    let kind = p.next()?;
-                    (a != 0 && matches!(kind, "t" | "T" | "w" | "W")).then_some((a, p.next()?))
-                })
-                .collect();
-            plain.sort_by_key(|(a, _)| *a);
+            // Which symbols are kept is `resolves_inside_functions`'s to check; this one
+            // checks that each keeps its name through the blocks.
+            let plain = functions(&text);
             assert_eq!(k.addrs.len(), plain.len());
             // Every symbol of the small table; every 97th of the kernel's (at the end of its
             // name: several share an address, and the last one listed there wins).
