@@ -33,7 +33,7 @@ impl Default for Config {
         Config {
             enabled: true,
             slow_threshold: Duration::from_secs(1),
-            events: EventsConfig::default(),
+            events: EventsConfig::with_ring(super::RING_EXCEPTIONS),
         }
     }
 }
@@ -92,7 +92,7 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.io_latency;
     c.enabled.then(|| {
-        let mut s = c.events.settings(false);
+        let mut s = c.events.settings(false, super::RING_EXCEPTIONS);
         s.params[PARAM_SLOW_NS] = c.slow_threshold.as_nanos() as u64;
         s
     })

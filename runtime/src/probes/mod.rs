@@ -251,9 +251,21 @@ pub struct EventsConfig {
     /// Events a namespace may emit in a burst above its rate.
     pub burst_per_namespace: u64,
     /// Size of the probe's ring buffer (a power of two, at least 64Ki: smaller ones wake the
-    /// agent every few records and lose events under load).
-    pub ring_buffer_size: ByteSize,
+    /// agent every few records and lose events under load); `None` = the probe's own default
+    /// ([`RING_TRAFFIC`] or [`RING_EXCEPTIONS`]), also when a config's `events:` names other
+    /// fields only.
+    pub ring_buffer_size: Option<ByteSize>,
 }
+
+/// Ring buffer of a probe whose events follow the traffic (drops, retransmits, connections
+/// that end): bursts of thousands of records between two drains.
+pub const RING_TRAFFIC: u32 = 1 << 20;
+
+/// Ring buffer of a probe whose events are exceptions past a threshold or failures (slow
+/// handshakes, resets, hung IO, slow softirqs): a quarter of [`RING_TRAFFIC`]. Each ring is
+/// mapped into the agent twice, so this saves 1.5 MiB of resident memory per probe; at 96-byte
+/// records it still holds over 2,500 events, past a 2-CPU node's whole burst allowance.
+pub const RING_EXCEPTIONS: u32 = 256 << 10;
 
 impl Default for EventsConfig {
     fn default() -> Self {
@@ -263,14 +275,24 @@ impl Default for EventsConfig {
             burst: 1000,
             rate_per_namespace: 100,
             burst_per_namespace: 100,
-            ring_buffer_size: ByteSize(1 << 20),
+            ring_buffer_size: None,
         }
     }
 }
 
 impl EventsConfig {
+    /// The defaults with a ring buffer of `ring` bytes: a probe's default config.
+    pub fn with_ring(ring: u32) -> Self {
+        EventsConfig {
+            ring_buffer_size: Some(ByteSize(ring as u64)),
+            ..EventsConfig::default()
+        }
+    }
+
     fn validate(&self, probe: &str) -> Result<(), Invalid> {
-        let size = self.ring_buffer_size.0;
+        let Some(ByteSize(size)) = self.ring_buffer_size else {
+            return Ok(());
+        };
         if size < 64 << 10 || !size.is_power_of_two() || size > 1 << 30 {
             return Err(Invalid::new(
                 format!("probes.{probe}.events.ringBufferSize"),
@@ -280,7 +302,9 @@ impl EventsConfig {
         Ok(())
     }
 
-    fn settings(&self, stack: bool) -> ProbeSettings {
+    /// Kernel settings from these; `ring` is the probe's ring buffer size when the config
+    /// does not set one ([`RING_TRAFFIC`] or [`RING_EXCEPTIONS`]).
+    fn settings(&self, stack: bool, ring: u32) -> ProbeSettings {
         ProbeSettings {
             events: self.enabled,
             rate_per_cpu: self.rate_per_cpu,
@@ -288,7 +312,7 @@ impl EventsConfig {
             rate_per_namespace: self.rate_per_namespace,
             burst_per_namespace: self.burst_per_namespace,
             stack,
-            ring_buffer_size: self.ring_buffer_size.0 as u32,
+            ring_buffer_size: self.ring_buffer_size.map_or(ring, |b| b.0 as u32),
             params: [0; 4],
             table_size: 0,
             tc_attach: TcAttach::Auto,
@@ -320,27 +344,57 @@ fn table_settings(table_size: u32) -> ProbeSettings {
     }
 }
 
-/// Config of a probe with no settings beyond being on and its events.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct ProbeConfig {
-    pub enabled: bool,
-    pub events: EventsConfig,
+/// A probe's default ring buffer size, as a type for [`ProbeConfig`].
+pub trait DefaultRing {
+    const BYTES: u32;
 }
 
-impl Default for ProbeConfig {
+/// [`RING_TRAFFIC`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficRing;
+
+impl DefaultRing for TrafficRing {
+    const BYTES: u32 = RING_TRAFFIC;
+}
+
+/// [`RING_EXCEPTIONS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionsRing;
+
+impl DefaultRing for ExceptionsRing {
+    const BYTES: u32 = RING_EXCEPTIONS;
+}
+
+/// Config of a probe with no settings beyond being on and its events, whose ring buffer is
+/// `R::BYTES` unless the config says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    default,
+    bound = "R: DefaultRing"
+)]
+pub struct ProbeConfig<R> {
+    pub enabled: bool,
+    pub events: EventsConfig,
+    #[serde(skip)]
+    ring: std::marker::PhantomData<R>,
+}
+
+impl<R: DefaultRing> Default for ProbeConfig<R> {
     fn default() -> Self {
         ProbeConfig {
             enabled: true,
-            events: EventsConfig::default(),
+            events: EventsConfig::with_ring(R::BYTES),
+            ring: std::marker::PhantomData,
         }
     }
 }
 
-impl ProbeConfig {
+impl<R: DefaultRing> ProbeConfig<R> {
     /// The probe's kernel settings, `None` when it is off.
     pub fn settings(&self) -> Option<ProbeSettings> {
-        self.enabled.then(|| self.events.settings(false))
+        self.enabled.then(|| self.events.settings(false, R::BYTES))
     }
 }
 
@@ -666,6 +720,29 @@ mod tests {
             let takes = serde_json::from_value::<ProbesConfig>(config).is_ok();
             assert_eq!(takes, d.events, "{name}");
         }
+    }
+
+    /// A ring buffer's size is the probe's own default unless the config sets one, also when
+    /// the config's `events:` sets other fields.
+    #[test]
+    fn ring_buffers_default_per_probe() {
+        let config: ProbesConfig = serde_json::from_value(serde_json::json!({
+            "packet_drop": { "events": { "ratePerCpu": 5 } },
+            "tcp_connect": { "events": { "ratePerCpu": 5 } },
+            "tcp_reset": { "events": { "ringBufferSize": "2Mi" } },
+        }))
+        .unwrap();
+        config.validate().unwrap();
+        let ring = |name: &str| {
+            let settings = (driver(name).unwrap().settings)(&config).unwrap();
+            settings.ring_buffer_size
+        };
+        assert_eq!(ring("packet_drop"), RING_TRAFFIC);
+        assert_eq!(ring("tcp_retrans"), RING_TRAFFIC);
+        assert_eq!(ring("tcp_connect"), RING_EXCEPTIONS);
+        assert_eq!(ring("io_latency"), RING_EXCEPTIONS);
+        assert_eq!(ring("tcp_reset"), 2 << 20);
+        assert_eq!(RING_EXCEPTIONS, 256 << 10);
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl Default for Config {
             queue_threshold: Duration::from_millis(10),
             xmit_threshold: Duration::from_millis(10),
             sample_packets: 16,
-            events: EventsConfig::default(),
+            events: EventsConfig::with_ring(super::RING_EXCEPTIONS),
         }
     }
 }
@@ -129,7 +129,7 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.netdev_latency;
     c.enabled.then(|| {
-        let mut s = c.events.settings(false);
+        let mut s = c.events.settings(false, super::RING_EXCEPTIONS);
         s.params[PARAM_QUEUE_NS] = c.queue_threshold.as_nanos() as u64;
         s.params[PARAM_XMIT_NS] = c.xmit_threshold.as_nanos() as u64;
         s.params[PARAM_SAMPLE_EVERY] = c.sample_packets.into();

@@ -28,7 +28,7 @@ impl Default for Config {
         Config {
             enabled: true,
             stack: false,
-            events: EventsConfig::default(),
+            events: EventsConfig::with_ring(super::RING_TRAFFIC),
         }
     }
 }
@@ -77,7 +77,7 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.packet_drop;
-    c.enabled.then(|| c.events.settings(c.stack))
+    c.enabled.then(|| c.events.settings(c.stack, super::RING_TRAFFIC))
 }
 
 /// Drop reason names of the running kernel, read once.

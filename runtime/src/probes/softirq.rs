@@ -39,7 +39,7 @@ impl Default for Config {
             enabled: false,
             delay_threshold: Duration::from_millis(10),
             duration_threshold: Duration::from_millis(10),
-            events: EventsConfig::default(),
+            events: EventsConfig::with_ring(super::RING_EXCEPTIONS),
         }
     }
 }
@@ -105,7 +105,7 @@ fn series(families: &mut crate::metrics::Families) -> super::ProbeSeries {
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.softirq;
     c.enabled.then(|| {
-        let mut s = c.events.settings(false);
+        let mut s = c.events.settings(false, super::RING_EXCEPTIONS);
         s.params[PARAM_DELAY_NS] = c.delay_threshold.as_nanos() as u64;
         s.params[PARAM_RUN_NS] = c.duration_threshold.as_nanos() as u64;
         s

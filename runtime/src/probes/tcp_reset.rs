@@ -10,7 +10,7 @@ use super::{Context, Decoder, Deltas, Driver, ProbeConfig};
 use crate::event::{tcp_state_name, Event, Flow, Kind, Severity};
 
 /// `probes.tcp_reset` in the agent config: on/off and events.
-pub type Config = ProbeConfig;
+pub type Config = ProbeConfig<super::ExceptionsRing>;
 
 crate::probe_event! {
     /// `tcp_reset`: a TCP reset sent or received, the flow oriented as the reset travels.

@@ -10,7 +10,7 @@ use super::{Context, Decoder, Deltas, Driver, ProbeConfig};
 use crate::event::{tcp_state_name, Event, Flow, Kind, Severity};
 
 /// `probes.tcp_retrans` in the agent config: on/off and events.
-pub type Config = ProbeConfig;
+pub type Config = ProbeConfig<super::TrafficRing>;
 
 crate::probe_event! {
     /// `tcp_retrans`: a TCP segment retransmitted; the flow's source is the local end.

@@ -54,7 +54,7 @@ pub const DRIVER: Driver = Driver {
 
 fn settings(c: &ProbesConfig) -> Option<ProbeSettings> {
     let c = &c.tcp_state;
-    c.enabled.then(|| c.events.settings(false))
+    c.enabled.then(|| c.events.settings(false, super::RING_TRAFFIC))
 }
 
 /// The probe's series.
