@@ -315,8 +315,8 @@ impl Event {
     }
 }
 
-/// A JSON object's entries written straight into a buffer: keys that need no escaping as they
-/// are, values through serde_json.
+/// A JSON object's entries written straight into a buffer: keys and strings that need no
+/// escaping as they are, scalars through [`ValueWriter`], the rest through serde_json.
 struct RawMap<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
@@ -336,7 +336,14 @@ impl SerializeMap for RawMap<'_> {
     }
 
     fn serialize_value<V: ?Sized + Serialize>(&mut self, value: &V) -> Result<(), Self::Error> {
-        serde_json::to_writer(&mut *self.out, value)
+        let mark = self.out.len();
+        match value.serialize(ValueWriter(self.out)) {
+            Ok(()) => Ok(()),
+            Err(NotScalar) => {
+                self.out.truncate(mark);
+                serde_json::to_writer(&mut *self.out, value)
+            }
+        }
     }
 
     fn end(self) -> Result<(), Self::Error> {
@@ -457,6 +464,124 @@ impl serde::Serializer for KeyWriter<'_> {
     }
 }
 
+/// Writes a scalar value (a string, a number, a boolean, null) as serde_json does, strings
+/// that need no escaping copied as they are: most of an event's values. Anything else is
+/// [`NotScalar`], for serde_json to write.
+struct ValueWriter<'a>(&'a mut Vec<u8>);
+
+/// A value [`ValueWriter`] leaves to serde_json.
+#[derive(Debug)]
+struct NotScalar;
+
+impl std::fmt::Display for NotScalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a scalar")
+    }
+}
+
+impl std::error::Error for NotScalar {}
+
+impl serde::ser::Error for NotScalar {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        NotScalar
+    }
+}
+
+macro_rules! through_serde_json {
+    ($($method:ident($ty:ty);)*) => {
+        $(fn $method(self, v: $ty) -> Result<(), NotScalar> {
+            serde_json::to_writer(&mut *self.0, &v).map_err(|_| NotScalar)
+        })*
+    };
+}
+
+macro_rules! not_scalar {
+    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+        $(fn $method(self $(, _: $arg)*) -> Result<$ret, NotScalar> {
+            Err(NotScalar)
+        })*
+    };
+}
+
+impl serde::Serializer for ValueWriter<'_> {
+    type Ok = ();
+    type Error = NotScalar;
+    type SerializeSeq = serde::ser::Impossible<(), NotScalar>;
+    type SerializeTuple = serde::ser::Impossible<(), NotScalar>;
+    type SerializeTupleStruct = serde::ser::Impossible<(), NotScalar>;
+    type SerializeTupleVariant = serde::ser::Impossible<(), NotScalar>;
+    type SerializeMap = serde::ser::Impossible<(), NotScalar>;
+    type SerializeStruct = serde::ser::Impossible<(), NotScalar>;
+    type SerializeStructVariant = serde::ser::Impossible<(), NotScalar>;
+
+    fn serialize_str(self, v: &str) -> Result<(), NotScalar> {
+        if needs_escape(v.as_bytes()) {
+            return serde_json::to_writer(&mut *self.0, v).map_err(|_| NotScalar);
+        }
+        self.0.reserve(v.len() + 2);
+        self.0.push(b'"');
+        self.0.extend_from_slice(v.as_bytes());
+        self.0.push(b'"');
+        Ok(())
+    }
+
+    fn serialize_none(self) -> Result<(), NotScalar> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), NotScalar> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), NotScalar> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), NotScalar> {
+        Err(NotScalar)
+    }
+
+    through_serde_json! {
+        serialize_bool(bool);
+        serialize_i8(i8);
+        serialize_i16(i16);
+        serialize_i32(i32);
+        serialize_i64(i64);
+        serialize_u8(u8);
+        serialize_u16(u16);
+        serialize_u32(u32);
+        serialize_u64(u64);
+        serialize_f32(f32);
+        serialize_f64(f64);
+        serialize_char(char);
+    }
+
+    not_scalar! {
+        serialize_bytes(&[u8]) -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(&'static str) -> ();
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,9 +669,17 @@ mod tests {
                     serde_json::json!({"k\\": [null, "\u{7f}"]}),
                 ),
                 ("ctl\u{2}".into(), serde_json::json!("é")),
+                ("float".into(), serde_json::json!(1.5e-7)),
+                ("whole_float".into(), serde_json::json!(2.0)),
+                ("negative".into(), serde_json::json!(-3)),
+                ("largest".into(), serde_json::json!(u64::MAX)),
+                ("yes".into(), serde_json::json!(true)),
+                ("nothing".into(), serde_json::Value::Null),
+                ("list".into(), serde_json::json!(["a\"", 1.25, null])),
             ],
         });
-        for e in [drop, derived] {
+        let dns = dns_timeout(Duration::from_nanos(1_500_000_001), Some(12.5));
+        for e in [drop, derived, dns] {
             let mut fast = Vec::new();
             e.write_json(&mut fast);
             let fast = String::from_utf8(fast).unwrap();
@@ -586,9 +719,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn dns_timeout_json() {
-        let mut e = Event::kernel(
+    /// A DNS timeout event of a query from 100.64.0.1 to 100.64.0.2.
+    fn dns_timeout(duration: Duration, rate: Option<f64>) -> Event {
+        Event::kernel(
             UNIX_EPOCH + Duration::from_secs(1),
             0,
             Severity::Warning,
@@ -602,11 +735,16 @@ mod tests {
                 },
                 outcome: "timeout",
                 id: Some(7),
-                duration: Some(Duration::from_millis(1500)),
+                duration: Some(duration),
                 count: None,
-                rate: None,
+                rate,
             }),
-        );
+        )
+    }
+
+    #[test]
+    fn dns_timeout_json() {
+        let mut e = dns_timeout(Duration::from_millis(1500), None);
         e.node = Arc::from("node-1");
         e.workload = Some(Workload {
             namespace: Arc::from(""),
