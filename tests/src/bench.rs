@@ -350,6 +350,13 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Resets `pid`'s `VmHWM` to its resident memory now (`5` to /proc/PID/clear_refs), so that
+/// the next reading is the peak from here on, not the one while it started.
+pub fn reset_peak_rss(pid: u32) {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(&path, "5").unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+}
+
 /// `VmRSS` of `pid` in KiB once it has settled: the agent still finishes work after it is
 /// ready (it reads the kernel's symbols and hands back what loading freed), so the reading
 /// is taken when two in a row, 200 ms apart, differ by at most 64 KiB (or after 5 s).

@@ -29,13 +29,18 @@ pub fn wasm_module(crate_name: &str) -> PathBuf {
 
 /// The bundles built by `cargo xtask plugins` (`target/bundles/<name>/`).
 pub fn first_party_bundle(name: &str) -> PathBuf {
+    built_bundle(name).unwrap_or_else(|| {
+        panic!(
+            "{} is missing: run `cargo xtask plugins`",
+            target_dir().join("bundles").join(name).display()
+        )
+    })
+}
+
+/// [`first_party_bundle`], `None` when `cargo xtask plugins` has not built it.
+pub fn built_bundle(name: &str) -> Option<PathBuf> {
     let dir = target_dir().join("bundles").join(name);
-    assert!(
-        dir.join("plugin.yaml").exists(),
-        "{} is missing: run `cargo xtask plugins`",
-        dir.display()
-    );
-    dir
+    dir.join("plugin.yaml").exists().then_some(dir)
 }
 
 /// Writes a bundle: `dir/plugin.yaml` naming `module` (copied beside it) with `spec` (YAML

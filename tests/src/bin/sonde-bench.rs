@@ -8,7 +8,11 @@
 //! - a UDP flood from one pinned sender core into an iptables DROP rule in another pod: the
 //!   sender's rate without and with the agent, whether the agent drains every drop event (ring
 //!   buffer, sink queue and stdout all accounted for), its CPU and memory, and, when the flood
-//!   loses events, the highest paced rate that loses none.
+//!   loses events, the highest paced rate that loses none; then the same unlimited floods with
+//!   three first-party plugins loaded (when `cargo xtask plugins` has built them), for the
+//!   agent's memory at its peak;
+//! - the `dist` binary's size and the image's (its root filesystem as `deploy/rootfs.sh`
+//!   builds it).
 //!
 //! `cargo build --release -p sonde && cargo run --release -p sonde-tests --bin sonde-bench`
 //! (as root). Options: `--duration SECS` (each flood, default 5), `--repeat N` (full-speed
@@ -112,7 +116,19 @@ fn main() {
     let mut modes = Vec::new();
     for mode in [Mode::Counting, Mode::EventsDefault, Mode::EventsUnlimited] {
         eprintln!("sonde-bench: agent with {}", mode.label());
-        modes.push(bench.run_mode(mode, &opts));
+        modes.push(bench.run_mode(mode, &opts, None));
+    }
+    let plugins = plugins_dir();
+    match &plugins {
+        Some(dir) => {
+            let mode = Mode::EventsWithPlugins;
+            eprintln!("sonde-bench: agent with {}", mode.label());
+            modes.push(bench.run_mode(mode, &opts, Some(dir.path())));
+        }
+        None => eprintln!(
+            "sonde-bench: no agent with plugins: build them with `cargo build --release \
+             --target wasm32-wasip2 --workspace` and `cargo xtask plugins`"
+        ),
     }
     eprintln!("sonde-bench: floods without an agent, again");
     baseline.extend(bench.floods());
@@ -195,11 +211,26 @@ fn targets(r: &Report) -> Vec<Target> {
             Some(default.idle_rss_kib <= READY_RSS_TARGET_MIB << 10),
         ));
     }
-    out.push(Target::new(
-        "RSS under a flood with three plugins at most 40 MiB",
-        "not measured: no bench loads plugins beside a flood yet",
-        None,
-    ));
+    let flooded = "RSS under a flood with three plugins at most 40 MiB";
+    out.push(
+        match r.modes.iter().find(|m| m.mode == Mode::EventsWithPlugins) {
+            Some(m) => Target::new(
+                flooded,
+                format!(
+                    "{} at its peak after ready ({} after the floods; {} while starting)",
+                    mib(m.hwm_kib),
+                    mib(m.end_rss_kib),
+                    mib(m.start_hwm_kib)
+                ),
+                Some(m.hwm_kib <= FLOODED_RSS_TARGET_MIB << 10),
+            ),
+            None => Target::new(
+                flooded,
+                "not measured: the first-party plugins are not built (`cargo xtask plugins`)",
+                None,
+            ),
+        },
+    );
     out
 }
 
@@ -229,19 +260,78 @@ fn size_targets(m: &Machine) -> Vec<Target> {
             None,
         ),
     };
-    vec![
-        size,
-        Target::new(
-            "the container image (deploy/Dockerfile) at most 40 MB",
-            "not measured: the bench builds no image",
+    let image = "the container image (deploy/Dockerfile) at most 40 MB";
+    let image = match dist.as_deref().filter(|p| p.exists()) {
+        Some(path) => match image_mb(path) {
+            Ok(mb) => Target::new(
+                image,
+                format!("{mb:.1} MB (its root filesystem, `deploy/rootfs.sh` on `dist`)"),
+                Some(mb <= IMAGE_TARGET_MB),
+            ),
+            Err(e) => Target::new(image, format!("not measured: {e}"), None),
+        },
+        None => Target::new(
+            image,
+            "not measured: no `target/dist/sonde` to build it from",
             None,
         ),
+    };
+    vec![
+        size,
+        image,
         Target::new(
             "a cold release build no slower than about 13 minutes",
             "not measured: `cargo clean && time cargo build --release` on an idle machine",
             None,
         ),
     ]
+}
+
+/// A folder with the bundles of [`PLUGINS`], `None` when they are not built.
+fn plugins_dir() -> Option<TempDir> {
+    let dir = TempDir::new();
+    for name in PLUGINS {
+        let from = sonde_tests::built_bundle(name)?;
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(&to).ok()?;
+        for entry in std::fs::read_dir(&from).ok()?.flatten() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).ok()?;
+        }
+    }
+    Some(dir)
+}
+
+/// The image's size, uncompressed (what `docker images` shows, less a few KiB of tar
+/// headers): its root filesystem as the Dockerfile builds it, with `deploy/rootfs.sh`, from
+/// `binary`.
+fn image_mb(binary: &Path) -> Result<f64, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rootfs.sh");
+    let dir = TempDir::new();
+    let rootfs = dir.path().join("rootfs");
+    let out = std::process::Command::new(&script)
+        .arg(binary)
+        .arg(&rootfs)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    fn bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    }
+    Ok(bytes(&rootfs) as f64 / 1e6)
 }
 
 /// `all`: runs the other benches with targets (iperf-bench, when iperf3 is installed, and
@@ -492,7 +582,14 @@ enum Mode {
     EventsDefault,
     /// `ratePerCpu: 0`: every drop becomes an event on stdout.
     EventsUnlimited,
+    /// As `EventsUnlimited`, with three first-party plugins loaded ([`PLUGINS`]), which see
+    /// every event: what the agent holds under a flood with plugins.
+    EventsWithPlugins,
 }
+
+/// The plugins of [`Mode::EventsWithPlugins`]: the first-party Rust ones, as `cargo xtask
+/// plugins` builds them.
+const PLUGINS: [&str; 3] = ["drop-explainer", "retrans-storm", "label-enricher"];
 
 impl Mode {
     fn label(self) -> &'static str {
@@ -500,6 +597,7 @@ impl Mode {
             Mode::Counting => "counting only",
             Mode::EventsDefault => "events, 1000/s/CPU (default)",
             Mode::EventsUnlimited => "events, unlimited",
+            Mode::EventsWithPlugins => "events, unlimited, three plugins",
         }
     }
 
@@ -515,7 +613,7 @@ impl Mode {
                      burstPerNamespace: 100{ring} }}"
                 )
             }
-            Mode::EventsUnlimited => {
+            Mode::EventsUnlimited | Mode::EventsWithPlugins => {
                 format!("{{ enabled: true, ratePerCpu: 0, burst: 1000{ring} }}")
             }
         };
@@ -930,6 +1028,9 @@ struct ModeResult {
     /// Paced floods of the zero-loss search, in the order run.
     search: Vec<Drain>,
     end_rss_kib: u64,
+    /// VmHWM when ready: the peak while starting.
+    start_hwm_kib: u64,
+    /// VmHWM at the end, reset when ready: the peak under the floods.
     hwm_kib: u64,
     breakdown: Breakdown,
     /// Other Sonde programs loaded at the end of the mode (another agent or test running).
@@ -1098,10 +1199,17 @@ impl Bench {
         server.join().expect("the lossy stream's server panicked");
     }
 
-    fn run_mode(&self, mode: Mode, opts: &Options) -> ModeResult {
-        let agent = BenchAgent::spawn(&mode.yaml(opts.ring_buffer), self.pod_b());
+    /// The agent in `mode`, loading the bundles in `plugins` when given.
+    fn run_mode(&self, mode: Mode, opts: &Options, plugins: Option<&Path>) -> ModeResult {
+        let mut yaml = mode.yaml(opts.ring_buffer);
+        if let Some(dir) = plugins {
+            yaml += &format!("plugins:\n  dirs: [{}]\n", dir.display());
+        }
+        let agent = BenchAgent::spawn(&yaml, self.pod_b());
         let attached_after = agent.attached_after();
         let idle_rss_kib = sonde_tests::bench::settled_rss_kib(agent.pid());
+        let (_, start_hwm_kib) = agent.memory_kib();
+        sonde_tests::bench::reset_peak_rss(agent.pid());
         let events = mode != Mode::Counting;
         let full: Vec<Drain> = (0..self.repeat)
             .map(|_| self.drain(&agent, None, events))
@@ -1138,6 +1246,7 @@ impl Bench {
             kernel,
             search,
             end_rss_kib,
+            start_hwm_kib,
             hwm_kib,
             breakdown,
             foreign,
@@ -1185,6 +1294,10 @@ const DRAIN_TARGET_US: f64 = 0.4;
 const READY_RSS_TARGET_MIB: u64 = 24;
 /// The most the `dist` binary may weigh.
 const BINARY_TARGET_MB: f64 = 25.0;
+/// The most the agent may hold at its peak under floods with three plugins.
+const FLOODED_RSS_TARGET_MIB: u64 = 40;
+/// The container image, uncompressed.
+const IMAGE_TARGET_MB: f64 = 40.0;
 
 /// packet_drop's counting path against an empty program on the same hook, in the kernel's
 /// run-time statistics and at the sender, with the target's verdict.
@@ -1467,15 +1580,17 @@ fn print_report(r: &Report) {
 
     println!("### Memory (agent)\n");
     println!(
-        "| agent | VmRSS when ready | after the full-speed floods | at the end | VmHWM (peak) | \
-         at the end: main heap / other anon / BPF map mmaps / files |\n|---|---|---|---|---|---|"
+        "| agent | VmRSS when ready | peak while starting | after the full-speed floods | at the \
+         end | peak after ready | at the end: main heap / other anon / BPF map mmaps / files \
+         |\n|---|---|---|---|---|---|---|"
     );
     for mode in &r.modes {
         let b = &mode.breakdown;
         println!(
-            "| {} | {} | {} | {} | {} | {} / {} / {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} / {} / {} |",
             mode.mode.label(),
             mib(mode.idle_rss_kib),
+            mib(mode.start_hwm_kib),
             mib(mode.flooded_rss_kib),
             mib(mode.end_rss_kib),
             mib(mode.hwm_kib),
