@@ -384,11 +384,28 @@ fn key_must_be_a_string() -> serde_json::Error {
     serde::ser::Error::custom("a JSON object's key must be a string")
 }
 
-macro_rules! not_a_key {
-    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+/// Serializer methods that all answer `Err($error)`.
+macro_rules! refuse {
+    ($error:expr; $($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
         $(fn $method(self $(, _: $arg)*) -> Result<$ret, Self::Error> {
-            Err(key_must_be_a_string())
+            Err($error)
         })*
+    };
+}
+
+/// The serializer methods of compound values (sequences, maps, structs and their kin), all
+/// answering `Err($error)`: neither a key nor a scalar is one.
+macro_rules! refuse_compounds {
+    ($error:expr) => {
+        refuse! { $error;
+            serialize_seq(Option<usize>) -> Self::SerializeSeq;
+            serialize_tuple(usize) -> Self::SerializeTuple;
+            serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+            serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+            serialize_map(Option<usize>) -> Self::SerializeMap;
+            serialize_struct(&'static str, usize) -> Self::SerializeStruct;
+            serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+        }
     };
 }
 
@@ -414,7 +431,7 @@ impl serde::Serializer for KeyWriter<'_> {
         }
     }
 
-    not_a_key! {
+    refuse! { key_must_be_a_string();
         serialize_bool(bool) -> ();
         serialize_i8(i8) -> ();
         serialize_i16(i16) -> ();
@@ -432,14 +449,9 @@ impl serde::Serializer for KeyWriter<'_> {
         serialize_unit() -> ();
         serialize_unit_struct(&'static str) -> ();
         serialize_unit_variant(&'static str, u32, &'static str) -> ();
-        serialize_seq(Option<usize>) -> Self::SerializeSeq;
-        serialize_tuple(usize) -> Self::SerializeTuple;
-        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
-        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
-        serialize_map(Option<usize>) -> Self::SerializeMap;
-        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
-        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
     }
+
+    refuse_compounds!(key_must_be_a_string());
 
     fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), Self::Error> {
         value.serialize(self)
@@ -491,14 +503,6 @@ macro_rules! through_serde_json {
     ($($method:ident($ty:ty);)*) => {
         $(fn $method(self, v: $ty) -> Result<(), NotScalar> {
             serde_json::to_writer(&mut *self.0, &v).map_err(|_| NotScalar)
-        })*
-    };
-}
-
-macro_rules! not_scalar {
-    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
-        $(fn $method(self $(, _: $arg)*) -> Result<$ret, NotScalar> {
-            Err(NotScalar)
         })*
     };
 }
@@ -567,19 +571,14 @@ impl serde::Serializer for ValueWriter<'_> {
         serialize_char(char);
     }
 
-    not_scalar! {
+    refuse! { NotScalar;
         serialize_bytes(&[u8]) -> ();
         serialize_unit() -> ();
         serialize_unit_struct(&'static str) -> ();
         serialize_unit_variant(&'static str, u32, &'static str) -> ();
-        serialize_seq(Option<usize>) -> Self::SerializeSeq;
-        serialize_tuple(usize) -> Self::SerializeTuple;
-        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
-        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
-        serialize_map(Option<usize>) -> Self::SerializeMap;
-        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
-        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
     }
+
+    refuse_compounds!(NotScalar);
 }
 
 #[cfg(test)]

@@ -43,6 +43,16 @@ pub fn built_bundle(name: &str) -> Option<PathBuf> {
     dir.join("plugin.yaml").exists().then_some(dir)
 }
 
+/// Copies the files of bundle folder `from` into `to` (made if missing).
+pub fn copy_bundle(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
 /// Writes a bundle: `dir/plugin.yaml` naming `module` (copied beside it) with `spec` (YAML
 /// lines indented under `spec:`, without `module`).
 pub fn write_bundle(dir: &Path, name: &str, module: &Path, spec: &str) {

@@ -32,8 +32,8 @@ pub use agent::{
     start_agent, Agent, AgentConfig, Finished, TempDir,
 };
 pub use bundle::{
-    built_bundle, core_module_with_memory, core_module_with_table, first_party_bundle, wasm_module,
-    with_core_instances, write_bundle, write_script_bundle,
+    built_bundle, copy_bundle, core_module_with_memory, core_module_with_table, first_party_bundle,
+    wasm_module, with_core_instances, write_bundle, write_script_bundle,
 };
 pub use dns_server::{dns_query, tcp_query, udp_query, DnsAnswers, DnsServer};
 pub use http::{http_get, http_get_with, Response};

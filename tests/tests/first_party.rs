@@ -7,18 +7,14 @@ use std::path::Path;
 
 use serde_json::Value;
 use sonde_tests::{
-    bulk_transfer, field_str, first_party_bundle, poll_until, refused_connects, send_udp, Agent,
-    IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
+    bulk_transfer, copy_bundle, field_str, first_party_bundle, poll_until, refused_connects,
+    send_udp, Agent, IpFamily, PodPair, TempDir, READY_TIMEOUT, SETTLE_TIMEOUT,
 };
 
 /// Copies a built bundle into `plugins/<name>`, with `spec.config` replaced by `config`.
 fn install(plugins: &Path, name: &str, config: &str) {
-    let from = first_party_bundle(name);
     let to = plugins.join(name);
-    std::fs::create_dir_all(&to).unwrap();
-    for entry in std::fs::read_dir(&from).unwrap().flatten() {
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
+    copy_bundle(&first_party_bundle(name), &to).unwrap();
     let manifest = std::fs::read_to_string(to.join("plugin.yaml")).unwrap();
     let mut out = String::new();
     let mut skipping = false;

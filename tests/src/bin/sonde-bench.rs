@@ -330,11 +330,7 @@ fn plugins_dir() -> Option<TempDir> {
     let dir = TempDir::new();
     for name in PLUGINS {
         let from = sonde_tests::built_bundle(name)?;
-        let to = dir.path().join(name);
-        std::fs::create_dir_all(&to).ok()?;
-        for entry in std::fs::read_dir(&from).ok()?.flatten() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).ok()?;
-        }
+        sonde_tests::copy_bundle(&from, &dir.path().join(name)).ok()?;
     }
     Some(dir)
 }
